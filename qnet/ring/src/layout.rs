@@ -25,7 +25,10 @@ pub enum LayoutError {
     /// Parts overlap, are misaligned, or run past the region's end.
     BadOffset(&'static str),
     /// The mapping is smaller than the geometry says.
-    TooSmall { need: u64, have: u64 },
+    TooSmall {
+        need: u64,
+        have: u64,
+    },
 }
 
 impl fmt::Display for LayoutError {
@@ -75,7 +78,10 @@ impl Geometry {
         let cq_off = round_up(sq_off + sq_entries as u64 * size_of::<Sqe>() as u64, 64);
         let ev_off = round_up(cq_off + cq_entries as u64 * size_of::<Cqe>() as u64, 64);
         let slot_off = round_up(ev_off + ev_entries as u64 * 4, 64);
-        let buf_off = round_up(slot_off + slot_count as u64 * size_of::<Slot>() as u64, PAGE);
+        let buf_off = round_up(
+            slot_off + slot_count as u64 * size_of::<Slot>() as u64,
+            PAGE,
+        );
         let region_size = buf_off + slot_count as u64 * 2 * buf_size as u64;
         let geometry = Geometry {
             magic: MAGIC,
@@ -188,10 +194,13 @@ mod tests {
         assert_eq!(g.ev_entries, 128);
         assert_eq!(g.buf_off % 4096, 0);
         assert_eq!(g.region_size, g.buf_off + 100 * 2 * 65536);
-        assert_eq!(g.validate(g.region_size - 1), Err(LayoutError::TooSmall {
-            need: g.region_size,
-            have: g.region_size - 1
-        }));
+        assert_eq!(
+            g.validate(g.region_size - 1),
+            Err(LayoutError::TooSmall {
+                need: g.region_size,
+                have: g.region_size - 1
+            })
+        );
     }
 
     #[test]

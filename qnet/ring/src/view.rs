@@ -261,7 +261,9 @@ mod tests {
     struct Page([u8; 4096]);
 
     fn region(g: &Geometry) -> vec::Vec<Page> {
-        (0..g.region_size.div_ceil(4096)).map(|_| Page([0; 4096])).collect()
+        (0..g.region_size.div_ceil(4096))
+            .map(|_| Page([0; 4096]))
+            .collect()
     }
 
     #[test]
@@ -269,9 +271,8 @@ mod tests {
         let g = Geometry::new(4, 4, 2, 4096).unwrap();
         let mut mem = region(&g);
         // SAFETY: mem is page aligned and outlives the view.
-        let v = unsafe {
-            RegionView::new(mem.as_mut_ptr() as *mut u8, mem.len() * 4096, g).unwrap()
-        };
+        let v =
+            unsafe { RegionView::new(mem.as_mut_ptr() as *mut u8, mem.len() * 4096, g).unwrap() };
         let ring = v.tx_ring(1).unwrap();
         let data: vec::Vec<u8> = (0..100u8).collect();
         ring.write(4050, &data);
@@ -287,9 +288,8 @@ mod tests {
         let g = Geometry::new(4, 8, 2, 4096).unwrap();
         let mut mem = region(&g);
         // SAFETY: as above.
-        let v = unsafe {
-            RegionView::new(mem.as_mut_ptr() as *mut u8, mem.len() * 4096, g).unwrap()
-        };
+        let v =
+            unsafe { RegionView::new(mem.as_mut_ptr() as *mut u8, mem.len() * 4096, g).unwrap() };
         let sqe = Sqe {
             opcode: 3,
             user_data: 77,

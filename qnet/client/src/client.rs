@@ -1,0 +1,270 @@
+//! [`Client`]: one attached ring, shared by every socket of the process that made it.
+//!
+//! Operations go through the submission queue under a lock and wait for their completion;
+//! data never takes the lock: each socket moves bytes through its own slot's byte rings. A
+//! thread that must wait spins briefly, then sleeps on the ring's wake futex.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::Ordering::{Acquire, Release, SeqCst};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use qnet_ring::errno::*;
+use qnet_ring::*;
+
+use crate::attach::{Hello, Welcome};
+use crate::sys::{eventfd_signal, futex_wait, recv_with_fds, Mapping};
+
+/// How long a waiting thread polls before it sleeps: long enough to catch a reply from a
+/// busy-polling stack, short against the wake-up cost.
+const SPIN: Duration = Duration::from_micros(20);
+/// A sleeping thread re-checks at least this often (a safety net, not a poll interval).
+const MAX_SLEEP: Duration = Duration::from_millis(200);
+
+struct SqState {
+    tail: u32,
+    next_user_data: u64,
+}
+
+struct CqState {
+    head: u32,
+    done: HashMap<u64, Cqe>,
+}
+
+struct Inner {
+    // Declared before `_mapping`: dropped first.
+    view: RegionView,
+    _mapping: Mapping,
+    doorbell: OwnedFd,
+    _stream: UnixStream,
+    sq: Mutex<SqState>,
+    cq: Mutex<CqState>,
+    ev_head: Mutex<u32>,
+}
+
+/// A handle on an attached ring; cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a ring lock leaves nothing half-written that matters more than
+    // losing the ring; carry on with the data as it is.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn errno(e: i32) -> io::Error {
+    io::Error::from_raw_os_error(e)
+}
+
+impl Client {
+    /// Attaches to the stack listening on the Unix socket at `path`.
+    pub fn connect(path: impl AsRef<Path>) -> io::Result<Client> {
+        let path = path.as_ref();
+        let stream = UnixStream::connect(path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("connecting to qnet at {}: {e}", path.display()),
+            )
+        })?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        (&stream).write_all(&Hello::current().encode())?;
+        let mut buf = [0u8; Welcome::LEN];
+        let mut fds = recv_with_fds(&stream, &mut buf, 2)?;
+        let welcome = Welcome::decode(&buf);
+        if welcome.magic != MAGIC || welcome.version != VERSION || fds.len() != 2 {
+            return Err(io::Error::other(format!(
+                "qnet at {} speaks ring version {}, this client {VERSION}",
+                path.display(),
+                welcome.version
+            )));
+        }
+        let doorbell = fds.pop().ok_or_else(|| io::Error::other("no doorbell"))?;
+        let memfd = fds.pop().ok_or_else(|| io::Error::other("no ring"))?;
+        let size = usize::try_from(welcome.region_size).map_err(io::Error::other)?;
+        let mapping = Mapping::map_shared(&memfd, size)?;
+        // SAFETY: the mapping is page aligned, `size` bytes long and lives in Inner beside the
+        // view, which is dropped first; the header page is mapped (validate checks the size).
+        let view = unsafe {
+            let geometry = RegionView::read_geometry(mapping.as_ptr());
+            RegionView::new(mapping.as_ptr(), mapping.len(), geometry)
+        }
+        .map_err(|e| io::Error::other(format!("qnet ring: {e}")))?;
+        stream.set_read_timeout(None)?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                view,
+                _mapping: mapping,
+                doorbell,
+                _stream: stream,
+                sq: Mutex::new(SqState {
+                    tail: 0,
+                    next_user_data: 1,
+                }),
+                cq: Mutex::new(CqState {
+                    head: 0,
+                    done: HashMap::new(),
+                }),
+                ev_head: Mutex::new(0),
+            }),
+        })
+    }
+
+    pub(crate) fn view(&self) -> &RegionView {
+        &self.inner.view
+    }
+
+    fn closed(&self) -> bool {
+        self.view().stack_flags().load(Acquire) & STACK_CLOSED != 0
+    }
+
+    fn ring_doorbell_if_asleep(&self) {
+        if self.view().stack_flags().load(SeqCst) & STACK_NEED_WAKEUP != 0 {
+            eventfd_signal(self.inner.doorbell.as_raw_fd());
+        }
+    }
+
+    /// Publishes one entry; returns its user_data.
+    fn push(&self, mut sqe: Sqe) -> io::Result<u64> {
+        let view = self.view();
+        let mut sq = lock(&self.inner.sq);
+        let entries = view.geometry().sq_entries;
+        while sq.tail.wrapping_sub(view.sq_head().load(Acquire)) >= entries {
+            if self.closed() {
+                return Err(errno(ECONNABORTED));
+            }
+            self.ring_doorbell_if_asleep();
+            std::thread::yield_now();
+        }
+        sqe.user_data = sq.next_user_data;
+        sq.next_user_data += 1;
+        view.write_sqe(sq.tail, &sqe);
+        sq.tail = sq.tail.wrapping_add(1);
+        view.sq_tail().store(sq.tail, SeqCst);
+        drop(sq);
+        self.ring_doorbell_if_asleep();
+        Ok(sqe.user_data)
+    }
+
+    /// Sends a notification that wants no completion.
+    pub(crate) fn notify(&self, opcode: u8, slot: u32) {
+        let _ = self.push(Sqe {
+            opcode,
+            slot,
+            flags: SQE_F_NO_CQE,
+            ..Default::default()
+        });
+    }
+
+    /// Runs one operation and returns its completion (`Err` for a negative result).
+    pub(crate) fn call(&self, sqe: Sqe) -> io::Result<Cqe> {
+        let ud = self.push(sqe)?;
+        let mut found = None;
+        self.wait_until(None, || {
+            found = lock(&self.inner.cq).done.remove(&ud);
+            found.is_some()
+        })?;
+        let c = found.ok_or_else(|| errno(ECONNABORTED))?;
+        if c.result < 0 {
+            Err(errno(-c.result))
+        } else {
+            Ok(c)
+        }
+    }
+
+    /// Moves completions into the lookup table and retires events.
+    fn drain(&self) {
+        let view = self.view();
+        {
+            let mut cq = lock(&self.inner.cq);
+            let tail = view.cq_tail().load(Acquire);
+            while cq.head != tail {
+                let c = view.read_cqe(cq.head);
+                cq.done.insert(c.user_data, c);
+                cq.head = cq.head.wrapping_add(1);
+            }
+            view.cq_head().store(cq.head, Release);
+        }
+        let mut ev = lock(&self.inner.ev_head);
+        let tail = view.ev_tail().load(Acquire);
+        while *ev != tail {
+            let slot = view.read_event(*ev);
+            if let Some(w) = view.slot_stack(slot) {
+                w.event_queued.store(0, SeqCst);
+            }
+            *ev = ev.wrapping_add(1);
+        }
+        view.ev_head().store(*ev, Release);
+    }
+
+    /// Waits until `ready()` holds or `deadline` passes (returns false then). Fails with
+    /// `ECONNABORTED` if the stack closed this client.
+    pub(crate) fn wait_until(
+        &self,
+        deadline: Option<Instant>,
+        mut ready: impl FnMut() -> bool,
+    ) -> io::Result<bool> {
+        let view = self.view();
+        let spin_until = Instant::now() + SPIN;
+        loop {
+            self.drain();
+            if ready() {
+                return Ok(true);
+            }
+            if self.closed() {
+                return Err(errno(ECONNABORTED));
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Ok(false);
+            }
+            if now < spin_until {
+                std::hint::spin_loop();
+                continue;
+            }
+            let seq = view.client_wake_seq().load(SeqCst);
+            view.client_waiters().fetch_add(1, SeqCst);
+            self.drain();
+            let ok = ready();
+            if !ok && !self.closed() {
+                let mut sleep = MAX_SLEEP;
+                if let Some(d) = deadline {
+                    sleep = sleep.min(d.saturating_duration_since(Instant::now()));
+                }
+                futex_wait(view.client_wake_seq(), seq, Some(sleep));
+            }
+            view.client_waiters().fetch_sub(1, SeqCst);
+            if ok {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Current readiness bits of a slot.
+    pub(crate) fn readiness(&self, slot: u32) -> u32 {
+        self.view()
+            .slot_stack(slot)
+            .map_or(READY_HUP | READY_ERR, |w| w.readiness.load(Acquire))
+    }
+
+    /// The pending error of a slot, if any.
+    pub(crate) fn slot_error(&self, slot: u32) -> Option<io::Error> {
+        let e = self.view().slot_stack(slot)?.error.load(Acquire);
+        (e != 0).then(|| errno(e as i32))
+    }
+
+    /// Waits until any of `interest` readiness bits is set on `slot`, or the deadline.
+    pub(crate) fn wait_ready(
+        &self,
+        slot: u32,
+        interest: u32,
+        deadline: Option<Instant>,
+    ) -> io::Result<bool> {
+        self.wait_until(deadline, || self.readiness(slot) & interest != 0)
+    }
+}

@@ -1,0 +1,160 @@
+//! `qnet`: run the stack on a TAP in a network namespace and serve demo services through it.
+
+use std::net::Ipv4Addr;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use qnet::phy::{Tap, TapOptions};
+use qnet::{demo, Ipv4Cidr, Mac, Stack, StackConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "qnet",
+    version,
+    about = "The Quark network stack (smoltcp over TAP + io_uring)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a TAP, run the stack on it, and accept ring clients on a Unix socket.
+    Serve(ServeArgs),
+}
+
+#[derive(Parser)]
+struct ServeArgs {
+    /// Network namespace (from `ip netns add`) to create the TAP in.
+    #[arg(long)]
+    netns: Option<String>,
+    /// TAP interface name.
+    #[arg(long, default_value = "qtap0")]
+    tap: String,
+    /// The stack's address with prefix, e.g. 10.0.0.2/24.
+    #[arg(long)]
+    addr: String,
+    /// Address (with prefix) for the kernel side of the TAP, e.g. 10.0.0.1/24.
+    #[arg(long)]
+    peer_addr: Option<String>,
+    /// Default gateway.
+    #[arg(long)]
+    gateway: Option<Ipv4Addr>,
+    /// The stack's MAC address.
+    #[arg(long)]
+    mac: Option<String>,
+    /// IP MTU of the link.
+    #[arg(long, default_value_t = 1500)]
+    mtu: u32,
+    /// TCP socket buffer size in bytes (each direction); sets the advertised window.
+    #[arg(long)]
+    tcp_buf: Option<usize>,
+    /// Unix socket where ring clients attach.
+    #[arg(long, default_value = "/run/qnet/qnet.sock")]
+    socket: PathBuf,
+    /// Serve a TCP echo on this port (0 disables).
+    #[arg(long, default_value_t = 7)]
+    echo_port: u16,
+    /// Serve HTTP "hello" on this port (0 disables).
+    #[arg(long, default_value_t = 80)]
+    http_port: u16,
+    /// Serve a UDP echo on this port (0 disables).
+    #[arg(long, default_value_t = 7)]
+    udp_echo_port: u16,
+}
+
+fn config(a: &ServeArgs) -> anyhow::Result<StackConfig> {
+    let addr: Ipv4Cidr = a.addr.parse()?;
+    let mut cfg = StackConfig::new(addr);
+    cfg.gateway = a.gateway;
+    cfg.mtu = a.mtu;
+    if let Some(mac) = &a.mac {
+        cfg.mac = mac.parse::<Mac>()?;
+    }
+    if let Some(b) = a.tcp_buf {
+        cfg.tcp_rx_buf = b;
+        cfg.tcp_tx_buf = b;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let cfg = config(&a)?;
+    let peer_addr = a
+        .peer_addr
+        .as_deref()
+        .map(str::parse::<Ipv4Cidr>)
+        .transpose()?;
+    let tap = Tap::create(&TapOptions {
+        name: a.tap.clone(),
+        netns: a.netns.clone(),
+        mtu: cfg.mtu,
+        peer_addr,
+    })?;
+    if let Some(dir) = a.socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(&a.socket);
+    let listener = UnixListener::bind(&a.socket)
+        .with_context(|| format!("listening on {}", a.socket.display()))?;
+    let (mut stack, attacher, _handle) = Stack::new(cfg.clone(), tap)?;
+    std::thread::Builder::new()
+        .name("qnet-attach".into())
+        .spawn(move || attacher.serve(listener))?;
+    let socket = a.socket.clone();
+    let (echo, http, udp) = (a.echo_port, a.http_port, a.udp_echo_port);
+    std::thread::spawn(move || {
+        let run = || -> anyhow::Result<()> {
+            let client = qnet_client::Client::connect(&socket)?;
+            if echo != 0 {
+                demo::tcp_echo(client.clone(), echo)?;
+            }
+            if http != 0 {
+                demo::http_hello(client.clone(), http)?;
+            }
+            if udp != 0 {
+                demo::udp_echo(client, udp)?;
+            }
+            Ok(())
+        };
+        if let Err(e) = run() {
+            tracing::error!("starting demo services: {e:#}");
+        }
+    });
+    println!(
+        "qnet: {} on TAP {}{} (mtu {}), clients attach at {}; tcp echo :{echo}, http :{http}, udp echo :{udp}",
+        cfg.addr,
+        a.tap,
+        a.netns.as_deref().map(|n| format!(" in netns {n}")).unwrap_or_default(),
+        cfg.mtu,
+        a.socket.display()
+    );
+    stack.run()
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("QNET_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Serve(a) => serve(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("qnet: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

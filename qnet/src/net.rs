@@ -1,0 +1,431 @@
+//! The shared network state every client's sockets live in: the smoltcp interface and socket
+//! set, port reservations, listen queues, and TCP sockets finishing their close after the client
+//! let go of them.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::socket::{tcp, udp};
+use smoltcp::time::{Duration as SDuration, Instant};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint, Ipv4Address};
+
+use qnet_ring::errno::*;
+
+use crate::config::StackConfig;
+
+/// Linux's default ephemeral port range.
+const EPHEMERAL: std::ops::Range<u16> = 32768..61000;
+/// Listening sockets kept ready per listener; refilled after every received packet, so this
+/// bounds SYNs per packet, not connections.
+const LISTEN_SPARES: usize = 16;
+/// A closing connection whose peer stops acknowledging is aborted after this long.
+const LINGER_LIMIT: SDuration = SDuration::from_secs(60);
+/// Largest listen backlog (Linux's somaxconn default).
+pub const MAX_BACKLOG: usize = 4096;
+
+/// A protocol's port table: how many sockets hold each port, and which ports have a listener.
+#[derive(Debug, Default)]
+pub struct PortTable {
+    users: HashMap<u16, u32>,
+    listening: HashSet<u16>,
+    next: u16,
+}
+
+impl PortTable {
+    fn in_use(&self, port: u16) -> bool {
+        self.users.get(&port).is_some_and(|n| *n > 0) || self.listening.contains(&port)
+    }
+
+    /// Reserves `port` (0 picks an ephemeral one). `shared` is SO_REUSEADDR: a port held by
+    /// non-listening sockets may be shared, a listening port never.
+    pub fn bind(&mut self, port: u16, shared: bool) -> Result<u16, i32> {
+        let port = if port == 0 {
+            self.ephemeral()?
+        } else {
+            if self.listening.contains(&port) || (!shared && self.in_use(port)) {
+                return Err(EADDRINUSE);
+            }
+            port
+        };
+        *self.users.entry(port).or_default() += 1;
+        Ok(port)
+    }
+
+    fn ephemeral(&mut self) -> Result<u16, i32> {
+        let span = EPHEMERAL.end - EPHEMERAL.start;
+        for i in 0..span {
+            let port = EPHEMERAL.start + (self.next.wrapping_add(i)) % span;
+            if !self.in_use(port) {
+                self.next = self.next.wrapping_add(i + 1);
+                return Ok(port);
+            }
+        }
+        Err(EADDRNOTAVAIL)
+    }
+
+    pub fn release(&mut self, port: u16) {
+        if let Some(n) = self.users.get_mut(&port) {
+            *n -= 1;
+            if *n == 0 {
+                self.users.remove(&port);
+            }
+        }
+    }
+
+    /// Marks a port already bound by the caller as listening.
+    pub fn listen(&mut self, port: u16) -> Result<(), i32> {
+        if !self.listening.insert(port) {
+            return Err(EADDRINUSE);
+        }
+        Ok(())
+    }
+
+    pub fn unlisten(&mut self, port: u16) {
+        self.listening.remove(&port);
+    }
+}
+
+/// Identifies a listener in [`Net::listeners`].
+pub type ListenerId = u64;
+
+/// A listening port: spare listening sockets and connections waiting for `accept`.
+#[derive(Debug)]
+pub struct Listener {
+    pub port: u16,
+    pub backlog: usize,
+    spares: Vec<SocketHandle>,
+    /// Connections that left LISTEN, in arrival order; some may still be handshaking.
+    pub queue: VecDeque<SocketHandle>,
+    pub opts: TcpOpts,
+}
+
+/// TCP options a socket carries into the smoltcp sockets made for it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcpOpts {
+    pub nodelay: bool,
+    pub keepalive: bool,
+}
+
+/// A TCP socket the client closed, still sending its last bytes or FIN.
+#[derive(Debug)]
+struct Lingering {
+    handle: SocketHandle,
+    port: Option<u16>,
+    since: Instant,
+}
+
+/// Counters for the metrics endpoint, tests and benchmarks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NetStats {
+    pub tcp_accepted: u64,
+    pub tcp_connected: u64,
+    pub listen_overflows: u64,
+    pub sessions_closed_for_violation: u64,
+}
+
+pub struct Net {
+    pub iface: Interface,
+    pub sockets: SocketSet<'static>,
+    pub tcp_ports: PortTable,
+    pub udp_ports: PortTable,
+    pub listeners: HashMap<ListenerId, Listener>,
+    next_listener: ListenerId,
+    lingering: Vec<Lingering>,
+    socket_count: usize,
+    pub cfg: StackConfig,
+    pub stats: NetStats,
+}
+
+impl Net {
+    pub fn new(cfg: StackConfig, device: &mut impl smoltcp::phy::Device, now: Instant) -> Self {
+        let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(cfg.mac.0)));
+        config.random_seed = random_u64();
+        let mut iface = Interface::new(config, device, now);
+        iface.update_ip_addrs(|addrs| {
+            let cidr = IpCidr::new(IpAddress::Ipv4(cfg.addr.addr), cfg.addr.prefix);
+            // A fresh interface has room for at least one address.
+            let _ = addrs.push(cidr);
+        });
+        if let Some(gw) = cfg.gateway {
+            // The route table has room for a default route on a fresh interface.
+            let _ = iface.routes_mut().add_default_ipv4_route(gw);
+        }
+        Net {
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            tcp_ports: PortTable::default(),
+            udp_ports: PortTable::default(),
+            listeners: HashMap::new(),
+            next_listener: 1,
+            lingering: Vec::new(),
+            socket_count: 0,
+            cfg,
+            stats: NetStats::default(),
+        }
+    }
+
+    pub fn local_ip(&self) -> Ipv4Addr {
+        self.cfg.addr.addr
+    }
+
+    /// Whether `dst` can be reached: on the link, or through the gateway.
+    pub fn routable(&self, dst: Ipv4Addr) -> bool {
+        self.cfg.addr.contains(dst) || self.cfg.gateway.is_some()
+    }
+
+    fn reserve_socket(&mut self) -> Result<(), i32> {
+        if self.socket_count >= self.cfg.max_sockets {
+            return Err(ENOBUFS);
+        }
+        self.socket_count += 1;
+        Ok(())
+    }
+
+    /// A new TCP socket with the configured buffers and data-centre timers.
+    pub fn new_tcp(&mut self, opts: TcpOpts) -> Result<SocketHandle, i32> {
+        self.reserve_socket()?;
+        let rx = tcp::SocketBuffer::new(vec![0; self.cfg.tcp_rx_buf]);
+        let tx = tcp::SocketBuffer::new(vec![0; self.cfg.tcp_tx_buf]);
+        let mut s = tcp::Socket::new(rx, tx);
+        s.set_congestion_control(tcp::CongestionControl::Cubic);
+        s.set_ack_delay(Some(SDuration::from_micros(
+            self.cfg.ack_delay.as_micros() as u64
+        )));
+        apply_tcp_opts(&mut s, opts);
+        Ok(self.sockets.add(s))
+    }
+
+    pub fn new_udp(&mut self) -> Result<SocketHandle, i32> {
+        self.reserve_socket()?;
+        let meta = || vec![udp::PacketMetadata::EMPTY; 256];
+        let rx = udp::PacketBuffer::new(meta(), vec![0; self.cfg.udp_buf]);
+        let tx = udp::PacketBuffer::new(meta(), vec![0; self.cfg.udp_buf]);
+        Ok(self.sockets.add(udp::Socket::new(rx, tx)))
+    }
+
+    /// Drops a socket from the set at once (nothing more is sent for it).
+    pub fn remove(&mut self, handle: SocketHandle) {
+        self.sockets.remove(handle);
+        self.socket_count -= 1;
+    }
+
+    /// Resets a TCP connection: the RST goes out on the next egress, then the socket is dropped.
+    pub fn abort_tcp(&mut self, handle: SocketHandle, port: Option<u16>, now: Instant) {
+        self.sockets.get_mut::<tcp::Socket>(handle).abort();
+        self.linger(handle, port, now);
+    }
+
+    /// Hands a TCP socket over to finish its close; its port is released when it is gone.
+    pub fn linger(&mut self, handle: SocketHandle, port: Option<u16>, now: Instant) {
+        self.lingering.push(Lingering {
+            handle,
+            port,
+            since: now,
+        });
+    }
+
+    /// Removes lingering sockets that finished (or took too long), releasing their ports.
+    pub fn reap_lingering(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.lingering.len() {
+            let l = &self.lingering[i];
+            let s = self.sockets.get::<tcp::Socket>(l.handle);
+            // A reset socket keeps its endpoint until its RST has been sent.
+            let done = match s.state() {
+                tcp::State::Closed => s.remote_endpoint().is_none(),
+                tcp::State::TimeWait => true,
+                _ => false,
+            };
+            if done || now - l.since > LINGER_LIMIT {
+                let l = self.lingering.swap_remove(i);
+                self.remove(l.handle);
+                if let Some(p) = l.port {
+                    self.tcp_ports.release(p);
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    pub fn has_lingering(&self) -> bool {
+        !self.lingering.is_empty()
+    }
+
+    /// Starts listening on a port the caller already reserved in `tcp_ports`.
+    pub fn add_listener(
+        &mut self,
+        port: u16,
+        backlog: usize,
+        opts: TcpOpts,
+    ) -> Result<ListenerId, i32> {
+        self.tcp_ports.listen(port)?;
+        let id = self.next_listener;
+        self.next_listener += 1;
+        self.listeners.insert(
+            id,
+            Listener {
+                port,
+                backlog: backlog.clamp(1, MAX_BACKLOG),
+                spares: Vec::new(),
+                queue: VecDeque::new(),
+                opts,
+            },
+        );
+        self.refill_listener(id);
+        Ok(id)
+    }
+
+    /// Moves sockets that left LISTEN to the accept queue and tops up the spares, within the
+    /// backlog. Called after every received packet so a SYN burst never finds no listener.
+    pub fn refill_listeners(&mut self) {
+        let ids: Vec<ListenerId> = self.listeners.keys().copied().collect();
+        for id in ids {
+            self.refill_listener(id);
+        }
+    }
+
+    fn refill_listener(&mut self, id: ListenerId) {
+        let Some(mut l) = self.listeners.remove(&id) else {
+            return;
+        };
+        let mut i = 0;
+        while i < l.spares.len() {
+            if self.sockets.get::<tcp::Socket>(l.spares[i]).state() != tcp::State::Listen {
+                l.queue.push_back(l.spares.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        // Handshakes that failed leave the queue.
+        let mut dead = Vec::new();
+        l.queue.retain(|h| {
+            let closed = self.sockets.get::<tcp::Socket>(*h).state() == tcp::State::Closed;
+            if closed {
+                dead.push(*h);
+            }
+            !closed
+        });
+        for h in dead {
+            self.remove(h);
+        }
+        let want = LISTEN_SPARES.min(l.backlog.saturating_sub(l.queue.len()));
+        if want == 0 && l.spares.is_empty() {
+            self.stats.listen_overflows += 1;
+        }
+        while l.spares.len() < want {
+            let Ok(h) = self.new_tcp(l.opts) else { break };
+            let ok = self
+                .sockets
+                .get_mut::<tcp::Socket>(h)
+                .listen(l.port)
+                .is_ok();
+            if !ok {
+                self.remove(h);
+                break;
+            }
+            l.spares.push(h);
+        }
+        self.listeners.insert(id, l);
+    }
+
+    /// Takes the first fully established connection off a listener's queue.
+    pub fn accept(&mut self, id: ListenerId) -> Option<SocketHandle> {
+        let l = self.listeners.get_mut(&id)?;
+        let pos = l.queue.iter().position(|h| {
+            let s = self.sockets.get::<tcp::Socket>(*h);
+            !matches!(s.state(), tcp::State::SynReceived | tcp::State::Listen)
+        })?;
+        let h = l.queue.remove(pos)?;
+        self.stats.tcp_accepted += 1;
+        // The spare count may grow again now the queue is shorter.
+        self.refill_listener(id);
+        Some(h)
+    }
+
+    /// Whether a listener has a connection ready to accept.
+    pub fn acceptable(&self, id: ListenerId) -> bool {
+        self.listeners.get(&id).is_some_and(|l| {
+            l.queue.iter().any(|h| {
+                !matches!(
+                    self.sockets.get::<tcp::Socket>(*h).state(),
+                    tcp::State::SynReceived | tcp::State::Listen
+                )
+            })
+        })
+    }
+
+    /// Closes a listener: pending connections are reset, the port is freed.
+    pub fn remove_listener(&mut self, id: ListenerId, now: Instant) {
+        if let Some(l) = self.listeners.remove(&id) {
+            for h in l.spares {
+                self.remove(h);
+            }
+            for h in l.queue {
+                self.abort_tcp(h, None, now);
+            }
+            self.tcp_ports.unlisten(l.port);
+            self.tcp_ports.release(l.port);
+        }
+    }
+}
+
+pub fn apply_tcp_opts(s: &mut tcp::Socket<'_>, opts: TcpOpts) {
+    s.set_nagle_enabled(!opts.nodelay);
+    s.set_keep_alive(opts.keepalive.then(|| SDuration::from_secs(75)));
+}
+
+/// The endpoint for an IPv4 address and port.
+pub fn endpoint(ip: Ipv4Addr, port: u16) -> IpEndpoint {
+    IpEndpoint::new(IpAddress::Ipv4(Ipv4Address::from(ip)), port)
+}
+
+/// Converts a smoltcp time to std.
+pub fn to_std(d: SDuration) -> Duration {
+    Duration::from_micros(d.total_micros())
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom writes at most 8 bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr() as *mut libc::c_void, 8, 0) };
+    if n != 8 {
+        // Not security-relevant (smoltcp's initial sequence numbers); time is a fine fallback.
+        return std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+    }
+    u64::from_ne_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_conflict_as_linux_does() {
+        let mut t = PortTable::default();
+        assert_eq!(t.bind(8080, false), Ok(8080));
+        assert_eq!(t.bind(8080, false), Err(EADDRINUSE));
+        assert_eq!(
+            t.bind(8080, true),
+            Ok(8080),
+            "SO_REUSEADDR shares a non-listening port"
+        );
+        t.listen(8080).unwrap();
+        assert_eq!(
+            t.bind(8080, true),
+            Err(EADDRINUSE),
+            "never a listening port"
+        );
+        t.unlisten(8080);
+        t.release(8080);
+        t.release(8080);
+        assert_eq!(t.bind(8080, false), Ok(8080));
+        let e = t.bind(0, false).unwrap();
+        assert!(EPHEMERAL.contains(&e));
+        assert_ne!(t.bind(0, false).unwrap(), e);
+    }
+}

@@ -1,0 +1,1185 @@
+//! One client's ring: executes its socket operations against [`Net`] and moves its sockets' data
+//! between the ring's byte buffers and smoltcp.
+//!
+//! Nothing the client writes is trusted. Queue positions and byte-ring positions are checked
+//! against the stack's private copies on every pass; an inconsistency is a [`Violation`], which
+//! closes this session (its sockets are reset) and no other.
+
+use std::collections::VecDeque;
+use std::net::Ipv4Addr;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering::{Acquire, Release, SeqCst};
+
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::{tcp, udp};
+use smoltcp::time::{Duration as SDuration, Instant};
+use smoltcp::wire::{IpAddress, IpEndpoint};
+use thiserror::Error;
+
+use qnet_client::sys::{futex_wake_all, Mapping};
+use qnet_ring::errno::*;
+use qnet_ring::*;
+
+use crate::net::{apply_tcp_opts, endpoint, ListenerId, Net, TcpOpts, MAX_BACKLOG};
+
+/// SYN retransmissions give up after this long (Linux: about two minutes).
+const CONNECT_TIMEOUT: SDuration = SDuration::from_secs(75);
+
+/// The client broke the ring protocol.
+#[derive(Debug, Error)]
+#[error("ring protocol violation: {0}")]
+pub struct Violation(pub String);
+
+#[derive(Debug, Default)]
+enum Kind {
+    #[default]
+    Free,
+    Stream(Stream),
+    Listener(ListenerId),
+    Dgram(Dgram),
+    /// Closed by the client; the stack is still sending what it had written.
+    Closing(SocketHandle),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Connecting,
+    Connected,
+    Failed,
+}
+
+#[derive(Debug)]
+struct Stream {
+    handle: Option<SocketHandle>,
+    phase: Phase,
+    last: tcp::State,
+    peer_fin: bool,
+    shut_rd: bool,
+    shut_wr: bool,
+    fin_sent: bool,
+    started: Instant,
+}
+
+impl Stream {
+    fn new(handle: Option<SocketHandle>, phase: Phase, last: tcp::State, now: Instant) -> Self {
+        Stream {
+            handle,
+            phase,
+            last,
+            peer_fin: false,
+            shut_rd: false,
+            shut_wr: false,
+            fin_sent: false,
+            started: now,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Dgram {
+    handle: Option<SocketHandle>,
+    peer: Option<IpEndpoint>,
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    kind: Kind,
+    /// Private copies of the positions this side owns.
+    tx_head: u32,
+    rx_tail: u32,
+    readiness: u32,
+    error: u32,
+    reuseaddr: bool,
+    opts: TcpOpts,
+    bound_ip: Option<Ipv4Addr>,
+    /// Port this slot holds in the protocol's port table.
+    port: Option<u16>,
+    /// After close: transmit ring bytes still to send end here.
+    close_at: Option<u32>,
+}
+
+pub struct Session {
+    pub id: u64,
+    // Declared before `mapping`: dropped first, so the view never outlives the memory.
+    view: RegionView,
+    mapping: Mapping,
+    /// The attach connection; its hang-up ends the session.
+    pub stream: UnixStream,
+    slots: Vec<SlotState>,
+    free: Vec<u32>,
+    sq_head: u32,
+    cq_tail: u32,
+    ev_tail: u32,
+    pending_cqes: VecDeque<Cqe>,
+    /// Something was published this pass; the client may need a wake-up.
+    published: bool,
+}
+
+fn cqe(user_data: u64, result: i32) -> Cqe {
+    Cqe {
+        user_data,
+        result,
+        ..Default::default()
+    }
+}
+
+fn with_addr(mut c: Cqe, ep: Option<IpEndpoint>) -> Cqe {
+    c.family = AF_INET;
+    if let Some(ep) = ep {
+        if let IpAddress::Ipv4(ip) = ep.addr {
+            c.addr[..4].copy_from_slice(&ip.octets());
+        }
+        c.port = ep.port;
+    }
+    c
+}
+
+fn sqe_ipv4(sqe: &Sqe) -> Result<(Ipv4Addr, u16), i32> {
+    match sqe.family {
+        AF_INET => Ok((
+            Ipv4Addr::new(sqe.addr[0], sqe.addr[1], sqe.addr[2], sqe.addr[3]),
+            sqe.port,
+        )),
+        _ => Err(EAFNOSUPPORT),
+    }
+}
+
+impl Session {
+    pub fn new(id: u64, view: RegionView, mapping: Mapping, stream: UnixStream) -> Self {
+        let count = view.geometry().slot_count;
+        Session {
+            id,
+            view,
+            mapping,
+            stream,
+            slots: (0..count).map(|_| SlotState::default()).collect(),
+            free: (0..count).rev().collect(),
+            sq_head: 0,
+            cq_tail: 0,
+            ev_tail: 0,
+            pending_cqes: VecDeque::new(),
+            published: false,
+        }
+    }
+
+    /// Bytes of memory the session's region maps (for accounting).
+    pub fn mapped_bytes(&self) -> usize {
+        self.mapping.len()
+    }
+
+    /// Whether the client has published operations the stack has not taken yet.
+    pub fn has_submissions(&self) -> bool {
+        self.view.sq_tail().load(Acquire) != self.sq_head
+    }
+
+    pub fn set_stack_flag(&self, flag: u32, on: bool) {
+        if on {
+            self.view.stack_flags().fetch_or(flag, SeqCst);
+        } else {
+            self.view.stack_flags().fetch_and(!flag, SeqCst);
+        }
+    }
+
+    /// Takes and executes submitted operations; returns how many.
+    pub fn process_submissions(&mut self, net: &mut Net, now: Instant) -> Result<usize, Violation> {
+        let entries = self.view.geometry().sq_entries;
+        let cq_entries = self.view.geometry().cq_entries as usize;
+        let tail = self.view.sq_tail().load(Acquire);
+        if tail.wrapping_sub(self.sq_head) > entries {
+            return Err(Violation(format!(
+                "sq_tail {tail} is more than {entries} ahead of sq_head {}",
+                self.sq_head
+            )));
+        }
+        let mut done = 0;
+        while self.sq_head != tail && self.pending_cqes.len() < cq_entries {
+            let sqe = self.view.read_sqe(self.sq_head);
+            self.sq_head = self.sq_head.wrapping_add(1);
+            let c = self.execute(&sqe, net, now);
+            if sqe.flags & SQE_F_NO_CQE == 0 {
+                self.pending_cqes.push_back(Cqe {
+                    user_data: sqe.user_data,
+                    ..c
+                });
+            }
+            done += 1;
+        }
+        if done > 0 {
+            self.view.sq_head().store(self.sq_head, Release);
+        }
+        self.flush_completions()?;
+        Ok(done)
+    }
+
+    fn flush_completions(&mut self) -> Result<(), Violation> {
+        if self.pending_cqes.is_empty() {
+            return Ok(());
+        }
+        let entries = self.view.geometry().cq_entries;
+        let head = self.view.cq_head().load(Acquire);
+        let mut used = self.cq_tail.wrapping_sub(head);
+        if used > entries {
+            return Err(Violation(format!(
+                "cq_head {head} is ahead of cq_tail {}",
+                self.cq_tail
+            )));
+        }
+        while used < entries {
+            let Some(c) = self.pending_cqes.pop_front() else {
+                break;
+            };
+            self.view.write_cqe(self.cq_tail, &c);
+            self.cq_tail = self.cq_tail.wrapping_add(1);
+            used += 1;
+        }
+        self.view.cq_tail().store(self.cq_tail, Release);
+        self.published = true;
+        Ok(())
+    }
+
+    fn alloc_slot(&mut self, kind: Kind) -> Result<u32, i32> {
+        let idx = self.free.pop().ok_or(EMFILE)?;
+        self.slots[idx as usize] = SlotState {
+            kind,
+            ..Default::default()
+        };
+        // Only this side resets the words; the client must not touch a slot before it owns it.
+        if let (Some(c), Some(s)) = (self.view.slot_client(idx), self.view.slot_stack(idx)) {
+            c.tx_tail.store(0, Release);
+            c.rx_head.store(0, Release);
+            c.tx_kick.store(0, Release);
+            s.tx_head.store(0, Release);
+            s.rx_tail.store(0, Release);
+            s.readiness.store(0, Release);
+            s.event_queued.store(0, Release);
+            s.rx_wanted.store(0, Release);
+            s.error.store(0, Release);
+            s.generation.fetch_add(1, Release);
+        }
+        Ok(idx)
+    }
+
+    fn free_slot(&mut self, idx: u32) {
+        self.slots[idx as usize] = SlotState::default();
+        self.free.push(idx);
+    }
+
+    fn execute(&mut self, sqe: &Sqe, net: &mut Net, now: Instant) -> Cqe {
+        let r = match sqe.opcode {
+            OP_NOP => Ok(cqe(0, 0)),
+            OP_SOCKET => self.op_socket(sqe),
+            OP_BIND => self.op_bind(sqe, net),
+            OP_LISTEN => self.op_listen(sqe, net),
+            OP_ACCEPT => self.op_accept(sqe, net, now),
+            OP_CONNECT => self.op_connect(sqe, net, now),
+            OP_SHUTDOWN => self.op_shutdown(sqe),
+            OP_CLOSE => self.op_close(sqe, net, now),
+            OP_SETSOCKOPT => self.op_setsockopt(sqe, net),
+            OP_GETSOCKOPT => self.op_getsockopt(sqe),
+            OP_GETSOCKNAME => self.op_getsockname(sqe, net),
+            OP_GETPEERNAME => self.op_getpeername(sqe, net),
+            OP_TX_KICK => {
+                // The kick only wakes the loop, which services every slot; re-arm it.
+                if let Some(c) = self.view.slot_client(sqe.slot) {
+                    c.tx_kick.store(0, SeqCst);
+                }
+                Ok(cqe(0, 0))
+            }
+            OP_RX_KICK => Ok(cqe(0, 0)),
+            _ => Err(EINVAL),
+        };
+        r.unwrap_or_else(|e| cqe(0, -e))
+    }
+
+    fn slot_mut(&mut self, slot: u32) -> Result<&mut SlotState, i32> {
+        match self.slots.get_mut(slot as usize) {
+            Some(s) if !matches!(s.kind, Kind::Free | Kind::Closing(_)) => Ok(s),
+            _ => Err(EBADF),
+        }
+    }
+
+    fn op_socket(&mut self, sqe: &Sqe) -> Result<Cqe, i32> {
+        if sqe.family != AF_INET {
+            return Err(EAFNOSUPPORT);
+        }
+        let kind = match sqe.arg0 & 0xf {
+            SOCK_STREAM => Kind::Stream(Stream::new(
+                None,
+                Phase::Idle,
+                tcp::State::Closed,
+                Instant::ZERO,
+            )),
+            SOCK_DGRAM => Kind::Dgram(Dgram::default()),
+            _ => return Err(EPROTONOSUPPORT),
+        };
+        let idx = self.alloc_slot(kind)?;
+        let mut c = cqe(0, 0);
+        c.slot = idx;
+        Ok(c)
+    }
+
+    fn check_local_ip(ip: Ipv4Addr, net: &Net) -> Result<(), i32> {
+        if ip.is_unspecified() || ip == net.local_ip() {
+            Ok(())
+        } else {
+            Err(EADDRNOTAVAIL)
+        }
+    }
+
+    fn op_bind(&mut self, sqe: &Sqe, net: &mut Net) -> Result<Cqe, i32> {
+        let (ip, port) = sqe_ipv4(sqe)?;
+        Self::check_local_ip(ip, net)?;
+        let s = self.slot_mut(sqe.slot)?;
+        if s.port.is_some() {
+            return Err(EINVAL);
+        }
+        match &mut s.kind {
+            Kind::Stream(st) if st.phase == Phase::Idle => {
+                s.port = Some(net.tcp_ports.bind(port, s.reuseaddr)?);
+            }
+            Kind::Dgram(d) => {
+                let port = net.udp_ports.bind(port, s.reuseaddr)?;
+                let h = match net.new_udp() {
+                    Ok(h) => h,
+                    Err(e) => {
+                        net.udp_ports.release(port);
+                        return Err(e);
+                    }
+                };
+                let local = smoltcp::wire::IpListenEndpoint {
+                    addr: (!ip.is_unspecified()).then(|| IpAddress::Ipv4(ip)),
+                    port,
+                };
+                if net.sockets.get_mut::<udp::Socket>(h).bind(local).is_err() {
+                    net.remove(h);
+                    net.udp_ports.release(port);
+                    return Err(EINVAL);
+                }
+                d.handle = Some(h);
+                s.port = Some(port);
+            }
+            _ => return Err(EINVAL),
+        }
+        s.bound_ip = Some(ip);
+        Ok(cqe(0, 0))
+    }
+
+    fn op_listen(&mut self, sqe: &Sqe, net: &mut Net) -> Result<Cqe, i32> {
+        let s = self.slot_mut(sqe.slot)?;
+        match &s.kind {
+            Kind::Listener(id) => {
+                // Linux lets listen() be called again to change the backlog.
+                if let Some(l) = net.listeners.get_mut(id) {
+                    l.backlog = (sqe.arg0 as usize).clamp(1, MAX_BACKLOG);
+                }
+                return Ok(cqe(0, 0));
+            }
+            Kind::Stream(st) if st.phase == Phase::Idle => {}
+            Kind::Dgram(_) => return Err(EOPNOTSUPP),
+            _ => return Err(EINVAL),
+        }
+        let port = match s.port {
+            Some(p) => p,
+            None => {
+                let p = net.tcp_ports.bind(0, false)?;
+                s.port = Some(p);
+                p
+            }
+        };
+        let id = net.add_listener(port, sqe.arg0 as usize, s.opts)?;
+        s.kind = Kind::Listener(id);
+        Ok(cqe(0, 0))
+    }
+
+    fn op_accept(&mut self, sqe: &Sqe, net: &mut Net, now: Instant) -> Result<Cqe, i32> {
+        let s = self.slot_mut(sqe.slot)?;
+        let Kind::Listener(id) = s.kind else {
+            return Err(EINVAL);
+        };
+        let opts = s.opts;
+        let port = s.port;
+        if self.free.is_empty() {
+            return Err(EMFILE);
+        }
+        let h = net.accept(id).ok_or(EAGAIN)?;
+        let sock = net.sockets.get_mut::<tcp::Socket>(h);
+        apply_tcp_opts(sock, opts);
+        let peer = sock.remote_endpoint();
+        let state = sock.state();
+        let idx = self.alloc_slot(Kind::Stream(Stream::new(
+            Some(h),
+            Phase::Connected,
+            state,
+            now,
+        )))?;
+        let slot = &mut self.slots[idx as usize];
+        slot.opts = opts;
+        slot.readiness = READY_CONNECTED;
+        // Accepted connections share the listener's port; they do not hold it.
+        let _ = port;
+        let mut c = with_addr(cqe(0, 0), peer);
+        c.slot = idx;
+        Ok(c)
+    }
+
+    fn op_connect(&mut self, sqe: &Sqe, net: &mut Net, now: Instant) -> Result<Cqe, i32> {
+        let (ip, port) = sqe_ipv4(sqe)?;
+        let local_ip = net.local_ip();
+        let s = self.slot_mut(sqe.slot)?;
+        match &mut s.kind {
+            Kind::Stream(st) => {
+                match st.phase {
+                    Phase::Connecting => return Err(EALREADY),
+                    Phase::Connected => return Err(EISCONN),
+                    Phase::Failed => return Err(EINVAL),
+                    Phase::Idle => {}
+                }
+                if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
+                    return Err(ENETUNREACH);
+                }
+                if port == 0 {
+                    return Err(ECONNREFUSED);
+                }
+                if !net.routable(ip) || ip.is_loopback() || ip == local_ip {
+                    return Err(ENETUNREACH);
+                }
+                let lport = match s.port {
+                    Some(p) => p,
+                    None => {
+                        let p = net.tcp_ports.bind(0, false)?;
+                        s.port = Some(p);
+                        p
+                    }
+                };
+                let h = net.new_tcp(s.opts)?;
+                let sock = net.sockets.get_mut::<tcp::Socket>(h);
+                sock.set_timeout(Some(CONNECT_TIMEOUT));
+                if sock
+                    .connect(
+                        net.iface.context(),
+                        endpoint(ip, port),
+                        endpoint(local_ip, lport),
+                    )
+                    .is_err()
+                {
+                    net.remove(h);
+                    return Err(EINVAL);
+                }
+                *st = Stream::new(Some(h), Phase::Connecting, tcp::State::SynSent, now);
+                Ok(cqe(0, 0))
+            }
+            Kind::Dgram(d) => {
+                d.peer = (!ip.is_unspecified()).then(|| endpoint(ip, port));
+                Ok(cqe(0, 0))
+            }
+            _ => Err(EINVAL),
+        }
+    }
+
+    fn op_shutdown(&mut self, sqe: &Sqe) -> Result<Cqe, i32> {
+        let s = self.slot_mut(sqe.slot)?;
+        match &mut s.kind {
+            Kind::Stream(st) if st.phase == Phase::Connected => {
+                match sqe.arg0 {
+                    SHUT_RD => st.shut_rd = true,
+                    SHUT_WR => st.shut_wr = true,
+                    SHUT_RDWR => {
+                        st.shut_rd = true;
+                        st.shut_wr = true;
+                    }
+                    _ => return Err(EINVAL),
+                }
+                Ok(cqe(0, 0))
+            }
+            Kind::Listener(_) => Ok(cqe(0, 0)),
+            _ => Err(ENOTCONN),
+        }
+    }
+
+    fn op_close(&mut self, sqe: &Sqe, net: &mut Net, now: Instant) -> Result<Cqe, i32> {
+        self.slot_mut(sqe.slot)?;
+        self.close_slot(sqe.slot, net, now);
+        Ok(cqe(0, 0))
+    }
+
+    /// Releases a slot the client closed. A connected stream first sends what is already in
+    /// its transmit ring (then FIN); unread received data makes it a reset, as on Linux.
+    fn close_slot(&mut self, idx: u32, net: &mut Net, now: Instant) {
+        let s = &mut self.slots[idx as usize];
+        match std::mem::take(&mut s.kind) {
+            Kind::Stream(st) => match st.handle {
+                Some(h) if st.phase == Phase::Connected => {
+                    let unread = self
+                        .view
+                        .slot_client(idx)
+                        .is_some_and(|c| c.rx_head.load(Acquire) != s.rx_tail)
+                        || net.sockets.get::<tcp::Socket>(h).recv_queue() > 0;
+                    if unread {
+                        net.abort_tcp(h, None, now);
+                    } else {
+                        let tail = self
+                            .view
+                            .slot_client(idx)
+                            .map_or(s.tx_head, |c| c.tx_tail.load(Acquire));
+                        let pending = tail.wrapping_sub(s.tx_head);
+                        s.close_at = Some(if pending <= self.view.geometry().buf_size {
+                            tail
+                        } else {
+                            s.tx_head
+                        });
+                        s.kind = Kind::Closing(h);
+                        return;
+                    }
+                    if let Some(p) = s.port.take() {
+                        net.tcp_ports.release(p);
+                    }
+                }
+                Some(h) => {
+                    net.abort_tcp(h, s.port.take(), now);
+                }
+                None => {
+                    if let Some(p) = s.port.take() {
+                        net.tcp_ports.release(p);
+                    }
+                }
+            },
+            Kind::Listener(id) => {
+                s.port = None; // remove_listener releases it
+                net.remove_listener(id, now);
+            }
+            Kind::Dgram(d) => {
+                if let Some(h) = d.handle {
+                    net.remove(h);
+                }
+                if let Some(p) = s.port.take() {
+                    net.udp_ports.release(p);
+                }
+            }
+            Kind::Closing(h) => {
+                net.abort_tcp(h, s.port.take(), now);
+            }
+            Kind::Free => return,
+        }
+        self.free_slot(idx);
+    }
+
+    fn op_setsockopt(&mut self, sqe: &Sqe, net: &mut Net) -> Result<Cqe, i32> {
+        let on = sqe.arg1 != 0;
+        let s = self.slot_mut(sqe.slot)?;
+        let handle = match &s.kind {
+            Kind::Stream(st) => st.handle,
+            _ => None,
+        };
+        match sqe.arg0 {
+            x if x == sockopt(SOL_SOCKET, SO_REUSEADDR)
+                || x == sockopt(SOL_SOCKET, SO_REUSEPORT) =>
+            {
+                s.reuseaddr = on
+            }
+            x if x == sockopt(SOL_SOCKET, SO_KEEPALIVE) => s.opts.keepalive = on,
+            // The ring buffers are fixed at attach time; accepted like Linux accepts any size.
+            x if x == sockopt(SOL_SOCKET, SO_RCVBUF) || x == sockopt(SOL_SOCKET, SO_SNDBUF) => {}
+            x if x == sockopt(IPPROTO_TCP, TCP_NODELAY) => s.opts.nodelay = on,
+            _ => return Err(ENOPROTOOPT),
+        }
+        let opts = s.opts;
+        if let Kind::Listener(id) = s.kind {
+            if let Some(l) = net.listeners.get_mut(&id) {
+                l.opts = opts;
+            }
+        }
+        if let Some(h) = handle {
+            apply_tcp_opts(net.sockets.get_mut::<tcp::Socket>(h), opts);
+        }
+        Ok(cqe(0, 0))
+    }
+
+    fn op_getsockopt(&mut self, sqe: &Sqe) -> Result<Cqe, i32> {
+        let buf_size = self.view.geometry().buf_size as u64;
+        let s = self.slot_mut(sqe.slot)?;
+        let value = match sqe.arg0 {
+            x if x == sockopt(SOL_SOCKET, SO_ERROR) => {
+                let e = std::mem::take(&mut s.error);
+                s.readiness &= !READY_ERR;
+                if let Some(w) = self.view.slot_stack(sqe.slot) {
+                    w.error.store(0, Release);
+                    w.readiness.fetch_and(!READY_ERR, Release);
+                }
+                e as u64
+            }
+            x if x == sockopt(SOL_SOCKET, SO_TYPE) => match s.kind {
+                Kind::Dgram(_) => SOCK_DGRAM as u64,
+                _ => SOCK_STREAM as u64,
+            },
+            x if x == sockopt(SOL_SOCKET, SO_REUSEADDR)
+                || x == sockopt(SOL_SOCKET, SO_REUSEPORT) =>
+            {
+                s.reuseaddr as u64
+            }
+            x if x == sockopt(SOL_SOCKET, SO_KEEPALIVE) => s.opts.keepalive as u64,
+            x if x == sockopt(SOL_SOCKET, SO_RCVBUF) || x == sockopt(SOL_SOCKET, SO_SNDBUF) => {
+                buf_size
+            }
+            x if x == sockopt(IPPROTO_TCP, TCP_NODELAY) => s.opts.nodelay as u64,
+            _ => return Err(ENOPROTOOPT),
+        };
+        let mut c = cqe(0, 0);
+        c.value = value;
+        Ok(c)
+    }
+
+    fn op_getsockname(&mut self, sqe: &Sqe, net: &mut Net) -> Result<Cqe, i32> {
+        let local_ip = net.local_ip();
+        let s = self.slot_mut(sqe.slot)?;
+        let connected_handle = match &s.kind {
+            Kind::Stream(st) => st.handle,
+            _ => None,
+        };
+        let ep = match connected_handle
+            .and_then(|h| net.sockets.get::<tcp::Socket>(h).local_endpoint())
+        {
+            Some(ep) => ep,
+            None => {
+                let ip = match (&s.kind, s.bound_ip) {
+                    (Kind::Dgram(d), Some(ip)) if ip.is_unspecified() && d.peer.is_some() => {
+                        local_ip
+                    }
+                    (_, Some(ip)) => ip,
+                    _ => Ipv4Addr::UNSPECIFIED,
+                };
+                endpoint(ip, s.port.unwrap_or(0))
+            }
+        };
+        Ok(with_addr(cqe(0, 0), Some(ep)))
+    }
+
+    fn op_getpeername(&mut self, sqe: &Sqe, net: &mut Net) -> Result<Cqe, i32> {
+        let s = self.slot_mut(sqe.slot)?;
+        let ep = match &s.kind {
+            Kind::Stream(st) if st.phase == Phase::Connected => st
+                .handle
+                .and_then(|h| net.sockets.get::<tcp::Socket>(h).remote_endpoint()),
+            Kind::Dgram(d) => d.peer,
+            _ => None,
+        };
+        ep.map(|ep| with_addr(cqe(0, 0), Some(ep))).ok_or(ENOTCONN)
+    }
+
+    /// Moves data and updates readiness for every socket; returns whether anything moved.
+    pub fn service(&mut self, net: &mut Net, now: Instant) -> Result<bool, Violation> {
+        let mut moved = false;
+        for idx in 0..self.slots.len() as u32 {
+            let changed = match self.slots[idx as usize].kind {
+                Kind::Free => continue,
+                Kind::Stream(_) => self.service_stream(idx, net, now)?,
+                Kind::Listener(id) => {
+                    let r = if net.acceptable(id) { READY_IN } else { 0 };
+                    self.set_readiness(idx, r, false)
+                }
+                Kind::Dgram(_) => self.service_dgram(idx, net)?,
+                Kind::Closing(h) => {
+                    self.service_closing(idx, h, net, now)?;
+                    false
+                }
+            };
+            moved |= changed;
+        }
+        self.flush_completions()?;
+        Ok(moved)
+    }
+
+    /// Publishes `readiness` for a slot and queues an event if it changed or data moved.
+    fn set_readiness(&mut self, idx: u32, readiness: u32, data_moved: bool) -> bool {
+        let s = &mut self.slots[idx as usize];
+        let changed = s.readiness != readiness;
+        if !changed && !data_moved {
+            return false;
+        }
+        s.readiness = readiness;
+        let error = s.error;
+        let Some(words) = self.view.slot_stack(idx) else {
+            return false;
+        };
+        words.error.store(error, Release);
+        words.readiness.store(readiness, Release);
+        self.published = true;
+        if words.event_queued.swap(1, SeqCst) == 0 {
+            let entries = self.view.geometry().ev_entries;
+            let head = self.view.ev_head().load(Acquire);
+            // The client cleared event_queued without popping: its queue state is its own
+            // problem, but the stack never writes past the free space.
+            if self.ev_tail.wrapping_sub(head) < entries {
+                self.view.write_event(self.ev_tail, idx);
+                self.ev_tail = self.ev_tail.wrapping_add(1);
+                self.view.ev_tail().store(self.ev_tail, Release);
+            }
+        }
+        true
+    }
+
+    /// Validated transmit-ring bytes waiting for the stack.
+    fn tx_pending(&self, idx: u32) -> Result<u32, Violation> {
+        let s = &self.slots[idx as usize];
+        let tail = self
+            .view
+            .slot_client(idx)
+            .map_or(s.tx_head, |c| c.tx_tail.load(Acquire));
+        let pending = tail.wrapping_sub(s.tx_head);
+        if pending > self.view.geometry().buf_size {
+            return Err(Violation(format!(
+                "slot {idx}: tx_tail {tail} is more than the ring ahead of tx_head {}",
+                s.tx_head
+            )));
+        }
+        Ok(match s.close_at {
+            Some(end) => end.wrapping_sub(s.tx_head).min(pending),
+            None => pending,
+        })
+    }
+
+    /// Validated free space in the receive ring.
+    fn rx_space(&self, idx: u32) -> Result<u32, Violation> {
+        let s = &self.slots[idx as usize];
+        let head = self
+            .view
+            .slot_client(idx)
+            .map_or(s.rx_tail, |c| c.rx_head.load(SeqCst));
+        let used = s.rx_tail.wrapping_sub(head);
+        let size = self.view.geometry().buf_size;
+        if used > size {
+            return Err(Violation(format!(
+                "slot {idx}: rx_head {head} is ahead of rx_tail {}",
+                s.rx_tail
+            )));
+        }
+        Ok(size - used)
+    }
+
+    /// Copies the transmit ring into smoltcp's send buffer; returns bytes moved.
+    fn pump_tx(&mut self, idx: u32, sock: &mut tcp::Socket<'_>) -> Result<u32, Violation> {
+        let mut pending = self.tx_pending(idx)?;
+        let Some(ring) = self.view.tx_ring(idx) else {
+            return Ok(0);
+        };
+        let s = &mut self.slots[idx as usize];
+        let mut moved = 0;
+        // smoltcp hands out its ring in at most two contiguous pieces.
+        for _ in 0..2 {
+            if pending == 0 || !sock.can_send() {
+                break;
+            }
+            let head = s.tx_head;
+            let n = sock
+                .send(|buf| {
+                    let n = buf.len().min(pending as usize);
+                    ring.read(head, &mut buf[..n]);
+                    (n, n)
+                })
+                .unwrap_or(0) as u32;
+            if n == 0 {
+                break;
+            }
+            s.tx_head = s.tx_head.wrapping_add(n);
+            pending -= n;
+            moved += n;
+        }
+        if moved > 0 {
+            if let Some(w) = self.view.slot_stack(idx) {
+                w.tx_head.store(s.tx_head, Release);
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Copies received data into the receive ring; returns bytes moved.
+    fn pump_rx(&mut self, idx: u32, sock: &mut tcp::Socket<'_>) -> Result<u32, Violation> {
+        let Some(ring) = self.view.rx_ring(idx) else {
+            return Ok(0);
+        };
+        let mut moved = 0;
+        loop {
+            let mut space = self.rx_space(idx)?;
+            let s = &mut self.slots[idx as usize];
+            while space > 0 && sock.can_recv() {
+                let tail = s.rx_tail;
+                let n = sock
+                    .recv(|buf| {
+                        let n = buf.len().min(space as usize);
+                        ring.write(tail, &buf[..n]);
+                        (n, n)
+                    })
+                    .unwrap_or(0) as u32;
+                if n == 0 {
+                    break;
+                }
+                s.rx_tail = s.rx_tail.wrapping_add(n);
+                space -= n;
+                moved += n;
+            }
+            let words = self.view.slot_stack(idx);
+            if let Some(w) = words {
+                if moved > 0 {
+                    w.rx_tail.store(s.rx_tail, Release);
+                }
+            }
+            if !sock.can_recv() {
+                break;
+            }
+            // The ring is full: ask the client for a kick when it reads, then look once more
+            // in case it read just before seeing the request (its store, our load; see ring.md).
+            if let Some(w) = words {
+                w.rx_wanted.store(1, SeqCst);
+            }
+            if self.rx_space(idx)? == 0 {
+                break;
+            }
+        }
+        Ok(moved)
+    }
+
+    fn service_stream(&mut self, idx: u32, net: &mut Net, now: Instant) -> Result<bool, Violation> {
+        let Kind::Stream(st) = &self.slots[idx as usize].kind else {
+            return Ok(false);
+        };
+        let Some(h) = st.handle else {
+            return Ok(false);
+        };
+        self.service_stream_socket(idx, net.sockets.get_mut::<tcp::Socket>(h), now)
+    }
+
+    fn service_stream_socket(
+        &mut self,
+        idx: u32,
+        sock: &mut tcp::Socket<'_>,
+        now: Instant,
+    ) -> Result<bool, Violation> {
+        let state = sock.state();
+        let mut moved = false;
+        {
+            let s = &mut self.slots[idx as usize];
+            let Kind::Stream(st) = &mut s.kind else {
+                return Ok(false);
+            };
+            if matches!(
+                state,
+                tcp::State::CloseWait
+                    | tcp::State::LastAck
+                    | tcp::State::Closing
+                    | tcp::State::TimeWait
+            ) {
+                st.peer_fin = true;
+            }
+            match st.phase {
+                Phase::Connecting => match state {
+                    tcp::State::SynSent | tcp::State::SynReceived => {}
+                    tcp::State::Closed => {
+                        st.phase = Phase::Failed;
+                        s.error = if now - st.started >= CONNECT_TIMEOUT {
+                            ETIMEDOUT
+                        } else {
+                            ECONNREFUSED
+                        } as u32;
+                    }
+                    _ => {
+                        st.phase = Phase::Connected;
+                        sock.set_timeout(None);
+                    }
+                },
+                Phase::Connected
+                    if state == tcp::State::Closed && st.last != tcp::State::Closed =>
+                {
+                    let orderly = st.fin_sent && st.peer_fin;
+                    if !orderly {
+                        s.error = ECONNRESET as u32;
+                    }
+                }
+                _ => {}
+            }
+            st.last = state;
+        }
+        let connected = matches!(
+            &self.slots[idx as usize].kind,
+            Kind::Stream(st) if st.phase == Phase::Connected
+        );
+        if connected {
+            moved |= self.pump_tx(idx, sock)? > 0;
+            let shut_rd = matches!(&self.slots[idx as usize].kind, Kind::Stream(st) if st.shut_rd);
+            if shut_rd {
+                // Linux discards data that arrives after SHUT_RD.
+                while sock.recv(|b| (b.len(), ())).is_ok_and(|_| sock.can_recv()) {}
+            } else {
+                moved |= self.pump_rx(idx, sock)? > 0;
+            }
+        }
+        let pending = self.tx_pending(idx)?;
+        let s = &mut self.slots[idx as usize];
+        let Kind::Stream(st) = &mut s.kind else {
+            return Ok(moved);
+        };
+        if st.phase == Phase::Connected
+            && st.shut_wr
+            && !st.fin_sent
+            && pending == 0
+            && sock.may_send()
+        {
+            sock.close();
+            st.fin_sent = true;
+        }
+        // Bytes a reset or closed connection can no longer send are dropped.
+        if pending > 0 && !sock.may_send() && st.phase != Phase::Connecting {
+            s.tx_head = s.tx_head.wrapping_add(pending);
+            if let Some(w) = self.view.slot_stack(idx) {
+                w.tx_head.store(s.tx_head, Release);
+            }
+            if s.error == 0 && !st.fin_sent {
+                s.error = EPIPE as u32;
+            }
+            moved = true;
+        }
+        let mut r = 0;
+        let rx_head = self
+            .view
+            .slot_client(idx)
+            .map_or(s.rx_tail, |c| c.rx_head.load(Acquire));
+        if rx_head != s.rx_tail {
+            r |= READY_IN;
+        }
+        match st.phase {
+            Phase::Connected => {
+                r |= READY_CONNECTED;
+                let eof = (st.peer_fin || state == tcp::State::Closed) && !sock.can_recv();
+                if eof || st.shut_rd {
+                    r |= READY_RDHUP | READY_IN;
+                }
+                if sock.may_send() && !st.shut_wr {
+                    r |= READY_OUT;
+                }
+                if state == tcp::State::Closed || (eof && st.fin_sent) {
+                    r |= READY_HUP;
+                }
+            }
+            Phase::Failed => r |= READY_CONNECTED | READY_HUP | READY_IN | READY_OUT,
+            Phase::Connecting | Phase::Idle => {}
+        }
+        if s.error != 0 {
+            r |= READY_ERR;
+        }
+        Ok(self.set_readiness(idx, r, moved))
+    }
+
+    /// Sends what a closed stream still had in its ring, then FIN, then frees the slot.
+    fn service_closing(
+        &mut self,
+        idx: u32,
+        h: SocketHandle,
+        net: &mut Net,
+        now: Instant,
+    ) -> Result<(), Violation> {
+        let sock = net.sockets.get_mut::<tcp::Socket>(h);
+        self.pump_tx(idx, sock)?;
+        let pending = self.tx_pending(idx)?;
+        let may_send = sock.may_send();
+        if may_send && pending == 0 {
+            sock.close();
+        }
+        if pending == 0 || !may_send {
+            let port = self.slots[idx as usize].port.take();
+            net.linger(h, port, now);
+            self.free_slot(idx);
+        }
+        Ok(())
+    }
+
+    fn service_dgram(&mut self, idx: u32, net: &mut Net) -> Result<bool, Violation> {
+        let Kind::Dgram(d) = &self.slots[idx as usize].kind else {
+            return Ok(false);
+        };
+        let peer = d.peer;
+        let mut handle = d.handle;
+        let mut moved = false;
+        let pending = self.tx_pending(idx)?;
+        if pending > 0 && handle.is_none() {
+            // First send on an unbound socket binds it to an ephemeral port, as Linux does.
+            let s = &mut self.slots[idx as usize];
+            let port = net.udp_ports.bind(0, false).ok();
+            let h = port.and_then(|p| {
+                let h = net.new_udp().ok()?;
+                if net.sockets.get_mut::<udp::Socket>(h).bind(p).is_err() {
+                    net.remove(h);
+                    return None;
+                }
+                Some(h)
+            });
+            match (port, h) {
+                (Some(p), Some(h)) => {
+                    s.port = Some(p);
+                    s.bound_ip = Some(Ipv4Addr::UNSPECIFIED);
+                    if let Kind::Dgram(d) = &mut s.kind {
+                        d.handle = Some(h);
+                    }
+                    handle = Some(h);
+                }
+                (p, _) => {
+                    if let Some(p) = p {
+                        net.udp_ports.release(p);
+                    }
+                    s.error = ENOBUFS as u32;
+                }
+            }
+        }
+        if let Some(h) = handle {
+            moved |= self.dgram_tx(idx, h, peer, net)?;
+            moved |= self.dgram_rx(idx, h, net)?;
+        }
+        let s = &self.slots[idx as usize];
+        let rx_head = self
+            .view
+            .slot_client(idx)
+            .map_or(s.rx_tail, |c| c.rx_head.load(Acquire));
+        let mut r = READY_OUT;
+        if rx_head != s.rx_tail {
+            r |= READY_IN;
+        }
+        if s.error != 0 {
+            r |= READY_ERR;
+        }
+        Ok(self.set_readiness(idx, r, moved))
+    }
+
+    fn dgram_tx(
+        &mut self,
+        idx: u32,
+        h: SocketHandle,
+        peer: Option<IpEndpoint>,
+        net: &mut Net,
+    ) -> Result<bool, Violation> {
+        let Some(ring) = self.view.tx_ring(idx) else {
+            return Ok(false);
+        };
+        let mut pending = self.tx_pending(idx)?;
+        let mut moved = false;
+        let hdr_len = std::mem::size_of::<DatagramHeader>() as u32;
+        while pending > 0 {
+            let s = &mut self.slots[idx as usize];
+            if pending < hdr_len {
+                return Err(Violation(format!("slot {idx}: partial datagram header")));
+            }
+            let mut raw = [0u8; 24];
+            ring.read(s.tx_head, &mut raw);
+            let len = u32::from_ne_bytes([raw[0], raw[1], raw[2], raw[3]]);
+            let family = u16::from_ne_bytes([raw[4], raw[5]]);
+            let port = u16::from_ne_bytes([raw[6], raw[7]]);
+            if len > DATAGRAM_MAX || datagram_record_size(len) > pending {
+                return Err(Violation(format!(
+                    "slot {idx}: datagram record of {len} bytes"
+                )));
+            }
+            let record = datagram_record_size(len);
+            let dst = if family == AF_INET && port != 0 {
+                Some(endpoint(
+                    Ipv4Addr::new(raw[8], raw[9], raw[10], raw[11]),
+                    port,
+                ))
+            } else {
+                peer
+            };
+            let sock = net.sockets.get_mut::<udp::Socket>(h);
+            match dst {
+                Some(dst) => {
+                    let data_at = s.tx_head.wrapping_add(hdr_len);
+                    match sock.send(len as usize, dst) {
+                        Ok(buf) => ring.read(data_at, buf),
+                        Err(udp::SendError::BufferFull) => break,
+                        Err(udp::SendError::Unaddressable) => s.error = ENETUNREACH as u32,
+                    }
+                }
+                None => s.error = EDESTADDRREQ as u32,
+            }
+            s.tx_head = s.tx_head.wrapping_add(record);
+            pending -= record;
+            moved = true;
+        }
+        if moved {
+            let head = self.slots[idx as usize].tx_head;
+            if let Some(w) = self.view.slot_stack(idx) {
+                w.tx_head.store(head, Release);
+            }
+        }
+        Ok(moved)
+    }
+
+    fn dgram_rx(&mut self, idx: u32, h: SocketHandle, net: &mut Net) -> Result<bool, Violation> {
+        let Some(ring) = self.view.rx_ring(idx) else {
+            return Ok(false);
+        };
+        let mut moved = false;
+        loop {
+            let space = self.rx_space(idx)?;
+            let sock = net.sockets.get_mut::<udp::Socket>(h);
+            let Ok((payload, meta)) = sock.peek() else {
+                break;
+            };
+            let record = datagram_record_size(payload.len() as u32);
+            if record > space {
+                break;
+            }
+            let s = &mut self.slots[idx as usize];
+            let mut hdr = [0u8; 24];
+            hdr[..4].copy_from_slice(&(payload.len() as u32).to_ne_bytes());
+            hdr[4..6].copy_from_slice(&AF_INET.to_ne_bytes());
+            hdr[6..8].copy_from_slice(&meta.endpoint.port.to_ne_bytes());
+            if let IpAddress::Ipv4(ip) = meta.endpoint.addr {
+                hdr[8..12].copy_from_slice(&ip.octets());
+            }
+            ring.write(s.rx_tail, &hdr);
+            ring.write(s.rx_tail.wrapping_add(24), payload);
+            s.rx_tail = s.rx_tail.wrapping_add(record);
+            let _ = sock.recv();
+            moved = true;
+        }
+        if moved {
+            let tail = self.slots[idx as usize].rx_tail;
+            if let Some(w) = self.view.slot_stack(idx) {
+                w.rx_tail.store(tail, Release);
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Wakes client threads sleeping on the ring if anything was published since the last call.
+    pub fn wake_client(&mut self) {
+        if !std::mem::take(&mut self.published) {
+            return;
+        }
+        self.view.client_wake_seq().fetch_add(1, SeqCst);
+        if self.view.client_waiters().load(SeqCst) > 0 {
+            futex_wake_all(self.view.client_wake_seq());
+        }
+    }
+
+    /// Ends the session: every socket is reset or dropped, ports are released, and the client
+    /// is told (it may still be alive if the stack closed it for a violation).
+    pub fn teardown(&mut self, net: &mut Net, now: Instant) {
+        for idx in 0..self.slots.len() as u32 {
+            if let Kind::Stream(st) = &self.slots[idx as usize].kind {
+                if let Some(h) = st.handle {
+                    let port = self.slots[idx as usize].port.take();
+                    net.abort_tcp(h, port, now);
+                    self.slots[idx as usize].kind = Kind::Free;
+                    continue;
+                }
+            }
+            if let Kind::Closing(h) = self.slots[idx as usize].kind {
+                let port = self.slots[idx as usize].port.take();
+                net.abort_tcp(h, port, now);
+                self.slots[idx as usize].kind = Kind::Free;
+                continue;
+            }
+            self.close_slot(idx, net, now);
+        }
+        self.set_stack_flag(STACK_CLOSED, true);
+        self.published = true;
+        self.wake_client();
+    }
+}

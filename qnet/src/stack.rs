@@ -1,0 +1,219 @@
+//! The service loop: one thread that owns the interface, the device and every client session.
+//!
+//! Each pass takes ring operations, moves client data into smoltcp, feeds received frames in one
+//! at a time (refilling listen queues between them), moves received data out to the rings, lets
+//! smoltcp transmit, and wakes clients that were waiting. It keeps polling for `busy_poll` after
+//! its last work, then tells the clients it is going to sleep (`STACK_NEED_WAKEUP`) and sleeps in
+//! io_uring until a frame, a doorbell, a hang-up or smoltcp's next timer.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use crossbeam_channel::Receiver;
+use smoltcp::time::Instant;
+
+use qnet_client::sys::{eventfd, eventfd_signal};
+use qnet_ring::{Geometry, STACK_NEED_WAKEUP};
+
+use crate::attach::Attacher;
+use crate::config::StackConfig;
+use crate::net::{to_std, Net, NetStats};
+use crate::phy::{DeviceStats, Tap, UringTap};
+use crate::session::Session;
+
+/// Longest sleep when smoltcp has no timer pending (a safety net, not a poll interval).
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// Sleep while closing sockets linger, so they are reaped promptly.
+const LINGER_SLEEP: Duration = Duration::from_millis(100);
+
+/// Stops a running stack from another thread.
+#[derive(Clone)]
+pub struct StackHandle {
+    stop: Arc<AtomicBool>,
+    doorbell: Arc<OwnedFd>,
+}
+
+impl StackHandle {
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        eventfd_signal(self.doorbell.as_raw_fd());
+    }
+}
+
+/// Counters of the whole stack.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StackStats {
+    pub device: DeviceStats,
+    pub net: NetStats,
+    pub sessions: usize,
+}
+
+pub struct Stack {
+    net: Net,
+    dev: UringTap,
+    sessions: HashMap<u64, Session>,
+    incoming: Receiver<Session>,
+    stop: Arc<AtomicBool>,
+    epoch: std::time::Instant,
+    busy_poll: Duration,
+}
+
+impl Stack {
+    /// Builds a stack on an open TAP. Returns the stack (run it with [`Stack::run`]), the
+    /// attacher that admits clients, and a handle to stop it.
+    pub fn new(cfg: StackConfig, tap: Tap) -> anyhow::Result<(Stack, Arc<Attacher>, StackHandle)> {
+        cfg.validate()?;
+        let geometry = Geometry::new(256, 512, cfg.ring_slots, cfg.ring_buf)
+            .map_err(|e| anyhow::anyhow!("ring geometry: {e}"))?;
+        let doorbell = Arc::new(eventfd().context("creating the doorbell eventfd")?);
+        let dup = doorbell.try_clone().context("duplicating the doorbell")?;
+        let mut dev =
+            UringTap::new(tap.fd, dup, cfg.mtu as usize).context("setting up io_uring")?;
+        let epoch = std::time::Instant::now();
+        let busy_poll = cfg.busy_poll;
+        let net = Net::new(cfg, &mut dev.queues, Instant::ZERO);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let stop = Arc::new(AtomicBool::new(false));
+        let attacher = Arc::new(Attacher::new(geometry, doorbell.clone(), tx));
+        let handle = StackHandle {
+            stop: stop.clone(),
+            doorbell,
+        };
+        let stack = Stack {
+            net,
+            dev,
+            sessions: HashMap::new(),
+            incoming: rx,
+            stop,
+            epoch,
+            busy_poll,
+        };
+        Ok((stack, attacher, handle))
+    }
+
+    fn now(&self) -> Instant {
+        Instant::from_micros(self.epoch.elapsed().as_micros() as i64)
+    }
+
+    pub fn stats(&self) -> StackStats {
+        StackStats {
+            device: self.dev.stats,
+            net: self.net.stats,
+            sessions: self.sessions.len(),
+        }
+    }
+
+    fn end_session(&mut self, id: u64, why: &str) {
+        if let Some(mut s) = self.sessions.remove(&id) {
+            let now = self.now();
+            s.teardown(&mut self.net, now);
+            tracing::info!(session = id, "client detached: {why}");
+        }
+    }
+
+    /// One pass over everything; returns whether any work was done.
+    fn pass(&mut self) -> anyhow::Result<bool> {
+        let reaped = self.dev.reap();
+        for id in reaped.hangups {
+            self.end_session(id, "connection closed");
+        }
+        while let Ok(s) = self.incoming.try_recv() {
+            self.dev
+                .watch_hangup(s.stream.as_raw_fd(), s.id)
+                .context("watching a client")?;
+            self.sessions.insert(s.id, s);
+        }
+        let now = self.now();
+        let mut work = reaped.rx_frames > 0;
+        let mut violations = Vec::new();
+        for s in self.sessions.values_mut() {
+            match s.process_submissions(&mut self.net, now) {
+                Ok(n) => work |= n > 0,
+                Err(v) => violations.push((s.id, v)),
+            }
+        }
+        for s in self.sessions.values_mut() {
+            match s.service(&mut self.net, now) {
+                Ok(moved) => work |= moved,
+                Err(v) => violations.push((s.id, v)),
+            }
+        }
+        while self.dev.queues.has_rx() {
+            self.net
+                .iface
+                .poll_ingress_single(now, &mut self.dev.queues, &mut self.net.sockets);
+            if !self.net.listeners.is_empty() {
+                self.net.refill_listeners();
+            }
+        }
+        for s in self.sessions.values_mut() {
+            match s.service(&mut self.net, now) {
+                Ok(moved) => work |= moved,
+                Err(v) => violations.push((s.id, v)),
+            }
+        }
+        self.net
+            .iface
+            .poll_egress(now, &mut self.dev.queues, &mut self.net.sockets);
+        self.net.reap_lingering(now);
+        for (id, v) in violations {
+            tracing::error!(session = id, "closing client: {v}");
+            self.net.stats.sessions_closed_for_violation += 1;
+            self.end_session(id, "protocol violation");
+        }
+        for s in self.sessions.values_mut() {
+            s.wake_client();
+        }
+        self.dev.arm().context("arming the TAP")?;
+        Ok(work)
+    }
+
+    /// Runs until [`StackHandle::stop`] is called.
+    pub fn run(&mut self) -> anyhow::Result<()> {
+        let mut last_work = std::time::Instant::now();
+        while !self.stop.load(Ordering::Relaxed) {
+            if self.pass()? {
+                last_work = std::time::Instant::now();
+            }
+            if last_work.elapsed() < self.busy_poll {
+                self.dev.submit().context("submitting to io_uring")?;
+                continue;
+            }
+            // Announce the sleep, then look once more: a client that published before seeing
+            // the flag will not ring the doorbell (ring.md, "Wake-ups").
+            for s in self.sessions.values() {
+                s.set_stack_flag(STACK_NEED_WAKEUP, true);
+            }
+            let pending = self.sessions.values().any(Session::has_submissions);
+            if !pending && !self.dev.queues.has_rx() {
+                let now = self.now();
+                let mut timeout = self
+                    .net
+                    .iface
+                    .poll_delay(now, &self.net.sockets)
+                    .map_or(MAX_SLEEP, to_std)
+                    .min(MAX_SLEEP);
+                if self.net.has_lingering() {
+                    timeout = timeout.min(LINGER_SLEEP);
+                }
+                if !timeout.is_zero() {
+                    self.dev
+                        .wait(Some(timeout))
+                        .context("waiting on io_uring")?;
+                }
+            }
+            for s in self.sessions.values() {
+                s.set_stack_flag(STACK_NEED_WAKEUP, false);
+            }
+        }
+        let ids: Vec<u64> = self.sessions.keys().copied().collect();
+        for id in ids {
+            self.end_session(id, "stack stopped");
+        }
+        Ok(())
+    }
+}
