@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use crossbeam_channel::Receiver;
+use smoltcp::iface::PollIngressSingleResult;
 use smoltcp::time::Instant;
 
 use qnet_client::sys::{eventfd, eventfd_signal};
@@ -142,10 +143,18 @@ impl Stack {
                 Err(v) => violations.push((s.id, v)),
             }
         }
+        // One frame at a time, so listen queues are refilled between SYNs. Stops early when the
+        // transmit queue is full (smoltcp needs a transmit token for every received frame);
+        // the frames wait for the next pass, after completions are reaped.
         while self.dev.queues.has_rx() {
-            self.net
-                .iface
-                .poll_ingress_single(now, &mut self.dev.queues, &mut self.net.sockets);
+            let r = self.net.iface.poll_ingress_single(
+                now,
+                &mut self.dev.queues,
+                &mut self.net.sockets,
+            );
+            if r == PollIngressSingleResult::None {
+                break;
+            }
             if !self.net.listeners.is_empty() {
                 self.net.refill_listeners();
             }
@@ -175,7 +184,17 @@ impl Stack {
     /// Runs until [`StackHandle::stop`] is called.
     pub fn run(&mut self) -> anyhow::Result<()> {
         let mut last_work = std::time::Instant::now();
+        let mut last_report = last_work;
         while !self.stop.load(Ordering::Relaxed) {
+            if last_report.elapsed() >= Duration::from_secs(1) {
+                last_report = std::time::Instant::now();
+                tracing::debug!(
+                    stats = ?self.stats(),
+                    tx_outstanding = self.dev.queues.tx_outstanding(),
+                    rx_posted = self.dev.rx_posted(),
+                    "stack"
+                );
+            }
             if self.pass()? {
                 last_work = std::time::Instant::now();
             }

@@ -80,6 +80,11 @@ impl FrameQueues {
     pub fn has_rx(&self) -> bool {
         !self.rx_ready.is_empty()
     }
+
+    /// Frames queued for or in flight to the TAP.
+    pub fn tx_outstanding(&self) -> usize {
+        self.tx.outstanding
+    }
 }
 
 pub struct RxToken<'a> {
@@ -201,6 +206,11 @@ impl UringTap {
             queues: FrameQueues::new(mtu),
             stats: DeviceStats::default(),
         })
+    }
+
+    /// Reads currently posted on the TAP.
+    pub fn rx_posted(&self) -> usize {
+        self.rx_inflight.iter().filter(|b| b.is_some()).count()
     }
 
     /// Pushes one entry, submitting first if the submission queue is full.
