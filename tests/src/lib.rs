@@ -1,0 +1,218 @@
+//! Test harness: network namespaces, a qnet stack on a TAP inside one, and kernel peers run with
+//! `ip netns exec`. Everything is created per test and removed on drop.
+//!
+//! Tests need root, /dev/net/tun and the tools `scripts/setup.sh` installs; [`require_env`]
+//! fails with a clear message when they are missing (never a silent pass).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread::JoinHandle;
+
+use qnet::phy::{Tap, TapOptions};
+use qnet::{Stack, StackConfig, StackHandle};
+
+/// Fails the test with a clear message unless it runs as root with TAP support and the tools.
+pub fn require_env(tools: &[&str]) {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    assert_eq!(
+        uid, 0,
+        "these tests create network namespaces and TAPs: run them as root (scripts/test.sh)"
+    );
+    assert!(
+        std::path::Path::new("/dev/net/tun").exists(),
+        "/dev/net/tun is missing: load the tun module"
+    );
+    for t in tools.iter().chain(&["ip"]) {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(found, "tool {t:?} not found: run scripts/setup.sh");
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh, uniquely named network namespace with loopback up; deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("qt-{tag}-{}-{n}", std::process::id());
+        run("ip", &["netns", "add", &name]);
+        run("ip", &["-n", &name, "link", "set", "lo", "up"]);
+        Netns { name }
+    }
+
+    /// A command that runs inside the namespace.
+    pub fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Runs a shell snippet in the namespace and returns its output (panics on spawn failure).
+    pub fn sh(&self, script: &str) -> Output {
+        self.cmd("sh")
+            .args(["-c", script])
+            .output()
+            .unwrap_or_else(|e| panic!("running {script:?}: {e}"))
+    }
+
+    /// Starts a python3 script in the namespace.
+    pub fn python(&self, script: &str, args: &[&str]) -> Child {
+        self.cmd("python3")
+            .arg("-c")
+            .arg(script)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning python3")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+pub fn run(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The kernel side of the TAP.
+pub const PEER_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+/// The stack's address.
+pub const STACK_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+
+/// A qnet stack serving a TAP in its own namespace, running on a thread of the test.
+pub struct TestStack {
+    pub ns: Netns,
+    pub socket: PathBuf,
+    handle: StackHandle,
+    thread: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestStack {
+    pub fn start(tag: &str) -> TestStack {
+        Self::start_with(tag, |_| {})
+    }
+
+    pub fn start_with(tag: &str, tune: impl FnOnce(&mut StackConfig)) -> TestStack {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("QNET_LOG")
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_test_writer()
+            .try_init();
+        let ns = Netns::new(tag);
+        let mut cfg = StackConfig::new(qnet::Ipv4Cidr {
+            addr: STACK_IP,
+            prefix: 24,
+        });
+        tune(&mut cfg);
+        let tap = Tap::create(&TapOptions {
+            name: "qtap0".into(),
+            netns: Some(ns.name.clone()),
+            mtu: cfg.mtu,
+            peer_addr: Some(qnet::Ipv4Cidr {
+                addr: PEER_IP,
+                prefix: 24,
+            }),
+        })
+        .expect("creating the TAP");
+        let socket = std::env::temp_dir().join(format!("{}.sock", ns.name));
+        let _ = std::fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket).expect("binding the attach socket");
+        let (mut stack, attacher, handle) = Stack::new(cfg, tap).expect("building the stack");
+        std::thread::spawn(move || attacher.serve(listener));
+        let thread = std::thread::spawn(move || stack.run());
+        TestStack {
+            ns,
+            socket,
+            handle,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn client(&self) -> qnet_client::Client {
+        qnet_client::Client::connect(&self.socket).expect("attaching to the stack")
+    }
+
+    pub fn addr(&self, port: u16) -> SocketAddr {
+        SocketAddr::from((STACK_IP, port))
+    }
+
+    pub fn peer(&self, port: u16) -> SocketAddr {
+        SocketAddr::from((PEER_IP, port))
+    }
+}
+
+impl Drop for TestStack {
+    fn drop(&mut self) {
+        self.handle.stop();
+        if let Some(t) = self.thread.take() {
+            let r = t.join();
+            if !std::thread::panicking() {
+                match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => panic!("stack failed: {e:#}"),
+                    Err(_) => panic!("stack thread panicked"),
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so large transfers need no stored data.
+pub struct Pattern(u64);
+
+impl Pattern {
+    pub fn new(seed: u64) -> Self {
+        Pattern(seed | 1)
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            let b = self.0.to_le_bytes();
+            chunk.copy_from_slice(&b[..chunk.len()]);
+        }
+    }
+}
+
+/// Waits until a TCP port is listening in the namespace (for kernel servers started by a test).
+pub fn wait_listening(ns: &Netns, port: u16) {
+    for _ in 0..200 {
+        let out = ns.sh(&format!("ss -Hltn 'sport = :{port}'"));
+        if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("nothing listens on port {port} in {}", ns.name);
+}
