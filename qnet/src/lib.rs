@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod net;
 pub mod phy;
+pub mod runner;
 pub mod session;
 pub mod stack;
 

@@ -5,14 +5,13 @@
 //! fails with a clear message when they are missing (never a silent pass).
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::thread::JoinHandle;
 
-use qnet::phy::{Tap, TapOptions};
-use qnet::{Stack, StackConfig, StackHandle};
+use qnet::phy::TapOptions;
+use qnet::runner::RunningStack;
+use qnet::StackConfig;
 
 /// Fails the test with a clear message unless it runs as root with TAP support and the tools.
 pub fn require_env(tools: &[&str]) {
@@ -107,10 +106,10 @@ pub const STACK_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 
 /// A qnet stack serving a TAP in its own namespace, running on a thread of the test.
 pub struct TestStack {
+    // Declared first: stopped before the namespace goes.
+    stack: RunningStack,
     pub ns: Netns,
     pub socket: PathBuf,
-    handle: StackHandle,
-    thread: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
 impl TestStack {
@@ -127,33 +126,8 @@ impl TestStack {
             .with_test_writer()
             .try_init();
         let ns = Netns::new(tag);
-        let mut cfg = StackConfig::new(qnet::Ipv4Cidr {
-            addr: STACK_IP,
-            prefix: 24,
-        });
-        tune(&mut cfg);
-        let tap = Tap::create(&TapOptions {
-            name: "qtap0".into(),
-            netns: Some(ns.name.clone()),
-            mtu: cfg.mtu,
-            peer_addr: Some(qnet::Ipv4Cidr {
-                addr: PEER_IP,
-                prefix: 24,
-            }),
-        })
-        .expect("creating the TAP");
-        let socket = std::env::temp_dir().join(format!("{}.sock", ns.name));
-        let _ = std::fs::remove_file(&socket);
-        let listener = UnixListener::bind(&socket).expect("binding the attach socket");
-        let (mut stack, attacher, handle) = Stack::new(cfg, tap).expect("building the stack");
-        std::thread::spawn(move || attacher.serve(listener));
-        let thread = std::thread::spawn(move || stack.run());
-        TestStack {
-            ns,
-            socket,
-            handle,
-            thread: Some(thread),
-        }
+        let (stack, socket) = start_stack_in(&ns, tune);
+        TestStack { stack, ns, socket }
     }
 
     pub fn client(&self) -> qnet_client::Client {
@@ -167,23 +141,32 @@ impl TestStack {
     pub fn peer(&self, port: u16) -> SocketAddr {
         SocketAddr::from((PEER_IP, port))
     }
+
+    /// Stops the stack, failing if its loop ended with an error.
+    pub fn stop(self) {
+        self.stack.stop().expect("the stack failed");
+    }
 }
 
-impl Drop for TestStack {
-    fn drop(&mut self) {
-        self.handle.stop();
-        if let Some(t) = self.thread.take() {
-            let r = t.join();
-            if !std::thread::panicking() {
-                match r {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => panic!("stack failed: {e:#}"),
-                    Err(_) => panic!("stack thread panicked"),
-                }
-            }
-        }
-        let _ = std::fs::remove_file(&self.socket);
-    }
+/// Starts a stack at [`STACK_IP`] on a TAP `qtap0` in `ns`, whose kernel side is [`PEER_IP`].
+pub fn start_stack_in(ns: &Netns, tune: impl FnOnce(&mut StackConfig)) -> (RunningStack, PathBuf) {
+    let mut cfg = StackConfig::new(qnet::Ipv4Cidr {
+        addr: STACK_IP,
+        prefix: 24,
+    });
+    tune(&mut cfg);
+    let socket = std::env::temp_dir().join(format!("{}.sock", ns.name));
+    let tap = TapOptions {
+        name: "qtap0".into(),
+        netns: Some(ns.name.clone()),
+        mtu: cfg.mtu,
+        peer_addr: Some(qnet::Ipv4Cidr {
+            addr: PEER_IP,
+            prefix: 24,
+        }),
+    };
+    let stack = RunningStack::start(cfg, &tap, &socket).expect("starting the stack");
+    (stack, socket)
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so large transfers need no stored data.

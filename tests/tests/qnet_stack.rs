@@ -501,6 +501,7 @@ while True:
     // The dead client's connection is reset by the stack.
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "reset True");
     assert_serving(&st);
+    st.stop();
 }
 
 #[test]
@@ -525,4 +526,5 @@ fn hostile_ring_clients_are_closed_and_others_keep_working() {
         }
         assert_serving(&st);
     }
+    st.stop();
 }

@@ -1,15 +1,14 @@
 //! `qnet`: run the stack on a TAP in a network namespace and serve demo services through it.
 
 use std::net::Ipv4Addr;
-use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use qnet::phy::{Tap, TapOptions};
-use qnet::{demo, Ipv4Cidr, Mac, Stack, StackConfig};
+use qnet::phy::TapOptions;
+use qnet::runner::RunningStack;
+use qnet::{demo, Ipv4Cidr, Mac, StackConfig};
 
 #[derive(Parser)]
 #[command(
@@ -91,22 +90,16 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(str::parse::<Ipv4Cidr>)
         .transpose()?;
-    let tap = Tap::create(&TapOptions {
-        name: a.tap.clone(),
-        netns: a.netns.clone(),
-        mtu: cfg.mtu,
-        peer_addr,
-    })?;
-    if let Some(dir) = a.socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let _ = std::fs::remove_file(&a.socket);
-    let listener = UnixListener::bind(&a.socket)
-        .with_context(|| format!("listening on {}", a.socket.display()))?;
-    let (mut stack, attacher, _handle) = Stack::new(cfg.clone(), tap)?;
-    std::thread::Builder::new()
-        .name("qnet-attach".into())
-        .spawn(move || attacher.serve(listener))?;
+    let stack = RunningStack::start(
+        cfg.clone(),
+        &TapOptions {
+            name: a.tap.clone(),
+            netns: a.netns.clone(),
+            mtu: cfg.mtu,
+            peer_addr,
+        },
+        &a.socket,
+    )?;
     let socket = a.socket.clone();
     let (echo, http, udp) = (a.echo_port, a.http_port, a.udp_echo_port);
     std::thread::spawn(move || {
@@ -135,7 +128,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         cfg.mtu,
         a.socket.display()
     );
-    stack.run()
+    stack.wait()
 }
 
 fn main() -> ExitCode {

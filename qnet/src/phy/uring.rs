@@ -68,7 +68,8 @@ pub struct FrameQueues {
 }
 
 impl FrameQueues {
-    fn new(mtu: usize) -> Self {
+    /// Empty queues for a link of `mtu` (also a device for tests that need no TAP).
+    pub fn new(mtu: usize) -> Self {
         FrameQueues {
             rx_ready: VecDeque::new(),
             rx_spent: (0..RX_DEPTH).map(|_| vec![0u8; FRAME_BUF]).collect(),
