@@ -9,7 +9,7 @@ use std::time::Duration;
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::{tcp, udp};
 use smoltcp::time::{Duration as SDuration, Instant};
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint, Ipv4Address};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint};
 
 use qnet_ring::errno::*;
 
@@ -379,7 +379,7 @@ pub fn apply_tcp_opts(s: &mut tcp::Socket<'_>, opts: TcpOpts) {
 
 /// The endpoint for an IPv4 address and port.
 pub fn endpoint(ip: Ipv4Addr, port: u16) -> IpEndpoint {
-    IpEndpoint::new(IpAddress::Ipv4(Ipv4Address::from(ip)), port)
+    IpEndpoint::new(IpAddress::Ipv4(ip), port)
 }
 
 /// Converts a smoltcp time to std.

@@ -18,15 +18,19 @@ pub struct RunningStack {
 }
 
 impl RunningStack {
-    pub fn start(cfg: StackConfig, tap: &TapOptions, socket: &Path) -> anyhow::Result<RunningStack> {
+    pub fn start(
+        cfg: StackConfig,
+        tap: &TapOptions,
+        socket: &Path,
+    ) -> anyhow::Result<RunningStack> {
         cfg.validate()?;
         let tap = Tap::create(tap)?;
         if let Some(dir) = socket.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let _ = std::fs::remove_file(socket);
-        let listener =
-            UnixListener::bind(socket).with_context(|| format!("listening on {}", socket.display()))?;
+        let listener = UnixListener::bind(socket)
+            .with_context(|| format!("listening on {}", socket.display()))?;
         let (mut stack, attacher, handle) = Stack::new(cfg, tap)?;
         std::thread::Builder::new()
             .name("qnet-attach".into())

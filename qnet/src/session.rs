@@ -348,7 +348,7 @@ impl Session {
                     }
                 };
                 let local = smoltcp::wire::IpListenEndpoint {
-                    addr: (!ip.is_unspecified()).then(|| IpAddress::Ipv4(ip)),
+                    addr: (!ip.is_unspecified()).then_some(IpAddress::Ipv4(ip)),
                     port,
                 };
                 if net.sockets.get_mut::<udp::Socket>(h).bind(local).is_err() {

@@ -52,9 +52,15 @@ fn harness() -> Harness {
 #[derive(Debug, Clone)]
 enum Action {
     /// A raw 32-bit store anywhere in the header, queues or slots (a word index).
-    Poke { word: u32, value: u32 },
+    Poke {
+        word: u32,
+        value: u32,
+    },
     /// A raw byte store anywhere in the data buffers (an offset from their start).
-    PokeData { at: u32, value: u8 },
+    PokeData {
+        at: u32,
+        value: u8,
+    },
     Submit(Sqe),
     Pass,
 }
@@ -128,7 +134,8 @@ impl Harness {
             }
             Action::Submit(s) => {
                 let off = self.geometry.sq_off as usize
-                    + (self.tail & (self.geometry.sq_entries - 1)) as usize * std::mem::size_of::<Sqe>();
+                    + (self.tail & (self.geometry.sq_entries - 1)) as usize
+                        * std::mem::size_of::<Sqe>();
                 // SAFETY: inside the sq part of the mapping.
                 unsafe { (self.base.add(off) as *mut Sqe).write_volatile(*s) };
                 self.tail = self.tail.wrapping_add(1);
@@ -138,7 +145,9 @@ impl Harness {
         }
         let ok = self.session.process_submissions(&mut self.net, now).is_ok()
             && self.session.service(&mut self.net, now).is_ok();
-        self.net.iface.poll(now, &mut self.dev, &mut self.net.sockets);
+        self.net
+            .iface
+            .poll(now, &mut self.dev, &mut self.net.sockets);
         self.net.reap_lingering(now);
         self.session.wake_client();
         ok

@@ -66,6 +66,51 @@ impl Netns {
             .unwrap_or_else(|e| panic!("running {script:?}: {e}"))
     }
 
+    /// Runs `f` on a thread that has entered the namespace: sockets it creates live there (and
+    /// keep working from any thread afterwards).
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let file = std::fs::File::open(format!("/run/netns/{}", self.name))
+            .unwrap_or_else(|e| panic!("opening namespace {}: {e}", self.name));
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: setns on this scoped thread only, with a valid namespace fd.
+                let rc = unsafe {
+                    libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET)
+                };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .expect("thread in namespace panicked")
+        })
+    }
+
+    /// Joins this namespace to `other` with a veth pair addressed `a` (here) and `b` (there).
+    pub fn veth_to(&self, other: &Netns, a: &str, b: &str) {
+        let (ia, ib) = ("veth-a", "veth-b");
+        run(
+            "ip",
+            &[
+                "-n",
+                &self.name,
+                "link",
+                "add",
+                ia,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                ib,
+                "netns",
+                &other.name,
+            ],
+        );
+        run("ip", &["-n", &self.name, "addr", "add", a, "dev", ia]);
+        run("ip", &["-n", &other.name, "addr", "add", b, "dev", ib]);
+        run("ip", &["-n", &self.name, "link", "set", ia, "up"]);
+        run("ip", &["-n", &other.name, "link", "set", ib, "up"]);
+    }
+
     /// Starts a python3 script in the namespace.
     pub fn python(&self, script: &str, args: &[&str]) -> Child {
         self.cmd("python3")

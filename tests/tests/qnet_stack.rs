@@ -341,7 +341,7 @@ c.close()
     let mut s = TcpStream::connect(&client, st.peer(7001)).unwrap();
     s.write_all(b"hello").unwrap();
     let mut buf = [0u8; 16];
-    let e = s.read(&mut buf).err().expect("reset");
+    let e = s.read(&mut buf).expect_err("reset");
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
     let _ = rst.wait();
 

@@ -291,4 +291,20 @@ const _: () = {
     assert!(core::mem::size_of::<Slot>() == 128);
     assert!(core::mem::size_of::<DatagramHeader>() == 24);
     assert!(core::mem::size_of::<Header>() <= HEADER_SIZE);
+    // Offsets docs/ring.md promises.
+    use core::mem::offset_of;
+    assert!(offset_of!(Header, sq_head) == 64);
+    assert!(offset_of!(Header, sq_tail) == 128);
+    assert!(offset_of!(Header, cq_head) == 192);
+    assert!(offset_of!(Header, cq_tail) == 256);
+    assert!(offset_of!(Header, ev_head) == 320);
+    assert!(offset_of!(Header, ev_tail) == 384);
+    assert!(offset_of!(Header, stack_flags) == 448);
+    assert!(offset_of!(Header, client_wake_seq) == 512);
+    assert!(offset_of!(Header, client_waiters) == 576);
+    assert!(offset_of!(Slot, stack) == 64);
+    assert!(offset_of!(StackSlotWords, generation) == 24);
+    assert!(offset_of!(Sqe, arg0) == 36 && offset_of!(Sqe, arg1) == 40);
+    assert!(offset_of!(Cqe, addr) == 24 && offset_of!(Cqe, value) == 40);
+    assert!(offset_of!(Geometry, buf_off) == 48 && offset_of!(Geometry, buf_size) == 56);
 };

@@ -1,0 +1,244 @@
+//! netbench: measures Quark's network paths next to the Linux kernel, in the same run.
+//!
+//! `netbench qnet` sets up two namespaces joined by a veth pair (the kernel path runc gives a
+//! container) and a namespace with a TAP served by qnet, then runs bulk TCP both ways and 1-byte
+//! request/response on each, alternating kernel and qnet round by round so machine drift
+//! cancels, and prints medians with the qnet/kernel ratio.
+
+mod workload;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use quark_tests::{start_stack_in, Netns, PEER_IP, STACK_IP};
+use workload::*;
+
+#[derive(Parser)]
+#[command(
+    name = "netbench",
+    about = "Quark network benchmarks against the Linux kernel"
+)]
+struct Cli {
+    #[command(subcommand)]
+    suite: Suite,
+}
+
+#[derive(Subcommand)]
+enum Suite {
+    /// qnet host client through a TAP vs kernel sockets across a veth pair.
+    Qnet(Opts),
+}
+
+#[derive(Parser, Clone)]
+struct Opts {
+    /// Seconds per case per round.
+    #[arg(long, default_value_t = 2.0)]
+    duration: f64,
+    /// Rounds (each runs every case on both paths; medians are reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// One JSON object per figure instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One reported figure.
+#[derive(Serialize)]
+struct Figure {
+    scenario: String,
+    metric: String,
+    unit: String,
+    value: f64,
+    baseline: f64,
+    ratio: f64,
+}
+
+const PORT: u16 = 5201;
+const VETH_A: &str = "10.88.0.1";
+const VETH_B: &str = "10.88.0.2";
+
+/// A connected pair of streams: the subject end (measured path) and the peer end.
+trait Path {
+    type Subject: std::io::Read + std::io::Write + Send + 'static;
+    /// Connects a fresh pair with TCP_NODELAY set on both ends.
+    fn pair(&self) -> anyhow::Result<(Self::Subject, TcpStream)>;
+}
+
+/// Kernel sockets: subject in namespace A, peer in namespace B, across a veth pair.
+struct KernelPath {
+    a: Netns,
+    b: Netns,
+}
+
+impl Path for KernelPath {
+    type Subject = TcpStream;
+    fn pair(&self) -> anyhow::Result<(TcpStream, TcpStream)> {
+        let listener = self.a.enter(|| TcpListener::bind((VETH_A, 0)))?;
+        let addr = listener.local_addr()?;
+        let peer = self.b.enter(|| TcpStream::connect(addr))?;
+        let (subject, _) = listener.accept()?;
+        subject.set_nodelay(true)?;
+        peer.set_nodelay(true)?;
+        Ok((subject, peer))
+    }
+}
+
+/// qnet: subject is a ring client of a stack on a TAP; peer is a kernel socket in the TAP's
+/// namespace.
+struct QnetPath {
+    ns: Netns,
+    client: qnet_client::Client,
+    listener: qnet_client::TcpListener,
+}
+
+impl Path for QnetPath {
+    type Subject = qnet_client::TcpStream;
+    fn pair(&self) -> anyhow::Result<(qnet_client::TcpStream, TcpStream)> {
+        let target = SocketAddr::from((STACK_IP, PORT));
+        let _ = &self.client;
+        let peer = self.ns.enter(|| TcpStream::connect(target))?;
+        let (subject, _) = self.listener.accept()?;
+        subject.set_nodelay(true)?;
+        peer.set_nodelay(true)?;
+        Ok((subject, peer))
+    }
+}
+
+/// Throughput (Gbit/s) of `sender` -> `receiver` for `d`.
+fn bulk<W, R>(sender: W, receiver: R, d: Duration) -> anyhow::Result<f64>
+where
+    W: std::io::Write + Send + 'static,
+    R: std::io::Read + Send + 'static,
+{
+    let rx = thread::spawn(move || bulk_recv(receiver));
+    bulk_send(sender, d).context("sending")?;
+    let (bytes, secs) = rx
+        .join()
+        .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+    Ok(bytes as f64 * 8.0 / secs.as_secs_f64().max(1e-9) / 1e9)
+}
+
+/// One round of every case on one path: [rx Gbit/s, tx Gbit/s, p50 µs, p99 µs].
+fn round<P: Path>(path: &P, d: Duration) -> anyhow::Result<[f64; 4]> {
+    let (subject, peer) = path.pair()?;
+    let rx = bulk(peer, subject, d).context("bulk peer -> subject")?;
+    let (subject, peer) = path.pair()?;
+    let tx = bulk(subject, peer, d).context("bulk subject -> peer")?;
+    let (subject, peer) = path.pair()?;
+    let echo = thread::spawn(move || echo(peer));
+    let mut rtts = ping_pong(subject, d).context("ping-pong")?;
+    let _ = echo.join();
+    Ok([
+        rx,
+        tx,
+        percentile_us(&mut rtts, 50.0),
+        percentile_us(&mut rtts, 99.0),
+    ])
+}
+
+fn qnet_suite(o: &Opts) -> anyhow::Result<()> {
+    quark_tests::require_env(&[]);
+    let d = Duration::from_secs_f64(o.duration);
+    let a = Netns::new("nb-a");
+    let b = Netns::new("nb-b");
+    a.veth_to(&b, &format!("{VETH_A}/24"), &format!("{VETH_B}/24"));
+    let kernel = KernelPath { a, b };
+
+    let ns = Netns::new("nb-q");
+    let (_stack, socket) = start_stack_in(&ns, |_| {});
+    let client = qnet_client::Client::connect(&socket)?;
+    let listener =
+        qnet_client::TcpListener::bind(&client, SocketAddr::from(([0, 0, 0, 0], PORT)), 128)?;
+    let qnet = QnetPath {
+        ns,
+        client,
+        listener,
+    };
+
+    let mut k: Vec<[f64; 4]> = Vec::new();
+    let mut q: Vec<[f64; 4]> = Vec::new();
+    for r in 0..o.rounds {
+        eprint!("\rnetbench: round {}/{}", r + 1, o.rounds);
+        // A B A B ... then B A B A: each path goes first equally often.
+        if r % 2 == 0 {
+            k.push(round(&kernel, d)?);
+            q.push(round(&qnet, d)?);
+        } else {
+            q.push(round(&qnet, d)?);
+            k.push(round(&kernel, d)?);
+        }
+    }
+    eprintln!();
+    let col =
+        |rows: &[[f64; 4]], i: usize| median(&mut rows.iter().map(|r| r[i]).collect::<Vec<_>>());
+    let names = [
+        (
+            "bulk kernel peer -> subject (1 stream)",
+            "throughput",
+            "Gbit/s",
+        ),
+        (
+            "bulk subject -> kernel peer (1 stream)",
+            "throughput",
+            "Gbit/s",
+        ),
+        ("tcp request/response 1 byte", "p50 latency", "us"),
+        ("tcp request/response 1 byte", "p99 latency", "us"),
+    ];
+    let figures: Vec<Figure> = names
+        .iter()
+        .enumerate()
+        .map(|(i, (scenario, metric, unit))| {
+            let (value, baseline) = (col(&q, i), col(&k, i));
+            Figure {
+                scenario: scenario.to_string(),
+                metric: metric.to_string(),
+                unit: unit.to_string(),
+                value,
+                baseline,
+                ratio: value / baseline,
+            }
+        })
+        .collect();
+    if o.json {
+        for f in &figures {
+            println!("{}", serde_json::to_string(f)?);
+        }
+    } else {
+        println!(
+            "qnet (ring client -> qnet -> TAP) vs kernel (veth between namespaces); medians of {} rounds of {:.1} s",
+            o.rounds, o.duration
+        );
+        println!(
+            "{:<40} {:<12} {:>10} {:>10} {:>8}",
+            "scenario", "metric", "qnet", "kernel", "ratio"
+        );
+        for f in &figures {
+            println!(
+                "{:<40} {:<12} {:>10.2} {:>10.2} {:>7.2}x   ({})",
+                f.scenario, f.metric, f.value, f.baseline, f.ratio, f.unit
+            );
+        }
+        println!("subject = the measured end (qnet ring client | kernel socket in ns A); peer = kernel socket at {PEER_IP} | {VETH_B}");
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.suite {
+        Suite::Qnet(o) => qnet_suite(&o),
+    };
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netbench: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

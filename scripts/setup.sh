@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what Quark's demo, tests and benchmarks need on a fresh Debian machine, then builds.
+# Idempotent: packages already present are skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_root() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup: run as root (Quark creates TAP devices and network namespaces)" >&2
+    exit 1
+  fi
+}
+need_root
+
+packages=(iproute2 iputils-ping curl netcat-openbsd python3 iperf3 procps)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "setup: cargo not found; install Rust (rustup) first" >&2
+  exit 1
+fi
+[ -e /dev/net/tun ] || { modprobe tun 2>/dev/null || true; }
+[ -e /dev/net/tun ] || { echo "setup: /dev/net/tun is missing" >&2; exit 1; }
+
+cargo build --release --workspace --bins
