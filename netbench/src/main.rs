@@ -45,6 +45,9 @@ struct Opts {
     /// One JSON object per figure instead of a table.
     #[arg(long)]
     json: bool,
+    /// Measure only qnet, for profiling (no baseline, so no ratios).
+    #[arg(long)]
+    qnet_only: bool,
 }
 
 /// One reported figure.
@@ -165,7 +168,10 @@ fn qnet_suite(o: &Opts) -> anyhow::Result<()> {
     for r in 0..o.rounds {
         eprint!("\rnetbench: round {}/{}", r + 1, o.rounds);
         // A B A B ... then B A B A: each path goes first equally often.
-        if r % 2 == 0 {
+        if o.qnet_only {
+            q.push(round(&qnet, d)?);
+            k.push([f64::NAN; 4]);
+        } else if r % 2 == 0 {
             k.push(round(&kernel, d)?);
             q.push(round(&qnet, d)?);
         } else {

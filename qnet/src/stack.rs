@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use crossbeam_channel::Receiver;
-use smoltcp::iface::PollIngressSingleResult;
+use smoltcp::iface::{PollIngressSingleResult, PollResult};
 use smoltcp::time::Instant;
 
 use qnet_client::sys::{eventfd, eventfd_signal};
@@ -28,6 +28,8 @@ use crate::session::Session;
 
 /// Longest sleep when smoltcp has no timer pending (a safety net, not a poll interval).
 const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// Bound on egress calls per pass, so one busy pass cannot starve the rings.
+const EGRESS_ROUNDS: usize = 64;
 /// Sleep while closing sockets linger, so they are reaped promptly.
 const LINGER_SLEEP: Duration = Duration::from_millis(100);
 
@@ -129,6 +131,7 @@ impl Stack {
             self.sessions.insert(s.id, s);
         }
         let now = self.now();
+        self.net.iface.poll_maintenance(now);
         let mut work = reaped.rx_frames > 0;
         let mut violations = Vec::new();
         for s in self.sessions.values_mut() {
@@ -165,9 +168,18 @@ impl Stack {
                 Err(v) => violations.push((s.id, v)),
             }
         }
-        self.net
-            .iface
-            .poll_egress(now, &mut self.dev.queues, &mut self.net.sockets);
+        // Each egress call emits at most one packet per socket: repeat until smoltcp is done
+        // (or the transmit queue is full).
+        for _ in 0..EGRESS_ROUNDS {
+            let r = self
+                .net
+                .iface
+                .poll_egress(now, &mut self.dev.queues, &mut self.net.sockets);
+            if r == PollResult::None {
+                break;
+            }
+            work = true;
+        }
         self.net.reap_lingering(now);
         for (id, v) in violations {
             tracing::error!(session = id, "closing client: {v}");

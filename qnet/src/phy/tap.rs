@@ -6,6 +6,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use thiserror::Error;
@@ -163,9 +164,12 @@ impl Tap {
             let name = name.clone();
             move |source| TapError::Ioctl { what, name, source }
         };
+        // Blocking on purpose: io_uring then arms a poll and completes the read when a frame
+        // arrives; with O_NONBLOCK it would complete reads with EAGAIN instead.
         let tun = OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(libc::O_CLOEXEC)
             .open("/dev/net/tun")
             .map_err(TapError::OpenTun)?;
         let mut req = IfReq::new(&opts.name);
