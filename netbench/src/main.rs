@@ -48,6 +48,15 @@ struct Opts {
     /// Measure only qnet, for profiling (no baseline, so no ratios).
     #[arg(long)]
     qnet_only: bool,
+    /// qnet's TCP buffer per socket and direction, in bytes (default: the stack's).
+    #[arg(long)]
+    tcp_buf: Option<usize>,
+    /// qnet's ring buffer per socket and direction, in bytes (a power of two).
+    #[arg(long)]
+    ring_buf: Option<u32>,
+    /// qnet's delayed-ACK timeout in microseconds (0: acknowledge every segment at once).
+    #[arg(long)]
+    ack_delay_us: Option<u64>,
 }
 
 /// One reported figure.
@@ -153,7 +162,19 @@ fn qnet_suite(o: &Opts) -> anyhow::Result<()> {
     let kernel = KernelPath { a, b };
 
     let ns = Netns::new("nb-q");
-    let (_stack, socket) = start_stack_in(&ns, |_| {});
+    let (_stack, socket) = start_stack_in(&ns, |c| {
+        if let Some(b) = o.tcp_buf {
+            c.tcp_rx_buf = b;
+            c.tcp_tx_buf = b;
+        }
+        if let Some(us) = o.ack_delay_us {
+            c.ack_delay = Duration::from_micros(us);
+        }
+        if let Some(b) = o.ring_buf {
+            c.ring_buf = b;
+            c.ring_slots = 256;
+        }
+    });
     let client = qnet_client::Client::connect(&socket)?;
     let listener =
         qnet_client::TcpListener::bind(&client, SocketAddr::from(([0, 0, 0, 0], PORT)), 128)?;

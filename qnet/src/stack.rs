@@ -28,6 +28,9 @@ use crate::session::Session;
 
 /// Longest sleep when smoltcp has no timer pending (a safety net, not a poll interval).
 const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// Frames fed to smoltcp per pass: small batches get ACKs out sooner, and senders whose
+/// congestion control tracks the round-trip time (BBR) then keep their window open.
+const INGRESS_PER_PASS: usize = 64;
 /// Bound on egress calls per pass, so one busy pass cannot starve the rings.
 const EGRESS_ROUNDS: usize = 64;
 /// Sleep while closing sockets linger, so they are reaped promptly.
@@ -118,6 +121,23 @@ impl Stack {
         }
     }
 
+    /// Lets smoltcp transmit until it is done (each call emits at most one packet per socket)
+    /// or the transmit queue is full; returns whether anything was sent.
+    fn egress(&mut self, now: Instant) -> bool {
+        let mut sent = false;
+        for _ in 0..EGRESS_ROUNDS {
+            let r = self
+                .net
+                .iface
+                .poll_egress(now, &mut self.dev.queues, &mut self.net.sockets);
+            if r == PollResult::None {
+                break;
+            }
+            sent = true;
+        }
+        sent
+    }
+
     /// One pass over everything; returns whether any work was done.
     fn pass(&mut self) -> anyhow::Result<bool> {
         let reaped = self.dev.reap();
@@ -132,7 +152,7 @@ impl Stack {
         }
         let now = self.now();
         self.net.iface.poll_maintenance(now);
-        let mut work = reaped.rx_frames > 0;
+        let mut work = reaped.rx_frames > 0 || self.dev.queues.has_rx();
         let mut violations = Vec::new();
         for s in self.sessions.values_mut() {
             match s.process_submissions(&mut self.net, now) {
@@ -149,7 +169,10 @@ impl Stack {
         // One frame at a time, so listen queues are refilled between SYNs. Stops early when the
         // transmit queue is full (smoltcp needs a transmit token for every received frame);
         // the frames wait for the next pass, after completions are reaped.
-        while self.dev.queues.has_rx() {
+        for _ in 0..INGRESS_PER_PASS {
+            if !self.dev.queues.has_rx() {
+                break;
+            }
             let r = self.net.iface.poll_ingress_single(
                 now,
                 &mut self.dev.queues,
@@ -162,24 +185,16 @@ impl Stack {
                 self.net.refill_listeners();
             }
         }
+        // ACKs first, before the (slower) copies into the rings: the sender's round-trip time is
+        // what window-based congestion control (BBR) sizes its window by.
+        work |= self.egress(now);
         for s in self.sessions.values_mut() {
             match s.service(&mut self.net, now) {
                 Ok(moved) => work |= moved,
                 Err(v) => violations.push((s.id, v)),
             }
         }
-        // Each egress call emits at most one packet per socket: repeat until smoltcp is done
-        // (or the transmit queue is full).
-        for _ in 0..EGRESS_ROUNDS {
-            let r = self
-                .net
-                .iface
-                .poll_egress(now, &mut self.dev.queues, &mut self.net.sockets);
-            if r == PollResult::None {
-                break;
-            }
-            work = true;
-        }
+        work |= self.egress(now);
         self.net.reap_lingering(now);
         for (id, v) in violations {
             tracing::error!(session = id, "closing client: {v}");
@@ -203,7 +218,7 @@ impl Stack {
                 tracing::debug!(
                     stats = ?self.stats(),
                     tx_outstanding = self.dev.queues.tx_outstanding(),
-                    rx_posted = self.dev.rx_posted(),
+                    rx_armed = self.dev.rx_armed(),
                     "stack"
                 );
             }

@@ -28,7 +28,7 @@ struct Harness {
 
 fn harness() -> Harness {
     let cfg = StackConfig::new("10.9.0.2/24".parse().unwrap());
-    let mut dev = FrameQueues::new(1500);
+    let mut dev = FrameQueues::new(1500).unwrap();
     let net = Net::new(cfg, &mut dev, Instant::ZERO);
     let geometry = Geometry::new(16, 16, SLOTS, BUF).unwrap();
     let fd = memfd("fuzz", geometry.region_size).unwrap();

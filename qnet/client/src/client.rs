@@ -231,7 +231,13 @@ impl Client {
                 return Ok(false);
             }
             if spins < SPIN_CHECKS {
-                std::hint::spin_loop();
+                // Give the core away between checks: on a small machine the thread we wait for
+                // (the stack, or the kernel peer feeding it) may be waiting for this core.
+                if spins % 8 == 0 {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
                 continue;
             }
             spins = 0;

@@ -1,8 +1,9 @@
 //! The TAP device driven by io_uring, and the frame queues smoltcp sees as its `Device`.
 //!
-//! Reads are kept posted on the TAP (one buffer each, up to `RX_DEPTH`), writes are queued by
-//! smoltcp's transmit tokens and submitted in one batch per service pass, so a burst of frames
-//! costs one `io_uring_enter`. The same ring waits on the stack's doorbell eventfd, on client
+//! Frames are received by one multishot read on the TAP into a ring of provided buffers (so
+//! they complete in arrival order: posting many plain reads reordered frames, and TCP took the
+//! reordering for loss); writes are queued by smoltcp's transmit tokens and submitted in one
+//! batch per service pass, so a burst of frames costs one `io_uring_enter`. The same ring waits on the stack's doorbell eventfd, on client
 //! hang-ups and on the stack's timer, so the service loop sleeps in exactly one place.
 
 use std::collections::VecDeque;
@@ -17,8 +18,10 @@ use smoltcp::time::Instant;
 use super::tap::VNET_HDR_LEN;
 use super::vnet::{prepare_tx, rx_checksum_ok, VnetHdr};
 
-/// Posted TAP reads.
-const RX_DEPTH: usize = 64;
+/// Receive buffers in the provided-buffer ring (a power of two).
+const RX_BUFFERS: u16 = 128;
+/// io_uring buffer group of the receive buffers.
+const RX_GROUP: u16 = 0;
 /// Frames queued for or in flight to the TAP before smoltcp is told to hold off.
 const TX_LIMIT: usize = 256;
 /// Largest frame the TAP hands us with offloads on (a 64 KiB GSO super-packet), plus headers.
@@ -58,24 +61,124 @@ struct TxQueue {
     outstanding: usize,
 }
 
+/// Anonymous memory mapped for the kernel to write into, unmapped on drop.
+struct RawRegion {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl RawRegion {
+    fn new(len: usize) -> io::Result<Self> {
+        // SAFETY: a fresh private anonymous mapping; nothing else aliases it.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(RawRegion {
+            ptr: ptr as *mut u8,
+            len,
+        })
+    }
+}
+
+// SAFETY: the region is plain memory owned by one FrameQueues; moving it between threads
+// (the stack is built on one thread and run on another) is fine.
+unsafe impl Send for RawRegion {}
+
+impl Drop for RawRegion {
+    fn drop(&mut self) {
+        // SAFETY: exactly what mmap returned; the ring that used it is gone (UringTap drops
+        // the io_uring before the queues).
+        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+    }
+}
+
+/// Receive buffers handed to the kernel through an io_uring provided-buffer ring. Buffer `bid`
+/// is `FRAME_BUF` bytes at `bid * FRAME_BUF`; while the kernel owns a buffer the stack never
+/// reads it, and while the stack holds one (a received frame) it is not in the ring.
+struct RxPool {
+    buffers: RawRegion,
+    /// `io_uring_buf` entries (16 bytes each); the ring tail is the u16 at offset 14.
+    ring: RawRegion,
+    tail: u16,
+}
+
+impl RxPool {
+    fn new() -> io::Result<Self> {
+        let mut pool = RxPool {
+            buffers: RawRegion::new(RX_BUFFERS as usize * FRAME_BUF)?,
+            ring: RawRegion::new((RX_BUFFERS as usize * 16).max(4096))?,
+            tail: 0,
+        };
+        for bid in 0..RX_BUFFERS {
+            pool.provide(bid);
+        }
+        pool.publish();
+        Ok(pool)
+    }
+
+    /// Queues buffer `bid` for the kernel (visible after [`RxPool::publish`]).
+    fn provide(&mut self, bid: u16) {
+        let slot = (self.tail & (RX_BUFFERS - 1)) as usize;
+        let addr = self.buffers.ptr as u64 + bid as u64 * FRAME_BUF as u64;
+        // SAFETY: slot < RX_BUFFERS, so the 16-byte entry is inside the ring mapping. The tail
+        // word (offset 14 of entry 0) is not written here.
+        unsafe {
+            let e = self.ring.ptr.add(slot * 16);
+            (e as *mut u64).write_volatile(addr);
+            (e.add(8) as *mut u32).write_volatile(FRAME_BUF as u32);
+            (e.add(12) as *mut u16).write_volatile(bid);
+        }
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    fn publish(&self) {
+        // SAFETY: the tail word of the ring, 2-byte aligned; the kernel reads it with acquire.
+        let tail =
+            unsafe { std::sync::atomic::AtomicU16::from_ptr(self.ring.ptr.add(14) as *mut u16) };
+        tail.store(self.tail, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The first `len` bytes of buffer `bid` (bounds-checked).
+    fn frame(&self, bid: u16, len: usize) -> &[u8] {
+        let bid = (bid % RX_BUFFERS) as usize;
+        let len = len.min(FRAME_BUF);
+        // SAFETY: inside the buffers mapping; the kernel finished writing this buffer (its
+        // completion was reaped) and does not own it again until it is provided back.
+        unsafe { std::slice::from_raw_parts(self.buffers.ptr.add(bid * FRAME_BUF), len) }
+    }
+}
+
 /// What smoltcp polls: received frames in, transmitted frames out.
-#[derive(Debug)]
 pub struct FrameQueues {
-    rx_ready: VecDeque<Vec<u8>>,
-    rx_spent: Vec<Vec<u8>>,
+    rx_pool: RxPool,
+    /// Received frames in arrival order: (buffer id, length with the virtio-net header).
+    rx_ready: VecDeque<(u16, usize)>,
+    /// Buffers smoltcp is done with, to give back to the kernel.
+    rx_spent: Vec<u16>,
     tx: TxQueue,
     mtu: usize,
 }
 
 impl FrameQueues {
     /// Empty queues for a link of `mtu` (also a device for tests that need no TAP).
-    pub fn new(mtu: usize) -> Self {
-        FrameQueues {
+    pub fn new(mtu: usize) -> io::Result<Self> {
+        Ok(FrameQueues {
+            rx_pool: RxPool::new()?,
             rx_ready: VecDeque::new(),
-            rx_spent: (0..RX_DEPTH).map(|_| vec![0u8; FRAME_BUF]).collect(),
+            rx_spent: Vec::new(),
             tx: TxQueue::default(),
             mtu,
-        }
+        })
     }
 
     pub fn has_rx(&self) -> bool {
@@ -89,14 +192,16 @@ impl FrameQueues {
 }
 
 pub struct RxToken<'a> {
-    buf: Vec<u8>,
-    spent: &'a mut Vec<Vec<u8>>,
+    pool: &'a RxPool,
+    bid: u16,
+    len: usize,
+    spent: &'a mut Vec<u16>,
 }
 
 impl phy::RxToken for RxToken<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        let r = f(&self.buf[VNET_HDR_LEN..]);
-        self.spent.push(self.buf);
+        let r = f(&self.pool.frame(self.bid, self.len)[VNET_HDR_LEN..]);
+        self.spent.push(self.bid);
         r
     }
 }
@@ -132,10 +237,12 @@ impl phy::Device for FrameQueues {
         if self.tx.outstanding >= TX_LIMIT {
             return None;
         }
-        let buf = self.rx_ready.pop_front()?;
+        let (bid, len) = self.rx_ready.pop_front()?;
         Some((
             RxToken {
-                buf,
+                pool: &self.rx_pool,
+                bid,
+                len,
                 spent: &mut self.rx_spent,
             },
             TxToken {
@@ -177,9 +284,11 @@ pub struct Reaped {
 
 /// The TAP, its io_uring, and the frame queues.
 pub struct UringTap {
+    // Declared first: dropped (and the provided buffers unregistered) before the queues.
     ring: IoUring,
     tap: OwnedFd,
-    rx_inflight: Vec<Option<Vec<u8>>>,
+    /// Whether the multishot read is armed.
+    rx_armed: bool,
     tx_inflight: Vec<Option<Vec<u8>>>,
     tx_free_ids: Vec<usize>,
     doorbell: OwnedFd,
@@ -194,24 +303,35 @@ impl UringTap {
     pub fn new(tap: OwnedFd, doorbell: OwnedFd, mtu: usize) -> io::Result<Self> {
         let ring = IoUring::builder()
             .setup_coop_taskrun()
-            .build((RX_DEPTH + TX_LIMIT + 64).next_power_of_two() as u32)?;
+            .build((TX_LIMIT + 64).next_power_of_two() as u32)?;
+        let queues = FrameQueues::new(mtu)?;
+        // SAFETY: the ring memory is page aligned, RX_BUFFERS entries long, and lives in
+        // `queues` inside this struct, which drops the io_uring (unregistering it) first.
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                queues.rx_pool.ring.ptr as u64,
+                RX_BUFFERS,
+                RX_GROUP,
+                0,
+            )?
+        };
         Ok(UringTap {
             ring,
             tap,
-            rx_inflight: (0..RX_DEPTH).map(|_| None).collect(),
+            rx_armed: false,
             tx_inflight: Vec::new(),
             tx_free_ids: Vec::new(),
             doorbell,
             doorbell_buf: Box::new(0),
             doorbell_armed: false,
-            queues: FrameQueues::new(mtu),
+            queues,
             stats: DeviceStats::default(),
         })
     }
 
-    /// Reads currently posted on the TAP.
-    pub fn rx_posted(&self) -> usize {
-        self.rx_inflight.iter().filter(|b| b.is_some()).count()
+    /// Whether the TAP read is armed (for diagnostics).
+    pub fn rx_armed(&self) -> bool {
+        self.rx_armed
     }
 
     /// Pushes one entry, submitting first if the submission queue is full.
@@ -229,17 +349,18 @@ impl UringTap {
     /// Posts reads for spent buffers, writes for queued frames, and the doorbell read.
     pub fn arm(&mut self) -> io::Result<()> {
         let fd = types::Fd(self.tap.as_raw_fd());
-        while let Some(mut buf) = self.queues.rx_spent.pop() {
-            let Some(id) = self.rx_inflight.iter().position(Option::is_none) else {
-                self.queues.rx_spent.push(buf);
-                break;
-            };
-            buf.resize(FRAME_BUF, 0);
-            let entry = opcode::Read::new(fd, buf.as_mut_ptr(), buf.len() as u32)
+        if !self.queues.rx_spent.is_empty() {
+            for bid in std::mem::take(&mut self.queues.rx_spent) {
+                self.queues.rx_pool.provide(bid);
+            }
+            self.queues.rx_pool.publish();
+        }
+        if !self.rx_armed {
+            let entry = opcode::ReadMulti::new(fd, 0, RX_GROUP)
                 .build()
-                .user_data(tag(TAG_RX, id as u64));
-            self.rx_inflight[id] = Some(buf);
+                .user_data(tag(TAG_RX, 0));
             self.push(&entry)?;
+            self.rx_armed = true;
         }
         let ready = std::mem::take(&mut self.queues.tx.ready);
         for buf in ready {
@@ -305,39 +426,43 @@ impl UringTap {
     /// Collects completions: received frames go to the queues, finished writes free buffers.
     pub fn reap(&mut self) -> Reaped {
         let mut out = Reaped::default();
-        let done: Vec<(u64, i32)> = self
+        let done: Vec<(u64, i32, u32)> = self
             .ring
             .completion()
-            .map(|c| (c.user_data(), c.result()))
+            .map(|c| (c.user_data(), c.result(), c.flags()))
             .collect();
-        for (user_data, res) in done {
+        for (user_data, res, flags) in done {
             let id = (user_data & ((1 << TAG_SHIFT) - 1)) as usize;
             match user_data >> TAG_SHIFT {
                 TAG_RX => {
-                    let Some(mut buf) = self.rx_inflight.get_mut(id).and_then(Option::take) else {
-                        continue;
-                    };
-                    if res <= VNET_HDR_LEN as i32 {
-                        if res < 0 {
+                    if !io_uring::cqueue::more(flags) {
+                        self.rx_armed = false; // re-armed by the next arm()
+                    }
+                    let Some(bid) = io_uring::cqueue::buffer_select(flags) else {
+                        // No buffer: out of buffers (ENOBUFS, re-armed once some are given
+                        // back) or an error.
+                        if res < 0 && res != -libc::ENOBUFS {
                             self.stats.rx_errors += 1;
                             tracing::debug!(
                                 "tap read failed: {}",
                                 io::Error::from_raw_os_error(-res)
                             );
                         }
-                        self.queues.rx_spent.push(buf);
                         continue;
-                    }
-                    buf.truncate(res as usize);
-                    let hdr = VnetHdr::parse(&buf).unwrap_or_default();
-                    if !rx_checksum_ok(&hdr, &buf[VNET_HDR_LEN..]) {
-                        self.stats.rx_bad_checksum += 1;
-                        self.queues.rx_spent.push(buf);
+                    };
+                    let len = res.max(0) as usize;
+                    let frame = self.queues.rx_pool.frame(bid, len);
+                    let hdr = VnetHdr::parse(frame).unwrap_or_default();
+                    if len <= VNET_HDR_LEN || !rx_checksum_ok(&hdr, &frame[VNET_HDR_LEN..]) {
+                        if len > VNET_HDR_LEN {
+                            self.stats.rx_bad_checksum += 1;
+                        }
+                        self.queues.rx_spent.push(bid);
                         continue;
                     }
                     self.stats.rx_frames += 1;
-                    self.stats.rx_bytes += (res as usize - VNET_HDR_LEN) as u64;
-                    self.queues.rx_ready.push_back(buf);
+                    self.stats.rx_bytes += (len - VNET_HDR_LEN) as u64;
+                    self.queues.rx_ready.push_back((bid, len));
                     out.rx_frames += 1;
                 }
                 TAG_TX => {
