@@ -99,6 +99,8 @@ pub struct Listener {
     /// Connections that left LISTEN, in arrival order; some may still be handshaking.
     pub queue: VecDeque<SocketHandle>,
     pub opts: TcpOpts,
+    /// The queue is full and no spare is listening (new SYNs are refused).
+    full: bool,
 }
 
 /// TCP options a socket carries into the smoltcp sockets made for it.
@@ -121,6 +123,7 @@ struct Lingering {
 pub struct NetStats {
     pub tcp_accepted: u64,
     pub tcp_connected: u64,
+    /// Times a listen queue filled up (from then on SYNs are refused until an accept).
     pub listen_overflows: u64,
     pub sessions_closed_for_violation: u64,
 }
@@ -272,6 +275,7 @@ impl Net {
                 spares: Vec::new(),
                 queue: VecDeque::new(),
                 opts,
+                full: false,
             },
         );
         self.refill_listener(id);
@@ -312,9 +316,11 @@ impl Net {
             self.remove(h);
         }
         let want = LISTEN_SPARES.min(l.backlog.saturating_sub(l.queue.len()));
-        if want == 0 && l.spares.is_empty() {
+        let full = want == 0 && l.spares.is_empty();
+        if full && !l.full {
             self.stats.listen_overflows += 1;
         }
+        l.full = full;
         while l.spares.len() < want {
             let Ok(h) = self.new_tcp(l.opts) else { break };
             let ok = self

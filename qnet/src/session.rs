@@ -20,7 +20,7 @@ use qnet_client::sys::{futex_wake_all, Mapping};
 use qnet_ring::errno::*;
 use qnet_ring::*;
 
-use crate::net::{apply_tcp_opts, endpoint, ListenerId, Net, TcpOpts, MAX_BACKLOG};
+use crate::net::{apply_tcp_opts, endpoint, ListenerId, Net, NetStats, TcpOpts, MAX_BACKLOG};
 
 /// SYN retransmissions give up after this long (Linux: about two minutes).
 const CONNECT_TIMEOUT: SDuration = SDuration::from_secs(75);
@@ -398,7 +398,6 @@ impl Session {
             return Err(EINVAL);
         };
         let opts = s.opts;
-        let port = s.port;
         if self.free.is_empty() {
             return Err(EMFILE);
         }
@@ -415,9 +414,12 @@ impl Session {
         )))?;
         let slot = &mut self.slots[idx as usize];
         slot.opts = opts;
-        slot.readiness = READY_CONNECTED;
-        // Accepted connections share the listener's port; they do not hold it.
-        let _ = port;
+        // Published before the completion, so the client may write as soon as accept returns.
+        // Accepted connections share the listener's port; they hold no reservation of their own.
+        slot.readiness = READY_CONNECTED | READY_OUT;
+        if let Some(w) = self.view.slot_stack(idx) {
+            w.readiness.store(READY_CONNECTED | READY_OUT, Release);
+        }
         let mut c = with_addr(cqe(0, 0), peer);
         c.slot = idx;
         Ok(c)
@@ -845,13 +847,15 @@ impl Session {
         let Some(h) = st.handle else {
             return Ok(false);
         };
-        self.service_stream_socket(idx, net.sockets.get_mut::<tcp::Socket>(h), now)
+        let sock = net.sockets.get_mut::<tcp::Socket>(h);
+        self.service_stream_socket(idx, sock, &mut net.stats, now)
     }
 
     fn service_stream_socket(
         &mut self,
         idx: u32,
         sock: &mut tcp::Socket<'_>,
+        stats: &mut NetStats,
         now: Instant,
     ) -> Result<bool, Violation> {
         let state = sock.state();
@@ -884,6 +888,7 @@ impl Session {
                     _ => {
                         st.phase = Phase::Connected;
                         sock.set_timeout(None);
+                        stats.tcp_connected += 1;
                     }
                 },
                 Phase::Connected

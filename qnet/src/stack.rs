@@ -161,6 +161,9 @@ impl Stack {
             }
         }
         for s in self.sessions.values_mut() {
+            if violations.iter().any(|(id, _)| *id == s.id) {
+                continue;
+            }
             match s.service(&mut self.net, now) {
                 Ok(moved) => work |= moved,
                 Err(v) => violations.push((s.id, v)),
@@ -189,6 +192,9 @@ impl Stack {
         // what window-based congestion control (BBR) sizes its window by.
         work |= self.egress(now);
         for s in self.sessions.values_mut() {
+            if violations.iter().any(|(id, _)| *id == s.id) {
+                continue;
+            }
             match s.service(&mut self.net, now) {
                 Ok(moved) => work |= moved,
                 Err(v) => violations.push((s.id, v)),

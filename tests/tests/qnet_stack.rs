@@ -59,6 +59,22 @@ print(len(got), got == b"x" * 100000)
         .wait_with_output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "100000 True");
+
+    // A server that writes the moment accept returns (a banner), before any pass of the stack.
+    let listener = TcpListener::bind(&client, st.addr(2525), 8).unwrap();
+    let py_banner = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], 2525), timeout=5)
+print(s.recv(100).decode())
+"#;
+    let reader = st.ns.python(py_banner, &[&STACK_IP.to_string()]);
+    let (mut conn, _) = listener.accept().unwrap();
+    conn.write_all(b"220 qnet ready").unwrap();
+    let out = reader.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "220 qnet ready"
+    );
 }
 
 #[test]

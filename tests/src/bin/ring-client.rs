@@ -63,11 +63,21 @@ fn hostile(socket: &str, mode: &str) -> i32 {
         rng ^= rng << 17;
         rng
     };
+    let bell = std::os::fd::AsRawFd::as_raw_fd(&doorbell);
     let mut tail = 0u32;
     let mut push = |sqe: Sqe| {
         view.write_sqe(tail, &sqe);
         tail = tail.wrapping_add(1);
         view.sq_tail().store(tail, SeqCst);
+        eventfd_signal(bell);
+    };
+    // Waits for the first completion (the socket the corrupting modes open) and returns its slot.
+    let first_slot = || {
+        let start = Instant::now();
+        while view.cq_tail().load(SeqCst) == 0 && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        view.read_cqe(0).slot
     };
     match mode {
         // A tail far beyond the queue.
@@ -88,8 +98,7 @@ fn hostile(socket: &str, mode: &str) -> i32 {
                 arg0: SOCK_DGRAM,
                 ..Default::default()
             });
-            std::thread::sleep(Duration::from_millis(100));
-            let slot = view.read_cqe(0).slot;
+            let slot = first_slot();
             if let Some(c) = view.slot_client(slot) {
                 c.tx_tail.store(g.buf_size + 1, SeqCst);
             }
@@ -108,8 +117,7 @@ fn hostile(socket: &str, mode: &str) -> i32 {
                 arg0: SOCK_DGRAM,
                 ..Default::default()
             });
-            std::thread::sleep(Duration::from_millis(100));
-            let slot = view.read_cqe(0).slot;
+            let slot = first_slot();
             if let (Some(ring), Some(c)) = (view.tx_ring(slot), view.slot_client(slot)) {
                 let mut hdr = [0u8; 24];
                 hdr[..4].copy_from_slice(&60_000u32.to_ne_bytes());
@@ -149,7 +157,6 @@ fn hostile(socket: &str, mode: &str) -> i32 {
                 sqe.addr[..4].copy_from_slice(&[10, 77, 0, (next() % 4) as u8]);
                 push(sqe);
                 if next() % 64 == 0 {
-                    eventfd_signal(std::os::fd::AsRawFd::as_raw_fd(&doorbell));
                     std::thread::sleep(Duration::from_millis(2));
                 }
             }
@@ -166,14 +173,14 @@ fn hostile(socket: &str, mode: &str) -> i32 {
             return 2;
         }
     }
-    eventfd_signal(std::os::fd::AsRawFd::as_raw_fd(&doorbell));
+    eventfd_signal(bell);
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(10) {
         if view.stack_flags().load(SeqCst) & STACK_CLOSED != 0 {
             println!("closed");
             return 0;
         }
-        eventfd_signal(std::os::fd::AsRawFd::as_raw_fd(&doorbell));
+        eventfd_signal(bell);
         std::thread::sleep(Duration::from_millis(10));
     }
     println!("not closed");
