@@ -30,7 +30,7 @@ use crate::session::Session;
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// Frames fed to smoltcp per pass: small batches get ACKs out sooner, and senders whose
 /// congestion control tracks the round-trip time (BBR) then keep their window open.
-const INGRESS_PER_PASS: usize = 64;
+const INGRESS_PER_PASS: usize = 16;
 /// Bound on egress calls per pass, so one busy pass cannot starve the rings.
 const EGRESS_ROUNDS: usize = 64;
 /// Sleep while closing sockets linger, so they are reaped promptly.
