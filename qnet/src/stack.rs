@@ -24,7 +24,7 @@ use crate::attach::Attacher;
 use crate::config::StackConfig;
 use crate::net::{to_std, Net, NetStats};
 use crate::phy::{DeviceStats, Tap, UringTap};
-use crate::session::Session;
+use crate::session::{Session, Violation};
 
 /// Longest sleep when smoltcp has no timer pending (a safety net, not a poll interval).
 const MAX_SLEEP: Duration = Duration::from_secs(1);
@@ -138,6 +138,22 @@ impl Stack {
         sent
     }
 
+    /// Moves data and readiness for every session not already found in violation; returns
+    /// whether anything moved.
+    fn service_sessions(&mut self, now: Instant, violations: &mut Vec<(u64, Violation)>) -> bool {
+        let mut moved = false;
+        for s in self.sessions.values_mut() {
+            if violations.iter().any(|(id, _)| *id == s.id) {
+                continue;
+            }
+            match s.service(&mut self.net, now) {
+                Ok(m) => moved |= m,
+                Err(v) => violations.push((s.id, v)),
+            }
+        }
+        moved
+    }
+
     /// One pass over everything; returns whether any work was done.
     fn pass(&mut self) -> anyhow::Result<bool> {
         let reaped = self.dev.reap();
@@ -160,15 +176,7 @@ impl Stack {
                 Err(v) => violations.push((s.id, v)),
             }
         }
-        for s in self.sessions.values_mut() {
-            if violations.iter().any(|(id, _)| *id == s.id) {
-                continue;
-            }
-            match s.service(&mut self.net, now) {
-                Ok(moved) => work |= moved,
-                Err(v) => violations.push((s.id, v)),
-            }
-        }
+        work |= self.service_sessions(now, &mut violations);
         // One frame at a time, so listen queues are refilled between SYNs. Stops early when the
         // transmit queue is full (smoltcp needs a transmit token for every received frame);
         // the frames wait for the next pass, after completions are reaped.
@@ -191,15 +199,7 @@ impl Stack {
         // ACKs first, before the (slower) copies into the rings: the sender's round-trip time is
         // what window-based congestion control (BBR) sizes its window by.
         work |= self.egress(now);
-        for s in self.sessions.values_mut() {
-            if violations.iter().any(|(id, _)| *id == s.id) {
-                continue;
-            }
-            match s.service(&mut self.net, now) {
-                Ok(moved) => work |= moved,
-                Err(v) => violations.push((s.id, v)),
-            }
-        }
+        work |= self.service_sessions(now, &mut violations);
         work |= self.egress(now);
         self.net.reap_lingering(now);
         for (id, v) in violations {

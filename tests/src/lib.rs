@@ -111,6 +111,22 @@ impl Netns {
         run("ip", &["-n", &other.name, "link", "set", ib, "up"]);
     }
 
+    /// Runs a python3 script in the namespace to the end; returns its trimmed stdout, with its
+    /// stderr appended after a newline when it wrote any (so assertion messages show it).
+    pub fn python_output(&self, script: &str, args: &[&str]) -> String {
+        let out = self
+            .python(script, args)
+            .wait_with_output()
+            .expect("waiting for python3");
+        let mut text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let err = String::from_utf8_lossy(&out.stderr);
+        if !err.trim().is_empty() {
+            text.push_str("\nstderr: ");
+            text.push_str(err.trim());
+        }
+        text
+    }
+
     /// Starts a python3 script in the namespace.
     pub fn python(&self, script: &str, args: &[&str]) -> Child {
         self.cmd("python3")

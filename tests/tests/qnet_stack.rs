@@ -53,12 +53,10 @@ while len(got) < 100000:
     got += d
 print(len(got), got == b"x" * 100000)
 "#;
-    let out = st
-        .ns
-        .python(py, &[&STACK_IP.to_string()])
-        .wait_with_output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "100000 True");
+    assert_eq!(
+        st.ns.python_output(py, &[&STACK_IP.to_string()]),
+        "100000 True"
+    );
 
     // A server that writes the moment accept returns (a banner), before any pass of the stack.
     let listener = TcpListener::bind(&client, st.addr(2525), 8).unwrap();
@@ -248,17 +246,7 @@ while done < N and time.time() < deadline:
                 sel.unregister(s); s.close(); done += 1
 print(done)
 "#;
-    let out = st
-        .ns
-        .python(py, &[&STACK_IP.to_string()])
-        .wait_with_output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "1000",
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(st.ns.python_output(py, &[&STACK_IP.to_string()]), "1000");
 }
 
 #[test]
@@ -279,17 +267,7 @@ for i in range(50):
     ok += data == msg
 print(ok)
 "#;
-    let out = st
-        .ns
-        .python(py, &[&STACK_IP.to_string()])
-        .wait_with_output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "50",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(st.ns.python_output(py, &[&STACK_IP.to_string()]), "50");
 
     // And from qnet to a kernel UDP echo.
     let py_echo = r#"
@@ -443,13 +421,8 @@ print(ok, refused)
     for _ in 0..4 {
         listener.accept().unwrap();
     }
-    let out = st
-        .ns
-        .python(py, &[&STACK_IP.to_string()])
-        .wait_with_output()
-        .unwrap();
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
+        st.ns.python_output(py, &[&STACK_IP.to_string()]),
         "4 16",
         "the queue refills after accept"
     );

@@ -126,6 +126,24 @@ pub fn futex_wake_all(word: &AtomicU32) {
     unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX) };
 }
 
+/// A zeroed, 8-byte aligned control buffer with room for `payload` bytes of ancillary data.
+fn control_buffer(payload: usize) -> Vec<u64> {
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(payload as u32) } as usize;
+    vec![0u64; space.div_ceil(8)]
+}
+
+/// A message header for one buffer and a control buffer; both must outlive its use.
+fn msghdr(iov: &mut libc::iovec, control: &mut [u64]) -> libc::msghdr {
+    // SAFETY: msghdr is plain data; all-zero is a valid empty value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = std::mem::size_of_val(control);
+    msg
+}
+
 /// Sends `data` with descriptors attached (SCM_RIGHTS).
 pub fn send_with_fds(sock: &UnixStream, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
     let mut iov = libc::iovec {
@@ -133,16 +151,10 @@ pub fn send_with_fds(sock: &UnixStream, data: &[u8], fds: &[RawFd]) -> io::Resul
         iov_len: data.len(),
     };
     let fd_bytes = std::mem::size_of_val(fds);
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
-    let mut cbuf = vec![0u64; space.div_ceil(8)];
-    // SAFETY: msghdr is plain data; all-zero is a valid empty value.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = space;
-    // SAFETY: msg_control points at `space` bytes we own, so the first header and its data fit.
+    let mut cbuf = control_buffer(fd_bytes);
+    let msg = msghdr(&mut iov, &mut cbuf);
+    // SAFETY: msg_control points at a buffer sized by CMSG_SPACE for these fds, so the first
+    // header and its data fit.
     unsafe {
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
@@ -171,16 +183,8 @@ pub fn recv_with_fds(
         iov_base: data.as_mut_ptr() as *mut libc::c_void,
         iov_len: data.len(),
     };
-    let fd_bytes = max_fds * std::mem::size_of::<RawFd>();
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
-    let mut cbuf = vec![0u64; space.div_ceil(8)];
-    // SAFETY: msghdr is plain data; all-zero is a valid empty value.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = space;
+    let mut cbuf = control_buffer(max_fds * std::mem::size_of::<RawFd>());
+    let mut msg = msghdr(&mut iov, &mut cbuf);
     // SAFETY: msg and its buffers are live for the call.
     let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
     if n < 0 {

@@ -90,27 +90,9 @@ fn hostile(socket: &str, mode: &str) -> i32 {
                 ..Default::default()
             });
         }
-        // A socket whose transmit tail claims more bytes than its ring holds.
-        "tx-tail" => {
-            push(Sqe {
-                opcode: OP_SOCKET,
-                family: AF_INET,
-                arg0: SOCK_DGRAM,
-                ..Default::default()
-            });
-            let slot = first_slot();
-            if let Some(c) = view.slot_client(slot) {
-                c.tx_tail.store(g.buf_size + 1, SeqCst);
-            }
-            push(Sqe {
-                opcode: OP_TX_KICK,
-                slot,
-                flags: SQE_F_NO_CQE,
-                ..Default::default()
-            });
-        }
-        // A datagram record whose length runs past what was published.
-        "dgram-len" => {
+        // A datagram socket whose transmit ring is corrupted: a tail claiming more bytes than
+        // the ring holds, or a record whose length runs past what was published.
+        "tx-tail" | "dgram-len" => {
             push(Sqe {
                 opcode: OP_SOCKET,
                 family: AF_INET,
@@ -119,10 +101,14 @@ fn hostile(socket: &str, mode: &str) -> i32 {
             });
             let slot = first_slot();
             if let (Some(ring), Some(c)) = (view.tx_ring(slot), view.slot_client(slot)) {
-                let mut hdr = [0u8; 24];
-                hdr[..4].copy_from_slice(&60_000u32.to_ne_bytes());
-                ring.write(0, &hdr);
-                c.tx_tail.store(64, SeqCst);
+                if mode == "tx-tail" {
+                    c.tx_tail.store(g.buf_size + 1, SeqCst);
+                } else {
+                    let mut hdr = [0u8; 24];
+                    hdr[..4].copy_from_slice(&60_000u32.to_ne_bytes());
+                    ring.write(0, &hdr);
+                    c.tx_tail.store(64, SeqCst);
+                }
             }
             push(Sqe {
                 opcode: OP_TX_KICK,
