@@ -1,0 +1,350 @@
+//! Loading a static (or static-PIE) x86-64 ELF executable and building the initial stack Linux
+//! programs expect: argc, argv, envp and the auxiliary vector.
+//!
+//! The image is untrusted input: every header field is bounds-checked before use.
+
+use thiserror::Error;
+
+use crate::machine::{Fault, Machine, PageFlags};
+
+const PAGE: u64 = 4096;
+const PT_LOAD: u32 = 1;
+const PT_INTERP: u32 = 3;
+const PT_PHDR: u32 = 6;
+const PF_X: u32 = 1;
+const PF_W: u32 = 2;
+const ET_EXEC: u16 = 2;
+const ET_DYN: u16 = 3;
+/// Where a static-PIE image goes (Linux's ELF_ET_DYN_BASE for x86-64).
+const PIE_BASE: u64 = 0x5555_5555_4000;
+/// Highest user address + 1 of the stack, and its size (mapped up front).
+pub const STACK_TOP: u64 = 0x7fff_ffff_f000;
+pub const STACK_SIZE: u64 = 8 << 20;
+/// User addresses stop here (47-bit canonical lower half).
+pub const USER_END: u64 = 0x7fff_ffff_f000;
+
+const AT_NULL: u64 = 0;
+const AT_PHDR: u64 = 3;
+const AT_PHENT: u64 = 4;
+const AT_PHNUM: u64 = 5;
+const AT_PAGESZ: u64 = 6;
+const AT_BASE: u64 = 7;
+const AT_FLAGS: u64 = 8;
+const AT_ENTRY: u64 = 9;
+const AT_UID: u64 = 11;
+const AT_EUID: u64 = 12;
+const AT_GID: u64 = 13;
+const AT_EGID: u64 = 14;
+const AT_PLATFORM: u64 = 15;
+const AT_HWCAP: u64 = 16;
+const AT_CLKTCK: u64 = 17;
+const AT_SECURE: u64 = 23;
+const AT_RANDOM: u64 = 25;
+const AT_HWCAP2: u64 = 26;
+const AT_EXECFN: u64 = 31;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ElfError {
+    #[error("not an ELF file")]
+    NotElf,
+    #[error("not a 64-bit little-endian x86-64 executable")]
+    WrongArch,
+    #[error("ELF type {0} is not an executable")]
+    NotExecutable(u16),
+    #[error("dynamically linked executables are not supported yet (PT_INTERP)")]
+    Dynamic,
+    #[error("malformed ELF: {0}")]
+    Malformed(&'static str),
+    #[error("guest memory: {0}")]
+    Memory(#[from] Fault),
+}
+
+/// Where the program starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loaded {
+    pub entry: u64,
+    pub stack_pointer: u64,
+    /// First address after the highest segment (the start of the heap).
+    pub brk: u64,
+}
+
+fn u16_at(b: &[u8], off: usize) -> Result<u16, ElfError> {
+    b.get(off..off + 2)
+        .map(|s| u16::from_le_bytes([s[0], s[1]]))
+        .ok_or(ElfError::Malformed("truncated header"))
+}
+
+fn u32_at(b: &[u8], off: usize) -> Result<u32, ElfError> {
+    b.get(off..off + 4)
+        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+        .ok_or(ElfError::Malformed("truncated header"))
+}
+
+fn u64_at(b: &[u8], off: usize) -> Result<u64, ElfError> {
+    let s = b
+        .get(off..off + 8)
+        .ok_or(ElfError::Malformed("truncated header"))?;
+    let mut a = [0u8; 8];
+    a.copy_from_slice(s);
+    Ok(u64::from_le_bytes(a))
+}
+
+struct Segment {
+    ty: u32,
+    flags: u32,
+    offset: u64,
+    vaddr: u64,
+    filesz: u64,
+    memsz: u64,
+}
+
+fn segments(image: &[u8]) -> Result<(u16, u64, Vec<Segment>, u64), ElfError> {
+    if image.len() < 64 || &image[..4] != b"\x7fELF" {
+        return Err(ElfError::NotElf);
+    }
+    if image[4] != 2 || image[5] != 1 || u16_at(image, 18)? != 62 {
+        return Err(ElfError::WrongArch);
+    }
+    let ty = u16_at(image, 16)?;
+    if ty != ET_EXEC && ty != ET_DYN {
+        return Err(ElfError::NotExecutable(ty));
+    }
+    let entry = u64_at(image, 24)?;
+    let phoff = u64_at(image, 32)?;
+    let phentsize = u16_at(image, 54)? as u64;
+    let phnum = u16_at(image, 56)? as u64;
+    if phentsize < 56 || phnum == 0 || phnum > 256 {
+        return Err(ElfError::Malformed("program header table"));
+    }
+    let mut out = Vec::new();
+    for i in 0..phnum {
+        let at = phoff
+            .checked_add(i * phentsize)
+            .and_then(|a| usize::try_from(a).ok())
+            .ok_or(ElfError::Malformed("program header offset"))?;
+        out.push(Segment {
+            ty: u32_at(image, at)?,
+            flags: u32_at(image, at + 4)?,
+            offset: u64_at(image, at + 8)?,
+            vaddr: u64_at(image, at + 16)?,
+            filesz: u64_at(image, at + 32)?,
+            memsz: u64_at(image, at + 40)?,
+        });
+    }
+    Ok((ty, entry, out, phoff))
+}
+
+/// Loads `image` into `m` and builds the initial stack; returns where to start.
+pub fn load_static(
+    m: &mut dyn Machine,
+    image: &[u8],
+    argv: &[String],
+    envp: &[String],
+) -> Result<Loaded, ElfError> {
+    let (ty, entry, segs, phoff) = segments(image)?;
+    if segs.iter().any(|s| s.ty == PT_INTERP) {
+        return Err(ElfError::Dynamic);
+    }
+    let bias = if ty == ET_DYN { PIE_BASE } else { 0 };
+    // Pages of all PT_LOAD segments with the union of their permissions (segments may share
+    // a page), in order.
+    let mut pages: std::collections::BTreeMap<u64, PageFlags> = Default::default();
+    let mut end = 0u64;
+    let mut phdr_va = None;
+    for s in segs.iter().filter(|s| s.ty == PT_LOAD) {
+        let file_end = s.offset.checked_add(s.filesz);
+        let lo = s.vaddr.checked_add(bias);
+        let hi = lo.and_then(|lo| lo.checked_add(s.memsz));
+        let (Some(file_end), Some(lo), Some(hi)) = (file_end, lo, hi) else {
+            return Err(ElfError::Malformed("segment overflows"));
+        };
+        if s.filesz > s.memsz || file_end > image.len() as u64 || hi > USER_END || lo < PAGE {
+            return Err(ElfError::Malformed(
+                "segment outside the file or user space",
+            ));
+        }
+        let flags = PageFlags {
+            write: s.flags & PF_W != 0,
+            exec: s.flags & PF_X != 0,
+        };
+        let mut page = lo & !(PAGE - 1);
+        while page < hi {
+            let e = pages.entry(page).or_insert(PageFlags {
+                write: false,
+                exec: false,
+            });
+            e.write |= flags.write;
+            e.exec |= flags.exec;
+            page += PAGE;
+        }
+        end = end.max(hi.div_ceil(PAGE) * PAGE);
+        if s.offset <= phoff && phoff < file_end {
+            phdr_va = Some(lo + (phoff - s.offset));
+        }
+    }
+    if pages.is_empty() {
+        return Err(ElfError::Malformed("no loadable segment"));
+    }
+    if let Some(p) = segs.iter().find(|s| s.ty == PT_PHDR) {
+        phdr_va = Some(p.vaddr + bias);
+    }
+    for (&page, &flags) in &pages {
+        m.map_zeroed(page, PAGE, flags)?;
+    }
+    for s in segs.iter().filter(|s| s.ty == PT_LOAD && s.filesz > 0) {
+        let data = &image[s.offset as usize..(s.offset + s.filesz) as usize];
+        m.write(s.vaddr + bias, data)?;
+    }
+    let entry = entry
+        .checked_add(bias)
+        .filter(|e| pages.contains_key(&(e & !(PAGE - 1))))
+        .ok_or(ElfError::Malformed("entry point outside the image"))?;
+    let phnum = segs.len() as u64;
+    let sp = build_stack(m, argv, envp, entry, phdr_va.unwrap_or(0), phnum)?;
+    Ok(Loaded {
+        entry,
+        stack_pointer: sp,
+        brk: end,
+    })
+}
+
+/// Maps the stack and lays out strings, AT_RANDOM bytes, argv, envp and auxv on it.
+fn build_stack(
+    m: &mut dyn Machine,
+    argv: &[String],
+    envp: &[String],
+    entry: u64,
+    phdr: u64,
+    phnum: u64,
+) -> Result<u64, Fault> {
+    m.map_zeroed(
+        STACK_TOP - STACK_SIZE,
+        STACK_SIZE,
+        PageFlags {
+            write: true,
+            exec: false,
+        },
+    )?;
+    let mut sp = STACK_TOP;
+    let mut push_bytes = |m: &mut dyn Machine, bytes: &[u8]| -> Result<u64, Fault> {
+        sp -= bytes.len() as u64;
+        m.write(sp, bytes)?;
+        Ok(sp)
+    };
+    let mut cstr = |m: &mut dyn Machine, s: &str| {
+        let mut v = s.as_bytes().to_vec();
+        v.push(0);
+        push_bytes(m, &v)
+    };
+    let execfn = cstr(m, argv.first().map_or("", String::as_str))?;
+    let platform = cstr(m, "x86_64")?;
+    let argv_ptrs = argv
+        .iter()
+        .map(|a| cstr(m, a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let env_ptrs = envp
+        .iter()
+        .map(|e| cstr(m, e))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut random = [0u8; 16];
+    m.random(&mut random);
+    let random_at = push_bytes(m, &random)?;
+    let auxv: [(u64, u64); 17] = [
+        (AT_PHDR, phdr),
+        (AT_PHENT, 56),
+        (AT_PHNUM, phnum),
+        (AT_PAGESZ, PAGE),
+        (AT_BASE, 0),
+        (AT_FLAGS, 0),
+        (AT_ENTRY, entry),
+        (AT_UID, 0),
+        (AT_EUID, 0),
+        (AT_GID, 0),
+        (AT_EGID, 0),
+        (AT_SECURE, 0),
+        (AT_RANDOM, random_at),
+        (AT_HWCAP, 0),
+        (AT_HWCAP2, 0),
+        (AT_CLKTCK, 100),
+        (AT_PLATFORM, platform),
+    ];
+    let mut words: Vec<u64> = Vec::new();
+    words.push(argv_ptrs.len() as u64);
+    words.extend(&argv_ptrs);
+    words.push(0);
+    words.extend(&env_ptrs);
+    words.push(0);
+    for (k, v) in auxv {
+        words.extend([k, v]);
+    }
+    words.extend([AT_EXECFN, execfn, AT_NULL, 0]);
+    // The ABI wants rsp 16-byte aligned at the entry point, pointing at argc.
+    let mut top = sp & !15;
+    top -= words.len() as u64 * 8;
+    top &= !15;
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    m.write(top, &bytes)?;
+    Ok(top)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_garbage_and_foreign_binaries() {
+        struct NoMachine;
+        impl Machine for NoMachine {
+            fn map_zeroed(&mut self, va: u64, _: u64, _: PageFlags) -> Result<(), Fault> {
+                Err(Fault { addr: va })
+            }
+            fn read(&self, va: u64, _: &mut [u8]) -> Result<(), Fault> {
+                Err(Fault { addr: va })
+            }
+            fn write(&mut self, va: u64, _: &[u8]) -> Result<(), Fault> {
+                Err(Fault { addr: va })
+            }
+            fn console_write(&mut self, _: i32, d: &[u8]) -> std::io::Result<usize> {
+                Ok(d.len())
+            }
+            fn console_read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+                Ok(0)
+            }
+            fn realtime_ns(&self) -> u64 {
+                0
+            }
+            fn monotonic_ns(&self) -> u64 {
+                0
+            }
+            fn random(&mut self, _: &mut [u8]) {}
+            fn set_thread_pointer(&mut self, _: u64) {}
+        }
+        let m = &mut NoMachine;
+        assert_eq!(load_static(m, b"hello", &[], &[]), Err(ElfError::NotElf));
+        let mut hdr = vec![0u8; 64];
+        hdr[..4].copy_from_slice(b"\x7fELF");
+        hdr[4] = 1; // 32-bit
+        assert_eq!(load_static(m, &hdr, &[], &[]), Err(ElfError::WrongArch));
+        hdr[4] = 2;
+        hdr[5] = 1;
+        hdr[18] = 62;
+        hdr[16] = 1; // ET_REL
+        assert_eq!(
+            load_static(m, &hdr, &[], &[]),
+            Err(ElfError::NotExecutable(1))
+        );
+        hdr[16] = 2;
+        // phentsize 0: malformed, and huge offsets never index out of bounds.
+        assert!(matches!(
+            load_static(m, &hdr, &[], &[]),
+            Err(ElfError::Malformed(_))
+        ));
+        hdr[54] = 56;
+        hdr[56] = 1;
+        hdr[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(
+            load_static(m, &hdr, &[], &[]),
+            Err(ElfError::Malformed(_))
+        ));
+    }
+}

@@ -1,0 +1,27 @@
+//! qkernel: the Linux-compatible kernel dedicated to one container.
+//!
+//! It never touches the host directly. Everything it needs (guest memory and page mappings, the
+//! console, the clock, randomness) comes through [`Machine`], which qvisor implements on top of
+//! a KVM virtual machine; that trait is the boundary to audit. The platform delivers each
+//! syscall of the app as a call to [`Kernel::syscall`] with the guest's registers, in the style
+//! of gVisor's Sentry.
+
+mod elf;
+mod machine;
+mod syscalls;
+
+pub use elf::{load_static, ElfError, Loaded};
+pub use machine::{Fault, Machine, PageFlags};
+pub use syscalls::{Kernel, SyscallArgs, SyscallOutcome};
+
+/// Linux errno values returned to the app (as `-errno`).
+pub mod errno {
+    pub const EPERM: i64 = 1;
+    pub const ENOENT: i64 = 2;
+    pub const EBADF: i64 = 9;
+    pub const ENOMEM: i64 = 12;
+    pub const EFAULT: i64 = 14;
+    pub const EINVAL: i64 = 22;
+    pub const ENOTTY: i64 = 25;
+    pub const ENOSYS: i64 = 38;
+}

@@ -1,0 +1,263 @@
+//! Guest memory and the app's page tables.
+//!
+//! Guest-physical memory is one anonymous mapping registered as one KVM slot (lazily backed:
+//! an idle container costs only the pages it touched). Pages are handed out by a bump
+//! allocator; page tables are built here, in guest memory that no guest-virtual address maps,
+//! so the app can never read or write them. Only not-present -> present changes are made to
+//! live tables: this host's shadow MMU does not see a host write to a present entry.
+
+use std::io;
+use std::ptr::NonNull;
+
+use qkernel::{Fault, PageFlags};
+
+pub const PAGE: u64 = 4096;
+const P: u64 = 1;
+const W: u64 = 2;
+const U: u64 = 4;
+const NX: u64 = 1 << 63;
+const ADDR: u64 = 0x000f_ffff_ffff_f000;
+
+pub struct GuestMemory {
+    ptr: NonNull<u8>,
+    size: u64,
+    next_free: u64,
+    pub pml4: u64,
+}
+
+// SAFETY: the mapping is owned by this struct; the vCPU thread is its only user.
+unsafe impl Send for GuestMemory {}
+
+impl GuestMemory {
+    /// Reserves `size` bytes of guest-physical memory (no host memory until touched).
+    pub fn new(size: u64) -> io::Result<Self> {
+        // SAFETY: a fresh private anonymous mapping; nothing else aliases it.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(p as *mut u8).ok_or_else(|| io::Error::other("mmap gave null"))?;
+        let mut mem = GuestMemory {
+            ptr,
+            size,
+            // Guest-physical page 0 stays unused, so a zero entry never looks like a table.
+            next_free: PAGE,
+            pml4: 0,
+        };
+        mem.pml4 = mem
+            .alloc_page()
+            .map_err(|_| io::Error::other("guest memory too small"))?;
+        Ok(mem)
+    }
+
+    pub fn host_address(&self) -> u64 {
+        self.ptr.as_ptr() as u64
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Bytes of guest-physical memory handed out so far.
+    pub fn used(&self) -> u64 {
+        self.next_free
+    }
+
+    fn alloc_page(&mut self) -> Result<u64, Fault> {
+        if self.next_free + PAGE > self.size {
+            return Err(Fault { addr: 0 });
+        }
+        let gpa = self.next_free;
+        self.next_free += PAGE;
+        Ok(gpa) // fresh anonymous memory is zero
+    }
+
+    /// The host bytes of guest-physical `[gpa, gpa + len)`, bounds-checked.
+    fn phys(&self, gpa: u64, len: u64) -> Option<*mut u8> {
+        let end = gpa.checked_add(len)?;
+        // SAFETY: [gpa, end) lies inside the mapping, checked just above.
+        (end <= self.size).then(|| unsafe { self.ptr.as_ptr().add(gpa as usize) })
+    }
+
+    fn entry(&self, gpa: u64) -> u64 {
+        // Table addresses come from our allocator (inside memory, 8-byte aligned).
+        self.phys(gpa, 8)
+            .map_or(0, |p| unsafe { (p as *const u64).read_volatile() })
+    }
+
+    fn set_entry(&self, gpa: u64, v: u64) {
+        if let Some(p) = self.phys(gpa, 8) {
+            // SAFETY: inside the mapping and aligned (see entry).
+            unsafe { (p as *mut u64).write_volatile(v) }
+        }
+    }
+
+    /// The address of `va`'s leaf entry, creating intermediate tables when asked.
+    fn leaf(&mut self, va: u64, create: bool) -> Result<Option<u64>, Fault> {
+        let mut table = self.pml4;
+        for level in (1..4).rev() {
+            let at = table + ((va >> (12 + 9 * level)) & 511) * 8;
+            let e = self.entry(at);
+            table = if e & P != 0 {
+                e & ADDR
+            } else if create {
+                let t = self.alloc_page()?;
+                self.set_entry(at, t | P | W | U);
+                t
+            } else {
+                return Ok(None);
+            };
+        }
+        Ok(Some(table + ((va >> 12) & 511) * 8))
+    }
+
+    /// Maps `va..va+len` (page aligned) to fresh pages for the app.
+    pub fn map_user(&mut self, va: u64, len: u64, flags: PageFlags) -> Result<(), Fault> {
+        self.map(va, len, flags, true)
+    }
+
+    /// Maps pages only supervisor code may touch (descriptor tables).
+    pub fn map_supervisor(&mut self, va: u64, len: u64) -> Result<(), Fault> {
+        let rw = PageFlags {
+            write: true,
+            exec: false,
+        };
+        self.map(va, len, rw, false)
+    }
+
+    fn map(&mut self, va: u64, len: u64, flags: PageFlags, user: bool) -> Result<(), Fault> {
+        if va % PAGE != 0 || len % PAGE != 0 {
+            return Err(Fault { addr: va });
+        }
+        let mut bits = P | if user { U } else { 0 };
+        if flags.write {
+            bits |= W;
+        }
+        if !flags.exec {
+            bits |= NX;
+        }
+        let mut page = va;
+        while page < va + len {
+            let leaf = self.leaf(page, true)?.ok_or(Fault { addr: page })?;
+            if self.entry(leaf) & P != 0 {
+                return Err(Fault { addr: page });
+            }
+            let gpa = self.alloc_page()?;
+            self.set_entry(leaf, gpa | bits);
+            page += PAGE;
+        }
+        Ok(())
+    }
+
+    /// Guest-physical address and user-visibility of a mapped `va`.
+    pub fn translate(&self, va: u64) -> Option<(u64, bool)> {
+        let mut table = self.pml4;
+        for level in (1..4).rev() {
+            let e = self.entry(table + ((va >> (12 + 9 * level)) & 511) * 8);
+            if e & P == 0 {
+                return None;
+            }
+            table = e & ADDR;
+        }
+        let e = self.entry(table + ((va >> 12) & 511) * 8);
+        (e & P != 0).then_some(((e & ADDR) + (va & (PAGE - 1)), e & U != 0))
+    }
+
+    /// Copies user-visible guest memory into `buf`.
+    pub fn read_user(&self, va: u64, buf: &mut [u8]) -> Result<(), Fault> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = va.checked_add(done as u64).ok_or(Fault { addr: va })?;
+            let (gpa, user) = self.translate(at).ok_or(Fault { addr: at })?;
+            if !user {
+                return Err(Fault { addr: at });
+            }
+            let n = ((PAGE - (at & (PAGE - 1))) as usize).min(buf.len() - done);
+            let src = self.phys(gpa, n as u64).ok_or(Fault { addr: at })?;
+            // SAFETY: src covers n bytes inside guest memory; buf[done..done+n] is ours.
+            unsafe { std::ptr::copy_nonoverlapping(src, buf[done..].as_mut_ptr(), n) };
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Copies `buf` into user-visible guest memory (write protection is the app's, not ours).
+    pub fn write_user(&mut self, va: u64, buf: &[u8]) -> Result<(), Fault> {
+        self.write_any(va, buf, true)
+    }
+
+    /// Writes memory the VMM set up for supervisor use.
+    pub fn write_supervisor(&mut self, va: u64, buf: &[u8]) -> Result<(), Fault> {
+        self.write_any(va, buf, false)
+    }
+
+    fn write_any(&mut self, va: u64, buf: &[u8], user_only: bool) -> Result<(), Fault> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = va.checked_add(done as u64).ok_or(Fault { addr: va })?;
+            let (gpa, user) = self.translate(at).ok_or(Fault { addr: at })?;
+            if user_only && !user {
+                return Err(Fault { addr: at });
+            }
+            let n = ((PAGE - (at & (PAGE - 1))) as usize).min(buf.len() - done);
+            let dst = self.phys(gpa, n as u64).ok_or(Fault { addr: at })?;
+            // SAFETY: dst covers n bytes inside guest memory; buf[done..done+n] is ours.
+            unsafe { std::ptr::copy_nonoverlapping(buf[done..].as_ptr(), dst, n) };
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for GuestMemory {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping made in new(); the VM using it is dropped first.
+        unsafe { libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, self.size as usize) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RW: PageFlags = PageFlags {
+        write: true,
+        exec: false,
+    };
+
+    #[test]
+    fn maps_translates_and_refuses_double_maps_and_supervisor_pages() {
+        let mut m = GuestMemory::new(16 << 20).unwrap();
+        m.map_user(0x40_0000, 2 * PAGE, RW).unwrap();
+        assert_eq!(
+            m.map_user(0x40_1000, PAGE, RW),
+            Err(Fault { addr: 0x40_1000 })
+        );
+        m.write_user(0x40_0ffe, b"abcd").unwrap();
+        let mut b = [0u8; 4];
+        m.read_user(0x40_0ffe, &mut b).unwrap();
+        assert_eq!(&b, b"abcd");
+        assert!(m.read_user(0x40_2000, &mut b).is_err(), "unmapped");
+        assert!(m.read_user(u64::MAX - 1, &mut b).is_err(), "wraps");
+        m.map_supervisor(0xffff_ff00_0000_0000, PAGE).unwrap();
+        assert!(
+            m.read_user(0xffff_ff00_0000_0000, &mut b).is_err(),
+            "U=0 is not user memory"
+        );
+    }
+
+    #[test]
+    fn running_out_of_memory_is_an_error() {
+        let mut m = GuestMemory::new(64 * PAGE).unwrap();
+        assert!(m.map_user(0x40_0000, 128 * PAGE, RW).is_err());
+    }
+}
