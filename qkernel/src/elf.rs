@@ -68,24 +68,24 @@ pub struct Loaded {
     pub brk: u64,
 }
 
-fn u16_at(b: &[u8], off: usize) -> Result<u16, ElfError> {
-    b.get(off..off + 2)
-        .map(|s| u16::from_le_bytes([s[0], s[1]]))
+/// `n` bytes at `off`, or an error if they run past the image (or the offset overflows).
+fn field(b: &[u8], off: usize, n: usize) -> Result<&[u8], ElfError> {
+    off.checked_add(n)
+        .and_then(|end| b.get(off..end))
         .ok_or(ElfError::Malformed("truncated header"))
+}
+
+fn u16_at(b: &[u8], off: usize) -> Result<u16, ElfError> {
+    field(b, off, 2).map(|s| u16::from_le_bytes([s[0], s[1]]))
 }
 
 fn u32_at(b: &[u8], off: usize) -> Result<u32, ElfError> {
-    b.get(off..off + 4)
-        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-        .ok_or(ElfError::Malformed("truncated header"))
+    field(b, off, 4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 
 fn u64_at(b: &[u8], off: usize) -> Result<u64, ElfError> {
-    let s = b
-        .get(off..off + 8)
-        .ok_or(ElfError::Malformed("truncated header"))?;
     let mut a = [0u8; 8];
-    a.copy_from_slice(s);
+    a.copy_from_slice(field(b, off, 8)?);
     Ok(u64::from_le_bytes(a))
 }
 
@@ -122,13 +122,14 @@ fn segments(image: &[u8]) -> Result<(u16, u64, Vec<Segment>, u64), ElfError> {
             .checked_add(i * phentsize)
             .and_then(|a| usize::try_from(a).ok())
             .ok_or(ElfError::Malformed("program header offset"))?;
+        let ph = field(image, at, 56)?;
         out.push(Segment {
-            ty: u32_at(image, at)?,
-            flags: u32_at(image, at + 4)?,
-            offset: u64_at(image, at + 8)?,
-            vaddr: u64_at(image, at + 16)?,
-            filesz: u64_at(image, at + 32)?,
-            memsz: u64_at(image, at + 40)?,
+            ty: u32_at(ph, 0)?,
+            flags: u32_at(ph, 4)?,
+            offset: u64_at(ph, 8)?,
+            vaddr: u64_at(ph, 16)?,
+            filesz: u64_at(ph, 32)?,
+            memsz: u64_at(ph, 40)?,
         });
     }
     Ok((ty, entry, out, phoff))
@@ -293,33 +294,7 @@ mod tests {
 
     #[test]
     fn rejects_garbage_and_foreign_binaries() {
-        struct NoMachine;
-        impl Machine for NoMachine {
-            fn map_zeroed(&mut self, va: u64, _: u64, _: PageFlags) -> Result<(), Fault> {
-                Err(Fault { addr: va })
-            }
-            fn read(&self, va: u64, _: &mut [u8]) -> Result<(), Fault> {
-                Err(Fault { addr: va })
-            }
-            fn write(&mut self, va: u64, _: &[u8]) -> Result<(), Fault> {
-                Err(Fault { addr: va })
-            }
-            fn console_write(&mut self, _: i32, d: &[u8]) -> std::io::Result<usize> {
-                Ok(d.len())
-            }
-            fn console_read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
-                Ok(0)
-            }
-            fn realtime_ns(&self) -> u64 {
-                0
-            }
-            fn monotonic_ns(&self) -> u64 {
-                0
-            }
-            fn random(&mut self, _: &mut [u8]) {}
-            fn set_thread_pointer(&mut self, _: u64) {}
-        }
-        let m = &mut NoMachine;
+        let m = &mut tests_machine::Accepting;
         assert_eq!(load_static(m, b"hello", &[], &[]), Err(ElfError::NotElf));
         let mut hdr = vec![0u8; 64];
         hdr[..4].copy_from_slice(b"\x7fELF");
@@ -346,5 +321,80 @@ mod tests {
             load_static(m, &hdr, &[], &[]),
             Err(ElfError::Malformed(_))
         ));
+    }
+
+    proptest::proptest! {
+        /// Hostile images: any bytes after a valid-looking ident never panic the loader.
+        #[test]
+        fn arbitrary_images_never_panic(mut body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512), ty in 0u16..5) {
+            let mut img = b"\x7fELF\x02\x01\x01\x00".to_vec();
+            img.resize(64, 0);
+            img[16..18].copy_from_slice(&ty.to_le_bytes());
+            img[18] = 62;
+            img.append(&mut body);
+            let mut m = tests_machine::Accepting;
+            let _ = load_static(&mut m, &img, &["a".into()], &[]);
+        }
+    }
+
+    mod tests_machine {
+        use super::super::*;
+        use crate::machine::{HostFile, RawStat};
+
+        /// A machine whose memory accepts every map and write (it stores nothing).
+        #[derive(Default)]
+        pub struct Accepting;
+
+        impl Machine for Accepting {
+            fn map_zeroed(&mut self, _: u64, _: u64, _: PageFlags) -> Result<(), Fault> {
+                Ok(())
+            }
+            fn read(&self, _: u64, _: &mut [u8]) -> Result<(), Fault> {
+                Ok(())
+            }
+            fn write(&mut self, _: u64, _: &[u8]) -> Result<(), Fault> {
+                Ok(())
+            }
+            fn console_write(&mut self, _: i32, d: &[u8]) -> std::io::Result<usize> {
+                Ok(d.len())
+            }
+            fn console_read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+                Ok(0)
+            }
+            fn realtime_ns(&self) -> u64 {
+                0
+            }
+            fn monotonic_ns(&self) -> u64 {
+                0
+            }
+            fn random(&mut self, _: &mut [u8]) {}
+            fn set_thread_pointer(&mut self, _: u64) {}
+            fn sleep_ns(&mut self, _: u64) {}
+            fn fs_open(&mut self, _: &[u8], _: i32, _: u32) -> Result<HostFile, i64> {
+                Err(2)
+            }
+            fn fs_close(&mut self, _: HostFile) {}
+            fn fs_read(&mut self, _: HostFile, _: &mut [u8], _: Option<u64>) -> Result<usize, i64> {
+                Err(9)
+            }
+            fn fs_write(&mut self, _: HostFile, _: &[u8], _: Option<u64>) -> Result<usize, i64> {
+                Err(9)
+            }
+            fn fs_seek(&mut self, _: HostFile, _: i64, _: i32) -> Result<u64, i64> {
+                Err(9)
+            }
+            fn fs_stat(&mut self, _: HostFile) -> Result<RawStat, i64> {
+                Err(9)
+            }
+            fn fs_stat_path(&mut self, _: &[u8], _: bool) -> Result<RawStat, i64> {
+                Err(2)
+            }
+            fn fs_getdents(&mut self, _: HostFile, _: &mut [u8]) -> Result<usize, i64> {
+                Err(9)
+            }
+            fn fs_readlink(&mut self, _: &[u8]) -> Result<Vec<u8>, i64> {
+                Err(2)
+            }
+        }
     }
 }

@@ -7,21 +7,30 @@
 //! of gVisor's Sentry.
 
 mod elf;
+mod fs;
 mod machine;
 mod syscalls;
 
 pub use elf::{load_static, ElfError, Loaded};
-pub use machine::{Fault, Machine, PageFlags};
+pub use machine::{Fault, HostFile, Machine, PageFlags, RawStat};
 pub use syscalls::{Kernel, SyscallArgs, SyscallOutcome};
 
 /// Linux errno values returned to the app (as `-errno`).
 pub mod errno {
     pub const EPERM: i64 = 1;
     pub const ENOENT: i64 = 2;
+    pub const EIO: i64 = 5;
     pub const EBADF: i64 = 9;
     pub const ENOMEM: i64 = 12;
+    pub const EACCES: i64 = 13;
     pub const EFAULT: i64 = 14;
+    pub const ENOTDIR: i64 = 20;
     pub const EINVAL: i64 = 22;
+    pub const EMFILE: i64 = 24;
     pub const ENOTTY: i64 = 25;
+    pub const ESPIPE: i64 = 29;
+    pub const EROFS: i64 = 30;
+    pub const ERANGE: i64 = 34;
+    pub const ENAMETOOLONG: i64 = 36;
     pub const ENOSYS: i64 = 38;
 }

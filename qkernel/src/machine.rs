@@ -16,6 +16,12 @@ pub struct PageFlags {
     pub exec: bool,
 }
 
+/// A file the platform opened in the container's root file system (its handle, not a host fd).
+pub type HostFile = u32;
+
+/// Linux `struct stat` as x86-64 lays it out (144 bytes), copied to the app unchanged.
+pub type RawStat = [u8; 144];
+
 /// What qkernel needs from the platform. Every address is a guest-virtual address of the app;
 /// implementations check every access against the app's mappings and never reach memory
 /// outside the guest.
@@ -39,4 +45,28 @@ pub trait Machine {
     fn random(&mut self, buf: &mut [u8]);
     /// Sets the thread pointer (the FS base) the app sees when it resumes.
     fn set_thread_pointer(&mut self, fs_base: u64);
+    /// Sleeps the calling app thread.
+    fn sleep_ns(&mut self, ns: u64);
+
+    // The root file system. Paths are absolute paths in the container's root; the platform
+    // resolves them so that no symlink or ".." leaves the root, and refuses writes to a
+    // read-only root. Errors are Linux errno values.
+
+    /// Opens `path` with Linux `open` flags and mode.
+    fn fs_open(&mut self, path: &[u8], flags: i32, mode: u32) -> Result<HostFile, i64>;
+    fn fs_close(&mut self, file: HostFile);
+    /// Reads at `offset`, or at the file position when `None`.
+    fn fs_read(
+        &mut self,
+        file: HostFile,
+        buf: &mut [u8],
+        offset: Option<u64>,
+    ) -> Result<usize, i64>;
+    fn fs_write(&mut self, file: HostFile, buf: &[u8], offset: Option<u64>) -> Result<usize, i64>;
+    fn fs_seek(&mut self, file: HostFile, offset: i64, whence: i32) -> Result<u64, i64>;
+    fn fs_stat(&mut self, file: HostFile) -> Result<RawStat, i64>;
+    fn fs_stat_path(&mut self, path: &[u8], follow_symlinks: bool) -> Result<RawStat, i64>;
+    /// Fills `buf` with `linux_dirent64` records of a directory.
+    fn fs_getdents(&mut self, file: HostFile, buf: &mut [u8]) -> Result<usize, i64>;
+    fn fs_readlink(&mut self, path: &[u8]) -> Result<Vec<u8>, i64>;
 }

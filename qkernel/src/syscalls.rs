@@ -4,10 +4,11 @@
 
 use crate::elf::{STACK_SIZE, STACK_TOP, USER_END};
 use crate::errno::*;
+use crate::fs::FdTable;
 use crate::machine::{Machine, PageFlags};
 
 const PAGE: u64 = 4096;
-/// Largest chunk copied through the host per step of a read or write.
+/// Largest chunk copied through the host per step.
 const CHUNK: usize = 64 << 10;
 /// Where `mmap` without a hint starts placing mappings (grows down, like Linux).
 const MMAP_TOP: u64 = STACK_TOP - STACK_SIZE - (1 << 30);
@@ -31,6 +32,10 @@ pub enum SyscallOutcome {
 /// The kernel state of one single-threaded process (the process model comes later).
 #[derive(Debug)]
 pub struct Kernel {
+    pub(crate) fds: FdTable,
+    /// Working directory and the program's path, absolute paths in the root.
+    pub(crate) cwd: Vec<u8>,
+    pub(crate) exe: Vec<u8>,
     brk_start: u64,
     brk: u64,
     /// Heap pages are mapped up to here.
@@ -39,26 +44,14 @@ pub struct Kernel {
     pid: i64,
 }
 
-fn name(nr: u64) -> &'static str {
-    match nr {
-        0 => "read",
-        1 => "write",
-        9 => "mmap",
-        12 => "brk",
-        13 => "rt_sigaction",
-        14 => "rt_sigprocmask",
-        20 => "writev",
-        60 => "exit",
-        158 => "arch_prctl",
-        231 => "exit_group",
-        _ => "?",
-    }
-}
-
 impl Kernel {
-    /// A kernel for a program loaded with its heap starting at `brk`.
-    pub fn new(brk: u64) -> Self {
+    /// A kernel for the program at `exe` (a path in the root), loaded with its heap starting at
+    /// `brk`, started in `cwd`.
+    pub fn new(brk: u64, exe: &str, cwd: &str) -> Self {
         Kernel {
+            fds: FdTable::default(),
+            cwd: cwd.as_bytes().to_vec(),
+            exe: exe.as_bytes().to_vec(),
             brk_start: brk,
             brk,
             brk_mapped: brk,
@@ -70,89 +63,70 @@ impl Kernel {
     /// Serves one syscall.
     pub fn syscall(&mut self, m: &mut dyn Machine, call: SyscallArgs) -> SyscallOutcome {
         let [a0, a1, a2, a3, a4, _a5] = call.args;
+        const AT_FDCWD: u64 = -100i64 as u64;
+        let a5 = call.args[5];
         let r = match call.nr {
-            0 => self.read(m, a0, a1, a2),
-            1 => self.write(m, a0, a1, a2),
-            20 => self.writev(m, a0, a1, a2),
+            0 => self.read(m, a0, a1, a2, None),
+            1 => self.write(m, a0, a1, a2, None),
+            2 => self.openat(m, AT_FDCWD, a0, a1, a2),
+            3 => self.close(m, a0),
+            4 => self.fstatat(m, AT_FDCWD, a0, a1, 0),
+            5 => self.fstat(m, a0, a1),
+            6 => self.fstatat(m, AT_FDCWD, a0, a1, 0x100),
+            8 => self.lseek(m, a0, a1, a2),
             9 => self.mmap(m, a0, a1, a2, a3, a4),
             10 => Ok(0), // mprotect: mappings keep their permissions for now
             11 => Ok(0), // munmap: address space is not reclaimed yet
             12 => Ok(self.brk(m, a0) as i64),
-            13 | 14 => Ok(0),  // rt_sigaction, rt_sigprocmask: recorded later
-            16 => Err(ENOTTY), // ioctl: stdio is not a terminal
+            13 | 14 => Ok(0), // rt_sigaction, rt_sigprocmask: signals come with the process model
+            16 => self.ioctl(a0),
+            17 => self.read(m, a0, a1, a2, Some(a3)),
+            18 => self.write(m, a0, a1, a2, Some(a3)),
+            19 => self.vectored(m, a0, a1, a2, false),
+            20 => self.vectored(m, a0, a1, a2, true),
+            21 => self.faccessat(m, AT_FDCWD, a0, a1),
             24 => Ok(0),       // sched_yield
+            25 => Err(ENOMEM), // mremap: callers fall back to map, copy, unmap
+            32 => self.dup(a0, 0, None, false),
+            33 => self.dup(a0, 0, Some(a1), false),
+            35 => self.nanosleep(m, a0),
             39 | 186 => Ok(self.pid), // getpid, gettid
-            110 => Ok(0),      // getppid: the container's init has no parent
-            102 | 104 | 107 | 108 => Ok(0), // getuid, getgid, geteuid, getegid: root inside
             60 | 231 => return SyscallOutcome::Exit((a0 & 0xff) as i32),
             63 => self.uname(m, a0),
+            72 => self.fcntl(a0, a1, a2),
+            79 => self.getcwd(m, a0, a1),
+            80 => self.chdir(m, a0),
+            81 => self.fchdir(a0),
+            89 => self.readlinkat(m, AT_FDCWD, a0, a1, a2),
+            95 => Ok(0o022), // umask
+            96 => self.gettimeofday(m, a0),
+            99 => self.sysinfo(m, a0),
+            102 | 104 | 107 | 108 => Ok(0), // getuid, getgid, geteuid, getegid: root inside
+            110 => Ok(0),                   // getppid: the container's init has no parent inside
+            111 => Ok(self.pid),            // getpgrp
             158 => self.arch_prctl(m, a0, a1),
-            218 => Ok(self.pid), // set_tid_address
-            273 => Ok(0),        // set_robust_list
-            228 => self.clock_gettime(m, a0, a1),
             201 => self.time(m, a0),
+            217 => self.getdents64(m, a0, a1, a2),
+            218 => Ok(self.pid), // set_tid_address
+            228 => self.clock_gettime(m, a0, a1),
+            230 => self.nanosleep(m, a2),
+            257 => self.openat(m, a0, a1, a2, a3),
+            262 => self.fstatat(m, a0, a1, a2, a3),
+            267 => self.readlinkat(m, a0, a1, a2, a3),
+            269 | 439 => self.faccessat(m, a0, a1, a2),
+            273 => Ok(0), // set_robust_list
+            292 => self.dup(a0, 0, Some(a1), a2 & 0o2000000 != 0),
             302 => self.prlimit(m, a2, a3),
             318 => self.getrandom(m, a0, a1),
+            332 => Err(ENOSYS), // statx: glibc falls back to newfstatat
             334 => Err(ENOSYS), // rseq: glibc falls back
             _ => {
-                tracing::debug!(nr = call.nr, name = name(call.nr), "unimplemented syscall");
+                tracing::debug!(nr = call.nr, "unimplemented syscall");
+                let _ = a5;
                 Err(ENOSYS)
             }
         };
         SyscallOutcome::Return(r.unwrap_or_else(|e| -e))
-    }
-
-    fn read(&mut self, m: &mut dyn Machine, fd: u64, buf: u64, len: u64) -> Result<i64, i64> {
-        if fd != 0 {
-            return Err(EBADF);
-        }
-        let mut tmp = vec![0u8; (len as usize).min(CHUNK)];
-        let n = m
-            .console_read(&mut tmp)
-            .map_err(|e| e.raw_os_error().unwrap_or(5) as i64)?;
-        m.write(buf, &tmp[..n]).map_err(|_| EFAULT)?;
-        Ok(n as i64)
-    }
-
-    fn write(&mut self, m: &mut dyn Machine, fd: u64, buf: u64, len: u64) -> Result<i64, i64> {
-        if fd != 1 && fd != 2 {
-            return Err(EBADF);
-        }
-        let mut done = 0u64;
-        let mut tmp = vec![0u8; (len as usize).min(CHUNK)];
-        while done < len {
-            let n = ((len - done) as usize).min(CHUNK);
-            m.read(buf.wrapping_add(done), &mut tmp[..n])
-                .map_err(|_| EFAULT)?;
-            let w = m
-                .console_write(fd as i32, &tmp[..n])
-                .map_err(|e| e.raw_os_error().unwrap_or(5) as i64)?;
-            done += w as u64;
-            if w < n {
-                break;
-            }
-        }
-        Ok(done as i64)
-    }
-
-    fn writev(&mut self, m: &mut dyn Machine, fd: u64, iov: u64, count: u64) -> Result<i64, i64> {
-        if count > 1024 {
-            return Err(EINVAL);
-        }
-        let mut total = 0i64;
-        for i in 0..count {
-            let mut raw = [0u8; 16];
-            m.read(iov.wrapping_add(i * 16), &mut raw)
-                .map_err(|_| EFAULT)?;
-            let base = u64::from_le_bytes(raw[..8].try_into().unwrap_or_default());
-            let len = u64::from_le_bytes(raw[8..].try_into().unwrap_or_default());
-            match self.write(m, fd, base, len) {
-                Ok(n) => total += n,
-                Err(e) if total == 0 => return Err(e),
-                Err(_) => break,
-            }
-        }
-        Ok(total)
     }
 
     fn brk(&mut self, m: &mut dyn Machine, want: u64) -> u64 {
@@ -282,6 +256,45 @@ impl Kernel {
             b[8..].copy_from_slice(&inf);
             m.write(old, &b).map_err(|_| EFAULT)?;
         }
+        Ok(0)
+    }
+
+    fn nanosleep(&mut self, m: &mut dyn Machine, req: u64) -> Result<i64, i64> {
+        let mut ts = [0u8; 16];
+        m.read(req, &mut ts).map_err(|_| EFAULT)?;
+        let secs = i64::from_le_bytes(ts[..8].try_into().unwrap_or_default());
+        let nanos = i64::from_le_bytes(ts[8..].try_into().unwrap_or_default());
+        if secs < 0 || !(0..1_000_000_000).contains(&nanos) {
+            return Err(EINVAL);
+        }
+        m.sleep_ns(
+            (secs as u64)
+                .saturating_mul(1_000_000_000)
+                .saturating_add(nanos as u64),
+        );
+        Ok(0)
+    }
+
+    fn gettimeofday(&mut self, m: &mut dyn Machine, tv: u64) -> Result<i64, i64> {
+        if tv != 0 {
+            let ns = m.realtime_ns();
+            let mut b = [0u8; 16];
+            b[..8].copy_from_slice(&(ns / 1_000_000_000).to_le_bytes());
+            b[8..].copy_from_slice(&((ns % 1_000_000_000) / 1000).to_le_bytes());
+            m.write(tv, &b).map_err(|_| EFAULT)?;
+        }
+        Ok(0)
+    }
+
+    fn sysinfo(&mut self, m: &mut dyn Machine, out: u64) -> Result<i64, i64> {
+        // struct sysinfo: uptime, loads[3], totalram, freeram, ... mem_unit at 104.
+        let mut b = [0u8; 112];
+        b[..8].copy_from_slice(&(m.monotonic_ns() / 1_000_000_000).to_le_bytes());
+        b[32..40].copy_from_slice(&(512u64 << 20).to_le_bytes());
+        b[40..48].copy_from_slice(&(256u64 << 20).to_le_bytes());
+        b[80..82].copy_from_slice(&1u16.to_le_bytes()); // procs
+        b[104..108].copy_from_slice(&1u32.to_le_bytes()); // mem_unit
+        m.write(out, &b).map_err(|_| EFAULT)?;
         Ok(0)
     }
 

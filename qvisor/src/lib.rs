@@ -1,28 +1,78 @@
 //! qvisor: the VMM. One KVM virtual machine per container: guest memory and page tables
-//! ([`memory`]), the vCPU and its exit loop ([`vm`]); each exit is served by qkernel.
+//! ([`memory`]), the vCPU and its exit loop ([`vm`]), the confined root file system
+//! ([`rootfs`]) and OCI bundles ([`bundle`]); each exit is served by qkernel.
 
+pub mod bundle;
 pub mod memory;
+pub mod rootfs;
 pub mod vm;
+
+use std::path::Path;
 
 use anyhow::Context;
 
+pub use rootfs::RootFs;
 pub use vm::{Stop, Vm};
 
 /// Default guest memory when the bundle sets no limit.
 pub const DEFAULT_MEMORY: u64 = 512 << 20;
 
-/// Loads a static executable into a fresh VM and runs it to the end.
-pub fn run_static(
-    image: &[u8],
-    argv: &[String],
-    envp: &[String],
-    memory: u64,
-) -> anyhow::Result<Stop> {
-    let mut vm = Vm::new(memory)?;
+/// What to run: a program in a root file system.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub root: std::path::PathBuf,
+    pub readonly: bool,
+    /// argv[0] is a path in the root (or a name looked up in PATH).
+    pub argv: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub memory: u64,
+}
+
+/// Finds `name` in the root: a path containing '/' as is, else each directory of PATH.
+fn find_program(
+    root: &mut RootFs,
+    name: &str,
+    env: &[String],
+) -> anyhow::Result<(String, Vec<u8>)> {
+    let candidates: Vec<String> = if name.contains('/') {
+        vec![name.to_string()]
+    } else {
+        let path = env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        path.split(':').map(|d| format!("{d}/{name}")).collect()
+    };
+    for c in &candidates {
+        if let Ok(image) = root.read_all(c.as_bytes()) {
+            return Ok((c.clone(), image));
+        }
+    }
+    anyhow::bail!("executable {name:?} not found in the container's root")
+}
+
+/// Boots a VM for `launch` and runs its program to the end.
+pub fn run(launch: &Launch) -> anyhow::Result<Stop> {
+    let mut rootfs = RootFs::open(&launch.root, launch.readonly)
+        .with_context(|| format!("opening the root {}", launch.root.display()))?;
+    let name = launch
+        .argv
+        .first()
+        .context("no program to run (empty args)")?;
+    let (exe, image) = find_program(&mut rootfs, name, &launch.env)?;
+    let mut vm = Vm::new(launch.memory, rootfs)?;
     let loaded = {
         let mut machine = vm.machine();
-        qkernel::load_static(&mut machine, image, argv, envp).context("loading the executable")?
+        qkernel::load_static(&mut machine, &image, &launch.argv, &launch.env)
+            .with_context(|| format!("loading {exe}"))?
     };
-    let mut kernel = qkernel::Kernel::new(loaded.brk);
+    let mut kernel = qkernel::Kernel::new(loaded.brk, &exe, &launch.cwd);
     vm.run(&mut kernel, loaded.entry, loaded.stack_pointer)
+}
+
+/// Whether `path` is a usable root directory (for clear errors before booting).
+pub fn check_root(path: &Path) -> anyhow::Result<()> {
+    anyhow::ensure!(path.is_dir(), "root {} is not a directory", path.display());
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! `qvisor`: run a container's program in its own KVM virtual machine.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -17,13 +18,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run a static x86-64 Linux executable from the host file system in a fresh VM
-    /// (a development entry point; bundles come with `run --bundle`).
+    /// Run the container of an OCI bundle to completion (like `runc run`).
+    Run {
+        /// The bundle directory (holding config.json).
+        #[arg(long, short, default_value = ".")]
+        bundle: PathBuf,
+        /// The container id.
+        id: String,
+    },
+    /// Run a program from a root directory without a bundle (for development).
     Exec {
+        /// The root file system.
+        #[arg(long)]
+        root: PathBuf,
         /// Guest memory in MiB.
         #[arg(long, default_value_t = 512)]
         memory_mib: u64,
-        /// The executable and its arguments.
+        /// The program (a path in the root, or a name found in /bin, /usr/bin...) and its
+        /// arguments.
         #[arg(required = true, trailing_var_arg = true)]
         argv: Vec<String>,
     },
@@ -37,16 +49,30 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let Cmd::Exec { memory_mib, argv } = Cli::parse().cmd;
-    let result = std::fs::read(&argv[0])
-        .map_err(|e| anyhow::anyhow!("reading {}: {e}", argv[0]))
-        .and_then(|image| {
-            let envp = vec!["PATH=/bin:/usr/bin".to_string(), "HOME=/".to_string()];
-            qvisor::run_static(&image, &argv, &envp, memory_mib << 20)
-        });
-    match result {
+    let launch = match Cli::parse().cmd {
+        Cmd::Run { bundle, id } => {
+            if id.is_empty() || id.contains('/') {
+                eprintln!("qvisor: invalid container id {id:?}");
+                return ExitCode::from(125);
+            }
+            qvisor::bundle::load(&bundle)
+        }
+        Cmd::Exec {
+            root,
+            memory_mib,
+            argv,
+        } => qvisor::check_root(&root).map(|()| qvisor::Launch {
+            root,
+            readonly: false,
+            argv,
+            env: vec!["PATH=/bin:/usr/bin:/sbin:/usr/sbin".into(), "HOME=/".into()],
+            cwd: "/".into(),
+            memory: memory_mib << 20,
+        }),
+    };
+    match launch.and_then(|l| qvisor::run(&l)) {
         Ok(qvisor::Stop::Exited(code)) => ExitCode::from(code as u8),
-        Ok(stop @ qvisor::Stop::Killed { .. }) => {
+        Ok(stop) => {
             if let qvisor::Stop::Killed { signal, reason } = &stop {
                 eprintln!("qvisor: container killed by signal {signal}: {reason}");
             }

@@ -14,9 +14,10 @@ use anyhow::{bail, Context};
 use kvm_bindings::{kvm_msr_entry, kvm_segment, kvm_xcrs, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
 
-use qkernel::{Fault, Kernel, Machine, PageFlags, SyscallArgs, SyscallOutcome};
+use qkernel::{Fault, HostFile, Kernel, Machine, PageFlags, RawStat, SyscallArgs, SyscallOutcome};
 
 use crate::memory::{GuestMemory, PAGE};
+use crate::rootfs::RootFs;
 
 /// The syscall entry point: canonical, never mapped (kernel half).
 pub const LSTAR: u64 = 0xffff_8000_0000_0000;
@@ -87,12 +88,14 @@ pub struct Vm {
     _vm: VmFd,
     _kvm: Kvm,
     pub mem: GuestMemory,
+    pub rootfs: RootFs,
     pub exits: u64,
 }
 
 /// qkernel's view of the machine during one exit.
 struct GuestMachine<'a> {
     mem: &'a mut GuestMemory,
+    rootfs: &'a mut RootFs,
     fs_base: Option<u64>,
 }
 
@@ -148,6 +151,41 @@ impl Machine for GuestMachine<'_> {
     fn set_thread_pointer(&mut self, fs_base: u64) {
         self.fs_base = Some(fs_base);
     }
+    fn sleep_ns(&mut self, ns: u64) {
+        std::thread::sleep(std::time::Duration::from_nanos(ns));
+    }
+    fn fs_open(&mut self, path: &[u8], flags: i32, mode: u32) -> Result<HostFile, i64> {
+        self.rootfs.open_file(path, flags, mode)
+    }
+    fn fs_close(&mut self, file: HostFile) {
+        self.rootfs.close(file)
+    }
+    fn fs_read(
+        &mut self,
+        file: HostFile,
+        buf: &mut [u8],
+        offset: Option<u64>,
+    ) -> Result<usize, i64> {
+        self.rootfs.read(file, buf, offset)
+    }
+    fn fs_write(&mut self, file: HostFile, buf: &[u8], offset: Option<u64>) -> Result<usize, i64> {
+        self.rootfs.write(file, buf, offset)
+    }
+    fn fs_seek(&mut self, file: HostFile, offset: i64, whence: i32) -> Result<u64, i64> {
+        self.rootfs.seek(file, offset, whence)
+    }
+    fn fs_stat(&mut self, file: HostFile) -> Result<RawStat, i64> {
+        self.rootfs.stat(file)
+    }
+    fn fs_stat_path(&mut self, path: &[u8], follow_symlinks: bool) -> Result<RawStat, i64> {
+        self.rootfs.stat_path(path, follow_symlinks)
+    }
+    fn fs_getdents(&mut self, file: HostFile, buf: &mut [u8]) -> Result<usize, i64> {
+        self.rootfs.getdents(file, buf)
+    }
+    fn fs_readlink(&mut self, path: &[u8]) -> Result<Vec<u8>, i64> {
+        self.rootfs.readlink(path)
+    }
 }
 
 fn clock_ns(clock: libc::clockid_t) -> u64 {
@@ -161,8 +199,9 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
 }
 
 impl Vm {
-    /// Creates the VM with `mem_size` bytes of guest memory and one vCPU.
-    pub fn new(mem_size: u64) -> anyhow::Result<Vm> {
+    /// Creates the VM with `mem_size` bytes of guest memory and one vCPU, its files from
+    /// `rootfs`.
+    pub fn new(mem_size: u64, rootfs: RootFs) -> anyhow::Result<Vm> {
         let kvm = Kvm::new().context("opening /dev/kvm")?;
         let vm = kvm.create_vm().context("creating the VM")?;
         let mut mem = GuestMemory::new(mem_size).context("reserving guest memory")?;
@@ -250,6 +289,7 @@ impl Vm {
             _vm: vm,
             _kvm: kvm,
             mem,
+            rootfs,
             exits: 0,
         })
     }
@@ -282,6 +322,7 @@ impl Vm {
     pub fn machine(&mut self) -> impl Machine + '_ {
         GuestMachine {
             mem: &mut self.mem,
+            rootfs: &mut self.rootfs,
             fs_base: None,
         }
     }
@@ -316,6 +357,7 @@ impl Vm {
             };
             let mut machine = GuestMachine {
                 mem: &mut self.mem,
+                rootfs: &mut self.rootfs,
                 fs_base: None,
             };
             let outcome = kernel.syscall(&mut machine, call);

@@ -16,17 +16,40 @@ fn require_kvm() {
     );
 }
 
-/// Builds the C guests once per test run.
-fn guests() -> &'static Path {
+/// A root file system shared by the tests: Debian's busybox with its applet links, the
+/// project's C guests, and a few data files. Built once per test run.
+fn root() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("qvisor-guests-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let root = std::env::temp_dir().join(format!("qvisor-root-{}", std::process::id()));
+        let bin = root.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::create_dir_all(root.join("data")).unwrap();
+        assert!(
+            Path::new("/bin/busybox").exists(),
+            "Debian's busybox-static is needed (scripts/setup.sh)"
+        );
+        std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
+        for applet in [
+            "sh",
+            "echo",
+            "cat",
+            "ls",
+            "wc",
+            "sha256sum",
+            "date",
+            "true",
+            "head",
+            "pwd",
+        ] {
+            std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+        }
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests");
         for name in ["exitcode", "faults"] {
             let out = Command::new("gcc")
                 .args(["-static", "-O1", "-o"])
-                .arg(dir.join(name))
+                .arg(bin.join(name))
                 .arg(src.join(format!("{name}.c")))
                 .output()
                 .expect("gcc is needed to build the test guests (scripts/setup.sh)");
@@ -36,14 +59,22 @@ fn guests() -> &'static Path {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        dir
+        std::fs::write(root.join("etc/hostname"), "inside-the-root\n").unwrap();
+        let lines: String = (1..=100).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(root.join("data/lines.txt"), lines).unwrap();
+        // Escape attempts: an absolute symlink to a host file, and a relative one climbing out.
+        std::os::unix::fs::symlink("/etc/shadow", root.join("data/abs-escape")).unwrap();
+        std::os::unix::fs::symlink("../../../../../../etc/shadow", root.join("data/rel-escape"))
+            .unwrap();
+        root
     })
 }
 
 fn qvisor(args: &[&str]) -> Output {
     require_kvm();
     Command::new(env!("CARGO_BIN_EXE_qvisor"))
-        .arg("exec")
+        .args(["exec", "--root"])
+        .arg(root())
         .args(args)
         .output()
         .expect("running qvisor")
@@ -59,8 +90,7 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn a_static_glibc_program_runs_and_its_exit_code_propagates() {
-    let exe = guests().join("exitcode");
-    let exe = exe.to_str().unwrap();
+    let exe = "/bin/exitcode";
     for code in [0, 1, 42] {
         let o = qvisor(&[exe, &code.to_string(), "two words"]);
         assert_eq!(o.status.code(), Some(code), "stderr: {}", stderr(&o));
@@ -73,8 +103,7 @@ fn a_static_glibc_program_runs_and_its_exit_code_propagates() {
 
 #[test]
 fn guest_faults_kill_the_app_with_linux_signals_and_clear_messages() {
-    let exe = guests().join("faults");
-    let exe = exe.to_str().unwrap();
+    let exe = "/bin/faults";
     let cases = [
         ("null", 139, "page fault at 0x0"),
         ("kernel", 139, "page fault at 0xffff800000001000"),
@@ -94,34 +123,25 @@ fn guest_faults_kill_the_app_with_linux_signals_and_clear_messages() {
     }
 }
 
-fn busybox() -> &'static str {
-    let path = "/bin/busybox";
-    assert!(
-        Path::new(path).exists(),
-        "Debian's busybox-static is needed (scripts/setup.sh)"
-    );
-    path
-}
-
 #[test]
 fn busybox_echo_and_shell_run_unmodified() {
-    let o = qvisor(&[busybox(), "echo", "hello", "from", "busybox"]);
+    let o = qvisor(&["echo", "hello", "from", "busybox"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(stdout(&o), "hello from busybox\n");
 
     let script = "x=0; for i in 1 2 3 4 5; do x=$((x + i * i)); done; echo sum=$x; \
                   f() { echo in-function $1; }; f arg; [ $x -eq 55 ] && exit 42";
-    let o = qvisor(&[busybox(), "sh", "-c", script]);
+    let o = qvisor(&["sh", "-c", script]);
     assert_eq!(stdout(&o), "sum=55\nin-function arg\n", "{}", stderr(&o));
     assert_eq!(o.status.code(), Some(42));
 
-    let o = qvisor(&[busybox(), "sh", "-c", "exit 1"]);
+    let o = qvisor(&["sh", "-c", "exit 1"]);
     assert_eq!(o.status.code(), Some(1));
 }
 
 #[test]
 fn the_app_clock_matches_the_host() {
-    let o = qvisor(&[busybox(), "date", "+%s"]);
+    let o = qvisor(&["date", "+%s"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let guest: i64 = stdout(&o).trim().parse().expect("date printed seconds");
     let host = std::time::SystemTime::now()
@@ -136,11 +156,185 @@ fn a_missing_or_foreign_executable_is_a_clear_error() {
     let o = qvisor(&["/nonexistent/prog"]);
     assert_eq!(o.status.code(), Some(125));
     assert!(
-        stderr(&o).contains("reading /nonexistent/prog"),
+        stderr(&o).contains("\"/nonexistent/prog\" not found"),
         "{}",
         stderr(&o)
     );
     let o = qvisor(&["/etc/hostname"]);
     assert_eq!(o.status.code(), Some(125));
     assert!(stderr(&o).contains("not an ELF file"), "{}", stderr(&o));
+}
+
+#[test]
+fn files_come_from_the_root_cat_ls_wc() {
+    let o = qvisor(&["cat", "/etc/hostname"]);
+    assert_eq!(
+        (o.status.code(), stdout(&o).as_str()),
+        (Some(0), "inside-the-root\n"),
+        "{}",
+        stderr(&o)
+    );
+    let o = qvisor(&["wc", "-l", "/data/lines.txt"]);
+    assert_eq!(
+        stdout(&o).split_whitespace().next(),
+        Some("100"),
+        "{}",
+        stderr(&o)
+    );
+    let o = qvisor(&["head", "-n", "2", "/data/lines.txt"]);
+    assert_eq!(stdout(&o), "line 1\nline 2\n");
+    let o = qvisor(&["ls", "-l", "/"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let listing = stdout(&o);
+    for name in ["bin", "data", "etc"] {
+        assert!(
+            listing
+                .lines()
+                .any(|l| l.starts_with('d') && l.ends_with(name)),
+            "{listing}"
+        );
+    }
+    // The shell's cd and pwd (builtins: running other programs from a script needs fork, which
+    // comes with the process model).
+    let o = qvisor(&["sh", "-c", "cd /data/../bin && pwd"]);
+    assert_eq!(stdout(&o), "/bin\n", "{}", stderr(&o));
+}
+
+#[test]
+fn no_path_leaves_the_root() {
+    // Host files that exist: /etc/shadow, /etc/hostname (a different one), /proc.
+    for path in [
+        "/data/abs-escape",
+        "/data/rel-escape",
+        "/../../../../etc/shadow",
+        "../../etc/shadow",
+    ] {
+        let o = qvisor(&["cat", path]);
+        assert_ne!(o.status.code(), Some(0), "{path}: read {:?}", stdout(&o));
+        assert!(stdout(&o).is_empty(), "{path}: {}", stdout(&o));
+        assert!(
+            stderr(&o).contains("No such file"),
+            "{path}: {}",
+            stderr(&o)
+        );
+    }
+    // ".." at the root stays at the root, as on Linux.
+    let o = qvisor(&["cat", "/../../etc/hostname"]);
+    assert_eq!(stdout(&o), "inside-the-root\n", "{}", stderr(&o));
+}
+
+#[test]
+fn sha256sum_of_a_64_mib_file_matches_the_host() {
+    let data = root().join("data/big.bin");
+    if !data.exists() {
+        let mut x = 0x1234_5678_9abc_def0u64;
+        let bytes: Vec<u8> = (0..(64 << 20) / 8)
+            .flat_map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()
+            })
+            .collect();
+        std::fs::write(&data, bytes).unwrap();
+    }
+    let host = Command::new("sha256sum").arg(&data).output().unwrap();
+    let o = qvisor(&["sha256sum", "/data/big.bin"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o).split_whitespace().next(),
+        String::from_utf8_lossy(&host.stdout)
+            .split_whitespace()
+            .next()
+    );
+}
+
+fn bundle(tag: &str, args: &[&str], readonly: bool) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("qvisor-bundle-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+    // The shape `runc spec` writes.
+    let config = format!(
+        r#"{{
+  "ociVersion": "1.0.2-dev",
+  "process": {{
+    "terminal": false,
+    "user": {{ "uid": 0, "gid": 0 }},
+    "args": [{}],
+    "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"],
+    "cwd": "/data",
+    "capabilities": {{ "bounding": ["CAP_KILL"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"] }},
+    "rlimits": [{{ "type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024 }}],
+    "noNewPrivileges": true
+  }},
+  "root": {{ "path": "{}", "readonly": {readonly} }},
+  "hostname": "runc",
+  "mounts": [{{ "destination": "/proc", "type": "proc", "source": "proc" }}],
+  "linux": {{
+    "resources": {{ "memory": {{ "limit": 268435456 }} }},
+    "namespaces": [{{ "type": "pid" }}, {{ "type": "network" }}, {{ "type": "ipc" }}, {{ "type": "uts" }}, {{ "type": "mount" }}]
+  }}
+}}"#,
+        args.join(", "),
+        root().display()
+    );
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    dir
+}
+
+fn run_bundle(dir: &Path) -> Output {
+    require_kvm();
+    Command::new(env!("CARGO_BIN_EXE_qvisor"))
+        .args(["run", "--bundle"])
+        .arg(dir)
+        .arg("test-container")
+        .output()
+        .expect("running qvisor")
+}
+
+#[test]
+fn an_oci_bundle_runs_with_its_args_env_cwd_and_exit_code() {
+    let b = bundle("ok", &["sh", "-c", "echo $TERM in $PWD; exit 7"], true);
+    let o = run_bundle(&b);
+    assert_eq!(stdout(&o), "xterm in /data\n", "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(7));
+    // A relative path resolves against process.cwd.
+    let b = bundle("cwd", &["head", "-n", "1", "lines.txt"], true);
+    let o = run_bundle(&b);
+    assert_eq!(
+        (o.status.code(), stdout(&o).as_str()),
+        (Some(0), "line 1\n"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn a_read_only_root_refuses_writes() {
+    let b = bundle("ro", &["sh", "-c", "echo x > /data/new-file"], true);
+    let o = run_bundle(&b);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        stderr(&o).contains("Read-only file system"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!root().join("data/new-file").exists());
+}
+
+#[test]
+fn a_broken_bundle_is_a_clear_error() {
+    let dir = std::env::temp_dir().join(format!("qvisor-bundle-broken-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), "{ not json").unwrap();
+    let o = run_bundle(&dir);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(
+        stderr(&o).starts_with("qvisor: ") && stderr(&o).contains("config.json"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run_bundle(Path::new("/nonexistent-bundle"));
+    assert_eq!(o.status.code(), Some(125));
+    assert!(stderr(&o).contains("config.json"), "{}", stderr(&o));
 }

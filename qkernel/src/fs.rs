@@ -1,0 +1,616 @@
+//! File descriptors and the file syscalls.
+//!
+//! Regular files and directories come from the container's root through the platform's
+//! confined `fs_*` calls; a few devices are served here. Paths from the app are read with a
+//! length cap and joined with the working directory; the platform resolves them inside the
+//! root (openat2 RESOLVE_IN_ROOT on the host), so no path can name a host file outside it.
+
+use crate::errno::*;
+use crate::machine::{HostFile, Machine};
+use crate::syscalls::Kernel;
+
+pub const PATH_MAX: usize = 4096;
+/// Most descriptors a process may hold (Linux's default soft RLIMIT_NOFILE).
+pub const MAX_FDS: usize = 1024;
+/// Descriptor arguments are C `int`s: only the low 32 bits of the register count.
+const AT_FDCWD: i32 = -100;
+const AT_SYMLINK_NOFOLLOW: u64 = 0x100;
+const AT_EMPTY_PATH: u64 = 0x1000;
+const O_ACCMODE: i32 = 3;
+const O_CLOEXEC: i32 = 0o2000000;
+const CHUNK: usize = 64 << 10;
+
+/// What a descriptor refers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileKind {
+    Stdin,
+    Stdout,
+    Stderr,
+    Null,
+    Zero,
+    Random,
+    /// A file of the root, with the path it was opened by (for `*at` calls and /proc).
+    Host {
+        file: HostFile,
+        path: Vec<u8>,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Fd {
+    kind: FileKind,
+    cloexec: bool,
+    status_flags: i32,
+}
+
+/// The descriptor table of a process.
+#[derive(Debug)]
+pub struct FdTable {
+    fds: Vec<Option<Fd>>,
+}
+
+impl Default for FdTable {
+    fn default() -> Self {
+        let std = |kind, flags| {
+            Some(Fd {
+                kind,
+                cloexec: false,
+                status_flags: flags,
+            })
+        };
+        FdTable {
+            fds: vec![
+                std(FileKind::Stdin, 0),
+                std(FileKind::Stdout, 1),
+                std(FileKind::Stderr, 1),
+            ],
+        }
+    }
+}
+
+impl FdTable {
+    fn get(&self, fd: u64) -> Result<&Fd, i64> {
+        self.fds
+            .get(fd as u32 as usize)
+            .and_then(Option::as_ref)
+            .ok_or(EBADF)
+    }
+
+    /// Installs at the lowest free number at or above `min`.
+    fn install(&mut self, fd: Fd, min: usize) -> Result<usize, i64> {
+        let free = (min..MAX_FDS).find(|&i| self.fds.get(i).is_none_or(Option::is_none));
+        let i = free.ok_or(EMFILE)?;
+        if i >= self.fds.len() {
+            self.fds.resize(i + 1, None);
+        }
+        self.fds[i] = Some(fd);
+        Ok(i)
+    }
+
+    fn take(&mut self, fd: u64) -> Option<Fd> {
+        self.fds.get_mut(fd as u32 as usize).and_then(Option::take)
+    }
+
+    /// Whether another descriptor still refers to the same host file.
+    fn shared(&self, file: HostFile) -> bool {
+        self.fds
+            .iter()
+            .flatten()
+            .any(|f| matches!(f.kind, FileKind::Host { file: h, .. } if h == file))
+    }
+}
+
+/// Reads a NUL-terminated path from the app, at most PATH_MAX bytes.
+fn read_path(m: &dyn Machine, va: u64) -> Result<Vec<u8>, i64> {
+    let mut out = Vec::new();
+    let mut at = va;
+    while out.len() < PATH_MAX {
+        // Up to the end of the page, so a string ending before an unmapped page is fine.
+        let n = (4096 - (at & 4095)) as usize;
+        let mut chunk = vec![0u8; n.min(PATH_MAX - out.len())];
+        m.read(at, &mut chunk).map_err(|_| EFAULT)?;
+        if let Some(end) = chunk.iter().position(|&b| b == 0) {
+            out.extend_from_slice(&chunk[..end]);
+            return Ok(out);
+        }
+        out.extend_from_slice(&chunk);
+        at = at.checked_add(chunk.len() as u64).ok_or(EFAULT)?;
+    }
+    Err(ENAMETOOLONG)
+}
+
+fn join(base: &[u8], rel: &[u8]) -> Vec<u8> {
+    if rel.first() == Some(&b'/') {
+        return rel.to_vec();
+    }
+    let mut p = base.to_vec();
+    if p.last() != Some(&b'/') {
+        p.push(b'/');
+    }
+    p.extend_from_slice(rel);
+    p
+}
+
+/// Collapses repeated slashes and "." components (not "..": that is the root's business,
+/// resolved with symlinks by the platform).
+fn tidy(path: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(path.len());
+    for part in path.split(|&b| b == b'/') {
+        if part.is_empty() || part == b"." {
+            continue;
+        }
+        out.push(b'/');
+        out.extend_from_slice(part);
+    }
+    if out.is_empty() {
+        out.push(b'/');
+    }
+    out
+}
+
+fn device(path: &[u8]) -> Option<FileKind> {
+    match path {
+        b"/dev/null" => Some(FileKind::Null),
+        b"/dev/zero" => Some(FileKind::Zero),
+        b"/dev/urandom" | b"/dev/random" => Some(FileKind::Random),
+        b"/dev/stdin" => Some(FileKind::Stdin),
+        b"/dev/stdout" => Some(FileKind::Stdout),
+        b"/dev/stderr" => Some(FileKind::Stderr),
+        _ => None,
+    }
+}
+
+impl Kernel {
+    /// The absolute path for `path` relative to `dirfd`.
+    fn at_path(&self, m: &dyn Machine, dirfd: u64, path: u64) -> Result<Vec<u8>, i64> {
+        let rel = read_path(m, path)?;
+        if rel.is_empty() {
+            return Err(ENOENT);
+        }
+        let base = if rel.first() == Some(&b'/') || dirfd as i32 == AT_FDCWD {
+            self.cwd.clone()
+        } else {
+            match &self.fds.get(dirfd)?.kind {
+                FileKind::Host { path, .. } => path.clone(),
+                _ => return Err(ENOTDIR),
+            }
+        };
+        Ok(tidy(&join(&base, &rel)))
+    }
+
+    /// Resolves `/proc/self/exe` to the program's path; other paths pass unchanged.
+    fn alias(&self, path: Vec<u8>) -> Vec<u8> {
+        if path == b"/proc/self/exe" {
+            self.exe.clone()
+        } else {
+            path
+        }
+    }
+
+    pub(crate) fn openat(
+        &mut self,
+        m: &mut dyn Machine,
+        dirfd: u64,
+        path: u64,
+        flags: u64,
+        mode: u64,
+    ) -> Result<i64, i64> {
+        let flags = flags as i32;
+        let path = self.alias(self.at_path(m, dirfd, path)?);
+        let kind = match device(&path) {
+            Some(k) => k,
+            None => FileKind::Host {
+                file: m.fs_open(&path, flags & !O_CLOEXEC, mode as u32)?,
+                path,
+            },
+        };
+        let fd = Fd {
+            kind: kind.clone(),
+            cloexec: flags & O_CLOEXEC != 0,
+            status_flags: flags & !O_CLOEXEC,
+        };
+        match self.fds.install(fd, 0) {
+            Ok(i) => Ok(i as i64),
+            Err(e) => {
+                if let FileKind::Host { file, .. } = kind {
+                    m.fs_close(file);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    pub(crate) fn close(&mut self, m: &mut dyn Machine, fd: u64) -> Result<i64, i64> {
+        let f = self.fds.take(fd).ok_or(EBADF)?;
+        if let FileKind::Host { file, .. } = f.kind {
+            if !self.fds.shared(file) {
+                m.fs_close(file);
+            }
+        }
+        Ok(0)
+    }
+
+    /// Reads from a descriptor into a host buffer.
+    fn read_fd(
+        &mut self,
+        m: &mut dyn Machine,
+        fd: u64,
+        buf: &mut [u8],
+        offset: Option<u64>,
+    ) -> Result<usize, i64> {
+        let f = self.fds.get(fd)?;
+        if f.status_flags & O_ACCMODE == 1 {
+            return Err(EBADF);
+        }
+        match &f.kind {
+            FileKind::Stdin => m
+                .console_read(buf)
+                .map_err(|e| e.raw_os_error().unwrap_or(5) as i64),
+            FileKind::Null | FileKind::Stdout | FileKind::Stderr => Ok(0),
+            FileKind::Zero => {
+                buf.fill(0);
+                Ok(buf.len())
+            }
+            FileKind::Random => {
+                m.random(buf);
+                Ok(buf.len())
+            }
+            FileKind::Host { file, .. } => m.fs_read(*file, buf, offset),
+        }
+    }
+
+    /// Writes a host buffer to a descriptor.
+    fn write_fd(
+        &mut self,
+        m: &mut dyn Machine,
+        fd: u64,
+        buf: &[u8],
+        offset: Option<u64>,
+    ) -> Result<usize, i64> {
+        let f = self.fds.get(fd)?;
+        if f.status_flags & O_ACCMODE == 0 && !matches!(f.kind, FileKind::Stdout | FileKind::Stderr)
+        {
+            return Err(EBADF);
+        }
+        match &f.kind {
+            FileKind::Stdout => m
+                .console_write(1, buf)
+                .map_err(|e| e.raw_os_error().unwrap_or(5) as i64),
+            FileKind::Stderr => m
+                .console_write(2, buf)
+                .map_err(|e| e.raw_os_error().unwrap_or(5) as i64),
+            FileKind::Stdin => Err(EBADF),
+            FileKind::Null | FileKind::Zero | FileKind::Random => Ok(buf.len()),
+            FileKind::Host { file, .. } => m.fs_write(*file, buf, offset),
+        }
+    }
+
+    /// read/pread64: chunked through a host buffer into the app's memory.
+    pub(crate) fn read(
+        &mut self,
+        m: &mut dyn Machine,
+        fd: u64,
+        buf: u64,
+        len: u64,
+        offset: Option<u64>,
+    ) -> Result<i64, i64> {
+        let n = (len as usize).min(CHUNK);
+        let mut tmp = vec![0u8; n];
+        let got = self.read_fd(m, fd, &mut tmp, offset)?;
+        m.write(buf, &tmp[..got]).map_err(|_| EFAULT)?;
+        Ok(got as i64)
+    }
+
+    /// write/pwrite64: chunked from the app's memory.
+    pub(crate) fn write(
+        &mut self,
+        m: &mut dyn Machine,
+        fd: u64,
+        buf: u64,
+        len: u64,
+        offset: Option<u64>,
+    ) -> Result<i64, i64> {
+        self.fds.get(fd)?;
+        let mut done = 0u64;
+        let mut tmp = vec![0u8; (len as usize).min(CHUNK)];
+        while done < len {
+            let n = ((len - done) as usize).min(CHUNK);
+            m.read(buf.wrapping_add(done), &mut tmp[..n])
+                .map_err(|_| EFAULT)?;
+            let at = offset.map(|o| o + done);
+            let w = match self.write_fd(m, fd, &tmp[..n], at) {
+                Ok(w) => w,
+                Err(e) if done == 0 => return Err(e),
+                Err(_) => break,
+            };
+            done += w as u64;
+            if w < n {
+                break;
+            }
+        }
+        Ok(done as i64)
+    }
+
+    /// readv/writev: each iovec in turn, stopping at the first short transfer.
+    pub(crate) fn vectored(
+        &mut self,
+        m: &mut dyn Machine,
+        fd: u64,
+        iov: u64,
+        count: u64,
+        write: bool,
+    ) -> Result<i64, i64> {
+        if count > 1024 {
+            return Err(EINVAL);
+        }
+        let mut total = 0i64;
+        for i in 0..count {
+            let mut raw = [0u8; 16];
+            m.read(iov.wrapping_add(i * 16), &mut raw)
+                .map_err(|_| EFAULT)?;
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&raw[..8]);
+            let base = u64::from_le_bytes(w);
+            w.copy_from_slice(&raw[8..]);
+            let len = u64::from_le_bytes(w);
+            let r = if write {
+                self.write(m, fd, base, len, None)
+            } else {
+                self.read(m, fd, base, len, None)
+            };
+            match r {
+                Ok(n) => {
+                    total += n;
+                    if (n as u64) < len {
+                        break;
+                    }
+                }
+                Err(e) if total == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(total)
+    }
+
+    pub(crate) fn lseek(
+        &mut self,
+        m: &mut dyn Machine,
+        fd: u64,
+        off: u64,
+        whence: u64,
+    ) -> Result<i64, i64> {
+        match &self.fds.get(fd)?.kind {
+            FileKind::Host { file, .. } => m
+                .fs_seek(*file, off as i64, whence as i32)
+                .map(|p| p as i64),
+            FileKind::Null | FileKind::Zero | FileKind::Random => Ok(0),
+            _ => Err(ESPIPE),
+        }
+    }
+
+    fn put_stat(&self, m: &mut dyn Machine, out: u64, st: &[u8]) -> Result<i64, i64> {
+        m.write(out, st).map_err(|_| EFAULT)?;
+        Ok(0)
+    }
+
+    /// A stat for the descriptors served here: a character device, like Linux's.
+    fn char_device_stat(rdev: u64) -> [u8; 144] {
+        let mut st = [0u8; 144];
+        st[24..28].copy_from_slice(&0o020666u32.to_le_bytes()); // st_mode
+        st[16..24].copy_from_slice(&1u64.to_le_bytes()); // st_nlink
+        st[40..48].copy_from_slice(&rdev.to_le_bytes()); // st_rdev
+        st[56..64].copy_from_slice(&4096u64.to_le_bytes()); // st_blksize
+        st
+    }
+
+    fn stat_fd(&self, m: &mut dyn Machine, fd: u64) -> Result<[u8; 144], i64> {
+        match &self.fds.get(fd)?.kind {
+            FileKind::Host { file, .. } => m.fs_stat(*file),
+            FileKind::Null => Ok(Self::char_device_stat((1 << 8) | 3)),
+            FileKind::Zero => Ok(Self::char_device_stat((1 << 8) | 5)),
+            FileKind::Random => Ok(Self::char_device_stat((1 << 8) | 9)),
+            FileKind::Stdin | FileKind::Stdout | FileKind::Stderr => Ok(Self::char_device_stat(0)),
+        }
+    }
+
+    pub(crate) fn fstat(&mut self, m: &mut dyn Machine, fd: u64, out: u64) -> Result<i64, i64> {
+        let st = self.stat_fd(m, fd)?;
+        self.put_stat(m, out, &st)
+    }
+
+    pub(crate) fn fstatat(
+        &mut self,
+        m: &mut dyn Machine,
+        dirfd: u64,
+        path: u64,
+        out: u64,
+        flags: u64,
+    ) -> Result<i64, i64> {
+        if flags & AT_EMPTY_PATH != 0 && read_path(m, path)?.is_empty() {
+            return self.fstat(m, dirfd, out);
+        }
+        let path = self.alias(self.at_path(m, dirfd, path)?);
+        let st = match device(&path) {
+            Some(FileKind::Null) => Self::char_device_stat((1 << 8) | 3),
+            Some(_) => Self::char_device_stat(0),
+            None => m.fs_stat_path(&path, flags & AT_SYMLINK_NOFOLLOW == 0)?,
+        };
+        self.put_stat(m, out, &st)
+    }
+
+    pub(crate) fn getdents64(
+        &mut self,
+        m: &mut dyn Machine,
+        fd: u64,
+        buf: u64,
+        len: u64,
+    ) -> Result<i64, i64> {
+        let FileKind::Host { file, .. } = self.fds.get(fd)?.kind else {
+            return Err(ENOTDIR);
+        };
+        let mut tmp = vec![0u8; (len as usize).min(CHUNK)];
+        let n = m.fs_getdents(file, &mut tmp)?;
+        m.write(buf, &tmp[..n]).map_err(|_| EFAULT)?;
+        Ok(n as i64)
+    }
+
+    pub(crate) fn readlinkat(
+        &mut self,
+        m: &mut dyn Machine,
+        dirfd: u64,
+        path: u64,
+        buf: u64,
+        len: u64,
+    ) -> Result<i64, i64> {
+        let path = self.at_path(m, dirfd, path)?;
+        let target = if path == b"/proc/self/exe" {
+            self.exe.clone()
+        } else {
+            m.fs_readlink(&path)?
+        };
+        let n = target.len().min(len as usize);
+        m.write(buf, &target[..n]).map_err(|_| EFAULT)?;
+        Ok(n as i64)
+    }
+
+    pub(crate) fn faccessat(
+        &mut self,
+        m: &mut dyn Machine,
+        dirfd: u64,
+        path: u64,
+        mode: u64,
+    ) -> Result<i64, i64> {
+        const X_OK: u64 = 1;
+        let path = self.alias(self.at_path(m, dirfd, path)?);
+        if device(&path).is_some() {
+            return Ok(0);
+        }
+        let st = m.fs_stat_path(&path, true)?;
+        let st_mode = u32::from_le_bytes([st[24], st[25], st[26], st[27]]);
+        // The app runs as root in its container: only execute needs an x bit (or a directory).
+        if mode & X_OK != 0 && st_mode & 0o111 == 0 && st_mode & 0o170000 != 0o040000 {
+            return Err(EACCES);
+        }
+        Ok(0)
+    }
+
+    pub(crate) fn getcwd(&mut self, m: &mut dyn Machine, buf: u64, size: u64) -> Result<i64, i64> {
+        let mut cwd = self.cwd.clone();
+        cwd.push(0);
+        if (size as usize) < cwd.len() {
+            return Err(ERANGE);
+        }
+        m.write(buf, &cwd).map_err(|_| EFAULT)?;
+        Ok(cwd.len() as i64)
+    }
+
+    pub(crate) fn chdir(&mut self, m: &mut dyn Machine, path: u64) -> Result<i64, i64> {
+        let path = self.at_path(m, AT_FDCWD as i64 as u64, path)?;
+        let st = m.fs_stat_path(&path, true)?;
+        let st_mode = u32::from_le_bytes([st[24], st[25], st[26], st[27]]);
+        if st_mode & 0o170000 != 0o040000 {
+            return Err(ENOTDIR);
+        }
+        self.cwd = path;
+        Ok(0)
+    }
+
+    pub(crate) fn fchdir(&mut self, fd: u64) -> Result<i64, i64> {
+        match &self.fds.get(fd)?.kind {
+            FileKind::Host { path, .. } => {
+                self.cwd = path.clone();
+                Ok(0)
+            }
+            _ => Err(ENOTDIR),
+        }
+    }
+
+    pub(crate) fn dup(
+        &mut self,
+        old: u64,
+        min: usize,
+        new: Option<u64>,
+        cloexec: bool,
+    ) -> Result<i64, i64> {
+        let mut f = self.fds.get(old)?.clone();
+        f.cloexec = cloexec;
+        match new {
+            Some(n) if n as usize >= MAX_FDS => Err(EBADF),
+            Some(n) => {
+                if n == old {
+                    return Ok(n as i64);
+                }
+                // dup2 closes the target silently; a host file it held stays open if shared.
+                let _ = self.fds.take(n);
+                if self.fds.fds.len() <= n as usize {
+                    self.fds.fds.resize(n as usize + 1, None);
+                }
+                self.fds.fds[n as usize] = Some(f);
+                Ok(n as i64)
+            }
+            None => self.fds.install(f, min).map(|i| i as i64),
+        }
+    }
+
+    pub(crate) fn fcntl(&mut self, fd: u64, cmd: u64, arg: u64) -> Result<i64, i64> {
+        const F_DUPFD: u64 = 0;
+        const F_GETFD: u64 = 1;
+        const F_SETFD: u64 = 2;
+        const F_GETFL: u64 = 3;
+        const F_SETFL: u64 = 4;
+        const F_DUPFD_CLOEXEC: u64 = 1030;
+        match cmd {
+            F_DUPFD => self.dup(fd, arg as usize, None, false),
+            F_DUPFD_CLOEXEC => self.dup(fd, arg as usize, None, true),
+            F_GETFD => Ok(self.fds.get(fd)?.cloexec as i64),
+            F_SETFD => {
+                self.fds.get(fd)?;
+                if let Some(Some(f)) = self.fds.fds.get_mut(fd as usize) {
+                    f.cloexec = arg & 1 != 0;
+                }
+                Ok(0)
+            }
+            F_GETFL => Ok(self.fds.get(fd)?.status_flags as i64),
+            F_SETFL => {
+                self.fds.get(fd)?;
+                Ok(0)
+            }
+            _ => Err(EINVAL),
+        }
+    }
+
+    pub(crate) fn ioctl(&mut self, fd: u64) -> Result<i64, i64> {
+        self.fds.get(fd)?;
+        Err(ENOTTY) // no descriptor is a terminal (process.terminal is false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_join_and_tidy_without_resolving_dotdot() {
+        assert_eq!(tidy(&join(b"/", b"etc//passwd")), b"/etc/passwd");
+        assert_eq!(tidy(&join(b"/home/x", b"./a/../b")), b"/home/x/a/../b");
+        assert_eq!(tidy(&join(b"/home", b"/abs/.")), b"/abs");
+        assert_eq!(tidy(b""), b"/");
+    }
+
+    #[test]
+    fn descriptors_fill_the_lowest_slot_and_run_out() {
+        let mut t = FdTable::default();
+        let fd = |k| Fd {
+            kind: k,
+            cloexec: false,
+            status_flags: 0,
+        };
+        assert_eq!(t.install(fd(FileKind::Null), 0), Ok(3));
+        t.take(1);
+        assert_eq!(t.install(fd(FileKind::Zero), 0), Ok(1));
+        for _ in 4..MAX_FDS {
+            t.install(fd(FileKind::Null), 0).unwrap();
+        }
+        assert_eq!(t.install(fd(FileKind::Null), 0), Err(EMFILE));
+    }
+}

@@ -1,0 +1,56 @@
+//! OCI bundles: `config.json` (through the oci-spec crate) turned into a [`Launch`].
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use oci_spec::runtime::Spec;
+
+use crate::{Launch, DEFAULT_MEMORY};
+
+/// Smallest and largest guest memory a bundle may ask for.
+const MIN_MEMORY: u64 = 16 << 20;
+const MAX_MEMORY: u64 = 64 << 30;
+
+/// Reads `<bundle>/config.json` and checks what qvisor supports.
+pub fn load(bundle: &Path) -> anyhow::Result<Launch> {
+    let config = bundle.join("config.json");
+    let spec = Spec::load(&config).map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+    let process = spec
+        .process()
+        .as_ref()
+        .context("config.json has no process")?;
+    if process.terminal().unwrap_or(false) {
+        bail!("process.terminal is true: terminals are not supported yet");
+    }
+    let argv = process.args().clone().unwrap_or_default();
+    if argv.is_empty() {
+        bail!("process.args is empty");
+    }
+    let root = spec.root().as_ref().context("config.json has no root")?;
+    let root_path = if root.path().is_absolute() {
+        root.path().clone()
+    } else {
+        bundle.join(root.path())
+    };
+    crate::check_root(&root_path)?;
+    let cwd = process.cwd().to_string_lossy().to_string();
+    if !cwd.starts_with('/') {
+        bail!("process.cwd {cwd:?} is not absolute");
+    }
+    let memory = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|m| m.limit())
+        .filter(|l| *l > 0)
+        .map_or(DEFAULT_MEMORY, |l| (l as u64).clamp(MIN_MEMORY, MAX_MEMORY));
+    Ok(Launch {
+        root: root_path,
+        readonly: root.readonly().unwrap_or(false),
+        argv,
+        env: process.env().clone().unwrap_or_default(),
+        cwd,
+        memory: memory.div_ceil(4096) * 4096,
+    })
+}

@@ -1,0 +1,245 @@
+//! The container's root file system: the one host path a guest can reach files through.
+//!
+//! Every guest path is opened with `openat2(root, path, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`
+//! from a descriptor of the root directory. The host kernel then resolves "..", absolute paths
+//! and symlinks as if the root were "/", atomically, so no race or link can name a host file
+//! outside it; magic links (/proc/*/fd/...) are refused. A read-only root refuses any open that
+//! could modify a file.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use qkernel::{HostFile, RawStat};
+
+const EBADF: i64 = 9;
+const EINVAL: i64 = 22;
+const EROFS: i64 = 30;
+const EIO: i64 = 5;
+
+/// Most files the guest may hold open through this root.
+const MAX_OPEN: usize = 4096;
+
+pub struct RootFs {
+    root: OwnedFd,
+    readonly: bool,
+    files: Vec<Option<OwnedFd>>,
+}
+
+fn errno() -> i64 {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(EIO as i32) as i64
+}
+
+impl RootFs {
+    pub fn open(path: &Path, readonly: bool) -> io::Result<RootFs> {
+        let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+        // SAFETY: c is a valid C string; the result is checked and owned at once.
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(RootFs {
+            // SAFETY: fd is fresh and ours.
+            root: unsafe { OwnedFd::from_raw_fd(fd) },
+            readonly,
+            files: Vec::new(),
+        })
+    }
+
+    /// openat2 inside the root. `path` is absolute in the guest's view.
+    fn resolve(&self, path: &[u8], flags: i32, mode: u32) -> Result<OwnedFd, i64> {
+        let c = CString::new(path).map_err(|_| EINVAL)?;
+        // open_how is non-exhaustive in libc: start from zeroes (its "no extension" value).
+        // SAFETY: open_how is plain integers; all-zero is valid.
+        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        how.flags = (flags | libc::O_CLOEXEC) as u64 & !(libc::O_NOCTTY as u64);
+        if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
+            how.mode = (mode & 0o7777) as u64;
+        }
+        how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+        // SAFETY: how and c live across the call; the result is checked and owned at once.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                self.root.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if fd < 0 {
+            return Err(errno());
+        }
+        // SAFETY: fd is fresh and ours.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    }
+
+    fn writes(flags: i32) -> bool {
+        flags & libc::O_ACCMODE != libc::O_RDONLY
+            || flags & (libc::O_CREAT | libc::O_TRUNC | libc::O_TMPFILE) != 0
+    }
+
+    pub fn open_file(&mut self, path: &[u8], flags: i32, mode: u32) -> Result<HostFile, i64> {
+        if self.readonly && Self::writes(flags) {
+            return Err(EROFS);
+        }
+        let fd = self.resolve(path, flags, mode)?;
+        let slot = match self.files.iter().position(Option::is_none) {
+            Some(i) => i,
+            None if self.files.len() < MAX_OPEN => {
+                self.files.push(None);
+                self.files.len() - 1
+            }
+            None => return Err(24), // EMFILE
+        };
+        self.files[slot] = Some(fd);
+        Ok(slot as HostFile)
+    }
+
+    fn fd(&self, file: HostFile) -> Result<RawFd, i64> {
+        self.files
+            .get(file as usize)
+            .and_then(Option::as_ref)
+            .map(AsRawFd::as_raw_fd)
+            .ok_or(EBADF)
+    }
+
+    pub fn close(&mut self, file: HostFile) {
+        if let Some(f) = self.files.get_mut(file as usize) {
+            *f = None;
+        }
+    }
+
+    pub fn read(
+        &mut self,
+        file: HostFile,
+        buf: &mut [u8],
+        offset: Option<u64>,
+    ) -> Result<usize, i64> {
+        let fd = self.fd(file)?;
+        // SAFETY: buf is a valid writable buffer of buf.len() bytes.
+        let n = unsafe {
+            match offset {
+                Some(o) => libc::pread(fd, buf.as_mut_ptr() as *mut _, buf.len(), o as i64),
+                None => libc::read(fd, buf.as_mut_ptr() as *mut _, buf.len()),
+            }
+        };
+        if n < 0 {
+            Err(errno())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    pub fn write(&mut self, file: HostFile, buf: &[u8], offset: Option<u64>) -> Result<usize, i64> {
+        if self.readonly {
+            return Err(EROFS);
+        }
+        let fd = self.fd(file)?;
+        // SAFETY: buf is a valid readable buffer of buf.len() bytes.
+        let n = unsafe {
+            match offset {
+                Some(o) => libc::pwrite(fd, buf.as_ptr() as *const _, buf.len(), o as i64),
+                None => libc::write(fd, buf.as_ptr() as *const _, buf.len()),
+            }
+        };
+        if n < 0 {
+            Err(errno())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    pub fn seek(&mut self, file: HostFile, offset: i64, whence: i32) -> Result<u64, i64> {
+        let fd = self.fd(file)?;
+        // SAFETY: plain lseek on our descriptor.
+        let r = unsafe { libc::lseek(fd, offset, whence) };
+        if r < 0 {
+            Err(errno())
+        } else {
+            Ok(r as u64)
+        }
+    }
+
+    fn fstat_raw(fd: RawFd) -> Result<RawStat, i64> {
+        // SAFETY: libc::stat is plain data; fstat fills it.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: st is a valid stat buffer.
+        if unsafe { libc::fstat(fd, &mut st) } < 0 {
+            return Err(errno());
+        }
+        let mut raw = [0u8; 144];
+        // SAFETY: on x86-64 struct stat is exactly 144 bytes, the layout the guest expects.
+        unsafe {
+            std::ptr::copy_nonoverlapping(&st as *const _ as *const u8, raw.as_mut_ptr(), 144)
+        };
+        Ok(raw)
+    }
+
+    pub fn stat(&mut self, file: HostFile) -> Result<RawStat, i64> {
+        Self::fstat_raw(self.fd(file)?)
+    }
+
+    pub fn stat_path(&mut self, path: &[u8], follow: bool) -> Result<RawStat, i64> {
+        let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
+        let fd = self.resolve(path, libc::O_PATH | nofollow, 0)?;
+        Self::fstat_raw(fd.as_raw_fd())
+    }
+
+    pub fn getdents(&mut self, file: HostFile, buf: &mut [u8]) -> Result<usize, i64> {
+        let fd = self.fd(file)?;
+        // SAFETY: the kernel writes at most buf.len() bytes into buf.
+        let n = unsafe { libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len()) };
+        if n < 0 {
+            Err(errno())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    pub fn readlink(&mut self, path: &[u8]) -> Result<Vec<u8>, i64> {
+        let fd = self.resolve(path, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        let mut buf = vec![0u8; 4096];
+        let empty = c"";
+        // SAFETY: an empty path with an O_PATH descriptor of a symlink reads that link.
+        let n = unsafe {
+            libc::readlinkat(
+                fd.as_raw_fd(),
+                empty.as_ptr(),
+                buf.as_mut_ptr() as *mut _,
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            return Err(errno());
+        }
+        buf.truncate(n as usize);
+        Ok(buf)
+    }
+
+    /// Reads a whole file of the root (the program image), confined like every other open.
+    pub fn read_all(&mut self, path: &[u8]) -> Result<Vec<u8>, i64> {
+        let fd = self.resolve(path, libc::O_RDONLY, 0)?;
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            // SAFETY: buf is a valid writable buffer.
+            let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr() as *mut _, buf.len()) };
+            if n < 0 {
+                return Err(errno());
+            }
+            if n == 0 {
+                return Ok(out);
+            }
+            out.extend_from_slice(&buf[..n as usize]);
+        }
+    }
+}
