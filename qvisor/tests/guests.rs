@@ -46,11 +46,16 @@ fn root() -> &'static Path {
             std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
         }
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests");
-        for name in ["exitcode", "faults"] {
+        for (name, src_name, flag) in [
+            ("exitcode", "exitcode", "-static"),
+            ("exitcode-pie", "exitcode", "-static-pie"),
+            ("faults", "faults", "-static"),
+            ("syscalls", "syscalls", "-static"),
+        ] {
             let out = Command::new("gcc")
-                .args(["-static", "-O1", "-o"])
+                .args([flag, "-O1", "-o"])
                 .arg(bin.join(name))
-                .arg(src.join(format!("{name}.c")))
+                .arg(src.join(format!("{src_name}.c")))
                 .output()
                 .expect("gcc is needed to build the test guests (scripts/setup.sh)");
             assert!(
@@ -90,14 +95,15 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn a_static_glibc_program_runs_and_its_exit_code_propagates() {
-    let exe = "/bin/exitcode";
-    for code in [0, 1, 42] {
-        let o = qvisor(&[exe, &code.to_string(), "two words"]);
-        assert_eq!(o.status.code(), Some(code), "stderr: {}", stderr(&o));
-        assert_eq!(
-            stdout(&o),
-            format!("argv[0]={exe}\nargv[1]={code}\nargv[2]=two words\nheap ok 1\n")
-        );
+    for exe in ["/bin/exitcode", "/bin/exitcode-pie"] {
+        for code in [0, 1, 42] {
+            let o = qvisor(&[exe, &code.to_string(), "two words"]);
+            assert_eq!(o.status.code(), Some(code), "{exe} stderr: {}", stderr(&o));
+            assert_eq!(
+                stdout(&o),
+                format!("argv[0]={exe}\nargv[1]={code}\nargv[2]=two words\nheap ok 1\n")
+            );
+        }
     }
 }
 
@@ -337,4 +343,21 @@ fn a_broken_bundle_is_a_clear_error() {
     let o = run_bundle(Path::new("/nonexistent-bundle"));
     assert_eq!(o.status.code(), Some(125));
     assert!(stderr(&o).contains("config.json"), "{}", stderr(&o));
+}
+
+#[test]
+fn file_and_process_syscalls_behave_as_on_linux() {
+    let o = qvisor(&["/bin/syscalls"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
+    let failed: Vec<&str> = out
+        .lines()
+        .filter(|l| !l.starts_with("ok ") && *l != "writev-ok")
+        .collect();
+    assert!(failed.is_empty(), "failed checks: {failed:?}\n{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("ok ")).count(),
+        22,
+        "{out}"
+    );
 }
