@@ -5,6 +5,7 @@
 //! request/response on each, alternating kernel and qnet round by round so machine drift
 //! cancels, and prints medians with the qnet/kernel ratio.
 
+mod runtime;
 mod workload;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -32,6 +33,15 @@ struct Cli {
 enum Suite {
     /// qnet host client through a TAP vs kernel sockets across a veth pair.
     Qnet(Opts),
+    /// Container start time (qvisor vs runc), idle memory, guest syscall and fault cost.
+    Runtime {
+        /// Start-time samples per runtime.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// One JSON object per figure instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Parser, Clone)]
@@ -59,7 +69,7 @@ struct Opts {
     ack_delay_us: Option<u64>,
 }
 
-/// One reported figure.
+/// One reported figure: Quark's value next to the baseline measured in the same run.
 #[derive(Serialize)]
 struct Figure {
     scenario: String,
@@ -68,6 +78,41 @@ struct Figure {
     value: f64,
     baseline: f64,
     ratio: f64,
+}
+
+impl Figure {
+    fn new(scenario: &str, metric: &str, unit: &str, value: f64, baseline: f64) -> Figure {
+        Figure {
+            scenario: scenario.into(),
+            metric: metric.into(),
+            unit: unit.into(),
+            value,
+            baseline,
+            ratio: value / baseline,
+        }
+    }
+}
+
+/// Prints figures as JSON lines or as a table under `title`.
+fn report(figures: &[Figure], json: bool, title: &str, columns: (&str, &str)) -> anyhow::Result<()> {
+    if json {
+        for f in figures {
+            println!("{}", serde_json::to_string(f)?);
+        }
+        return Ok(());
+    }
+    println!("{title}");
+    println!(
+        "{:<56} {:<22} {:>10} {:>10} {:>8}",
+        "scenario", "metric", columns.0, columns.1, "ratio"
+    );
+    for f in figures {
+        println!(
+            "{:<56} {:<22} {:>10.2} {:>10.2} {:>7.2}x   ({})",
+            f.scenario, f.metric, f.value, f.baseline, f.ratio, f.unit
+        );
+    }
+    Ok(())
 }
 
 const PORT: u16 = 5201;
@@ -220,37 +265,18 @@ fn qnet_suite(o: &Opts) -> anyhow::Result<()> {
     let figures: Vec<Figure> = names
         .iter()
         .enumerate()
-        .map(|(i, (scenario, metric, unit))| {
-            let (value, baseline) = (col(&q, i), col(&k, i));
-            Figure {
-                scenario: scenario.to_string(),
-                metric: metric.to_string(),
-                unit: unit.to_string(),
-                value,
-                baseline,
-                ratio: value / baseline,
-            }
-        })
+        .map(|(i, (scenario, metric, unit))| Figure::new(scenario, metric, unit, col(&q, i), col(&k, i)))
         .collect();
-    if o.json {
-        for f in &figures {
-            println!("{}", serde_json::to_string(f)?);
-        }
-    } else {
-        println!(
+    report(
+        &figures,
+        o.json,
+        &format!(
             "qnet (ring client -> qnet -> TAP) vs kernel (veth between namespaces); medians of {} rounds of {:.1} s",
             o.rounds, o.duration
-        );
-        println!(
-            "{:<40} {:<12} {:>10} {:>10} {:>8}",
-            "scenario", "metric", "qnet", "kernel", "ratio"
-        );
-        for f in &figures {
-            println!(
-                "{:<40} {:<12} {:>10.2} {:>10.2} {:>7.2}x   ({})",
-                f.scenario, f.metric, f.value, f.baseline, f.ratio, f.unit
-            );
-        }
+        ),
+        ("qnet", "kernel"),
+    )?;
+    if !o.json {
         println!("subject = the measured end (qnet ring client | kernel socket in ns A); peer = kernel socket at {PEER_IP} | {VETH_B}");
     }
     Ok(())
@@ -260,6 +286,14 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let r = match cli.suite {
         Suite::Qnet(o) => qnet_suite(&o),
+        Suite::Runtime { runs, json } => runtime::suite(runs).and_then(|f| {
+            report(
+                &f,
+                json,
+                &format!("qvisor vs the baseline named in each row; start times are medians of {runs}"),
+                ("quark", "baseline"),
+            )
+        }),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,189 @@
+//! The runtime suite: what a container costs before any network traffic. Start-to-exit time
+//! of `busybox true` under qvisor and under Debian's runc on the same bundle (alternating), the
+//! host memory (PSS) of running containers, and the cost of a guest syscall and page touch
+//! next to the same program run natively.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::workload::median;
+use crate::Figure;
+
+/// A bundle whose root holds Debian's busybox and the syscall-cost program.
+struct Bundle {
+    dir: PathBuf,
+}
+
+impl Bundle {
+    fn create(tag: &str) -> anyhow::Result<Bundle> {
+        let dir = std::env::temp_dir().join(format!("netbench-{tag}-{}", std::process::id()));
+        let bin = dir.join("rootfs/bin");
+        std::fs::create_dir_all(&bin)?;
+        std::fs::copy("/bin/busybox", bin.join("busybox"))
+            .context("copying /bin/busybox (install busybox-static)")?;
+        for applet in ["sh", "true", "sleep"] {
+            let link = bin.join(applet);
+            if !link.exists() {
+                std::os::unix::fs::symlink("busybox", link)?;
+            }
+        }
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("guests/syscost.c");
+        let out = Command::new("gcc")
+            .args(["-static", "-O2", "-o"])
+            .arg(bin.join("syscost"))
+            .arg(&src)
+            .output()
+            .context("running gcc")?;
+        if !out.status.success() {
+            bail!("gcc: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(Bundle { dir })
+    }
+
+    /// Writes config.json from `runc spec`, with these args and no terminal.
+    fn set_args(&self, args: &[&str]) -> anyhow::Result<()> {
+        let config = self.dir.join("config.json");
+        let _ = std::fs::remove_file(&config);
+        let out = Command::new("runc")
+            .args(["spec", "--bundle"])
+            .arg(&self.dir)
+            .output()
+            .context("running runc spec (install runc)")?;
+        if !out.status.success() {
+            bail!("runc spec: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&config)?)?;
+        spec["process"]["terminal"] = false.into();
+        spec["process"]["args"] = args.iter().map(|a| serde_json::Value::from(*a)).collect();
+        std::fs::write(&config, serde_json::to_vec_pretty(&spec)?)?;
+        Ok(())
+    }
+}
+
+impl Drop for Bundle {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn qvisor() -> PathBuf {
+    // netbench and qvisor are built into the same target directory.
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("qvisor")))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("qvisor"))
+}
+
+fn timed(cmd: &mut Command) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output()?;
+    let took = start.elapsed();
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(took)
+}
+
+fn pss_kib(pid: u32) -> anyhow::Result<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no Pss in smaps_rollup")
+}
+
+fn spawn_sleeper(bundle: &Bundle, id: &str) -> anyhow::Result<Child> {
+    Ok(Command::new(qvisor())
+        .args(["run", "--bundle"])
+        .arg(&bundle.dir)
+        .arg(id)
+        .stdout(Stdio::null())
+        .spawn()?)
+}
+
+fn cost(out: &str, key: &str) -> anyhow::Result<f64> {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("syscost printed no {key}: {out}"))
+}
+
+pub fn suite(runs: usize) -> anyhow::Result<Vec<Figure>> {
+    let bundle = Bundle::create("rt")?;
+    let mut figures = Vec::new();
+
+    // (a) start to exit of `true`, alternating runtimes.
+    bundle.set_args(&["/bin/true"])?;
+    let (mut q, mut r) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        eprint!("\rnetbench runtime: start {}/{runs}", i + 1);
+        let id = format!("nb-{}-{i}", std::process::id());
+        let qv = || timed(Command::new(qvisor()).args(["run", "--bundle"]).arg(&bundle.dir).arg(&id));
+        let rc = || timed(Command::new("runc").args(["run", "--bundle"]).arg(&bundle.dir).arg(&id));
+        if i % 2 == 0 {
+            q.push(qv()?.as_secs_f64() * 1e3);
+            r.push(rc()?.as_secs_f64() * 1e3);
+        } else {
+            r.push(rc()?.as_secs_f64() * 1e3);
+            q.push(qv()?.as_secs_f64() * 1e3);
+        }
+    }
+    eprintln!();
+    let (qm, rm) = (median(&mut q), median(&mut r));
+    figures.push(Figure::new("busybox true, start to exit (qvisor vs runc)", "median wall", "ms", qm, rm));
+
+    // (b) memory of running containers.
+    bundle.set_args(&["/bin/sleep", "30"])?;
+    let mut one = spawn_sleeper(&bundle, "nb-mem-1")?;
+    std::thread::sleep(Duration::from_millis(500));
+    let single = pss_kib(one.id())?;
+    let _ = one.kill();
+    let _ = one.wait();
+    let mut ten = (0..10)
+        .map(|i| spawn_sleeper(&bundle, &format!("nb-mem-10-{i}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    std::thread::sleep(Duration::from_millis(800));
+    let total: f64 = ten.iter().map(|c| pss_kib(c.id())).sum::<anyhow::Result<f64>>()?;
+    for c in &mut ten {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    figures.push(Figure::new("idle busybox sleep container", "PSS (one alone)", "KiB", single, f64::NAN));
+    figures.push(Figure::new("idle busybox sleep container", "PSS each (10 running)", "KiB", total / 10.0, f64::NAN));
+
+    // (c) syscall and page-touch cost, guest vs the same binary on the host.
+    let calls = "2000";
+    let pages = "2000";
+    bundle.set_args(&["/bin/syscost", calls, pages])?;
+    let guest = Command::new(qvisor())
+        .args(["run", "--bundle"])
+        .arg(&bundle.dir)
+        .arg("nb-cost")
+        .output()?;
+    let native = Command::new(bundle.dir.join("rootfs/bin/syscost"))
+        .args([calls, pages])
+        .output()?;
+    let (g, n) = (
+        String::from_utf8_lossy(&guest.stdout).to_string(),
+        String::from_utf8_lossy(&native.stdout).to_string(),
+    );
+    figures.push(Figure::new(
+        "getpid (qvisor guest vs host)",
+        "mean per call",
+        "us",
+        cost(&g, "getpid_ns")? / 1e3,
+        cost(&n, "getpid_ns")? / 1e3,
+    ));
+    figures.push(Figure::new(
+        "first touch of an anonymous page (qvisor guest vs host)",
+        "mean per page",
+        "us",
+        cost(&g, "touch_ns")? / 1e3,
+        cost(&n, "touch_ns")? / 1e3,
+    ));
+    Ok(figures)
+}
