@@ -94,7 +94,12 @@ impl Figure {
 }
 
 /// Prints figures as JSON lines or as a table under `title`.
-fn report(figures: &[Figure], json: bool, title: &str, columns: (&str, &str)) -> anyhow::Result<()> {
+fn report(
+    figures: &[Figure],
+    json: bool,
+    title: &str,
+    columns: (&str, &str),
+) -> anyhow::Result<()> {
     if json {
         for f in figures {
             println!("{}", serde_json::to_string(f)?);
@@ -265,7 +270,9 @@ fn qnet_suite(o: &Opts) -> anyhow::Result<()> {
     let figures: Vec<Figure> = names
         .iter()
         .enumerate()
-        .map(|(i, (scenario, metric, unit))| Figure::new(scenario, metric, unit, col(&q, i), col(&k, i)))
+        .map(|(i, (scenario, metric, unit))| {
+            Figure::new(scenario, metric, unit, col(&q, i), col(&k, i))
+        })
         .collect();
     report(
         &figures,
@@ -290,7 +297,9 @@ fn main() -> std::process::ExitCode {
             report(
                 &f,
                 json,
-                &format!("qvisor vs the baseline named in each row; start times are medians of {runs}"),
+                &format!(
+                    "qvisor vs the baseline named in each row; start times are medians of {runs}"
+                ),
                 ("quark", "baseline"),
             )
         }),

@@ -122,8 +122,22 @@ pub fn suite(runs: usize) -> anyhow::Result<Vec<Figure>> {
     for i in 0..runs {
         eprint!("\rnetbench runtime: start {}/{runs}", i + 1);
         let id = format!("nb-{}-{i}", std::process::id());
-        let qv = || timed(Command::new(qvisor()).args(["run", "--bundle"]).arg(&bundle.dir).arg(&id));
-        let rc = || timed(Command::new("runc").args(["run", "--bundle"]).arg(&bundle.dir).arg(&id));
+        let qv = || {
+            timed(
+                Command::new(qvisor())
+                    .args(["run", "--bundle"])
+                    .arg(&bundle.dir)
+                    .arg(&id),
+            )
+        };
+        let rc = || {
+            timed(
+                Command::new("runc")
+                    .args(["run", "--bundle"])
+                    .arg(&bundle.dir)
+                    .arg(&id),
+            )
+        };
         if i % 2 == 0 {
             q.push(qv()?.as_secs_f64() * 1e3);
             r.push(rc()?.as_secs_f64() * 1e3);
@@ -134,7 +148,13 @@ pub fn suite(runs: usize) -> anyhow::Result<Vec<Figure>> {
     }
     eprintln!();
     let (qm, rm) = (median(&mut q), median(&mut r));
-    figures.push(Figure::new("busybox true, start to exit (qvisor vs runc)", "median wall", "ms", qm, rm));
+    figures.push(Figure::new(
+        "busybox true, start to exit (qvisor vs runc)",
+        "median wall",
+        "ms",
+        qm,
+        rm,
+    ));
 
     // (b) memory of running containers.
     bundle.set_args(&["/bin/sleep", "30"])?;
@@ -147,13 +167,28 @@ pub fn suite(runs: usize) -> anyhow::Result<Vec<Figure>> {
         .map(|i| spawn_sleeper(&bundle, &format!("nb-mem-10-{i}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     std::thread::sleep(Duration::from_millis(800));
-    let total: f64 = ten.iter().map(|c| pss_kib(c.id())).sum::<anyhow::Result<f64>>()?;
+    let total: f64 = ten
+        .iter()
+        .map(|c| pss_kib(c.id()))
+        .sum::<anyhow::Result<f64>>()?;
     for c in &mut ten {
         let _ = c.kill();
         let _ = c.wait();
     }
-    figures.push(Figure::new("idle busybox sleep container", "PSS (one alone)", "KiB", single, f64::NAN));
-    figures.push(Figure::new("idle busybox sleep container", "PSS each (10 running)", "KiB", total / 10.0, f64::NAN));
+    figures.push(Figure::new(
+        "idle busybox sleep container",
+        "PSS (one alone)",
+        "KiB",
+        single,
+        f64::NAN,
+    ));
+    figures.push(Figure::new(
+        "idle busybox sleep container",
+        "PSS each (10 running)",
+        "KiB",
+        total / 10.0,
+        f64::NAN,
+    ));
 
     // (c) syscall and page-touch cost, guest vs the same binary on the host.
     let calls = "2000";

@@ -36,6 +36,10 @@ pub struct Kernel {
     /// Working directory and the program's path, absolute paths in the root.
     pub(crate) cwd: Vec<u8>,
     pub(crate) exe: Vec<u8>,
+    /// Signal dispositions (`struct kernel_sigaction`, 32 bytes each) and the blocked mask,
+    /// recorded for the app; delivery comes with the process model.
+    sigactions: [[u8; 32]; 64],
+    sigmask: u64,
     brk_start: u64,
     brk: u64,
     /// Heap pages are mapped up to here.
@@ -52,6 +56,8 @@ impl Kernel {
             fds: FdTable::default(),
             cwd: cwd.as_bytes().to_vec(),
             exe: exe.as_bytes().to_vec(),
+            sigactions: [[0; 32]; 64],
+            sigmask: 0,
             brk_start: brk,
             brk,
             brk_mapped: brk,
@@ -78,7 +84,8 @@ impl Kernel {
             10 => Ok(0), // mprotect: mappings keep their permissions for now
             11 => Ok(0), // munmap: address space is not reclaimed yet
             12 => Ok(self.brk(m, a0) as i64),
-            13 | 14 => Ok(0), // rt_sigaction, rt_sigprocmask: signals come with the process model
+            13 => self.rt_sigaction(m, a0, a1, a2, a3),
+            14 => self.rt_sigprocmask(m, a0, a1, a2, a3),
             16 => self.ioctl(a0),
             17 => self.read(m, a0, a1, a2, Some(a3)),
             18 => self.write(m, a0, a1, a2, Some(a3)),
@@ -255,6 +262,66 @@ impl Kernel {
             b[..8].copy_from_slice(&inf);
             b[8..].copy_from_slice(&inf);
             m.write(old, &b).map_err(|_| EFAULT)?;
+        }
+        Ok(0)
+    }
+
+    fn rt_sigaction(
+        &mut self,
+        m: &mut dyn Machine,
+        sig: u64,
+        act: u64,
+        old: u64,
+        size: u64,
+    ) -> Result<i64, i64> {
+        const SIGKILL: u64 = 9;
+        const SIGSTOP: u64 = 19;
+        if size != 8 || !(1..=64).contains(&sig) {
+            return Err(EINVAL);
+        }
+        let slot = (sig - 1) as usize;
+        let previous = self.sigactions[slot];
+        if act != 0 {
+            if sig == SIGKILL || sig == SIGSTOP {
+                return Err(EINVAL);
+            }
+            let mut new = [0u8; 32];
+            m.read(act, &mut new).map_err(|_| EFAULT)?;
+            self.sigactions[slot] = new;
+        }
+        if old != 0 {
+            m.write(old, &previous).map_err(|_| EFAULT)?;
+        }
+        Ok(0)
+    }
+
+    fn rt_sigprocmask(
+        &mut self,
+        m: &mut dyn Machine,
+        how: u64,
+        set: u64,
+        old: u64,
+        size: u64,
+    ) -> Result<i64, i64> {
+        // SIGKILL and SIGSTOP can never be blocked.
+        const UNBLOCKABLE: u64 = (1 << 8) | (1 << 18);
+        if size != 8 {
+            return Err(EINVAL);
+        }
+        let previous = self.sigmask;
+        if set != 0 {
+            let mut b = [0u8; 8];
+            m.read(set, &mut b).map_err(|_| EFAULT)?;
+            let v = u64::from_le_bytes(b);
+            self.sigmask = match how {
+                0 => self.sigmask | v,
+                1 => self.sigmask & !v,
+                2 => v,
+                _ => return Err(EINVAL),
+            } & !UNBLOCKABLE;
+        }
+        if old != 0 {
+            m.write(old, &previous.to_le_bytes()).map_err(|_| EFAULT)?;
         }
         Ok(0)
     }

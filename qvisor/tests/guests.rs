@@ -357,7 +357,33 @@ fn file_and_process_syscalls_behave_as_on_linux() {
     assert!(failed.is_empty(), "failed checks: {failed:?}\n{out}");
     assert_eq!(
         out.lines().filter(|l| l.starts_with("ok ")).count(),
-        22,
+        25,
         "{out}"
+    );
+}
+
+#[test]
+fn a_guest_spinning_forever_is_stopped_by_sigterm() {
+    require_kvm();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qvisor"))
+        .args(["exec", "--root"])
+        .arg(root())
+        .args(["/bin/faults", "spin"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the spinning guest should still run"
+    );
+    // SAFETY: plain kill(2) of our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(143), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("stopped by the host (signal 15)"),
+        "{}",
+        stderr(&o)
     );
 }

@@ -1,6 +1,7 @@
 /* Exercises file and process syscalls busybox does not reach; prints one line per check. */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <signal.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -55,6 +56,19 @@ int main(void) {
   clock_gettime(CLOCK_MONOTONIC, &t1);
   long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
   CHECK("nanosleep 20 ms", ms >= 20 && ms < 1000);
+  struct sigaction sa = {0}, back = {0};
+  sa.sa_handler = SIG_IGN;
+  sa.sa_flags = SA_RESTART;
+  CHECK("sigaction is recorded", sigaction(SIGUSR1, &sa, NULL) == 0 && sigaction(SIGUSR1, NULL, &back) == 0 &&
+                                     back.sa_handler == SIG_IGN && (back.sa_flags & SA_RESTART));
+  CHECK("SIGKILL cannot be caught", sigaction(SIGKILL, &sa, NULL) == -1 && errno == EINVAL);
+  sigset_t set, was;
+  sigemptyset(&set);
+  sigaddset(&set, SIGUSR2);
+  sigaddset(&set, SIGKILL);
+  sigprocmask(SIG_BLOCK, &set, NULL);
+  sigprocmask(SIG_BLOCK, NULL, &was);
+  CHECK("sigprocmask is recorded, SIGKILL stays unblocked", sigismember(&was, SIGUSR2) && !sigismember(&was, SIGKILL));
   CHECK("bad pointer is EFAULT", write(1, (void *)16, 5) == -1 && errno == EFAULT);
   CHECK("unknown syscall is ENOSYS", syscall(1000) == -1 && errno == ENOSYS);
   return 0;
