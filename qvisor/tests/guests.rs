@@ -387,3 +387,31 @@ fn a_guest_spinning_forever_is_stopped_by_sigterm() {
         stderr(&o)
     );
 }
+
+#[test]
+fn runc_spec_output_runs_unchanged_but_for_args_and_terminal() {
+    let dir = std::env::temp_dir().join(format!("qvisor-runc-spec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _ = std::fs::remove_file(dir.join("config.json"));
+    let out = Command::new("runc")
+        .args(["spec", "--bundle"])
+        .arg(&dir)
+        .output()
+        .expect("Debian's runc is needed for this test (scripts/setup.sh)");
+    assert!(
+        out.status.success(),
+        "runc spec: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    // runc spec says `"terminal": true`, `"args": ["sh"]` and `"path": "rootfs"`.
+    let config = config
+        .replace("\"terminal\": true", "\"terminal\": false")
+        .replace("\"sh\"", "\"sh\", \"-c\", \"echo from runc spec; exit 5\"");
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    let _ = std::fs::remove_file(dir.join("rootfs"));
+    std::os::unix::fs::symlink(root(), dir.join("rootfs")).unwrap();
+    let o = run_bundle(&dir);
+    assert_eq!(stdout(&o), "from runc spec\n", "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(5));
+}
