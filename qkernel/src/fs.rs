@@ -579,6 +579,43 @@ impl Kernel {
         }
     }
 
+    /// poll(2) over the descriptors served so far: files, devices and the console never block,
+    /// so each is ready for what it asks (sockets bring real readiness).
+    pub(crate) fn poll(
+        &mut self,
+        m: &mut dyn Machine,
+        fds: u64,
+        nfds: u64,
+        timeout_ms: i64,
+    ) -> Result<i64, i64> {
+        const POLLNVAL: u16 = 0x20;
+        const READY: u16 = 0x1 | 0x4 | 0x40 | 0x100; // POLLIN POLLOUT POLLRDNORM POLLWRNORM
+        if nfds > MAX_FDS as u64 {
+            return Err(EINVAL);
+        }
+        let mut raw = vec![0u8; nfds as usize * 8];
+        m.read(fds, &mut raw).map_err(|_| EFAULT)?;
+        let mut ready = 0;
+        for entry in raw.chunks_mut(8) {
+            let fd = i32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]);
+            let events = u16::from_le_bytes([entry[4], entry[5]]);
+            let revents = if fd < 0 {
+                0
+            } else if self.fds.get(fd as u64).is_err() {
+                POLLNVAL
+            } else {
+                events & READY
+            };
+            entry[6..8].copy_from_slice(&revents.to_le_bytes());
+            ready += (revents != 0) as i64;
+        }
+        m.write(fds, &raw).map_err(|_| EFAULT)?;
+        if ready == 0 && timeout_ms > 0 {
+            m.sleep_ns(timeout_ms as u64 * 1_000_000);
+        }
+        Ok(ready)
+    }
+
     pub(crate) fn ioctl(&mut self, fd: u64) -> Result<i64, i64> {
         self.fds.get(fd)?;
         Err(ENOTTY) // no descriptor is a terminal (process.terminal is false)

@@ -79,6 +79,7 @@ impl Kernel {
             4 => self.fstatat(m, AT_FDCWD, a0, a1, 0),
             5 => self.fstat(m, a0, a1),
             6 => self.fstatat(m, AT_FDCWD, a0, a1, 0x100),
+            7 => self.poll(m, a0, a1, a2 as i32 as i64),
             8 => self.lseek(m, a0, a1, a2),
             9 => self.mmap(m, a0, a1, a2, a3, a4),
             10 => Ok(0), // mprotect: mappings keep their permissions for now

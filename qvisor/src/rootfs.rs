@@ -5,6 +5,10 @@
 //! and symlinks as if the root were "/", atomically, so no race or link can name a host file
 //! outside it; magic links (/proc/*/fd/...) are refused. A read-only root refuses any open that
 //! could modify a file.
+//!
+//! `/tmp` is the container's own scratch space: a private directory on the host's tmpfs
+//! (/dev/shm), writable even when the root is read-only, removed when the container ends. Paths
+//! under it resolve inside that directory the same confined way (its own "/").
 
 use std::ffi::CString;
 use std::io;
@@ -24,7 +28,84 @@ const MAX_OPEN: usize = 4096;
 pub struct RootFs {
     root: OwnedFd,
     readonly: bool,
+    tmp: Scratch,
     files: Vec<Option<OwnedFd>>,
+}
+
+/// The private directory behind the guest's /tmp, deleted on drop.
+struct Scratch {
+    dir: std::path::PathBuf,
+    fd: OwnedFd,
+}
+
+impl Scratch {
+    fn create() -> io::Result<Scratch> {
+        let base = if Path::new("/dev/shm").is_dir() {
+            std::path::PathBuf::from("/dev/shm")
+        } else {
+            std::env::temp_dir()
+        };
+        let template = base.join("qvisor-tmp-XXXXXX");
+        let mut bytes = template.into_os_string().into_encoded_bytes();
+        bytes.push(0);
+        // SAFETY: bytes is a NUL-terminated template that mkdtemp rewrites in place.
+        let p = unsafe { libc::mkdtemp(bytes.as_mut_ptr() as *mut libc::c_char) };
+        if p.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        bytes.pop();
+        // SAFETY: mkdtemp wrote a valid path of the same length.
+        let dir = std::path::PathBuf::from(unsafe {
+            std::ffi::OsString::from_encoded_bytes_unchecked(bytes)
+        });
+        let fd = open_dir(&dir)?;
+        Ok(Scratch { dir, fd })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `path` with "." and ".." resolved as names (no symlinks), never above "/".
+fn lexical(path: &[u8]) -> Vec<u8> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for c in path.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    let mut out = Vec::new();
+    for p in parts {
+        out.push(b'/');
+        out.extend_from_slice(p);
+    }
+    if out.is_empty() {
+        out.push(b'/');
+    }
+    out
+}
+
+fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    // SAFETY: c is a valid C string; the result is checked and owned at once.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is fresh and ours.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn errno() -> i64 {
@@ -35,27 +116,40 @@ fn errno() -> i64 {
 
 impl RootFs {
     pub fn open(path: &Path, readonly: bool) -> io::Result<RootFs> {
-        let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
-        // SAFETY: c is a valid C string; the result is checked and owned at once.
-        let fd = unsafe {
-            libc::open(
-                c.as_ptr(),
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
         Ok(RootFs {
-            // SAFETY: fd is fresh and ours.
-            root: unsafe { OwnedFd::from_raw_fd(fd) },
+            root: open_dir(path)?,
             readonly,
+            tmp: Scratch::create()?,
             files: Vec::new(),
         })
     }
 
+    /// Which tree a guest path lives in, and the path inside it: /tmp and below go to the
+    /// scratch directory.
+    fn tree(&self, path: &[u8]) -> (RawFd, Vec<u8>, bool) {
+        // "/tmp/.." is the root: a ".." that would climb out of the mount point is resolved
+        // here, lexically, before choosing the tree (the scratch tree holds no symlink of ours).
+        let path = if path.starts_with(b"/tmp") && path.split(|&b| b == b'/').any(|c| c == b"..") {
+            lexical(path)
+        } else {
+            path.to_vec()
+        };
+        match path.strip_prefix(b"/tmp") {
+            Some(rest) if rest.is_empty() || rest[0] == b'/' => {
+                let rest = if rest.is_empty() {
+                    b"/".to_vec()
+                } else {
+                    rest.to_vec()
+                };
+                (self.tmp.fd.as_raw_fd(), rest, true)
+            }
+            _ => (self.root.as_raw_fd(), path, false),
+        }
+    }
+
     /// openat2 inside the root. `path` is absolute in the guest's view.
     fn resolve(&self, path: &[u8], flags: i32, mode: u32) -> Result<OwnedFd, i64> {
+        let (dir, path, _) = self.tree(path);
         let c = CString::new(path).map_err(|_| EINVAL)?;
         // open_how is non-exhaustive in libc: start from zeroes (its "no extension" value).
         // SAFETY: open_how is plain integers; all-zero is valid.
@@ -69,7 +163,7 @@ impl RootFs {
         let fd = unsafe {
             libc::syscall(
                 libc::SYS_openat2,
-                self.root.as_raw_fd(),
+                dir,
                 c.as_ptr(),
                 &how as *const libc::open_how,
                 std::mem::size_of::<libc::open_how>(),
@@ -88,7 +182,8 @@ impl RootFs {
     }
 
     pub fn open_file(&mut self, path: &[u8], flags: i32, mode: u32) -> Result<HostFile, i64> {
-        if self.readonly && Self::writes(flags) {
+        let scratch = self.tree(path).2;
+        if self.readonly && !scratch && Self::writes(flags) {
             return Err(EROFS);
         }
         let fd = self.resolve(path, flags, mode)?;
@@ -140,9 +235,8 @@ impl RootFs {
     }
 
     pub fn write(&mut self, file: HostFile, buf: &[u8], offset: Option<u64>) -> Result<usize, i64> {
-        if self.readonly {
-            return Err(EROFS);
-        }
+        // A file opened for writing passed the read-only check at open; the host enforces the
+        // access mode it was opened with.
         let fd = self.fd(file)?;
         // SAFETY: buf is a valid readable buffer of buf.len() bytes.
         let n = unsafe {

@@ -329,6 +329,23 @@ fn a_read_only_root_refuses_writes() {
 }
 
 #[test]
+fn tmp_is_private_scratch_space_even_on_a_read_only_root() {
+    let script = "echo scratch > /tmp/note && read line < /tmp/note && echo got $line; \
+                  cd /tmp/.. && pwd; echo x > /tmp/../escape-attempt";
+    let b = bundle("tmp", &["sh", "-c", script], true);
+    let o = run_bundle(&b);
+    assert!(
+        stdout(&o).starts_with("got scratch\n/\n"),
+        "{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    // "/tmp/.." is the root, which is read-only: the write fails instead of landing anywhere.
+    assert_ne!(o.status.code(), Some(0));
+    assert!(!root().join("tmp").exists() && !root().join("escape-attempt").exists());
+}
+
+#[test]
 fn a_broken_bundle_is_a_clear_error() {
     let dir = std::env::temp_dir().join(format!("qvisor-bundle-broken-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
