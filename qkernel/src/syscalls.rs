@@ -29,6 +29,90 @@ pub enum SyscallOutcome {
     Exit(i32),
 }
 
+const PROT_NONE: u64 = 0;
+/// Anonymous memory is mapped writable: permissions cannot be changed on a present page from
+/// the host here (the shadow MMU never sees it), so PROT_READ-only mappings are writable.
+const RW: PageFlags = PageFlags {
+    write: true,
+    exec: false,
+};
+
+fn anon_flags(prot: u64) -> PageFlags {
+    const PROT_EXEC: u64 = 4;
+    PageFlags {
+        write: true,
+        exec: prot & PROT_EXEC != 0,
+    }
+}
+
+/// Writes zeros over `[va, va+len)` of the app's memory.
+fn zero(m: &mut dyn Machine, va: u64, len: u64) -> Result<(), i64> {
+    let zeros = vec![0u8; CHUNK.min(len as usize)];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(zeros.len() as u64);
+        m.write(va + done, &zeros[..n as usize])
+            .map_err(|_| EFAULT)?;
+        done += n;
+    }
+    Ok(())
+}
+
+/// The mmap area: which ranges are mapped (and whether their pages are present) and which
+/// present ranges were unmapped and can be handed out again.
+#[derive(Debug, Default)]
+struct AddressSpace {
+    /// start -> (end, pages present)
+    regions: std::collections::BTreeMap<u64, (u64, bool)>,
+    /// Unmapped ranges whose pages are still present, reused by later mmaps.
+    free: Vec<(u64, u64)>,
+}
+
+impl AddressSpace {
+    fn insert(&mut self, start: u64, end: u64, present: bool) {
+        self.regions.insert(start, (end, present));
+    }
+
+    /// Removes `[start, end)` from the regions, splitting those it cuts; returns the removed
+    /// pieces.
+    fn remove(&mut self, start: u64, end: u64) -> Vec<(u64, u64, bool)> {
+        let hit: Vec<(u64, u64, bool)> = self
+            .regions
+            .range(..end)
+            .filter(|(_, (e, _))| *e > start)
+            .map(|(s, (e, p))| (*s, *e, *p))
+            .collect();
+        let mut removed = Vec::new();
+        for (s, e, p) in hit {
+            self.regions.remove(&s);
+            if s < start {
+                self.regions.insert(s, (start, p));
+            }
+            if e > end {
+                self.regions.insert(end, (e, p));
+            }
+            removed.push((s.max(start), e.min(end), p));
+        }
+        // Freed pieces that overlap are no longer free.
+        self.free.retain(|(s, e)| *e <= start || *s >= end);
+        removed
+    }
+
+    fn free(&mut self, start: u64, end: u64) {
+        self.free.push((start, end));
+    }
+
+    /// A free present range of at least `len` bytes (first fit; the rest stays free).
+    fn take_free(&mut self, len: u64) -> Option<u64> {
+        let i = self.free.iter().position(|(s, e)| e - s >= len)?;
+        let (s, e) = self.free.swap_remove(i);
+        if e - s > len {
+            self.free.push((s + len, e));
+        }
+        Some(s)
+    }
+}
+
 /// The kernel state of one single-threaded process (the process model comes later).
 #[derive(Debug)]
 pub struct Kernel {
@@ -45,6 +129,7 @@ pub struct Kernel {
     /// Heap pages are mapped up to here.
     brk_mapped: u64,
     mmap_next: u64,
+    vm: AddressSpace,
     pid: i64,
 }
 
@@ -62,6 +147,7 @@ impl Kernel {
             brk,
             brk_mapped: brk,
             mmap_next: MMAP_TOP,
+            vm: AddressSpace::default(),
             pid: 1,
         }
     }
@@ -82,8 +168,8 @@ impl Kernel {
             7 => self.poll(m, a0, a1, a2 as i32 as i64),
             8 => self.lseek(m, a0, a1, a2),
             9 => self.mmap(m, a0, a1, a2, a3, a4),
-            10 => Ok(0), // mprotect: mappings keep their permissions for now
-            11 => Ok(0), // munmap: address space is not reclaimed yet
+            10 => self.mprotect(m, a0, a1, a2),
+            11 => self.munmap(m, a0, a1),
             12 => Ok(self.brk(m, a0) as i64),
             13 => self.rt_sigaction(m, a0, a1, a2, a3),
             14 => self.rt_sigprocmask(m, a0, a1, a2, a3),
@@ -169,8 +255,6 @@ impl Kernel {
     ) -> Result<i64, i64> {
         const MAP_FIXED: u64 = 0x10;
         const MAP_ANONYMOUS: u64 = 0x20;
-        const PROT_WRITE: u64 = 2;
-        const PROT_EXEC: u64 = 4;
         let _ = fd; // only anonymous mappings so far
         if flags & MAP_ANONYMOUS == 0 {
             return Err(ENOSYS); // file mappings come with the file system
@@ -179,25 +263,88 @@ impl Kernel {
             return Err(EINVAL);
         }
         let len = len.div_ceil(PAGE) * PAGE;
-        let va = if flags & MAP_FIXED != 0 {
+        let populate = prot != PROT_NONE;
+        if flags & MAP_FIXED != 0 {
             if addr % PAGE != 0 || addr.checked_add(len).is_none_or(|e| e > USER_END) {
                 return Err(EINVAL);
             }
-            addr
-        } else {
-            let va = self.mmap_next.checked_sub(len).ok_or(ENOMEM)?;
-            if va <= self.brk_mapped + (64 << 20) {
-                return Err(ENOMEM);
+            self.vm.remove(addr, addr + len);
+            if populate {
+                self.populate(m, addr, len)?;
             }
-            self.mmap_next = va - PAGE; // a guard page between mappings
-            va
-        };
-        let flags = PageFlags {
-            write: prot & PROT_WRITE != 0,
-            exec: prot & PROT_EXEC != 0,
-        };
-        m.map_zeroed(va, len, flags).map_err(|_| ENOMEM)?;
+            self.vm.insert(addr, addr + len, populate);
+            return Ok(addr as i64);
+        }
+        if populate {
+            if let Some(va) = self.vm.take_free(len) {
+                // Pages that were unmapped keep their (present) entries; zero them for reuse.
+                zero(m, va, len)?;
+                self.vm.insert(va, va + len, true);
+                return Ok(va as i64);
+            }
+        }
+        let va = self.mmap_next.checked_sub(len).ok_or(ENOMEM)?;
+        if va <= self.brk_mapped + (64 << 20) {
+            return Err(ENOMEM);
+        }
+        self.mmap_next = va - PAGE; // a guard page between mappings
+        if populate {
+            m.map_zeroed(va, len, anon_flags(prot))
+                .map_err(|_| ENOMEM)?;
+        }
+        self.vm.insert(va, va + len, populate);
         Ok(va as i64)
+    }
+
+    /// Makes `[va, va+len)` present and zeroed: fresh pages are mapped, pages already present
+    /// (left by an earlier mapping) are zeroed.
+    fn populate(&mut self, m: &mut dyn Machine, va: u64, len: u64) -> Result<(), i64> {
+        let mut page = va;
+        while page < va + len {
+            if m.map_zeroed(page, PAGE, RW).is_err() {
+                zero(m, page, PAGE)?;
+            }
+            page += PAGE;
+        }
+        Ok(())
+    }
+
+    fn munmap(&mut self, _m: &mut dyn Machine, addr: u64, len: u64) -> Result<i64, i64> {
+        if addr % PAGE != 0 || len == 0 || addr.checked_add(len).is_none_or(|e| e > USER_END) {
+            return Err(EINVAL);
+        }
+        let end = addr + len.div_ceil(PAGE) * PAGE;
+        for (s, e, present) in self.vm.remove(addr, end) {
+            if present {
+                self.vm.free(s, e);
+            }
+        }
+        Ok(0)
+    }
+
+    fn mprotect(
+        &mut self,
+        m: &mut dyn Machine,
+        addr: u64,
+        len: u64,
+        prot: u64,
+    ) -> Result<i64, i64> {
+        if addr % PAGE != 0 || addr.checked_add(len).is_none_or(|e| e > USER_END) {
+            return Err(EINVAL);
+        }
+        if prot == PROT_NONE {
+            return Ok(0); // present pages stay present (see docs/qvisor.md, Memory)
+        }
+        let end = addr + len.div_ceil(PAGE) * PAGE;
+        // Reserved (PROT_NONE) parts become real memory now; the rest keeps its pages.
+        for (s, e, present) in self.vm.remove(addr, end) {
+            if !present {
+                m.map_zeroed(s, e - s, anon_flags(prot))
+                    .map_err(|_| ENOMEM)?;
+            }
+            self.vm.insert(s, e, true);
+        }
+        Ok(0)
     }
 
     fn uname(&mut self, m: &mut dyn Machine, buf: u64) -> Result<i64, i64> {
@@ -372,5 +519,29 @@ impl Kernel {
         m.random(&mut tmp);
         m.write(buf, &tmp).map_err(|_| EFAULT)?;
         Ok(n as i64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_split_and_free_ranges_are_reused_first_fit() {
+        let mut a = AddressSpace::default();
+        a.insert(0x10000, 0x20000, true);
+        let cut = a.remove(0x14000, 0x18000);
+        assert_eq!(cut, vec![(0x14000, 0x18000, true)]);
+        assert_eq!(a.regions.get(&0x10000), Some(&(0x14000, true)));
+        assert_eq!(a.regions.get(&0x18000), Some(&(0x20000, true)));
+        a.free(0x14000, 0x18000);
+        assert_eq!(a.take_free(0x5000), None, "too small");
+        assert_eq!(a.take_free(0x1000), Some(0x14000));
+        assert_eq!(a.take_free(0x3000), Some(0x15000));
+        assert_eq!(a.take_free(0x1000), None);
+        // A fixed mapping over a free range takes it out of the free list.
+        a.free(0x30000, 0x40000);
+        a.remove(0x38000, 0x39000);
+        assert_eq!(a.free, vec![]);
     }
 }

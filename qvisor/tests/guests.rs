@@ -374,7 +374,7 @@ fn file_and_process_syscalls_behave_as_on_linux() {
     assert!(failed.is_empty(), "failed checks: {failed:?}\n{out}");
     assert_eq!(
         out.lines().filter(|l| l.starts_with("ok ")).count(),
-        25,
+        28,
         "{out}"
     );
 }

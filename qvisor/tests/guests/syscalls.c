@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/utsname.h>
@@ -69,6 +70,20 @@ int main(void) {
   sigprocmask(SIG_BLOCK, &set, NULL);
   sigprocmask(SIG_BLOCK, NULL, &was);
   CHECK("sigprocmask is recorded, SIGKILL stays unblocked", sigismember(&was, SIGUSR2) && !sigismember(&was, SIGKILL));
+  int churn = 1;
+  for (int i = 0; i < 2000 && churn; i++) { /* 2 GiB through a 512 MiB guest */
+    char *p = mmap(NULL, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    churn = p != MAP_FAILED && p[4096] == 0;
+    if (churn) { memset(p, 0x33, 1 << 20); munmap(p, 1 << 20); }
+  }
+  CHECK("munmap'd memory is reused, zeroed", churn);
+  char *r = mmap(NULL, 1 << 20, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  CHECK("PROT_NONE reservation then mprotect", r != MAP_FAILED && mprotect(r, 65536, PROT_READ | PROT_WRITE) == 0 &&
+                                                  (r[100] = 5) == 5 && r[65535] == 0);
+  char *f = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  f[0] = 9;
+  CHECK("MAP_FIXED over a mapping gives zeroed memory",
+        mmap(f, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == f && f[0] == 0);
   CHECK("bad pointer is EFAULT", write(1, (void *)16, 5) == -1 && errno == EFAULT);
   CHECK("unknown syscall is ENOSYS", syscall(1000) == -1 && errno == ENOSYS);
   return 0;
