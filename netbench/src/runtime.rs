@@ -63,6 +63,20 @@ impl Bundle {
     }
 }
 
+impl Bundle {
+    /// Sets one annotation in config.json.
+    fn annotate(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        let config = self.dir.join("config.json");
+        let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&config)?)?;
+        spec["annotations"][key] = value.into();
+        std::fs::write(&config, serde_json::to_vec_pretty(&spec)?)?;
+        Ok(())
+    }
+}
+
+/// qvisor's annotation for the syscall path (qvisor::bundle::SYSCALL_POLL_ANNOTATION).
+pub const POLL_ANNOTATION: &str = "dev.quark.syscall-poll";
+
 impl Drop for Bundle {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -94,6 +108,23 @@ fn pss_kib(pid: u32) -> anyhow::Result<f64> {
         .find_map(|l| l.strip_prefix("Pss:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .context("no Pss in smaps_rollup")
+}
+
+/// User + system CPU ticks (1/100 s) of a process.
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed stat")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| {
+        f.get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .context("stat field")
+    };
+    Ok(num(11)? + num(12)?) // utime, stime (fields 14 and 15)
 }
 
 fn spawn_sleeper(bundle: &Bundle, id: &str) -> anyhow::Result<Child> {
@@ -161,6 +192,9 @@ pub fn suite(runs: usize) -> anyhow::Result<Vec<Figure>> {
     let mut one = spawn_sleeper(&bundle, "nb-mem-1")?;
     std::thread::sleep(Duration::from_millis(500));
     let single = pss_kib(one.id())?;
+    let cpu0 = cpu_ticks(one.id())?;
+    std::thread::sleep(Duration::from_secs(1));
+    let idle_cpu = (cpu_ticks(one.id())? - cpu0) as f64; // ticks of 10 ms over 1 s = percent
     let _ = one.kill();
     let _ = one.wait();
     let mut ten = (0..10)
@@ -184,41 +218,52 @@ pub fn suite(runs: usize) -> anyhow::Result<Vec<Figure>> {
     ));
     figures.push(Figure::new(
         "idle busybox sleep container",
+        "CPU over 1 s, % of a core",
+        "%",
+        idle_cpu,
+        f64::NAN,
+    ));
+    figures.push(Figure::new(
+        "idle busybox sleep container",
         "PSS each (10 running)",
         "KiB",
         total / 10.0,
         f64::NAN,
     ));
 
-    // (c) syscall and page-touch cost, guest vs the same binary on the host.
+    // (c) syscall and page-touch cost, guest (polled and trapping paths) vs the same binary on
+    // the host.
     let calls = "2000";
     let pages = "2000";
     bundle.set_args(&["/bin/syscost", calls, pages])?;
-    let guest = Command::new(qvisor())
-        .args(["run", "--bundle"])
-        .arg(&bundle.dir)
-        .arg("nb-cost")
-        .output()?;
     let native = Command::new(bundle.dir.join("rootfs/bin/syscost"))
         .args([calls, pages])
         .output()?;
-    let (g, n) = (
-        String::from_utf8_lossy(&guest.stdout).to_string(),
-        String::from_utf8_lossy(&native.stdout).to_string(),
-    );
-    figures.push(Figure::new(
-        "getpid (qvisor guest vs host)",
-        "mean per call",
-        "us",
-        cost(&g, "getpid_ns")? / 1e3,
-        cost(&n, "getpid_ns")? / 1e3,
-    ));
-    figures.push(Figure::new(
-        "first touch of an anonymous page (qvisor guest vs host)",
-        "mean per page",
-        "us",
-        cost(&g, "touch_ns")? / 1e3,
-        cost(&n, "touch_ns")? / 1e3,
-    ));
+    let n = String::from_utf8_lossy(&native.stdout).to_string();
+    for (mode, label) in [("on", "polled"), ("off", "trapping")] {
+        bundle.annotate(crate::runtime::POLL_ANNOTATION, mode)?;
+        let guest = Command::new(qvisor())
+            .args(["run", "--bundle"])
+            .arg(&bundle.dir)
+            .arg("nb-cost")
+            .output()?;
+        let g = String::from_utf8_lossy(&guest.stdout).to_string();
+        figures.push(Figure::new(
+            &format!("getpid, {label} path (qvisor guest vs host)"),
+            "mean per call",
+            "us",
+            cost(&g, "getpid_ns")? / 1e3,
+            cost(&n, "getpid_ns")? / 1e3,
+        ));
+        if mode == "on" {
+            figures.push(Figure::new(
+                "first touch of an anonymous page (qvisor guest vs host)",
+                "mean per page",
+                "us",
+                cost(&g, "touch_ns")? / 1e3,
+                cost(&n, "touch_ns")? / 1e3,
+            ));
+        }
+    }
     Ok(figures)
 }

@@ -91,6 +91,11 @@ impl FdTable {
         self.fds.get_mut(fd as u32 as usize).and_then(Option::take)
     }
 
+    /// Whether `fd` reads the console (input that may never come).
+    pub fn is_console_input(&self, fd: u64) -> bool {
+        self.get(fd).is_ok_and(|f| f.kind == FileKind::Stdin)
+    }
+
     /// Whether another descriptor still refers to the same host file.
     fn shared(&self, file: HostFile) -> bool {
         self.fds

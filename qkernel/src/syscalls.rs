@@ -152,6 +152,17 @@ impl Kernel {
         }
     }
 
+    /// Whether a call may wait for something outside the app (a sleep, console input, a poll
+    /// with a timeout): the platform serves those where waiting costs no spinning thread.
+    pub fn may_block(&self, call: &SyscallArgs) -> bool {
+        match call.nr {
+            35 | 230 => true,              // nanosleep, clock_nanosleep
+            7 => call.args[2] as i32 != 0, // poll with a timeout
+            0 | 17 | 19 => self.fds.is_console_input(call.args[0]), // read, pread64, readv
+            _ => false,
+        }
+    }
+
     /// Serves one syscall.
     pub fn syscall(&mut self, m: &mut dyn Machine, call: SyscallArgs) -> SyscallOutcome {
         let [a0, a1, a2, a3, a4, _a5] = call.args;

@@ -11,6 +11,9 @@ use crate::{Launch, DEFAULT_MEMORY};
 const MIN_MEMORY: u64 = 16 << 20;
 const MAX_MEMORY: u64 = 64 << 30;
 
+/// Annotation that turns the polled syscall path off (`"off"`) or on (`"on"`, the default).
+pub const SYSCALL_POLL_ANNOTATION: &str = "dev.quark.syscall-poll";
+
 /// Reads `<bundle>/config.json` and checks what qvisor supports.
 pub fn load(bundle: &Path) -> anyhow::Result<Launch> {
     let config = bundle.join("config.json");
@@ -45,7 +48,18 @@ pub fn load(bundle: &Path) -> anyhow::Result<Launch> {
         .and_then(|m| m.limit())
         .filter(|l| *l > 0)
         .map_or(DEFAULT_MEMORY, |l| (l as u64).clamp(MIN_MEMORY, MAX_MEMORY));
+    let polled_syscalls = match spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(SYSCALL_POLL_ANNOTATION))
+        .map(String::as_str)
+    {
+        None | Some("on") => true,
+        Some("off") => false,
+        Some(other) => bail!("annotation {SYSCALL_POLL_ANNOTATION}={other:?}: expected on or off"),
+    };
     Ok(Launch {
+        polled_syscalls,
         root: root_path,
         readonly: root.readonly().unwrap_or(false),
         argv,

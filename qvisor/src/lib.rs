@@ -4,6 +4,7 @@
 
 pub mod bundle;
 pub mod memory;
+pub mod poll;
 pub mod rootfs;
 pub mod vm;
 
@@ -27,6 +28,8 @@ pub struct Launch {
     pub env: Vec<String>,
     pub cwd: String,
     pub memory: u64,
+    /// Serve syscalls on the polled path (a host thread) rather than by trapping every one.
+    pub polled_syscalls: bool,
 }
 
 /// Finds `name` in the root: a path containing '/' as is, else each directory of PATH.
@@ -61,14 +64,18 @@ pub fn run(launch: &Launch) -> anyhow::Result<Stop> {
         .first()
         .context("no program to run (empty args)")?;
     let (exe, image) = find_program(&mut rootfs, name, &launch.env)?;
-    let mut vm = Vm::new(launch.memory, rootfs)?;
-    let loaded = {
-        let mut machine = vm.machine();
-        qkernel::load_static(&mut machine, &image, &launch.argv, &launch.env)
-            .with_context(|| format!("loading {exe}"))?
-    };
-    let mut kernel = qkernel::Kernel::new(loaded.brk, &exe, &launch.cwd);
-    vm.run(&mut kernel, loaded.entry, loaded.stack_pointer)
+    let mut vm = Vm::new(launch.memory, rootfs, launch.polled_syscalls)?;
+    let loaded = vm
+        .with_machine(|m| qkernel::load_static(m, &image, &launch.argv, &launch.env))
+        .with_context(|| format!("loading {exe}"))?;
+    let kernel = qkernel::Kernel::new(loaded.brk, &exe, &launch.cwd);
+    let stop = vm.run(kernel, loaded.entry, loaded.stack_pointer);
+    tracing::debug!(
+        vcpu_exits = vm.exits,
+        polled = launch.polled_syscalls,
+        "container ended"
+    );
+    stop
 }
 
 /// Whether `path` is a usable root directory (for clear errors before booting).

@@ -34,6 +34,9 @@ enum Cmd {
         /// Guest memory in MiB.
         #[arg(long, default_value_t = 512)]
         memory_mib: u64,
+        /// Serve syscalls on the polled path (on) or trap every one (off).
+        #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+        syscall_poll: String,
         /// The program (a path in the root, or a name found in /bin, /usr/bin...) and its
         /// arguments.
         #[arg(required = true, trailing_var_arg = true)]
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let launch = match Cli::parse().cmd {
         Cmd::Run { bundle, id } => {
@@ -60,8 +64,10 @@ fn main() -> ExitCode {
         Cmd::Exec {
             root,
             memory_mib,
+            syscall_poll,
             argv,
         } => qvisor::check_root(&root).map(|()| qvisor::Launch {
+            polled_syscalls: syscall_poll == "on",
             root,
             readonly: false,
             argv,

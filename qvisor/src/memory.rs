@@ -172,6 +172,12 @@ impl GuestMemory {
         (e & P != 0).then_some(((e & ADDR) + (va & (PAGE - 1)), e & U != 0))
     }
 
+    /// The host address of a mapped page-aligned guest page (for the VMM's own shared pages).
+    pub fn host_page(&self, va: u64) -> Option<*mut u8> {
+        let (gpa, _) = self.translate(va)?;
+        self.phys(gpa & !(PAGE - 1), PAGE)
+    }
+
     /// Copies user-visible guest memory into `buf`.
     pub fn read_user(&self, va: u64, buf: &mut [u8]) -> Result<(), Fault> {
         let mut done = 0usize;

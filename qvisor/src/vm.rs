@@ -11,6 +11,7 @@
 //! saves two ioctls per exit (~27 µs measured).
 
 use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
 use kvm_bindings::{kvm_msr_entry, kvm_segment, kvm_xcrs, Msrs, KVM_MAX_CPUID_ENTRIES};
@@ -19,6 +20,7 @@ use kvm_ioctls::{Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
 use qkernel::{Fault, HostFile, Kernel, Machine, PageFlags, RawStat, SyscallArgs, SyscallOutcome};
 
 use crate::memory::{GuestMemory, PAGE};
+use crate::poll::{self, Mailbox, Poller, MAILBOX_VA, SLOW_RIP, STUB_VA};
 use crate::rootfs::RootFs;
 
 /// The syscall entry point: canonical, never mapped (kernel half).
@@ -82,15 +84,32 @@ extern "C" fn on_stop_signal(sig: libc::c_int) {
     }
 }
 
+extern "C" fn on_kick(_sig: libc::c_int) {
+    let p = IMMEDIATE_EXIT.load(Ordering::SeqCst);
+    if !p.is_null() {
+        // SAFETY: as in on_stop_signal.
+        unsafe { p.write_volatile(1) };
+    }
+}
+
+/// The signal the syscall thread sends the vCPU thread to get it out of KVM_RUN.
+const KICK_SIGNAL: libc::c_int = libc::SIGUSR2;
+
 /// Makes SIGTERM, SIGINT and SIGHUP stop the container cleanly (a vCPU in a guest loop is
 /// kicked out of KVM_RUN) instead of killing qvisor mid-exit.
 fn install_stop_signals() {
-    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+    let handlers: [(libc::c_int, extern "C" fn(libc::c_int)); 4] = [
+        (libc::SIGTERM, on_stop_signal),
+        (libc::SIGINT, on_stop_signal),
+        (libc::SIGHUP, on_stop_signal),
+        (KICK_SIGNAL, on_kick),
+    ];
+    for (sig, handler) in handlers {
         // SAFETY: a plain sigaction with an async-signal-safe handler and no SA_RESTART, so
         // KVM_RUN returns EINTR.
         unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_stop_signal as *const () as usize;
+            sa.sa_sigaction = handler as *const () as usize;
             libc::sigemptyset(&mut sa.sa_mask);
             libc::sigaction(sig, &sa, std::ptr::null_mut());
         }
@@ -116,12 +135,46 @@ impl Stop {
     }
 }
 
+/// What both the vCPU thread and the syscall thread work on.
+pub struct Core {
+    pub mem: GuestMemory,
+    pub rootfs: RootFs,
+    kernel: Option<Kernel>,
+}
+
+impl Core {
+    pub fn kernel(&self) -> Option<&Kernel> {
+        self.kernel.as_ref()
+    }
+}
+
+/// Serves one syscall on `core`; returns the outcome and a new thread pointer, if set.
+pub fn serve(core: &Mutex<Core>, call: SyscallArgs) -> (SyscallOutcome, Option<u64>) {
+    let mut guard = core.lock().unwrap_or_else(|p| p.into_inner());
+    let Core {
+        mem,
+        rootfs,
+        kernel,
+    } = &mut *guard;
+    let Some(kernel) = kernel.as_mut() else {
+        return (SyscallOutcome::Exit(125), None);
+    };
+    let mut machine = GuestMachine {
+        mem,
+        rootfs,
+        fs_base: None,
+    };
+    let outcome = kernel.syscall(&mut machine, call);
+    (outcome, machine.fs_base)
+}
+
 pub struct Vm {
     vcpu: VcpuFd,
     _vm: VmFd,
     _kvm: Kvm,
-    pub mem: GuestMemory,
-    pub rootfs: RootFs,
+    core: Arc<Mutex<Core>>,
+    /// The polled syscall path is set up (stub and mailbox mapped, LSTAR at the stub).
+    polled: bool,
     pub exits: u64,
 }
 
@@ -234,7 +287,7 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
 impl Vm {
     /// Creates the VM with `mem_size` bytes of guest memory and one vCPU, its files from
     /// `rootfs`.
-    pub fn new(mem_size: u64, rootfs: RootFs) -> anyhow::Result<Vm> {
+    pub fn new(mem_size: u64, rootfs: RootFs, polled: bool) -> anyhow::Result<Vm> {
         let kvm = Kvm::new().context("opening /dev/kvm")?;
         let vm = kvm.create_vm().context("creating the VM")?;
         let mut mem = GuestMemory::new(mem_size).context("reserving guest memory")?;
@@ -254,6 +307,9 @@ impl Vm {
             .context("reading supported CPUID")?;
         vcpu.set_cpuid2(&cpuid).context("setting CPUID")?;
         Self::descriptor_tables(&mut mem)?;
+        if polled {
+            Self::syscall_stub(&mut mem)?;
+        }
         let msrs = Msrs::from_entries(&[
             kvm_msr_entry {
                 index: MSR_STAR,
@@ -262,7 +318,7 @@ impl Vm {
             },
             kvm_msr_entry {
                 index: MSR_LSTAR,
-                data: LSTAR,
+                data: if polled { STUB_VA } else { LSTAR },
                 ..Default::default()
             },
             // SFMASK: clear TF, DF, IF, IOPL, AC, NT on syscall.
@@ -321,8 +377,12 @@ impl Vm {
             vcpu,
             _vm: vm,
             _kvm: kvm,
-            mem,
-            rootfs,
+            core: Arc::new(Mutex::new(Core {
+                mem,
+                rootfs,
+                kernel: None,
+            })),
+            polled,
             exits: 0,
         })
     }
@@ -351,17 +411,38 @@ impl Vm {
         Ok(())
     }
 
-    /// Lets qkernel load the program: the machine view it needs for that.
-    pub fn machine(&mut self) -> impl Machine + '_ {
-        GuestMachine {
-            mem: &mut self.mem,
-            rootfs: &mut self.rootfs,
+    /// The polled path's stub (read-only, user-visible: this host runs the LSTAR target at
+    /// CPL 3 and needs the U bit on its pages) and its mailbox page.
+    fn syscall_stub(mem: &mut GuestMemory) -> anyhow::Result<()> {
+        let rx = PageFlags {
+            write: false,
+            exec: true,
+        };
+        let rw = PageFlags {
+            write: true,
+            exec: false,
+        };
+        mem.map_user(STUB_VA, PAGE, rx)
+            .and_then(|()| mem.write_user(STUB_VA, &poll::STUB))
+            .and_then(|()| mem.map_user(MAILBOX_VA, PAGE, rw))
+            .map_err(|f| anyhow::anyhow!("mapping the syscall stub: {f}"))
+    }
+
+    /// Lets qkernel work on the machine outside of a run (loading the program).
+    pub fn with_machine<R>(&mut self, f: impl FnOnce(&mut dyn Machine) -> R) -> R {
+        let mut guard = self.core.lock().unwrap_or_else(|p| p.into_inner());
+        let Core { mem, rootfs, .. } = &mut *guard;
+        let mut machine = GuestMachine {
+            mem,
+            rootfs,
             fs_base: None,
-        }
+        };
+        f(&mut machine)
     }
 
     /// Runs the app from `entry` with stack `sp` until it exits or is killed.
-    pub fn run(&mut self, kernel: &mut Kernel, entry: u64, sp: u64) -> anyhow::Result<Stop> {
+    pub fn run(&mut self, kernel: Kernel, entry: u64, sp: u64) -> anyhow::Result<Stop> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner()).kernel = Some(kernel);
         {
             let s = self.vcpu.sync_regs_mut();
             s.regs = Default::default();
@@ -375,13 +456,38 @@ impl Vm {
             Ordering::SeqCst,
         );
         install_stop_signals();
-        let stop = self.run_loop(kernel);
+        let poller = if self.polled {
+            let page = self
+                .core
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .mem
+                .host_page(MAILBOX_VA)
+                .context("the mailbox page is not mapped")?;
+            // SAFETY: the page belongs to guest memory, which outlives the poller (joined at
+            // the end of this function).
+            let mailbox = unsafe { Mailbox::new(page) };
+            // SAFETY: pthread_self has no preconditions.
+            let me = unsafe { libc::pthread_self() };
+            let kick = move || {
+                // SAFETY: signals this (still running) vCPU thread; the handler is installed.
+                unsafe { libc::pthread_kill(me, KICK_SIGNAL) };
+            };
+            Some((Poller::start(self.core.clone(), mailbox, kick), mailbox))
+        } else {
+            None
+        };
+        let stop = self.run_loop(poller.as_ref());
+        drop(poller);
         IMMEDIATE_EXIT.store(std::ptr::null_mut(), Ordering::SeqCst);
         stop
     }
 
-    fn run_loop(&mut self, kernel: &mut Kernel) -> anyhow::Result<Stop> {
+    fn run_loop(&mut self, poller: Option<&(Poller, Mailbox)>) -> anyhow::Result<Stop> {
         loop {
+            if let Some(code) = poller.and_then(|(p, _)| p.exited()) {
+                return Ok(Stop::Exited(code));
+            }
             let sig = STOP_SIGNAL.load(Ordering::SeqCst);
             if sig != 0 {
                 return Ok(Stop::Killed {
@@ -399,29 +505,40 @@ impl Vm {
             self.exits += 1;
             let sync = self.vcpu.sync_regs();
             let (regs, mut sregs) = (sync.regs, sync.sregs);
-            if regs.rip != LSTAR {
-                return Ok(self.fault(regs.rip, sregs.cr2));
-            }
-            let call = SyscallArgs {
-                nr: regs.rax,
-                args: [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9],
+            // A trapped syscall: straight from the registers, or (polled path, host thread
+            // asleep) from the mailbox the stub filled before it trapped.
+            let (call, rip, rsp, rflags) = match (regs.rip, poller) {
+                (LSTAR, _) => (
+                    SyscallArgs {
+                        nr: regs.rax,
+                        args: [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9],
+                    },
+                    regs.rcx,
+                    regs.rsp,
+                    regs.r11,
+                ),
+                (SLOW_RIP, Some((_, mb))) => (
+                    mb.call(),
+                    mb.read(poll::URIP),
+                    mb.read(poll::URSP),
+                    mb.read(poll::UFLAGS),
+                ),
+                _ => return Ok(self.fault(regs.rip, sregs.cr2)),
             };
-            let mut machine = GuestMachine {
-                mem: &mut self.mem,
-                rootfs: &mut self.rootfs,
-                fs_base: None,
-            };
-            let outcome = kernel.syscall(&mut machine, call);
-            let fs_base = machine.fs_base;
+            let (outcome, fs_base) = serve(&self.core, call);
             let value = match outcome {
                 SyscallOutcome::Exit(code) => return Ok(Stop::Exited(code)),
                 SyscallOutcome::Return(v) => v,
             };
+            if let Some((p, _)) = poller {
+                p.resume();
+            }
             // Back to user mode where `syscall` left it: rip = rcx, rflags = r11.
             let s = self.vcpu.sync_regs_mut();
             s.regs.rax = value as u64;
-            s.regs.rip = regs.rcx;
-            s.regs.rflags = (regs.r11 & 0x3c_7fd7) | 0x202;
+            s.regs.rip = rip;
+            s.regs.rsp = rsp;
+            s.regs.rflags = (rflags & 0x3c_7fd7) | 0x202;
             sregs.cs = user_code();
             sregs.ss = user_data();
             sregs.cr2 = CR2_NONE;
@@ -446,7 +563,13 @@ impl Vm {
             };
         }
         let mut insn = [0u8; 2];
-        let readable = self.mem.read_user(rip, &mut insn).is_ok();
+        let readable = self
+            .core
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .mem
+            .read_user(rip, &mut insn)
+            .is_ok();
         match (readable, insn) {
             (true, [0x0f, 0x0b]) => Stop::Killed {
                 signal: SIGILL,

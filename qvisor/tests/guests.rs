@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 fn require_kvm() {
     assert!(
@@ -42,11 +43,13 @@ fn root() -> &'static Path {
             "true",
             "head",
             "pwd",
+            "sleep",
         ] {
             std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
         }
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests");
         for (name, src_name, flag) in [
+            ("syscost", "../../../netbench/guests/syscost", "-static"),
             ("exitcode", "exitcode", "-static"),
             ("exitcode-pie", "exitcode", "-static-pie"),
             ("faults", "faults", "-static"),
@@ -76,10 +79,15 @@ fn root() -> &'static Path {
 }
 
 fn qvisor(args: &[&str]) -> Output {
+    qvisor_with(&[], args)
+}
+
+fn qvisor_with(options: &[&str], args: &[&str]) -> Output {
     require_kvm();
     Command::new(env!("CARGO_BIN_EXE_qvisor"))
         .args(["exec", "--root"])
         .arg(root())
+        .args(options)
         .args(args)
         .output()
         .expect("running qvisor")
@@ -363,8 +371,14 @@ fn a_broken_bundle_is_a_clear_error() {
 }
 
 #[test]
-fn file_and_process_syscalls_behave_as_on_linux() {
-    let o = qvisor(&["/bin/syscalls"]);
+fn file_and_process_syscalls_behave_as_on_linux_polled_or_trapped() {
+    for mode in ["on", "off"] {
+        check_syscalls(mode);
+    }
+}
+
+fn check_syscalls(mode: &str) {
+    let o = qvisor_with(&["--syscall-poll", mode], &["/bin/syscalls"]);
     let out = stdout(&o);
     assert_eq!(o.status.code(), Some(0), "{out}{}", stderr(&o));
     let failed: Vec<&str> = out
@@ -431,4 +445,67 @@ fn runc_spec_output_runs_unchanged_but_for_args_and_terminal() {
     let o = run_bundle(&dir);
     assert_eq!(stdout(&o), "from runc spec\n", "{}", stderr(&o));
     assert_eq!(o.status.code(), Some(5));
+}
+
+/// CPU time (user + system) a finished child used, and its exit code.
+#[expect(
+    clippy::zombie_processes,
+    reason = "the child is reaped by wait4, which also returns its resource usage"
+)]
+fn run_measuring_cpu(options: &[&str], args: &[&str]) -> (Duration, Option<i32>) {
+    require_kvm();
+    let child = Command::new(env!("CARGO_BIN_EXE_qvisor"))
+        .args(["exec", "--root"])
+        .arg(root())
+        .args(options)
+        .args(args)
+        .spawn()
+        .unwrap();
+    let mut status = 0;
+    // SAFETY: rusage is plain data filled by wait4 for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child and fills status and usage.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32);
+    let tv =
+        |t: libc::timeval| Duration::from_micros(t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64);
+    let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+    (tv(usage.ru_utime) + tv(usage.ru_stime), code)
+}
+
+#[test]
+fn a_sleeping_container_spins_no_cpu_on_the_polled_path() {
+    let (cpu, code) = run_measuring_cpu(&["--syscall-poll", "on"], &["sleep", "1"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        cpu < Duration::from_millis(250),
+        "a 1 s sleep cost {cpu:?} of CPU"
+    );
+}
+
+#[test]
+fn polled_syscalls_do_not_exit_the_vcpu() {
+    // Counts vCPU exits (qvisor logs them at debug level) rather than timing anything.
+    let exits = |mode| {
+        require_kvm();
+        let o = Command::new(env!("CARGO_BIN_EXE_qvisor"))
+            .env("QVISOR_LOG", "qvisor=debug")
+            .args(["exec", "--root"])
+            .arg(root())
+            .args(["--syscall-poll", mode, "/bin/syscost", "3000", "10"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let err = stderr(&o);
+        err.lines()
+            .find_map(|l| l.split("vcpu_exits=").nth(1))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no vcpu_exits in {err}"))
+    };
+    let (polled, trapped) = (exits("on"), exits("off"));
+    assert!(
+        trapped >= 3000,
+        "every trapped syscall is an exit: {trapped}"
+    );
+    assert!(polled < 100, "3000 polled getpids took {polled} exits");
 }

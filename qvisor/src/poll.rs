@@ -1,0 +1,308 @@
+//! The polled syscall path: a host thread serves syscalls the guest posts in a mailbox, so a
+//! syscall costs the `syscall` instruction's own trap (~19 µs on this host) instead of a full
+//! exit to the VMM and back (~59 µs).
+//!
+//! `LSTAR` points at a 209-byte stub (`stub.S`, assembled bytes below) on a user-visible,
+//! read-only page (this host runs the LSTAR target at CPL 3 and needs the U bit on its pages).
+//! The stub saves the syscall registers in the mailbox page and claims it with
+//! `lock cmpxchg` 0 -> 1; the host thread serves the call, writes the result and sets 2; the
+//! stub returns to the app with `iretq`. The host thread spins only for [`BUDGET`] after its
+//! last call, then marks the mailbox asleep (0 -> 3) and sleeps on a futex, so an idle container
+//! costs no CPU. A stub that finds the mailbox asleep executes `ud2`: the vCPU exits and the
+//! vCPU thread serves that call itself (the trapping path) and wakes the host thread.
+//!
+//! The mailbox is app-writable by necessity: every word in it is untrusted, read once, and used
+//! only as syscall arguments or as the user-mode return state the app could set itself.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use qkernel::{SyscallArgs, SyscallOutcome};
+
+use crate::vm::{serve, Core};
+
+/// The stub's page and the mailbox page, in the top 2 GiB of the kernel half (so the stub can
+/// address them with sign-extended 32-bit absolute addresses).
+pub const STUB_VA: u64 = 0xffff_ffff_8000_0000;
+pub const MAILBOX_VA: u64 = STUB_VA + 0x1000;
+/// Where the stub traps when the host thread sleeps (offset of `slow` in stub.S).
+pub const SLOW_RIP: u64 = STUB_VA + 0xcf;
+/// How long the host thread keeps polling after a call: well above the trap cost, so a busy
+/// app never pays the slow path, short enough that an idle one costs nothing.
+pub const BUDGET: Duration = Duration::from_micros(500);
+
+/// `stub.S` assembled (`gcc -c stub.S && objcopy -O binary -j .text`); the test
+/// `stub_bytes_match_the_source` checks they match.
+pub const STUB: [u8; 209] = [
+    0x48, 0x89, 0x24, 0x25, 0x40, 0x10, 0x00, 0x80, 0x48, 0xc7, 0xc4, 0x00, 0x20, 0x00, 0x80, 0x48,
+    0x89, 0x04, 0x25, 0x08, 0x10, 0x00, 0x80, 0x48, 0x89, 0x3c, 0x25, 0x10, 0x10, 0x00, 0x80, 0x48,
+    0x89, 0x34, 0x25, 0x18, 0x10, 0x00, 0x80, 0x48, 0x89, 0x14, 0x25, 0x20, 0x10, 0x00, 0x80, 0x4c,
+    0x89, 0x14, 0x25, 0x28, 0x10, 0x00, 0x80, 0x4c, 0x89, 0x04, 0x25, 0x30, 0x10, 0x00, 0x80, 0x4c,
+    0x89, 0x0c, 0x25, 0x38, 0x10, 0x00, 0x80, 0x48, 0x89, 0x0c, 0x25, 0x50, 0x10, 0x00, 0x80, 0x4c,
+    0x89, 0x1c, 0x25, 0x58, 0x10, 0x00, 0x80, 0xb9, 0x01, 0x00, 0x00, 0x00, 0x31, 0xc0, 0xf0, 0x0f,
+    0xb1, 0x0c, 0x25, 0x00, 0x10, 0x00, 0x80, 0x75, 0x66, 0xf3, 0x90, 0x83, 0x3c, 0x25, 0x00, 0x10,
+    0x00, 0x80, 0x01, 0x74, 0xf4, 0x83, 0x3c, 0x25, 0x00, 0x10, 0x00, 0x80, 0x04, 0x74, 0x50, 0x83,
+    0x3c, 0x25, 0x60, 0x10, 0x00, 0x80, 0x00, 0x74, 0x18, 0xc7, 0x04, 0x25, 0x60, 0x10, 0x00, 0x80,
+    0x00, 0x00, 0x00, 0x00, 0x48, 0x8b, 0x04, 0x25, 0x68, 0x10, 0x00, 0x80, 0xf3, 0x48, 0x0f, 0xae,
+    0xd0, 0x48, 0x8b, 0x04, 0x25, 0x48, 0x10, 0x00, 0x80, 0x6a, 0x2b, 0xff, 0x34, 0x25, 0x40, 0x10,
+    0x00, 0x80, 0xff, 0x34, 0x25, 0x58, 0x10, 0x00, 0x80, 0x6a, 0x33, 0xff, 0x34, 0x25, 0x50, 0x10,
+    0x00, 0x80, 0xc7, 0x04, 0x25, 0x00, 0x10, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x48, 0xcf, 0x0f,
+    0x0b,
+];
+
+// Mailbox layout (stub.S).
+const FLAG: usize = 0x00;
+const NR: usize = 0x08;
+const ARGS: usize = 0x10;
+pub const URSP: usize = 0x40;
+const RET: usize = 0x48;
+pub const URIP: usize = 0x50;
+pub const UFLAGS: usize = 0x58;
+const SETFS: usize = 0x60;
+const FSVAL: usize = 0x68;
+
+const IDLE: u32 = 0;
+const REQUEST: u32 = 1;
+const ANSWER: u32 = 2;
+const ASLEEP: u32 = 3;
+/// The call may block (a sleep, a read of the console): the stub traps and the vCPU thread
+/// serves it, so neither the vCPU nor this thread spins while it waits.
+const TRAP: u32 = 4;
+
+/// The mailbox page, through its host address.
+#[derive(Clone, Copy)]
+pub struct Mailbox(*mut u8);
+
+// SAFETY: the page lives in guest memory owned by the Vm, which joins the poller before it
+// drops; all access is by atomics or volatile copies of plain integers.
+unsafe impl Send for Mailbox {}
+
+impl Mailbox {
+    /// # Safety
+    /// `page` must be the host address of the mailbox page, valid while the Mailbox is used.
+    pub unsafe fn new(page: *mut u8) -> Self {
+        Mailbox(page)
+    }
+
+    fn flag(&self) -> &AtomicU32 {
+        // SAFETY: offset 0 of a live, page-aligned page.
+        unsafe { AtomicU32::from_ptr(self.0.add(FLAG) as *mut u32) }
+    }
+
+    pub fn read(&self, off: usize) -> u64 {
+        // SAFETY: off is one of the fixed fields inside the page, 8-byte aligned.
+        unsafe { (self.0.add(off) as *const u64).read_volatile() }
+    }
+
+    fn write(&self, off: usize, v: u64) {
+        // SAFETY: as in read.
+        unsafe { (self.0.add(off) as *mut u64).write_volatile(v) }
+    }
+
+    /// The call the stub posted.
+    pub fn call(&self) -> SyscallArgs {
+        let mut args = [0u64; 6];
+        for (i, a) in args.iter_mut().enumerate() {
+            *a = self.read(ARGS + 8 * i);
+        }
+        SyscallArgs {
+            nr: self.read(NR),
+            args,
+        }
+    }
+
+    /// Publishes a result for the spinning stub.
+    fn answer(&self, value: i64, fs_base: Option<u64>) {
+        self.write(RET, value as u64);
+        if let Some(fs) = fs_base {
+            self.write(FSVAL, fs);
+            self.write(SETFS, 1);
+        }
+        self.flag().store(ANSWER, Ordering::Release);
+    }
+}
+
+struct Control {
+    stop: AtomicBool,
+    /// Futex word the sleeping host thread waits on (1: wake up).
+    wake: AtomicU32,
+    /// The app exited through a polled call.
+    exit: Mutex<Option<i32>>,
+}
+
+/// The running host thread.
+pub struct Poller {
+    control: Arc<Control>,
+    mailbox: Mailbox,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Poller {
+    /// Starts serving `mailbox`; `kick` makes the vCPU leave KVM_RUN (when the app exits).
+    pub fn start(
+        core: Arc<Mutex<Core>>,
+        mailbox: Mailbox,
+        kick: impl Fn() + Send + 'static,
+    ) -> Poller {
+        let control = Arc::new(Control {
+            stop: AtomicBool::new(false),
+            wake: AtomicU32::new(0),
+            exit: Mutex::new(None),
+        });
+        let c = control.clone();
+        let thread = std::thread::Builder::new()
+            .name("qvisor-syscalls".into())
+            .spawn(move || serve_loop(&core, mailbox, &c, kick))
+            .ok();
+        Poller {
+            control,
+            mailbox,
+            thread,
+        }
+    }
+
+    /// The exit status if the app exited through the polled path.
+    pub fn exited(&self) -> Option<i32> {
+        *self.control.exit.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// After the vCPU thread served a call the stub could not post: polling resumes.
+    pub fn resume(&self) {
+        self.mailbox.flag().store(IDLE, Ordering::Release);
+        self.control.wake.store(1, Ordering::SeqCst);
+        futex_wake(&self.control.wake);
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        self.control.stop.store(true, Ordering::SeqCst);
+        self.control.wake.store(1, Ordering::SeqCst);
+        futex_wake(&self.control.wake);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn futex_wake(word: &AtomicU32) {
+    // SAFETY: word is a live, aligned u32.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            1,
+        )
+    };
+}
+
+fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: word is a live, aligned u32; ts lives across the call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            &ts,
+        )
+    };
+}
+
+fn serve_loop(core: &Mutex<Core>, mb: Mailbox, c: &Control, kick: impl Fn()) {
+    let mut last = Instant::now();
+    let mut spins = 0u32;
+    while !c.stop.load(Ordering::Relaxed) {
+        if mb.flag().load(Ordering::Acquire) == REQUEST {
+            let call = mb.call();
+            if may_block(core, &call) {
+                mb.flag().store(TRAP, Ordering::Release);
+                sleep_until_resumed(c);
+                last = Instant::now();
+                continue;
+            }
+            let (outcome, fs_base) = serve(core, call);
+            match outcome {
+                SyscallOutcome::Return(v) => mb.answer(v, fs_base),
+                SyscallOutcome::Exit(code) => {
+                    *c.exit.lock().unwrap_or_else(|p| p.into_inner()) = Some(code);
+                    kick();
+                    return;
+                }
+            }
+            last = Instant::now();
+            continue;
+        }
+        spins = spins.wrapping_add(1);
+        if spins % 64 != 0 || last.elapsed() < BUDGET {
+            std::hint::spin_loop();
+            continue;
+        }
+        // Idle: tell the stub (it will trap instead of waiting), then sleep until woken.
+        if mb
+            .flag()
+            .compare_exchange(IDLE, ASLEEP, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            continue; // a request arrived (or the app scribbled): look again
+        }
+        sleep_until_resumed(c);
+        last = Instant::now();
+    }
+}
+
+/// Sleeps until the vCPU thread has served a trapped call and called [`Poller::resume`].
+fn sleep_until_resumed(c: &Control) {
+    while !c.stop.load(Ordering::Relaxed) && c.wake.swap(0, Ordering::SeqCst) == 0 {
+        futex_wait(&c.wake, 0, Duration::from_millis(100));
+    }
+}
+
+fn may_block(core: &std::sync::Mutex<Core>, call: &SyscallArgs) -> bool {
+    core.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .kernel()
+        .is_some_and(|k| k.may_block(call))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stub_bytes_match_the_source() {
+        let dir = std::env::temp_dir().join(format!("qvisor-stub-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/stub.S");
+        let obj = dir.join("stub.o");
+        let bin = dir.join("stub.bin");
+        let cc = std::process::Command::new("gcc")
+            .arg("-c")
+            .arg(&src)
+            .arg("-o")
+            .arg(&obj)
+            .status()
+            .expect("gcc (binutils) is needed to check the stub");
+        assert!(cc.success());
+        let oc = std::process::Command::new("objcopy")
+            .args(["-O", "binary", "-j", ".text"])
+            .arg(&obj)
+            .arg(&bin)
+            .status()
+            .unwrap();
+        assert!(oc.success());
+        assert_eq!(std::fs::read(&bin).unwrap(), STUB.to_vec());
+        assert_eq!(
+            STUB[(SLOW_RIP - STUB_VA) as usize..],
+            [0x0f, 0x0b],
+            "slow is the final ud2"
+        );
+    }
+}

@@ -1,0 +1,60 @@
+/* The syscall entry stub (LSTAR) of the polled path. Mailbox at MB (top 2 GiB, so absolute
+ * 32-bit sign-extended addressing works). FLAG: 0 idle, 1 request, 2 answer, 3 host asleep,
+ * 4 trap (a call that may block is served by the vCPU thread). Clobbers only rax, rcx, rsp and
+ * flags before it either returns with iretq or traps (ud2) for the slow path. */
+#define MB 0xffffffff80001000
+#define FLAG (MB+0x00)
+#define NR (MB+0x08)
+#define A0 (MB+0x10)
+#define A1 (MB+0x18)
+#define A2 (MB+0x20)
+#define A3 (MB+0x28)
+#define A4 (MB+0x30)
+#define A5 (MB+0x38)
+#define URSP (MB+0x40)
+#define RET (MB+0x48)
+#define URIP (MB+0x50)
+#define UFLAGS (MB+0x58)
+#define SETFS (MB+0x60)
+#define FSVAL (MB+0x68)
+#define STACK (MB+0x1000)
+	.text
+	.code64
+	.globl entry
+entry:
+	mov %rsp, URSP
+	mov $STACK, %rsp
+	mov %rax, NR
+	mov %rdi, A0
+	mov %rsi, A1
+	mov %rdx, A2
+	mov %r10, A3
+	mov %r8, A4
+	mov %r9, A5
+	mov %rcx, URIP
+	mov %r11, UFLAGS
+	mov $1, %ecx
+	xor %eax, %eax
+	lock cmpxchg %ecx, FLAG
+	jne slow
+1:	pause
+	cmpl $1, FLAG
+	je 1b
+	cmpl $4, FLAG
+	je slow
+	cmpl $0, SETFS
+	je 2f
+	movl $0, SETFS
+	mov FSVAL, %rax
+	wrfsbase %rax
+2:	mov RET, %rax
+	pushq $0x2b
+	pushq URSP
+	pushq UFLAGS
+	pushq $0x33
+	pushq URIP
+	movl $0, FLAG
+	iretq
+	.globl slow
+slow:
+	ud2
