@@ -6,7 +6,7 @@
 //! root (openat2 RESOLVE_IN_ROOT on the host), so no path can name a host file outside it.
 
 use crate::errno::*;
-use crate::machine::{HostFile, Machine};
+use crate::machine::{HostFile, Machine, RawStat};
 use crate::syscalls::Kernel;
 
 pub const PATH_MAX: usize = 4096;
@@ -151,6 +151,46 @@ fn tidy(path: &[u8]) -> Vec<u8> {
         out.push(b'/');
     }
     out
+}
+
+/// Converts x86-64 `struct stat` to `struct statx` (256 bytes), basic fields only.
+fn statx_from_stat(st: &RawStat) -> [u8; 256] {
+    let u64_at = |o: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&st[o..o + 8]);
+        u64::from_le_bytes(b)
+    };
+    let u32_at = |o: usize| u32::from_le_bytes([st[o], st[o + 1], st[o + 2], st[o + 3]]);
+    let mut x = [0u8; 256];
+    let mut put = |o: usize, b: &[u8]| x[o..o + b.len()].copy_from_slice(b);
+    const STATX_BASIC_STATS: u32 = 0x7ff;
+    put(0, &STATX_BASIC_STATS.to_le_bytes());
+    put(4, &(u64_at(56) as u32).to_le_bytes()); // blksize
+    put(16, &(u64_at(16) as u32).to_le_bytes()); // nlink
+    put(20, &u32_at(28).to_le_bytes()); // uid
+    put(24, &u32_at(32).to_le_bytes()); // gid
+    put(28, &(u32_at(24) as u16).to_le_bytes()); // mode
+    put(32, &u64_at(8).to_le_bytes()); // ino
+    put(40, &u64_at(48).to_le_bytes()); // size
+    put(48, &u64_at(64).to_le_bytes()); // blocks
+                                        // atime, ctime, mtime: {i64 sec, u32 nsec, pad}
+    for (dst, src) in [(64, 72), (96, 104), (112, 88)] {
+        put(dst, &u64_at(src).to_le_bytes());
+        put(dst + 8, &(u64_at(src + 8) as u32).to_le_bytes());
+    }
+    let split = |dev: u64| -> (u32, u32) {
+        (
+            (((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff)) as u32,
+            ((dev & 0xff) | ((dev >> 12) & !0xff)) as u32,
+        )
+    };
+    let (rmaj, rmin) = split(u64_at(40));
+    let (dmaj, dmin) = split(u64_at(0));
+    put(128, &rmaj.to_le_bytes());
+    put(132, &rmin.to_le_bytes());
+    put(136, &dmaj.to_le_bytes());
+    put(140, &dmin.to_le_bytes());
+    x
 }
 
 fn device(path: &[u8]) -> Option<FileKind> {
@@ -423,6 +463,25 @@ impl Kernel {
         self.put_stat(m, out, &st)
     }
 
+    /// The stat of `path` relative to `dirfd` (or of `dirfd` itself with AT_EMPTY_PATH).
+    fn stat_at(
+        &self,
+        m: &mut dyn Machine,
+        dirfd: u64,
+        path: u64,
+        flags: u64,
+    ) -> Result<RawStat, i64> {
+        if flags & AT_EMPTY_PATH != 0 && read_path(m, path)?.is_empty() {
+            return self.stat_fd(m, dirfd);
+        }
+        let path = self.alias(self.at_path(m, dirfd, path)?);
+        Ok(match device(&path) {
+            Some(FileKind::Null) => Self::char_device_stat((1 << 8) | 3),
+            Some(_) => Self::char_device_stat(0),
+            None => m.fs_stat_path(&path, flags & AT_SYMLINK_NOFOLLOW == 0)?,
+        })
+    }
+
     pub(crate) fn fstatat(
         &mut self,
         m: &mut dyn Machine,
@@ -431,16 +490,22 @@ impl Kernel {
         out: u64,
         flags: u64,
     ) -> Result<i64, i64> {
-        if flags & AT_EMPTY_PATH != 0 && read_path(m, path)?.is_empty() {
-            return self.fstat(m, dirfd, out);
-        }
-        let path = self.alias(self.at_path(m, dirfd, path)?);
-        let st = match device(&path) {
-            Some(FileKind::Null) => Self::char_device_stat((1 << 8) | 3),
-            Some(_) => Self::char_device_stat(0),
-            None => m.fs_stat_path(&path, flags & AT_SYMLINK_NOFOLLOW == 0)?,
-        };
+        let st = self.stat_at(m, dirfd, path, flags)?;
         self.put_stat(m, out, &st)
+    }
+
+    /// statx(2), filled from the same stat (the basic fields; no birth time).
+    pub(crate) fn statx(
+        &mut self,
+        m: &mut dyn Machine,
+        dirfd: u64,
+        path: u64,
+        flags: u64,
+        out: u64,
+    ) -> Result<i64, i64> {
+        let st = self.stat_at(m, dirfd, path, flags)?;
+        m.write(out, &statx_from_stat(&st)).map_err(|_| EFAULT)?;
+        Ok(0)
     }
 
     pub(crate) fn getdents64(

@@ -10,6 +10,7 @@ mod elf;
 mod fs;
 mod machine;
 mod syscalls;
+pub mod sysnames;
 
 pub use elf::{load_static, ElfError, Loaded};
 pub use machine::{Fault, HostFile, Machine, PageFlags, RawStat};

@@ -214,7 +214,7 @@ impl Kernel {
             217 => self.getdents64(m, a0, a1, a2),
             218 => Ok(self.pid), // set_tid_address
             228 => self.clock_gettime(m, a0, a1),
-            230 => self.nanosleep(m, a2),
+            230 => self.clock_nanosleep(m, a0, a1, a2),
             257 => self.openat(m, a0, a1, a2, a3),
             262 => self.fstatat(m, a0, a1, a2, a3),
             267 => self.readlinkat(m, a0, a1, a2, a3),
@@ -223,10 +223,14 @@ impl Kernel {
             292 => self.dup(a0, 0, Some(a1), a2 & 0o2000000 != 0),
             302 => self.prlimit(m, a2, a3),
             318 => self.getrandom(m, a0, a1),
-            332 => Err(ENOSYS), // statx: glibc falls back to newfstatat
+            332 => self.statx(m, a0, a1, a2, a4),
             334 => Err(ENOSYS), // rseq: glibc falls back
             _ => {
-                tracing::debug!(nr = call.nr, "unimplemented syscall");
+                tracing::debug!(
+                    nr = call.nr,
+                    name = crate::sysnames::name(call.nr),
+                    "unimplemented syscall"
+                );
                 let _ = a5;
                 Err(ENOSYS)
             }
@@ -498,6 +502,37 @@ impl Kernel {
                 .saturating_mul(1_000_000_000)
                 .saturating_add(nanos as u64),
         );
+        Ok(0)
+    }
+
+    /// clock_nanosleep: relative, or until an absolute time of the clock (TIMER_ABSTIME).
+    fn clock_nanosleep(
+        &mut self,
+        m: &mut dyn Machine,
+        clock: u64,
+        flags: u64,
+        req: u64,
+    ) -> Result<i64, i64> {
+        const TIMER_ABSTIME: u64 = 1;
+        if flags & TIMER_ABSTIME == 0 {
+            return self.nanosleep(m, req);
+        }
+        let mut ts = [0u8; 16];
+        m.read(req, &mut ts).map_err(|_| EFAULT)?;
+        let secs = i64::from_le_bytes(ts[..8].try_into().unwrap_or_default());
+        let nanos = i64::from_le_bytes(ts[8..].try_into().unwrap_or_default());
+        if secs < 0 || !(0..1_000_000_000).contains(&nanos) {
+            return Err(EINVAL);
+        }
+        let target = (secs as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(nanos as u64);
+        let now = match clock {
+            0 => m.realtime_ns(),
+            1 | 7 => m.monotonic_ns(),
+            _ => return Err(EINVAL),
+        };
+        m.sleep_ns(target.saturating_sub(now));
         Ok(0)
     }
 

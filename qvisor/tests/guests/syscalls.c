@@ -84,6 +84,18 @@ int main(void) {
   f[0] = 9;
   CHECK("MAP_FIXED over a mapping gives zeroed memory",
         mmap(f, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == f && f[0] == 0);
+  struct statx sx;
+  CHECK("statx", statx(AT_FDCWD, "/data/lines.txt", 0, STATX_BASIC_STATS, &sx) == 0 &&
+                     sx.stx_size == 9 * 7 + 90 * 8 + 9 && S_ISREG(sx.stx_mode) && sx.stx_mtime.tv_sec > 0);
+  struct timespec until;
+  clock_gettime(CLOCK_MONOTONIC, &until);
+  until.tv_nsec += 20 * 1000 * 1000;
+  if (until.tv_nsec >= 1000000000) { until.tv_sec++; until.tv_nsec -= 1000000000; }
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  CHECK("clock_nanosleep TIMER_ABSTIME", clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL) == 0);
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+  CHECK("... slept until then", ms >= 15 && ms < 1000);
   CHECK("bad pointer is EFAULT", write(1, (void *)16, 5) == -1 && errno == EFAULT);
   CHECK("unknown syscall is ENOSYS", syscall(1000) == -1 && errno == ENOSYS);
   return 0;
