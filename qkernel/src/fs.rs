@@ -18,6 +18,7 @@ const AT_SYMLINK_NOFOLLOW: u64 = 0x100;
 const AT_EMPTY_PATH: u64 = 0x1000;
 const O_ACCMODE: i32 = 3;
 const O_CLOEXEC: i32 = 0o2000000;
+const O_NONBLOCK: i32 = 0o4000;
 const CHUNK: usize = 64 << 10;
 
 /// What a descriptor refers to.
@@ -34,6 +35,8 @@ pub enum FileKind {
         file: HostFile,
         path: Vec<u8>,
     },
+    /// A socket on the container's network stack.
+    Socket(crate::machine::SocketId),
 }
 
 #[derive(Debug, Clone)]
@@ -91,9 +94,49 @@ impl FdTable {
         self.fds.get_mut(fd as u32 as usize).and_then(Option::take)
     }
 
+    pub(crate) fn kind(&self, fd: u64) -> Result<&FileKind, i64> {
+        self.get(fd).map(|f| &f.kind)
+    }
+
+    pub(crate) fn nonblocking(&self, fd: u64) -> bool {
+        self.get(fd).is_ok_and(|f| f.status_flags & O_NONBLOCK != 0)
+    }
+
+    /// Installs a new descriptor for `kind` at the lowest free number.
+    pub(crate) fn install_kind(
+        &mut self,
+        kind: FileKind,
+        status_flags: i32,
+        cloexec: bool,
+    ) -> Result<i64, i64> {
+        self.install(
+            Fd {
+                kind,
+                cloexec,
+                status_flags,
+            },
+            0,
+        )
+        .map(|i| i as i64)
+    }
+
+    /// Whether `fd` is a socket (its calls may wait on the network).
+    pub fn is_socket(&self, fd: u64) -> bool {
+        self.get(fd)
+            .is_ok_and(|f| matches!(f.kind, FileKind::Socket(_)))
+    }
+
     /// Whether `fd` reads the console (input that may never come).
     pub fn is_console_input(&self, fd: u64) -> bool {
         self.get(fd).is_ok_and(|f| f.kind == FileKind::Stdin)
+    }
+
+    /// Whether a descriptor still refers to socket `s`.
+    fn shares_socket(&self, s: crate::machine::SocketId) -> bool {
+        self.fds
+            .iter()
+            .flatten()
+            .any(|f| f.kind == FileKind::Socket(s))
     }
 
     /// Whether another descriptor still refers to the same host file.
@@ -267,10 +310,10 @@ impl Kernel {
 
     pub(crate) fn close(&mut self, m: &mut dyn Machine, fd: u64) -> Result<i64, i64> {
         let f = self.fds.take(fd).ok_or(EBADF)?;
-        if let FileKind::Host { file, .. } = f.kind {
-            if !self.fds.shared(file) {
-                m.fs_close(file);
-            }
+        match f.kind {
+            FileKind::Host { file, .. } if !self.fds.shared(file) => m.fs_close(file),
+            FileKind::Socket(s) if !self.fds.shares_socket(s) => m.net_close(s),
+            _ => {}
         }
         Ok(0)
     }
@@ -301,6 +344,7 @@ impl Kernel {
                 Ok(buf.len())
             }
             FileKind::Host { file, .. } => m.fs_read(*file, buf, offset),
+            FileKind::Socket(s) => m.net_recv(*s, buf, f.status_flags & O_NONBLOCK != 0),
         }
     }
 
@@ -327,6 +371,7 @@ impl Kernel {
             FileKind::Stdin => Err(EBADF),
             FileKind::Null | FileKind::Zero | FileKind::Random => Ok(buf.len()),
             FileKind::Host { file, .. } => m.fs_write(*file, buf, offset),
+            FileKind::Socket(s) => m.net_send(*s, buf, f.status_flags & O_NONBLOCK != 0),
         }
     }
 
@@ -455,6 +500,11 @@ impl Kernel {
             FileKind::Zero => Ok(Self::char_device_stat((1 << 8) | 5)),
             FileKind::Random => Ok(Self::char_device_stat((1 << 8) | 9)),
             FileKind::Stdin | FileKind::Stdout | FileKind::Stderr => Ok(Self::char_device_stat(0)),
+            FileKind::Socket(_) => {
+                let mut st = Self::char_device_stat(0);
+                st[24..28].copy_from_slice(&0o140777u32.to_le_bytes()); // S_IFSOCK
+                Ok(st)
+            }
         }
     }
 
@@ -643,6 +693,11 @@ impl Kernel {
             F_GETFL => Ok(self.fds.get(fd)?.status_flags as i64),
             F_SETFL => {
                 self.fds.get(fd)?;
+                if let Some(Some(f)) = self.fds.fds.get_mut(fd as u32 as usize) {
+                    // Only O_NONBLOCK (and O_APPEND) change after open.
+                    let changeable = O_NONBLOCK | 0o2000;
+                    f.status_flags = (f.status_flags & !changeable) | (arg as i32 & changeable);
+                }
                 Ok(0)
             }
             _ => Err(EINVAL),

@@ -9,11 +9,12 @@
 mod elf;
 mod fs;
 mod machine;
+mod net;
 mod syscalls;
 pub mod sysnames;
 
 pub use elf::{load_static, ElfError, Loaded};
-pub use machine::{Fault, HostFile, Machine, PageFlags, RawStat};
+pub use machine::{Fault, HostFile, Machine, PageFlags, RawStat, SocketId};
 pub use syscalls::{Kernel, SyscallArgs, SyscallOutcome};
 
 /// Linux errno values returned to the app (as `-errno`).

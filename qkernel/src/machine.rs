@@ -19,6 +19,9 @@ pub struct PageFlags {
 /// A file the platform opened in the container's root file system (its handle, not a host fd).
 pub type HostFile = u32;
 
+/// A socket the platform created on the container's network stack (its handle).
+pub type SocketId = u32;
+
 /// Linux `struct stat` as x86-64 lays it out (144 bytes), copied to the app unchanged.
 pub type RawStat = [u8; 144];
 
@@ -69,4 +72,47 @@ pub trait Machine {
     /// Fills `buf` with `linux_dirent64` records of a directory.
     fn fs_getdents(&mut self, file: HostFile, buf: &mut [u8]) -> Result<usize, i64>;
     fn fs_readlink(&mut self, path: &[u8]) -> Result<Vec<u8>, i64>;
+
+    // The container's network (qnet, through the socket ring). IPv4 only; addresses are
+    // host-order (ip, port). Calls may block unless `nonblocking`. A platform without a network
+    // keeps these defaults.
+
+    fn net_socket(&mut self, _stream: bool) -> Result<SocketId, i64> {
+        Err(97) // EAFNOSUPPORT
+    }
+    fn net_bind(&mut self, _s: SocketId, _ip: u32, _port: u16) -> Result<(), i64> {
+        Err(9)
+    }
+    fn net_listen(&mut self, _s: SocketId, _backlog: u32) -> Result<(), i64> {
+        Err(9)
+    }
+    fn net_accept(
+        &mut self,
+        _s: SocketId,
+        _nonblocking: bool,
+    ) -> Result<(SocketId, u32, u16), i64> {
+        Err(9)
+    }
+    fn net_connect(&mut self, _s: SocketId, _ip: u32, _port: u16) -> Result<(), i64> {
+        Err(9)
+    }
+    fn net_send(&mut self, _s: SocketId, _buf: &[u8], _nonblocking: bool) -> Result<usize, i64> {
+        Err(9)
+    }
+    fn net_recv(
+        &mut self,
+        _s: SocketId,
+        _buf: &mut [u8],
+        _nonblocking: bool,
+    ) -> Result<usize, i64> {
+        Err(9)
+    }
+    fn net_shutdown(&mut self, _s: SocketId, _how: u32) -> Result<(), i64> {
+        Err(9)
+    }
+    /// The local (`peer` false) or remote address.
+    fn net_name(&mut self, _s: SocketId, _peer: bool) -> Result<(u32, u16), i64> {
+        Err(9)
+    }
+    fn net_close(&mut self, _s: SocketId) {}
 }

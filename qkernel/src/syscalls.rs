@@ -158,7 +158,13 @@ impl Kernel {
         match call.nr {
             35 | 230 => true,              // nanosleep, clock_nanosleep
             7 => call.args[2] as i32 != 0, // poll with a timeout
-            0 | 17 | 19 => self.fds.is_console_input(call.args[0]), // read, pread64, readv
+            0 | 17 | 19 => {
+                self.fds.is_console_input(call.args[0]) || self.fds.is_socket(call.args[0])
+            }
+            // Everything on a socket may wait for the network.
+            1 | 18 | 20 | 42 | 43 | 44 | 45 | 46 | 47 | 48 | 288 => {
+                self.fds.is_socket(call.args[0])
+            }
             _ => false,
         }
     }
@@ -196,6 +202,19 @@ impl Kernel {
             33 => self.dup(a0, 0, Some(a1), false),
             35 => self.nanosleep(m, a0),
             39 | 186 => Ok(self.pid), // getpid, gettid
+            41 => self.socket(m, a0, a1),
+            42 => self.connect(m, a0, a1, a2),
+            43 => self.accept(m, a0, a1, a2, 0),
+            44 => self.write(m, a0, a1, a2, None), // sendto on a connected stream
+            45 => self.recvfrom(m, a0, a1, a2, a4, a5),
+            48 => self.shutdown(m, a0, a1),
+            49 => self.bind(m, a0, a1, a2),
+            50 => self.listen(m, a0, a1),
+            51 => self.sockname(m, a0, a1, a2, false),
+            52 => self.sockname(m, a0, a1, a2, true),
+            54 => self.setsockopt(a0),
+            55 => self.getsockopt(m, a0, a3, a4),
+            288 => self.accept(m, a0, a1, a2, a3),
             60 | 231 => return SyscallOutcome::Exit((a0 & 0xff) as i32),
             63 => self.uname(m, a0),
             72 => self.fcntl(a0, a1, a2),
@@ -231,7 +250,6 @@ impl Kernel {
                     name = crate::sysnames::name(call.nr),
                     "unimplemented syscall"
                 );
-                let _ = a5;
                 Err(ENOSYS)
             }
         };

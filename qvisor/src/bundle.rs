@@ -59,6 +59,7 @@ pub fn load(bundle: &Path) -> anyhow::Result<Launch> {
         Some(other) => bail!("annotation {SYSCALL_POLL_ANNOTATION}={other:?}: expected on or off"),
     };
     Ok(Launch {
+        net: None, // the network namespace takeover comes with guest networking
         polled_syscalls,
         root: root_path,
         readonly: root.readonly().unwrap_or(false),

@@ -4,6 +4,7 @@
 
 pub mod bundle;
 pub mod memory;
+pub mod net;
 pub mod poll;
 pub mod rootfs;
 pub mod vm;
@@ -30,6 +31,8 @@ pub struct Launch {
     pub memory: u64,
     /// Serve syscalls on the polled path (a host thread) rather than by trapping every one.
     pub polled_syscalls: bool,
+    /// The container's network, if it has one (loopback-less and no sockets otherwise).
+    pub net: Option<net::NetConfig>,
 }
 
 /// Finds `name` in the root: a path containing '/' as is, else each directory of PATH.
@@ -64,7 +67,8 @@ pub fn run(launch: &Launch) -> anyhow::Result<Stop> {
         .first()
         .context("no program to run (empty args)")?;
     let (exe, image) = find_program(&mut rootfs, name, &launch.env)?;
-    let mut vm = Vm::new(launch.memory, rootfs, launch.polled_syscalls)?;
+    let net = launch.net.as_ref().map(net::GuestNet::start).transpose()?;
+    let mut vm = Vm::new(launch.memory, rootfs, net, launch.polled_syscalls)?;
     let loaded = vm
         .with_machine(|m| qkernel::load_static(m, &image, &launch.argv, &launch.env))
         .with_context(|| format!("loading {exe}"))?;

@@ -37,11 +37,37 @@ enum Cmd {
         /// Serve syscalls on the polled path (on) or trap every one (off).
         #[arg(long, default_value = "on", value_parser = ["on", "off"])]
         syscall_poll: String,
+        /// Give the container a network: a TAP in this namespace (from `ip netns add`).
+        #[arg(long, requires = "net_addr")]
+        netns: Option<String>,
+        /// The container's address with prefix, e.g. 10.0.0.2/24.
+        #[arg(long, requires = "netns")]
+        net_addr: Option<String>,
+        /// Address with prefix for the kernel side of the TAP.
+        #[arg(long, requires = "netns")]
+        net_peer: Option<String>,
         /// The program (a path in the root, or a name found in /bin, /usr/bin...) and its
         /// arguments.
         #[arg(required = true, trailing_var_arg = true)]
         argv: Vec<String>,
     },
+}
+
+fn net_config(
+    netns: Option<String>,
+    addr: Option<String>,
+    peer: Option<String>,
+) -> anyhow::Result<Option<qvisor::net::NetConfig>> {
+    let (Some(netns), Some(addr)) = (netns, addr) else {
+        return Ok(None);
+    };
+    Ok(Some(qvisor::net::NetConfig {
+        netns,
+        tap: "qtap0".into(),
+        addr: addr.parse()?,
+        peer: peer.as_deref().map(str::parse).transpose()?,
+        gateway: None,
+    }))
 }
 
 fn main() -> ExitCode {
@@ -65,15 +91,22 @@ fn main() -> ExitCode {
             root,
             memory_mib,
             syscall_poll,
+            netns,
+            net_addr,
+            net_peer,
             argv,
-        } => qvisor::check_root(&root).map(|()| qvisor::Launch {
-            polled_syscalls: syscall_poll == "on",
-            root,
-            readonly: false,
-            argv,
-            env: vec!["PATH=/bin:/usr/bin:/sbin:/usr/sbin".into(), "HOME=/".into()],
-            cwd: "/".into(),
-            memory: memory_mib << 20,
+        } => net_config(netns, net_addr, net_peer).and_then(|net| {
+            qvisor::check_root(&root)?;
+            Ok(qvisor::Launch {
+                net,
+                polled_syscalls: syscall_poll == "on",
+                root,
+                readonly: false,
+                argv,
+                env: vec!["PATH=/bin:/usr/bin:/sbin:/usr/sbin".into(), "HOME=/".into()],
+                cwd: "/".into(),
+                memory: memory_mib << 20,
+            })
         }),
     };
     match launch.and_then(|l| qvisor::run(&l)) {

@@ -20,6 +20,7 @@ use kvm_ioctls::{Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
 use qkernel::{Fault, HostFile, Kernel, Machine, PageFlags, RawStat, SyscallArgs, SyscallOutcome};
 
 use crate::memory::{GuestMemory, PAGE};
+use crate::net::GuestNet;
 use crate::poll::{self, Mailbox, Poller, MAILBOX_VA, SLOW_RIP, STUB_VA};
 use crate::rootfs::RootFs;
 
@@ -139,6 +140,7 @@ impl Stop {
 pub struct Core {
     pub mem: GuestMemory,
     pub rootfs: RootFs,
+    pub net: Option<GuestNet>,
     kernel: Option<Kernel>,
 }
 
@@ -154,6 +156,7 @@ pub fn serve(core: &Mutex<Core>, call: SyscallArgs) -> (SyscallOutcome, Option<u
     let Core {
         mem,
         rootfs,
+        net,
         kernel,
     } = &mut *guard;
     let Some(kernel) = kernel.as_mut() else {
@@ -162,6 +165,7 @@ pub fn serve(core: &Mutex<Core>, call: SyscallArgs) -> (SyscallOutcome, Option<u
     let mut machine = GuestMachine {
         mem,
         rootfs,
+        net: net.as_mut(),
         fs_base: None,
     };
     let outcome = kernel.syscall(&mut machine, call);
@@ -182,7 +186,14 @@ pub struct Vm {
 struct GuestMachine<'a> {
     mem: &'a mut GuestMemory,
     rootfs: &'a mut RootFs,
+    net: Option<&'a mut GuestNet>,
     fs_base: Option<u64>,
+}
+
+impl GuestMachine<'_> {
+    fn net(&mut self) -> Result<&mut GuestNet, i64> {
+        self.net.as_deref_mut().ok_or(97) // EAFNOSUPPORT: no network configured
+    }
 }
 
 impl Machine for GuestMachine<'_> {
@@ -272,6 +283,55 @@ impl Machine for GuestMachine<'_> {
     fn fs_readlink(&mut self, path: &[u8]) -> Result<Vec<u8>, i64> {
         self.rootfs.readlink(path)
     }
+    fn net_socket(&mut self, stream: bool) -> Result<qkernel::SocketId, i64> {
+        if !stream {
+            return Err(94);
+        }
+        self.net()?.socket()
+    }
+    fn net_bind(&mut self, s: qkernel::SocketId, ip: u32, port: u16) -> Result<(), i64> {
+        self.net()?.bind(s, ip, port)
+    }
+    fn net_listen(&mut self, s: qkernel::SocketId, backlog: u32) -> Result<(), i64> {
+        self.net()?.listen(s, backlog)
+    }
+    fn net_accept(
+        &mut self,
+        s: qkernel::SocketId,
+        nonblocking: bool,
+    ) -> Result<(qkernel::SocketId, u32, u16), i64> {
+        self.net()?.accept(s, nonblocking)
+    }
+    fn net_connect(&mut self, s: qkernel::SocketId, ip: u32, port: u16) -> Result<(), i64> {
+        self.net()?.connect(s, ip, port)
+    }
+    fn net_send(
+        &mut self,
+        s: qkernel::SocketId,
+        buf: &[u8],
+        nonblocking: bool,
+    ) -> Result<usize, i64> {
+        self.net()?.send(s, buf, nonblocking)
+    }
+    fn net_recv(
+        &mut self,
+        s: qkernel::SocketId,
+        buf: &mut [u8],
+        nonblocking: bool,
+    ) -> Result<usize, i64> {
+        self.net()?.recv(s, buf, nonblocking)
+    }
+    fn net_shutdown(&mut self, s: qkernel::SocketId, how: u32) -> Result<(), i64> {
+        self.net()?.shutdown(s, how)
+    }
+    fn net_name(&mut self, s: qkernel::SocketId, peer: bool) -> Result<(u32, u16), i64> {
+        self.net()?.name(s, peer)
+    }
+    fn net_close(&mut self, s: qkernel::SocketId) {
+        if let Ok(n) = self.net() {
+            n.close(s)
+        }
+    }
 }
 
 fn clock_ns(clock: libc::clockid_t) -> u64 {
@@ -287,7 +347,12 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
 impl Vm {
     /// Creates the VM with `mem_size` bytes of guest memory and one vCPU, its files from
     /// `rootfs`.
-    pub fn new(mem_size: u64, rootfs: RootFs, polled: bool) -> anyhow::Result<Vm> {
+    pub fn new(
+        mem_size: u64,
+        rootfs: RootFs,
+        net: Option<GuestNet>,
+        polled: bool,
+    ) -> anyhow::Result<Vm> {
         let kvm = Kvm::new().context("opening /dev/kvm")?;
         let vm = kvm.create_vm().context("creating the VM")?;
         let mut mem = GuestMemory::new(mem_size).context("reserving guest memory")?;
@@ -380,6 +445,7 @@ impl Vm {
             core: Arc::new(Mutex::new(Core {
                 mem,
                 rootfs,
+                net,
                 kernel: None,
             })),
             polled,
@@ -435,6 +501,7 @@ impl Vm {
         let mut machine = GuestMachine {
             mem,
             rootfs,
+            net: None,
             fs_base: None,
         };
         f(&mut machine)

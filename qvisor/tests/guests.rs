@@ -54,6 +54,7 @@ fn root() -> &'static Path {
             ("exitcode-pie", "exitcode", "-static-pie"),
             ("faults", "faults", "-static"),
             ("syscalls", "syscalls", "-static"),
+            ("tcp", "tcp", "-static"),
         ] {
             let out = Command::new("gcc")
                 .args([flag, "-O1", "-o"])
@@ -508,4 +509,127 @@ fn polled_syscalls_do_not_exit_the_vcpu() {
         "every trapped syscall is an exit: {trapped}"
     );
     assert!(polled < 100, "3000 polled getpids took {polled} exits");
+}
+
+/// A namespace of the test's own, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("qv-{tag}-{}", std::process::id());
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "ip netns add (run as root)");
+        Netns(name)
+    }
+
+    fn sh(&self, script: &str) -> std::process::Child {
+        Command::new("ip")
+            .args(["netns", "exec", &self.0, "sh", "-c", script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn net_options(ns: &Netns) -> Vec<String> {
+    [
+        "--netns",
+        &ns.0,
+        "--net-addr",
+        "10.66.0.2/24",
+        "--net-peer",
+        "10.66.0.1/24",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[test]
+fn a_guest_tcp_client_reaches_a_kernel_server_through_qnet() {
+    let ns = Netns::new("cli");
+    // The kernel side: a python server that answers once, started after the TAP exists.
+    let server = r#"
+import socket, time
+for _ in range(100):
+    try:
+        l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        l.bind(("10.66.0.1", 7070)); break
+    except OSError:
+        time.sleep(0.05)
+l.listen(1)
+c, a = l.accept()
+data = b""
+while True:
+    d = c.recv(100)
+    if not d: break
+    data += d
+c.sendall(b"kernel got: " + data)
+c.close()
+"#;
+    let mut py = ns.sh(&format!("python3 -c '{server}'"));
+    let opts = net_options(&ns);
+    let mut args: Vec<&str> = opts.iter().map(String::as_str).collect();
+    args.extend(["/bin/tcp", "client", "10.66.0.1", "7070"]);
+    // The server binds once the TAP (created by qvisor) has its address: retry the client.
+    let mut last = None;
+    for _ in 0..20 {
+        let o = qvisor_with(&args[..args.len() - 4], &args[args.len() - 4..]);
+        if o.status.code() == Some(0) {
+            last = Some(o);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        last = Some(o);
+    }
+    let o = last.unwrap();
+    let _ = py.kill();
+    let _ = py.wait();
+    assert_eq!(
+        stdout(&o),
+        "reply: kernel got: ping from the guest\n",
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn a_guest_tcp_server_serves_a_kernel_client_through_qnet() {
+    let ns = Netns::new("srv");
+    let opts = net_options(&ns);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qvisor"))
+        .args(["exec", "--root"])
+        .arg(root())
+        .args(&opts)
+        .args(["/bin/tcp", "server", "8081"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "listening\n");
+    let client = ns.sh("printf hello-guest | nc -q1 -w5 10.66.0.2 8081");
+    let out = client.wait_with_output().unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "pong to 10.66.0.1:hello-guest",
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }

@@ -1,0 +1,196 @@
+//! Socket syscalls: TCP over IPv4 on the container's network stack (qnet), through the
+//! platform's `net_*` calls. Addresses from the app are parsed with length checks; a socket is
+//! a descriptor like any other (read, write, close, fcntl O_NONBLOCK).
+
+use crate::errno::*;
+use crate::fs::FileKind;
+use crate::machine::Machine;
+use crate::syscalls::Kernel;
+
+const AF_INET: u16 = 2;
+const SOCK_STREAM: u64 = 1;
+const SOCK_NONBLOCK: u64 = 0o4000;
+const SOCK_CLOEXEC: u64 = 0o2000000;
+const EAFNOSUPPORT: i64 = 97;
+const ESOCKTNOSUPPORT: i64 = 94;
+const ENOTSOCK: i64 = 88;
+
+/// Reads a `struct sockaddr_in` (host-order ip and port).
+fn read_sockaddr(m: &dyn Machine, addr: u64, len: u64) -> Result<(u32, u16), i64> {
+    if len < 16 {
+        return Err(EINVAL);
+    }
+    let mut b = [0u8; 16];
+    m.read(addr, &mut b).map_err(|_| EFAULT)?;
+    if u16::from_le_bytes([b[0], b[1]]) != AF_INET {
+        return Err(EAFNOSUPPORT);
+    }
+    Ok((
+        u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+        u16::from_be_bytes([b[2], b[3]]),
+    ))
+}
+
+/// Writes a `struct sockaddr_in` to `addr` with `*lenp` as its capacity, as accept/getsockname do.
+fn write_sockaddr(
+    m: &mut dyn Machine,
+    addr: u64,
+    lenp: u64,
+    ip: u32,
+    port: u16,
+) -> Result<(), i64> {
+    if addr == 0 {
+        return Ok(());
+    }
+    let mut l = [0u8; 4];
+    m.read(lenp, &mut l).map_err(|_| EFAULT)?;
+    let cap = u32::from_le_bytes(l) as usize;
+    let mut b = [0u8; 16];
+    b[..2].copy_from_slice(&AF_INET.to_le_bytes());
+    b[2..4].copy_from_slice(&port.to_be_bytes());
+    b[4..8].copy_from_slice(&ip.to_be_bytes());
+    m.write(addr, &b[..cap.min(16)]).map_err(|_| EFAULT)?;
+    m.write(lenp, &16u32.to_le_bytes()).map_err(|_| EFAULT)?;
+    Ok(())
+}
+
+impl Kernel {
+    /// The socket behind `fd` and whether it is non-blocking.
+    fn socket_of(&self, fd: u64) -> Result<(u32, bool), i64> {
+        match self.fds.kind(fd)? {
+            FileKind::Socket(s) => Ok((*s, self.fds.nonblocking(fd))),
+            _ => Err(ENOTSOCK),
+        }
+    }
+
+    pub(crate) fn socket(&mut self, m: &mut dyn Machine, domain: u64, ty: u64) -> Result<i64, i64> {
+        if domain != AF_INET as u64 {
+            return Err(EAFNOSUPPORT);
+        }
+        if ty & 0xf != SOCK_STREAM {
+            return Err(ESOCKTNOSUPPORT); // datagram sockets come next
+        }
+        let s = m.net_socket(true)?;
+        let flags = 2 | if ty & SOCK_NONBLOCK != 0 { 0o4000 } else { 0 };
+        self.fds
+            .install_kind(FileKind::Socket(s), flags, ty & SOCK_CLOEXEC != 0)
+            .inspect_err(|_| m.net_close(s))
+    }
+
+    pub(crate) fn bind(
+        &mut self,
+        m: &mut dyn Machine,
+        fd: u64,
+        addr: u64,
+        len: u64,
+    ) -> Result<i64, i64> {
+        let (s, _) = self.socket_of(fd)?;
+        let (ip, port) = read_sockaddr(m, addr, len)?;
+        m.net_bind(s, ip, port).map(|()| 0)
+    }
+
+    pub(crate) fn listen(
+        &mut self,
+        m: &mut dyn Machine,
+        fd: u64,
+        backlog: u64,
+    ) -> Result<i64, i64> {
+        let (s, _) = self.socket_of(fd)?;
+        m.net_listen(s, (backlog as u32).clamp(1, 4096)).map(|()| 0)
+    }
+
+    pub(crate) fn accept(
+        &mut self,
+        m: &mut dyn Machine,
+        fd: u64,
+        addr: u64,
+        lenp: u64,
+        flags: u64,
+    ) -> Result<i64, i64> {
+        let (s, nonblocking) = self.socket_of(fd)?;
+        let (new, ip, port) = m.net_accept(s, nonblocking)?;
+        let status = 2 | if flags & SOCK_NONBLOCK != 0 {
+            0o4000
+        } else {
+            0
+        };
+        let nfd = self
+            .fds
+            .install_kind(FileKind::Socket(new), status, flags & SOCK_CLOEXEC != 0)
+            .inspect_err(|_| m.net_close(new))?;
+        write_sockaddr(m, addr, lenp, ip, port)?;
+        Ok(nfd)
+    }
+
+    pub(crate) fn connect(
+        &mut self,
+        m: &mut dyn Machine,
+        fd: u64,
+        addr: u64,
+        len: u64,
+    ) -> Result<i64, i64> {
+        let (s, _) = self.socket_of(fd)?;
+        let (ip, port) = read_sockaddr(m, addr, len)?;
+        m.net_connect(s, ip, port).map(|()| 0)
+    }
+
+    pub(crate) fn shutdown(&mut self, m: &mut dyn Machine, fd: u64, how: u64) -> Result<i64, i64> {
+        let (s, _) = self.socket_of(fd)?;
+        m.net_shutdown(s, how as u32).map(|()| 0)
+    }
+
+    pub(crate) fn sockname(
+        &mut self,
+        m: &mut dyn Machine,
+        fd: u64,
+        addr: u64,
+        lenp: u64,
+        peer: bool,
+    ) -> Result<i64, i64> {
+        let (s, _) = self.socket_of(fd)?;
+        let (ip, port) = m.net_name(s, peer)?;
+        write_sockaddr(m, addr, lenp, ip, port)?;
+        Ok(0)
+    }
+
+    /// recvfrom: a stream's source is its peer.
+    pub(crate) fn recvfrom(
+        &mut self,
+        m: &mut dyn Machine,
+        fd: u64,
+        buf: u64,
+        len: u64,
+        src: u64,
+        srclen: u64,
+    ) -> Result<i64, i64> {
+        self.socket_of(fd)?;
+        let n = self.read(m, fd, buf, len, None)?;
+        if src != 0 {
+            let (s, _) = self.socket_of(fd)?;
+            let (ip, port) = m.net_name(s, true)?;
+            write_sockaddr(m, src, srclen, ip, port)?;
+        }
+        Ok(n)
+    }
+
+    /// setsockopt: the options apps set on TCP sockets are accepted (qnet's defaults hold).
+    pub(crate) fn setsockopt(&mut self, fd: u64) -> Result<i64, i64> {
+        self.socket_of(fd).map(|_| 0)
+    }
+
+    /// getsockopt: SO_ERROR and the boolean options read as 0.
+    pub(crate) fn getsockopt(
+        &mut self,
+        m: &mut dyn Machine,
+        fd: u64,
+        val: u64,
+        lenp: u64,
+    ) -> Result<i64, i64> {
+        self.socket_of(fd)?;
+        if val != 0 {
+            m.write(val, &0u32.to_le_bytes()).map_err(|_| EFAULT)?;
+            m.write(lenp, &4u32.to_le_bytes()).map_err(|_| EFAULT)?;
+        }
+        Ok(0)
+    }
+}

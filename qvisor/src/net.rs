@@ -1,0 +1,215 @@
+//! The container's network: a qnet stack running in qvisor on a TAP in the container's network
+//! namespace, and the guest's sockets as clients of it over the socket ring.
+
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use qnet::phy::TapOptions;
+use qnet::runner::RunningStack;
+use qnet::{Ipv4Cidr, StackConfig};
+use qnet_client::{Client, TcpListener, TcpStream};
+
+use qkernel::SocketId;
+
+const EAGAIN: i64 = 11;
+const EBADF: i64 = 9;
+const EINVAL: i64 = 22;
+const ENOTCONN: i64 = 107;
+const EOPNOTSUPP: i64 = 95;
+const EMFILE: i64 = 24;
+/// Most sockets one container may hold (qnet bounds its ring slots too).
+const MAX_SOCKETS: usize = 1024;
+
+/// Where the container's network comes from.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// A network namespace (`ip netns add NAME`) to put the TAP in.
+    pub netns: String,
+    pub tap: String,
+    /// The container's address.
+    pub addr: Ipv4Cidr,
+    /// An address for the kernel side of the TAP (the peer the container reaches), if any.
+    pub peer: Option<Ipv4Cidr>,
+    pub gateway: Option<Ipv4Addr>,
+}
+
+enum Sock {
+    Fresh { bound: Option<SocketAddr> },
+    Stream(TcpStream),
+    Listener(TcpListener),
+}
+
+pub struct GuestNet {
+    socks: Vec<Option<Sock>>,
+    client: Client,
+    // Dropped last: the stack outlives its client.
+    _stack: RunningStack,
+}
+
+fn errno(e: io::Error) -> i64 {
+    match (e.raw_os_error(), e.kind()) {
+        (Some(n), _) => n as i64,
+        (None, io::ErrorKind::WouldBlock) => EAGAIN,
+        (None, io::ErrorKind::TimedOut) => 110,
+        (None, io::ErrorKind::BrokenPipe) => 32,
+        _ => 5,
+    }
+}
+
+fn v4(ip: u32, port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(ip), port))
+}
+
+fn split(a: SocketAddr) -> (u32, u16) {
+    match a {
+        SocketAddr::V4(v) => (u32::from(*v.ip()), v.port()),
+        SocketAddr::V6(v) => (0, v.port()),
+    }
+}
+
+impl GuestNet {
+    /// Starts the stack on a TAP in the namespace and attaches to it.
+    pub fn start(cfg: &NetConfig) -> anyhow::Result<GuestNet> {
+        let mut stack_cfg = StackConfig::new(cfg.addr);
+        stack_cfg.gateway = cfg.gateway;
+        stack_cfg.ring_slots = MAX_SOCKETS as u32;
+        let socket: PathBuf =
+            std::env::temp_dir().join(format!("qvisor-net-{}.sock", std::process::id()));
+        let tap = TapOptions {
+            name: cfg.tap.clone(),
+            netns: Some(cfg.netns.clone()),
+            mtu: stack_cfg.mtu,
+            peer_addr: cfg.peer,
+        };
+        let stack =
+            RunningStack::start(stack_cfg, &tap, &socket).context("starting the network stack")?;
+        let client = Client::connect(&socket).context("attaching to the network stack")?;
+        Ok(GuestNet {
+            socks: Vec::new(),
+            client,
+            _stack: stack,
+        })
+    }
+
+    fn get(&mut self, s: SocketId) -> Result<&mut Sock, i64> {
+        self.socks
+            .get_mut(s as usize)
+            .and_then(Option::as_mut)
+            .ok_or(EBADF)
+    }
+
+    fn insert(&mut self, sock: Sock) -> Result<SocketId, i64> {
+        let i = match self.socks.iter().position(Option::is_none) {
+            Some(i) => i,
+            None if self.socks.len() < MAX_SOCKETS => {
+                self.socks.push(None);
+                self.socks.len() - 1
+            }
+            None => return Err(EMFILE),
+        };
+        self.socks[i] = Some(sock);
+        Ok(i as SocketId)
+    }
+
+    pub fn socket(&mut self) -> Result<SocketId, i64> {
+        self.insert(Sock::Fresh { bound: None })
+    }
+
+    pub fn bind(&mut self, s: SocketId, ip: u32, port: u16) -> Result<(), i64> {
+        match self.get(s)? {
+            Sock::Fresh { bound } if bound.is_none() => {
+                *bound = Some(v4(ip, port));
+                Ok(())
+            }
+            _ => Err(EINVAL),
+        }
+    }
+
+    pub fn listen(&mut self, s: SocketId, backlog: u32) -> Result<(), i64> {
+        let client = self.client.clone();
+        let sock = self.get(s)?;
+        let Sock::Fresh { bound } = sock else {
+            return match sock {
+                Sock::Listener(_) => Ok(()),
+                _ => Err(EINVAL),
+            };
+        };
+        let addr = bound.unwrap_or(v4(0, 0));
+        *sock = Sock::Listener(TcpListener::bind(&client, addr, backlog).map_err(errno)?);
+        Ok(())
+    }
+
+    pub fn accept(&mut self, s: SocketId, nonblocking: bool) -> Result<(SocketId, u32, u16), i64> {
+        let Sock::Listener(l) = self.get(s)? else {
+            return Err(EINVAL);
+        };
+        l.set_nonblocking(nonblocking).map_err(errno)?;
+        let (stream, peer) = l.accept().map_err(errno)?;
+        let (ip, port) = split(peer);
+        Ok((self.insert(Sock::Stream(stream))?, ip, port))
+    }
+
+    pub fn connect(&mut self, s: SocketId, ip: u32, port: u16) -> Result<(), i64> {
+        let client = self.client.clone();
+        let sock = self.get(s)?;
+        match sock {
+            Sock::Fresh { .. } => {
+                let stream = TcpStream::connect(&client, v4(ip, port)).map_err(errno)?;
+                *sock = Sock::Stream(stream);
+                Ok(())
+            }
+            Sock::Stream(_) => Err(106), // EISCONN
+            Sock::Listener(_) => Err(EINVAL),
+        }
+    }
+
+    fn stream(&mut self, s: SocketId) -> Result<&mut TcpStream, i64> {
+        match self.get(s)? {
+            Sock::Stream(t) => Ok(t),
+            Sock::Listener(_) => Err(EOPNOTSUPP),
+            Sock::Fresh { .. } => Err(ENOTCONN),
+        }
+    }
+
+    pub fn send(&mut self, s: SocketId, buf: &[u8], nonblocking: bool) -> Result<usize, i64> {
+        let t = self.stream(s)?;
+        t.set_nonblocking(nonblocking).map_err(errno)?;
+        t.write(buf).map_err(errno)
+    }
+
+    pub fn recv(&mut self, s: SocketId, buf: &mut [u8], nonblocking: bool) -> Result<usize, i64> {
+        let t = self.stream(s)?;
+        t.set_nonblocking(nonblocking).map_err(errno)?;
+        t.read(buf).map_err(errno)
+    }
+
+    pub fn shutdown(&mut self, s: SocketId, how: u32) -> Result<(), i64> {
+        let how = match how {
+            0 => Shutdown::Read,
+            1 => Shutdown::Write,
+            2 => Shutdown::Both,
+            _ => return Err(EINVAL),
+        };
+        self.stream(s)?.shutdown(how).map_err(errno)
+    }
+
+    pub fn name(&mut self, s: SocketId, peer: bool) -> Result<(u32, u16), i64> {
+        let addr = match self.get(s)? {
+            Sock::Fresh { bound } if !peer => bound.unwrap_or(v4(0, 0)),
+            Sock::Fresh { .. } => return Err(ENOTCONN),
+            Sock::Listener(l) if !peer => l.local_addr().map_err(errno)?,
+            Sock::Listener(_) => return Err(ENOTCONN),
+            Sock::Stream(t) if peer => t.peer_addr().map_err(errno)?,
+            Sock::Stream(t) => t.local_addr().map_err(errno)?,
+        };
+        Ok(split(addr))
+    }
+
+    pub fn close(&mut self, s: SocketId) {
+        if let Some(slot) = self.socks.get_mut(s as usize) {
+            *slot = None;
+        }
+    }
+}

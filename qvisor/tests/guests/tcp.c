@@ -1,0 +1,53 @@
+/* TCP through the container's network: tcp client IP PORT | tcp server PORT */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static int fail(const char *what) { perror(what); return 1; }
+
+int main(int argc, char **argv) {
+  char buf[256];
+  struct sockaddr_in a = {.sin_family = AF_INET};
+  if (argc == 4 && !strcmp(argv[1], "client")) {
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    if (s < 0) return fail("socket");
+    a.sin_port = htons(atoi(argv[3]));
+    a.sin_addr.s_addr = inet_addr(argv[2]);
+    if (connect(s, (struct sockaddr *)&a, sizeof a)) return fail("connect");
+    const char *msg = "ping from the guest";
+    if (write(s, msg, strlen(msg)) != (ssize_t)strlen(msg)) return fail("write");
+    shutdown(s, SHUT_WR);
+    ssize_t n, got = 0;
+    while ((n = read(s, buf + got, sizeof buf - 1 - got)) > 0) got += n;
+    buf[got] = 0;
+    printf("reply: %s\n", buf);
+    return close(s);
+  }
+  if (argc == 3 && !strcmp(argv[1], "server")) {
+    int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    a.sin_port = htons(atoi(argv[2]));
+    if (bind(l, (struct sockaddr *)&a, sizeof a)) return fail("bind");
+    if (listen(l, 16)) return fail("listen");
+    printf("listening\n");
+    fflush(stdout);
+    struct sockaddr_in peer;
+    socklen_t len = sizeof peer;
+    int c = accept(l, (struct sockaddr *)&peer, &len);
+    if (c < 0) return fail("accept");
+    ssize_t n = read(c, buf, sizeof buf - 1);
+    if (n < 0) return fail("read");
+    buf[n] = 0;
+    char out[300];
+    int k = snprintf(out, sizeof out, "pong to %s:%s", inet_ntoa(peer.sin_addr), buf);
+    write(c, out, k);
+    close(c);
+    return close(l);
+  }
+  return 2;
+}
