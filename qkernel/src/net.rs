@@ -84,9 +84,21 @@ impl Kernel {
         addr: u64,
         len: u64,
     ) -> Result<i64, i64> {
+        self.with_sockaddr(m, fd, addr, len, |m, s, ip, port| m.net_bind(s, ip, port))
+    }
+
+    /// Runs `op` with the socket behind `fd` and the address the app passed.
+    fn with_sockaddr(
+        &mut self,
+        m: &mut dyn Machine,
+        fd: u64,
+        addr: u64,
+        len: u64,
+        op: impl FnOnce(&mut dyn Machine, crate::machine::SocketId, u32, u16) -> Result<(), i64>,
+    ) -> Result<i64, i64> {
         let (s, _) = self.socket_of(fd)?;
         let (ip, port) = read_sockaddr(m, addr, len)?;
-        m.net_bind(s, ip, port).map(|()| 0)
+        op(m, s, ip, port).map(|()| 0)
     }
 
     pub(crate) fn listen(
@@ -129,9 +141,9 @@ impl Kernel {
         addr: u64,
         len: u64,
     ) -> Result<i64, i64> {
-        let (s, _) = self.socket_of(fd)?;
-        let (ip, port) = read_sockaddr(m, addr, len)?;
-        m.net_connect(s, ip, port).map(|()| 0)
+        self.with_sockaddr(m, fd, addr, len, |m, s, ip, port| {
+            m.net_connect(s, ip, port)
+        })
     }
 
     pub(crate) fn shutdown(&mut self, m: &mut dyn Machine, fd: u64, how: u64) -> Result<i64, i64> {

@@ -45,6 +45,23 @@ fn anon_flags(prot: u64) -> PageFlags {
     }
 }
 
+/// Reads a `struct timespec` as nanoseconds, refusing negative or malformed values.
+fn read_timespec(m: &dyn Machine, va: u64) -> Result<u64, i64> {
+    let mut ts = [0u8; 16];
+    m.read(va, &mut ts).map_err(|_| EFAULT)?;
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&ts[..8]);
+    let secs = i64::from_le_bytes(w);
+    w.copy_from_slice(&ts[8..]);
+    let nanos = i64::from_le_bytes(w);
+    if secs < 0 || !(0..1_000_000_000).contains(&nanos) {
+        return Err(EINVAL);
+    }
+    Ok((secs as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(nanos as u64))
+}
+
 /// Writes zeros over `[va, va+len)` of the app's memory.
 fn zero(m: &mut dyn Machine, va: u64, len: u64) -> Result<(), i64> {
     let zeros = vec![0u8; CHUNK.min(len as usize)];
@@ -508,18 +525,7 @@ impl Kernel {
     }
 
     fn nanosleep(&mut self, m: &mut dyn Machine, req: u64) -> Result<i64, i64> {
-        let mut ts = [0u8; 16];
-        m.read(req, &mut ts).map_err(|_| EFAULT)?;
-        let secs = i64::from_le_bytes(ts[..8].try_into().unwrap_or_default());
-        let nanos = i64::from_le_bytes(ts[8..].try_into().unwrap_or_default());
-        if secs < 0 || !(0..1_000_000_000).contains(&nanos) {
-            return Err(EINVAL);
-        }
-        m.sleep_ns(
-            (secs as u64)
-                .saturating_mul(1_000_000_000)
-                .saturating_add(nanos as u64),
-        );
+        m.sleep_ns(read_timespec(m, req)?);
         Ok(0)
     }
 
@@ -535,16 +541,7 @@ impl Kernel {
         if flags & TIMER_ABSTIME == 0 {
             return self.nanosleep(m, req);
         }
-        let mut ts = [0u8; 16];
-        m.read(req, &mut ts).map_err(|_| EFAULT)?;
-        let secs = i64::from_le_bytes(ts[..8].try_into().unwrap_or_default());
-        let nanos = i64::from_le_bytes(ts[8..].try_into().unwrap_or_default());
-        if secs < 0 || !(0..1_000_000_000).contains(&nanos) {
-            return Err(EINVAL);
-        }
-        let target = (secs as u64)
-            .saturating_mul(1_000_000_000)
-            .saturating_add(nanos as u64);
+        let target = read_timespec(m, req)?;
         let now = match clock {
             0 => m.realtime_ns(),
             1 | 7 => m.monotonic_ns(),
