@@ -137,6 +137,8 @@ pub struct Kernel {
     /// Working directory and the program's path, absolute paths in the root.
     pub(crate) cwd: Vec<u8>,
     pub(crate) exe: Vec<u8>,
+    /// The thread name (`comm`): the program's file name, up to 15 bytes.
+    comm: Vec<u8>,
     /// Signal dispositions (`struct kernel_sigaction`, 32 bytes each) and the blocked mask,
     /// recorded for the app; delivery comes with the process model.
     sigactions: [[u8; 32]; 64],
@@ -158,6 +160,13 @@ impl Kernel {
             fds: FdTable::default(),
             cwd: cwd.as_bytes().to_vec(),
             exe: exe.as_bytes().to_vec(),
+            comm: exe
+                .rsplit('/')
+                .next()
+                .unwrap_or(exe)
+                .bytes()
+                .take(15)
+                .collect(),
             sigactions: [[0; 32]; 64],
             sigmask: 0,
             brk_start: brk,
@@ -245,6 +254,7 @@ impl Kernel {
             102 | 104 | 107 | 108 => Ok(0), // getuid, getgid, geteuid, getegid: root inside
             110 => Ok(0),                   // getppid: the container's init has no parent inside
             111 => Ok(self.pid),            // getpgrp
+            157 => self.prctl(m, a0, a1),
             158 => self.arch_prctl(m, a0, a1),
             201 => self.time(m, a0),
             217 => self.getdents64(m, a0, a1, a2),
@@ -270,7 +280,9 @@ impl Kernel {
                 Err(ENOSYS)
             }
         };
-        SyscallOutcome::Return(r.unwrap_or_else(|e| -e))
+        let ret = r.unwrap_or_else(|e| -e);
+        tracing::trace!(name = crate::sysnames::name(call.nr), args = ?call.args, ret, "syscall");
+        SyscallOutcome::Return(ret)
     }
 
     fn brk(&mut self, m: &mut dyn Machine, want: u64) -> u64 {
@@ -414,6 +426,33 @@ impl Kernel {
         }
         m.write(buf, &u).map_err(|_| EFAULT)?;
         Ok(0)
+    }
+
+    /// prctl: the thread name (PR_SET_NAME/PR_GET_NAME) and the no-op flags apps set.
+    fn prctl(&mut self, m: &mut dyn Machine, option: u64, arg: u64) -> Result<i64, i64> {
+        const PR_SET_PDEATHSIG: u64 = 1;
+        const PR_SET_DUMPABLE: u64 = 4;
+        const PR_SET_NAME: u64 = 15;
+        const PR_GET_NAME: u64 = 16;
+        const PR_SET_NO_NEW_PRIVS: u64 = 38;
+        match option {
+            PR_SET_NAME => {
+                let mut name = [0u8; 16];
+                m.read(arg, &mut name).map_err(|_| EFAULT)?;
+                let end = name.iter().position(|&b| b == 0).unwrap_or(15).min(15);
+                self.comm = name[..end].to_vec();
+                Ok(0)
+            }
+            PR_GET_NAME => {
+                let mut name = [0u8; 16];
+                let n = self.comm.len().min(15);
+                name[..n].copy_from_slice(&self.comm[..n]);
+                m.write(arg, &name).map_err(|_| EFAULT)?;
+                Ok(0)
+            }
+            PR_SET_PDEATHSIG | PR_SET_DUMPABLE | PR_SET_NO_NEW_PRIVS => Ok(0),
+            _ => Err(EINVAL),
+        }
     }
 
     fn arch_prctl(&mut self, m: &mut dyn Machine, code: u64, addr: u64) -> Result<i64, i64> {
