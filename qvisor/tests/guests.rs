@@ -44,6 +44,7 @@ fn root() -> &'static Path {
             "head",
             "pwd",
             "sleep",
+            "wget",
         ] {
             std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
         }
@@ -632,4 +633,44 @@ fn a_guest_tcp_server_serves_a_kernel_client_through_qnet() {
         stderr(&o)
     );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn busybox_wget_in_the_guest_fetches_from_a_kernel_http_server() {
+    let ns = Netns::new("wget");
+    let www = std::env::temp_dir().join(format!("qvisor-www-{}", std::process::id()));
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "served by the kernel's python\n").unwrap();
+    // Bound to any address, so it listens before qvisor creates the TAP and its address.
+    let mut server = ns.sh(&format!(
+        "exec python3 -m http.server 8000 --bind 0.0.0.0 -d {} 2>/dev/null",
+        www.display()
+    ));
+    let mut up = false;
+    for _ in 0..100 {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &ns.0, "ss", "-Hltn", "sport = :8000"])
+            .output()
+            .unwrap();
+        if !o.stdout.is_empty() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(up, "python http.server did not start");
+    let opts = net_options(&ns);
+    let mut args: Vec<&str> = opts.iter().map(String::as_str).collect();
+    args.extend(["wget", "-O", "-", "http://10.66.0.1:8000/index.html"]);
+    let o = qvisor(&args);
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&www);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "served by the kernel's python\n",
+        "{}",
+        stderr(&o)
+    );
 }
