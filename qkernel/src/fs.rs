@@ -704,8 +704,9 @@ impl Kernel {
         }
     }
 
-    /// poll(2) over the descriptors served so far: files, devices and the console never block,
-    /// so each is ready for what it asks (sockets bring real readiness).
+    /// poll(2). Files, devices and the console never block, so each is ready for what it
+    /// asks; sockets report qnet's readiness, and the call waits (up to `timeout_ms`, negative
+    /// for ever) only when nothing is ready.
     pub(crate) fn poll(
         &mut self,
         m: &mut dyn Machine,
@@ -713,32 +714,70 @@ impl Kernel {
         nfds: u64,
         timeout_ms: i64,
     ) -> Result<i64, i64> {
+        const POLLIN: u16 = 0x1;
+        const POLLOUT: u16 = 0x4;
+        const POLLERR: u16 = 0x8;
+        const POLLHUP: u16 = 0x10;
         const POLLNVAL: u16 = 0x20;
-        const READY: u16 = 0x1 | 0x4 | 0x40 | 0x100; // POLLIN POLLOUT POLLRDNORM POLLWRNORM
+        const READY: u16 = POLLIN | POLLOUT | 0x40 | 0x100; // and POLLRDNORM POLLWRNORM
         if nfds > MAX_FDS as u64 {
             return Err(EINVAL);
         }
         let mut raw = vec![0u8; nfds as usize * 8];
         m.read(fds, &mut raw).map_err(|_| EFAULT)?;
-        let mut ready = 0;
-        for entry in raw.chunks_mut(8) {
-            let fd = i32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]);
-            let events = u16::from_le_bytes([entry[4], entry[5]]);
-            let revents = if fd < 0 {
-                0
-            } else if self.fds.get(fd as u64).is_err() {
-                POLLNVAL
-            } else {
-                events & READY
+        let entries: Vec<(i32, u16)> = raw
+            .chunks(8)
+            .map(|e| {
+                (
+                    i32::from_le_bytes([e[0], e[1], e[2], e[3]]),
+                    u16::from_le_bytes([e[4], e[5]]),
+                )
+            })
+            .collect();
+        let mut revents = vec![0u16; entries.len()];
+        let mut socks = Vec::new();
+        for (i, &(fd, events)) in entries.iter().enumerate() {
+            if fd < 0 {
+                continue;
+            }
+            revents[i] = match self.fds.kind(fd as u64) {
+                Err(_) => POLLNVAL,
+                Ok(FileKind::Socket(s)) => {
+                    socks.push((i, (*s, events & POLLIN != 0, events & POLLOUT != 0)));
+                    0
+                }
+                Ok(_) => events & READY,
             };
-            entry[6..8].copy_from_slice(&revents.to_le_bytes());
-            ready += (revents != 0) as i64;
         }
-        m.write(fds, &raw).map_err(|_| EFAULT)?;
-        if ready == 0 && timeout_ms > 0 {
+        let ready_now = revents.iter().any(|r| *r != 0);
+        if !socks.is_empty() {
+            let wait = if ready_now { 0 } else { timeout_ms };
+            let list: Vec<_> = socks.iter().map(|(_, s)| *s).collect();
+            let states = m.net_poll(&list, wait)?;
+            for ((i, (_, want_in, want_out)), st) in socks.iter().zip(states) {
+                let mut r = 0;
+                if st.readable && *want_in {
+                    r |= POLLIN;
+                }
+                if st.writable && *want_out {
+                    r |= POLLOUT;
+                }
+                if st.hangup {
+                    r |= POLLHUP;
+                }
+                if st.error {
+                    r |= POLLERR;
+                }
+                revents[*i] = r;
+            }
+        } else if !ready_now && timeout_ms > 0 {
             m.sleep_ns(timeout_ms as u64 * 1_000_000);
         }
-        Ok(ready)
+        for (entry, r) in raw.chunks_mut(8).zip(&revents) {
+            entry[6..8].copy_from_slice(&r.to_le_bytes());
+        }
+        m.write(fds, &raw).map_err(|_| EFAULT)?;
+        Ok(revents.iter().filter(|r| **r != 0).count() as i64)
     }
 
     pub(crate) fn ioctl(&mut self, fd: u64) -> Result<i64, i64> {

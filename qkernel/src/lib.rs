@@ -14,7 +14,7 @@ mod syscalls;
 pub mod sysnames;
 
 pub use elf::{load_static, ElfError, Loaded};
-pub use machine::{Fault, HostFile, Machine, PageFlags, RawStat, SocketId};
+pub use machine::{Fault, HostFile, Machine, PageFlags, RawStat, SocketId, SocketReady};
 pub use syscalls::{Kernel, SyscallArgs, SyscallOutcome};
 
 /// Linux errno values returned to the app (as `-errno`).

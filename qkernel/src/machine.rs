@@ -115,4 +115,22 @@ pub trait Machine {
         Err(9)
     }
     fn net_close(&mut self, _s: SocketId) {}
+    /// Waits until one of `socks` is ready for what it wants (`want_in`, `want_out`), or
+    /// `timeout_ms` passes (0: just look; negative: no limit). Returns each socket's state.
+    fn net_poll(
+        &mut self,
+        socks: &[(SocketId, bool, bool)],
+        _timeout_ms: i64,
+    ) -> Result<Vec<SocketReady>, i64> {
+        Ok(vec![SocketReady::default(); socks.len()])
+    }
+}
+
+/// What a socket is ready for (poll's view).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SocketReady {
+    pub readable: bool,
+    pub writable: bool,
+    pub hangup: bool,
+    pub error: bool,
 }

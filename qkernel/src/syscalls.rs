@@ -209,6 +209,12 @@ impl Kernel {
             5 => self.fstat(m, a0, a1),
             6 => self.fstatat(m, AT_FDCWD, a0, a1, 0x100),
             7 => self.poll(m, a0, a1, a2 as i32 as i64),
+            // ppoll: a timespec (NULL: no limit); the signal mask is not applied yet.
+            271 => match a2 {
+                0 => self.poll(m, a0, a1, -1),
+                ts => read_timespec(m, ts)
+                    .and_then(|ns| self.poll(m, a0, a1, (ns / 1_000_000) as i64)),
+            },
             8 => self.lseek(m, a0, a1, a2),
             9 => self.mmap(m, a0, a1, a2, a3, a4),
             10 => self.mprotect(m, a0, a1, a2),

@@ -9,9 +9,10 @@ use anyhow::Context;
 use qnet::phy::TapOptions;
 use qnet::runner::RunningStack;
 use qnet::{Ipv4Cidr, StackConfig};
-use qnet_client::{Client, TcpListener, TcpStream};
+use qnet_client::{poll, Client, Interest, TcpListener, TcpStream};
+use qnet_ring::{READY_ERR, READY_HUP, READY_IN, READY_OUT, READY_RDHUP};
 
-use qkernel::SocketId;
+use qkernel::{SocketId, SocketReady};
 
 const EAGAIN: i64 = 11;
 const EBADF: i64 = 9;
@@ -205,6 +206,72 @@ impl GuestNet {
             Sock::Stream(t) => t.local_addr().map_err(errno)?,
         };
         Ok(split(addr))
+    }
+
+    /// Waits (up to `timeout_ms`; negative: no limit) until a socket is ready for what it
+    /// wants, and reports every socket's state.
+    pub fn poll(
+        &mut self,
+        socks: &[(SocketId, bool, bool)],
+        timeout_ms: i64,
+    ) -> Result<Vec<SocketReady>, i64> {
+        // Slots to wait on; an unconnected socket is "writable and hung up" at once, as on Linux.
+        let mut slots = Vec::new();
+        let mut fresh = false;
+        for &(s, want_in, want_out) in socks {
+            let mut interest = READY_HUP | READY_ERR;
+            if want_in {
+                interest |= Interest::READABLE;
+            }
+            if want_out {
+                interest |= Interest::WRITABLE;
+            }
+            match self.get(s)? {
+                Sock::Stream(t) => slots.push((t.slot(), interest)),
+                Sock::Listener(l) => slots.push((l.slot(), interest)),
+                Sock::Fresh { .. } => {
+                    fresh = true;
+                    slots.push((u32::MAX, 0));
+                }
+            }
+        }
+        let timeout = if fresh {
+            Some(std::time::Duration::ZERO)
+        } else if timeout_ms < 0 {
+            None
+        } else {
+            Some(std::time::Duration::from_millis(timeout_ms as u64))
+        };
+        let live: Vec<(u32, u32)> = slots
+            .iter()
+            .copied()
+            .filter(|(s, _)| *s != u32::MAX)
+            .collect();
+        let bits = if live.is_empty() {
+            Vec::new()
+        } else {
+            poll(&self.client, &live, timeout).map_err(errno)?
+        };
+        let mut bits = bits.into_iter();
+        Ok(slots
+            .iter()
+            .map(|(slot, _)| {
+                if *slot == u32::MAX {
+                    return SocketReady {
+                        writable: true,
+                        hangup: true,
+                        ..Default::default()
+                    };
+                }
+                let b = bits.next().unwrap_or(0);
+                SocketReady {
+                    readable: b & (READY_IN | READY_RDHUP | READY_HUP | READY_ERR) != 0,
+                    writable: b & READY_OUT != 0,
+                    hangup: b & READY_HUP != 0,
+                    error: b & READY_ERR != 0,
+                }
+            })
+            .collect())
     }
 
     pub fn close(&mut self, s: SocketId) {

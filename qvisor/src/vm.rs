@@ -327,6 +327,13 @@ impl Machine for GuestMachine<'_> {
     fn net_name(&mut self, s: qkernel::SocketId, peer: bool) -> Result<(u32, u16), i64> {
         self.net()?.name(s, peer)
     }
+    fn net_poll(
+        &mut self,
+        socks: &[(qkernel::SocketId, bool, bool)],
+        timeout_ms: i64,
+    ) -> Result<Vec<qkernel::SocketReady>, i64> {
+        self.net()?.poll(socks, timeout_ms)
+    }
     fn net_close(&mut self, s: qkernel::SocketId) {
         if let Ok(n) = self.net() {
             n.close(s)

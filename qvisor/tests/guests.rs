@@ -674,3 +674,42 @@ fn busybox_wget_in_the_guest_fetches_from_a_kernel_http_server() {
         stderr(&o)
     );
 }
+
+#[test]
+fn poll_reports_socket_readiness_in_the_guest() {
+    let ns = Netns::new("poll");
+    let opts = net_options(&ns);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qvisor"))
+        .args(["exec", "--root"])
+        .arg(root())
+        .args(&opts)
+        .args(["/bin/tcp", "pollserver", "8082"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    for expect in ["idle poll: 0\n", "listening\n"] {
+        line.clear();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert_eq!(line, expect);
+    }
+    // Connect, wait, then send: the guest sees the connection, then data, through poll.
+    let client = ns.sh("(sleep 0.3; printf polled) | nc -q1 -w5 10.66.0.2 8082");
+    let reply = client.wait_with_output().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        rest,
+        "poll before accept: 1 POLLIN\nwritable: 1 POLLOUT\npoll before read: 1 POLLIN\n",
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&reply.stdout),
+        "pong to 10.66.0.1:polled"
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}

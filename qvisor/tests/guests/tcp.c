@@ -1,6 +1,8 @@
-/* TCP through the container's network: tcp client IP PORT | tcp server PORT */
+/* TCP through the container's network: tcp client IP PORT | tcp server PORT | tcp pollserver PORT
+ * (pollserver waits with poll(2) before accept and before read). */
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,19 +29,39 @@ int main(int argc, char **argv) {
     printf("reply: %s\n", buf);
     return close(s);
   }
-  if (argc == 3 && !strcmp(argv[1], "server")) {
+  if (argc == 3 && (!strcmp(argv[1], "server") || !strcmp(argv[1], "pollserver"))) {
+    int use_poll = !strcmp(argv[1], "pollserver");
     int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     int one = 1;
     setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     a.sin_port = htons(atoi(argv[2]));
     if (bind(l, (struct sockaddr *)&a, sizeof a)) return fail("bind");
     if (listen(l, 16)) return fail("listen");
+    if (use_poll) {
+      struct pollfd p = {.fd = l, .events = POLLIN};
+      printf("idle poll: %d\n", poll(&p, 1, 100));
+    }
     printf("listening\n");
     fflush(stdout);
+    if (use_poll) {
+      struct pollfd p = {.fd = l, .events = POLLIN};
+      int n = poll(&p, 1, 10000);
+      printf("poll before accept: %d %s\n", n, (p.revents & POLLIN) ? "POLLIN" : "-");
+    }
     struct sockaddr_in peer;
     socklen_t len = sizeof peer;
     int c = accept(l, (struct sockaddr *)&peer, &len);
     if (c < 0) return fail("accept");
+    if (use_poll) {
+      /* Writable at once (connected), readable only once the client's data arrives. */
+      struct pollfd w = {.fd = c, .events = POLLOUT};
+      int wn = poll(&w, 1, 0);
+      printf("writable: %d%s\n", wn, (w.revents & POLLOUT) ? " POLLOUT" : "");
+      struct pollfd p = {.fd = c, .events = POLLIN};
+      int k = poll(&p, 1, 10000);
+      printf("poll before read: %d%s\n", k, (p.revents & POLLIN) ? " POLLIN" : "");
+      fflush(stdout);
+    }
     ssize_t n = read(c, buf, sizeof buf - 1);
     if (n < 0) return fail("read");
     buf[n] = 0;
