@@ -37,6 +37,8 @@ pub enum FileKind {
     },
     /// A socket on the container's network stack.
     Socket(crate::machine::SocketId),
+    /// An epoll instance (an index into the kernel's epoll sets).
+    Epoll(u32),
 }
 
 #[derive(Debug, Clone)]
@@ -313,8 +315,19 @@ impl Kernel {
         match f.kind {
             FileKind::Host { file, .. } if !self.fds.shared(file) => m.fs_close(file),
             FileKind::Socket(s) if !self.fds.shares_socket(s) => m.net_close(s),
+            FileKind::Epoll(id)
+                if !self
+                    .fds
+                    .fds
+                    .iter()
+                    .flatten()
+                    .any(|f| f.kind == FileKind::Epoll(id)) =>
+            {
+                self.drop_epoll(id)
+            }
             _ => {}
         }
+        self.forget_in_epolls(fd as i32);
         Ok(0)
     }
 
@@ -345,6 +358,7 @@ impl Kernel {
             }
             FileKind::Host { file, .. } => m.fs_read(*file, buf, offset),
             FileKind::Socket(s) => m.net_recv(*s, buf, f.status_flags & O_NONBLOCK != 0),
+            FileKind::Epoll(_) => Err(EINVAL),
         }
     }
 
@@ -372,6 +386,7 @@ impl Kernel {
             FileKind::Null | FileKind::Zero | FileKind::Random => Ok(buf.len()),
             FileKind::Host { file, .. } => m.fs_write(*file, buf, offset),
             FileKind::Socket(s) => m.net_send(*s, buf, f.status_flags & O_NONBLOCK != 0),
+            FileKind::Epoll(_) => Err(EINVAL),
         }
     }
 
@@ -503,6 +518,11 @@ impl Kernel {
             FileKind::Socket(_) => {
                 let mut st = Self::char_device_stat(0);
                 st[24..28].copy_from_slice(&0o140777u32.to_le_bytes()); // S_IFSOCK
+                Ok(st)
+            }
+            FileKind::Epoll(_) => {
+                let mut st = Self::char_device_stat(0);
+                st[24..28].copy_from_slice(&0o000600u32.to_le_bytes()); // anonymous inode
                 Ok(st)
             }
         }
@@ -704,39 +724,25 @@ impl Kernel {
         }
     }
 
-    /// poll(2). Files, devices and the console never block, so each is ready for what it
-    /// asks; sockets report qnet's readiness, and the call waits (up to `timeout_ms`, negative
-    /// for ever) only when nothing is ready.
-    pub(crate) fn poll(
+    /// The readiness of `(fd, events)` pairs in poll(2) bits. Files, devices and the console
+    /// never block, so each is ready for what it asks; sockets report qnet's readiness. Waits
+    /// (up to `timeout_ms`, negative for ever) only when nothing is ready. A negative fd is
+    /// skipped (0); a bad one is POLLNVAL.
+    pub(crate) fn readiness(
         &mut self,
         m: &mut dyn Machine,
-        fds: u64,
-        nfds: u64,
+        items: &[(i32, u16)],
         timeout_ms: i64,
-    ) -> Result<i64, i64> {
+    ) -> Result<Vec<u16>, i64> {
         const POLLIN: u16 = 0x1;
         const POLLOUT: u16 = 0x4;
         const POLLERR: u16 = 0x8;
         const POLLHUP: u16 = 0x10;
         const POLLNVAL: u16 = 0x20;
         const READY: u16 = POLLIN | POLLOUT | 0x40 | 0x100; // and POLLRDNORM POLLWRNORM
-        if nfds > MAX_FDS as u64 {
-            return Err(EINVAL);
-        }
-        let mut raw = vec![0u8; nfds as usize * 8];
-        m.read(fds, &mut raw).map_err(|_| EFAULT)?;
-        let entries: Vec<(i32, u16)> = raw
-            .chunks(8)
-            .map(|e| {
-                (
-                    i32::from_le_bytes([e[0], e[1], e[2], e[3]]),
-                    u16::from_le_bytes([e[4], e[5]]),
-                )
-            })
-            .collect();
-        let mut revents = vec![0u16; entries.len()];
+        let mut revents = vec![0u16; items.len()];
         let mut socks = Vec::new();
-        for (i, &(fd, events)) in entries.iter().enumerate() {
+        for (i, &(fd, events)) in items.iter().enumerate() {
             if fd < 0 {
                 continue;
             }
@@ -746,6 +752,7 @@ impl Kernel {
                     socks.push((i, (*s, events & POLLIN != 0, events & POLLOUT != 0)));
                     0
                 }
+                Ok(FileKind::Epoll(_)) => 0, // nested epoll sets report nothing yet
                 Ok(_) => events & READY,
             };
         }
@@ -773,6 +780,32 @@ impl Kernel {
         } else if !ready_now && timeout_ms > 0 {
             m.sleep_ns(timeout_ms as u64 * 1_000_000);
         }
+        Ok(revents)
+    }
+
+    /// poll(2) over the app's `struct pollfd` array.
+    pub(crate) fn poll(
+        &mut self,
+        m: &mut dyn Machine,
+        fds: u64,
+        nfds: u64,
+        timeout_ms: i64,
+    ) -> Result<i64, i64> {
+        if nfds > MAX_FDS as u64 {
+            return Err(EINVAL);
+        }
+        let mut raw = vec![0u8; nfds as usize * 8];
+        m.read(fds, &mut raw).map_err(|_| EFAULT)?;
+        let items: Vec<(i32, u16)> = raw
+            .chunks(8)
+            .map(|e| {
+                (
+                    i32::from_le_bytes([e[0], e[1], e[2], e[3]]),
+                    u16::from_le_bytes([e[4], e[5]]),
+                )
+            })
+            .collect();
+        let revents = self.readiness(m, &items, timeout_ms)?;
         for (entry, r) in raw.chunks_mut(8).zip(&revents) {
             entry[6..8].copy_from_slice(&r.to_le_bytes());
         }

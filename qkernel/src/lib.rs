@@ -7,6 +7,7 @@
 //! of gVisor's Sentry.
 
 mod elf;
+mod epoll;
 mod fs;
 mod machine;
 mod net;

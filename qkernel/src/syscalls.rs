@@ -134,6 +134,7 @@ impl AddressSpace {
 #[derive(Debug)]
 pub struct Kernel {
     pub(crate) fds: FdTable,
+    pub(crate) epolls: Vec<Option<crate::epoll::EpollSet>>,
     /// Working directory and the program's path, absolute paths in the root.
     pub(crate) cwd: Vec<u8>,
     pub(crate) exe: Vec<u8>,
@@ -158,6 +159,7 @@ impl Kernel {
     pub fn new(brk: u64, exe: &str, cwd: &str) -> Self {
         Kernel {
             fds: FdTable::default(),
+            epolls: Vec::new(),
             cwd: cwd.as_bytes().to_vec(),
             exe: exe.as_bytes().to_vec(),
             comm: exe
@@ -247,6 +249,10 @@ impl Kernel {
             54 => self.setsockopt(a0),
             55 => self.getsockopt(m, a0, a3, a4),
             288 => self.accept(m, a0, a1, a2, a3),
+            213 => self.epoll_create(0),
+            291 => self.epoll_create(a0),
+            233 => self.epoll_ctl(m, a0, a1, a2, a3),
+            232 | 281 => self.epoll_wait(m, a0, a1, a2, a3 as i32 as i64),
             60 | 231 => return SyscallOutcome::Exit((a0 & 0xff) as i32),
             63 => self.uname(m, a0),
             72 => self.fcntl(a0, a1, a2),

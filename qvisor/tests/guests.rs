@@ -56,6 +56,7 @@ fn root() -> &'static Path {
             ("faults", "faults", "-static"),
             ("syscalls", "syscalls", "-static"),
             ("tcp", "tcp", "-static"),
+            ("epoll", "epoll", "-static"),
         ] {
             let out = Command::new("gcc")
                 .args([flag, "-O1", "-o"])
@@ -712,4 +713,52 @@ fn poll_reports_socket_readiness_in_the_guest() {
         "pong to 10.66.0.1:polled"
     );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn an_epoll_server_in_the_guest_serves_many_kernel_clients_at_once() {
+    let ns = Netns::new("epoll");
+    let opts = net_options(&ns);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qvisor"))
+        .args(["exec", "--root"])
+        .arg(root())
+        .args(&opts)
+        .args(["/bin/epoll", "8083", "50"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line, "listening\n");
+    // 50 clients connect first, then each sends and reads its own echo.
+    let clients = r#"
+import socket
+socks = [socket.create_connection(("10.66.0.2", 8083), timeout=10) for _ in range(50)]
+ok = 0
+for i, s in enumerate(socks):
+    msg = b"client %d " % i * 20
+    s.sendall(msg)
+    got = b""
+    while len(got) < len(msg):
+        got += s.recv(65536)
+    ok += got == msg
+for s in socks:
+    s.close()
+print(ok)
+"#;
+    let py = ns.sh(&format!("python3 -c '{clients}'"));
+    let res = py.wait_with_output().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&res.stdout).trim(),
+        "50",
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(rest, "served 50\n", "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(0));
 }
