@@ -1,5 +1,6 @@
 /* TCP through the container's network: tcp client IP PORT | tcp server PORT | tcp pollserver PORT
- * (pollserver waits with poll(2) before accept and before read). */
+ * (pollserver waits with poll(2) before accept and before read) | tcp send IP PORT MIB (streams
+ * MIB mebibytes and prints the rate). */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -7,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 static int fail(const char *what) { perror(what); return 1; }
@@ -28,6 +30,28 @@ int main(int argc, char **argv) {
     buf[got] = 0;
     printf("reply: %s\n", buf);
     return close(s);
+  }
+  if (argc == 5 && !strcmp(argv[1], "send")) {
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    a.sin_port = htons(atoi(argv[3]));
+    a.sin_addr.s_addr = inet_addr(argv[2]);
+    if (connect(s, (struct sockaddr *)&a, sizeof a)) return fail("connect");
+    static char chunk[1 << 16];
+    memset(chunk, 'q', sizeof chunk);
+    long total = atol(argv[4]) << 20, sent = 0;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    while (sent < total) {
+      ssize_t n = write(s, chunk, sizeof chunk);
+      if (n <= 0) return fail("write");
+      sent += n;
+    }
+    shutdown(s, SHUT_WR);
+    while (read(s, chunk, sizeof chunk) > 0) {}
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double secs = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+    printf("sent %ld bytes in %.3f s: %.2f Gbit/s\n", sent, secs, sent * 8 / secs / 1e9);
+    return 0;
   }
   if (argc == 3 && (!strcmp(argv[1], "server") || !strcmp(argv[1], "pollserver"))) {
     int use_poll = !strcmp(argv[1], "pollserver");
