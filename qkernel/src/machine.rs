@@ -114,6 +114,26 @@ pub trait Machine {
     fn net_name(&mut self, _s: SocketId, _peer: bool) -> Result<(u32, u16), i64> {
         Err(9)
     }
+    /// Sends one datagram to `ip:port` (or, on a stream, sends bytes and ignores the address).
+    fn net_sendto(
+        &mut self,
+        _s: SocketId,
+        _buf: &[u8],
+        _ip: u32,
+        _port: u16,
+        _nonblocking: bool,
+    ) -> Result<usize, i64> {
+        Err(9)
+    }
+    /// Receives (one datagram) and says where it came from (a stream's peer).
+    fn net_recvfrom(
+        &mut self,
+        _s: SocketId,
+        _buf: &mut [u8],
+        _nonblocking: bool,
+    ) -> Result<(usize, u32, u16), i64> {
+        Err(9)
+    }
     fn net_close(&mut self, _s: SocketId) {}
     /// Waits until one of `socks` is ready for what it wants (`want_in`, `want_out`), or
     /// `timeout_ms` passes (0: just look; negative: no limit). Returns each socket's state.

@@ -9,6 +9,9 @@ use crate::syscalls::Kernel;
 
 const AF_INET: u16 = 2;
 const SOCK_STREAM: u64 = 1;
+const SOCK_DGRAM: u64 = 2;
+/// Largest datagram or chunk moved per call.
+const CHUNK: usize = 64 << 10;
 const SOCK_NONBLOCK: u64 = 0o4000;
 const SOCK_CLOEXEC: u64 = 0o2000000;
 const EAFNOSUPPORT: i64 = 97;
@@ -67,10 +70,12 @@ impl Kernel {
         if domain != AF_INET as u64 {
             return Err(EAFNOSUPPORT);
         }
-        if ty & 0xf != SOCK_STREAM {
-            return Err(ESOCKTNOSUPPORT); // datagram sockets come next
-        }
-        let s = m.net_socket(true)?;
+        let stream = match ty & 0xf {
+            SOCK_STREAM => true,
+            SOCK_DGRAM => false,
+            _ => return Err(ESOCKTNOSUPPORT),
+        };
+        let s = m.net_socket(stream)?;
         let flags = 2 | if ty & SOCK_NONBLOCK != 0 { 0o4000 } else { 0 };
         self.fds
             .install_kind(FileKind::Socket(s), flags, ty & SOCK_CLOEXEC != 0)
@@ -165,7 +170,7 @@ impl Kernel {
         Ok(0)
     }
 
-    /// recvfrom: a stream's source is its peer.
+    /// recvfrom: the source is the datagram's sender (a stream's peer).
     pub(crate) fn recvfrom(
         &mut self,
         m: &mut dyn Machine,
@@ -175,14 +180,35 @@ impl Kernel {
         src: u64,
         srclen: u64,
     ) -> Result<i64, i64> {
-        self.socket_of(fd)?;
-        let n = self.read(m, fd, buf, len, None)?;
+        let (s, nonblocking) = self.socket_of(fd)?;
+        let mut tmp = vec![0u8; (len as usize).min(CHUNK)];
+        let (n, ip, port) = m.net_recvfrom(s, &mut tmp, nonblocking)?;
+        m.write(buf, &tmp[..n]).map_err(|_| EFAULT)?;
         if src != 0 {
-            let (s, _) = self.socket_of(fd)?;
-            let (ip, port) = m.net_name(s, true)?;
             write_sockaddr(m, src, srclen, ip, port)?;
         }
-        Ok(n)
+        Ok(n as i64)
+    }
+
+    /// sendto: to `dest` for a datagram socket; without one, like write.
+    pub(crate) fn sendto(
+        &mut self,
+        m: &mut dyn Machine,
+        fd: u64,
+        buf: u64,
+        len: u64,
+        dest: u64,
+        dlen: u64,
+    ) -> Result<i64, i64> {
+        if dest == 0 {
+            return self.write(m, fd, buf, len, None);
+        }
+        let (s, nonblocking) = self.socket_of(fd)?;
+        let (ip, port) = read_sockaddr(m, dest, dlen)?;
+        let mut tmp = vec![0u8; (len as usize).min(CHUNK)];
+        m.read(buf, &mut tmp).map_err(|_| EFAULT)?;
+        m.net_sendto(s, &tmp, ip, port, nonblocking)
+            .map(|n| n as i64)
     }
 
     /// setsockopt: the options apps set on TCP sockets are accepted (qnet's defaults hold).

@@ -239,7 +239,7 @@ impl Kernel {
             41 => self.socket(m, a0, a1),
             42 => self.connect(m, a0, a1, a2),
             43 => self.accept(m, a0, a1, a2, 0),
-            44 => self.write(m, a0, a1, a2, None), // sendto on a connected stream
+            44 => self.sendto(m, a0, a1, a2, a4, a5),
             45 => self.recvfrom(m, a0, a1, a2, a4, a5),
             48 => self.shutdown(m, a0, a1),
             49 => self.bind(m, a0, a1, a2),

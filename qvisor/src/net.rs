@@ -9,7 +9,7 @@ use anyhow::Context;
 use qnet::phy::TapOptions;
 use qnet::runner::RunningStack;
 use qnet::{Ipv4Cidr, StackConfig};
-use qnet_client::{poll, Client, Interest, TcpListener, TcpStream};
+use qnet_client::{poll, Client, Interest, TcpListener, TcpStream, UdpSocket};
 use qnet_ring::{READY_ERR, READY_HUP, READY_IN, READY_OUT, READY_RDHUP};
 
 use qkernel::{SocketId, SocketReady};
@@ -37,9 +37,14 @@ pub struct NetConfig {
 }
 
 enum Sock {
-    Fresh { bound: Option<SocketAddr> },
+    Fresh {
+        bound: Option<SocketAddr>,
+    },
     Stream(TcpStream),
     Listener(TcpListener),
+    /// A datagram socket not yet bound (bound on bind, connect or the first send).
+    FreshDgram,
+    Dgram(UdpSocket),
 }
 
 pub struct GuestNet {
@@ -114,11 +119,65 @@ impl GuestNet {
         Ok(i as SocketId)
     }
 
-    pub fn socket(&mut self) -> Result<SocketId, i64> {
-        self.insert(Sock::Fresh { bound: None })
+    pub fn socket(&mut self, stream: bool) -> Result<SocketId, i64> {
+        self.insert(if stream {
+            Sock::Fresh { bound: None }
+        } else {
+            Sock::FreshDgram
+        })
+    }
+
+    /// The datagram socket behind `s`, bound to `at` (any port) if it was not yet.
+    fn dgram(&mut self, s: SocketId, at: SocketAddr) -> Result<&mut UdpSocket, i64> {
+        let client = self.client.clone();
+        let sock = self.get(s)?;
+        if let Sock::FreshDgram = sock {
+            *sock = Sock::Dgram(UdpSocket::bind(&client, at).map_err(errno)?);
+        }
+        match sock {
+            Sock::Dgram(u) => Ok(u),
+            _ => Err(EINVAL),
+        }
+    }
+
+    pub fn sendto(
+        &mut self,
+        s: SocketId,
+        buf: &[u8],
+        ip: u32,
+        port: u16,
+        nonblocking: bool,
+    ) -> Result<usize, i64> {
+        if let Sock::Stream(_) = self.get(s)? {
+            return self.send(s, buf, nonblocking);
+        }
+        let u = self.dgram(s, v4(0, 0))?;
+        u.set_nonblocking(nonblocking).map_err(errno)?;
+        u.send_to(buf, v4(ip, port)).map_err(errno)
+    }
+
+    pub fn recvfrom(
+        &mut self,
+        s: SocketId,
+        buf: &mut [u8],
+        nonblocking: bool,
+    ) -> Result<(usize, u32, u16), i64> {
+        if let Sock::Stream(_) = self.get(s)? {
+            let n = self.recv(s, buf, nonblocking)?;
+            let (ip, port) = self.name(s, true)?;
+            return Ok((n, ip, port));
+        }
+        let u = self.dgram(s, v4(0, 0))?;
+        u.set_nonblocking(nonblocking).map_err(errno)?;
+        let (n, from) = u.recv_from(buf).map_err(errno)?;
+        let (ip, port) = split(from);
+        Ok((n, ip, port))
     }
 
     pub fn bind(&mut self, s: SocketId, ip: u32, port: u16) -> Result<(), i64> {
+        if let Sock::FreshDgram = self.get(s)? {
+            return self.dgram(s, v4(ip, port)).map(|_| ());
+        }
         match self.get(s)? {
             Sock::Fresh { bound } if bound.is_none() => {
                 *bound = Some(v4(ip, port));
@@ -163,6 +222,10 @@ impl GuestNet {
             }
             Sock::Stream(_) => Err(106), // EISCONN
             Sock::Listener(_) => Err(EINVAL),
+            Sock::FreshDgram | Sock::Dgram(_) => {
+                let u = self.dgram(s, v4(0, 0))?;
+                u.connect(v4(ip, port)).map_err(errno)
+            }
         }
     }
 
@@ -170,17 +233,25 @@ impl GuestNet {
         match self.get(s)? {
             Sock::Stream(t) => Ok(t),
             Sock::Listener(_) => Err(EOPNOTSUPP),
-            Sock::Fresh { .. } => Err(ENOTCONN),
+            _ => Err(ENOTCONN),
         }
     }
 
     pub fn send(&mut self, s: SocketId, buf: &[u8], nonblocking: bool) -> Result<usize, i64> {
+        if let Sock::Dgram(u) = self.get(s)? {
+            u.set_nonblocking(nonblocking).map_err(errno)?;
+            return u.send(buf).map_err(errno);
+        }
         let t = self.stream(s)?;
         t.set_nonblocking(nonblocking).map_err(errno)?;
         t.write(buf).map_err(errno)
     }
 
     pub fn recv(&mut self, s: SocketId, buf: &mut [u8], nonblocking: bool) -> Result<usize, i64> {
+        if let Sock::Dgram(u) = self.get(s)? {
+            u.set_nonblocking(nonblocking).map_err(errno)?;
+            return u.recv(buf).map_err(errno);
+        }
         let t = self.stream(s)?;
         t.set_nonblocking(nonblocking).map_err(errno)?;
         t.read(buf).map_err(errno)
@@ -204,6 +275,10 @@ impl GuestNet {
             Sock::Listener(_) => return Err(ENOTCONN),
             Sock::Stream(t) if peer => t.peer_addr().map_err(errno)?,
             Sock::Stream(t) => t.local_addr().map_err(errno)?,
+            Sock::FreshDgram if !peer => v4(0, 0),
+            Sock::FreshDgram => return Err(ENOTCONN),
+            Sock::Dgram(u) if peer => u.peer_addr().map_err(errno)?,
+            Sock::Dgram(u) => u.local_addr().map_err(errno)?,
         };
         Ok(split(addr))
     }
@@ -229,7 +304,8 @@ impl GuestNet {
             match self.get(s)? {
                 Sock::Stream(t) => slots.push((t.slot(), interest)),
                 Sock::Listener(l) => slots.push((l.slot(), interest)),
-                Sock::Fresh { .. } => {
+                Sock::Dgram(u) => slots.push((u.slot(), interest)),
+                Sock::Fresh { .. } | Sock::FreshDgram => {
                     fresh = true;
                     slots.push((u32::MAX, 0));
                 }

@@ -284,10 +284,25 @@ impl Machine for GuestMachine<'_> {
         self.rootfs.readlink(path)
     }
     fn net_socket(&mut self, stream: bool) -> Result<qkernel::SocketId, i64> {
-        if !stream {
-            return Err(94);
-        }
-        self.net()?.socket()
+        self.net()?.socket(stream)
+    }
+    fn net_sendto(
+        &mut self,
+        s: qkernel::SocketId,
+        buf: &[u8],
+        ip: u32,
+        port: u16,
+        nonblocking: bool,
+    ) -> Result<usize, i64> {
+        self.net()?.sendto(s, buf, ip, port, nonblocking)
+    }
+    fn net_recvfrom(
+        &mut self,
+        s: qkernel::SocketId,
+        buf: &mut [u8],
+        nonblocking: bool,
+    ) -> Result<(usize, u32, u16), i64> {
+        self.net()?.recvfrom(s, buf, nonblocking)
     }
     fn net_bind(&mut self, s: qkernel::SocketId, ip: u32, port: u16) -> Result<(), i64> {
         self.net()?.bind(s, ip, port)

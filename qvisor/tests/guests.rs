@@ -57,6 +57,7 @@ fn root() -> &'static Path {
             ("syscalls", "syscalls", "-static"),
             ("tcp", "tcp", "-static"),
             ("epoll", "epoll", "-static"),
+            ("udp", "udp", "-static"),
         ] {
             let out = Command::new("gcc")
                 .args([flag, "-O1", "-o"])
@@ -761,4 +762,71 @@ print(ok)
     );
     assert_eq!(rest, "served 50\n", "{}", stderr(&o));
     assert_eq!(o.status.code(), Some(0));
+}
+
+#[test]
+fn udp_both_ways_between_the_guest_and_the_kernel() {
+    let ns = Netns::new("udp");
+    let opts = net_options(&ns);
+    // Guest echo server, kernel client.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qvisor"))
+        .args(["exec", "--root"])
+        .arg(root())
+        .args(&opts)
+        .args(["/bin/udp", "echo", "5300", "3"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "bound\n");
+    let client = r#"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+ok = 0
+for i in range(3):
+    msg = b"datagram %d" % i
+    s.sendto(msg, ("10.66.0.2", 5300))
+    ok += s.recvfrom(100)[0] == msg
+print(ok)
+"#;
+    let out = ns
+        .sh(&format!("python3 -c '{client}'"))
+        .wait_with_output()
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "3",
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+
+    // Kernel echo server (bound to any address, so it exists before the TAP), guest client.
+    let server = r#"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 5301))
+d, a = s.recvfrom(100)
+s.sendto(d.upper(), a)
+"#;
+    let mut py = ns.sh(&format!("python3 -c '{server}'"));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut args: Vec<&str> = opts.iter().map(String::as_str).collect();
+    args.extend(["/bin/udp", "ask", "10.66.0.1", "5301"]);
+    let o = qvisor(&args);
+    let _ = py.wait();
+    assert_eq!(
+        stdout(&o),
+        "QUESTION FROM THE GUEST from 10.66.0.1:5301\n",
+        "{}",
+        stderr(&o)
+    );
 }

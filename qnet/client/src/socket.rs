@@ -593,6 +593,10 @@ impl UdpSocket {
     pub fn take_error(&self) -> io::Result<Option<io::Error>> {
         self.slot.take_error()
     }
+
+    pub fn slot(&self) -> u32 {
+        self.slot.idx
+    }
 }
 
 /// Readiness interests for [`poll`], the ring's `READY_*` bits.
