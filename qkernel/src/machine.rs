@@ -93,8 +93,20 @@ pub trait Machine {
     ) -> Result<(SocketId, u32, u16), i64> {
         Err(9)
     }
-    fn net_connect(&mut self, _s: SocketId, _ip: u32, _port: u16) -> Result<(), i64> {
+    /// Connects; a non-blocking stream answers EINPROGRESS and finishes in the background
+    /// (POLLOUT or POLLERR, then `net_take_error`).
+    fn net_connect(
+        &mut self,
+        _s: SocketId,
+        _ip: u32,
+        _port: u16,
+        _nonblocking: bool,
+    ) -> Result<(), i64> {
         Err(9)
+    }
+    /// SO_ERROR: the pending error (0 for none), cleared by reading it.
+    fn net_take_error(&mut self, _s: SocketId) -> Result<i64, i64> {
+        Ok(0)
     }
     fn net_send(&mut self, _s: SocketId, _buf: &[u8], _nonblocking: bool) -> Result<usize, i64> {
         Err(9)

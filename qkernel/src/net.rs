@@ -146,8 +146,9 @@ impl Kernel {
         addr: u64,
         len: u64,
     ) -> Result<i64, i64> {
+        let nonblocking = self.fds.nonblocking(fd);
         self.with_sockaddr(m, fd, addr, len, |m, s, ip, port| {
-            m.net_connect(s, ip, port)
+            m.net_connect(s, ip, port, nonblocking)
         })
     }
 
@@ -216,17 +217,26 @@ impl Kernel {
         self.socket_of(fd).map(|_| 0)
     }
 
-    /// getsockopt: SO_ERROR and the boolean options read as 0.
+    /// getsockopt: SO_ERROR from the stack; the other options read as 0.
     pub(crate) fn getsockopt(
         &mut self,
         m: &mut dyn Machine,
         fd: u64,
+        level: u64,
+        name: u64,
         val: u64,
         lenp: u64,
     ) -> Result<i64, i64> {
-        self.socket_of(fd)?;
+        const SOL_SOCKET: u64 = 1;
+        const SO_ERROR: u64 = 4;
+        let (s, _) = self.socket_of(fd)?;
+        let value = if level == SOL_SOCKET && name == SO_ERROR {
+            m.net_take_error(s)? as u32
+        } else {
+            0
+        };
         if val != 0 {
-            m.write(val, &0u32.to_le_bytes()).map_err(|_| EFAULT)?;
+            m.write(val, &value.to_le_bytes()).map_err(|_| EFAULT)?;
             m.write(lenp, &4u32.to_le_bytes()).map_err(|_| EFAULT)?;
         }
         Ok(0)

@@ -247,7 +247,7 @@ impl Kernel {
             51 => self.sockname(m, a0, a1, a2, false),
             52 => self.sockname(m, a0, a1, a2, true),
             54 => self.setsockopt(a0),
-            55 => self.getsockopt(m, a0, a3, a4),
+            55 => self.getsockopt(m, a0, a1, a2, a3, a4),
             288 => self.accept(m, a0, a1, a2, a3),
             213 => self.epoll_create(0),
             291 => self.epoll_create(a0),

@@ -211,10 +211,22 @@ impl GuestNet {
         Ok((self.insert(Sock::Stream(stream))?, ip, port))
     }
 
-    pub fn connect(&mut self, s: SocketId, ip: u32, port: u16) -> Result<(), i64> {
+    pub fn connect(
+        &mut self,
+        s: SocketId,
+        ip: u32,
+        port: u16,
+        nonblocking: bool,
+    ) -> Result<(), i64> {
+        const EINPROGRESS: i64 = 115;
         let client = self.client.clone();
         let sock = self.get(s)?;
         match sock {
+            Sock::Fresh { .. } if nonblocking => {
+                let stream = TcpStream::start_connect(&client, v4(ip, port)).map_err(errno)?;
+                *sock = Sock::Stream(stream);
+                Err(EINPROGRESS)
+            }
             Sock::Fresh { .. } => {
                 let stream = TcpStream::connect(&client, v4(ip, port)).map_err(errno)?;
                 *sock = Sock::Stream(stream);
@@ -281,6 +293,15 @@ impl GuestNet {
             Sock::Dgram(u) => u.local_addr().map_err(errno)?,
         };
         Ok(split(addr))
+    }
+
+    /// SO_ERROR of a stream (0 for others or none).
+    pub fn take_error(&mut self, s: SocketId) -> Result<i64, i64> {
+        match self.get(s)? {
+            Sock::Stream(t) => Ok(t.take_error().map_err(errno)?.map_or(0, errno)),
+            Sock::Dgram(u) => Ok(u.take_error().map_err(errno)?.map_or(0, errno)),
+            _ => Ok(0),
+        }
     }
 
     /// Waits (up to `timeout_ms`; negative: no limit) until a socket is ready for what it

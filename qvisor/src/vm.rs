@@ -317,8 +317,17 @@ impl Machine for GuestMachine<'_> {
     ) -> Result<(qkernel::SocketId, u32, u16), i64> {
         self.net()?.accept(s, nonblocking)
     }
-    fn net_connect(&mut self, s: qkernel::SocketId, ip: u32, port: u16) -> Result<(), i64> {
-        self.net()?.connect(s, ip, port)
+    fn net_connect(
+        &mut self,
+        s: qkernel::SocketId,
+        ip: u32,
+        port: u16,
+        nonblocking: bool,
+    ) -> Result<(), i64> {
+        self.net()?.connect(s, ip, port, nonblocking)
+    }
+    fn net_take_error(&mut self, s: qkernel::SocketId) -> Result<i64, i64> {
+        self.net()?.take_error(s)
     }
     fn net_send(
         &mut self,

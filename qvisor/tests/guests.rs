@@ -830,3 +830,34 @@ s.sendto(d.upper(), a)
         stderr(&o)
     );
 }
+
+#[test]
+fn non_blocking_connect_reports_through_poll_and_so_error() {
+    let ns = Netns::new("nbc");
+    // A listener on any address for the success case; nothing on port 1 for the refusal.
+    let mut server = ns.sh("exec python3 -c 'import socket,time; l=socket.socket(); l.bind((\"0.0.0.0\", 7400)); l.listen(); time.sleep(10)'");
+    std::thread::sleep(Duration::from_millis(300));
+    let opts = net_options(&ns);
+    let run = |port: &str| {
+        let mut args: Vec<&str> = opts.iter().map(String::as_str).collect();
+        args.extend(["/bin/tcp", "nbconnect", "10.66.0.1", port]);
+        qvisor(&args)
+    };
+    let ok = run("7400");
+    let refused = run("1");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(
+        stdout(&ok),
+        "connect EINPROGRESS, poll 1 POLLOUT, SO_ERROR 0\n",
+        "{}",
+        stderr(&ok)
+    );
+    assert_eq!(
+        stdout(&refused),
+        // Linux too reports a failed connect as writable with an error.
+        "connect EINPROGRESS, poll 1 POLLOUT POLLERR/HUP, SO_ERROR Connection refused\n",
+        "{}",
+        stderr(&refused)
+    );
+}

@@ -27,24 +27,24 @@ pub const VNET_HDR_LEN: usize = 10;
 
 #[derive(Debug, Error)]
 pub enum TapError {
-    #[error("network namespace {name:?} not found ({path}): {source}")]
+    #[error("network namespace {name:?} not found ({path})")]
     NoNamespace {
         name: String,
         path: String,
         source: io::Error,
     },
-    #[error("entering network namespace {name:?}: {source}")]
+    #[error("entering network namespace {name:?}")]
     Setns { name: String, source: io::Error },
     #[error("interface name {0:?} is invalid (1-15 bytes, no '/' or whitespace)")]
     BadName(String),
-    #[error("{what} on TAP {name}: {source}")]
+    #[error("{what} on TAP {name}")]
     Ioctl {
         what: &'static str,
         name: String,
         source: io::Error,
     },
-    #[error("opening /dev/net/tun: {0}")]
-    OpenTun(io::Error),
+    #[error("opening /dev/net/tun")]
+    OpenTun(#[source] io::Error),
 }
 
 /// How to create the TAP.
@@ -174,7 +174,18 @@ impl Tap {
             .map_err(TapError::OpenTun)?;
         let mut req = IfReq::new(&opts.name);
         req.set_short(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR);
-        ioctl(&tun, TUNSETIFF, &mut req as *mut _ as *mut _).map_err(err("TUNSETIFF"))?;
+        // A TAP of the same name whose last user just exited is torn down asynchronously and
+        // reports EBUSY meanwhile: wait for it a little.
+        let mut tries = 0;
+        loop {
+            match ioctl(&tun, TUNSETIFF, &mut req as *mut _ as *mut _) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                r => break r.map_err(err("TUNSETIFF"))?,
+            }
+        }
         let mut hdr_len = VNET_HDR_LEN as libc::c_int;
         ioctl(&tun, TUNSETVNETHDRSZ, &mut hdr_len as *mut _ as *mut _)
             .map_err(err("TUNSETVNETHDRSZ"))?;

@@ -1,7 +1,9 @@
 /* TCP through the container's network: tcp client IP PORT | tcp server PORT | tcp pollserver PORT
  * (pollserver waits with poll(2) before accept and before read) | tcp send IP PORT MIB (streams
- * MIB mebibytes and prints the rate). */
+ * MIB mebibytes and prints the rate) | tcp nbconnect IP PORT (non-blocking connect: prints the
+ * connect errno, what poll saw and SO_ERROR). */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdio.h>
@@ -30,6 +32,22 @@ int main(int argc, char **argv) {
     buf[got] = 0;
     printf("reply: %s\n", buf);
     return close(s);
+  }
+  if (argc == 4 && !strcmp(argv[1], "nbconnect")) {
+    int s = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    a.sin_port = htons(atoi(argv[3]));
+    a.sin_addr.s_addr = inet_addr(argv[2]);
+    int r = connect(s, (struct sockaddr *)&a, sizeof a);
+    int e = r ? errno : 0;
+    struct pollfd p = {.fd = s, .events = POLLOUT};
+    int n = poll(&p, 1, 5000);
+    int err = -1;
+    socklen_t len = sizeof err;
+    getsockopt(s, SOL_SOCKET, SO_ERROR, &err, &len);
+    printf("connect %s, poll %d%s%s, SO_ERROR %s\n", e == EINPROGRESS ? "EINPROGRESS" : strerror(e), n,
+           (p.revents & POLLOUT) ? " POLLOUT" : "", (p.revents & (POLLERR | POLLHUP)) ? " POLLERR/HUP" : "",
+           err ? strerror(err) : "0");
+    return 0;
   }
   if (argc == 5 && !strcmp(argv[1], "send")) {
     int s = socket(AF_INET, SOCK_STREAM, 0);
