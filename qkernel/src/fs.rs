@@ -783,6 +783,61 @@ impl Kernel {
         Ok(revents)
     }
 
+    /// select(2)/pselect6(2): fd_set bitmaps (read, write, except) over the same readiness.
+    pub(crate) fn select(
+        &mut self,
+        m: &mut dyn Machine,
+        nfds: u64,
+        sets: [u64; 3],
+        timeout_ms: i64,
+    ) -> Result<i64, i64> {
+        const FD_SETSIZE: u64 = 1024;
+        if nfds > FD_SETSIZE {
+            return Err(EINVAL);
+        }
+        let bytes = (nfds as usize).div_ceil(64) * 8;
+        let mut maps = [vec![0u8; bytes], vec![0u8; bytes], vec![0u8; bytes]];
+        for (map, &va) in maps.iter_mut().zip(&sets) {
+            if va != 0 {
+                m.read(va, map).map_err(|_| EFAULT)?;
+            }
+        }
+        let bit = |map: &[u8], fd: usize| map[fd / 8] & (1 << (fd % 8)) != 0;
+        let mut items = Vec::new();
+        for fd in 0..nfds as usize {
+            let events = (bit(&maps[0], fd) as u16) | ((bit(&maps[1], fd) as u16) << 2);
+            if events != 0 || bit(&maps[2], fd) {
+                items.push((fd as i32, events));
+            }
+        }
+        let revents = self.readiness(m, &items, timeout_ms)?;
+        if revents.iter().any(|r| r & 0x20 != 0) {
+            return Err(EBADF); // select refuses a closed descriptor outright
+        }
+        for map in maps.iter_mut() {
+            map.fill(0);
+        }
+        let mut count = 0;
+        for (&(fd, events), r) in items.iter().zip(&revents) {
+            let fd = fd as usize;
+            // Hang-up and error count as readable (and writable), as on Linux.
+            let ready_in = events & 1 != 0 && r & (0x1 | 0x8 | 0x10) != 0;
+            let ready_out = events & 4 != 0 && r & (0x4 | 0x8) != 0;
+            for (map, on) in maps.iter_mut().zip([ready_in, ready_out]) {
+                if on {
+                    map[fd / 8] |= 1 << (fd % 8);
+                    count += 1;
+                }
+            }
+        }
+        for (map, &va) in maps.iter().zip(&sets) {
+            if va != 0 {
+                m.write(va, map).map_err(|_| EFAULT)?;
+            }
+        }
+        Ok(count)
+    }
+
     /// poll(2) over the app's `struct pollfd` array.
     pub(crate) fn poll(
         &mut self,

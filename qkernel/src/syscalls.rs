@@ -62,6 +62,21 @@ fn read_timespec(m: &dyn Machine, va: u64) -> Result<u64, i64> {
         .saturating_add(nanos as u64))
 }
 
+/// Reads a `struct timeval` as milliseconds.
+fn read_timeval_ms(m: &dyn Machine, va: u64) -> Result<i64, i64> {
+    let mut tv = [0u8; 16];
+    m.read(va, &mut tv).map_err(|_| EFAULT)?;
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&tv[..8]);
+    let secs = i64::from_le_bytes(w);
+    w.copy_from_slice(&tv[8..]);
+    let micros = i64::from_le_bytes(w);
+    if secs < 0 || !(0..1_000_000).contains(&micros) {
+        return Err(EINVAL);
+    }
+    Ok(secs.saturating_mul(1000).saturating_add(micros / 1000))
+}
+
 /// Writes zeros over `[va, va+len)` of the app's memory.
 fn zero(m: &mut dyn Machine, va: u64, len: u64) -> Result<(), i64> {
     let zeros = vec![0u8; CHUNK.min(len as usize)];
@@ -249,6 +264,15 @@ impl Kernel {
             54 => self.setsockopt(a0),
             55 => self.getsockopt(m, a0, a1, a2, a3, a4),
             288 => self.accept(m, a0, a1, a2, a3),
+            23 => match a4 {
+                0 => self.select(m, a0, [a1, a2, a3], -1),
+                tv => read_timeval_ms(m, tv).and_then(|ms| self.select(m, a0, [a1, a2, a3], ms)),
+            },
+            270 => match a4 {
+                0 => self.select(m, a0, [a1, a2, a3], -1),
+                ts => read_timespec(m, ts)
+                    .and_then(|ns| self.select(m, a0, [a1, a2, a3], (ns / 1_000_000) as i64)),
+            },
             213 => self.epoll_create(0),
             291 => self.epoll_create(a0),
             233 => self.epoll_ctl(m, a0, a1, a2, a3),

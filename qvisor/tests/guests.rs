@@ -705,7 +705,7 @@ fn poll_reports_socket_readiness_in_the_guest() {
     let o = child.wait_with_output().unwrap();
     assert_eq!(
         rest,
-        "poll before accept: 1 POLLIN\nwritable: 1 POLLOUT\npoll before read: 1 POLLIN\n",
+        "poll before accept: 1 POLLIN\nselect agrees: 1 readable\nwritable: 1 POLLOUT\npoll before read: 1 POLLIN\n",
         "{}",
         stderr(&o)
     );

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/select.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -89,6 +90,12 @@ int main(int argc, char **argv) {
       struct pollfd p = {.fd = l, .events = POLLIN};
       int n = poll(&p, 1, 10000);
       printf("poll before accept: %d %s\n", n, (p.revents & POLLIN) ? "POLLIN" : "-");
+      fd_set rd;
+      FD_ZERO(&rd);
+      FD_SET(l, &rd);
+      struct timeval tv = {.tv_sec = 0};
+      int k = select(l + 1, &rd, NULL, NULL, &tv);
+      printf("select agrees: %d %s\n", k, FD_ISSET(l, &rd) ? "readable" : "-");
     }
     struct sockaddr_in peer;
     socklen_t len = sizeof peer;
