@@ -543,6 +543,20 @@ impl Drop for Netns {
     }
 }
 
+/// Starts a networked guest in the background with its stdout and stderr piped.
+fn spawn_guest(opts: &[String], args: &[&str]) -> std::process::Child {
+    require_kvm();
+    Command::new(env!("CARGO_BIN_EXE_qvisor"))
+        .args(["exec", "--root"])
+        .arg(root())
+        .args(opts)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running qvisor")
+}
+
 fn net_options(ns: &Netns) -> Vec<String> {
     [
         "--netns",
@@ -609,15 +623,7 @@ c.close()
 fn a_guest_tcp_server_serves_a_kernel_client_through_qnet() {
     let ns = Netns::new("srv");
     let opts = net_options(&ns);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qvisor"))
-        .args(["exec", "--root"])
-        .arg(root())
-        .args(&opts)
-        .args(["/bin/tcp", "server", "8081"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_guest(&opts, &["/bin/tcp", "server", "8081"]);
     let mut line = String::new();
     std::io::BufRead::read_line(
         &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
@@ -681,15 +687,7 @@ fn busybox_wget_in_the_guest_fetches_from_a_kernel_http_server() {
 fn poll_reports_socket_readiness_in_the_guest() {
     let ns = Netns::new("poll");
     let opts = net_options(&ns);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qvisor"))
-        .args(["exec", "--root"])
-        .arg(root())
-        .args(&opts)
-        .args(["/bin/tcp", "pollserver", "8082"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_guest(&opts, &["/bin/tcp", "pollserver", "8082"]);
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     for expect in ["idle poll: 0\n", "listening\n"] {
@@ -720,15 +718,7 @@ fn poll_reports_socket_readiness_in_the_guest() {
 fn an_epoll_server_in_the_guest_serves_many_kernel_clients_at_once() {
     let ns = Netns::new("epoll");
     let opts = net_options(&ns);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qvisor"))
-        .args(["exec", "--root"])
-        .arg(root())
-        .args(&opts)
-        .args(["/bin/epoll", "8083", "50"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_guest(&opts, &["/bin/epoll", "8083", "50"]);
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     std::io::BufRead::read_line(&mut out, &mut line).unwrap();
@@ -769,15 +759,7 @@ fn udp_both_ways_between_the_guest_and_the_kernel() {
     let ns = Netns::new("udp");
     let opts = net_options(&ns);
     // Guest echo server, kernel client.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qvisor"))
-        .args(["exec", "--root"])
-        .arg(root())
-        .args(&opts)
-        .args(["/bin/udp", "echo", "5300", "3"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_guest(&opts, &["/bin/udp", "echo", "5300", "3"]);
     let mut line = String::new();
     std::io::BufRead::read_line(
         &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
