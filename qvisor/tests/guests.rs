@@ -537,6 +537,30 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Waits until something listens on `port` (`ss` flags pick TCP or UDP).
+    fn wait_for_port(&self, ss_flags: &str, port: u16) {
+        for _ in 0..200 {
+            let o = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &self.0,
+                    "ss",
+                    ss_flags,
+                    &format!("sport = :{port}"),
+                ])
+                .output()
+                .unwrap();
+            if !o.stdout.is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("nothing listens on port {port} in {}", self.0);
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
@@ -654,19 +678,7 @@ fn busybox_wget_in_the_guest_fetches_from_a_kernel_http_server() {
         "exec python3 -m http.server 8000 --bind 0.0.0.0 -d {} 2>/dev/null",
         www.display()
     ));
-    let mut up = false;
-    for _ in 0..100 {
-        let o = Command::new("ip")
-            .args(["netns", "exec", &ns.0, "ss", "-Hltn", "sport = :8000"])
-            .output()
-            .unwrap();
-        if !o.stdout.is_empty() {
-            up = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(up, "python http.server did not start");
+    ns.wait_for_port("-Hltn", 8000);
     let opts = net_options(&ns);
     let mut args: Vec<&str> = opts.iter().map(String::as_str).collect();
     args.extend(["wget", "-O", "-", "http://10.66.0.1:8000/index.html"]);
@@ -800,7 +812,7 @@ d, a = s.recvfrom(100)
 s.sendto(d.upper(), a)
 "#;
     let mut py = ns.sh(&format!("python3 -c '{server}'"));
-    std::thread::sleep(Duration::from_millis(300));
+    ns.wait_for_port("-Hlun", 5301);
     let mut args: Vec<&str> = opts.iter().map(String::as_str).collect();
     args.extend(["/bin/udp", "ask", "10.66.0.1", "5301"]);
     let o = qvisor(&args);
@@ -818,7 +830,7 @@ fn non_blocking_connect_reports_through_poll_and_so_error() {
     let ns = Netns::new("nbc");
     // A listener on any address for the success case; nothing on port 1 for the refusal.
     let mut server = ns.sh("exec python3 -c 'import socket,time; l=socket.socket(); l.bind((\"0.0.0.0\", 7400)); l.listen(); time.sleep(10)'");
-    std::thread::sleep(Duration::from_millis(300));
+    ns.wait_for_port("-Hltn", 7400);
     let opts = net_options(&ns);
     let run = |port: &str| {
         let mut args: Vec<&str> = opts.iter().map(String::as_str).collect();

@@ -251,8 +251,17 @@ impl Pattern {
 
 /// Waits until a TCP port is listening in the namespace (for kernel servers started by a test).
 pub fn wait_listening(ns: &Netns, port: u16) {
+    wait_bound(ns, "-Hltn", port)
+}
+
+/// Waits until a UDP port is bound in the namespace.
+pub fn wait_bound_udp(ns: &Netns, port: u16) {
+    wait_bound(ns, "-Hlun", port)
+}
+
+fn wait_bound(ns: &Netns, ss_flags: &str, port: u16) {
     for _ in 0..200 {
-        let out = ns.sh(&format!("ss -Hltn 'sport = :{port}'"));
+        let out = ns.sh(&format!("ss {ss_flags} 'sport = :{port}'"));
         if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
             return;
         }

@@ -279,7 +279,7 @@ for _ in range(3):
     s.sendto(d.upper(), a)
 "#;
     let mut echo = st.ns.python(py_echo, &[&PEER_IP.to_string()]);
-    thread::sleep(Duration::from_millis(300));
+    wait_bound_udp(&st.ns, 6000);
     let mut sock = UdpSocket::bind(&client, "0.0.0.0:0".parse().unwrap()).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(3)));
     let mut buf = [0u8; 100];

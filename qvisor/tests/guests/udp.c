@@ -1,6 +1,7 @@
 /* UDP through the container's network: udp ask IP PORT | udp echo PORT N */
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,8 @@ int main(int argc, char **argv) {
     a.sin_addr.s_addr = inet_addr(argv[2]);
     const char *q = "question from the guest";
     if (sendto(s, q, strlen(q), 0, (struct sockaddr *)&a, sizeof a) < 0) { perror("sendto"); return 1; }
+    struct pollfd p = {.fd = s, .events = POLLIN};
+    if (poll(&p, 1, 10000) != 1) { puts("no answer within 10 s"); return 1; }
     ssize_t n = recvfrom(s, buf, sizeof buf - 1, 0, (struct sockaddr *)&from, &len);
     if (n < 0) { perror("recvfrom"); return 1; }
     buf[n] = 0;
