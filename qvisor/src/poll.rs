@@ -20,6 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use qkernel::{SyscallArgs, SyscallOutcome};
+use qnet_client::sys::{futex_wait, futex_wake_all};
 
 use crate::vm::{serve, Core};
 
@@ -172,7 +173,7 @@ impl Poller {
     pub fn resume(&self) {
         self.mailbox.flag().store(IDLE, Ordering::Release);
         self.control.wake.store(1, Ordering::SeqCst);
-        futex_wake(&self.control.wake);
+        futex_wake_all(&self.control.wake);
     }
 }
 
@@ -180,40 +181,11 @@ impl Drop for Poller {
     fn drop(&mut self) {
         self.control.stop.store(true, Ordering::SeqCst);
         self.control.wake.store(1, Ordering::SeqCst);
-        futex_wake(&self.control.wake);
+        futex_wake_all(&self.control.wake);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
-}
-
-fn futex_wake(word: &AtomicU32) {
-    // SAFETY: word is a live, aligned u32.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            1,
-        )
-    };
-}
-
-fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
-    // SAFETY: word is a live, aligned u32; ts lives across the call.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-            expected,
-            &ts,
-        )
-    };
 }
 
 fn serve_loop(core: &Mutex<Core>, mb: Mailbox, c: &Control, kick: impl Fn()) {
@@ -261,7 +233,7 @@ fn serve_loop(core: &Mutex<Core>, mb: Mailbox, c: &Control, kick: impl Fn()) {
 /// Sleeps until the vCPU thread has served a trapped call and called [`Poller::resume`].
 fn sleep_until_resumed(c: &Control) {
     while !c.stop.load(Ordering::Relaxed) && c.wake.swap(0, Ordering::SeqCst) == 0 {
-        futex_wait(&c.wake, 0, Duration::from_millis(100));
+        futex_wait(&c.wake, 0, Some(Duration::from_millis(100)));
     }
 }
 
