@@ -22,8 +22,10 @@ pub enum ConfigError {
     BadMac(String),
     #[error("MTU {0} out of range (576-65535)")]
     BadMtu(u32),
-    #[error("gateway {gateway} is not inside {cidr}")]
+    #[error("gateway {gateway} is not inside {cidr} (only a /32 address has gateways outside its subnet, on-link)")]
     GatewayOutsideSubnet { gateway: Ipv4Addr, cidr: String },
+    #[error("at most {max} routes are supported, {count} given")]
+    TooManyRoutes { count: usize, max: usize },
     #[error("{name} {value} out of range ({range})")]
     OutOfRange {
         name: &'static str,
@@ -109,12 +111,27 @@ impl std::fmt::Display for Mac {
     }
 }
 
+/// A route through a gateway on the link, as `ip route add DST via GW` says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub dst: Ipv4Cidr,
+    pub via: Ipv4Addr,
+}
+
+/// Most routes besides the default one (smoltcp's route table is fixed-size).
+pub const MAX_ROUTES: usize = 15;
+
 /// Everything the stack needs to serve one interface.
 #[derive(Clone, Debug)]
 pub struct StackConfig {
     /// The stack's own address on the link.
     pub addr: Ipv4Cidr,
+    /// The default route's gateway.
     pub gateway: Option<Ipv4Addr>,
+    /// More specific routes through gateways (a CNI plugin may install several).
+    pub routes: Vec<Route>,
+    /// Answer 127.0.0.0/8 inside the stack, as every Linux network namespace does.
+    pub loopback: bool,
     pub mac: Mac,
     /// IP MTU of the link.
     pub mtu: u32,
@@ -141,6 +158,8 @@ impl StackConfig {
         StackConfig {
             addr,
             gateway: None,
+            routes: Vec::new(),
+            loopback: true,
             mac: Mac([0x02, 0x51, 0x4e, 0x00, 0x00, 0x01]),
             mtu: 1500,
             tcp_rx_buf: 1 << 20,
@@ -159,13 +178,24 @@ impl StackConfig {
         if !(576..=65535).contains(&self.mtu) {
             return Err(ConfigError::BadMtu(self.mtu));
         }
-        if let Some(gw) = self.gateway {
-            if !self.addr.contains(gw) {
+        let gateways = self
+            .gateway
+            .into_iter()
+            .chain(self.routes.iter().map(|r| r.via));
+        for gw in gateways {
+            // A /32 address (Calico, or a point-to-point link) reaches its gateway on-link.
+            if self.addr.prefix != 32 && !self.addr.contains(gw) {
                 return Err(ConfigError::GatewayOutsideSubnet {
                     gateway: gw,
                     cidr: self.addr.to_string(),
                 });
             }
+        }
+        if self.routes.len() > MAX_ROUTES {
+            return Err(ConfigError::TooManyRoutes {
+                count: self.routes.len(),
+                max: MAX_ROUTES,
+            });
         }
         let range = |name, value: u64, lo: u64, hi: u64, range| {
             if value < lo || value > hi {
@@ -257,5 +287,19 @@ mod tests {
         c.mtu = 1500;
         c.gateway = Some(Ipv4Addr::new(10, 0, 1, 1));
         assert!(c.validate().is_err());
+        // A /32 address reaches any gateway on-link.
+        c.addr = "10.0.0.2/32".parse().unwrap();
+        assert!(c.validate().is_ok());
+        c.routes = vec![
+            Route {
+                dst: "10.9.0.0/16".parse().unwrap(),
+                via: Ipv4Addr::new(10, 0, 1, 1),
+            };
+            MAX_ROUTES + 1
+        ];
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::TooManyRoutes { .. })
+        ));
     }
 }

@@ -16,5 +16,5 @@ pub mod session;
 pub mod stack;
 
 pub use attach::Attacher;
-pub use config::{ConfigError, Ipv4Cidr, Mac, StackConfig};
+pub use config::{ConfigError, Ipv4Cidr, Mac, Route, StackConfig};
 pub use stack::{Stack, StackHandle, StackStats};

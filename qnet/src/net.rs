@@ -15,6 +15,11 @@ use qnet_ring::errno::*;
 
 use crate::config::StackConfig;
 
+/// The loopback network every Linux namespace has.
+pub const LOOPBACK: crate::Ipv4Cidr = crate::Ipv4Cidr {
+    addr: Ipv4Addr::new(127, 0, 0, 1),
+    prefix: 8,
+};
 /// Linux's default ephemeral port range.
 const EPHEMERAL: std::ops::Range<u16> = 32768..61000;
 /// Listening sockets kept ready per listener; refilled after every received packet, so this
@@ -94,6 +99,8 @@ pub type ListenerId = u64;
 #[derive(Debug)]
 pub struct Listener {
     pub port: u16,
+    /// The address it was bound to (`None`: every local address).
+    pub addr: Option<Ipv4Addr>,
     pub backlog: usize,
     spares: Vec<SocketHandle>,
     /// Connections that left LISTEN, in arrival order; some may still be handshaking.
@@ -147,12 +154,28 @@ impl Net {
         config.random_seed = random_u64();
         let mut iface = Interface::new(config, device, now);
         iface.update_ip_addrs(|addrs| {
+            // A fresh interface has room for two addresses (smoltcp's default); the link's
+            // first, so it is the source for destinations outside both.
             let cidr = IpCidr::new(IpAddress::Ipv4(cfg.addr.addr), cfg.addr.prefix);
-            // A fresh interface has room for at least one address.
             let _ = addrs.push(cidr);
+            if cfg.loopback && !LOOPBACK.contains(cfg.addr.addr) {
+                let lo = IpCidr::new(IpAddress::Ipv4(LOOPBACK.addr), LOOPBACK.prefix);
+                let _ = addrs.push(lo);
+            }
+        });
+        // validate() bounds the routes by the table's size.
+        iface.routes_mut().update(|table| {
+            for r in &cfg.routes {
+                let cidr = IpCidr::new(IpAddress::Ipv4(r.dst.addr), r.dst.prefix);
+                let _ = table.push(smoltcp::iface::Route {
+                    cidr,
+                    via_router: IpAddress::Ipv4(r.via),
+                    preferred_until: None,
+                    expires_at: None,
+                });
+            }
         });
         if let Some(gw) = cfg.gateway {
-            // The route table has room for a default route on a fresh interface.
             let _ = iface.routes_mut().add_default_ipv4_route(gw);
         }
         Net {
@@ -173,9 +196,36 @@ impl Net {
         self.cfg.addr.addr
     }
 
-    /// Whether `dst` can be reached: on the link, or through the gateway.
+    /// Whether `ip` is one of the stack's own addresses (the link's, or loopback).
+    pub fn is_local(&self, ip: Ipv4Addr) -> bool {
+        ip == self.cfg.addr.addr || self.is_loopback(ip)
+    }
+
+    /// Whether `ip` is the loopback address served. Only 127.0.0.1: smoltcp owns exact
+    /// addresses, not Linux's whole 127.0.0.0/8, so other 127.x are unreachable.
+    fn is_loopback(&self, ip: Ipv4Addr) -> bool {
+        self.cfg.loopback && ip == LOOPBACK.addr
+    }
+
+    /// The source address for a connection to `dst` from a socket bound to `bound`, as Linux
+    /// picks it: the bound address if any, 127.0.0.1 towards loopback, else the link's.
+    pub fn source_for(&self, bound: Option<Ipv4Addr>, dst: Ipv4Addr) -> Result<Ipv4Addr, i32> {
+        let to_loopback = self.is_loopback(dst);
+        match bound.filter(|ip| !ip.is_unspecified()) {
+            // A loopback address never leaves the stack (Linux says EINVAL too).
+            Some(ip) if LOOPBACK.contains(ip) && !to_loopback => Err(EINVAL),
+            Some(ip) => Ok(ip),
+            None if to_loopback => Ok(LOOPBACK.addr),
+            None => Ok(self.cfg.addr.addr),
+        }
+    }
+
+    /// Whether `dst` can be reached: on the link, through a gateway, or on loopback.
     pub fn routable(&self, dst: Ipv4Addr) -> bool {
-        self.cfg.addr.contains(dst) || self.cfg.gateway.is_some()
+        self.cfg.addr.contains(dst)
+            || self.cfg.gateway.is_some()
+            || self.cfg.routes.iter().any(|r| r.dst.contains(dst))
+            || self.is_loopback(dst)
     }
 
     fn reserve_socket(&mut self) -> Result<(), i32> {
@@ -260,6 +310,7 @@ impl Net {
     /// Starts listening on a port the caller already reserved in `tcp_ports`.
     pub fn add_listener(
         &mut self,
+        addr: Option<Ipv4Addr>,
         port: u16,
         backlog: usize,
         opts: TcpOpts,
@@ -271,6 +322,7 @@ impl Net {
             id,
             Listener {
                 port,
+                addr,
                 backlog: backlog.clamp(1, MAX_BACKLOG),
                 spares: Vec::new(),
                 queue: VecDeque::new(),
@@ -326,7 +378,10 @@ impl Net {
             let ok = self
                 .sockets
                 .get_mut::<tcp::Socket>(h)
-                .listen(l.port)
+                .listen(smoltcp::wire::IpListenEndpoint {
+                    addr: l.addr.map(IpAddress::Ipv4),
+                    port: l.port,
+                })
                 .is_ok();
             if !ok {
                 self.remove(h);

@@ -18,13 +18,14 @@ pub struct RunningStack {
 }
 
 impl RunningStack {
+    /// Starts a stack on a TAP created from `tap`, or with loopback only when `None`.
     pub fn start(
         cfg: StackConfig,
-        tap: &TapOptions,
+        tap: Option<&TapOptions>,
         socket: &Path,
     ) -> anyhow::Result<RunningStack> {
         cfg.validate()?;
-        let tap = Tap::create(tap)?;
+        let tap = tap.map(Tap::create).transpose()?;
         if let Some(dir) = socket.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }

@@ -320,7 +320,7 @@ impl Session {
     }
 
     fn check_local_ip(ip: Ipv4Addr, net: &Net) -> Result<(), i32> {
-        if ip.is_unspecified() || ip == net.local_ip() {
+        if ip.is_unspecified() || net.is_local(ip) {
             Ok(())
         } else {
             Err(EADDRNOTAVAIL)
@@ -387,7 +387,8 @@ impl Session {
                 p
             }
         };
-        let id = net.add_listener(port, sqe.arg0 as usize, s.opts)?;
+        let addr = s.bound_ip.filter(|ip| !ip.is_unspecified());
+        let id = net.add_listener(addr, port, sqe.arg0 as usize, s.opts)?;
         s.kind = Kind::Listener(id);
         Ok(cqe(0, 0))
     }
@@ -427,7 +428,6 @@ impl Session {
 
     fn op_connect(&mut self, sqe: &Sqe, net: &mut Net, now: Instant) -> Result<Cqe, i32> {
         let (ip, port) = sqe_ipv4(sqe)?;
-        let local_ip = net.local_ip();
         let s = self.slot_mut(sqe.slot)?;
         match &mut s.kind {
             Kind::Stream(st) => {
@@ -443,9 +443,10 @@ impl Session {
                 if port == 0 {
                     return Err(ECONNREFUSED);
                 }
-                if !net.routable(ip) || ip.is_loopback() || ip == local_ip {
+                if !net.routable(ip) {
                     return Err(ENETUNREACH);
                 }
+                let src = net.source_for(s.bound_ip, ip)?;
                 let lport = match s.port {
                     Some(p) => p,
                     None => {
@@ -461,7 +462,7 @@ impl Session {
                     .connect(
                         net.iface.context(),
                         endpoint(ip, port),
-                        endpoint(local_ip, lport),
+                        endpoint(src, lport),
                     )
                     .is_err()
                 {

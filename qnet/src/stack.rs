@@ -18,12 +18,13 @@ use smoltcp::iface::{PollIngressSingleResult, PollResult};
 use smoltcp::time::Instant;
 
 use qnet_client::sys::{eventfd, eventfd_signal};
+
 use qnet_ring::{Geometry, STACK_NEED_WAKEUP};
 
 use crate::attach::Attacher;
 use crate::config::StackConfig;
 use crate::net::{to_std, Net, NetStats};
-use crate::phy::{DeviceStats, Tap, UringTap};
+use crate::phy::{DeviceStats, LocalAddrs, Tap, UringTap};
 use crate::session::{Session, Violation};
 
 /// Longest sleep when smoltcp has no timer pending (a safety net, not a poll interval).
@@ -71,14 +72,22 @@ pub struct Stack {
 impl Stack {
     /// Builds a stack on an open TAP. Returns the stack (run it with [`Stack::run`]), the
     /// attacher that admits clients, and a handle to stop it.
-    pub fn new(cfg: StackConfig, tap: Tap) -> anyhow::Result<(Stack, Arc<Attacher>, StackHandle)> {
+    pub fn new(
+        cfg: StackConfig,
+        tap: Option<Tap>,
+    ) -> anyhow::Result<(Stack, Arc<Attacher>, StackHandle)> {
         cfg.validate()?;
         let geometry = Geometry::new(256, 512, cfg.ring_slots, cfg.ring_buf)
             .map_err(|e| anyhow::anyhow!("ring geometry: {e}"))?;
         let doorbell = Arc::new(eventfd().context("creating the doorbell eventfd")?);
         let dup = doorbell.try_clone().context("duplicating the doorbell")?;
-        let mut dev =
-            UringTap::new(tap.fd, dup, cfg.mtu as usize).context("setting up io_uring")?;
+        let local = LocalAddrs {
+            mac: cfg.mac.0,
+            ip: cfg.addr.addr,
+            loopback: cfg.loopback,
+        };
+        let mut dev = UringTap::new(tap.map(|t| t.fd), dup, cfg.mtu as usize, local)
+            .context("setting up io_uring")?;
         let epoch = std::time::Instant::now();
         let busy_poll = cfg.busy_poll;
         let net = Net::new(cfg, &mut dev.queues, Instant::ZERO);
@@ -107,7 +116,7 @@ impl Stack {
 
     pub fn stats(&self) -> StackStats {
         StackStats {
-            device: self.dev.stats,
+            device: self.dev.stats(),
             net: self.net.stats,
             sessions: self.sessions.len(),
         }

@@ -89,8 +89,8 @@ impl GuestNet {
             mtu: stack_cfg.mtu,
             peer_addr: cfg.peer,
         };
-        let stack =
-            RunningStack::start(stack_cfg, &tap, &socket).context("starting the network stack")?;
+        let stack = RunningStack::start(stack_cfg, Some(&tap), &socket)
+            .context("starting the network stack")?;
         let client = Client::connect(&socket).context("attaching to the network stack")?;
         Ok(GuestNet {
             socks: Vec::new(),

@@ -226,7 +226,7 @@ pub fn start_stack_in(ns: &Netns, tune: impl FnOnce(&mut StackConfig)) -> (Runni
             prefix: 24,
         }),
     };
-    let stack = RunningStack::start(cfg, &tap, &socket).expect("starting the stack");
+    let stack = RunningStack::start(cfg, Some(&tap), &socket).expect("starting the stack");
     (stack, socket)
 }
 

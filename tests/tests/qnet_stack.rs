@@ -517,3 +517,98 @@ fn hostile_ring_clients_are_closed_and_others_keep_working() {
     }
     st.stop();
 }
+
+/// Writes `len` pattern bytes on `a` and reads them back on `b` (two sockets of one stack).
+fn pass_through(a: &mut TcpStream, b: &mut TcpStream, len: usize) {
+    let mut data = vec![0u8; len];
+    Pattern::new(len as u64).fill(&mut data);
+    let mut back = vec![0u8; len];
+    thread::scope(|s| {
+        s.spawn(|| a.write_all(&data).unwrap());
+        b.read_exact(&mut back).unwrap();
+    });
+    assert!(back == data, "bytes differ after {len} through loopback");
+}
+
+#[test]
+fn loopback_and_own_address_stay_inside_the_stack() {
+    require_env(&["python3"]);
+    let st = TestStack::start("lo");
+    let client = st.client();
+    let any = std::net::SocketAddr::from(([0, 0, 0, 0], 9000));
+    let listener = TcpListener::bind(&client, any, 8).unwrap();
+    for to in [
+        std::net::SocketAddr::from(([127, 0, 0, 1], 9000)),
+        st.addr(9000),
+    ] {
+        let mut c = TcpStream::connect(&client, to).unwrap();
+        let (mut s, from) = listener.accept().unwrap();
+        assert_eq!(from, c.local_addr().unwrap(), "accepted peer for {to}");
+        assert_eq!(c.peer_addr().unwrap(), to);
+        assert_eq!(s.local_addr().unwrap(), to);
+        pass_through(&mut c, &mut s, 8 << 20);
+        pass_through(&mut s, &mut c, 8 << 20);
+    }
+    // Nothing on 127.0.0.1:9001: the stack refuses itself. Only 127.0.0.1 of 127/8 is served.
+    let e = TcpStream::connect(&client, ([127, 0, 0, 1], 9001).into())
+        .err()
+        .expect("refused");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+    let e = TcpStream::connect(&client, ([127, 0, 0, 2], 9001).into())
+        .err()
+        .expect("unreachable");
+    assert_eq!(e.raw_os_error(), Some(libc::ENETUNREACH), "{e}");
+    // Datagrams to 127.0.0.1 arrive from 127.0.0.1.
+    let mut rx = UdpSocket::bind(&client, ([127, 0, 0, 1], 9002).into()).unwrap();
+    let tx = UdpSocket::bind(&client, ([127, 0, 0, 1], 0).into()).unwrap();
+    tx.send_to(b"over lo", ([127, 0, 0, 1], 9002).into())
+        .unwrap();
+    let mut buf = [0u8; 64];
+    rx.set_read_timeout(Some(Duration::from_secs(5)));
+    let (n, from) = rx.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"over lo");
+    assert_eq!(from, tx.local_addr().unwrap());
+
+    // From the link, 127.0.0.1 is a martian: a SYN to it gets no answer, while the same SYN to
+    // the stack's own address gets a SYN-ACK (so the probe itself works).
+    let probe = r#"
+import socket, struct, sys
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16: s = (s & 0xffff) + (s >> 16)
+    return ~s & 0xffff
+def syn(src, dst, sport, dport):
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, 0x02, 65535, 0, 0)
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, len(tcp))
+    tcp = tcp[:16] + struct.pack("!H", csum(pseudo + tcp)) + tcp[18:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0,
+                     socket.inet_aton(src), socket.inet_aton(dst))
+    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+    return ip + tcp
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+s.bind(("qtap0", 0))
+s.settimeout(0.2)
+mine = s.getsockname()[4]
+stack_mac = bytes.fromhex("02514e000001")
+def answered(dst, sport):
+    s.send(stack_mac + mine + b"\x08\x00" + syn(sys.argv[1], dst, sport, 9000))
+    import time
+    end = time.time() + 1.5
+    while time.time() < end:
+        try: f = s.recv(65536)
+        except socket.timeout: continue
+        if f[12:14] == b"\x08\x00" and f[23] == 6:
+            ihl = (f[14] & 15) * 4
+            dport = struct.unpack("!H", f[14 + ihl + 2:14 + ihl + 4])[0]
+            if dport == sport and f[14 + ihl + 13] & 0x12 == 0x12: return True
+    return False
+print(answered("127.0.0.1", 40001), answered(sys.argv[2], 40002))
+"#;
+    assert_eq!(
+        st.ns
+            .python_output(probe, &[&PEER_IP.to_string(), &STACK_IP.to_string()]),
+        "False True"
+    );
+    st.stop();
+}

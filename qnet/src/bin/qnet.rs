@@ -92,12 +92,12 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .transpose()?;
     let stack = RunningStack::start(
         cfg.clone(),
-        &TapOptions {
+        Some(&TapOptions {
             name: a.tap.clone(),
             netns: a.netns.clone(),
             mtu: cfg.mtu,
             peer_addr,
-        },
+        }),
         &a.socket,
     )?;
     let socket = a.socket.clone();

@@ -1,5 +1,10 @@
 //! The TAP device driven by io_uring, and the frame queues smoltcp sees as its `Device`.
 //!
+//! Frames the stack sends to itself (its own address, 127.0.0.0/8) never reach the TAP: the
+//! transmit token hands them straight back to the receive queue, which is the stack's loopback
+//! device. Loopback-sourced frames are never sent to or accepted from the link (Linux's martian
+//! rule), so nothing on the pod network can reach a service bound to 127.0.0.1.
+//!
 //! Frames are received by one multishot read on the TAP into a ring of provided buffers (so
 //! they complete in arrival order: posting many plain reads reordered frames, and TCP took the
 //! reordering for loss); writes are queued by smoltcp's transmit tokens and submitted in one
@@ -50,15 +55,98 @@ pub struct DeviceStats {
     pub tx_bytes: u64,
     pub tx_errors: u64,
     pub tx_gso_frames: u64,
+    /// Frames the stack sent to itself.
+    pub looped_frames: u64,
+    /// Frames dropped on transmit: loopback-sourced frames bound for the link, or any frame
+    /// bound for the link when there is none.
+    pub tx_dropped: u64,
+    /// Frames from the link with a loopback source or destination, dropped.
+    pub rx_martians: u64,
+}
+
+/// Frames waiting on the loopback queue before smoltcp is told to hold off.
+const LOOP_LIMIT: usize = 256;
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_ARP: u16 = 0x0806;
+
+/// The stack's own addresses, which decide what is looped back.
+#[derive(Clone, Copy, Debug)]
+pub struct LocalAddrs {
+    pub mac: [u8; 6],
+    pub ip: std::net::Ipv4Addr,
+    /// Whether 127.0.0.0/8 is served.
+    pub loopback: bool,
+}
+
+/// Where a transmitted frame goes.
+#[derive(Debug, PartialEq, Eq)]
+enum Dest {
+    Link,
+    Local,
+    Drop,
+}
+
+fn is_loopback(ip: [u8; 4]) -> bool {
+    ip[0] == 127
+}
+
+fn ipv4_at(frame: &[u8], at: usize) -> Option<[u8; 4]> {
+    frame.get(at..at + 4)?.try_into().ok()
+}
+
+impl LocalAddrs {
+    fn is_local(&self, ip: [u8; 4]) -> bool {
+        ip == self.ip.octets() || (self.loopback && is_loopback(ip))
+    }
+
+    fn classify(&self, frame: &[u8]) -> Dest {
+        let ethertype = frame.get(12..14).map(|t| u16::from_be_bytes([t[0], t[1]]));
+        match ethertype {
+            // ARP target protocol address.
+            Some(ETHERTYPE_ARP) => match ipv4_at(frame, 14 + 24) {
+                Some(target) if self.is_local(target) => Dest::Local,
+                _ => Dest::Link,
+            },
+            Some(ETHERTYPE_IPV4) => {
+                let (Some(src), Some(dst)) = (ipv4_at(frame, 14 + 12), ipv4_at(frame, 14 + 16))
+                else {
+                    return Dest::Drop;
+                };
+                if self.is_local(dst) {
+                    Dest::Local
+                } else if is_loopback(src) {
+                    Dest::Drop
+                } else {
+                    Dest::Link
+                }
+            }
+            _ => Dest::Link,
+        }
+    }
+}
+
+/// Whether a frame from the link claims a loopback source or destination.
+fn is_martian(frame: &[u8]) -> bool {
+    let ipv4 = frame.get(12..14) == Some(&ETHERTYPE_IPV4.to_be_bytes()[..]);
+    ipv4 && [14 + 12, 14 + 16]
+        .iter()
+        .any(|at| ipv4_at(frame, *at).is_some_and(is_loopback))
 }
 
 /// Transmit side of the frame queues.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct TxQueue {
     ready: Vec<Vec<u8>>,
     free: Vec<Vec<u8>>,
     /// Frames in `ready` plus frames submitted and not yet completed.
     outstanding: usize,
+    /// Frames sent to ourselves, in order, with room for the virtio-net header in front.
+    looped: VecDeque<Vec<u8>>,
+    local: LocalAddrs,
+    /// Whether a link (TAP) exists; without one only looped frames go anywhere.
+    has_link: bool,
+    looped_frames: u64,
+    dropped: u64,
 }
 
 /// Anonymous memory mapped for the kernel to write into, unmapped on drop.
@@ -161,6 +249,8 @@ impl RxPool {
 /// What smoltcp polls: received frames in, transmitted frames out.
 pub struct FrameQueues {
     rx_pool: RxPool,
+    /// Looped frames smoltcp has read, to reuse for transmit.
+    looped_spent: Vec<Vec<u8>>,
     /// Received frames in arrival order: (buffer id, length with the virtio-net header).
     rx_ready: VecDeque<(u16, usize)>,
     /// Buffers smoltcp is done with, to give back to the kernel.
@@ -171,18 +261,42 @@ pub struct FrameQueues {
 
 impl FrameQueues {
     /// Empty queues for a link of `mtu` (also a device for tests that need no TAP).
-    pub fn new(mtu: usize) -> io::Result<Self> {
+    pub fn new(mtu: usize, local: LocalAddrs, has_link: bool) -> io::Result<Self> {
         Ok(FrameQueues {
             rx_pool: RxPool::new()?,
+            looped_spent: Vec::new(),
             rx_ready: VecDeque::new(),
             rx_spent: Vec::new(),
-            tx: TxQueue::default(),
+            tx: TxQueue {
+                ready: Vec::new(),
+                free: Vec::new(),
+                outstanding: 0,
+                looped: VecDeque::new(),
+                local,
+                has_link,
+                looped_frames: 0,
+                dropped: 0,
+            },
             mtu,
         })
     }
 
     pub fn has_rx(&self) -> bool {
-        !self.rx_ready.is_empty()
+        !self.rx_ready.is_empty() || !self.tx.looped.is_empty()
+    }
+
+    /// Whether smoltcp may queue another frame (on the link and on loopback).
+    fn may_transmit(&self) -> bool {
+        self.tx.outstanding < TX_LIMIT && self.tx.looped.len() < LOOP_LIMIT
+    }
+
+    /// Gives looped frames smoltcp has read back to the transmit side.
+    fn recycle_looped(&mut self) {
+        for buf in self.looped_spent.drain(..) {
+            if self.tx.free.len() < TX_LIMIT {
+                self.tx.free.push(buf);
+            }
+        }
     }
 
     /// Frames queued for or in flight to the TAP.
@@ -191,18 +305,42 @@ impl FrameQueues {
     }
 }
 
-pub struct RxToken<'a> {
-    pool: &'a RxPool,
-    bid: u16,
-    len: usize,
-    spent: &'a mut Vec<u16>,
+pub struct RxToken<'a>(RxFrame<'a>);
+
+enum RxFrame<'a> {
+    /// A frame from the TAP, in a provided buffer.
+    Link {
+        pool: &'a RxPool,
+        bid: u16,
+        len: usize,
+        spent: &'a mut Vec<u16>,
+    },
+    /// A frame the stack sent to itself.
+    Looped {
+        buf: Vec<u8>,
+        spent: &'a mut Vec<Vec<u8>>,
+    },
 }
 
 impl phy::RxToken for RxToken<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        let r = f(&self.pool.frame(self.bid, self.len)[VNET_HDR_LEN..]);
-        self.spent.push(self.bid);
-        r
+        match self.0 {
+            RxFrame::Link {
+                pool,
+                bid,
+                len,
+                spent,
+            } => {
+                let r = f(&pool.frame(bid, len)[VNET_HDR_LEN..]);
+                spent.push(bid);
+                r
+            }
+            RxFrame::Looped { buf, spent } => {
+                let r = f(&buf[VNET_HDR_LEN..]);
+                spent.push(buf);
+                r
+            }
+        }
     }
 }
 
@@ -217,10 +355,26 @@ impl phy::TxToken for TxToken<'_> {
         buf.clear();
         buf.resize(VNET_HDR_LEN + len, 0);
         let r = f(&mut buf[VNET_HDR_LEN..]);
-        let hdr = prepare_tx(&mut buf[VNET_HDR_LEN..], self.gso_size);
-        hdr.write(&mut buf[..VNET_HDR_LEN]);
-        self.q.ready.push(buf);
-        self.q.outstanding += 1;
+        let q = &mut *self.q;
+        match q.local.classify(&buf[VNET_HDR_LEN..]) {
+            Dest::Local => {
+                // Addressed to our own MAC, as a loopback device delivers it; smoltcp does not
+                // verify TCP/UDP checksums, and a segmentation-offload frame arrives whole.
+                buf[VNET_HDR_LEN..VNET_HDR_LEN + 6].copy_from_slice(&q.local.mac);
+                q.looped.push_back(buf);
+                q.looped_frames += 1;
+            }
+            Dest::Link if q.has_link => {
+                let hdr = prepare_tx(&mut buf[VNET_HDR_LEN..], self.gso_size);
+                hdr.write(&mut buf[..VNET_HDR_LEN]);
+                q.ready.push(buf);
+                q.outstanding += 1;
+            }
+            Dest::Link | Dest::Drop => {
+                q.dropped += 1;
+                q.free.push(buf);
+            }
+        }
         r
     }
 
@@ -234,17 +388,27 @@ impl phy::Device for FrameQueues {
     type TxToken<'a> = TxToken<'a>;
 
     fn receive(&mut self, _now: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
-        if self.tx.outstanding >= TX_LIMIT {
+        self.recycle_looped();
+        if !self.may_transmit() {
             return None;
         }
-        let (bid, len) = self.rx_ready.pop_front()?;
-        Some((
-            RxToken {
+        // Looped frames first: they are answers the stack is waiting on itself.
+        let rx = if let Some(buf) = self.tx.looped.pop_front() {
+            RxFrame::Looped {
+                buf,
+                spent: &mut self.looped_spent,
+            }
+        } else {
+            let (bid, len) = self.rx_ready.pop_front()?;
+            RxFrame::Link {
                 pool: &self.rx_pool,
                 bid,
                 len,
                 spent: &mut self.rx_spent,
-            },
+            }
+        };
+        Some((
+            RxToken(rx),
             TxToken {
                 q: &mut self.tx,
                 gso_size: None,
@@ -253,7 +417,8 @@ impl phy::Device for FrameQueues {
     }
 
     fn transmit(&mut self, _now: Instant) -> Option<TxToken<'_>> {
-        (self.tx.outstanding < TX_LIMIT).then_some(TxToken {
+        self.recycle_looped();
+        self.may_transmit().then_some(TxToken {
             q: &mut self.tx,
             gso_size: None,
         })
@@ -286,7 +451,8 @@ pub struct Reaped {
 pub struct UringTap {
     // Declared first: dropped (and the provided buffers unregistered) before the queues.
     ring: IoUring,
-    tap: OwnedFd,
+    /// The link; `None` for a loopback-only stack.
+    tap: Option<OwnedFd>,
     /// Whether the multishot read is armed.
     rx_armed: bool,
     tx_inflight: Vec<Option<Vec<u8>>>,
@@ -299,12 +465,18 @@ pub struct UringTap {
 }
 
 impl UringTap {
-    /// Wraps an open TAP (with a virtio-net header) and the stack's doorbell eventfd.
-    pub fn new(tap: OwnedFd, doorbell: OwnedFd, mtu: usize) -> io::Result<Self> {
+    /// Wraps an open TAP (with a virtio-net header), or no link at all, and the stack's
+    /// doorbell eventfd.
+    pub fn new(
+        tap: Option<OwnedFd>,
+        doorbell: OwnedFd,
+        mtu: usize,
+        local: LocalAddrs,
+    ) -> io::Result<Self> {
         let ring = IoUring::builder()
             .setup_coop_taskrun()
             .build((TX_LIMIT + 64).next_power_of_two() as u32)?;
-        let queues = FrameQueues::new(mtu)?;
+        let queues = FrameQueues::new(mtu, local, tap.is_some())?;
         // SAFETY: the ring memory is page aligned, RX_BUFFERS entries long, and lives in
         // `queues` inside this struct, which drops the io_uring (unregistering it) first.
         unsafe {
@@ -334,6 +506,15 @@ impl UringTap {
         self.rx_armed
     }
 
+    /// The device counters, with the queues' own.
+    pub fn stats(&self) -> DeviceStats {
+        DeviceStats {
+            looped_frames: self.queues.tx.looped_frames,
+            tx_dropped: self.queues.tx.dropped,
+            ..self.stats
+        }
+    }
+
     /// Pushes one entry, submitting first if the submission queue is full.
     fn push(&mut self, entry: &io_uring::squeue::Entry) -> io::Result<()> {
         loop {
@@ -348,7 +529,11 @@ impl UringTap {
 
     /// Posts reads for spent buffers, writes for queued frames, and the doorbell read.
     pub fn arm(&mut self) -> io::Result<()> {
-        let fd = types::Fd(self.tap.as_raw_fd());
+        self.arm_doorbell()?;
+        let Some(tap) = &self.tap else {
+            return Ok(());
+        };
+        let fd = types::Fd(tap.as_raw_fd());
         if !self.queues.rx_spent.is_empty() {
             for bid in std::mem::take(&mut self.queues.rx_spent) {
                 self.queues.rx_pool.provide(bid);
@@ -377,6 +562,10 @@ impl UringTap {
             self.tx_inflight[id] = Some(buf);
             self.push(&entry)?;
         }
+        Ok(())
+    }
+
+    fn arm_doorbell(&mut self) -> io::Result<()> {
         if !self.doorbell_armed {
             let entry = opcode::Read::new(
                 types::Fd(self.doorbell.as_raw_fd()),
@@ -457,6 +646,11 @@ impl UringTap {
                         if len > VNET_HDR_LEN {
                             self.stats.rx_bad_checksum += 1;
                         }
+                        self.queues.rx_spent.push(bid);
+                        continue;
+                    }
+                    if is_martian(&frame[VNET_HDR_LEN..]) {
+                        self.stats.rx_martians += 1;
                         self.queues.rx_spent.push(bid);
                         continue;
                     }

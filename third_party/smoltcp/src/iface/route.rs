@@ -169,6 +169,12 @@ impl Routes {
         }
     }
 
+    /// QUARK PATCH: whether `addr` is the gateway of some route, and so a neighbour on the link
+    /// even when outside every interface subnet (a /32 address with an on-link gateway).
+    pub(crate) fn is_gateway(&self, addr: &IpAddress) -> bool {
+        self.storage.iter().any(|r| r.via_router == *addr)
+    }
+
     pub(crate) fn lookup(&self, addr: &IpAddress, timestamp: Instant) -> Option<IpAddress> {
         assert!(addr.is_unicast());
 

@@ -285,7 +285,10 @@ impl InterfaceInner {
                     return None;
                 }
 
-                if !self.in_same_network(&IpAddress::Ipv4(source_protocol_addr)) {
+                // QUARK PATCH: a route's gateway is on the link even outside our subnets.
+                if !self.in_same_network(&IpAddress::Ipv4(source_protocol_addr))
+                    && !self.routes.is_gateway(&IpAddress::Ipv4(source_protocol_addr))
+                {
                     net_debug!("arp: source IP address not in same network as us");
                     return None;
                 }
