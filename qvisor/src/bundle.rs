@@ -3,8 +3,9 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
+use crate::net::NetSetup;
 use crate::{Launch, DEFAULT_MEMORY};
 
 /// Smallest and largest guest memory a bundle may ask for.
@@ -13,6 +14,28 @@ const MAX_MEMORY: u64 = 64 << 30;
 
 /// Annotation that turns the polled syscall path off (`"off"`) or on (`"on"`, the default).
 pub const SYSCALL_POLL_ANNOTATION: &str = "dev.quark.syscall-poll";
+
+/// The network a bundle asks for: a network namespace with a path (made by a CNI plugin)
+/// is taken over; a new namespace (no path) or none at all gives loopback only, as a fresh
+/// namespace would (the guest never shares the host's network).
+fn net_setup(spec: &Spec) -> anyhow::Result<NetSetup> {
+    let netns = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .and_then(|nss| {
+            nss.iter()
+                .find(|ns| ns.typ() == LinuxNamespaceType::Network)
+        })
+        .and_then(|ns| ns.path().clone());
+    match netns {
+        Some(path) if !path.is_absolute() => {
+            bail!("linux.namespaces: network namespace path {path:?} is not absolute")
+        }
+        Some(path) => Ok(NetSetup::Pod { netns: path }),
+        None => Ok(NetSetup::Loopback),
+    }
+}
 
 /// Reads `<bundle>/config.json` and checks what qvisor supports.
 pub fn load(bundle: &Path) -> anyhow::Result<Launch> {
@@ -59,7 +82,7 @@ pub fn load(bundle: &Path) -> anyhow::Result<Launch> {
         Some(other) => bail!("annotation {SYSCALL_POLL_ANNOTATION}={other:?}: expected on or off"),
     };
     Ok(Launch {
-        net: None, // the network namespace takeover comes with guest networking
+        net: net_setup(&spec)?,
         polled_syscalls,
         root: root_path,
         readonly: root.readonly().unwrap_or(false),

@@ -10,6 +10,8 @@ pub mod rootfs;
 pub mod vm;
 
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use anyhow::Context;
 
@@ -31,8 +33,8 @@ pub struct Launch {
     pub memory: u64,
     /// Serve syscalls on the polled path (a host thread) rather than by trapping every one.
     pub polled_syscalls: bool,
-    /// The container's network, if it has one (loopback-less and no sockets otherwise).
-    pub net: Option<net::NetConfig>,
+    /// The container's network.
+    pub net: net::NetSetup,
 }
 
 /// Finds `name` in the root: a path containing '/' as is, else each directory of PATH.
@@ -67,8 +69,9 @@ pub fn run(launch: &Launch) -> anyhow::Result<Stop> {
         .first()
         .context("no program to run (empty args)")?;
     let (exe, image) = find_program(&mut rootfs, name, &launch.env)?;
-    let net = launch.net.as_ref().map(net::GuestNet::start).transpose()?;
-    let mut vm = Vm::new(launch.memory, rootfs, net, launch.polled_syscalls)?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    let net = Some(net::GuestNet::new(launch.net.clone(), cancel.clone())?);
+    let mut vm = Vm::new(launch.memory, rootfs, net, launch.polled_syscalls, cancel)?;
     let loaded = vm
         .with_machine(|m| qkernel::load_static(m, &image, &launch.argv, &launch.env))
         .with_context(|| format!("loading {exe}"))?;

@@ -37,8 +37,10 @@ enum Cmd {
         /// Serve syscalls on the polled path (on) or trap every one (off).
         #[arg(long, default_value = "on", value_parser = ["on", "off"])]
         syscall_poll: String,
-        /// Give the container a network: a TAP in this namespace (from `ip netns add`).
-        #[arg(long, requires = "net_addr")]
+        /// Give the container a network in this namespace (a name from `ip netns add`, or a
+        /// path): with --net-addr a new TAP with that address; without, the interface a CNI
+        /// plugin made there is taken over.
+        #[arg(long)]
         netns: Option<String>,
         /// The container's address with prefix, e.g. 10.0.0.2/24.
         #[arg(long, requires = "netns")]
@@ -53,21 +55,30 @@ enum Cmd {
     },
 }
 
-fn net_config(
+fn net_setup(
     netns: Option<String>,
     addr: Option<String>,
     peer: Option<String>,
-) -> anyhow::Result<Option<qvisor::net::NetConfig>> {
-    let (Some(netns), Some(addr)) = (netns, addr) else {
-        return Ok(None);
-    };
-    Ok(Some(qvisor::net::NetConfig {
-        netns,
-        tap: "qtap0".into(),
-        addr: addr.parse()?,
-        peer: peer.as_deref().map(str::parse).transpose()?,
-        gateway: None,
-    }))
+) -> anyhow::Result<qvisor::net::NetSetup> {
+    use qvisor::net::{NetSetup, TapNet};
+    Ok(match (netns, addr) {
+        (Some(netns), Some(addr)) => NetSetup::Tap(TapNet {
+            netns,
+            tap: "qtap0".into(),
+            addr: addr.parse()?,
+            peer: peer.as_deref().map(str::parse).transpose()?,
+            gateway: None,
+        }),
+        // A namespace without an address: take over what a CNI plugin made there.
+        (Some(netns), None) => NetSetup::Pod {
+            netns: if netns.contains('/') {
+                netns.into()
+            } else {
+                std::path::Path::new("/run/netns").join(netns)
+            },
+        },
+        _ => NetSetup::Loopback,
+    })
 }
 
 fn main() -> ExitCode {
@@ -95,7 +106,7 @@ fn main() -> ExitCode {
             net_addr,
             net_peer,
             argv,
-        } => net_config(netns, net_addr, net_peer).and_then(|net| {
+        } => net_setup(netns, net_addr, net_peer).and_then(|net| {
             qvisor::check_root(&root)?;
             Ok(qvisor::Launch {
                 net,

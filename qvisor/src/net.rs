@@ -4,12 +4,15 @@
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use anyhow::Context;
 use qnet::phy::TapOptions;
 use qnet::runner::RunningStack;
-use qnet::{Ipv4Cidr, StackConfig};
+use qnet::{Ipv4Cidr, Mac, StackConfig};
 use qnet_client::{poll, Client, Interest, TcpListener, TcpStream, UdpSocket};
+use qnet_netns::{Link, Netns, NetnsError, Route, Takeover};
 use qnet_ring::{READY_ERR, READY_HUP, READY_IN, READY_OUT, READY_RDHUP};
 
 use qkernel::{SocketId, SocketReady};
@@ -20,12 +23,25 @@ const EINVAL: i64 = 22;
 const ENOTCONN: i64 = 107;
 const EOPNOTSUPP: i64 = 95;
 const EMFILE: i64 = 24;
+const ENOBUFS: i64 = 105;
 /// Most sockets one container may hold (qnet bounds its ring slots too).
 const MAX_SOCKETS: usize = 1024;
 
 /// Where the container's network comes from.
 #[derive(Debug, Clone)]
-pub struct NetConfig {
+pub enum NetSetup {
+    /// No network namespace given: loopback (127.0.0.1) only, as in a fresh Linux namespace.
+    Loopback,
+    /// Take over the interface a CNI plugin made in this network namespace (a path such as
+    /// /run/netns/NAME or /proc/PID/ns/net, from config.json).
+    Pod { netns: PathBuf },
+    /// A new TAP in a namespace, addressed by hand (`qvisor exec --netns`, for development).
+    Tap(TapNet),
+}
+
+/// A hand-made TAP network.
+#[derive(Debug, Clone)]
+pub struct TapNet {
     /// A network namespace (`ip netns add NAME`) to put the TAP in.
     pub netns: String,
     pub tap: String,
@@ -34,6 +50,118 @@ pub struct NetConfig {
     /// An address for the kernel side of the TAP (the peer the container reaches), if any.
     pub peer: Option<Ipv4Cidr>,
     pub gateway: Option<Ipv4Addr>,
+}
+
+/// Name of the TAP qvisor creates next to the pod interface.
+const POD_TAP: &str = "qtap0";
+
+/// The stack configuration that makes qnet answer for `link` as the kernel did, given the
+/// routes out of it. A subnet the kernel reached directly stays on-link; a subnet reached
+/// through a gateway (the ptp plugin) or none (Calico's /32) makes the address a /32, so every
+/// destination goes through a gateway, which is then on-link.
+pub fn pod_stack_config(link: &Link, routes: &[&Route]) -> anyhow::Result<StackConfig> {
+    let addr = *link
+        .addrs
+        .first()
+        .with_context(|| format!("interface {} has no IPv4 address", link.name))?;
+    let on_link = routes
+        .iter()
+        .any(|r| r.gateway.is_none() && r.dst == addr.network());
+    let mut cfg = StackConfig::new(Ipv4Cidr {
+        addr: addr.addr,
+        prefix: if on_link { addr.prefix } else { 32 },
+    });
+    for r in routes {
+        match (r.gateway, r.dst.prefix) {
+            (Some(gw), 0) => cfg.gateway = Some(gw),
+            (Some(gw), _) => cfg.routes.push(qnet::Route {
+                dst: Ipv4Cidr {
+                    addr: r.dst.addr,
+                    prefix: r.dst.prefix,
+                },
+                via: gw,
+            }),
+            // Directly reached subnets: the address's own is above; others are not modelled.
+            (None, _) => {}
+        }
+    }
+    if let Some(mac) = link.mac {
+        cfg.mac = Mac(mac);
+    }
+    cfg.mtu = link.mtu;
+    cfg.ring_slots = MAX_SOCKETS as u32;
+    cfg.validate()
+        .with_context(|| format!("the network of interface {}", link.name))?;
+    Ok(cfg)
+}
+
+/// The running network: the stack and the guest's attachment to it.
+struct Live {
+    client: Client,
+    // Dropped after the client: the stack outlives its client, and the pod interface is
+    // given back only after the stack (and its TAP) are gone.
+    _stack: RunningStack,
+    _takeover: Option<Takeover>,
+}
+
+impl Live {
+    fn start(setup: &NetSetup, cancel: &Arc<AtomicBool>) -> anyhow::Result<Live> {
+        let socket: PathBuf =
+            std::env::temp_dir().join(format!("qvisor-net-{}.sock", std::process::id()));
+        let (stack, takeover) = match setup {
+            NetSetup::Loopback => {
+                // A link-less stack: only 127.0.0.1 exists.
+                let mut cfg = StackConfig::new(qnet::net::LOOPBACK);
+                cfg.ring_slots = MAX_SOCKETS as u32;
+                let stack = RunningStack::start(cfg, None, &socket)?;
+                (stack, None)
+            }
+            NetSetup::Tap(t) => {
+                let mut cfg = StackConfig::new(t.addr);
+                cfg.gateway = t.gateway;
+                cfg.ring_slots = MAX_SOCKETS as u32;
+                let tap = TapOptions {
+                    name: t.tap.clone(),
+                    netns: Some(t.netns.clone()),
+                    mtu: cfg.mtu,
+                    peer_addr: t.peer,
+                };
+                (RunningStack::start(cfg, Some(&tap), &socket)?, None)
+            }
+            NetSetup::Pod { netns } => {
+                let ns = Netns::open(netns)?;
+                let snapshot = ns.inspect()?;
+                let link = snapshot.pod_link().ok_or_else(|| NetnsError::NoInterface {
+                    path: netns.display().to_string(),
+                })?;
+                let routes: Vec<&Route> = snapshot.routes_of(link.index).collect();
+                let cfg = pod_stack_config(link, &routes)?;
+                tracing::info!(
+                    link = %link.name,
+                    addr = %cfg.addr,
+                    gateway = ?cfg.gateway,
+                    routes = cfg.routes.len(),
+                    "taking over the pod interface"
+                );
+                let tap = TapOptions {
+                    name: POD_TAP.into(),
+                    netns: Some(netns.display().to_string()),
+                    mtu: cfg.mtu,
+                    peer_addr: None,
+                };
+                let stack = RunningStack::start(cfg, Some(&tap), &socket)?;
+                let takeover = ns.take_over(&link.name, POD_TAP)?;
+                (stack, Some(takeover))
+            }
+        };
+        let client = Client::connect_cancellable(&socket, cancel.clone())
+            .context("attaching to the network stack")?;
+        Ok(Live {
+            client,
+            _stack: stack,
+            _takeover: takeover,
+        })
+    }
 }
 
 enum Sock {
@@ -48,10 +176,10 @@ enum Sock {
 }
 
 pub struct GuestNet {
+    setup: NetSetup,
+    cancel: Arc<AtomicBool>,
     socks: Vec<Option<Sock>>,
-    client: Client,
-    // Dropped last: the stack outlives its client.
-    _stack: RunningStack,
+    live: Option<Live>,
 }
 
 fn errno(e: io::Error) -> i64 {
@@ -76,27 +204,37 @@ fn split(a: SocketAddr) -> (u32, u16) {
 }
 
 impl GuestNet {
-    /// Starts the stack on a TAP in the namespace and attaches to it.
-    pub fn start(cfg: &NetConfig) -> anyhow::Result<GuestNet> {
-        let mut stack_cfg = StackConfig::new(cfg.addr);
-        stack_cfg.gateway = cfg.gateway;
-        stack_cfg.ring_slots = MAX_SOCKETS as u32;
-        let socket: PathBuf =
-            std::env::temp_dir().join(format!("qvisor-net-{}.sock", std::process::id()));
-        let tap = TapOptions {
-            name: cfg.tap.clone(),
-            netns: Some(cfg.netns.clone()),
-            mtu: stack_cfg.mtu,
-            peer_addr: cfg.peer,
+    /// Sets up the container's network. A pod or TAP network starts now (so a broken one
+    /// fails the container before it boots, and the kernel stops answering for the pod at
+    /// once); loopback starts with the first socket, so programs without sockets pay nothing.
+    pub fn new(setup: NetSetup, cancel: Arc<AtomicBool>) -> anyhow::Result<GuestNet> {
+        let live = match setup {
+            NetSetup::Loopback => None,
+            _ => Some(Live::start(&setup, &cancel).context("starting the container's network")?),
         };
-        let stack = RunningStack::start(stack_cfg, Some(&tap), &socket)
-            .context("starting the network stack")?;
-        let client = Client::connect(&socket).context("attaching to the network stack")?;
         Ok(GuestNet {
+            setup,
+            cancel,
             socks: Vec::new(),
-            client,
-            _stack: stack,
+            live,
         })
+    }
+
+    /// The ring client, starting the network first if it is not running yet.
+    fn client(&mut self) -> Result<Client, i64> {
+        if self.live.is_none() {
+            match Live::start(&self.setup, &self.cancel) {
+                Ok(l) => self.live = Some(l),
+                Err(e) => {
+                    tracing::error!("starting the container's network: {e:#}");
+                    return Err(ENOBUFS);
+                }
+            }
+        }
+        match &self.live {
+            Some(l) => Ok(l.client.clone()),
+            None => Err(ENOBUFS),
+        }
     }
 
     fn get(&mut self, s: SocketId) -> Result<&mut Sock, i64> {
@@ -129,7 +267,7 @@ impl GuestNet {
 
     /// The datagram socket behind `s`, bound to `at` (any port) if it was not yet.
     fn dgram(&mut self, s: SocketId, at: SocketAddr) -> Result<&mut UdpSocket, i64> {
-        let client = self.client.clone();
+        let client = self.client()?;
         let sock = self.get(s)?;
         if let Sock::FreshDgram = sock {
             *sock = Sock::Dgram(UdpSocket::bind(&client, at).map_err(errno)?);
@@ -188,7 +326,7 @@ impl GuestNet {
     }
 
     pub fn listen(&mut self, s: SocketId, backlog: u32) -> Result<(), i64> {
-        let client = self.client.clone();
+        let client = self.client()?;
         let sock = self.get(s)?;
         let Sock::Fresh { bound } = sock else {
             return match sock {
@@ -219,7 +357,7 @@ impl GuestNet {
         nonblocking: bool,
     ) -> Result<(), i64> {
         const EINPROGRESS: i64 = 115;
-        let client = self.client.clone();
+        let client = self.client()?;
         let sock = self.get(s)?;
         match sock {
             Sock::Fresh { .. } if nonblocking => {
@@ -347,7 +485,7 @@ impl GuestNet {
         let bits = if live.is_empty() {
             Vec::new()
         } else {
-            poll(&self.client, &live, timeout).map_err(errno)?
+            poll(&self.client()?, &live, timeout).map_err(errno)?
         };
         let mut bits = bits.into_iter();
         Ok(slots
@@ -375,5 +513,85 @@ impl GuestNet {
         if let Some(slot) = self.socks.get_mut(s as usize) {
             *slot = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qnet_netns::Ipv4Net;
+
+    fn net(s: &str) -> Ipv4Net {
+        let (a, p) = s.split_once('/').unwrap();
+        Ipv4Net {
+            addr: a.parse().unwrap(),
+            prefix: p.parse().unwrap(),
+        }
+    }
+
+    fn link(addr: &str) -> Link {
+        Link {
+            index: 2,
+            name: "eth0".into(),
+            mac: Some([0x0a, 0x58, 0x0a, 0x00, 0x00, 0x05]),
+            mtu: 1450,
+            up: true,
+            loopback: false,
+            addrs: vec![net(addr)],
+        }
+    }
+
+    fn route(dst: &str, gw: Option<&str>) -> Route {
+        Route {
+            dst: net(dst),
+            gateway: gw.map(|g| g.parse().unwrap()),
+            oif: Some(2),
+        }
+    }
+
+    #[test]
+    fn a_bridge_pod_keeps_its_subnet_on_link() {
+        let routes = [
+            route("0.0.0.0/0", Some("10.0.0.1")),
+            route("10.0.0.0/24", None),
+        ];
+        let cfg =
+            pod_stack_config(&link("10.0.0.5/24"), &routes.iter().collect::<Vec<_>>()).unwrap();
+        assert_eq!(cfg.addr.to_string(), "10.0.0.5/24");
+        assert_eq!(cfg.gateway, Some("10.0.0.1".parse().unwrap()));
+        assert!(cfg.routes.is_empty());
+        assert_eq!(cfg.mac.0, [0x0a, 0x58, 0x0a, 0x00, 0x00, 0x05]);
+        assert_eq!(cfg.mtu, 1450);
+    }
+
+    #[test]
+    fn a_ptp_or_calico_pod_sends_everything_through_its_gateway() {
+        // ptp: the subnet is routed through the gateway, which is a link-scope /32.
+        let routes = [
+            route("0.0.0.0/0", Some("10.0.0.1")),
+            route("10.0.0.0/24", Some("10.0.0.1")),
+            route("10.0.0.1/32", None),
+        ];
+        let cfg =
+            pod_stack_config(&link("10.0.0.5/24"), &routes.iter().collect::<Vec<_>>()).unwrap();
+        assert_eq!(cfg.addr.to_string(), "10.0.0.5/32");
+        assert_eq!(cfg.routes.len(), 1);
+        // Calico: a /32 address and a gateway outside every subnet.
+        let routes = [
+            route("169.254.1.1/32", None),
+            route("0.0.0.0/0", Some("169.254.1.1")),
+        ];
+        let cfg =
+            pod_stack_config(&link("192.168.7.9/32"), &routes.iter().collect::<Vec<_>>()).unwrap();
+        assert_eq!(cfg.addr.to_string(), "192.168.7.9/32");
+        assert_eq!(cfg.gateway, Some("169.254.1.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn an_interface_without_an_address_is_an_error() {
+        let mut l = link("10.0.0.5/24");
+        l.addrs.clear();
+        let e = pod_stack_config(&l, &[]).unwrap_err();
+        assert!(e.to_string().contains("no IPv4 address"), "{e}");
     }
 }

@@ -10,7 +10,7 @@
 //! code to emulate or to protect. Registers travel through `kvm_run`'s sync-regs area, which
 //! saves two ioctls per exit (~27 µs measured).
 
-use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context};
@@ -75,8 +75,18 @@ static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
 /// KVM_RUN still makes it return at once.
 static IMMEDIATE_EXIT: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
 
+/// The running Vm's cancel flag, so a stop signal also frees a thread parked in a socket call
+/// (the trapping path serves syscalls on the vCPU thread itself).
+static CANCEL: AtomicPtr<AtomicBool> = AtomicPtr::new(std::ptr::null_mut());
+
 extern "C" fn on_stop_signal(sig: libc::c_int) {
     STOP_SIGNAL.store(sig, Ordering::SeqCst);
+    let cancel = CANCEL.load(Ordering::SeqCst);
+    if !cancel.is_null() {
+        // SAFETY: points at the Vm's cancel flag, kept alive by the Vm while installed
+        // (cleared before run returns); an atomic store is async-signal-safe.
+        unsafe { (*cancel).store(true, Ordering::SeqCst) };
+    }
     let p = IMMEDIATE_EXIT.load(Ordering::SeqCst);
     if !p.is_null() {
         // SAFETY: p points into the vCPU's kvm_run mapping, which outlives the handler's
@@ -180,6 +190,9 @@ pub struct Vm {
     /// The polled syscall path is set up (stub and mailbox mapped, LSTAR at the stub).
     polled: bool,
     pub exits: u64,
+    /// Set when the container is stopped from outside, so socket calls parked on the
+    /// syscall thread give up (EINTR) and the network can be torn down.
+    cancel: Arc<AtomicBool>,
 }
 
 /// qkernel's view of the machine during one exit.
@@ -383,6 +396,7 @@ impl Vm {
         rootfs: RootFs,
         net: Option<GuestNet>,
         polled: bool,
+        cancel: Arc<AtomicBool>,
     ) -> anyhow::Result<Vm> {
         let kvm = Kvm::new().context("opening /dev/kvm")?;
         let vm = kvm.create_vm().context("creating the VM")?;
@@ -481,6 +495,7 @@ impl Vm {
             })),
             polled,
             exits: 0,
+            cancel,
         })
     }
 
@@ -553,6 +568,7 @@ impl Vm {
             &mut self.vcpu.get_kvm_run().immediate_exit as *mut u8,
             Ordering::SeqCst,
         );
+        CANCEL.store(Arc::as_ptr(&self.cancel).cast_mut(), Ordering::SeqCst);
         install_stop_signals();
         let poller = if self.polled {
             let page = self
@@ -578,6 +594,7 @@ impl Vm {
         let stop = self.run_loop(poller.as_ref());
         drop(poller);
         IMMEDIATE_EXIT.store(std::ptr::null_mut(), Ordering::SeqCst);
+        CANCEL.store(std::ptr::null_mut(), Ordering::SeqCst);
         stop
     }
 
@@ -588,6 +605,7 @@ impl Vm {
             }
             let sig = STOP_SIGNAL.load(Ordering::SeqCst);
             if sig != 0 {
+                self.cancel.store(true, Ordering::SeqCst);
                 return Ok(Stop::Killed {
                     signal: sig,
                     reason: format!("stopped by the host (signal {sig})"),

@@ -9,7 +9,8 @@ use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::atomic::Ordering::{Acquire, Release, SeqCst};
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,8 @@ struct Inner {
     sq: Mutex<SqState>,
     cq: Mutex<CqState>,
     ev_head: Mutex<u32>,
+    /// Set by the owner to make every wait give up with EINTR (the owner is stopping).
+    cancel: Arc<AtomicBool>,
 }
 
 /// A handle on an attached ring; cheap to clone.
@@ -65,6 +68,15 @@ pub(crate) fn errno(e: i32) -> io::Error {
 impl Client {
     /// Attaches to the stack listening on the Unix socket at `path`.
     pub fn connect(path: impl AsRef<Path>) -> io::Result<Client> {
+        Self::connect_cancellable(path, Arc::new(AtomicBool::new(false)))
+    }
+
+    /// Attaches like [`Client::connect`]; once `cancel` is set, every blocked or later wait
+    /// fails with EINTR within 200 ms, so an owner can stop threads parked in socket calls.
+    pub fn connect_cancellable(
+        path: impl AsRef<Path>,
+        cancel: Arc<AtomicBool>,
+    ) -> io::Result<Client> {
         let path = path.as_ref();
         let stream = UnixStream::connect(path).map_err(|e| {
             io::Error::new(
@@ -111,6 +123,7 @@ impl Client {
                     done: HashMap::new(),
                 }),
                 ev_head: Mutex::new(0),
+                cancel,
             }),
         })
     }
@@ -137,6 +150,9 @@ impl Client {
         while sq.tail.wrapping_sub(view.sq_head().load(Acquire)) >= entries {
             if self.closed() {
                 return Err(errno(ECONNABORTED));
+            }
+            if self.inner.cancel.load(Relaxed) {
+                return Err(errno(EINTR));
             }
             self.ring_doorbell_if_asleep();
             std::thread::yield_now();
@@ -224,6 +240,9 @@ impl Client {
             }
             if self.closed() {
                 return Err(errno(ECONNABORTED));
+            }
+            if self.inner.cancel.load(Relaxed) {
+                return Err(errno(EINTR));
             }
             // Spin by count, not by clock: reading the clock here costs more than a check.
             spins += 1;

@@ -256,6 +256,7 @@ pub const fn sockopt(level: u32, name: u32) -> u32 {
 /// Linux errno values the stack returns (as `-errno`).
 pub mod errno {
     pub const EPERM: i32 = 1;
+    pub const EINTR: i32 = 4;
     pub const EBADF: i32 = 9;
     pub const EAGAIN: i32 = 11;
     pub const ENOMEM: i32 = 12;

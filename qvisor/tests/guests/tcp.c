@@ -1,7 +1,8 @@
 /* TCP through the container's network: tcp client IP PORT | tcp server PORT | tcp pollserver PORT
  * (pollserver waits with poll(2) before accept and before read) | tcp send IP PORT MIB (streams
  * MIB mebibytes and prints the rate) | tcp nbconnect IP PORT (non-blocking connect: prints the
- * connect errno, what poll saw and SO_ERROR). */
+ * connect errno, what poll saw and SO_ERROR) | tcp loop IP PORT (a listener and a client in this
+ * one process talk over IP, which is 127.0.0.1 or the container's own address). */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -48,6 +49,34 @@ int main(int argc, char **argv) {
     printf("connect %s, poll %d%s%s, SO_ERROR %s\n", e == EINPROGRESS ? "EINPROGRESS" : strerror(e), n,
            (p.revents & POLLOUT) ? " POLLOUT" : "", (p.revents & (POLLERR | POLLHUP)) ? " POLLERR/HUP" : "",
            err ? strerror(err) : "0");
+    return 0;
+  }
+  if (argc == 4 && !strcmp(argv[1], "loop")) {
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    a.sin_port = htons(atoi(argv[3]));
+    a.sin_addr.s_addr = inet_addr(argv[2]);
+    if (bind(l, (struct sockaddr *)&a, sizeof a)) return fail("bind");
+    if (listen(l, 4)) return fail("listen");
+    int c = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (connect(c, (struct sockaddr *)&a, sizeof a) && errno != EINPROGRESS) return fail("connect");
+    struct pollfd p = {.fd = c, .events = POLLOUT};
+    if (poll(&p, 1, 5000) != 1) return fail("poll connect");
+    int s = accept(l, NULL, NULL);
+    if (s < 0) return fail("accept");
+    struct sockaddr_in me, peer;
+    socklen_t len = sizeof me;
+    getsockname(c, (struct sockaddr *)&me, &len);
+    len = sizeof peer;
+    getpeername(s, (struct sockaddr *)&peer, &len);
+    const char *msg = "over the guest's own stack";
+    if (write(c, msg, strlen(msg)) != (ssize_t)strlen(msg)) return fail("write");
+    struct pollfd r = {.fd = s, .events = POLLIN};
+    poll(&r, 1, 5000);
+    ssize_t n = read(s, buf, sizeof buf - 1);
+    if (n <= 0) return fail("read");
+    buf[n] = 0;
+    printf("%s from %s (client bound %s)\n", buf, inet_ntoa(peer.sin_addr),
+           me.sin_addr.s_addr == peer.sin_addr.s_addr ? "the same" : "differently");
     return 0;
   }
   if (argc == 5 && !strcmp(argv[1], "send")) {

@@ -1,0 +1,231 @@
+//! Helpers shared by the qvisor integration tests: the test root file system, running
+//! qvisor, OCI bundles and network namespaces.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+pub fn require_kvm() {
+    assert!(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok(),
+        "these tests need read-write /dev/kvm (run as root on a KVM host)"
+    );
+}
+
+/// A root file system shared by the tests: Debian's busybox with its applet links, the
+/// project's C guests, and a few data files. Built once per test run.
+pub fn root() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = std::env::temp_dir().join(format!("qvisor-root-{}", std::process::id()));
+        let bin = root.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::create_dir_all(root.join("data")).unwrap();
+        assert!(
+            Path::new("/bin/busybox").exists(),
+            "Debian's busybox-static is needed (scripts/setup.sh)"
+        );
+        std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
+        for applet in [
+            "sh",
+            "echo",
+            "cat",
+            "ls",
+            "wc",
+            "sha256sum",
+            "date",
+            "true",
+            "head",
+            "pwd",
+            "sleep",
+            "wget",
+        ] {
+            std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+        }
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests");
+        for (name, src_name, flag) in [
+            ("syscost", "../../../netbench/guests/syscost", "-static"),
+            ("exitcode", "exitcode", "-static"),
+            ("exitcode-pie", "exitcode", "-static-pie"),
+            ("faults", "faults", "-static"),
+            ("syscalls", "syscalls", "-static"),
+            ("tcp", "tcp", "-static"),
+            ("epoll", "epoll", "-static"),
+            ("udp", "udp", "-static"),
+        ] {
+            let out = Command::new("gcc")
+                .args([flag, "-O1", "-o"])
+                .arg(bin.join(name))
+                .arg(src.join(format!("{src_name}.c")))
+                .output()
+                .expect("gcc is needed to build the test guests (scripts/setup.sh)");
+            assert!(
+                out.status.success(),
+                "gcc {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::fs::write(root.join("etc/hostname"), "inside-the-root\n").unwrap();
+        let lines: String = (1..=100).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(root.join("data/lines.txt"), lines).unwrap();
+        // Escape attempts: an absolute symlink to a host file, and a relative one climbing out.
+        std::os::unix::fs::symlink("/etc/shadow", root.join("data/abs-escape")).unwrap();
+        std::os::unix::fs::symlink("../../../../../../etc/shadow", root.join("data/rel-escape"))
+            .unwrap();
+        root
+    })
+}
+
+pub fn qvisor(args: &[&str]) -> Output {
+    qvisor_with(&[], args)
+}
+
+pub fn qvisor_with(options: &[&str], args: &[&str]) -> Output {
+    require_kvm();
+    Command::new(env!("CARGO_BIN_EXE_qvisor"))
+        .args(["exec", "--root"])
+        .arg(root())
+        .args(options)
+        .args(args)
+        .output()
+        .expect("running qvisor")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+pub fn bundle(tag: &str, args: &[&str], readonly: bool) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("qvisor-bundle-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+    // The shape `runc spec` writes.
+    let config = format!(
+        r#"{{
+  "ociVersion": "1.0.2-dev",
+  "process": {{
+    "terminal": false,
+    "user": {{ "uid": 0, "gid": 0 }},
+    "args": [{}],
+    "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"],
+    "cwd": "/data",
+    "capabilities": {{ "bounding": ["CAP_KILL"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"] }},
+    "rlimits": [{{ "type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024 }}],
+    "noNewPrivileges": true
+  }},
+  "root": {{ "path": "{}", "readonly": {readonly} }},
+  "hostname": "runc",
+  "mounts": [{{ "destination": "/proc", "type": "proc", "source": "proc" }}],
+  "linux": {{
+    "resources": {{ "memory": {{ "limit": 268435456 }} }},
+    "namespaces": [{{ "type": "pid" }}, {{ "type": "network" }}, {{ "type": "ipc" }}, {{ "type": "uts" }}, {{ "type": "mount" }}]
+  }}
+}}"#,
+        args.join(", "),
+        root().display()
+    );
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    dir
+}
+
+pub fn run_bundle(dir: &Path) -> Output {
+    require_kvm();
+    Command::new(env!("CARGO_BIN_EXE_qvisor"))
+        .args(["run", "--bundle"])
+        .arg(dir)
+        .arg("test-container")
+        .output()
+        .expect("running qvisor")
+}
+
+/// A namespace of the test's own, deleted on drop.
+pub struct Netns(pub String);
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = format!("qv-{tag}-{}", std::process::id());
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "ip netns add (run as root)");
+        Netns(name)
+    }
+
+    pub fn sh(&self, script: &str) -> std::process::Child {
+        Command::new("ip")
+            .args(["netns", "exec", &self.0, "sh", "-c", script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
+impl Netns {
+    /// Waits until something listens on `port` (`ss` flags pick TCP or UDP).
+    pub fn wait_for_port(&self, ss_flags: &str, port: u16) {
+        for _ in 0..200 {
+            let o = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &self.0,
+                    "ss",
+                    ss_flags,
+                    &format!("sport = :{port}"),
+                ])
+                .output()
+                .unwrap();
+            if !o.stdout.is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("nothing listens on port {port} in {}", self.0);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// Starts a networked guest in the background with its stdout and stderr piped.
+pub fn spawn_guest(opts: &[String], args: &[&str]) -> std::process::Child {
+    require_kvm();
+    Command::new(env!("CARGO_BIN_EXE_qvisor"))
+        .args(["exec", "--root"])
+        .arg(root())
+        .args(opts)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running qvisor")
+}
+
+pub fn net_options(ns: &Netns) -> Vec<String> {
+    [
+        "--netns",
+        &ns.0,
+        "--net-addr",
+        "10.66.0.2/24",
+        "--net-peer",
+        "10.66.0.1/24",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}

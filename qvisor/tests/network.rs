@@ -1,0 +1,541 @@
+//! Guest networking against real KVM: the guest's sockets served by the qnet stack inside
+//! qvisor, reached by kernel peers (python, nc) in namespaces the tests create.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn a_guest_tcp_client_reaches_a_kernel_server_through_qnet() {
+    let ns = Netns::new("cli");
+    // The kernel side: a python server that answers once, started after the TAP exists.
+    let server = r#"
+import socket, time
+for _ in range(100):
+    try:
+        l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        l.bind(("10.66.0.1", 7070)); break
+    except OSError:
+        time.sleep(0.05)
+l.listen(1)
+c, a = l.accept()
+data = b""
+while True:
+    d = c.recv(100)
+    if not d: break
+    data += d
+c.sendall(b"kernel got: " + data)
+c.close()
+"#;
+    let mut py = ns.sh(&format!("python3 -c '{server}'"));
+    let opts = net_options(&ns);
+    let mut args: Vec<&str> = opts.iter().map(String::as_str).collect();
+    args.extend(["/bin/tcp", "client", "10.66.0.1", "7070"]);
+    // The server binds once the TAP (created by qvisor) has its address: retry the client.
+    let mut last = None;
+    for _ in 0..20 {
+        let o = qvisor_with(&args[..args.len() - 4], &args[args.len() - 4..]);
+        if o.status.code() == Some(0) {
+            last = Some(o);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        last = Some(o);
+    }
+    let o = last.unwrap();
+    let _ = py.kill();
+    let _ = py.wait();
+    assert_eq!(
+        stdout(&o),
+        "reply: kernel got: ping from the guest\n",
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn a_guest_tcp_server_serves_a_kernel_client_through_qnet() {
+    let ns = Netns::new("srv");
+    let opts = net_options(&ns);
+    let mut child = spawn_guest(&opts, &["/bin/tcp", "server", "8081"]);
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "listening\n");
+    let client = ns.sh("printf hello-guest | nc -q1 -w5 10.66.0.2 8081");
+    let out = client.wait_with_output().unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "pong to 10.66.0.1:hello-guest",
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn busybox_wget_in_the_guest_fetches_from_a_kernel_http_server() {
+    let ns = Netns::new("wget");
+    let www = std::env::temp_dir().join(format!("qvisor-www-{}", std::process::id()));
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "served by the kernel's python\n").unwrap();
+    // Bound to any address, so it listens before qvisor creates the TAP and its address.
+    let mut server = ns.sh(&format!(
+        "exec python3 -m http.server 8000 --bind 0.0.0.0 -d {} 2>/dev/null",
+        www.display()
+    ));
+    ns.wait_for_port("-Hltn", 8000);
+    let opts = net_options(&ns);
+    let mut args: Vec<&str> = opts.iter().map(String::as_str).collect();
+    args.extend(["wget", "-O", "-", "http://10.66.0.1:8000/index.html"]);
+    let o = qvisor(&args);
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&www);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "served by the kernel's python\n",
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn poll_reports_socket_readiness_in_the_guest() {
+    let ns = Netns::new("poll");
+    let opts = net_options(&ns);
+    let mut child = spawn_guest(&opts, &["/bin/tcp", "pollserver", "8082"]);
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    for expect in ["idle poll: 0\n", "listening\n"] {
+        line.clear();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert_eq!(line, expect);
+    }
+    // Connect, wait, then send: the guest sees the connection, then data, through poll.
+    let client = ns.sh("(sleep 0.3; printf polled) | nc -q1 -w5 10.66.0.2 8082");
+    let reply = client.wait_with_output().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        rest,
+        "poll before accept: 1 POLLIN\nselect agrees: 1 readable\nwritable: 1 POLLOUT\npoll before read: 1 POLLIN\n",
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&reply.stdout),
+        "pong to 10.66.0.1:polled"
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn an_epoll_server_in_the_guest_serves_many_kernel_clients_at_once() {
+    let ns = Netns::new("epoll");
+    let opts = net_options(&ns);
+    let mut child = spawn_guest(&opts, &["/bin/epoll", "8083", "50"]);
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line, "listening\n");
+    // 50 clients connect first, then each sends and reads its own echo.
+    let clients = r#"
+import socket
+socks = [socket.create_connection(("10.66.0.2", 8083), timeout=10) for _ in range(50)]
+ok = 0
+for i, s in enumerate(socks):
+    msg = b"client %d " % i * 20
+    s.sendall(msg)
+    got = b""
+    while len(got) < len(msg):
+        got += s.recv(65536)
+    ok += got == msg
+for s in socks:
+    s.close()
+print(ok)
+"#;
+    let py = ns.sh(&format!("python3 -c '{clients}'"));
+    let res = py.wait_with_output().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&res.stdout).trim(),
+        "50",
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(rest, "served 50\n", "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(0));
+}
+
+#[test]
+fn udp_both_ways_between_the_guest_and_the_kernel() {
+    let ns = Netns::new("udp");
+    let opts = net_options(&ns);
+    // Guest echo server, kernel client.
+    let mut child = spawn_guest(&opts, &["/bin/udp", "echo", "5300", "3"]);
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "bound\n");
+    let client = r#"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+ok = 0
+for i in range(3):
+    msg = b"datagram %d" % i
+    s.sendto(msg, ("10.66.0.2", 5300))
+    ok += s.recvfrom(100)[0] == msg
+print(ok)
+"#;
+    let out = ns
+        .sh(&format!("python3 -c '{client}'"))
+        .wait_with_output()
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "3",
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+
+    // Kernel echo server (bound to any address, so it exists before the TAP), guest client.
+    let server = r#"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 5301))
+d, a = s.recvfrom(100)
+s.sendto(d.upper(), a)
+"#;
+    let mut py = ns.sh(&format!("python3 -c '{server}'"));
+    ns.wait_for_port("-Hlun", 5301);
+    let mut args: Vec<&str> = opts.iter().map(String::as_str).collect();
+    args.extend(["/bin/udp", "ask", "10.66.0.1", "5301"]);
+    let o = qvisor(&args);
+    let _ = py.wait();
+    assert_eq!(
+        stdout(&o),
+        "QUESTION FROM THE GUEST from 10.66.0.1:5301\n",
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn non_blocking_connect_reports_through_poll_and_so_error() {
+    let ns = Netns::new("nbc");
+    // A listener on any address for the success case; nothing on port 1 for the refusal.
+    let mut server = ns.sh("exec python3 -c 'import socket,time; l=socket.socket(); l.bind((\"0.0.0.0\", 7400)); l.listen(); time.sleep(10)'");
+    ns.wait_for_port("-Hltn", 7400);
+    let opts = net_options(&ns);
+    let run = |port: &str| {
+        let mut args: Vec<&str> = opts.iter().map(String::as_str).collect();
+        args.extend(["/bin/tcp", "nbconnect", "10.66.0.1", port]);
+        qvisor(&args)
+    };
+    let ok = run("7400");
+    let refused = run("1");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(
+        stdout(&ok),
+        "connect EINPROGRESS, poll 1 POLLOUT, SO_ERROR 0\n",
+        "{}",
+        stderr(&ok)
+    );
+    assert_eq!(
+        stdout(&refused),
+        // Linux too reports a failed connect as writable with an error.
+        "connect EINPROGRESS, poll 1 POLLOUT POLLERR/HUP, SO_ERROR Connection refused\n",
+        "{}",
+        stderr(&refused)
+    );
+}
+
+#[test]
+fn the_guest_reaches_its_own_address_inside_the_stack() {
+    let ns = Netns::new("self");
+    let opts = net_options(&ns);
+    let mut args: Vec<&str> = opts.iter().map(String::as_str).collect();
+    args.extend(["/bin/tcp", "loop", "10.66.0.2", "8091"]);
+    let o = qvisor(&args);
+    assert_eq!(
+        stdout(&o),
+        "over the guest's own stack from 10.66.0.2 (client bound the same)\n",
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// A pod network made by Debian's reference CNI plugins as a kubelet would: the plugin runs in
+/// a "node" namespace (where it puts the bridge or host-side veth) and wires `eth0` into the
+/// pod namespace, with host-local IPAM.
+struct CniPod {
+    node: Netns,
+    pod: Netns,
+    conf: String,
+    /// The pod's address and its gateway, from the plugin's result.
+    ip: String,
+    gateway: String,
+}
+
+const CNI_DIR: &str = "/usr/lib/cni";
+
+impl CniPod {
+    fn new(tag: &str, plugin: &str, subnet: &str) -> CniPod {
+        assert!(
+            std::path::Path::new(CNI_DIR).join(plugin).exists(),
+            "Debian's containernetworking-plugins are needed (scripts/setup.sh)"
+        );
+        let node = Netns::new(&format!("{tag}n"));
+        let pod = Netns::new(&format!("{tag}p"));
+        let data = std::env::temp_dir().join(format!("qvisor-ipam-{tag}-{}", std::process::id()));
+        let extra = if plugin == "bridge" {
+            format!(r#""bridge": "qbr{tag}", "isGateway": true,"#)
+        } else {
+            String::new()
+        };
+        let conf = format!(
+            r#"{{"cniVersion": "1.0.0", "name": "qt-{tag}", "type": "{plugin}", {extra}
+ "ipam": {{"type": "host-local", "ranges": [[{{"subnet": "{subnet}"}}]],
+          "routes": [{{"dst": "0.0.0.0/0"}}], "dataDir": "{}"}}}}"#,
+            data.display()
+        );
+        let result = cni(&node, &pod, "ADD", &conf);
+        let field = |key: &str| {
+            let at = result
+                .find(&format!("\"{key}\""))
+                .unwrap_or_else(|| panic!("no {key} in the CNI result {result}"));
+            let rest = &result[at + key.len() + 2..];
+            let start = rest.find('"').unwrap() + 1;
+            let end = start + rest[start..].find('"').unwrap();
+            rest[start..end].to_string()
+        };
+        let ip = field("address");
+        let gateway = field("gateway");
+        CniPod {
+            node,
+            pod,
+            conf,
+            ip: ip.split('/').next().unwrap().to_string(),
+            gateway,
+        }
+    }
+
+    fn netns_path(&self) -> String {
+        format!("/run/netns/{}", self.pod.0)
+    }
+
+    fn pod_ip_cmd(&self, args: &str) -> String {
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(format!("ip -n {} {args}", self.pod.0))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).to_string()
+    }
+}
+
+impl Drop for CniPod {
+    fn drop(&mut self) {
+        cni(&self.node, &self.pod, "DEL", &self.conf);
+    }
+}
+
+/// Runs a CNI plugin command the way the spec says: environment and config on stdin.
+fn cni(node: &Netns, pod: &Netns, command: &str, conf: &str) -> String {
+    let plugin = conf
+        .split("\"type\": \"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap();
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &node.0])
+        .arg(format!("{CNI_DIR}/{plugin}"))
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", format!("qt-{}", pod.0))
+        .env("CNI_NETNS", format!("/run/netns/{}", pod.0))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", CNI_DIR)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), conf.as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    if command == "ADD" {
+        assert!(o.status.success(), "CNI {command}: {out} {}", stderr(&o));
+    }
+    out
+}
+
+/// A guest in a CNI-made pod: busybox wget fetches from the node, a kernel client on the node
+/// reaches the guest's server, and the pod's interface is the kernel's again afterwards.
+fn pod_network_works(pod: &CniPod) {
+    let www = std::env::temp_dir().join(format!("qvisor-podwww-{}", pod.pod.0));
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "served from the node\n").unwrap();
+    let mut server = pod.node.sh(&format!(
+        "exec python3 -m http.server 8000 --bind 0.0.0.0 -d {} 2>/dev/null",
+        www.display()
+    ));
+    pod.node.wait_for_port("-Hltn", 8000);
+    let before_addr = pod.pod_ip_cmd("-4 -o addr show dev eth0");
+    let before_routes = pod.pod_ip_cmd("-4 route show");
+    assert!(before_addr.contains(&pod.ip), "{before_addr}");
+
+    let netns = pod.netns_path();
+    let url = format!("http://{}:8000/index.html", pod.gateway);
+    let o = qvisor_with(&["--netns", &netns], &["wget", "-O", "-", &url]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "served from the node\n", "{}", stderr(&o));
+
+    // A guest server, reached from the node; while it runs the kernel has no address on eth0
+    // and tc redirects eth0 to qnet's TAP.
+    let mut child = spawn_guest(
+        &["--netns".to_string(), netns.clone()],
+        &["/bin/tcp", "server", "8081"],
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "listening\n");
+    assert_eq!(pod.pod_ip_cmd("-4 -o addr show dev eth0"), "");
+    let filters = Command::new("ip")
+        .args([
+            "netns", "exec", &pod.pod.0, "tc", "filter", "show", "dev", "eth0", "ingress",
+        ])
+        .output()
+        .unwrap();
+    let filters = String::from_utf8_lossy(&filters.stdout);
+    assert!(
+        filters.contains("mirred") && filters.contains("qtap0"),
+        "tc filters on eth0: {filters}"
+    );
+    let client = pod.node.sh(&format!(
+        "printf from-the-node | nc -q1 -w5 {} 8081",
+        pod.ip
+    ));
+    let out = client.wait_with_output().unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("pong to {}:from-the-node", pod.gateway),
+        "{}",
+        stderr(&o)
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&www);
+    // A guest parked in accept is stopped by SIGTERM (as `kill` or a runtime would) and
+    // still gives the interface back.
+    let mut child = spawn_guest(
+        &["--netns".to_string(), netns.clone()],
+        &["/bin/tcp", "server", "8082"],
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "listening\n");
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(143), "{}", stderr(&o));
+    // Given back as the plugin made it.
+    assert_eq!(
+        pod.pod_ip_cmd("-4 -o addr show dev eth0")
+            .split_whitespace()
+            .nth(3),
+        before_addr.split_whitespace().nth(3)
+    );
+    assert_eq!(pod.pod_ip_cmd("-4 route show"), before_routes);
+}
+
+#[test]
+fn a_pod_wired_by_the_bridge_plugin_is_taken_over_and_given_back() {
+    let pod = CniPod::new("br", "bridge", "10.89.1.0/24");
+    pod_network_works(&pod);
+
+    // The same through an OCI bundle whose config.json names the namespace, as containerd
+    // writes it after running the CNI plugins.
+    let mut server = pod
+        .node
+        .sh("exec python3 -m http.server 8001 --bind 0.0.0.0 -d /etc 2>/dev/null");
+    pod.node.wait_for_port("-Hltn", 8001);
+    let url = format!("http://{}:8001/hostname", pod.gateway);
+    let dir = bundle("podnet", &["/bin/wget", "-q", "-O", "-", &url], false);
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let config = config.replace(
+        r#"{ "type": "network" }"#,
+        &format!(r#"{{ "type": "network", "path": "{}" }}"#, pod.netns_path()),
+    );
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    let o = run_bundle(&dir);
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        std::fs::read_to_string("/etc/hostname").unwrap(),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn a_bundle_naming_a_namespace_without_a_pod_interface_is_a_clear_error() {
+    let ns = Netns::new("empty");
+    let dir = bundle("nopod", &["/bin/true"], false);
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let config = config.replace(
+        r#"{ "type": "network" }"#,
+        &format!(r#"{{ "type": "network", "path": "/run/netns/{}" }}"#, ns.0),
+    );
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    let o = run_bundle(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("has no interface with an IPv4 address besides lo"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn a_pod_wired_by_the_ptp_plugin_routes_everything_through_its_gateway() {
+    let pod = CniPod::new("pt", "ptp", "10.89.2.0/24");
+    assert!(
+        pod.pod_ip_cmd("-4 route show")
+            .contains(&format!("10.89.2.0/24 via {}", pod.gateway)),
+        "ptp routes the subnet through the gateway: {}",
+        pod.pod_ip_cmd("-4 route show")
+    );
+    pod_network_works(&pod);
+}
