@@ -17,6 +17,76 @@ const SOCK_CLOEXEC: u64 = 0o2000000;
 const EAFNOSUPPORT: i64 = 97;
 const ESOCKTNOSUPPORT: i64 = 94;
 const ENOTSOCK: i64 = 88;
+const EMSGSIZE: i64 = 90;
+/// recv/send flag: do not wait, whatever the descriptor's mode.
+const MSG_DONTWAIT: u64 = 0x40;
+/// recvmmsg flag: wait for the first message only.
+const MSG_WAITFORONE: u64 = 0x10000;
+/// Most iovecs in one message (Linux's UIO_MAXIOV) and messages in one mmsg call.
+const MAX_IOV: u64 = 1024;
+/// `struct msghdr` and `struct mmsghdr` sizes on x86-64.
+const MSGHDR_LEN: u64 = 56;
+const MMSGHDR_LEN: u64 = 64;
+
+/// The fields of a `struct msghdr` the socket calls use (control data is not supported and
+/// comes back empty).
+struct MsgHdr {
+    name: u64,
+    namelen: u64,
+    /// (base, length) of each iovec.
+    iov: Vec<(u64, u64)>,
+}
+
+fn read_u64(m: &dyn Machine, at: u64) -> Result<u64, i64> {
+    let mut b = [0u8; 8];
+    m.read(at, &mut b).map_err(|_| EFAULT)?;
+    Ok(u64::from_le_bytes(b))
+}
+
+fn read_msghdr(m: &dyn Machine, at: u64) -> Result<MsgHdr, i64> {
+    let name = read_u64(m, at)?;
+    let namelen = read_u64(m, at + 8)? & 0xffff_ffff;
+    let iov_at = read_u64(m, at + 16)?;
+    let count = read_u64(m, at + 24)?;
+    if count > MAX_IOV {
+        return Err(EMSGSIZE);
+    }
+    let iov = (0..count)
+        .map(|i| {
+            let e = iov_at.wrapping_add(i * 16);
+            Ok((read_u64(m, e)?, read_u64(m, e.wrapping_add(8))?))
+        })
+        .collect::<Result<Vec<_>, i64>>()?;
+    Ok(MsgHdr { name, namelen, iov })
+}
+
+impl MsgHdr {
+    /// Bytes the iovecs hold, up to what one call moves.
+    fn capacity(&self) -> usize {
+        let total = self.iov.iter().fold(0u64, |t, (_, l)| t.saturating_add(*l));
+        total.min(CHUNK as u64) as usize
+    }
+
+    fn gather(&self, m: &dyn Machine) -> Result<Vec<u8>, i64> {
+        let mut out = vec![0u8; self.capacity()];
+        let mut at = 0;
+        for &(base, len) in &self.iov {
+            let n = (len as usize).min(out.len() - at);
+            m.read(base, &mut out[at..at + n]).map_err(|_| EFAULT)?;
+            at += n;
+        }
+        Ok(out)
+    }
+
+    fn scatter(&self, m: &mut dyn Machine, mut data: &[u8]) -> Result<(), i64> {
+        for &(base, len) in &self.iov {
+            let n = (len as usize).min(data.len());
+            m.write(base, &data[..n]).map_err(|_| EFAULT)?;
+            data = &data[n..];
+        }
+        Ok(())
+    }
+}
 
 /// Reads a `struct sockaddr_in` (host-order ip and port).
 fn read_sockaddr(m: &dyn Machine, addr: u64, len: u64) -> Result<(u32, u16), i64> {
@@ -210,6 +280,94 @@ impl Kernel {
         m.read(buf, &mut tmp).map_err(|_| EFAULT)?;
         m.net_sendto(s, &tmp, ip, port, nonblocking)
             .map(|n| n as i64)
+    }
+
+    /// sendmsg: the iovecs gathered into one send (one datagram), to `msg_name` if given.
+    pub(crate) fn sendmsg(
+        &mut self,
+        m: &mut dyn Machine,
+        fd: u64,
+        msg: u64,
+        flags: u64,
+    ) -> Result<i64, i64> {
+        let (s, nonblocking) = self.socket_of(fd)?;
+        let nonblocking = nonblocking || flags & MSG_DONTWAIT != 0;
+        let h = read_msghdr(m, msg)?;
+        let data = h.gather(m)?;
+        let n = if h.name != 0 {
+            let (ip, port) = read_sockaddr(m, h.name, h.namelen)?;
+            m.net_sendto(s, &data, ip, port, nonblocking)?
+        } else {
+            m.net_send(s, &data, nonblocking)?
+        };
+        Ok(n as i64)
+    }
+
+    /// recvmsg: one receive scattered over the iovecs, the sender in `msg_name`.
+    pub(crate) fn recvmsg(
+        &mut self,
+        m: &mut dyn Machine,
+        fd: u64,
+        msg: u64,
+        flags: u64,
+    ) -> Result<i64, i64> {
+        let (s, nonblocking) = self.socket_of(fd)?;
+        let nonblocking = nonblocking || flags & MSG_DONTWAIT != 0;
+        let h = read_msghdr(m, msg)?;
+        let mut tmp = vec![0u8; h.capacity()];
+        let (n, ip, port) = m.net_recvfrom(s, &mut tmp, nonblocking)?;
+        h.scatter(m, &tmp[..n])?;
+        if h.name != 0 {
+            // msg_namelen is the capacity in, the address length out.
+            let mut b = [0u8; 16];
+            b[..2].copy_from_slice(&AF_INET.to_le_bytes());
+            b[2..4].copy_from_slice(&port.to_be_bytes());
+            b[4..8].copy_from_slice(&ip.to_be_bytes());
+            m.write(h.name, &b[..(h.namelen as usize).min(16)])
+                .map_err(|_| EFAULT)?;
+            m.write(msg + 8, &16u32.to_le_bytes()).map_err(|_| EFAULT)?;
+        }
+        // No control data; no flags.
+        m.write(msg + 40, &0u64.to_le_bytes()).map_err(|_| EFAULT)?;
+        m.write(msg + 48, &0u32.to_le_bytes()).map_err(|_| EFAULT)?;
+        Ok(n as i64)
+    }
+
+    /// sendmmsg/recvmmsg: each message in turn, its length in `msg_len`; the count done is
+    /// returned, or the first message's error if none was.
+    pub(crate) fn mmsg(
+        &mut self,
+        m: &mut dyn Machine,
+        fd: u64,
+        vec: u64,
+        vlen: u64,
+        flags: u64,
+        send: bool,
+    ) -> Result<i64, i64> {
+        let mut done = 0u64;
+        for i in 0..vlen.min(MAX_IOV) {
+            let hdr = vec.wrapping_add(i * MMSGHDR_LEN);
+            let flags = if !send && done > 0 && flags & MSG_WAITFORONE != 0 {
+                flags | MSG_DONTWAIT
+            } else {
+                flags
+            };
+            let r = if send {
+                self.sendmsg(m, fd, hdr, flags)
+            } else {
+                self.recvmsg(m, fd, hdr, flags)
+            };
+            match r {
+                Ok(n) => {
+                    m.write(hdr + MSGHDR_LEN, &(n as u32).to_le_bytes())
+                        .map_err(|_| EFAULT)?;
+                    done += 1;
+                }
+                Err(e) if done == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(done as i64)
     }
 
     /// setsockopt: the options apps set on TCP sockets are accepted (qnet's defaults hold).

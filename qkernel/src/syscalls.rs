@@ -27,6 +27,8 @@ pub enum SyscallOutcome {
     Return(i64),
     /// The app (all of it) exited with this status.
     Exit(i32),
+    /// The app was killed by this signal (it raised a signal whose action is to terminate).
+    Killed(i32),
 }
 
 const PROT_NONE: u64 = 0;
@@ -200,12 +202,13 @@ impl Kernel {
     pub fn may_block(&self, call: &SyscallArgs) -> bool {
         match call.nr {
             35 | 230 => true,              // nanosleep, clock_nanosleep
+            202 => call.args[3] != 0,      // futex with a timeout
             7 => call.args[2] as i32 != 0, // poll with a timeout
             0 | 17 | 19 => {
                 self.fds.is_console_input(call.args[0]) || self.fds.is_socket(call.args[0])
             }
             // Everything on a socket may wait for the network.
-            1 | 18 | 20 | 42 | 43 | 44 | 45 | 46 | 47 | 48 | 288 => {
+            1 | 18 | 20 | 42 | 43 | 44 | 45 | 46 | 47 | 48 | 288 | 299 | 307 => {
                 self.fds.is_socket(call.args[0])
             }
             _ => false,
@@ -256,6 +259,10 @@ impl Kernel {
             43 => self.accept(m, a0, a1, a2, 0),
             44 => self.sendto(m, a0, a1, a2, a4, a5),
             45 => self.recvfrom(m, a0, a1, a2, a4, a5),
+            46 => self.sendmsg(m, a0, a1, a2),
+            47 => self.recvmsg(m, a0, a1, a2),
+            307 => self.mmsg(m, a0, a1, a2, a3, true),
+            299 => self.mmsg(m, a0, a1, a2, a3, false),
             48 => self.shutdown(m, a0, a1),
             49 => self.bind(m, a0, a1, a2),
             50 => self.listen(m, a0, a1),
@@ -302,6 +309,19 @@ impl Kernel {
             267 => self.readlinkat(m, a0, a1, a2, a3),
             269 | 439 => self.faccessat(m, a0, a1, a2),
             273 => Ok(0), // set_robust_list
+            202 => self.futex(m, a0, a1, a2, a3),
+            62 => match self.raise(a0 as i64 == self.pid, a1) {
+                Ok(Some(sig)) => return SyscallOutcome::Killed(sig),
+                other => other.map(|_| 0),
+            },
+            200 => match self.raise(a0 as i64 == self.pid, a1) {
+                Ok(Some(sig)) => return SyscallOutcome::Killed(sig),
+                other => other.map(|_| 0),
+            },
+            234 => match self.raise(a0 as i64 == self.pid && a1 as i64 == self.pid, a2) {
+                Ok(Some(sig)) => return SyscallOutcome::Killed(sig),
+                other => other.map(|_| 0),
+            },
             292 => self.dup(a0, 0, Some(a1), a2 & 0o2000000 != 0),
             302 => self.prlimit(m, a2, a3),
             318 => self.getrandom(m, a0, a1),
@@ -597,6 +617,80 @@ impl Kernel {
             m.write(old, &previous.to_le_bytes()).map_err(|_| EFAULT)?;
         }
         Ok(0)
+    }
+
+    /// futex for a process of one thread: nobody else can wait or wake, so a wake finds no
+    /// waiter and a wait can only time out (threads come with the process-model work).
+    fn futex(
+        &mut self,
+        m: &mut dyn Machine,
+        uaddr: u64,
+        op: u64,
+        val: u64,
+        timeout: u64,
+    ) -> Result<i64, i64> {
+        const WAIT: u64 = 0;
+        const WAKE: u64 = 1;
+        const WAIT_BITSET: u64 = 9;
+        const WAKE_BITSET: u64 = 10;
+        const CLOCK_REALTIME_FLAG: u64 = 256;
+        match op & 0x7f {
+            WAKE | WAKE_BITSET => Ok(0),
+            cmd @ (WAIT | WAIT_BITSET) => {
+                let mut word = [0u8; 4];
+                m.read(uaddr, &mut word).map_err(|_| EFAULT)?;
+                if u32::from_le_bytes(word) != val as u32 {
+                    return Err(EAGAIN);
+                }
+                if timeout == 0 {
+                    // Linux would block forever; with one thread that is a deadlock in the app.
+                    tracing::warn!("futex wait with no timeout and no other thread: EINTR");
+                    return Err(EINTR);
+                }
+                let t = read_timespec(m, timeout)?;
+                // FUTEX_WAIT's timeout is relative; FUTEX_WAIT_BITSET's is absolute.
+                let ns = if cmd == WAIT {
+                    t
+                } else if op & CLOCK_REALTIME_FLAG != 0 {
+                    t.saturating_sub(m.realtime_ns())
+                } else {
+                    t.saturating_sub(m.monotonic_ns())
+                };
+                m.sleep_ns(ns);
+                Err(ETIMEDOUT)
+            }
+            _ => Err(ENOSYS),
+        }
+    }
+
+    /// kill/tkill/tgkill. Signal delivery to handlers comes with the process-model work; until
+    /// then a signal to the app takes its default action (abort() raises SIGABRT this way).
+    fn raise(&mut self, to_self: bool, sig: u64) -> Result<Option<i32>, i64> {
+        if sig > 64 {
+            return Err(EINVAL);
+        }
+        if !to_self {
+            return Err(ESRCH);
+        }
+        if sig == 0 {
+            return Ok(None);
+        }
+        const SIG_IGN: u64 = 1;
+        // SIGCHLD, SIGCONT, SIGURG, SIGWINCH are ignored by default; stop signals are treated
+        // as ignored (there is nobody to continue the app).
+        const IGNORED: [u64; 8] = [17, 18, 23, 28, 19, 20, 21, 22];
+        let slot = &self.sigactions[(sig - 1) as usize];
+        let handler = u64::from_le_bytes(slot[..8].try_into().unwrap_or_default());
+        if handler == SIG_IGN || IGNORED.contains(&sig) {
+            return Ok(None);
+        }
+        if handler != 0 {
+            tracing::warn!(
+                sig,
+                "signal handlers are not delivered yet: default action taken"
+            );
+        }
+        Ok(Some(sig as i32))
     }
 
     fn nanosleep(&mut self, m: &mut dyn Machine, req: u64) -> Result<i64, i64> {

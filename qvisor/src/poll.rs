@@ -130,7 +130,8 @@ struct Control {
     /// Futex word the sleeping host thread waits on (1: wake up).
     wake: AtomicU32,
     /// The app exited through a polled call.
-    exit: Mutex<Option<i32>>,
+    /// How the app ended, if it ended through the polled path.
+    exit: Mutex<Option<SyscallOutcome>>,
 }
 
 /// The running host thread.
@@ -164,8 +165,8 @@ impl Poller {
         }
     }
 
-    /// The exit status if the app exited through the polled path.
-    pub fn exited(&self) -> Option<i32> {
+    /// How the app ended, if it ended through the polled path.
+    pub fn exited(&self) -> Option<SyscallOutcome> {
         *self.control.exit.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -203,8 +204,8 @@ fn serve_loop(core: &Mutex<Core>, mb: Mailbox, c: &Control, kick: impl Fn()) {
             let (outcome, fs_base) = serve(core, call);
             match outcome {
                 SyscallOutcome::Return(v) => mb.answer(v, fs_base),
-                SyscallOutcome::Exit(code) => {
-                    *c.exit.lock().unwrap_or_else(|p| p.into_inner()) = Some(code);
+                end => {
+                    *c.exit.lock().unwrap_or_else(|p| p.into_inner()) = Some(end);
                     kick();
                     return;
                 }

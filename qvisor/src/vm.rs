@@ -144,6 +144,18 @@ impl Stop {
             Stop::Killed { signal, .. } => 128 + signal,
         }
     }
+
+    /// How a syscall ended the app, if it did.
+    fn of(outcome: SyscallOutcome) -> Option<Stop> {
+        match outcome {
+            SyscallOutcome::Return(_) => None,
+            SyscallOutcome::Exit(code) => Some(Stop::Exited(code)),
+            SyscallOutcome::Killed(signal) => Some(Stop::Killed {
+                signal,
+                reason: format!("the app raised signal {signal}, whose action is to terminate"),
+            }),
+        }
+    }
 }
 
 /// What both the vCPU thread and the syscall thread work on.
@@ -600,8 +612,8 @@ impl Vm {
 
     fn run_loop(&mut self, poller: Option<&(Poller, Mailbox)>) -> anyhow::Result<Stop> {
         loop {
-            if let Some(code) = poller.and_then(|(p, _)| p.exited()) {
-                return Ok(Stop::Exited(code));
+            if let Some(stop) = poller.and_then(|(p, _)| p.exited()).and_then(Stop::of) {
+                return Ok(stop);
             }
             let sig = STOP_SIGNAL.load(Ordering::SeqCst);
             if sig != 0 {
@@ -642,9 +654,11 @@ impl Vm {
                 _ => return Ok(self.fault(regs.rip, sregs.cr2)),
             };
             let (outcome, fs_base) = serve(&self.core, call);
-            let value = match outcome {
-                SyscallOutcome::Exit(code) => return Ok(Stop::Exited(code)),
-                SyscallOutcome::Return(v) => v,
+            if let Some(stop) = Stop::of(outcome) {
+                return Ok(stop);
+            }
+            let SyscallOutcome::Return(value) = outcome else {
+                unreachable!("Stop::of takes every other outcome")
             };
             if let Some((p, _)) = poller {
                 p.resume();

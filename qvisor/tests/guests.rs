@@ -393,3 +393,27 @@ fn a_container_without_a_network_has_loopback() {
         stderr(&o)
     );
 }
+
+#[test]
+fn sendmsg_recvmsg_and_their_mmsg_forms_move_whole_datagrams() {
+    let o = qvisor(&["/bin/udp", "msg", "5399"]);
+    assert_eq!(
+        stdout(&o),
+        "recvmsg 17: [gathe][red datagram] from 127.0.0.1:5399 namelen 16\n\
+         sendmmsg 2\n\
+         recvmmsg 2: first/5 second/6\n",
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn abort_kills_the_app_with_sigabrt() {
+    // busybox's `kill -ABRT` on itself: the signal's default action ends the container.
+    let o = qvisor(&["busybox", "kill", "-ABRT", "1"]);
+    assert_eq!(o.status.code(), Some(128 + 6), "{}", stderr(&o));
+    assert!(stderr(&o).contains("signal 6"), "{}", stderr(&o));
+    // Signal 0 only checks the target exists.
+    let o = qvisor(&["busybox", "kill", "-0", "1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}

@@ -143,15 +143,15 @@ fn poll_reports_socket_readiness_in_the_guest() {
 fn an_epoll_server_in_the_guest_serves_many_kernel_clients_at_once() {
     let ns = Netns::new("epoll");
     let opts = net_options(&ns);
-    let mut child = spawn_guest(&opts, &["/bin/epoll", "8083", "50"]);
+    let mut child = spawn_guest(&opts, &["/bin/epoll", "8083", "200"]);
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     std::io::BufRead::read_line(&mut out, &mut line).unwrap();
     assert_eq!(line, "listening\n");
-    // 50 clients connect first, then each sends and reads its own echo.
+    // 200 clients connect first, then each sends and reads its own echo.
     let clients = r#"
 import socket
-socks = [socket.create_connection(("10.66.0.2", 8083), timeout=10) for _ in range(50)]
+socks = [socket.create_connection(("10.66.0.2", 8083), timeout=10) for _ in range(200)]
 ok = 0
 for i, s in enumerate(socks):
     msg = b"client %d " % i * 20
@@ -171,11 +171,11 @@ print(ok)
     let o = child.wait_with_output().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&res.stdout).trim(),
-        "50",
+        "200",
         "{}",
         stderr(&o)
     );
-    assert_eq!(rest, "served 50\n", "{}", stderr(&o));
+    assert_eq!(rest, "served 200\n", "{}", stderr(&o));
     assert_eq!(o.status.code(), Some(0));
 }
 
@@ -538,4 +538,122 @@ fn a_pod_wired_by_the_ptp_plugin_routes_everything_through_its_gateway() {
         pod.pod_ip_cmd("-4 route show")
     );
     pod_network_works(&pod);
+}
+
+#[test]
+fn busybox_nc_talks_to_kernel_nc_as_client_and_as_server() {
+    let ns = Netns::new("nc");
+    let opts = net_options(&ns);
+    // Guest client, kernel server.
+    // (openbsd nc stops reading the network once its stdin ends, so keep that open.)
+    let server = ns.sh("(printf from-kernel; sleep 3) | timeout 10 nc -l -p 9000");
+    ns.wait_for_port("-Hltn", 9000);
+    let mut args: Vec<&str> = opts.iter().map(String::as_str).collect();
+    args.extend(["busybox", "nc", "10.66.0.1", "9000"]);
+    let mut guest = Command::new(env!("CARGO_BIN_EXE_qvisor"))
+        .args(["exec", "--root"])
+        .arg(root())
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut guest.stdin.take().unwrap(), b"from-guest").unwrap();
+    let o = guest.wait_with_output().unwrap();
+    let heard = server.wait_with_output().unwrap();
+    assert_eq!(stdout(&o), "from-kernel", "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&heard.stdout), "from-guest");
+
+    // Guest server, kernel client.
+    let mut args: Vec<&str> = opts.iter().map(String::as_str).collect();
+    args.extend(["busybox", "nc", "-l", "-p", "9001"]);
+    let mut guest = Command::new(env!("CARGO_BIN_EXE_qvisor"))
+        .args(["exec", "--root"])
+        .arg(root())
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = guest.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, b"guest-serves").unwrap();
+    drop(stdin);
+    // The guest's listener exists once the stack has it; retry the kernel client until then.
+    let mut reply = String::new();
+    for _ in 0..50 {
+        let c = ns.sh("printf kernel-asks | nc -q1 -w5 10.66.0.2 9001");
+        let out = c.wait_with_output().unwrap();
+        if out.status.success() {
+            reply = String::from_utf8_lossy(&out.stdout).to_string();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = guest.wait_with_output().unwrap();
+    assert_eq!(reply, "guest-serves", "{}", stderr(&o));
+    assert_eq!(stdout(&o), "kernel-asks", "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+/// A DNS server answering A queries for one name (python, in the peer namespace).
+const DNS_SERVER: &str = r#"
+import socket, struct, sys
+name, addr = sys.argv[1].encode(), sys.argv[2]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 53))
+print("ready", flush=True)
+while True:
+    q, peer = s.recvfrom(512)
+    i, labels = 12, []
+    while q[i]:
+        labels.append(q[i + 1:i + 1 + q[i]]); i += 1 + q[i]
+    qtype = struct.unpack("!H", q[i + 1:i + 3])[0]
+    hit = b".".join(labels).lower() == name and qtype == 1
+    hdr = q[:2] + struct.pack("!HHHHH", 0x8180 if hit else 0x8183, 1, 1 if hit else 0, 0, 0)
+    ans = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + socket.inet_aton(addr) if hit else b""
+    s.sendto(hdr + q[12:i + 5] + ans, peer)
+"#;
+
+#[test]
+fn names_resolve_from_etc_hosts_and_the_resolv_conf_server() {
+    let ns = Netns::new("dns");
+    let mut web = ns.sh("exec python3 -m http.server 8003 --bind 0.0.0.0 -d /etc 2>/dev/null");
+    let mut dns = ns.sh(&format!(
+        "exec python3 -c '{DNS_SERVER}' web.cluster.local 10.66.0.1"
+    ));
+    ns.wait_for_port("-Hltn", 8003);
+    ns.wait_for_port("-Hlun", 53);
+    let opts = net_options(&ns);
+    let mut fetched = Vec::new();
+    for host in ["peer.test", "web.cluster.local"] {
+        let mut args: Vec<&str> = opts.iter().map(String::as_str).collect();
+        let url = format!("http://{host}:8003/hostname");
+        args.extend(["wget", "-q", "-O", "-", &url]);
+        fetched.push(qvisor(&args));
+    }
+    let mut args: Vec<&str> = opts.iter().map(String::as_str).collect();
+    args.extend([
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        "http://nowhere.cluster.local:8003/",
+    ]);
+    let unknown = qvisor(&args);
+    for p in [&mut web, &mut dns] {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    let hostname = std::fs::read_to_string("/etc/hostname").unwrap();
+    for o in &fetched {
+        assert_eq!(stdout(o), hostname, "{}", stderr(o));
+    }
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        stderr(&unknown).contains("bad address 'nowhere.cluster.local:8003'"),
+        "{}",
+        stderr(&unknown)
+    );
 }

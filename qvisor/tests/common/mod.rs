@@ -73,6 +73,18 @@ pub fn root() -> &'static Path {
             );
         }
         std::fs::write(root.join("etc/hostname"), "inside-the-root\n").unwrap();
+        // Name resolution as in any image: the TAP peer of the network tests by name, and a
+        // DNS server there for everything else (a test runs one).
+        std::fs::write(
+            root.join("etc/hosts"),
+            "127.0.0.1 localhost\n10.66.0.1 peer.test\n",
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("etc/resolv.conf"),
+            "nameserver 10.66.0.1\noptions timeout:2 attempts:2\n",
+        )
+        .unwrap();
         let lines: String = (1..=100).map(|i| format!("line {i}\n")).collect();
         std::fs::write(root.join("data/lines.txt"), lines).unwrap();
         // Escape attempts: an absolute symlink to a host file, and a relative one climbing out.

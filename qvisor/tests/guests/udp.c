@@ -1,4 +1,6 @@
-/* UDP through the container's network: udp ask IP PORT | udp echo PORT N */
+/* UDP through the container's network: udp ask IP PORT | udp echo PORT N | udp msg PORT (sendmsg,
+ * recvmsg, sendmmsg and recvmmsg to itself over 127.0.0.1) */
+#define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -14,6 +16,32 @@ int main(int argc, char **argv) {
   socklen_t len = sizeof from;
   int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (s < 0) { perror("socket"); return 1; }
+  if (argc == 3 && !strcmp(argv[1], "msg")) {
+    a.sin_port = htons(atoi(argv[2]));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(s, (struct sockaddr *)&a, sizeof a)) { perror("bind"); return 1; }
+    /* One datagram gathered from two iovecs, scattered into two on receipt. */
+    struct iovec out[2] = {{"gathered ", 9}, {"datagram", 8}};
+    struct msghdr m = {.msg_name = &a, .msg_namelen = sizeof a, .msg_iov = out, .msg_iovlen = 2};
+    if (sendmsg(s, &m, 0) != 17) { perror("sendmsg"); return 1; }
+    char x[5], y[32] = {0};
+    struct iovec in[2] = {{x, 5}, {y, sizeof y - 1}};
+    struct msghdr r = {.msg_name = &from, .msg_namelen = sizeof from, .msg_iov = in, .msg_iovlen = 2};
+    ssize_t n = recvmsg(s, &r, 0);
+    printf("recvmsg %zd: [%.5s][%s] from %s:%d namelen %u\n", n, x, y, inet_ntoa(from.sin_addr),
+           ntohs(from.sin_port), r.msg_namelen);
+    /* Two datagrams in one sendmmsg, both back in one recvmmsg. */
+    struct iovec v1 = {"first", 5}, v2 = {"second", 6};
+    struct mmsghdr mm[2] = {{.msg_hdr = {.msg_name = &a, .msg_namelen = sizeof a, .msg_iov = &v1, .msg_iovlen = 1}},
+                            {.msg_hdr = {.msg_name = &a, .msg_namelen = sizeof a, .msg_iov = &v2, .msg_iovlen = 1}}};
+    printf("sendmmsg %d\n", sendmmsg(s, mm, 2, 0));
+    char b1[16] = {0}, b2[16] = {0};
+    struct iovec r1 = {b1, 15}, r2 = {b2, 15};
+    struct mmsghdr rm[2] = {{.msg_hdr = {.msg_iov = &r1, .msg_iovlen = 1}}, {.msg_hdr = {.msg_iov = &r2, .msg_iovlen = 1}}};
+    int k = recvmmsg(s, rm, 2, MSG_WAITFORONE, NULL);
+    printf("recvmmsg %d: %s/%u %s/%u\n", k, b1, rm[0].msg_len, b2, rm[1].msg_len);
+    return 0;
+  }
   if (argc == 4 && !strcmp(argv[1], "ask")) {
     a.sin_port = htons(atoi(argv[3]));
     a.sin_addr.s_addr = inet_addr(argv[2]);
