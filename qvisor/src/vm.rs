@@ -12,6 +12,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use kvm_bindings::{kvm_msr_entry, kvm_segment, kvm_xcrs, Msrs, KVM_MAX_CPUID_ENTRIES};
@@ -164,6 +165,8 @@ pub struct Core {
     pub rootfs: RootFs,
     pub net: Option<GuestNet>,
     kernel: Option<Kernel>,
+    /// The Vm's stop flag (see `Vm::cancel`): ends sleeps early.
+    cancel: Arc<AtomicBool>,
 }
 
 impl Core {
@@ -180,6 +183,7 @@ pub fn serve(core: &Mutex<Core>, call: SyscallArgs) -> (SyscallOutcome, Option<u
         rootfs,
         net,
         kernel,
+        cancel,
     } = &mut *guard;
     let Some(kernel) = kernel.as_mut() else {
         return (SyscallOutcome::Exit(125), None);
@@ -189,6 +193,7 @@ pub fn serve(core: &Mutex<Core>, call: SyscallArgs) -> (SyscallOutcome, Option<u
         rootfs,
         net: net.as_mut(),
         fs_base: None,
+        cancel,
     };
     let outcome = kernel.syscall(&mut machine, call);
     (outcome, machine.fs_base)
@@ -213,6 +218,7 @@ struct GuestMachine<'a> {
     rootfs: &'a mut RootFs,
     net: Option<&'a mut GuestNet>,
     fs_base: Option<u64>,
+    cancel: &'a AtomicBool,
 }
 
 impl GuestMachine<'_> {
@@ -274,7 +280,16 @@ impl Machine for GuestMachine<'_> {
         self.fs_base = Some(fs_base);
     }
     fn sleep_ns(&mut self, ns: u64) {
-        std::thread::sleep(std::time::Duration::from_nanos(ns));
+        // In slices, so a container stopped from outside does not finish its sleep first.
+        const SLICE: Duration = Duration::from_millis(50);
+        let end = std::time::Instant::now() + Duration::from_nanos(ns);
+        while !self.cancel.load(Ordering::Relaxed) {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            std::thread::sleep(left.min(SLICE));
+        }
     }
     fn fs_open(&mut self, path: &[u8], flags: i32, mode: u32) -> Result<HostFile, i64> {
         self.rootfs.open_file(path, flags, mode)
@@ -504,6 +519,7 @@ impl Vm {
                 rootfs,
                 net,
                 kernel: None,
+                cancel: cancel.clone(),
             })),
             polled,
             exits: 0,
@@ -555,12 +571,18 @@ impl Vm {
     /// Lets qkernel work on the machine outside of a run (loading the program).
     pub fn with_machine<R>(&mut self, f: impl FnOnce(&mut dyn Machine) -> R) -> R {
         let mut guard = self.core.lock().unwrap_or_else(|p| p.into_inner());
-        let Core { mem, rootfs, .. } = &mut *guard;
+        let Core {
+            mem,
+            rootfs,
+            cancel,
+            ..
+        } = &mut *guard;
         let mut machine = GuestMachine {
             mem,
             rootfs,
             net: None,
             fs_base: None,
+            cancel,
         };
         f(&mut machine)
     }

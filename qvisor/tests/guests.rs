@@ -259,29 +259,37 @@ fn check_syscalls(mode: &str) {
 }
 
 #[test]
-fn a_guest_spinning_forever_is_stopped_by_sigterm() {
+fn a_guest_spinning_or_sleeping_forever_is_stopped_by_sigterm() {
     require_kvm();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qvisor"))
-        .args(["exec", "--root"])
-        .arg(root())
-        .args(["/bin/faults", "spin"])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "the spinning guest should still run"
-    );
-    // SAFETY: plain kill(2) of our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let o = child.wait_with_output().unwrap();
-    assert_eq!(o.status.code(), Some(143), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("stopped by the host (signal 15)"),
-        "{}",
-        stderr(&o)
-    );
+    for args in [&["/bin/faults", "spin"][..], &["sleep", "600"][..]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_qvisor"))
+            .args(["exec", "--root"])
+            .arg(root())
+            .args(args)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{args:?} should still run"
+        );
+        let sent = std::time::Instant::now();
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(143), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("stopped by the host (signal 15)"),
+            "{}",
+            stderr(&o)
+        );
+        assert!(
+            sent.elapsed() < std::time::Duration::from_secs(5),
+            "{args:?} took {:?} to stop",
+            sent.elapsed()
+        );
+    }
 }
 
 #[test]

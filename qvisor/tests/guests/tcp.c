@@ -2,7 +2,9 @@
  * (pollserver waits with poll(2) before accept and before read) | tcp send IP PORT MIB (streams
  * MIB mebibytes and prints the rate) | tcp nbconnect IP PORT (non-blocking connect: prints the
  * connect errno, what poll saw and SO_ERROR) | tcp loop IP PORT (a listener and a client in this
- * one process talk over IP, which is 127.0.0.1 or the container's own address). */
+ * one process talk over IP, which is 127.0.0.1 or the container's own address) | tcp pipeto IP PORT
+ * (stdin to the connection) | tcp pipefrom IP PORT (the connection to stdout), in 64 KiB chunks |
+ * tcp hog IP PORT (opens sockets and starts connections until refused, then holds them 10 s). */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -77,6 +79,42 @@ int main(int argc, char **argv) {
     buf[n] = 0;
     printf("%s from %s (client bound %s)\n", buf, inet_ntoa(peer.sin_addr),
            me.sin_addr.s_addr == peer.sin_addr.s_addr ? "the same" : "differently");
+    return 0;
+  }
+  if (argc == 4 && (!strcmp(argv[1], "pipeto") || !strcmp(argv[1], "pipefrom"))) {
+    int to = !strcmp(argv[1], "pipeto");
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    a.sin_port = htons(atoi(argv[3]));
+    a.sin_addr.s_addr = inet_addr(argv[2]);
+    if (connect(s, (struct sockaddr *)&a, sizeof a)) return fail("connect");
+    static char chunk[1 << 16];
+    int in = to ? 0 : s, out = to ? s : 1;
+    ssize_t n;
+    while ((n = read(in, chunk, sizeof chunk)) > 0)
+      for (ssize_t done = 0, w; done < n; done += w)
+        if ((w = write(out, chunk + done, n - done)) <= 0) return fail("write");
+    if (n < 0) return fail("read");
+    if (to) {
+      shutdown(s, SHUT_WR);
+      while (read(s, chunk, sizeof chunk) > 0) {}
+    }
+    return 0;
+  }
+  if (argc == 4 && !strcmp(argv[1], "hog")) {
+    a.sin_port = htons(atoi(argv[3]));
+    a.sin_addr.s_addr = inet_addr(argv[2]);
+    int opened = 0, connecting = 0;
+    for (;;) {
+      int s = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+      if (s < 0) {
+        printf("opened %d sockets (%d connecting), then: %s\n", opened, connecting, strerror(errno));
+        break;
+      }
+      opened++;
+      if (connect(s, (struct sockaddr *)&a, sizeof a) == 0 || errno == EINPROGRESS) connecting++;
+    }
+    fflush(stdout);
+    sleep(10);
     return 0;
   }
   if (argc == 5 && !strcmp(argv[1], "send")) {
