@@ -5,6 +5,7 @@
 //! request/response on each, alternating kernel and qnet round by round so machine drift
 //! cancels, and prints medians with the qnet/kernel ratio.
 
+mod guest;
 mod runtime;
 mod workload;
 
@@ -33,6 +34,19 @@ struct Cli {
 enum Suite {
     /// qnet host client through a TAP vs kernel sockets across a veth pair.
     Qnet(Opts),
+    /// A program in a Quark container (qkernel sockets over qnet) vs the same program run
+    /// natively behind a veth pair.
+    Guest {
+        /// Seconds per case per round.
+        #[arg(long, default_value_t = 2.0)]
+        duration: f64,
+        /// Rounds (medians are reported).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// One JSON object per figure instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Container start time (qvisor vs runc), idle memory, guest syscall and fault cost.
     Runtime {
         /// Start-time samples per runtime.
@@ -293,6 +307,20 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let r = match cli.suite {
         Suite::Qnet(o) => qnet_suite(&o),
+        Suite::Guest {
+            duration,
+            rounds,
+            json,
+        } => guest::suite(duration, rounds).and_then(|f| {
+            report(
+                &f,
+                json,
+                &format!(
+                    "guest (qvisor, pod interface taken over by qnet) vs native (veth between namespaces); medians of {rounds} rounds of {duration:.1} s"
+                ),
+                ("quark", "native"),
+            )
+        }),
         Suite::Runtime { runs, json } => runtime::suite(runs).and_then(|f| {
             report(
                 &f,

@@ -83,7 +83,7 @@ impl Drop for Bundle {
     }
 }
 
-fn qvisor() -> PathBuf {
+pub(crate) fn qvisor() -> PathBuf {
     // netbench and qvisor are built into the same target directory.
     std::env::current_exe()
         .ok()

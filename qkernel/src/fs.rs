@@ -357,7 +357,10 @@ impl Kernel {
                 Ok(buf.len())
             }
             FileKind::Host { file, .. } => m.fs_read(*file, buf, offset),
-            FileKind::Socket(s) => m.net_recv(*s, buf, f.status_flags & O_NONBLOCK != 0),
+            FileKind::Socket(s) => {
+                let (s, nonblocking) = (*s, f.status_flags & O_NONBLOCK != 0);
+                m.net_recv(s, buf, self.without_waiting(nonblocking))
+            }
             FileKind::Epoll(_) => Err(EINVAL),
         }
     }
@@ -385,7 +388,10 @@ impl Kernel {
             FileKind::Stdin => Err(EBADF),
             FileKind::Null | FileKind::Zero | FileKind::Random => Ok(buf.len()),
             FileKind::Host { file, .. } => m.fs_write(*file, buf, offset),
-            FileKind::Socket(s) => m.net_send(*s, buf, f.status_flags & O_NONBLOCK != 0),
+            FileKind::Socket(s) => {
+                let (s, nonblocking) = (*s, f.status_flags & O_NONBLOCK != 0);
+                m.net_send(s, buf, self.without_waiting(nonblocking))
+            }
             FileKind::Epoll(_) => Err(EINVAL),
         }
     }
@@ -757,6 +763,8 @@ impl Kernel {
             };
         }
         let ready_now = revents.iter().any(|r| *r != 0);
+        let requested_timeout = timeout_ms;
+        let timeout_ms = self.poll_timeout(timeout_ms);
         if !socks.is_empty() {
             let wait = if ready_now { 0 } else { timeout_ms };
             let list: Vec<_> = socks.iter().map(|(_, s)| *s).collect();
@@ -779,6 +787,9 @@ impl Kernel {
             }
         } else if !ready_now && timeout_ms > 0 {
             m.sleep_ns(timeout_ms as u64 * 1_000_000);
+        }
+        if revents.iter().all(|r| *r == 0) {
+            self.poll_found_nothing(requested_timeout);
         }
         Ok(revents)
     }

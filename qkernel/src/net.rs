@@ -129,11 +129,13 @@ fn write_sockaddr(
 
 impl Kernel {
     /// The socket behind `fd` and whether it is non-blocking.
-    fn socket_of(&self, fd: u64) -> Result<(u32, bool), i64> {
-        match self.fds.kind(fd)? {
-            FileKind::Socket(s) => Ok((*s, self.fds.nonblocking(fd))),
-            _ => Err(ENOTSOCK),
-        }
+    fn socket_of(&mut self, fd: u64) -> Result<(u32, bool), i64> {
+        let s = match self.fds.kind(fd)? {
+            FileKind::Socket(s) => *s,
+            _ => return Err(ENOTSOCK),
+        };
+        let nonblocking = self.fds.nonblocking(fd);
+        Ok((s, self.without_waiting(nonblocking)))
     }
 
     pub(crate) fn socket(&mut self, m: &mut dyn Machine, domain: u64, ty: u64) -> Result<i64, i64> {

@@ -168,6 +168,12 @@ pub struct Kernel {
     mmap_next: u64,
     vm: AddressSpace,
     pid: i64,
+    /// Serving a call that must not wait (see [`Kernel::try_syscall_nowait`]).
+    nowait: bool,
+    /// In `nowait`, a blocking descriptor was treated as non-blocking.
+    forced_nonblocking: bool,
+    /// In `nowait`, the call would have had to wait; its result is discarded.
+    would_block: bool,
 }
 
 impl Kernel {
@@ -194,6 +200,9 @@ impl Kernel {
             mmap_next: MMAP_TOP,
             vm: AddressSpace::default(),
             pid: 1,
+            nowait: false,
+            forced_nonblocking: false,
+            would_block: false,
         }
     }
 
@@ -212,6 +221,56 @@ impl Kernel {
                 self.fds.is_socket(call.args[0])
             }
             _ => false,
+        }
+    }
+
+    /// Serves a call that [`Kernel::may_block`] flagged, but only if it can finish without
+    /// waiting (a socket with data or room, a poll with something ready); `None` means it
+    /// would wait, and nothing was done. Most socket calls of a busy app finish at once, so the
+    /// platform tries this on its fast path before paying for a path where waiting is cheap.
+    pub fn try_syscall_nowait(
+        &mut self,
+        m: &mut dyn Machine,
+        call: SyscallArgs,
+    ) -> Option<SyscallOutcome> {
+        match call.nr {
+            // Sleeps and futex waits always wait; a non-blocking connect is not the same
+            // call as a blocking one (it starts the connection either way).
+            35 | 230 | 202 | 42 => return None,
+            // Console input has no readiness to ask the host about here.
+            0 | 17 | 19 if self.fds.is_console_input(call.args[0]) => return None,
+            _ => {}
+        }
+        self.nowait = true;
+        self.forced_nonblocking = false;
+        self.would_block = false;
+        let out = self.syscall(m, call);
+        self.nowait = false;
+        (!self.would_block).then_some(out)
+    }
+
+    /// Whether a descriptor with these flags is served without waiting, noting when a blocking
+    /// one is only because of `nowait`.
+    pub(crate) fn without_waiting(&mut self, fd_nonblocking: bool) -> bool {
+        if self.nowait && !fd_nonblocking {
+            self.forced_nonblocking = true;
+        }
+        fd_nonblocking || self.nowait
+    }
+
+    /// The poll timeout to use: none in `nowait` (whose caller retries with the real one).
+    pub(crate) fn poll_timeout(&self, timeout_ms: i64) -> i64 {
+        if self.nowait {
+            0
+        } else {
+            timeout_ms
+        }
+    }
+
+    /// After a poll in `nowait` found nothing ready: it would have waited if it had a timeout.
+    pub(crate) fn poll_found_nothing(&mut self, timeout_ms: i64) {
+        if self.nowait && timeout_ms != 0 {
+            self.would_block = true;
         }
     }
 
@@ -336,6 +395,9 @@ impl Kernel {
                 Err(ENOSYS)
             }
         };
+        if self.nowait && self.forced_nonblocking && r == Err(EAGAIN) {
+            self.would_block = true;
+        }
         let ret = r.unwrap_or_else(|e| -e);
         tracing::trace!(name = crate::sysnames::name(call.nr), args = ?call.args, ret, "syscall");
         SyscallOutcome::Return(ret)

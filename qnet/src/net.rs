@@ -307,6 +307,16 @@ impl Net {
         !self.lingering.is_empty()
     }
 
+    /// Resets every TCP connection (the stack is going away): each peer gets an RST on the
+    /// next egress instead of a connection that silently vanished.
+    pub fn abort_all(&mut self) {
+        for (_, socket) in self.sockets.iter_mut() {
+            if let smoltcp::socket::Socket::Tcp(t) = socket {
+                t.abort();
+            }
+        }
+    }
+
     /// Starts listening on a port the caller already reserved in `tcp_ports`.
     pub fn add_listener(
         &mut self,

@@ -36,6 +36,9 @@ const INGRESS_PER_PASS: usize = 16;
 const EGRESS_ROUNDS: usize = 64;
 /// Sleep while closing sockets linger, so they are reaped promptly.
 const LINGER_SLEEP: Duration = Duration::from_millis(100);
+/// How long a stopping stack lets closed connections finish (FIN acknowledged, peer's FIN
+/// received) before it resets the rest.
+const DRAIN_LIMIT: Duration = Duration::from_millis(500);
 
 /// Stops a running stack from another thread.
 #[derive(Clone)]
@@ -275,6 +278,29 @@ impl Stack {
         for id in ids {
             self.end_session(id, "stack stopped");
         }
+        self.drain()
+    }
+
+    /// Lets the connections the clients closed send their FINs (as a kernel finishes a socket
+    /// after its process exits), then resets what is left, so no peer waits forever on a
+    /// connection that vanished with the stack.
+    fn drain(&mut self) -> anyhow::Result<()> {
+        let end = std::time::Instant::now() + DRAIN_LIMIT;
+        while self.net.has_lingering() && std::time::Instant::now() < end {
+            self.pass()?;
+            self.dev
+                .wait(Some(Duration::from_millis(2)))
+                .context("waiting on io_uring")?;
+        }
+        self.net.abort_all();
+        let now = self.now();
+        self.egress(now);
+        self.dev.arm().context("arming the TAP")?;
+        // Let the resets reach the TAP before the ring goes away.
+        self.dev
+            .wait(Some(Duration::from_millis(2)))
+            .context("waiting on io_uring")?;
+        self.dev.reap();
         Ok(())
     }
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use qkernel::{SyscallArgs, SyscallOutcome};
 use qnet_client::sys::{futex_wait, futex_wake_all};
 
-use crate::vm::{serve, Core};
+use crate::vm::{serve, serve_nowait, Core};
 
 /// The stub's page and the mailbox page, in the top 2 GiB of the kernel half (so the stub can
 /// address them with sign-extended 32-bit absolute addresses).
@@ -195,13 +195,19 @@ fn serve_loop(core: &Mutex<Core>, mb: Mailbox, c: &Control, kick: impl Fn()) {
     while !c.stop.load(Ordering::Relaxed) {
         if mb.flag().load(Ordering::Acquire) == REQUEST {
             let call = mb.call();
-            if may_block(core, &call) {
+            // A call that may wait is served here only if it need not (a socket with data or
+            // room); one that would wait goes to the vCPU thread, where waiting spins nothing.
+            let served = if may_block(core, &call) {
+                serve_nowait(core, call)
+            } else {
+                Some(serve(core, call))
+            };
+            let Some((outcome, fs_base)) = served else {
                 mb.flag().store(TRAP, Ordering::Release);
                 sleep_until_resumed(c);
                 last = Instant::now();
                 continue;
-            }
-            let (outcome, fs_base) = serve(core, call);
+            };
             match outcome {
                 SyscallOutcome::Return(v) => mb.answer(v, fs_base),
                 end => {

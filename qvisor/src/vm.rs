@@ -177,6 +177,25 @@ impl Core {
 
 /// Serves one syscall on `core`; returns the outcome and a new thread pointer, if set.
 pub fn serve(core: &Mutex<Core>, call: SyscallArgs) -> (SyscallOutcome, Option<u64>) {
+    with_kernel(core, |kernel, m| Some(kernel.syscall(m, call)))
+        .unwrap_or((SyscallOutcome::Exit(125), None))
+}
+
+/// Serves a call that may wait only if it need not ([`Kernel::try_syscall_nowait`]); `None`
+/// if it would wait.
+pub fn serve_nowait(
+    core: &Mutex<Core>,
+    call: SyscallArgs,
+) -> Option<(SyscallOutcome, Option<u64>)> {
+    with_kernel(core, |kernel, m| kernel.try_syscall_nowait(m, call))
+}
+
+/// Runs `f` on the kernel and a machine over `core`; `None` if `f` gives nothing (or there is
+/// no kernel yet).
+fn with_kernel(
+    core: &Mutex<Core>,
+    f: impl FnOnce(&mut Kernel, &mut GuestMachine) -> Option<SyscallOutcome>,
+) -> Option<(SyscallOutcome, Option<u64>)> {
     let mut guard = core.lock().unwrap_or_else(|p| p.into_inner());
     let Core {
         mem,
@@ -185,9 +204,7 @@ pub fn serve(core: &Mutex<Core>, call: SyscallArgs) -> (SyscallOutcome, Option<u
         kernel,
         cancel,
     } = &mut *guard;
-    let Some(kernel) = kernel.as_mut() else {
-        return (SyscallOutcome::Exit(125), None);
-    };
+    let kernel = kernel.as_mut()?;
     let mut machine = GuestMachine {
         mem,
         rootfs,
@@ -195,8 +212,8 @@ pub fn serve(core: &Mutex<Core>, call: SyscallArgs) -> (SyscallOutcome, Option<u
         fs_base: None,
         cancel,
     };
-    let outcome = kernel.syscall(&mut machine, call);
-    (outcome, machine.fs_base)
+    let outcome = f(kernel, &mut machine)?;
+    Some((outcome, machine.fs_base))
 }
 
 pub struct Vm {
