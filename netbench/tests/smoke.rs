@@ -20,7 +20,10 @@ fn the_guest_suite_reports_every_figure() {
         .collect();
     assert_eq!(figures.len(), 5, "{text}");
     for f in &figures {
-        let (v, b) = (f["value"].as_f64().unwrap(), f["baseline"].as_f64().unwrap());
+        let (v, b) = (
+            f["value"].as_f64().unwrap(),
+            f["baseline"].as_f64().unwrap(),
+        );
         assert!(v > 0.0 && b > 0.0, "a figure without a measurement: {f}");
     }
 }
