@@ -663,7 +663,9 @@ struct RandomFile(std::path::PathBuf, String);
 
 impl RandomFile {
     fn new(len: u64) -> RandomFile {
-        let path = std::env::temp_dir().join(format!("qvisor-random-{}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("qvisor-random-{}-{n}", std::process::id()));
         let ok = Command::new("sh")
             .arg("-c")
             .arg(format!(
