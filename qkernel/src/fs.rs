@@ -879,9 +879,47 @@ impl Kernel {
         Ok(revents.iter().filter(|r| **r != 0).count() as i64)
     }
 
-    pub(crate) fn ioctl(&mut self, fd: u64) -> Result<i64, i64> {
-        self.fds.get(fd)?;
-        Err(ENOTTY) // no descriptor is a terminal (process.terminal is false)
+    /// ioctl: the descriptor-level requests (FIONBIO, FIOCLEX/FIONCLEX) and FIONREAD on
+    /// sockets; no descriptor is a terminal (process.terminal is false), so the rest is ENOTTY.
+    pub(crate) fn ioctl(
+        &mut self,
+        m: &mut dyn Machine,
+        fd: u64,
+        req: u64,
+        arg: u64,
+    ) -> Result<i64, i64> {
+        const FIONREAD: u64 = 0x541b;
+        const FIONBIO: u64 = 0x5421;
+        const FIONCLEX: u64 = 0x5450;
+        const FIOCLEX: u64 = 0x5451;
+        const F_SETFD: u64 = 2;
+        const F_SETFL: u64 = 4;
+        let f = self.fds.get(fd)?;
+        let (kind, flags) = (f.kind.clone(), f.status_flags);
+        match req & 0xffff_ffff {
+            FIONBIO => {
+                let mut v = [0u8; 4];
+                m.read(arg, &mut v).map_err(|_| EFAULT)?;
+                let on = i32::from_le_bytes(v) != 0;
+                let flags = if on {
+                    flags | O_NONBLOCK
+                } else {
+                    flags & !O_NONBLOCK
+                };
+                self.fcntl(fd, F_SETFL, flags as u64)
+            }
+            FIOCLEX => self.fcntl(fd, F_SETFD, 1),
+            FIONCLEX => self.fcntl(fd, F_SETFD, 0),
+            FIONREAD => match kind {
+                FileKind::Socket(s) => {
+                    let n = m.net_pending(s)?.min(i32::MAX as usize) as i32;
+                    m.write(arg, &n.to_le_bytes()).map_err(|_| EFAULT)?;
+                    Ok(0)
+                }
+                _ => Err(ENOTTY),
+            },
+            _ => Err(ENOTTY),
+        }
     }
 }
 

@@ -146,6 +146,10 @@ pub trait Machine {
     ) -> Result<(usize, u32, u16), i64> {
         Err(9)
     }
+    /// Bytes waiting to be read on a stream socket (FIONREAD).
+    fn net_pending(&mut self, _s: SocketId) -> Result<usize, i64> {
+        Err(9)
+    }
     fn net_close(&mut self, _s: SocketId) {}
     /// Waits until one of `socks` is ready for what it wants (`want_in`, `want_out`), or
     /// `timeout_ms` passes (0: just look; negative: no limit). Returns each socket's state.

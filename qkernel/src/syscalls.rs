@@ -301,7 +301,7 @@ impl Kernel {
             12 => Ok(self.brk(m, a0) as i64),
             13 => self.rt_sigaction(m, a0, a1, a2, a3),
             14 => self.rt_sigprocmask(m, a0, a1, a2, a3),
-            16 => self.ioctl(a0),
+            16 => self.ioctl(m, a0, a1, a2),
             17 => self.read(m, a0, a1, a2, Some(a3)),
             18 => self.write(m, a0, a1, a2, Some(a3)),
             19 => self.vectored(m, a0, a1, a2, false),

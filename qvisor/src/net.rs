@@ -433,6 +433,16 @@ impl GuestNet {
         Ok(split(addr))
     }
 
+    /// Bytes ready to read: a stream's received data; 0 for a listener or a fresh socket.
+    /// (Linux gives a datagram socket's next datagram size; the ring does not say it.)
+    pub fn pending(&mut self, s: SocketId) -> Result<usize, i64> {
+        match self.get(s)? {
+            Sock::Stream(t) => Ok(t.bytes_available()),
+            Sock::Dgram(_) | Sock::FreshDgram => Err(EOPNOTSUPP),
+            _ => Ok(0),
+        }
+    }
+
     /// SO_ERROR of a stream (0 for others or none).
     pub fn take_error(&mut self, s: SocketId) -> Result<i64, i64> {
         match self.get(s)? {

@@ -386,6 +386,9 @@ impl Machine for GuestMachine<'_> {
     fn net_take_error(&mut self, s: qkernel::SocketId) -> Result<i64, i64> {
         self.net()?.take_error(s)
     }
+    fn net_pending(&mut self, s: qkernel::SocketId) -> Result<usize, i64> {
+        self.net()?.pending(s)
+    }
     fn net_send(
         &mut self,
         s: qkernel::SocketId,

@@ -388,7 +388,8 @@ fn a_container_without_a_network_has_loopback() {
     let o = qvisor(&["/bin/tcp", "loop", "127.0.0.1", "8090"]);
     assert_eq!(
         stdout(&o),
-        "over the guest's own stack from 127.0.0.1 (client bound the same)\n",
+        "over the guest's own stack from 127.0.0.1 (client bound the same)\n\
+         FIONREAD 26, then FIONBIO read: EAGAIN\n",
         "{}",
         stderr(&o)
     );

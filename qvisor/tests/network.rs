@@ -278,7 +278,8 @@ fn the_guest_reaches_its_own_address_inside_the_stack() {
     let o = qvisor(&args);
     assert_eq!(
         stdout(&o),
-        "over the guest's own stack from 10.66.0.2 (client bound the same)\n",
+        "over the guest's own stack from 10.66.0.2 (client bound the same)\n\
+         FIONREAD 26, then FIONBIO read: EAGAIN\n",
         "{}",
         stderr(&o)
     );

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -74,11 +75,16 @@ int main(int argc, char **argv) {
     if (write(c, msg, strlen(msg)) != (ssize_t)strlen(msg)) return fail("write");
     struct pollfd r = {.fd = s, .events = POLLIN};
     poll(&r, 1, 5000);
+    int pending = -1, on = 1;
+    ioctl(s, FIONREAD, &pending);
     ssize_t n = read(s, buf, sizeof buf - 1);
     if (n <= 0) return fail("read");
     buf[n] = 0;
     printf("%s from %s (client bound %s)\n", buf, inet_ntoa(peer.sin_addr),
            me.sin_addr.s_addr == peer.sin_addr.s_addr ? "the same" : "differently");
+    /* FIONBIO makes the server's socket non-blocking: nothing more to read is EAGAIN. */
+    ioctl(s, FIONBIO, &on);
+    printf("FIONREAD %d, then FIONBIO read: %s\n", pending, read(s, buf, 1) < 0 && errno == EAGAIN ? "EAGAIN" : "?");
     return 0;
   }
   if (argc == 4 && (!strcmp(argv[1], "pipeto") || !strcmp(argv[1], "pipefrom"))) {
