@@ -150,7 +150,14 @@ pub struct StackConfig {
     pub busy_poll: Duration,
     /// Stack-wide cap on TCP/UDP sockets, so one client cannot exhaust host memory.
     pub max_sockets: usize,
+    /// Stack-wide bytes of socket buffers. Past half of it new TCP sockets get
+    /// [`MIN_TCP_BUF`] buffers instead of the configured ones; past all of it, ENOBUFS. qvisor
+    /// sets it to the container's memory limit, so buffers are charged to the container.
+    pub buffer_budget: usize,
 }
+
+/// TCP buffer per direction for sockets created once half the buffer budget is in use.
+pub const MIN_TCP_BUF: usize = 64 << 10;
 
 impl StackConfig {
     /// A configuration with defaults sized for a data-centre link.
@@ -170,6 +177,7 @@ impl StackConfig {
             ack_delay: Duration::from_millis(1),
             busy_poll: Duration::from_micros(50),
             max_sockets: 16384,
+            buffer_budget: 8 << 30,
         }
     }
 
@@ -239,6 +247,13 @@ impl StackConfig {
             4096,
             1 << 26,
             "4 KiB-64 MiB",
+        )?;
+        range(
+            "socket buffer budget",
+            self.buffer_budget as u64,
+            4 * MIN_TCP_BUF as u64,
+            1 << 40,
+            "256 KiB-1 TiB",
         )?;
         range(
             "max sockets",

@@ -13,7 +13,7 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpo
 
 use qnet_ring::errno::*;
 
-use crate::config::StackConfig;
+use crate::config::{StackConfig, MIN_TCP_BUF};
 
 /// The loopback network every Linux namespace has.
 pub const LOOPBACK: crate::Ipv4Cidr = crate::Ipv4Cidr {
@@ -144,6 +144,8 @@ pub struct Net {
     next_listener: ListenerId,
     lingering: Vec<Lingering>,
     socket_count: usize,
+    /// Socket buffer bytes allocated, against `cfg.buffer_budget`.
+    buffer_bytes: usize,
     pub cfg: StackConfig,
     pub stats: NetStats,
 }
@@ -187,6 +189,7 @@ impl Net {
             next_listener: 1,
             lingering: Vec::new(),
             socket_count: 0,
+            buffer_bytes: 0,
             cfg,
             stats: NetStats::default(),
         }
@@ -236,11 +239,28 @@ impl Net {
         Ok(())
     }
 
-    /// A new TCP socket with the configured buffers and data-centre timers.
-    pub fn new_tcp(&mut self, opts: TcpOpts) -> Result<SocketHandle, i32> {
+    /// Charges `bytes` of socket buffers to the budget.
+    fn charge(&mut self, bytes: usize) -> Result<(), i32> {
+        if self.buffer_bytes + bytes > self.cfg.buffer_budget {
+            return Err(ENOBUFS);
+        }
         self.reserve_socket()?;
-        let rx = tcp::SocketBuffer::new(vec![0; self.cfg.tcp_rx_buf]);
-        let tx = tcp::SocketBuffer::new(vec![0; self.cfg.tcp_tx_buf]);
+        self.buffer_bytes += bytes;
+        Ok(())
+    }
+
+    /// A new TCP socket with data-centre timers and the configured buffers (smaller ones once
+    /// half the buffer budget is in use).
+    pub fn new_tcp(&mut self, opts: TcpOpts) -> Result<SocketHandle, i32> {
+        let (rx, tx) = (self.cfg.tcp_rx_buf, self.cfg.tcp_tx_buf);
+        let (rx, tx) = if self.buffer_bytes + rx + tx <= self.cfg.buffer_budget / 2 {
+            (rx, tx)
+        } else {
+            (rx.min(MIN_TCP_BUF), tx.min(MIN_TCP_BUF))
+        };
+        self.charge(rx + tx)?;
+        let rx = tcp::SocketBuffer::new(vec![0; rx]);
+        let tx = tcp::SocketBuffer::new(vec![0; tx]);
         let mut s = tcp::Socket::new(rx, tx);
         s.set_congestion_control(tcp::CongestionControl::Cubic);
         s.set_ack_delay(Some(SDuration::from_micros(
@@ -251,7 +271,7 @@ impl Net {
     }
 
     pub fn new_udp(&mut self) -> Result<SocketHandle, i32> {
-        self.reserve_socket()?;
+        self.charge(2 * self.cfg.udp_buf)?;
         let meta = || vec![udp::PacketMetadata::EMPTY; 256];
         let rx = udp::PacketBuffer::new(meta(), vec![0; self.cfg.udp_buf]);
         let tx = udp::PacketBuffer::new(meta(), vec![0; self.cfg.udp_buf]);
@@ -260,8 +280,21 @@ impl Net {
 
     /// Drops a socket from the set at once (nothing more is sent for it).
     pub fn remove(&mut self, handle: SocketHandle) {
-        self.sockets.remove(handle);
+        let bytes = match self.sockets.remove(handle) {
+            smoltcp::socket::Socket::Tcp(t) => t.recv_capacity() + t.send_capacity(),
+            smoltcp::socket::Socket::Udp(u) => {
+                u.payload_recv_capacity() + u.payload_send_capacity()
+            }
+            #[allow(unreachable_patterns)] // only TCP and UDP sockets are created
+            _ => 0,
+        };
+        self.buffer_bytes = self.buffer_bytes.saturating_sub(bytes);
         self.socket_count -= 1;
+    }
+
+    /// Bytes of socket buffers allocated now.
+    pub fn buffer_bytes(&self) -> usize {
+        self.buffer_bytes
     }
 
     /// Resets a TCP connection: the RST goes out on the next egress, then the socket is dropped.
@@ -498,5 +531,38 @@ mod tests {
         let e = t.bind(0, false).unwrap();
         assert!(EPHEMERAL.contains(&e));
         assert_ne!(t.bind(0, false).unwrap(), e);
+    }
+
+    #[test]
+    fn socket_buffers_are_bounded_by_the_budget() {
+        let mut cfg = StackConfig::new("10.9.0.2/24".parse().unwrap());
+        cfg.tcp_rx_buf = 1 << 20;
+        cfg.tcp_tx_buf = 1 << 20;
+        cfg.buffer_budget = 8 << 20;
+        let local = crate::phy::LocalAddrs {
+            mac: cfg.mac.0,
+            ip: cfg.addr.addr,
+            loopback: true,
+        };
+        let mut dev = crate::phy::FrameQueues::new(1500, local, false).unwrap();
+        let mut net = Net::new(cfg, &mut dev, Instant::ZERO);
+        // Two full-size sockets fill half the budget; the rest get 64 KiB each way.
+        let full: Vec<_> = (0..2)
+            .map(|_| net.new_tcp(TcpOpts::default()).unwrap())
+            .collect();
+        assert_eq!(net.buffer_bytes(), 4 << 20);
+        let mut small = Vec::new();
+        while let Ok(h) = net.new_tcp(TcpOpts::default()) {
+            small.push(h);
+        }
+        assert_eq!(small.len(), (4 << 20) / (2 * MIN_TCP_BUF));
+        assert_eq!(net.buffer_bytes(), 8 << 20);
+        assert_eq!(net.new_udp(), Err(ENOBUFS));
+        // Freed buffers are available again.
+        for h in full {
+            net.remove(h);
+        }
+        assert_eq!(net.buffer_bytes(), 4 << 20);
+        assert!(net.new_tcp(TcpOpts::default()).is_ok());
     }
 }

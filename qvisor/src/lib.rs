@@ -70,7 +70,11 @@ pub fn run(launch: &Launch) -> anyhow::Result<Stop> {
         .context("no program to run (empty args)")?;
     let (exe, image) = find_program(&mut rootfs, name, &launch.env)?;
     let cancel = Arc::new(AtomicBool::new(false));
-    let net = Some(net::GuestNet::new(launch.net.clone(), cancel.clone())?);
+    let net = Some(net::GuestNet::new(
+        launch.net.clone(),
+        cancel.clone(),
+        launch.memory,
+    )?);
     let mut vm = Vm::new(launch.memory, rootfs, net, launch.polled_syscalls, cancel)?;
     let loaded = vm
         .with_machine(|m| qkernel::load_static(m, &image, &launch.argv, &launch.env))

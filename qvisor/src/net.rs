@@ -105,7 +105,7 @@ struct Live {
 }
 
 impl Live {
-    fn start(setup: &NetSetup, cancel: &Arc<AtomicBool>) -> anyhow::Result<Live> {
+    fn start(setup: &NetSetup, cancel: &Arc<AtomicBool>, budget: usize) -> anyhow::Result<Live> {
         let socket: PathBuf =
             std::env::temp_dir().join(format!("qvisor-net-{}.sock", std::process::id()));
         let (stack, takeover) = match setup {
@@ -113,6 +113,7 @@ impl Live {
                 // A link-less stack: only 127.0.0.1 exists.
                 let mut cfg = StackConfig::new(qnet::net::LOOPBACK);
                 cfg.ring_slots = MAX_SOCKETS as u32;
+                cfg.buffer_budget = budget;
                 let stack = RunningStack::start(cfg, None, &socket)?;
                 (stack, None)
             }
@@ -120,6 +121,7 @@ impl Live {
                 let mut cfg = StackConfig::new(t.addr);
                 cfg.gateway = t.gateway;
                 cfg.ring_slots = MAX_SOCKETS as u32;
+                cfg.buffer_budget = budget;
                 let tap = TapOptions {
                     name: t.tap.clone(),
                     netns: Some(t.netns.clone()),
@@ -135,7 +137,8 @@ impl Live {
                     path: netns.display().to_string(),
                 })?;
                 let routes: Vec<&Route> = snapshot.routes_of(link.index).collect();
-                let cfg = pod_stack_config(link, &routes)?;
+                let mut cfg = pod_stack_config(link, &routes)?;
+                cfg.buffer_budget = budget;
                 tracing::info!(
                     link = %link.name,
                     addr = %cfg.addr,
@@ -178,6 +181,8 @@ enum Sock {
 pub struct GuestNet {
     setup: NetSetup,
     cancel: Arc<AtomicBool>,
+    /// Bytes of socket buffers the container's stack may hold (its memory limit).
+    budget: usize,
     socks: Vec<Option<Sock>>,
     live: Option<Live>,
 }
@@ -207,14 +212,20 @@ impl GuestNet {
     /// Sets up the container's network. A pod or TAP network starts now (so a broken one
     /// fails the container before it boots, and the kernel stops answering for the pod at
     /// once); loopback starts with the first socket, so programs without sockets pay nothing.
-    pub fn new(setup: NetSetup, cancel: Arc<AtomicBool>) -> anyhow::Result<GuestNet> {
+    /// Socket buffers are charged to `memory`, the container's memory limit: a guest cannot
+    /// make its stack hold more than that on the host.
+    pub fn new(setup: NetSetup, cancel: Arc<AtomicBool>, memory: u64) -> anyhow::Result<GuestNet> {
+        let budget = usize::try_from(memory).unwrap_or(usize::MAX);
         let live = match setup {
             NetSetup::Loopback => None,
-            _ => Some(Live::start(&setup, &cancel).context("starting the container's network")?),
+            _ => Some(
+                Live::start(&setup, &cancel, budget).context("starting the container's network")?,
+            ),
         };
         Ok(GuestNet {
             setup,
             cancel,
+            budget,
             socks: Vec::new(),
             live,
         })
@@ -223,7 +234,7 @@ impl GuestNet {
     /// The ring client, starting the network first if it is not running yet.
     fn client(&mut self) -> Result<Client, i64> {
         if self.live.is_none() {
-            match Live::start(&self.setup, &self.cancel) {
+            match Live::start(&self.setup, &self.cancel, self.budget) {
                 Ok(l) => self.live = Some(l),
                 Err(e) => {
                     tracing::error!("starting the container's network: {e:#}");
