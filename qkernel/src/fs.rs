@@ -454,6 +454,9 @@ impl Kernel {
         if count > 1024 {
             return Err(EINVAL);
         }
+        if self.fds.is_socket(fd) {
+            return self.socket_vectored(m, fd, iov, count, write);
+        }
         let mut total = 0i64;
         for i in 0..count {
             let mut raw = [0u8; 16];

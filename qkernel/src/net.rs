@@ -51,13 +51,18 @@ fn read_msghdr(m: &dyn Machine, at: u64) -> Result<MsgHdr, i64> {
     if count > MAX_IOV {
         return Err(EMSGSIZE);
     }
-    let iov = (0..count)
+    let iov = read_iovecs(m, iov_at, count)?;
+    Ok(MsgHdr { name, namelen, iov })
+}
+
+/// `count` iovecs at `at`, as (base, length).
+fn read_iovecs(m: &dyn Machine, at: u64, count: u64) -> Result<Vec<(u64, u64)>, i64> {
+    (0..count)
         .map(|i| {
-            let e = iov_at.wrapping_add(i * 16);
+            let e = at.wrapping_add(i * 16);
             Ok((read_u64(m, e)?, read_u64(m, e.wrapping_add(8))?))
         })
-        .collect::<Result<Vec<_>, i64>>()?;
-    Ok(MsgHdr { name, namelen, iov })
+        .collect()
 }
 
 impl MsgHdr {
@@ -333,6 +338,35 @@ impl Kernel {
         m.write(msg + 40, &0u64.to_le_bytes()).map_err(|_| EFAULT)?;
         m.write(msg + 48, &0u32.to_le_bytes()).map_err(|_| EFAULT)?;
         Ok(n as i64)
+    }
+
+    /// readv/writev on a socket: one receive or one send (one datagram) over all the iovecs.
+    pub(crate) fn socket_vectored(
+        &mut self,
+        m: &mut dyn Machine,
+        fd: u64,
+        iov: u64,
+        count: u64,
+        write: bool,
+    ) -> Result<i64, i64> {
+        if count > MAX_IOV {
+            return Err(EINVAL);
+        }
+        let (s, nonblocking) = self.socket_of(fd)?;
+        let h = MsgHdr {
+            name: 0,
+            namelen: 0,
+            iov: read_iovecs(m, iov, count)?,
+        };
+        if write {
+            let data = h.gather(m)?;
+            Ok(m.net_send(s, &data, nonblocking)? as i64)
+        } else {
+            let mut tmp = vec![0u8; h.capacity()];
+            let n = m.net_recv(s, &mut tmp, nonblocking)?;
+            h.scatter(m, &tmp[..n])?;
+            Ok(n as i64)
+        }
     }
 
     /// sendmmsg/recvmmsg: each message in turn, its length in `msg_len`; the count done is

@@ -410,7 +410,9 @@ fn sendmsg_recvmsg_and_their_mmsg_forms_move_whole_datagrams() {
         stdout(&o),
         "recvmsg 17: [gathe][red datagram] from 127.0.0.1:5399 namelen 16\n\
          sendmmsg 2\n\
-         recvmmsg 2: first/5 second/6\n",
+         recvmmsg 2: first/5 second/6\n\
+         writev 12\n\
+         readv 12: [on][e datagram]\n",
         "{}",
         stderr(&o)
     );

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 int main(int argc, char **argv) {
@@ -40,6 +41,14 @@ int main(int argc, char **argv) {
     struct mmsghdr rm[2] = {{.msg_hdr = {.msg_iov = &r1, .msg_iovlen = 1}}, {.msg_hdr = {.msg_iov = &r2, .msg_iovlen = 1}}};
     int k = recvmmsg(s, rm, 2, MSG_WAITFORONE, NULL);
     printf("recvmmsg %d: %s/%u %s/%u\n", k, b1, rm[0].msg_len, b2, rm[1].msg_len);
+    /* writev on a connected datagram socket is one datagram too; readv scatters it. */
+    if (connect(s, (struct sockaddr *)&a, sizeof a)) { perror("connect"); return 1; }
+    struct iovec w[2] = {{"one ", 4}, {"datagram", 8}};
+    printf("writev %zd\n", writev(s, w, 2));
+    char p1[3] = {0}, p2[16] = {0};
+    struct iovec rv[2] = {{p1, 2}, {p2, 15}};
+    ssize_t got = readv(s, rv, 2);
+    printf("readv %zd: [%s][%s]\n", got, p1, p2);
     return 0;
   }
   if (argc == 4 && !strcmp(argv[1], "ask")) {
