@@ -1,0 +1,253 @@
+//! qnet-cni driven exactly as a container runtime drives a plugin: environment variables and
+//! the configuration on stdin, in namespaces the test creates, chained after Debian's reference
+//! bridge plugin with host-local IPAM.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Value};
+
+const CNI_DIR: &str = "/usr/lib/cni";
+
+struct Out {
+    ok: bool,
+    json: Option<Value>,
+    raw: String,
+}
+
+/// Runs `plugin` (ours, or one from /usr/lib/cni) with `env` and `conf` on stdin, in `in_ns`.
+fn call(plugin: &str, in_ns: Option<&str>, env: &[(&str, &str)], conf: &str) -> Out {
+    let program = if plugin == "qnet-cni" {
+        env!("CARGO_BIN_EXE_qnet-cni").to_string()
+    } else {
+        format!("{CNI_DIR}/{plugin}")
+    };
+    let mut cmd = match in_ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, &program]);
+            c
+        }
+        None => Command::new(&program),
+    };
+    cmd.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("running the plugin");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let raw = String::from_utf8_lossy(&o.stdout).to_string();
+    Out {
+        ok: o.status.success(),
+        json: serde_json::from_str(&raw).ok(),
+        raw: format!("{raw}{}", String::from_utf8_lossy(&o.stderr)),
+    }
+}
+
+fn error_code(o: &Out) -> u64 {
+    assert!(!o.ok, "expected a failure: {}", o.raw);
+    o.json
+        .as_ref()
+        .and_then(|j| j["code"].as_u64())
+        .unwrap_or_else(|| panic!("no error JSON: {}", o.raw))
+}
+
+struct Ns(String);
+
+impl Ns {
+    fn new(tag: &str) -> Ns {
+        let name = format!("qc-{tag}-{}", std::process::id());
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "ip netns add (run as root)");
+        Ns(name)
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn attachment<'a>(command: &'a str, pod: &'a str, netns: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("CNI_COMMAND", command),
+        ("CNI_CONTAINERID", pod),
+        ("CNI_NETNS", netns),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", CNI_DIR),
+        (
+            "CNI_ARGS",
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web",
+        ),
+    ]
+}
+
+#[test]
+fn version_lists_every_supported_version() {
+    let o = call("qnet-cni", None, &[("CNI_COMMAND", "VERSION")], "");
+    assert!(o.ok, "{}", o.raw);
+    let j = o.json.unwrap();
+    assert_eq!(
+        j["supportedVersions"],
+        json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+    );
+    assert_eq!(j["cniVersion"], "1.1.0");
+}
+
+#[test]
+fn bad_input_gets_the_spec_error_codes() {
+    let env = attachment("ADD", "bad", "/run/netns/none");
+    let conf = |v: &str, ty: &str, mode: &str| {
+        format!(r#"{{"cniVersion":"{v}","name":"n","type":"{ty}","mode":"{mode}"}}"#)
+    };
+    // Malformed JSON: 6; unknown version: 1; another plugin's config: 7.
+    assert_eq!(error_code(&call("qnet-cni", None, &env, "{not json")), 6);
+    assert_eq!(
+        error_code(&call(
+            "qnet-cni",
+            None,
+            &env,
+            &conf("0.2.0", "qnet-cni", "chained")
+        )),
+        1
+    );
+    assert_eq!(
+        error_code(&call(
+            "qnet-cni",
+            None,
+            &env,
+            &conf("1.0.0", "bridge", "chained")
+        )),
+        7
+    );
+    // Missing environment: 4.
+    let o = call(
+        "qnet-cni",
+        None,
+        &[("CNI_COMMAND", "ADD"), ("CNI_PATH", CNI_DIR)],
+        &conf("1.0.0", "qnet-cni", "chained"),
+    );
+    assert_eq!(error_code(&o), 4);
+    assert!(o.raw.contains("CNI_CONTAINERID"), "{}", o.raw);
+    // Chained without a previous result, a mode not built yet, CHECK in 0.3.1.
+    let o = call(
+        "qnet-cni",
+        None,
+        &env,
+        &conf("1.0.0", "qnet-cni", "chained"),
+    );
+    assert_eq!(error_code(&o), 7);
+    assert!(o.raw.contains("prevResult"), "{}", o.raw);
+    let o = call("qnet-cni", None, &env, &conf("1.0.0", "qnet-cni", "ptp"));
+    assert_eq!(error_code(&o), 7);
+    assert!(o.raw.contains("not in this build"), "{}", o.raw);
+    let check = attachment("CHECK", "bad", "/run/netns/none");
+    assert_eq!(
+        error_code(&call(
+            "qnet-cni",
+            None,
+            &check,
+            &conf("0.3.1", "qnet-cni", "chained")
+        )),
+        1
+    );
+    // Unknown CNI_ARGS without IgnoreUnknown: 2. Errors carry the caller's version.
+    let mut strict = env.clone();
+    strict[5] = ("CNI_ARGS", "FOO=bar");
+    let o = call(
+        "qnet-cni",
+        None,
+        &strict,
+        &conf("0.4.0", "qnet-cni", "chained"),
+    );
+    assert_eq!(error_code(&o), 2);
+    assert_eq!(o.json.unwrap()["cniVersion"], "0.4.0");
+}
+
+#[test]
+fn chained_after_the_bridge_plugin_in_every_version() {
+    for (i, version) in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+        .iter()
+        .enumerate()
+    {
+        // Debian's bridge plugin (containernetworking-plugins 1.1.1) speaks up to 1.0.0.
+        let bridge_version = if *version == "1.1.0" {
+            "1.0.0"
+        } else {
+            version
+        };
+        let node = Ns::new(&format!("n{i}"));
+        let pod = Ns::new(&format!("p{i}"));
+        let netns = format!("/run/netns/{}", pod.0);
+        let data = std::env::temp_dir().join(format!("qc-ipam-{i}-{}", std::process::id()));
+        let bridge_conf = json!({
+            "cniVersion": bridge_version, "name": "quark", "type": "bridge",
+            "bridge": format!("qcbr{i}"), "isGateway": true,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": format!("10.85.{i}.0/24")}]],
+                     "routes": [{"dst": "0.0.0.0/0"}], "dataDir": data},
+        });
+        let pod_id = format!("pod{i}");
+        let add = attachment("ADD", &pod_id, &netns);
+        let made = call("bridge", Some(&node.0), &add, &bridge_conf.to_string());
+        assert!(made.ok, "bridge ADD: {}", made.raw);
+        let prev = made.json.unwrap();
+        // As a runtime does for the next plugin of a conflist: same name and version, plus
+        // prevResult.
+        let ours = json!({
+            "cniVersion": version, "name": "quark", "type": "qnet-cni", "mode": "chained",
+            "prevResult": prev,
+        })
+        .to_string();
+        let o = call("qnet-cni", Some(&node.0), &add, &ours);
+        assert!(o.ok, "{version}: qnet-cni ADD: {}", o.raw);
+        let mut expected = prev.clone();
+        expected["cniVersion"] = json!(version);
+        assert_eq!(
+            o.json.unwrap(),
+            expected,
+            "{version}: the result passes through"
+        );
+        if *version != "0.3.0" && *version != "0.3.1" {
+            let check = attachment("CHECK", &pod_id, &netns);
+            let o = call("qnet-cni", Some(&node.0), &check, &ours);
+            assert!(o.ok, "{version}: CHECK: {}", o.raw);
+            // Drift: the pod's address gone, CHECK says so.
+            let addr = prev["ips"][0]["address"].as_str().unwrap().to_string();
+            Command::new("ip")
+                .args(["-n", &pod.0, "addr", "del", &addr, "dev", "eth0"])
+                .status()
+                .unwrap();
+            let o = call("qnet-cni", Some(&node.0), &check, &ours);
+            assert_eq!(error_code(&o), 7, "{version}: CHECK after drift");
+            assert!(o.raw.contains(&addr), "{}", o.raw);
+        }
+        // DEL twice, and once more with the namespace gone: always success.
+        let del = attachment("DEL", &pod_id, &netns);
+        for _ in 0..2 {
+            let o = call("qnet-cni", Some(&node.0), &del, &ours);
+            assert!(o.ok && o.raw.is_empty(), "{version}: DEL: {}", o.raw);
+        }
+        let del_gone: Vec<_> = del
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != "CNI_NETNS")
+            .collect();
+        let o = call("qnet-cni", Some(&node.0), &del_gone, &ours);
+        assert!(o.ok, "{version}: DEL without a namespace: {}", o.raw);
+        let o = call("bridge", Some(&node.0), &del, &bridge_conf.to_string());
+        assert!(o.ok, "bridge DEL: {}", o.raw);
+        let _ = std::fs::remove_dir_all(&data);
+    }
+}
