@@ -2,10 +2,12 @@
 //!
 //! It speaks the CNI spec (0.3.0 to 1.1.0) exactly: the command and attachment in the
 //! environment, the network configuration on stdin, a result or an error JSON on stdout.
-//! `"mode": "chained"` runs after the plugin that made the pod's interface (Debian's bridge or
-//! ptp, Calico...): it checks the interface qvisor will take over and passes the result on.
-//! The routed (`ptp`), `bridge` and `vpc` modes are not in this build yet and say so.
+//! `"mode": "ptp"` wires the pod itself (a routed veth, IPAM delegated); `"mode": "chained"`
+//! runs after the plugin that made the pod's interface (Debian's bridge or ptp, Calico...): it
+//! checks the interface qvisor will take over and passes the result on. The `bridge` and `vpc`
+//! modes are not in this build yet and say so.
 
+mod ptp;
 mod spec;
 
 use std::io::Read;
@@ -21,7 +23,7 @@ fn main() -> ExitCode {
     let mut stdin = Vec::new();
     let read = std::io::stdin().read_to_end(&mut stdin);
     let outcome = read
-        .map_err(|e| CniError::new(Code::Io, "reading the configuration from stdin").details(e))
+        .map_err(|e| CniError::new(Code::IO, "reading the configuration from stdin").details(e))
         .and_then(|_| Env::from_vars(|k| std::env::var(k).ok()))
         .and_then(|env| run(&env, &stdin));
     match outcome {
@@ -51,7 +53,7 @@ fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     let conf = NetConf::parse(stdin)?;
     if conf.plugin_type != PLUGIN_TYPE {
         return Err(CniError::new(
-            Code::InvalidConfig,
+            Code::INVALID_CONFIG,
             format!(
                 "the configuration is for plugin {:?}, this is {PLUGIN_TYPE}",
                 conf.plugin_type
@@ -61,7 +63,7 @@ fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     check_args(env)?;
     if !conf.supports(env.command) {
         return Err(CniError::new(
-            Code::IncompatibleVersion,
+            Code::INCOMPATIBLE_VERSION,
             format!(
                 "{:?} is not part of CNI {} (CHECK needs 0.4.0, STATUS and GC 1.1.0)",
                 env.command, conf.cni_version
@@ -70,19 +72,20 @@ fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     }
     match conf.mode.as_deref() {
         Some("chained") => chained(env, &conf),
-        Some(mode @ ("ptp" | "bridge")) => Err(CniError::new(
-            Code::InvalidConfig,
+        Some("ptp") => ptp::run(env, &conf, stdin),
+        Some("bridge") => Err(CniError::new(
+            Code::INVALID_CONFIG,
             format!(
-                "mode {mode:?} is not in this build of {PLUGIN_TYPE} yet: list the reference \
-                 {mode} plugin first and {PLUGIN_TYPE} after it with \"mode\": \"chained\""
+                "mode \"bridge\" is not in this build of {PLUGIN_TYPE} yet: use \"ptp\", or list \
+                 the reference bridge plugin first and {PLUGIN_TYPE} after it with \"mode\": \"chained\""
             ),
         )),
         Some("vpc") => Err(CniError::new(
-            Code::InvalidConfig,
+            Code::INVALID_CONFIG,
             "mode \"vpc\" needs the qnetd VPC daemon, which is not available yet",
         )),
         other => Err(CniError::new(
-            Code::InvalidConfig,
+            Code::INVALID_CONFIG,
             format!("\"mode\" is {other:?}: expected one of ptp, bridge, chained, vpc"),
         )),
     }
@@ -97,7 +100,7 @@ fn check_args(env: &Env) -> Result<(), CniError> {
         .any(|(k, v)| k == "IgnoreUnknown" && matches!(v.as_str(), "1" | "true" | "True"));
     match env.args.iter().find(|(k, _)| k != "IgnoreUnknown") {
         Some((k, _)) if !ignore => Err(CniError::new(
-            Code::UnsupportedField,
+            Code::UNSUPPORTED_FIELD,
             format!("CNI_ARGS has {k:?}, which {PLUGIN_TYPE} does not know (pass IgnoreUnknown=1)"),
         )),
         _ => Ok(()),
@@ -111,7 +114,7 @@ fn chained(env: &Env, conf: &NetConf) -> Result<Option<Value>, CniError> {
         Command::Add | Command::Check => {
             let prev = conf.prev_result.as_ref().ok_or_else(|| {
                 CniError::new(
-                    Code::InvalidConfig,
+                    Code::INVALID_CONFIG,
                     format!(
                         "chained mode needs a prevResult: list {PLUGIN_TYPE} after the plugin that \
                          creates the pod's interface"
@@ -133,25 +136,25 @@ fn chained(env: &Env, conf: &NetConf) -> Result<Option<Value>, CniError> {
 }
 
 /// The pod's interface is in its namespace with the IPv4 addresses the result lists.
-fn check_interface(env: &Env, prev: &Value) -> Result<(), CniError> {
+pub(crate) fn check_interface(env: &Env, prev: &Value) -> Result<(), CniError> {
     let netns = env.netns.as_deref().unwrap_or_default();
     let ns = qnet_netns::Netns::open(Path::new(netns)).map_err(|e| {
         CniError::new(
-            Code::ContainerUnknown,
+            Code::CONTAINER_UNKNOWN,
             format!("the network namespace {netns} cannot be opened"),
         )
         .details(e)
     })?;
     let snap = ns
         .inspect()
-        .map_err(|e| CniError::new(Code::Io, format!("reading the links of {netns}")).details(e))?;
+        .map_err(|e| CniError::new(Code::IO, format!("reading the links of {netns}")).details(e))?;
     let link = snap
         .links
         .iter()
         .find(|l| l.name == env.ifname)
         .ok_or_else(|| {
             CniError::new(
-                Code::InvalidConfig,
+                Code::INVALID_CONFIG,
                 format!(
                     "container {}: {netns} has no interface {} (prevResult names it)",
                     env.container_id, env.ifname
@@ -162,7 +165,7 @@ fn check_interface(env: &Env, prev: &Value) -> Result<(), CniError> {
     for want in result_addresses(prev, &env.ifname) {
         if !have.contains(&want) {
             return Err(CniError::new(
-                Code::InvalidConfig,
+                Code::INVALID_CONFIG,
                 format!(
                     "interface {} in {netns} lacks {want} from prevResult (has: {})",
                     env.ifname,

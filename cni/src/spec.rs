@@ -14,16 +14,18 @@ pub const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "
 /// The version reported when none can be taken from the input.
 pub const LATEST: &str = "1.1.0";
 
-/// The spec's well-known error codes.
+/// A CNI error code: the spec's well-known ones, or a delegated plugin's own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Code {
-    IncompatibleVersion = 1,
-    UnsupportedField = 2,
-    ContainerUnknown = 3,
-    InvalidEnvironment = 4,
-    Io = 5,
-    Decoding = 6,
-    InvalidConfig = 7,
+pub struct Code(pub u32);
+
+impl Code {
+    pub const INCOMPATIBLE_VERSION: Code = Code(1);
+    pub const UNSUPPORTED_FIELD: Code = Code(2);
+    pub const CONTAINER_UNKNOWN: Code = Code(3);
+    pub const INVALID_ENVIRONMENT: Code = Code(4);
+    pub const IO: Code = Code(5);
+    pub const DECODING: Code = Code(6);
+    pub const INVALID_CONFIG: Code = Code(7);
 }
 
 /// A CNI error: what the plugin prints on stdout before exiting non-zero.
@@ -53,7 +55,7 @@ impl CniError {
     pub fn to_json(&self, version: &str) -> Value {
         let mut v = serde_json::json!({
             "cniVersion": version,
-            "code": self.code as u32,
+            "code": self.code.0,
             "msg": self.msg,
         });
         if !self.details.is_empty() {
@@ -85,7 +87,7 @@ impl Command {
             "GC" => Command::Gc,
             other => {
                 return Err(CniError::new(
-                    Code::InvalidEnvironment,
+                    Code::INVALID_ENVIRONMENT,
                     format!(
                         "CNI_COMMAND {other:?} is not one of ADD, DEL, CHECK, VERSION, STATUS, GC"
                     ),
@@ -103,6 +105,8 @@ pub struct Env {
     /// Absent for DEL when the namespace is already gone.
     pub netns: Option<String>,
     pub ifname: String,
+    /// CNI_PATH: where delegated plugins (IPAM) are found.
+    pub path: Vec<String>,
     /// CNI_ARGS as key/value pairs.
     pub args: Vec<(String, String)>,
 }
@@ -112,14 +116,14 @@ impl Env {
     pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Env, CniError> {
         let command =
             Command::parse(&get("CNI_COMMAND").ok_or_else(|| {
-                CniError::new(Code::InvalidEnvironment, "CNI_COMMAND is not set")
+                CniError::new(Code::INVALID_ENVIRONMENT, "CNI_COMMAND is not set")
             })?)?;
         let needs_attachment = matches!(command, Command::Add | Command::Del | Command::Check);
         let required = |name: &str| -> Result<String, CniError> {
             match get(name).filter(|v| !v.is_empty()) {
                 Some(v) => Ok(v),
                 None if needs_attachment => Err(CniError::new(
-                    Code::InvalidEnvironment,
+                    Code::INVALID_ENVIRONMENT,
                     format!("{name} is not set (required for {command:?})"),
                 )),
                 None => Ok(String::new()),
@@ -132,20 +136,24 @@ impl Env {
             // DEL must succeed when the namespace is gone; ADD and CHECK need it.
             None if matches!(command, Command::Add | Command::Check) => {
                 return Err(CniError::new(
-                    Code::InvalidEnvironment,
+                    Code::INVALID_ENVIRONMENT,
                     format!("CNI_NETNS is not set (required for {command:?})"),
                 ))
             }
             None => None,
         };
-        // Where delegated plugins are found; the chained mode delegates to none.
-        required("CNI_PATH")?;
+        let path = required("CNI_PATH")?
+            .split(':')
+            .filter(|p| !p.is_empty())
+            .map(String::from)
+            .collect();
         let args = parse_args(&get("CNI_ARGS").unwrap_or_default())?;
         Ok(Env {
             command,
             container_id,
             netns,
             ifname,
+            path,
             args,
         })
     }
@@ -160,7 +168,7 @@ fn parse_args(s: &str) -> Result<Vec<(String, String)>, CniError> {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .ok_or_else(|| {
                     CniError::new(
-                        Code::InvalidEnvironment,
+                        Code::INVALID_ENVIRONMENT,
                         format!("CNI_ARGS entry {kv:?} is not KEY=VALUE"),
                     )
                 })
@@ -192,11 +200,11 @@ impl NetConf {
     /// version is incompatible.
     pub fn parse(bytes: &[u8]) -> Result<NetConf, CniError> {
         let conf: NetConf = serde_json::from_slice(bytes).map_err(|e| {
-            CniError::new(Code::Decoding, "the network configuration is not valid").details(e)
+            CniError::new(Code::DECODING, "the network configuration is not valid").details(e)
         })?;
         if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
             return Err(CniError::new(
-                Code::IncompatibleVersion,
+                Code::INCOMPATIBLE_VERSION,
                 format!(
                     "cniVersion {:?} is not supported (supported: {})",
                     conf.cni_version,
@@ -206,7 +214,7 @@ impl NetConf {
         }
         if conf.name.is_empty() {
             return Err(CniError::new(
-                Code::InvalidConfig,
+                Code::INVALID_CONFIG,
                 "the network has no name",
             ));
         }
@@ -273,7 +281,7 @@ mod tests {
             ("CNI_PATH", "/usr/lib/cni"),
         ])
         .unwrap_err();
-        assert_eq!(e.code, Code::InvalidEnvironment);
+        assert_eq!(e.code, Code::INVALID_ENVIRONMENT);
         assert!(e.msg.contains("CNI_CONTAINERID"), "{e}");
         // DEL without a namespace is fine (it may be gone); VERSION needs nothing.
         let del = env(&[
@@ -287,7 +295,7 @@ mod tests {
         assert!(env(&[("CNI_COMMAND", "VERSION")]).is_ok());
         assert_eq!(
             env(&[("CNI_COMMAND", "FROB")]).unwrap_err().code,
-            Code::InvalidEnvironment
+            Code::INVALID_ENVIRONMENT
         );
         let args = env(&[
             ("CNI_COMMAND", "VERSION"),
@@ -304,10 +312,10 @@ mod tests {
         assert_eq!(c.mode.as_deref(), Some("chained"));
         assert!(c.rest.contains_key("extra"));
         assert!(c.supports(Command::Check) && !c.supports(Command::Gc));
-        assert_eq!(NetConf::parse(b"{nope").unwrap_err().code, Code::Decoding);
+        assert_eq!(NetConf::parse(b"{nope").unwrap_err().code, Code::DECODING);
         let e =
             NetConf::parse(br#"{"cniVersion":"9.9.9","name":"n","type":"qnet-cni"}"#).unwrap_err();
-        assert_eq!(e.code, Code::IncompatibleVersion);
+        assert_eq!(e.code, Code::INCOMPATIBLE_VERSION);
     }
 
     #[test]

@@ -150,7 +150,7 @@ fn bad_input_gets_the_spec_error_codes() {
     );
     assert_eq!(error_code(&o), 7);
     assert!(o.raw.contains("prevResult"), "{}", o.raw);
-    let o = call("qnet-cni", None, &env, &conf("1.0.0", "qnet-cni", "ptp"));
+    let o = call("qnet-cni", None, &env, &conf("1.0.0", "qnet-cni", "bridge"));
     assert_eq!(error_code(&o), 7);
     assert!(o.raw.contains("not in this build"), "{}", o.raw);
     let check = attachment("CHECK", "bad", "/run/netns/none");
@@ -248,6 +248,150 @@ fn chained_after_the_bridge_plugin_in_every_version() {
         assert!(o.ok, "{version}: DEL without a namespace: {}", o.raw);
         let o = call("bridge", Some(&node.0), &del, &bridge_conf.to_string());
         assert!(o.ok, "bridge DEL: {}", o.raw);
+        let _ = std::fs::remove_dir_all(&data);
+    }
+}
+
+/// The pod's routes as `ip route` prints them, with its address (IPAM hands out the next one
+/// each time) as POD and without the route protocol.
+fn pod_routes(pod: &Ns, pod_ip: &str) -> Vec<String> {
+    let o = Command::new("ip")
+        .args(["-n", &pod.0, "-4", "route", "show"])
+        .output()
+        .unwrap();
+    let mut lines: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| {
+            l.split_whitespace()
+                .filter(|w| !w.starts_with("proto") && *w != "static" && *w != "kernel")
+                .map(|w| if w == pod_ip { "POD" } else { w })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn ptp_mode_wires_a_reachable_pod_like_the_reference_ptp_plugin_and_leaves_nothing() {
+    for (i, version) in ["0.3.1", "0.4.0", "1.0.0", "1.1.0"].iter().enumerate() {
+        let node = Ns::new(&format!("pn{i}"));
+        let pod = Ns::new(&format!("pp{i}"));
+        let netns = format!("/run/netns/{}", pod.0);
+        let data = std::env::temp_dir().join(format!("qc-ptp-{i}-{}", std::process::id()));
+        let conf = |ty: &str| {
+            json!({
+                "cniVersion": version,
+                "name": "quark", "type": ty, "mode": "ptp",
+                "ipam": {"type": "host-local", "ranges": [[{"subnet": format!("10.84.{i}.0/24")}]],
+                         "routes": [{"dst": "0.0.0.0/0"}], "dataDir": data},
+            })
+            .to_string()
+        };
+        let pod_id = format!("ptp{i}");
+        let add = attachment("ADD", &pod_id, &netns);
+        let o = call("qnet-cni", Some(&node.0), &add, &conf("qnet-cni"));
+        if *version == "1.1.0" {
+            // Debian's host-local speaks up to 1.0.0: its error comes back as it gave it, and
+            // nothing is left.
+            assert_eq!(error_code(&o), 1, "{}", o.raw);
+            assert!(o.raw.contains("incompatible CNI versions"), "{}", o.raw);
+            let links = Command::new("ip")
+                .args(["-n", &node.0, "-o", "link"])
+                .output()
+                .unwrap();
+            assert!(!String::from_utf8_lossy(&links.stdout).contains("qv"));
+            continue;
+        }
+        assert!(o.ok, "{version}: ADD: {}", o.raw);
+        let result = o.json.unwrap();
+        assert_eq!(result["cniVersion"], json!(version));
+        let ip = result["ips"][0]["address"].as_str().unwrap().to_string();
+        let pod_ip = ip.split('/').next().unwrap().to_string();
+        assert_eq!(result["interfaces"][1]["name"], "eth0");
+        assert_eq!(result["interfaces"][1]["sandbox"], json!(netns));
+        // Reachable from the node: ping and TCP.
+        let ping = Command::new("ip")
+            .args([
+                "netns", "exec", &node.0, "ping", "-c", "1", "-W", "2", &pod_ip,
+            ])
+            .output()
+            .unwrap();
+        assert!(ping.status.success(), "{version}: ping {pod_ip}");
+        let mut server = Command::new("ip")
+            .args(["netns", "exec", &pod.0, "python3", "-c"])
+            .arg("import socket; l=socket.socket(); l.bind(('0.0.0.0', 7070)); l.listen(); c,_=l.accept(); c.sendall(b'pod says hi'); c.close()")
+            .spawn()
+            .unwrap();
+        let mut reply = String::new();
+        for _ in 0..50 {
+            let o = Command::new("ip")
+                .args(["netns", "exec", &node.0, "nc", "-w", "2", &pod_ip, "7070"])
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            reply = String::from_utf8_lossy(&o.stdout).to_string();
+            if !reply.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = server.kill();
+        let _ = server.wait();
+        assert_eq!(reply, "pod says hi", "{version}: TCP to the pod");
+        // CHECK (0.4.0 on) with the result as prevResult, as a runtime does.
+        if *version != "0.3.1" {
+            let mut checked: Value = serde_json::from_str(&conf("qnet-cni")).unwrap();
+            checked["prevResult"] = result.clone();
+            let check = attachment("CHECK", &pod_id, &netns);
+            let o = call("qnet-cni", Some(&node.0), &check, &checked.to_string());
+            assert!(o.ok, "{version}: CHECK: {}", o.raw);
+        }
+        let ours = pod_routes(&pod, &pod_ip);
+        // DEL, twice: nothing left in either namespace or in IPAM.
+        let del = attachment("DEL", &pod_id, &netns);
+        for _ in 0..2 {
+            let o = call("qnet-cni", Some(&node.0), &del, &conf("qnet-cni"));
+            assert!(o.ok, "{version}: DEL: {}", o.raw);
+        }
+        let links = Command::new("ip")
+            .args(["-n", &node.0, "-o", "link"])
+            .output()
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&links.stdout).contains("qv"),
+            "{version}: host end left behind"
+        );
+        let pod_links = Command::new("ip")
+            .args(["-n", &pod.0, "-o", "link"])
+            .output()
+            .unwrap();
+        assert!(!String::from_utf8_lossy(&pod_links.stdout).contains("eth0"));
+        let reserved = std::fs::read_dir(data.join("quark"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .any(|e| e.file_name().to_string_lossy() == pod_ip)
+            })
+            .unwrap_or(false);
+        assert!(!reserved, "{version}: {pod_ip} still reserved after DEL");
+        // Side by side: the reference ptp plugin on the same input routes the pod the same.
+        let o = call("ptp", Some(&node.0), &add, &conf("ptp"));
+        assert!(o.ok, "reference ptp ADD: {}", o.raw);
+        let theirs = o.json.unwrap()["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            pod_routes(&pod, &theirs),
+            ours,
+            "{version}: routes differ from ptp's"
+        );
+        let o = call("ptp", Some(&node.0), &del, &conf("ptp"));
+        assert!(o.ok, "reference ptp DEL: {}", o.raw);
         let _ = std::fs::remove_dir_all(&data);
     }
 }

@@ -5,6 +5,10 @@
 //! Every operation runs on a short-lived helper thread that has entered the namespace with
 //! `setns`, so the calling process (and its other threads) never change namespace.
 
+mod pod;
+
+pub use pod::{Macs, PtpLink};
+
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
@@ -52,7 +56,7 @@ pub enum NetnsError {
     Panicked,
 }
 
-type Result<T> = std::result::Result<T, NetnsError>;
+pub type Result<T> = std::result::Result<T, NetnsError>;
 
 /// An IPv4 address with its prefix length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,7 +144,7 @@ pub struct Netns {
     path: PathBuf,
 }
 
-fn is_exists(e: &rtnetlink::Error) -> bool {
+pub(crate) fn is_exists(e: &rtnetlink::Error) -> bool {
     matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::EEXIST)
 }
 
@@ -160,7 +164,10 @@ impl Netns {
         &self.path
     }
 
-    fn err(&self, what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetnsError + '_ {
+    pub(crate) fn err(
+        &self,
+        what: impl Into<String>,
+    ) -> impl FnOnce(rtnetlink::Error) -> NetnsError + '_ {
         let what = what.into();
         move |source| NetnsError::Netlink {
             what,
@@ -170,7 +177,7 @@ impl Netns {
     }
 
     /// Runs `f` with a netlink handle on a helper thread inside the namespace.
-    fn netlink<T, F, Fut>(&self, f: F) -> Result<T>
+    pub(crate) fn netlink<T, F, Fut>(&self, f: F) -> Result<T>
     where
         T: Send,
         F: FnOnce(Handle) -> Fut + Send,

@@ -1,0 +1,233 @@
+//! `"mode": "ptp"`: a routed point-to-point link per pod, as the reference ptp plugin makes it
+//! (a veth whose host end holds the gateway address; in the pod every destination goes through
+//! the gateway), with IPAM delegated to the configured plugin on CNI_PATH.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command as Process, Stdio};
+
+use qnet_netns::{Ipv4Net, Netns, PtpLink};
+use serde_json::{json, Value};
+
+use crate::spec::{CniError, Code, Command, Env, NetConf};
+
+/// The host end's name: stable for a (container, interface), at most 15 bytes, as the kernel
+/// allows.
+fn host_ifname(env: &Env) -> String {
+    // FNV-1a: small, stable across runs and builds.
+    let mut h: u32 = 0x811c9dc5;
+    for b in env.container_id.bytes().chain(env.ifname.bytes()) {
+        h = (h ^ b as u32).wrapping_mul(0x0100_0193);
+    }
+    format!("qv{h:08x}")
+}
+
+fn netns_err(what: &str) -> impl FnOnce(qnet_netns::NetnsError) -> CniError + '_ {
+    move |e| CniError::new(Code::IO, what.to_string()).details(e)
+}
+
+/// The IPAM plugin named in the configuration, from CNI_PATH.
+fn ipam_plugin(env: &Env, conf: &NetConf) -> Result<PathBuf, CniError> {
+    let ty = conf
+        .rest
+        .get("ipam")
+        .and_then(|i| i["type"].as_str())
+        .filter(|t| !t.is_empty() && !t.contains('/'))
+        .ok_or_else(|| {
+            CniError::new(
+                Code::INVALID_CONFIG,
+                "ptp mode needs \"ipam\" with a \"type\"",
+            )
+        })?;
+    env.path
+        .iter()
+        .map(|dir| Path::new(dir).join(ty))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            CniError::new(
+                Code::INVALID_CONFIG,
+                format!(
+                    "IPAM plugin {ty:?} not found in CNI_PATH {}",
+                    env.path.join(":")
+                ),
+            )
+        })
+}
+
+/// Runs the IPAM plugin as a runtime runs a plugin: this call's environment, CNI_COMMAND set to
+/// `command`, the whole configuration on stdin. Its error is returned as it gave it.
+fn delegate(plugin: &Path, command: &str, stdin: &[u8]) -> Result<Option<Value>, CniError> {
+    let mut child = Process::new(plugin)
+        .env("CNI_COMMAND", command)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| CniError::new(Code::IO, format!("running {}", plugin.display())).details(e))?;
+    if let Some(mut input) = child.stdin.take() {
+        input
+            .write_all(stdin)
+            .map_err(|e| CniError::new(Code::IO, "writing to the IPAM plugin").details(e))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| CniError::new(Code::IO, "waiting for the IPAM plugin").details(e))?;
+    let json: Option<Value> = serde_json::from_slice(&out.stdout).ok();
+    if !out.status.success() {
+        let (code, msg) = json
+            .as_ref()
+            .and_then(|j| Some((j["code"].as_u64()? as u32, j["msg"].as_str()?.to_string())))
+            .unwrap_or((
+                Code::IO.0,
+                format!(
+                    "IPAM plugin {} failed: {}",
+                    plugin.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ));
+        let mut e = CniError::new(Code(code), msg);
+        if let Some(d) = json.as_ref().and_then(|j| j["details"].as_str()) {
+            e = e.details(d);
+        }
+        return Err(e);
+    }
+    Ok(json)
+}
+
+fn parse_net(s: &str) -> Option<Ipv4Net> {
+    let (a, p) = s.split_once('/')?;
+    Some(Ipv4Net {
+        addr: a.parse().ok()?,
+        prefix: p.parse().ok().filter(|p: &u8| *p <= 32)?,
+    })
+}
+
+fn mac_string(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+pub fn run(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Option<Value>, CniError> {
+    match env.command {
+        Command::Add => add(env, conf, stdin).map(Some),
+        Command::Del => del(env, conf, stdin).map(|()| None),
+        Command::Check => {
+            let prev = conf.prev_result.as_ref().ok_or_else(|| {
+                CniError::new(Code::INVALID_CONFIG, "CHECK needs the prevResult of ADD")
+            })?;
+            crate::check_interface(env, prev).map(|()| None)
+        }
+        // No state of our own beyond links and IPAM's; STATUS is ready, GC has nothing to do.
+        Command::Status | Command::Gc => Ok(None),
+        Command::Version => Ok(Some(crate::spec::version_info())),
+    }
+}
+
+fn add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Value, CniError> {
+    let plugin = ipam_plugin(env, conf)?;
+    let ipam = delegate(&plugin, "ADD", stdin)?.unwrap_or_default();
+    // From here on a failure gives the address back, so a retried ADD starts clean.
+    let wired = wire(env, conf, &ipam);
+    if wired.is_err() {
+        let _ = delegate(&plugin, "DEL", stdin);
+    }
+    wired
+}
+
+fn wire(env: &Env, conf: &NetConf, ipam: &Value) -> Result<Value, CniError> {
+    let ip = ipam["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|ip| ip["address"].as_str().is_some_and(|a| !a.contains(':')))
+        .ok_or_else(|| CniError::new(Code::INVALID_CONFIG, "IPAM gave no IPv4 address"))?;
+    let addr = ip["address"]
+        .as_str()
+        .and_then(parse_net)
+        .ok_or_else(|| CniError::new(Code::INVALID_CONFIG, "IPAM gave a malformed address"))?;
+    let gateway: Ipv4Addr = match ip["gateway"].as_str() {
+        Some(g) => g.parse().map_err(|_| {
+            CniError::new(
+                Code::INVALID_CONFIG,
+                format!("IPAM gave a malformed gateway {g:?}"),
+            )
+        })?,
+        // host-local's default: the subnet's first address.
+        None => Ipv4Addr::from(u32::from(addr.network().addr) + 1),
+    };
+    let routes = ipam["routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            let dst = parse_net(r["dst"].as_str()?)?;
+            let gw = r["gw"].as_str().and_then(|g| g.parse().ok());
+            Some((dst, gw))
+        })
+        .collect();
+    let mtu = conf
+        .rest
+        .get("mtu")
+        .and_then(Value::as_u64)
+        .map(|m| m as u32);
+    let netns = env.netns.clone().unwrap_or_default();
+    let pod = Netns::open(Path::new(&netns)).map_err(|e| {
+        CniError::new(Code::CONTAINER_UNKNOWN, format!("opening {netns}")).details(e)
+    })?;
+    let host = Netns::current().map_err(netns_err("opening this namespace"))?;
+    let link = PtpLink {
+        host_ifname: host_ifname(env),
+        pod_ifname: env.ifname.clone(),
+        mtu,
+        addr,
+        gateway,
+        routes,
+    };
+    let macs = host
+        .add_ptp(&pod, &link)
+        .map_err(netns_err("wiring the pod"))?;
+    let legacy = conf.cni_version.starts_with("0.");
+    let mut ipconf = json!({
+        "address": addr.to_string(),
+        "gateway": gateway.to_string(),
+        "interface": 1,
+    });
+    if legacy {
+        ipconf["version"] = "4".into();
+    }
+    let mut result = json!({
+        "cniVersion": conf.cni_version,
+        "interfaces": [
+            {"name": link.host_ifname, "mac": mac_string(macs.host)},
+            {"name": env.ifname, "mac": mac_string(macs.pod), "sandbox": netns},
+        ],
+        "ips": [ipconf],
+    });
+    for key in ["routes", "dns"] {
+        if let Some(v) = ipam.get(key) {
+            result[key] = v.clone();
+        }
+    }
+    Ok(result)
+}
+
+fn del(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
+    // IPAM first: an address is never leaked even if the links are already gone.
+    if let Ok(plugin) = ipam_plugin(env, conf) {
+        delegate(&plugin, "DEL", stdin)?;
+    }
+    // Deleting either end of the veth deletes both; either may be gone already.
+    if let Some(netns) = &env.netns {
+        if let Ok(pod) = Netns::open(Path::new(netns)) {
+            pod.delete_link(&env.ifname)
+                .map_err(netns_err("deleting the pod's interface"))?;
+        }
+    }
+    let host = Netns::current().map_err(netns_err("opening this namespace"))?;
+    host.delete_link(&host_ifname(env))
+        .map_err(netns_err("deleting the host end"))?;
+    Ok(())
+}

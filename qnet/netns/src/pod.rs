@@ -1,0 +1,204 @@
+//! Wiring a pod the way the reference ptp plugin does: a veth pair whose host end holds the
+//! gateway address (/32) with a /32 route to the pod, and whose pod end holds the pod's address
+//! with every destination, its own subnet included, routed through the gateway.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+
+use futures_util::stream::TryStreamExt;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
+use rtnetlink::packet_route::route::RouteScope;
+use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use crate::{is_exists, Ipv4Net, Netns, NetnsError, Result};
+
+/// One routed point-to-point pod link.
+#[derive(Clone, Debug)]
+pub struct PtpLink {
+    /// The host end's name (at most 15 bytes).
+    pub host_ifname: String,
+    /// The pod end's name (CNI_IFNAME).
+    pub pod_ifname: String,
+    pub mtu: Option<u32>,
+    /// The pod's address and prefix.
+    pub addr: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    /// More routes in the pod: destination and gateway (`None`: the link's gateway).
+    pub routes: Vec<(Ipv4Net, Option<Ipv4Addr>)>,
+}
+
+/// The MAC addresses of a link's two ends.
+#[derive(Clone, Copy, Debug)]
+pub struct Macs {
+    pub host: [u8; 6],
+    pub pod: [u8; 6],
+}
+
+async fn index_of(ns: &Netns, h: &Handle, name: &str) -> Result<u32> {
+    let mut links = h.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(Some(l)) => Ok(l.header.index),
+        _ => Err(NetnsError::NoSuchInterface {
+            path: ns.path.display().to_string(),
+            name: name.to_string(),
+        }),
+    }
+}
+
+async fn add_addr(
+    ns: &Netns,
+    h: &Handle,
+    index: u32,
+    net: Ipv4Net,
+    noprefixroute: bool,
+) -> Result<()> {
+    let mut add = h.address().add(index, IpAddr::V4(net.addr), net.prefix);
+    if noprefixroute {
+        add.message_mut()
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Noprefixroute));
+    }
+    match add.execute().await {
+        Err(e) if !is_exists(&e) => Err(ns.err(format!("adding address {net}"))(e)),
+        _ => Ok(()),
+    }
+}
+
+async fn add_route(
+    ns: &Netns,
+    h: &Handle,
+    index: u32,
+    dst: Ipv4Net,
+    via: Option<Ipv4Addr>,
+    src: Option<Ipv4Addr>,
+) -> Result<()> {
+    let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dst.addr, dst.prefix)
+        .output_interface(index);
+    if let Some(src) = src {
+        b = b.pref_source(src);
+    }
+    b = match via {
+        Some(gw) => b.gateway(gw),
+        None => b.scope(RouteScope::Link),
+    };
+    match h.route().add(b.build()).execute().await {
+        Err(e) if !is_exists(&e) => Err(ns.err(format!("adding the route to {dst}"))(e)),
+        _ => Ok(()),
+    }
+}
+
+impl Netns {
+    /// The caller's own network namespace (of the calling thread).
+    pub fn current() -> Result<Netns> {
+        Netns::open(std::path::Path::new("/proc/thread-self/ns/net"))
+    }
+
+    /// Creates `link` between this (the host's) namespace and `pod`. On failure nothing is
+    /// left behind (the pair is deleted).
+    pub fn add_ptp(&self, pod: &Netns, link: &PtpLink) -> Result<Macs> {
+        // A temporary name for the pod end while it is still here, unique per host end.
+        let tmp = format!("{}p", &link.host_ifname[..link.host_ifname.len().min(14)]);
+        let made = self.add_ptp_steps(pod, link, &tmp);
+        if made.is_err() {
+            let _ = self.delete_link(&link.host_ifname);
+            let _ = self.delete_link(&tmp);
+        }
+        made?;
+        let host = self.link_mac(&link.host_ifname)?;
+        let pod_mac = pod.link_mac(&link.pod_ifname)?;
+        Ok(Macs { host, pod: pod_mac })
+    }
+
+    fn add_ptp_steps(&self, pod: &Netns, link: &PtpLink, tmp: &str) -> Result<()> {
+        let pod_fd = pod.file.as_raw_fd();
+        self.netlink(|h| async move {
+            let mut veth = LinkVeth::new(&link.host_ifname, tmp);
+            if let Some(mtu) = link.mtu {
+                veth = veth.mtu(mtu);
+            }
+            h.link()
+                .add(veth.build())
+                .execute()
+                .await
+                .map_err(self.err(format!("creating veth {}", link.host_ifname)))?;
+            let peer = index_of(self, &h, tmp).await?;
+            h.link()
+                .set(LinkUnspec::new_with_index(peer).setns_by_fd(pod_fd).build())
+                .execute()
+                .await
+                .map_err(self.err("moving the pod end into the pod's namespace"))?;
+            let host = index_of(self, &h, &link.host_ifname).await?;
+            h.link()
+                .set(LinkUnspec::new_with_index(host).up().build())
+                .execute()
+                .await
+                .map_err(self.err(format!("bringing {} up", link.host_ifname)))?;
+            let gw = Ipv4Net {
+                addr: link.gateway,
+                prefix: 32,
+            };
+            add_addr(self, &h, host, gw, true).await?;
+            let to_pod = Ipv4Net {
+                addr: link.addr.addr,
+                prefix: 32,
+            };
+            add_route(self, &h, host, to_pod, None, None).await
+        })?;
+        pod.netlink(|h| async move {
+            let index = index_of(pod, &h, tmp).await?;
+            h.link()
+                .set(
+                    LinkUnspec::new_with_index(index)
+                        .name(link.pod_ifname.clone())
+                        .up()
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(pod.err(format!("naming the pod end {}", link.pod_ifname)))?;
+            // No prefix route: the subnet too goes through the gateway, as with ptp.
+            add_addr(pod, &h, index, link.addr, true).await?;
+            let gw = Ipv4Net {
+                addr: link.gateway,
+                prefix: 32,
+            };
+            // As ptp: the gateway and the subnet with the pod's address as source.
+            let src = Some(link.addr.addr);
+            add_route(pod, &h, index, gw, None, src).await?;
+            add_route(pod, &h, index, link.addr.network(), Some(link.gateway), src).await?;
+            for (dst, via) in &link.routes {
+                let via = Some(via.unwrap_or(link.gateway));
+                add_route(pod, &h, index, *dst, via, None).await?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Deletes link `name` here; `Ok(false)` if there is none (DEL must be idempotent).
+    pub fn delete_link(&self, name: &str) -> Result<bool> {
+        self.netlink(|h| async move {
+            let Ok(index) = index_of(self, &h, name).await else {
+                return Ok(false);
+            };
+            h.link()
+                .del(index)
+                .execute()
+                .await
+                .map_err(self.err(format!("deleting link {name}")))?;
+            Ok(true)
+        })
+    }
+
+    fn link_mac(&self, name: &str) -> Result<[u8; 6]> {
+        let snap = self.inspect()?;
+        snap.links
+            .iter()
+            .find(|l| l.name == name)
+            .and_then(|l| l.mac)
+            .ok_or_else(|| NetnsError::NoSuchInterface {
+                path: self.path.display().to_string(),
+                name: name.to_string(),
+            })
+    }
+}
