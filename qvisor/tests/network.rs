@@ -61,12 +61,7 @@ fn a_guest_tcp_server_serves_a_kernel_client_through_qnet() {
     let ns = Netns::new("srv");
     let opts = net_options(&ns);
     let mut child = spawn_guest(&opts, &["/bin/tcp", "server", "8081"]);
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let line = first_line(&mut child);
     assert_eq!(line, "listening\n");
     let client = ns.sh("printf hello-guest | nc -q1 -w5 10.66.0.2 8081");
     let out = client.wait_with_output().unwrap();
@@ -185,12 +180,7 @@ fn udp_both_ways_between_the_guest_and_the_kernel() {
     let opts = net_options(&ns);
     // Guest echo server, kernel client.
     let mut child = spawn_guest(&opts, &["/bin/udp", "echo", "5300", "3"]);
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let line = first_line(&mut child);
     assert_eq!(line, "bound\n");
     let client = r#"
 import socket
@@ -416,12 +406,7 @@ fn pod_network_works(pod: &CniPod) {
         &["--netns".to_string(), netns.clone()],
         &["/bin/tcp", "server", "8081"],
     );
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let line = first_line(&mut child);
     assert_eq!(line, "listening\n");
     assert_eq!(pod.pod_ip_cmd("-4 -o addr show dev eth0"), "");
     let filters = Command::new("ip")
@@ -456,12 +441,7 @@ fn pod_network_works(pod: &CniPod) {
         &["--netns".to_string(), netns.clone()],
         &["/bin/tcp", "server", "8082"],
     );
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let line = first_line(&mut child);
     assert_eq!(line, "listening\n");
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -766,12 +746,7 @@ fn a_socket_hog_hits_emfile_and_another_container_keeps_working() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(hog.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let line = first_line(&mut hog);
     assert_eq!(
         line,
         "opened 1021 sockets (1021 connecting), then: Too many open files\n"

@@ -241,3 +241,12 @@ pub fn net_options(ns: &Netns) -> Vec<String> {
     .map(|s| s.to_string())
     .collect()
 }
+
+/// The first line a running guest wrote to its (piped) stdout.
+pub fn first_line(child: &mut std::process::Child) -> String {
+    let mut line = String::new();
+    let out = child.stdout.as_mut().expect("the guest's stdout is piped");
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line)
+        .expect("reading the guest's stdout");
+    line
+}
