@@ -395,3 +395,77 @@ fn ptp_mode_wires_a_reachable_pod_like_the_reference_ptp_plugin_and_leaves_nothi
         let _ = std::fs::remove_dir_all(&data);
     }
 }
+
+#[test]
+fn twenty_simultaneous_adds_get_distinct_addresses_and_dels_leave_nothing() {
+    let node = Ns::new("cn");
+    let pods: Vec<Ns> = (0..20).map(|i| Ns::new(&format!("c{i}"))).collect();
+    let data = std::env::temp_dir().join(format!("qc-conc-{}", std::process::id()));
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "quark", "type": "qnet-cni", "mode": "ptp",
+        "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.83.0.0/24"}]], "dataDir": data},
+    })
+    .to_string();
+    let run_all = |command: &'static str| -> Vec<Out> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = pods
+                .iter()
+                .enumerate()
+                .map(|(i, pod)| {
+                    let (conf, node) = (&conf, &node);
+                    s.spawn(move || {
+                        let netns = format!("/run/netns/{}", pod.0);
+                        let id = format!("conc{i}");
+                        call(
+                            "qnet-cni",
+                            Some(&node.0),
+                            &attachment(command, &id, &netns),
+                            conf,
+                        )
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    };
+    let added = run_all("ADD");
+    let mut ips: Vec<String> = added
+        .iter()
+        .map(|o| {
+            assert!(o.ok, "ADD: {}", o.raw);
+            o.json.as_ref().unwrap()["ips"][0]["address"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 20, "addresses shared: {ips:?}");
+    for ip in &ips {
+        let ip = ip.split('/').next().unwrap();
+        let ping = Command::new("ip")
+            .args(["netns", "exec", &node.0, "ping", "-c", "1", "-W", "2", ip])
+            .output()
+            .unwrap();
+        assert!(ping.status.success(), "ping {ip}");
+    }
+    for o in run_all("DEL") {
+        assert!(o.ok, "DEL: {}", o.raw);
+    }
+    let links = Command::new("ip")
+        .args(["-n", &node.0, "-o", "link"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&links.stdout).contains("qv"));
+    let left: Vec<String> = std::fs::read_dir(data.join("quark"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| n.starts_with("10."))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "reservations left: {left:?}");
+    let _ = std::fs::remove_dir_all(&data);
+}
