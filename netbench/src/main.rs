@@ -5,6 +5,7 @@
 //! request/response on each, alternating kernel and qnet round by round so machine drift
 //! cancels, and prints medians with the qnet/kernel ratio.
 
+mod cni;
 mod guest;
 mod runtime;
 mod workload;
@@ -43,6 +44,15 @@ enum Suite {
         /// Rounds (medians are reported).
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        /// One JSON object per figure instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// qnet-cni's ptp mode vs Debian's reference ptp plugin: ADD+DEL wall time.
+    Cni {
+        /// ADD+DEL cycles per plugin (medians are reported).
+        #[arg(long, default_value_t = 50)]
+        cycles: usize,
         /// One JSON object per figure instead of a table.
         #[arg(long)]
         json: bool,
@@ -319,6 +329,14 @@ fn main() -> std::process::ExitCode {
                     "guest (qvisor, pod interface taken over by qnet) vs native (veth between namespaces); medians of {rounds} rounds of {duration:.1} s"
                 ),
                 ("quark", "native"),
+            )
+        }),
+        Suite::Cni { cycles, json } => cni::suite(cycles).and_then(|f| {
+            report(
+                &f,
+                json,
+                &format!("qnet-cni vs the reference ptp plugin; medians of {cycles} cycles"),
+                ("qnet-cni", "ptp"),
             )
         }),
         Suite::Runtime { runs, json } => runtime::suite(runs).and_then(|f| {

@@ -84,12 +84,16 @@ impl Drop for Bundle {
 }
 
 pub(crate) fn qvisor() -> PathBuf {
-    // netbench and qvisor are built into the same target directory.
+    sibling("qvisor")
+}
+
+/// A binary of the workspace: netbench and the others are built into the same directory.
+pub(crate) fn sibling(name: &str) -> PathBuf {
     std::env::current_exe()
         .ok()
-        .and_then(|p| p.parent().map(|d| d.join("qvisor")))
+        .and_then(|p| p.parent().map(|d| d.join(name)))
         .filter(|p| p.exists())
-        .unwrap_or_else(|| PathBuf::from("qvisor"))
+        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 fn timed(cmd: &mut Command) -> anyhow::Result<Duration> {

@@ -27,3 +27,18 @@ fn the_guest_suite_reports_every_figure() {
         assert!(v > 0.0 && b > 0.0, "a figure without a measurement: {f}");
     }
 }
+
+#[test]
+fn the_cni_suite_reports_its_figure() {
+    let out = Command::new(env!("CARGO_BIN_EXE_netbench"))
+        .args(["cni", "--cycles", "2", "--json"])
+        .output()
+        .expect("running netbench");
+    assert!(
+        out.status.success(),
+        "netbench cni failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let f: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON figure");
+    assert!(f["value"].as_f64().unwrap() > 0.0 && f["baseline"].as_f64().unwrap() > 0.0);
+}
