@@ -469,3 +469,67 @@ fn twenty_simultaneous_adds_get_distinct_addresses_and_dels_leave_nothing() {
     assert!(left.is_empty(), "reservations left: {left:?}");
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// Everything a pod's wiring could leave behind: links, addresses and routes on both sides, and
+/// IPAM's reservation files.
+fn footprint(node: &Ns, pod: &Ns, data: &std::path::Path) -> String {
+    let mut out = String::new();
+    for (ns, what) in [
+        (&node.0, "link"),
+        (&node.0, "addr"),
+        (&node.0, "route"),
+        (&pod.0, "link"),
+        (&pod.0, "addr"),
+        (&pod.0, "route"),
+    ] {
+        let o = Command::new("ip")
+            .args(["-n", ns, "-o", what])
+            .output()
+            .unwrap();
+        out.push_str(&String::from_utf8_lossy(&o.stdout));
+    }
+    if let Ok(d) = std::fs::read_dir(data.join("quark")) {
+        let mut names: Vec<String> = d
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.starts_with("10."))
+            .collect();
+        names.sort();
+        out.push_str(&names.join("\n"));
+    }
+    out
+}
+
+#[test]
+fn a_thousand_ptp_add_del_cycles_leak_nothing() {
+    let node = Ns::new("ln");
+    let pod = Ns::new("lp");
+    let netns = format!("/run/netns/{}", pod.0);
+    let data = std::env::temp_dir().join(format!("qc-leak-{}", std::process::id()));
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "quark", "type": "qnet-cni", "mode": "ptp",
+        "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.81.0.0/24"}]],
+                 "routes": [{"dst": "0.0.0.0/0"}], "dataDir": data},
+    })
+    .to_string();
+    let before = footprint(&node, &pod, &data);
+    for i in 0..1000 {
+        let id = format!("leak{i}");
+        let o = call(
+            "qnet-cni",
+            Some(&node.0),
+            &attachment("ADD", &id, &netns),
+            &conf,
+        );
+        assert!(o.ok, "cycle {i} ADD: {}", o.raw);
+        let o = call(
+            "qnet-cni",
+            Some(&node.0),
+            &attachment("DEL", &id, &netns),
+            &conf,
+        );
+        assert!(o.ok, "cycle {i} DEL: {}", o.raw);
+    }
+    assert_eq!(footprint(&node, &pod, &data), before);
+    let _ = std::fs::remove_dir_all(&data);
+}
