@@ -533,3 +533,74 @@ fn a_thousand_ptp_add_del_cycles_leak_nothing() {
     assert_eq!(footprint(&node, &pod, &data), before);
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[test]
+fn chained_between_bridge_and_tuning_and_portmap_as_a_conflist_runs() {
+    let node = Ns::new("chn");
+    let pod = Ns::new("chp");
+    let netns = format!("/run/netns/{}", pod.0);
+    let data = std::env::temp_dir().join(format!("qc-chain-{}", std::process::id()));
+    // The plugins of one conflist, in order, as a runtime runs them: each gets the network's
+    // name and version, its own entry, and the previous plugin's result.
+    let entries = [
+        json!({"type": "bridge", "bridge": "qcchain0", "isGateway": true,
+               "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.80.0.0/24"}]],
+                        "routes": [{"dst": "0.0.0.0/0"}], "dataDir": data}}),
+        json!({"type": "qnet-cni", "mode": "chained"}),
+        json!({"type": "tuning", "sysctl": {"net.core.somaxconn": "777"}}),
+        json!({"type": "portmap", "capabilities": {"portMappings": true},
+               "runtimeConfig": {"portMappings": [
+                   {"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]}}),
+    ];
+    let conf_of = |entry: &Value, prev: Option<&Value>| {
+        let mut c = entry.clone();
+        c["cniVersion"] = json!("1.0.0");
+        c["name"] = json!("quark");
+        if let Some(p) = prev {
+            c["prevResult"] = p.clone();
+        }
+        c.to_string()
+    };
+    let add = attachment("ADD", "chain", &netns);
+    let mut prev: Option<Value> = None;
+    for entry in &entries {
+        let ty = entry["type"].as_str().unwrap();
+        let o = call(ty, Some(&node.0), &add, &conf_of(entry, prev.as_ref()));
+        assert!(o.ok, "{ty} ADD: {}", o.raw);
+        prev = Some(o.json.unwrap_or_else(|| panic!("{ty} gave no result")));
+    }
+    let result = prev.unwrap();
+    assert!(result["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .starts_with("10.80.0."));
+    let sysctl = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pod.0,
+            "sysctl",
+            "-n",
+            "net.core.somaxconn",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&sysctl.stdout).trim(), "777");
+    let nat = || {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &node.0, "iptables", "-t", "nat", "-S"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    assert!(nat().contains("18080"), "portmap's DNAT: {}", nat());
+    // DEL runs the list in reverse, each with the cached result.
+    let del = attachment("DEL", "chain", &netns);
+    for entry in entries.iter().rev() {
+        let ty = entry["type"].as_str().unwrap();
+        let o = call(ty, Some(&node.0), &del, &conf_of(entry, Some(&result)));
+        assert!(o.ok, "{ty} DEL: {}", o.raw);
+    }
+    assert!(!nat().contains("18080"), "portmap left: {}", nat());
+    let _ = std::fs::remove_dir_all(&data);
+}
