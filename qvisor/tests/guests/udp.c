@@ -39,7 +39,8 @@ int main(int argc, char **argv) {
     char b1[16] = {0}, b2[16] = {0};
     struct iovec r1 = {b1, 15}, r2 = {b2, 15};
     struct mmsghdr rm[2] = {{.msg_hdr = {.msg_iov = &r1, .msg_iovlen = 1}}, {.msg_hdr = {.msg_iov = &r2, .msg_iovlen = 1}}};
-    int k = recvmmsg(s, rm, 2, MSG_WAITFORONE, NULL);
+    /* Without MSG_WAITFORONE: wait for both (the second may still be on its way). */
+    int k = recvmmsg(s, rm, 2, 0, NULL);
     printf("recvmmsg %d: %s/%u %s/%u\n", k, b1, rm[0].msg_len, b2, rm[1].msg_len);
     /* writev on a connected datagram socket is one datagram too; readv scatters it. */
     if (connect(s, (struct sockaddr *)&a, sizeof a)) { perror("connect"); return 1; }
