@@ -454,19 +454,12 @@ impl Kernel {
         if count > 1024 {
             return Err(EINVAL);
         }
+        let iov = crate::net::read_iovecs(m, iov, count)?;
         if self.fds.is_socket(fd) {
-            return self.socket_vectored(m, fd, iov, count, write);
+            return self.socket_vectored(m, fd, iov, write);
         }
         let mut total = 0i64;
-        for i in 0..count {
-            let mut raw = [0u8; 16];
-            m.read(iov.wrapping_add(i * 16), &mut raw)
-                .map_err(|_| EFAULT)?;
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&raw[..8]);
-            let base = u64::from_le_bytes(w);
-            w.copy_from_slice(&raw[8..]);
-            let len = u64::from_le_bytes(w);
+        for (base, len) in iov {
             let r = if write {
                 self.write(m, fd, base, len, None)
             } else {

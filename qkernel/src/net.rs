@@ -56,7 +56,7 @@ fn read_msghdr(m: &dyn Machine, at: u64) -> Result<MsgHdr, i64> {
 }
 
 /// `count` iovecs at `at`, as (base, length).
-fn read_iovecs(m: &dyn Machine, at: u64, count: u64) -> Result<Vec<(u64, u64)>, i64> {
+pub(crate) fn read_iovecs(m: &dyn Machine, at: u64, count: u64) -> Result<Vec<(u64, u64)>, i64> {
     (0..count)
         .map(|i| {
             let e = at.wrapping_add(i * 16);
@@ -109,6 +109,15 @@ fn read_sockaddr(m: &dyn Machine, addr: u64, len: u64) -> Result<(u32, u16), i64
     ))
 }
 
+/// A `struct sockaddr_in` for a host-order ip and port.
+fn sockaddr_in(ip: u32, port: u16) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..2].copy_from_slice(&AF_INET.to_le_bytes());
+    b[2..4].copy_from_slice(&port.to_be_bytes());
+    b[4..8].copy_from_slice(&ip.to_be_bytes());
+    b
+}
+
 /// Writes a `struct sockaddr_in` to `addr` with `*lenp` as its capacity, as accept/getsockname do.
 fn write_sockaddr(
     m: &mut dyn Machine,
@@ -123,11 +132,8 @@ fn write_sockaddr(
     let mut l = [0u8; 4];
     m.read(lenp, &mut l).map_err(|_| EFAULT)?;
     let cap = u32::from_le_bytes(l) as usize;
-    let mut b = [0u8; 16];
-    b[..2].copy_from_slice(&AF_INET.to_le_bytes());
-    b[2..4].copy_from_slice(&port.to_be_bytes());
-    b[4..8].copy_from_slice(&ip.to_be_bytes());
-    m.write(addr, &b[..cap.min(16)]).map_err(|_| EFAULT)?;
+    m.write(addr, &sockaddr_in(ip, port)[..cap.min(16)])
+        .map_err(|_| EFAULT)?;
     m.write(lenp, &16u32.to_le_bytes()).map_err(|_| EFAULT)?;
     Ok(())
 }
@@ -326,11 +332,8 @@ impl Kernel {
         h.scatter(m, &tmp[..n])?;
         if h.name != 0 {
             // msg_namelen is the capacity in, the address length out.
-            let mut b = [0u8; 16];
-            b[..2].copy_from_slice(&AF_INET.to_le_bytes());
-            b[2..4].copy_from_slice(&port.to_be_bytes());
-            b[4..8].copy_from_slice(&ip.to_be_bytes());
-            m.write(h.name, &b[..(h.namelen as usize).min(16)])
+            let cap = (h.namelen as usize).min(16);
+            m.write(h.name, &sockaddr_in(ip, port)[..cap])
                 .map_err(|_| EFAULT)?;
             m.write(msg + 8, &16u32.to_le_bytes()).map_err(|_| EFAULT)?;
         }
@@ -345,18 +348,14 @@ impl Kernel {
         &mut self,
         m: &mut dyn Machine,
         fd: u64,
-        iov: u64,
-        count: u64,
+        iov: Vec<(u64, u64)>,
         write: bool,
     ) -> Result<i64, i64> {
-        if count > MAX_IOV {
-            return Err(EINVAL);
-        }
         let (s, nonblocking) = self.socket_of(fd)?;
         let h = MsgHdr {
             name: 0,
             namelen: 0,
-            iov: read_iovecs(m, iov, count)?,
+            iov,
         };
         if write {
             let data = h.gather(m)?;

@@ -369,18 +369,17 @@ impl Kernel {
             269 | 439 => self.faccessat(m, a0, a1, a2),
             273 => Ok(0), // set_robust_list
             202 => self.futex(m, a0, a1, a2, a3),
-            62 => match self.raise(a0 as i64 == self.pid, a1) {
-                Ok(Some(sig)) => return SyscallOutcome::Killed(sig),
-                other => other.map(|_| 0),
-            },
-            200 => match self.raise(a0 as i64 == self.pid, a1) {
-                Ok(Some(sig)) => return SyscallOutcome::Killed(sig),
-                other => other.map(|_| 0),
-            },
-            234 => match self.raise(a0 as i64 == self.pid && a1 as i64 == self.pid, a2) {
-                Ok(Some(sig)) => return SyscallOutcome::Killed(sig),
-                other => other.map(|_| 0),
-            },
+            // kill, tkill, tgkill: the target (pid, tid, or both) and the signal.
+            62 | 200 | 234 => {
+                let (to_self, sig) = match call.nr {
+                    234 => (a0 as i64 == self.pid && a1 as i64 == self.pid, a2),
+                    _ => (a0 as i64 == self.pid, a1),
+                };
+                match self.raise(to_self, sig) {
+                    Ok(Some(sig)) => return SyscallOutcome::Killed(sig),
+                    other => other.map(|_| 0),
+                }
+            }
             292 => self.dup(a0, 0, Some(a1), a2 & 0o2000000 != 0),
             302 => self.prlimit(m, a2, a3),
             318 => self.getrandom(m, a0, a1),
