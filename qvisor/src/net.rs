@@ -89,7 +89,6 @@ pub fn pod_stack_config(link: &Link, routes: &[&Route]) -> anyhow::Result<StackC
         cfg.mac = Mac(mac);
     }
     cfg.mtu = link.mtu;
-    cfg.ring_slots = MAX_SOCKETS as u32;
     cfg.validate()
         .with_context(|| format!("the network of interface {}", link.name))?;
     Ok(cfg)
@@ -108,27 +107,20 @@ impl Live {
     fn start(setup: &NetSetup, cancel: &Arc<AtomicBool>, budget: usize) -> anyhow::Result<Live> {
         let socket: PathBuf =
             std::env::temp_dir().join(format!("qvisor-net-{}.sock", std::process::id()));
-        let (stack, takeover) = match setup {
-            NetSetup::Loopback => {
-                // A link-less stack: only 127.0.0.1 exists.
-                let mut cfg = StackConfig::new(qnet::net::LOOPBACK);
-                cfg.ring_slots = MAX_SOCKETS as u32;
-                cfg.buffer_budget = budget;
-                let stack = RunningStack::start(cfg, None, &socket)?;
-                (stack, None)
-            }
+        // What the stack serves, on which TAP, and (for a pod) the interface to take over.
+        let (mut cfg, tap, pod) = match setup {
+            // A link-less stack: only 127.0.0.1 exists.
+            NetSetup::Loopback => (StackConfig::new(qnet::net::LOOPBACK), None, None),
             NetSetup::Tap(t) => {
                 let mut cfg = StackConfig::new(t.addr);
                 cfg.gateway = t.gateway;
-                cfg.ring_slots = MAX_SOCKETS as u32;
-                cfg.buffer_budget = budget;
                 let tap = TapOptions {
                     name: t.tap.clone(),
                     netns: Some(t.netns.clone()),
                     mtu: cfg.mtu,
                     peer_addr: t.peer,
                 };
-                (RunningStack::start(cfg, Some(&tap), &socket)?, None)
+                (cfg, Some(tap), None)
             }
             NetSetup::Pod { netns } => {
                 let ns = Netns::open(netns)?;
@@ -137,8 +129,7 @@ impl Live {
                     path: netns.display().to_string(),
                 })?;
                 let routes: Vec<&Route> = snapshot.routes_of(link.index).collect();
-                let mut cfg = pod_stack_config(link, &routes)?;
-                cfg.buffer_budget = budget;
+                let cfg = pod_stack_config(link, &routes)?;
                 tracing::info!(
                     link = %link.name,
                     addr = %cfg.addr,
@@ -152,11 +143,18 @@ impl Live {
                     mtu: cfg.mtu,
                     peer_addr: None,
                 };
-                let stack = RunningStack::start(cfg, Some(&tap), &socket)?;
-                let takeover = ns.take_over(&link.name, POD_TAP)?;
-                (stack, Some(takeover))
+                let link_name = link.name.clone();
+                (cfg, Some(tap), Some((ns, link_name)))
             }
         };
+        // Every guest's stack: a ring slot per guest socket, buffers charged to the container.
+        cfg.ring_slots = MAX_SOCKETS as u32;
+        cfg.buffer_budget = budget;
+        let stack = RunningStack::start(cfg, tap.as_ref(), &socket)?;
+        // The kernel lets go of the pod interface only once qnet is there to answer for it.
+        let takeover = pod
+            .map(|(ns, link)| ns.take_over(&link, POD_TAP))
+            .transpose()?;
         let client = Client::connect_cancellable(&socket, cancel.clone())
             .context("attaching to the network stack")?;
         Ok(Live {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use qkernel::{SyscallArgs, SyscallOutcome};
 use qnet_client::sys::{futex_wait, futex_wake_all};
 
-use crate::vm::{serve, serve_nowait, Core};
+use crate::vm::{serve_polled, Core};
 
 /// The stub's page and the mailbox page, in the top 2 GiB of the kernel half (so the stub can
 /// address them with sign-extended 32-bit absolute addresses).
@@ -197,11 +197,7 @@ fn serve_loop(core: &Mutex<Core>, mb: Mailbox, c: &Control, kick: impl Fn()) {
             let call = mb.call();
             // A call that may wait is served here only if it need not (a socket with data or
             // room); one that would wait goes to the vCPU thread, where waiting spins nothing.
-            let served = if may_block(core, &call) {
-                serve_nowait(core, call)
-            } else {
-                Some(serve(core, call))
-            };
+            let served = serve_polled(core, call);
             let Some((outcome, fs_base)) = served else {
                 mb.flag().store(TRAP, Ordering::Release);
                 sleep_until_resumed(c);
@@ -242,13 +238,6 @@ fn sleep_until_resumed(c: &Control) {
     while !c.stop.load(Ordering::Relaxed) && c.wake.swap(0, Ordering::SeqCst) == 0 {
         futex_wait(&c.wake, 0, Some(Duration::from_millis(100)));
     }
-}
-
-fn may_block(core: &std::sync::Mutex<Core>, call: &SyscallArgs) -> bool {
-    core.lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .kernel()
-        .is_some_and(|k| k.may_block(call))
 }
 
 #[cfg(test)]

@@ -181,13 +181,20 @@ pub fn serve(core: &Mutex<Core>, call: SyscallArgs) -> (SyscallOutcome, Option<u
         .unwrap_or((SyscallOutcome::Exit(125), None))
 }
 
-/// Serves a call that may wait only if it need not ([`Kernel::try_syscall_nowait`]); `None`
-/// if it would wait.
-pub fn serve_nowait(
+/// Serves a call on the polled path, under one lock: a call that may wait only if it need not
+/// ([`Kernel::try_syscall_nowait`]). `None` sends it to the vCPU thread, where waiting costs
+/// no spinning thread.
+pub fn serve_polled(
     core: &Mutex<Core>,
     call: SyscallArgs,
 ) -> Option<(SyscallOutcome, Option<u64>)> {
-    with_kernel(core, |kernel, m| kernel.try_syscall_nowait(m, call))
+    with_kernel(core, |kernel, m| {
+        if kernel.may_block(&call) {
+            kernel.try_syscall_nowait(m, call)
+        } else {
+            Some(kernel.syscall(m, call))
+        }
+    })
 }
 
 /// Runs `f` on the kernel and a machine over `core`; `None` if `f` gives nothing (or there is
