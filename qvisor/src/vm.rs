@@ -169,12 +169,6 @@ pub struct Core {
     cancel: Arc<AtomicBool>,
 }
 
-impl Core {
-    pub fn kernel(&self) -> Option<&Kernel> {
-        self.kernel.as_ref()
-    }
-}
-
 /// Serves one syscall on `core`; returns the outcome and a new thread pointer, if set.
 pub fn serve(core: &Mutex<Core>, call: SyscallArgs) -> (SyscallOutcome, Option<u64>) {
     with_kernel(core, |kernel, m| Some(kernel.syscall(m, call)))
