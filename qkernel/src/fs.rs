@@ -726,11 +726,49 @@ impl Kernel {
         }
     }
 
-    /// The readiness of `(fd, events)` pairs in poll(2) bits. Files, devices and the console
-    /// never block, so each is ready for what it asks; sockets report qnet's readiness. Waits
-    /// (up to `timeout_ms`, negative for ever) only when nothing is ready. A negative fd is
-    /// skipped (0); a bad one is POLLNVAL.
+    /// The readiness of `(fd, events)` pairs in poll(2) bits. Files and devices never block,
+    /// so each is ready for what it asks; console input is ready when the host's stdin is;
+    /// sockets report qnet's readiness. Waits (up to `timeout_ms`, negative for ever) only
+    /// when nothing is ready. A negative fd is skipped (0); a bad one is POLLNVAL.
     pub(crate) fn readiness(
+        &mut self,
+        m: &mut dyn Machine,
+        items: &[(i32, u16)],
+        timeout_ms: i64,
+    ) -> Result<Vec<u16>, i64> {
+        // The host's stdin cannot join qnet's wait: with console input in the set, wait in
+        // slices this long and look at it again between them.
+        const CONSOLE_SLICE_MS: i64 = 20;
+        let requested_timeout = timeout_ms;
+        let timeout_ms = self.poll_timeout(timeout_ms);
+        let deadline = (timeout_ms >= 0).then(|| m.monotonic_ns() + timeout_ms as u64 * 1_000_000);
+        let watches_console = items
+            .iter()
+            .any(|&(fd, ev)| fd >= 0 && ev & 0x1 != 0 && self.fds.is_console_input(fd as u64));
+        loop {
+            let left_ms = deadline.map_or(-1, |d| {
+                (d.saturating_sub(m.monotonic_ns()) / 1_000_000) as i64
+            });
+            let wait_ms = match (watches_console, left_ms) {
+                (false, left) => left,
+                (true, -1) => CONSOLE_SLICE_MS,
+                (true, left) => left.min(CONSOLE_SLICE_MS),
+            };
+            let revents = self.readiness_once(m, items, wait_ms)?;
+            if m.cancelled() {
+                return Err(crate::errno::EINTR);
+            }
+            if revents.iter().any(|r| *r != 0) || left_ms == 0 || !watches_console {
+                if revents.iter().all(|r| *r == 0) {
+                    self.poll_found_nothing(requested_timeout);
+                }
+                return Ok(revents);
+            }
+        }
+    }
+
+    /// One look at the readiness of `items`, waiting up to `timeout_ms` if nothing is ready.
+    fn readiness_once(
         &mut self,
         m: &mut dyn Machine,
         items: &[(i32, u16)],
@@ -755,12 +793,11 @@ impl Kernel {
                     0
                 }
                 Ok(FileKind::Epoll(_)) => 0, // nested epoll sets report nothing yet
+                Ok(FileKind::Stdin) if !m.console_readable() => events & !(POLLIN | 0x40) & READY,
                 Ok(_) => events & READY,
             };
         }
         let ready_now = revents.iter().any(|r| *r != 0);
-        let requested_timeout = timeout_ms;
-        let timeout_ms = self.poll_timeout(timeout_ms);
         if !socks.is_empty() {
             let wait = if ready_now { 0 } else { timeout_ms };
             let list: Vec<_> = socks.iter().map(|(_, s)| *s).collect();
@@ -783,9 +820,6 @@ impl Kernel {
             }
         } else if !ready_now && timeout_ms > 0 {
             m.sleep_ns(timeout_ms as u64 * 1_000_000);
-        }
-        if revents.iter().all(|r| *r == 0) {
-            self.poll_found_nothing(requested_timeout);
         }
         Ok(revents)
     }

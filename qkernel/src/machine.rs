@@ -41,6 +41,14 @@ pub trait Machine {
     fn console_write(&mut self, fd: i32, data: &[u8]) -> std::io::Result<usize>;
     /// Reads from the container's stdin.
     fn console_read(&mut self, buf: &mut [u8]) -> std::io::Result<usize>;
+    /// Whether a read of stdin would return at once (data, end of file or an error).
+    fn console_readable(&mut self) -> bool {
+        true
+    }
+    /// Whether the container is being stopped from outside: a long wait gives up (EINTR).
+    fn cancelled(&self) -> bool {
+        false
+    }
     /// Wall-clock time (CLOCK_REALTIME) and monotonic time, in nanoseconds.
     fn realtime_ns(&self) -> u64;
     fn monotonic_ns(&self) -> u64;
