@@ -60,6 +60,7 @@ EOF
 echo "process.args: busybox nc -l -p 8080; linux.namespaces network path: /run/netns/$pod"
 
 step "qvisor run: the container in its own KVM VM, its network served by qnet inside qvisor"
+./target/release/qvisor delete --force quark-demo 2>/dev/null || true  # a previous run's leftovers
 printf 'HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello from busybox in a Quark VM, over qnet\n' \
   | ./target/release/qvisor run --bundle "$work/bundle" quark-demo > "$work/guest.out" 2>&1 &
 container=$!

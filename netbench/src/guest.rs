@@ -80,7 +80,7 @@ impl Runner<'_> {
                 .args(args)
                 .output()?,
             Runner::Quark(root) => Command::new(crate::runtime::qvisor())
-                .args(["exec", "--root"])
+                .args(["launch", "--rootfs"])
                 .arg(&root.0)
                 .args(["--netns", &format!("/run/netns/{}", link.client.name)])
                 .arg("/bin/tcpbench")
@@ -148,7 +148,7 @@ fn round(runner: &Runner, link: &Link, d: Duration) -> anyhow::Result<[f64; 4]> 
 /// A guest syscall's cost (ns) on the trapping path: the floor of a blocking socket call.
 fn trapped_syscall_ns(root: &Root) -> anyhow::Result<f64> {
     let out = Command::new(crate::runtime::qvisor())
-        .args(["exec", "--syscall-poll", "off", "--root"])
+        .args(["launch", "--syscall-poll", "off", "--rootfs"])
         .arg(&root.0)
         .args(["/bin/syscost", "2000", "1"])
         .output()?;

@@ -16,38 +16,49 @@ const MAX_MEMORY: u64 = 64 << 30;
 pub const SYSCALL_POLL_ANNOTATION: &str = "dev.quark.syscall-poll";
 
 /// The network a bundle asks for: a network namespace with a path (made by a CNI plugin)
-/// is taken over; a new namespace (no path) or none at all gives loopback only, as a fresh
-/// namespace would (the guest never shares the host's network).
+/// is taken over; a new namespace (no path) is the VMM's own, whose interface (if someone
+/// configures one before start) is taken over at start; none at all gives loopback only (the
+/// guest never shares the host's network).
 fn net_setup(spec: &Spec) -> anyhow::Result<NetSetup> {
-    let netns = spec
+    let entry = spec
         .linux()
         .as_ref()
         .and_then(|l| l.namespaces().as_ref())
         .and_then(|nss| {
             nss.iter()
                 .find(|ns| ns.typ() == LinuxNamespaceType::Network)
-        })
-        .and_then(|ns| ns.path().clone());
-    match netns {
-        Some(path) if !path.is_absolute() => {
+        });
+    match entry.map(|ns| ns.path().clone()) {
+        Some(Some(path)) if !path.is_absolute() => {
             bail!("linux.namespaces: network namespace path {path:?} is not absolute")
         }
-        Some(path) => Ok(NetSetup::Pod { netns: path }),
+        Some(Some(path)) => Ok(NetSetup::Pod { netns: path }),
+        Some(None) => Ok(NetSetup::NewNamespace),
         None => Ok(NetSetup::Loopback),
     }
 }
 
 /// Reads `<bundle>/config.json` and checks what qvisor supports.
 pub fn load(bundle: &Path) -> anyhow::Result<Launch> {
+    read(bundle).map(|(_, launch)| launch)
+}
+
+/// Reads `<bundle>/config.json`: the spec itself (hooks, cgroups, terminal) and what to run.
+pub fn read(bundle: &Path) -> anyhow::Result<(Spec, Launch)> {
     let config = bundle.join("config.json");
-    let spec = Spec::load(&config).map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+    let text = std::fs::read(&config).with_context(|| format!("reading {}", config.display()))?;
+    // serde_json directly: its errors name the line, column and field.
+    let spec: Spec = serde_json::from_slice(&text)
+        .with_context(|| format!("{}: not a valid OCI runtime config", config.display()))?;
+    let launch = launch_of(bundle, &spec)?;
+    Ok((spec, launch))
+}
+
+fn launch_of(bundle: &Path, spec: &Spec) -> anyhow::Result<Launch> {
     let process = spec
         .process()
         .as_ref()
         .context("config.json has no process")?;
-    if process.terminal().unwrap_or(false) {
-        bail!("process.terminal is true: terminals are not supported yet");
-    }
     let argv = process.args().clone().unwrap_or_default();
     if argv.is_empty() {
         bail!("process.args is empty");
@@ -82,7 +93,7 @@ pub fn load(bundle: &Path) -> anyhow::Result<Launch> {
         Some(other) => bail!("annotation {SYSCALL_POLL_ANNOTATION}={other:?}: expected on or off"),
     };
     Ok(Launch {
-        net: net_setup(&spec)?,
+        net: net_setup(spec)?,
         polled_syscalls,
         root: root_path,
         readonly: root.readonly().unwrap_or(false),

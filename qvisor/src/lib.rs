@@ -5,6 +5,7 @@
 pub mod bundle;
 pub mod memory;
 pub mod net;
+pub mod oci;
 pub mod poll;
 pub mod rootfs;
 pub mod vm;
@@ -60,8 +61,20 @@ fn find_program(
     anyhow::bail!("executable {name:?} not found in the container's root")
 }
 
-/// Boots a VM for `launch` and runs its program to the end.
-pub fn run(launch: &Launch) -> anyhow::Result<Stop> {
+/// A VM with its program loaded and its network up, not yet running: what `create` leaves
+/// waiting for `start`.
+pub struct Booted {
+    vm: Vm,
+    kernel: qkernel::Kernel,
+    entry: u64,
+    stack_pointer: u64,
+    polled: bool,
+    memory: u64,
+    net: net::NetSetup,
+}
+
+/// Boots a VM for `launch`: memory, program, network. Nothing of the app runs yet.
+pub fn boot(launch: &Launch) -> anyhow::Result<Booted> {
     let mut rootfs = RootFs::open(&launch.root, launch.readonly)
         .with_context(|| format!("opening the root {}", launch.root.display()))?;
     let name = launch
@@ -69,6 +82,15 @@ pub fn run(launch: &Launch) -> anyhow::Result<Stop> {
         .first()
         .context("no program to run (empty args)")?;
     let (exe, image) = find_program(&mut rootfs, name, &launch.env)?;
+    if let net::NetSetup::NewNamespace = launch.net {
+        // This thread's namespace is inherited by every thread it starts from here on (vCPU,
+        // network stack, poller): the whole VMM lives in the new one.
+        // SAFETY: unshare has no memory-safety preconditions.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .context("making the container's network namespace (unshare)");
+        }
+    }
     let cancel = Arc::new(AtomicBool::new(false));
     let net = Some(net::GuestNet::new(
         launch.net.clone(),
@@ -79,14 +101,51 @@ pub fn run(launch: &Launch) -> anyhow::Result<Stop> {
     let loaded = vm
         .with_machine(|m| qkernel::load_static(m, &image, &launch.argv, &launch.env))
         .with_context(|| format!("loading {exe}"))?;
-    let kernel = qkernel::Kernel::new(loaded.brk, &exe, &launch.cwd);
-    let stop = vm.run(kernel, loaded.entry, loaded.stack_pointer);
-    tracing::debug!(
-        vcpu_exits = vm.exits,
-        polled = launch.polled_syscalls,
-        "container ended"
-    );
-    stop
+    Ok(Booted {
+        vm,
+        kernel: qkernel::Kernel::new(loaded.brk, &exe, &launch.cwd),
+        entry: loaded.entry,
+        stack_pointer: loaded.stack_pointer,
+        polled: launch.polled_syscalls,
+        memory: launch.memory,
+        net: launch.net.clone(),
+    })
+}
+
+impl Booted {
+    /// For a container in a namespace of its own ([`net::NetSetup::NewNamespace`]): takes over
+    /// the interface configured there since boot, if any (`ctr run --cni` runs the CNI plugins
+    /// on `/proc/PID/ns/net` between create and start). Call just before [`Booted::run`].
+    pub fn adopt_configured_interface(&mut self) -> anyhow::Result<()> {
+        if !matches!(self.net, net::NetSetup::NewNamespace) {
+            return Ok(());
+        }
+        let own = std::path::PathBuf::from(format!("/proc/{}/ns/net", std::process::id()));
+        let snapshot = qnet_netns::Netns::open(&own)?.inspect()?;
+        if snapshot.pod_link().is_none() {
+            tracing::debug!("no interface configured in the container's namespace: loopback only");
+            return Ok(());
+        }
+        self.vm
+            .attach_net(net::NetSetup::Pod { netns: own }, self.memory)
+            .context("taking over the interface configured in the container's namespace")
+    }
+
+    /// Runs the program to its end.
+    pub fn run(mut self) -> anyhow::Result<Stop> {
+        let stop = self.vm.run(self.kernel, self.entry, self.stack_pointer);
+        tracing::debug!(
+            vcpu_exits = self.vm.exits,
+            polled = self.polled,
+            "container ended"
+        );
+        stop
+    }
+}
+
+/// Boots a VM for `launch` and runs its program to the end.
+pub fn run(launch: &Launch) -> anyhow::Result<Stop> {
+    boot(launch)?.run()
 }
 
 /// Whether `path` is a usable root directory (for clear errors before booting).

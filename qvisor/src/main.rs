@@ -1,9 +1,12 @@
-//! `qvisor`: run a container's program in its own KVM virtual machine.
+//! `qvisor`: run a container's program in its own KVM virtual machine. The command line is
+//! runc's (create, start, state, kill, delete, run, ...), so containerd's runc shim and Docker
+//! drive it as they drive runc; `launch` runs a program from a directory for development.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use qvisor::oci::{self, CreateOptions, Global};
 
 #[derive(Parser)]
 #[command(
@@ -12,25 +15,153 @@ use clap::{Parser, Subcommand};
     about = "Quark's VMM: each container in its own KVM virtual machine"
 )]
 struct Cli {
+    /// Directory of the containers' state.
+    #[arg(long, global = true, default_value = oci::state::DEFAULT_ROOT)]
+    root: PathBuf,
+    /// Log to this file instead of stderr.
+    #[arg(long, global = true)]
+    log: Option<PathBuf>,
+    /// Format of the log file.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+    /// Log debug messages.
+    #[arg(long, global = true)]
+    debug: bool,
+    /// cgroupsPath is systemd's slice:prefix:name.
+    #[arg(long, global = true)]
+    systemd_cgroup: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
+#[derive(clap::Args)]
+struct CreateArgs {
+    /// The bundle directory (holding config.json).
+    #[arg(long, short, default_value = ".")]
+    bundle: PathBuf,
+    /// Write the container's pid (the VMM process) here.
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    /// Send the pty master here when process.terminal is true.
+    #[arg(long)]
+    console_socket: Option<PathBuf>,
+    /// Accepted for runc compatibility (the VM has its own root).
+    #[arg(long)]
+    no_pivot: bool,
+    /// Accepted for runc compatibility (the guest has no host keyring).
+    #[arg(long)]
+    no_new_keyring: bool,
+    /// Accepted for runc compatibility; extra descriptors are not passed to the guest.
+    #[arg(long, default_value_t = 0)]
+    preserve_fds: u32,
+    /// The container id.
+    id: String,
+}
+
+impl CreateArgs {
+    fn options(&self) -> CreateOptions {
+        CreateOptions {
+            bundle: self.bundle.clone(),
+            pid_file: self.pid_file.as_ref().map(|p| absolute(p)),
+            console_socket: self.console_socket.as_ref().map(|p| absolute(p)),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the container of an OCI bundle to completion (like `runc run`).
-    Run {
-        /// The bundle directory (holding config.json).
-        #[arg(long, short, default_value = ".")]
-        bundle: PathBuf,
-        /// The container id.
+    /// Boot the container's VM; the app waits for `start`.
+    Create(CreateArgs),
+    /// Run the app of a created container.
+    Start { id: String },
+    /// Print the OCI state of a container.
+    State { id: String },
+    /// Send a signal to the container (default SIGTERM).
+    Kill {
+        /// Accepted for runc compatibility: the container is one process.
+        #[arg(long, short)]
+        all: bool,
+        id: String,
+        #[arg(default_value = "SIGTERM")]
+        signal: String,
+    },
+    /// Delete a container (stopped, or created; --force for a running one).
+    Delete {
+        #[arg(long, short)]
+        force: bool,
         id: String,
     },
-    /// Run a program from a root directory without a bundle (for development).
+    /// Create and start a container, wait for it and delete it (like `runc run`).
+    Run {
+        #[command(flatten)]
+        create: CreateArgs,
+        /// Return once started.
+        #[arg(long, short)]
+        detach: bool,
+        /// Accepted for runc compatibility.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// List containers.
+    List {
+        #[arg(long, short, default_value = "table", value_parser = ["table", "json"])]
+        format: String,
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Show the container's processes (its VMM).
+    Ps {
+        #[arg(long, short, default_value = "table", value_parser = ["table", "json"])]
+        format: String,
+        id: String,
+        /// Options for ps (default -ef).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_args: Vec<String>,
+    },
+    /// Run a new process in a running container.
     Exec {
+        #[arg(long, short)]
+        process: Option<PathBuf>,
+        #[arg(long, short)]
+        detach: bool,
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        id: String,
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Stop the container's vCPU and network stack.
+    Pause { id: String },
+    /// Continue a paused container.
+    Resume { id: String },
+    /// Print resource usage.
+    Events {
+        /// One stats line and exit.
+        #[arg(long)]
+        stats: bool,
+        /// Seconds between stats lines.
+        #[arg(long, default_value = "5s")]
+        interval: String,
+        id: String,
+    },
+    /// Print what the runtime supports (JSON).
+    Features,
+    /// The VMM process itself (started by create).
+    #[command(hide = true)]
+    Vmm {
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long)]
+        sync_fd: i32,
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
+        id: String,
+    },
+    /// Run a program from a root directory without a bundle or state (for development).
+    Launch {
         /// The root file system.
         #[arg(long)]
-        root: PathBuf,
+        rootfs: PathBuf,
         /// Guest memory in MiB.
         #[arg(long, default_value_t = 512)]
         memory_mib: u64,
@@ -53,6 +184,10 @@ enum Cmd {
         #[arg(required = true, trailing_var_arg = true)]
         argv: Vec<String>,
     },
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
 fn net_setup(
@@ -81,56 +216,144 @@ fn net_setup(
     })
 }
 
-fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("QVISOR_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let launch = match Cli::parse().cmd {
-        Cmd::Run { bundle, id } => {
-            if id.is_empty() || id.contains('/') {
-                eprintln!("qvisor: invalid container id {id:?}");
-                return ExitCode::from(125);
-            }
-            qvisor::bundle::load(&bundle)
-        }
-        Cmd::Exec {
-            root,
-            memory_mib,
-            syscall_poll,
-            netns,
-            net_addr,
-            net_peer,
-            argv,
-        } => net_setup(netns, net_addr, net_peer).and_then(|net| {
-            qvisor::check_root(&root)?;
-            Ok(qvisor::Launch {
-                net,
-                polled_syscalls: syscall_poll == "on",
-                root,
-                readonly: false,
-                argv,
-                env: vec!["PATH=/bin:/usr/bin:/sbin:/usr/sbin".into(), "HOME=/".into()],
-                cwd: "/".into(),
-                memory: memory_mib << 20,
-            })
-        }),
+/// Seconds from Go-style durations runc takes ("5s", "500ms", "1m") or a bare number.
+fn parse_interval(s: &str) -> anyhow::Result<std::time::Duration> {
+    let (num, unit) = s
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: f64 = num
+        .parse()
+        .map_err(|_| anyhow::anyhow!("invalid interval {s:?}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => anyhow::bail!("invalid interval {s:?}"),
     };
-    match launch.and_then(|l| qvisor::run(&l)) {
-        Ok(qvisor::Stop::Exited(code)) => ExitCode::from(code as u8),
-        Ok(stop) => {
-            if let qvisor::Stop::Killed { signal, reason } = &stop {
-                eprintln!("qvisor: container killed by signal {signal}: {reason}");
-            }
-            ExitCode::from(stop.status() as u8)
+    anyhow::ensure!(secs > 0.0, "invalid interval {s:?}");
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+fn print(text: anyhow::Result<String>) -> anyhow::Result<i32> {
+    print!("{}", text?);
+    Ok(0)
+}
+
+/// The development `launch`: one VM in this process, no state.
+fn launch(cmd: Cmd) -> anyhow::Result<i32> {
+    let Cmd::Launch {
+        rootfs,
+        memory_mib,
+        syscall_poll,
+        netns,
+        net_addr,
+        net_peer,
+        argv,
+    } = cmd
+    else {
+        unreachable!("called for launch only")
+    };
+    let net = net_setup(netns, net_addr, net_peer)?;
+    qvisor::check_root(&rootfs)?;
+    let stop = qvisor::run(&qvisor::Launch {
+        net,
+        polled_syscalls: syscall_poll == "on",
+        root: rootfs,
+        readonly: false,
+        argv,
+        env: vec!["PATH=/bin:/usr/bin:/sbin:/usr/sbin".into(), "HOME=/".into()],
+        cwd: "/".into(),
+        memory: memory_mib << 20,
+    })?;
+    if let qvisor::Stop::Killed { signal, reason } = &stop {
+        eprintln!("qvisor: container killed by signal {signal}: {reason}");
+    }
+    Ok(stop.status())
+}
+
+fn dispatch(g: &Global, cmd: Cmd) -> anyhow::Result<i32> {
+    match cmd {
+        Cmd::Create(c) => oci::create(g, &c.id, &c.options()).map(|()| 0),
+        Cmd::Start { id } => oci::start(g, &id).map(|()| 0),
+        Cmd::State { id } => print(oci::state(g, &id).map(|s| s + "\n")),
+        Cmd::Kill { id, signal, .. } => oci::kill(g, &id, oci::parse_signal(&signal)?).map(|()| 0),
+        Cmd::Delete { id, force } => oci::delete(g, &id, force).map(|()| 0),
+        Cmd::Run { create, detach, .. } => oci::run(g, &create.id, &create.options(), detach),
+        Cmd::List { format, quiet } => print(oci::list(g, format == "json", quiet)),
+        Cmd::Ps {
+            format,
+            id,
+            ps_args,
+        } => print(oci::ps(g, &id, format == "json", &ps_args)),
+        Cmd::Exec { id, .. } => {
+            oci::state(g, &id)?;
+            anyhow::bail!(
+                "exec: a second process in container {id} needs qkernel's process model, \
+                 which is not there yet"
+            )
         }
+        Cmd::Pause { id } => oci::pause(g, &id).map(|()| 0),
+        Cmd::Resume { id } => oci::resume(g, &id).map(|()| 0),
+        Cmd::Events {
+            stats,
+            interval,
+            id,
+        } => {
+            if stats {
+                return print(oci::stats(g, &id));
+            }
+            let every = parse_interval(&interval)?;
+            // Until the container stops (stats then fails with "container not running").
+            while let Ok(line) = oci::stats(g, &id) {
+                print!("{line}");
+                std::thread::sleep(every);
+            }
+            Ok(0)
+        }
+        Cmd::Features => print(Ok(oci::features())),
+        Cmd::Vmm {
+            bundle,
+            sync_fd,
+            console_socket,
+            id,
+        } => Ok(oci::vmm(
+            g,
+            &id,
+            &bundle,
+            sync_fd,
+            console_socket.as_deref(),
+        )),
+        launch_cmd @ Cmd::Launch { .. } => launch(launch_cmd),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let g = Global {
+        root: absolute(&cli.root),
+        log: cli.log.as_deref().map(absolute),
+        log_json: cli.log_format == "json",
+        debug: cli.debug,
+        systemd_cgroup: cli.systemd_cgroup,
+    };
+    if let Err(e) = oci::log::init(g.log.as_deref(), g.log_json, g.debug) {
+        eprintln!("qvisor: {e:#}");
+        return ExitCode::from(1);
+    }
+    // runc's commands fail with 1; `launch` with 125, apart from any status of the app.
+    let error_code = if matches!(cli.cmd, Cmd::Launch { .. }) {
+        125
+    } else {
+        1
+    };
+    match dispatch(&g, cli.cmd) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
+            if g.log.is_some() {
+                tracing::error!("{e:#}");
+            }
             eprintln!("qvisor: {e:#}");
-            ExitCode::from(125)
+            ExitCode::from(error_code)
         }
     }
 }

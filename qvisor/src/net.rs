@@ -32,10 +32,15 @@ const MAX_SOCKETS: usize = 1024;
 pub enum NetSetup {
     /// No network namespace given: loopback (127.0.0.1) only, as in a fresh Linux namespace.
     Loopback,
+    /// A new network namespace without a path: the VMM process gets one of its own, as runc
+    /// gives a container, so whoever configures `/proc/PID/ns/net` between create and start
+    /// (`ctr run --cni`, Docker's prestart hook) does it there. At start an interface found
+    /// there is taken over as in `Pod`; with none the guest has loopback only.
+    NewNamespace,
     /// Take over the interface a CNI plugin made in this network namespace (a path such as
     /// /run/netns/NAME or /proc/PID/ns/net, from config.json).
     Pod { netns: PathBuf },
-    /// A new TAP in a namespace, addressed by hand (`qvisor exec --netns`, for development).
+    /// A new TAP in a namespace, addressed by hand (`qvisor launch --netns`, for development).
     Tap(TapNet),
 }
 
@@ -110,7 +115,9 @@ impl Live {
         // What the stack serves, on which TAP, and (for a pod) the interface to take over.
         let (mut cfg, tap, pod) = match setup {
             // A link-less stack: only 127.0.0.1 exists.
-            NetSetup::Loopback => (StackConfig::new(qnet::net::LOOPBACK), None, None),
+            NetSetup::Loopback | NetSetup::NewNamespace => {
+                (StackConfig::new(qnet::net::LOOPBACK), None, None)
+            }
             NetSetup::Tap(t) => {
                 let mut cfg = StackConfig::new(t.addr);
                 cfg.gateway = t.gateway;
@@ -215,7 +222,7 @@ impl GuestNet {
     pub fn new(setup: NetSetup, cancel: Arc<AtomicBool>, memory: u64) -> anyhow::Result<GuestNet> {
         let budget = usize::try_from(memory).unwrap_or(usize::MAX);
         let live = match setup {
-            NetSetup::Loopback => None,
+            NetSetup::Loopback | NetSetup::NewNamespace => None,
             _ => Some(
                 Live::start(&setup, &cancel, budget).context("starting the container's network")?,
             ),

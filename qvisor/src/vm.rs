@@ -107,13 +107,16 @@ extern "C" fn on_kick(_sig: libc::c_int) {
 /// The signal the syscall thread sends the vCPU thread to get it out of KVM_RUN.
 const KICK_SIGNAL: libc::c_int = libc::SIGUSR2;
 
-/// Makes SIGTERM, SIGINT and SIGHUP stop the container cleanly (a vCPU in a guest loop is
-/// kicked out of KVM_RUN) instead of killing qvisor mid-exit.
-fn install_stop_signals() {
-    let handlers: [(libc::c_int, extern "C" fn(libc::c_int)); 4] = [
+/// Makes the signals whose default action ends a process (SIGTERM, SIGINT, SIGHUP, SIGQUIT,
+/// SIGUSR1) stop the container cleanly (a vCPU in a guest loop is kicked out of KVM_RUN, the
+/// pod network is given back) instead of killing qvisor mid-exit. Idempotent.
+pub fn install_stop_signals() {
+    let handlers: [(libc::c_int, extern "C" fn(libc::c_int)); 6] = [
         (libc::SIGTERM, on_stop_signal),
         (libc::SIGINT, on_stop_signal),
         (libc::SIGHUP, on_stop_signal),
+        (libc::SIGQUIT, on_stop_signal),
+        (libc::SIGUSR1, on_stop_signal),
         (KICK_SIGNAL, on_kick),
     ];
     for (sig, handler) in handlers {
@@ -126,6 +129,11 @@ fn install_stop_signals() {
             libc::sigaction(sig, &sa, std::ptr::null_mut());
         }
     }
+}
+
+/// The stop signal received since [`install_stop_signals`], if any.
+pub fn stop_signal() -> Option<i32> {
+    Some(STOP_SIGNAL.load(Ordering::SeqCst)).filter(|&s| s != 0)
 }
 
 /// How the app ended.
@@ -270,6 +278,20 @@ impl Machine for GuestMachine<'_> {
     fn console_read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         use std::io::Read;
         std::io::stdin().read(buf)
+    }
+    fn console_readable(&mut self) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: 0,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no waiting.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        // An error or a closed stdin: a read returns at once too.
+        n != 0
+    }
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
     }
     fn realtime_ns(&self) -> u64 {
         clock_ns(libc::CLOCK_REALTIME)
@@ -587,6 +609,13 @@ impl Vm {
             .and_then(|()| mem.write_user(STUB_VA, &poll::STUB))
             .and_then(|()| mem.map_user(MAILBOX_VA, PAGE, rw))
             .map_err(|f| anyhow::anyhow!("mapping the syscall stub: {f}"))
+    }
+
+    /// Replaces the container's network (before the app runs: nothing uses the old one yet).
+    pub fn attach_net(&mut self, setup: crate::net::NetSetup, memory: u64) -> anyhow::Result<()> {
+        let net = GuestNet::new(setup, self.cancel.clone(), memory)?;
+        self.core.lock().unwrap_or_else(|p| p.into_inner()).net = Some(net);
+        Ok(())
     }
 
     /// Lets qkernel work on the machine outside of a run (loading the program).

@@ -224,15 +224,15 @@ fn a_broken_bundle_is_a_clear_error() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("config.json"), "{ not json").unwrap();
     let o = run_bundle(&dir);
-    assert_eq!(o.status.code(), Some(125));
+    assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).starts_with("qvisor: ") && stderr(&o).contains("config.json"),
         "{}",
         stderr(&o)
     );
     let o = run_bundle(Path::new("/nonexistent-bundle"));
-    assert_eq!(o.status.code(), Some(125));
-    assert!(stderr(&o).contains("config.json"), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("/nonexistent-bundle"), "{}", stderr(&o));
 }
 
 #[test]
@@ -263,7 +263,7 @@ fn a_guest_spinning_or_sleeping_forever_is_stopped_by_sigterm() {
     require_kvm();
     for args in [&["/bin/faults", "spin"][..], &["sleep", "600"][..]] {
         let mut child = Command::new(env!("CARGO_BIN_EXE_qvisor"))
-            .args(["exec", "--root"])
+            .args(["launch", "--rootfs"])
             .arg(root())
             .args(args)
             .stderr(std::process::Stdio::piped())
@@ -328,7 +328,7 @@ fn runc_spec_output_runs_unchanged_but_for_args_and_terminal() {
 fn run_measuring_cpu(options: &[&str], args: &[&str]) -> (Duration, Option<i32>) {
     require_kvm();
     let child = Command::new(env!("CARGO_BIN_EXE_qvisor"))
-        .args(["exec", "--root"])
+        .args(["launch", "--rootfs"])
         .arg(root())
         .args(options)
         .args(args)
@@ -363,7 +363,7 @@ fn polled_syscalls_do_not_exit_the_vcpu() {
         require_kvm();
         let o = Command::new(env!("CARGO_BIN_EXE_qvisor"))
             .env("QVISOR_LOG", "qvisor=debug")
-            .args(["exec", "--root"])
+            .args(["launch", "--rootfs"])
             .arg(root())
             .args(["--syscall-poll", mode, "/bin/syscost", "3000", "10"])
             .output()

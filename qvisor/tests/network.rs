@@ -501,7 +501,7 @@ fn a_bundle_naming_a_namespace_without_a_pod_interface_is_a_clear_error() {
     std::fs::write(dir.join("config.json"), config).unwrap();
     let o = run_bundle(&dir);
     let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(o.status.code(), Some(125), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("has no interface with an IPv4 address besides lo"),
         "{}",
@@ -532,7 +532,7 @@ fn busybox_nc_talks_to_kernel_nc_as_client_and_as_server() {
     let mut args: Vec<&str> = opts.iter().map(String::as_str).collect();
     args.extend(["busybox", "nc", "10.66.0.1", "9000"]);
     let mut guest = Command::new(env!("CARGO_BIN_EXE_qvisor"))
-        .args(["exec", "--root"])
+        .args(["launch", "--rootfs"])
         .arg(root())
         .args(&args)
         .stdin(std::process::Stdio::piped())
@@ -550,7 +550,7 @@ fn busybox_nc_talks_to_kernel_nc_as_client_and_as_server() {
     let mut args: Vec<&str> = opts.iter().map(String::as_str).collect();
     args.extend(["busybox", "nc", "-l", "-p", "9001"]);
     let mut guest = Command::new(env!("CARGO_BIN_EXE_qvisor"))
-        .args(["exec", "--root"])
+        .args(["launch", "--rootfs"])
         .arg(root())
         .args(&args)
         .stdin(std::process::Stdio::piped())
@@ -687,7 +687,7 @@ fn one_gib_each_way_between_the_guest_and_the_kernel_matches_sha256() {
     let up = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "{qvisor} exec --root {root} {opts} /bin/tcp pipeto 10.66.0.1 9100 < {}",
+            "{qvisor} launch --rootfs {root} {opts} /bin/tcp pipeto 10.66.0.1 9100 < {}",
             file.display()
         ))
         .output()
@@ -712,7 +712,7 @@ fn one_gib_each_way_between_the_guest_and_the_kernel_matches_sha256() {
     let down = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "{qvisor} exec --root {root} {opts} /bin/tcp pipefrom 10.66.0.1 9101 </dev/null | sha256sum"
+            "{qvisor} launch --rootfs {root} {opts} /bin/tcp pipefrom 10.66.0.1 9101 </dev/null | sha256sum"
         ))
         .output()
         .unwrap();
@@ -738,7 +738,7 @@ fn a_socket_hog_hits_emfile_and_another_container_keeps_working() {
     );
     hog_ns.wait_for_port("-Hltn", 9200);
     let mut hog = Command::new(env!("CARGO_BIN_EXE_qvisor"))
-        .args(["exec", "--root"])
+        .args(["launch", "--rootfs"])
         .arg(root())
         .args(net_options(&hog_ns))
         .args(["/bin/tcp", "hog", "10.66.0.1", "9200"])
@@ -770,7 +770,7 @@ fn a_socket_hog_hits_emfile_and_another_container_keeps_working() {
     let up = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "{} exec --root {} {} /bin/tcp pipeto 10.66.0.1 9100 < {}",
+            "{} launch --rootfs {} {} /bin/tcp pipeto 10.66.0.1 9100 < {}",
             env!("CARGO_BIN_EXE_qvisor"),
             root().display(),
             net_options(&other).join(" "),

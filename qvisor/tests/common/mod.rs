@@ -102,7 +102,7 @@ pub fn qvisor(args: &[&str]) -> Output {
 pub fn qvisor_with(options: &[&str], args: &[&str]) -> Output {
     require_kvm();
     Command::new(env!("CARGO_BIN_EXE_qvisor"))
-        .args(["exec", "--root"])
+        .args(["launch", "--rootfs"])
         .arg(root())
         .args(options)
         .args(args)
@@ -151,12 +151,27 @@ pub fn bundle(tag: &str, args: &[&str], readonly: bool) -> PathBuf {
     dir
 }
 
+/// This test process's state root (`--root`), apart from the host's /run/qvisor.
+pub fn state_root() -> PathBuf {
+    std::env::temp_dir().join(format!("qvisor-state-{}", std::process::id()))
+}
+
+/// A container id unique to this test process.
+pub fn unique_id(tag: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{tag}-{}-{n}", std::process::id())
+}
+
+/// `qvisor run` of a bundle (create, start, wait, delete), as `runc run` would.
 pub fn run_bundle(dir: &Path) -> Output {
     require_kvm();
     Command::new(env!("CARGO_BIN_EXE_qvisor"))
+        .arg("--root")
+        .arg(state_root())
         .args(["run", "--bundle"])
         .arg(dir)
-        .arg("test-container")
+        .arg(unique_id("run"))
         .output()
         .expect("running qvisor")
 }
@@ -218,7 +233,7 @@ impl Drop for Netns {
 pub fn spawn_guest(opts: &[String], args: &[&str]) -> std::process::Child {
     require_kvm();
     Command::new(env!("CARGO_BIN_EXE_qvisor"))
-        .args(["exec", "--root"])
+        .args(["launch", "--rootfs"])
         .arg(root())
         .args(opts)
         .args(args)
