@@ -6,6 +6,7 @@
 //! cancels, and prints medians with the qnet/kernel ratio.
 
 mod cni;
+mod containerd;
 mod guest;
 mod runtime;
 mod workload;
@@ -53,6 +54,15 @@ enum Suite {
         /// ADD+DEL cycles per plugin (medians are reported).
         #[arg(long, default_value_t = 50)]
         cycles: usize,
+        /// One JSON object per figure instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// `ctr run --rm` through containerd's runc shim: qvisor vs runc as the runtime binary.
+    Containerd {
+        /// Runs per runtime (medians are reported).
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
         /// One JSON object per figure instead of a table.
         #[arg(long)]
         json: bool,
@@ -337,6 +347,14 @@ fn main() -> std::process::ExitCode {
                 json,
                 &format!("qnet-cni vs the reference ptp plugin; medians of {cycles} cycles"),
                 ("qnet-cni", "ptp"),
+            )
+        }),
+        Suite::Containerd { runs, json } => containerd::suite(runs).and_then(|f| {
+            report(
+                &f,
+                json,
+                &format!("containerd {runs} runs each, alternating; medians"),
+                ("qvisor", "runc"),
             )
         }),
         Suite::Runtime { runs, json } => runtime::suite(runs).and_then(|f| {

@@ -96,7 +96,7 @@ pub(crate) fn sibling(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
-fn timed(cmd: &mut Command) -> anyhow::Result<Duration> {
+pub(crate) fn timed(cmd: &mut Command) -> anyhow::Result<Duration> {
     let start = Instant::now();
     let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output()?;
     let took = start.elapsed();
@@ -131,13 +131,51 @@ fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     Ok(num(11)? + num(12)?) // utime, stime (fields 14 and 15)
 }
 
-fn spawn_sleeper(bundle: &Bundle, id: &str) -> anyhow::Result<Child> {
-    Ok(Command::new(qvisor())
-        .args(["run", "--bundle"])
+/// A running `qvisor run` of the bundle and its container's pid (the VMM process, a child of
+/// `run`, which measurements look at).
+struct Sleeper {
+    run: Child,
+    vmm: u32,
+}
+
+impl Sleeper {
+    fn id(&self) -> u32 {
+        self.vmm
+    }
+
+    /// Ends it as a user would: SIGTERM to `run`, which forwards it to the container.
+    fn stop(mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.run.id() as i32, libc::SIGTERM) };
+        let _ = self.run.wait();
+    }
+}
+
+fn spawn_sleeper(bundle: &Bundle, id: &str) -> anyhow::Result<Sleeper> {
+    let id = format!("{id}-{}", std::process::id());
+    let pid_file = bundle.dir.join(format!("{id}.pid"));
+    let _ = std::fs::remove_file(&pid_file);
+    let run = Command::new(qvisor())
+        .args(["run", "--pid-file"])
+        .arg(&pid_file)
+        .arg("--bundle")
         .arg(&bundle.dir)
-        .arg(id)
+        .arg(&id)
         .stdout(Stdio::null())
-        .spawn()?)
+        .spawn()?;
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+        {
+            return Ok(Sleeper { run, vmm: pid });
+        }
+        if Instant::now() >= end {
+            bail!("qvisor run wrote no pid file for {id}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn cost(out: &str, key: &str) -> anyhow::Result<f64> {
@@ -193,15 +231,14 @@ pub fn suite(runs: usize) -> anyhow::Result<Vec<Figure>> {
 
     // (b) memory of running containers.
     bundle.set_args(&["/bin/sleep", "30"])?;
-    let mut one = spawn_sleeper(&bundle, "nb-mem-1")?;
+    let one = spawn_sleeper(&bundle, "nb-mem-1")?;
     std::thread::sleep(Duration::from_millis(500));
     let single = pss_kib(one.id())?;
     let cpu0 = cpu_ticks(one.id())?;
     std::thread::sleep(Duration::from_secs(1));
     let idle_cpu = (cpu_ticks(one.id())? - cpu0) as f64; // ticks of 10 ms over 1 s = percent
-    let _ = one.kill();
-    let _ = one.wait();
-    let mut ten = (0..10)
+    one.stop();
+    let ten = (0..10)
         .map(|i| spawn_sleeper(&bundle, &format!("nb-mem-10-{i}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     std::thread::sleep(Duration::from_millis(800));
@@ -209,9 +246,8 @@ pub fn suite(runs: usize) -> anyhow::Result<Vec<Figure>> {
         .iter()
         .map(|c| pss_kib(c.id()))
         .sum::<anyhow::Result<f64>>()?;
-    for c in &mut ten {
-        let _ = c.kill();
-        let _ = c.wait();
+    for c in ten {
+        c.stop();
     }
     figures.push(Figure::new(
         "idle busybox sleep container",

@@ -15,11 +15,25 @@ const MAX_MEMORY: u64 = 64 << 30;
 /// Annotation that turns the polled syscall path off (`"off"`) or on (`"on"`, the default).
 pub const SYSCALL_POLL_ANNOTATION: &str = "dev.quark.syscall-poll";
 
+/// The annotation containerd's CRI plugin sets on every container of a pod: `sandbox` for the
+/// pod's pause container, `container` for the app's.
+pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+
 /// The network a bundle asks for: a network namespace with a path (made by a CNI plugin)
 /// is taken over; a new namespace (no path) is the VMM's own, whose interface (if someone
 /// configures one before start) is taken over at start; none at all gives loopback only (the
-/// guest never shares the host's network).
+/// guest never shares the host's network). A Kubernetes pod's sandbox (pause) container
+/// names the pod's namespace too but never uses it: it gets loopback, leaving the interface
+/// to the app container.
 fn net_setup(spec: &Spec) -> anyhow::Result<NetSetup> {
+    let sandbox = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(CRI_CONTAINER_TYPE))
+        .is_some_and(|t| t == "sandbox");
+    if sandbox {
+        return Ok(NetSetup::Loopback);
+    }
     let entry = spec
         .linux()
         .as_ref()
@@ -102,4 +116,41 @@ fn launch_of(bundle: &Path, spec: &Spec) -> anyhow::Result<Launch> {
         cwd,
         memory: memory.div_ceil(4096) * 4096,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(namespaces: &str, annotations: &str) -> Spec {
+        let json = format!(
+            r#"{{"ociVersion": "1.0.2", "annotations": {{{annotations}}},
+                "linux": {{"namespaces": [{namespaces}]}}}}"#
+        );
+        serde_json::from_str(&json).unwrap()
+    }
+
+    #[test]
+    fn the_network_mode_follows_the_namespace_entry() {
+        let pod = r#"{"type": "network", "path": "/run/netns/cni-1"}"#;
+        assert!(matches!(
+            net_setup(&spec(pod, "")).unwrap(),
+            NetSetup::Pod { netns } if netns == Path::new("/run/netns/cni-1")
+        ));
+        assert!(matches!(
+            net_setup(&spec(r#"{"type": "network"}"#, "")).unwrap(),
+            NetSetup::NewNamespace
+        ));
+        assert!(matches!(
+            net_setup(&spec(r#"{"type": "pid"}"#, "")).unwrap(),
+            NetSetup::Loopback
+        ));
+        assert!(net_setup(&spec(r#"{"type": "network", "path": "rel"}"#, "")).is_err());
+        // A pod's pause container leaves the pod interface to the app container.
+        let sandbox = r#""io.kubernetes.cri.container-type": "sandbox""#;
+        assert!(matches!(
+            net_setup(&spec(pod, sandbox)).unwrap(),
+            NetSetup::Loopback
+        ));
+    }
 }

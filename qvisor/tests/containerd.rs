@@ -6,97 +6,35 @@ mod common;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{require_kvm, stderr, stdout, unique_id};
 
 const QVISOR: &str = env!("CARGO_BIN_EXE_qvisor");
-const IMAGE: &str = "docker.io/quark/busybox:latest";
+const IMAGE: &str = quark_tests::containerd::BUSYBOX_IMAGE;
 
-/// A containerd of the test's own: its root, state, socket and namespace.
-struct Containerd {
-    dir: PathBuf,
-    daemon: Child,
-    socket: PathBuf,
-    namespace: String,
-}
+/// The shared harness, with test-style helpers that fail the test on error.
+struct Containerd(quark_tests::containerd::Containerd);
 
 impl Containerd {
     fn start() -> Containerd {
         require_kvm();
-        for tool in ["containerd", "ctr"] {
-            assert!(
-                Command::new(tool).arg("--version").output().is_ok(),
-                "{tool} is needed (apt-get install containerd; scripts/setup.sh does)"
-            );
-        }
-        let dir = std::env::temp_dir().join(unique_id("ctrd"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let socket = dir.join("containerd.sock");
-        let config = format!(
-            "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-             [grpc]\n  address = \"{1}\"\n[ttrpc]\n  address = \"{1}.ttrpc\"\n",
-            dir.display(),
-            socket.display()
-        );
-        std::fs::write(dir.join("config.toml"), config).unwrap();
-        let daemon = Command::new("containerd")
-            .arg("--config")
-            .arg(dir.join("config.toml"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("containerd.log")).unwrap())
-            .spawn()
-            .expect("starting containerd");
-        let c = Containerd {
-            dir,
-            daemon,
-            socket,
-            namespace: unique_id("quark"),
-        };
-        let end = Instant::now() + Duration::from_secs(20);
-        while !c.ctr(&["version"]).status.success() {
-            assert!(Instant::now() < end, "containerd did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let image = c.dir.join("busybox.tar");
-        let o = Command::new("bash")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/oci-image.sh"))
-            .arg(&image)
-            .arg(IMAGE)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "oci-image.sh: {}", stderr(&o));
-        c.ok(&["image", "import", image.to_str().unwrap()]);
-        c
+        let c = quark_tests::containerd::Containerd::start("qv").expect("starting containerd");
+        c.import_busybox().expect("importing the busybox image");
+        Containerd(c)
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("ctr");
-        cmd.arg("--address")
-            .arg(&self.socket)
-            .args(["--namespace", &self.namespace])
-            .args(args);
-        cmd
+        self.0.command(args)
     }
 
     fn ctr(&self, args: &[&str]) -> Output {
-        self.command(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("running ctr")
+        self.0.ctr(args).unwrap()
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let o = self.ctr(args);
-        assert!(
-            o.status.success(),
-            "ctr {args:?}: {}{}",
-            stdout(&o),
-            stderr(&o)
-        );
-        stdout(&o)
+        self.0.ok(args).unwrap()
     }
 
     /// The task's status as `ctr task ls` prints it.
@@ -122,39 +60,8 @@ impl Containerd {
     }
 }
 
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        // SAFETY: signals the daemon this test started.
-        unsafe { libc::kill(self.daemon.id() as i32, libc::SIGTERM) };
-        let _ = self.daemon.wait();
-        // Shims outlive their daemon by design; ours are named by our socket.
-        let _ = Command::new("pkill")
-            .args(["-f", &self.socket.display().to_string()])
-            .status();
-        let _ = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "grep -o ' {}/[^ ]*' /proc/mounts | sort -r | xargs -r -n1 umount -l",
-                self.dir.display()
-            ))
-            .status();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// ctr's options choosing the runtime binary and its state root.
 fn runtime_args(c: &Containerd, runtime: &str) -> Vec<String> {
-    let mut a = vec![
-        "--runc-root".to_string(),
-        c.dir
-            .join(format!("runc-root-{runtime}"))
-            .display()
-            .to_string(),
-    ];
-    if runtime == "qvisor" {
-        a.extend(["--runc-binary".to_string(), QVISOR.to_string()]);
-    }
-    a
+    c.0.runtime_args((runtime == "qvisor").then_some(Path::new(QVISOR)))
 }
 
 fn with<'a>(head: &[&'a str], runtime: &'a [String], tail: &[&'a str]) -> Vec<&'a str> {
@@ -314,7 +221,7 @@ impl Drop for CniSetup {
 #[test]
 fn ctr_run_cni_gives_the_container_a_reachable_address() {
     let c = Containerd::start();
-    let cni = CniSetup::install(&c.dir);
+    let cni = CniSetup::install(&c.0.dir);
     let id = unique_id("cni");
     let rt = runtime_args(&c, "qvisor");
     // The guest's nc answers its client with its stdin and prints what the client sent.

@@ -35,7 +35,14 @@ pub fn require_env(tools: &[&str]) {
     }
 }
 
+pub mod containerd;
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A number no other call in this process gets (for unique names).
+pub fn unique_suffix() -> u32 {
+    COUNTER.fetch_add(1, Ordering::Relaxed)
+}
 
 /// A fresh, uniquely named network namespace with loopback up; deleted on drop.
 pub struct Netns {
@@ -44,7 +51,7 @@ pub struct Netns {
 
 impl Netns {
     pub fn new(tag: &str) -> Netns {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let n = unique_suffix();
         let name = format!("qt-{tag}-{}-{n}", std::process::id());
         run("ip", &["netns", "add", &name]);
         run("ip", &["-n", &name, "link", "set", "lo", "up"]);
