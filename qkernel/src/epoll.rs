@@ -30,28 +30,30 @@ impl Kernel {
         if flags & !EPOLL_CLOEXEC != 0 {
             return Err(EINVAL);
         }
-        let id = match self.epolls.iter().position(Option::is_none) {
+        let id = match self.p.epolls.iter().position(Option::is_none) {
             Some(i) => i,
             None => {
-                self.epolls.push(None);
-                self.epolls.len() - 1
+                self.p.epolls.push(None);
+                self.p.epolls.len() - 1
             }
         };
-        self.epolls[id] = Some(EpollSet::default());
+        self.p.epolls[id] = Some(EpollSet::default());
         let r = self
+            .p
             .fds
             .install_kind(FileKind::Epoll(id as u32), 2, flags & EPOLL_CLOEXEC != 0);
         if r.is_err() {
-            self.epolls[id] = None;
+            self.p.epolls[id] = None;
         }
         r
     }
 
     fn epoll_of(&mut self, epfd: u64) -> Result<&mut EpollSet, i64> {
-        let FileKind::Epoll(id) = *self.fds.kind(epfd)? else {
+        let FileKind::Epoll(id) = *self.p.fds.kind(epfd)? else {
             return Err(EINVAL);
         };
-        self.epolls
+        self.p
+            .epolls
             .get_mut(id as usize)
             .and_then(Option::as_mut)
             .ok_or(EBADF)
@@ -65,7 +67,7 @@ impl Kernel {
         fd: u64,
         event: u64,
     ) -> Result<i64, i64> {
-        self.fds.kind(fd)?;
+        self.p.fds.kind(fd)?;
         if fd == epfd {
             return Err(EINVAL);
         }
@@ -146,14 +148,14 @@ impl Kernel {
     }
 
     pub(crate) fn drop_epoll(&mut self, id: u32) {
-        if let Some(slot) = self.epolls.get_mut(id as usize) {
+        if let Some(slot) = self.p.epolls.get_mut(id as usize) {
             *slot = None;
         }
     }
 
     /// A closed descriptor leaves every interest set.
     pub(crate) fn forget_in_epolls(&mut self, fd: i32) {
-        for set in self.epolls.iter_mut().flatten() {
+        for set in self.p.epolls.iter_mut().flatten() {
             set.entries.remove(&fd);
         }
     }

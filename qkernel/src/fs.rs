@@ -258,9 +258,9 @@ impl Kernel {
             return Err(ENOENT);
         }
         let base = if rel.first() == Some(&b'/') || dirfd as i32 == AT_FDCWD {
-            self.cwd.clone()
+            self.p.cwd.clone()
         } else {
-            match &self.fds.get(dirfd)?.kind {
+            match &self.p.fds.get(dirfd)?.kind {
                 FileKind::Host { path, .. } => path.clone(),
                 _ => return Err(ENOTDIR),
             }
@@ -271,7 +271,7 @@ impl Kernel {
     /// Resolves `/proc/self/exe` to the program's path; other paths pass unchanged.
     fn alias(&self, path: Vec<u8>) -> Vec<u8> {
         if path == b"/proc/self/exe" {
-            self.exe.clone()
+            self.p.exe.clone()
         } else {
             path
         }
@@ -299,7 +299,7 @@ impl Kernel {
             cloexec: flags & O_CLOEXEC != 0,
             status_flags: flags & !O_CLOEXEC,
         };
-        match self.fds.install(fd, 0) {
+        match self.p.fds.install(fd, 0) {
             Ok(i) => Ok(i as i64),
             Err(e) => {
                 if let FileKind::Host { file, .. } = kind {
@@ -311,12 +311,13 @@ impl Kernel {
     }
 
     pub(crate) fn close(&mut self, m: &mut dyn Machine, fd: u64) -> Result<i64, i64> {
-        let f = self.fds.take(fd).ok_or(EBADF)?;
+        let f = self.p.fds.take(fd).ok_or(EBADF)?;
         match f.kind {
-            FileKind::Host { file, .. } if !self.fds.shared(file) => m.fs_close(file),
-            FileKind::Socket(s) if !self.fds.shares_socket(s) => m.net_close(s),
+            FileKind::Host { file, .. } if !self.p.fds.shared(file) => m.fs_close(file),
+            FileKind::Socket(s) if !self.p.fds.shares_socket(s) => m.net_close(s),
             FileKind::Epoll(id)
                 if !self
+                    .p
                     .fds
                     .fds
                     .iter()
@@ -339,7 +340,7 @@ impl Kernel {
         buf: &mut [u8],
         offset: Option<u64>,
     ) -> Result<usize, i64> {
-        let f = self.fds.get(fd)?;
+        let f = self.p.fds.get(fd)?;
         if f.status_flags & O_ACCMODE == 1 {
             return Err(EBADF);
         }
@@ -373,7 +374,7 @@ impl Kernel {
         buf: &[u8],
         offset: Option<u64>,
     ) -> Result<usize, i64> {
-        let f = self.fds.get(fd)?;
+        let f = self.p.fds.get(fd)?;
         if f.status_flags & O_ACCMODE == 0 && !matches!(f.kind, FileKind::Stdout | FileKind::Stderr)
         {
             return Err(EBADF);
@@ -421,7 +422,7 @@ impl Kernel {
         len: u64,
         offset: Option<u64>,
     ) -> Result<i64, i64> {
-        self.fds.get(fd)?;
+        self.p.fds.get(fd)?;
         let mut done = 0u64;
         let mut tmp = vec![0u8; (len as usize).min(CHUNK)];
         while done < len {
@@ -455,7 +456,7 @@ impl Kernel {
             return Err(EINVAL);
         }
         let iov = crate::net::read_iovecs(m, iov, count)?;
-        if self.fds.is_socket(fd) {
+        if self.p.fds.is_socket(fd) {
             return self.socket_vectored(m, fd, iov, write);
         }
         let mut total = 0i64;
@@ -486,7 +487,7 @@ impl Kernel {
         off: u64,
         whence: u64,
     ) -> Result<i64, i64> {
-        match &self.fds.get(fd)?.kind {
+        match &self.p.fds.get(fd)?.kind {
             FileKind::Host { file, .. } => m
                 .fs_seek(*file, off as i64, whence as i32)
                 .map(|p| p as i64),
@@ -511,7 +512,7 @@ impl Kernel {
     }
 
     fn stat_fd(&self, m: &mut dyn Machine, fd: u64) -> Result<[u8; 144], i64> {
-        match &self.fds.get(fd)?.kind {
+        match &self.p.fds.get(fd)?.kind {
             FileKind::Host { file, .. } => m.fs_stat(*file),
             FileKind::Null => Ok(Self::char_device_stat((1 << 8) | 3)),
             FileKind::Zero => Ok(Self::char_device_stat((1 << 8) | 5)),
@@ -587,7 +588,7 @@ impl Kernel {
         buf: u64,
         len: u64,
     ) -> Result<i64, i64> {
-        let FileKind::Host { file, .. } = self.fds.get(fd)?.kind else {
+        let FileKind::Host { file, .. } = self.p.fds.get(fd)?.kind else {
             return Err(ENOTDIR);
         };
         let mut tmp = vec![0u8; (len as usize).min(CHUNK)];
@@ -606,7 +607,7 @@ impl Kernel {
     ) -> Result<i64, i64> {
         let path = self.at_path(m, dirfd, path)?;
         let target = if path == b"/proc/self/exe" {
-            self.exe.clone()
+            self.p.exe.clone()
         } else {
             m.fs_readlink(&path)?
         };
@@ -637,7 +638,7 @@ impl Kernel {
     }
 
     pub(crate) fn getcwd(&mut self, m: &mut dyn Machine, buf: u64, size: u64) -> Result<i64, i64> {
-        let mut cwd = self.cwd.clone();
+        let mut cwd = self.p.cwd.clone();
         cwd.push(0);
         if (size as usize) < cwd.len() {
             return Err(ERANGE);
@@ -653,14 +654,14 @@ impl Kernel {
         if st_mode & 0o170000 != 0o040000 {
             return Err(ENOTDIR);
         }
-        self.cwd = path;
+        self.p.cwd = path;
         Ok(0)
     }
 
     pub(crate) fn fchdir(&mut self, fd: u64) -> Result<i64, i64> {
-        match &self.fds.get(fd)?.kind {
+        match &self.p.fds.get(fd)?.kind {
             FileKind::Host { path, .. } => {
-                self.cwd = path.clone();
+                self.p.cwd = path.clone();
                 Ok(0)
             }
             _ => Err(ENOTDIR),
@@ -674,7 +675,7 @@ impl Kernel {
         new: Option<u64>,
         cloexec: bool,
     ) -> Result<i64, i64> {
-        let mut f = self.fds.get(old)?.clone();
+        let mut f = self.p.fds.get(old)?.clone();
         f.cloexec = cloexec;
         match new {
             Some(n) if n as usize >= MAX_FDS => Err(EBADF),
@@ -683,14 +684,14 @@ impl Kernel {
                     return Ok(n as i64);
                 }
                 // dup2 closes the target silently; a host file it held stays open if shared.
-                let _ = self.fds.take(n);
-                if self.fds.fds.len() <= n as usize {
-                    self.fds.fds.resize(n as usize + 1, None);
+                let _ = self.p.fds.take(n);
+                if self.p.fds.fds.len() <= n as usize {
+                    self.p.fds.fds.resize(n as usize + 1, None);
                 }
-                self.fds.fds[n as usize] = Some(f);
+                self.p.fds.fds[n as usize] = Some(f);
                 Ok(n as i64)
             }
-            None => self.fds.install(f, min).map(|i| i as i64),
+            None => self.p.fds.install(f, min).map(|i| i as i64),
         }
     }
 
@@ -704,18 +705,18 @@ impl Kernel {
         match cmd {
             F_DUPFD => self.dup(fd, arg as usize, None, false),
             F_DUPFD_CLOEXEC => self.dup(fd, arg as usize, None, true),
-            F_GETFD => Ok(self.fds.get(fd)?.cloexec as i64),
+            F_GETFD => Ok(self.p.fds.get(fd)?.cloexec as i64),
             F_SETFD => {
-                self.fds.get(fd)?;
-                if let Some(Some(f)) = self.fds.fds.get_mut(fd as usize) {
+                self.p.fds.get(fd)?;
+                if let Some(Some(f)) = self.p.fds.fds.get_mut(fd as usize) {
                     f.cloexec = arg & 1 != 0;
                 }
                 Ok(0)
             }
-            F_GETFL => Ok(self.fds.get(fd)?.status_flags as i64),
+            F_GETFL => Ok(self.p.fds.get(fd)?.status_flags as i64),
             F_SETFL => {
-                self.fds.get(fd)?;
-                if let Some(Some(f)) = self.fds.fds.get_mut(fd as u32 as usize) {
+                self.p.fds.get(fd)?;
+                if let Some(Some(f)) = self.p.fds.fds.get_mut(fd as u32 as usize) {
                     // Only O_NONBLOCK (and O_APPEND) change after open.
                     let changeable = O_NONBLOCK | 0o2000;
                     f.status_flags = (f.status_flags & !changeable) | (arg as i32 & changeable);
@@ -744,7 +745,7 @@ impl Kernel {
         let deadline = (timeout_ms >= 0).then(|| m.monotonic_ns() + timeout_ms as u64 * 1_000_000);
         let watches_console = items
             .iter()
-            .any(|&(fd, ev)| fd >= 0 && ev & 0x1 != 0 && self.fds.is_console_input(fd as u64));
+            .any(|&(fd, ev)| fd >= 0 && ev & 0x1 != 0 && self.p.fds.is_console_input(fd as u64));
         loop {
             let left_ms = deadline.map_or(-1, |d| {
                 (d.saturating_sub(m.monotonic_ns()) / 1_000_000) as i64
@@ -786,7 +787,7 @@ impl Kernel {
             if fd < 0 {
                 continue;
             }
-            revents[i] = match self.fds.kind(fd as u64) {
+            revents[i] = match self.p.fds.kind(fd as u64) {
                 Err(_) => POLLNVAL,
                 Ok(FileKind::Socket(s)) => {
                     socks.push((i, (*s, events & POLLIN != 0, events & POLLOUT != 0)));
@@ -924,7 +925,7 @@ impl Kernel {
         const FIOCLEX: u64 = 0x5451;
         const F_SETFD: u64 = 2;
         const F_SETFL: u64 = 4;
-        let f = self.fds.get(fd)?;
+        let f = self.p.fds.get(fd)?;
         let (kind, flags) = (f.kind.clone(), f.status_flags);
         match req & 0xffff_ffff {
             FIONBIO => {

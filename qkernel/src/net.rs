@@ -141,11 +141,11 @@ fn write_sockaddr(
 impl Kernel {
     /// The socket behind `fd` and whether it is non-blocking.
     fn socket_of(&mut self, fd: u64) -> Result<(u32, bool), i64> {
-        let s = match self.fds.kind(fd)? {
+        let s = match self.p.fds.kind(fd)? {
             FileKind::Socket(s) => *s,
             _ => return Err(ENOTSOCK),
         };
-        let nonblocking = self.fds.nonblocking(fd);
+        let nonblocking = self.p.fds.nonblocking(fd);
         Ok((s, self.without_waiting(nonblocking)))
     }
 
@@ -160,7 +160,8 @@ impl Kernel {
         };
         let s = m.net_socket(stream)?;
         let flags = 2 | if ty & SOCK_NONBLOCK != 0 { 0o4000 } else { 0 };
-        self.fds
+        self.p
+            .fds
             .install_kind(FileKind::Socket(s), flags, ty & SOCK_CLOEXEC != 0)
             .inspect_err(|_| m.net_close(s))
     }
@@ -215,6 +216,7 @@ impl Kernel {
             0
         };
         let nfd = self
+            .p
             .fds
             .install_kind(FileKind::Socket(new), status, flags & SOCK_CLOEXEC != 0)
             .inspect_err(|_| m.net_close(new))?;
@@ -229,7 +231,7 @@ impl Kernel {
         addr: u64,
         len: u64,
     ) -> Result<i64, i64> {
-        let nonblocking = self.fds.nonblocking(fd);
+        let nonblocking = self.p.fds.nonblocking(fd);
         self.with_sockaddr(m, fd, addr, len, |m, s, ip, port| {
             m.net_connect(s, ip, port, nonblocking)
         })

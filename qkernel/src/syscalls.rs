@@ -95,7 +95,7 @@ fn zero(m: &mut dyn Machine, va: u64, len: u64) -> Result<(), i64> {
 /// The mmap area: which ranges are mapped (and whether their pages are present) and which
 /// present ranges were unmapped and can be handed out again.
 #[derive(Debug, Default)]
-struct AddressSpace {
+pub(crate) struct AddressSpace {
     /// start -> (end, pages present)
     regions: std::collections::BTreeMap<u64, (u64, bool)>,
     /// Unmapped ranges whose pages are still present, reused by later mmaps.
@@ -147,27 +147,62 @@ impl AddressSpace {
     }
 }
 
-/// The kernel state of one single-threaded process (the process model comes later).
+/// The state of one process: what fork copies and exec resets.
 #[derive(Debug)]
-pub struct Kernel {
+pub(crate) struct Proc {
     pub(crate) fds: FdTable,
     pub(crate) epolls: Vec<Option<crate::epoll::EpollSet>>,
     /// Working directory and the program's path, absolute paths in the root.
     pub(crate) cwd: Vec<u8>,
     pub(crate) exe: Vec<u8>,
     /// The thread name (`comm`): the program's file name, up to 15 bytes.
-    comm: Vec<u8>,
+    pub(crate) comm: Vec<u8>,
     /// Signal dispositions (`struct kernel_sigaction`, 32 bytes each) and the blocked mask,
-    /// recorded for the app; delivery comes with the process model.
-    sigactions: [[u8; 32]; 64],
-    sigmask: u64,
-    brk_start: u64,
-    brk: u64,
+    /// recorded for the app; delivery is not there yet.
+    pub(crate) sigactions: [[u8; 32]; 64],
+    pub(crate) sigmask: u64,
+    pub(crate) brk_start: u64,
+    pub(crate) brk: u64,
     /// Heap pages are mapped up to here.
-    brk_mapped: u64,
-    mmap_next: u64,
-    vm: AddressSpace,
-    pid: i64,
+    pub(crate) brk_mapped: u64,
+    pub(crate) mmap_next: u64,
+    pub(crate) vm: AddressSpace,
+    pub(crate) pid: i64,
+}
+
+impl Proc {
+    /// Process `pid` running the program at `exe`, its heap starting at `brk`.
+    pub(crate) fn new(pid: i64, brk: u64, exe: &[u8], cwd: Vec<u8>, fds: FdTable) -> Proc {
+        Proc {
+            fds,
+            epolls: Vec::new(),
+            cwd,
+            exe: exe.to_vec(),
+            comm: exe
+                .rsplit(|b| *b == b'/')
+                .next()
+                .unwrap_or(exe)
+                .iter()
+                .take(15)
+                .copied()
+                .collect(),
+            sigactions: [[0; 32]; 64],
+            sigmask: 0,
+            brk_start: brk,
+            brk,
+            brk_mapped: brk,
+            mmap_next: MMAP_TOP,
+            vm: AddressSpace::default(),
+            pid,
+        }
+    }
+}
+
+/// The kernel of one container: the running process, and (later) the others.
+#[derive(Debug)]
+pub struct Kernel {
+    /// The process whose syscall is being served.
+    pub(crate) p: Proc,
     /// Serving a call that must not wait (see [`Kernel::try_syscall_nowait`]).
     nowait: bool,
     /// In `nowait`, a blocking descriptor was treated as non-blocking.
@@ -181,25 +216,13 @@ impl Kernel {
     /// `brk`, started in `cwd`.
     pub fn new(brk: u64, exe: &str, cwd: &str) -> Self {
         Kernel {
-            fds: FdTable::default(),
-            epolls: Vec::new(),
-            cwd: cwd.as_bytes().to_vec(),
-            exe: exe.as_bytes().to_vec(),
-            comm: exe
-                .rsplit('/')
-                .next()
-                .unwrap_or(exe)
-                .bytes()
-                .take(15)
-                .collect(),
-            sigactions: [[0; 32]; 64],
-            sigmask: 0,
-            brk_start: brk,
-            brk,
-            brk_mapped: brk,
-            mmap_next: MMAP_TOP,
-            vm: AddressSpace::default(),
-            pid: 1,
+            p: Proc::new(
+                1,
+                brk,
+                exe.as_bytes(),
+                cwd.as_bytes().to_vec(),
+                FdTable::default(),
+            ),
             nowait: false,
             forced_nonblocking: false,
             would_block: false,
@@ -214,11 +237,11 @@ impl Kernel {
             202 => call.args[3] != 0,      // futex with a timeout
             7 => call.args[2] as i32 != 0, // poll with a timeout
             0 | 17 | 19 => {
-                self.fds.is_console_input(call.args[0]) || self.fds.is_socket(call.args[0])
+                self.p.fds.is_console_input(call.args[0]) || self.p.fds.is_socket(call.args[0])
             }
             // Everything on a socket may wait for the network.
             1 | 18 | 20 | 42 | 43 | 44 | 45 | 46 | 47 | 48 | 288 | 299 | 307 => {
-                self.fds.is_socket(call.args[0])
+                self.p.fds.is_socket(call.args[0])
             }
             _ => false,
         }
@@ -238,7 +261,7 @@ impl Kernel {
             // call as a blocking one (it starts the connection either way).
             35 | 230 | 202 | 42 => return None,
             // Console input has no readiness to ask the host about here.
-            0 | 17 | 19 if self.fds.is_console_input(call.args[0]) => return None,
+            0 | 17 | 19 if self.p.fds.is_console_input(call.args[0]) => return None,
             _ => {}
         }
         self.nowait = true;
@@ -312,7 +335,7 @@ impl Kernel {
             32 => self.dup(a0, 0, None, false),
             33 => self.dup(a0, 0, Some(a1), false),
             35 => self.nanosleep(m, a0),
-            39 | 186 => Ok(self.pid), // getpid, gettid
+            39 | 186 => Ok(self.p.pid), // getpid, gettid
             41 => self.socket(m, a0, a1),
             42 => self.connect(m, a0, a1, a2),
             43 => self.accept(m, a0, a1, a2, 0),
@@ -355,12 +378,12 @@ impl Kernel {
             99 => self.sysinfo(m, a0),
             102 | 104 | 107 | 108 => Ok(0), // getuid, getgid, geteuid, getegid: root inside
             110 => Ok(0),                   // getppid: the container's init has no parent inside
-            111 => Ok(self.pid),            // getpgrp
+            111 => Ok(self.p.pid),          // getpgrp
             157 => self.prctl(m, a0, a1),
             158 => self.arch_prctl(m, a0, a1),
             201 => self.time(m, a0),
             217 => self.getdents64(m, a0, a1, a2),
-            218 => Ok(self.pid), // set_tid_address
+            218 => Ok(self.p.pid), // set_tid_address
             228 => self.clock_gettime(m, a0, a1),
             230 => self.clock_nanosleep(m, a0, a1, a2),
             257 => self.openat(m, a0, a1, a2, a3),
@@ -372,8 +395,8 @@ impl Kernel {
             // kill, tkill, tgkill: the target (pid, tid, or both) and the signal.
             62 | 200 | 234 => {
                 let (to_self, sig) = match call.nr {
-                    234 => (a0 as i64 == self.pid && a1 as i64 == self.pid, a2),
-                    _ => (a0 as i64 == self.pid, a1),
+                    234 => (a0 as i64 == self.p.pid && a1 as i64 == self.p.pid, a2),
+                    _ => (a0 as i64 == self.p.pid, a1),
                 };
                 match self.raise(to_self, sig) {
                     Ok(Some(sig)) => return SyscallOutcome::Killed(sig),
@@ -403,23 +426,23 @@ impl Kernel {
     }
 
     fn brk(&mut self, m: &mut dyn Machine, want: u64) -> u64 {
-        if want < self.brk_start || want >= MMAP_TOP {
-            return self.brk;
+        if want < self.p.brk_start || want >= MMAP_TOP {
+            return self.p.brk;
         }
         let need = want.div_ceil(PAGE) * PAGE;
-        if need > self.brk_mapped {
+        if need > self.p.brk_mapped {
             let rw = PageFlags {
                 write: true,
                 exec: false,
             };
-            if m.map_zeroed(self.brk_mapped, need - self.brk_mapped, rw)
+            if m.map_zeroed(self.p.brk_mapped, need - self.p.brk_mapped, rw)
                 .is_err()
             {
-                return self.brk; // Linux reports failure by returning the old break.
+                return self.p.brk; // Linux reports failure by returning the old break.
             }
-            self.brk_mapped = need;
+            self.p.brk_mapped = need;
         }
-        self.brk = want;
+        self.p.brk = want;
         want
     }
 
@@ -447,31 +470,31 @@ impl Kernel {
             if addr % PAGE != 0 || addr.checked_add(len).is_none_or(|e| e > USER_END) {
                 return Err(EINVAL);
             }
-            self.vm.remove(addr, addr + len);
+            self.p.vm.remove(addr, addr + len);
             if populate {
                 self.populate(m, addr, len)?;
             }
-            self.vm.insert(addr, addr + len, populate);
+            self.p.vm.insert(addr, addr + len, populate);
             return Ok(addr as i64);
         }
         if populate {
-            if let Some(va) = self.vm.take_free(len) {
+            if let Some(va) = self.p.vm.take_free(len) {
                 // Pages that were unmapped keep their (present) entries; zero them for reuse.
                 zero(m, va, len)?;
-                self.vm.insert(va, va + len, true);
+                self.p.vm.insert(va, va + len, true);
                 return Ok(va as i64);
             }
         }
-        let va = self.mmap_next.checked_sub(len).ok_or(ENOMEM)?;
-        if va <= self.brk_mapped + (64 << 20) {
+        let va = self.p.mmap_next.checked_sub(len).ok_or(ENOMEM)?;
+        if va <= self.p.brk_mapped + (64 << 20) {
             return Err(ENOMEM);
         }
-        self.mmap_next = va - PAGE; // a guard page between mappings
+        self.p.mmap_next = va - PAGE; // a guard page between mappings
         if populate {
             m.map_zeroed(va, len, anon_flags(prot))
                 .map_err(|_| ENOMEM)?;
         }
-        self.vm.insert(va, va + len, populate);
+        self.p.vm.insert(va, va + len, populate);
         Ok(va as i64)
     }
 
@@ -493,9 +516,9 @@ impl Kernel {
             return Err(EINVAL);
         }
         let end = addr + len.div_ceil(PAGE) * PAGE;
-        for (s, e, present) in self.vm.remove(addr, end) {
+        for (s, e, present) in self.p.vm.remove(addr, end) {
             if present {
-                self.vm.free(s, e);
+                self.p.vm.free(s, e);
             }
         }
         Ok(0)
@@ -516,12 +539,12 @@ impl Kernel {
         }
         let end = addr + len.div_ceil(PAGE) * PAGE;
         // Reserved (PROT_NONE) parts become real memory now; the rest keeps its pages.
-        for (s, e, present) in self.vm.remove(addr, end) {
+        for (s, e, present) in self.p.vm.remove(addr, end) {
             if !present {
                 m.map_zeroed(s, e - s, anon_flags(prot))
                     .map_err(|_| ENOMEM)?;
             }
-            self.vm.insert(s, e, true);
+            self.p.vm.insert(s, e, true);
         }
         Ok(0)
     }
@@ -557,13 +580,13 @@ impl Kernel {
                 let mut name = [0u8; 16];
                 m.read(arg, &mut name).map_err(|_| EFAULT)?;
                 let end = name.iter().position(|&b| b == 0).unwrap_or(15).min(15);
-                self.comm = name[..end].to_vec();
+                self.p.comm = name[..end].to_vec();
                 Ok(0)
             }
             PR_GET_NAME => {
                 let mut name = [0u8; 16];
-                let n = self.comm.len().min(15);
-                name[..n].copy_from_slice(&self.comm[..n]);
+                let n = self.p.comm.len().min(15);
+                name[..n].copy_from_slice(&self.p.comm[..n]);
                 m.write(arg, &name).map_err(|_| EFAULT)?;
                 Ok(0)
             }
@@ -634,14 +657,14 @@ impl Kernel {
             return Err(EINVAL);
         }
         let slot = (sig - 1) as usize;
-        let previous = self.sigactions[slot];
+        let previous = self.p.sigactions[slot];
         if act != 0 {
             if sig == SIGKILL || sig == SIGSTOP {
                 return Err(EINVAL);
             }
             let mut new = [0u8; 32];
             m.read(act, &mut new).map_err(|_| EFAULT)?;
-            self.sigactions[slot] = new;
+            self.p.sigactions[slot] = new;
         }
         if old != 0 {
             m.write(old, &previous).map_err(|_| EFAULT)?;
@@ -662,14 +685,14 @@ impl Kernel {
         if size != 8 {
             return Err(EINVAL);
         }
-        let previous = self.sigmask;
+        let previous = self.p.sigmask;
         if set != 0 {
             let mut b = [0u8; 8];
             m.read(set, &mut b).map_err(|_| EFAULT)?;
             let v = u64::from_le_bytes(b);
-            self.sigmask = match how {
-                0 => self.sigmask | v,
-                1 => self.sigmask & !v,
+            self.p.sigmask = match how {
+                0 => self.p.sigmask | v,
+                1 => self.p.sigmask & !v,
                 2 => v,
                 _ => return Err(EINVAL),
             } & !UNBLOCKABLE;
@@ -740,7 +763,7 @@ impl Kernel {
         // SIGCHLD, SIGCONT, SIGURG, SIGWINCH are ignored by default; stop signals are treated
         // as ignored (there is nobody to continue the app).
         const IGNORED: [u64; 8] = [17, 18, 23, 28, 19, 20, 21, 22];
-        let slot = &self.sigactions[(sig - 1) as usize];
+        let slot = &self.p.sigactions[(sig - 1) as usize];
         let handler = u64::from_le_bytes(slot[..8].try_into().unwrap_or_default());
         if handler == SIG_IGN || IGNORED.contains(&sig) {
             return Ok(None);

@@ -5,6 +5,12 @@
 //! allocator; page tables are built here, in guest memory that no guest-virtual address maps,
 //! so the app can never read or write them. Only not-present -> present changes are made to
 //! live tables: this host's shadow MMU does not see a host write to a present entry.
+//!
+//! Each process has an address space of its own: a root table whose user half (entries
+//! 0-255) is its own and whose kernel half (256-511: descriptor tables, the syscall stub and
+//! mailbox) points at the tables every root shares. A released space gives its data pages
+//! back (zeroed when reused); its table pages are never reused, because the shadow MMU may
+//! still hold them as page tables and would not see new contents written from the host.
 
 use std::io;
 use std::ptr::NonNull;
@@ -22,7 +28,14 @@ pub struct GuestMemory {
     ptr: NonNull<u8>,
     size: u64,
     next_free: u64,
+    /// The root of the address space accesses go through (the running process's).
     pub pml4: u64,
+    /// The first root, whose kernel half every later root shares.
+    kernel_root: u64,
+    /// Data pages of released spaces, ready to be zeroed and reused.
+    free: Vec<u64>,
+    /// Table pages of released spaces, kept out of use for good (see the module doc).
+    retired_tables: u64,
 }
 
 // SAFETY: the mapping is owned by this struct; the vCPU thread is its only user.
@@ -52,10 +65,14 @@ impl GuestMemory {
             // Guest-physical page 0 stays unused, so a zero entry never looks like a table.
             next_free: PAGE,
             pml4: 0,
+            kernel_root: 0,
+            free: Vec::new(),
+            retired_tables: 0,
         };
         mem.pml4 = mem
             .alloc_page()
             .map_err(|_| io::Error::other("guest memory too small"))?;
+        mem.kernel_root = mem.pml4;
         Ok(mem)
     }
 
@@ -72,13 +89,119 @@ impl GuestMemory {
         self.next_free
     }
 
+    /// Bytes of guest-physical memory holding table pages of released spaces.
+    pub fn retired_tables(&self) -> u64 {
+        self.retired_tables * PAGE
+    }
+
     fn alloc_page(&mut self) -> Result<u64, Fault> {
+        if let Some(gpa) = self.free.pop() {
+            let p = self.phys(gpa, PAGE).ok_or(Fault { addr: 0 })?;
+            // SAFETY: one whole page inside the mapping; a reused page must read as zero.
+            unsafe { std::ptr::write_bytes(p, 0, PAGE as usize) };
+            return Ok(gpa);
+        }
         if self.next_free + PAGE > self.size {
             return Err(Fault { addr: 0 });
         }
         let gpa = self.next_free;
         self.next_free += PAGE;
         Ok(gpa) // fresh anonymous memory is zero
+    }
+
+    /// A new address space with an empty user half; accesses still go to the current one.
+    pub fn new_space(&mut self) -> Result<u64, Fault> {
+        let root = self.alloc_page()?;
+        for i in 256..512 {
+            let e = self.entry(self.kernel_root + i * 8);
+            self.set_entry(root + i * 8, e);
+        }
+        Ok(root)
+    }
+
+    /// The present user leaves of `root`: (virtual address, entry).
+    fn user_leaves(&self, root: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let table_of = |e: u64| (e & P != 0).then_some(e & ADDR);
+        for i4 in 0..256u64 {
+            let Some(pdpt) = table_of(self.entry(root + i4 * 8)) else {
+                continue;
+            };
+            for i3 in 0..512u64 {
+                let Some(pd) = table_of(self.entry(pdpt + i3 * 8)) else {
+                    continue;
+                };
+                for i2 in 0..512u64 {
+                    let Some(pt) = table_of(self.entry(pd + i2 * 8)) else {
+                        continue;
+                    };
+                    for i1 in 0..512u64 {
+                        let e = self.entry(pt + i1 * 8);
+                        if e & P != 0 {
+                            let va = (i4 << 39) | (i3 << 30) | (i2 << 21) | (i1 << 12);
+                            out.push((va, e));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// A copy of address space `src`: every user page copied into a page of its own (fork;
+    /// the shadow MMU rules out copy-on-write, see the module doc).
+    pub fn clone_space(&mut self, src: u64) -> Result<u64, Fault> {
+        let root = self.new_space()?;
+        let current = std::mem::replace(&mut self.pml4, root);
+        let copied = (|| {
+            for (va, e) in self.user_leaves(src) {
+                let leaf = self.leaf(va, true)?.ok_or(Fault { addr: va })?;
+                let gpa = self.alloc_page()?;
+                let (from, to) = (
+                    self.phys(e & ADDR, PAGE).ok_or(Fault { addr: va })?,
+                    self.phys(gpa, PAGE).ok_or(Fault { addr: va })?,
+                );
+                // SAFETY: two distinct whole pages inside the mapping.
+                unsafe { std::ptr::copy_nonoverlapping(from, to, PAGE as usize) };
+                self.set_entry(leaf, gpa | (e & !ADDR));
+            }
+            Ok(())
+        })();
+        self.pml4 = current;
+        if let Err(f) = copied {
+            self.release_space(root);
+            return Err(f);
+        }
+        Ok(root)
+    }
+
+    /// Gives back the pages of address space `root`, which no vCPU runs any more.
+    pub fn release_space(&mut self, root: u64) {
+        debug_assert!(root != self.kernel_root && root != self.pml4);
+        let leaves = self.user_leaves(root);
+        self.free.extend(leaves.iter().map(|(_, e)| e & ADDR));
+        // Count the tables retired with it: the root and every table under its user half.
+        let mut tables = 1;
+        for i4 in 0..256u64 {
+            let e4 = self.entry(root + i4 * 8);
+            if e4 & P == 0 {
+                continue;
+            }
+            tables += 1;
+            for i3 in 0..512u64 {
+                let e3 = self.entry((e4 & ADDR) + i3 * 8);
+                if e3 & P == 0 {
+                    continue;
+                }
+                tables += 1;
+                for i2 in 0..512u64 {
+                    if self.entry((e3 & ADDR) + i2 * 8) & P != 0 {
+                        tables += 1;
+                    }
+                }
+            }
+        }
+        self.retired_tables += tables;
     }
 
     /// The host bytes of guest-physical `[gpa, gpa + len)`, bounds-checked.
@@ -259,6 +382,36 @@ mod tests {
             m.read_user(0xffff_ff00_0000_0000, &mut b).is_err(),
             "U=0 is not user memory"
         );
+    }
+
+    #[test]
+    fn a_cloned_space_is_a_private_copy_and_released_pages_come_back_zeroed() {
+        let mut m = GuestMemory::new(16 << 20).unwrap();
+        m.map_supervisor(0xffff_ff00_0000_0000, PAGE).unwrap();
+        m.map_user(0x40_0000, 2 * PAGE, RW).unwrap();
+        m.write_user(0x40_0000, b"parent").unwrap();
+        let parent = m.pml4;
+        let child = m.clone_space(parent).unwrap();
+        m.pml4 = child;
+        let mut b = [0u8; 6];
+        m.read_user(0x40_0000, &mut b).unwrap();
+        assert_eq!(&b, b"parent");
+        m.write_user(0x40_0000, b"child!").unwrap();
+        assert!(
+            m.translate(0xffff_ff00_0000_0000).is_some(),
+            "kernel half shared"
+        );
+        m.pml4 = parent;
+        m.read_user(0x40_0000, &mut b).unwrap();
+        assert_eq!(&b, b"parent", "the parent's page is its own");
+        m.release_space(child);
+        assert!(m.retired_tables() >= 4 * PAGE);
+        // The child's two pages come back, zeroed.
+        let fresh = m.new_space().unwrap();
+        m.pml4 = fresh;
+        m.map_user(0x80_0000, PAGE, RW).unwrap();
+        m.read_user(0x80_0000, &mut b).unwrap();
+        assert_eq!(b, [0; 6]);
     }
 
     #[test]
