@@ -19,7 +19,7 @@ const EVENT_SIZE: usize = 12;
 const MAX_EVENTS: u64 = 4096;
 
 /// One epoll instance: fd -> (events, data).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct EpollSet {
     entries: BTreeMap<i32, (u32, u64)>,
 }

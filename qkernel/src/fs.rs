@@ -39,6 +39,9 @@ pub enum FileKind {
     Socket(crate::machine::SocketId),
     /// An epoll instance (an index into the kernel's epoll sets).
     Epoll(u32),
+    /// The read and the write end of a pipe (an index into the kernel's pipes).
+    PipeRead(u32),
+    PipeWrite(u32),
 }
 
 #[derive(Debug, Clone)]
@@ -49,7 +52,7 @@ struct Fd {
 }
 
 /// The descriptor table of a process.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct FdTable {
     fds: Vec<Option<Fd>>,
 }
@@ -94,6 +97,17 @@ impl FdTable {
 
     fn take(&mut self, fd: u64) -> Option<Fd> {
         self.fds.get_mut(fd as u32 as usize).and_then(Option::take)
+    }
+
+    /// Forgets a descriptor without closing what it refers to (undoing an install).
+    pub(crate) fn take_fd(&mut self, fd: u64) -> Option<FileKind> {
+        self.take(fd).map(|f| f.kind)
+    }
+
+    /// Whether `fd` is an end of a pipe (its calls may wait for another process).
+    pub fn is_pipe(&self, fd: u64) -> bool {
+        self.get(fd)
+            .is_ok_and(|f| matches!(f.kind, FileKind::PipeRead(_) | FileKind::PipeWrite(_)))
     }
 
     pub(crate) fn kind(&self, fd: u64) -> Result<&FileKind, i64> {
@@ -147,6 +161,31 @@ impl FdTable {
             .iter()
             .flatten()
             .any(|f| matches!(f.kind, FileKind::Host { file: h, .. } if h == file))
+    }
+
+    /// Whether a descriptor refers to the open file or socket `kind` names.
+    pub(crate) fn refers_to(&self, kind: &FileKind) -> bool {
+        self.fds.iter().flatten().any(|f| match (&f.kind, kind) {
+            (FileKind::Host { file: a, .. }, FileKind::Host { file: b, .. }) => a == b,
+            (FileKind::Socket(a), FileKind::Socket(b)) => a == b,
+            (FileKind::PipeRead(a), FileKind::PipeRead(b)) => a == b,
+            (FileKind::PipeWrite(a), FileKind::PipeWrite(b)) => a == b,
+            _ => false,
+        })
+    }
+
+    /// The numbers of every open descriptor.
+    pub(crate) fn open_fds(&self) -> Vec<u64> {
+        (0..self.fds.len() as u64)
+            .filter(|&i| self.fds[i as usize].is_some())
+            .collect()
+    }
+
+    /// The numbers of the descriptors exec closes.
+    pub(crate) fn cloexec_fds(&self) -> Vec<u64> {
+        (0..self.fds.len() as u64)
+            .filter(|&i| self.fds[i as usize].as_ref().is_some_and(|f| f.cloexec))
+            .collect()
     }
 }
 
@@ -252,7 +291,7 @@ fn device(path: &[u8]) -> Option<FileKind> {
 
 impl Kernel {
     /// The absolute path for `path` relative to `dirfd`.
-    fn at_path(&self, m: &dyn Machine, dirfd: u64, path: u64) -> Result<Vec<u8>, i64> {
+    pub(crate) fn at_path(&self, m: &dyn Machine, dirfd: u64, path: u64) -> Result<Vec<u8>, i64> {
         let rel = read_path(m, path)?;
         if rel.is_empty() {
             return Err(ENOENT);
@@ -312,9 +351,13 @@ impl Kernel {
 
     pub(crate) fn close(&mut self, m: &mut dyn Machine, fd: u64) -> Result<i64, i64> {
         let f = self.p.fds.take(fd).ok_or(EBADF)?;
+        // Another process (after fork) may hold the same open file.
+        let elsewhere = self.held_elsewhere(&f.kind);
         match f.kind {
-            FileKind::Host { file, .. } if !self.p.fds.shared(file) => m.fs_close(file),
-            FileKind::Socket(s) if !self.p.fds.shares_socket(s) => m.net_close(s),
+            FileKind::Host { file, .. } if !self.p.fds.shared(file) && !elsewhere => {
+                m.fs_close(file)
+            }
+            FileKind::Socket(s) if !self.p.fds.shares_socket(s) && !elsewhere => m.net_close(s),
             FileKind::Epoll(id)
                 if !self
                     .p
@@ -326,6 +369,7 @@ impl Kernel {
             {
                 self.drop_epoll(id)
             }
+            FileKind::PipeRead(id) | FileKind::PipeWrite(id) => self.pipe_end_closed(id),
             _ => {}
         }
         self.forget_in_epolls(fd as i32);
@@ -362,7 +406,11 @@ impl Kernel {
                 let (s, nonblocking) = (*s, f.status_flags & O_NONBLOCK != 0);
                 m.net_recv(s, buf, self.without_waiting(nonblocking))
             }
-            FileKind::Epoll(_) => Err(EINVAL),
+            FileKind::PipeRead(id) => {
+                let (id, nonblocking) = (*id, f.status_flags & O_NONBLOCK != 0);
+                self.pipe_read(id, buf, nonblocking)
+            }
+            FileKind::Epoll(_) | FileKind::PipeWrite(_) => Err(EINVAL),
         }
     }
 
@@ -393,7 +441,12 @@ impl Kernel {
                 let (s, nonblocking) = (*s, f.status_flags & O_NONBLOCK != 0);
                 m.net_send(s, buf, self.without_waiting(nonblocking))
             }
-            FileKind::Epoll(_) => Err(EINVAL),
+            FileKind::PipeWrite(id) => {
+                let (id, nonblocking) = (*id, f.status_flags & O_NONBLOCK != 0);
+                self.pipe_write(id, buf, nonblocking)?
+                    .ok_or(crate::pipe::ESIGPIPE)
+            }
+            FileKind::Epoll(_) | FileKind::PipeRead(_) => Err(EINVAL),
         }
     }
 
@@ -526,6 +579,11 @@ impl Kernel {
             FileKind::Epoll(_) => {
                 let mut st = Self::char_device_stat(0);
                 st[24..28].copy_from_slice(&0o000600u32.to_le_bytes()); // anonymous inode
+                Ok(st)
+            }
+            FileKind::PipeRead(_) | FileKind::PipeWrite(_) => {
+                let mut st = Self::char_device_stat(0);
+                st[24..28].copy_from_slice(&0o010600u32.to_le_bytes()); // S_IFIFO
                 Ok(st)
             }
         }
@@ -794,6 +852,24 @@ impl Kernel {
                     0
                 }
                 Ok(FileKind::Epoll(_)) => 0, // nested epoll sets report nothing yet
+                Ok(k @ (FileKind::PipeRead(_) | FileKind::PipeWrite(_))) => {
+                    let (readable, writable, hangup) = self.pipe_state(k);
+                    let mut r = 0;
+                    if readable {
+                        r |= events & (POLLIN | 0x40);
+                    }
+                    if writable {
+                        r |= events & (POLLOUT | 0x100);
+                    }
+                    if hangup {
+                        r |= if matches!(k, FileKind::PipeRead(_)) {
+                            POLLHUP
+                        } else {
+                            POLLERR
+                        };
+                    }
+                    r
+                }
                 Ok(FileKind::Stdin) if !m.console_readable() => events & !(POLLIN | 0x40) & READY,
                 Ok(_) => events & READY,
             };

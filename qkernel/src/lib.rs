@@ -11,11 +11,15 @@ mod epoll;
 mod fs;
 mod machine;
 mod net;
+mod pipe;
+mod process;
 mod syscalls;
 pub mod sysnames;
 
 pub use elf::{load_static, ElfError, Loaded};
-pub use machine::{Fault, HostFile, Machine, PageFlags, RawStat, SocketId, SocketReady};
+pub use machine::{
+    Fault, HostFile, Machine, PageFlags, RawStat, SocketId, SocketReady, SpaceId, UserRegs,
+};
 pub use syscalls::{Kernel, SyscallArgs, SyscallOutcome};
 
 /// Linux errno values returned to the app (as `-errno`).
@@ -23,6 +27,9 @@ pub mod errno {
     pub const EPERM: i64 = 1;
     pub const ENOENT: i64 = 2;
     pub const ESRCH: i64 = 3;
+    pub const E2BIG: i64 = 7;
+    pub const ENOEXEC: i64 = 8;
+    pub const ECHILD: i64 = 10;
     pub const EINTR: i64 = 4;
     pub const EIO: i64 = 5;
     pub const EBADF: i64 = 9;
@@ -36,6 +43,7 @@ pub mod errno {
     pub const ENOTTY: i64 = 25;
     pub const ESPIPE: i64 = 29;
     pub const EROFS: i64 = 30;
+    pub const EPIPE: i64 = 32;
     pub const ERANGE: i64 = 34;
     pub const ENAMETOOLONG: i64 = 36;
     pub const ENOSYS: i64 = 38;

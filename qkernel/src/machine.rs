@@ -25,6 +25,35 @@ pub type SocketId = u32;
 /// Linux `struct stat` as x86-64 lays it out (144 bytes), copied to the app unchanged.
 pub type RawStat = [u8; 144];
 
+/// The app's user-mode registers at a syscall, as the platform saw them: `rip`, `rsp` and
+/// `rflags` are where the app resumes (the instruction after `syscall`), `rax` the syscall
+/// number, the argument registers untouched.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserRegs {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub rsp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    pub rip: u64,
+    pub rflags: u64,
+    pub fs_base: u64,
+}
+
+/// An address space of the platform (one per process): an opaque handle.
+pub type SpaceId = u64;
+
 /// What qkernel needs from the platform. Every address is a guest-virtual address of the app;
 /// implementations check every access against the app's mappings and never reach memory
 /// outside the guest.
@@ -159,6 +188,40 @@ pub trait Machine {
         Err(9)
     }
     fn net_close(&mut self, _s: SocketId) {}
+
+    // Processes. A platform that runs one program only keeps the defaults: fork and exec
+    // then fail with ENOSYS.
+
+    /// The registers of the app at the syscall being served.
+    fn user_regs(&self) -> UserRegs {
+        UserRegs::default()
+    }
+    /// Resumes the app with `regs` (another process's, or a call to run again) instead of
+    /// returning a value; the kernel returns [`crate::SyscallOutcome::Resume`].
+    fn set_user_regs(&mut self, _regs: &UserRegs) {}
+    /// The app's FPU/SSE/AVX state, opaque to the kernel, and putting one back.
+    fn fpu_state(&mut self) -> Result<Vec<u8>, i64> {
+        Err(38)
+    }
+    fn set_fpu_state(&mut self, _state: &[u8]) -> Result<(), i64> {
+        Err(38)
+    }
+    /// The address space accesses and the app use now.
+    fn space_current(&self) -> SpaceId {
+        0
+    }
+    /// A copy of the current address space (fork), not switched to.
+    fn space_clone(&mut self) -> Result<SpaceId, i64> {
+        Err(38)
+    }
+    /// A new empty address space (exec), not switched to.
+    fn space_new(&mut self) -> Result<SpaceId, i64> {
+        Err(38)
+    }
+    /// Makes `space` the current one, for the kernel's accesses and for the app.
+    fn space_switch(&mut self, _space: SpaceId) {}
+    /// Gives back an address space that is not current.
+    fn space_release(&mut self, _space: SpaceId) {}
     /// Waits until one of `socks` is ready for what it wants (`want_in`, `want_out`), or
     /// `timeout_ms` passes (0: just look; negative: no limit). Returns each socket's state.
     fn net_poll(

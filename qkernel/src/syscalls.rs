@@ -29,6 +29,9 @@ pub enum SyscallOutcome {
     Exit(i32),
     /// The app was killed by this signal (it raised a signal whose action is to terminate).
     Killed(i32),
+    /// Resume the app with the registers the kernel set (`Machine::set_user_regs`): another
+    /// process, a new program, or a call to run again.
+    Resume,
 }
 
 const PROT_NONE: u64 = 0;
@@ -94,7 +97,7 @@ fn zero(m: &mut dyn Machine, va: u64, len: u64) -> Result<(), i64> {
 
 /// The mmap area: which ranges are mapped (and whether their pages are present) and which
 /// present ranges were unmapped and can be handed out again.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct AddressSpace {
     /// start -> (end, pages present)
     regions: std::collections::BTreeMap<u64, (u64, bool)>,
@@ -168,6 +171,13 @@ pub(crate) struct Proc {
     pub(crate) mmap_next: u64,
     pub(crate) vm: AddressSpace,
     pub(crate) pid: i64,
+    pub(crate) ppid: i64,
+    pub(crate) pgid: i64,
+    pub(crate) sid: i64,
+    /// The platform's address space of this process (0: the first one, not yet asked for).
+    pub(crate) space: crate::machine::SpaceId,
+    /// The space is its vfork parent's, lent until exec or exit: never released by this one.
+    pub(crate) borrowed_space: bool,
 }
 
 impl Proc {
@@ -194,6 +204,55 @@ impl Proc {
             mmap_next: MMAP_TOP,
             vm: AddressSpace::default(),
             pid,
+            ppid: 0,
+            pgid: pid,
+            sid: pid,
+            space: 0,
+            borrowed_space: false,
+        }
+    }
+
+    /// The child of a fork: a copy of this process as pid `pid` in address space `space`.
+    pub(crate) fn fork_copy(&self, pid: i64, space: crate::machine::SpaceId) -> Proc {
+        Proc {
+            fds: self.fds.clone(),
+            epolls: self.epolls.clone(),
+            cwd: self.cwd.clone(),
+            exe: self.exe.clone(),
+            comm: self.comm.clone(),
+            sigactions: self.sigactions,
+            sigmask: self.sigmask,
+            brk_start: self.brk_start,
+            brk: self.brk,
+            brk_mapped: self.brk_mapped,
+            mmap_next: self.mmap_next,
+            vm: self.vm.clone(),
+            pid,
+            ppid: self.pid,
+            pgid: self.pgid,
+            sid: self.sid,
+            space,
+            borrowed_space: false,
+        }
+    }
+
+    /// What exec resets: the program, its heap and mappings, handled signals (back to their
+    /// default; ignored ones stay ignored).
+    pub(crate) fn exec_reset(&mut self, exe: &[u8], brk: u64) {
+        let fresh = Proc::new(self.pid, brk, exe, Vec::new(), FdTable::default());
+        self.exe = fresh.exe;
+        self.comm = fresh.comm;
+        self.brk_start = brk;
+        self.brk = brk;
+        self.brk_mapped = brk;
+        self.mmap_next = fresh.mmap_next;
+        self.vm = fresh.vm;
+        const SIG_IGN: u64 = 1;
+        for action in self.sigactions.iter_mut() {
+            let handler = u64::from_le_bytes(action[..8].try_into().unwrap_or_default());
+            if handler != SIG_IGN {
+                *action = [0; 32];
+            }
         }
     }
 }
@@ -203,6 +262,12 @@ impl Proc {
 pub struct Kernel {
     /// The process whose syscall is being served.
     pub(crate) p: Proc,
+    /// The other processes.
+    pub(crate) procs: crate::process::ProcTable,
+    /// Program images exec read recently.
+    pub(crate) images: crate::process::ImageCache,
+    /// Pipes, shared by every process holding an end.
+    pub(crate) pipes: Vec<Option<crate::pipe::Pipe>>,
     /// Serving a call that must not wait (see [`Kernel::try_syscall_nowait`]).
     nowait: bool,
     /// In `nowait`, a blocking descriptor was treated as non-blocking.
@@ -223,6 +288,9 @@ impl Kernel {
                 cwd.as_bytes().to_vec(),
                 FdTable::default(),
             ),
+            procs: Default::default(),
+            pipes: Vec::new(),
+            images: Default::default(),
             nowait: false,
             forced_nonblocking: false,
             would_block: false,
@@ -233,14 +301,20 @@ impl Kernel {
     /// with a timeout): the platform serves those where waiting costs no spinning thread.
     pub fn may_block(&self, call: &SyscallArgs) -> bool {
         match call.nr {
+            // Process calls switch registers and address spaces: only the vCPU can.
+            56 | 57 | 58 | 59 | 60 | 61 | 62 | 200 | 231 | 234 | 247 | 322 => true,
             35 | 230 => true,              // nanosleep, clock_nanosleep
             202 => call.args[3] != 0,      // futex with a timeout
             7 => call.args[2] as i32 != 0, // poll with a timeout
             0 | 17 | 19 => {
-                self.p.fds.is_console_input(call.args[0]) || self.p.fds.is_socket(call.args[0])
+                let fd = call.args[0];
+                self.p.fds.is_console_input(fd)
+                    || self.p.fds.is_socket(fd)
+                    || self.p.fds.is_pipe(fd)
             }
+            1 | 20 => self.p.fds.is_socket(call.args[0]) || self.p.fds.is_pipe(call.args[0]),
             // Everything on a socket may wait for the network.
-            1 | 18 | 20 | 42 | 43 | 44 | 45 | 46 | 47 | 48 | 288 | 299 | 307 => {
+            18 | 42 | 43 | 44 | 45 | 46 | 47 | 48 | 288 | 299 | 307 => {
                 self.p.fds.is_socket(call.args[0])
             }
             _ => false,
@@ -260,6 +334,7 @@ impl Kernel {
             // Sleeps and futex waits always wait; a non-blocking connect is not the same
             // call as a blocking one (it starts the connection either way).
             35 | 230 | 202 | 42 => return None,
+            56 | 57 | 58 | 59 | 60 | 61 | 62 | 200 | 231 | 234 | 247 | 322 => return None,
             // Console input has no readiness to ask the host about here.
             0 | 17 | 19 if self.p.fds.is_console_input(call.args[0]) => return None,
             _ => {}
@@ -332,6 +407,8 @@ impl Kernel {
             21 => self.faccessat(m, AT_FDCWD, a0, a1),
             24 => Ok(0),       // sched_yield
             25 => Err(ENOMEM), // mremap: callers fall back to map, copy, unmap
+            22 => self.pipe2(m, a0, 0),
+            293 => self.pipe2(m, a0, a1),
             32 => self.dup(a0, 0, None, false),
             33 => self.dup(a0, 0, Some(a1), false),
             35 => self.nanosleep(m, a0),
@@ -366,7 +443,18 @@ impl Kernel {
             291 => self.epoll_create(a0),
             233 => self.epoll_ctl(m, a0, a1, a2, a3),
             232 | 281 => self.epoll_wait(m, a0, a1, a2, a3 as i32 as i64),
-            60 | 231 => return SyscallOutcome::Exit((a0 & 0xff) as i32),
+            60 | 231 => return self.exit_process(m, ((a0 & 0xff) as i32) << 8),
+            56 => return self.fork(m, a0, a1, a2, a3, a4),
+            57 => return self.fork(m, 0, 0, 0, 0, 0),
+            58 => return self.fork(m, 0x4000 | 0x100, 0, 0, 0, 0), // CLONE_VFORK | CLONE_VM
+            59 => return self.execve(m, AT_FDCWD, a0, a1, a2),
+            322 => return self.execve(m, a0, a1, a2, a3),
+            61 => return self.wait4(m, a0 as i32 as i64, a1, a2, a3),
+            247 => return self.waitid(m, a0, a1, a2, a3),
+            109 => self.setpgid(a0 as i32 as i64, a1 as i32 as i64),
+            121 => self.group_of(a0 as i32 as i64, false),
+            124 => self.group_of(a0 as i32 as i64, true),
+            112 => self.setsid(),
             63 => self.uname(m, a0),
             72 => self.fcntl(a0, a1, a2),
             79 => self.getcwd(m, a0, a1),
@@ -377,8 +465,8 @@ impl Kernel {
             96 => self.gettimeofday(m, a0),
             99 => self.sysinfo(m, a0),
             102 | 104 | 107 | 108 => Ok(0), // getuid, getgid, geteuid, getegid: root inside
-            110 => Ok(0),                   // getppid: the container's init has no parent inside
-            111 => Ok(self.p.pid),          // getpgrp
+            110 => Ok(self.p.ppid),         // getppid (0 for the container's init)
+            111 => Ok(self.p.pgid),         // getpgrp
             157 => self.prctl(m, a0, a1),
             158 => self.arch_prctl(m, a0, a1),
             201 => self.time(m, a0),
@@ -399,7 +487,7 @@ impl Kernel {
                     _ => (a0 as i64 == self.p.pid, a1),
                 };
                 match self.raise(to_self, sig) {
-                    Ok(Some(sig)) => return SyscallOutcome::Killed(sig),
+                    Ok(Some(sig)) => return self.exit_process(m, sig),
                     other => other.map(|_| 0),
                 }
             }
@@ -419,6 +507,16 @@ impl Kernel {
         };
         if self.nowait && self.forced_nonblocking && r == Err(EAGAIN) {
             self.would_block = true;
+        }
+        match r {
+            // Switching processes is for the vCPU thread: a polled call goes there.
+            Err(crate::pipe::ERESTART | crate::pipe::ESIGPIPE) if self.nowait => {
+                self.would_block = true;
+                return SyscallOutcome::Return(-EAGAIN);
+            }
+            Err(crate::pipe::ERESTART) => return self.block_on_pipe(m),
+            Err(crate::pipe::ESIGPIPE) => return self.sigpipe(m),
+            _ => {}
         }
         let ret = r.unwrap_or_else(|e| -e);
         tracing::trace!(name = crate::sysnames::name(call.nr), args = ?call.args, ret, "syscall");

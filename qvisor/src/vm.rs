@@ -18,7 +18,10 @@ use anyhow::{bail, Context};
 use kvm_bindings::{kvm_msr_entry, kvm_segment, kvm_xcrs, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
 
-use qkernel::{Fault, HostFile, Kernel, Machine, PageFlags, RawStat, SyscallArgs, SyscallOutcome};
+use qkernel::{
+    Fault, HostFile, Kernel, Machine, PageFlags, RawStat, SpaceId, SyscallArgs, SyscallOutcome,
+    UserRegs,
+};
 
 use crate::memory::{GuestMemory, PAGE};
 use crate::net::GuestNet;
@@ -157,7 +160,7 @@ impl Stop {
     /// How a syscall ended the app, if it did.
     fn of(outcome: SyscallOutcome) -> Option<Stop> {
         match outcome {
-            SyscallOutcome::Return(_) => None,
+            SyscallOutcome::Return(_) | SyscallOutcome::Resume => None,
             SyscallOutcome::Exit(code) => Some(Stop::Exited(code)),
             SyscallOutcome::Killed(signal) => Some(Stop::Killed {
                 signal,
@@ -177,10 +180,53 @@ pub struct Core {
     cancel: Arc<AtomicBool>,
 }
 
-/// Serves one syscall on `core`; returns the outcome and a new thread pointer, if set.
-pub fn serve(core: &Mutex<Core>, call: SyscallArgs) -> (SyscallOutcome, Option<u64>) {
-    with_kernel(core, |kernel, m| Some(kernel.syscall(m, call)))
-        .unwrap_or((SyscallOutcome::Exit(125), None))
+/// What serving a syscall on the vCPU thread gave.
+pub struct Served {
+    pub outcome: SyscallOutcome,
+    /// A new thread pointer, if the call set one.
+    pub fs_base: Option<u64>,
+    /// With [`SyscallOutcome::Resume`]: the registers to resume with.
+    pub resume: Option<UserRegs>,
+    /// The address space (CR3) to run.
+    pub space: SpaceId,
+}
+
+/// Serves one syscall on `core` from the vCPU thread, which can switch processes: `regs` are
+/// the app's registers at the call and `vcpu` holds its FPU state.
+pub fn serve(core: &Mutex<Core>, call: SyscallArgs, regs: UserRegs, vcpu: &VcpuFd) -> Served {
+    let mut guard = core.lock().unwrap_or_else(|p| p.into_inner());
+    let Core {
+        mem,
+        rootfs,
+        net,
+        kernel,
+        cancel,
+    } = &mut *guard;
+    let Some(kernel) = kernel.as_mut() else {
+        return Served {
+            outcome: SyscallOutcome::Exit(125),
+            fs_base: None,
+            resume: None,
+            space: mem.pml4,
+        };
+    };
+    let mut machine = GuestMachine {
+        mem,
+        rootfs,
+        net: net.as_mut(),
+        fs_base: None,
+        cancel,
+        regs,
+        resume: None,
+        vcpu: Some(vcpu),
+    };
+    let outcome = kernel.syscall(&mut machine, call);
+    Served {
+        outcome,
+        fs_base: machine.fs_base,
+        resume: machine.resume,
+        space: machine.mem.pml4,
+    }
 }
 
 /// Serves a call on the polled path, under one lock: a call that may wait only if it need not
@@ -189,21 +235,6 @@ pub fn serve(core: &Mutex<Core>, call: SyscallArgs) -> (SyscallOutcome, Option<u
 pub fn serve_polled(
     core: &Mutex<Core>,
     call: SyscallArgs,
-) -> Option<(SyscallOutcome, Option<u64>)> {
-    with_kernel(core, |kernel, m| {
-        if kernel.may_block(&call) {
-            kernel.try_syscall_nowait(m, call)
-        } else {
-            Some(kernel.syscall(m, call))
-        }
-    })
-}
-
-/// Runs `f` on the kernel and a machine over `core`; `None` if `f` gives nothing (or there is
-/// no kernel yet).
-fn with_kernel(
-    core: &Mutex<Core>,
-    f: impl FnOnce(&mut Kernel, &mut GuestMachine) -> Option<SyscallOutcome>,
 ) -> Option<(SyscallOutcome, Option<u64>)> {
     let mut guard = core.lock().unwrap_or_else(|p| p.into_inner());
     let Core {
@@ -220,8 +251,15 @@ fn with_kernel(
         net: net.as_mut(),
         fs_base: None,
         cancel,
+        regs: UserRegs::default(),
+        resume: None,
+        vcpu: None,
     };
-    let outcome = f(kernel, &mut machine)?;
+    let outcome = if kernel.may_block(&call) {
+        kernel.try_syscall_nowait(&mut machine, call)?
+    } else {
+        kernel.syscall(&mut machine, call)
+    };
     Some((outcome, machine.fs_base))
 }
 
@@ -245,7 +283,16 @@ struct GuestMachine<'a> {
     net: Option<&'a mut GuestNet>,
     fs_base: Option<u64>,
     cancel: &'a AtomicBool,
+    /// The app's registers at the call (vCPU thread only).
+    regs: UserRegs,
+    /// Registers to resume with instead of returning a value.
+    resume: Option<UserRegs>,
+    /// The vCPU, for its FPU state (vCPU thread only: the polled path never switches).
+    vcpu: Option<&'a VcpuFd>,
 }
+
+/// Size of the legacy XSAVE area KVM_GET_XSAVE fills (XCR0 = x87|SSE|AVX needs 832 bytes).
+const XSAVE_BYTES: usize = 4096;
 
 impl GuestMachine<'_> {
     fn net(&mut self) -> Result<&mut GuestNet, i64> {
@@ -330,6 +377,45 @@ impl Machine for GuestMachine<'_> {
             }
             std::thread::sleep(left.min(SLICE));
         }
+    }
+    fn user_regs(&self) -> UserRegs {
+        self.regs
+    }
+    fn set_user_regs(&mut self, regs: &UserRegs) {
+        self.resume = Some(*regs);
+    }
+    fn fpu_state(&mut self) -> Result<Vec<u8>, i64> {
+        let vcpu = self.vcpu.ok_or(38i64)?;
+        let x = vcpu.get_xsave().map_err(|e| e.errno() as i64)?;
+        Ok(x.region.iter().flat_map(|w| w.to_le_bytes()).collect())
+    }
+    fn set_fpu_state(&mut self, state: &[u8]) -> Result<(), i64> {
+        let vcpu = self.vcpu.ok_or(38i64)?;
+        if state.len() != XSAVE_BYTES {
+            return Err(22);
+        }
+        let mut x = kvm_bindings::kvm_xsave::default();
+        for (w, b) in x.region.iter_mut().zip(state.chunks_exact(4)) {
+            *w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+        // SAFETY: XCR0 is x87|SSE|AVX (set in Vm::new), whose state fits the 4 KiB legacy
+        // area, so KVM reads no further than the struct.
+        unsafe { vcpu.set_xsave(&x) }.map_err(|e| e.errno() as i64)
+    }
+    fn space_current(&self) -> SpaceId {
+        self.mem.pml4
+    }
+    fn space_clone(&mut self) -> Result<SpaceId, i64> {
+        self.mem.clone_space(self.mem.pml4).map_err(|_| 12) // ENOMEM
+    }
+    fn space_new(&mut self) -> Result<SpaceId, i64> {
+        self.mem.new_space().map_err(|_| 12)
+    }
+    fn space_switch(&mut self, space: SpaceId) {
+        self.mem.pml4 = space;
+    }
+    fn space_release(&mut self, space: SpaceId) {
+        self.mem.release_space(space);
     }
     fn fs_open(&mut self, path: &[u8], flags: i32, mode: u32) -> Result<HostFile, i64> {
         self.rootfs.open_file(path, flags, mode)
@@ -633,6 +719,9 @@ impl Vm {
             net: None,
             fs_base: None,
             cancel,
+            regs: UserRegs::default(),
+            resume: None,
+            vcpu: None,
         };
         f(&mut machine)
     }
@@ -725,28 +814,74 @@ impl Vm {
                 ),
                 _ => return Ok(self.fault(regs.rip, sregs.cr2)),
             };
-            let (outcome, fs_base) = serve(&self.core, call);
-            if let Some(stop) = Stop::of(outcome) {
+            let app = UserRegs {
+                rax: call.nr,
+                rbx: regs.rbx,
+                rcx: rip,
+                rdx: regs.rdx,
+                rsi: regs.rsi,
+                rdi: regs.rdi,
+                rbp: regs.rbp,
+                rsp,
+                r8: regs.r8,
+                r9: regs.r9,
+                r10: regs.r10,
+                r11: rflags,
+                r12: regs.r12,
+                r13: regs.r13,
+                r14: regs.r14,
+                r15: regs.r15,
+                rip,
+                rflags,
+                fs_base: sregs.fs.base,
+            };
+            let served = serve(&self.core, call, app, &self.vcpu);
+            if let Some(stop) = Stop::of(served.outcome) {
                 return Ok(stop);
             }
-            let SyscallOutcome::Return(value) = outcome else {
-                unreachable!("Stop::of takes every other outcome")
-            };
             if let Some((p, _)) = poller {
                 p.resume();
             }
-            // Back to user mode where `syscall` left it: rip = rcx, rflags = r11.
             let s = self.vcpu.sync_regs_mut();
-            s.regs.rax = value as u64;
-            s.regs.rip = rip;
-            s.regs.rsp = rsp;
-            s.regs.rflags = (rflags & 0x3c_7fd7) | 0x202;
+            match (served.outcome, served.resume) {
+                // Another process, a new program, or the call again: every register.
+                (SyscallOutcome::Resume, Some(r)) => {
+                    s.regs.rax = r.rax;
+                    s.regs.rbx = r.rbx;
+                    s.regs.rcx = r.rcx;
+                    s.regs.rdx = r.rdx;
+                    s.regs.rsi = r.rsi;
+                    s.regs.rdi = r.rdi;
+                    s.regs.rbp = r.rbp;
+                    s.regs.rsp = r.rsp;
+                    s.regs.r8 = r.r8;
+                    s.regs.r9 = r.r9;
+                    s.regs.r10 = r.r10;
+                    s.regs.r11 = r.r11;
+                    s.regs.r12 = r.r12;
+                    s.regs.r13 = r.r13;
+                    s.regs.r14 = r.r14;
+                    s.regs.r15 = r.r15;
+                    s.regs.rip = r.rip;
+                    s.regs.rflags = (r.rflags & 0x3c_7fd7) | 0x202;
+                    sregs.fs.base = r.fs_base;
+                }
+                (SyscallOutcome::Return(value), _) => {
+                    // Back to user mode where `syscall` left it: rip = rcx, rflags = r11.
+                    s.regs.rax = value as u64;
+                    s.regs.rip = rip;
+                    s.regs.rsp = rsp;
+                    s.regs.rflags = (rflags & 0x3c_7fd7) | 0x202;
+                    if let Some(fs) = served.fs_base {
+                        sregs.fs.base = fs;
+                    }
+                }
+                (other, _) => bail!("qkernel gave {other:?} without registers"),
+            }
+            sregs.cr3 = served.space;
             sregs.cs = user_code();
             sregs.ss = user_data();
             sregs.cr2 = CR2_NONE;
-            if let Some(fs) = fs_base {
-                sregs.fs.base = fs;
-            }
             s.sregs = sregs;
             self.vcpu.set_sync_dirty_reg(SyncReg::Register);
             self.vcpu.set_sync_dirty_reg(SyncReg::SystemRegister);

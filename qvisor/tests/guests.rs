@@ -116,8 +116,7 @@ fn files_come_from_the_root_cat_ls_wc() {
             "{listing}"
         );
     }
-    // The shell's cd and pwd (builtins: running other programs from a script needs fork, which
-    // comes with the process model).
+    // The shell's cd and pwd builtins.
     let o = qvisor(&["sh", "-c", "cd /data/../bin && pwd"]);
     assert_eq!(stdout(&o), "/bin\n", "{}", stderr(&o));
 }

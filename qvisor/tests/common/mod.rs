@@ -46,6 +46,14 @@ pub fn root() -> &'static Path {
             "pwd",
             "sleep",
             "wget",
+            "seq",
+            "sort",
+            "find",
+            "false",
+            "yes",
+            "kill",
+            "tr",
+            "expr",
         ] {
             std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
         }

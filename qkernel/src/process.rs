@@ -1,0 +1,768 @@
+//! Processes: fork, vfork and clone (process flags), execve with `#!` scripts, wait4/waitid,
+//! exit, process groups and sessions.
+//!
+//! The running process lives in [`Kernel::p`]; the others are parked in `Kernel::procs` with
+//! their registers and FPU state. The one vCPU runs one process at a time and switches only
+//! when the running one exits or waits (wait4, vfork), the next runnable one taking its place:
+//! cooperative scheduling (preemption by a host timer is a later step). A call that waits is
+//! run again from its `syscall` instruction when its process resumes, so it sees the world as
+//! it is then (Linux's restart of an interrupted call, without the signal).
+//!
+//! Memory: fork copies every user page into the child's own address space (the platform
+//! cannot make pages copy-on-write on this host, see qvisor's memory module); exec builds a
+//! new space and gives the old one back.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::errno::*;
+use crate::machine::{Machine, SpaceId, UserRegs};
+use crate::syscalls::{Kernel, Proc, SyscallOutcome};
+
+const CLONE_VM: u64 = 0x100;
+const CLONE_VFORK: u64 = 0x4000;
+const CLONE_THREAD: u64 = 0x10000;
+const CLONE_SETTLS: u64 = 0x80000;
+const CLONE_PARENT_SETTID: u64 = 0x100000;
+const CLONE_CHILD_SETTID: u64 = 0x1000000;
+const WNOHANG: u64 = 1;
+const WEXITED: u64 = 4;
+const WNOWAIT: u64 = 0x0100_0000;
+const SIGCHLD: i32 = 17;
+/// Largest program image exec reads.
+const MAX_IMAGE: u64 = 512 << 20;
+/// Largest argv + envp exec copies, in strings and in bytes (Linux: 2 MiB of strings).
+const MAX_ARGS: usize = 65_536;
+const MAX_ARG_BYTES: usize = 2 << 20;
+
+/// Registers and FPU state of a process that is not running.
+#[derive(Debug, Clone)]
+pub(crate) struct Saved {
+    regs: UserRegs,
+    fpu: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub(crate) enum State {
+    Runnable(Saved),
+    /// In wait4/waitid: runs (the call again) once a child changes state.
+    Waiting(Saved),
+    /// In a read or write of a pipe: runs (the call again) once any pipe changes.
+    Blocked(Saved),
+    /// A vfork parent: runs once `child` has exec'd or exited.
+    VforkParent {
+        saved: Saved,
+        child: i64,
+    },
+    /// Exited, with its wait status, until its parent reaps it.
+    Zombie {
+        status: i32,
+    },
+}
+
+#[derive(Debug)]
+pub(crate) struct Parked {
+    pub(crate) proc: Proc,
+    pub(crate) state: State,
+}
+
+/// The processes that are not running.
+#[derive(Debug, Default)]
+pub(crate) struct ProcTable {
+    pub(crate) parked: BTreeMap<i64, Parked>,
+    runq: VecDeque<i64>,
+    next_pid: i64,
+}
+
+/// Which children a wait asks about.
+#[derive(Debug, Clone, Copy)]
+enum Which {
+    Any,
+    Pid(i64),
+    Group(i64),
+}
+
+/// A child's state change that a wait reports.
+struct Reaped {
+    pid: i64,
+    status: i32,
+}
+
+impl ProcTable {
+    fn new_pid(&mut self) -> i64 {
+        self.next_pid = self.next_pid.max(1) + 1;
+        self.next_pid
+    }
+
+    fn make_runnable(&mut self, pid: i64) {
+        let Some(p) = self.parked.get_mut(&pid) else {
+            return;
+        };
+        let saved = match &p.state {
+            State::Waiting(s) | State::Blocked(s) | State::VforkParent { saved: s, .. } => {
+                s.clone()
+            }
+            _ => return,
+        };
+        p.state = State::Runnable(saved);
+        self.runq.push_back(pid);
+    }
+
+    /// Every process blocked on a pipe runs its call again.
+    pub(crate) fn wake_blocked(&mut self) {
+        let blocked: Vec<i64> = self
+            .parked
+            .iter()
+            .filter(|(_, p)| matches!(p.state, State::Blocked(_)))
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in blocked {
+            self.make_runnable(pid);
+        }
+    }
+
+    /// Takes the next runnable process off the table.
+    fn take_next(&mut self) -> Option<(Proc, Saved)> {
+        while let Some(pid) = self.runq.pop_front() {
+            if matches!(
+                self.parked.get(&pid).map(|p| &p.state),
+                Some(State::Runnable(_))
+            ) {
+                let p = self.parked.remove(&pid)?;
+                let State::Runnable(saved) = p.state else {
+                    unreachable!("checked just above")
+                };
+                return Some((p.proc, saved));
+            }
+        }
+        None
+    }
+}
+
+/// Program images exec read, kept while their file is unchanged (same size and modification
+/// time), so a shell loop does not read busybox from the host at every command.
+#[derive(Debug, Default)]
+pub(crate) struct ImageCache {
+    /// Most recently used last.
+    entries: Vec<CachedImage>,
+}
+
+/// (path, size and mtime as stat gave them, image).
+type CachedImage = (Vec<u8>, [u8; 24], std::sync::Arc<Vec<u8>>);
+
+impl ImageCache {
+    const MAX_ENTRIES: usize = 8;
+    const MAX_BYTES: usize = 128 << 20;
+
+    fn get(&mut self, path: &[u8], key: &[u8; 24]) -> Option<std::sync::Arc<Vec<u8>>> {
+        let i = self
+            .entries
+            .iter()
+            .position(|(p, k, _)| p == path && k == key)?;
+        let e = self.entries.remove(i);
+        let image = e.2.clone();
+        self.entries.push(e);
+        Some(image)
+    }
+
+    fn put(&mut self, path: &[u8], key: [u8; 24], image: std::sync::Arc<Vec<u8>>) {
+        self.entries.retain(|(p, _, _)| p != path);
+        self.entries.push((path.to_vec(), key, image));
+        while self.entries.len() > Self::MAX_ENTRIES
+            || self.entries.iter().map(|e| e.2.len()).sum::<usize>() > Self::MAX_BYTES
+        {
+            self.entries.remove(0);
+        }
+    }
+}
+
+/// Reads a NULL-terminated array of C strings (argv, envp), bounded.
+fn read_string_array(m: &dyn Machine, mut va: u64) -> Result<Vec<String>, i64> {
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    if va == 0 {
+        return Ok(out);
+    }
+    loop {
+        let mut p = [0u8; 8];
+        m.read(va, &mut p).map_err(|_| EFAULT)?;
+        let ptr = u64::from_le_bytes(p);
+        if ptr == 0 {
+            return Ok(out);
+        }
+        let s = read_c_string(m, ptr, MAX_ARG_BYTES - bytes)?;
+        bytes += s.len() + 1;
+        out.push(String::from_utf8_lossy(&s).into_owned());
+        if out.len() > MAX_ARGS {
+            return Err(E2BIG);
+        }
+        va = va.checked_add(8).ok_or(EFAULT)?;
+    }
+}
+
+/// Reads a C string of at most `limit` bytes.
+fn read_c_string(m: &dyn Machine, va: u64, limit: usize) -> Result<Vec<u8>, i64> {
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 256];
+    loop {
+        let at = va.checked_add(out.len() as u64).ok_or(EFAULT)?;
+        // Never read past a page end in one go: the next page may be unmapped.
+        let room = (4096 - (at & 4095)) as usize;
+        let n = room.min(chunk.len());
+        m.read(at, &mut chunk[..n]).map_err(|_| EFAULT)?;
+        if let Some(end) = chunk[..n].iter().position(|b| *b == 0) {
+            out.extend_from_slice(&chunk[..end]);
+            return Ok(out);
+        }
+        out.extend_from_slice(&chunk[..n]);
+        if out.len() > limit {
+            return Err(E2BIG);
+        }
+    }
+}
+
+/// The `#!` line of a script: the interpreter and its optional argument.
+fn shebang(image: &[u8]) -> Option<(String, Option<String>)> {
+    let rest = image.strip_prefix(b"#!")?;
+    let line_end = rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len());
+    let line = String::from_utf8_lossy(&rest[..line_end.min(255)]);
+    let line = line.trim();
+    let (interp, arg) = match line.split_once([' ', '\t']) {
+        Some((i, a)) => (i, Some(a.trim().to_string()).filter(|a| !a.is_empty())),
+        None => (line, None),
+    };
+    (!interp.is_empty()).then(|| (interp.to_string(), arg))
+}
+
+impl Kernel {
+    /// The running process's address space (the platform's first one until a fork or exec
+    /// names it).
+    fn space(&mut self, m: &dyn Machine) -> SpaceId {
+        if self.p.space == 0 {
+            self.p.space = m.space_current();
+        }
+        self.p.space
+    }
+
+    /// Parks the running process until a pipe changes; its call runs again then.
+    pub(crate) fn block_on_pipe(&mut self, m: &mut dyn Machine) -> SyscallOutcome {
+        let regs = Self::restart_regs(m);
+        self.switch_away(m, regs, State::Blocked)
+    }
+
+    /// Registers that run the current call again when the process resumes.
+    fn restart_regs(m: &dyn Machine) -> UserRegs {
+        let mut r = m.user_regs();
+        r.rip = r.rip.wrapping_sub(2); // back onto the `syscall` instruction
+        r
+    }
+
+    /// Parks the running process in `state` (built from its saved registers) and runs the
+    /// next runnable one.
+    fn switch_away(
+        &mut self,
+        m: &mut dyn Machine,
+        regs: UserRegs,
+        state: impl FnOnce(Saved) -> State,
+    ) -> SyscallOutcome {
+        let fpu = match m.fpu_state() {
+            Ok(f) => f,
+            Err(e) => return SyscallOutcome::Return(-e),
+        };
+        let Some((next, saved)) = self.procs.take_next() else {
+            // Every other process waits: nothing could wake this one.
+            return SyscallOutcome::Return(-EDEADLK_OR_CHILD);
+        };
+        self.space(m);
+        let prev = std::mem::replace(&mut self.p, next);
+        self.procs.parked.insert(
+            prev.pid,
+            Parked {
+                proc: prev,
+                state: state(Saved { regs, fpu }),
+            },
+        );
+        self.resume(m, saved)
+    }
+
+    /// Loads the now-current process's saved state into the machine.
+    fn resume(&mut self, m: &mut dyn Machine, saved: Saved) -> SyscallOutcome {
+        m.space_switch(self.p.space);
+        if let Err(e) = m.set_fpu_state(&saved.fpu) {
+            tracing::warn!(errno = e, "restoring FPU state");
+        }
+        m.set_user_regs(&saved.regs);
+        SyscallOutcome::Resume
+    }
+
+    /// fork, vfork, and clone without CLONE_VM: a new process with a copy of this one.
+    pub(crate) fn fork(
+        &mut self,
+        m: &mut dyn Machine,
+        flags: u64,
+        stack: u64,
+        parent_tid: u64,
+        child_tid: u64,
+        tls: u64,
+    ) -> SyscallOutcome {
+        let vfork = flags & CLONE_VFORK != 0;
+        if flags & CLONE_THREAD != 0 || (flags & CLONE_VM != 0 && !vfork) {
+            // Threads come with the thread model; until then glibc reports EAGAIN.
+            return SyscallOutcome::Return(-ENOSYS);
+        }
+        let parent_space = self.space(m);
+        // A vfork child borrows its parent's memory, as on Linux: the parent waits until the
+        // child execs or exits, so nothing is copied.
+        let child_space = if vfork {
+            parent_space
+        } else {
+            match m.space_clone() {
+                Ok(s) => s,
+                Err(e) => return SyscallOutcome::Return(-e),
+            }
+        };
+        let fpu = match m.fpu_state() {
+            Ok(f) => f,
+            Err(e) => {
+                if !vfork {
+                    m.space_release(child_space);
+                }
+                return SyscallOutcome::Return(-e);
+            }
+        };
+        let pid = self.procs.new_pid();
+        let mut child = self.p.fork_copy(pid, child_space);
+        let mut regs = m.user_regs();
+        regs.rax = 0;
+        if stack != 0 {
+            regs.rsp = stack;
+        }
+        if flags & CLONE_SETTLS != 0 {
+            regs.fs_base = tls;
+        }
+        if flags & CLONE_PARENT_SETTID != 0 && parent_tid != 0 {
+            let _ = m.write(parent_tid, &(pid as i32).to_le_bytes());
+        }
+        if flags & CLONE_CHILD_SETTID != 0 && child_tid != 0 {
+            m.space_switch(child_space);
+            let _ = m.write(child_tid, &(pid as i32).to_le_bytes());
+            m.space_switch(parent_space);
+        }
+        child.ppid = self.p.pid;
+        child.borrowed_space = vfork;
+        tracing::debug!(parent = self.p.pid, child = pid, vfork, "fork");
+        let saved = Saved { regs, fpu };
+        if vfork {
+            // The child runs first; the parent resumes with the child's pid once it has
+            // exec'd or exited.
+            let mut parent_regs = m.user_regs();
+            parent_regs.rax = pid as u64;
+            let parent_fpu = saved.fpu.clone();
+            let prev = std::mem::replace(&mut self.p, child);
+            self.procs.parked.insert(
+                prev.pid,
+                Parked {
+                    proc: prev,
+                    state: State::VforkParent {
+                        saved: Saved {
+                            regs: parent_regs,
+                            fpu: parent_fpu,
+                        },
+                        child: pid,
+                    },
+                },
+            );
+            return self.resume(m, saved);
+        }
+        self.procs.parked.insert(
+            pid,
+            Parked {
+                proc: child,
+                state: State::Runnable(saved),
+            },
+        );
+        self.procs.runq.push_back(pid);
+        SyscallOutcome::Return(pid)
+    }
+
+    /// The parent of `pid` learns that it changed state: a waiting parent runs again, a vfork
+    /// parent of it too.
+    fn notify_parent(&mut self, ppid: i64, pid: i64) {
+        let wake = match self.procs.parked.get(&ppid).map(|p| &p.state) {
+            Some(State::Waiting(_)) => true,
+            Some(State::VforkParent { child, .. }) => *child == pid,
+            _ => false,
+        };
+        if wake {
+            self.procs.make_runnable(ppid);
+        }
+    }
+
+    /// The vfork parent of the running process, if any, may run again (exec or exit).
+    fn release_vfork_parent(&mut self) {
+        let (ppid, me) = (self.p.ppid, self.p.pid);
+        if matches!(
+            self.procs.parked.get(&ppid).map(|p| &p.state),
+            Some(State::VforkParent { child, .. }) if *child == me
+        ) {
+            self.procs.make_runnable(ppid);
+        }
+    }
+
+    /// Ends the running process with wait status `status`. The container's init ending ends
+    /// the container (Linux kills the rest of a pid namespace with its init).
+    pub(crate) fn exit_process(&mut self, m: &mut dyn Machine, status: i32) -> SyscallOutcome {
+        if self.p.pid == 1 {
+            return match status & 0x7f {
+                0 => SyscallOutcome::Exit((status >> 8) & 0xff),
+                sig => SyscallOutcome::Killed(sig),
+            };
+        }
+        tracing::debug!(pid = self.p.pid, status, "exit");
+        self.close_all(m);
+        let me = self.p.pid;
+        // Orphans go to init, which may have to reap zombies among them.
+        let mut adopted_zombie = false;
+        for p in self.procs.parked.values_mut() {
+            if p.proc.ppid == me {
+                p.proc.ppid = 1;
+                adopted_zombie |= matches!(p.state, State::Zombie { .. });
+            }
+        }
+        if adopted_zombie {
+            self.notify_parent(1, 0);
+        }
+        self.release_vfork_parent();
+        self.notify_parent(self.p.ppid, me);
+        let Some((next, saved)) = self.procs.take_next() else {
+            tracing::error!(pid = me, "no process left to run after an exit");
+            return SyscallOutcome::Exit(125);
+        };
+        let old_space = self.space(m);
+        let borrowed = self.p.borrowed_space;
+        let prev = std::mem::replace(&mut self.p, next);
+        let outcome = self.resume(m, saved);
+        if !borrowed {
+            m.space_release(old_space);
+        }
+        self.procs.parked.insert(
+            prev.pid,
+            Parked {
+                proc: prev,
+                state: State::Zombie { status },
+            },
+        );
+        outcome
+    }
+
+    /// Closes every descriptor of the running process.
+    fn close_all(&mut self, m: &mut dyn Machine) {
+        for fd in self.p.fds.open_fds() {
+            let _ = self.close(m, fd);
+        }
+    }
+
+    /// Whether a process other than the running one holds `kind` open (so closing it here
+    /// must not release it).
+    pub(crate) fn held_elsewhere(&self, kind: &crate::fs::FileKind) -> bool {
+        self.procs
+            .parked
+            .values()
+            .any(|p| p.proc.fds.refers_to(kind))
+    }
+
+    /// The zombie child matching `which`, if any; `Err(ECHILD)` if no child matches at all.
+    fn find_child(&self, which: Which) -> Result<Option<Reaped>, i64> {
+        let me = self.p.pid;
+        let mut any = false;
+        for (pid, p) in &self.procs.parked {
+            let matches = p.proc.ppid == me
+                && match which {
+                    Which::Any => true,
+                    Which::Pid(want) => *pid == want,
+                    Which::Group(g) => p.proc.pgid == g,
+                };
+            if !matches {
+                continue;
+            }
+            any = true;
+            if let State::Zombie { status } = p.state {
+                return Ok(Some(Reaped { pid: *pid, status }));
+            }
+        }
+        if any {
+            Ok(None)
+        } else {
+            Err(ECHILD)
+        }
+    }
+
+    fn which(&self, pid: i64) -> Which {
+        match pid {
+            -1 => Which::Any,
+            0 => Which::Group(self.p.pgid),
+            p if p < -1 => Which::Group(-p),
+            p => Which::Pid(p),
+        }
+    }
+
+    /// wait4(2).
+    pub(crate) fn wait4(
+        &mut self,
+        m: &mut dyn Machine,
+        pid: i64,
+        status_va: u64,
+        options: u64,
+        rusage: u64,
+    ) -> SyscallOutcome {
+        match self.find_child(self.which(pid)) {
+            Err(e) => SyscallOutcome::Return(-e),
+            Ok(Some(r)) => {
+                if status_va != 0 && m.write(status_va, &r.status.to_le_bytes()).is_err() {
+                    return SyscallOutcome::Return(-EFAULT);
+                }
+                if rusage != 0 && m.write(rusage, &[0u8; 144]).is_err() {
+                    return SyscallOutcome::Return(-EFAULT);
+                }
+                self.procs.parked.remove(&r.pid);
+                SyscallOutcome::Return(r.pid)
+            }
+            Ok(None) if options & WNOHANG != 0 => SyscallOutcome::Return(0),
+            Ok(None) => {
+                let regs = Self::restart_regs(m);
+                self.switch_away(m, regs, State::Waiting)
+            }
+        }
+    }
+
+    /// waitid(2) for exited children (P_ALL, P_PID, P_PGID).
+    pub(crate) fn waitid(
+        &mut self,
+        m: &mut dyn Machine,
+        idtype: u64,
+        id: u64,
+        info: u64,
+        options: u64,
+    ) -> SyscallOutcome {
+        if options & WEXITED == 0 {
+            return SyscallOutcome::Return(-EINVAL);
+        }
+        let which = match idtype {
+            0 => Which::Any,
+            1 => Which::Pid(id as i32 as i64),
+            2 => Which::Group(id as i32 as i64),
+            _ => return SyscallOutcome::Return(-EINVAL),
+        };
+        match self.find_child(which) {
+            Err(e) => SyscallOutcome::Return(-e),
+            Ok(Some(r)) => {
+                let mut si = [0u8; 128];
+                si[0..4].copy_from_slice(&SIGCHLD.to_le_bytes());
+                let (code, value) = match r.status & 0x7f {
+                    0 => (1i32, (r.status >> 8) & 0xff), // CLD_EXITED
+                    sig => (2, sig),                     // CLD_KILLED
+                };
+                si[8..12].copy_from_slice(&code.to_le_bytes());
+                si[16..20].copy_from_slice(&(r.pid as i32).to_le_bytes());
+                si[24..28].copy_from_slice(&value.to_le_bytes());
+                if info != 0 && m.write(info, &si).is_err() {
+                    return SyscallOutcome::Return(-EFAULT);
+                }
+                if options & WNOWAIT == 0 {
+                    self.procs.parked.remove(&r.pid);
+                }
+                SyscallOutcome::Return(0)
+            }
+            Ok(None) if options & WNOHANG != 0 => {
+                if info != 0 && m.write(info, &[0u8; 128]).is_err() {
+                    return SyscallOutcome::Return(-EFAULT);
+                }
+                SyscallOutcome::Return(0)
+            }
+            Ok(None) => {
+                let regs = Self::restart_regs(m);
+                self.switch_away(m, regs, State::Waiting)
+            }
+        }
+    }
+
+    /// Reads a whole file of the root (a program image), or takes it from the cache.
+    fn read_image(
+        &mut self,
+        m: &mut dyn Machine,
+        path: &[u8],
+    ) -> Result<std::sync::Arc<Vec<u8>>, i64> {
+        let file = m.fs_open(path, 0, 0)?;
+        let mut key = [0u8; 24];
+        match m.fs_stat(file) {
+            Ok(st) => {
+                key[..8].copy_from_slice(&st[48..56]); // st_size
+                key[8..].copy_from_slice(&st[88..104]); // st_mtime, st_mtime_nsec
+            }
+            Err(e) => {
+                m.fs_close(file);
+                return Err(e);
+            }
+        }
+        if let Some(image) = self.images.get(path, &key) {
+            m.fs_close(file);
+            return Ok(image);
+        }
+        let mut image = Vec::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let result = loop {
+            match m.fs_read(file, &mut buf, Some(image.len() as u64)) {
+                Ok(0) => break Ok(()),
+                Ok(n) => {
+                    image.extend_from_slice(&buf[..n]);
+                    if image.len() as u64 > MAX_IMAGE {
+                        break Err(ENOMEM);
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        m.fs_close(file);
+        result?;
+        let image = std::sync::Arc::new(image);
+        self.images.put(path, key, image.clone());
+        Ok(image)
+    }
+
+    /// execve(2)/execveat(2): replaces the running process's program.
+    pub(crate) fn execve(
+        &mut self,
+        m: &mut dyn Machine,
+        dirfd: u64,
+        path_va: u64,
+        argv_va: u64,
+        envp_va: u64,
+    ) -> SyscallOutcome {
+        match self.exec_inner(m, dirfd, path_va, argv_va, envp_va) {
+            Ok(outcome) => outcome,
+            Err(e) => SyscallOutcome::Return(-e),
+        }
+    }
+
+    fn exec_inner(
+        &mut self,
+        m: &mut dyn Machine,
+        dirfd: u64,
+        path_va: u64,
+        argv_va: u64,
+        envp_va: u64,
+    ) -> Result<SyscallOutcome, i64> {
+        let path = self.at_path(m, dirfd, path_va)?;
+        let mut argv = read_string_array(m, argv_va)?;
+        let envp = read_string_array(m, envp_va)?;
+        let mut exe = path.clone();
+        let mut image = self.read_image(m, &path)?;
+        if let Some((interp, arg)) = shebang(&image) {
+            let script = String::from_utf8_lossy(&path).into_owned();
+            let mut new_argv = vec![interp.clone()];
+            new_argv.extend(arg);
+            new_argv.push(script);
+            new_argv.extend(argv.into_iter().skip(1));
+            argv = new_argv;
+            exe = interp.into_bytes();
+            image = self.read_image(m, &exe)?;
+        }
+        if argv.is_empty() {
+            // Linux gives argv[0] = "" to a program started without arguments.
+            argv.push(String::new());
+        }
+        let old_space = self.space(m);
+        let new_space = m.space_new()?;
+        m.space_switch(new_space);
+        let loaded = match crate::elf::load_static(m, &image, &argv, &envp) {
+            Ok(l) => l,
+            Err(e) => {
+                m.space_switch(old_space);
+                m.space_release(new_space);
+                tracing::debug!(path = %String::from_utf8_lossy(&exe), "exec: {e}");
+                return Err(match e {
+                    crate::ElfError::Memory(_) => ENOMEM,
+                    _ => ENOEXEC,
+                });
+            }
+        };
+        if !std::mem::take(&mut self.p.borrowed_space) {
+            m.space_release(old_space);
+        }
+        self.p.space = new_space;
+        self.p.exec_reset(&exe, loaded.brk);
+        for fd in self.p.fds.cloexec_fds() {
+            let _ = self.close(m, fd);
+        }
+        self.release_vfork_parent();
+        tracing::debug!(pid = self.p.pid, exe = %String::from_utf8_lossy(&exe), "exec");
+        m.set_user_regs(&UserRegs {
+            rip: loaded.entry,
+            rsp: loaded.stack_pointer,
+            rflags: 0x202,
+            ..UserRegs::default()
+        });
+        Ok(SyscallOutcome::Resume)
+    }
+
+    /// setpgid(2): the running process or a child of it.
+    pub(crate) fn setpgid(&mut self, pid: i64, pgid: i64) -> Result<i64, i64> {
+        if pgid < 0 {
+            return Err(EINVAL);
+        }
+        let target = if pid == 0 { self.p.pid } else { pid };
+        let pgid = if pgid == 0 { target } else { pgid };
+        if target == self.p.pid {
+            self.p.pgid = pgid;
+            return Ok(0);
+        }
+        match self.procs.parked.get_mut(&target) {
+            Some(p) if p.proc.ppid == self.p.pid => {
+                p.proc.pgid = pgid;
+                Ok(0)
+            }
+            _ => Err(ESRCH),
+        }
+    }
+
+    /// getpgid(2) and getsid(2).
+    pub(crate) fn group_of(&self, pid: i64, session: bool) -> Result<i64, i64> {
+        let p = if pid == 0 || pid == self.p.pid {
+            &self.p
+        } else {
+            &self.procs.parked.get(&pid).ok_or(ESRCH)?.proc
+        };
+        Ok(if session { p.sid } else { p.pgid })
+    }
+
+    /// setsid(2).
+    pub(crate) fn setsid(&mut self) -> Result<i64, i64> {
+        if self.p.pgid == self.p.pid {
+            return Err(EPERM);
+        }
+        self.p.sid = self.p.pid;
+        self.p.pgid = self.p.pid;
+        Ok(self.p.pid)
+    }
+}
+
+/// errno when a process would wait with nothing left to wake it: EDEADLK.
+const EDEADLK_OR_CHILD: i64 = 35;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shebang_lines() {
+        assert_eq!(
+            shebang(b"#!/bin/sh\necho hi\n"),
+            Some(("/bin/sh".into(), None))
+        );
+        assert_eq!(
+            shebang(b"#! /usr/bin/env  python3 \n"),
+            Some(("/usr/bin/env".into(), Some("python3".into())))
+        );
+        assert_eq!(shebang(b"#!\n"), None);
+        assert_eq!(shebang(b"\x7fELF"), None);
+    }
+}

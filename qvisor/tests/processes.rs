@@ -1,0 +1,118 @@
+//! The process model with Debian's busybox, unmodified: fork, vfork, exec (ELF and `#!`),
+//! wait statuses, pipes, SIGPIPE, process groups; every program in its own address space in
+//! the container's one VM. Outputs are compared with the same busybox run on the host.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+/// Runs `script` with busybox sh in a container; (exit status, stdout, stderr).
+fn sh(script: &str) -> (Option<i32>, String, String) {
+    let o = qvisor(&["sh", "-c", script]);
+    (o.status.code(), stdout(&o), stderr(&o))
+}
+
+/// The same script with the host's busybox, in the test root's copy of it (the reference).
+fn host_sh(script: &str) -> String {
+    let o = Command::new("/bin/busybox")
+        .args(["sh", "-c", script])
+        .env("PATH", "/bin")
+        .current_dir(root())
+        .output()
+        .unwrap();
+    stdout(&o)
+}
+
+#[test]
+fn a_pipeline_of_three_programs() {
+    let (code, out, err) = sh("seq 1 100000 | sort -rn | head -3");
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(0), "100000\n99999\n99998\n"),
+        "{err}"
+    );
+}
+
+#[test]
+fn exit_statuses_reach_the_shell() {
+    let script = "/bin/false; echo $?; (exit 7); echo $?; sh -c 'exit 9'; echo $?; \
+                  no-such-program 2>/dev/null; echo $?; sh -c 'kill -9 $$'; echo $?; \
+                  sh -c 'kill -TERM $$'; echo $?";
+    let (code, out, err) = sh(script);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, "1\n7\n9\n127\n137\n143\n", "{err}");
+}
+
+#[test]
+fn command_substitution_subshells_and_functions() {
+    // A 200-line script: functions, subshells, command substitution, pipes, loops.
+    let mut script = String::from("set -e\ncount=0\n");
+    script += "square() { echo $(( $1 * $1 )); }\n";
+    script += "words() { echo \"$@\" | tr ' ' '\\n' | wc -l; }\n";
+    for i in 0..60 {
+        script += &format!("v{i}=$(square {i}); count=$((count + v{i}))\n");
+        script += &format!("( echo sub {i} ) | tr a-z A-Z\n");
+        script += &format!("[ $(words a b c {i}) -eq 4 ] || echo bad {i}\n");
+    }
+    script += "echo total $count\n";
+    script += "for f in $(ls bin | sort | head -5); do echo bin $f; done\n";
+    assert!(script.lines().count() >= 180);
+    std::fs::write(root().join("data/long.sh"), &script).unwrap();
+    let o = qvisor(&["sh", "/data/long.sh"]);
+    let expected = host_sh("sh data/long.sh");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("total 70210"), "{}", stdout(&o));
+    assert_eq!(stdout(&o), expected);
+}
+
+#[test]
+fn find_walks_the_root_like_the_host_does() {
+    let (code, out, err) = sh("find / -name '*.txt' | sort");
+    let host = host_sh("find . -name '*.txt' | sed 's|^\\.||' | sort");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!out.is_empty());
+    assert_eq!(out, host);
+}
+
+#[test]
+fn a_script_runs_through_its_shebang() {
+    let script = root().join("data/hello.sh");
+    std::fs::write(&script, "#!/bin/sh\necho script $0 got $1\n").unwrap();
+    let mut perm = std::fs::metadata(&script).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+    std::fs::set_permissions(&script, perm).unwrap();
+    let (code, out, err) = sh("/data/hello.sh one; echo status $?");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, "script /data/hello.sh got one\nstatus 0\n");
+}
+
+#[test]
+fn a_writer_without_readers_dies_of_sigpipe() {
+    // yes writes until head has gone; the pipeline's status is head's.
+    let (code, out, err) = sh("yes | head -2; echo done");
+    assert_eq!((code, out.as_str()), (Some(0), "y\ny\ndone\n"), "{err}");
+}
+
+#[test]
+fn processes_have_ids_parents_and_groups() {
+    let (code, out, err) = sh("echo $$ $PPID; sh -c 'echo $$ $PPID'; true");
+    assert_eq!(code, Some(0), "{err}");
+    let ids: Vec<i64> = out.split_whitespace().map(|v| v.parse().unwrap()).collect();
+    assert_eq!(ids[0], 1, "the container's init: {out}");
+    assert_eq!(ids[1], 0);
+    assert!(ids[2] > 1, "a child has its own pid: {out}");
+    assert_eq!(ids[3], 1, "its parent is init: {out}");
+}
+
+#[test]
+fn memory_written_by_a_child_stays_its_own() {
+    // The child's variable changes in its own copy; the parent's stays.
+    let (code, out, err) = sh("x=parent; (x=child; echo in $x); echo out $x");
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(0), "in child\nout parent\n"),
+        "{err}"
+    );
+}
