@@ -305,5 +305,32 @@ pub fn suite(runs: usize) -> anyhow::Result<Vec<Figure>> {
             ));
         }
     }
+    // (d) fork + exec + exit + wait: a shell running /bin/true 1,000 times, each runtime in
+    // turn, three rounds.
+    bundle.annotate(crate::runtime::POLL_ANNOTATION, "on")?;
+    bundle.set_args(&[
+        "/bin/sh",
+        "-c",
+        "i=0; while [ $i -lt 1000 ]; do /bin/true; i=$((i+1)); done",
+    ])?;
+    let (mut q, mut r) = (Vec::new(), Vec::new());
+    for i in 0..3 {
+        eprint!("\rnetbench runtime: fork+exec round {}/3", i + 1);
+        let id = format!("nb-fork-{}-{i}", std::process::id());
+        let mut qv = Command::new(qvisor());
+        qv.args(["run", "--bundle"]).arg(&bundle.dir).arg(&id);
+        let mut rc = Command::new("runc");
+        rc.args(["run", "--bundle"]).arg(&bundle.dir).arg(&id);
+        q.push(timed(&mut qv)?.as_secs_f64() * 1e3); // ms per 1,000 = us per command
+        r.push(timed(&mut rc)?.as_secs_f64() * 1e3);
+    }
+    eprintln!();
+    figures.push(Figure::new(
+        "busybox sh: /bin/true 1,000 times (fork+exec+exit+wait)",
+        "median per command",
+        "us",
+        median(&mut q),
+        median(&mut r),
+    ));
     Ok(figures)
 }

@@ -288,8 +288,9 @@ fn dispatch(g: &Global, cmd: Cmd) -> anyhow::Result<i32> {
         Cmd::Exec { id, .. } => {
             oci::state(g, &id)?;
             anyhow::bail!(
-                "exec: a second process in container {id} needs qkernel's process model, \
-                 which is not there yet"
+                "exec: starting a process in running container {id} from outside is not \
+                 supported yet (it needs qkernel's scheduler to preempt; the process model \
+                 has no preemption yet)"
             )
         }
         Cmd::Pause { id } => oci::pause(g, &id).map(|()| 0),
