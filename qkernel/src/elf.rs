@@ -1,5 +1,6 @@
-//! Loading a static (or static-PIE) x86-64 ELF executable and building the initial stack Linux
-//! programs expect: argc, argv, envp and the auxiliary vector.
+//! Loading an x86-64 ELF executable (static, static-PIE, or dynamically linked with its
+//! interpreter, `ld-linux-x86-64.so.2`) and building the initial stack Linux programs expect:
+//! argc, argv, envp and the auxiliary vector.
 //!
 //! The image is untrusted input: every header field is bounds-checked before use.
 
@@ -17,6 +18,11 @@ const ET_EXEC: u16 = 2;
 const ET_DYN: u16 = 3;
 /// Where a static-PIE image goes (Linux's ELF_ET_DYN_BASE for x86-64).
 const PIE_BASE: u64 = 0x5555_5555_4000;
+/// Where the interpreter of a dynamically linked program goes: far below the mmap area (which
+/// grows down from under the stack) and far above any heap.
+const INTERP_BASE: u64 = 0x7f00_0000_0000;
+/// Longest interpreter path accepted.
+const MAX_INTERP: u64 = 4096;
 /// Highest user address + 1 of the stack, and its size (mapped up front).
 pub const STACK_TOP: u64 = 0x7fff_ffff_f000;
 pub const STACK_SIZE: u64 = 8 << 20;
@@ -51,7 +57,7 @@ pub enum ElfError {
     WrongArch,
     #[error("ELF type {0} is not an executable")]
     NotExecutable(u16),
-    #[error("dynamically linked executables are not supported yet (PT_INTERP)")]
+    #[error("dynamically linked, and its interpreter (PT_INTERP) was not given")]
     Dynamic,
     #[error("malformed ELF: {0}")]
     Malformed(&'static str),
@@ -135,18 +141,95 @@ fn segments(image: &[u8]) -> Result<(u16, u64, Vec<Segment>, u64), ElfError> {
     Ok((ty, entry, out, phoff))
 }
 
-/// Loads `image` into `m` and builds the initial stack; returns where to start.
+/// The interpreter a dynamically linked image names (PT_INTERP), if any.
+pub fn interpreter(image: &[u8]) -> Result<Option<String>, ElfError> {
+    let (_, _, segs, _) = segments(image)?;
+    let Some(s) = segs.iter().find(|s| s.ty == PT_INTERP) else {
+        return Ok(None);
+    };
+    if s.filesz == 0 || s.filesz > MAX_INTERP {
+        return Err(ElfError::Malformed("interpreter path"));
+    }
+    let raw = field(image, s.offset as usize, s.filesz as usize)
+        .map_err(|_| ElfError::Malformed("interpreter path"))?;
+    let path = raw.split(|b| *b == 0).next().unwrap_or_default();
+    String::from_utf8(path.to_vec())
+        .map(Some)
+        .map_err(|_| ElfError::Malformed("interpreter path"))
+}
+
+/// Loads a static `image` into `m` and builds the initial stack; returns where to start.
 pub fn load_static(
     m: &mut dyn Machine,
     image: &[u8],
     argv: &[String],
     envp: &[String],
 ) -> Result<Loaded, ElfError> {
+    load(m, image, None, argv, envp)
+}
+
+/// Loads `image`, and `interp` (its interpreter's image) if it is dynamically linked, and
+/// builds the initial stack: the program starts in the interpreter, which finds the program
+/// through AT_PHDR/AT_ENTRY and itself through AT_BASE.
+pub fn load(
+    m: &mut dyn Machine,
+    image: &[u8],
+    interp: Option<&[u8]>,
+    argv: &[String],
+    envp: &[String],
+) -> Result<Loaded, ElfError> {
+    let main = map_image(m, image, None)?;
+    let (start, base) = match (main.dynamic, interp) {
+        (false, _) => (main.entry, 0),
+        (true, None) => return Err(ElfError::Dynamic),
+        (true, Some(interp)) => {
+            let i = map_image(m, interp, Some(INTERP_BASE))?;
+            if i.dynamic {
+                return Err(ElfError::Malformed("the interpreter has an interpreter"));
+            }
+            (i.entry, i.bias)
+        }
+    };
+    let aux = Aux {
+        phdr: main.phdr,
+        phnum: main.phnum,
+        entry: main.entry,
+        base,
+    };
+    let sp = build_stack(m, argv, envp, &aux)?;
+    Ok(Loaded {
+        entry: start,
+        stack_pointer: sp,
+        brk: main.end,
+    })
+}
+
+/// What mapping one image gave.
+struct Mapped {
+    entry: u64,
+    phdr: u64,
+    phnum: u64,
+    /// First page after the image.
+    end: u64,
+    bias: u64,
+    /// It names an interpreter.
+    dynamic: bool,
+}
+
+/// Maps the PT_LOAD segments of `image`, position-independent ones at `base` (or PIE_BASE).
+fn map_image(m: &mut dyn Machine, image: &[u8], base: Option<u64>) -> Result<Mapped, ElfError> {
     let (ty, entry, segs, phoff) = segments(image)?;
-    if segs.iter().any(|s| s.ty == PT_INTERP) {
-        return Err(ElfError::Dynamic);
-    }
-    let bias = if ty == ET_DYN { PIE_BASE } else { 0 };
+    let dynamic = segs.iter().any(|s| s.ty == PT_INTERP);
+    let bias = match (ty, base) {
+        (ET_DYN, Some(b)) => b,
+        (ET_DYN, None) => PIE_BASE,
+        (_, Some(_)) => {
+            return Err(ElfError::Malformed(
+                "the interpreter is not position-independent",
+            ))
+        }
+        _ => 0,
+    };
     // Pages of all PT_LOAD segments with the union of their permissions (segments may share
     // a page), in order.
     let mut pages: std::collections::BTreeMap<u64, PageFlags> = Default::default();
@@ -200,13 +283,23 @@ pub fn load_static(
         .checked_add(bias)
         .filter(|e| pages.contains_key(&(e & !(PAGE - 1))))
         .ok_or(ElfError::Malformed("entry point outside the image"))?;
-    let phnum = segs.len() as u64;
-    let sp = build_stack(m, argv, envp, entry, phdr_va.unwrap_or(0), phnum)?;
-    Ok(Loaded {
+    Ok(Mapped {
         entry,
-        stack_pointer: sp,
-        brk: end,
+        phdr: phdr_va.unwrap_or(0),
+        phnum: segs.len() as u64,
+        end,
+        bias,
+        dynamic,
     })
+}
+
+/// The auxiliary vector's program-specific entries.
+struct Aux {
+    phdr: u64,
+    phnum: u64,
+    entry: u64,
+    /// Where the interpreter was loaded (0: none).
+    base: u64,
 }
 
 /// Maps the stack and lays out strings, AT_RANDOM bytes, argv, envp and auxv on it.
@@ -214,9 +307,7 @@ fn build_stack(
     m: &mut dyn Machine,
     argv: &[String],
     envp: &[String],
-    entry: u64,
-    phdr: u64,
-    phnum: u64,
+    aux: &Aux,
 ) -> Result<u64, Fault> {
     m.map_zeroed(
         STACK_TOP - STACK_SIZE,
@@ -251,13 +342,13 @@ fn build_stack(
     m.random(&mut random);
     let random_at = push_bytes(m, &random)?;
     let auxv: [(u64, u64); 17] = [
-        (AT_PHDR, phdr),
+        (AT_PHDR, aux.phdr),
         (AT_PHENT, 56),
-        (AT_PHNUM, phnum),
+        (AT_PHNUM, aux.phnum),
         (AT_PAGESZ, PAGE),
-        (AT_BASE, 0),
+        (AT_BASE, aux.base),
         (AT_FLAGS, 0),
-        (AT_ENTRY, entry),
+        (AT_ENTRY, aux.entry),
         (AT_UID, 0),
         (AT_EUID, 0),
         (AT_GID, 0),

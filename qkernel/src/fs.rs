@@ -21,6 +21,13 @@ const O_CLOEXEC: i32 = 0o2000000;
 const O_NONBLOCK: i32 = 0o4000;
 const CHUNK: usize = 64 << 10;
 
+/// An operation on an open file of the root.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum FileOp {
+    Truncate(u64),
+    Sync { data_only: bool },
+}
+
 /// What a descriptor refers to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileKind {
@@ -586,6 +593,113 @@ impl Kernel {
                 st[24..28].copy_from_slice(&0o010600u32.to_le_bytes()); // S_IFIFO
                 Ok(st)
             }
+        }
+    }
+
+    /// statfs(2) and fstatfs(2): the root's file system as the host reports it (devices and
+    /// sockets report it too).
+    pub(crate) fn statfs(
+        &mut self,
+        m: &mut dyn Machine,
+        path: Option<u64>,
+        fd: u64,
+        out: u64,
+    ) -> Result<i64, i64> {
+        let at = match path {
+            Some(va) => self.at_path(m, AT_FDCWD as u64, va)?,
+            None => match &self.p.fds.get(fd)?.kind {
+                FileKind::Host { path, .. } => path.clone(),
+                _ => b"/".to_vec(),
+            },
+        };
+        let st = m.fs_statfs(&at)?;
+        m.write(out, &st).map_err(|_| EFAULT)?;
+        Ok(0)
+    }
+
+    /// unlinkat(2) (rmdir with AT_REMOVEDIR).
+    pub(crate) fn unlinkat(
+        &mut self,
+        m: &mut dyn Machine,
+        dirfd: u64,
+        path: u64,
+        flags: u64,
+    ) -> Result<i64, i64> {
+        const AT_REMOVEDIR: u64 = 0x200;
+        if flags & !AT_REMOVEDIR != 0 {
+            return Err(EINVAL);
+        }
+        let p = self.alias(self.at_path(m, dirfd, path)?);
+        if device(&p).is_some() {
+            return Err(EPERM);
+        }
+        m.fs_unlink(&p, flags & AT_REMOVEDIR != 0).map(|()| 0)
+    }
+
+    /// mkdirat(2).
+    pub(crate) fn mkdirat(
+        &mut self,
+        m: &mut dyn Machine,
+        dirfd: u64,
+        path: u64,
+        mode: u64,
+    ) -> Result<i64, i64> {
+        let p = self.alias(self.at_path(m, dirfd, path)?);
+        m.fs_mkdir(&p, (mode as u32) & !0o022).map(|()| 0)
+    }
+
+    /// renameat2(2).
+    pub(crate) fn renameat(
+        &mut self,
+        m: &mut dyn Machine,
+        (olddir, old): (u64, u64),
+        (newdir, new): (u64, u64),
+        flags: u64,
+    ) -> Result<i64, i64> {
+        const RENAME_NOREPLACE: u64 = 1;
+        const RENAME_EXCHANGE: u64 = 2;
+        if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0 {
+            return Err(EINVAL);
+        }
+        let from = self.alias(self.at_path(m, olddir, old)?);
+        let to = self.alias(self.at_path(m, newdir, new)?);
+        m.fs_rename(&from, &to, flags as u32).map(|()| 0)
+    }
+
+    /// ftruncate(2), fsync(2) and fdatasync(2) on a descriptor: files of the root only.
+    pub(crate) fn file_op(&mut self, m: &mut dyn Machine, fd: u64, op: FileOp) -> Result<i64, i64> {
+        let FileKind::Host { file, .. } = self.p.fds.kind(fd)? else {
+            return Err(EINVAL);
+        };
+        let file = *file;
+        match op {
+            FileOp::Truncate(len) => {
+                if (len as i64) < 0 {
+                    return Err(EINVAL);
+                }
+                m.fs_truncate(file, len)
+            }
+            FileOp::Sync { data_only } => m.fs_sync(file, data_only),
+        }
+        .map(|()| 0)
+    }
+
+    /// Extended attributes: none are kept (getxattr finds none, listxattr lists none), which
+    /// is what ls and cp ask about.
+    pub(crate) fn xattr(
+        &mut self,
+        m: &mut dyn Machine,
+        list: bool,
+        path: Option<u64>,
+    ) -> Result<i64, i64> {
+        if let Some(va) = path {
+            let p = self.at_path(m, AT_FDCWD as u64, va)?;
+            m.fs_stat_path(&p, true)?;
+        }
+        if list {
+            Ok(0)
+        } else {
+            Err(ENODATA)
         }
     }
 

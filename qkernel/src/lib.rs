@@ -16,7 +16,7 @@ mod process;
 mod syscalls;
 pub mod sysnames;
 
-pub use elf::{load_static, ElfError, Loaded};
+pub use elf::{interpreter, load, load_static, ElfError, Loaded};
 pub use machine::{
     Fault, HostFile, Machine, PageFlags, RawStat, SocketId, SocketReady, SpaceId, UserRegs,
 };
@@ -37,6 +37,7 @@ pub mod errno {
     pub const ENOMEM: i64 = 12;
     pub const EACCES: i64 = 13;
     pub const EFAULT: i64 = 14;
+    pub const ENODEV: i64 = 19;
     pub const ENOTDIR: i64 = 20;
     pub const EINVAL: i64 = 22;
     pub const EMFILE: i64 = 24;
@@ -47,5 +48,6 @@ pub mod errno {
     pub const ERANGE: i64 = 34;
     pub const ENAMETOOLONG: i64 = 36;
     pub const ENOSYS: i64 = 38;
+    pub const ENODATA: i64 = 61;
     pub const ETIMEDOUT: i64 = 110;
 }

@@ -189,6 +189,31 @@ pub trait Machine {
     }
     fn net_close(&mut self, _s: SocketId) {}
 
+    /// unlink(2) of a file, or rmdir(2) of a directory with `dir`, in the root.
+    fn fs_unlink(&mut self, _path: &[u8], _dir: bool) -> Result<(), i64> {
+        Err(30)
+    }
+    /// mkdir(2) in the root.
+    fn fs_mkdir(&mut self, _path: &[u8], _mode: u32) -> Result<(), i64> {
+        Err(30)
+    }
+    /// renameat2(2) within the root, with RENAME_* `flags`.
+    fn fs_rename(&mut self, _from: &[u8], _to: &[u8], _flags: u32) -> Result<(), i64> {
+        Err(30)
+    }
+    /// ftruncate(2) of an open file.
+    fn fs_truncate(&mut self, _file: HostFile, _len: u64) -> Result<(), i64> {
+        Err(30)
+    }
+    /// fsync(2), or fdatasync(2) with `data_only`.
+    fn fs_sync(&mut self, _file: HostFile, _data_only: bool) -> Result<(), i64> {
+        Ok(())
+    }
+    /// statfs(2) of the file system holding `path` in the root (`struct statfs`, 120 bytes).
+    fn fs_statfs(&mut self, _path: &[u8]) -> Result<[u8; 120], i64> {
+        Err(38)
+    }
+
     // Processes. A platform that runs one program only keeps the defaults: fork and exec
     // then fail with ENOSYS.
 

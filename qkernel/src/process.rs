@@ -673,7 +673,19 @@ impl Kernel {
         let old_space = self.space(m);
         let new_space = m.space_new()?;
         m.space_switch(new_space);
-        let loaded = match crate::elf::load_static(m, &image, &argv, &envp) {
+        // A dynamically linked program starts in its interpreter, read from the root too.
+        let interp = match crate::elf::interpreter(&image) {
+            Ok(Some(path)) => Some(self.read_image(m, path.as_bytes())?),
+            Ok(None) => None,
+            Err(_) => return Err(ENOEXEC),
+        };
+        let loaded = match crate::elf::load(
+            m,
+            &image,
+            interp.as_deref().map(|v| v.as_slice()),
+            &argv,
+            &envp,
+        ) {
             Ok(l) => l,
             Err(e) => {
                 m.space_switch(old_space);

@@ -393,7 +393,7 @@ impl Kernel {
                     .and_then(|ns| self.poll(m, a0, a1, (ns / 1_000_000) as i64)),
             },
             8 => self.lseek(m, a0, a1, a2),
-            9 => self.mmap(m, a0, a1, a2, a3, a4),
+            9 => self.mmap(m, a0, a1, a2, a3, a4, a5),
             10 => self.mprotect(m, a0, a1, a2),
             11 => self.munmap(m, a0, a1),
             12 => Ok(self.brk(m, a0) as i64),
@@ -407,6 +407,23 @@ impl Kernel {
             21 => self.faccessat(m, AT_FDCWD, a0, a1),
             24 => Ok(0),       // sched_yield
             25 => Err(ENOMEM), // mremap: callers fall back to map, copy, unmap
+            87 => self.unlinkat(m, AT_FDCWD, a0, 0),
+            84 => self.unlinkat(m, AT_FDCWD, a0, 0x200),
+            263 => self.unlinkat(m, a0, a1, a2),
+            83 => self.mkdirat(m, AT_FDCWD, a0, a1),
+            258 => self.mkdirat(m, a0, a1, a2),
+            82 => self.renameat(m, (AT_FDCWD, a0), (AT_FDCWD, a1), 0),
+            264 => self.renameat(m, (a0, a1), (a2, a3), 0),
+            316 => self.renameat(m, (a0, a1), (a2, a3), a4),
+            77 => self.file_op(m, a0, crate::fs::FileOp::Truncate(a1)),
+            74 => self.file_op(m, a0, crate::fs::FileOp::Sync { data_only: false }),
+            75 => self.file_op(m, a0, crate::fs::FileOp::Sync { data_only: true }),
+            137 => self.statfs(m, Some(a0), 0, a1),
+            138 => self.statfs(m, None, a0, a1),
+            191 | 192 => self.xattr(m, false, Some(a0)), // getxattr, lgetxattr
+            193 => self.p.fds.kind(a0).and(Err(ENODATA)), // fgetxattr
+            194 | 195 => self.xattr(m, true, Some(a0)),  // listxattr, llistxattr
+            196 => self.p.fds.kind(a0).map(|_| 0),       // flistxattr
             22 => self.pipe2(m, a0, 0),
             293 => self.pipe2(m, a0, a1),
             32 => self.dup(a0, 0, None, false),
@@ -544,6 +561,7 @@ impl Kernel {
         want
     }
 
+    #[allow(clippy::too_many_arguments)] // mmap's six arguments, and the machine
     fn mmap(
         &mut self,
         m: &mut dyn Machine,
@@ -552,12 +570,20 @@ impl Kernel {
         prot: u64,
         flags: u64,
         fd: u64,
+        offset: u64,
     ) -> Result<i64, i64> {
         const MAP_FIXED: u64 = 0x10;
         const MAP_ANONYMOUS: u64 = 0x20;
-        let _ = fd; // only anonymous mappings so far
         if flags & MAP_ANONYMOUS == 0 {
-            return Err(ENOSYS); // file mappings come with the file system
+            match self.p.fds.kind(fd)? {
+                crate::fs::FileKind::Host { file, .. } => {
+                    let file = *file;
+                    return self.mmap_file(m, addr, len, prot, flags, file, offset);
+                }
+                // /dev/zero maps as anonymous memory.
+                crate::fs::FileKind::Zero => {}
+                _ => return Err(ENODEV),
+            }
         }
         if len == 0 || len > USER_END {
             return Err(EINVAL);
@@ -598,6 +624,71 @@ impl Kernel {
 
     /// Makes `[va, va+len)` present and zeroed: fresh pages are mapped, pages already present
     /// (left by an earlier mapping) are zeroed.
+    /// A file mapping: pages of their own, filled from the file (MAP_PRIVATE; MAP_SHARED only
+    /// read-only, since writes would not reach the file). Mapped writable and executable
+    /// whatever `prot` says: permissions of a present page cannot change later here, and the
+    /// dynamic loader maps a library read-only first and its code over it afterwards.
+    #[allow(clippy::too_many_arguments)]
+    fn mmap_file(
+        &mut self,
+        m: &mut dyn Machine,
+        addr: u64,
+        len: u64,
+        prot: u64,
+        flags: u64,
+        file: crate::machine::HostFile,
+        offset: u64,
+    ) -> Result<i64, i64> {
+        const MAP_SHARED: u64 = 0x01;
+        const MAP_FIXED: u64 = 0x10;
+        const PROT_WRITE: u64 = 2;
+        const RWX: PageFlags = PageFlags {
+            write: true,
+            exec: true,
+        };
+        if len == 0 || len > USER_END || offset % PAGE != 0 {
+            return Err(EINVAL);
+        }
+        if flags & MAP_SHARED != 0 && prot & PROT_WRITE != 0 {
+            return Err(ENODEV);
+        }
+        let len = len.div_ceil(PAGE) * PAGE;
+        let va = if flags & MAP_FIXED != 0 {
+            if addr % PAGE != 0 || addr.checked_add(len).is_none_or(|e| e > USER_END) {
+                return Err(EINVAL);
+            }
+            self.p.vm.remove(addr, addr + len);
+            addr
+        } else {
+            let va = self.p.mmap_next.checked_sub(len).ok_or(ENOMEM)?;
+            if va <= self.p.brk_mapped + (64 << 20) {
+                return Err(ENOMEM);
+            }
+            self.p.mmap_next = va - PAGE;
+            va
+        };
+        let mut page = va;
+        while page < va + len {
+            if m.map_zeroed(page, PAGE, RWX).is_err() {
+                zero(m, page, PAGE)?; // MAP_FIXED over a present page
+            }
+            page += PAGE;
+        }
+        self.p.vm.insert(va, va + len, true);
+        let mut buf = vec![0u8; CHUNK];
+        let mut done = 0u64;
+        while done < len {
+            let n = ((len - done) as usize).min(CHUNK);
+            let got = m.fs_read(file, &mut buf[..n], Some(offset + done))?;
+            if got == 0 {
+                break; // past the end of the file: zeros
+            }
+            m.write(va + done, &buf[..got]).map_err(|_| EFAULT)?;
+            done += got as u64;
+        }
+        Ok(va as i64)
+    }
+
     fn populate(&mut self, m: &mut dyn Machine, va: u64, len: u64) -> Result<(), i64> {
         let mut page = va;
         while page < va + len {

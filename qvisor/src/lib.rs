@@ -82,6 +82,16 @@ pub fn boot(launch: &Launch) -> anyhow::Result<Booted> {
         .first()
         .context("no program to run (empty args)")?;
     let (exe, image) = find_program(&mut rootfs, name, &launch.env)?;
+    // A dynamically linked program starts in its interpreter (ld-linux), read from the root.
+    let interp = match qkernel::interpreter(&image).with_context(|| format!("loading {exe}"))? {
+        Some(path) => Some(
+            rootfs
+                .read_all(path.as_bytes())
+                .map_err(|e| anyhow::anyhow!("errno {e}"))
+                .with_context(|| format!("{exe} needs its interpreter {path}"))?,
+        ),
+        None => None,
+    };
     if let net::NetSetup::NewNamespace = launch.net {
         // This thread's namespace is inherited by every thread it starts from here on (vCPU,
         // network stack, poller): the whole VMM lives in the new one.
@@ -99,7 +109,7 @@ pub fn boot(launch: &Launch) -> anyhow::Result<Booted> {
     )?);
     let mut vm = Vm::new(launch.memory, rootfs, net, launch.polled_syscalls, cancel)?;
     let loaded = vm
-        .with_machine(|m| qkernel::load_static(m, &image, &launch.argv, &launch.env))
+        .with_machine(|m| qkernel::load(m, &image, interp.as_deref(), &launch.argv, &launch.env))
         .with_context(|| format!("loading {exe}"))?;
     Ok(Booted {
         vm,

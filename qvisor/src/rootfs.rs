@@ -282,6 +282,114 @@ impl RootFs {
         Self::fstat_raw(self.fd(file)?)
     }
 
+    /// The directory holding `path` (opened inside the root) and its last component, for the
+    /// calls that change names. The component is a plain name, so the call on it cannot leave
+    /// the directory, and the directory was resolved inside the root. Fails with EROFS for a
+    /// read-only root outside /tmp.
+    fn parent_of(&self, path: &[u8]) -> Result<(OwnedFd, CString, bool), i64> {
+        let path = lexical(path);
+        let cut = path.iter().rposition(|&b| b == b'/').unwrap_or(0);
+        let (dir, name) = (&path[..cut.max(1)], &path[cut + 1..]);
+        if name.is_empty() {
+            return Err(16); // EBUSY: "/" itself
+        }
+        let scratch = self.tree(&path).2;
+        if self.readonly && !scratch {
+            return Err(EROFS);
+        }
+        let fd = self.resolve(dir, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        let name = CString::new(name).map_err(|_| EINVAL)?;
+        Ok((fd, name, scratch))
+    }
+
+    /// unlink(2), or rmdir(2) with `dir`.
+    pub fn unlink(&mut self, path: &[u8], dir: bool) -> Result<(), i64> {
+        let (parent, name, _) = self.parent_of(path)?;
+        let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
+        // SAFETY: a directory fd we own and a NUL-terminated single-component name.
+        if unsafe { libc::unlinkat(parent.as_raw_fd(), name.as_ptr(), flags) } != 0 {
+            return Err(errno());
+        }
+        Ok(())
+    }
+
+    /// mkdir(2).
+    pub fn mkdir(&mut self, path: &[u8], mode: u32) -> Result<(), i64> {
+        let (parent, name, _) = self.parent_of(path)?;
+        // SAFETY: as in unlink.
+        if unsafe { libc::mkdirat(parent.as_raw_fd(), name.as_ptr(), mode & 0o7777) } != 0 {
+            return Err(errno());
+        }
+        Ok(())
+    }
+
+    /// rename(2)/renameat2(2) with `flags` (RENAME_NOREPLACE, RENAME_EXCHANGE). Across /tmp
+    /// and the root it is EXDEV, as between two mounts.
+    pub fn rename(&mut self, from: &[u8], to: &[u8], flags: u32) -> Result<(), i64> {
+        let (a, an, a_scratch) = self.parent_of(from)?;
+        let (b, bn, b_scratch) = self.parent_of(to)?;
+        if a_scratch != b_scratch {
+            return Err(18); // EXDEV
+        }
+        // SAFETY: directory fds we own and single-component names.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_renameat2,
+                a.as_raw_fd(),
+                an.as_ptr(),
+                b.as_raw_fd(),
+                bn.as_ptr(),
+                flags,
+            )
+        };
+        if r != 0 {
+            return Err(errno());
+        }
+        Ok(())
+    }
+
+    /// ftruncate(2) of an open file (the host enforces that it was opened for writing).
+    pub fn truncate(&mut self, file: HostFile, len: u64) -> Result<(), i64> {
+        let fd = self.fd(file)?;
+        // SAFETY: plain ftruncate on our descriptor.
+        if unsafe { libc::ftruncate(fd, len as i64) } != 0 {
+            return Err(errno());
+        }
+        Ok(())
+    }
+
+    /// fsync(2)/fdatasync(2).
+    pub fn sync(&mut self, file: HostFile, data_only: bool) -> Result<(), i64> {
+        let fd = self.fd(file)?;
+        // SAFETY: plain fsync on our descriptor.
+        let r = unsafe {
+            if data_only {
+                libc::fdatasync(fd)
+            } else {
+                libc::fsync(fd)
+            }
+        };
+        if r != 0 {
+            return Err(errno());
+        }
+        Ok(())
+    }
+
+    /// statfs(2) of the file system holding `path` (inside the root), as Linux lays it out.
+    pub fn statfs_path(&mut self, path: &[u8]) -> Result<[u8; 120], i64> {
+        let fd = self.resolve(path, libc::O_PATH, 0)?;
+        // SAFETY: fstatfs fills a zeroed struct statfs for a descriptor we own.
+        let st = unsafe {
+            let mut st: libc::statfs = std::mem::zeroed();
+            if libc::fstatfs(fd.as_raw_fd(), &mut st) != 0 {
+                return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(5) as i64);
+            }
+            st
+        };
+        // SAFETY: struct statfs is plain data of exactly 120 bytes on x86-64 Linux.
+        Ok(unsafe { std::mem::transmute::<libc::statfs, [u8; 120]>(st) })
+    }
+
     pub fn stat_path(&mut self, path: &[u8], follow: bool) -> Result<RawStat, i64> {
         let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
         let fd = self.resolve(path, libc::O_PATH | nofollow, 0)?;

@@ -440,6 +440,24 @@ impl Machine for GuestMachine<'_> {
     fn fs_stat(&mut self, file: HostFile) -> Result<RawStat, i64> {
         self.rootfs.stat(file)
     }
+    fn fs_unlink(&mut self, path: &[u8], dir: bool) -> Result<(), i64> {
+        self.rootfs.unlink(path, dir)
+    }
+    fn fs_mkdir(&mut self, path: &[u8], mode: u32) -> Result<(), i64> {
+        self.rootfs.mkdir(path, mode)
+    }
+    fn fs_rename(&mut self, from: &[u8], to: &[u8], flags: u32) -> Result<(), i64> {
+        self.rootfs.rename(from, to, flags)
+    }
+    fn fs_truncate(&mut self, file: HostFile, len: u64) -> Result<(), i64> {
+        self.rootfs.truncate(file, len)
+    }
+    fn fs_sync(&mut self, file: HostFile, data_only: bool) -> Result<(), i64> {
+        self.rootfs.sync(file, data_only)
+    }
+    fn fs_statfs(&mut self, path: &[u8]) -> Result<[u8; 120], i64> {
+        self.rootfs.statfs_path(path)
+    }
     fn fs_stat_path(&mut self, path: &[u8], follow_symlinks: bool) -> Result<RawStat, i64> {
         self.rootfs.stat_path(path, follow_symlinks)
     }

@@ -427,3 +427,38 @@ fn abort_kills_the_app_with_sigabrt() {
     let o = qvisor(&["busybox", "kill", "-0", "1"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
+
+#[test]
+fn files_are_made_renamed_and_removed_inside_the_root_only() {
+    // Names of this test's own: the root is shared with tests running alongside.
+    std::os::unix::fs::symlink("/etc/shadow", root().join("data/ops-link")).unwrap();
+    let script = "mkdir /data/ops && echo one > /data/ops/a && mv /data/ops/a /data/ops/b \
+                  && cat /data/ops/b && rm /data/ops/b && rmdir /data/ops && echo clean; \
+                  rm /data/ops-link; echo two > /data/ops-src; mv /data/ops-src /../../ops-up; \
+                  cat /ops-up; mv /ops-up /tmp/ops-x";
+    let o = qvisor(&["sh", "-c", script]);
+    assert_eq!(stdout(&o), "one\nclean\ntwo\n", "{}", stderr(&o));
+    // Root and /tmp are two file systems: rename says EXDEV and mv copies, then unlinks
+    // (warning that it cannot keep the times: utimensat is not there yet).
+    assert!(stderr(&o).contains("'/tmp/ops-x'"), "{}", stderr(&o));
+    assert!(!root().join("data/ops").exists());
+    // The symlink went, not what it pointed at; ".." stopped at the root.
+    assert!(root().join("data/ops-link").symlink_metadata().is_err());
+    assert!(Path::new("/etc/shadow").exists());
+    assert!(!root().join("ops-up").exists(), "moved out to /tmp");
+    assert!(!Path::new("/ops-up").exists());
+    // A read-only root refuses all of it.
+    let b = bundle(
+        "rofs",
+        &["sh", "-c", "mkdir /data/x; rm /data/lines.txt"],
+        true,
+    );
+    let o = run_bundle(&b);
+    assert!(
+        stderr(&o).contains("Read-only file system"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!root().join("data/x").exists());
+    assert!(root().join("data/lines.txt").exists());
+}
