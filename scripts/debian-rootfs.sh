@@ -32,6 +32,6 @@ if [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1; then
     [ -e "$out/bin/$applet" ] || ln -s busybox "$out/bin/$applet"
   done
 fi
-echo 'root:x:0:0:root:/root:/bin/sh' >"$out/etc/passwd"
-echo 'root:x:0:' >"$out/etc/group"
+printf '%s\n' 'root:x:0:0:root:/root:/bin/sh' 'nobody:x:65534:65534:nobody:/nonexistent:/bin/false' >"$out/etc/passwd"
+printf '%s\n' 'root:x:0:' 'nogroup:x:65534:' >"$out/etc/group"
 echo "$out: $*"

@@ -684,6 +684,38 @@ impl Kernel {
         .map(|()| 0)
     }
 
+    /// chown/lchown/fchownat, chmod/fchmodat, utimensat on a path (`path` set) or on the
+    /// descriptor `fd` (fchown, fchmod, futimens, or AT_EMPTY_PATH).
+    pub(crate) fn set_attr(
+        &mut self,
+        m: &mut dyn Machine,
+        dirfd: u64,
+        path: Option<u64>,
+        flags: u64,
+        attr: crate::machine::FileAttr,
+    ) -> Result<i64, i64> {
+        let on_fd = match path {
+            None => true,
+            Some(va) => flags & AT_EMPTY_PATH != 0 && read_path(m, va)?.is_empty(),
+        };
+        if on_fd {
+            return match self.p.fds.kind(dirfd)? {
+                FileKind::Host { file, .. } => {
+                    let file = *file;
+                    m.fs_set_attr(None, Some(file), true, attr).map(|()| 0)
+                }
+                // Devices, sockets and pipes: accepted and not kept.
+                _ => Ok(0),
+            };
+        }
+        let p = self.alias(self.at_path(m, dirfd, path.unwrap_or(0))?);
+        if device(&p).is_some() {
+            return Ok(0);
+        }
+        let follow = flags & AT_SYMLINK_NOFOLLOW == 0;
+        m.fs_set_attr(Some(&p), None, follow, attr).map(|()| 0)
+    }
+
     /// Extended attributes: none are kept (getxattr finds none, listxattr lists none), which
     /// is what ls and cp ask about.
     pub(crate) fn xattr(

@@ -18,7 +18,8 @@ pub mod sysnames;
 
 pub use elf::{interpreter, load, load_static, ElfError, Loaded};
 pub use machine::{
-    Fault, HostFile, Machine, PageFlags, RawStat, SocketId, SocketReady, SpaceId, UserRegs,
+    Fault, FileAttr, HostFile, Machine, PageFlags, RawStat, SocketId, SocketReady, SpaceId,
+    UserRegs,
 };
 pub use syscalls::{Kernel, SyscallArgs, SyscallOutcome};
 

@@ -51,6 +51,18 @@ pub struct UserRegs {
     pub fs_base: u64,
 }
 
+/// A file attribute the app changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileAttr {
+    /// uid and gid; u32::MAX leaves one unchanged.
+    Owner(u32, u32),
+    /// Permission bits.
+    Mode(u32),
+    /// (seconds, nanoseconds) of access and modification; nanoseconds may be UTIME_NOW or
+    /// UTIME_OMIT.
+    Times([(i64, i64); 2]),
+}
+
 /// An address space of the platform (one per process): an opaque handle.
 pub type SpaceId = u64;
 
@@ -199,6 +211,17 @@ pub trait Machine {
     }
     /// renameat2(2) within the root, with RENAME_* `flags`.
     fn fs_rename(&mut self, _from: &[u8], _to: &[u8], _flags: u32) -> Result<(), i64> {
+        Err(30)
+    }
+    /// chown/chmod/utimensat of `path` in the root (`follow`: through a final symlink), or of
+    /// an open file (`file`).
+    fn fs_set_attr(
+        &mut self,
+        _path: Option<&[u8]>,
+        _file: Option<HostFile>,
+        _follow: bool,
+        _attr: FileAttr,
+    ) -> Result<(), i64> {
         Err(30)
     }
     /// ftruncate(2) of an open file.

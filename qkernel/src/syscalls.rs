@@ -5,7 +5,7 @@
 use crate::elf::{STACK_SIZE, STACK_TOP, USER_END};
 use crate::errno::*;
 use crate::fs::FdTable;
-use crate::machine::{Machine, PageFlags};
+use crate::machine::{FileAttr, Machine, PageFlags};
 
 const PAGE: u64 = 4096;
 /// Largest chunk copied through the host per step.
@@ -80,6 +80,23 @@ fn read_timeval_ms(m: &dyn Machine, va: u64) -> Result<i64, i64> {
         return Err(EINVAL);
     }
     Ok(secs.saturating_mul(1000).saturating_add(micros / 1000))
+}
+
+/// chown's ids: -1 (as a 32-bit value) leaves one unchanged.
+fn owner(uid: u64, gid: u64) -> FileAttr {
+    FileAttr::Owner(uid as u32, gid as u32)
+}
+
+/// utimensat's `times`: NULL is "now" for both.
+fn read_utimes(m: &dyn Machine, va: u64) -> Result<FileAttr, i64> {
+    const UTIME_NOW: i64 = (1 << 30) - 1;
+    if va == 0 {
+        return Ok(FileAttr::Times([(0, UTIME_NOW), (0, UTIME_NOW)]));
+    }
+    let mut b = [0u8; 32];
+    m.read(va, &mut b).map_err(|_| EFAULT)?;
+    let w = |i: usize| i64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+    Ok(FileAttr::Times([(w(0), w(1)), (w(2), w(3))]))
 }
 
 /// Writes zeros over `[va, va+len)` of the app's memory.
@@ -418,6 +435,23 @@ impl Kernel {
             77 => self.file_op(m, a0, crate::fs::FileOp::Truncate(a1)),
             74 => self.file_op(m, a0, crate::fs::FileOp::Sync { data_only: false }),
             75 => self.file_op(m, a0, crate::fs::FileOp::Sync { data_only: true }),
+            92 | 94 => {
+                // chown, lchown
+                let nofollow = if call.nr == 94 { 0x100 } else { 0 };
+                self.set_attr(m, AT_FDCWD, Some(a0), nofollow, owner(a1, a2))
+            }
+            93 => self.set_attr(m, a0, None, 0, owner(a1, a2)), // fchown
+            260 => self.set_attr(m, a0, Some(a1), a4, owner(a2, a3)), // fchownat
+            90 => self.set_attr(m, AT_FDCWD, Some(a0), 0, FileAttr::Mode(a1 as u32)),
+            91 => self.set_attr(m, a0, None, 0, FileAttr::Mode(a1 as u32)), // fchmod
+            268 => self.set_attr(m, a0, Some(a1), 0, FileAttr::Mode(a2 as u32)), // fchmodat
+            280 => match read_utimes(m, a2) {
+                // utimensat(dirfd, NULL, ...) is futimens.
+                Ok(t) if a1 == 0 => self.set_attr(m, a0, None, 0, t),
+                Ok(t) => self.set_attr(m, a0, Some(a1), a3, t),
+                Err(e) => Err(e),
+            },
+            204 => self.sched_getaffinity(m, a1, a2),
             137 => self.statfs(m, Some(a0), 0, a1),
             138 => self.statfs(m, None, a0, a1),
             191 | 192 => self.xattr(m, false, Some(a0)), // getxattr, lgetxattr
@@ -736,6 +770,15 @@ impl Kernel {
             self.p.vm.insert(s, e, true);
         }
         Ok(0)
+    }
+
+    /// sched_getaffinity(2): the VM has one vCPU, so the mask names CPU 0.
+    fn sched_getaffinity(&mut self, m: &mut dyn Machine, size: u64, mask: u64) -> Result<i64, i64> {
+        if size < 8 || size % 8 != 0 {
+            return Err(EINVAL);
+        }
+        m.write(mask, &1u64.to_le_bytes()).map_err(|_| EFAULT)?;
+        Ok(8)
     }
 
     fn uname(&mut self, m: &mut dyn Machine, buf: u64) -> Result<i64, i64> {

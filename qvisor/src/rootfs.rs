@@ -32,6 +32,17 @@ pub struct RootFs {
     files: Vec<Option<OwnedFd>>,
 }
 
+/// A file attribute the guest changes.
+#[derive(Debug, Clone, Copy)]
+pub enum Attr {
+    /// chown: uid and gid (u32::MAX leaves one as it is).
+    Owner(u32, u32),
+    /// chmod: the permission bits.
+    Mode(u32),
+    /// utimensat: access and modification times (UTIME_NOW/UTIME_OMIT honoured by the host).
+    Times([libc::timespec; 2]),
+}
+
 /// The private directory behind the guest's /tmp, deleted on drop.
 struct Scratch {
     dir: std::path::PathBuf,
@@ -341,6 +352,45 @@ impl RootFs {
                 bn.as_ptr(),
                 flags,
             )
+        };
+        if r != 0 {
+            return Err(errno());
+        }
+        Ok(())
+    }
+
+    /// The attributes calls (chown, chmod, utimensat) on `path`, resolved inside the root
+    /// (`follow`: through a final symlink, else on the symlink itself), acting through the
+    /// resolved descriptor's /proc/self/fd link so they touch exactly that inode.
+    pub fn set_attr(&mut self, path: &[u8], follow: bool, attr: Attr) -> Result<(), i64> {
+        let scratch = self.tree(path).2;
+        if self.readonly && !scratch {
+            return Err(EROFS);
+        }
+        let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
+        let fd = self.resolve(path, libc::O_PATH | nofollow, 0)?;
+        Self::apply(fd.as_raw_fd(), attr)
+    }
+
+    /// The same on an open file.
+    pub fn set_attr_fd(&mut self, file: HostFile, attr: Attr) -> Result<(), i64> {
+        let fd = self.fd(file)?;
+        Self::apply(fd, attr)
+    }
+
+    fn apply(fd: RawFd, attr: Attr) -> Result<(), i64> {
+        let link = CString::new(format!("/proc/self/fd/{fd}")).map_err(|_| EINVAL)?;
+        // SAFETY: a NUL-terminated path naming our own descriptor; the times array (if any)
+        // is two valid timespecs.
+        let r = unsafe {
+            match attr {
+                // fchownat with AT_EMPTY_PATH works on an O_PATH descriptor and never follows.
+                Attr::Owner(uid, gid) => {
+                    libc::fchownat(fd, c"".as_ptr(), uid, gid, libc::AT_EMPTY_PATH)
+                }
+                Attr::Mode(mode) => libc::chmod(link.as_ptr(), mode & 0o7777),
+                Attr::Times(t) => libc::utimensat(libc::AT_FDCWD, link.as_ptr(), t.as_ptr(), 0),
+            }
         };
         if r != 0 {
             return Err(errno());

@@ -449,6 +449,28 @@ impl Machine for GuestMachine<'_> {
     fn fs_rename(&mut self, from: &[u8], to: &[u8], flags: u32) -> Result<(), i64> {
         self.rootfs.rename(from, to, flags)
     }
+    fn fs_set_attr(
+        &mut self,
+        path: Option<&[u8]>,
+        file: Option<HostFile>,
+        follow: bool,
+        attr: qkernel::FileAttr,
+    ) -> Result<(), i64> {
+        use crate::rootfs::Attr;
+        let attr = match attr {
+            qkernel::FileAttr::Owner(u, g) => Attr::Owner(u, g),
+            qkernel::FileAttr::Mode(m) => Attr::Mode(m),
+            qkernel::FileAttr::Times(t) => Attr::Times(t.map(|(s, ns)| libc::timespec {
+                tv_sec: s,
+                tv_nsec: ns,
+            })),
+        };
+        match (path, file) {
+            (Some(p), _) => self.rootfs.set_attr(p, follow, attr),
+            (None, Some(f)) => self.rootfs.set_attr_fd(f, attr),
+            (None, None) => Err(22),
+        }
+    }
     fn fs_truncate(&mut self, file: HostFile, len: u64) -> Result<(), i64> {
         self.rootfs.truncate(file, len)
     }
