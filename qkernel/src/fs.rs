@@ -49,6 +49,8 @@ pub enum FileKind {
     /// The read and the write end of a pipe (an index into the kernel's pipes).
     PipeRead(u32),
     PipeWrite(u32),
+    /// An eventfd counter (an index into the kernel's eventfds).
+    EventFd(u32),
 }
 
 #[derive(Debug, Clone)]
@@ -111,10 +113,15 @@ impl FdTable {
         self.take(fd).map(|f| f.kind)
     }
 
-    /// Whether `fd` is an end of a pipe (its calls may wait for another process).
+    /// Whether `fd` is an end of a pipe or an eventfd (its calls may wait for another
+    /// process).
     pub fn is_pipe(&self, fd: u64) -> bool {
-        self.get(fd)
-            .is_ok_and(|f| matches!(f.kind, FileKind::PipeRead(_) | FileKind::PipeWrite(_)))
+        self.get(fd).is_ok_and(|f| {
+            matches!(
+                f.kind,
+                FileKind::PipeRead(_) | FileKind::PipeWrite(_) | FileKind::EventFd(_)
+            )
+        })
     }
 
     pub(crate) fn kind(&self, fd: u64) -> Result<&FileKind, i64> {
@@ -177,6 +184,7 @@ impl FdTable {
             (FileKind::Socket(a), FileKind::Socket(b)) => a == b,
             (FileKind::PipeRead(a), FileKind::PipeRead(b)) => a == b,
             (FileKind::PipeWrite(a), FileKind::PipeWrite(b)) => a == b,
+            (FileKind::EventFd(a), FileKind::EventFd(b)) => a == b,
             _ => false,
         })
     }
@@ -377,6 +385,7 @@ impl Kernel {
                 self.drop_epoll(id)
             }
             FileKind::PipeRead(id) | FileKind::PipeWrite(id) => self.pipe_end_closed(id),
+            FileKind::EventFd(id) => self.eventfd_closed(id),
             _ => {}
         }
         self.forget_in_epolls(fd as i32);
@@ -417,6 +426,10 @@ impl Kernel {
                 let (id, nonblocking) = (*id, f.status_flags & O_NONBLOCK != 0);
                 self.pipe_read(id, buf, nonblocking)
             }
+            FileKind::EventFd(id) => {
+                let (id, nonblocking) = (*id, f.status_flags & O_NONBLOCK != 0);
+                self.eventfd_read(id, buf, nonblocking)
+            }
             FileKind::Epoll(_) | FileKind::PipeWrite(_) => Err(EINVAL),
         }
     }
@@ -452,6 +465,10 @@ impl Kernel {
                 let (id, nonblocking) = (*id, f.status_flags & O_NONBLOCK != 0);
                 self.pipe_write(id, buf, nonblocking)?
                     .ok_or(crate::pipe::ESIGPIPE)
+            }
+            FileKind::EventFd(id) => {
+                let (id, nonblocking) = (*id, f.status_flags & O_NONBLOCK != 0);
+                self.eventfd_write(id, buf, nonblocking)
             }
             FileKind::Epoll(_) | FileKind::PipeRead(_) => Err(EINVAL),
         }
@@ -591,6 +608,11 @@ impl Kernel {
             FileKind::PipeRead(_) | FileKind::PipeWrite(_) => {
                 let mut st = Self::char_device_stat(0);
                 st[24..28].copy_from_slice(&0o010600u32.to_le_bytes()); // S_IFIFO
+                Ok(st)
+            }
+            FileKind::EventFd(_) => {
+                let mut st = Self::char_device_stat(0);
+                st[24..28].copy_from_slice(&0o000600u32.to_le_bytes()); // anonymous inode
                 Ok(st)
             }
         }
@@ -998,6 +1020,17 @@ impl Kernel {
                     0
                 }
                 Ok(FileKind::Epoll(_)) => 0, // nested epoll sets report nothing yet
+                Ok(FileKind::EventFd(id)) => {
+                    let (readable, writable) = self.eventfd_state(*id);
+                    let mut r = 0;
+                    if readable {
+                        r |= events & (POLLIN | 0x40);
+                    }
+                    if writable {
+                        r |= events & (POLLOUT | 0x100);
+                    }
+                    r
+                }
                 Ok(k @ (FileKind::PipeRead(_) | FileKind::PipeWrite(_))) => {
                     let (readable, writable, hangup) = self.pipe_state(k);
                     let mut r = 0;

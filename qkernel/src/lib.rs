@@ -8,6 +8,7 @@
 
 mod elf;
 mod epoll;
+mod eventfd;
 mod fs;
 mod machine;
 mod net;

@@ -283,6 +283,8 @@ pub struct Kernel {
     pub(crate) procs: crate::process::ProcTable,
     /// Program images exec read recently.
     pub(crate) images: crate::process::ImageCache,
+    /// eventfd counters, shared by every process holding one.
+    pub(crate) eventfds: Vec<Option<crate::eventfd::EventFd>>,
     /// Pipes, shared by every process holding an end.
     pub(crate) pipes: Vec<Option<crate::pipe::Pipe>>,
     /// Serving a call that must not wait (see [`Kernel::try_syscall_nowait`]).
@@ -307,6 +309,7 @@ impl Kernel {
             ),
             procs: Default::default(),
             pipes: Vec::new(),
+            eventfds: Vec::new(),
             images: Default::default(),
             nowait: false,
             forced_nonblocking: false,
@@ -458,6 +461,8 @@ impl Kernel {
             193 => self.p.fds.kind(a0).and(Err(ENODATA)), // fgetxattr
             194 | 195 => self.xattr(m, true, Some(a0)),  // listxattr, llistxattr
             196 => self.p.fds.kind(a0).map(|_| 0),       // flistxattr
+            284 => self.eventfd(a0, 0),
+            290 => self.eventfd(a0, a1),
             22 => self.pipe2(m, a0, 0),
             293 => self.pipe2(m, a0, a1),
             32 => self.dup(a0, 0, None, false),

@@ -1,6 +1,7 @@
 /* Exercises file and process syscalls busybox does not reach; prints one line per check. */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <stdint.h>
 #include <signal.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -10,6 +11,8 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/utsname.h>
+#include <sys/eventfd.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -97,6 +100,23 @@ int main(void) {
   long late_ms = (t1.tv_sec - until.tv_sec) * 1000 + (t1.tv_nsec - until.tv_nsec) / 1000000;
   CHECK("... slept until then", (t1.tv_sec > until.tv_sec || (t1.tv_sec == until.tv_sec && t1.tv_nsec >= until.tv_nsec)) &&
                                     late_ms < 1000);
+  /* eventfd between a parent and its forked child; the file mapping of a forked copy. */
+  int efd = eventfd(0, 0);
+  int fm = open("/data/lines.txt", O_RDONLY);
+  char *mapped = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE, fm, 0);
+  CHECK("mmap of a file", mapped != MAP_FAILED && !memcmp(mapped, "line 1\n", 7));
+  fflush(stdout);
+  pid_t child = fork();
+  if (child == 0) {
+    uint64_t one = 41;
+    write(efd, &one, 8);
+    _exit(mapped[5] == '1' ? 3 : 4);
+  }
+  uint64_t got = 0;
+  int status = 0;
+  CHECK("eventfd read waits for the child's write", read(efd, &got, 8) == 8 && got == 41);
+  CHECK("fork and wait4 with the child's status",
+        child > 0 && waitpid(child, &status, 0) == child && WIFEXITED(status) && WEXITSTATUS(status) == 3);
   CHECK("bad pointer is EFAULT", write(1, (void *)16, 5) == -1 && errno == EFAULT);
   CHECK("unknown syscall is ENOSYS", syscall(1000) == -1 && errno == ENOSYS);
   return 0;
