@@ -86,6 +86,11 @@ impl Default for FdTable {
 }
 
 impl FdTable {
+    /// A table with no descriptor at all (a dead process's).
+    pub(crate) fn empty() -> FdTable {
+        FdTable { fds: Vec::new() }
+    }
+
     fn get(&self, fd: u64) -> Result<&Fd, i64> {
         self.fds
             .get(fd as u32 as usize)

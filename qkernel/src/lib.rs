@@ -14,6 +14,7 @@ mod machine;
 mod net;
 mod pipe;
 mod process;
+mod signal;
 mod syscalls;
 pub mod sysnames;
 

@@ -192,7 +192,7 @@ impl Kernel {
     }
 
     fn sigpipe_default(&self) -> bool {
-        let action = &self.p.sigactions[SIGPIPE as usize];
+        let action = &self.p.sigactions[SIGPIPE as usize - 1];
         u64::from_le_bytes(action[..8].try_into().unwrap_or_default()) == 0 // SIG_DFL
     }
 

@@ -39,6 +39,9 @@ const MAX_ARG_BYTES: usize = 2 << 20;
 pub(crate) struct Saved {
     regs: UserRegs,
     fpu: Vec<u8>,
+    /// The registers run a waiting call again (a signal handler first decides: SA_RESTART
+    /// keeps that, else the call returns EINTR).
+    restart: bool,
 }
 
 #[derive(Debug)]
@@ -48,6 +51,9 @@ pub(crate) enum State {
     Waiting(Saved),
     /// In a read or write of a pipe: runs (the call again) once any pipe changes.
     Blocked(Saved),
+    /// In sigsuspend/pause: runs (the call returning EINTR) once a child changes state, the
+    /// one signal (SIGCHLD) that can reach it today.
+    Suspended(Saved),
     /// A vfork parent: runs once `child` has exec'd or exited.
     VforkParent {
         saved: Saved,
@@ -98,9 +104,10 @@ impl ProcTable {
             return;
         };
         let saved = match &p.state {
-            State::Waiting(s) | State::Blocked(s) | State::VforkParent { saved: s, .. } => {
-                s.clone()
-            }
+            State::Waiting(s)
+            | State::Blocked(s)
+            | State::Suspended(s)
+            | State::VforkParent { saved: s, .. } => s.clone(),
             _ => return,
         };
         p.state = State::Runnable(saved);
@@ -243,10 +250,42 @@ impl Kernel {
         self.p.space
     }
 
+    /// sigsuspend(2)/pause(2): parks the running process until a child changes state (its
+    /// SIGCHLD), then returns EINTR. With nothing else that could run, EINTR at once: no
+    /// signal could ever come.
+    pub(crate) fn suspend(&mut self, m: &mut dyn Machine, mask_va: Option<u64>) -> SyscallOutcome {
+        if let Some(va) = mask_va {
+            let mut b = [0u8; 8];
+            if m.read(va, &mut b).is_err() {
+                return SyscallOutcome::Return(-EFAULT);
+            }
+            // The mask while suspended; the old one comes back with the handler's return.
+            self.p.signals.suspend_mask = Some(self.p.sigmask);
+            self.p.sigmask = u64::from_le_bytes(b) & !((1 << 8) | (1 << 18));
+        }
+        if self.p.deliverable().is_some() {
+            if let Some(outcome) = self.deliver_on_return(m, -EINTR) {
+                return outcome;
+            }
+        }
+        let mut regs = m.user_regs();
+        regs.rax = (-EINTR) as u64;
+        match self.switch_away(m, regs, false, State::Suspended) {
+            SyscallOutcome::Return(_) => {
+                // Nothing else can run, so no signal can come.
+                if let Some(old) = self.p.signals.suspend_mask.take() {
+                    self.p.sigmask = old;
+                }
+                SyscallOutcome::Return(-EINTR)
+            }
+            other => other,
+        }
+    }
+
     /// Parks the running process until a pipe changes; its call runs again then.
     pub(crate) fn block_on_pipe(&mut self, m: &mut dyn Machine) -> SyscallOutcome {
         let regs = Self::restart_regs(m);
-        self.switch_away(m, regs, State::Blocked)
+        self.switch_away(m, regs, true, State::Blocked)
     }
 
     /// Registers that run the current call again when the process resumes.
@@ -256,12 +295,13 @@ impl Kernel {
         r
     }
 
-    /// Parks the running process in `state` (built from its saved registers) and runs the
-    /// next runnable one.
+    /// Parks the running process in `state` (built from its saved registers, which run the
+    /// call again if `restart`) and runs the next runnable one.
     fn switch_away(
         &mut self,
         m: &mut dyn Machine,
         regs: UserRegs,
+        restart: bool,
         state: impl FnOnce(Saved) -> State,
     ) -> SyscallOutcome {
         let fpu = match m.fpu_state() {
@@ -278,20 +318,42 @@ impl Kernel {
             prev.pid,
             Parked {
                 proc: prev,
-                state: state(Saved { regs, fpu }),
+                state: state(Saved { regs, fpu, restart }),
             },
         );
         self.resume(m, saved)
     }
 
-    /// Loads the now-current process's saved state into the machine.
+    /// Loads the now-current process's saved state into the machine, running a pending
+    /// signal's handler first.
     fn resume(&mut self, m: &mut dyn Machine, saved: Saved) -> SyscallOutcome {
         m.space_switch(self.p.space);
         if let Err(e) = m.set_fpu_state(&saved.fpu) {
             tracing::warn!(errno = e, "restoring FPU state");
         }
-        m.set_user_regs(&saved.regs);
+        let mut regs = saved.regs;
+        self.deliver(m, &mut regs, saved.restart);
+        m.set_user_regs(&regs);
         SyscallOutcome::Resume
+    }
+
+    /// A signal with a handler for process `pid` (running or parked): pending, and a parked
+    /// process that waits is woken to take it.
+    pub(crate) fn post_signal(&mut self, pid: i64, sig: u64, info: crate::signal::SigInfo) {
+        if pid == self.p.pid {
+            self.p.post(sig, info);
+            return;
+        }
+        let Some(p) = self.procs.parked.get_mut(&pid) else {
+            return;
+        };
+        p.proc.post(sig, info);
+        if matches!(
+            p.state,
+            State::Waiting(_) | State::Blocked(_) | State::Suspended(_)
+        ) {
+            self.procs.make_runnable(pid);
+        }
     }
 
     /// fork, vfork, and clone without CLONE_VM: a new process with a copy of this one.
@@ -350,7 +412,11 @@ impl Kernel {
         child.ppid = self.p.pid;
         child.borrowed_space = vfork;
         tracing::debug!(parent = self.p.pid, child = pid, vfork, "fork");
-        let saved = Saved { regs, fpu };
+        let saved = Saved {
+            regs,
+            fpu,
+            restart: false,
+        };
         if vfork {
             // The child runs first; the parent resumes with the child's pid once it has
             // exec'd or exited.
@@ -366,6 +432,7 @@ impl Kernel {
                         saved: Saved {
                             regs: parent_regs,
                             fpu: parent_fpu,
+                            restart: false,
                         },
                         child: pid,
                     },
@@ -384,11 +451,34 @@ impl Kernel {
         SyscallOutcome::Return(pid)
     }
 
+    /// The parent of `pid` learns that it changed state (to wait `status`): a waiting parent
+    /// runs again, a vfork parent of it too, and a SIGCHLD handler gets its signal.
+    fn child_changed(&mut self, ppid: i64, pid: i64, status: i32) {
+        let handler = self
+            .procs
+            .parked
+            .get(&ppid)
+            .is_some_and(|p| crate::signal::has_handler(&p.proc, crate::signal::SIGCHLD));
+        if handler {
+            let (code, value) = match status & 0x7f {
+                0 => (1, (status >> 8) & 0xff), // CLD_EXITED
+                sig => (2, sig),                // CLD_KILLED
+            };
+            let info = crate::signal::SigInfo {
+                code,
+                pid,
+                status: value,
+            };
+            self.post_signal(ppid, crate::signal::SIGCHLD, info);
+        }
+        self.notify_parent(ppid, pid);
+    }
+
     /// The parent of `pid` learns that it changed state: a waiting parent runs again, a vfork
     /// parent of it too.
     fn notify_parent(&mut self, ppid: i64, pid: i64) {
         let wake = match self.procs.parked.get(&ppid).map(|p| &p.state) {
-            Some(State::Waiting(_)) => true,
+            Some(State::Waiting(_) | State::Suspended(_)) => true,
             Some(State::VforkParent { child, .. }) => *child == pid,
             _ => false,
         };
@@ -432,7 +522,7 @@ impl Kernel {
             self.notify_parent(1, 0);
         }
         self.release_vfork_parent();
-        self.notify_parent(self.p.ppid, me);
+        self.child_changed(self.p.ppid, me, status);
         let Some((next, saved)) = self.procs.take_next() else {
             tracing::error!(pid = me, "no process left to run after an exit");
             return SyscallOutcome::Exit(125);
@@ -529,7 +619,7 @@ impl Kernel {
             Ok(None) if options & WNOHANG != 0 => SyscallOutcome::Return(0),
             Ok(None) => {
                 let regs = Self::restart_regs(m);
-                self.switch_away(m, regs, State::Waiting)
+                self.switch_away(m, regs, true, State::Waiting)
             }
         }
     }
@@ -580,7 +670,7 @@ impl Kernel {
             }
             Ok(None) => {
                 let regs = Self::restart_regs(m);
-                self.switch_away(m, regs, State::Waiting)
+                self.switch_away(m, regs, true, State::Waiting)
             }
         }
     }
@@ -714,6 +804,149 @@ impl Kernel {
             ..UserRegs::default()
         });
         Ok(SyscallOutcome::Resume)
+    }
+
+    /// Whether `sig` (with no handler in `proc`) ends it: Some(true) terminate, Some(false)
+    /// ignored, None for no such signal.
+    fn terminates(proc: &Proc, sig: u64) -> Option<bool> {
+        // SIGCHLD, SIGCONT, SIGURG, SIGWINCH are ignored by default; stop signals are treated
+        // as ignored (nobody would continue the process).
+        const IGNORED: [u64; 8] = [17, 18, 23, 28, 19, 20, 21, 22];
+        if sig == 0 || sig > 64 {
+            return None;
+        }
+        let slot = &proc.sigactions[(sig - 1) as usize];
+        let handler = u64::from_le_bytes(slot[..8].try_into().unwrap_or_default());
+        if sig == 9 {
+            return Some(true); // SIGKILL is neither caught nor ignored
+        }
+        Some(handler == 0 && !IGNORED.contains(&sig))
+    }
+
+    /// kill(2): `target` > 0 a process, 0 the caller's group, -1 every process but init and
+    /// the caller, < -1 the group -target. A handler gets the signal; without one the default
+    /// action is taken. Init (pid 1) is shielded
+    /// from signals it has no handler for, as Linux shields a pid namespace's init.
+    pub(crate) fn kill(&mut self, m: &mut dyn Machine, target: i64, sig: u64) -> SyscallOutcome {
+        if sig > 64 {
+            return SyscallOutcome::Return(-EINVAL);
+        }
+        let me = self.p.pid;
+        let mut pids: Vec<i64> = std::iter::once(&self.p)
+            .chain(
+                self.procs
+                    .parked
+                    .values()
+                    .filter(|p| !matches!(p.state, State::Zombie { .. }))
+                    .map(|p| &p.proc),
+            )
+            .filter(|p| match target {
+                t if t > 0 => p.pid == t,
+                0 => p.pgid == self.p.pgid,
+                -1 => p.pid != 1 && p.pid != me,
+                t => p.pgid == -t,
+            })
+            .map(|p| p.pid)
+            .collect();
+        if pids.is_empty() {
+            return SyscallOutcome::Return(-ESRCH);
+        }
+        if sig == 0 {
+            return SyscallOutcome::Return(0);
+        }
+        // Others first: the caller may be among the dead.
+        pids.sort_by_key(|p| *p == me);
+        for pid in pids {
+            let proc = if pid == me {
+                &self.p
+            } else {
+                match self.procs.parked.get(&pid) {
+                    Some(p) => &p.proc,
+                    None => continue,
+                }
+            };
+            let (handler, terminates) = (
+                crate::signal::has_handler(proc, sig),
+                Self::terminates(proc, sig),
+            );
+            if pid == 1 && me != 1 && !handler {
+                continue; // init without a handler ignores what its namespace sends it
+            }
+            if handler {
+                let info = crate::signal::SigInfo {
+                    code: 0, // SI_USER
+                    pid: me,
+                    status: 0,
+                };
+                self.post_signal(pid, sig, info);
+                continue;
+            }
+            if terminates != Some(true) {
+                continue;
+            }
+            if pid == me {
+                return self.exit_process(m, sig as i32);
+            }
+            self.kill_parked(m, pid, sig as i32);
+        }
+        SyscallOutcome::Return(0)
+    }
+
+    /// Ends parked process `pid` with wait status `status`.
+    fn kill_parked(&mut self, m: &mut dyn Machine, pid: i64, status: i32) {
+        let Some(target) = self.procs.parked.remove(&pid) else {
+            return;
+        };
+        tracing::debug!(pid, status, "killed");
+        // Close its descriptors as if it ran, the caller parked meanwhile (so files it holds
+        // too stay open).
+        let me = self.p.pid;
+        let caller = std::mem::replace(&mut self.p, target.proc);
+        self.procs.parked.insert(
+            me,
+            Parked {
+                proc: caller,
+                state: State::Zombie { status: 0 },
+            },
+        );
+        self.close_all(m);
+        let Some(caller) = self.procs.parked.remove(&me) else {
+            unreachable!("parked just above")
+        };
+        let mut dead = std::mem::replace(&mut self.p, caller.proc);
+        if !dead.borrowed_space {
+            m.space_release(dead.space);
+        }
+        for p in self.procs.parked.values_mut() {
+            if p.proc.ppid == pid {
+                p.proc.ppid = 1;
+            }
+        }
+        if self.p.pid != dead.ppid {
+            // A vfork parent of it may go on; a waiting parent learns of it.
+            if matches!(
+                self.procs.parked.get(&dead.ppid).map(|p| &p.state),
+                Some(State::VforkParent { child, .. }) if *child == pid
+            ) {
+                self.procs.make_runnable(dead.ppid);
+            }
+            self.child_changed(dead.ppid, pid, status);
+        } else if crate::signal::has_handler(&self.p, crate::signal::SIGCHLD) {
+            let info = crate::signal::SigInfo {
+                code: 2, // CLD_KILLED
+                pid,
+                status,
+            };
+            self.p.post(crate::signal::SIGCHLD, info);
+        }
+        dead.fds = crate::fs::FdTable::empty();
+        self.procs.parked.insert(
+            pid,
+            Parked {
+                proc: dead,
+                state: State::Zombie { status },
+            },
+        );
     }
 
     /// setpgid(2): the running process or a child of it.

@@ -195,6 +195,8 @@ pub(crate) struct Proc {
     pub(crate) space: crate::machine::SpaceId,
     /// The space is its vfork parent's, lent until exec or exit: never released by this one.
     pub(crate) borrowed_space: bool,
+    /// Pending signals and the handlers it is in.
+    pub(crate) signals: crate::signal::SignalState,
 }
 
 impl Proc {
@@ -226,6 +228,7 @@ impl Proc {
             sid: pid,
             space: 0,
             borrowed_space: false,
+            signals: Default::default(),
         }
     }
 
@@ -250,6 +253,8 @@ impl Proc {
             sid: self.sid,
             space,
             borrowed_space: false,
+            // A child starts with no pending signal (the mask and handlers are inherited).
+            signals: Default::default(),
         }
     }
 
@@ -322,7 +327,7 @@ impl Kernel {
     pub fn may_block(&self, call: &SyscallArgs) -> bool {
         match call.nr {
             // Process calls switch registers and address spaces: only the vCPU can.
-            56 | 57 | 58 | 59 | 60 | 61 | 62 | 200 | 231 | 234 | 247 | 322 => true,
+            15 | 34 | 56 | 57 | 58 | 59 | 60 | 61 | 62 | 130 | 200 | 231 | 234 | 247 | 322 => true,
             35 | 230 => true,              // nanosleep, clock_nanosleep
             202 => call.args[3] != 0,      // futex with a timeout
             7 => call.args[2] as i32 != 0, // poll with a timeout
@@ -351,10 +356,20 @@ impl Kernel {
         call: SyscallArgs,
     ) -> Option<SyscallOutcome> {
         match call.nr {
-            // Sleeps and futex waits always wait; a non-blocking connect is not the same
-            // call as a blocking one (it starts the connection either way).
-            35 | 230 | 202 | 42 => return None,
-            56 | 57 | 58 | 59 | 60 | 61 | 62 | 200 | 231 | 234 | 247 | 322 => return None,
+            // Sleeps and futex waits with a timeout always wait; a non-blocking connect is not
+            // the same call as a blocking one (it starts the connection either way).
+            35 | 230 | 42 => return None,
+            202 if call.args[3] != 0 => return None,
+            15 | 34 | 56 | 57 | 58 | 59 | 60 | 61 | 62 | 130 | 200 | 231 | 234 | 247 | 322 => {
+                return None
+            }
+            _ => {}
+        }
+        // A pending signal is delivered on the vCPU thread, which sets registers.
+        if self.p.deliverable().is_some() {
+            return None;
+        }
+        match call.nr {
             // Console input has no readiness to ask the host about here.
             0 | 17 | 19 if self.p.fds.is_console_input(call.args[0]) => return None,
             _ => {}
@@ -393,7 +408,24 @@ impl Kernel {
     }
 
     /// Serves one syscall.
+    /// Serves one syscall, then runs a signal handler that became deliverable, if any.
     pub fn syscall(&mut self, m: &mut dyn Machine, call: SyscallArgs) -> SyscallOutcome {
+        let outcome = self.dispatch(m, call);
+        match outcome {
+            SyscallOutcome::Return(value) if self.p.deliverable().is_some() => {
+                if self.nowait {
+                    // Only the vCPU thread can run a handler: it serves the call again.
+                    self.would_block = true;
+                    outcome
+                } else {
+                    self.deliver_on_return(m, value).unwrap_or(outcome)
+                }
+            }
+            _ => outcome,
+        }
+    }
+
+    fn dispatch(&mut self, m: &mut dyn Machine, call: SyscallArgs) -> SyscallOutcome {
         let [a0, a1, a2, a3, a4, _a5] = call.args;
         const AT_FDCWD: u64 = -100i64 as u64;
         let a5 = call.args[5];
@@ -537,21 +569,19 @@ impl Kernel {
             273 => Ok(0), // set_robust_list
             202 => self.futex(m, a0, a1, a2, a3),
             // kill, tkill, tgkill: the target (pid, tid, or both) and the signal.
-            62 | 200 | 234 => {
-                let (to_self, sig) = match call.nr {
-                    234 => (a0 as i64 == self.p.pid && a1 as i64 == self.p.pid, a2),
-                    _ => (a0 as i64 == self.p.pid, a1),
-                };
-                match self.raise(to_self, sig) {
-                    Ok(Some(sig)) => return self.exit_process(m, sig),
-                    other => other.map(|_| 0),
-                }
-            }
+            // kill; tkill and tgkill (a process is one thread: the tid is the pid).
+            62 => return self.kill(m, a0 as i32 as i64, a1),
+            200 => return self.kill(m, (a0 as i32 as i64).max(1), a1),
+            234 if a0 as i32 as i64 != a1 as i32 as i64 => Err(ESRCH),
+            234 => return self.kill(m, (a1 as i32 as i64).max(1), a2),
             292 => self.dup(a0, 0, Some(a1), a2 & 0o2000000 != 0),
             302 => self.prlimit(m, a2, a3),
             318 => self.getrandom(m, a0, a1),
             332 => self.statx(m, a0, a1, a2, a4),
             334 => Err(ENOSYS), // rseq: glibc falls back
+            34 => return self.suspend(m, None),
+            130 => return self.suspend(m, Some(a0)), // rt_sigsuspend
+            15 => return self.sigreturn(m),
             _ => {
                 tracing::debug!(
                     nr = call.nr,
@@ -982,36 +1012,6 @@ impl Kernel {
             }
             _ => Err(ENOSYS),
         }
-    }
-
-    /// kill/tkill/tgkill. Signal delivery to handlers comes with the process-model work; until
-    /// then a signal to the app takes its default action (abort() raises SIGABRT this way).
-    fn raise(&mut self, to_self: bool, sig: u64) -> Result<Option<i32>, i64> {
-        if sig > 64 {
-            return Err(EINVAL);
-        }
-        if !to_self {
-            return Err(ESRCH);
-        }
-        if sig == 0 {
-            return Ok(None);
-        }
-        const SIG_IGN: u64 = 1;
-        // SIGCHLD, SIGCONT, SIGURG, SIGWINCH are ignored by default; stop signals are treated
-        // as ignored (there is nobody to continue the app).
-        const IGNORED: [u64; 8] = [17, 18, 23, 28, 19, 20, 21, 22];
-        let slot = &self.p.sigactions[(sig - 1) as usize];
-        let handler = u64::from_le_bytes(slot[..8].try_into().unwrap_or_default());
-        if handler == SIG_IGN || IGNORED.contains(&sig) {
-            return Ok(None);
-        }
-        if handler != 0 {
-            tracing::warn!(
-                sig,
-                "signal handlers are not delivered yet: default action taken"
-            );
-        }
-        Ok(Some(sig as i32))
     }
 
     fn nanosleep(&mut self, m: &mut dyn Machine, req: u64) -> Result<i64, i64> {

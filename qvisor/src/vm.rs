@@ -229,9 +229,9 @@ pub fn serve(core: &Mutex<Core>, call: SyscallArgs, regs: UserRegs, vcpu: &VcpuF
     }
 }
 
-/// Serves a call on the polled path, under one lock: a call that may wait only if it need not
-/// ([`Kernel::try_syscall_nowait`]). `None` sends it to the vCPU thread, where waiting costs
-/// no spinning thread.
+/// Serves a call on the polled path, under one lock, only if it need not wait, switch
+/// processes or run a signal handler ([`Kernel::try_syscall_nowait`]). `None` sends it to the
+/// vCPU thread, where waiting costs no spinning thread and registers can be set.
 pub fn serve_polled(
     core: &Mutex<Core>,
     call: SyscallArgs,
@@ -255,11 +255,8 @@ pub fn serve_polled(
         resume: None,
         vcpu: None,
     };
-    let outcome = if kernel.may_block(&call) {
-        kernel.try_syscall_nowait(&mut machine, call)?
-    } else {
-        kernel.syscall(&mut machine, call)
-    };
+    // Every call is served as one that must not wait nor switch: those go to the vCPU.
+    let outcome = kernel.try_syscall_nowait(&mut machine, call)?;
     Some((outcome, machine.fs_base))
 }
 

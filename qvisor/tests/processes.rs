@@ -116,3 +116,27 @@ fn memory_written_by_a_child_stays_its_own() {
         "{err}"
     );
 }
+
+#[test]
+fn kill_ends_other_processes_and_spares_init() {
+    // A background job killed before it ran, one blocked on a pipe, a group, and init asking
+    // to be killed by another process (ignored: init has no handler).
+    let script = "sleep 10 & kill $!; wait $!; echo job $?; \
+                  (echo x; sleep 5) | (read l; sleep 5) & p=$!; kill -9 $p; wait $p; echo pipe $?; \
+                  sh -c 'kill -TERM 1; echo init lives'; kill -0 12345; echo none $?";
+    let (code, out, err) = sh(script);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, "job 143\npipe 137\ninit lives\nnone 1\n", "{err}");
+}
+
+#[test]
+fn shell_traps_run_and_background_jobs_are_waited_for() {
+    // trap runs a handler (signals from itself and from a child); `wait` sleeps in
+    // sigsuspend until SIGCHLD's handler runs.
+    let script = "trap 'echo got TERM' TERM; kill -TERM $$; echo after; \
+                  trap 'echo got USR1' USR1; sh -c 'kill -USR1 $PPID'; \
+                  true & wait; echo waited $?; (exit 6) & wait $!; echo job $?";
+    let (code, out, err) = sh(script);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, "got TERM\nafter\ngot USR1\nwaited 0\njob 6\n", "{err}");
+}

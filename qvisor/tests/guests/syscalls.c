@@ -18,6 +18,14 @@
 
 #define CHECK(name, cond) printf("%s %s\n", (cond) ? "ok" : "FAIL", name)
 
+static volatile int got_sig, got_code, got_pid;
+static void on_usr1(int sig, siginfo_t *si, void *uc) {
+  (void)uc;
+  got_sig = sig;
+  got_code = si->si_code;
+  got_pid = si->si_pid;
+}
+
 int main(void) {
   int dir = open("/data", O_RDONLY | O_DIRECTORY);
   CHECK("open dir", dir >= 0);
@@ -117,6 +125,40 @@ int main(void) {
   CHECK("eventfd read waits for the child's write", read(efd, &got, 8) == 8 && got == 41);
   CHECK("fork and wait4 with the child's status",
         child > 0 && waitpid(child, &status, 0) == child && WIFEXITED(status) && WEXITSTATUS(status) == 3);
+  /* Signal handlers: siginfo, the interrupted code's state, blocking, EINTR and SA_RESTART. */
+  struct sigaction su;
+  memset(&su, 0, sizeof su);
+  su.sa_sigaction = on_usr1;
+  su.sa_flags = SA_SIGINFO;
+  sigaction(SIGUSR1, &su, NULL);
+  volatile double fp = 1.5;
+  kill(getpid(), SIGUSR1);
+  CHECK("a handler runs with its siginfo", got_sig == SIGUSR1 && got_code == SI_USER && got_pid == getpid() && fp * 2 == 3.0);
+  sigset_t usr1;
+  sigemptyset(&usr1);
+  sigaddset(&usr1, SIGUSR1);
+  sigprocmask(SIG_BLOCK, &usr1, NULL);
+  got_sig = 0;
+  kill(getpid(), SIGUSR1);
+  int before = got_sig;
+  sigprocmask(SIG_UNBLOCK, &usr1, NULL);
+  CHECK("a blocked signal waits for its unblocking", before == 0 && got_sig == SIGUSR1);
+  fflush(stdout);
+  got_sig = 0;
+  pid_t c2 = fork();
+  if (c2 == 0) { kill(getppid(), SIGUSR1); _exit(0); }
+  int st2 = 0;
+  int r2 = waitpid(c2, &st2, 0);
+  CHECK("waitpid interrupted by a handler without SA_RESTART", r2 == -1 && errno == EINTR && got_sig == SIGUSR1);
+  CHECK("... and the child reaped after", waitpid(c2, &st2, 0) == c2);
+  su.sa_flags = SA_SIGINFO | SA_RESTART;
+  sigaction(SIGUSR1, &su, NULL);
+  got_sig = 0;
+  pid_t c3 = fork();
+  if (c3 == 0) { kill(getppid(), SIGUSR1); _exit(5); }
+  int st3 = 0;
+  CHECK("waitpid restarted after an SA_RESTART handler",
+        waitpid(c3, &st3, 0) == c3 && WEXITSTATUS(st3) == 5 && got_sig == SIGUSR1);
   CHECK("bad pointer is EFAULT", write(1, (void *)16, 5) == -1 && errno == EFAULT);
   CHECK("unknown syscall is ENOSYS", syscall(1000) == -1 && errno == ENOSYS);
   return 0;

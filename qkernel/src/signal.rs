@@ -1,0 +1,234 @@
+//! Signal handlers: a signal with a handler becomes pending on its process and is delivered
+//! on its way back to user space, through the frame Linux builds on x86-64 (`rt_sigframe`:
+//! the return address `sa_restorer`, a `ucontext` holding the interrupted registers and mask,
+//! a `siginfo`); `rt_sigreturn` reads the registers back.
+//!
+//! Delivery happens where the kernel sets the app's registers: at the end of a call served on
+//! the vCPU thread, and when a parked process is switched in. The polled path never returns
+//! to the app with a deliverable signal (it hands the call to the vCPU thread). The frame is
+//! in app memory and untrusted on the way back: only the general registers, the user flags and
+//! the mask are taken from it. The FPU state of the interrupted code stays in the kernel
+//! (`fpstate` is 0 in the frame) and comes back at `rt_sigreturn`.
+
+use crate::errno::*;
+use crate::machine::{Machine, UserRegs};
+use crate::syscalls::{Kernel, Proc, SyscallOutcome};
+
+const SIG_DFL: u64 = 0;
+const SIG_IGN: u64 = 1;
+const SA_SIGINFO: u64 = 4;
+const SA_RESTART: u64 = 0x1000_0000;
+const SA_NODEFER: u64 = 0x4000_0000;
+const SA_RESETHAND: u64 = 0x8000_0000;
+pub const SIGCHLD: u64 = 17;
+/// Offsets in `struct ucontext` and `struct sigcontext` (x86-64).
+const UC_MCONTEXT: u64 = 40;
+const UC_SIGMASK: u64 = 296;
+const UC_SIZE: u64 = 304;
+const SIGINFO_SIZE: u64 = 128;
+/// Nested handlers a process may be in at once.
+const MAX_DEPTH: usize = 64;
+/// The flags an app may set (as Linux's FIX_EFLAGS), and IF, always on.
+const USER_FLAGS: u64 = 0x3c_7fd7;
+
+/// Why a signal is pending: what its siginfo says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SigInfo {
+    pub code: i32,
+    pub pid: i64,
+    /// SIGCHLD's status (exit code or signal).
+    pub status: i32,
+}
+
+/// A process's handlers' side: what is pending and the FPU states of handlers it is in.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct SignalState {
+    pending: u64,
+    info: std::collections::BTreeMap<u64, SigInfo>,
+    fpu: Vec<Vec<u8>>,
+    /// The mask sigsuspend replaced, restored when its handler returns.
+    pub(crate) suspend_mask: Option<u64>,
+}
+
+fn action(p: &Proc, sig: u64) -> (u64, u64, u64, u64) {
+    let a = &p.sigactions[(sig - 1) as usize];
+    let w = |i: usize| u64::from_le_bytes(a[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+    (w(0), w(1), w(2), w(3)) // handler, flags, restorer, mask
+}
+
+/// Whether `sig` has a handler (neither default nor ignored) in `p`.
+pub(crate) fn has_handler(p: &Proc, sig: u64) -> bool {
+    (1..=64).contains(&sig) && !matches!(action(p, sig).0, SIG_DFL | SIG_IGN)
+}
+
+impl Proc {
+    /// Marks `sig` pending (it has a handler).
+    pub(crate) fn post(&mut self, sig: u64, info: SigInfo) {
+        self.signals.pending |= 1 << (sig - 1);
+        self.signals.info.insert(sig, info);
+    }
+
+    /// The lowest pending signal not blocked, if any.
+    pub(crate) fn deliverable(&self) -> Option<u64> {
+        let ready = self.signals.pending & !self.sigmask;
+        (ready != 0).then(|| u64::from(ready.trailing_zeros()) + 1)
+    }
+}
+
+impl Kernel {
+    /// Builds the frame of the next deliverable signal on the running process's stack and
+    /// points `regs` at its handler. `regs` are what the app would resume with otherwise (a
+    /// finished call's return, or a waiting call: `restart` says how to resume it, by running
+    /// it again after the handler with SA_RESTART, else with EINTR). Returns whether it did.
+    pub(crate) fn deliver(
+        &mut self,
+        m: &mut dyn Machine,
+        regs: &mut UserRegs,
+        restart: bool,
+    ) -> bool {
+        let Some(sig) = self.p.deliverable() else {
+            return false;
+        };
+        let bit = 1 << (sig - 1);
+        self.p.signals.pending &= !bit;
+        let info = self.p.signals.info.remove(&sig);
+        let (handler, flags, restorer, mask) = action(&self.p, sig);
+        if matches!(handler, SIG_DFL | SIG_IGN) || self.p.signals.fpu.len() >= MAX_DEPTH {
+            return false; // the handler went away meanwhile
+        }
+        let mut interrupted = *regs;
+        if restart && flags & SA_RESTART == 0 {
+            // The waiting call ends with EINTR instead of running again.
+            interrupted.rip = interrupted.rip.wrapping_add(2);
+            interrupted.rax = (-EINTR) as u64;
+        }
+        let old_mask = self.p.signals.suspend_mask.take().unwrap_or(self.p.sigmask);
+        // The frame, below the red zone, 16-byte aligned, then 8 down (as after a call).
+        let frame_size = 8 + UC_SIZE + SIGINFO_SIZE;
+        let sp = ((regs.rsp.wrapping_sub(128 + frame_size)) & !15).wrapping_sub(8);
+        let mut frame = vec![0u8; frame_size as usize];
+        let put = |f: &mut [u8], at: u64, v: u64| {
+            f[at as usize..at as usize + 8].copy_from_slice(&v.to_le_bytes())
+        };
+        put(&mut frame, 0, restorer);
+        let mc = 8 + UC_MCONTEXT;
+        let r = &interrupted;
+        for (i, v) in [
+            r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15, r.rdi, r.rsi, r.rbp, r.rbx,
+            r.rdx, r.rax, r.rcx, r.rsp, r.rip, r.rflags,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            put(&mut frame, mc + 8 * i as u64, v);
+        }
+        frame[(mc + 144) as usize..(mc + 146) as usize].copy_from_slice(&0x33u16.to_le_bytes());
+        frame[(mc + 150) as usize..(mc + 152) as usize].copy_from_slice(&0x2bu16.to_le_bytes());
+        put(&mut frame, mc + 168, old_mask); // oldmask
+        put(&mut frame, 8 + UC_SIGMASK, old_mask);
+        let si = 8 + UC_SIZE;
+        let info = info.unwrap_or(SigInfo {
+            code: 0,
+            pid: 0,
+            status: 0,
+        });
+        frame[si as usize..si as usize + 4].copy_from_slice(&(sig as i32).to_le_bytes());
+        frame[si as usize + 8..si as usize + 12].copy_from_slice(&info.code.to_le_bytes());
+        frame[si as usize + 16..si as usize + 20].copy_from_slice(&(info.pid as i32).to_le_bytes());
+        frame[si as usize + 24..si as usize + 28].copy_from_slice(&info.status.to_le_bytes());
+        let fpu = m.fpu_state().unwrap_or_default();
+        if m.write(sp, &frame).is_err() {
+            // No stack to run the handler on (Linux would force SIGSEGV): the signal is lost.
+            tracing::warn!(
+                pid = self.p.pid,
+                sig,
+                sp,
+                rsp = regs.rsp,
+                rip = regs.rip,
+                "no room for a signal frame"
+            );
+            return false;
+        }
+        self.p.signals.fpu.push(fpu);
+        self.p.sigmask |= mask;
+        if flags & SA_NODEFER == 0 {
+            self.p.sigmask |= bit;
+        }
+        self.p.sigmask &= !((1 << 8) | (1 << 18));
+        if flags & SA_RESETHAND != 0 {
+            self.p.sigactions[(sig - 1) as usize] = [0; 32];
+        }
+        *regs = UserRegs {
+            rip: handler,
+            rsp: sp,
+            rdi: sig,
+            rsi: if flags & SA_SIGINFO != 0 { sp + si } else { 0 },
+            rdx: if flags & SA_SIGINFO != 0 { sp + 8 } else { 0 },
+            rax: 0,
+            rflags: (interrupted.rflags & USER_FLAGS) | 0x202,
+            fs_base: interrupted.fs_base,
+            ..interrupted
+        };
+        tracing::debug!(pid = self.p.pid, sig, handler, "signal delivered");
+        true
+    }
+
+    /// Delivers a pending signal as the running process returns `value` from a call.
+    pub(crate) fn deliver_on_return(
+        &mut self,
+        m: &mut dyn Machine,
+        value: i64,
+    ) -> Option<SyscallOutcome> {
+        self.p.deliverable()?;
+        let mut regs = m.user_regs();
+        regs.rax = value as u64;
+        if self.deliver(m, &mut regs, false) {
+            m.set_user_regs(&regs);
+            return Some(SyscallOutcome::Resume);
+        }
+        None
+    }
+
+    /// rt_sigreturn(2): the registers and mask the frame at the stack pointer holds.
+    pub(crate) fn sigreturn(&mut self, m: &mut dyn Machine) -> SyscallOutcome {
+        let sp = m.user_regs().rsp; // the restorer's `ret` popped the return address
+        let mut mc = [0u8; 256];
+        let mut mask = [0u8; 8];
+        if m.read(sp + UC_MCONTEXT, &mut mc).is_err() || m.read(sp + UC_SIGMASK, &mut mask).is_err()
+        {
+            return self.exit_process(m, 11); // SIGSEGV, as Linux
+        }
+        let w = |i: usize| u64::from_le_bytes(mc[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+        let current = m.user_regs();
+        let regs = UserRegs {
+            r8: w(0),
+            r9: w(1),
+            r10: w(2),
+            r11: w(3),
+            r12: w(4),
+            r13: w(5),
+            r14: w(6),
+            r15: w(7),
+            rdi: w(8),
+            rsi: w(9),
+            rbp: w(10),
+            rbx: w(11),
+            rdx: w(12),
+            rax: w(13),
+            rcx: w(14),
+            rsp: w(15),
+            rip: w(16),
+            rflags: (w(17) & USER_FLAGS) | 0x202,
+            fs_base: current.fs_base,
+        };
+        self.p.sigmask = u64::from_le_bytes(mask) & !((1 << 8) | (1 << 18));
+        if let Some(fpu) = self.p.signals.fpu.pop() {
+            let _ = m.set_fpu_state(&fpu);
+        }
+        let mut regs = regs;
+        // Another signal may have become deliverable with the mask restored.
+        self.deliver(m, &mut regs, false);
+        m.set_user_regs(&regs);
+        SyscallOutcome::Resume
+    }
+}
