@@ -51,9 +51,14 @@ pub(crate) enum State {
     Waiting(Saved),
     /// In a read or write of a pipe: runs (the call again) once any pipe changes.
     Blocked(Saved),
-    /// In sigsuspend/pause: runs (the call returning EINTR) once a child changes state, the
-    /// one signal (SIGCHLD) that can reach it today.
+    /// In sigsuspend/pause: runs (the call returning EINTR) once a signal comes.
     Suspended(Saved),
+    /// In nanosleep: runs (the call returning 0) at `until` (monotonic ns), or returning
+    /// EINTR when a signal comes first.
+    Sleeping {
+        saved: Saved,
+        until: u64,
+    },
     /// A vfork parent: runs once `child` has exec'd or exited.
     VforkParent {
         saved: Saved,
@@ -107,6 +112,7 @@ impl ProcTable {
             State::Waiting(s)
             | State::Blocked(s)
             | State::Suspended(s)
+            | State::Sleeping { saved: s, .. }
             | State::VforkParent { saved: s, .. } => s.clone(),
             _ => return,
         };
@@ -288,6 +294,69 @@ impl Kernel {
         self.switch_away(m, regs, true, State::Blocked)
     }
 
+    /// A sleep of `ns`: in place when the running process is alone, else parked
+    /// ([`ESLEEP`]) so the others run meanwhile.
+    pub(crate) fn sleep_for(&mut self, m: &mut dyn Machine, ns: u64) -> Result<i64, i64> {
+        let alone = self
+            .procs
+            .parked
+            .values()
+            .all(|p| matches!(p.state, State::Zombie { .. }));
+        if alone || ns == 0 {
+            m.sleep_ns(ns);
+            return Ok(0);
+        }
+        self.p.sleep_until = m.monotonic_ns().saturating_add(ns);
+        Err(ESLEEP)
+    }
+
+    /// Parks the running process until its sleep ends.
+    pub(crate) fn park_sleeping(&mut self, m: &mut dyn Machine) -> SyscallOutcome {
+        let mut regs = m.user_regs();
+        regs.rax = 0;
+        let until = self.p.sleep_until;
+        self.switch_away(m, regs, false, |saved| State::Sleeping { saved, until })
+    }
+
+    /// The next process to run: a runnable one, else (after sleeping on the host until the
+    /// earliest) a sleeper whose time has come. None when every process waits on another.
+    fn next_runnable(&mut self, m: &mut dyn Machine) -> Option<(Proc, Saved)> {
+        loop {
+            if let Some(next) = self.procs.take_next() {
+                return Some(next);
+            }
+            let earliest = self
+                .procs
+                .parked
+                .values()
+                .filter_map(|p| match p.state {
+                    State::Sleeping { until, .. } => Some(until),
+                    _ => None,
+                })
+                .min()?;
+            let now = m.monotonic_ns();
+            if earliest > now {
+                m.sleep_ns(earliest - now);
+            }
+            // Stopped from outside meanwhile: everyone wakes, the vCPU loop ends the container.
+            let now = if m.cancelled() {
+                u64::MAX
+            } else {
+                m.monotonic_ns().max(earliest)
+            };
+            let due: Vec<i64> = self
+                .procs
+                .parked
+                .iter()
+                .filter(|(_, p)| matches!(p.state, State::Sleeping { until, .. } if until <= now))
+                .map(|(pid, _)| *pid)
+                .collect();
+            for pid in due {
+                self.procs.make_runnable(pid);
+            }
+        }
+    }
+
     /// Registers that run the current call again when the process resumes.
     fn restart_regs(m: &dyn Machine) -> UserRegs {
         let mut r = m.user_regs();
@@ -308,7 +377,7 @@ impl Kernel {
             Ok(f) => f,
             Err(e) => return SyscallOutcome::Return(-e),
         };
-        let Some((next, saved)) = self.procs.take_next() else {
+        let Some((next, saved)) = self.next_runnable(m) else {
             // Every other process waits: nothing could wake this one.
             return SyscallOutcome::Return(-EDEADLK_OR_CHILD);
         };
@@ -348,9 +417,12 @@ impl Kernel {
             return;
         };
         p.proc.post(sig, info);
+        if let State::Sleeping { saved, .. } = &mut p.state {
+            saved.regs.rax = (-EINTR) as u64; // the sleep ends early
+        }
         if matches!(
             p.state,
-            State::Waiting(_) | State::Blocked(_) | State::Suspended(_)
+            State::Waiting(_) | State::Blocked(_) | State::Suspended(_) | State::Sleeping { .. }
         ) {
             self.procs.make_runnable(pid);
         }
@@ -523,7 +595,7 @@ impl Kernel {
         }
         self.release_vfork_parent();
         self.child_changed(self.p.ppid, me, status);
-        let Some((next, saved)) = self.procs.take_next() else {
+        let Some((next, saved)) = self.next_runnable(m) else {
             tracing::error!(pid = me, "no process left to run after an exit");
             return SyscallOutcome::Exit(125);
         };
@@ -989,6 +1061,10 @@ impl Kernel {
         Ok(self.p.pid)
     }
 }
+
+/// Internal errno: a sleep parks the process (its deadline in `Proc::sleep_until`) so others
+/// run meanwhile. Never reaches the app.
+pub const ESLEEP: i64 = 514;
 
 /// errno when a process would wait with nothing left to wake it: EDEADLK.
 const EDEADLK_OR_CHILD: i64 = 35;

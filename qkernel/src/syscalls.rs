@@ -197,6 +197,8 @@ pub(crate) struct Proc {
     pub(crate) borrowed_space: bool,
     /// Pending signals and the handlers it is in.
     pub(crate) signals: crate::signal::SignalState,
+    /// When a parked sleep ends (monotonic ns).
+    pub(crate) sleep_until: u64,
 }
 
 impl Proc {
@@ -229,6 +231,7 @@ impl Proc {
             space: 0,
             borrowed_space: false,
             signals: Default::default(),
+            sleep_until: 0,
         }
     }
 
@@ -255,6 +258,7 @@ impl Proc {
             borrowed_space: false,
             // A child starts with no pending signal (the mask and handlers are inherited).
             signals: Default::default(),
+            sleep_until: 0,
         }
     }
 
@@ -601,6 +605,7 @@ impl Kernel {
                 return SyscallOutcome::Return(-EAGAIN);
             }
             Err(crate::pipe::ERESTART) => return self.block_on_pipe(m),
+            Err(crate::process::ESLEEP) => return self.park_sleeping(m),
             Err(crate::pipe::ESIGPIPE) => return self.sigpipe(m),
             _ => {}
         }
@@ -1015,8 +1020,8 @@ impl Kernel {
     }
 
     fn nanosleep(&mut self, m: &mut dyn Machine, req: u64) -> Result<i64, i64> {
-        m.sleep_ns(read_timespec(m, req)?);
-        Ok(0)
+        let ns = read_timespec(m, req)?;
+        self.sleep_for(m, ns)
     }
 
     /// clock_nanosleep: relative, or until an absolute time of the clock (TIMER_ABSTIME).
@@ -1037,8 +1042,7 @@ impl Kernel {
             1 | 7 => m.monotonic_ns(),
             _ => return Err(EINVAL),
         };
-        m.sleep_ns(target.saturating_sub(now));
-        Ok(0)
+        self.sleep_for(m, target.saturating_sub(now))
     }
 
     fn gettimeofday(&mut self, m: &mut dyn Machine, tv: u64) -> Result<i64, i64> {

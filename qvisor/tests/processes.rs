@@ -140,3 +140,18 @@ fn shell_traps_run_and_background_jobs_are_waited_for() {
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(out, "got TERM\nafter\ngot USR1\nwaited 0\njob 6\n", "{err}");
 }
+
+#[test]
+fn background_jobs_run_while_the_shell_sleeps() {
+    // Sleeps park their process: the jobs run meanwhile, and sleeps overlap.
+    let started = std::time::Instant::now();
+    let (code, out, err) =
+        sh("(sleep 0.4; echo late) & (echo now) & sleep 0.2; echo fg; wait; echo done");
+    let took = started.elapsed();
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(0), "now\nfg\nlate\ndone\n"),
+        "{err}"
+    );
+    assert!(took < std::time::Duration::from_millis(3000), "{took:?}");
+}
