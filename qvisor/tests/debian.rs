@@ -122,7 +122,7 @@ fn debian_iperf3_serves_the_hosts_iperf3_client() {
             "-c",
             "10.66.0.2",
             "-t",
-            "1",
+            "3",
             "-J",
         ])
         .output()
