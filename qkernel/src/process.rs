@@ -357,6 +357,67 @@ impl Kernel {
         }
     }
 
+    /// Whether another process could use the CPU (one is runnable, or a sleeper's time has
+    /// come): the platform then preempts the running one with [`Kernel::preempt`].
+    pub fn wants_preemption(&self, now_ns: u64) -> bool {
+        self.procs.parked.values().any(|p| match p.state {
+            State::Runnable(_) => true,
+            State::Sleeping { until, .. } => until <= now_ns,
+            _ => false,
+        })
+    }
+
+    /// Preemption: the running process, stopped by the platform at an arbitrary instruction
+    /// (its exact registers in `Machine::user_regs`), goes to the back of the run queue and
+    /// the next runnable one runs. `None` (nothing else to run): it goes on.
+    pub fn preempt(&mut self, m: &mut dyn Machine) -> Option<SyscallOutcome> {
+        let now = m.monotonic_ns();
+        let due: Vec<i64> = self
+            .procs
+            .parked
+            .iter()
+            .filter(|(_, p)| matches!(p.state, State::Sleeping { until, .. } if until <= now))
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in due {
+            self.procs.make_runnable(pid);
+        }
+        let (next, saved) = self.procs.take_next()?;
+        let fpu = match m.fpu_state() {
+            Ok(f) => f,
+            Err(_) => {
+                // Put it back: the next one waits for another chance.
+                let pid = next.pid;
+                self.procs.parked.insert(
+                    pid,
+                    Parked {
+                        proc: next,
+                        state: State::Runnable(saved),
+                    },
+                );
+                self.procs.runq.push_front(pid);
+                return None;
+            }
+        };
+        let regs = m.user_regs();
+        self.space(m);
+        let prev = std::mem::replace(&mut self.p, next);
+        let pid = prev.pid;
+        self.procs.parked.insert(
+            pid,
+            Parked {
+                proc: prev,
+                state: State::Runnable(Saved {
+                    regs,
+                    fpu,
+                    restart: false,
+                }),
+            },
+        );
+        self.procs.runq.push_back(pid);
+        Some(self.resume(m, saved))
+    }
+
     /// Registers that run the current call again when the process resumes.
     fn restart_regs(m: &dyn Machine) -> UserRegs {
         let mut r = m.user_regs();

@@ -289,8 +289,7 @@ fn dispatch(g: &Global, cmd: Cmd) -> anyhow::Result<i32> {
             oci::state(g, &id)?;
             anyhow::bail!(
                 "exec: starting a process in running container {id} from outside is not \
-                 supported yet (it needs qkernel's scheduler to preempt; the process model \
-                 has no preemption yet)"
+                 supported yet (socket and console waits do not let other processes run yet)"
             )
         }
         Cmd::Pause { id } => oci::pause(g, &id).map(|()| 0),

@@ -229,6 +229,95 @@ pub fn serve(core: &Mutex<Core>, call: SyscallArgs, regs: UserRegs, vcpu: &VcpuF
     }
 }
 
+/// Preempts the running process at `regs` (exact: stopped between two instructions) if
+/// another can run; `None` leaves it running.
+pub fn preempt(core: &Mutex<Core>, regs: UserRegs, vcpu: &VcpuFd) -> Option<Served> {
+    let mut guard = core.lock().unwrap_or_else(|p| p.into_inner());
+    let Core {
+        mem,
+        rootfs,
+        net,
+        kernel,
+        cancel,
+    } = &mut *guard;
+    let kernel = kernel.as_mut()?;
+    let mut machine = GuestMachine {
+        mem,
+        rootfs,
+        net: net.as_mut(),
+        fs_base: None,
+        cancel,
+        regs,
+        resume: None,
+        vcpu: Some(vcpu),
+    };
+    let outcome = kernel.preempt(&mut machine)?;
+    Some(Served {
+        outcome,
+        fs_base: None,
+        resume: machine.resume,
+        space: machine.mem.pml4,
+    })
+}
+
+/// Whether the kernel wants the running process preempted (checked by the timer without
+/// waiting for the lock: a busy lock means a call is being served anyway).
+fn wants_preemption(core: &Mutex<Core>) -> bool {
+    let Ok(guard) = core.try_lock() else {
+        return false;
+    };
+    guard
+        .kernel
+        .as_ref()
+        .is_some_and(|k| k.wants_preemption(clock_ns(libc::CLOCK_MONOTONIC)))
+}
+
+/// The time slice: how long a process runs before another runnable one gets the vCPU.
+const TIME_SLICE: Duration = Duration::from_millis(10);
+
+/// Set while the vCPU thread is inside KVM_RUN, so the timer kicks only a running guest.
+static IN_GUEST: AtomicBool = AtomicBool::new(false);
+
+/// The timer asked for a switch: if the kick found the app in a syscall (the stub), the
+/// switch happens when that call is done, on the vCPU thread.
+pub(crate) static PREEMPT_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+/// The preemption timer: every time slice, kicks the vCPU out of the guest when another
+/// process could run.
+struct Timer {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Timer {
+    fn start(core: Arc<Mutex<Core>>, kick: impl Fn() + Send + 'static) -> Timer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("qvisor-timer".into())
+            .spawn(move || {
+                while !s.load(Ordering::Relaxed) {
+                    std::thread::sleep(TIME_SLICE);
+                    if IN_GUEST.load(Ordering::SeqCst) && wants_preemption(&core) {
+                        PREEMPT_REQUESTED.store(true, Ordering::SeqCst);
+                        kick();
+                    }
+                }
+            })
+            .ok();
+        Timer { stop, thread }
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Serves a call on the polled path, under one lock, only if it need not wait, switch
 /// processes or run a signal handler ([`Kernel::try_syscall_nowait`]). `None` sends it to the
 /// vCPU thread, where waiting costs no spinning thread and registers can be set.
@@ -245,6 +334,9 @@ pub fn serve_polled(
         cancel,
     } = &mut *guard;
     let kernel = kernel.as_mut()?;
+    if PREEMPT_REQUESTED.load(Ordering::Relaxed) {
+        return None; // the vCPU thread serves it and switches after
+    }
     let mut machine = GuestMachine {
         mem,
         rootfs,
@@ -801,7 +893,15 @@ impl Vm {
         } else {
             None
         };
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        let timer = Timer::start(self.core.clone(), move || {
+            // SAFETY: signals this (still running) vCPU thread; the handler is installed and
+            // the timer is joined before the thread leaves run.
+            unsafe { libc::pthread_kill(me, KICK_SIGNAL) };
+        });
         let stop = self.run_loop(poller.as_ref());
+        drop(timer);
         drop(poller);
         IMMEDIATE_EXIT.store(std::ptr::null_mut(), Ordering::SeqCst);
         CANCEL.store(std::ptr::null_mut(), Ordering::SeqCst);
@@ -821,16 +921,25 @@ impl Vm {
                     reason: format!("stopped by the host (signal {sig})"),
                 });
             }
-            match self.vcpu.run() {
+            IN_GUEST.store(true, Ordering::SeqCst);
+            let ran = self.vcpu.run();
+            IN_GUEST.store(false, Ordering::SeqCst);
+            match ran {
                 Ok(VcpuExit::Shutdown) => {}
                 Ok(VcpuExit::Hlt) => {}
                 Ok(other) => bail!("unexpected vCPU exit: {other:?}"),
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    // A kick: stop and poller exits are looked at on top of the loop; the
+                    // timer's asks for a switch to another process.
+                    self.vcpu.set_kvm_immediate_exit(0);
+                    self.preempt_if_due()?;
+                    continue;
+                }
                 Err(e) => return Err(e).context("KVM_RUN"),
             }
             self.exits += 1;
             let sync = self.vcpu.sync_regs();
-            let (regs, mut sregs) = (sync.regs, sync.sregs);
+            let (regs, sregs) = (sync.regs, sync.sregs);
             // A trapped syscall: straight from the registers, or (polled path, host thread
             // asleep) from the mailbox the stub filled before it trapped.
             let (call, rip, rsp, rflags) = match (regs.rip, poller) {
@@ -879,50 +988,99 @@ impl Vm {
             if let Some((p, _)) = poller {
                 p.resume();
             }
-            let s = self.vcpu.sync_regs_mut();
             match (served.outcome, served.resume) {
                 // Another process, a new program, or the call again: every register.
-                (SyscallOutcome::Resume, Some(r)) => {
-                    s.regs.rax = r.rax;
-                    s.regs.rbx = r.rbx;
-                    s.regs.rcx = r.rcx;
-                    s.regs.rdx = r.rdx;
-                    s.regs.rsi = r.rsi;
-                    s.regs.rdi = r.rdi;
-                    s.regs.rbp = r.rbp;
-                    s.regs.rsp = r.rsp;
-                    s.regs.r8 = r.r8;
-                    s.regs.r9 = r.r9;
-                    s.regs.r10 = r.r10;
-                    s.regs.r11 = r.r11;
-                    s.regs.r12 = r.r12;
-                    s.regs.r13 = r.r13;
-                    s.regs.r14 = r.r14;
-                    s.regs.r15 = r.r15;
-                    s.regs.rip = r.rip;
-                    s.regs.rflags = (r.rflags & 0x3c_7fd7) | 0x202;
-                    sregs.fs.base = r.fs_base;
-                }
+                (SyscallOutcome::Resume, Some(r)) => self.load_regs(&r, sregs, served.space),
+                // Back to user mode where `syscall` left it: rip = rcx, rflags = r11.
                 (SyscallOutcome::Return(value), _) => {
-                    // Back to user mode where `syscall` left it: rip = rcx, rflags = r11.
-                    s.regs.rax = value as u64;
-                    s.regs.rip = rip;
-                    s.regs.rsp = rsp;
-                    s.regs.rflags = (rflags & 0x3c_7fd7) | 0x202;
-                    if let Some(fs) = served.fs_base {
-                        sregs.fs.base = fs;
+                    let r = UserRegs {
+                        rax: value as u64,
+                        fs_base: served.fs_base.unwrap_or(app.fs_base),
+                        ..app
+                    };
+                    self.load_regs(&r, sregs, served.space);
+                    if PREEMPT_REQUESTED.load(Ordering::SeqCst) {
+                        // The timer found the app in this call: switch now it is done.
+                        self.preempt_if_due()?;
                     }
                 }
                 (other, _) => bail!("qkernel gave {other:?} without registers"),
             }
-            sregs.cr3 = served.space;
-            sregs.cs = user_code();
-            sregs.ss = user_data();
-            sregs.cr2 = CR2_NONE;
-            s.sregs = sregs;
-            self.vcpu.set_sync_dirty_reg(SyncReg::Register);
-            self.vcpu.set_sync_dirty_reg(SyncReg::SystemRegister);
         }
+    }
+
+    /// Switches to another process if one is waiting for the vCPU and the app was stopped in
+    /// its own code (not in the syscall stub, whose mailbox handshake must finish first).
+    fn preempt_if_due(&mut self) -> anyhow::Result<()> {
+        let sync = self.vcpu.sync_regs();
+        let (regs, sregs) = (sync.regs, sync.sregs);
+        if regs.rip >= LSTAR || sregs.cs.selector != 0x33 {
+            return Ok(());
+        }
+        let app = UserRegs {
+            rax: regs.rax,
+            rbx: regs.rbx,
+            rcx: regs.rcx,
+            rdx: regs.rdx,
+            rsi: regs.rsi,
+            rdi: regs.rdi,
+            rbp: regs.rbp,
+            rsp: regs.rsp,
+            r8: regs.r8,
+            r9: regs.r9,
+            r10: regs.r10,
+            r11: regs.r11,
+            r12: regs.r12,
+            r13: regs.r13,
+            r14: regs.r14,
+            r15: regs.r15,
+            rip: regs.rip,
+            rflags: regs.rflags,
+            fs_base: sregs.fs.base,
+        };
+        PREEMPT_REQUESTED.store(false, Ordering::SeqCst);
+        let Some(served) = preempt(&self.core, app, &self.vcpu) else {
+            return Ok(());
+        };
+        if let Some(stop) = Stop::of(served.outcome) {
+            bail!("preemption ended the app: {stop:?}");
+        }
+        let Some(r) = served.resume else {
+            return Ok(());
+        };
+        self.load_regs(&r, sregs, served.space);
+        Ok(())
+    }
+
+    /// Resumes the app with `r` in address space `space`.
+    fn load_regs(&mut self, r: &UserRegs, mut sregs: kvm_bindings::kvm_sregs, space: SpaceId) {
+        let s = self.vcpu.sync_regs_mut();
+        s.regs.rax = r.rax;
+        s.regs.rbx = r.rbx;
+        s.regs.rcx = r.rcx;
+        s.regs.rdx = r.rdx;
+        s.regs.rsi = r.rsi;
+        s.regs.rdi = r.rdi;
+        s.regs.rbp = r.rbp;
+        s.regs.rsp = r.rsp;
+        s.regs.r8 = r.r8;
+        s.regs.r9 = r.r9;
+        s.regs.r10 = r.r10;
+        s.regs.r11 = r.r11;
+        s.regs.r12 = r.r12;
+        s.regs.r13 = r.r13;
+        s.regs.r14 = r.r14;
+        s.regs.r15 = r.r15;
+        s.regs.rip = r.rip;
+        s.regs.rflags = (r.rflags & 0x3c_7fd7) | 0x202;
+        sregs.fs.base = r.fs_base;
+        sregs.cr3 = space;
+        sregs.cs = user_code();
+        sregs.ss = user_data();
+        sregs.cr2 = CR2_NONE;
+        s.sregs = sregs;
+        self.vcpu.set_sync_dirty_reg(SyncReg::Register);
+        self.vcpu.set_sync_dirty_reg(SyncReg::SystemRegister);
     }
 
     /// Names the fault that stopped the app at `rip`, as the signal Linux would send.

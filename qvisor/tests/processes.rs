@@ -155,3 +155,26 @@ fn background_jobs_run_while_the_shell_sleeps() {
     );
     assert!(took < std::time::Duration::from_millis(3000), "{took:?}");
 }
+
+#[test]
+fn a_busy_process_is_preempted() {
+    // yes never waits: only the preemption timer lets the sleeping shell run again to kill it.
+    let started = std::time::Instant::now();
+    let (code, out, err) = sh("yes > /dev/null & sleep 0.1; kill $!; wait $!; echo killed $?");
+    assert_eq!((code, out.as_str()), (Some(0), "killed 143\n"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // Two busy loops share the vCPU and both finish.
+    let loop_ = "i=0; while [ $i -lt 5000 ]; do i=$((i+1)); done";
+    let (code, out, err) = sh(&format!(
+        "({loop_}; echo a) & ({loop_}; echo b) & wait; echo both"
+    ));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.ends_with("both\n") && out.contains("a\n") && out.contains("b\n"),
+        "{out}"
+    );
+}
