@@ -574,10 +574,10 @@ fn bad_input_is_a_clear_error_that_leaves_nothing() {
         "{}",
         stderr(&o)
     );
-    // exec needs the process model: a clear refusal, and the container is untouched.
+    // exec is not there yet: a clear refusal, and the container is untouched.
     let o = rt.cmd(&["exec", &id, "busybox", "true"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("process model"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not supported yet"), "{}", stderr(&o));
     assert_eq!(rt.status(&id), "created");
     rt.ok(&["delete", &id]);
 
