@@ -191,47 +191,14 @@ pub struct Served {
     pub space: SpaceId,
 }
 
-/// Serves one syscall on `core` from the vCPU thread, which can switch processes: `regs` are
-/// the app's registers at the call and `vcpu` holds its FPU state.
-pub fn serve(core: &Mutex<Core>, call: SyscallArgs, regs: UserRegs, vcpu: &VcpuFd) -> Served {
-    let mut guard = core.lock().unwrap_or_else(|p| p.into_inner());
-    let Core {
-        mem,
-        rootfs,
-        net,
-        kernel,
-        cancel,
-    } = &mut *guard;
-    let Some(kernel) = kernel.as_mut() else {
-        return Served {
-            outcome: SyscallOutcome::Exit(125),
-            fs_base: None,
-            resume: None,
-            space: mem.pml4,
-        };
-    };
-    let mut machine = GuestMachine {
-        mem,
-        rootfs,
-        net: net.as_mut(),
-        fs_base: None,
-        cancel,
-        regs,
-        resume: None,
-        vcpu: Some(vcpu),
-    };
-    let outcome = kernel.syscall(&mut machine, call);
-    Served {
-        outcome,
-        fs_base: machine.fs_base,
-        resume: machine.resume,
-        space: machine.mem.pml4,
-    }
-}
-
-/// Preempts the running process at `regs` (exact: stopped between two instructions) if
-/// another can run; `None` leaves it running.
-pub fn preempt(core: &Mutex<Core>, regs: UserRegs, vcpu: &VcpuFd) -> Option<Served> {
+/// Runs `f` on the kernel and a machine over `core` (`regs`/`vcpu` for the vCPU thread's
+/// calls, which may switch processes); `None` if there is no kernel yet or `f` gives nothing.
+fn with_kernel<R>(
+    core: &Mutex<Core>,
+    regs: UserRegs,
+    vcpu: Option<&VcpuFd>,
+    f: impl FnOnce(&mut Kernel, &mut GuestMachine) -> Option<R>,
+) -> Option<(R, GuestOutput)> {
     let mut guard = core.lock().unwrap_or_else(|p| p.into_inner());
     let Core {
         mem,
@@ -249,15 +216,54 @@ pub fn preempt(core: &Mutex<Core>, regs: UserRegs, vcpu: &VcpuFd) -> Option<Serv
         cancel,
         regs,
         resume: None,
-        vcpu: Some(vcpu),
+        vcpu,
     };
-    let outcome = kernel.preempt(&mut machine)?;
-    Some(Served {
-        outcome,
-        fs_base: None,
+    let r = f(kernel, &mut machine)?;
+    let out = GuestOutput {
+        fs_base: machine.fs_base,
         resume: machine.resume,
         space: machine.mem.pml4,
-    })
+    };
+    Some((r, out))
+}
+
+/// What a call left for the vCPU: a thread pointer, registers to resume with, the space.
+struct GuestOutput {
+    fs_base: Option<u64>,
+    resume: Option<UserRegs>,
+    space: SpaceId,
+}
+
+impl Served {
+    fn of(outcome: SyscallOutcome, out: GuestOutput) -> Served {
+        Served {
+            outcome,
+            fs_base: out.fs_base,
+            resume: out.resume,
+            space: out.space,
+        }
+    }
+}
+
+/// Serves one syscall on `core` from the vCPU thread, which can switch processes: `regs` are
+/// the app's registers at the call and `vcpu` holds its FPU state.
+pub fn serve(core: &Mutex<Core>, call: SyscallArgs, regs: UserRegs, vcpu: &VcpuFd) -> Served {
+    match with_kernel(core, regs, Some(vcpu), |k, m| Some(k.syscall(m, call))) {
+        Some((outcome, out)) => Served::of(outcome, out),
+        None => Served {
+            outcome: SyscallOutcome::Exit(125),
+            fs_base: None,
+            resume: None,
+            space: 0,
+        },
+    }
+}
+
+/// Preempts the running process at `regs` (exact: stopped between two instructions) if
+/// another can run; `None` leaves it running.
+pub fn preempt(core: &Mutex<Core>, regs: UserRegs, vcpu: &VcpuFd) -> Option<Served> {
+    with_kernel(core, regs, Some(vcpu), |k, m| k.preempt(m))
+        .map(|(outcome, out)| Served::of(outcome, out))
 }
 
 /// Whether the kernel wants the running process preempted (checked by the timer without
@@ -325,31 +331,14 @@ pub fn serve_polled(
     core: &Mutex<Core>,
     call: SyscallArgs,
 ) -> Option<(SyscallOutcome, Option<u64>)> {
-    let mut guard = core.lock().unwrap_or_else(|p| p.into_inner());
-    let Core {
-        mem,
-        rootfs,
-        net,
-        kernel,
-        cancel,
-    } = &mut *guard;
-    let kernel = kernel.as_mut()?;
     if PREEMPT_REQUESTED.load(Ordering::Relaxed) {
         return None; // the vCPU thread serves it and switches after
     }
-    let mut machine = GuestMachine {
-        mem,
-        rootfs,
-        net: net.as_mut(),
-        fs_base: None,
-        cancel,
-        regs: UserRegs::default(),
-        resume: None,
-        vcpu: None,
-    };
     // Every call is served as one that must not wait nor switch: those go to the vCPU.
-    let outcome = kernel.try_syscall_nowait(&mut machine, call)?;
-    Some((outcome, machine.fs_base))
+    with_kernel(core, UserRegs::default(), None, |k, m| {
+        k.try_syscall_nowait(m, call)
+    })
+    .map(|(outcome, out)| (outcome, out.fs_base))
 }
 
 pub struct Vm {
