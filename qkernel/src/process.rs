@@ -84,6 +84,13 @@ pub(crate) struct ProcTable {
     next_pid: i64,
 }
 
+/// What runs after the running process stops: another one, or itself (its sleep ended
+/// before any other process could run).
+enum Next {
+    Other(Box<(Proc, Saved)>),
+    Me,
+}
+
 /// Which children a wait asks about.
 #[derive(Debug, Clone, Copy)]
 enum Which {
@@ -315,17 +322,20 @@ impl Kernel {
         let mut regs = m.user_regs();
         regs.rax = 0;
         let until = self.p.sleep_until;
+        tracing::trace!(pid = self.p.pid, until, "sleep");
         self.switch_away(m, regs, false, |saved| State::Sleeping { saved, until })
     }
 
     /// The next process to run: a runnable one, else (after sleeping on the host until the
-    /// earliest) a sleeper whose time has come. None when every process waits on another.
-    fn next_runnable(&mut self, m: &mut dyn Machine) -> Option<(Proc, Saved)> {
+    /// earliest deadline, `own` being the running process's if it is going to sleep) a
+    /// sleeper whose time has come, or the running process itself. None when every process
+    /// waits on another.
+    fn next_runnable(&mut self, m: &mut dyn Machine, own: Option<u64>) -> Option<Next> {
         loop {
-            if let Some(next) = self.procs.take_next() {
-                return Some(next);
+            if let Some((next, saved)) = self.procs.take_next() {
+                return Some(Next::Other(Box::new((next, saved))));
             }
-            let earliest = self
+            let others = self
                 .procs
                 .parked
                 .values()
@@ -333,10 +343,21 @@ impl Kernel {
                     State::Sleeping { until, .. } => Some(until),
                     _ => None,
                 })
-                .min()?;
+                .min();
+            let earliest = match (others, own) {
+                (Some(o), Some(me)) => o.min(me),
+                (o, me) => o.or(me)?,
+            };
             let now = m.monotonic_ns();
             if earliest > now {
+                tracing::trace!(
+                    ns = earliest - now,
+                    "idle: nothing runs until the next sleeper"
+                );
                 m.sleep_ns(earliest - now);
+            }
+            if own.is_some_and(|me| me <= earliest) {
+                return Some(Next::Me);
             }
             // Stopped from outside meanwhile: everyone wakes, the vCPU loop ends the container.
             let now = if m.cancelled() {
@@ -438,9 +459,18 @@ impl Kernel {
             Ok(f) => f,
             Err(e) => return SyscallOutcome::Return(-e),
         };
-        let Some((next, saved)) = self.next_runnable(m) else {
+        // A sleeper's own deadline counts when the others sleep longer.
+        let own_deadline = (self.p.sleep_until != 0).then_some(self.p.sleep_until);
+        self.p.sleep_until = 0;
+        let (next, saved) = match self.next_runnable(m, own_deadline) {
+            Some(Next::Other(next)) => *next,
+            Some(Next::Me) => {
+                // Its sleep ended first: it goes on, nothing switched.
+                m.set_user_regs(&regs);
+                return SyscallOutcome::Resume;
+            }
             // Every other process waits: nothing could wake this one.
-            return SyscallOutcome::Return(-EDEADLK_OR_CHILD);
+            None => return SyscallOutcome::Return(-EDEADLK_OR_CHILD),
         };
         self.space(m);
         let prev = std::mem::replace(&mut self.p, next);
@@ -656,10 +686,11 @@ impl Kernel {
         }
         self.release_vfork_parent();
         self.child_changed(self.p.ppid, me, status);
-        let Some((next, saved)) = self.next_runnable(m) else {
+        let Some(Next::Other(next)) = self.next_runnable(m, None) else {
             tracing::error!(pid = me, "no process left to run after an exit");
             return SyscallOutcome::Exit(125);
         };
+        let (next, saved) = *next;
         let old_space = self.space(m);
         let borrowed = self.p.borrowed_space;
         let prev = std::mem::replace(&mut self.p, next);
