@@ -90,6 +90,11 @@ pub trait Machine {
     fn cancelled(&self) -> bool {
         false
     }
+    /// Signals sent to the container from outside since the last call (bit `sig - 1`), for
+    /// its init.
+    fn take_host_signals(&mut self) -> u64 {
+        0
+    }
     /// Wall-clock time (CLOCK_REALTIME) and monotonic time, in nanoseconds.
     fn realtime_ns(&self) -> u64;
     fn monotonic_ns(&self) -> u64;

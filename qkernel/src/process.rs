@@ -310,8 +310,20 @@ impl Kernel {
             .values()
             .all(|p| matches!(p.state, State::Zombie { .. }));
         if alone || ns == 0 {
-            m.sleep_ns(ns);
-            return Ok(0);
+            // In place; a signal from the host wakes the host sleep early: a handler for it
+            // interrupts the sleep (EINTR, the handler runs on return), else sleep on.
+            let end = m.monotonic_ns().saturating_add(ns);
+            loop {
+                let now = m.monotonic_ns();
+                if now >= end || m.cancelled() {
+                    return Ok(0);
+                }
+                m.sleep_ns(end - now);
+                self.take_host_signals(m);
+                if self.p.deliverable().is_some() {
+                    return Err(EINTR);
+                }
+            }
         }
         self.p.sleep_until = m.monotonic_ns().saturating_add(ns);
         Err(ESLEEP)
@@ -359,6 +371,8 @@ impl Kernel {
             if own.is_some_and(|me| me <= earliest) {
                 return Some(Next::Me);
             }
+            // A signal from the host may have made init runnable.
+            self.take_host_signals(m);
             // Stopped from outside meanwhile: everyone wakes, the vCPU loop ends the container.
             let now = if m.cancelled() {
                 u64::MAX
@@ -378,6 +392,31 @@ impl Kernel {
         }
     }
 
+    /// Hands signals sent from outside to the container's init: its handler gets them; without
+    /// one they are ignored, as Linux ignores what a pid namespace's init has no handler for.
+    pub(crate) fn take_host_signals(&mut self, m: &mut dyn Machine) {
+        let mut sigs = m.take_host_signals();
+        while sigs != 0 {
+            let sig = u64::from(sigs.trailing_zeros()) + 1;
+            sigs &= sigs - 1;
+            let init = if self.p.pid == 1 {
+                Some(&self.p)
+            } else {
+                self.procs.parked.get(&1).map(|p| &p.proc)
+            };
+            if init.is_some_and(|p| crate::signal::has_handler(p, sig)) {
+                let info = crate::signal::SigInfo {
+                    code: 0, // SI_USER, from outside the container: pid 0
+                    pid: 0,
+                    status: 0,
+                };
+                self.post_signal(1, sig, info);
+            } else {
+                tracing::debug!(sig, "a host signal init has no handler for is ignored");
+            }
+        }
+    }
+
     /// Whether another process could use the CPU (one is runnable, or a sleeper's time has
     /// come): the platform then preempts the running one with [`Kernel::preempt`].
     pub fn wants_preemption(&self, now_ns: u64) -> bool {
@@ -392,6 +431,15 @@ impl Kernel {
     /// (its exact registers in `Machine::user_regs`), goes to the back of the run queue and
     /// the next runnable one runs. `None` (nothing else to run): it goes on.
     pub fn preempt(&mut self, m: &mut dyn Machine) -> Option<SyscallOutcome> {
+        self.take_host_signals(m);
+        if self.p.deliverable().is_some() {
+            // A signal for the running process (from the host): its handler runs now.
+            let mut regs = m.user_regs();
+            if self.deliver(m, &mut regs, false) {
+                m.set_user_regs(&regs);
+                return Some(SyscallOutcome::Resume);
+            }
+        }
         let now = m.monotonic_ns();
         let due: Vec<i64> = self
             .procs

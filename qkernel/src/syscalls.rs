@@ -414,6 +414,9 @@ impl Kernel {
     /// Serves one syscall.
     /// Serves one syscall, then runs a signal handler that became deliverable, if any.
     pub fn syscall(&mut self, m: &mut dyn Machine, call: SyscallArgs) -> SyscallOutcome {
+        if !self.nowait {
+            self.take_host_signals(m);
+        }
         let outcome = self.dispatch(m, call);
         match outcome {
             SyscallOutcome::Return(value) if self.p.deliverable().is_some() => {

@@ -10,7 +10,7 @@
 //! code to emulate or to protect. Registers travel through `kvm_run`'s sync-regs area, which
 //! saves two ioctls per exit (~27 µs measured).
 
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -83,7 +83,25 @@ static IMMEDIATE_EXIT: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
 /// (the trapping path serves syscalls on the vCPU thread itself).
 static CANCEL: AtomicPtr<AtomicBool> = AtomicPtr::new(std::ptr::null_mut());
 
+/// Host signals for the guest's init, not yet handed over (bit `sig - 1`), when
+/// [`forward_signals`] is on.
+static HOST_SIGNALS: AtomicU64 = AtomicU64::new(0);
+/// Signals from the host go to the guest's init (OCI containers) rather than stop the VM.
+static FORWARD_SIGNALS: AtomicBool = AtomicBool::new(false);
+
+/// Makes the stop signals go to the guest's init, as a container runtime's `kill` does: its
+/// handler runs, or (without one) the signal is ignored, as Linux shields a pid namespace's
+/// init from what it has no handler for. SIGKILL still ends the VMM.
+pub fn forward_signals() {
+    FORWARD_SIGNALS.store(true, Ordering::SeqCst);
+}
+
 extern "C" fn on_stop_signal(sig: libc::c_int) {
+    if FORWARD_SIGNALS.load(Ordering::SeqCst) && (1..=64).contains(&sig) {
+        HOST_SIGNALS.fetch_or(1 << (sig - 1), Ordering::SeqCst);
+        on_kick(sig);
+        return;
+    }
     STOP_SIGNAL.store(sig, Ordering::SeqCst);
     let cancel = CANCEL.load(Ordering::SeqCst);
     if !cancel.is_null() {
@@ -418,6 +436,9 @@ impl Machine for GuestMachine<'_> {
     fn cancelled(&self) -> bool {
         self.cancel.load(Ordering::Relaxed)
     }
+    fn take_host_signals(&mut self) -> u64 {
+        HOST_SIGNALS.swap(0, Ordering::SeqCst)
+    }
     fn realtime_ns(&self) -> u64 {
         clock_ns(libc::CLOCK_REALTIME)
     }
@@ -448,7 +469,8 @@ impl Machine for GuestMachine<'_> {
         // In slices, so a container stopped from outside does not finish its sleep first.
         const SLICE: Duration = Duration::from_millis(50);
         let end = std::time::Instant::now() + Duration::from_nanos(ns);
-        while !self.cancel.load(Ordering::Relaxed) {
+        // A host signal for the guest ends the sleep too: the kernel looks at it.
+        while !self.cancel.load(Ordering::Relaxed) && HOST_SIGNALS.load(Ordering::Relaxed) == 0 {
             let left = end.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 return;
@@ -921,6 +943,11 @@ impl Vm {
                     // A kick: stop and poller exits are looked at on top of the loop; the
                     // timer's asks for a switch to another process.
                     self.vcpu.set_kvm_immediate_exit(0);
+                    if HOST_SIGNALS.load(Ordering::SeqCst) != 0 {
+                        // A signal for the guest: the in-flight call (if the app is in the
+                        // stub) goes to the vCPU thread, which hands it over at its end.
+                        PREEMPT_REQUESTED.store(true, Ordering::SeqCst);
+                    }
                     self.preempt_if_due()?;
                     continue;
                 }

@@ -256,19 +256,44 @@ fn signals_reach_the_container_and_its_exit_status_is_the_vmms() {
     let o = rt.cmd(&["run", "--bundle", b.path(), &unique_id("exit")]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
 
-    let b = Bundle::new(&["busybox", "sleep", "30"], |_| {});
-    for (signal, status) in [("TERM", 143), ("9", 137), ("SIGINT", 130)] {
+    // The app's init gets the runtime's signals: a handler runs (here the shell's trap, which
+    // exits 7); without one a signal is ignored, as runc's init ignores it (pid 1 of its
+    // namespace); SIGKILL always ends the container.
+    let trap = "trap 'echo bye; exit 7' TERM; while true; do sleep 1; done";
+    let b = Bundle::new(&["busybox", "sh", "-c", trap], |_| {});
+    let plain = Bundle::new(&["busybox", "sleep", "30"], |_| {});
+    for (bundle, signals, status) in [
+        (&b, &["TERM"][..], 7),
+        (&plain, &["TERM", "SIGINT", "9"][..], 137),
+    ] {
         let id = unique_id("sig");
+        let out = std::env::temp_dir().join(unique_id("sig-out"));
         let mut run = Command::new(QVISOR)
             .arg("--root")
             .arg(&rt.root)
-            .args(["run", "--bundle", b.path(), &id])
+            .args(["run", "--bundle", bundle.path(), &id])
+            .stdout(std::fs::File::create(&out).unwrap())
             .spawn()
             .unwrap();
         rt.wait_status(&id, "running");
-        rt.ok(&["kill", &id, signal]);
+        std::thread::sleep(Duration::from_millis(200)); // the trap is set
+        for signal in signals {
+            rt.ok(&["kill", &id, signal]);
+            if *signal != "9" && status == 137 {
+                std::thread::sleep(Duration::from_millis(300));
+                assert_eq!(
+                    rt.status(&id),
+                    "running",
+                    "{signal} without a handler is ignored"
+                );
+            }
+        }
         let code = run.wait().unwrap().code();
-        assert_eq!(code, Some(status), "kill {signal}");
+        assert_eq!(code, Some(status), "{signals:?}");
+        if status == 7 {
+            assert_eq!(std::fs::read_to_string(&out).unwrap(), "bye\n");
+        }
+        let _ = std::fs::remove_file(&out);
         // run deleted the container after it ended.
         assert_eq!(rt.cmd(&["state", &id]).status.code(), Some(1));
     }

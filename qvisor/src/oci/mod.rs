@@ -287,6 +287,9 @@ pub fn vmm(
         tracing::info!("{e:#}");
         return crate::vm::stop_signal().map_or(1, |s| 128 + s);
     }
+    // From now on signals from the runtime's `kill` go to the app's init (SIGKILL still ends
+    // the VMM at once).
+    crate::vm::forward_signals();
     let record = Record {
         id: id.into(),
         bundle: bundle.into(),
