@@ -417,6 +417,11 @@ impl Kernel {
         }
     }
 
+    /// The most processes the container may have at once (the OCI pids limit).
+    pub fn set_max_processes(&mut self, max: usize) {
+        self.max_processes = max.max(1);
+    }
+
     /// Whether another process could use the CPU (one is runnable, or a sleeper's time has
     /// come): the platform then preempts the running one with [`Kernel::preempt`].
     pub fn wants_preemption(&self, now_ns: u64) -> bool {
@@ -581,6 +586,9 @@ impl Kernel {
         if flags & CLONE_THREAD != 0 || (flags & CLONE_VM != 0 && !vfork) {
             // Threads come with the thread model; until then glibc reports EAGAIN.
             return SyscallOutcome::Return(-ENOSYS);
+        }
+        if self.procs.parked.len() + 1 >= self.max_processes {
+            return SyscallOutcome::Return(-EAGAIN); // the pids limit, as fork(2) reports it
         }
         let parent_space = self.space(m);
         // A vfork child borrows its parent's memory, as on Linux: the parent waits until the

@@ -290,6 +290,8 @@ pub struct Kernel {
     pub(crate) p: Proc,
     /// The other processes.
     pub(crate) procs: crate::process::ProcTable,
+    /// Most processes (zombies included, as a pids cgroup counts them) at once.
+    pub(crate) max_processes: usize,
     /// Program images exec read recently.
     pub(crate) images: crate::process::ImageCache,
     /// eventfd counters, shared by every process holding one.
@@ -317,6 +319,7 @@ impl Kernel {
                 FdTable::default(),
             ),
             procs: Default::default(),
+            max_processes: usize::MAX,
             pipes: Vec::new(),
             eventfds: Vec::new(),
             images: Default::default(),

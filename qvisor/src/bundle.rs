@@ -115,6 +115,14 @@ fn launch_of(bundle: &Path, spec: &Spec) -> anyhow::Result<Launch> {
         env: process.env().clone().unwrap_or_default(),
         cwd,
         memory: memory.div_ceil(4096) * 4096,
+        max_processes: spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+            .and_then(|r| r.pids().as_ref())
+            .map(|p| p.limit())
+            .filter(|l| *l > 0)
+            .map_or(crate::DEFAULT_MAX_PROCESSES, |l| l as usize),
     })
 }
 

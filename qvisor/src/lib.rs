@@ -21,6 +21,9 @@ pub use vm::{Stop, Vm};
 
 /// Default guest memory when the bundle sets no limit.
 pub const DEFAULT_MEMORY: u64 = 512 << 20;
+/// Most processes a container may have when the bundle sets no pids limit (a fork bomb stops
+/// there, well before the guest's memory runs out).
+pub const DEFAULT_MAX_PROCESSES: usize = 4096;
 
 /// What to run: a program in a root file system.
 #[derive(Debug, Clone)]
@@ -32,6 +35,8 @@ pub struct Launch {
     pub env: Vec<String>,
     pub cwd: String,
     pub memory: u64,
+    /// Most processes the container may have at once (`linux.resources.pids.limit`).
+    pub max_processes: usize,
     /// Serve syscalls on the polled path (a host thread) rather than by trapping every one.
     pub polled_syscalls: bool,
     /// The container's network.
@@ -111,9 +116,11 @@ pub fn boot(launch: &Launch) -> anyhow::Result<Booted> {
     let loaded = vm
         .with_machine(|m| qkernel::load(m, &image, interp.as_deref(), &launch.argv, &launch.env))
         .with_context(|| format!("loading {exe}"))?;
+    let mut kernel = qkernel::Kernel::new(loaded.brk, &exe, &launch.cwd);
+    kernel.set_max_processes(launch.max_processes);
     Ok(Booted {
         vm,
-        kernel: qkernel::Kernel::new(loaded.brk, &exe, &launch.cwd),
+        kernel,
         entry: loaded.entry,
         stack_pointer: loaded.stack_pointer,
         polled: launch.polled_syscalls,

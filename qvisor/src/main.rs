@@ -264,6 +264,7 @@ fn launch(cmd: Cmd) -> anyhow::Result<i32> {
         env: vec!["PATH=/bin:/usr/bin:/sbin:/usr/sbin".into(), "HOME=/".into()],
         cwd: "/".into(),
         memory: memory_mib << 20,
+        max_processes: qvisor::DEFAULT_MAX_PROCESSES,
     })?;
     if let qvisor::Stop::Killed { signal, reason } = &stop {
         eprintln!("qvisor: container killed by signal {signal}: {reason}");

@@ -636,3 +636,42 @@ fn the_log_file_gets_runc_style_json() {
     );
     assert!(last["time"].as_str().unwrap().ends_with('Z'));
 }
+
+#[test]
+fn a_fork_bomb_is_held_by_the_pids_limit_and_kill_still_ends_it() {
+    let rt = Runtime::qvisor();
+    let limited = |script: &str| {
+        Bundle::new(&["busybox", "sh", "-c", script], |s| {
+            s["linux"]["resources"] = serde_json::json!({ "pids": { "limit": 16 } });
+        })
+    };
+    // A bomb: fork fails with EAGAIN at 16 processes; the subshells that meet it give up and
+    // the bomb ends by itself.
+    // (Fork copies a process's memory here, so the bomb is kept small enough for the pids
+    // limit, not the guest's memory, to be what stops it.)
+    let b = limited("f() { f & f & wait; }; f");
+    let o = rt.cmd(&["run", "--bundle", b.path(), &unique_id("bomb")]);
+    assert!(matches!(o.status.code(), Some(0 | 2)), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("can't fork: Resource temporarily unavailable"),
+        "{}",
+        stderr(&o)
+    );
+    // Processes up to the limit, all waiting: the runtime stays responsive and KILL ends
+    // the container at once.
+    let b = limited("i=0; while [ $i -lt 14 ]; do busybox sleep 30 & i=$((i+1)); done; wait");
+    let id = unique_id("many");
+    let mut run = Command::new(QVISOR)
+        .arg("--root")
+        .arg(&rt.root)
+        .args(["run", "--bundle", b.path(), &id])
+        .spawn()
+        .unwrap();
+    rt.wait_status(&id, "running");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(rt.status(&id), "running");
+    let started = Instant::now();
+    rt.ok(&["kill", &id, "KILL"]);
+    assert_eq!(run.wait().unwrap().code(), Some(137));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
