@@ -26,6 +26,8 @@ const MAX_INTERP: u64 = 4096;
 /// Highest user address + 1 of the stack, and its size (mapped up front).
 pub const STACK_TOP: u64 = 0x7fff_ffff_f000;
 pub const STACK_SIZE: u64 = 8 << 20;
+/// Stack mapped at exec beyond what argv and envp take.
+const STACK_EAGER: u64 = 128 << 10;
 /// User addresses stop here (47-bit canonical lower half).
 pub const USER_END: u64 = 0x7fff_ffff_f000;
 
@@ -309,9 +311,14 @@ fn build_stack(
     envp: &[String],
     aux: &Aux,
 ) -> Result<u64, Fault> {
+    // Only the top of the stack is mapped now, enough for the strings and vectors below
+    // with room to start; the rest of STACK_SIZE is mapped page by page as the program
+    // touches it (Kernel::page_fault), so fork copies, and memory holds, only what is used.
+    let strings: usize = argv.iter().chain(envp).map(|s| s.len() + 1 + 8).sum();
+    let eager = ((strings as u64 + STACK_EAGER).div_ceil(PAGE) * PAGE).min(STACK_SIZE);
     m.map_zeroed(
-        STACK_TOP - STACK_SIZE,
-        STACK_SIZE,
+        STACK_TOP - eager,
+        eager,
         PageFlags {
             write: true,
             exec: false,

@@ -417,6 +417,19 @@ impl Kernel {
         }
     }
 
+    /// A page fault of the app at `addr` that the kernel resolves: a first touch of the stack
+    /// below what exec mapped gets a zeroed page (true: the app runs the instruction again).
+    /// Anything else is the app's fault (false: SIGSEGV).
+    pub fn page_fault(&mut self, m: &mut dyn Machine, addr: u64) -> bool {
+        use crate::elf::{STACK_SIZE, STACK_TOP};
+        let page = addr & !4095;
+        let rw = crate::machine::PageFlags {
+            write: true,
+            exec: false,
+        };
+        (STACK_TOP - STACK_SIZE..STACK_TOP).contains(&page) && m.map_zeroed(page, 4096, rw).is_ok()
+    }
+
     /// The most processes the container may have at once (the OCI pids limit).
     pub fn set_max_processes(&mut self, max: usize) {
         self.max_processes = max.max(1);

@@ -321,7 +321,11 @@ impl Timer {
             .name("qvisor-timer".into())
             .spawn(move || {
                 while !s.load(Ordering::Relaxed) {
-                    std::thread::sleep(TIME_SLICE);
+                    // Parked rather than slept, so stopping it does not wait a slice.
+                    std::thread::park_timeout(TIME_SLICE);
+                    if s.load(Ordering::Relaxed) {
+                        break;
+                    }
                     if IN_GUEST.load(Ordering::SeqCst) && wants_preemption(&core) {
                         PREEMPT_REQUESTED.store(true, Ordering::SeqCst);
                         kick();
@@ -337,6 +341,7 @@ impl Drop for Timer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }
@@ -974,6 +979,13 @@ impl Vm {
                     mb.read(poll::URSP),
                     mb.read(poll::UFLAGS),
                 ),
+                _ if sregs.cr2 != CR2_NONE && self.resolve_page_fault(sregs.cr2) => {
+                    // Mapped now: the app runs the faulting instruction again.
+                    let s = self.vcpu.sync_regs_mut();
+                    s.sregs.cr2 = CR2_NONE;
+                    self.vcpu.set_sync_dirty_reg(SyncReg::SystemRegister);
+                    continue;
+                }
                 _ => return Ok(self.fault(regs.rip, sregs.cr2)),
             };
             let app = UserRegs {
@@ -1097,6 +1109,14 @@ impl Vm {
         s.sregs = sregs;
         self.vcpu.set_sync_dirty_reg(SyncReg::Register);
         self.vcpu.set_sync_dirty_reg(SyncReg::SystemRegister);
+    }
+
+    /// Asks qkernel to resolve a page fault at `addr` (a first touch of the stack).
+    fn resolve_page_fault(&mut self, addr: u64) -> bool {
+        with_kernel(&self.core, UserRegs::default(), None, |k, m| {
+            Some(k.page_fault(m, addr))
+        })
+        .is_some_and(|(mapped, _)| mapped)
     }
 
     /// Names the fault that stopped the app at `rip`, as the signal Linux would send.

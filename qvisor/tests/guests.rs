@@ -32,6 +32,8 @@ fn guest_faults_kill_the_app_with_linux_signals_and_clear_messages() {
         ("ud2", 132, "invalid instruction (ud2)"),
         ("hlt", 139, "general protection fault"),
         ("jump", 139, "page fault at 0x123456789000"),
+        // Past the 8 MiB stack: below it nothing is mapped on a first touch.
+        ("overflow", 139, "page fault at 0x7fffff7f"),
     ];
     for (mode, status, message) in cases {
         let o = qvisor(&[exe, mode]);
@@ -43,6 +45,13 @@ fn guest_faults_kill_the_app_with_linux_signals_and_clear_messages() {
         );
         assert!(!err.contains("panicked"), "{err}");
     }
+}
+
+#[test]
+fn the_stack_grows_on_first_touch_up_to_8_mib() {
+    // Only the top of the stack is mapped at exec; 6 MiB of frames fault their pages in.
+    let o = qvisor(&["/bin/faults", "deep"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
 
 #[test]
