@@ -24,7 +24,8 @@ cni() {
 }
 container=
 cleanup() {
-  [ -n "$container" ] && { kill "$container" 2>/dev/null || true; wait "$container" 2>/dev/null || true; }
+  # KILL: like runc's, a container's init ignores a SIGTERM it has no handler for.
+  [ -n "$container" ] && { ./target/release/qvisor kill quark-demo KILL 2>/dev/null || true; wait "$container" 2>/dev/null || true; }
   cni DEL >/dev/null 2>&1 || true
   ip netns del "$pod" 2>/dev/null || true
   ip netns del "$node" 2>/dev/null || true

@@ -143,10 +143,11 @@ impl Sleeper {
         self.vmm
     }
 
-    /// Ends it as a user would: SIGTERM to `run`, which forwards it to the container.
+    /// Ends it: SIGKILL to the container (its init, busybox sleep, ignores SIGTERM as a
+    /// container's init without a handler does); `run` then deletes it and exits.
     fn stop(mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.run.id() as i32, libc::SIGTERM) };
+        // SAFETY: kill(2) of the VMM process `run` started for us.
+        unsafe { libc::kill(self.vmm as i32, libc::SIGKILL) };
         let _ = self.run.wait();
     }
 }
