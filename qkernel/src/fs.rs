@@ -21,6 +21,43 @@ const O_CLOEXEC: i32 = 0o2000000;
 const O_NONBLOCK: i32 = 0o4000;
 const CHUNK: usize = 64 << 10;
 
+/// A file the kernel makes up when it is opened (/proc): its bytes and the read position,
+/// shared by descriptors dup'd from one open, as a file description's.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    data: std::sync::Arc<Vec<u8>>,
+    pos: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl PartialEq for Generated {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.pos, &other.pos)
+    }
+}
+
+impl Eq for Generated {}
+
+impl Generated {
+    fn new(data: Vec<u8>) -> Generated {
+        Generated {
+            data: std::sync::Arc::new(data),
+            pos: Default::default(),
+        }
+    }
+
+    fn read(&self, buf: &mut [u8], offset: Option<u64>) -> usize {
+        use std::sync::atomic::Ordering::SeqCst;
+        let at = offset.unwrap_or_else(|| self.pos.load(SeqCst)) as usize;
+        let rest = self.data.get(at..).unwrap_or_default();
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        if offset.is_none() {
+            self.pos.store((at + n) as u64, SeqCst);
+        }
+        n
+    }
+}
+
 /// An operation on an open file of the root.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum FileOp {
@@ -46,6 +83,8 @@ pub enum FileKind {
     Socket(crate::machine::SocketId),
     /// An epoll instance (an index into the kernel's epoll sets).
     Epoll(u32),
+    /// A /proc file, made up at open.
+    Generated(Generated),
     /// The read and the write end of a pipe (an index into the kernel's pipes).
     PipeRead(u32),
     PipeWrite(u32),
@@ -348,6 +387,9 @@ impl Kernel {
         let path = self.alias(self.at_path(m, dirfd, path)?);
         let kind = match device(&path) {
             Some(k) => k,
+            None if path.starts_with(b"/proc/") => {
+                FileKind::Generated(Generated::new(self.proc_file(m, &path)?))
+            }
             None => FileKind::Host {
                 file: m.fs_open(&path, flags & !O_CLOEXEC, mode as u32)?,
                 path,
@@ -435,6 +477,7 @@ impl Kernel {
                 let (id, nonblocking) = (*id, f.status_flags & O_NONBLOCK != 0);
                 self.eventfd_read(id, buf, nonblocking)
             }
+            FileKind::Generated(g) => Ok(g.read(buf, offset)),
             FileKind::Epoll(_) | FileKind::PipeWrite(_) => Err(EINVAL),
         }
     }
@@ -476,6 +519,7 @@ impl Kernel {
                 self.eventfd_write(id, buf, nonblocking)
             }
             FileKind::Epoll(_) | FileKind::PipeRead(_) => Err(EINVAL),
+            FileKind::Generated(_) => Err(EACCES),
         }
     }
 
@@ -620,6 +664,11 @@ impl Kernel {
                 st[24..28].copy_from_slice(&0o000600u32.to_le_bytes()); // anonymous inode
                 Ok(st)
             }
+            FileKind::Generated(_) => {
+                let mut st = Self::char_device_stat(0);
+                st[24..28].copy_from_slice(&0o100444u32.to_le_bytes()); // a regular file
+                Ok(st)
+            }
         }
     }
 
@@ -741,6 +790,46 @@ impl Kernel {
         }
         let follow = flags & AT_SYMLINK_NOFOLLOW == 0;
         m.fs_set_attr(Some(&p), None, follow, attr).map(|()| 0)
+    }
+
+    /// The contents of a /proc file: what libcs and runtimes read about memory, the CPU and
+    /// the process itself. Others do not exist (ENOENT).
+    fn proc_file(&self, m: &mut dyn Machine, path: &[u8]) -> Result<Vec<u8>, i64> {
+        let me = self.p.pid.to_string();
+        let path = match path.strip_prefix(format!("/proc/{me}/").as_bytes()) {
+            Some(rest) => [b"/proc/self/".as_slice(), rest].concat(),
+            None => path.to_vec(),
+        };
+        let text = match path.as_slice() {
+            b"/proc/meminfo" => {
+                let (total, used) = m.memory_info();
+                let (total_kb, free_kb) = (total >> 10, total.saturating_sub(used) >> 10);
+                format!(
+                    "MemTotal:       {total_kb:8} kB\nMemFree:        {free_kb:8} kB\n\
+                     MemAvailable:   {free_kb:8} kB\nBuffers:               0 kB\n\
+                     Cached:                0 kB\nSwapTotal:             0 kB\n\
+                     SwapFree:              0 kB\n"
+                )
+            }
+            b"/proc/cpuinfo" => String::from_utf8_lossy(&m.cpuinfo()).into_owned(),
+            b"/proc/self/status" => {
+                let name = String::from_utf8_lossy(&self.p.comm).into_owned();
+                let (pid, ppid) = (self.p.pid, self.p.ppid);
+                format!(
+                    "Name:\t{name}\nState:\tR (running)\nTgid:\t{pid}\nPid:\t{pid}\n\
+                     PPid:\t{ppid}\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nThreads:\t1\n\
+                     SigBlk:\t{:016x}\n",
+                    self.p.sigmask
+                )
+            }
+            b"/proc/self/cmdline" | b"/proc/self/comm" => {
+                let mut c = self.p.comm.clone();
+                c.push(if path.ends_with(b"comm") { b'\n' } else { 0 });
+                return Ok(c);
+            }
+            _ => return Err(ENOENT),
+        };
+        Ok(text.into_bytes())
     }
 
     /// Extended attributes: none are kept (getxattr finds none, listxattr lists none), which

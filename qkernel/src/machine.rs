@@ -237,6 +237,14 @@ pub trait Machine {
     fn fs_sync(&mut self, _file: HostFile, _data_only: bool) -> Result<(), i64> {
         Ok(())
     }
+    /// Guest memory: its size and how much of it is in use, in bytes (for /proc/meminfo).
+    fn memory_info(&self) -> (u64, u64) {
+        (0, 0)
+    }
+    /// /proc/cpuinfo for the one vCPU (the host CPU it runs on).
+    fn cpuinfo(&self) -> Vec<u8> {
+        Vec::new()
+    }
     /// statfs(2) of the file system holding `path` in the root (`struct statfs`, 120 bytes).
     fn fs_statfs(&mut self, _path: &[u8]) -> Result<[u8; 120], i64> {
         Err(38)

@@ -545,6 +545,15 @@ impl Machine for GuestMachine<'_> {
     fn fs_stat(&mut self, file: HostFile) -> Result<RawStat, i64> {
         self.rootfs.stat(file)
     }
+    fn memory_info(&self) -> (u64, u64) {
+        (self.mem.size(), self.mem.used())
+    }
+    fn cpuinfo(&self) -> Vec<u8> {
+        // The host's first processor entry: the vCPU has the host CPU's CPUID.
+        let host = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let first = host.split("\n\n").next().unwrap_or_default();
+        format!("{first}\n\n").into_bytes()
+    }
     fn fs_unlink(&mut self, path: &[u8], dir: bool) -> Result<(), i64> {
         self.rootfs.unlink(path, dir)
     }

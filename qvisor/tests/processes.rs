@@ -178,3 +178,21 @@ fn a_busy_process_is_preempted() {
         "{out}"
     );
 }
+
+#[test]
+fn proc_tells_memory_the_cpu_and_the_process_itself() {
+    let (code, out, err) = sh("head -1 /proc/meminfo; head -1 /proc/cpuinfo; \
+         cat /proc/self/status | head -5; cat /proc/self/comm; cat /proc/nope");
+    assert_eq!(code, Some(1), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    // launch gives the guest 512 MiB.
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["MemTotal:", "524288", "kB"]
+    );
+    assert!(lines[1].starts_with("processor\t: 0"), "{out}");
+    assert_eq!(lines[2], "Name:\tcat");
+    assert!(lines.contains(&"PPid:\t1"), "{out}");
+    assert_eq!(lines.last(), Some(&"cat"));
+    assert!(err.contains("/proc/nope"), "{err}");
+}
