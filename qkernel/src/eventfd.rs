@@ -54,11 +54,7 @@ impl Kernel {
             return Err(EINVAL);
         }
         let wait = !self.without_waiting(nonblocking);
-        let e = self
-            .eventfds
-            .get_mut(id as usize)
-            .and_then(Option::as_mut)
-            .ok_or(EBADF)?;
+        let e = self.eventfd_mut(id)?;
         if e.count == 0 {
             return Err(if wait { ERESTART } else { EAGAIN });
         }
@@ -84,17 +80,20 @@ impl Kernel {
             return Err(EINVAL);
         }
         let wait = !self.without_waiting(nonblocking);
-        let e = self
-            .eventfds
-            .get_mut(id as usize)
-            .and_then(Option::as_mut)
-            .ok_or(EBADF)?;
+        let e = self.eventfd_mut(id)?;
         if add > MAX - e.count {
             return Err(if wait { ERESTART } else { EAGAIN });
         }
         e.count += add;
         self.procs.wake_blocked();
         Ok(8)
+    }
+
+    fn eventfd_mut(&mut self, id: u32) -> Result<&mut EventFd, i64> {
+        self.eventfds
+            .get_mut(id as usize)
+            .and_then(Option::as_mut)
+            .ok_or(EBADF)
     }
 
     /// Poll readiness: (readable, writable).

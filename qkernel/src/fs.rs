@@ -637,6 +637,13 @@ impl Kernel {
         st
     }
 
+    /// The stat of a descriptor served here that is not a device: `st_mode` says what it is.
+    fn stat_with_mode(mode: u32) -> [u8; 144] {
+        let mut st = Self::char_device_stat(0);
+        st[24..28].copy_from_slice(&mode.to_le_bytes());
+        st
+    }
+
     fn stat_fd(&self, m: &mut dyn Machine, fd: u64) -> Result<[u8; 144], i64> {
         match &self.p.fds.get(fd)?.kind {
             FileKind::Host { file, .. } => m.fs_stat(*file),
@@ -644,31 +651,10 @@ impl Kernel {
             FileKind::Zero => Ok(Self::char_device_stat((1 << 8) | 5)),
             FileKind::Random => Ok(Self::char_device_stat((1 << 8) | 9)),
             FileKind::Stdin | FileKind::Stdout | FileKind::Stderr => Ok(Self::char_device_stat(0)),
-            FileKind::Socket(_) => {
-                let mut st = Self::char_device_stat(0);
-                st[24..28].copy_from_slice(&0o140777u32.to_le_bytes()); // S_IFSOCK
-                Ok(st)
-            }
-            FileKind::Epoll(_) => {
-                let mut st = Self::char_device_stat(0);
-                st[24..28].copy_from_slice(&0o000600u32.to_le_bytes()); // anonymous inode
-                Ok(st)
-            }
-            FileKind::PipeRead(_) | FileKind::PipeWrite(_) => {
-                let mut st = Self::char_device_stat(0);
-                st[24..28].copy_from_slice(&0o010600u32.to_le_bytes()); // S_IFIFO
-                Ok(st)
-            }
-            FileKind::EventFd(_) => {
-                let mut st = Self::char_device_stat(0);
-                st[24..28].copy_from_slice(&0o000600u32.to_le_bytes()); // anonymous inode
-                Ok(st)
-            }
-            FileKind::Generated(_) => {
-                let mut st = Self::char_device_stat(0);
-                st[24..28].copy_from_slice(&0o100444u32.to_le_bytes()); // a regular file
-                Ok(st)
-            }
+            FileKind::Socket(_) => Ok(Self::stat_with_mode(0o140777)), // S_IFSOCK
+            FileKind::Epoll(_) | FileKind::EventFd(_) => Ok(Self::stat_with_mode(0o000600)), // anonymous inode
+            FileKind::PipeRead(_) | FileKind::PipeWrite(_) => Ok(Self::stat_with_mode(0o010600)), // S_IFIFO
+            FileKind::Generated(_) => Ok(Self::stat_with_mode(0o100444)), // a regular file
         }
     }
 

@@ -127,6 +127,19 @@ impl ProcTable {
         self.runq.push_back(pid);
     }
 
+    /// Every sleeper whose deadline is at or before `now` (monotonic ns) becomes runnable.
+    fn wake_sleepers(&mut self, now: u64) {
+        let due: Vec<i64> = self
+            .parked
+            .iter()
+            .filter(|(_, p)| matches!(p.state, State::Sleeping { until, .. } if until <= now))
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in due {
+            self.make_runnable(pid);
+        }
+    }
+
     /// Every process blocked on a pipe runs its call again.
     pub(crate) fn wake_blocked(&mut self) {
         let blocked: Vec<i64> = self
@@ -379,16 +392,7 @@ impl Kernel {
             } else {
                 m.monotonic_ns().max(earliest)
             };
-            let due: Vec<i64> = self
-                .procs
-                .parked
-                .iter()
-                .filter(|(_, p)| matches!(p.state, State::Sleeping { until, .. } if until <= now))
-                .map(|(pid, _)| *pid)
-                .collect();
-            for pid in due {
-                self.procs.make_runnable(pid);
-            }
+            self.procs.wake_sleepers(now);
         }
     }
 
@@ -459,16 +463,7 @@ impl Kernel {
             }
         }
         let now = m.monotonic_ns();
-        let due: Vec<i64> = self
-            .procs
-            .parked
-            .iter()
-            .filter(|(_, p)| matches!(p.state, State::Sleeping { until, .. } if until <= now))
-            .map(|(pid, _)| *pid)
-            .collect();
-        for pid in due {
-            self.procs.make_runnable(pid);
-        }
+        self.procs.wake_sleepers(now);
         let (next, saved) = self.procs.take_next()?;
         let fpu = match m.fpu_state() {
             Ok(f) => f,
@@ -742,17 +737,7 @@ impl Kernel {
         tracing::debug!(pid = self.p.pid, status, "exit");
         self.close_all(m);
         let me = self.p.pid;
-        // Orphans go to init, which may have to reap zombies among them.
-        let mut adopted_zombie = false;
-        for p in self.procs.parked.values_mut() {
-            if p.proc.ppid == me {
-                p.proc.ppid = 1;
-                adopted_zombie |= matches!(p.state, State::Zombie { .. });
-            }
-        }
-        if adopted_zombie {
-            self.notify_parent(1, 0);
-        }
+        self.reparent_orphans(me);
         self.release_vfork_parent();
         self.child_changed(self.p.ppid, me, status);
         let Some(Next::Other(next)) = self.next_runnable(m, None) else {
@@ -775,6 +760,24 @@ impl Kernel {
             },
         );
         outcome
+    }
+
+    /// The children of `dead` (the running process among them, if it is one) go to init, which
+    /// is told if it has zombies among them to reap.
+    fn reparent_orphans(&mut self, dead: i64) {
+        if self.p.ppid == dead {
+            self.p.ppid = 1;
+        }
+        let mut adopted_zombie = false;
+        for p in self.procs.parked.values_mut() {
+            if p.proc.ppid == dead {
+                p.proc.ppid = 1;
+                adopted_zombie |= matches!(p.state, State::Zombie { .. });
+            }
+        }
+        if adopted_zombie {
+            self.notify_parent(1, 0);
+        }
     }
 
     /// Closes every descriptor of the running process.
@@ -1150,11 +1153,7 @@ impl Kernel {
         if !dead.borrowed_space {
             m.space_release(dead.space);
         }
-        for p in self.procs.parked.values_mut() {
-            if p.proc.ppid == pid {
-                p.proc.ppid = 1;
-            }
-        }
+        self.reparent_orphans(pid);
         if self.p.pid != dead.ppid {
             // A vfork parent of it may go on; a waiting parent learns of it.
             if matches!(

@@ -641,6 +641,17 @@ impl Kernel {
         want
     }
 
+    /// Fresh address space for a mapping of `len` bytes, below the previous one with a guard
+    /// page between, and well above the heap.
+    fn mmap_area(&mut self, len: u64) -> Result<u64, i64> {
+        let va = self.p.mmap_next.checked_sub(len).ok_or(ENOMEM)?;
+        if va <= self.p.brk_mapped + (64 << 20) {
+            return Err(ENOMEM);
+        }
+        self.p.mmap_next = va - PAGE;
+        Ok(va)
+    }
+
     #[allow(clippy::too_many_arguments)] // mmap's six arguments, and the machine
     fn mmap(
         &mut self,
@@ -689,11 +700,7 @@ impl Kernel {
                 return Ok(va as i64);
             }
         }
-        let va = self.p.mmap_next.checked_sub(len).ok_or(ENOMEM)?;
-        if va <= self.p.brk_mapped + (64 << 20) {
-            return Err(ENOMEM);
-        }
-        self.p.mmap_next = va - PAGE; // a guard page between mappings
+        let va = self.mmap_area(len)?;
         if populate {
             m.map_zeroed(va, len, anon_flags(prot))
                 .map_err(|_| ENOMEM)?;
@@ -740,12 +747,7 @@ impl Kernel {
             self.p.vm.remove(addr, addr + len);
             addr
         } else {
-            let va = self.p.mmap_next.checked_sub(len).ok_or(ENOMEM)?;
-            if va <= self.p.brk_mapped + (64 << 20) {
-                return Err(ENOMEM);
-            }
-            self.p.mmap_next = va - PAGE;
-            va
+            self.mmap_area(len)?
         };
         let mut page = va;
         while page < va + len {
