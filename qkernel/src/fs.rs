@@ -800,12 +800,13 @@ impl Kernel {
             b"/proc/cpuinfo" => String::from_utf8_lossy(&m.cpuinfo()).into_owned(),
             b"/proc/self/status" => {
                 let name = String::from_utf8_lossy(&self.p.comm).into_owned();
-                let (pid, ppid) = (self.p.pid, self.p.ppid);
+                let (pid, ppid, tid) = (self.p.pid, self.p.ppid, self.t.tid);
+                let threads = 1 + self.procs.threads_of(pid).len();
                 format!(
-                    "Name:\t{name}\nState:\tR (running)\nTgid:\t{pid}\nPid:\t{pid}\n\
-                     PPid:\t{ppid}\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nThreads:\t1\n\
-                     SigBlk:\t{:016x}\n",
-                    self.p.sigmask
+                    "Name:\t{name}\nState:\tR (running)\nTgid:\t{pid}\nPid:\t{tid}\n\
+                     PPid:\t{ppid}\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\n\
+                     Threads:\t{threads}\nSigBlk:\t{:016x}\n",
+                    self.t.sigmask
                 )
             }
             b"/proc/self/cmdline" | b"/proc/self/comm" => {

@@ -10,6 +10,7 @@ mod elf;
 mod epoll;
 mod eventfd;
 mod fs;
+mod futex;
 mod machine;
 mod net;
 mod pipe;

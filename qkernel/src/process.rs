@@ -1,16 +1,19 @@
-//! Processes: fork, vfork and clone (process flags), execve with `#!` scripts, wait4/waitid,
-//! exit, process groups and sessions.
+//! Processes and threads: fork, vfork and clone (threads too), execve with `#!` scripts,
+//! wait4/waitid, exit and exit_group, process groups and sessions, and the scheduler.
 //!
-//! The running process lives in [`Kernel::p`]; the others are parked in `Kernel::procs` with
-//! their registers and FPU state. The one vCPU runs one process at a time and switches only
-//! when the running one exits or waits (wait4, vfork), the next runnable one taking its place:
-//! cooperative scheduling (preemption by a host timer is a later step). A call that waits is
-//! run again from its `syscall` instruction when its process resumes, so it sees the world as
-//! it is then (Linux's restart of an interrupted call, without the signal).
+//! The running process lives in [`Kernel::p`] and its running thread in [`Kernel::t`]; the
+//! other processes are parked in `Kernel::procs` and every other thread (of any process) with
+//! its registers and FPU state. A process ([`Proc`]) holds what its threads share: memory,
+//! descriptors, signal handlers, ids; a [`Thread`] holds its tid, signal mask and pending
+//! signals. The one vCPU runs one thread at a time and switches when the running one exits,
+//! waits (wait4, vfork, a pipe, a futex, a sleep) or is preempted by the platform's timer, the
+//! next runnable one taking its place. A call that waits is run again from its `syscall`
+//! instruction when its thread resumes, so it sees the world as it is then (Linux's restart of
+//! an interrupted call, without the signal).
 //!
 //! Memory: fork copies every user page into the child's own address space (the platform
 //! cannot make pages copy-on-write on this host, see qvisor's memory module); exec builds a
-//! new space and gives the old one back.
+//! new space and gives the old one back. Threads share their process's space.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -19,10 +22,14 @@ use crate::machine::{Machine, SpaceId, UserRegs};
 use crate::syscalls::{Kernel, Proc, SyscallOutcome};
 
 const CLONE_VM: u64 = 0x100;
+const CLONE_FS: u64 = 0x200;
+const CLONE_FILES: u64 = 0x400;
+const CLONE_SIGHAND: u64 = 0x800;
 const CLONE_VFORK: u64 = 0x4000;
 const CLONE_THREAD: u64 = 0x10000;
 const CLONE_SETTLS: u64 = 0x80000;
 const CLONE_PARENT_SETTID: u64 = 0x100000;
+const CLONE_CHILD_CLEARTID: u64 = 0x200000;
 const CLONE_CHILD_SETTID: u64 = 0x1000000;
 const WNOHANG: u64 = 1;
 const WEXITED: u64 = 4;
@@ -34,16 +41,44 @@ const MAX_IMAGE: u64 = 512 << 20;
 const MAX_ARGS: usize = 65_536;
 const MAX_ARG_BYTES: usize = 2 << 20;
 
-/// Registers and FPU state of a process that is not running.
+/// One thread of a process: what is its own. Memory, descriptors and signal handlers are
+/// its process's ([`Proc`]), shared by all its threads.
+#[derive(Debug)]
+pub(crate) struct Thread {
+    pub(crate) tid: i64,
+    pub(crate) sigmask: u64,
+    /// Signals pending for it and the handlers it is in.
+    pub(crate) signals: crate::signal::SignalState,
+    /// When a parked sleep ends (monotonic ns).
+    pub(crate) sleep_until: u64,
+    /// Where its tid is cleared, and a futex waiter there woken, when it exits
+    /// (set_tid_address, CLONE_CHILD_CLEARTID): how pthread_join learns of the exit.
+    pub(crate) clear_child_tid: u64,
+}
+
+impl Thread {
+    pub(crate) fn new(tid: i64, sigmask: u64) -> Thread {
+        Thread {
+            tid,
+            sigmask,
+            signals: Default::default(),
+            sleep_until: 0,
+            clear_child_tid: 0,
+        }
+    }
+}
+
+/// Registers and FPU state of a thread that is not running.
 #[derive(Debug, Clone)]
 pub(crate) struct Saved {
-    regs: UserRegs,
+    pub(crate) regs: UserRegs,
     fpu: Vec<u8>,
     /// The registers run a waiting call again (a signal handler first decides: SA_RESTART
     /// keeps that, else the call returns EINTR).
     restart: bool,
 }
 
+/// Why a thread is not running.
 #[derive(Debug)]
 pub(crate) enum State {
     Runnable(Saved),
@@ -59,35 +94,84 @@ pub(crate) enum State {
         saved: Saved,
         until: u64,
     },
+    /// In a futex wait on `addr` of its process: runs (returning 0) when woken with a bitset
+    /// meeting `bitset`, ETIMEDOUT at `until`, EINTR on a signal. `seq` orders the waiters.
+    Futex {
+        saved: Saved,
+        addr: u64,
+        bitset: u32,
+        until: u64,
+        seq: u64,
+    },
     /// A vfork parent: runs once `child` has exec'd or exited.
     VforkParent {
         saved: Saved,
         child: i64,
     },
-    /// Exited, with its wait status, until its parent reaps it.
-    Zombie {
-        status: i32,
-    },
 }
 
+impl State {
+    fn saved_mut(&mut self) -> &mut Saved {
+        match self {
+            State::Runnable(s)
+            | State::Waiting(s)
+            | State::Blocked(s)
+            | State::Suspended(s)
+            | State::Sleeping { saved: s, .. }
+            | State::Futex { saved: s, .. }
+            | State::VforkParent { saved: s, .. } => s,
+        }
+    }
+
+    /// When it runs without being woken (a sleep's or timed futex wait's end).
+    fn deadline(&self) -> Option<u64> {
+        match self {
+            State::Sleeping { until, .. } | State::Futex { until, .. } => Some(*until),
+            _ => None,
+        }
+    }
+
+    /// A signal ends the wait (EINTR, or the call runs again after the handler).
+    fn interruptible(&self) -> bool {
+        !matches!(self, State::Runnable(_) | State::VforkParent { .. })
+    }
+}
+
+/// A process none of whose threads runs.
 #[derive(Debug)]
 pub(crate) struct Parked {
     pub(crate) proc: Proc,
-    pub(crate) state: State,
+    /// Exited, with its wait status, until its parent reaps it (it has no threads left).
+    pub(crate) zombie: Option<i32>,
 }
 
-/// The processes that are not running.
+/// A thread that is not running, of process `pid`.
+#[derive(Debug)]
+pub(crate) struct ParkedThread {
+    pid: i64,
+    thread: Thread,
+    state: State,
+}
+
+/// The processes and threads that are not running.
 #[derive(Debug, Default)]
 pub(crate) struct ProcTable {
+    /// Every process but the running one, by pid.
     pub(crate) parked: BTreeMap<i64, Parked>,
+    /// Every thread but the running one, by tid (tids and pids are one number space).
+    threads: BTreeMap<i64, ParkedThread>,
     runq: VecDeque<i64>,
     next_pid: i64,
+    futex_seq: u64,
 }
 
-/// What runs after the running process stops: another one, or itself (its sleep ended
-/// before any other process could run).
+/// The thread that runs next, with its process's pid.
+type NextThread = (i64, Thread, Saved);
+
+/// What runs after the running thread stops: another one, or itself (its sleep ended
+/// before any other thread could run).
 enum Next {
-    Other(Box<(Proc, Saved)>),
+    Other(Box<NextThread>),
     Me,
 }
 
@@ -108,66 +192,144 @@ struct Reaped {
 impl ProcTable {
     fn new_pid(&mut self) -> i64 {
         self.next_pid = self.next_pid.max(1) + 1;
+        while self.parked.contains_key(&self.next_pid) || self.threads.contains_key(&self.next_pid)
+        {
+            self.next_pid += 1;
+        }
         self.next_pid
     }
 
-    fn make_runnable(&mut self, pid: i64) {
-        let Some(p) = self.parked.get_mut(&pid) else {
+    /// Tasks (threads and zombies) besides the running thread, as a pids cgroup counts them.
+    fn tasks(&self) -> usize {
+        self.threads.len() + self.parked.values().filter(|p| p.zombie.is_some()).count()
+    }
+
+    /// The parked threads of process `pid`.
+    pub(crate) fn threads_of(&self, pid: i64) -> Vec<i64> {
+        self.threads
+            .iter()
+            .filter(|(_, t)| t.pid == pid)
+            .map(|(tid, _)| *tid)
+            .collect()
+    }
+
+    /// Drops every parked thread of process `pid` (it exits or execs).
+    fn remove_threads(&mut self, pid: i64) {
+        self.threads.retain(|_, t| t.pid != pid);
+    }
+
+    fn make_runnable(&mut self, tid: i64) {
+        let Some(t) = self.threads.get_mut(&tid) else {
             return;
         };
-        let saved = match &p.state {
-            State::Waiting(s)
-            | State::Blocked(s)
-            | State::Suspended(s)
-            | State::Sleeping { saved: s, .. }
-            | State::VforkParent { saved: s, .. } => s.clone(),
-            _ => return,
-        };
-        p.state = State::Runnable(saved);
-        self.runq.push_back(pid);
+        if matches!(t.state, State::Runnable(_)) {
+            return;
+        }
+        let saved = t.state.saved_mut().clone();
+        t.state = State::Runnable(saved);
+        self.runq.push_back(tid);
     }
 
-    /// Every sleeper whose deadline is at or before `now` (monotonic ns) becomes runnable.
+    /// Every thread whose deadline is at or before `now` (monotonic ns) becomes runnable.
     fn wake_sleepers(&mut self, now: u64) {
         let due: Vec<i64> = self
-            .parked
+            .threads
             .iter()
-            .filter(|(_, p)| matches!(p.state, State::Sleeping { until, .. } if until <= now))
-            .map(|(pid, _)| *pid)
+            .filter(|(_, t)| t.state.deadline().is_some_and(|until| until <= now))
+            .map(|(tid, _)| *tid)
             .collect();
-        for pid in due {
-            self.make_runnable(pid);
+        for tid in due {
+            self.make_runnable(tid);
         }
     }
 
-    /// Every process blocked on a pipe runs its call again.
+    /// Every thread blocked on a pipe runs its call again.
     pub(crate) fn wake_blocked(&mut self) {
         let blocked: Vec<i64> = self
-            .parked
+            .threads
             .iter()
-            .filter(|(_, p)| matches!(p.state, State::Blocked(_)))
-            .map(|(pid, _)| *pid)
+            .filter(|(_, t)| matches!(t.state, State::Blocked(_)))
+            .map(|(tid, _)| *tid)
             .collect();
-        for pid in blocked {
-            self.make_runnable(pid);
+        for tid in blocked {
+            self.make_runnable(tid);
         }
     }
 
-    /// Takes the next runnable process off the table.
-    fn take_next(&mut self) -> Option<(Proc, Saved)> {
-        while let Some(pid) = self.runq.pop_front() {
+    /// Takes the next runnable thread off the table.
+    fn take_next(&mut self) -> Option<NextThread> {
+        while let Some(tid) = self.runq.pop_front() {
             if matches!(
-                self.parked.get(&pid).map(|p| &p.state),
+                self.threads.get(&tid).map(|t| &t.state),
                 Some(State::Runnable(_))
             ) {
-                let p = self.parked.remove(&pid)?;
-                let State::Runnable(saved) = p.state else {
+                let t = self.threads.remove(&tid)?;
+                let State::Runnable(saved) = t.state else {
                     unreachable!("checked just above")
                 };
-                return Some((p.proc, saved));
+                return Some((t.pid, t.thread, saved));
             }
         }
         None
+    }
+
+    pub(crate) fn next_futex_seq(&mut self) -> u64 {
+        self.futex_seq += 1;
+        self.futex_seq
+    }
+
+    /// The threads of process `pid` waiting on the futex at `addr` with a bitset meeting
+    /// `bitset`, longest waiting first.
+    pub(crate) fn futex_waiters(&self, pid: i64, addr: u64, bitset: u32) -> Vec<i64> {
+        let mut w: Vec<(u64, i64)> = self
+            .threads
+            .iter()
+            .filter(|(_, t)| t.pid == pid)
+            .filter_map(|(tid, t)| match t.state {
+                State::Futex {
+                    addr: a,
+                    bitset: b,
+                    seq,
+                    ..
+                } if a == addr && b & bitset != 0 => Some((seq, *tid)),
+                _ => None,
+            })
+            .collect();
+        w.sort_unstable();
+        w.into_iter().map(|(_, tid)| tid).collect()
+    }
+
+    /// A futex waiter's wait ends with 0.
+    pub(crate) fn wake_futex_waiter(&mut self, tid: i64) {
+        if let Some(t) = self.threads.get_mut(&tid) {
+            t.state.saved_mut().regs.rax = 0;
+        }
+        self.make_runnable(tid);
+    }
+
+    /// A futex waiter waits on `to` instead.
+    pub(crate) fn requeue_futex_waiter(&mut self, tid: i64, to: u64) {
+        if let Some(ParkedThread {
+            state: State::Futex { addr, .. },
+            ..
+        }) = self.threads.get_mut(&tid)
+        {
+            *addr = to;
+        }
+    }
+
+    /// Puts a thread taken by [`ProcTable::take_next`] back, first in line.
+    fn put_back(&mut self, (pid, thread, saved): NextThread) {
+        let tid = thread.tid;
+        self.threads.insert(
+            tid,
+            ParkedThread {
+                pid,
+                thread,
+                state: State::Runnable(saved),
+            },
+        );
+        self.runq.push_front(tid);
     }
 }
 
@@ -276,9 +438,8 @@ impl Kernel {
         self.p.space
     }
 
-    /// sigsuspend(2)/pause(2): parks the running process until a child changes state (its
-    /// SIGCHLD), then returns EINTR. With nothing else that could run, EINTR at once: no
-    /// signal could ever come.
+    /// sigsuspend(2)/pause(2): parks the running thread until a signal comes, then returns
+    /// EINTR. With nothing else that could run, EINTR at once: no signal could ever come.
     pub(crate) fn suspend(&mut self, m: &mut dyn Machine, mask_va: Option<u64>) -> SyscallOutcome {
         if let Some(va) = mask_va {
             let mut b = [0u8; 8];
@@ -286,10 +447,10 @@ impl Kernel {
                 return SyscallOutcome::Return(-EFAULT);
             }
             // The mask while suspended; the old one comes back with the handler's return.
-            self.p.signals.suspend_mask = Some(self.p.sigmask);
-            self.p.sigmask = u64::from_le_bytes(b) & !((1 << 8) | (1 << 18));
+            self.t.signals.suspend_mask = Some(self.t.sigmask);
+            self.t.sigmask = u64::from_le_bytes(b) & !((1 << 8) | (1 << 18));
         }
-        if self.p.deliverable().is_some() {
+        if self.t.deliverable().is_some() {
             if let Some(outcome) = self.deliver_on_return(m, -EINTR) {
                 return outcome;
             }
@@ -299,8 +460,8 @@ impl Kernel {
         match self.switch_away(m, regs, false, State::Suspended) {
             SyscallOutcome::Return(_) => {
                 // Nothing else can run, so no signal can come.
-                if let Some(old) = self.p.signals.suspend_mask.take() {
-                    self.p.sigmask = old;
+                if let Some(old) = self.t.signals.suspend_mask.take() {
+                    self.t.sigmask = old;
                 }
                 SyscallOutcome::Return(-EINTR)
             }
@@ -308,20 +469,16 @@ impl Kernel {
         }
     }
 
-    /// Parks the running process until a pipe changes; its call runs again then.
+    /// Parks the running thread until a pipe changes; its call runs again then.
     pub(crate) fn block_on_pipe(&mut self, m: &mut dyn Machine) -> SyscallOutcome {
         let regs = Self::restart_regs(m);
         self.switch_away(m, regs, true, State::Blocked)
     }
 
-    /// A sleep of `ns`: in place when the running process is alone, else parked
-    /// ([`ESLEEP`]) so the others run meanwhile.
+    /// A sleep of `ns`: in place when the running thread is alone, else parked ([`ESLEEP`])
+    /// so the others run meanwhile.
     pub(crate) fn sleep_for(&mut self, m: &mut dyn Machine, ns: u64) -> Result<i64, i64> {
-        let alone = self
-            .procs
-            .parked
-            .values()
-            .all(|p| matches!(p.state, State::Zombie { .. }));
+        let alone = self.procs.threads.is_empty();
         if alone || ns == 0 {
             // In place; a signal from the host wakes the host sleep early: a handler for it
             // interrupts the sleep (EINTR, the handler runs on return), else sleep on.
@@ -333,41 +490,37 @@ impl Kernel {
                 }
                 m.sleep_ns(end - now);
                 self.take_host_signals(m);
-                if self.p.deliverable().is_some() {
+                if self.t.deliverable().is_some() {
                     return Err(EINTR);
                 }
             }
         }
-        self.p.sleep_until = m.monotonic_ns().saturating_add(ns);
+        self.t.sleep_until = m.monotonic_ns().saturating_add(ns);
         Err(ESLEEP)
     }
 
-    /// Parks the running process until its sleep ends.
+    /// Parks the running thread until its sleep ends.
     pub(crate) fn park_sleeping(&mut self, m: &mut dyn Machine) -> SyscallOutcome {
         let mut regs = m.user_regs();
         regs.rax = 0;
-        let until = self.p.sleep_until;
-        tracing::trace!(pid = self.p.pid, until, "sleep");
+        let until = self.t.sleep_until;
+        tracing::trace!(tid = self.t.tid, until, "sleep");
         self.switch_away(m, regs, false, |saved| State::Sleeping { saved, until })
     }
 
-    /// The next process to run: a runnable one, else (after sleeping on the host until the
-    /// earliest deadline, `own` being the running process's if it is going to sleep) a
-    /// sleeper whose time has come, or the running process itself. None when every process
-    /// waits on another.
+    /// The next thread to run: a runnable one, else (after sleeping on the host until the
+    /// earliest deadline, `own` being the running thread's if it is going to sleep) one whose
+    /// time has come, or the running thread itself. None when every thread waits on another.
     fn next_runnable(&mut self, m: &mut dyn Machine, own: Option<u64>) -> Option<Next> {
         loop {
-            if let Some((next, saved)) = self.procs.take_next() {
-                return Some(Next::Other(Box::new((next, saved))));
+            if let Some(next) = self.procs.take_next() {
+                return Some(Next::Other(Box::new(next)));
             }
             let others = self
                 .procs
-                .parked
+                .threads
                 .values()
-                .filter_map(|p| match p.state {
-                    State::Sleeping { until, .. } => Some(until),
-                    _ => None,
-                })
+                .filter_map(|t| t.state.deadline())
                 .min();
             let earliest = match (others, own) {
                 (Some(o), Some(me)) => o.min(me),
@@ -377,7 +530,7 @@ impl Kernel {
             if earliest > now {
                 tracing::trace!(
                     ns = earliest - now,
-                    "idle: nothing runs until the next sleeper"
+                    "idle: nothing runs until the next deadline"
                 );
                 m.sleep_ns(earliest - now);
             }
@@ -396,6 +549,15 @@ impl Kernel {
         }
     }
 
+    /// Process `pid`, running or parked.
+    pub(crate) fn proc_of(&self, pid: i64) -> Option<&Proc> {
+        if pid == self.p.pid {
+            Some(&self.p)
+        } else {
+            self.procs.parked.get(&pid).map(|p| &p.proc)
+        }
+    }
+
     /// Hands signals sent from outside to the container's init: its handler gets them; without
     /// one they are ignored, as Linux ignores what a pid namespace's init has no handler for.
     pub(crate) fn take_host_signals(&mut self, m: &mut dyn Machine) {
@@ -403,12 +565,10 @@ impl Kernel {
         while sigs != 0 {
             let sig = u64::from(sigs.trailing_zeros()) + 1;
             sigs &= sigs - 1;
-            let init = if self.p.pid == 1 {
-                Some(&self.p)
-            } else {
-                self.procs.parked.get(&1).map(|p| &p.proc)
-            };
-            if init.is_some_and(|p| crate::signal::has_handler(p, sig)) {
+            if self
+                .proc_of(1)
+                .is_some_and(|p| crate::signal::has_handler(p, sig))
+            {
                 let info = crate::signal::SigInfo {
                     code: 0, // SI_USER, from outside the container: pid 0
                     pid: 0,
@@ -434,28 +594,27 @@ impl Kernel {
         (STACK_TOP - STACK_SIZE..STACK_TOP).contains(&page) && m.map_zeroed(page, 4096, rw).is_ok()
     }
 
-    /// The most processes the container may have at once (the OCI pids limit).
+    /// The most tasks (processes and threads) the container may have at once (the OCI pids
+    /// limit).
     pub fn set_max_processes(&mut self, max: usize) {
         self.max_processes = max.max(1);
     }
 
-    /// Whether another process could use the CPU (one is runnable, or a sleeper's time has
-    /// come): the platform then preempts the running one with [`Kernel::preempt`].
+    /// Whether another thread could use the CPU (one is runnable, or a deadline has come):
+    /// the platform then preempts the running one with [`Kernel::preempt`].
     pub fn wants_preemption(&self, now_ns: u64) -> bool {
-        self.procs.parked.values().any(|p| match p.state {
-            State::Runnable(_) => true,
-            State::Sleeping { until, .. } => until <= now_ns,
-            _ => false,
+        self.procs.threads.values().any(|t| {
+            matches!(t.state, State::Runnable(_)) || t.state.deadline().is_some_and(|u| u <= now_ns)
         })
     }
 
-    /// Preemption: the running process, stopped by the platform at an arbitrary instruction
+    /// Preemption: the running thread, stopped by the platform at an arbitrary instruction
     /// (its exact registers in `Machine::user_regs`), goes to the back of the run queue and
     /// the next runnable one runs. `None` (nothing else to run): it goes on.
     pub fn preempt(&mut self, m: &mut dyn Machine) -> Option<SyscallOutcome> {
         self.take_host_signals(m);
-        if self.p.deliverable().is_some() {
-            // A signal for the running process (from the host): its handler runs now.
+        if self.t.deliverable().is_some() {
+            // A signal for the running thread (from the host): its handler runs now.
             let mut regs = m.user_regs();
             if self.deliver(m, &mut regs, false) {
                 m.set_user_regs(&regs);
@@ -464,52 +623,72 @@ impl Kernel {
         }
         let now = m.monotonic_ns();
         self.procs.wake_sleepers(now);
-        let (next, saved) = self.procs.take_next()?;
+        let next = self.procs.take_next()?;
         let fpu = match m.fpu_state() {
             Ok(f) => f,
             Err(_) => {
                 // Put it back: the next one waits for another chance.
-                let pid = next.pid;
-                self.procs.parked.insert(
-                    pid,
-                    Parked {
-                        proc: next,
-                        state: State::Runnable(saved),
-                    },
-                );
-                self.procs.runq.push_front(pid);
+                self.procs.put_back(next);
                 return None;
             }
         };
-        let regs = m.user_regs();
-        self.space(m);
-        let prev = std::mem::replace(&mut self.p, next);
-        let pid = prev.pid;
-        self.procs.parked.insert(
-            pid,
-            Parked {
-                proc: prev,
-                state: State::Runnable(Saved {
-                    regs,
-                    fpu,
-                    restart: false,
-                }),
-            },
-        );
-        self.procs.runq.push_back(pid);
-        Some(self.resume(m, saved))
+        let saved = Saved {
+            regs: m.user_regs(),
+            fpu,
+            restart: false,
+        };
+        let tid = self.t.tid;
+        let next_saved = self.install(m, next, Some(State::Runnable(saved)));
+        self.procs.runq.push_back(tid);
+        Some(self.resume(m, next_saved))
     }
 
-    /// Registers that run the current call again when the process resumes.
+    /// Registers that run the current call again when the thread resumes.
     fn restart_regs(m: &dyn Machine) -> UserRegs {
         let mut r = m.user_regs();
         r.rip = r.rip.wrapping_sub(2); // back onto the `syscall` instruction
         r
     }
 
-    /// Parks the running process in `state` (built from its saved registers, which run the
+    /// Makes `next` the running thread and its process the running process; the thread that
+    /// ran goes into the table in `prev`'s state (None: it is gone), its process with it if
+    /// that changes. Returns what to resume `next` with ([`Kernel::resume`]).
+    fn install(&mut self, m: &mut dyn Machine, next: NextThread, prev: Option<State>) -> Saved {
+        let (pid, thread, saved) = next;
+        let old = std::mem::replace(&mut self.t, thread);
+        let me = self.p.pid;
+        if let Some(state) = prev {
+            self.procs.threads.insert(
+                old.tid,
+                ParkedThread {
+                    pid: me,
+                    thread: old,
+                    state,
+                },
+            );
+        }
+        if pid != me {
+            self.space(m);
+            match self.procs.parked.remove(&pid) {
+                Some(next_proc) => {
+                    let prev_proc = std::mem::replace(&mut self.p, next_proc.proc);
+                    self.procs.parked.insert(
+                        me,
+                        Parked {
+                            proc: prev_proc,
+                            zombie: None,
+                        },
+                    );
+                }
+                None => tracing::error!(pid, tid = self.t.tid, "a thread of no process"),
+            }
+        }
+        saved
+    }
+
+    /// Parks the running thread in `state` (built from its saved registers, which run the
     /// call again if `restart`) and runs the next runnable one.
-    fn switch_away(
+    pub(crate) fn switch_away(
         &mut self,
         m: &mut dyn Machine,
         regs: UserRegs,
@@ -521,34 +700,27 @@ impl Kernel {
             Err(e) => return SyscallOutcome::Return(-e),
         };
         // A sleeper's own deadline counts when the others sleep longer.
-        let own_deadline = (self.p.sleep_until != 0).then_some(self.p.sleep_until);
-        self.p.sleep_until = 0;
-        let (next, saved) = match self.next_runnable(m, own_deadline) {
+        let own_deadline = (self.t.sleep_until != 0).then_some(self.t.sleep_until);
+        self.t.sleep_until = 0;
+        let next = match self.next_runnable(m, own_deadline) {
             Some(Next::Other(next)) => *next,
             Some(Next::Me) => {
                 // Its sleep ended first: it goes on, nothing switched.
                 m.set_user_regs(&regs);
                 return SyscallOutcome::Resume;
             }
-            // Every other process waits: nothing could wake this one.
+            // Every other thread waits: nothing could wake this one.
             None => return SyscallOutcome::Return(-EDEADLK_OR_CHILD),
         };
-        self.space(m);
-        let prev = std::mem::replace(&mut self.p, next);
-        self.procs.parked.insert(
-            prev.pid,
-            Parked {
-                proc: prev,
-                state: state(Saved { regs, fpu, restart }),
-            },
-        );
+        let saved = self.install(m, next, Some(state(Saved { regs, fpu, restart })));
         self.resume(m, saved)
     }
 
-    /// Loads the now-current process's saved state into the machine, running a pending
+    /// Loads the now-current thread's saved state into the machine, running a pending
     /// signal's handler first.
     fn resume(&mut self, m: &mut dyn Machine, saved: Saved) -> SyscallOutcome {
-        m.space_switch(self.p.space);
+        let space = self.space(m);
+        m.space_switch(space);
         if let Err(e) = m.set_fpu_state(&saved.fpu) {
             tracing::warn!(errno = e, "restoring FPU state");
         }
@@ -558,30 +730,55 @@ impl Kernel {
         SyscallOutcome::Resume
     }
 
-    /// A signal with a handler for process `pid` (running or parked): pending, and a parked
-    /// process that waits is woken to take it.
+    /// A signal with a handler for process `pid` (running or parked): pending on a thread of
+    /// it that does not block it (the running one first), which is woken if it waits.
     pub(crate) fn post_signal(&mut self, pid: i64, sig: u64, info: crate::signal::SigInfo) {
-        if pid == self.p.pid {
-            self.p.post(sig, info);
+        let bit = 1u64 << (sig - 1);
+        if pid == self.p.pid && self.t.sigmask & bit == 0 {
+            self.t.post(sig, info);
             return;
         }
-        let Some(p) = self.procs.parked.get_mut(&pid) else {
-            return;
-        };
-        p.proc.post(sig, info);
-        if let State::Sleeping { saved, .. } = &mut p.state {
-            saved.regs.rax = (-EINTR) as u64; // the sleep ends early
-        }
-        if matches!(
-            p.state,
-            State::Waiting(_) | State::Blocked(_) | State::Suspended(_) | State::Sleeping { .. }
-        ) {
-            self.procs.make_runnable(pid);
+        let parked = self.procs.threads_of(pid);
+        let unblocked = parked.iter().copied().find(|tid| {
+            self.procs
+                .threads
+                .get(tid)
+                .is_some_and(|t| t.thread.sigmask & bit == 0)
+        });
+        match unblocked.or(if pid == self.p.pid {
+            None
+        } else {
+            parked.first().copied()
+        }) {
+            Some(tid) => self.post_to_thread(tid, sig, info),
+            None if pid == self.p.pid => self.t.post(sig, info),
+            None => {}
         }
     }
 
-    /// fork, vfork, and clone without CLONE_VM: a new process with a copy of this one.
-    pub(crate) fn fork(
+    /// A signal pending on thread `tid` (running or parked), woken if it waits.
+    pub(crate) fn post_to_thread(&mut self, tid: i64, sig: u64, info: crate::signal::SigInfo) {
+        if tid == self.t.tid {
+            self.t.post(sig, info);
+            return;
+        }
+        let Some(t) = self.procs.threads.get_mut(&tid) else {
+            return;
+        };
+        t.thread.post(sig, info);
+        if t.thread.deliverable().is_none() || !t.state.interruptible() {
+            return;
+        }
+        if let State::Sleeping { saved, .. } | State::Futex { saved, .. } = &mut t.state {
+            saved.regs.rax = (-EINTR) as u64; // the wait ends early
+        }
+        self.procs.make_runnable(tid);
+    }
+
+    /// clone(2), fork(2), vfork(2): a thread of the running process with CLONE_THREAD, else
+    /// a new process with a copy of this one (sharing its memory until exec or exit with
+    /// CLONE_VFORK).
+    pub(crate) fn clone(
         &mut self,
         m: &mut dyn Machine,
         flags: u64,
@@ -591,13 +788,87 @@ impl Kernel {
         tls: u64,
     ) -> SyscallOutcome {
         let vfork = flags & CLONE_VFORK != 0;
-        if flags & CLONE_THREAD != 0 || (flags & CLONE_VM != 0 && !vfork) {
-            // Threads come with the thread model; until then glibc reports EAGAIN.
+        if flags & CLONE_THREAD != 0 {
+            // A thread shares everything a process has: Linux demands the flags that say so.
+            const SHARED: u64 = CLONE_VM | CLONE_SIGHAND;
+            if flags & SHARED != SHARED || vfork {
+                return SyscallOutcome::Return(-EINVAL);
+            }
+        } else if flags & CLONE_VM != 0 && !vfork {
+            // A second process in the same memory (not a thread): not supported.
             return SyscallOutcome::Return(-ENOSYS);
         }
-        if self.procs.parked.len() + 1 >= self.max_processes {
+        if self.procs.tasks() + 1 >= self.max_processes {
             return SyscallOutcome::Return(-EAGAIN); // the pids limit, as fork(2) reports it
         }
+        let fpu = match m.fpu_state() {
+            Ok(f) => f,
+            Err(e) => return SyscallOutcome::Return(-e),
+        };
+        let mut regs = m.user_regs();
+        regs.rax = 0;
+        if stack != 0 {
+            regs.rsp = stack;
+        }
+        if flags & CLONE_SETTLS != 0 {
+            regs.fs_base = tls;
+        }
+        let saved = Saved {
+            regs,
+            fpu,
+            restart: false,
+        };
+        if flags & CLONE_THREAD != 0 {
+            let _ = (CLONE_FS, CLONE_FILES); // a thread shares its process's files and root
+            return self.new_thread(m, flags, saved, parent_tid, child_tid);
+        }
+        self.fork(m, flags, saved, parent_tid, child_tid)
+    }
+
+    /// A new thread of the running process, runnable with `saved`; returns its tid.
+    fn new_thread(
+        &mut self,
+        m: &mut dyn Machine,
+        flags: u64,
+        saved: Saved,
+        parent_tid: u64,
+        child_tid: u64,
+    ) -> SyscallOutcome {
+        let tid = self.procs.new_pid();
+        let mut thread = Thread::new(tid, self.t.sigmask);
+        if flags & CLONE_CHILD_CLEARTID != 0 {
+            thread.clear_child_tid = child_tid;
+        }
+        // Same memory: both tid stores land in the one space.
+        if flags & CLONE_PARENT_SETTID != 0 && parent_tid != 0 {
+            let _ = m.write(parent_tid, &(tid as i32).to_le_bytes());
+        }
+        if flags & CLONE_CHILD_SETTID != 0 && child_tid != 0 {
+            let _ = m.write(child_tid, &(tid as i32).to_le_bytes());
+        }
+        tracing::debug!(pid = self.p.pid, tid, "new thread");
+        self.procs.threads.insert(
+            tid,
+            ParkedThread {
+                pid: self.p.pid,
+                thread,
+                state: State::Runnable(saved),
+            },
+        );
+        self.procs.runq.push_back(tid);
+        SyscallOutcome::Return(tid)
+    }
+
+    /// A new process, a copy of the running one of which only the calling thread goes on.
+    fn fork(
+        &mut self,
+        m: &mut dyn Machine,
+        flags: u64,
+        saved: Saved,
+        parent_tid: u64,
+        child_tid: u64,
+    ) -> SyscallOutcome {
+        let vfork = flags & CLONE_VFORK != 0;
         let parent_space = self.space(m);
         // A vfork child borrows its parent's memory, as on Linux: the parent waits until the
         // child execs or exits, so nothing is copied.
@@ -609,68 +880,52 @@ impl Kernel {
                 Err(e) => return SyscallOutcome::Return(-e),
             }
         };
-        let fpu = match m.fpu_state() {
-            Ok(f) => f,
-            Err(e) => {
-                if !vfork {
-                    m.space_release(child_space);
-                }
-                return SyscallOutcome::Return(-e);
-            }
-        };
         let pid = self.procs.new_pid();
         let mut child = self.p.fork_copy(pid, child_space);
-        let mut regs = m.user_regs();
-        regs.rax = 0;
-        if stack != 0 {
-            regs.rsp = stack;
-        }
-        if flags & CLONE_SETTLS != 0 {
-            regs.fs_base = tls;
-        }
         if flags & CLONE_PARENT_SETTID != 0 && parent_tid != 0 {
             let _ = m.write(parent_tid, &(pid as i32).to_le_bytes());
         }
+        let mut thread = Thread::new(pid, self.t.sigmask);
         if flags & CLONE_CHILD_SETTID != 0 && child_tid != 0 {
             m.space_switch(child_space);
             let _ = m.write(child_tid, &(pid as i32).to_le_bytes());
             m.space_switch(parent_space);
         }
+        if flags & CLONE_CHILD_CLEARTID != 0 {
+            thread.clear_child_tid = child_tid;
+        }
         child.ppid = self.p.pid;
         child.borrowed_space = vfork;
         tracing::debug!(parent = self.p.pid, child = pid, vfork, "fork");
-        let saved = Saved {
-            regs,
-            fpu,
-            restart: false,
-        };
+        self.procs.parked.insert(
+            pid,
+            Parked {
+                proc: child,
+                zombie: None,
+            },
+        );
         if vfork {
             // The child runs first; the parent resumes with the child's pid once it has
             // exec'd or exited.
             let mut parent_regs = m.user_regs();
             parent_regs.rax = pid as u64;
-            let parent_fpu = saved.fpu.clone();
-            let prev = std::mem::replace(&mut self.p, child);
-            self.procs.parked.insert(
-                prev.pid,
-                Parked {
-                    proc: prev,
-                    state: State::VforkParent {
-                        saved: Saved {
-                            regs: parent_regs,
-                            fpu: parent_fpu,
-                            restart: false,
-                        },
-                        child: pid,
-                    },
-                },
-            );
+            let parent = Saved {
+                regs: parent_regs,
+                fpu: saved.fpu.clone(),
+                restart: false,
+            };
+            let state = State::VforkParent {
+                saved: parent,
+                child: pid,
+            };
+            let saved = self.install(m, (pid, thread, saved), Some(state));
             return self.resume(m, saved);
         }
-        self.procs.parked.insert(
+        self.procs.threads.insert(
             pid,
-            Parked {
-                proc: child,
+            ParkedThread {
+                pid,
+                thread,
                 state: State::Runnable(saved),
             },
         );
@@ -682,10 +937,8 @@ impl Kernel {
     /// runs again, a vfork parent of it too, and a SIGCHLD handler gets its signal.
     fn child_changed(&mut self, ppid: i64, pid: i64, status: i32) {
         let handler = self
-            .procs
-            .parked
-            .get(&ppid)
-            .is_some_and(|p| crate::signal::has_handler(&p.proc, crate::signal::SIGCHLD));
+            .proc_of(ppid)
+            .is_some_and(|p| crate::signal::has_handler(p, crate::signal::SIGCHLD));
         if handler {
             let (code, value) = match status & 0x7f {
                 0 => (1, (status >> 8) & 0xff), // CLD_EXITED
@@ -701,32 +954,61 @@ impl Kernel {
         self.notify_parent(ppid, pid);
     }
 
-    /// The parent of `pid` learns that it changed state: a waiting parent runs again, a vfork
-    /// parent of it too.
+    /// The parent of `pid` learns that it changed state: its threads waiting for a child run
+    /// again, a vfork parent of it too.
     fn notify_parent(&mut self, ppid: i64, pid: i64) {
-        let wake = match self.procs.parked.get(&ppid).map(|p| &p.state) {
-            Some(State::Waiting(_) | State::Suspended(_)) => true,
-            Some(State::VforkParent { child, .. }) => *child == pid,
-            _ => false,
-        };
-        if wake {
-            self.procs.make_runnable(ppid);
+        for tid in self.procs.threads_of(ppid) {
+            let wake = match self.procs.threads.get(&tid).map(|t| &t.state) {
+                Some(State::Waiting(_) | State::Suspended(_)) => true,
+                Some(State::VforkParent { child, .. }) => *child == pid,
+                _ => false,
+            };
+            if wake {
+                self.procs.make_runnable(tid);
+            }
         }
     }
 
     /// The vfork parent of the running process, if any, may run again (exec or exit).
     fn release_vfork_parent(&mut self) {
         let (ppid, me) = (self.p.ppid, self.p.pid);
-        if matches!(
-            self.procs.parked.get(&ppid).map(|p| &p.state),
-            Some(State::VforkParent { child, .. }) if *child == me
-        ) {
-            self.procs.make_runnable(ppid);
+        for tid in self.procs.threads_of(ppid) {
+            if matches!(
+                self.procs.threads.get(&tid).map(|t| &t.state),
+                Some(State::VforkParent { child, .. }) if *child == me
+            ) {
+                self.procs.make_runnable(tid);
+            }
         }
     }
 
-    /// Ends the running process with wait status `status`. The container's init ending ends
-    /// the container (Linux kills the rest of a pid namespace with its init).
+    /// exit(2): ends the running thread; the last one to go ends its process.
+    pub(crate) fn exit_thread(&mut self, m: &mut dyn Machine, status: i32) -> SyscallOutcome {
+        if self.procs.threads_of(self.p.pid).is_empty() {
+            return self.exit_process(m, status);
+        }
+        self.clear_child_tid(m);
+        tracing::debug!(pid = self.p.pid, tid = self.t.tid, "thread exit");
+        let Some(Next::Other(next)) = self.next_runnable(m, None) else {
+            tracing::error!(pid = self.p.pid, "every thread left waits for another");
+            return SyscallOutcome::Exit(125);
+        };
+        let saved = self.install(m, *next, None);
+        self.resume(m, saved)
+    }
+
+    /// What a thread's end tells pthread_join: 0 at its clear_child_tid, and a futex waiter
+    /// there woken.
+    fn clear_child_tid(&mut self, m: &mut dyn Machine) {
+        let at = std::mem::take(&mut self.t.clear_child_tid);
+        if at != 0 && m.write(at, &0u32.to_le_bytes()).is_ok() {
+            self.futex_wake(at, 1, u32::MAX);
+        }
+    }
+
+    /// exit_group(2), and a fatal signal: ends the running process and all its threads with
+    /// wait status `status`. The container's init ending ends the container (Linux kills the
+    /// rest of a pid namespace with its init).
     pub(crate) fn exit_process(&mut self, m: &mut dyn Machine, status: i32) -> SyscallOutcome {
         if self.p.pid == 1 {
             return match status & 0x7f {
@@ -735,8 +1017,9 @@ impl Kernel {
             };
         }
         tracing::debug!(pid = self.p.pid, status, "exit");
-        self.close_all(m);
         let me = self.p.pid;
+        self.procs.remove_threads(me);
+        self.close_all(m);
         self.reparent_orphans(me);
         self.release_vfork_parent();
         self.child_changed(self.p.ppid, me, status);
@@ -744,21 +1027,16 @@ impl Kernel {
             tracing::error!(pid = me, "no process left to run after an exit");
             return SyscallOutcome::Exit(125);
         };
-        let (next, saved) = *next;
         let old_space = self.space(m);
         let borrowed = self.p.borrowed_space;
-        let prev = std::mem::replace(&mut self.p, next);
+        let saved = self.install(m, *next, None);
         let outcome = self.resume(m, saved);
         if !borrowed {
             m.space_release(old_space);
         }
-        self.procs.parked.insert(
-            prev.pid,
-            Parked {
-                proc: prev,
-                state: State::Zombie { status },
-            },
-        );
+        if let Some(p) = self.procs.parked.get_mut(&me) {
+            p.zombie = Some(status);
+        }
         outcome
     }
 
@@ -772,7 +1050,7 @@ impl Kernel {
         for p in self.procs.parked.values_mut() {
             if p.proc.ppid == dead {
                 p.proc.ppid = 1;
-                adopted_zombie |= matches!(p.state, State::Zombie { .. });
+                adopted_zombie |= p.zombie.is_some();
             }
         }
         if adopted_zombie {
@@ -811,7 +1089,7 @@ impl Kernel {
                 continue;
             }
             any = true;
-            if let State::Zombie { status } = p.state {
+            if let Some(status) = p.zombie {
                 return Ok(Some(Reaped { pid: *pid, status }));
             }
         }
@@ -1026,6 +1304,10 @@ impl Kernel {
         if !std::mem::take(&mut self.p.borrowed_space) {
             m.space_release(old_space);
         }
+        // The other threads end; the caller goes on as the process's main thread.
+        self.procs.remove_threads(self.p.pid);
+        self.t.tid = self.p.pid;
+        self.t.clear_child_tid = 0;
         self.p.space = new_space;
         self.p.exec_reset(&exe, loaded.brk);
         for fd in self.p.fds.cloexec_fds() {
@@ -1073,7 +1355,7 @@ impl Kernel {
                 self.procs
                     .parked
                     .values()
-                    .filter(|p| !matches!(p.state, State::Zombie { .. }))
+                    .filter(|p| p.zombie.is_none())
                     .map(|p| &p.proc),
             )
             .filter(|p| match target {
@@ -1093,13 +1375,8 @@ impl Kernel {
         // Others first: the caller may be among the dead.
         pids.sort_by_key(|p| *p == me);
         for pid in pids {
-            let proc = if pid == me {
-                &self.p
-            } else {
-                match self.procs.parked.get(&pid) {
-                    Some(p) => &p.proc,
-                    None => continue,
-                }
+            let Some(proc) = self.proc_of(pid) else {
+                continue;
             };
             let (handler, terminates) = (
                 crate::signal::has_handler(proc, sig),
@@ -1128,21 +1405,67 @@ impl Kernel {
         SyscallOutcome::Return(0)
     }
 
-    /// Ends parked process `pid` with wait status `status`.
+    /// tkill(2)/tgkill(2): `sig` for thread `tid` (of process `tgid`, if given). A handler
+    /// runs on that thread; without one the signal's default action is the whole process's.
+    pub(crate) fn tkill(
+        &mut self,
+        m: &mut dyn Machine,
+        tgid: Option<i64>,
+        tid: i64,
+        sig: u64,
+    ) -> SyscallOutcome {
+        if sig > 64 || tid <= 0 || tgid.is_some_and(|g| g <= 0) {
+            return SyscallOutcome::Return(-EINVAL);
+        }
+        let pid = if tid == self.t.tid {
+            self.p.pid
+        } else {
+            match self.procs.threads.get(&tid) {
+                Some(t) => t.pid,
+                None => return SyscallOutcome::Return(-ESRCH),
+            }
+        };
+        if tgid.is_some_and(|g| g != pid) {
+            return SyscallOutcome::Return(-ESRCH);
+        }
+        if sig == 0 {
+            return SyscallOutcome::Return(0);
+        }
+        if self
+            .proc_of(pid)
+            .is_some_and(|p| crate::signal::has_handler(p, sig))
+        {
+            let info = crate::signal::SigInfo {
+                code: -6, // SI_TKILL
+                pid: self.p.pid,
+                status: 0,
+            };
+            self.post_to_thread(tid, sig, info);
+            return SyscallOutcome::Return(0);
+        }
+        self.kill(m, pid, sig)
+    }
+
+    /// Ends parked process `pid` and its threads with wait status `status`.
     fn kill_parked(&mut self, m: &mut dyn Machine, pid: i64, status: i32) {
         let Some(target) = self.procs.parked.remove(&pid) else {
             return;
         };
+        if target.zombie.is_some() {
+            self.procs.parked.insert(pid, target);
+            return;
+        }
         tracing::debug!(pid, status, "killed");
-        // Close its descriptors as if it ran, the caller parked meanwhile (so files it holds
-        // too stay open).
+        self.procs.remove_threads(pid);
+        // Close its descriptors as if it ran, the caller set aside meanwhile (so files it
+        // holds too stay open).
         let me = self.p.pid;
         let caller = std::mem::replace(&mut self.p, target.proc);
         self.procs.parked.insert(
             me,
             Parked {
                 proc: caller,
-                state: State::Zombie { status: 0 },
+                zombie: None,
             },
         );
         self.close_all(m);
@@ -1154,31 +1477,17 @@ impl Kernel {
             m.space_release(dead.space);
         }
         self.reparent_orphans(pid);
-        if self.p.pid != dead.ppid {
-            // A vfork parent of it may go on; a waiting parent learns of it.
-            if matches!(
-                self.procs.parked.get(&dead.ppid).map(|p| &p.state),
-                Some(State::VforkParent { child, .. }) if *child == pid
-            ) {
-                self.procs.make_runnable(dead.ppid);
-            }
-            self.child_changed(dead.ppid, pid, status);
-        } else if crate::signal::has_handler(&self.p, crate::signal::SIGCHLD) {
-            let info = crate::signal::SigInfo {
-                code: 2, // CLD_KILLED
-                pid,
-                status,
-            };
-            self.p.post(crate::signal::SIGCHLD, info);
-        }
+        let ppid = dead.ppid;
         dead.fds = crate::fs::FdTable::empty();
         self.procs.parked.insert(
             pid,
             Parked {
                 proc: dead,
-                state: State::Zombie { status },
+                zombie: Some(status),
             },
         );
+        // A vfork parent of it may go on; a waiting parent learns of it.
+        self.child_changed(ppid, pid, status);
     }
 
     /// setpgid(2): the running process or a child of it.

@@ -61,7 +61,7 @@ pub(crate) fn has_handler(p: &Proc, sig: u64) -> bool {
     (1..=64).contains(&sig) && !matches!(action(p, sig).0, SIG_DFL | SIG_IGN)
 }
 
-impl Proc {
+impl crate::process::Thread {
     /// Marks `sig` pending (it has a handler).
     pub(crate) fn post(&mut self, sig: u64, info: SigInfo) {
         self.signals.pending |= 1 << (sig - 1);
@@ -86,14 +86,14 @@ impl Kernel {
         regs: &mut UserRegs,
         restart: bool,
     ) -> bool {
-        let Some(sig) = self.p.deliverable() else {
+        let Some(sig) = self.t.deliverable() else {
             return false;
         };
         let bit = 1 << (sig - 1);
-        self.p.signals.pending &= !bit;
-        let info = self.p.signals.info.remove(&sig);
+        self.t.signals.pending &= !bit;
+        let info = self.t.signals.info.remove(&sig);
         let (handler, flags, restorer, mask) = action(&self.p, sig);
-        if matches!(handler, SIG_DFL | SIG_IGN) || self.p.signals.fpu.len() >= MAX_DEPTH {
+        if matches!(handler, SIG_DFL | SIG_IGN) || self.t.signals.fpu.len() >= MAX_DEPTH {
             return false; // the handler went away meanwhile
         }
         let mut interrupted = *regs;
@@ -102,7 +102,7 @@ impl Kernel {
             interrupted.rip = interrupted.rip.wrapping_add(2);
             interrupted.rax = (-EINTR) as u64;
         }
-        let old_mask = self.p.signals.suspend_mask.take().unwrap_or(self.p.sigmask);
+        let old_mask = self.t.signals.suspend_mask.take().unwrap_or(self.t.sigmask);
         // The frame, below the red zone, 16-byte aligned, then 8 down (as after a call).
         let frame_size = 8 + UC_SIZE + SIGINFO_SIZE;
         let sp = ((regs.rsp.wrapping_sub(128 + frame_size)) & !15).wrapping_sub(8);
@@ -149,12 +149,12 @@ impl Kernel {
             );
             return false;
         }
-        self.p.signals.fpu.push(fpu);
-        self.p.sigmask |= mask;
+        self.t.signals.fpu.push(fpu);
+        self.t.sigmask |= mask;
         if flags & SA_NODEFER == 0 {
-            self.p.sigmask |= bit;
+            self.t.sigmask |= bit;
         }
-        self.p.sigmask &= !((1 << 8) | (1 << 18));
+        self.t.sigmask &= !((1 << 8) | (1 << 18));
         if flags & SA_RESETHAND != 0 {
             self.p.sigactions[(sig - 1) as usize] = [0; 32];
         }
@@ -179,7 +179,7 @@ impl Kernel {
         m: &mut dyn Machine,
         value: i64,
     ) -> Option<SyscallOutcome> {
-        self.p.deliverable()?;
+        self.t.deliverable()?;
         let mut regs = m.user_regs();
         regs.rax = value as u64;
         if self.deliver(m, &mut regs, false) {
@@ -221,8 +221,8 @@ impl Kernel {
             rflags: (w(17) & USER_FLAGS) | 0x202,
             fs_base: current.fs_base,
         };
-        self.p.sigmask = u64::from_le_bytes(mask) & !((1 << 8) | (1 << 18));
-        if let Some(fpu) = self.p.signals.fpu.pop() {
+        self.t.sigmask = u64::from_le_bytes(mask) & !((1 << 8) | (1 << 18));
+        if let Some(fpu) = self.t.signals.fpu.pop() {
             let _ = m.set_fpu_state(&fpu);
         }
         let mut regs = regs;

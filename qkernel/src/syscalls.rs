@@ -51,7 +51,7 @@ fn anon_flags(prot: u64) -> PageFlags {
 }
 
 /// Reads a `struct timespec` as nanoseconds, refusing negative or malformed values.
-fn read_timespec(m: &dyn Machine, va: u64) -> Result<u64, i64> {
+pub(crate) fn read_timespec(m: &dyn Machine, va: u64) -> Result<u64, i64> {
     let mut ts = [0u8; 16];
     m.read(va, &mut ts).map_err(|_| EFAULT)?;
     let mut w = [0u8; 8];
@@ -177,10 +177,8 @@ pub(crate) struct Proc {
     pub(crate) exe: Vec<u8>,
     /// The thread name (`comm`): the program's file name, up to 15 bytes.
     pub(crate) comm: Vec<u8>,
-    /// Signal dispositions (`struct kernel_sigaction`, 32 bytes each) and the blocked mask,
-    /// recorded for the app; delivery is not there yet.
+    /// Signal dispositions (`struct kernel_sigaction`, 32 bytes each), shared by its threads.
     pub(crate) sigactions: [[u8; 32]; 64],
-    pub(crate) sigmask: u64,
     pub(crate) brk_start: u64,
     pub(crate) brk: u64,
     /// Heap pages are mapped up to here.
@@ -195,10 +193,6 @@ pub(crate) struct Proc {
     pub(crate) space: crate::machine::SpaceId,
     /// The space is its vfork parent's, lent until exec or exit: never released by this one.
     pub(crate) borrowed_space: bool,
-    /// Pending signals and the handlers it is in.
-    pub(crate) signals: crate::signal::SignalState,
-    /// When a parked sleep ends (monotonic ns).
-    pub(crate) sleep_until: u64,
 }
 
 impl Proc {
@@ -218,7 +212,6 @@ impl Proc {
                 .copied()
                 .collect(),
             sigactions: [[0; 32]; 64],
-            sigmask: 0,
             brk_start: brk,
             brk,
             brk_mapped: brk,
@@ -230,8 +223,6 @@ impl Proc {
             sid: pid,
             space: 0,
             borrowed_space: false,
-            signals: Default::default(),
-            sleep_until: 0,
         }
     }
 
@@ -244,7 +235,6 @@ impl Proc {
             exe: self.exe.clone(),
             comm: self.comm.clone(),
             sigactions: self.sigactions,
-            sigmask: self.sigmask,
             brk_start: self.brk_start,
             brk: self.brk,
             brk_mapped: self.brk_mapped,
@@ -256,9 +246,6 @@ impl Proc {
             sid: self.sid,
             space,
             borrowed_space: false,
-            // A child starts with no pending signal (the mask and handlers are inherited).
-            signals: Default::default(),
-            sleep_until: 0,
         }
     }
 
@@ -288,6 +275,8 @@ impl Proc {
 pub struct Kernel {
     /// The process whose syscall is being served.
     pub(crate) p: Proc,
+    /// Its thread that made the call.
+    pub(crate) t: crate::process::Thread,
     /// The other processes.
     pub(crate) procs: crate::process::ProcTable,
     /// Most processes (zombies included, as a pids cgroup counts them) at once.
@@ -304,6 +293,8 @@ pub struct Kernel {
     forced_nonblocking: bool,
     /// In `nowait`, the call would have had to wait; its result is discarded.
     would_block: bool,
+    /// The futex wait the running thread is about to park in.
+    pub(crate) futex_wait: Option<crate::futex::FutexWait>,
 }
 
 impl Kernel {
@@ -318,6 +309,7 @@ impl Kernel {
                 cwd.as_bytes().to_vec(),
                 FdTable::default(),
             ),
+            t: crate::process::Thread::new(1, 0),
             procs: Default::default(),
             max_processes: usize::MAX,
             pipes: Vec::new(),
@@ -326,6 +318,7 @@ impl Kernel {
             nowait: false,
             forced_nonblocking: false,
             would_block: false,
+            futex_wait: None,
         }
     }
 
@@ -373,7 +366,7 @@ impl Kernel {
             _ => {}
         }
         // A pending signal is delivered on the vCPU thread, which sets registers.
-        if self.p.deliverable().is_some() {
+        if self.t.deliverable().is_some() {
             return None;
         }
         match call.nr {
@@ -422,7 +415,7 @@ impl Kernel {
         }
         let outcome = self.dispatch(m, call);
         match outcome {
-            SyscallOutcome::Return(value) if self.p.deliverable().is_some() => {
+            SyscallOutcome::Return(value) if self.t.deliverable().is_some() => {
                 if self.nowait {
                     // Only the vCPU thread can run a handler: it serves the call again.
                     self.would_block = true;
@@ -510,7 +503,8 @@ impl Kernel {
             32 => self.dup(a0, 0, None, false),
             33 => self.dup(a0, 0, Some(a1), false),
             35 => self.nanosleep(m, a0),
-            39 | 186 => Ok(self.p.pid), // getpid, gettid
+            39 => Ok(self.p.pid),
+            186 => Ok(self.t.tid), // gettid
             41 => self.socket(m, a0, a1),
             42 => self.connect(m, a0, a1, a2),
             43 => self.accept(m, a0, a1, a2, 0),
@@ -541,10 +535,11 @@ impl Kernel {
             291 => self.epoll_create(a0),
             233 => self.epoll_ctl(m, a0, a1, a2, a3),
             232 | 281 => self.epoll_wait(m, a0, a1, a2, a3 as i32 as i64),
-            60 | 231 => return self.exit_process(m, ((a0 & 0xff) as i32) << 8),
-            56 => return self.fork(m, a0, a1, a2, a3, a4),
-            57 => return self.fork(m, 0, 0, 0, 0, 0),
-            58 => return self.fork(m, 0x4000 | 0x100, 0, 0, 0, 0), // CLONE_VFORK | CLONE_VM
+            60 => return self.exit_thread(m, ((a0 & 0xff) as i32) << 8),
+            231 => return self.exit_process(m, ((a0 & 0xff) as i32) << 8),
+            56 => return self.clone(m, a0, a1, a2, a3, a4),
+            57 => return self.clone(m, 0, 0, 0, 0, 0),
+            58 => return self.clone(m, 0x4000 | 0x100, 0, 0, 0, 0), // CLONE_VFORK | CLONE_VM
             59 => return self.execve(m, AT_FDCWD, a0, a1, a2),
             322 => return self.execve(m, a0, a1, a2, a3),
             61 => return self.wait4(m, a0 as i32 as i64, a1, a2, a3),
@@ -569,7 +564,10 @@ impl Kernel {
             158 => self.arch_prctl(m, a0, a1),
             201 => self.time(m, a0),
             217 => self.getdents64(m, a0, a1, a2),
-            218 => Ok(self.p.pid), // set_tid_address
+            218 => {
+                self.t.clear_child_tid = a0; // set_tid_address
+                Ok(self.t.tid)
+            }
             228 => self.clock_gettime(m, a0, a1),
             230 => self.clock_nanosleep(m, a0, a1, a2),
             257 => self.openat(m, a0, a1, a2, a3),
@@ -577,13 +575,21 @@ impl Kernel {
             267 => self.readlinkat(m, a0, a1, a2, a3),
             269 | 439 => self.faccessat(m, a0, a1, a2),
             273 => Ok(0), // set_robust_list
-            202 => self.futex(m, a0, a1, a2, a3),
-            // kill, tkill, tgkill: the target (pid, tid, or both) and the signal.
-            // kill; tkill and tgkill (a process is one thread: the tid is the pid).
+            202 => self.futex(
+                m,
+                crate::futex::FutexArgs {
+                    uaddr: a0,
+                    op: a1,
+                    val: a2,
+                    timeout: a3,
+                    uaddr2: a4,
+                    val3: a5,
+                },
+            ),
+            // kill; tkill and tgkill: a thread (of a process).
             62 => return self.kill(m, a0 as i32 as i64, a1),
-            200 => return self.kill(m, (a0 as i32 as i64).max(1), a1),
-            234 if a0 as i32 as i64 != a1 as i32 as i64 => Err(ESRCH),
-            234 => return self.kill(m, (a1 as i32 as i64).max(1), a2),
+            200 => return self.tkill(m, None, a0 as i32 as i64, a1),
+            234 => return self.tkill(m, Some(a0 as i32 as i64), a1 as i32 as i64, a2),
             292 => self.dup(a0, 0, Some(a1), a2 & 0o2000000 != 0),
             302 => self.prlimit(m, a2, a3),
             318 => self.getrandom(m, a0, a1),
@@ -612,6 +618,12 @@ impl Kernel {
             }
             Err(crate::pipe::ERESTART) => return self.block_on_pipe(m),
             Err(crate::process::ESLEEP) => return self.park_sleeping(m),
+            Err(crate::futex::EFUTEX) if self.nowait => {
+                self.futex_wait = None;
+                self.would_block = true;
+                return SyscallOutcome::Return(-EAGAIN);
+            }
+            Err(crate::futex::EFUTEX) => return self.park_on_futex(m),
             Err(crate::pipe::ESIGPIPE) => return self.sigpipe(m),
             _ => {}
         }
@@ -965,14 +977,14 @@ impl Kernel {
         if size != 8 {
             return Err(EINVAL);
         }
-        let previous = self.p.sigmask;
+        let previous = self.t.sigmask;
         if set != 0 {
             let mut b = [0u8; 8];
             m.read(set, &mut b).map_err(|_| EFAULT)?;
             let v = u64::from_le_bytes(b);
-            self.p.sigmask = match how {
-                0 => self.p.sigmask | v,
-                1 => self.p.sigmask & !v,
+            self.t.sigmask = match how {
+                0 => self.t.sigmask | v,
+                1 => self.t.sigmask & !v,
                 2 => v,
                 _ => return Err(EINVAL),
             } & !UNBLOCKABLE;
@@ -981,50 +993,6 @@ impl Kernel {
             m.write(old, &previous.to_le_bytes()).map_err(|_| EFAULT)?;
         }
         Ok(0)
-    }
-
-    /// futex for a process of one thread: nobody else can wait or wake, so a wake finds no
-    /// waiter and a wait can only time out (threads come with the process-model work).
-    fn futex(
-        &mut self,
-        m: &mut dyn Machine,
-        uaddr: u64,
-        op: u64,
-        val: u64,
-        timeout: u64,
-    ) -> Result<i64, i64> {
-        const WAIT: u64 = 0;
-        const WAKE: u64 = 1;
-        const WAIT_BITSET: u64 = 9;
-        const WAKE_BITSET: u64 = 10;
-        const CLOCK_REALTIME_FLAG: u64 = 256;
-        match op & 0x7f {
-            WAKE | WAKE_BITSET => Ok(0),
-            cmd @ (WAIT | WAIT_BITSET) => {
-                let mut word = [0u8; 4];
-                m.read(uaddr, &mut word).map_err(|_| EFAULT)?;
-                if u32::from_le_bytes(word) != val as u32 {
-                    return Err(EAGAIN);
-                }
-                if timeout == 0 {
-                    // Linux would block forever; with one thread that is a deadlock in the app.
-                    tracing::warn!("futex wait with no timeout and no other thread: EINTR");
-                    return Err(EINTR);
-                }
-                let t = read_timespec(m, timeout)?;
-                // FUTEX_WAIT's timeout is relative; FUTEX_WAIT_BITSET's is absolute.
-                let ns = if cmd == WAIT {
-                    t
-                } else if op & CLOCK_REALTIME_FLAG != 0 {
-                    t.saturating_sub(m.realtime_ns())
-                } else {
-                    t.saturating_sub(m.monotonic_ns())
-                };
-                m.sleep_ns(ns);
-                Err(ETIMEDOUT)
-            }
-            _ => Err(ENOSYS),
-        }
     }
 
     fn nanosleep(&mut self, m: &mut dyn Machine, req: u64) -> Result<i64, i64> {

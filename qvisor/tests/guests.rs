@@ -469,3 +469,31 @@ fn files_are_made_renamed_and_removed_inside_the_root_only() {
     assert!(!root().join("data/x").exists());
     assert!(root().join("data/lines.txt").exists());
 }
+
+#[test]
+fn pthreads_share_memory_lock_wait_signal_and_fork_on_qkernel_threads() {
+    // glibc's pthreads: clone(CLONE_THREAD), futex waits and wakes, TLS, preemption between
+    // spinning threads, sleeps and timed waits, pthread_kill, /proc counts, fork in a thread.
+    let o = qvisor(&["/bin/threads"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
+    for check in [
+        "mutex",
+        "tids",
+        "condvar",
+        "tls",
+        "preemption",
+        "sleep",
+        "timedwait",
+        "pthread_kill",
+        "proc-threads",
+        "fork-in-thread",
+    ] {
+        assert!(out.contains(&format!("ok {check}\n")), "{check}: {out}");
+    }
+    assert!(out.ends_with("threads: all ok\n"), "{out}");
+
+    // exit() in a thread ends the whole process (exit_group), the main thread with it.
+    let o = qvisor(&["/bin/threads", "exit-group"]);
+    assert_eq!(o.status.code(), Some(33), "{}", stderr(&o));
+}

@@ -67,9 +67,10 @@ pub fn root() -> &'static Path {
             ("tcp", "tcp", "-static"),
             ("epoll", "epoll", "-static"),
             ("udp", "udp", "-static"),
+            ("threads", "threads", "-static"),
         ] {
             let out = Command::new("gcc")
-                .args([flag, "-O1", "-o"])
+                .args([flag, "-O1", "-pthread", "-o"])
                 .arg(bin.join(name))
                 .arg(src.join(format!("{src_name}.c")))
                 .output()
