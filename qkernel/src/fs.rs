@@ -90,6 +90,36 @@ pub enum FileKind {
     PipeWrite(u32),
     /// An eventfd counter (an index into the kernel's eventfds).
     EventFd(u32),
+    /// An end of an AF_UNIX socket pair: the pipe it reads and the pipe it writes.
+    Unix {
+        rx: u32,
+        tx: u32,
+    },
+}
+
+impl FileKind {
+    /// Whether this refers to the open file, socket, pipe end or counter `other` names (an end
+    /// of a socket pair holds a read end and a write end of two pipes).
+    pub(crate) fn refers_to(&self, other: &FileKind) -> bool {
+        match (self, other) {
+            (FileKind::Host { file: a, .. }, FileKind::Host { file: b, .. }) => a == b,
+            (FileKind::Socket(a), FileKind::Socket(b)) => a == b,
+            (FileKind::PipeRead(a), FileKind::PipeRead(b)) => a == b,
+            (FileKind::PipeWrite(a), FileKind::PipeWrite(b)) => a == b,
+            (FileKind::Unix { rx, .. }, FileKind::PipeRead(b)) => rx == b,
+            (FileKind::Unix { tx, .. }, FileKind::PipeWrite(b)) => tx == b,
+            (FileKind::Unix { rx: a, .. }, FileKind::Unix { rx: b, .. }) => a == b,
+            (FileKind::EventFd(a), FileKind::EventFd(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// An open file without its descriptor: what SCM_RIGHTS carries between processes.
+#[derive(Debug, Clone)]
+pub(crate) struct OpenFile {
+    pub(crate) kind: FileKind,
+    status_flags: i32,
 }
 
 #[derive(Debug, Clone)]
@@ -163,7 +193,10 @@ impl FdTable {
         self.get(fd).is_ok_and(|f| {
             matches!(
                 f.kind,
-                FileKind::PipeRead(_) | FileKind::PipeWrite(_) | FileKind::EventFd(_)
+                FileKind::PipeRead(_)
+                    | FileKind::PipeWrite(_)
+                    | FileKind::EventFd(_)
+                    | FileKind::Unix { .. }
             )
         })
     }
@@ -205,32 +238,27 @@ impl FdTable {
         self.get(fd).is_ok_and(|f| f.kind == FileKind::Stdin)
     }
 
-    /// Whether a descriptor still refers to socket `s`.
-    fn shares_socket(&self, s: crate::machine::SocketId) -> bool {
-        self.fds
-            .iter()
-            .flatten()
-            .any(|f| f.kind == FileKind::Socket(s))
-    }
-
-    /// Whether another descriptor still refers to the same host file.
-    fn shared(&self, file: HostFile) -> bool {
-        self.fds
-            .iter()
-            .flatten()
-            .any(|f| matches!(f.kind, FileKind::Host { file: h, .. } if h == file))
-    }
-
     /// Whether a descriptor refers to the open file or socket `kind` names.
     pub(crate) fn refers_to(&self, kind: &FileKind) -> bool {
-        self.fds.iter().flatten().any(|f| match (&f.kind, kind) {
-            (FileKind::Host { file: a, .. }, FileKind::Host { file: b, .. }) => a == b,
-            (FileKind::Socket(a), FileKind::Socket(b)) => a == b,
-            (FileKind::PipeRead(a), FileKind::PipeRead(b)) => a == b,
-            (FileKind::PipeWrite(a), FileKind::PipeWrite(b)) => a == b,
-            (FileKind::EventFd(a), FileKind::EventFd(b)) => a == b,
-            _ => false,
+        self.fds.iter().flatten().any(|f| f.kind.refers_to(kind))
+    }
+
+    /// The open file behind `fd`, to pass to another process (not an epoll instance: its
+    /// interest list is its process's).
+    pub(crate) fn open_file(&self, fd: u64) -> Result<OpenFile, i64> {
+        let f = self.get(fd)?;
+        if matches!(f.kind, FileKind::Epoll(_)) {
+            return Err(EINVAL);
+        }
+        Ok(OpenFile {
+            kind: f.kind.clone(),
+            status_flags: f.status_flags,
         })
+    }
+
+    /// Installs a passed open file at the lowest free number.
+    pub(crate) fn install_open_file(&mut self, f: OpenFile, cloexec: bool) -> Result<i64, i64> {
+        self.install_kind(f.kind, f.status_flags, cloexec)
     }
 
     /// The numbers of every open descriptor.
@@ -413,13 +441,18 @@ impl Kernel {
 
     pub(crate) fn close(&mut self, m: &mut dyn Machine, fd: u64) -> Result<i64, i64> {
         let f = self.p.fds.take(fd).ok_or(EBADF)?;
-        // Another process (after fork) may hold the same open file.
-        let elsewhere = self.held_elsewhere(&f.kind);
-        match f.kind {
-            FileKind::Host { file, .. } if !self.p.fds.shared(file) && !elsewhere => {
-                m.fs_close(file)
-            }
-            FileKind::Socket(s) if !self.p.fds.shares_socket(s) && !elsewhere => m.net_close(s),
+        self.release_file(m, f.kind);
+        self.forget_in_epolls(fd as i32);
+        Ok(0)
+    }
+
+    /// What closing the last reference to `kind` frees, unless another descriptor (of this
+    /// process, another one, or one in flight) still refers to it.
+    pub(crate) fn release_file(&mut self, m: &mut dyn Machine, kind: FileKind) {
+        let elsewhere = self.p.fds.refers_to(&kind) || self.held_elsewhere(&kind);
+        match kind {
+            FileKind::Host { file, .. } if !elsewhere => m.fs_close(file),
+            FileKind::Socket(s) if !elsewhere => m.net_close(s),
             FileKind::Epoll(id)
                 if !self
                     .p
@@ -431,12 +464,19 @@ impl Kernel {
             {
                 self.drop_epoll(id)
             }
-            FileKind::PipeRead(id) | FileKind::PipeWrite(id) => self.pipe_end_closed(id),
+            FileKind::PipeRead(id) | FileKind::PipeWrite(id) => {
+                self.pipe_end_closed(id);
+            }
+            FileKind::Unix { rx, tx } => {
+                for id in [rx, tx] {
+                    if self.pipe_end_closed(id) {
+                        self.drop_in_flight(m, id);
+                    }
+                }
+            }
             FileKind::EventFd(id) => self.eventfd_closed(id),
             _ => {}
         }
-        self.forget_in_epolls(fd as i32);
-        Ok(0)
     }
 
     /// Reads from a descriptor into a host buffer.
@@ -467,9 +507,10 @@ impl Kernel {
             FileKind::Host { file, .. } => m.fs_read(*file, buf, offset),
             FileKind::Socket(s) => {
                 let (s, nonblocking) = (*s, f.status_flags & O_NONBLOCK != 0);
+                self.note_socket_wait(s, true, false);
                 m.net_recv(s, buf, self.without_waiting(nonblocking))
             }
-            FileKind::PipeRead(id) => {
+            FileKind::PipeRead(id) | FileKind::Unix { rx: id, .. } => {
                 let (id, nonblocking) = (*id, f.status_flags & O_NONBLOCK != 0);
                 self.pipe_read(id, buf, nonblocking)
             }
@@ -507,9 +548,10 @@ impl Kernel {
             FileKind::Host { file, .. } => m.fs_write(*file, buf, offset),
             FileKind::Socket(s) => {
                 let (s, nonblocking) = (*s, f.status_flags & O_NONBLOCK != 0);
+                self.note_socket_wait(s, false, true);
                 m.net_send(s, buf, self.without_waiting(nonblocking))
             }
-            FileKind::PipeWrite(id) => {
+            FileKind::PipeWrite(id) | FileKind::Unix { tx: id, .. } => {
                 let (id, nonblocking) = (*id, f.status_flags & O_NONBLOCK != 0);
                 self.pipe_write(id, buf, nonblocking)?
                     .ok_or(crate::pipe::ESIGPIPE)
@@ -654,6 +696,7 @@ impl Kernel {
             FileKind::Socket(_) => Ok(Self::stat_with_mode(0o140777)), // S_IFSOCK
             FileKind::Epoll(_) | FileKind::EventFd(_) => Ok(Self::stat_with_mode(0o000600)), // anonymous inode
             FileKind::PipeRead(_) | FileKind::PipeWrite(_) => Ok(Self::stat_with_mode(0o010600)), // S_IFIFO
+            FileKind::Unix { .. } => Ok(Self::stat_with_mode(0o140777)), // S_IFSOCK
             FileKind::Generated(_) => Ok(Self::stat_with_mode(0o100444)), // a regular file
         }
     }
@@ -802,10 +845,21 @@ impl Kernel {
                 let name = String::from_utf8_lossy(&self.p.comm).into_owned();
                 let (pid, ppid, tid) = (self.p.pid, self.p.ppid, self.t.tid);
                 let threads = 1 + self.procs.threads_of(pid).len();
+                let c = &self.p.cred;
+                let groups: Vec<String> = c.groups.iter().map(|g| g.to_string()).collect();
                 format!(
                     "Name:\t{name}\nState:\tR (running)\nTgid:\t{pid}\nPid:\t{tid}\n\
-                     PPid:\t{ppid}\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\n\
-                     Threads:\t{threads}\nSigBlk:\t{:016x}\n",
+                     PPid:\t{ppid}\nUid:\t{}\t{}\t{}\t{}\nGid:\t{}\t{}\t{}\t{}\n\
+                     Groups:\t{}\nThreads:\t{threads}\nSigBlk:\t{:016x}\n",
+                    c.uid,
+                    c.euid,
+                    c.suid,
+                    c.euid,
+                    c.gid,
+                    c.egid,
+                    c.sgid,
+                    c.egid,
+                    groups.join(" "),
                     self.t.sigmask
                 )
             }
@@ -1009,7 +1063,11 @@ impl Kernel {
         const F_GETFL: u64 = 3;
         const F_SETFL: u64 = 4;
         const F_DUPFD_CLOEXEC: u64 = 1030;
+        const F_SETOWN: u64 = 8;
+        const F_GETOWN: u64 = 9;
         match cmd {
+            // SIGIO is never sent (see ioctl FIOASYNC): the owner is accepted and reads 0.
+            F_SETOWN | F_GETOWN => self.p.fds.get(fd).map(|_| 0),
             F_DUPFD => self.dup(fd, arg as usize, None, false),
             F_DUPFD_CLOEXEC => self.dup(fd, arg as usize, None, true),
             F_GETFD => Ok(self.p.fds.get(fd)?.cloexec as i64),
@@ -1112,6 +1170,21 @@ impl Kernel {
                     }
                     r
                 }
+                Ok(FileKind::Unix { rx, tx }) => {
+                    let (readable, _, peer_gone) = self.pipe_state(&FileKind::PipeRead(*rx));
+                    let (_, writable, _) = self.pipe_state(&FileKind::PipeWrite(*tx));
+                    let mut r = 0;
+                    if readable {
+                        r |= events & (POLLIN | 0x40);
+                    }
+                    if writable {
+                        r |= events & (POLLOUT | 0x100);
+                    }
+                    if peer_gone {
+                        r |= POLLHUP;
+                    }
+                    r
+                }
                 Ok(k @ (FileKind::PipeRead(_) | FileKind::PipeWrite(_))) => {
                     let (readable, writable, hangup) = self.pipe_state(k);
                     let mut r = 0;
@@ -1138,6 +1211,9 @@ impl Kernel {
         if !socks.is_empty() {
             let wait = if ready_now { 0 } else { timeout_ms };
             let list: Vec<_> = socks.iter().map(|(_, s)| *s).collect();
+            for &(s, read, write) in &list {
+                self.note_socket_wait(s, read, write);
+            }
             let states = m.net_poll(&list, wait)?;
             for ((i, (_, want_in, want_out)), st) in socks.iter().zip(states) {
                 let mut r = 0;
@@ -1259,6 +1335,7 @@ impl Kernel {
         const FIONBIO: u64 = 0x5421;
         const FIONCLEX: u64 = 0x5450;
         const FIOCLEX: u64 = 0x5451;
+        const FIOASYNC: u64 = 0x5452;
         const F_SETFD: u64 = 2;
         const F_SETFL: u64 = 4;
         let f = self.p.fds.get(fd)?;
@@ -1276,10 +1353,18 @@ impl Kernel {
                 self.fcntl(fd, F_SETFL, flags as u64)
             }
             FIOCLEX => self.fcntl(fd, F_SETFD, 1),
+            // Signal-driven I/O is accepted but SIGIO is never sent: nginx sets it on its
+            // channels and reads them from epoll anyway.
+            FIOASYNC => Ok(0),
             FIONCLEX => self.fcntl(fd, F_SETFD, 0),
             FIONREAD => match kind {
                 FileKind::Socket(s) => {
                     let n = m.net_pending(s)?.min(i32::MAX as usize) as i32;
+                    m.write(arg, &n.to_le_bytes()).map_err(|_| EFAULT)?;
+                    Ok(0)
+                }
+                FileKind::PipeRead(id) | FileKind::Unix { rx: id, .. } => {
+                    let n = self.pipe_pending(id).min(i32::MAX as usize) as i32;
                     m.write(arg, &n.to_le_bytes()).map_err(|_| EFAULT)?;
                     Ok(0)
                 }

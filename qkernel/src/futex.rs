@@ -119,9 +119,6 @@ impl Kernel {
         };
         let mut regs = m.user_regs();
         regs.rax = (-ETIMEDOUT) as u64;
-        if w.until != u64::MAX {
-            self.t.sleep_until = w.until.max(1);
-        }
         let seq = self.procs.next_futex_seq();
         self.switch_away(m, regs, false, move |saved| State::Futex {
             saved,

@@ -6,6 +6,7 @@
 //! syscall of the app as a call to [`Kernel::syscall`] with the guest's registers, in the style
 //! of gVisor's Sentry.
 
+mod cred;
 mod elf;
 mod epoll;
 mod eventfd;
@@ -18,6 +19,7 @@ mod process;
 mod signal;
 mod syscalls;
 pub mod sysnames;
+mod unix;
 
 pub use elf::{interpreter, load, load_static, ElfError, Loaded};
 pub use machine::{

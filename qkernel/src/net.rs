@@ -14,9 +14,9 @@ const SOCK_DGRAM: u64 = 2;
 const CHUNK: usize = 64 << 10;
 const SOCK_NONBLOCK: u64 = 0o4000;
 const SOCK_CLOEXEC: u64 = 0o2000000;
-const EAFNOSUPPORT: i64 = 97;
+pub(crate) const EAFNOSUPPORT: i64 = 97;
 const ESOCKTNOSUPPORT: i64 = 94;
-const ENOTSOCK: i64 = 88;
+pub(crate) const ENOTSOCK: i64 = 88;
 const EMSGSIZE: i64 = 90;
 /// recv/send flag: do not wait, whatever the descriptor's mode.
 const MSG_DONTWAIT: u64 = 0x40;
@@ -30,20 +30,20 @@ const MMSGHDR_LEN: u64 = 64;
 
 /// The fields of a `struct msghdr` the socket calls use (control data is not supported and
 /// comes back empty).
-struct MsgHdr {
+pub(crate) struct MsgHdr {
     name: u64,
     namelen: u64,
     /// (base, length) of each iovec.
     iov: Vec<(u64, u64)>,
 }
 
-fn read_u64(m: &dyn Machine, at: u64) -> Result<u64, i64> {
+pub(crate) fn read_u64(m: &dyn Machine, at: u64) -> Result<u64, i64> {
     let mut b = [0u8; 8];
     m.read(at, &mut b).map_err(|_| EFAULT)?;
     Ok(u64::from_le_bytes(b))
 }
 
-fn read_msghdr(m: &dyn Machine, at: u64) -> Result<MsgHdr, i64> {
+pub(crate) fn read_msghdr(m: &dyn Machine, at: u64) -> Result<MsgHdr, i64> {
     let name = read_u64(m, at)?;
     let namelen = read_u64(m, at + 8)? & 0xffff_ffff;
     let iov_at = read_u64(m, at + 16)?;
@@ -67,12 +67,12 @@ pub(crate) fn read_iovecs(m: &dyn Machine, at: u64, count: u64) -> Result<Vec<(u
 
 impl MsgHdr {
     /// Bytes the iovecs hold, up to what one call moves.
-    fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         let total = self.iov.iter().fold(0u64, |t, (_, l)| t.saturating_add(*l));
         total.min(CHUNK as u64) as usize
     }
 
-    fn gather(&self, m: &dyn Machine) -> Result<Vec<u8>, i64> {
+    pub(crate) fn gather(&self, m: &dyn Machine) -> Result<Vec<u8>, i64> {
         let mut out = vec![0u8; self.capacity()];
         let mut at = 0;
         for &(base, len) in &self.iov {
@@ -83,7 +83,7 @@ impl MsgHdr {
         Ok(out)
     }
 
-    fn scatter(&self, m: &mut dyn Machine, mut data: &[u8]) -> Result<(), i64> {
+    pub(crate) fn scatter(&self, m: &mut dyn Machine, mut data: &[u8]) -> Result<(), i64> {
         for &(base, len) in &self.iov {
             let n = (len as usize).min(data.len());
             m.write(base, &data[..n]).map_err(|_| EFAULT)?;
@@ -149,6 +149,14 @@ impl Kernel {
         Ok((s, self.without_waiting(nonblocking)))
     }
 
+    /// [`Kernel::socket_of`] for a call that waits until the socket is readable (`read`)
+    /// or writable (`write`).
+    fn socket_for(&mut self, fd: u64, read: bool, write: bool) -> Result<(u32, bool), i64> {
+        let (s, nonblocking) = self.socket_of(fd)?;
+        self.note_socket_wait(s, read, write);
+        Ok((s, nonblocking))
+    }
+
     pub(crate) fn socket(&mut self, m: &mut dyn Machine, domain: u64, ty: u64) -> Result<i64, i64> {
         if domain != AF_INET as u64 {
             return Err(EAFNOSUPPORT);
@@ -208,7 +216,7 @@ impl Kernel {
         lenp: u64,
         flags: u64,
     ) -> Result<i64, i64> {
-        let (s, nonblocking) = self.socket_of(fd)?;
+        let (s, nonblocking) = self.socket_for(fd, true, false)?;
         let (new, ip, port) = m.net_accept(s, nonblocking)?;
         let status = 2 | if flags & SOCK_NONBLOCK != 0 {
             0o4000
@@ -238,6 +246,9 @@ impl Kernel {
     }
 
     pub(crate) fn shutdown(&mut self, m: &mut dyn Machine, fd: u64, how: u64) -> Result<i64, i64> {
+        if self.unix_of(fd).is_some() {
+            return self.unix_shutdown(fd, how);
+        }
         let (s, _) = self.socket_of(fd)?;
         m.net_shutdown(s, how as u32).map(|()| 0)
     }
@@ -250,6 +261,9 @@ impl Kernel {
         lenp: u64,
         peer: bool,
     ) -> Result<i64, i64> {
+        if self.unix_of(fd).is_some() {
+            return self.unix_name(m, addr, lenp);
+        }
         let (s, _) = self.socket_of(fd)?;
         let (ip, port) = m.net_name(s, peer)?;
         write_sockaddr(m, addr, lenp, ip, port)?;
@@ -266,7 +280,14 @@ impl Kernel {
         src: u64,
         srclen: u64,
     ) -> Result<i64, i64> {
-        let (s, nonblocking) = self.socket_of(fd)?;
+        if self.unix_of(fd).is_some() {
+            // A socket pair's peer has no name: the address length is 0.
+            if src != 0 && srclen != 0 {
+                m.write(srclen, &0u32.to_le_bytes()).map_err(|_| EFAULT)?;
+            }
+            return self.read(m, fd, buf, len, None);
+        }
+        let (s, nonblocking) = self.socket_for(fd, true, false)?;
         let mut tmp = vec![0u8; (len as usize).min(CHUNK)];
         let (n, ip, port) = m.net_recvfrom(s, &mut tmp, nonblocking)?;
         m.write(buf, &tmp[..n]).map_err(|_| EFAULT)?;
@@ -286,10 +307,11 @@ impl Kernel {
         dest: u64,
         dlen: u64,
     ) -> Result<i64, i64> {
-        if dest == 0 {
+        if dest == 0 || self.unix_of(fd).is_some() {
+            // A socket pair is connected: the address is ignored.
             return self.write(m, fd, buf, len, None);
         }
-        let (s, nonblocking) = self.socket_of(fd)?;
+        let (s, nonblocking) = self.socket_for(fd, false, true)?;
         let (ip, port) = read_sockaddr(m, dest, dlen)?;
         let mut tmp = vec![0u8; (len as usize).min(CHUNK)];
         m.read(buf, &mut tmp).map_err(|_| EFAULT)?;
@@ -305,7 +327,10 @@ impl Kernel {
         msg: u64,
         flags: u64,
     ) -> Result<i64, i64> {
-        let (s, nonblocking) = self.socket_of(fd)?;
+        if self.unix_of(fd).is_some() {
+            return self.unix_sendmsg(m, fd, msg, flags);
+        }
+        let (s, nonblocking) = self.socket_for(fd, false, true)?;
         let nonblocking = nonblocking || flags & MSG_DONTWAIT != 0;
         let h = read_msghdr(m, msg)?;
         let data = h.gather(m)?;
@@ -326,7 +351,10 @@ impl Kernel {
         msg: u64,
         flags: u64,
     ) -> Result<i64, i64> {
-        let (s, nonblocking) = self.socket_of(fd)?;
+        if self.unix_of(fd).is_some() {
+            return self.unix_recvmsg(m, fd, msg, flags);
+        }
+        let (s, nonblocking) = self.socket_for(fd, true, false)?;
         let nonblocking = nonblocking || flags & MSG_DONTWAIT != 0;
         let h = read_msghdr(m, msg)?;
         let mut tmp = vec![0u8; h.capacity()];
@@ -353,7 +381,7 @@ impl Kernel {
         iov: Vec<(u64, u64)>,
         write: bool,
     ) -> Result<i64, i64> {
-        let (s, nonblocking) = self.socket_of(fd)?;
+        let (s, nonblocking) = self.socket_for(fd, !write, write)?;
         let h = MsgHdr {
             name: 0,
             namelen: 0,
@@ -409,6 +437,9 @@ impl Kernel {
 
     /// setsockopt: the options apps set on TCP sockets are accepted (qnet's defaults hold).
     pub(crate) fn setsockopt(&mut self, fd: u64) -> Result<i64, i64> {
+        if self.unix_of(fd).is_some() {
+            return Ok(0);
+        }
         self.socket_of(fd).map(|_| 0)
     }
 
@@ -424,8 +455,10 @@ impl Kernel {
     ) -> Result<i64, i64> {
         const SOL_SOCKET: u64 = 1;
         const SO_ERROR: u64 = 4;
-        let (s, _) = self.socket_of(fd)?;
-        let value = if level == SOL_SOCKET && name == SO_ERROR {
+        let value = if self.unix_of(fd).is_some() {
+            0
+        } else if level == SOL_SOCKET && name == SO_ERROR {
+            let (s, _) = self.socket_of(fd)?;
             m.net_take_error(s)? as u32
         } else {
             0

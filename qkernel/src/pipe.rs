@@ -33,6 +33,8 @@ pub const ESIGPIPE: i64 = 513;
 #[derive(Debug, Default)]
 pub struct Pipe {
     buf: VecDeque<u8>,
+    /// Shut down (a socket pair's shutdown): reads drain it then see EOF, writes fail.
+    shut: bool,
 }
 
 impl Kernel {
@@ -46,14 +48,7 @@ impl Kernel {
         if flags & !(O_NONBLOCK | O_CLOEXEC) != 0 {
             return Err(EINVAL);
         }
-        let id = match self.pipes.iter().position(Option::is_none) {
-            Some(i) => i,
-            None => {
-                self.pipes.push(None);
-                self.pipes.len() - 1
-            }
-        } as u32;
-        self.pipes[id as usize] = Some(Pipe::default());
+        let id = self.new_pipe();
         let status = (flags & O_NONBLOCK) as i32;
         let cloexec = flags & O_CLOEXEC != 0;
         let r = self
@@ -72,7 +67,7 @@ impl Kernel {
         let (r, w) = match r {
             Ok(rw) => rw,
             Err(e) => {
-                self.pipes[id as usize] = None;
+                self.free_pipe(id);
                 return Err(e);
             }
         };
@@ -82,10 +77,46 @@ impl Kernel {
         if m.write(fds_va, &out).is_err() {
             let _ = self.p.fds.take_fd(r as u64);
             let _ = self.p.fds.take_fd(w as u64);
-            self.pipes[id as usize] = None;
+            self.free_pipe(id);
             return Err(EFAULT);
         }
         Ok(0)
+    }
+
+    /// A new empty pipe; its id.
+    pub(crate) fn new_pipe(&mut self) -> u32 {
+        let id = match self.pipes.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                self.pipes.push(None);
+                self.pipes.len() - 1
+            }
+        };
+        self.pipes[id] = Some(Pipe::default());
+        id as u32
+    }
+
+    /// Frees a pipe no descriptor refers to.
+    pub(crate) fn free_pipe(&mut self, id: u32) {
+        if let Some(slot) = self.pipes.get_mut(id as usize) {
+            *slot = None;
+        }
+    }
+
+    /// Shuts a pipe down (see [`Pipe::shut`]) and wakes whoever waits on it.
+    pub(crate) fn shut_pipe(&mut self, id: u32) {
+        if let Some(Some(p)) = self.pipes.get_mut(id as usize) {
+            p.shut = true;
+        }
+        self.procs.wake_blocked();
+    }
+
+    /// Bytes waiting in pipe `id` (FIONREAD).
+    pub(crate) fn pipe_pending(&self, id: u32) -> usize {
+        self.pipes
+            .get(id as usize)
+            .and_then(Option::as_ref)
+            .map_or(0, |p| p.buf.len())
     }
 
     /// Whether any process holds `end` of a pipe open.
@@ -93,16 +124,16 @@ impl Kernel {
         self.p.fds.refers_to(end) || self.held_elsewhere(end)
     }
 
-    /// Drops the pipe once neither end is open anywhere; wakes whoever waits on pipes.
-    pub(crate) fn pipe_end_closed(&mut self, id: u32) {
-        if !self.pipe_end_open(&FileKind::PipeRead(id))
-            && !self.pipe_end_open(&FileKind::PipeWrite(id))
-        {
-            if let Some(slot) = self.pipes.get_mut(id as usize) {
-                *slot = None;
-            }
+    /// Drops the pipe once neither end is open anywhere (true: dropped); wakes whoever waits
+    /// on pipes.
+    pub(crate) fn pipe_end_closed(&mut self, id: u32) -> bool {
+        let gone = !self.pipe_end_open(&FileKind::PipeRead(id))
+            && !self.pipe_end_open(&FileKind::PipeWrite(id));
+        if gone {
+            self.free_pipe(id);
         }
         self.procs.wake_blocked();
+        gone
     }
 
     pub(crate) fn pipe_read(
@@ -117,6 +148,7 @@ impl Kernel {
             .get_mut(id as usize)
             .and_then(Option::as_mut)
             .ok_or(EBADF)?;
+        let writers = writers && !pipe.shut;
         if pipe.buf.is_empty() {
             return match (writers, self.without_waiting(nonblocking)) {
                 (false, _) => Ok(0),
@@ -140,7 +172,12 @@ impl Kernel {
         buf: &[u8],
         nonblocking: bool,
     ) -> Result<Option<usize>, i64> {
-        if !self.pipe_end_open(&FileKind::PipeRead(id)) {
+        let shut = self
+            .pipes
+            .get(id as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|p| p.shut);
+        if shut || !self.pipe_end_open(&FileKind::PipeRead(id)) {
             // SIGPIPE's default action ends the writer; ignored or handled (handlers are not
             // run yet), the write fails with EPIPE.
             return if self.sigpipe_default() {
@@ -170,12 +207,10 @@ impl Kernel {
     pub(crate) fn pipe_state(&self, kind: &FileKind) -> (bool, bool, bool) {
         match kind {
             FileKind::PipeRead(id) => {
-                let data = self
-                    .pipes
-                    .get(*id as usize)
-                    .and_then(Option::as_ref)
-                    .is_some_and(|p| !p.buf.is_empty());
-                let writers = self.pipe_end_open(&FileKind::PipeWrite(*id));
+                let pipe = self.pipes.get(*id as usize).and_then(Option::as_ref);
+                let data = pipe.is_some_and(|p| !p.buf.is_empty());
+                let writers =
+                    self.pipe_end_open(&FileKind::PipeWrite(*id)) && !pipe.is_some_and(|p| p.shut);
                 (data || !writers, false, !writers)
             }
             FileKind::PipeWrite(id) => {

@@ -54,6 +54,8 @@ pub(crate) struct Thread {
     /// Where its tid is cleared, and a futex waiter there woken, when it exits
     /// (set_tid_address, CLONE_CHILD_CLEARTID): how pthread_join learns of the exit.
     pub(crate) clear_child_tid: u64,
+    /// When the socket call it is parked in (and runs again) times out (monotonic ns).
+    pub(crate) io_until: Option<u64>,
 }
 
 impl Thread {
@@ -64,6 +66,7 @@ impl Thread {
             signals: Default::default(),
             sleep_until: 0,
             clear_child_tid: 0,
+            io_until: None,
         }
     }
 }
@@ -108,6 +111,13 @@ pub(crate) enum State {
         saved: Saved,
         child: i64,
     },
+    /// In a call on sockets that would wait (recv, accept, poll...): runs the call again once
+    /// one of `socks` is ready, at `until` (its timeout), on a signal, or a pipe's change.
+    Io {
+        saved: Saved,
+        socks: Vec<IoWant>,
+        until: u64,
+    },
 }
 
 impl State {
@@ -119,6 +129,7 @@ impl State {
             | State::Suspended(s)
             | State::Sleeping { saved: s, .. }
             | State::Futex { saved: s, .. }
+            | State::Io { saved: s, .. }
             | State::VforkParent { saved: s, .. } => s,
         }
     }
@@ -126,7 +137,9 @@ impl State {
     /// When it runs without being woken (a sleep's or timed futex wait's end).
     fn deadline(&self) -> Option<u64> {
         match self {
-            State::Sleeping { until, .. } | State::Futex { until, .. } => Some(*until),
+            State::Sleeping { until, .. }
+            | State::Futex { until, .. }
+            | State::Io { until, .. } => (*until != u64::MAX).then_some(*until),
             _ => None,
         }
     }
@@ -168,12 +181,8 @@ pub(crate) struct ProcTable {
 /// The thread that runs next, with its process's pid.
 type NextThread = (i64, Thread, Saved);
 
-/// What runs after the running thread stops: another one, or itself (its sleep ended
-/// before any other thread could run).
-enum Next {
-    Other(Box<NextThread>),
-    Me,
-}
+/// A socket a thread waits on, and for what: (socket, readable, writable).
+pub(crate) type IoWant = (crate::machine::SocketId, bool, bool);
 
 /// Which children a wait asks about.
 #[derive(Debug, Clone, Copy)]
@@ -243,12 +252,61 @@ impl ProcTable {
         }
     }
 
-    /// Every thread blocked on a pipe runs its call again.
+    /// What the threads parked on sockets wait for, each socket once.
+    fn io_sockets(&self) -> Vec<IoWant> {
+        let mut all: Vec<IoWant> = Vec::new();
+        for t in self.threads.values() {
+            if let State::Io { socks, .. } = &t.state {
+                for &(s, want_in, want_out) in socks {
+                    match all.iter_mut().find(|w| w.0 == s) {
+                        Some(w) => {
+                            w.1 |= want_in;
+                            w.2 |= want_out;
+                        }
+                        None => all.push((s, want_in, want_out)),
+                    }
+                }
+            }
+        }
+        all
+    }
+
+    /// The threads parked on any of `ready` run their calls again.
+    fn wake_io(&mut self, ready: &[crate::machine::SocketId]) {
+        let woken: Vec<i64> = self
+            .threads
+            .iter()
+            .filter(|(_, t)| match &t.state {
+                State::Io { socks, .. } => socks.iter().any(|w| ready.contains(&w.0)),
+                _ => false,
+            })
+            .map(|(tid, _)| *tid)
+            .collect();
+        for tid in woken {
+            self.make_runnable(tid);
+        }
+    }
+
+    /// Every thread parked on sockets runs its call again.
+    fn wake_all_io(&mut self) {
+        let woken: Vec<i64> = self
+            .threads
+            .iter()
+            .filter(|(_, t)| matches!(t.state, State::Io { .. }))
+            .map(|(tid, _)| *tid)
+            .collect();
+        for tid in woken {
+            self.make_runnable(tid);
+        }
+    }
+
+    /// Every thread blocked on a pipe runs its call again, and those parked on sockets too
+    /// (a poll may watch pipes and sockets at once).
     pub(crate) fn wake_blocked(&mut self) {
         let blocked: Vec<i64> = self
             .threads
             .iter()
-            .filter(|(_, t)| matches!(t.state, State::Blocked(_)))
+            .filter(|(_, t)| matches!(t.state, State::Blocked(_) | State::Io { .. }))
             .map(|(tid, _)| *tid)
             .collect();
         for tid in blocked {
@@ -469,6 +527,27 @@ impl Kernel {
         }
     }
 
+    /// Whether the running thread is the only one: nothing else could run while it waits.
+    pub(crate) fn procs_alone(&self) -> bool {
+        self.procs.threads.is_empty()
+    }
+
+    /// Parks the running thread until one of `socks` is ready or `until`; its call runs
+    /// again then.
+    pub(crate) fn park_on_sockets(
+        &mut self,
+        m: &mut dyn Machine,
+        socks: Vec<IoWant>,
+        until: u64,
+    ) -> SyscallOutcome {
+        let regs = Self::restart_regs(m);
+        self.switch_away(m, regs, true, move |saved| State::Io {
+            saved,
+            socks,
+            until,
+        })
+    }
+
     /// Parks the running thread until a pipe changes; its call runs again then.
     pub(crate) fn block_on_pipe(&mut self, m: &mut dyn Machine) -> SyscallOutcome {
         let regs = Self::restart_regs(m);
@@ -478,7 +557,7 @@ impl Kernel {
     /// A sleep of `ns`: in place when the running thread is alone, else parked ([`ESLEEP`])
     /// so the others run meanwhile.
     pub(crate) fn sleep_for(&mut self, m: &mut dyn Machine, ns: u64) -> Result<i64, i64> {
-        let alone = self.procs.threads.is_empty();
+        let alone = self.procs_alone();
         if alone || ns == 0 {
             // In place; a signal from the host wakes the host sleep early: a handler for it
             // interrupts the sleep (EINTR, the handler runs on return), else sleep on.
@@ -508,44 +587,73 @@ impl Kernel {
         self.switch_away(m, regs, false, |saved| State::Sleeping { saved, until })
     }
 
-    /// The next thread to run: a runnable one, else (after sleeping on the host until the
-    /// earliest deadline, `own` being the running thread's if it is going to sleep) one whose
-    /// time has come, or the running thread itself. None when every thread waits on another.
-    fn next_runnable(&mut self, m: &mut dyn Machine, own: Option<u64>) -> Option<Next> {
+    /// The next thread to run: a runnable one, else, after waiting on the host until the
+    /// earliest deadline or until a socket a thread waits on is ready, one whose wait is over
+    /// (the thread that just parked may be it). None when every thread waits on another.
+    fn next_runnable(&mut self, m: &mut dyn Machine) -> Option<NextThread> {
+        // How long one host wait lasts at most, so signals from outside and a stop are seen.
+        const IDLE_SLICE_NS: u64 = 50_000_000;
         loop {
             if let Some(next) = self.procs.take_next() {
-                return Some(Next::Other(Box::new(next)));
+                return Some(next);
             }
-            let others = self
+            let earliest = self
                 .procs
                 .threads
                 .values()
                 .filter_map(|t| t.state.deadline())
                 .min();
-            let earliest = match (others, own) {
-                (Some(o), Some(me)) => o.min(me),
-                (o, me) => o.or(me)?,
-            };
-            let now = m.monotonic_ns();
-            if earliest > now {
-                tracing::trace!(
-                    ns = earliest - now,
-                    "idle: nothing runs until the next deadline"
-                );
-                m.sleep_ns(earliest - now);
+            let socks = self.procs.io_sockets();
+            if earliest.is_none() && socks.is_empty() {
+                return None;
             }
-            if own.is_some_and(|me| me <= earliest) {
-                return Some(Next::Me);
+            let now = m.monotonic_ns();
+            let until = earliest.unwrap_or(u64::MAX).min(now + IDLE_SLICE_NS);
+            if socks.is_empty() {
+                if until > now {
+                    tracing::trace!(
+                        ns = until - now,
+                        "idle: nothing runs until the next deadline"
+                    );
+                    m.sleep_ns(until - now);
+                }
+            } else {
+                let ms = (until.saturating_sub(now)).div_ceil(1_000_000) as i64;
+                self.wake_ready_io(m, &socks, ms);
             }
             // A signal from the host may have made init runnable.
             self.take_host_signals(m);
             // Stopped from outside meanwhile: everyone wakes, the vCPU loop ends the container.
             let now = if m.cancelled() {
+                self.procs.wake_all_io();
                 u64::MAX
             } else {
-                m.monotonic_ns().max(earliest)
+                m.monotonic_ns()
             };
             self.procs.wake_sleepers(now);
+        }
+    }
+
+    /// Waits up to `timeout_ms` for one of `socks` (what the threads parked on sockets wait
+    /// for) to be ready, and makes the threads waiting on a ready one runnable.
+    fn wake_ready_io(&mut self, m: &mut dyn Machine, socks: &[IoWant], timeout_ms: i64) {
+        match m.net_poll(socks, timeout_ms) {
+            Ok(states) => {
+                let ready: Vec<crate::machine::SocketId> = socks
+                    .iter()
+                    .zip(states)
+                    .filter(|((_, want_in, want_out), st)| {
+                        (*want_in && st.readable)
+                            || (*want_out && st.writable)
+                            || st.hangup
+                            || st.error
+                    })
+                    .map(|((s, _, _), _)| *s)
+                    .collect();
+                self.procs.wake_io(&ready);
+            }
+            // A socket went away meanwhile: every waiter runs its call again and learns.
+            Err(_) => self.procs.wake_all_io(),
         }
     }
 
@@ -600,11 +708,13 @@ impl Kernel {
         self.max_processes = max.max(1);
     }
 
-    /// Whether another thread could use the CPU (one is runnable, or a deadline has come):
-    /// the platform then preempts the running one with [`Kernel::preempt`].
+    /// Whether another thread could use the CPU (one is runnable, or a deadline has come,
+    /// or one waits on sockets, which only a look can tell): the platform then preempts the
+    /// running one with [`Kernel::preempt`].
     pub fn wants_preemption(&self, now_ns: u64) -> bool {
         self.procs.threads.values().any(|t| {
-            matches!(t.state, State::Runnable(_)) || t.state.deadline().is_some_and(|u| u <= now_ns)
+            matches!(t.state, State::Runnable(_) | State::Io { .. })
+                || t.state.deadline().is_some_and(|u| u <= now_ns)
         })
     }
 
@@ -623,6 +733,10 @@ impl Kernel {
         }
         let now = m.monotonic_ns();
         self.procs.wake_sleepers(now);
+        let socks = self.procs.io_sockets();
+        if !socks.is_empty() {
+            self.wake_ready_io(m, &socks, 0);
+        }
         let next = self.procs.take_next()?;
         let fpu = match m.fpu_state() {
             Ok(f) => f,
@@ -687,7 +801,8 @@ impl Kernel {
     }
 
     /// Parks the running thread in `state` (built from its saved registers, which run the
-    /// call again if `restart`) and runs the next runnable one.
+    /// call again if `restart`) and runs the next runnable one, which may be itself once its
+    /// wait is over.
     pub(crate) fn switch_away(
         &mut self,
         m: &mut dyn Machine,
@@ -699,20 +814,26 @@ impl Kernel {
             Ok(f) => f,
             Err(e) => return SyscallOutcome::Return(-e),
         };
-        // A sleeper's own deadline counts when the others sleep longer.
-        let own_deadline = (self.t.sleep_until != 0).then_some(self.t.sleep_until);
         self.t.sleep_until = 0;
-        let next = match self.next_runnable(m, own_deadline) {
-            Some(Next::Other(next)) => *next,
-            Some(Next::Me) => {
-                // Its sleep ended first: it goes on, nothing switched.
-                m.set_user_regs(&regs);
-                return SyscallOutcome::Resume;
+        self.space(m);
+        let tid = self.t.tid;
+        let me = std::mem::replace(&mut self.t, Thread::new(0, 0));
+        self.procs.threads.insert(
+            tid,
+            ParkedThread {
+                pid: self.p.pid,
+                thread: me,
+                state: state(Saved { regs, fpu, restart }),
+            },
+        );
+        let Some(next) = self.next_runnable(m) else {
+            // Every thread waits: nothing could wake this one.
+            if let Some(t) = self.procs.threads.remove(&tid) {
+                self.t = t.thread;
             }
-            // Every other thread waits: nothing could wake this one.
-            None => return SyscallOutcome::Return(-EDEADLK_OR_CHILD),
+            return SyscallOutcome::Return(-EDEADLK_OR_CHILD);
         };
-        let saved = self.install(m, next, Some(state(Saved { regs, fpu, restart })));
+        let saved = self.install(m, next, None);
         self.resume(m, saved)
     }
 
@@ -989,11 +1110,11 @@ impl Kernel {
         }
         self.clear_child_tid(m);
         tracing::debug!(pid = self.p.pid, tid = self.t.tid, "thread exit");
-        let Some(Next::Other(next)) = self.next_runnable(m, None) else {
+        let Some(next) = self.next_runnable(m) else {
             tracing::error!(pid = self.p.pid, "every thread left waits for another");
             return SyscallOutcome::Exit(125);
         };
-        let saved = self.install(m, *next, None);
+        let saved = self.install(m, next, None);
         self.resume(m, saved)
     }
 
@@ -1023,13 +1144,13 @@ impl Kernel {
         self.reparent_orphans(me);
         self.release_vfork_parent();
         self.child_changed(self.p.ppid, me, status);
-        let Some(Next::Other(next)) = self.next_runnable(m, None) else {
+        let Some(next) = self.next_runnable(m) else {
             tracing::error!(pid = me, "no process left to run after an exit");
             return SyscallOutcome::Exit(125);
         };
         let old_space = self.space(m);
         let borrowed = self.p.borrowed_space;
-        let saved = self.install(m, *next, None);
+        let saved = self.install(m, next, None);
         let outcome = self.resume(m, saved);
         if !borrowed {
             m.space_release(old_space);
@@ -1068,10 +1189,12 @@ impl Kernel {
     /// Whether a process other than the running one holds `kind` open (so closing it here
     /// must not release it).
     pub(crate) fn held_elsewhere(&self, kind: &crate::fs::FileKind) -> bool {
-        self.procs
-            .parked
-            .values()
-            .any(|p| p.proc.fds.refers_to(kind))
+        self.in_flight_refers_to(kind)
+            || self
+                .procs
+                .parked
+                .values()
+                .any(|p| p.proc.fds.refers_to(kind))
     }
 
     /// The zombie child matching `which`, if any; `Err(ECHILD)` if no child matches at all.

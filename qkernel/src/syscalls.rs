@@ -2,6 +2,7 @@
 //! Arguments are untrusted: every pointer goes through [`Machine`] accesses that fail with
 //! `EFAULT`, every length is clamped before it sizes a host buffer.
 
+use crate::cred::Ids;
 use crate::elf::{STACK_SIZE, STACK_TOP, USER_END};
 use crate::errno::*;
 use crate::fs::FdTable;
@@ -189,6 +190,8 @@ pub(crate) struct Proc {
     pub(crate) ppid: i64,
     pub(crate) pgid: i64,
     pub(crate) sid: i64,
+    /// User and group ids.
+    pub(crate) cred: crate::cred::Cred,
     /// The platform's address space of this process (0: the first one, not yet asked for).
     pub(crate) space: crate::machine::SpaceId,
     /// The space is its vfork parent's, lent until exec or exit: never released by this one.
@@ -221,6 +224,7 @@ impl Proc {
             ppid: 0,
             pgid: pid,
             sid: pid,
+            cred: Default::default(),
             space: 0,
             borrowed_space: false,
         }
@@ -244,6 +248,7 @@ impl Proc {
             ppid: self.pid,
             pgid: self.pgid,
             sid: self.sid,
+            cred: self.cred.clone(),
             space,
             borrowed_space: false,
         }
@@ -295,6 +300,12 @@ pub struct Kernel {
     would_block: bool,
     /// The futex wait the running thread is about to park in.
     pub(crate) futex_wait: Option<crate::futex::FutexWait>,
+    /// In `nowait`, the sockets the call would have waited on, and its timeout if it is a
+    /// poll with one (ms).
+    io_wants: Vec<crate::process::IoWant>,
+    io_timeout_ms: Option<i64>,
+    /// Descriptors sent over socket pairs and not yet received.
+    pub(crate) in_flight: crate::unix::InFlight,
 }
 
 impl Kernel {
@@ -319,6 +330,9 @@ impl Kernel {
             forced_nonblocking: false,
             would_block: false,
             futex_wait: None,
+            io_wants: Vec::new(),
+            io_timeout_ms: None,
+            in_flight: Default::default(),
         }
     }
 
@@ -404,7 +418,85 @@ impl Kernel {
     pub(crate) fn poll_found_nothing(&mut self, timeout_ms: i64) {
         if self.nowait && timeout_ms != 0 {
             self.would_block = true;
+            self.io_timeout_ms = Some(timeout_ms);
         }
+    }
+
+    /// In `nowait`: notes a socket the call would wait on, and for what.
+    pub(crate) fn note_socket_wait(
+        &mut self,
+        s: crate::machine::SocketId,
+        read: bool,
+        write: bool,
+    ) {
+        if self.nowait {
+            self.io_wants.push((s, read, write));
+        }
+    }
+
+    /// Whether `call` may wait on sockets (and nothing that switches threads).
+    fn waits_on_sockets(&self, call: &SyscallArgs) -> bool {
+        match call.nr {
+            7 | 271 | 23 | 270 | 232 | 281 => true, // poll, ppoll, select, pselect, epoll_wait
+            0 | 1 | 17 | 18 | 19 | 20 | 43 | 44 | 45 | 46 | 47 | 288 | 299 | 307 => {
+                self.p.fds.is_socket(call.args[0])
+            }
+            _ => false,
+        }
+    }
+
+    /// A call on sockets that may wait, served on the vCPU thread while other threads exist:
+    /// tried without waiting; if it would wait on sockets, its thread parks until one is
+    /// ready (or its timeout) and the others run meanwhile. None: serve it as usual (it
+    /// finished, or waits on something else). Alone, a thread waits on the host instead: that
+    /// wakes it fastest.
+    fn serve_socket_wait(
+        &mut self,
+        m: &mut dyn Machine,
+        call: SyscallArgs,
+    ) -> Option<SyscallOutcome> {
+        if self.procs_alone() {
+            self.t.io_until = None;
+            return None;
+        }
+        let timed_out = self.t.io_until.is_some_and(|u| m.monotonic_ns() >= u);
+        self.io_wants.clear();
+        self.io_timeout_ms = None;
+        self.nowait = true;
+        self.forced_nonblocking = false;
+        self.would_block = false;
+        let out = self.syscall(m, call);
+        self.nowait = false;
+        let socks = std::mem::take(&mut self.io_wants);
+        if self.t.deliverable().is_some() {
+            // The call raised a signal: its handler runs now, the call done or interrupted.
+            self.t.io_until = None;
+            let value = match out {
+                SyscallOutcome::Return(_) if self.would_block => -EINTR,
+                SyscallOutcome::Return(v) => v,
+                other => return Some(other),
+            };
+            return Some(self.deliver_on_return(m, value).unwrap_or(out));
+        }
+        if !self.would_block || (timed_out && self.io_timeout_ms.is_some()) {
+            // Done, or a poll whose time is up: what it found is its answer.
+            self.t.io_until = None;
+            return Some(out);
+        }
+        if socks.is_empty() {
+            self.t.io_until = None;
+            return None;
+        }
+        let until = match (self.t.io_until, self.io_timeout_ms) {
+            (Some(u), _) => u,
+            (None, Some(ms)) if ms >= 0 => {
+                let u = m.monotonic_ns().saturating_add(ms as u64 * 1_000_000);
+                self.t.io_until = Some(u);
+                u
+            }
+            _ => u64::MAX,
+        };
+        Some(self.park_on_sockets(m, socks, until))
     }
 
     /// Serves one syscall.
@@ -412,6 +504,11 @@ impl Kernel {
     pub fn syscall(&mut self, m: &mut dyn Machine, call: SyscallArgs) -> SyscallOutcome {
         if !self.nowait {
             self.take_host_signals(m);
+            if self.waits_on_sockets(&call) && self.t.deliverable().is_none() {
+                if let Some(out) = self.serve_socket_wait(m, call) {
+                    return out;
+                }
+            }
         }
         let outcome = self.dispatch(m, call);
         match outcome {
@@ -506,6 +603,7 @@ impl Kernel {
             39 => Ok(self.p.pid),
             186 => Ok(self.t.tid), // gettid
             41 => self.socket(m, a0, a1),
+            53 => self.socketpair(m, a0, a1, a3),
             42 => self.connect(m, a0, a1, a2),
             43 => self.accept(m, a0, a1, a2, 0),
             44 => self.sendto(m, a0, a1, a2, a4, a5),
@@ -557,9 +655,38 @@ impl Kernel {
             95 => Ok(0o022), // umask
             96 => self.gettimeofday(m, a0),
             99 => self.sysinfo(m, a0),
-            102 | 104 | 107 | 108 => Ok(0), // getuid, getgid, geteuid, getegid: root inside
-            110 => Ok(self.p.ppid),         // getppid (0 for the container's init)
-            111 => Ok(self.p.pgid),         // getpgrp
+            102 => Ok(self.p.cred.uid.into()),
+            104 => Ok(self.p.cred.gid.into()),
+            107 => Ok(self.p.cred.euid.into()),
+            108 => Ok(self.p.cred.egid.into()),
+            105 => self.p.cred.set_id(Ids::User, a0 as u32).map(|()| 0),
+            106 => self.p.cred.set_id(Ids::Group, a0 as u32).map(|()| 0),
+            113 => self
+                .p
+                .cred
+                .set_re(Ids::User, a0 as u32, a1 as u32)
+                .map(|()| 0),
+            114 => self
+                .p
+                .cred
+                .set_re(Ids::Group, a0 as u32, a1 as u32)
+                .map(|()| 0),
+            117 => (self.p.cred)
+                .set_res(Ids::User, a0 as u32, a1 as u32, a2 as u32)
+                .map(|()| 0),
+            119 => (self.p.cred)
+                .set_res(Ids::Group, a0 as u32, a1 as u32, a2 as u32)
+                .map(|()| 0),
+            118 => self.get_res(m, Ids::User, [a0, a1, a2]),
+            120 => self.get_res(m, Ids::Group, [a0, a1, a2]),
+            115 => self.getgroups(m, a0, a1),
+            116 => self.setgroups(m, a0, a1),
+            // setfsuid/setfsgid: file access does not go by the app's ids (see cred.rs); the
+            // file-system id is the effective one.
+            122 => Ok(self.p.cred.euid.into()),
+            123 => Ok(self.p.cred.egid.into()),
+            110 => Ok(self.p.ppid), // getppid (0 for the container's init)
+            111 => Ok(self.p.pgid), // getpgrp
             157 => self.prctl(m, a0, a1),
             158 => self.arch_prctl(m, a0, a1),
             201 => self.time(m, a0),

@@ -106,7 +106,13 @@ fn launch_of(bundle: &Path, spec: &Spec) -> anyhow::Result<Launch> {
         Some("off") => false,
         Some(other) => bail!("annotation {SYSCALL_POLL_ANNOTATION}={other:?}: expected on or off"),
     };
+    let user = process.user();
     Ok(Launch {
+        user: (
+            user.uid(),
+            user.gid(),
+            user.additional_gids().clone().unwrap_or_default(),
+        ),
         net: net_setup(spec)?,
         polled_syscalls,
         root: root_path,

@@ -41,6 +41,8 @@ pub struct Launch {
     pub polled_syscalls: bool,
     /// The container's network.
     pub net: net::NetSetup,
+    /// The app's user: uid, gid and supplementary groups (`process.user`).
+    pub user: (u32, u32, Vec<u32>),
 }
 
 /// Finds `name` in the root: a path containing '/' as is, else each directory of PATH.
@@ -118,6 +120,7 @@ pub fn boot(launch: &Launch) -> anyhow::Result<Booted> {
         .with_context(|| format!("loading {exe}"))?;
     let mut kernel = qkernel::Kernel::new(loaded.brk, &exe, &launch.cwd);
     kernel.set_max_processes(launch.max_processes);
+    kernel.set_user(launch.user.0, launch.user.1, launch.user.2.clone());
     Ok(Booted {
         vm,
         kernel,

@@ -265,6 +265,7 @@ fn launch(cmd: Cmd) -> anyhow::Result<i32> {
         cwd: "/".into(),
         memory: memory_mib << 20,
         max_processes: qvisor::DEFAULT_MAX_PROCESSES,
+        user: (0, 0, Vec::new()),
     })?;
     if let qvisor::Stop::Killed { signal, reason } = &stop {
         eprintln!("qvisor: container killed by signal {signal}: {reason}");

@@ -261,7 +261,7 @@ fn check_syscalls(mode: &str) {
     assert!(failed.is_empty(), "failed checks: {failed:?}\n{out}");
     assert_eq!(
         out.lines().filter(|l| l.starts_with("ok ")).count(),
-        39,
+        43,
         "{out}"
     );
 }
@@ -473,7 +473,8 @@ fn files_are_made_renamed_and_removed_inside_the_root_only() {
 #[test]
 fn pthreads_share_memory_lock_wait_signal_and_fork_on_qkernel_threads() {
     // glibc's pthreads: clone(CLONE_THREAD), futex waits and wakes, TLS, preemption between
-    // spinning threads, sleeps and timed waits, pthread_kill, /proc counts, fork in a thread.
+    // spinning threads, sleeps and timed waits, pthread_kill, /proc counts, fork in a thread,
+    // threads parked in accept, recv and poll while the others run.
     let o = qvisor(&["/bin/threads"]);
     let out = stdout(&o);
     assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
@@ -488,6 +489,8 @@ fn pthreads_share_memory_lock_wait_signal_and_fork_on_qkernel_threads() {
         "pthread_kill",
         "proc-threads",
         "fork-in-thread",
+        "socket-threads",
+        "poll-timeout-in-thread",
     ] {
         assert!(out.contains(&format!("ok {check}\n")), "{check}: {out}");
     }

@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <poll.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/utsname.h>
@@ -159,6 +161,51 @@ int main(void) {
   int st3 = 0;
   CHECK("waitpid restarted after an SA_RESTART handler",
         waitpid(c3, &st3, 0) == c3 && WEXITSTATUS(st3) == 5 && got_sig == SIGUSR1);
+  /* AF_UNIX socket pairs: both ways, across fork, a descriptor passed in SCM_RIGHTS, EOF. */
+  int sv[2];
+  CHECK("socketpair", socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+  pid_t c4 = fork();
+  if (c4 == 0) {
+    close(sv[0]);
+    char req[16] = {0};
+    ssize_t n = read(sv[1], req, sizeof req);
+    int pfd[2];
+    pipe(pfd);
+    write(pfd[1], "through the pipe", 16);
+    close(pfd[1]);
+    char cbuf[CMSG_SPACE(sizeof(int))] = {0};
+    struct iovec io = {.iov_base = "pong", .iov_len = 4};
+    struct msghdr mh = {.msg_iov = &io, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf};
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &pfd[0], sizeof(int));
+    ssize_t sent = sendmsg(sv[1], &mh, 0);
+    close(pfd[0]); /* the one in flight keeps the pipe open */
+    _exit(n == 4 && !memcmp(req, "ping", 4) && sent == 4 ? 0 : 1);
+  }
+  close(sv[1]);
+  CHECK("socket pair write", write(sv[0], "ping", 4) == 4);
+  char pong[8] = {0}, cbuf[CMSG_SPACE(sizeof(int))];
+  struct iovec io = {.iov_base = pong, .iov_len = sizeof pong};
+  struct msghdr mh = {.msg_iov = &io, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf};
+  ssize_t pgot = recvmsg(sv[0], &mh, 0);
+  struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+  int passed = -1;
+  if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS)
+    memcpy(&passed, CMSG_DATA(cm), sizeof(int));
+  char via[17] = {0};
+  CHECK("recvmsg with a descriptor from another process",
+        pgot == 4 && !memcmp(pong, "pong", 4) && passed >= 0 && read(passed, via, 16) == 16 &&
+        !strcmp(via, "through the pipe"));
+  int st4 = 0;
+  waitpid(c4, &st4, 0);
+  struct pollfd pp = {.fd = sv[0], .events = POLLIN};
+  CHECK("the peer's exit is EOF and POLLHUP", WIFEXITED(st4) && WEXITSTATUS(st4) == 0 &&
+        poll(&pp, 1, 0) == 1 && (pp.revents & POLLHUP) && read(sv[0], pong, 1) == 0);
+  close(sv[0]);
+  close(passed);
   CHECK("bad pointer is EFAULT", write(1, (void *)16, 5) == -1 && errno == EFAULT);
   CHECK("unknown syscall is ENOSYS", syscall(1000) == -1 && errno == ENOSYS);
   return 0;

@@ -2,12 +2,16 @@
  * Each check prints "ok <name>" or "FAIL <name>: why" and the program exits 1 on any failure.
  * With an argument it runs one scenario that ends the process instead ("exit-group"). */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -287,6 +291,86 @@ static void check_status_and_fork(void) {
     CHECK("fork-in-thread", (long)r == 5, "child status %ld", (long)r);
 }
 
+/* Sockets: a thread blocked in accept or recv lets the others run; a poll times out. */
+static int listener;
+static volatile long accepted_at;
+
+static void *echo_server(void *arg) {
+    (void)arg;
+    int c = accept(listener, NULL, NULL);
+    accepted_at = now_ms();
+    char buf[64];
+    ssize_t n;
+    while ((n = recv(c, buf, sizeof buf, 0)) > 0)
+        send(c, buf, n, 0);
+    close(c);
+    return NULL;
+}
+
+static void *poller(void *arg) {
+    int fd = (int)(long)arg;
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    long start = now_ms();
+    int r = poll(&p, 1, 60);
+    long took = now_ms() - start;
+    return (void *)(long)(r == 0 && took >= 55 && took < 2000);
+}
+
+static void check_sockets(void) {
+    listener = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(7777)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int one = 1;
+    setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(listener, (struct sockaddr *)&a, sizeof a) || listen(listener, 4)) {
+        CHECK("socket-threads", 0, "bind/listen: %s", strerror(errno));
+        return;
+    }
+    pthread_t server;
+    pthread_create(&server, NULL, echo_server, NULL);
+    /* The server thread now waits in accept; this one must still run. */
+    long start = now_ms();
+    volatile long spins = 0;
+    while (now_ms() - start < 40)
+        spins++;
+    int c = socket(AF_INET, SOCK_STREAM, 0);
+    int connected = connect(c, (struct sockaddr *)&a, sizeof a) == 0;
+    /* A second thread polls an idle socket meanwhile and times out. */
+    int idle_sock = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in u = a;
+    u.sin_port = htons(7778);
+    bind(idle_sock, (struct sockaddr *)&u, sizeof u);
+    pthread_t p;
+    pthread_create(&p, NULL, poller, (void *)(long)idle_sock);
+    int echoed = 1;
+    for (int i = 0; i < 100 && connected; i++) {
+        char msg[32], back[32];
+        int len = snprintf(msg, sizeof msg, "message %d", i);
+        if (send(c, msg, len, 0) != len) {
+            echoed = 0;
+            break;
+        }
+        int got = 0;
+        while (got < len) {
+            ssize_t n = recv(c, back + got, len - got, 0);
+            if (n <= 0)
+                break;
+            got += n;
+        }
+        echoed &= got == len && memcmp(msg, back, len) == 0;
+    }
+    void *timed_out;
+    pthread_join(p, &timed_out);
+    close(idle_sock);
+    close(c);
+    pthread_join(server, NULL);
+    close(listener);
+    CHECK("socket-threads", connected && echoed && accepted_at >= start + 40,
+          "connected %d echoed %d accepted %ld ms after start", connected, echoed,
+          accepted_at - start);
+    CHECK("poll-timeout-in-thread", timed_out != NULL, "poll did not time out alone");
+}
+
 static void *exits_the_group(void *arg) {
     (void)arg;
     usleep(10000);
@@ -308,6 +392,7 @@ int main(int argc, char **argv) {
     check_sleep_and_timeout();
     check_thread_signal();
     check_status_and_fork();
+    check_sockets();
     if (failures) {
         printf("%d failures\n", failures);
         return 1;

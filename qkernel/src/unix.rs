@@ -1,0 +1,276 @@
+//! AF_UNIX socket pairs inside the guest: socketpair(2), the channel forking servers (nginx's
+//! master and workers) and runtimes use between their processes.
+//!
+//! A pair is two pipes, one each way ([`FileKind::Unix`] names the one it reads and the one it
+//! writes), so reads, writes, waits, poll readiness, EOF and EPIPE are the pipes' own. What a
+//! socket adds: sendmsg/recvmsg with descriptors passed in SCM_RIGHTS (held by the kernel while
+//! in flight, with the bytes they were sent with), shutdown, and the socket calls that name no
+//! address. Datagram and seqpacket pairs are served as streams: message boundaries are not
+//! kept.
+
+use std::collections::VecDeque;
+
+use crate::errno::*;
+use crate::fs::{FileKind, OpenFile};
+use crate::machine::Machine;
+use crate::net::{EAFNOSUPPORT, ENOTSOCK};
+use crate::syscalls::Kernel;
+
+const AF_UNIX: u64 = 1;
+const SOCK_STREAM: u64 = 1;
+const SOCK_DGRAM: u64 = 2;
+const SOCK_SEQPACKET: u64 = 5;
+const SOCK_NONBLOCK: u64 = 0o4000;
+const SOCK_CLOEXEC: u64 = 0o2000000;
+const SOL_SOCKET: i32 = 1;
+const SCM_RIGHTS: i32 = 1;
+const MSG_DONTWAIT: u64 = 0x40;
+const MSG_CTRUNC: u32 = 0x8;
+const MSG_CMSG_CLOEXEC: u64 = 0x4000_0000;
+/// Descriptors one message may carry (Linux's SCM_MAX_FD).
+const MAX_RIGHTS: usize = 253;
+/// Bytes one call moves at most.
+const CHUNK: usize = 1 << 20;
+
+/// Descriptors in flight on the pipe they were sent on, oldest first: each entry goes with
+/// the next read of that pipe.
+pub(crate) type InFlight = std::collections::BTreeMap<u32, VecDeque<Vec<OpenFile>>>;
+
+impl Kernel {
+    /// socketpair(2) for AF_UNIX.
+    pub(crate) fn socketpair(
+        &mut self,
+        m: &mut dyn Machine,
+        domain: u64,
+        ty: u64,
+        sv: u64,
+    ) -> Result<i64, i64> {
+        if domain != AF_UNIX {
+            return Err(EAFNOSUPPORT);
+        }
+        if !matches!(ty & 0xf, SOCK_STREAM | SOCK_DGRAM | SOCK_SEQPACKET)
+            || ty & !(0xf | SOCK_NONBLOCK | SOCK_CLOEXEC) != 0
+        {
+            return Err(EINVAL);
+        }
+        let there = self.new_pipe();
+        let back = self.new_pipe();
+        let status = 2 | (ty & SOCK_NONBLOCK) as i32; // O_RDWR
+        let cloexec = ty & SOCK_CLOEXEC != 0;
+        let a = self.p.fds.install_kind(
+            FileKind::Unix {
+                rx: back,
+                tx: there,
+            },
+            status,
+            cloexec,
+        );
+        let b = a.and_then(|a| {
+            self.p
+                .fds
+                .install_kind(
+                    FileKind::Unix {
+                        rx: there,
+                        tx: back,
+                    },
+                    status,
+                    cloexec,
+                )
+                .map(|b| (a, b))
+                .inspect_err(|_| {
+                    let _ = self.p.fds.take_fd(a as u64);
+                })
+        });
+        let mut out = [0u8; 8];
+        let written = b.and_then(|(a, b)| {
+            out[..4].copy_from_slice(&(a as i32).to_le_bytes());
+            out[4..].copy_from_slice(&(b as i32).to_le_bytes());
+            m.write(sv, &out).map_err(|_| EFAULT).inspect_err(|_| {
+                let _ = self.p.fds.take_fd(a as u64);
+                let _ = self.p.fds.take_fd(b as u64);
+            })
+        });
+        if let Err(e) = written {
+            self.free_pipe(there);
+            self.free_pipe(back);
+            return Err(e);
+        }
+        Ok(0)
+    }
+
+    /// The pipes of a socket-pair end: (the one it reads, the one it writes).
+    pub(crate) fn unix_of(&self, fd: u64) -> Option<(u32, u32)> {
+        match self.p.fds.kind(fd) {
+            Ok(FileKind::Unix { rx, tx }) => Some((*rx, *tx)),
+            _ => None,
+        }
+    }
+
+    /// sendmsg(2) on a socket-pair end: the iovecs' bytes, and the descriptors of an
+    /// SCM_RIGHTS message, which the peer's next recvmsg receives.
+    pub(crate) fn unix_sendmsg(
+        &mut self,
+        m: &mut dyn Machine,
+        fd: u64,
+        msg: u64,
+        flags: u64,
+    ) -> Result<i64, i64> {
+        let (_, tx) = self.unix_of(fd).ok_or(ENOTSOCK)?;
+        let nonblocking = self.p.fds.nonblocking(fd) || flags & MSG_DONTWAIT != 0;
+        let h = crate::net::read_msghdr(m, msg)?;
+        let data = h.gather(m)?;
+        let rights = self.rights_to_send(m, msg)?;
+        let n = self
+            .pipe_write(tx, &data, nonblocking)?
+            .ok_or(crate::pipe::ESIGPIPE)?;
+        if !rights.is_empty() {
+            self.in_flight.entry(tx).or_default().push_back(rights);
+        }
+        Ok(n as i64)
+    }
+
+    /// The open files an SCM_RIGHTS control message of the msghdr at `msg` names.
+    fn rights_to_send(&self, m: &dyn Machine, msg: u64) -> Result<Vec<OpenFile>, i64> {
+        let control = crate::net::read_u64(m, msg + 32)?;
+        let len = crate::net::read_u64(m, msg + 40)?;
+        if control == 0 || len < 16 {
+            return Ok(Vec::new());
+        }
+        let len = (len as usize).min(16 + 4 * MAX_RIGHTS + 8);
+        let mut buf = vec![0u8; len];
+        m.read(control, &mut buf).map_err(|_| EFAULT)?;
+        let mut rights = Vec::new();
+        let mut at = 0usize;
+        // cmsghdr: cmsg_len (u64, header included), cmsg_level (i32), cmsg_type (i32), data;
+        // each one 8-byte aligned.
+        while at + 16 <= buf.len() {
+            let clen = u64::from_le_bytes(buf[at..at + 8].try_into().unwrap_or_default()) as usize;
+            let level = i32::from_le_bytes(buf[at + 8..at + 12].try_into().unwrap_or_default());
+            let kind = i32::from_le_bytes(buf[at + 12..at + 16].try_into().unwrap_or_default());
+            if clen < 16 || at + clen > buf.len() {
+                return Err(EINVAL);
+            }
+            if level == SOL_SOCKET && kind == SCM_RIGHTS {
+                for fd in buf[at + 16..at + clen].chunks_exact(4) {
+                    let fd = i32::from_le_bytes(fd.try_into().unwrap_or_default());
+                    rights.push(self.p.fds.open_file(fd as u64)?);
+                }
+            }
+            at += clen.div_ceil(8) * 8;
+        }
+        if rights.len() > MAX_RIGHTS {
+            return Err(EINVAL);
+        }
+        Ok(rights)
+    }
+
+    /// recvmsg(2) on a socket-pair end: bytes into the iovecs, and descriptors in flight with
+    /// them installed and named in an SCM_RIGHTS message (MSG_CTRUNC, and closed, if the
+    /// control buffer cannot hold them).
+    pub(crate) fn unix_recvmsg(
+        &mut self,
+        m: &mut dyn Machine,
+        fd: u64,
+        msg: u64,
+        flags: u64,
+    ) -> Result<i64, i64> {
+        let (rx, _) = self.unix_of(fd).ok_or(ENOTSOCK)?;
+        let nonblocking = self.p.fds.nonblocking(fd) || flags & MSG_DONTWAIT != 0;
+        let h = crate::net::read_msghdr(m, msg)?;
+        let control = crate::net::read_u64(m, msg + 32)?;
+        let control_len = crate::net::read_u64(m, msg + 40)? as usize;
+        let mut tmp = vec![0u8; h.capacity().min(CHUNK)];
+        let n = self.pipe_read(rx, &mut tmp, nonblocking)?;
+        h.scatter(m, &tmp[..n])?;
+        let mut msg_flags = 0u32;
+        let mut cmsg = Vec::new();
+        let rights = if n > 0 {
+            self.in_flight.get_mut(&rx).and_then(VecDeque::pop_front)
+        } else {
+            None
+        };
+        if let Some(files) = rights {
+            let space = 16 + (4 * files.len()).div_ceil(8) * 8;
+            if control == 0 || control_len < space {
+                msg_flags |= MSG_CTRUNC;
+                for f in files {
+                    self.release_file(m, f.kind);
+                }
+            } else {
+                let cloexec = flags & MSG_CMSG_CLOEXEC != 0;
+                let mut fds = Vec::new();
+                for f in files {
+                    match self.p.fds.install_open_file(f, cloexec) {
+                        Ok(nfd) => fds.push(nfd as i32),
+                        Err(_) => msg_flags |= MSG_CTRUNC,
+                    }
+                }
+                cmsg.extend_from_slice(&((16 + 4 * fds.len()) as u64).to_le_bytes());
+                cmsg.extend_from_slice(&SOL_SOCKET.to_le_bytes());
+                cmsg.extend_from_slice(&SCM_RIGHTS.to_le_bytes());
+                for fd in fds {
+                    cmsg.extend_from_slice(&fd.to_le_bytes());
+                }
+                cmsg.resize(cmsg.len().div_ceil(8) * 8, 0);
+                m.write(control, &cmsg).map_err(|_| EFAULT)?;
+            }
+        }
+        m.write(msg + 8, &0u32.to_le_bytes()).map_err(|_| EFAULT)?; // no sender name
+        m.write(msg + 40, &(cmsg.len() as u64).to_le_bytes())
+            .map_err(|_| EFAULT)?;
+        m.write(msg + 48, &msg_flags.to_le_bytes())
+            .map_err(|_| EFAULT)?;
+        Ok(n as i64)
+    }
+
+    /// shutdown(2) of a socket-pair end: SHUT_RD ends what it reads, SHUT_WR what it writes
+    /// (the peer reads EOF once the bytes sent are read).
+    pub(crate) fn unix_shutdown(&mut self, fd: u64, how: u64) -> Result<i64, i64> {
+        let (rx, tx) = self.unix_of(fd).ok_or(ENOTSOCK)?;
+        let ends: &[u32] = match how {
+            0 => &[rx],
+            1 => &[tx],
+            2 => &[rx, tx],
+            _ => return Err(EINVAL),
+        };
+        for id in ends {
+            self.shut_pipe(*id);
+        }
+        Ok(0)
+    }
+
+    /// getsockname/getpeername of a socket-pair end: an unnamed AF_UNIX address.
+    pub(crate) fn unix_name(
+        &mut self,
+        m: &mut dyn Machine,
+        addr: u64,
+        lenp: u64,
+    ) -> Result<i64, i64> {
+        let mut l = [0u8; 4];
+        m.read(lenp, &mut l).map_err(|_| EFAULT)?;
+        if u32::from_le_bytes(l) >= 2 {
+            m.write(addr, &(AF_UNIX as u16).to_le_bytes())
+                .map_err(|_| EFAULT)?;
+        }
+        m.write(lenp, &2u32.to_le_bytes()).map_err(|_| EFAULT)?;
+        Ok(0)
+    }
+
+    /// Drops what was in flight on pipe `id` (gone: both ends closed everywhere).
+    pub(crate) fn drop_in_flight(&mut self, m: &mut dyn Machine, id: u32) {
+        if let Some(queue) = self.in_flight.remove(&id) {
+            for f in queue.into_iter().flatten() {
+                self.release_file(m, f.kind);
+            }
+        }
+    }
+
+    /// Whether a file in flight refers to `kind`.
+    pub(crate) fn in_flight_refers_to(&self, kind: &FileKind) -> bool {
+        self.in_flight
+            .values()
+            .flatten()
+            .flatten()
+            .any(|f| f.kind.refers_to(kind))
+    }
+}
