@@ -247,3 +247,41 @@ fn debian_nginx_master_and_workers_serve_wrk_for_30_s_without_errors() {
     assert!(served >= 200, "{report}");
     eprintln!("nginx in the guest: {served} requests in 30 s");
 }
+
+#[test]
+fn debian_python3_runs_threads_sockets_and_a_child_like_linux() {
+    // Debian's python3 with its standard library, running a script of threads (an echo
+    // server thread per connection and four client threads), subprocess, concurrent sleeps
+    // and a thread pool. Its output must match the host's python3 running the same script.
+    let dir = std::env::temp_dir().join(format!("qvisor-python-root-{}", std::process::id()));
+    let o = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/debian-rootfs.sh"))
+        .arg(&dir)
+        .args(["/usr/bin/python3.11", "/usr/lib/python3.11"])
+        .output()
+        .expect("running debian-rootfs.sh");
+    assert!(
+        o.status.success(),
+        "debian-rootfs.sh (install python3): {}",
+        stderr(&o)
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests/threads_and_sockets.py");
+    std::fs::create_dir_all(dir.join("app")).unwrap();
+    std::fs::copy(&script, dir.join("app/script.py")).unwrap();
+    let host = Command::new("/usr/bin/python3.11")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(host.status.success(), "{}", stderr(&host));
+    require_kvm();
+    let guest = Command::new(env!("CARGO_BIN_EXE_qvisor"))
+        .args(["launch", "--rootfs"])
+        .arg(&dir)
+        .args(["/usr/bin/python3.11", "/app/script.py"])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(guest.status.code(), Some(0), "{}", stderr(&guest));
+    assert_eq!(stdout(&guest), stdout(&host), "{}", stderr(&guest));
+    assert!(stdout(&guest).contains("echo: ['HELLO 0', 'HELLO 1', 'HELLO 2', 'HELLO 3']"));
+}

@@ -1,0 +1,65 @@
+"""Python in the guest: threads, sockets, a child process, a thread pool.
+
+Prints the same lines on Linux and in Quark; the test compares them.
+"""
+import concurrent.futures
+import hashlib
+import json
+import socket
+import subprocess
+import threading
+import time
+
+# An echo server thread per connection, four clients at once.
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", 8099))
+srv.listen(8)
+
+
+def echo(conn):
+    with conn:
+        while data := conn.recv(4096):
+            conn.sendall(data.upper())
+
+
+def serve():
+    for _ in range(4):
+        conn, _ = srv.accept()
+        threading.Thread(target=echo, args=(conn,)).start()
+
+
+threading.Thread(target=serve, daemon=True).start()
+replies = []
+lock = threading.Lock()
+
+
+def client(i):
+    with socket.create_connection(("127.0.0.1", 8099)) as s:
+        s.sendall(f"hello {i}".encode())
+        reply = s.recv(100).decode()
+        with lock:
+            replies.append(reply)
+
+
+clients = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+for t in clients:
+    t.start()
+for t in clients:
+    t.join()
+print("echo:", sorted(replies))
+
+out = subprocess.run(["/bin/echo", "from a child"], capture_output=True, text=True)
+print("subprocess:", out.returncode, out.stdout.strip())
+
+start = time.monotonic()
+sleepers = [threading.Thread(target=time.sleep, args=(0.2,)) for _ in range(4)]
+for t in sleepers:
+    t.start()
+for t in sleepers:
+    t.join()
+print("sleeps overlap:", time.monotonic() - start < 0.6)
+
+with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    digests = list(pool.map(lambda i: hashlib.sha256(str(i).encode()).hexdigest()[:8], range(8)))
+print("pool:", json.dumps(digests))
