@@ -681,6 +681,7 @@ impl Kernel {
                     code: 0, // SI_USER, from outside the container: pid 0
                     pid: 0,
                     status: 0,
+                    addr: 0,
                 };
                 self.post_signal(1, sig, info);
             } else {
@@ -1007,6 +1008,7 @@ impl Kernel {
             let _ = m.write(parent_tid, &(pid as i32).to_le_bytes());
         }
         let mut thread = Thread::new(pid, self.t.sigmask);
+        thread.signals.altstack = self.t.signals.altstack; // a fork keeps it; a thread has none
         if flags & CLONE_CHILD_SETTID != 0 && child_tid != 0 {
             m.space_switch(child_space);
             let _ = m.write(child_tid, &(pid as i32).to_le_bytes());
@@ -1069,6 +1071,7 @@ impl Kernel {
                 code,
                 pid,
                 status: value,
+                addr: 0,
             };
             self.post_signal(ppid, crate::signal::SIGCHLD, info);
         }
@@ -1431,6 +1434,7 @@ impl Kernel {
         self.procs.remove_threads(self.p.pid);
         self.t.tid = self.p.pid;
         self.t.clear_child_tid = 0;
+        self.t.signals.altstack = Default::default();
         self.p.space = new_space;
         self.p.exec_reset(&exe, loaded.brk);
         for fd in self.p.fds.cloexec_fds() {
@@ -1513,6 +1517,7 @@ impl Kernel {
                     code: 0, // SI_USER
                     pid: me,
                     status: 0,
+                    addr: 0,
                 };
                 self.post_signal(pid, sig, info);
                 continue;
@@ -1562,6 +1567,7 @@ impl Kernel {
                 code: -6, // SI_TKILL
                 pid: self.p.pid,
                 status: 0,
+                addr: 0,
             };
             self.post_to_thread(tid, sig, info);
             return SyscallOutcome::Return(0);

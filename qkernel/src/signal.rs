@@ -17,6 +17,14 @@ use crate::syscalls::{Kernel, Proc, SyscallOutcome};
 const SIG_DFL: u64 = 0;
 const SIG_IGN: u64 = 1;
 const SA_SIGINFO: u64 = 4;
+const SA_ONSTACK: u64 = 0x0800_0000;
+const SS_ONSTACK: u32 = 1;
+const SS_DISABLE: u32 = 2;
+const SS_AUTODISARM: u32 = 1 << 31;
+/// Smallest alternate stack (Linux's MINSIGSTKSZ on x86-64).
+const MINSIGSTKSZ: u64 = 2048;
+/// Offset of `uc_stack` (a `stack_t`: sp, flags, size) in `struct ucontext`.
+const UC_STACK: u64 = 16;
 const SA_RESTART: u64 = 0x1000_0000;
 const SA_NODEFER: u64 = 0x4000_0000;
 const SA_RESETHAND: u64 = 0x8000_0000;
@@ -38,9 +46,12 @@ pub struct SigInfo {
     pub pid: i64,
     /// SIGCHLD's status (exit code or signal).
     pub status: i32,
+    /// The faulting address of SIGSEGV, SIGBUS, SIGILL, SIGFPE (si_addr, where si_pid is).
+    pub addr: u64,
 }
 
-/// A process's handlers' side: what is pending and the FPU states of handlers it is in.
+/// A thread's handlers' side: what is pending, the FPU states of handlers it is in, its
+/// alternate signal stack.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct SignalState {
     pending: u64,
@@ -48,6 +59,61 @@ pub(crate) struct SignalState {
     fpu: Vec<Vec<u8>>,
     /// The mask sigsuspend replaced, restored when its handler returns.
     pub(crate) suspend_mask: Option<u64>,
+    /// sigaltstack(2): where SA_ONSTACK handlers run.
+    pub(crate) altstack: AltStack,
+}
+
+/// An alternate signal stack; `size` 0 when there is none.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AltStack {
+    sp: u64,
+    size: u64,
+    /// SS_AUTODISARM: cleared while a handler runs on it.
+    autodisarm: bool,
+}
+
+impl AltStack {
+    fn contains(&self, sp: u64) -> bool {
+        self.size != 0 && sp > self.sp && sp - self.sp <= self.size
+    }
+
+    /// The `stack_t` that describes it to a thread whose stack pointer is `sp`.
+    fn to_stack_t(self, sp: u64) -> [u8; 24] {
+        let mut flags = if self.size == 0 {
+            SS_DISABLE
+        } else if self.contains(sp) {
+            SS_ONSTACK
+        } else {
+            0
+        };
+        if self.autodisarm {
+            flags |= SS_AUTODISARM;
+        }
+        let mut out = [0u8; 24];
+        out[..8].copy_from_slice(&self.sp.to_le_bytes());
+        out[8..12].copy_from_slice(&flags.to_le_bytes());
+        out[16..].copy_from_slice(&self.size.to_le_bytes());
+        out
+    }
+
+    /// The stack a `stack_t` asks for.
+    fn from_stack_t(b: &[u8; 24]) -> Result<AltStack, i64> {
+        let sp = u64::from_le_bytes(b[..8].try_into().unwrap_or_default());
+        let flags = u32::from_le_bytes(b[8..12].try_into().unwrap_or_default());
+        let size = u64::from_le_bytes(b[16..].try_into().unwrap_or_default());
+        let autodisarm = flags & SS_AUTODISARM != 0;
+        // SS_ONSTACK is accepted as 0, as Linux does for old programs.
+        match flags & !SS_AUTODISARM {
+            SS_DISABLE => Ok(AltStack::default()),
+            0 | SS_ONSTACK if size < MINSIGSTKSZ => Err(ENOMEM),
+            0 | SS_ONSTACK => Ok(AltStack {
+                sp,
+                size,
+                autodisarm,
+            }),
+            _ => Err(EINVAL),
+        }
+    }
 }
 
 fn action(p: &Proc, sig: u64) -> (u64, u64, u64, u64) {
@@ -103,9 +169,17 @@ impl Kernel {
             interrupted.rax = (-EINTR) as u64;
         }
         let old_mask = self.t.signals.suspend_mask.take().unwrap_or(self.t.sigmask);
-        // The frame, below the red zone, 16-byte aligned, then 8 down (as after a call).
+        // The frame, below the red zone (or at the top of the alternate stack), 16-byte
+        // aligned, then 8 down (as after a call).
+        let alt = self.t.signals.altstack;
+        let on_alt = flags & SA_ONSTACK != 0 && alt.size != 0 && !alt.contains(regs.rsp);
+        let top = if on_alt {
+            alt.sp.wrapping_add(alt.size)
+        } else {
+            regs.rsp.wrapping_sub(128)
+        };
         let frame_size = 8 + UC_SIZE + SIGINFO_SIZE;
-        let sp = ((regs.rsp.wrapping_sub(128 + frame_size)) & !15).wrapping_sub(8);
+        let sp = (top.wrapping_sub(frame_size) & !15).wrapping_sub(8);
         let mut frame = vec![0u8; frame_size as usize];
         let put = |f: &mut [u8], at: u64, v: u64| {
             f[at as usize..at as usize + 8].copy_from_slice(&v.to_le_bytes())
@@ -126,15 +200,23 @@ impl Kernel {
         frame[(mc + 150) as usize..(mc + 152) as usize].copy_from_slice(&0x2bu16.to_le_bytes());
         put(&mut frame, mc + 168, old_mask); // oldmask
         put(&mut frame, 8 + UC_SIGMASK, old_mask);
+        let uc_stack = (8 + UC_STACK) as usize;
+        frame[uc_stack..uc_stack + 24].copy_from_slice(&alt.to_stack_t(regs.rsp));
         let si = 8 + UC_SIZE;
         let info = info.unwrap_or(SigInfo {
             code: 0,
             pid: 0,
             status: 0,
+            addr: 0,
         });
         frame[si as usize..si as usize + 4].copy_from_slice(&(sig as i32).to_le_bytes());
         frame[si as usize + 8..si as usize + 12].copy_from_slice(&info.code.to_le_bytes());
-        frame[si as usize + 16..si as usize + 20].copy_from_slice(&(info.pid as i32).to_le_bytes());
+        if info.addr != 0 {
+            put(&mut frame, si + 16, info.addr);
+        } else {
+            frame[si as usize + 16..si as usize + 20]
+                .copy_from_slice(&(info.pid as i32).to_le_bytes());
+        }
         frame[si as usize + 24..si as usize + 28].copy_from_slice(&info.status.to_le_bytes());
         let fpu = m.fpu_state().unwrap_or_default();
         if m.write(sp, &frame).is_err() {
@@ -150,6 +232,9 @@ impl Kernel {
             return false;
         }
         self.t.signals.fpu.push(fpu);
+        if on_alt && alt.autodisarm {
+            self.t.signals.altstack = AltStack::default(); // back at sigreturn (uc_stack)
+        }
         self.t.sigmask |= mask;
         if flags & SA_NODEFER == 0 {
             self.t.sigmask |= bit;
@@ -194,7 +279,10 @@ impl Kernel {
         let sp = m.user_regs().rsp; // the restorer's `ret` popped the return address
         let mut mc = [0u8; 256];
         let mut mask = [0u8; 8];
-        if m.read(sp + UC_MCONTEXT, &mut mc).is_err() || m.read(sp + UC_SIGMASK, &mut mask).is_err()
+        let mut stack = [0u8; 24];
+        if m.read(sp + UC_MCONTEXT, &mut mc).is_err()
+            || m.read(sp + UC_SIGMASK, &mut mask).is_err()
+            || m.read(sp + UC_STACK, &mut stack).is_err()
         {
             return self.exit_process(m, 11); // SIGSEGV, as Linux
         }
@@ -222,6 +310,13 @@ impl Kernel {
             fs_base: current.fs_base,
         };
         self.t.sigmask = u64::from_le_bytes(mask) & !((1 << 8) | (1 << 18));
+        // The alternate stack as the frame says (Linux's restore_altstack): a bad one, or a
+        // change while on the stack, is ignored.
+        if let Ok(alt) = AltStack::from_stack_t(&stack) {
+            if !self.t.signals.altstack.contains(regs.rsp) {
+                self.t.signals.altstack = alt;
+            }
+        }
         if let Some(fpu) = self.t.signals.fpu.pop() {
             let _ = m.set_fpu_state(&fpu);
         }
@@ -230,5 +325,68 @@ impl Kernel {
         self.deliver(m, &mut regs, false);
         m.set_user_regs(&regs);
         SyscallOutcome::Resume
+    }
+
+    /// sigaltstack(2) of the running thread.
+    pub(crate) fn sigaltstack(
+        &mut self,
+        m: &mut dyn Machine,
+        new: u64,
+        old: u64,
+    ) -> Result<i64, i64> {
+        let sp = m.user_regs().rsp;
+        let current = self.t.signals.altstack;
+        let want = if new != 0 {
+            let mut b = [0u8; 24];
+            m.read(new, &mut b).map_err(|_| EFAULT)?;
+            Some(AltStack::from_stack_t(&b)?)
+        } else {
+            None
+        };
+        if old != 0 {
+            m.write(old, &current.to_stack_t(sp)).map_err(|_| EFAULT)?;
+        }
+        if let Some(alt) = want {
+            if current.contains(sp) {
+                return Err(EPERM); // not while running on it
+            }
+            self.t.signals.altstack = alt;
+        }
+        Ok(0)
+    }
+
+    /// A fault of the running thread the platform could not resolve (`sig` SIGSEGV, SIGBUS,
+    /// SIGILL, SIGTRAP or SIGFPE, at `addr`): its handler runs, unless the signal is blocked or
+    /// has none, or the thread faults again while it is in one; then the fault ends its
+    /// process, as Linux forces such signals.
+    pub fn user_fault(&mut self, m: &mut dyn Machine, sig: i32, addr: u64) -> SyscallOutcome {
+        let sig64 = sig as u64;
+        let bit = 1u64 << (sig64 - 1);
+        let handled = (1..=31).contains(&sig)
+            && has_handler(&self.p, sig64)
+            && self.t.sigmask & bit == 0
+            && self.t.signals.fpu.len() < MAX_DEPTH;
+        if handled {
+            let info = SigInfo {
+                code: 1, // SEGV_MAPERR, ILL_ILLOPC, TRAP_BRKPT: the first code of each
+                pid: 0,
+                status: 0,
+                addr,
+            };
+            self.t.post(sig64, info);
+            let mut regs = m.user_regs();
+            if self.t.deliverable() == Some(sig64) && self.deliver(m, &mut regs, false) {
+                m.set_user_regs(&regs);
+                return SyscallOutcome::Resume;
+            }
+        }
+        tracing::info!(
+            pid = self.p.pid,
+            tid = self.t.tid,
+            sig,
+            addr,
+            "killed by a fault"
+        );
+        self.exit_process(m, sig)
     }
 }

@@ -725,6 +725,7 @@ impl Kernel {
             34 => return self.suspend(m, None),
             130 => return self.suspend(m, Some(a0)), // rt_sigsuspend
             15 => return self.sigreturn(m),
+            131 => self.sigaltstack(m, a0, a1),
             _ => {
                 tracing::debug!(
                     nr = call.nr,

@@ -284,6 +284,46 @@ pub fn preempt(core: &Mutex<Core>, regs: UserRegs, vcpu: &VcpuFd) -> Option<Serv
         .map(|(outcome, out)| Served::of(outcome, out))
 }
 
+/// The running process took a fault it cannot go on from (`signal` at `addr`, its exact
+/// registers `regs`): a handler of it runs, or it dies.
+fn fault_signal(
+    core: &Mutex<Core>,
+    regs: UserRegs,
+    vcpu: &VcpuFd,
+    signal: i32,
+    addr: u64,
+) -> Option<Served> {
+    with_kernel(core, regs, Some(vcpu), |k, m| {
+        Some(k.user_fault(m, signal, addr))
+    })
+    .map(|(outcome, out)| Served::of(outcome, out))
+}
+
+/// The app's registers as KVM holds them when it stopped between two instructions.
+fn exact_user_regs(regs: &kvm_bindings::kvm_regs, sregs: &kvm_bindings::kvm_sregs) -> UserRegs {
+    UserRegs {
+        rax: regs.rax,
+        rbx: regs.rbx,
+        rcx: regs.rcx,
+        rdx: regs.rdx,
+        rsi: regs.rsi,
+        rdi: regs.rdi,
+        rbp: regs.rbp,
+        rsp: regs.rsp,
+        r8: regs.r8,
+        r9: regs.r9,
+        r10: regs.r10,
+        r11: regs.r11,
+        r12: regs.r12,
+        r13: regs.r13,
+        r14: regs.r14,
+        r15: regs.r15,
+        rip: regs.rip,
+        rflags: regs.rflags,
+        fs_base: sregs.fs.base,
+    }
+}
+
 /// Whether the kernel wants the running process preempted (checked by the timer without
 /// waiting for the lock: a busy lock means a call is being served anyway).
 fn wants_preemption(core: &Mutex<Core>) -> bool {
@@ -995,7 +1035,12 @@ impl Vm {
                     self.vcpu.set_sync_dirty_reg(SyncReg::SystemRegister);
                     continue;
                 }
-                _ => return Ok(self.fault(regs.rip, sregs.cr2)),
+                _ => {
+                    if let Some(stop) = self.deliver_fault(regs.rip, sregs.cr2)? {
+                        return Ok(stop);
+                    }
+                    continue;
+                }
             };
             let app = UserRegs {
                 rax: call.nr,
@@ -1054,27 +1099,7 @@ impl Vm {
         if regs.rip >= LSTAR || sregs.cs.selector != 0x33 {
             return Ok(());
         }
-        let app = UserRegs {
-            rax: regs.rax,
-            rbx: regs.rbx,
-            rcx: regs.rcx,
-            rdx: regs.rdx,
-            rsi: regs.rsi,
-            rdi: regs.rdi,
-            rbp: regs.rbp,
-            rsp: regs.rsp,
-            r8: regs.r8,
-            r9: regs.r9,
-            r10: regs.r10,
-            r11: regs.r11,
-            r12: regs.r12,
-            r13: regs.r13,
-            r14: regs.r14,
-            r15: regs.r15,
-            rip: regs.rip,
-            rflags: regs.rflags,
-            fs_base: sregs.fs.base,
-        };
+        let app = exact_user_regs(&regs, &sregs);
         PREEMPT_REQUESTED.store(false, Ordering::SeqCst);
         let Some(served) = preempt(&self.core, app, &self.vcpu) else {
             return Ok(());
@@ -1087,6 +1112,39 @@ impl Vm {
         };
         self.load_regs(&r, sregs, served.space);
         Ok(())
+    }
+
+    /// A fault of the app the kernel did not resolve at `rip` (`cr2`: the address of a page
+    /// fault): the faulting process takes the signal Linux would send (its handler runs, or
+    /// it dies and another process runs). Some: the container ends (its init died of it, or
+    /// the fault was in the syscall stub, the kernel's own code).
+    fn deliver_fault(&mut self, rip: u64, cr2: u64) -> anyhow::Result<Option<Stop>> {
+        let stop = self.fault(rip, cr2);
+        let Stop::Killed { signal, reason } = &stop else {
+            return Ok(Some(stop));
+        };
+        let sync = self.vcpu.sync_regs();
+        let (regs, sregs) = (sync.regs, sync.sregs);
+        if regs.rip >= LSTAR || sregs.cs.selector != 0x33 {
+            return Ok(Some(stop));
+        }
+        tracing::debug!(signal, reason = %reason, "fault in the app");
+        let addr = if cr2 != CR2_NONE { cr2 } else { rip };
+        let app = exact_user_regs(&regs, &sregs);
+        let Some(served) = fault_signal(&self.core, app, &self.vcpu, *signal, addr) else {
+            return Ok(Some(stop));
+        };
+        if Stop::of(served.outcome).is_some() {
+            return Ok(Some(stop)); // init died of it: the fault's own message
+        }
+        let Some(r) = served.resume else {
+            bail!(
+                "qkernel gave {:?} for a fault without registers",
+                served.outcome
+            );
+        };
+        self.load_regs(&r, sregs, served.space);
+        Ok(None)
     }
 
     /// Resumes the app with `r` in address space `space`.

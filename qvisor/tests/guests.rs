@@ -48,6 +48,23 @@ fn guest_faults_kill_the_app_with_linux_signals_and_clear_messages() {
 }
 
 #[test]
+fn faults_go_to_handlers_on_the_alternate_stack_and_kill_only_their_process() {
+    let cases = [
+        (
+            "recover",
+            "recovered: handler on the alternate stack yes, fault below the stack yes\n",
+        ),
+        ("child", "child killed by signal 11\n"),
+        ("ud2-handled", "went on past ud2\n"),
+    ];
+    for (mode, out) in cases {
+        let o = qvisor(&["/bin/faults", mode]);
+        assert_eq!(o.status.code(), Some(0), "{mode}: {}", stderr(&o));
+        assert_eq!(stdout(&o), out, "{mode}");
+    }
+}
+
+#[test]
 fn the_stack_grows_on_first_touch_up_to_8_mib() {
     // Only the top of the stack is mapped at exec; 6 MiB of frames fault their pages in.
     let o = qvisor(&["/bin/faults", "deep"]);
