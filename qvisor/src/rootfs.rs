@@ -6,9 +6,10 @@
 //! outside it; magic links (/proc/*/fd/...) are refused. A read-only root refuses any open that
 //! could modify a file.
 //!
-//! `/tmp` is the container's own scratch space: a private directory on the host's tmpfs
-//! (/dev/shm), writable even when the root is read-only, removed when the container ends. Paths
-//! under it resolve inside that directory the same confined way (its own "/").
+//! `/tmp` and `/dev/shm` are the container's own scratch spaces (tmpfs mounts in its view):
+//! each a private directory on the host's tmpfs (/dev/shm), writable even when the root is
+//! read-only, removed when the container ends. Paths under them resolve inside that directory
+//! the same confined way (its own "/"); a rename between two trees is EXDEV.
 
 use std::ffi::CString;
 use std::io;
@@ -28,8 +29,19 @@ const MAX_OPEN: usize = 4096;
 pub struct RootFs {
     root: OwnedFd,
     readonly: bool,
-    tmp: Scratch,
+    /// The scratch trees, in [`SCRATCH_MOUNTS`] order.
+    scratch: [Scratch; 2],
     files: Vec<Option<OwnedFd>>,
+}
+
+/// The guest paths whose trees are scratch space rather than the root.
+const SCRATCH_MOUNTS: [&[u8]; 2] = [b"/tmp", b"/dev/shm"];
+
+/// Where a guest path lives: the root, or a scratch tree (an index into SCRATCH_MOUNTS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tree {
+    Root,
+    Scratch(usize),
 }
 
 /// A file attribute the guest changes.
@@ -43,7 +55,7 @@ pub enum Attr {
     Times([libc::timespec; 2]),
 }
 
-/// The private directory behind the guest's /tmp, deleted on drop.
+/// The private directory behind a scratch tree, deleted on drop.
 struct Scratch {
     dir: std::path::PathBuf,
     fd: OwnedFd,
@@ -130,32 +142,36 @@ impl RootFs {
         Ok(RootFs {
             root: open_dir(path)?,
             readonly,
-            tmp: Scratch::create()?,
+            scratch: [Scratch::create()?, Scratch::create()?],
             files: Vec::new(),
         })
     }
 
-    /// Which tree a guest path lives in, and the path inside it: /tmp and below go to the
-    /// scratch directory.
-    fn tree(&self, path: &[u8]) -> (RawFd, Vec<u8>, bool) {
-        // "/tmp/.." is the root: a ".." that would climb out of the mount point is resolved
-        // here, lexically, before choosing the tree (the scratch tree holds no symlink of ours).
-        let path = if path.starts_with(b"/tmp") && path.split(|&b| b == b'/').any(|c| c == b"..") {
+    /// Which tree a guest path lives in, and the path inside it: /tmp, /dev/shm and below go
+    /// to their scratch directories.
+    fn tree(&self, path: &[u8]) -> (RawFd, Vec<u8>, Tree) {
+        // "/tmp/.." is the root: a ".." that would climb out of a mount point is resolved
+        // here, lexically, before choosing the tree (a scratch tree holds no symlink of ours).
+        let mounted = SCRATCH_MOUNTS.iter().any(|m| path.starts_with(m));
+        let path = if mounted && path.split(|&b| b == b'/').any(|c| c == b"..") {
             lexical(path)
         } else {
             path.to_vec()
         };
-        match path.strip_prefix(b"/tmp") {
-            Some(rest) if rest.is_empty() || rest[0] == b'/' => {
-                let rest = if rest.is_empty() {
-                    b"/".to_vec()
-                } else {
-                    rest.to_vec()
-                };
-                (self.tmp.fd.as_raw_fd(), rest, true)
+        for (i, mount) in SCRATCH_MOUNTS.iter().enumerate() {
+            match path.strip_prefix(*mount) {
+                Some(rest) if rest.is_empty() || rest[0] == b'/' => {
+                    let rest = if rest.is_empty() {
+                        b"/".to_vec()
+                    } else {
+                        rest.to_vec()
+                    };
+                    return (self.scratch[i].fd.as_raw_fd(), rest, Tree::Scratch(i));
+                }
+                _ => {}
             }
-            _ => (self.root.as_raw_fd(), path, false),
         }
+        (self.root.as_raw_fd(), path, Tree::Root)
     }
 
     /// openat2 inside the root. `path` is absolute in the guest's view.
@@ -193,7 +209,7 @@ impl RootFs {
     }
 
     pub fn open_file(&mut self, path: &[u8], flags: i32, mode: u32) -> Result<HostFile, i64> {
-        let scratch = self.tree(path).2;
+        let scratch = self.tree(path).2 != Tree::Root;
         if self.readonly && !scratch && Self::writes(flags) {
             return Err(EROFS);
         }
@@ -297,20 +313,20 @@ impl RootFs {
     /// calls that change names. The component is a plain name, so the call on it cannot leave
     /// the directory, and the directory was resolved inside the root. Fails with EROFS for a
     /// read-only root outside /tmp.
-    fn parent_of(&self, path: &[u8]) -> Result<(OwnedFd, CString, bool), i64> {
+    fn parent_of(&self, path: &[u8]) -> Result<(OwnedFd, CString, Tree), i64> {
         let path = lexical(path);
         let cut = path.iter().rposition(|&b| b == b'/').unwrap_or(0);
         let (dir, name) = (&path[..cut.max(1)], &path[cut + 1..]);
         if name.is_empty() {
             return Err(16); // EBUSY: "/" itself
         }
-        let scratch = self.tree(&path).2;
-        if self.readonly && !scratch {
+        let tree = self.tree(&path).2;
+        if self.readonly && tree == Tree::Root {
             return Err(EROFS);
         }
         let fd = self.resolve(dir, libc::O_PATH | libc::O_DIRECTORY, 0)?;
         let name = CString::new(name).map_err(|_| EINVAL)?;
-        Ok((fd, name, scratch))
+        Ok((fd, name, tree))
     }
 
     /// unlink(2), or rmdir(2) with `dir`.
@@ -334,12 +350,12 @@ impl RootFs {
         Ok(())
     }
 
-    /// rename(2)/renameat2(2) with `flags` (RENAME_NOREPLACE, RENAME_EXCHANGE). Across /tmp
-    /// and the root it is EXDEV, as between two mounts.
+    /// rename(2)/renameat2(2) with `flags` (RENAME_NOREPLACE, RENAME_EXCHANGE). Between two
+    /// trees (the root, /tmp, /dev/shm) it is EXDEV, as between two mounts.
     pub fn rename(&mut self, from: &[u8], to: &[u8], flags: u32) -> Result<(), i64> {
-        let (a, an, a_scratch) = self.parent_of(from)?;
-        let (b, bn, b_scratch) = self.parent_of(to)?;
-        if a_scratch != b_scratch {
+        let (a, an, a_tree) = self.parent_of(from)?;
+        let (b, bn, b_tree) = self.parent_of(to)?;
+        if a_tree != b_tree {
             return Err(18); // EXDEV
         }
         // SAFETY: directory fds we own and single-component names.
@@ -363,8 +379,7 @@ impl RootFs {
     /// (`follow`: through a final symlink, else on the symlink itself), acting through the
     /// resolved descriptor's /proc/self/fd link so they touch exactly that inode.
     pub fn set_attr(&mut self, path: &[u8], follow: bool, attr: Attr) -> Result<(), i64> {
-        let scratch = self.tree(path).2;
-        if self.readonly && !scratch {
+        if self.readonly && self.tree(path).2 == Tree::Root {
             return Err(EROFS);
         }
         let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };

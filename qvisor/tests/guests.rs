@@ -227,13 +227,15 @@ fn a_read_only_root_refuses_writes() {
 }
 
 #[test]
-fn tmp_is_private_scratch_space_even_on_a_read_only_root() {
+fn tmp_and_dev_shm_are_private_scratch_space_even_on_a_read_only_root() {
     let script = "echo scratch > /tmp/note && read line < /tmp/note && echo got $line; \
+                  echo shared > /dev/shm/seg && cat /dev/shm/seg && ls /dev/shm; \
+                  cd /dev/shm/../.. && pwd; \
                   cd /tmp/.. && pwd; echo x > /tmp/../escape-attempt";
     let b = bundle("tmp", &["sh", "-c", script], true);
     let o = run_bundle(&b);
     assert!(
-        stdout(&o).starts_with("got scratch\n/\n"),
+        stdout(&o).starts_with("got scratch\nshared\nseg\n/\n/\n"),
         "{}{}",
         stdout(&o),
         stderr(&o)
@@ -241,6 +243,7 @@ fn tmp_is_private_scratch_space_even_on_a_read_only_root() {
     // "/tmp/.." is the root, which is read-only: the write fails instead of landing anywhere.
     assert_ne!(o.status.code(), Some(0));
     assert!(!root().join("tmp").exists() && !root().join("escape-attempt").exists());
+    assert!(!root().join("dev").exists());
 }
 
 #[test]
