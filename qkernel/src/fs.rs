@@ -27,6 +27,8 @@ const CHUNK: usize = 64 << 10;
 pub struct Generated {
     data: std::sync::Arc<Vec<u8>>,
     pos: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// A directory: `data` is its `linux_dirent64` records.
+    dir: bool,
 }
 
 impl PartialEq for Generated {
@@ -38,11 +40,40 @@ impl PartialEq for Generated {
 impl Eq for Generated {}
 
 impl Generated {
-    fn new(data: Vec<u8>) -> Generated {
+    pub(crate) fn new(data: Vec<u8>) -> Generated {
         Generated {
             data: std::sync::Arc::new(data),
             pos: Default::default(),
+            dir: false,
         }
+    }
+
+    /// A directory of the given `linux_dirent64` records.
+    pub(crate) fn dir(records: Vec<u8>) -> Generated {
+        Generated {
+            dir: true,
+            ..Generated::new(records)
+        }
+    }
+
+    /// getdents64: the whole records from the position that fit in `buf`.
+    fn read_dirents(&self, buf: &mut [u8]) -> Result<usize, i64> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let at = self.pos.load(SeqCst) as usize;
+        let mut end = at;
+        while let Some(rec) = self.data.get(end + 16..end + 18) {
+            let len = u16::from_le_bytes([rec[0], rec[1]]) as usize;
+            if len == 0 || end + len - at > buf.len() {
+                break;
+            }
+            end += len;
+        }
+        if end == at && at < self.data.len() {
+            return Err(EINVAL); // not even one record fits
+        }
+        buf[..end - at].copy_from_slice(&self.data[at..end]);
+        self.pos.store(end as u64, SeqCst);
+        Ok(end - at)
     }
 
     fn read(&self, buf: &mut [u8], offset: Option<u64>) -> usize {
@@ -394,12 +425,12 @@ impl Kernel {
         Ok(tidy(&join(&base, &rel)))
     }
 
-    /// Resolves `/proc/self/exe` to the program's path; other paths pass unchanged.
+    /// Resolves the /proc links (`self/exe`, `self/fd/N` naming a file of the root) to their
+    /// target; other paths pass unchanged.
     fn alias(&self, path: Vec<u8>) -> Vec<u8> {
-        if path == b"/proc/self/exe" {
-            self.p.exe.clone()
-        } else {
-            path
+        match self.proc_readlink(&path) {
+            Some(Ok(target)) if target.starts_with(b"/") => target,
+            _ => path,
         }
     }
 
@@ -415,9 +446,7 @@ impl Kernel {
         let path = self.alias(self.at_path(m, dirfd, path)?);
         let kind = match device(&path) {
             Some(k) => k,
-            None if path.starts_with(b"/proc/") => {
-                FileKind::Generated(Generated::new(self.proc_file(m, &path)?))
-            }
+            None if path.starts_with(b"/proc/") => self.proc_open(m, &path)?,
             None => FileKind::Host {
                 file: m.fs_open(&path, flags & !O_CLOEXEC, mode as u32)?,
                 path,
@@ -518,6 +547,7 @@ impl Kernel {
                 let (id, nonblocking) = (*id, f.status_flags & O_NONBLOCK != 0);
                 self.eventfd_read(id, buf, nonblocking)
             }
+            FileKind::Generated(g) if g.dir => Err(EISDIR),
             FileKind::Generated(g) => Ok(g.read(buf, offset)),
             FileKind::Epoll(_) | FileKind::PipeWrite(_) => Err(EINVAL),
         }
@@ -680,13 +710,13 @@ impl Kernel {
     }
 
     /// The stat of a descriptor served here that is not a device: `st_mode` says what it is.
-    fn stat_with_mode(mode: u32) -> [u8; 144] {
+    pub(crate) fn stat_with_mode(mode: u32) -> [u8; 144] {
         let mut st = Self::char_device_stat(0);
         st[24..28].copy_from_slice(&mode.to_le_bytes());
         st
     }
 
-    fn stat_fd(&self, m: &mut dyn Machine, fd: u64) -> Result<[u8; 144], i64> {
+    pub(crate) fn stat_fd(&self, m: &mut dyn Machine, fd: u64) -> Result<[u8; 144], i64> {
         match &self.p.fds.get(fd)?.kind {
             FileKind::Host { file, .. } => m.fs_stat(*file),
             FileKind::Null => Ok(Self::char_device_stat((1 << 8) | 3)),
@@ -697,6 +727,7 @@ impl Kernel {
             FileKind::Epoll(_) | FileKind::EventFd(_) => Ok(Self::stat_with_mode(0o000600)), // anonymous inode
             FileKind::PipeRead(_) | FileKind::PipeWrite(_) => Ok(Self::stat_with_mode(0o010600)), // S_IFIFO
             FileKind::Unix { .. } => Ok(Self::stat_with_mode(0o140777)), // S_IFSOCK
+            FileKind::Generated(g) if g.dir => Ok(Self::stat_with_mode(0o040555)), // S_IFDIR
             FileKind::Generated(_) => Ok(Self::stat_with_mode(0o100444)), // a regular file
         }
     }
@@ -821,58 +852,6 @@ impl Kernel {
         m.fs_set_attr(Some(&p), None, follow, attr).map(|()| 0)
     }
 
-    /// The contents of a /proc file: what libcs and runtimes read about memory, the CPU and
-    /// the process itself. Others do not exist (ENOENT).
-    fn proc_file(&self, m: &mut dyn Machine, path: &[u8]) -> Result<Vec<u8>, i64> {
-        let me = self.p.pid.to_string();
-        let path = match path.strip_prefix(format!("/proc/{me}/").as_bytes()) {
-            Some(rest) => [b"/proc/self/".as_slice(), rest].concat(),
-            None => path.to_vec(),
-        };
-        let text = match path.as_slice() {
-            b"/proc/meminfo" => {
-                let (total, used) = m.memory_info();
-                let (total_kb, free_kb) = (total >> 10, total.saturating_sub(used) >> 10);
-                format!(
-                    "MemTotal:       {total_kb:8} kB\nMemFree:        {free_kb:8} kB\n\
-                     MemAvailable:   {free_kb:8} kB\nBuffers:               0 kB\n\
-                     Cached:                0 kB\nSwapTotal:             0 kB\n\
-                     SwapFree:              0 kB\n"
-                )
-            }
-            b"/proc/cpuinfo" => String::from_utf8_lossy(&m.cpuinfo()).into_owned(),
-            b"/proc/self/status" => {
-                let name = String::from_utf8_lossy(&self.p.comm).into_owned();
-                let (pid, ppid, tid) = (self.p.pid, self.p.ppid, self.t.tid);
-                let threads = 1 + self.procs.threads_of(pid).len();
-                let c = &self.p.cred;
-                let groups: Vec<String> = c.groups.iter().map(|g| g.to_string()).collect();
-                format!(
-                    "Name:\t{name}\nState:\tR (running)\nTgid:\t{pid}\nPid:\t{tid}\n\
-                     PPid:\t{ppid}\nUid:\t{}\t{}\t{}\t{}\nGid:\t{}\t{}\t{}\t{}\n\
-                     Groups:\t{}\nThreads:\t{threads}\nSigBlk:\t{:016x}\n",
-                    c.uid,
-                    c.euid,
-                    c.suid,
-                    c.euid,
-                    c.gid,
-                    c.egid,
-                    c.sgid,
-                    c.egid,
-                    groups.join(" "),
-                    self.t.sigmask
-                )
-            }
-            b"/proc/self/cmdline" | b"/proc/self/comm" => {
-                let mut c = self.p.comm.clone();
-                c.push(if path.ends_with(b"comm") { b'\n' } else { 0 });
-                return Ok(c);
-            }
-            _ => return Err(ENOENT),
-        };
-        Ok(text.into_bytes())
-    }
-
     /// Extended attributes: none are kept (getxattr finds none, listxattr lists none), which
     /// is what ls and cp ask about.
     pub(crate) fn xattr(
@@ -908,11 +887,18 @@ impl Kernel {
         if flags & AT_EMPTY_PATH != 0 && read_path(m, path)?.is_empty() {
             return self.stat_fd(m, dirfd);
         }
-        let path = self.alias(self.at_path(m, dirfd, path)?);
+        let follow = flags & AT_SYMLINK_NOFOLLOW == 0;
+        let path = self.at_path(m, dirfd, path)?;
+        if path.starts_with(b"/proc/") {
+            if let Some(st) = self.proc_stat(m, &path, follow) {
+                return st;
+            }
+        }
+        let path = self.alias(path);
         Ok(match device(&path) {
             Some(FileKind::Null) => Self::char_device_stat((1 << 8) | 3),
             Some(_) => Self::char_device_stat(0),
-            None => m.fs_stat_path(&path, flags & AT_SYMLINK_NOFOLLOW == 0)?,
+            None => m.fs_stat_path(&path, follow)?,
         })
     }
 
@@ -949,11 +935,12 @@ impl Kernel {
         buf: u64,
         len: u64,
     ) -> Result<i64, i64> {
-        let FileKind::Host { file, .. } = self.p.fds.get(fd)?.kind else {
-            return Err(ENOTDIR);
-        };
         let mut tmp = vec![0u8; (len as usize).min(CHUNK)];
-        let n = m.fs_getdents(file, &mut tmp)?;
+        let n = match &self.p.fds.get(fd)?.kind {
+            FileKind::Host { file, .. } => m.fs_getdents(*file, &mut tmp)?,
+            FileKind::Generated(g) if g.dir => g.read_dirents(&mut tmp)?,
+            _ => return Err(ENOTDIR),
+        };
         m.write(buf, &tmp[..n]).map_err(|_| EFAULT)?;
         Ok(n as i64)
     }
@@ -967,10 +954,9 @@ impl Kernel {
         len: u64,
     ) -> Result<i64, i64> {
         let path = self.at_path(m, dirfd, path)?;
-        let target = if path == b"/proc/self/exe" {
-            self.p.exe.clone()
-        } else {
-            m.fs_readlink(&path)?
+        let target = match self.proc_readlink(&path) {
+            Some(target) => target?,
+            None => m.fs_readlink(&path)?,
         };
         let n = target.len().min(len as usize);
         m.write(buf, &target[..n]).map_err(|_| EFAULT)?;

@@ -16,6 +16,7 @@ mod machine;
 mod net;
 mod pipe;
 mod process;
+mod procfs;
 mod signal;
 mod syscalls;
 pub mod sysnames;
@@ -45,6 +46,7 @@ pub mod errno {
     pub const EFAULT: i64 = 14;
     pub const ENODEV: i64 = 19;
     pub const ENOTDIR: i64 = 20;
+    pub const EISDIR: i64 = 21;
     pub const EINVAL: i64 = 22;
     pub const EMFILE: i64 = 24;
     pub const ENOTTY: i64 = 25;

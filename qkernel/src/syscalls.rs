@@ -124,6 +124,11 @@ pub(crate) struct AddressSpace {
 }
 
 impl AddressSpace {
+    /// The mapped ranges, lowest first.
+    pub(crate) fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.regions.iter().map(|(s, (e, _))| (*s, *e))
+    }
+
     fn insert(&mut self, start: u64, end: u64, present: bool) {
         self.regions.insert(start, (end, present));
     }

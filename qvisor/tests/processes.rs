@@ -196,3 +196,25 @@ fn proc_tells_memory_the_cpu_and_the_process_itself() {
     assert_eq!(lines.last(), Some(&"cat"));
     assert!(err.contains("/proc/nope"), "{err}");
 }
+
+#[test]
+fn proc_self_fd_lists_and_links_the_open_descriptors_and_maps_names_the_stack() {
+    // ls lists its own /proc/self/fd: 0-2, the directory it reads, and 5 and 7 that the shell
+    // opened for it; readlink names a file of the root by its path.
+    let (code, out, err) = sh(
+        "exec 5</data/lines.txt 7</dev/null; ls /proc/self/fd | tr '\\n' ' '; \
+         echo; busybox readlink /proc/self/fd/5; busybox readlink /proc/self/fd/7; \
+         head -1 /proc/self/fd/5; busybox grep -c stack /proc/self/maps",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    let fds: Vec<&str> = lines[0].split_whitespace().collect();
+    for fd in ["0", "1", "2", "5", "7"] {
+        assert!(fds.contains(&fd), "{out}");
+    }
+    assert_eq!(
+        &lines[1..],
+        ["/data/lines.txt", "/dev/null", "line 1", "1"],
+        "{out}"
+    );
+}

@@ -1,0 +1,211 @@
+//! /proc, made up at open from the kernel's state: what libcs and runtimes read about memory,
+//! the CPU and the process itself (`/proc/self/...`, or `/proc/PID/...` with its own pid).
+//! Other processes' entries and the rest of /proc do not exist (ENOENT).
+
+use crate::errno::*;
+use crate::fs::{FileKind, Generated};
+use crate::machine::Machine;
+use crate::syscalls::Kernel;
+
+/// d_type of a symbolic link and of a directory in a `linux_dirent64`.
+const DT_DIR: u8 = 4;
+const DT_LNK: u8 = 10;
+
+/// `linux_dirent64` records for `entries` (inode, type, name), as getdents64 returns them.
+fn dirents(entries: &[(u64, u8, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (ino, ty, name) in entries {
+        let len = (19 + name.len() + 1).div_ceil(8) * 8;
+        let next = (out.len() + len) as i64;
+        out.extend_from_slice(&ino.to_le_bytes());
+        out.extend_from_slice(&next.to_le_bytes());
+        out.extend_from_slice(&(len as u16).to_le_bytes());
+        out.push(*ty);
+        out.extend_from_slice(name);
+        out.resize(out.len() + len - 19 - name.len(), 0);
+    }
+    out
+}
+
+/// The path with the running process's own pid written `self`.
+fn as_self(path: &[u8], pid: i64) -> Vec<u8> {
+    let me = format!("/proc/{pid}");
+    match path.strip_prefix(me.as_bytes()) {
+        Some(rest) if rest.is_empty() || rest[0] == b'/' => {
+            [b"/proc/self".as_slice(), rest].concat()
+        }
+        _ => path.to_vec(),
+    }
+}
+
+impl Kernel {
+    /// Opens a /proc path: a file made up now, or the `fd` directory.
+    pub(crate) fn proc_open(&self, m: &mut dyn Machine, path: &[u8]) -> Result<FileKind, i64> {
+        let path = as_self(path, self.p.pid);
+        if path == b"/proc/self/fd" {
+            return Ok(FileKind::Generated(Generated::dir(self.fd_dirents())));
+        }
+        Ok(FileKind::Generated(Generated::new(
+            self.proc_file(m, &path)?,
+        )))
+    }
+
+    /// The target of a /proc symbolic link (`self/exe`, `self/fd/N`); None for other paths.
+    pub(crate) fn proc_readlink(&self, path: &[u8]) -> Option<Result<Vec<u8>, i64>> {
+        let path = as_self(path, self.p.pid);
+        if path == b"/proc/self/exe" {
+            return Some(Ok(self.p.exe.clone()));
+        }
+        let fd = path.strip_prefix(b"/proc/self/fd/")?;
+        let fd: u64 = match std::str::from_utf8(fd).ok().and_then(|s| s.parse().ok()) {
+            Some(fd) => fd,
+            None => return Some(Err(ENOENT)),
+        };
+        Some(self.p.fds.kind(fd).map(fd_target).map_err(|_| ENOENT))
+    }
+
+    /// stat/lstat of a /proc path (`follow`: through a final link): None for a path that is
+    /// not one of ours.
+    pub(crate) fn proc_stat(
+        &self,
+        m: &mut dyn Machine,
+        path: &[u8],
+        follow: bool,
+    ) -> Option<Result<[u8; 144], i64>> {
+        let path = as_self(path, self.p.pid);
+        if path == b"/proc/self" || path == b"/proc/self/fd" {
+            return Some(Ok(Kernel::stat_with_mode(0o040555)));
+        }
+        if let Some(fd) = path.strip_prefix(b"/proc/self/fd/") {
+            let fd = std::str::from_utf8(fd)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok());
+            return Some(match fd {
+                Some(fd) if self.p.fds.kind(fd).is_ok() && follow => self.stat_fd(m, fd),
+                Some(fd) if self.p.fds.kind(fd).is_ok() => Ok(Kernel::stat_with_mode(0o120777)),
+                _ => Err(ENOENT),
+            });
+        }
+        if path == b"/proc/self/exe" {
+            return None; // the program's file, through alias
+        }
+        Some(
+            self.proc_file(m, &path)
+                .map(|_| Kernel::stat_with_mode(0o100444)),
+        )
+    }
+
+    /// /proc/self/fd: ".", ".." and a link per open descriptor.
+    fn fd_dirents(&self) -> Vec<u8> {
+        let mut entries = vec![(1, DT_DIR, b".".to_vec()), (1, DT_DIR, b"..".to_vec())];
+        for fd in self.p.fds.open_fds() {
+            entries.push((fd + 100, DT_LNK, fd.to_string().into_bytes()));
+        }
+        dirents(&entries)
+    }
+
+    /// /proc/self/maps: the heap, the mappings mmap made and the stack (the program's own
+    /// image is not listed).
+    fn maps(&self) -> String {
+        use crate::elf::{STACK_SIZE, STACK_TOP};
+        let line = |start: u64, end: u64, perms: &str, name: &str| {
+            format!("{start:08x}-{end:08x} {perms} 00000000 00:00 0 {name}\n")
+        };
+        let mut out = String::new();
+        if self.p.brk_mapped > self.p.brk_start {
+            out += &line(self.p.brk_start, self.p.brk_mapped, "rw-p", "[heap]");
+        }
+        for (start, end) in self.p.vm.ranges() {
+            out += &line(start, end, "rwxp", "");
+        }
+        out += &line(STACK_TOP - STACK_SIZE, STACK_TOP, "rw-p", "[stack]");
+        out
+    }
+
+    /// The contents of a /proc file: what libcs and runtimes read about memory, the CPU and
+    /// the process itself. Others do not exist (ENOENT).
+    fn proc_file(&self, m: &mut dyn Machine, path: &[u8]) -> Result<Vec<u8>, i64> {
+        let text = match path {
+            b"/proc/meminfo" => {
+                let (total, used) = m.memory_info();
+                let (total_kb, free_kb) = (total >> 10, total.saturating_sub(used) >> 10);
+                format!(
+                    "MemTotal:       {total_kb:8} kB\nMemFree:        {free_kb:8} kB\n\
+                     MemAvailable:   {free_kb:8} kB\nBuffers:               0 kB\n\
+                     Cached:                0 kB\nSwapTotal:             0 kB\n\
+                     SwapFree:              0 kB\n"
+                )
+            }
+            b"/proc/cpuinfo" => String::from_utf8_lossy(&m.cpuinfo()).into_owned(),
+            b"/proc/self/status" => {
+                let name = String::from_utf8_lossy(&self.p.comm).into_owned();
+                let (pid, ppid, tid) = (self.p.pid, self.p.ppid, self.t.tid);
+                let threads = 1 + self.procs.threads_of(pid).len();
+                let c = &self.p.cred;
+                let groups: Vec<String> = c.groups.iter().map(|g| g.to_string()).collect();
+                format!(
+                    "Name:\t{name}\nState:\tR (running)\nTgid:\t{pid}\nPid:\t{tid}\n\
+                     PPid:\t{ppid}\nUid:\t{}\t{}\t{}\t{}\nGid:\t{}\t{}\t{}\t{}\n\
+                     Groups:\t{}\nThreads:\t{threads}\nSigBlk:\t{:016x}\n",
+                    c.uid,
+                    c.euid,
+                    c.suid,
+                    c.euid,
+                    c.gid,
+                    c.egid,
+                    c.sgid,
+                    c.egid,
+                    groups.join(" "),
+                    self.t.sigmask
+                )
+            }
+            b"/proc/self/cmdline" | b"/proc/self/comm" => {
+                let mut c = self.p.comm.clone();
+                c.push(if path.ends_with(b"comm") { b'\n' } else { 0 });
+                return Ok(c);
+            }
+            b"/proc/self/maps" => self.maps(),
+            _ => return Err(ENOENT),
+        };
+        Ok(text.into_bytes())
+    }
+}
+
+/// What `/proc/self/fd/N` points at, as Linux names it.
+fn fd_target(kind: &FileKind) -> Vec<u8> {
+    let text = match kind {
+        FileKind::Host { path, .. } => return path.clone(),
+        FileKind::Stdin | FileKind::Stdout | FileKind::Stderr => "/dev/console".to_string(),
+        FileKind::Null => "/dev/null".to_string(),
+        FileKind::Zero => "/dev/zero".to_string(),
+        FileKind::Random => "/dev/urandom".to_string(),
+        FileKind::Socket(s) => format!("socket:[{}]", 10_000 + u64::from(*s)),
+        FileKind::Unix { rx, .. } => format!("socket:[{}]", 20_000 + u64::from(*rx)),
+        FileKind::PipeRead(id) | FileKind::PipeWrite(id) => format!("pipe:[{}]", 30_000 + id),
+        FileKind::Epoll(_) => "anon_inode:[eventpoll]".to_string(),
+        FileKind::EventFd(_) => "anon_inode:[eventfd]".to_string(),
+        FileKind::Generated(_) => "/proc".to_string(),
+    };
+    text.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dirents_are_aligned_records_pointing_at_the_next() {
+        let d = dirents(&[(1, DT_DIR, b".".to_vec()), (7, DT_LNK, b"12".to_vec())]);
+        assert_eq!(d.len(), 48);
+        assert_eq!(u16::from_le_bytes([d[16], d[17]]), 24);
+        assert_eq!(i64::from_le_bytes(d[8..16].try_into().unwrap()), 24);
+        assert_eq!(&d[24 + 19..24 + 22], b"12\0");
+    }
+
+    #[test]
+    fn the_own_pid_is_self() {
+        assert_eq!(as_self(b"/proc/5/status", 5), b"/proc/self/status");
+        assert_eq!(as_self(b"/proc/5", 5), b"/proc/self");
+        assert_eq!(as_self(b"/proc/51/status", 5), b"/proc/51/status");
+    }
+}
