@@ -32,7 +32,13 @@ const CLONE_PARENT_SETTID: u64 = 0x100000;
 const CLONE_CHILD_CLEARTID: u64 = 0x200000;
 const CLONE_CHILD_SETTID: u64 = 0x1000000;
 const WNOHANG: u64 = 1;
+/// WUNTRACED for wait4, WSTOPPED for waitid.
+const WSTOPPED: u64 = 2;
 const WEXITED: u64 = 4;
+const WCONTINUED: u64 = 8;
+const SIGCONT: u64 = 18;
+/// Wait status of a continued process.
+const CONTINUED: i32 = 0xffff;
 const WNOWAIT: u64 = 0x0100_0000;
 const SIGCHLD: i32 = 17;
 /// Largest program image exec reads.
@@ -176,6 +182,8 @@ pub(crate) struct ProcTable {
     runq: VecDeque<i64>,
     next_pid: i64,
     futex_seq: u64,
+    /// Processes stopped by a stop signal: their threads do not run until SIGCONT.
+    stopped: std::collections::BTreeSet<i64>,
 }
 
 /// The thread that runs next, with its process's pid.
@@ -196,6 +204,27 @@ enum Which {
 struct Reaped {
     pid: i64,
     status: i32,
+    /// A stop or a continue (the child lives on), not an exit.
+    event: bool,
+}
+
+/// What a signal does to a process that has no handler for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DefaultAction {
+    Terminate,
+    Ignore,
+    Stop,
+    Continue,
+}
+
+/// SIGCHLD's si_code and si_status for a wait status.
+fn child_code(status: i32) -> (i32, i32) {
+    match status {
+        CONTINUED => (6, SIGCONT as i32),              // CLD_CONTINUED
+        s if s & 0xff == 0x7f => (5, (s >> 8) & 0xff), // CLD_STOPPED
+        s if s & 0x7f == 0 => (1, (s >> 8) & 0xff),    // CLD_EXITED
+        s => (2, s & 0x7f),                            // CLD_KILLED
+    }
 }
 
 impl ProcTable {
@@ -314,13 +343,16 @@ impl ProcTable {
         }
     }
 
-    /// Takes the next runnable thread off the table.
+    /// Whether a thread of `t`'s process may run (its process is not stopped) and is ready.
+    fn ready(&self, t: &ParkedThread) -> bool {
+        matches!(t.state, State::Runnable(_)) && !self.stopped.contains(&t.pid)
+    }
+
+    /// Takes the next runnable thread off the table (a stopped process's runnable threads
+    /// leave the queue; SIGCONT puts them back).
     fn take_next(&mut self) -> Option<NextThread> {
         while let Some(tid) = self.runq.pop_front() {
-            if matches!(
-                self.threads.get(&tid).map(|t| &t.state),
-                Some(State::Runnable(_))
-            ) {
+            if self.threads.get(&tid).is_some_and(|t| self.ready(t)) {
                 let t = self.threads.remove(&tid)?;
                 let State::Runnable(saved) = t.state else {
                     unreachable!("checked just above")
@@ -714,7 +746,8 @@ impl Kernel {
     /// running one with [`Kernel::preempt`].
     pub fn wants_preemption(&self, now_ns: u64) -> bool {
         self.procs.threads.values().any(|t| {
-            matches!(t.state, State::Runnable(_) | State::Io { .. })
+            self.procs.ready(t)
+                || matches!(t.state, State::Io { .. })
                 || t.state.deadline().is_some_and(|u| u <= now_ns)
         })
     }
@@ -1059,14 +1092,13 @@ impl Kernel {
     /// The parent of `pid` learns that it changed state (to wait `status`): a waiting parent
     /// runs again, a vfork parent of it too, and a SIGCHLD handler gets its signal.
     fn child_changed(&mut self, ppid: i64, pid: i64, status: i32) {
-        let handler = self
-            .proc_of(ppid)
-            .is_some_and(|p| crate::signal::has_handler(p, crate::signal::SIGCHLD));
+        let (code, value) = child_code(status);
+        let stop_or_continue = matches!(code, 5 | 6);
+        let handler = self.proc_of(ppid).is_some_and(|p| {
+            crate::signal::has_handler(p, crate::signal::SIGCHLD)
+                && !(stop_or_continue && crate::signal::no_child_stop(p))
+        });
         if handler {
-            let (code, value) = match status & 0x7f {
-                0 => (1, (status >> 8) & 0xff), // CLD_EXITED
-                sig => (2, sig),                // CLD_KILLED
-            };
             let info = crate::signal::SigInfo {
                 code,
                 pid,
@@ -1143,6 +1175,7 @@ impl Kernel {
         tracing::debug!(pid = self.p.pid, status, "exit");
         let me = self.p.pid;
         self.procs.remove_threads(me);
+        self.procs.stopped.remove(&me);
         self.close_all(m);
         self.reparent_orphans(me);
         self.release_vfork_parent();
@@ -1200,8 +1233,10 @@ impl Kernel {
                 .any(|p| p.proc.fds.refers_to(kind))
     }
 
-    /// The zombie child matching `which`, if any; `Err(ECHILD)` if no child matches at all.
-    fn find_child(&self, which: Which) -> Result<Option<Reaped>, i64> {
+    /// The change of a child matching `which` that a wait with `options` reports (an exit with
+    /// WEXITED, a stop with WSTOPPED, a continue with WCONTINUED), if any; `Err(ECHILD)` if no
+    /// child matches at all.
+    fn find_child(&self, which: Which, options: u64) -> Result<Option<Reaped>, i64> {
         let me = self.p.pid;
         let mut any = false;
         for (pid, p) in &self.procs.parked {
@@ -1215,14 +1250,45 @@ impl Kernel {
                 continue;
             }
             any = true;
-            if let Some(status) = p.zombie {
-                return Ok(Some(Reaped { pid: *pid, status }));
+            if let (Some(status), true) = (p.zombie, options & WEXITED != 0) {
+                return Ok(Some(Reaped {
+                    pid: *pid,
+                    status,
+                    event: false,
+                }));
+            }
+            let wanted = match p.proc.wait_event {
+                Some(CONTINUED) => options & WCONTINUED != 0,
+                Some(_) => options & WSTOPPED != 0,
+                None => false,
+            };
+            if let (Some(status), true) = (p.proc.wait_event, wanted) {
+                return Ok(Some(Reaped {
+                    pid: *pid,
+                    status,
+                    event: true,
+                }));
             }
         }
         if any {
             Ok(None)
         } else {
             Err(ECHILD)
+        }
+    }
+
+    /// A reported change is gone (unless `keep`, WNOWAIT): the zombie reaped, or the stop or
+    /// continue reported.
+    fn consume(&mut self, r: &Reaped, keep: bool) {
+        if keep {
+            return;
+        }
+        if r.event {
+            if let Some(p) = self.procs.parked.get_mut(&r.pid) {
+                p.proc.wait_event = None;
+            }
+        } else {
+            self.procs.parked.remove(&r.pid);
         }
     }
 
@@ -1244,7 +1310,7 @@ impl Kernel {
         options: u64,
         rusage: u64,
     ) -> SyscallOutcome {
-        match self.find_child(self.which(pid)) {
+        match self.find_child(self.which(pid), options | WEXITED) {
             Err(e) => SyscallOutcome::Return(-e),
             Ok(Some(r)) => {
                 if status_va != 0 && m.write(status_va, &r.status.to_le_bytes()).is_err() {
@@ -1253,7 +1319,7 @@ impl Kernel {
                 if rusage != 0 && m.write(rusage, &[0u8; 144]).is_err() {
                     return SyscallOutcome::Return(-EFAULT);
                 }
-                self.procs.parked.remove(&r.pid);
+                self.consume(&r, false);
                 SyscallOutcome::Return(r.pid)
             }
             Ok(None) if options & WNOHANG != 0 => SyscallOutcome::Return(0),
@@ -1273,7 +1339,7 @@ impl Kernel {
         info: u64,
         options: u64,
     ) -> SyscallOutcome {
-        if options & WEXITED == 0 {
+        if options & (WEXITED | WSTOPPED | WCONTINUED) == 0 {
             return SyscallOutcome::Return(-EINVAL);
         }
         let which = match idtype {
@@ -1282,24 +1348,19 @@ impl Kernel {
             2 => Which::Group(id as i32 as i64),
             _ => return SyscallOutcome::Return(-EINVAL),
         };
-        match self.find_child(which) {
+        match self.find_child(which, options) {
             Err(e) => SyscallOutcome::Return(-e),
             Ok(Some(r)) => {
                 let mut si = [0u8; 128];
                 si[0..4].copy_from_slice(&SIGCHLD.to_le_bytes());
-                let (code, value) = match r.status & 0x7f {
-                    0 => (1i32, (r.status >> 8) & 0xff), // CLD_EXITED
-                    sig => (2, sig),                     // CLD_KILLED
-                };
+                let (code, value) = child_code(r.status);
                 si[8..12].copy_from_slice(&code.to_le_bytes());
                 si[16..20].copy_from_slice(&(r.pid as i32).to_le_bytes());
                 si[24..28].copy_from_slice(&value.to_le_bytes());
                 if info != 0 && m.write(info, &si).is_err() {
                     return SyscallOutcome::Return(-EFAULT);
                 }
-                if options & WNOWAIT == 0 {
-                    self.procs.parked.remove(&r.pid);
-                }
+                self.consume(&r, options & WNOWAIT != 0);
                 SyscallOutcome::Return(0)
             }
             Ok(None) if options & WNOHANG != 0 => {
@@ -1451,21 +1512,71 @@ impl Kernel {
         Ok(SyscallOutcome::Resume)
     }
 
-    /// Whether `sig` (with no handler in `proc`) ends it: Some(true) terminate, Some(false)
-    /// ignored, None for no such signal.
-    fn terminates(proc: &Proc, sig: u64) -> Option<bool> {
-        // SIGCHLD, SIGCONT, SIGURG, SIGWINCH are ignored by default; stop signals are treated
-        // as ignored (nobody would continue the process).
-        const IGNORED: [u64; 8] = [17, 18, 23, 28, 19, 20, 21, 22];
-        if sig == 0 || sig > 64 {
-            return None;
-        }
+    /// What `sig` does to `proc` when it has no handler for it (SIG_IGN: nothing, but for
+    /// SIGKILL and SIGSTOP, which can be neither caught nor ignored).
+    fn default_action(proc: &Proc, sig: u64) -> DefaultAction {
+        const SIGKILL: u64 = 9;
+        const SIGSTOP: u64 = 19;
+        // SIGCHLD, SIGURG and SIGWINCH are ignored by default; SIGTSTP, SIGTTIN, SIGTTOU stop.
+        const IGNORED: [u64; 3] = [17, 23, 28];
+        const STOPS: [u64; 3] = [20, 21, 22];
         let slot = &proc.sigactions[(sig - 1) as usize];
-        let handler = u64::from_le_bytes(slot[..8].try_into().unwrap_or_default());
-        if sig == 9 {
-            return Some(true); // SIGKILL is neither caught nor ignored
+        let ignored = u64::from_le_bytes(slot[..8].try_into().unwrap_or_default()) == 1;
+        match sig {
+            SIGKILL => DefaultAction::Terminate,
+            SIGSTOP => DefaultAction::Stop,
+            SIGCONT => DefaultAction::Continue,
+            _ if ignored || IGNORED.contains(&sig) => DefaultAction::Ignore,
+            s if STOPS.contains(&s) => DefaultAction::Stop,
+            _ => DefaultAction::Terminate,
         }
-        Some(handler == 0 && !IGNORED.contains(&sig))
+    }
+
+    /// Stops process `pid` (a stop signal's default action): its threads run no more until
+    /// SIGCONT; its parent learns of it (SIGCHLD unless SA_NOCLDSTOP, a WUNTRACED wait).
+    fn stop_process(&mut self, pid: i64, sig: u64) {
+        if !self.procs.stopped.insert(pid) {
+            return;
+        }
+        tracing::debug!(pid, sig, "stopped");
+        let status = ((sig as i32) << 8) | 0x7f;
+        let ppid = if pid == self.p.pid {
+            self.p.wait_event = Some(status);
+            self.p.ppid
+        } else {
+            match self.procs.parked.get_mut(&pid) {
+                Some(p) => {
+                    p.proc.wait_event = Some(status);
+                    p.proc.ppid
+                }
+                None => return,
+            }
+        };
+        self.child_changed(ppid, pid, status);
+    }
+
+    /// SIGCONT: a stopped process `pid` runs again; its parent learns of it.
+    fn continue_process(&mut self, pid: i64) {
+        if !self.procs.stopped.remove(&pid) {
+            return;
+        }
+        tracing::debug!(pid, "continued");
+        for tid in self.procs.threads_of(pid) {
+            if self
+                .procs
+                .threads
+                .get(&tid)
+                .is_some_and(|t| matches!(t.state, State::Runnable(_)))
+            {
+                self.procs.runq.push_back(tid);
+            }
+        }
+        let Some(p) = self.procs.parked.get_mut(&pid) else {
+            return;
+        };
+        p.proc.wait_event = Some(CONTINUED);
+        let ppid = p.proc.ppid;
+        self.child_changed(ppid, pid, CONTINUED);
     }
 
     /// kill(2): `target` > 0 a process, 0 the caller's group, -1 every process but init and
@@ -1499,18 +1610,21 @@ impl Kernel {
         if sig == 0 {
             return SyscallOutcome::Return(0);
         }
-        // Others first: the caller may be among the dead.
+        // Others first: the caller may be among the dead, or stopped.
         pids.sort_by_key(|p| *p == me);
         for pid in pids {
             let Some(proc) = self.proc_of(pid) else {
                 continue;
             };
-            let (handler, terminates) = (
+            let (handler, action) = (
                 crate::signal::has_handler(proc, sig),
-                Self::terminates(proc, sig),
+                Self::default_action(proc, sig),
             );
             if pid == 1 && me != 1 && !handler {
                 continue; // init without a handler ignores what its namespace sends it
+            }
+            if sig == SIGCONT {
+                self.continue_process(pid); // even with a handler, which then runs
             }
             if handler {
                 let info = crate::signal::SigInfo {
@@ -1522,13 +1636,21 @@ impl Kernel {
                 self.post_signal(pid, sig, info);
                 continue;
             }
-            if terminates != Some(true) {
-                continue;
+            match action {
+                DefaultAction::Terminate if pid == me => return self.exit_process(m, sig as i32),
+                DefaultAction::Terminate => self.kill_parked(m, pid, sig as i32),
+                DefaultAction::Stop => self.stop_process(pid, sig),
+                DefaultAction::Ignore | DefaultAction::Continue => {}
             }
-            if pid == me {
-                return self.exit_process(m, sig as i32);
-            }
-            self.kill_parked(m, pid, sig as i32);
+        }
+        if self.procs.stopped.contains(&me) {
+            // The caller stopped itself: it returns 0 from kill once continued.
+            let mut regs = m.user_regs();
+            regs.rax = 0;
+            return match self.switch_away(m, regs, false, State::Runnable) {
+                SyscallOutcome::Return(_) => SyscallOutcome::Return(0), // nothing else to run
+                other => other,
+            };
         }
         SyscallOutcome::Return(0)
     }
@@ -1586,6 +1708,7 @@ impl Kernel {
         }
         tracing::debug!(pid, status, "killed");
         self.procs.remove_threads(pid);
+        self.procs.stopped.remove(&pid);
         // Close its descriptors as if it ran, the caller set aside meanwhile (so files it
         // holds too stay open).
         let me = self.p.pid;

@@ -122,6 +122,12 @@ fn action(p: &Proc, sig: u64) -> (u64, u64, u64, u64) {
     (w(0), w(1), w(2), w(3)) // handler, flags, restorer, mask
 }
 
+/// Whether `p` asked (SA_NOCLDSTOP) not to get SIGCHLD when a child stops or continues.
+pub(crate) fn no_child_stop(p: &Proc) -> bool {
+    const SA_NOCLDSTOP: u64 = 1;
+    action(p, SIGCHLD).1 & SA_NOCLDSTOP != 0
+}
+
 /// Whether `sig` has a handler (neither default nor ignored) in `p`.
 pub(crate) fn has_handler(p: &Proc, sig: u64) -> bool {
     (1..=64).contains(&sig) && !matches!(action(p, sig).0, SIG_DFL | SIG_IGN)

@@ -197,6 +197,8 @@ pub(crate) struct Proc {
     pub(crate) sid: i64,
     /// User and group ids.
     pub(crate) cred: crate::cred::Cred,
+    /// A stop or a continue its parent's wait has not reported yet (as a wait status).
+    pub(crate) wait_event: Option<i32>,
     /// The platform's address space of this process (0: the first one, not yet asked for).
     pub(crate) space: crate::machine::SpaceId,
     /// The space is its vfork parent's, lent until exec or exit: never released by this one.
@@ -230,6 +232,7 @@ impl Proc {
             pgid: pid,
             sid: pid,
             cred: Default::default(),
+            wait_event: None,
             space: 0,
             borrowed_space: false,
         }
@@ -254,6 +257,7 @@ impl Proc {
             pgid: self.pgid,
             sid: self.sid,
             cred: self.cred.clone(),
+            wait_event: None,
             space,
             borrowed_space: false,
         }

@@ -206,6 +206,31 @@ int main(void) {
         poll(&pp, 1, 0) == 1 && (pp.revents & POLLHUP) && read(sv[0], pong, 1) == 0);
   close(sv[0]);
   close(passed);
+  /* Stop and continue: a stopped child makes no progress until SIGCONT; waits report both. */
+  int tick[2];
+  pipe(tick);
+  pid_t c5 = fork();
+  if (c5 == 0) {
+    for (;;) { write(tick[1], "t", 1); usleep(5000); }
+  }
+  char t;
+  read(tick[0], &t, 1);
+  kill(c5, SIGSTOP);
+  int st5 = 0;
+  int stopped = waitpid(c5, &st5, WUNTRACED) == c5 && WIFSTOPPED(st5) && WSTOPSIG(st5) == SIGSTOP;
+  fcntl(tick[0], F_SETFL, O_NONBLOCK);
+  while (read(tick[0], &t, 1) == 1) {}
+  usleep(50000);
+  int idle = read(tick[0], &t, 1) == -1 && errno == EAGAIN;
+  CHECK("SIGSTOP stops a child and WUNTRACED reports it", stopped && idle);
+  kill(c5, SIGCONT);
+  int continued = waitpid(c5, &st5, WCONTINUED) == c5 && WIFCONTINUED(st5);
+  fcntl(tick[0], F_SETFL, 0);
+  CHECK("SIGCONT resumes it and WCONTINUED reports it", continued && read(tick[0], &t, 1) == 1);
+  kill(c5, SIGKILL);
+  CHECK("... and SIGKILL ends it", waitpid(c5, &st5, 0) == c5 && WIFSIGNALED(st5) && WTERMSIG(st5) == SIGKILL);
+  close(tick[0]);
+  close(tick[1]);
   CHECK("bad pointer is EFAULT", write(1, (void *)16, 5) == -1 && errno == EFAULT);
   CHECK("unknown syscall is ENOSYS", syscall(1000) == -1 && errno == ENOSYS);
   return 0;
