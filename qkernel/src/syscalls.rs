@@ -557,6 +557,7 @@ impl Kernel {
             9 => self.mmap(m, a0, a1, a2, a3, a4, a5),
             10 => self.mprotect(m, a0, a1, a2),
             11 => self.munmap(m, a0, a1),
+            28 => self.madvise(m, a0, a1, a2),
             12 => Ok(self.brk(m, a0) as i64),
             13 => self.rt_sigaction(m, a0, a1, a2, a3),
             14 => self.rt_sigprocmask(m, a0, a1, a2, a3),
@@ -939,6 +940,30 @@ impl Kernel {
         for (s, e, present) in self.p.vm.remove(addr, end) {
             if present {
                 self.p.vm.free(s, e);
+            }
+        }
+        Ok(0)
+    }
+
+    /// madvise(2): MADV_DONTNEED gives the range's private pages back as zeros (what malloc
+    /// relies on after trimming an arena); every other advice is a hint, taken as given.
+    fn madvise(
+        &mut self,
+        m: &mut dyn Machine,
+        addr: u64,
+        len: u64,
+        advice: u64,
+    ) -> Result<i64, i64> {
+        const MADV_DONTNEED: u64 = 4;
+        if addr % PAGE != 0 || addr.checked_add(len).is_none_or(|e| e > USER_END) {
+            return Err(EINVAL);
+        }
+        if advice == MADV_DONTNEED {
+            let zeros = [0u8; PAGE as usize];
+            let end = addr + len.div_ceil(PAGE) * PAGE;
+            for page in (addr..end).step_by(PAGE as usize) {
+                // A page not there yet reads as zeros already.
+                let _ = m.write(page, &zeros);
             }
         }
         Ok(0)

@@ -76,6 +76,41 @@ fn a_guest_tcp_server_serves_a_kernel_client_through_qnet() {
 }
 
 #[test]
+fn busybox_httpd_in_the_guest_serves_files_to_curl() {
+    // httpd forks a child per connection, which inherits the accepted socket.
+    let ns = Netns::new("httpd");
+    let mut server = spawn_guest(
+        &net_options(&ns),
+        &["busybox", "httpd", "-f", "-p", "8082", "-h", "/data"],
+    );
+    let mut bodies = Vec::new();
+    for _ in 0..100 {
+        let o = ns
+            .sh("curl -s -m 2 http://10.66.0.2:8082/lines.txt")
+            .wait_with_output()
+            .unwrap();
+        if o.status.success() {
+            bodies.push(String::from_utf8_lossy(&o.stdout).into_owned());
+            if bodies.len() == 5 {
+                break;
+            }
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    let missing = ns
+        .sh("curl -s -o /dev/null -w '%{http_code}' http://10.66.0.2:8082/nope")
+        .wait_with_output()
+        .unwrap();
+    let _ = server.kill();
+    let o = server.wait_with_output().unwrap();
+    let want = std::fs::read_to_string(root().join("data/lines.txt")).unwrap();
+    assert_eq!(bodies.len(), 5, "{}", stderr(&o));
+    assert!(bodies.iter().all(|b| *b == want), "{bodies:?}");
+    assert_eq!(String::from_utf8_lossy(&missing.stdout), "404");
+}
+
+#[test]
 fn busybox_wget_in_the_guest_fetches_from_a_kernel_http_server() {
     let ns = Netns::new("wget");
     let www = std::env::temp_dir().join(format!("qvisor-www-{}", std::process::id()));

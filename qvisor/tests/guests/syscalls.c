@@ -231,6 +231,11 @@ int main(void) {
   CHECK("... and SIGKILL ends it", waitpid(c5, &st5, 0) == c5 && WIFSIGNALED(st5) && WTERMSIG(st5) == SIGKILL);
   close(tick[0]);
   close(tick[1]);
+  char *adv = mmap(NULL, 3 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  memset(adv, 'x', 3 * 4096);
+  CHECK("madvise DONTNEED gives zeros back",
+        madvise(adv + 4096, 4096, MADV_DONTNEED) == 0 && adv[4096] == 0 && adv[8191] == 0 &&
+        adv[4095] == 'x' && adv[8192] == 'x' && madvise(adv, 4096, MADV_WILLNEED) == 0);
   CHECK("bad pointer is EFAULT", write(1, (void *)16, 5) == -1 && errno == EFAULT);
   CHECK("unknown syscall is ENOSYS", syscall(1000) == -1 && errno == ENOSYS);
   return 0;
