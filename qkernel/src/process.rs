@@ -889,7 +889,10 @@ impl Kernel {
     /// it that does not block it (the running one first), which is woken if it waits.
     pub(crate) fn post_signal(&mut self, pid: i64, sig: u64, info: crate::signal::SigInfo) {
         let bit = 1u64 << (sig - 1);
-        if pid == self.p.pid && self.t.sigmask & bit == 0 {
+        // While a switch looks for the next thread, the one that ran is parked in the table
+        // and `self.t` holds no thread (tid 0): the table has it then.
+        let running = pid == self.p.pid && self.t.tid != 0;
+        if running && self.t.sigmask & bit == 0 {
             self.t.post(sig, info);
             return;
         }
@@ -900,13 +903,13 @@ impl Kernel {
                 .get(tid)
                 .is_some_and(|t| t.thread.sigmask & bit == 0)
         });
-        match unblocked.or(if pid == self.p.pid {
+        match unblocked.or(if running {
             None
         } else {
             parked.first().copied()
         }) {
             Some(tid) => self.post_to_thread(tid, sig, info),
-            None if pid == self.p.pid => self.t.post(sig, info),
+            None if running => self.t.post(sig, info),
             None => {}
         }
     }
