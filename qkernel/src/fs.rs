@@ -186,6 +186,30 @@ impl Default for FdTable {
 }
 
 impl FdTable {
+    /// A table with `stdio` as descriptors 0, 1 and 2.
+    pub(crate) fn with_stdio(stdio: [FileKind; 3]) -> FdTable {
+        let [input, output, error] = stdio;
+        FdTable {
+            fds: vec![
+                Some(Fd {
+                    kind: input,
+                    cloexec: false,
+                    status_flags: 0,
+                }),
+                Some(Fd {
+                    kind: output,
+                    cloexec: false,
+                    status_flags: 1,
+                }),
+                Some(Fd {
+                    kind: error,
+                    cloexec: false,
+                    status_flags: 1,
+                }),
+            ],
+        }
+    }
+
     /// A table with no descriptor at all (a dead process's).
     pub(crate) fn empty() -> FdTable {
         FdTable { fds: Vec::new() }

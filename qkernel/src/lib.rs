@@ -12,6 +12,7 @@ mod epoll;
 mod eventfd;
 mod fs;
 mod futex;
+mod host;
 mod machine;
 mod net;
 mod pipe;
@@ -23,6 +24,7 @@ pub mod sysnames;
 mod unix;
 
 pub use elf::{interpreter, load, load_static, ElfError, Loaded};
+pub use host::{HostEvent, HostRequest, SpawnRequest};
 pub use machine::{
     Fault, FileAttr, HostFile, Machine, PageFlags, RawStat, SocketId, SocketReady, SpaceId,
     UserRegs,

@@ -260,6 +260,16 @@ pub trait Machine {
     /// Resumes the app with `regs` (another process's, or a call to run again) instead of
     /// returning a value; the kernel returns [`crate::SyscallOutcome::Resume`].
     fn set_user_regs(&mut self, _regs: &UserRegs) {}
+    /// Requests from outside the container queued since the last call (exec).
+    fn take_host_requests(&mut self) -> Vec<crate::HostRequest> {
+        Vec::new()
+    }
+    /// Tells the platform what became of one of its requests.
+    fn host_event(&mut self, _event: crate::HostEvent) {}
+    /// The FPU state a new program starts with (opaque, as [`Machine::fpu_state`]).
+    fn fpu_initial(&self) -> Result<Vec<u8>, i64> {
+        Err(38)
+    }
     /// The app's FPU/SSE/AVX state, opaque to the kernel, and putting one back.
     fn fpu_state(&mut self) -> Result<Vec<u8>, i64> {
         Err(38)

@@ -64,6 +64,17 @@ pub(crate) struct Thread {
     pub(crate) io_until: Option<u64>,
 }
 
+impl Saved {
+    /// A thread that has not run yet: it starts at `regs` with FPU state `fpu`.
+    pub(crate) fn fresh(regs: UserRegs, fpu: Vec<u8>) -> Saved {
+        Saved {
+            regs,
+            fpu,
+            restart: false,
+        }
+    }
+}
+
 impl Thread {
     pub(crate) fn new(tid: i64, sigmask: u64) -> Thread {
         Thread {
@@ -228,7 +239,7 @@ fn child_code(status: i32) -> (i32, i32) {
 }
 
 impl ProcTable {
-    fn new_pid(&mut self) -> i64 {
+    pub(crate) fn new_pid(&mut self) -> i64 {
         self.next_pid = self.next_pid.max(1) + 1;
         while self.parked.contains_key(&self.next_pid) || self.threads.contains_key(&self.next_pid)
         {
@@ -238,7 +249,7 @@ impl ProcTable {
     }
 
     /// Tasks (threads and zombies) besides the running thread, as a pids cgroup counts them.
-    fn tasks(&self) -> usize {
+    pub(crate) fn tasks(&self) -> usize {
         self.threads.len() + self.parked.values().filter(|p| p.zombie.is_some()).count()
     }
 
@@ -256,7 +267,7 @@ impl ProcTable {
         self.threads.retain(|_, t| t.pid != pid);
     }
 
-    fn make_runnable(&mut self, tid: i64) {
+    pub(crate) fn make_runnable(&mut self, tid: i64) {
         let Some(t) = self.threads.get_mut(&tid) else {
             return;
         };
@@ -406,6 +417,20 @@ impl ProcTable {
         {
             *addr = to;
         }
+    }
+
+    /// A new runnable thread of process `pid`, last in line.
+    pub(crate) fn add_runnable(&mut self, pid: i64, thread: Thread, saved: Saved) {
+        let tid = thread.tid;
+        self.threads.insert(
+            tid,
+            ParkedThread {
+                pid,
+                thread,
+                state: State::Runnable(saved),
+            },
+        );
+        self.runq.push_back(tid);
     }
 
     /// Puts a thread taken by [`ProcTable::take_next`] back, first in line.
@@ -604,6 +629,11 @@ impl Kernel {
                 if self.t.deliverable().is_some() {
                     return Err(EINTR);
                 }
+                if !self.procs_alone() {
+                    // A process started from outside meanwhile: sleep parked, so it runs.
+                    self.t.sleep_until = end;
+                    return Err(ESLEEP);
+                }
             }
         }
         self.t.sleep_until = m.monotonic_ns().saturating_add(ns);
@@ -636,7 +666,9 @@ impl Kernel {
                 .filter_map(|t| t.state.deadline())
                 .min();
             let socks = self.procs.io_sockets();
-            if earliest.is_none() && socks.is_empty() {
+            // With nothing that could wake a thread, it is a deadlock, unless the platform
+            // may still start a process or send a signal: then wait for that, as Linux would.
+            if earliest.is_none() && socks.is_empty() && (!self.host_requests || m.cancelled()) {
                 return None;
             }
             let now = m.monotonic_ns();
@@ -700,7 +732,9 @@ impl Kernel {
 
     /// Hands signals sent from outside to the container's init: its handler gets them; without
     /// one they are ignored, as Linux ignores what a pid namespace's init has no handler for.
+    /// Then serves the platform's other requests (processes to start, signals for them).
     pub(crate) fn take_host_signals(&mut self, m: &mut dyn Machine) {
+        self.serve_host_requests(m);
         let mut sigs = m.take_host_signals();
         while sigs != 0 {
             let sig = u64::from(sigs.trailing_zeros()) + 1;
@@ -874,6 +908,9 @@ impl Kernel {
     /// Loads the now-current thread's saved state into the machine, running a pending
     /// signal's handler first.
     fn resume(&mut self, m: &mut dyn Machine, saved: Saved) -> SyscallOutcome {
+        if let Some(sig) = self.doomed_now() {
+            return self.exit_process(m, sig);
+        }
         let space = self.space(m);
         m.space_switch(space);
         if let Err(e) = m.set_fpu_state(&saved.fpu) {
@@ -1183,6 +1220,8 @@ impl Kernel {
         self.reparent_orphans(me);
         self.release_vfork_parent();
         self.child_changed(self.p.ppid, me, status);
+        // Told now: the next thread to run may be a while coming.
+        let outside = self.tell_outside(m, me, status);
         let Some(next) = self.next_runnable(m) else {
             tracing::error!(pid = me, "no process left to run after an exit");
             return SyscallOutcome::Exit(125);
@@ -1194,7 +1233,9 @@ impl Kernel {
         if !borrowed {
             m.space_release(old_space);
         }
-        if let Some(p) = self.procs.parked.get_mut(&me) {
+        if outside {
+            self.procs.parked.remove(&me); // reaped: no parent in the container waits
+        } else if let Some(p) = self.procs.parked.get_mut(&me) {
             p.zombie = Some(status);
         }
         outcome
@@ -1446,51 +1487,10 @@ impl Kernel {
         envp_va: u64,
     ) -> Result<SyscallOutcome, i64> {
         let path = self.at_path(m, dirfd, path_va)?;
-        let mut argv = read_string_array(m, argv_va)?;
+        let argv = read_string_array(m, argv_va)?;
         let envp = read_string_array(m, envp_va)?;
-        let mut exe = path.clone();
-        let mut image = self.read_image(m, &path)?;
-        if let Some((interp, arg)) = shebang(&image) {
-            let script = String::from_utf8_lossy(&path).into_owned();
-            let mut new_argv = vec![interp.clone()];
-            new_argv.extend(arg);
-            new_argv.push(script);
-            new_argv.extend(argv.into_iter().skip(1));
-            argv = new_argv;
-            exe = interp.into_bytes();
-            image = self.read_image(m, &exe)?;
-        }
-        if argv.is_empty() {
-            // Linux gives argv[0] = "" to a program started without arguments.
-            argv.push(String::new());
-        }
         let old_space = self.space(m);
-        let new_space = m.space_new()?;
-        m.space_switch(new_space);
-        // A dynamically linked program starts in its interpreter, read from the root too.
-        let interp = match crate::elf::interpreter(&image) {
-            Ok(Some(path)) => Some(self.read_image(m, path.as_bytes())?),
-            Ok(None) => None,
-            Err(_) => return Err(ENOEXEC),
-        };
-        let loaded = match crate::elf::load(
-            m,
-            &image,
-            interp.as_deref().map(|v| v.as_slice()),
-            &argv,
-            &envp,
-        ) {
-            Ok(l) => l,
-            Err(e) => {
-                m.space_switch(old_space);
-                m.space_release(new_space);
-                tracing::debug!(path = %String::from_utf8_lossy(&exe), "exec: {e}");
-                return Err(match e {
-                    crate::ElfError::Memory(_) => ENOMEM,
-                    _ => ENOEXEC,
-                });
-            }
-        };
+        let (loaded, exe, new_space) = self.load_program(m, path, argv, &envp)?;
         if !std::mem::take(&mut self.p.borrowed_space) {
             m.space_release(old_space);
         }
@@ -1515,6 +1515,57 @@ impl Kernel {
         Ok(SyscallOutcome::Resume)
     }
 
+    /// Loads the program at `path` (a `#!` script through its interpreter, a dynamically
+    /// linked one with its own) into a new address space with `argv` and `envp`, and leaves
+    /// that space current: (where it starts, the program's path, the space). On an error the
+    /// current space is as it was.
+    pub(crate) fn load_program(
+        &mut self,
+        m: &mut dyn Machine,
+        path: Vec<u8>,
+        mut argv: Vec<String>,
+        envp: &[String],
+    ) -> Result<(crate::Loaded, Vec<u8>, SpaceId), i64> {
+        let mut exe = path.clone();
+        let mut image = self.read_image(m, &path)?;
+        if let Some((interp, arg)) = shebang(&image) {
+            let script = String::from_utf8_lossy(&path).into_owned();
+            let mut new_argv = vec![interp.clone()];
+            new_argv.extend(arg);
+            new_argv.push(script);
+            new_argv.extend(argv.into_iter().skip(1));
+            argv = new_argv;
+            exe = interp.into_bytes();
+            image = self.read_image(m, &exe)?;
+        }
+        if argv.is_empty() {
+            // Linux gives argv[0] = "" to a program started without arguments.
+            argv.push(String::new());
+        }
+        // A dynamically linked program starts in its interpreter, read from the root too.
+        let interp = match crate::elf::interpreter(&image) {
+            Ok(Some(path)) => Some(self.read_image(m, path.as_bytes())?),
+            Ok(None) => None,
+            Err(_) => return Err(ENOEXEC),
+        };
+        let old_space = self.space(m);
+        let new_space = m.space_new()?;
+        m.space_switch(new_space);
+        let interp = interp.as_deref().map(|v| v.as_slice());
+        match crate::elf::load(m, &image, interp, &argv, envp) {
+            Ok(loaded) => Ok((loaded, exe, new_space)),
+            Err(e) => {
+                m.space_switch(old_space);
+                m.space_release(new_space);
+                tracing::debug!(path = %String::from_utf8_lossy(&exe), "exec: {e}");
+                Err(match e {
+                    crate::ElfError::Memory(_) => ENOMEM,
+                    _ => ENOEXEC,
+                })
+            }
+        }
+    }
+
     /// What `sig` does to `proc` when it has no handler for it (SIG_IGN: nothing, but for
     /// SIGKILL and SIGSTOP, which can be neither caught nor ignored).
     fn default_action(proc: &Proc, sig: u64) -> DefaultAction {
@@ -1533,6 +1584,38 @@ impl Kernel {
             s if STOPS.contains(&s) => DefaultAction::Stop,
             _ => DefaultAction::Terminate,
         }
+    }
+
+    /// `sig` for process `pid`: its handler runs, or its default action is taken. True when
+    /// that action ends the running process, which the caller then does.
+    pub(crate) fn signal_process(
+        &mut self,
+        m: &mut dyn Machine,
+        pid: i64,
+        sig: u64,
+        info: crate::signal::SigInfo,
+    ) -> bool {
+        let Some(proc) = self.proc_of(pid) else {
+            return false;
+        };
+        let (handler, action) = (
+            crate::signal::has_handler(proc, sig),
+            Self::default_action(proc, sig),
+        );
+        if sig == SIGCONT {
+            self.continue_process(pid); // even with a handler, which then runs
+        }
+        if handler {
+            self.post_signal(pid, sig, info);
+            return false;
+        }
+        match action {
+            DefaultAction::Terminate if pid == self.p.pid => return true,
+            DefaultAction::Terminate => self.kill_parked(m, pid, sig as i32),
+            DefaultAction::Stop => self.stop_process(pid, sig),
+            DefaultAction::Ignore | DefaultAction::Continue => {}
+        }
+        false
     }
 
     /// Stops process `pid` (a stop signal's default action): its threads run no more until
@@ -1615,35 +1698,21 @@ impl Kernel {
         }
         // Others first: the caller may be among the dead, or stopped.
         pids.sort_by_key(|p| *p == me);
+        let info = crate::signal::SigInfo {
+            code: 0, // SI_USER
+            pid: me,
+            status: 0,
+            addr: 0,
+        };
         for pid in pids {
-            let Some(proc) = self.proc_of(pid) else {
-                continue;
-            };
-            let (handler, action) = (
-                crate::signal::has_handler(proc, sig),
-                Self::default_action(proc, sig),
-            );
+            let handler = self
+                .proc_of(pid)
+                .is_some_and(|p| crate::signal::has_handler(p, sig));
             if pid == 1 && me != 1 && !handler {
                 continue; // init without a handler ignores what its namespace sends it
             }
-            if sig == SIGCONT {
-                self.continue_process(pid); // even with a handler, which then runs
-            }
-            if handler {
-                let info = crate::signal::SigInfo {
-                    code: 0, // SI_USER
-                    pid: me,
-                    status: 0,
-                    addr: 0,
-                };
-                self.post_signal(pid, sig, info);
-                continue;
-            }
-            match action {
-                DefaultAction::Terminate if pid == me => return self.exit_process(m, sig as i32),
-                DefaultAction::Terminate => self.kill_parked(m, pid, sig as i32),
-                DefaultAction::Stop => self.stop_process(pid, sig),
-                DefaultAction::Ignore | DefaultAction::Continue => {}
+            if self.signal_process(m, pid, sig, info) {
+                return self.exit_process(m, sig as i32);
             }
         }
         if self.procs.stopped.contains(&me) {
@@ -1743,6 +1812,9 @@ impl Kernel {
         );
         // A vfork parent of it may go on; a waiting parent learns of it.
         self.child_changed(ppid, pid, status);
+        if self.tell_outside(m, pid, status) {
+            self.procs.parked.remove(&pid);
+        }
     }
 
     /// setpgid(2): the running process or a child of it.

@@ -315,6 +315,12 @@ pub struct Kernel {
     io_timeout_ms: Option<i64>,
     /// Descriptors sent over socket pairs and not yet received.
     pub(crate) in_flight: crate::unix::InFlight,
+    /// Processes started from outside (exec), with their request ids.
+    pub(crate) outside: std::collections::BTreeMap<i64, u64>,
+    /// A process killed from outside while it was running: (pid, signal).
+    pub(crate) doomed: Option<(i64, i32)>,
+    /// The platform may send requests ([`Kernel::accept_host_requests`]).
+    pub(crate) host_requests: bool,
 }
 
 impl Kernel {
@@ -342,6 +348,9 @@ impl Kernel {
             io_wants: Vec::new(),
             io_timeout_ms: None,
             in_flight: Default::default(),
+            outside: Default::default(),
+            doomed: None,
+            host_requests: false,
         }
     }
 
@@ -464,7 +473,7 @@ impl Kernel {
         m: &mut dyn Machine,
         call: SyscallArgs,
     ) -> Option<SyscallOutcome> {
-        if self.procs_alone() {
+        if self.procs_alone() && !self.host_requests {
             self.t.io_until = None;
             return None;
         }
@@ -513,6 +522,9 @@ impl Kernel {
     pub fn syscall(&mut self, m: &mut dyn Machine, call: SyscallArgs) -> SyscallOutcome {
         if !self.nowait {
             self.take_host_signals(m);
+            if let Some(sig) = self.doomed_now() {
+                return self.exit_process(m, sig);
+            }
             if self.waits_on_sockets(&call) && self.t.deliverable().is_none() {
                 if let Some(out) = self.serve_socket_wait(m, call) {
                     return out;

@@ -3,6 +3,7 @@
 //! ([`rootfs`]) and OCI bundles ([`bundle`]); each exit is served by qkernel.
 
 pub mod bundle;
+pub mod exec;
 pub mod memory;
 pub mod net;
 pub mod oci;
@@ -149,6 +150,12 @@ impl Booted {
         self.vm
             .attach_net(net::NetSetup::Pod { netns: own }, self.memory)
             .context("taking over the interface configured in the container's namespace")
+    }
+
+    /// Lets the runtime start processes in the container (`exec`) through a socket at `path`.
+    pub fn serve_exec(&mut self, path: &Path) -> anyhow::Result<()> {
+        self.kernel.accept_host_requests();
+        exec::listen(path, self.vm.host_queue())
     }
 
     /// Runs the program to its end.

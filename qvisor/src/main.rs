@@ -120,15 +120,36 @@ enum Cmd {
     },
     /// Run a new process in a running container.
     Exec {
+        /// The process as OCI `process` JSON (else ARGS with the container's defaults).
         #[arg(long, short)]
         process: Option<PathBuf>,
         #[arg(long, short)]
         detach: bool,
         #[arg(long)]
         pid_file: Option<PathBuf>,
+        /// Allocate a terminal (not supported yet).
+        #[arg(long, short)]
+        tty: bool,
+        /// Working directory in the container.
+        #[arg(long)]
+        cwd: Option<String>,
+        /// Extra environment (NAME=VALUE), repeatable.
+        #[arg(long, short)]
+        env: Vec<String>,
+        /// Accepted for runc compatibility (with --tty only).
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
         id: String,
-        #[arg(trailing_var_arg = true)]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Waits for a process `exec` started (started by exec).
+    #[command(hide = true)]
+    ExecProxy {
+        #[arg(long)]
+        sync_fd: i32,
+        id: String,
+        spec: String,
     },
     /// Stop the container's vCPU and network stack.
     Pause { id: String },
@@ -287,13 +308,32 @@ fn dispatch(g: &Global, cmd: Cmd) -> anyhow::Result<i32> {
             id,
             ps_args,
         } => print(oci::ps(g, &id, format == "json", &ps_args)),
-        Cmd::Exec { id, .. } => {
-            oci::state(g, &id)?;
-            anyhow::bail!(
-                "exec: starting a process in running container {id} from outside is not \
-                 supported yet (socket and console waits do not let other processes run yet)"
-            )
+        Cmd::Exec {
+            process,
+            detach,
+            pid_file,
+            tty,
+            cwd,
+            env,
+            console_socket,
+            id,
+            args,
+        } => {
+            if console_socket.is_some() && !tty {
+                anyhow::bail!("cannot use console socket if runc will not detach or allocate tty");
+            }
+            let opts = oci::exec::ExecOptions {
+                process,
+                detach,
+                pid_file,
+                tty,
+                cwd,
+                env,
+                args,
+            };
+            oci::exec::exec(g, &id, &opts)
         }
+        Cmd::ExecProxy { sync_fd, spec, .. } => Ok(oci::exec::proxy(sync_fd, &spec)),
         Cmd::Pause { id } => oci::pause(g, &id).map(|()| 0),
         Cmd::Resume { id } => oci::resume(g, &id).map(|()| 0),
         Cmd::Events {
@@ -342,11 +382,12 @@ fn main() -> ExitCode {
         eprintln!("qvisor: {e:#}");
         return ExitCode::from(1);
     }
-    // runc's commands fail with 1; `launch` with 125, apart from any status of the app.
-    let error_code = if matches!(cli.cmd, Cmd::Launch { .. }) {
-        125
-    } else {
-        1
+    // runc's commands fail with 1, but exec with 255 (any other code is the process's);
+    // `launch` with 125, apart from any status of the app.
+    let error_code = match cli.cmd {
+        Cmd::Launch { .. } => 125,
+        Cmd::Exec { .. } => 255,
+        _ => 1,
     };
     match dispatch(&g, cli.cmd) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

@@ -214,6 +214,12 @@ impl RootFs {
             return Err(EROFS);
         }
         let fd = self.resolve(path, flags, mode)?;
+        self.adopt(fd)
+    }
+
+    /// Makes a descriptor the runtime opened (an exec'd process's stdio) a file the guest
+    /// can use.
+    pub fn adopt(&mut self, fd: OwnedFd) -> Result<HostFile, i64> {
         let slot = match self.files.iter().position(Option::is_none) {
             Some(i) => i,
             None if self.files.len() < MAX_OPEN => {

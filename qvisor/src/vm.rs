@@ -196,6 +196,57 @@ pub struct Core {
     kernel: Option<Kernel>,
     /// The Vm's stop flag (see `Vm::cancel`): ends sleeps early.
     cancel: Arc<AtomicBool>,
+    /// Requests from outside for the kernel, and who waits for their events.
+    host: Arc<HostQueue>,
+    /// The vCPU's FPU state before the app ran: what a new program starts with.
+    initial_fpu: Vec<u8>,
+}
+
+/// A request from outside the container, as the runtime sends it.
+pub enum HostRequest {
+    /// Start a process (exec) with these descriptors as its stdin, stdout and stderr.
+    Spawn {
+        spec: qkernel::SpawnRequest,
+        stdio: [std::os::fd::OwnedFd; 3],
+    },
+    Signal {
+        pid: i64,
+        sig: i32,
+    },
+}
+
+/// Requests from outside the container (exec) on their way to qkernel, and the events it
+/// reports back, each to the waiter of its request. Apart from [`Core`], whose lock a call
+/// that waits holds, so a request never waits for the app.
+#[derive(Default)]
+pub struct HostQueue {
+    requests: Mutex<std::collections::VecDeque<HostRequest>>,
+    waiters: Mutex<std::collections::BTreeMap<u64, std::sync::mpsc::Sender<qkernel::HostEvent>>>,
+}
+
+/// Set while requests wait in a [`HostChannel`]: sleeps end, the vCPU is kicked.
+static HOST_REQUESTS: AtomicBool = AtomicBool::new(false);
+/// The vCPU thread of the running Vm (0: none), to kick it out of the guest.
+static VCPU_THREAD: AtomicU64 = AtomicU64::new(0);
+
+/// Queues `request` for qkernel and gets the vCPU to look at it soon; events about it go to
+/// `events` (for a spawn: keyed by its id).
+pub fn send_host_request(
+    host: &HostQueue,
+    request: HostRequest,
+    events: Option<(u64, std::sync::mpsc::Sender<qkernel::HostEvent>)>,
+) {
+    if let Some((id, tx)) = events {
+        lock(&host.waiters).insert(id, tx);
+    }
+    lock(&host.requests).push_back(request);
+    HOST_REQUESTS.store(true, Ordering::SeqCst);
+    let thread = VCPU_THREAD.load(Ordering::SeqCst);
+    if thread != 0 {
+        // SAFETY: the id of the vCPU thread, set while it runs the Vm (cleared before it
+        // leaves run); the kick handler is installed then.
+        unsafe { libc::pthread_kill(thread as libc::pthread_t, KICK_SIGNAL) };
+    }
 }
 
 /// What serving a syscall on the vCPU thread gave.
@@ -224,6 +275,8 @@ fn with_kernel<R>(
         net,
         kernel,
         cancel,
+        host,
+        initial_fpu,
     } = &mut *guard;
     let kernel = kernel.as_mut()?;
     let mut machine = GuestMachine {
@@ -235,6 +288,7 @@ fn with_kernel<R>(
         regs,
         resume: None,
         vcpu,
+        host: Some((host, initial_fpu)),
     };
     let r = f(kernel, &mut machine)?;
     let out = GuestOutput {
@@ -430,6 +484,9 @@ struct GuestMachine<'a> {
     resume: Option<UserRegs>,
     /// The vCPU, for its FPU state (vCPU thread only: the polled path never switches).
     vcpu: Option<&'a VcpuFd>,
+    /// Requests from outside and the initial FPU state (none while loading the first
+    /// program).
+    host: Option<(&'a HostQueue, &'a [u8])>,
 }
 
 /// Size of the legacy XSAVE area KVM_GET_XSAVE fills (XCR0 = x87|SSE|AVX needs 832 bytes).
@@ -514,13 +571,23 @@ impl Machine for GuestMachine<'_> {
         // In slices, so a container stopped from outside does not finish its sleep first.
         const SLICE: Duration = Duration::from_millis(50);
         let end = std::time::Instant::now() + Duration::from_nanos(ns);
-        // A host signal for the guest ends the sleep too: the kernel looks at it.
-        while !self.cancel.load(Ordering::Relaxed) && HOST_SIGNALS.load(Ordering::Relaxed) == 0 {
+        // A host signal or request for the guest ends the sleep too: the kernel looks at it.
+        while !self.cancel.load(Ordering::Relaxed)
+            && HOST_SIGNALS.load(Ordering::Relaxed) == 0
+            && !HOST_REQUESTS.load(Ordering::Relaxed)
+        {
             let left = end.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 return;
             }
-            std::thread::sleep(left.min(SLICE));
+            let slice = left.min(SLICE);
+            let ts = libc::timespec {
+                tv_sec: slice.as_secs() as libc::time_t,
+                tv_nsec: slice.subsec_nanos() as libc::c_long,
+            };
+            // SAFETY: a valid timespec; no remainder wanted. Not std's sleep, which sleeps on
+            // after a signal: a kick (a request from outside) ends this one at once.
+            unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
         }
     }
     fn user_regs(&self) -> UserRegs {
@@ -530,9 +597,73 @@ impl Machine for GuestMachine<'_> {
         self.resume = Some(*regs);
     }
     fn fpu_state(&mut self) -> Result<Vec<u8>, i64> {
-        let vcpu = self.vcpu.ok_or(38i64)?;
-        let x = vcpu.get_xsave().map_err(|e| e.errno() as i64)?;
-        Ok(x.region.iter().flat_map(|w| w.to_le_bytes()).collect())
+        xsave_bytes(self.vcpu.ok_or(38i64)?)
+    }
+    fn fpu_initial(&self) -> Result<Vec<u8>, i64> {
+        match self.host {
+            Some((_, fpu)) if !fpu.is_empty() => Ok(fpu.to_vec()),
+            _ => Err(38),
+        }
+    }
+    fn take_host_requests(&mut self) -> Vec<qkernel::HostRequest> {
+        let Some((host, _)) = self.host else {
+            return Vec::new();
+        };
+        HOST_REQUESTS.store(false, Ordering::SeqCst);
+        let pending: Vec<HostRequest> = lock(&host.requests).drain(..).collect();
+        let mut out = Vec::new();
+        for request in pending {
+            match request {
+                HostRequest::Signal { pid, sig } => {
+                    out.push(qkernel::HostRequest::Signal { pid, sig })
+                }
+                HostRequest::Spawn { mut spec, stdio } => {
+                    // The descriptors become files of the root's table, as the guest uses.
+                    let mut files = Vec::new();
+                    for fd in stdio {
+                        match self.rootfs.adopt(fd) {
+                            Ok(f) => files.push(f),
+                            Err(errno) => {
+                                for f in files.drain(..) {
+                                    self.rootfs.close(f);
+                                }
+                                let id = spec.id;
+                                self.host_event(qkernel::HostEvent::Started {
+                                    id,
+                                    pid: Err(errno),
+                                });
+                                break;
+                            }
+                        }
+                    }
+                    if let [a, b, c] = files[..] {
+                        spec.stdio = [a, b, c];
+                        out.push(qkernel::HostRequest::Spawn(spec));
+                    }
+                }
+            }
+        }
+        out
+    }
+    fn host_event(&mut self, event: qkernel::HostEvent) {
+        let Some((host, _)) = self.host else {
+            return;
+        };
+        let (id, last) = match event {
+            qkernel::HostEvent::Started { id, pid } => (id, pid.is_err()),
+            qkernel::HostEvent::Exited { id, .. } => (id, true),
+        };
+        let tx = {
+            let mut waiters = lock(&host.waiters);
+            if last {
+                waiters.remove(&id)
+            } else {
+                waiters.get(&id).cloned()
+            }
+        };
+        if let Some(tx) = tx {
+            let _ = tx.send(event); // a waiter gone away has nothing to learn
+        }
     }
     fn set_fpu_state(&mut self, state: &[u8]) -> Result<(), i64> {
         let vcpu = self.vcpu.ok_or(38i64)?;
@@ -728,6 +859,17 @@ impl Machine for GuestMachine<'_> {
     }
 }
 
+/// A lock that a thread panicking while it held it does not poison for the others.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The vCPU's XSAVE area as bytes (what qkernel keeps as a thread's FPU state).
+fn xsave_bytes(vcpu: &VcpuFd) -> Result<Vec<u8>, i64> {
+    let x = vcpu.get_xsave().map_err(|e| e.errno() as i64)?;
+    Ok(x.region.iter().flat_map(|w| w.to_le_bytes()).collect())
+}
+
 fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -843,6 +985,8 @@ impl Vm {
                 net,
                 kernel: None,
                 cancel: cancel.clone(),
+                host: Arc::new(HostQueue::default()),
+                initial_fpu: Vec::new(),
             })),
             polled,
             exits: 0,
@@ -898,6 +1042,15 @@ impl Vm {
         Ok(())
     }
 
+    /// Where requests from outside (exec) go.
+    pub fn host_queue(&self) -> Arc<HostQueue> {
+        self.core
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .host
+            .clone()
+    }
+
     /// Lets qkernel work on the machine outside of a run (loading the program).
     pub fn with_machine<R>(&mut self, f: impl FnOnce(&mut dyn Machine) -> R) -> R {
         let mut guard = self.core.lock().unwrap_or_else(|p| p.into_inner());
@@ -916,13 +1069,19 @@ impl Vm {
             regs: UserRegs::default(),
             resume: None,
             vcpu: None,
+            host: None,
         };
         f(&mut machine)
     }
 
     /// Runs the app from `entry` with stack `sp` until it exits or is killed.
     pub fn run(&mut self, kernel: Kernel, entry: u64, sp: u64) -> anyhow::Result<Stop> {
-        self.core.lock().unwrap_or_else(|p| p.into_inner()).kernel = Some(kernel);
+        {
+            let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+            core.kernel = Some(kernel);
+            // Before the app runs, the vCPU's FPU is in its reset state.
+            core.initial_fpu = xsave_bytes(&self.vcpu).unwrap_or_default();
+        }
         {
             let s = self.vcpu.sync_regs_mut();
             s.regs = Default::default();
@@ -965,7 +1124,9 @@ impl Vm {
             // the timer is joined before the thread leaves run.
             unsafe { libc::pthread_kill(me, KICK_SIGNAL) };
         });
+        VCPU_THREAD.store(me as u64, Ordering::SeqCst);
         let stop = self.run_loop(poller.as_ref());
+        VCPU_THREAD.store(0, Ordering::SeqCst);
         drop(timer);
         drop(poller);
         IMMEDIATE_EXIT.store(std::ptr::null_mut(), Ordering::SeqCst);
@@ -997,7 +1158,9 @@ impl Vm {
                     // A kick: stop and poller exits are looked at on top of the loop; the
                     // timer's asks for a switch to another process.
                     self.vcpu.set_kvm_immediate_exit(0);
-                    if HOST_SIGNALS.load(Ordering::SeqCst) != 0 {
+                    if HOST_SIGNALS.load(Ordering::SeqCst) != 0
+                        || HOST_REQUESTS.load(Ordering::SeqCst)
+                    {
                         // A signal for the guest: the in-flight call (if the app is in the
                         // stub) goes to the vCPU thread, which hands it over at its end.
                         PREEMPT_REQUESTED.store(true, Ordering::SeqCst);

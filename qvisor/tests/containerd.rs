@@ -98,20 +98,12 @@ fn containerd_runs_busybox_through_qvisor_as_through_runc() {
         c.wait_task(&id, "PAUSED");
         c.ok(&["task", "resume", &id]);
         c.wait_task(&id, "RUNNING");
+        // exec: the shim runs `exec --process F --detach --pid-file P` and waits on that pid.
         let exec = c.ctr(&["task", "exec", "--exec-id", "e1", &id, "echo", "exec-ok"]);
-        if runtime == "runc" {
-            assert_eq!(stdout(&exec), "exec-ok\n", "{}", stderr(&exec));
-        } else {
-            // Not yet: a process started from outside (see docs/qvisor.md). A clear refusal that
-            // leaves the task running.
-            assert!(!exec.status.success());
-            assert!(
-                stderr(&exec).contains("not supported yet"),
-                "{}",
-                stderr(&exec)
-            );
-            assert_eq!(c.task_status(&id), "RUNNING");
-        }
+        assert_eq!(stdout(&exec), "exec-ok\n", "{runtime}: {}", stderr(&exec));
+        let exec = c.ctr(&["task", "exec", "--exec-id", "e2", &id, "sh", "-c", "exit 3"]);
+        assert_eq!(exec.status.code(), Some(3), "{runtime}: {}", stderr(&exec));
+        assert_eq!(c.task_status(&id), "RUNNING", "{runtime}");
         // SIGKILL: runc's container init ignores a SIGTERM it has no handler for.
         c.ok(&["task", "kill", "--signal", "KILL", &id]);
         c.wait_task(&id, "STOPPED");

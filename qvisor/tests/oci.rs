@@ -599,15 +599,97 @@ fn bad_input_is_a_clear_error_that_leaves_nothing() {
         "{}",
         stderr(&o)
     );
-    // exec is not there yet: a clear refusal, and the container is untouched.
+    // exec needs a running container: a clear refusal, and the container is untouched.
     let o = rt.cmd(&["exec", &id, "busybox", "true"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("not supported yet"), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(255));
+    assert!(
+        stderr(&o).contains("cannot exec in a created container"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(rt.status(&id), "created");
     rt.ok(&["delete", &id]);
 
     let features: Value = serde_json::from_str(&rt.ok(&["features"])).unwrap();
     assert_eq!(features["ociVersionMin"], "1.0.0");
+}
+
+#[test]
+fn exec_starts_processes_in_the_running_container_like_runc() {
+    for rt in [Runtime::runc(), Runtime::qvisor()] {
+        let id = unique_id("exec");
+        let b = Bundle::new(&["busybox", "sleep", "60"], |spec| {
+            spec["process"]["env"] = serde_json::json!(["PATH=/bin", "FROM_SPEC=yes"]);
+            spec["process"]["cwd"] = "/bin".into();
+        });
+        rt.ok(&["create", "--bundle", b.path(), &id]);
+        rt.ok(&["start", &id]);
+        let name = rt.bin;
+        // Args with the container's own process as defaults: env, cwd.
+        let out = rt.ok(&["exec", &id, "sh", "-c", "echo $FROM_SPEC $(busybox pwd)"]);
+        assert_eq!(out, "yes /bin\n", "{name}");
+        let o = rt.cmd(&[
+            "exec",
+            "--env",
+            "EXTRA=1",
+            &id,
+            "sh",
+            "-c",
+            "echo $EXTRA; exit 7",
+        ]);
+        assert_eq!(
+            (o.status.code(), stdout(&o).as_str()),
+            (Some(7), "1\n"),
+            "{name}"
+        );
+        // A process JSON, as containerd's shim passes it.
+        let process = b.dir.join("process.json");
+        std::fs::write(
+            &process,
+            r#"{"args":["sh","-c","echo $P; busybox pwd"],"env":["P=json","PATH=/bin"],"cwd":"/","user":{"uid":0,"gid":0}}"#,
+        )
+        .unwrap();
+        let out = rt.ok(&["exec", "--process", process.to_str().unwrap(), &id]);
+        assert_eq!(out, "json\n/\n", "{name}");
+        // Detached, with a pid file naming what to wait on; a signal to it reaches the process.
+        let pid_file = b.dir.join("exec.pid");
+        rt.ok(&[
+            "exec",
+            "--detach",
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            &id,
+            "busybox",
+            "sleep",
+            "30",
+        ]);
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(pid_alive(pid), "{name}");
+        // SAFETY: kill(2) of the process the runtime named.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let end = Instant::now() + Duration::from_secs(10);
+        while pid_alive(pid) {
+            assert!(
+                Instant::now() < end,
+                "{name}: the exec'd process outlived SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // A program the root lacks.
+        let o = rt.cmd(&["exec", &id, "no-such-program"]);
+        assert_ne!(o.status.code(), Some(0), "{name}");
+        assert_eq!(rt.status(&id), "running", "{name}");
+        rt.ok(&["kill", &id, "KILL"]);
+        rt.wait_status(&id, "stopped");
+        let o = rt.cmd(&["exec", &id, "busybox", "true"]);
+        assert_eq!(o.status.code(), Some(255), "{name}: {}", stderr(&o));
+        assert!(stderr(&o).contains("exec failed"), "{name}: {}", stderr(&o));
+        rt.ok(&["delete", &id]);
+    }
 }
 
 #[test]

@@ -38,46 +38,15 @@ fn open_pty() -> anyhow::Result<(OwnedFd, std::ffi::CString)> {
     Ok((master, name))
 }
 
-/// Sends `fd` over `sock` with SCM_RIGHTS, named `name` in the payload (runc sends the pty's
-/// path).
-fn send_fd(sock: &UnixStream, fd: &OwnedFd, name: &[u8]) -> anyhow::Result<()> {
-    let space = {
-        // SAFETY: CMSG_SPACE is a pure computation.
-        unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as usize }
-    };
-    let mut control = vec![0u8; space];
-    let mut iov = libc::iovec {
-        iov_base: name.as_ptr() as *mut libc::c_void,
-        iov_len: name.len(),
-    };
-    // SAFETY: msghdr points at live buffers (iov, control) for the duration of sendmsg; the
-    // cmsg header is written inside `control`, which CMSG_SPACE sized for one int.
-    unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-        msg.msg_controllen = space;
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut libc::c_int, fd.as_raw_fd());
-        check(
-            libc::sendmsg(sock.as_raw_fd(), &msg, 0) as libc::c_int,
-            "sending the pty master",
-        )?;
-    }
-    Ok(())
-}
-
 /// Makes a pty, sends its master to `socket`, and makes its slave this process's controlling
 /// terminal and stdin/stdout/stderr.
 pub fn attach(socket: &Path) -> anyhow::Result<()> {
     let (master, slave_name) = open_pty()?;
     let sock = UnixStream::connect(socket)
         .with_context(|| format!("connecting to the console socket {}", socket.display()))?;
-    send_fd(&sock, &master, slave_name.as_bytes())?;
+    // runc sends the pty's path as the payload.
+    crate::exec::send_with_fds(&sock, slave_name.as_bytes(), &[master.as_raw_fd()])
+        .context("sending the pty master")?;
     drop(master);
     // SAFETY: setsid has no preconditions (fails harmlessly if already a leader); the slave is
     // opened by its NUL-terminated name and becomes our stdio through dup2.

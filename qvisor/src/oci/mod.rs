@@ -5,6 +5,7 @@
 
 pub mod cgroup;
 pub mod console;
+pub mod exec;
 pub mod hooks;
 pub mod log;
 pub mod state;
@@ -172,14 +173,14 @@ fn create_child(g: &Global, id: &str, opts: &CreateOptions) -> anyhow::Result<Ch
     Ok(child)
 }
 
-/// Starts the VMM process (`qvisor vmm`) and waits for its report that the VM is booted.
-fn spawn_vmm(
+/// Starts qvisor itself in `dir` with the global options and the arguments `args` adds (given
+/// the number of a sync pipe's write end, which the child inherits), and reads the first line
+/// the child writes on it (empty if it closes it without one).
+fn spawn_self(
     g: &Global,
-    id: &str,
-    bundle: &Path,
-    console_socket: Option<&Path>,
-    container: &Container,
-) -> anyhow::Result<(Child, Option<Cgroup>)> {
+    dir: &Path,
+    args: impl FnOnce(&mut Command, i32),
+) -> anyhow::Result<(Child, String)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills two descriptors, which we own from here on.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -189,19 +190,12 @@ fn spawn_vmm(
     let (rx, tx) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let exe = std::env::current_exe().context("finding qvisor's own binary")?;
     let mut cmd = Command::new(exe);
-    cmd.args(g.args())
-        .arg("vmm")
-        .arg("--bundle")
-        .arg(bundle)
-        .arg("--sync-fd")
-        .arg(tx.as_raw_fd().to_string());
-    if let Some(s) = console_socket {
-        cmd.arg("--console-socket").arg(s);
-    }
-    cmd.arg(id).current_dir(container.dir());
+    cmd.args(g.args());
+    args(&mut cmd, tx.as_raw_fd());
+    cmd.current_dir(dir);
     let sync = tx.as_raw_fd();
     // SAFETY: between fork and exec only fcntl, which is async-signal-safe, clearing
-    // close-on-exec on the sync pipe so the VMM inherits it.
+    // close-on-exec on the sync pipe so the child inherits it.
     unsafe {
         cmd.pre_exec(move || {
             if libc::fcntl(sync, libc::F_SETFD, 0) != 0 {
@@ -210,10 +204,33 @@ fn spawn_vmm(
             Ok(())
         });
     }
-    let mut child = cmd.spawn().context("starting the VMM process")?;
+    let child = cmd.spawn()?;
     drop(tx);
     let mut line = String::new();
     let _ = std::io::BufReader::new(std::fs::File::from(rx)).read_line(&mut line);
+    Ok((child, line))
+}
+
+/// Starts the VMM process (`qvisor vmm`) and waits for its report that the VM is booted.
+fn spawn_vmm(
+    g: &Global,
+    id: &str,
+    bundle: &Path,
+    console_socket: Option<&Path>,
+    container: &Container,
+) -> anyhow::Result<(Child, Option<Cgroup>)> {
+    let (mut child, line) = spawn_self(g, container.dir(), |cmd, sync_fd| {
+        cmd.arg("vmm")
+            .arg("--bundle")
+            .arg(bundle)
+            .arg("--sync-fd")
+            .arg(sync_fd.to_string());
+        if let Some(s) = console_socket {
+            cmd.arg("--console-socket").arg(s);
+        }
+        cmd.arg(id);
+    })
+    .context("starting the VMM process")?;
     match serde_json::from_str::<Report>(line.trim()) {
         Ok(Report::Ready { cgroup }) => Ok((child, cgroup)),
         Ok(Report::Failed { error }) => {
@@ -304,6 +321,7 @@ pub fn vmm(
     let json = state_json(&record, Status::Running);
     if let Err(e) = hooks::run(spec.hooks().as_ref(), Point::StartContainer, &json)
         .and_then(|()| booted.adopt_configured_interface())
+        .and_then(|()| booted.serve_exec(Path::new(crate::exec::SOCKET)))
     {
         tracing::error!("{e:#}");
         eprintln!("qvisor: {e:#}");

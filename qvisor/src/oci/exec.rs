@@ -1,0 +1,269 @@
+//! `qvisor exec`: a new process in a running container, as runc's `exec` starts one.
+//!
+//! The process lives in the container's VM, not on the host, so what the caller (containerd's
+//! shim) waits for is a proxy: `qvisor exec` starts `qvisor exec-proxy`, which hands the
+//! process and its own stdio to the VMM ([`crate::exec`]), reports that it started, then
+//! forwards the signals it gets and ends as the process ends (same exit code, or killed by the
+//! same signal). Its pid is the one `--pid-file` names; with `--detach` `exec` returns once
+//! the process runs, else it waits for the proxy.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use super::state::{self, Status};
+use super::Global;
+use crate::exec::{send_with_fds, Control, ExecSpec, Reply, SOCKET};
+
+/// `exec`'s options (runc's).
+#[derive(Debug, Clone, Default)]
+pub struct ExecOptions {
+    /// A process JSON (the OCI `process` object); else `args` with the container's defaults.
+    pub process: Option<PathBuf>,
+    pub detach: bool,
+    pub pid_file: Option<PathBuf>,
+    pub tty: bool,
+    pub cwd: Option<String>,
+    pub env: Vec<String>,
+    pub args: Vec<String>,
+}
+
+/// `exec`: starts the process through a proxy; returns the exit code to end with.
+pub fn exec(g: &Global, id: &str, opts: &ExecOptions) -> anyhow::Result<i32> {
+    let container = g.store().open(id)?;
+    let record = container.read()?;
+    match container.status(&record) {
+        Status::Running => {}
+        other => bail!("exec failed: cannot exec in a {} container", other.as_str()),
+    }
+    let spec = exec_spec(&record.bundle, opts)?;
+    let json = serde_json::to_string(&spec)?;
+    let (mut proxy, line) = super::spawn_self(g, container.dir(), |cmd, sync_fd| {
+        cmd.arg("exec-proxy")
+            .arg("--sync-fd")
+            .arg(sync_fd.to_string())
+            .arg(id)
+            .arg(&json);
+    })
+    .context("starting the exec proxy")?;
+    if !line.starts_with("ok ") {
+        let _ = proxy.wait();
+        bail!("exec failed: {}", line.trim());
+    }
+    if let Some(pid_file) = &opts.pid_file {
+        state::write_atomically(pid_file, proxy.id().to_string().as_bytes(), 0o644)?;
+    }
+    if opts.detach {
+        return Ok(0);
+    }
+    let status = proxy.wait().context("waiting for the exec proxy")?;
+    Ok(std::os::unix::process::ExitStatusExt::signal(&status)
+        .map_or_else(|| status.code().unwrap_or(1), |sig| 128 + sig))
+}
+
+/// The process to start: the `--process` JSON, or `args` with the container's own process
+/// (from its bundle) as the defaults for environment, directory and user, as runc does.
+fn exec_spec(bundle: &Path, opts: &ExecOptions) -> anyhow::Result<ExecSpec> {
+    let process: oci_spec::runtime::Process = match &opts.process {
+        Some(path) => {
+            let text =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_slice(&text)
+                .with_context(|| format!("{}: not a valid OCI process", path.display()))?
+        }
+        None => {
+            let (spec, _) = crate::bundle::read(bundle)?;
+            spec.process()
+                .clone()
+                .context("the container's config has no process")?
+        }
+    };
+    if opts.tty || process.terminal().unwrap_or(false) {
+        bail!("exec with a terminal (--tty) is not supported yet");
+    }
+    let args = if opts.process.is_some() {
+        process.args().clone().unwrap_or_default()
+    } else {
+        opts.args.clone()
+    };
+    if args.is_empty() {
+        bail!("exec needs a command to run");
+    }
+    let mut env = process.env().clone().unwrap_or_default();
+    env.extend(opts.env.iter().cloned());
+    let user = process.user();
+    Ok(ExecSpec {
+        args,
+        env,
+        cwd: opts
+            .cwd
+            .clone()
+            .unwrap_or_else(|| process.cwd().to_string_lossy().into_owned()),
+        uid: user.uid(),
+        gid: user.gid(),
+        groups: user.additional_gids().clone().unwrap_or_default(),
+    })
+}
+
+/// Signals the proxy forwards to the process (bit `sig - 1`).
+static FORWARD: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn on_forwarded_signal(sig: libc::c_int) {
+    FORWARD.fetch_or(1 << (sig - 1), Ordering::SeqCst);
+}
+
+/// `exec-proxy` (started by `exec` in the container's state directory): starts `spec_json`'s
+/// process with this process's stdio, writes `ok PID` (or the error) on `sync_fd`, then lives
+/// as long as the process. Returns the exit code (or ends by the process's fatal signal).
+pub fn proxy(sync_fd: i32, spec_json: &str) -> i32 {
+    // SAFETY: the descriptor number `exec` passed us, ours alone from here.
+    let mut sync = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(sync_fd) });
+    let started = start(spec_json);
+    let (conn, lines) = match started {
+        Ok((conn, lines, pid)) => {
+            let _ = writeln!(sync, "ok {pid}");
+            (conn, lines)
+        }
+        Err(e) => {
+            let _ = writeln!(sync, "{e:#}");
+            return 1;
+        }
+    };
+    drop(sync);
+    install_forwarding();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.lines() {
+            let Ok(line) = line else { break };
+            if let Ok(Reply::Exit(status)) = serde_json::from_str(&line) {
+                let _ = tx.send(status);
+                return;
+            }
+        }
+    });
+    let mut out = &conn;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(status) => return end_as(status),
+            // The VMM is gone: the process died with its container.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return 128 + libc::SIGKILL,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        let mut pending = FORWARD.swap(0, Ordering::SeqCst);
+        while pending != 0 {
+            let sig = pending.trailing_zeros() as i32 + 1;
+            pending &= pending - 1;
+            let mut line = serde_json::to_vec(&Control::Signal(sig)).unwrap_or_default();
+            line.push(b'\n');
+            let _ = out.write_all(&line);
+        }
+    }
+}
+
+/// Connects to the VMM, sends the request with this process's stdio, reads the answer:
+/// (the connection, a reader of what follows, the process's pid in the container).
+fn start(spec_json: &str) -> anyhow::Result<(UnixStream, BufReader<UnixStream>, i64)> {
+    let conn = UnixStream::connect(SOCKET)
+        .context("connecting to the container's VMM (is the container running?)")?;
+    let mut request = spec_json.as_bytes().to_vec();
+    request.push(b'\n');
+    send_with_fds(&conn, &request, &[0, 1, 2])?;
+    let mut lines = BufReader::new(conn.try_clone()?);
+    let mut line = String::new();
+    lines.read_line(&mut line)?;
+    match serde_json::from_str::<Reply>(&line) {
+        Ok(Reply::Pid(pid)) => Ok((conn, lines, pid)),
+        Ok(Reply::Error(e)) => bail!("{e}"),
+        _ => bail!("the VMM gave no answer ({:?})", line.trim()),
+    }
+}
+
+/// Forwards the catchable signals a runtime sends an exec'd process.
+fn install_forwarding() {
+    for sig in [
+        libc::SIGHUP,
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGTERM,
+        libc::SIGCONT,
+        libc::SIGTSTP,
+        libc::SIGWINCH,
+        libc::SIGALRM,
+    ] {
+        // SAFETY: a plain sigaction whose handler only does an atomic OR.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_forwarded_signal as *const () as usize;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Ends the proxy as the process ended: its exit code, or its fatal signal.
+fn end_as(status: i32) -> i32 {
+    let sig = status & 0x7f;
+    if sig == 0 {
+        return (status >> 8) & 0xff;
+    }
+    // SAFETY: back to the default action, then the signal to ourselves: the caller's wait
+    // sees the same death as the process's.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        libc::kill(libc::getpid(), sig);
+    }
+    128 + sig
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_json_gives_args_env_cwd_and_user() {
+        let dir = std::env::temp_dir().join(format!("qvisor-exec-spec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("process.json");
+        std::fs::write(
+            &file,
+            r#"{"args":["sh","-c","id"],"env":["A=1"],"cwd":"/tmp","user":{"uid":5,"gid":6}}"#,
+        )
+        .unwrap();
+        let opts = ExecOptions {
+            process: Some(file),
+            ..Default::default()
+        };
+        let spec = exec_spec(&dir, &opts).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(spec.args, ["sh", "-c", "id"]);
+        assert_eq!(spec.env, ["A=1"]);
+        assert_eq!((spec.cwd.as_str(), spec.uid, spec.gid), ("/tmp", 5, 6));
+    }
+
+    #[test]
+    fn a_terminal_is_refused_with_a_clear_error() {
+        let dir = std::env::temp_dir().join(format!("qvisor-exec-tty-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("process.json");
+        std::fs::write(
+            &file,
+            r#"{"terminal":true,"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}}"#,
+        )
+        .unwrap();
+        let opts = ExecOptions {
+            process: Some(file),
+            ..Default::default()
+        };
+        let err = exec_spec(&dir, &opts).unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(format!("{err:#}").contains("--tty"), "{err:#}");
+    }
+}
