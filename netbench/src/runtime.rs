@@ -1,7 +1,8 @@
 //! The runtime suite: what a container costs before any network traffic. Start-to-exit time
 //! of `busybox true` under qvisor and under Debian's runc on the same bundle (alternating), the
-//! host memory (PSS) of running containers, and the cost of a guest syscall and page touch
-//! next to the same program run natively.
+//! host memory (PSS) of running containers, the cost of a guest syscall and page touch next
+//! to the same program run natively, fork+exec in a shell loop, and `exec` of a process into
+//! a running container.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -333,5 +334,62 @@ pub fn suite(runs: usize) -> anyhow::Result<Vec<Figure>> {
         median(&mut q),
         median(&mut r),
     ));
+    figures.push(exec_figure(&bundle, runs)?);
     Ok(figures)
+}
+
+/// (e) `exec ID /bin/true` into a running container (busybox sleep), start to exit, each
+/// runtime with a state root of its own, alternating.
+fn exec_figure(bundle: &Bundle, runs: usize) -> anyhow::Result<Figure> {
+    bundle.set_args(&["/bin/sleep", "600"])?;
+    let id = format!("nb-exec-{}", std::process::id());
+    let runtimes = [qvisor(), PathBuf::from("runc")];
+    let roots: Vec<PathBuf> = ["qvisor", "runc"]
+        .iter()
+        .map(|n| std::env::temp_dir().join(format!("netbench-exec-{n}-{}", std::process::id())))
+        .collect();
+    let cmd = |rt: usize, args: &[&str]| {
+        let mut c = Command::new(&runtimes[rt]);
+        c.arg("--root").arg(&roots[rt]).args(args);
+        c
+    };
+    let bundle_dir = bundle.dir.to_string_lossy().into_owned();
+    let mut times = [Vec::new(), Vec::new()];
+    let result = (|| {
+        for rt in 0..2 {
+            // Not through pipes: the container keeps the descriptors create gave it.
+            for args in [&["create", "--bundle", &bundle_dir, &id][..], &["start", &id]] {
+                let status = cmd(rt, args)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()?;
+                if !status.success() {
+                    bail!("{:?} {args:?}: {status}", runtimes[rt]);
+                }
+            }
+        }
+        for i in 0..runs.max(5) {
+            eprint!("\rnetbench runtime: exec {}/{}", i + 1, runs.max(5));
+            for (rt, t) in times.iter_mut().enumerate() {
+                let took = timed(&mut cmd(rt, &["exec", &id, "/bin/true"]))?;
+                t.push(took.as_secs_f64() * 1e3);
+            }
+        }
+        eprintln!();
+        Ok::<_, anyhow::Error>(())
+    })();
+    for rt in 0..2 {
+        let _ = cmd(rt, &["delete", "--force", &id]).output();
+        let _ = std::fs::remove_dir_all(&roots[rt]);
+    }
+    result?;
+    let [mut q, mut r] = times;
+    Ok(Figure::new(
+        "exec /bin/true into a running container (start to exit)",
+        "median",
+        "ms",
+        median(&mut q),
+        median(&mut r),
+    ))
 }
