@@ -356,16 +356,19 @@ fn exec_figure(bundle: &Bundle, runs: usize) -> anyhow::Result<Figure> {
     let bundle_dir = bundle.dir.to_string_lossy().into_owned();
     let mut times = [Vec::new(), Vec::new()];
     let result = (|| {
-        for rt in 0..2 {
+        for (rt, runtime) in runtimes.iter().enumerate() {
             // Not through pipes: the container keeps the descriptors create gave it.
-            for args in [&["create", "--bundle", &bundle_dir, &id][..], &["start", &id]] {
+            for args in [
+                &["create", "--bundle", &bundle_dir, &id][..],
+                &["start", &id],
+            ] {
                 let status = cmd(rt, args)
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .status()?;
                 if !status.success() {
-                    bail!("{:?} {args:?}: {status}", runtimes[rt]);
+                    bail!("{runtime:?} {args:?}: {status}");
                 }
             }
         }
@@ -379,9 +382,9 @@ fn exec_figure(bundle: &Bundle, runs: usize) -> anyhow::Result<Figure> {
         eprintln!();
         Ok::<_, anyhow::Error>(())
     })();
-    for rt in 0..2 {
+    for (rt, root) in roots.iter().enumerate() {
         let _ = cmd(rt, &["delete", "--force", &id]).output();
-        let _ = std::fs::remove_dir_all(&roots[rt]);
+        let _ = std::fs::remove_dir_all(root);
     }
     result?;
     let [mut q, mut r] = times;

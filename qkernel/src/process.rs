@@ -826,7 +826,7 @@ impl Kernel {
     }
 
     /// Registers that run the current call again when the thread resumes.
-    fn restart_regs(m: &dyn Machine) -> UserRegs {
+    pub(crate) fn restart_regs(m: &dyn Machine) -> UserRegs {
         let mut r = m.user_regs();
         r.rip = r.rip.wrapping_sub(2); // back onto the `syscall` instruction
         r

@@ -477,6 +477,46 @@ impl Kernel {
             self.t.io_until = None;
             return None;
         }
+        loop {
+            let (socks, until) = match self.try_socket_call(m, call) {
+                Ok(out) => return out,
+                Err(wait) => wait,
+            };
+            if !self.procs_alone() {
+                return Some(self.park_on_sockets(m, socks, until));
+            }
+            // Alone, but the platform may send requests: wait here (no switch, no restart of
+            // the call) in slices, looking at them between slices.
+            const SLICE_NS: u64 = 50_000_000;
+            let now = m.monotonic_ns();
+            let end = until.min(now.saturating_add(SLICE_NS));
+            let _ = m.net_poll(&socks, end.saturating_sub(now).div_ceil(1_000_000) as i64);
+            self.take_host_signals(m);
+            if let Some(sig) = self.doomed_now() {
+                return Some(self.exit_process(m, sig));
+            }
+            if m.cancelled() {
+                self.t.io_until = None;
+                return Some(SyscallOutcome::Return(-EINTR));
+            }
+            if self.t.deliverable().is_some() {
+                // A handler interrupts the wait: EINTR, or the call again with SA_RESTART.
+                self.t.io_until = None;
+                let mut regs = Self::restart_regs(m);
+                self.deliver(m, &mut regs, true);
+                m.set_user_regs(&regs);
+                return Some(SyscallOutcome::Resume);
+            }
+        }
+    }
+
+    /// One try of a call on sockets without waiting: Ok with its outcome (None: serve it as
+    /// usual), or Err with the sockets it would wait on and until when.
+    fn try_socket_call(
+        &mut self,
+        m: &mut dyn Machine,
+        call: SyscallArgs,
+    ) -> Result<Option<SyscallOutcome>, (Vec<crate::process::IoWant>, u64)> {
         let timed_out = self.t.io_until.is_some_and(|u| m.monotonic_ns() >= u);
         self.io_wants.clear();
         self.io_timeout_ms = None;
@@ -492,18 +532,18 @@ impl Kernel {
             let value = match out {
                 SyscallOutcome::Return(_) if self.would_block => -EINTR,
                 SyscallOutcome::Return(v) => v,
-                other => return Some(other),
+                other => return Ok(Some(other)),
             };
-            return Some(self.deliver_on_return(m, value).unwrap_or(out));
+            return Ok(Some(self.deliver_on_return(m, value).unwrap_or(out)));
         }
         if !self.would_block || (timed_out && self.io_timeout_ms.is_some()) {
             // Done, or a poll whose time is up: what it found is its answer.
             self.t.io_until = None;
-            return Some(out);
+            return Ok(Some(out));
         }
         if socks.is_empty() {
             self.t.io_until = None;
-            return None;
+            return Ok(None);
         }
         let until = match (self.t.io_until, self.io_timeout_ms) {
             (Some(u), _) => u,
@@ -514,7 +554,7 @@ impl Kernel {
             }
             _ => u64::MAX,
         };
-        Some(self.park_on_sockets(m, socks, until))
+        Err((socks, until))
     }
 
     /// Serves one syscall.
