@@ -126,6 +126,9 @@ pub enum FileKind {
         rx: u32,
         tx: u32,
     },
+    /// An AF_UNIX stream socket not connected (yet): new, bound to a name, or listening (an
+    /// index into the kernel's named sockets).
+    UnixNamed(u32),
 }
 
 impl FileKind {
@@ -141,6 +144,7 @@ impl FileKind {
             (FileKind::Unix { tx, .. }, FileKind::PipeWrite(b)) => tx == b,
             (FileKind::Unix { rx: a, .. }, FileKind::Unix { rx: b, .. }) => a == b,
             (FileKind::EventFd(a), FileKind::EventFd(b)) => a == b,
+            (FileKind::UnixNamed(a), FileKind::UnixNamed(b)) => a == b,
             _ => false,
         }
     }
@@ -296,6 +300,21 @@ impl FdTable {
     /// Whether a descriptor refers to the open file or socket `kind` names.
     pub(crate) fn refers_to(&self, kind: &FileKind) -> bool {
         self.fds.iter().flatten().any(|f| f.kind.refers_to(kind))
+    }
+
+    /// Makes `fd` refer to `kind` (a socket that connects becomes its connected end).
+    pub(crate) fn set_kind(&mut self, fd: u64, kind: FileKind) -> Result<(), i64> {
+        match self
+            .fds
+            .get_mut(fd as u32 as usize)
+            .and_then(Option::as_mut)
+        {
+            Some(f) => {
+                f.kind = kind;
+                Ok(())
+            }
+            None => Err(EBADF),
+        }
     }
 
     /// The open file behind `fd`, to pass to another process (not an epoll instance: its
@@ -520,13 +539,8 @@ impl Kernel {
             FileKind::PipeRead(id) | FileKind::PipeWrite(id) => {
                 self.pipe_end_closed(id);
             }
-            FileKind::Unix { rx, tx } => {
-                for id in [rx, tx] {
-                    if self.pipe_end_closed(id) {
-                        self.drop_in_flight(m, id);
-                    }
-                }
-            }
+            FileKind::Unix { rx, tx } => self.unix_end_closed(m, rx, tx),
+            FileKind::UnixNamed(id) if !elsewhere => self.unix_named_closed(m, id),
             FileKind::EventFd(id) => self.eventfd_closed(id),
             _ => {}
         }
@@ -573,6 +587,7 @@ impl Kernel {
             }
             FileKind::Generated(g) if g.dir => Err(EISDIR),
             FileKind::Generated(g) => Ok(g.read(buf, offset)),
+            FileKind::UnixNamed(_) => Err(ENOTCONN),
             FileKind::Epoll(_) | FileKind::PipeWrite(_) => Err(EINVAL),
         }
     }
@@ -616,6 +631,7 @@ impl Kernel {
             }
             FileKind::Epoll(_) | FileKind::PipeRead(_) => Err(EINVAL),
             FileKind::Generated(_) => Err(EACCES),
+            FileKind::UnixNamed(_) => Err(ENOTCONN),
         }
     }
 
@@ -750,9 +766,9 @@ impl Kernel {
             FileKind::Socket(_) => Ok(Self::stat_with_mode(0o140777)), // S_IFSOCK
             FileKind::Epoll(_) | FileKind::EventFd(_) => Ok(Self::stat_with_mode(0o000600)), // anonymous inode
             FileKind::PipeRead(_) | FileKind::PipeWrite(_) => Ok(Self::stat_with_mode(0o010600)), // S_IFIFO
-            FileKind::Unix { .. } => Ok(Self::stat_with_mode(0o140777)), // S_IFSOCK
+            FileKind::Unix { .. } | FileKind::UnixNamed(_) => Ok(Self::stat_with_mode(0o140777)), // S_IFSOCK
             FileKind::Generated(g) if g.dir => Ok(Self::stat_with_mode(0o040555)), // S_IFDIR
-            FileKind::Generated(_) => Ok(Self::stat_with_mode(0o100444)), // a regular file
+            FileKind::Generated(_) => Ok(Self::stat_with_mode(0o100444)),          // a regular file
         }
     }
 
@@ -1179,6 +1195,13 @@ impl Kernel {
                         r |= events & (POLLOUT | 0x100);
                     }
                     r
+                }
+                Ok(FileKind::UnixNamed(id)) => {
+                    if self.unix_pending(*id) {
+                        events & (POLLIN | 0x40)
+                    } else {
+                        0
+                    }
                 }
                 Ok(FileKind::Unix { rx, tx }) => {
                     let (readable, _, peer_gone) = self.pipe_state(&FileKind::PipeRead(*rx));

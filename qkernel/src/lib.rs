@@ -59,5 +59,6 @@ pub mod errno {
     pub const ENAMETOOLONG: i64 = 36;
     pub const ENOSYS: i64 = 38;
     pub const ENODATA: i64 = 61;
+    pub const ENOTCONN: i64 = 107;
     pub const ETIMEDOUT: i64 = 110;
 }

@@ -158,6 +158,10 @@ impl Kernel {
     }
 
     pub(crate) fn socket(&mut self, m: &mut dyn Machine, domain: u64, ty: u64) -> Result<i64, i64> {
+        const AF_UNIX: u64 = 1;
+        if domain == AF_UNIX {
+            return self.unix_socket(ty);
+        }
         if domain != AF_INET as u64 {
             return Err(EAFNOSUPPORT);
         }
@@ -181,6 +185,9 @@ impl Kernel {
         addr: u64,
         len: u64,
     ) -> Result<i64, i64> {
+        if self.unix_named_of(fd).is_some() {
+            return self.unix_bind(m, fd, addr, len);
+        }
         self.with_sockaddr(m, fd, addr, len, |m, s, ip, port| m.net_bind(s, ip, port))
     }
 
@@ -204,6 +211,9 @@ impl Kernel {
         fd: u64,
         backlog: u64,
     ) -> Result<i64, i64> {
+        if self.unix_named_of(fd).is_some() {
+            return self.unix_listen(fd);
+        }
         let (s, _) = self.socket_of(fd)?;
         m.net_listen(s, (backlog as u32).clamp(1, 4096)).map(|()| 0)
     }
@@ -216,6 +226,9 @@ impl Kernel {
         lenp: u64,
         flags: u64,
     ) -> Result<i64, i64> {
+        if self.unix_named_of(fd).is_some() {
+            return self.unix_accept(m, fd, addr, lenp, flags);
+        }
         let (s, nonblocking) = self.socket_for(fd, true, false)?;
         let (new, ip, port) = m.net_accept(s, nonblocking)?;
         let status = 2 | if flags & SOCK_NONBLOCK != 0 {
@@ -239,6 +252,9 @@ impl Kernel {
         addr: u64,
         len: u64,
     ) -> Result<i64, i64> {
+        if self.unix_named_of(fd).is_some() {
+            return self.unix_connect(m, fd, addr, len);
+        }
         let nonblocking = self.p.fds.nonblocking(fd);
         self.with_sockaddr(m, fd, addr, len, |m, s, ip, port| {
             m.net_connect(s, ip, port, nonblocking)
@@ -261,7 +277,7 @@ impl Kernel {
         lenp: u64,
         peer: bool,
     ) -> Result<i64, i64> {
-        if self.unix_of(fd).is_some() {
+        if self.unix_of(fd).is_some() || self.unix_named_of(fd).is_some() {
             return self.unix_name(m, addr, lenp);
         }
         let (s, _) = self.socket_of(fd)?;
@@ -437,7 +453,7 @@ impl Kernel {
 
     /// setsockopt: the options apps set on TCP sockets are accepted (qnet's defaults hold).
     pub(crate) fn setsockopt(&mut self, fd: u64) -> Result<i64, i64> {
-        if self.unix_of(fd).is_some() {
+        if self.unix_of(fd).is_some() || self.unix_named_of(fd).is_some() {
             return Ok(0);
         }
         self.socket_of(fd).map(|_| 0)
@@ -455,7 +471,7 @@ impl Kernel {
     ) -> Result<i64, i64> {
         const SOL_SOCKET: u64 = 1;
         const SO_ERROR: u64 = 4;
-        let value = if self.unix_of(fd).is_some() {
+        let value = if self.unix_of(fd).is_some() || self.unix_named_of(fd).is_some() {
             0
         } else if level == SOL_SOCKET && name == SO_ERROR {
             let (s, _) = self.socket_of(fd)?;

@@ -1270,6 +1270,7 @@ impl Kernel {
     /// must not release it).
     pub(crate) fn held_elsewhere(&self, kind: &crate::fs::FileKind) -> bool {
         self.in_flight_refers_to(kind)
+            || self.queued_refers_to(kind)
             || self
                 .procs
                 .parked

@@ -181,6 +181,7 @@ fn fd_target(kind: &FileKind) -> Vec<u8> {
         FileKind::Random => "/dev/urandom".to_string(),
         FileKind::Socket(s) => format!("socket:[{}]", 10_000 + u64::from(*s)),
         FileKind::Unix { rx, .. } => format!("socket:[{}]", 20_000 + u64::from(*rx)),
+        FileKind::UnixNamed(id) => format!("socket:[{}]", 40_000 + u64::from(*id)),
         FileKind::PipeRead(id) | FileKind::PipeWrite(id) => format!("pipe:[{}]", 30_000 + id),
         FileKind::Epoll(_) => "anon_inode:[eventpoll]".to_string(),
         FileKind::EventFd(_) => "anon_inode:[eventfd]".to_string(),

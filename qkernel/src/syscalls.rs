@@ -315,6 +315,8 @@ pub struct Kernel {
     io_timeout_ms: Option<i64>,
     /// Descriptors sent over socket pairs and not yet received.
     pub(crate) in_flight: crate::unix::InFlight,
+    /// AF_UNIX sockets bound to names.
+    pub(crate) unix: crate::unix::UnixNames,
     /// Processes started from outside (exec), with their request ids.
     pub(crate) outside: std::collections::BTreeMap<i64, u64>,
     /// A process killed from outside while it was running: (pid, signal).
@@ -348,6 +350,7 @@ impl Kernel {
             io_wants: Vec::new(),
             io_timeout_ms: None,
             in_flight: Default::default(),
+            unix: Default::default(),
             outside: Default::default(),
             doomed: None,
             host_requests: false,
@@ -490,7 +493,11 @@ impl Kernel {
             const SLICE_NS: u64 = 50_000_000;
             let now = m.monotonic_ns();
             let end = until.min(now.saturating_add(SLICE_NS));
-            let _ = m.net_poll(&socks, end.saturating_sub(now).div_ceil(1_000_000) as i64);
+            if socks.is_empty() {
+                m.sleep_ns(end.saturating_sub(now));
+            } else {
+                let _ = m.net_poll(&socks, end.saturating_sub(now).div_ceil(1_000_000) as i64);
+            }
             self.take_host_signals(m);
             if let Some(sig) = self.doomed_now() {
                 return Some(self.exit_process(m, sig));
@@ -541,10 +548,13 @@ impl Kernel {
             self.t.io_until = None;
             return Ok(Some(out));
         }
-        if socks.is_empty() {
+        if socks.is_empty() && self.io_timeout_ms.is_none() {
+            // It waits on something else (a pipe, the console): served as usual.
             self.t.io_until = None;
             return Ok(None);
         }
+        // A poll may wait on no socket at all (pipes, eventfds, socket pairs): then only
+        // their changes (which wake parked waiters) or its timeout end the wait.
         let until = match (self.t.io_until, self.io_timeout_ms) {
             (Some(u), _) => u,
             (None, Some(ms)) if ms >= 0 => {

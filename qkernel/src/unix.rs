@@ -1,5 +1,6 @@
-//! AF_UNIX socket pairs inside the guest: socketpair(2), the channel forking servers (nginx's
-//! master and workers) and runtimes use between their processes.
+//! AF_UNIX stream sockets inside the guest: socketpair(2), the channel forking servers (nginx's
+//! master and workers) and runtimes use between their processes, and sockets named by a path
+//! or an abstract name (bind, listen, connect, accept) for servers inside the container.
 //!
 //! A pair is two pipes, one each way ([`FileKind::Unix`] names the one it reads and the one it
 //! writes), so reads, writes, waits, poll readiness, EOF and EPIPE are the pipes' own. What a
@@ -14,6 +15,11 @@ use crate::errno::*;
 use crate::fs::{FileKind, OpenFile};
 use crate::machine::Machine;
 use crate::net::{EAFNOSUPPORT, ENOTSOCK};
+
+const EADDRINUSE: i64 = 98;
+const EISCONN: i64 = 106;
+const ECONNREFUSED: i64 = 111;
+const ESOCKTNOSUPPORT: i64 = 94;
 use crate::syscalls::Kernel;
 
 const AF_UNIX: u64 = 1;
@@ -35,6 +41,25 @@ const CHUNK: usize = 1 << 20;
 /// Descriptors in flight on the pipe they were sent on, oldest first: each entry goes with
 /// the next read of that pipe.
 pub(crate) type InFlight = std::collections::BTreeMap<u32, VecDeque<Vec<OpenFile>>>;
+
+/// Most connections a listener queues.
+const MAX_BACKLOG: usize = 4096;
+const AF_UNIX_SOCKADDR_MAX: usize = 110;
+
+/// An AF_UNIX stream socket before it is connected: its name once bound, and the
+/// connections waiting for accept once listening (each the server's end: (rx, tx) pipes).
+#[derive(Debug, Default)]
+pub(crate) struct NamedSocket {
+    name: Option<Vec<u8>>,
+    backlog: Option<VecDeque<(u32, u32)>>,
+}
+
+/// The named sockets of the container, and which one each name is bound to.
+#[derive(Debug, Default)]
+pub(crate) struct UnixNames {
+    sockets: Vec<Option<NamedSocket>>,
+    names: std::collections::BTreeMap<Vec<u8>, u32>,
+}
 
 impl Kernel {
     /// socketpair(2) for AF_UNIX.
@@ -254,6 +279,234 @@ impl Kernel {
         }
         m.write(lenp, &2u32.to_le_bytes()).map_err(|_| EFAULT)?;
         Ok(0)
+    }
+
+    /// socket(2) for AF_UNIX: a stream socket to bind and listen, or to connect.
+    pub(crate) fn unix_socket(&mut self, ty: u64) -> Result<i64, i64> {
+        if ty & 0xf != SOCK_STREAM || ty & !(0xf | SOCK_NONBLOCK | SOCK_CLOEXEC) != 0 {
+            return Err(ESOCKTNOSUPPORT); // datagram and seqpacket sockets are not there yet
+        }
+        let u = &mut self.unix;
+        let id = match u.sockets.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                u.sockets.push(None);
+                u.sockets.len() - 1
+            }
+        };
+        u.sockets[id] = Some(NamedSocket::default());
+        let status = 2 | (ty & SOCK_NONBLOCK) as i32;
+        self.p
+            .fds
+            .install_kind(
+                FileKind::UnixNamed(id as u32),
+                status,
+                ty & SOCK_CLOEXEC != 0,
+            )
+            .inspect_err(|_| self.unix.sockets[id] = None)
+    }
+
+    /// The named socket behind `fd`, if it is one.
+    pub(crate) fn unix_named_of(&self, fd: u64) -> Option<u32> {
+        match self.p.fds.kind(fd) {
+            Ok(FileKind::UnixNamed(id)) => Some(*id),
+            _ => None,
+        }
+    }
+
+    fn named(&mut self, id: u32) -> Result<&mut NamedSocket, i64> {
+        self.unix
+            .sockets
+            .get_mut(id as usize)
+            .and_then(Option::as_mut)
+            .ok_or(EBADF)
+    }
+
+    /// The name a `struct sockaddr_un` gives: an absolute path in the root (relative ones
+    /// from the working directory), or an abstract name (a leading NUL, kept).
+    fn unix_address(&self, m: &dyn Machine, addr: u64, len: u64) -> Result<Vec<u8>, i64> {
+        let len = len as usize;
+        if !(3..=AF_UNIX_SOCKADDR_MAX).contains(&len) {
+            return Err(EINVAL);
+        }
+        let mut buf = vec![0u8; len];
+        m.read(addr, &mut buf).map_err(|_| EFAULT)?;
+        if u16::from_le_bytes([buf[0], buf[1]]) != AF_UNIX as u16 {
+            return Err(EAFNOSUPPORT);
+        }
+        let path = &buf[2..];
+        if path[0] == 0 {
+            return Ok(path.to_vec()); // abstract: every byte counts
+        }
+        let path = &path[..path.iter().position(|b| *b == 0).unwrap_or(path.len())];
+        Ok(if path.starts_with(b"/") {
+            path.to_vec()
+        } else {
+            let mut p = self.p.cwd.clone();
+            if !p.ends_with(b"/") {
+                p.push(b'/');
+            }
+            p.extend_from_slice(path);
+            p
+        })
+    }
+
+    /// bind(2) of an AF_UNIX socket: the name is the container's until the socket closes.
+    /// (A path's name lives in the kernel only: no socket file appears in the root.)
+    pub(crate) fn unix_bind(
+        &mut self,
+        m: &mut dyn Machine,
+        fd: u64,
+        addr: u64,
+        len: u64,
+    ) -> Result<i64, i64> {
+        let id = self.unix_named_of(fd).ok_or(EINVAL)?;
+        let name = self.unix_address(m, addr, len)?;
+        if self.unix.names.contains_key(&name) {
+            return Err(EADDRINUSE);
+        }
+        let sock = self.named(id)?;
+        if sock.name.is_some() {
+            return Err(EINVAL);
+        }
+        sock.name = Some(name.clone());
+        self.unix.names.insert(name, id);
+        Ok(0)
+    }
+
+    /// listen(2) of a bound AF_UNIX socket.
+    pub(crate) fn unix_listen(&mut self, fd: u64) -> Result<i64, i64> {
+        let id = self.unix_named_of(fd).ok_or(EINVAL)?;
+        let sock = self.named(id)?;
+        if sock.name.is_none() {
+            return Err(EINVAL); // Linux would bind an abstract name of its own
+        }
+        sock.backlog.get_or_insert_with(VecDeque::new);
+        Ok(0)
+    }
+
+    /// connect(2) of an AF_UNIX socket to a listening one: a pair of pipes; this descriptor
+    /// becomes one end, the other waits in the listener's queue for accept.
+    pub(crate) fn unix_connect(
+        &mut self,
+        m: &mut dyn Machine,
+        fd: u64,
+        addr: u64,
+        len: u64,
+    ) -> Result<i64, i64> {
+        let id = self.unix_named_of(fd).ok_or(EISCONN)?;
+        let name = self.unix_address(m, addr, len)?;
+        let abstract_name = name.first() == Some(&0);
+        let Some(&target) = self.unix.names.get(&name) else {
+            return Err(if abstract_name { ECONNREFUSED } else { ENOENT });
+        };
+        match self.named(target)?.backlog.as_ref() {
+            None => return Err(ECONNREFUSED),
+            Some(q) if q.len() >= MAX_BACKLOG => return Err(EAGAIN),
+            Some(_) => {}
+        }
+        let there = self.new_pipe();
+        let back = self.new_pipe();
+        if let Some(q) = self.named(target)?.backlog.as_mut() {
+            q.push_back((there, back));
+        }
+        self.p.fds.set_kind(
+            fd,
+            FileKind::Unix {
+                rx: back,
+                tx: there,
+            },
+        )?;
+        if let Some(sock) = self.unix.sockets.get_mut(id as usize) {
+            *sock = None; // the descriptor is a connected end now
+        }
+        self.procs.wake_blocked();
+        Ok(0)
+    }
+
+    /// accept(2)/accept4(2) on a listening AF_UNIX socket.
+    pub(crate) fn unix_accept(
+        &mut self,
+        m: &mut dyn Machine,
+        fd: u64,
+        addr: u64,
+        lenp: u64,
+        flags: u64,
+    ) -> Result<i64, i64> {
+        let id = self.unix_named_of(fd).ok_or(EINVAL)?;
+        let nonblocking = self.p.fds.nonblocking(fd);
+        let wait = !self.without_waiting(nonblocking);
+        let queue = self.named(id)?.backlog.as_mut().ok_or(EINVAL)?;
+        let Some((rx, tx)) = queue.pop_front() else {
+            return Err(if wait { crate::pipe::ERESTART } else { EAGAIN });
+        };
+        let status = 2 | (flags & SOCK_NONBLOCK) as i32;
+        let nfd =
+            self.p
+                .fds
+                .install_kind(FileKind::Unix { rx, tx }, status, flags & SOCK_CLOEXEC != 0);
+        let nfd = match nfd {
+            Ok(n) => n,
+            Err(e) => {
+                self.unix_end_closed(m, rx, tx);
+                return Err(e);
+            }
+        };
+        if addr != 0 {
+            self.unix_name(m, addr, lenp)?;
+        }
+        Ok(nfd)
+    }
+
+    /// Whether a listening socket has a connection for accept (poll's POLLIN).
+    pub(crate) fn unix_pending(&self, id: u32) -> bool {
+        self.unix
+            .sockets
+            .get(id as usize)
+            .and_then(Option::as_ref)
+            .and_then(|s| s.backlog.as_ref())
+            .is_some_and(|q| !q.is_empty())
+    }
+
+    /// The last descriptor of a named socket closed: its name is free again, and the
+    /// connections it never accepted end (their clients read EOF).
+    pub(crate) fn unix_named_closed(&mut self, m: &mut dyn Machine, id: u32) {
+        let Some(sock) = self
+            .unix
+            .sockets
+            .get_mut(id as usize)
+            .and_then(Option::take)
+        else {
+            return;
+        };
+        if let Some(name) = sock.name {
+            self.unix.names.remove(&name);
+        }
+        for (rx, tx) in sock.backlog.unwrap_or_default() {
+            self.unix_end_closed(m, rx, tx);
+        }
+    }
+
+    /// An end of a pair closed: each pipe goes once no end holds it, with what was in
+    /// flight on it.
+    pub(crate) fn unix_end_closed(&mut self, m: &mut dyn Machine, rx: u32, tx: u32) {
+        for id in [rx, tx] {
+            if self.pipe_end_closed(id) {
+                self.drop_in_flight(m, id);
+            }
+        }
+    }
+
+    /// Whether a connection waiting in a listener's queue holds pipe end `kind` (it counts as
+    /// open: the client may write before the server accepts).
+    pub(crate) fn queued_refers_to(&self, kind: &FileKind) -> bool {
+        self.unix
+            .sockets
+            .iter()
+            .flatten()
+            .filter_map(|s| s.backlog.as_ref())
+            .flatten()
+            .any(|&(rx, tx)| FileKind::Unix { rx, tx }.refers_to(kind))
     }
 
     /// Drops what was in flight on pipe `id` (gone: both ends closed everywhere).

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <stdint.h>
+#include <stddef.h>
 #include <signal.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -9,6 +10,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <poll.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -236,6 +238,52 @@ int main(void) {
   CHECK("madvise DONTNEED gives zeros back",
         madvise(adv + 4096, 4096, MADV_DONTNEED) == 0 && adv[4096] == 0 && adv[8191] == 0 &&
         adv[4095] == 'x' && adv[8192] == 'x' && madvise(adv, 4096, MADV_WILLNEED) == 0);
+  /* AF_UNIX sockets by name: a path and an abstract name, accept in the parent. */
+  struct sockaddr_un ua = {.sun_family = AF_UNIX};
+  strcpy(ua.sun_path, "/tmp/srv.sock");
+  unlink(ua.sun_path); /* a socket file a host run left */
+  int ls = socket(AF_UNIX, SOCK_STREAM, 0);
+  int bound = bind(ls, (struct sockaddr *)&ua, sizeof ua) == 0 && listen(ls, 4) == 0;
+  int dup_ls = socket(AF_UNIX, SOCK_STREAM, 0);
+  int in_use = bind(dup_ls, (struct sockaddr *)&ua, sizeof ua) == -1 && errno == EADDRINUSE;
+  close(dup_ls);
+  pid_t c6 = fork();
+  if (c6 == 0) {
+    int c = socket(AF_UNIX, SOCK_STREAM, 0);
+    if (connect(c, (struct sockaddr *)&ua, sizeof ua)) _exit(1);
+    write(c, "hi", 2);
+    char r[8] = {0};
+    _exit(read(c, r, sizeof r) == 5 && !memcmp(r, "hello", 5) ? 0 : 2);
+  }
+  struct pollfd lp = {.fd = ls, .events = POLLIN};
+  int ready = poll(&lp, 1, 5000) == 1 && (lp.revents & POLLIN);
+  int as = accept(ls, NULL, NULL);
+  char hi[4] = {0};
+  int got_hi = read(as, hi, sizeof hi) == 2 && !memcmp(hi, "hi", 2) && write(as, "hello", 5) == 5;
+  int st6 = 0;
+  waitpid(c6, &st6, 0);
+  CHECK("AF_UNIX path socket: bind, listen, poll, accept, both ways",
+        bound && in_use && ready && got_hi && WIFEXITED(st6) && WEXITSTATUS(st6) == 0);
+  close(as);
+  close(ls);
+  struct sockaddr_un ab = {.sun_family = AF_UNIX};
+  memcpy(ab.sun_path, "\0quark-abstract", 15);
+  socklen_t ablen = offsetof(struct sockaddr_un, sun_path) + 15;
+  int nc = socket(AF_UNIX, SOCK_STREAM, 0);
+  int refused = connect(nc, (struct sockaddr *)&ab, ablen) == -1 && errno == ECONNREFUSED;
+  struct sockaddr_un none = {.sun_family = AF_UNIX, .sun_path = "/tmp/never-bound.sock"};
+  int missing = connect(nc, (struct sockaddr *)&none, sizeof none) == -1 && errno == ENOENT;
+  int al = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
+  int abound = bind(al, (struct sockaddr *)&ab, ablen) == 0 && listen(al, 1) == 0;
+  int empty = accept(al, NULL, NULL) == -1 && errno == EAGAIN;
+  int conn = connect(nc, (struct sockaddr *)&ab, ablen) == 0;
+  int acc = accept(al, NULL, NULL);
+  CHECK("AF_UNIX abstract names, ECONNREFUSED, ENOENT, non-blocking accept",
+        refused && missing && abound && empty && conn && acc >= 0 && write(nc, "x", 1) == 1 &&
+        read(acc, hi, 1) == 1 && hi[0] == 'x');
+  close(acc);
+  close(al);
+  close(nc);
   CHECK("bad pointer is EFAULT", write(1, (void *)16, 5) == -1 && errno == EFAULT);
   CHECK("unknown syscall is ENOSYS", syscall(1000) == -1 && errno == ENOSYS);
   return 0;
