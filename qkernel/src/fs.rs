@@ -96,6 +96,13 @@ pub(crate) enum FileOp {
     Sync { data_only: bool },
 }
 
+/// Internal errno: a read waits for input from outside (a console, exec's stdin); the
+/// thread is parked and runs the read again. Never reaches the app.
+pub const EINPUT: i64 = 516;
+/// How often a thread waiting for input from outside looks again: such input has no event
+/// that could wake it.
+pub const INPUT_POLL_NS: u64 = 10_000_000;
+
 /// What a descriptor refers to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileKind {
@@ -559,9 +566,16 @@ impl Kernel {
             return Err(EBADF);
         }
         match &f.kind {
-            FileKind::Stdin => m
-                .console_read(buf)
-                .map_err(|e| e.raw_os_error().unwrap_or(5) as i64),
+            FileKind::Stdin => {
+                // Input that may never come is waited for parked, unless nothing else could
+                // run meanwhile (then on the host: the fastest wake-up).
+                let nonblocking = f.status_flags & O_NONBLOCK != 0;
+                if !m.console_readable() && (!self.procs_alone() || self.host_requests) {
+                    return Err(self.input_wait(nonblocking));
+                }
+                m.console_read(buf)
+                    .map_err(|e| e.raw_os_error().unwrap_or(5) as i64)
+            }
             FileKind::Null | FileKind::Stdout | FileKind::Stderr => Ok(0),
             FileKind::Zero => {
                 buf.fill(0);
@@ -571,7 +585,13 @@ impl Kernel {
                 m.random(buf);
                 Ok(buf.len())
             }
-            FileKind::Host { file, .. } => m.fs_read(*file, buf, offset),
+            FileKind::Host { file, .. } => {
+                let (file, nonblocking) = (*file, f.status_flags & O_NONBLOCK != 0);
+                if !m.fs_readable(file) {
+                    return Err(self.input_wait(nonblocking));
+                }
+                m.fs_read(file, buf, offset)
+            }
             FileKind::Socket(s) => {
                 let (s, nonblocking) = (*s, f.status_flags & O_NONBLOCK != 0);
                 self.note_socket_wait(s, true, false);
@@ -589,6 +609,17 @@ impl Kernel {
             FileKind::Generated(g) => Ok(g.read(buf, offset)),
             FileKind::UnixNamed(_) => Err(ENOTCONN),
             FileKind::Epoll(_) | FileKind::PipeWrite(_) => Err(EINVAL),
+        }
+    }
+
+    /// A read of input from outside with nothing there yet: EAGAIN for a non-blocking
+    /// descriptor, else [`EINPUT`] (its thread waits parked, looking again every
+    /// [`INPUT_POLL_NS`]).
+    fn input_wait(&mut self, nonblocking: bool) -> i64 {
+        if self.without_waiting(nonblocking) {
+            EAGAIN
+        } else {
+            EINPUT
         }
     }
 

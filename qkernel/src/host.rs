@@ -84,7 +84,7 @@ impl Kernel {
             return Err(EINVAL);
         }
         let fpu = m.fpu_initial()?;
-        let current = self.space_of_running(m);
+        let current = self.space(m);
         let (loaded, exe, space) = self.load_program(m, path, s.argv.clone(), &s.env)?;
         m.space_switch(current);
         let pid = self.procs.new_pid();
@@ -171,14 +171,6 @@ impl Kernel {
             }
             _ => None,
         }
-    }
-
-    /// The process the platform's registers belong to runs in this space (the running one's).
-    fn space_of_running(&mut self, m: &mut dyn Machine) -> crate::machine::SpaceId {
-        if self.p.space == 0 {
-            self.p.space = m.space_current();
-        }
-        self.p.space
     }
 
     /// Process `pid` exited with wait status `status`: if it was started from outside, the

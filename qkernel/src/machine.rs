@@ -120,6 +120,11 @@ pub trait Machine {
         offset: Option<u64>,
     ) -> Result<usize, i64>;
     fn fs_write(&mut self, file: HostFile, buf: &[u8], offset: Option<u64>) -> Result<usize, i64>;
+    /// Whether a read of `file` returns without waiting (a stream from outside, such as
+    /// exec's stdin, may have nothing yet).
+    fn fs_readable(&mut self, _file: HostFile) -> bool {
+        true
+    }
     fn fs_seek(&mut self, file: HostFile, offset: i64, whence: i32) -> Result<u64, i64>;
     fn fs_stat(&mut self, file: HostFile) -> Result<RawStat, i64>;
     fn fs_stat_path(&mut self, path: &[u8], follow_symlinks: bool) -> Result<RawStat, i64>;

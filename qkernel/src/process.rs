@@ -546,7 +546,7 @@ fn shebang(image: &[u8]) -> Option<(String, Option<String>)> {
 impl Kernel {
     /// The running process's address space (the platform's first one until a fork or exec
     /// names it).
-    fn space(&mut self, m: &dyn Machine) -> SpaceId {
+    pub(crate) fn space(&mut self, m: &dyn Machine) -> SpaceId {
         if self.p.space == 0 {
             self.p.space = m.space_current();
         }

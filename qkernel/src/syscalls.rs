@@ -824,6 +824,14 @@ impl Kernel {
                 return SyscallOutcome::Return(-EAGAIN);
             }
             Err(crate::futex::EFUTEX) => return self.park_on_futex(m),
+            Err(crate::fs::EINPUT) if self.nowait => {
+                self.would_block = true;
+                return SyscallOutcome::Return(-EAGAIN);
+            }
+            Err(crate::fs::EINPUT) => {
+                let until = m.monotonic_ns().saturating_add(crate::fs::INPUT_POLL_NS);
+                return self.park_on_sockets(m, Vec::new(), until);
+            }
             Err(crate::pipe::ESIGPIPE) => return self.sigpipe(m),
             _ => {}
         }

@@ -32,6 +32,9 @@ pub struct RootFs {
     /// The scratch trees, in [`SCRATCH_MOUNTS`] order.
     scratch: [Scratch; 2],
     files: Vec<Option<OwnedFd>>,
+    /// Files that are streams from outside (exec's pipes or terminal): reads ask first
+    /// whether data is there, so none waits on the host.
+    streams: std::collections::BTreeSet<HostFile>,
 }
 
 /// The guest paths whose trees are scratch space rather than the root.
@@ -144,6 +147,7 @@ impl RootFs {
             readonly,
             scratch: [Scratch::create()?, Scratch::create()?],
             files: Vec::new(),
+            streams: Default::default(),
         })
     }
 
@@ -240,7 +244,33 @@ impl RootFs {
             .ok_or(EBADF)
     }
 
+    /// [`RootFs::adopt`] for a stream (a pipe or terminal from outside).
+    pub fn adopt_stream(&mut self, fd: OwnedFd) -> Result<HostFile, i64> {
+        let file = self.adopt(fd)?;
+        self.streams.insert(file);
+        Ok(file)
+    }
+
+    /// Whether a read of `file` returns at once: always for files of the root; for a stream,
+    /// when it has data, an end of file or an error.
+    pub fn readable_now(&self, file: HostFile) -> bool {
+        if !self.streams.contains(&file) {
+            return true;
+        }
+        let Ok(fd) = self.fd(file) else {
+            return true; // the read reports the bad descriptor
+        };
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no waiting.
+        unsafe { libc::poll(&mut pfd, 1, 0) != 0 }
+    }
+
     pub fn close(&mut self, file: HostFile) {
+        self.streams.remove(&file);
         if let Some(f) = self.files.get_mut(file as usize) {
             *f = None;
         }

@@ -621,7 +621,7 @@ impl Machine for GuestMachine<'_> {
                     // The descriptors become files of the root's table, as the guest uses.
                     let mut files = Vec::new();
                     for fd in stdio {
-                        match self.rootfs.adopt(fd) {
+                        match self.rootfs.adopt_stream(fd) {
                             Ok(f) => files.push(f),
                             Err(errno) => {
                                 for f in files.drain(..) {
@@ -706,6 +706,9 @@ impl Machine for GuestMachine<'_> {
         offset: Option<u64>,
     ) -> Result<usize, i64> {
         self.rootfs.read(file, buf, offset)
+    }
+    fn fs_readable(&mut self, file: HostFile) -> bool {
+        self.rootfs.readable_now(file)
     }
     fn fs_write(&mut self, file: HostFile, buf: &[u8], offset: Option<u64>) -> Result<usize, i64> {
         self.rootfs.write(file, buf, offset)

@@ -679,6 +679,32 @@ fn exec_starts_processes_in_the_running_container_like_runc() {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        // A process waiting for its stdin holds nothing up: another exec runs meanwhile.
+        let out_file = b.dir.join("cat.out");
+        let mut cat = Command::new(rt.bin)
+            .arg("--root")
+            .arg(&rt.root)
+            .args(["exec", &id, "busybox", "cat"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::fs::File::create(&out_file).unwrap())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let started = Instant::now();
+        assert_eq!(
+            rt.ok(&["exec", &id, "busybox", "echo", "meanwhile"]),
+            "meanwhile\n"
+        );
+        let meanwhile = started.elapsed();
+        {
+            use std::io::Write;
+            let mut stdin = cat.stdin.take().unwrap();
+            stdin.write_all(b"typed later\n").unwrap();
+        }
+        assert!(cat.wait().unwrap().success(), "{name}");
+        let typed = std::fs::read_to_string(&out_file).unwrap();
+        assert_eq!(typed, "typed later\n", "{name}");
+        assert!(meanwhile < Duration::from_secs(5), "{name}: {meanwhile:?}");
         // A program the root lacks.
         let o = rt.cmd(&["exec", &id, "no-such-program"]);
         assert_ne!(o.status.code(), Some(0), "{name}");

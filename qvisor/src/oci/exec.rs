@@ -43,7 +43,11 @@ pub fn exec(g: &Global, id: &str, opts: &ExecOptions) -> anyhow::Result<i32> {
     }
     let spec = exec_spec(&record.bundle, opts)?;
     let json = serde_json::to_string(&spec)?;
-    let (mut proxy, line) = super::spawn_self(g, container.dir(), |cmd, sync_fd| {
+    // The container's lock goes now: other commands (another exec, kill) must not wait for
+    // this process to end.
+    let dir = container.dir().to_path_buf();
+    drop(container);
+    let (mut proxy, line) = super::spawn_self(g, &dir, |cmd, sync_fd| {
         cmd.arg("exec-proxy")
             .arg("--sync-fd")
             .arg(sync_fd.to_string())
