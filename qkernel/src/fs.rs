@@ -96,6 +96,18 @@ pub(crate) enum FileOp {
     Sync { data_only: bool },
 }
 
+/// The host terminal a descriptor may be: the console, or a stream from outside.
+fn tty_of(kind: &FileKind) -> Option<crate::machine::Tty> {
+    use crate::machine::Tty;
+    match kind {
+        FileKind::Stdin => Some(Tty::Console(0)),
+        FileKind::Stdout => Some(Tty::Console(1)),
+        FileKind::Stderr => Some(Tty::Console(2)),
+        FileKind::Host { file, .. } => Some(Tty::File(*file)),
+        _ => None,
+    }
+}
+
 /// Internal errno: a read waits for input from outside (a console, exec's stdin); the
 /// thread is parked and runs the read again. Never reaches the app.
 pub const EINPUT: i64 = 516;
@@ -1400,6 +1412,16 @@ impl Kernel {
         const FIONCLEX: u64 = 0x5450;
         const FIOCLEX: u64 = 0x5451;
         const FIOASYNC: u64 = 0x5452;
+        const TCGETS: u64 = 0x5401;
+        const TCSETS: u64 = 0x5402;
+        const TCSETSW: u64 = 0x5403;
+        const TCSETSF: u64 = 0x5404;
+        const TIOCSCTTY: u64 = 0x540e;
+        const TIOCGPGRP: u64 = 0x540f;
+        const TIOCSPGRP: u64 = 0x5410;
+        const TIOCGWINSZ: u64 = 0x5413;
+        const TIOCSWINSZ: u64 = 0x5414;
+        const TIOCGSID: u64 = 0x5429;
         const F_SETFD: u64 = 2;
         const F_SETFL: u64 = 4;
         let f = self.p.fds.get(fd)?;
@@ -1415,6 +1437,33 @@ impl Kernel {
                     flags & !O_NONBLOCK
                 };
                 self.fcntl(fd, F_SETFL, flags as u64)
+            }
+            TCGETS | TCSETS | TCSETSW | TCSETSF | TIOCGWINSZ | TIOCSWINSZ => {
+                let tty = tty_of(&kind).ok_or(ENOTTY)?;
+                let mut data = vec![0u8; if req & 0xffff >= TIOCGWINSZ { 8 } else { 36 }];
+                let reads = matches!(req & 0xffff_ffff, TCGETS | TIOCGWINSZ);
+                if !reads {
+                    m.read(arg, &mut data).map_err(|_| EFAULT)?;
+                }
+                m.tty_ioctl(tty, req & 0xffff_ffff, &mut data)?;
+                if reads {
+                    m.write(arg, &data).map_err(|_| EFAULT)?;
+                }
+                Ok(0)
+            }
+            // The foreground group and session of a terminal: the caller's own (a terminal
+            // from outside knows nothing of the container's processes).
+            TIOCGPGRP | TIOCGSID | TIOCSPGRP | TIOCSCTTY => {
+                let tty = tty_of(&kind).ok_or(ENOTTY)?;
+                m.tty_ioctl(tty, TCGETS, &mut [0u8; 36])?;
+                let id = match req & 0xffff_ffff {
+                    TIOCGPGRP => self.p.pgid,
+                    TIOCGSID => self.p.sid,
+                    _ => return Ok(0),
+                };
+                m.write(arg, &(id as i32).to_le_bytes())
+                    .map_err(|_| EFAULT)?;
+                Ok(0)
             }
             FIOCLEX => self.fcntl(fd, F_SETFD, 1),
             // Signal-driven I/O is accepted but SIGIO is never sent: nginx sets it on its

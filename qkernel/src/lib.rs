@@ -26,7 +26,7 @@ mod unix;
 pub use elf::{interpreter, load, load_static, ElfError, Loaded};
 pub use host::{HostEvent, HostRequest, SpawnRequest};
 pub use machine::{
-    Fault, FileAttr, HostFile, Machine, PageFlags, RawStat, SocketId, SocketReady, SpaceId,
+    Fault, FileAttr, HostFile, Machine, PageFlags, RawStat, SocketId, SocketReady, SpaceId, Tty,
     UserRegs,
 };
 pub use syscalls::{Kernel, SyscallArgs, SyscallOutcome};

@@ -120,6 +120,12 @@ pub trait Machine {
         offset: Option<u64>,
     ) -> Result<usize, i64>;
     fn fs_write(&mut self, file: HostFile, buf: &[u8], offset: Option<u64>) -> Result<usize, i64>;
+    /// A terminal ioctl (TCGETS, TCSETS/W/F, TIOCGWINSZ, TIOCSWINSZ) on a host terminal,
+    /// `data` the `struct termios` (36 bytes) or `struct winsize` (8) read or written.
+    /// ENOTTY when it is not a terminal.
+    fn tty_ioctl(&mut self, _tty: Tty, _req: u64, _data: &mut [u8]) -> Result<(), i64> {
+        Err(25)
+    }
     /// Whether a read of `file` returns without waiting (a stream from outside, such as
     /// exec's stdin, may have nothing yet).
     fn fs_readable(&mut self, _file: HostFile) -> bool {
@@ -307,6 +313,13 @@ pub trait Machine {
     ) -> Result<Vec<SocketReady>, i64> {
         Ok(vec![SocketReady::default(); socks.len()])
     }
+}
+
+/// A host file that may be a terminal: the console (0, 1, 2) or a file from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tty {
+    Console(i32),
+    File(HostFile),
 }
 
 /// What a socket is ready for (poll's view).

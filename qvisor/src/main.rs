@@ -127,7 +127,7 @@ enum Cmd {
         detach: bool,
         #[arg(long)]
         pid_file: Option<PathBuf>,
-        /// Allocate a terminal (not supported yet).
+        /// Give the process a terminal (its master goes to --console-socket).
         #[arg(long, short)]
         tty: bool,
         /// Working directory in the container.
@@ -136,7 +136,7 @@ enum Cmd {
         /// Extra environment (NAME=VALUE), repeatable.
         #[arg(long, short)]
         env: Vec<String>,
-        /// Accepted for runc compatibility (with --tty only).
+        /// Where the terminal's master goes (with --tty), as for create.
         #[arg(long)]
         console_socket: Option<PathBuf>,
         id: String,
@@ -148,6 +148,10 @@ enum Cmd {
     ExecProxy {
         #[arg(long)]
         sync_fd: i32,
+        #[arg(long)]
+        tty: bool,
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
         id: String,
         spec: String,
     },
@@ -319,21 +323,30 @@ fn dispatch(g: &Global, cmd: Cmd) -> anyhow::Result<i32> {
             id,
             args,
         } => {
-            if console_socket.is_some() && !tty {
-                anyhow::bail!("cannot use console socket if runc will not detach or allocate tty");
-            }
             let opts = oci::exec::ExecOptions {
                 process,
                 detach,
                 pid_file,
                 tty,
+                console_socket,
                 cwd,
                 env,
                 args,
             };
             oci::exec::exec(g, &id, &opts)
         }
-        Cmd::ExecProxy { sync_fd, spec, .. } => Ok(oci::exec::proxy(sync_fd, &spec)),
+        Cmd::ExecProxy {
+            sync_fd,
+            tty,
+            console_socket,
+            spec,
+            ..
+        } => Ok(oci::exec::proxy(
+            sync_fd,
+            &spec,
+            tty,
+            console_socket.as_deref(),
+        )),
         Cmd::Pause { id } => oci::pause(g, &id).map(|()| 0),
         Cmd::Resume { id } => oci::resume(g, &id).map(|()| 0),
         Cmd::Events {

@@ -58,6 +58,27 @@ pub enum Attr {
     Times([libc::timespec; 2]),
 }
 
+/// One of the terminal ioctls the guest may make on a host terminal (TCGETS, TCSETS/W/F,
+/// TIOCGWINSZ, TIOCSWINSZ), with `data` exactly the size of its argument; anything else is
+/// ENOTTY, so no other request reaches a host descriptor.
+pub fn terminal_ioctl(fd: RawFd, req: u64, data: &mut [u8]) -> Result<(), i64> {
+    const ENOTTY: i64 = 25;
+    let size = match req {
+        0x5401..=0x5404 => 36, // struct termios (the kernel's)
+        0x5413 | 0x5414 => 8,  // struct winsize
+        _ => return Err(ENOTTY),
+    };
+    if data.len() != size {
+        return Err(EINVAL);
+    }
+    // SAFETY: a request from the list above, whose argument is `size` bytes, which `data`
+    // holds exactly.
+    if unsafe { libc::ioctl(fd, req as libc::Ioctl, data.as_mut_ptr()) } != 0 {
+        return Err(errno());
+    }
+    Ok(())
+}
+
 /// The private directory behind a scratch tree, deleted on drop.
 struct Scratch {
     dir: std::path::PathBuf,
@@ -249,6 +270,11 @@ impl RootFs {
         let file = self.adopt(fd)?;
         self.streams.insert(file);
         Ok(file)
+    }
+
+    /// A terminal ioctl on `file` (see [`terminal_ioctl`]).
+    pub fn tty_ioctl(&self, file: HostFile, req: u64, data: &mut [u8]) -> Result<(), i64> {
+        terminal_ioctl(self.fd(file)?, req, data)
     }
 
     /// Whether a read of `file` returns at once: always for files of the root; for a stream,

@@ -707,6 +707,12 @@ impl Machine for GuestMachine<'_> {
     ) -> Result<usize, i64> {
         self.rootfs.read(file, buf, offset)
     }
+    fn tty_ioctl(&mut self, tty: qkernel::Tty, req: u64, data: &mut [u8]) -> Result<(), i64> {
+        match tty {
+            qkernel::Tty::Console(fd) => crate::rootfs::terminal_ioctl(fd, req, data),
+            qkernel::Tty::File(file) => self.rootfs.tty_ioctl(file, req, data),
+        }
+    }
     fn fs_readable(&mut self, file: HostFile) -> bool {
         self.rootfs.readable_now(file)
     }

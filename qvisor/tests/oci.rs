@@ -561,6 +561,53 @@ fn a_terminal_goes_to_the_console_socket() {
 }
 
 #[test]
+fn exec_with_a_terminal_sends_its_master_to_the_console_socket_like_runc() {
+    for rt in [Runtime::runc(), Runtime::qvisor()] {
+        let name = rt.bin;
+        let b = Bundle::new(&["busybox", "sleep", "60"], |_| {});
+        let id = unique_id("exec-tty");
+        rt.ok(&["create", "--bundle", b.path(), &id]);
+        rt.ok(&["start", &id]);
+        let sock = b.dir.join("exec-console.sock");
+        let listener = UnixListener::bind(&sock).unwrap();
+        let receiver = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            receive_fd(&stream)
+        });
+        let script = "[ -t 0 ] && [ -t 1 ] && echo tty-yes";
+        rt.ok(&[
+            "exec",
+            "--tty",
+            "--detach",
+            "--console-socket",
+            sock.to_str().unwrap(),
+            &id,
+            "busybox",
+            "sh",
+            "-c",
+            script,
+        ]);
+        let master = std::fs::File::from(receiver.join().unwrap());
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        let end = Instant::now() + Duration::from_secs(10);
+        while !String::from_utf8_lossy(&seen).contains("tty-yes\r\n") && Instant::now() < end {
+            // EIO once the last slave is closed.
+            match std::io::Read::read(&mut &master, &mut buf) {
+                Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+        }
+        let text = String::from_utf8_lossy(&seen).into_owned();
+        // isatty on stdin and stdout, and the terminal's \n -> \r\n on the way out.
+        assert!(text.starts_with("tty-yes\r\n"), "{name}: {text:?}");
+        rt.ok(&["kill", &id, "KILL"]);
+        rt.wait_status(&id, "stopped");
+        rt.ok(&["delete", &id]);
+    }
+}
+
+#[test]
 fn bad_input_is_a_clear_error_that_leaves_nothing() {
     let rt = Runtime::qvisor();
     let b = Bundle::new(&["busybox", "true"], |_| {});

@@ -16,7 +16,7 @@ fn check(ret: libc::c_int, what: &str) -> anyhow::Result<libc::c_int> {
 }
 
 /// Opens a pty pair: (master, slave path).
-fn open_pty() -> anyhow::Result<(OwnedFd, std::ffi::CString)> {
+pub(crate) fn open_pty() -> anyhow::Result<(OwnedFd, std::ffi::CString)> {
     // SAFETY: posix_openpt returns a new descriptor or -1.
     let fd = check(
         unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) },
@@ -38,16 +38,21 @@ fn open_pty() -> anyhow::Result<(OwnedFd, std::ffi::CString)> {
     Ok((master, name))
 }
 
-/// Makes a pty, sends its master to `socket`, and makes its slave this process's controlling
-/// terminal and stdin/stdout/stderr.
-pub fn attach(socket: &Path) -> anyhow::Result<()> {
+/// Makes a pty and sends its master to `socket`, as runc does; gives back the slave's path.
+pub(crate) fn pty_to_socket(socket: &Path) -> anyhow::Result<std::ffi::CString> {
     let (master, slave_name) = open_pty()?;
     let sock = UnixStream::connect(socket)
         .with_context(|| format!("connecting to the console socket {}", socket.display()))?;
     // runc sends the pty's path as the payload.
     crate::exec::send_with_fds(&sock, slave_name.as_bytes(), &[master.as_raw_fd()])
         .context("sending the pty master")?;
-    drop(master);
+    Ok(slave_name)
+}
+
+/// Makes a pty, sends its master to `socket`, and makes its slave this process's controlling
+/// terminal and stdin/stdout/stderr.
+pub fn attach(socket: &Path) -> anyhow::Result<()> {
+    let slave_name = pty_to_socket(socket)?;
     // SAFETY: setsid has no preconditions (fails harmlessly if already a leader); the slave is
     // opened by its NUL-terminated name and becomes our stdio through dup2.
     unsafe {

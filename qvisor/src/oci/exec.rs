@@ -28,6 +28,8 @@ pub struct ExecOptions {
     pub detach: bool,
     pub pid_file: Option<PathBuf>,
     pub tty: bool,
+    /// Where the terminal's master goes (with `tty`).
+    pub console_socket: Option<PathBuf>,
     pub cwd: Option<String>,
     pub env: Vec<String>,
     pub args: Vec<String>,
@@ -41,7 +43,12 @@ pub fn exec(g: &Global, id: &str, opts: &ExecOptions) -> anyhow::Result<i32> {
         Status::Running => {}
         other => bail!("exec failed: cannot exec in a {} container", other.as_str()),
     }
-    let spec = exec_spec(&record.bundle, opts)?;
+    let (spec, tty) = exec_spec(&record.bundle, opts)?;
+    if tty && opts.detach && opts.console_socket.is_none() {
+        bail!(
+            "exec failed: cannot allocate tty if runc will detach without setting console socket"
+        );
+    }
     let json = serde_json::to_string(&spec)?;
     // The container's lock goes now: other commands (another exec, kill) must not wait for
     // this process to end.
@@ -50,9 +57,14 @@ pub fn exec(g: &Global, id: &str, opts: &ExecOptions) -> anyhow::Result<i32> {
     let (mut proxy, line) = super::spawn_self(g, &dir, |cmd, sync_fd| {
         cmd.arg("exec-proxy")
             .arg("--sync-fd")
-            .arg(sync_fd.to_string())
-            .arg(id)
-            .arg(&json);
+            .arg(sync_fd.to_string());
+        if tty {
+            cmd.arg("--tty");
+        }
+        if let (true, Some(s)) = (tty, &opts.console_socket) {
+            cmd.arg("--console-socket").arg(s);
+        }
+        cmd.arg(id).arg(&json);
     })
     .context("starting the exec proxy")?;
     if !line.starts_with("ok ") {
@@ -71,8 +83,9 @@ pub fn exec(g: &Global, id: &str, opts: &ExecOptions) -> anyhow::Result<i32> {
 }
 
 /// The process to start: the `--process` JSON, or `args` with the container's own process
-/// (from its bundle) as the defaults for environment, directory and user, as runc does.
-fn exec_spec(bundle: &Path, opts: &ExecOptions) -> anyhow::Result<ExecSpec> {
+/// (from its bundle) as the defaults for environment, directory and user, as runc does; and
+/// whether it gets a terminal.
+fn exec_spec(bundle: &Path, opts: &ExecOptions) -> anyhow::Result<(ExecSpec, bool)> {
     let process: oci_spec::runtime::Process = match &opts.process {
         Some(path) => {
             let text =
@@ -87,9 +100,11 @@ fn exec_spec(bundle: &Path, opts: &ExecOptions) -> anyhow::Result<ExecSpec> {
                 .context("the container's config has no process")?
         }
     };
-    if opts.tty || process.terminal().unwrap_or(false) {
-        bail!("exec with a terminal (--tty) is not supported yet");
-    }
+    let tty = if opts.process.is_some() {
+        process.terminal().unwrap_or(false)
+    } else {
+        opts.tty
+    };
     let args = if opts.process.is_some() {
         process.args().clone().unwrap_or_default()
     } else {
@@ -101,7 +116,7 @@ fn exec_spec(bundle: &Path, opts: &ExecOptions) -> anyhow::Result<ExecSpec> {
     let mut env = process.env().clone().unwrap_or_default();
     env.extend(opts.env.iter().cloned());
     let user = process.user();
-    Ok(ExecSpec {
+    let spec = ExecSpec {
         args,
         env,
         cwd: opts
@@ -111,7 +126,8 @@ fn exec_spec(bundle: &Path, opts: &ExecOptions) -> anyhow::Result<ExecSpec> {
         uid: user.uid(),
         gid: user.gid(),
         groups: user.additional_gids().clone().unwrap_or_default(),
-    })
+    };
+    Ok((spec, tty))
 }
 
 /// Signals the proxy forwards to the process (bit `sig - 1`).
@@ -122,12 +138,13 @@ extern "C" fn on_forwarded_signal(sig: libc::c_int) {
 }
 
 /// `exec-proxy` (started by `exec` in the container's state directory): starts `spec_json`'s
-/// process with this process's stdio, writes `ok PID` (or the error) on `sync_fd`, then lives
-/// as long as the process. Returns the exit code (or ends by the process's fatal signal).
-pub fn proxy(sync_fd: i32, spec_json: &str) -> i32 {
+/// process with this process's stdio (or, with `tty`, a new terminal whose master goes to
+/// `console_socket`), writes `ok PID` (or the error) on `sync_fd`, then lives as long as the
+/// process. Returns the exit code (or ends by the process's fatal signal).
+pub fn proxy(sync_fd: i32, spec_json: &str, tty: bool, console_socket: Option<&Path>) -> i32 {
     // SAFETY: the descriptor number `exec` passed us, ours alone from here.
     let mut sync = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(sync_fd) });
-    let started = start(spec_json);
+    let started = stdio(tty, console_socket).and_then(|(fds, _slave)| start(spec_json, &fds));
     let (conn, lines) = match started {
         Ok((conn, lines, pid)) => {
             let _ = writeln!(sync, "ok {pid}");
@@ -169,14 +186,40 @@ pub fn proxy(sync_fd: i32, spec_json: &str) -> i32 {
     }
 }
 
-/// Connects to the VMM, sends the request with this process's stdio, reads the answer:
-/// (the connection, a reader of what follows, the process's pid in the container).
-fn start(spec_json: &str) -> anyhow::Result<(UnixStream, BufReader<UnixStream>, i64)> {
+/// The process's stdin, stdout and stderr: this process's own, or a new terminal's slave (its
+/// master sent to `console_socket`; without one, this process's terminal is the process's).
+/// The slave, if any, is kept open until the request is sent.
+fn stdio(tty: bool, console_socket: Option<&Path>) -> anyhow::Result<([i32; 3], Option<OwnedFd>)> {
+    let Some(socket) = console_socket.filter(|_| tty) else {
+        return Ok(([0, 1, 2], None));
+    };
+    let name = super::console::pty_to_socket(socket)?;
+    // SAFETY: the slave's NUL-terminated path; the descriptor is ours from here.
+    let fd = unsafe {
+        libc::open(
+            name.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("opening the terminal");
+    }
+    // SAFETY: a fresh descriptor.
+    let slave = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(([fd, fd, fd], Some(slave)))
+}
+
+/// Connects to the VMM, sends the request with `stdio` attached, reads the answer: (the
+/// connection, a reader of what follows, the process's pid in the container).
+fn start(
+    spec_json: &str,
+    stdio: &[i32; 3],
+) -> anyhow::Result<(UnixStream, BufReader<UnixStream>, i64)> {
     let conn = UnixStream::connect(SOCKET)
         .context("connecting to the container's VMM (is the container running?)")?;
     let mut request = spec_json.as_bytes().to_vec();
     request.push(b'\n');
-    send_with_fds(&conn, &request, &[0, 1, 2])?;
+    send_with_fds(&conn, &request, stdio)?;
     let mut lines = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
     lines.read_line(&mut line)?;
@@ -245,15 +288,16 @@ mod tests {
             process: Some(file),
             ..Default::default()
         };
-        let spec = exec_spec(&dir, &opts).unwrap();
+        let (spec, tty) = exec_spec(&dir, &opts).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
+        assert!(!tty);
         assert_eq!(spec.args, ["sh", "-c", "id"]);
         assert_eq!(spec.env, ["A=1"]);
         assert_eq!((spec.cwd.as_str(), spec.uid, spec.gid), ("/tmp", 5, 6));
     }
 
     #[test]
-    fn a_terminal_is_refused_with_a_clear_error() {
+    fn a_process_json_asks_for_its_terminal() {
         let dir = std::env::temp_dir().join(format!("qvisor-exec-tty-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("process.json");
@@ -266,8 +310,9 @@ mod tests {
             process: Some(file),
             ..Default::default()
         };
-        let err = exec_spec(&dir, &opts).unwrap_err();
+        let (spec, tty) = exec_spec(&dir, &opts).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(format!("{err:#}").contains("--tty"), "{err:#}");
+        assert!(tty);
+        assert_eq!(spec.args, ["sh"]);
     }
 }
