@@ -134,6 +134,9 @@ pub(crate) enum State {
         saved: Saved,
         socks: Vec<IoWant>,
         until: u64,
+        /// A poll, select or epoll_wait: a handler ends it with EINTR, never restarts it
+        /// (Linux's ERESTARTNOHAND), whatever SA_RESTART says.
+        poll: bool,
     },
 }
 
@@ -596,12 +599,14 @@ impl Kernel {
         m: &mut dyn Machine,
         socks: Vec<IoWant>,
         until: u64,
+        poll: bool,
     ) -> SyscallOutcome {
         let regs = Self::restart_regs(m);
-        self.switch_away(m, regs, true, move |saved| State::Io {
+        self.switch_away(m, regs, !poll, move |saved| State::Io {
             saved,
             socks,
             until,
+            poll,
         })
     }
 
@@ -964,8 +969,18 @@ impl Kernel {
         if t.thread.deliverable().is_none() || !t.state.interruptible() {
             return;
         }
-        if let State::Sleeping { saved, .. } | State::Futex { saved, .. } = &mut t.state {
-            saved.regs.rax = (-EINTR) as u64; // the wait ends early
+        match &mut t.state {
+            State::Sleeping { saved, .. } | State::Futex { saved, .. } => {
+                saved.regs.rax = (-EINTR) as u64; // the wait ends early
+            }
+            State::Io {
+                saved, poll: true, ..
+            } => {
+                // Past the call, which returns EINTR after the handler.
+                saved.regs.rip = saved.regs.rip.wrapping_add(2);
+                saved.regs.rax = (-EINTR) as u64;
+            }
+            _ => {}
         }
         self.procs.make_runnable(tid);
     }

@@ -164,6 +164,8 @@ impl Kernel {
         let bit = 1 << (sig - 1);
         self.t.signals.pending &= !bit;
         let info = self.t.signals.info.remove(&sig);
+        // A socket wait it interrupts is over: the next one starts with its own timeout.
+        self.t.io_until = None;
         let (handler, flags, restorer, mask) = action(&self.p, sig);
         if matches!(handler, SIG_DFL | SIG_IGN) || self.t.signals.fpu.len() >= MAX_DEPTH {
             return false; // the handler went away meanwhile

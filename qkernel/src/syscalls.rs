@@ -481,12 +481,12 @@ impl Kernel {
             return None;
         }
         loop {
-            let (socks, until) = match self.try_socket_call(m, call) {
+            let (socks, until, poll) = match self.try_socket_call(m, call) {
                 Ok(out) => return out,
                 Err(wait) => wait,
             };
             if !self.procs_alone() {
-                return Some(self.park_on_sockets(m, socks, until));
+                return Some(self.park_on_sockets(m, socks, until, poll));
             }
             // Alone, but the platform may send requests: wait here (no switch, no restart of
             // the call) in slices, looking at them between slices.
@@ -507,8 +507,13 @@ impl Kernel {
                 return Some(SyscallOutcome::Return(-EINTR));
             }
             if self.t.deliverable().is_some() {
-                // A handler interrupts the wait: EINTR, or the call again with SA_RESTART.
+                // A handler interrupts the wait: EINTR, or the call again with SA_RESTART
+                // (never for a poll).
                 self.t.io_until = None;
+                if poll {
+                    let out = SyscallOutcome::Return(-EINTR);
+                    return Some(self.deliver_on_return(m, -EINTR).unwrap_or(out));
+                }
                 let mut regs = Self::restart_regs(m);
                 self.deliver(m, &mut regs, true);
                 m.set_user_regs(&regs);
@@ -523,7 +528,7 @@ impl Kernel {
         &mut self,
         m: &mut dyn Machine,
         call: SyscallArgs,
-    ) -> Result<Option<SyscallOutcome>, (Vec<crate::process::IoWant>, u64)> {
+    ) -> Result<Option<SyscallOutcome>, (Vec<crate::process::IoWant>, u64, bool)> {
         let timed_out = self.t.io_until.is_some_and(|u| m.monotonic_ns() >= u);
         self.io_wants.clear();
         self.io_timeout_ms = None;
@@ -564,7 +569,7 @@ impl Kernel {
             }
             _ => u64::MAX,
         };
-        Err((socks, until))
+        Err((socks, until, self.io_timeout_ms.is_some()))
     }
 
     /// Serves one syscall.
@@ -830,7 +835,7 @@ impl Kernel {
             }
             Err(crate::fs::EINPUT) => {
                 let until = m.monotonic_ns().saturating_add(crate::fs::INPUT_POLL_NS);
-                return self.park_on_sockets(m, Vec::new(), until);
+                return self.park_on_sockets(m, Vec::new(), until, false);
             }
             Err(crate::pipe::ESIGPIPE) => return self.sigpipe(m),
             _ => {}

@@ -307,13 +307,20 @@ static void *echo_server(void *arg) {
     return NULL;
 }
 
+static volatile int poller_ready;
+
 static void *poller(void *arg) {
     int fd = (int)(long)arg;
     struct pollfd p = {.fd = fd, .events = POLLIN};
+    /* A signal interrupts a long poll: its handler runs and poll fails with EINTR, even with
+     * SA_RESTART (signal() sets it), as on Linux... */
+    poller_ready = 1;
+    int interrupted = poll(&p, 1, 5000) == -1 && errno == EINTR;
+    /* ...and the next poll waits its own full timeout. */
     long start = now_ms();
     int r = poll(&p, 1, 60);
     long took = now_ms() - start;
-    return (void *)(long)(r == 0 && took >= 55 && took < 2000);
+    return (void *)(long)(interrupted && r == 0 && took >= 55 && took < 2000);
 }
 
 static void check_sockets(void) {
@@ -342,6 +349,10 @@ static void check_sockets(void) {
     bind(idle_sock, (struct sockaddr *)&u, sizeof u);
     pthread_t p;
     pthread_create(&p, NULL, poller, (void *)(long)idle_sock);
+    while (!poller_ready)
+        sched_yield();
+    usleep(20000);
+    pthread_kill(p, SIGUSR1); /* on_usr1 is its handler (check_thread_signal) */
     int echoed = 1;
     for (int i = 0; i < 100 && connected; i++) {
         char msg[32], back[32];
