@@ -2,11 +2,12 @@
 //!
 //! It speaks the CNI spec (0.3.0 to 1.1.0) exactly: the command and attachment in the
 //! environment, the network configuration on stdin, a result or an error JSON on stdout.
-//! `"mode": "ptp"` wires the pod itself (a routed veth, IPAM delegated); `"mode": "chained"`
-//! runs after the plugin that made the pod's interface (Debian's bridge or ptp, Calico...): it
-//! checks the interface qvisor will take over and passes the result on. The `bridge` and `vpc`
-//! modes are not in this build yet and say so.
+//! `"mode": "ptp"` and `"mode": "bridge"` wire the pod themselves (a routed veth, or a veth on
+//! a Linux bridge; IPAM delegated); `"mode": "chained"` runs after the plugin that made the
+//! pod's interface (Debian's bridge or ptp, Calico...): it checks the interface qvisor will take
+//! over and passes the result on. The `vpc` mode needs qnetd, not there yet, and says so.
 
+mod bridge;
 mod ptp;
 mod spec;
 
@@ -73,13 +74,7 @@ fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     match conf.mode.as_deref() {
         Some("chained") => chained(env, &conf),
         Some("ptp") => ptp::run(env, &conf, stdin),
-        Some("bridge") => Err(CniError::new(
-            Code::INVALID_CONFIG,
-            format!(
-                "mode \"bridge\" is not in this build of {PLUGIN_TYPE} yet: use \"ptp\", or list \
-                 the reference bridge plugin first and {PLUGIN_TYPE} after it with \"mode\": \"chained\""
-            ),
-        )),
+        Some("bridge") => bridge::run(env, &conf, stdin),
         Some("vpc") => Err(CniError::new(
             Code::INVALID_CONFIG,
             "mode \"vpc\" needs the qnetd VPC daemon, which is not available yet",

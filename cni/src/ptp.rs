@@ -1,6 +1,7 @@
 //! `"mode": "ptp"`: a routed point-to-point link per pod, as the reference ptp plugin makes it
 //! (a veth whose host end holds the gateway address; in the pod every destination goes through
-//! the gateway), with IPAM delegated to the configured plugin on CNI_PATH.
+//! the gateway), with IPAM delegated to the configured plugin on CNI_PATH. The commands and
+//! IPAM here serve `"mode": "bridge"` too ([`crate::bridge`]), which wires the link otherwise.
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -14,7 +15,7 @@ use crate::spec::{CniError, Code, Command, Env, NetConf};
 
 /// The host end's name: stable for a (container, interface), at most 15 bytes, as the kernel
 /// allows.
-fn host_ifname(env: &Env) -> String {
+pub(crate) fn host_ifname(env: &Env) -> String {
     // FNV-1a: small, stable across runs and builds.
     let mut h: u32 = 0x811c9dc5;
     for b in env.container_id.bytes().chain(env.ifname.bytes()) {
@@ -23,7 +24,7 @@ fn host_ifname(env: &Env) -> String {
     format!("qv{h:08x}")
 }
 
-fn netns_err(what: &str) -> impl FnOnce(qnet_netns::NetnsError) -> CniError + '_ {
+pub(crate) fn netns_err(what: &str) -> impl FnOnce(qnet_netns::NetnsError) -> CniError + '_ {
     move |e| CniError::new(Code::IO, what.to_string()).details(e)
 }
 
@@ -37,7 +38,7 @@ fn ipam_plugin(env: &Env, conf: &NetConf) -> Result<PathBuf, CniError> {
         .ok_or_else(|| {
             CniError::new(
                 Code::INVALID_CONFIG,
-                "ptp mode needs \"ipam\" with a \"type\"",
+                "this mode needs \"ipam\" with a \"type\"",
             )
         })?;
     env.path
@@ -103,16 +104,29 @@ fn parse_net(s: &str) -> Option<Ipv4Net> {
     })
 }
 
-fn mac_string(m: [u8; 6]) -> String {
+pub(crate) fn mac_string(m: [u8; 6]) -> String {
     m.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
 }
 
+/// Wires a pod given IPAM's result: ptp's [`wire`] or the bridge's.
+pub(crate) type Wire = fn(&Env, &NetConf, &Value) -> Result<Value, CniError>;
+
 pub fn run(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Option<Value>, CniError> {
+    run_with(env, conf, stdin, wire)
+}
+
+/// The commands of a main plugin that wires pods with `wire`.
+pub(crate) fn run_with(
+    env: &Env,
+    conf: &NetConf,
+    stdin: &[u8],
+    wire: Wire,
+) -> Result<Option<Value>, CniError> {
     match env.command {
-        Command::Add => add(env, conf, stdin).map(Some),
+        Command::Add => add(env, conf, stdin, wire).map(Some),
         Command::Del => del(env, conf, stdin).map(|()| None),
         Command::Check => {
             let prev = conf.prev_result.as_ref().ok_or_else(|| {
@@ -126,7 +140,7 @@ pub fn run(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Option<Value>, Cni
     }
 }
 
-fn add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Value, CniError> {
+fn add(env: &Env, conf: &NetConf, stdin: &[u8], wire: Wire) -> Result<Value, CniError> {
     let plugin = ipam_plugin(env, conf)?;
     let ipam = delegate(&plugin, "ADD", stdin)?.unwrap_or_default();
     // From here on a failure gives the address back, so a retried ADD starts clean.
@@ -137,7 +151,14 @@ fn add(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Value, CniError> {
     wired
 }
 
-fn wire(env: &Env, conf: &NetConf, ipam: &Value) -> Result<Value, CniError> {
+/// What IPAM gave for the pod: its address, the gateway, and more routes.
+pub(crate) struct Addressing {
+    pub(crate) addr: Ipv4Net,
+    pub(crate) gateway: Ipv4Addr,
+    pub(crate) routes: Vec<(Ipv4Net, Option<Ipv4Addr>)>,
+}
+
+pub(crate) fn addressing(ipam: &Value) -> Result<Addressing, CniError> {
     let ip = ipam["ips"]
         .as_array()
         .into_iter()
@@ -168,15 +189,56 @@ fn wire(env: &Env, conf: &NetConf, ipam: &Value) -> Result<Value, CniError> {
             Some((dst, gw))
         })
         .collect();
+    Ok(Addressing {
+        addr,
+        gateway,
+        routes,
+    })
+}
+
+/// The pod's namespace, opened.
+pub(crate) fn pod_netns(env: &Env) -> Result<(String, Netns), CniError> {
+    let netns = env.netns.clone().unwrap_or_default();
+    let pod = Netns::open(Path::new(&netns)).map_err(|e| {
+        CniError::new(Code::CONTAINER_UNKNOWN, format!("opening {netns}")).details(e)
+    })?;
+    Ok((netns, pod))
+}
+
+/// The result's `ips` entry for the pod's address, `interface` its index in `interfaces`.
+pub(crate) fn ip_config(conf: &NetConf, a: &Addressing, interface: usize) -> Value {
+    let mut ipconf = json!({
+        "address": a.addr.to_string(),
+        "gateway": a.gateway.to_string(),
+        "interface": interface,
+    });
+    if conf.cni_version.starts_with("0.") {
+        ipconf["version"] = "4".into();
+    }
+    ipconf
+}
+
+/// Routes and DNS from IPAM go into the result as IPAM gave them.
+pub(crate) fn pass_on_ipam(result: &mut Value, ipam: &Value) {
+    for key in ["routes", "dns"] {
+        if let Some(v) = ipam.get(key) {
+            result[key] = v.clone();
+        }
+    }
+}
+
+fn wire(env: &Env, conf: &NetConf, ipam: &Value) -> Result<Value, CniError> {
+    let Addressing {
+        addr,
+        gateway,
+        routes,
+    } = addressing(ipam)?;
     let mtu = conf
         .rest
         .get("mtu")
         .and_then(Value::as_u64)
         .map(|m| m as u32);
-    let netns = env.netns.clone().unwrap_or_default();
-    let pod = Netns::open(Path::new(&netns)).map_err(|e| {
-        CniError::new(Code::CONTAINER_UNKNOWN, format!("opening {netns}")).details(e)
-    })?;
+    let (netns, pod) = pod_netns(env)?;
     let host = Netns::current().map_err(netns_err("opening this namespace"))?;
     let link = PtpLink {
         host_ifname: host_ifname(env),
@@ -189,15 +251,15 @@ fn wire(env: &Env, conf: &NetConf, ipam: &Value) -> Result<Value, CniError> {
     let macs = host
         .add_ptp(&pod, &link)
         .map_err(netns_err("wiring the pod"))?;
-    let legacy = conf.cni_version.starts_with("0.");
-    let mut ipconf = json!({
-        "address": addr.to_string(),
-        "gateway": gateway.to_string(),
-        "interface": 1,
-    });
-    if legacy {
-        ipconf["version"] = "4".into();
-    }
+    let ipconf = ip_config(
+        conf,
+        &Addressing {
+            addr,
+            gateway,
+            routes: Vec::new(),
+        },
+        1,
+    );
     let mut result = json!({
         "cniVersion": conf.cni_version,
         "interfaces": [
@@ -206,11 +268,7 @@ fn wire(env: &Env, conf: &NetConf, ipam: &Value) -> Result<Value, CniError> {
         ],
         "ips": [ipconf],
     });
-    for key in ["routes", "dns"] {
-        if let Some(v) = ipam.get(key) {
-            result[key] = v.clone();
-        }
-    }
+    pass_on_ipam(&mut result, ipam);
     Ok(result)
 }
 

@@ -7,7 +7,7 @@
 
 mod pod;
 
-pub use pod::{Macs, PtpLink};
+pub use pod::{BridgeLink, Macs, PtpLink};
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};

@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 use futures_util::stream::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::route::RouteScope;
-use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::{is_exists, Ipv4Net, Netns, NetnsError, Result};
 
@@ -23,6 +23,28 @@ pub struct PtpLink {
     /// The pod's address and prefix.
     pub addr: Ipv4Net,
     pub gateway: Ipv4Addr,
+    /// More routes in the pod: destination and gateway (`None`: the link's gateway).
+    pub routes: Vec<(Ipv4Net, Option<Ipv4Addr>)>,
+}
+
+/// One pod on a Linux bridge, as the reference bridge plugin wires it: a veth whose host end
+/// is a port of the bridge (made on first use, shared by the node's pods, kept after DEL) and
+/// whose pod end holds the pod's address with its subnet on the link.
+#[derive(Clone, Debug)]
+pub struct BridgeLink {
+    pub bridge: String,
+    /// The host end's name (at most 15 bytes).
+    pub host_ifname: String,
+    /// The pod end's name (CNI_IFNAME).
+    pub pod_ifname: String,
+    pub mtu: Option<u32>,
+    /// The pod's address and prefix.
+    pub addr: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    /// The bridge holds the gateway address (`isGateway`).
+    pub is_gateway: bool,
+    /// A default route through the gateway in the pod (`isDefaultGateway`).
+    pub default_route: bool,
     /// More routes in the pod: destination and gateway (`None`: the link's gateway).
     pub routes: Vec<(Ipv4Net, Option<Ipv4Addr>)>,
 }
@@ -167,6 +189,113 @@ impl Netns {
             let src = Some(link.addr.addr);
             add_route(pod, &h, index, gw, None, src).await?;
             add_route(pod, &h, index, link.addr.network(), Some(link.gateway), src).await?;
+            for (dst, via) in &link.routes {
+                let via = Some(via.unwrap_or(link.gateway));
+                add_route(pod, &h, index, *dst, via, None).await?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Wires `pod` to the bridge of `link` here; the MACs of the veth's ends. On an error
+    /// nothing of this pod is left (the bridge stays: other pods may use it).
+    pub fn add_bridged(&self, pod: &Netns, link: &BridgeLink) -> Result<Macs> {
+        let tmp = format!("{}p", &link.host_ifname[..link.host_ifname.len().min(14)]);
+        let made = self.add_bridged_steps(pod, link, &tmp);
+        if made.is_err() {
+            let _ = self.delete_link(&link.host_ifname);
+            let _ = self.delete_link(&tmp);
+        }
+        made?;
+        let host = self.link_mac(&link.host_ifname)?;
+        let pod_mac = pod.link_mac(&link.pod_ifname)?;
+        Ok(Macs { host, pod: pod_mac })
+    }
+
+    /// The MAC of link `name` here.
+    pub fn mac_of(&self, name: &str) -> Result<[u8; 6]> {
+        self.link_mac(name)
+    }
+
+    fn add_bridged_steps(&self, pod: &Netns, link: &BridgeLink, tmp: &str) -> Result<()> {
+        let pod_fd = pod.file.as_raw_fd();
+        self.netlink(|h| async move {
+            let bridge = match index_of(self, &h, &link.bridge).await {
+                Ok(i) => i,
+                Err(_) => {
+                    let mut b = LinkBridge::new(&link.bridge);
+                    if let Some(mtu) = link.mtu {
+                        b = b.mtu(mtu);
+                    }
+                    match h.link().add(b.build()).execute().await {
+                        Err(e) if !is_exists(&e) => {
+                            return Err(self.err(format!("creating bridge {}", link.bridge))(e))
+                        }
+                        _ => {}
+                    }
+                    index_of(self, &h, &link.bridge).await?
+                }
+            };
+            h.link()
+                .set(LinkUnspec::new_with_index(bridge).up().build())
+                .execute()
+                .await
+                .map_err(self.err(format!("bringing {} up", link.bridge)))?;
+            if link.is_gateway {
+                let gw = Ipv4Net {
+                    addr: link.gateway,
+                    prefix: link.addr.prefix,
+                };
+                add_addr(self, &h, bridge, gw, false).await?;
+            }
+            let mut veth = LinkVeth::new(&link.host_ifname, tmp);
+            if let Some(mtu) = link.mtu {
+                veth = veth.mtu(mtu);
+            }
+            h.link()
+                .add(veth.build())
+                .execute()
+                .await
+                .map_err(self.err(format!("creating veth {}", link.host_ifname)))?;
+            let peer = index_of(self, &h, tmp).await?;
+            h.link()
+                .set(LinkUnspec::new_with_index(peer).setns_by_fd(pod_fd).build())
+                .execute()
+                .await
+                .map_err(self.err("moving the pod end into the pod's namespace"))?;
+            let host = index_of(self, &h, &link.host_ifname).await?;
+            h.link()
+                .set(
+                    LinkUnspec::new_with_index(host)
+                        .controller(bridge)
+                        .up()
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(self.err(format!("attaching {} to {}", link.host_ifname, link.bridge)))
+        })?;
+        pod.netlink(|h| async move {
+            let index = index_of(pod, &h, tmp).await?;
+            h.link()
+                .set(
+                    LinkUnspec::new_with_index(index)
+                        .name(link.pod_ifname.clone())
+                        .up()
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(pod.err(format!("naming the pod end {}", link.pod_ifname)))?;
+            // The subnet is on the link: the pod reaches its neighbours through the bridge.
+            add_addr(pod, &h, index, link.addr, false).await?;
+            if link.default_route {
+                let any = Ipv4Net {
+                    addr: Ipv4Addr::UNSPECIFIED,
+                    prefix: 0,
+                };
+                add_route(pod, &h, index, any, Some(link.gateway), None).await?;
+            }
             for (dst, via) in &link.routes {
                 let via = Some(via.unwrap_or(link.gateway));
                 add_route(pod, &h, index, *dst, via, None).await?;
