@@ -96,6 +96,11 @@ pub(crate) enum FileOp {
     Sync { data_only: bool },
 }
 
+/// Whether `path` is in /proc, which qkernel makes up (`procfs`).
+fn is_proc(path: &[u8]) -> bool {
+    path == b"/proc" || path.starts_with(b"/proc/")
+}
+
 /// The host terminal a descriptor may be: the console, or a stream from outside.
 fn tty_of(kind: &FileKind) -> Option<crate::machine::Tty> {
     use crate::machine::Tty;
@@ -508,7 +513,7 @@ impl Kernel {
         let path = self.alias(self.at_path(m, dirfd, path)?);
         let kind = match device(&path) {
             Some(k) => k,
-            None if path.starts_with(b"/proc/") => self.proc_open(m, &path)?,
+            None if is_proc(&path) => self.proc_open(m, &path)?,
             None => FileKind::Host {
                 file: m.fs_open(&path, flags & !O_CLOEXEC, mode as u32)?,
                 path,
@@ -972,7 +977,7 @@ impl Kernel {
         }
         let follow = flags & AT_SYMLINK_NOFOLLOW == 0;
         let path = self.at_path(m, dirfd, path)?;
-        if path.starts_with(b"/proc/") {
+        if is_proc(&path) {
             if let Some(st) = self.proc_stat(m, &path, follow) {
                 return st;
             }

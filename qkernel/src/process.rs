@@ -256,6 +256,11 @@ impl ProcTable {
         self.threads.len() + self.parked.values().filter(|p| p.zombie.is_some()).count()
     }
 
+    /// Whether process `pid` is stopped (SIGSTOP and its kind).
+    pub(crate) fn is_stopped(&self, pid: i64) -> bool {
+        self.stopped.contains(&pid)
+    }
+
     /// The parked threads of process `pid`.
     pub(crate) fn threads_of(&self, pid: i64) -> Vec<i64> {
         self.threads

@@ -1,6 +1,7 @@
-//! /proc, made up at open from the kernel's state: what libcs and runtimes read about memory,
-//! the CPU and the process itself (`/proc/self/...`, or `/proc/PID/...` with its own pid).
-//! Other processes' entries and the rest of /proc do not exist (ENOENT).
+//! /proc, made up at open from the kernel's state: what libcs and runtimes read about memory
+//! and the CPU, the process itself (`/proc/self/...`: status, stat, comm, cmdline, exe, fd/,
+//! maps), and every other process of the container (`/proc/PID/`: status, stat, comm,
+//! cmdline), listed in `/proc` as `ps` reads them. The rest of /proc does not exist (ENOENT).
 
 use crate::errno::*;
 use crate::fs::{FileKind, Generated};
@@ -45,6 +46,14 @@ impl Kernel {
         if path == b"/proc/self/fd" {
             return Ok(FileKind::Generated(Generated::dir(self.fd_dirents())));
         }
+        if path == b"/proc" || path == b"/proc/" {
+            return Ok(FileKind::Generated(Generated::dir(self.proc_dirents())));
+        }
+        if let Some((pid, b"")) = pid_path(&path) {
+            self.proc_view(pid).ok_or(ENOENT)?;
+            let own = pid == PidRef::SelfPid;
+            return Ok(FileKind::Generated(Generated::dir(self.pid_dirents(own))));
+        }
         Ok(FileKind::Generated(Generated::new(
             self.proc_file(m, &path)?,
         )))
@@ -73,8 +82,15 @@ impl Kernel {
         follow: bool,
     ) -> Option<Result<[u8; 144], i64>> {
         let path = as_self(path, self.p.pid);
-        if path == b"/proc/self" || path == b"/proc/self/fd" {
+        if path == b"/proc" || path == b"/proc/self/fd" {
             return Some(Ok(Kernel::stat_with_mode(0o040555)));
+        }
+        if let Some((pid, b"")) = pid_path(&path) {
+            return Some(
+                self.proc_view(pid)
+                    .map(|_| Kernel::stat_with_mode(0o040555))
+                    .ok_or(ENOENT),
+            );
         }
         if let Some(fd) = path.strip_prefix(b"/proc/self/fd/") {
             let fd = std::str::from_utf8(fd)
@@ -137,16 +153,137 @@ impl Kernel {
                 )
             }
             b"/proc/cpuinfo" => String::from_utf8_lossy(&m.cpuinfo()).into_owned(),
-            b"/proc/self/status" => {
-                let name = String::from_utf8_lossy(&self.p.comm).into_owned();
-                let (pid, ppid, tid) = (self.p.pid, self.p.ppid, self.t.tid);
-                let threads = 1 + self.procs.threads_of(pid).len();
-                let c = &self.p.cred;
+            b"/proc/self/maps" => self.maps(),
+            _ => {
+                // /proc/PID/FILE of any process: its status, stat, comm, cmdline.
+                let (pid, file) = pid_path(path).ok_or(ENOENT)?;
+                let view = self.proc_view(pid).ok_or(ENOENT)?;
+                return view.file(file).ok_or(ENOENT);
+            }
+        };
+        Ok(text.into_bytes())
+    }
+
+    /// What /proc shows of process `pid` (`self` is the running one), if it exists.
+    fn proc_view(&self, pid: PidRef) -> Option<ProcView<'_>> {
+        let pid = match pid {
+            PidRef::SelfPid => self.p.pid,
+            PidRef::Pid(p) => p,
+        };
+        if pid == self.p.pid {
+            return Some(ProcView {
+                p: &self.p,
+                tid: self.t.tid,
+                sigmask: self.t.sigmask,
+                state: 'R',
+                threads: 1 + self.procs.threads_of(pid).len(),
+            });
+        }
+        let parked = self.procs.parked.get(&pid)?;
+        let state = if parked.zombie.is_some() {
+            'Z'
+        } else if self.procs.is_stopped(pid) {
+            'T'
+        } else {
+            'S'
+        };
+        Some(ProcView {
+            p: &parked.proc,
+            tid: pid,
+            sigmask: 0,
+            state,
+            threads: self.procs.threads_of(pid).len(),
+        })
+    }
+
+    /// /proc: its files, `self`, and a directory per process.
+    fn proc_dirents(&self) -> Vec<u8> {
+        let mut entries = vec![
+            (1, DT_DIR, b".".to_vec()),
+            (1, DT_DIR, b"..".to_vec()),
+            (2, DT_LNK, b"self".to_vec()),
+            (3, DT_REG, b"meminfo".to_vec()),
+            (4, DT_REG, b"cpuinfo".to_vec()),
+        ];
+        let mut pids: Vec<i64> = self.procs.parked.keys().copied().collect();
+        pids.push(self.p.pid);
+        pids.sort_unstable();
+        for pid in pids {
+            entries.push((1000 + pid as u64, DT_DIR, pid.to_string().into_bytes()));
+        }
+        dirents(&entries)
+    }
+
+    /// /proc/PID: the files each process has.
+    fn pid_dirents(&self, own: bool) -> Vec<u8> {
+        let mut entries = vec![(1, DT_DIR, b".".to_vec()), (1, DT_DIR, b"..".to_vec())];
+        for name in ["status", "stat", "comm", "cmdline"] {
+            entries.push((5, DT_REG, name.as_bytes().to_vec()));
+        }
+        if own {
+            entries.push((6, DT_LNK, b"exe".to_vec()));
+            entries.push((7, DT_DIR, b"fd".to_vec()));
+            entries.push((8, DT_REG, b"maps".to_vec()));
+        }
+        dirents(&entries)
+    }
+}
+
+/// d_type of a regular file.
+const DT_REG: u8 = 8;
+
+/// A process named in a /proc path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PidRef {
+    SelfPid,
+    Pid(i64),
+}
+
+/// `/proc/PID/FILE` (or `/proc/self/FILE`): the process and the file's name.
+fn pid_path(path: &[u8]) -> Option<(PidRef, &[u8])> {
+    let rest = path.strip_prefix(b"/proc/")?;
+    let (who, file) = match rest.iter().position(|b| *b == b'/') {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (rest, &b""[..]),
+    };
+    let pid = match who {
+        b"self" => PidRef::SelfPid,
+        digits => PidRef::Pid(std::str::from_utf8(digits).ok()?.parse().ok()?),
+    };
+    Some((pid, file))
+}
+
+/// One process as /proc shows it.
+struct ProcView<'a> {
+    p: &'a crate::syscalls::Proc,
+    tid: i64,
+    sigmask: u64,
+    /// R running, S waiting, T stopped, Z zombie.
+    state: char,
+    threads: usize,
+}
+
+impl ProcView<'_> {
+    fn file(&self, name: &[u8]) -> Option<Vec<u8>> {
+        let p = self.p;
+        let comm = String::from_utf8_lossy(&p.comm).into_owned();
+        let text = match name {
+            b"status" => {
+                let c = &p.cred;
                 let groups: Vec<String> = c.groups.iter().map(|g| g.to_string()).collect();
+                let state = match self.state {
+                    'R' => "R (running)",
+                    'T' => "T (stopped)",
+                    'Z' => "Z (zombie)",
+                    _ => "S (sleeping)",
+                };
                 format!(
-                    "Name:\t{name}\nState:\tR (running)\nTgid:\t{pid}\nPid:\t{tid}\n\
-                     PPid:\t{ppid}\nUid:\t{}\t{}\t{}\t{}\nGid:\t{}\t{}\t{}\t{}\n\
-                     Groups:\t{}\nThreads:\t{threads}\nSigBlk:\t{:016x}\n",
+                    "Name:\t{comm}\nState:\t{state}\nTgid:\t{}\nPid:\t{}\nPPid:\t{}\n\
+                     Uid:\t{}\t{}\t{}\t{}\nGid:\t{}\t{}\t{}\t{}\nGroups:\t{}\n\
+                     Threads:\t{}\nSigBlk:\t{:016x}\n",
+                    p.pid,
+                    self.tid,
+                    p.ppid,
                     c.uid,
                     c.euid,
                     c.suid,
@@ -156,18 +293,37 @@ impl Kernel {
                     c.sgid,
                     c.egid,
                     groups.join(" "),
-                    self.t.sigmask
+                    self.threads,
+                    self.sigmask
                 )
             }
-            b"/proc/self/cmdline" | b"/proc/self/comm" => {
-                let mut c = self.p.comm.clone();
-                c.push(if path.ends_with(b"comm") { b'\n' } else { 0 });
-                return Ok(c);
+            // The fields ps reads, the rest 0: pid, comm, state, ppid, pgrp, session, tty,
+            // tpgid, flags, fault and time counters, priority, nice, threads, ..., start time,
+            // sizes.
+            b"stat" => {
+                let mut fields = vec!["0".to_string(); 49];
+                fields[14] = "20".into(); // priority
+                fields[16] = self.threads.to_string();
+                format!(
+                    "{} ({comm}) {} {} {} {} 0 -1 {}\n",
+                    p.pid,
+                    self.state,
+                    p.ppid,
+                    p.pgid,
+                    p.sid,
+                    fields.join(" ")
+                )
             }
-            b"/proc/self/maps" => self.maps(),
-            _ => return Err(ENOENT),
+            b"comm" => format!("{comm}\n"),
+            // The program's name: the arguments are not kept.
+            b"cmdline" => {
+                let mut c = p.comm.clone();
+                c.push(0);
+                return Some(c);
+            }
+            _ => return None,
         };
-        Ok(text.into_bytes())
+        Some(text.into_bytes())
     }
 }
 

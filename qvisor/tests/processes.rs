@@ -198,6 +198,27 @@ fn proc_tells_memory_the_cpu_and_the_process_itself() {
 }
 
 #[test]
+fn ps_lists_the_container_processes_from_proc() {
+    // /proc lists every process; ps reads each one's stat and status. The background sleep is
+    // a child of the shell (init), and ps itself is there too.
+    let (code, out, err) = sh("sleep 5 & busybox ps; kill $!; busybox cat /proc/1/status; exit 0");
+    assert_eq!(code, Some(0), "{err}");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.starts_with("Name:"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert!(
+        rows.iter().any(|r| r[0] == "1" && r.last() == Some(&"sh")),
+        "{out}"
+    );
+    assert!(rows.iter().any(|r| r.last() == Some(&"sleep")), "{out}");
+    assert!(rows.iter().any(|r| r.last() == Some(&"busybox")), "{out}");
+    assert!(out.contains("Name:\tsh\nState:\tS (sleeping)\n"), "{out}");
+}
+
+#[test]
 fn proc_self_fd_lists_and_links_the_open_descriptors_and_maps_names_the_stack() {
     // ls lists its own /proc/self/fd: 0-2, the directory it reads, and 5 and 7 that the shell
     // opened for it; readlink names a file of the root by its path.
