@@ -106,6 +106,11 @@ impl Cred {
 }
 
 impl Kernel {
+    /// The arguments the container's first process was started with (/proc/1/cmdline).
+    pub fn set_args(&mut self, argv: &[String]) {
+        self.p.cmdline = crate::process::cmdline_of(argv);
+    }
+
     /// The user the container's first process runs as (the OCI `process.user`).
     pub fn set_user(&mut self, uid: u32, gid: u32, groups: Vec<u32>) {
         self.p.cred = Cred::new(uid, gid, groups);

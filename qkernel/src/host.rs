@@ -101,6 +101,7 @@ impl Kernel {
         );
         proc.ppid = 0;
         proc.space = space;
+        proc.cmdline = crate::process::cmdline_of(&s.argv);
         proc.cred = crate::cred::Cred::new(s.user.0, s.user.1, s.user.2.clone());
         let regs = crate::UserRegs {
             rip: loaded.entry,

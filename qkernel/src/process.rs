@@ -538,6 +538,13 @@ fn read_c_string(m: &dyn Machine, va: u64, limit: usize) -> Result<Vec<u8>, i64>
     }
 }
 
+/// /proc/PID/cmdline of a program started with `argv`: each argument ending in NUL.
+pub(crate) fn cmdline_of(argv: &[String]) -> Vec<u8> {
+    argv.iter()
+        .flat_map(|a| a.bytes().chain(std::iter::once(0)))
+        .collect()
+}
+
 /// The `#!` line of a script: the interpreter and its optional argument.
 fn shebang(image: &[u8]) -> Option<(String, Option<String>)> {
     let rest = image.strip_prefix(b"#!")?;
@@ -1511,6 +1518,7 @@ impl Kernel {
         let argv = read_string_array(m, argv_va)?;
         let envp = read_string_array(m, envp_va)?;
         let old_space = self.space(m);
+        let cmdline = cmdline_of(&argv);
         let (loaded, exe, new_space) = self.load_program(m, path, argv, &envp)?;
         if !std::mem::take(&mut self.p.borrowed_space) {
             m.space_release(old_space);
@@ -1522,6 +1530,7 @@ impl Kernel {
         self.t.signals.altstack = Default::default();
         self.p.space = new_space;
         self.p.exec_reset(&exe, loaded.brk);
+        self.p.cmdline = cmdline;
         for fd in self.p.fds.cloexec_fds() {
             let _ = self.close(m, fd);
         }

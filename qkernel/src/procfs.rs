@@ -315,12 +315,7 @@ impl ProcView<'_> {
                 )
             }
             b"comm" => format!("{comm}\n"),
-            // The program's name: the arguments are not kept.
-            b"cmdline" => {
-                let mut c = p.comm.clone();
-                c.push(0);
-                return Some(c);
-            }
+            b"cmdline" => return Some(p.cmdline.clone()),
             _ => return None,
         };
         Some(text.into_bytes())

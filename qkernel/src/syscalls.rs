@@ -183,6 +183,8 @@ pub(crate) struct Proc {
     pub(crate) exe: Vec<u8>,
     /// The thread name (`comm`): the program's file name, up to 15 bytes.
     pub(crate) comm: Vec<u8>,
+    /// The arguments it was started with, each ending in NUL (/proc/PID/cmdline).
+    pub(crate) cmdline: Vec<u8>,
     /// Signal dispositions (`struct kernel_sigaction`, 32 bytes each), shared by its threads.
     pub(crate) sigactions: [[u8; 32]; 64],
     pub(crate) brk_start: u64,
@@ -221,6 +223,7 @@ impl Proc {
                 .take(15)
                 .copied()
                 .collect(),
+            cmdline: [exe, b"\0"].concat(),
             sigactions: [[0; 32]; 64],
             brk_start: brk,
             brk,
@@ -246,6 +249,7 @@ impl Proc {
             cwd: self.cwd.clone(),
             exe: self.exe.clone(),
             comm: self.comm.clone(),
+            cmdline: self.cmdline.clone(),
             sigactions: self.sigactions,
             brk_start: self.brk_start,
             brk: self.brk,
@@ -269,6 +273,7 @@ impl Proc {
         let fresh = Proc::new(self.pid, brk, exe, Vec::new(), FdTable::default());
         self.exe = fresh.exe;
         self.comm = fresh.comm;
+        self.cmdline = fresh.cmdline;
         self.brk_start = brk;
         self.brk = brk;
         self.brk_mapped = brk;

@@ -122,6 +122,7 @@ pub fn boot(launch: &Launch) -> anyhow::Result<Booted> {
     let mut kernel = qkernel::Kernel::new(loaded.brk, &exe, &launch.cwd);
     kernel.set_max_processes(launch.max_processes);
     kernel.set_user(launch.user.0, launch.user.1, launch.user.2.clone());
+    kernel.set_args(&launch.argv);
     Ok(Booted {
         vm,
         kernel,
