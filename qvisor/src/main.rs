@@ -136,6 +136,9 @@ enum Cmd {
         /// Extra environment (NAME=VALUE), repeatable.
         #[arg(long, short)]
         env: Vec<String>,
+        /// The user to run as: UID[:GID] (numbers, as runc's).
+        #[arg(long, short)]
+        user: Option<String>,
         /// Where the terminal's master goes (with --tty), as for create.
         #[arg(long)]
         console_socket: Option<PathBuf>,
@@ -319,6 +322,7 @@ fn dispatch(g: &Global, cmd: Cmd) -> anyhow::Result<i32> {
             tty,
             cwd,
             env,
+            user,
             console_socket,
             id,
             args,
@@ -331,6 +335,7 @@ fn dispatch(g: &Global, cmd: Cmd) -> anyhow::Result<i32> {
                 console_socket,
                 cwd,
                 env,
+                user,
                 args,
             };
             oci::exec::exec(g, &id, &opts)

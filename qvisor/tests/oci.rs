@@ -675,6 +675,8 @@ fn exec_starts_processes_in_the_running_container_like_runc() {
         // Args with the container's own process as defaults: env, cwd.
         let out = rt.ok(&["exec", &id, "sh", "-c", "echo $FROM_SPEC $(busybox pwd)"]);
         assert_eq!(out, "yes /bin\n", "{name}");
+        let out = rt.ok(&["exec", "--user", "1000:100", &id, "busybox", "id"]);
+        assert!(out.starts_with("uid=1000 gid=100"), "{name}: {out}");
         let o = rt.cmd(&[
             "exec",
             "--env",

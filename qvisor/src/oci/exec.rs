@@ -32,6 +32,8 @@ pub struct ExecOptions {
     pub console_socket: Option<PathBuf>,
     pub cwd: Option<String>,
     pub env: Vec<String>,
+    /// `UID[:GID]`, over the process's own user.
+    pub user: Option<String>,
     pub args: Vec<String>,
 }
 
@@ -116,6 +118,10 @@ fn exec_spec(bundle: &Path, opts: &ExecOptions) -> anyhow::Result<(ExecSpec, boo
     let mut env = process.env().clone().unwrap_or_default();
     env.extend(opts.env.iter().cloned());
     let user = process.user();
+    let (uid, gid) = match &opts.user {
+        Some(u) => parse_user(u)?,
+        None => (user.uid(), user.gid()),
+    };
     let spec = ExecSpec {
         args,
         env,
@@ -123,11 +129,22 @@ fn exec_spec(bundle: &Path, opts: &ExecOptions) -> anyhow::Result<(ExecSpec, boo
             .cwd
             .clone()
             .unwrap_or_else(|| process.cwd().to_string_lossy().into_owned()),
-        uid: user.uid(),
-        gid: user.gid(),
+        uid,
+        gid,
         groups: user.additional_gids().clone().unwrap_or_default(),
     };
     Ok((spec, tty))
+}
+
+/// `--user UID[:GID]`: numbers only (names would need the image's /etc/passwd); the gid
+/// defaults to 0, as runc's.
+fn parse_user(s: &str) -> anyhow::Result<(u32, u32)> {
+    let (uid, gid) = s.split_once(':').unwrap_or((s, "0"));
+    let num = |v: &str| {
+        v.parse::<u32>()
+            .with_context(|| format!("exec failed: --user {s:?}: expected UID[:GID] as numbers"))
+    };
+    Ok((num(uid)?, num(gid)?))
 }
 
 /// Signals the proxy forwards to the process (bit `sig - 1`).
@@ -294,6 +311,13 @@ mod tests {
         assert_eq!(spec.args, ["sh", "-c", "id"]);
         assert_eq!(spec.env, ["A=1"]);
         assert_eq!((spec.cwd.as_str(), spec.uid, spec.gid), ("/tmp", 5, 6));
+    }
+
+    #[test]
+    fn user_is_uid_and_gid_as_numbers() {
+        assert_eq!(parse_user("1000:100").unwrap(), (1000, 100));
+        assert_eq!(parse_user("65534").unwrap(), (65534, 0));
+        assert!(parse_user("nobody").is_err());
     }
 
     #[test]
