@@ -429,20 +429,18 @@ impl ProcTable {
 
     /// A new runnable thread of process `pid`, last in line.
     pub(crate) fn add_runnable(&mut self, pid: i64, thread: Thread, saved: Saved) {
-        let tid = thread.tid;
-        self.threads.insert(
-            tid,
-            ParkedThread {
-                pid,
-                thread,
-                state: State::Runnable(saved),
-            },
-        );
+        let tid = self.park_runnable(pid, thread, saved);
         self.runq.push_back(tid);
     }
 
     /// Puts a thread taken by [`ProcTable::take_next`] back, first in line.
     fn put_back(&mut self, (pid, thread, saved): NextThread) {
+        let tid = self.park_runnable(pid, thread, saved);
+        self.runq.push_front(tid);
+    }
+
+    /// Parks `thread` of process `pid` as runnable (not queued yet); its tid.
+    fn park_runnable(&mut self, pid: i64, thread: Thread, saved: Saved) -> i64 {
         let tid = thread.tid;
         self.threads.insert(
             tid,
@@ -452,7 +450,7 @@ impl ProcTable {
                 state: State::Runnable(saved),
             },
         );
-        self.runq.push_front(tid);
+        tid
     }
 }
 

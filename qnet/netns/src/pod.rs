@@ -67,6 +67,50 @@ async fn index_of(ns: &Netns, h: &Handle, name: &str) -> Result<u32> {
     }
 }
 
+/// A veth `host_ifname` here whose peer (`tmp`) goes into the namespace of `pod_fd`; the host
+/// end's index.
+async fn veth_to(
+    ns: &Netns,
+    h: &Handle,
+    host_ifname: &str,
+    tmp: &str,
+    mtu: Option<u32>,
+    pod_fd: std::os::fd::RawFd,
+) -> Result<u32> {
+    let mut veth = LinkVeth::new(host_ifname, tmp);
+    if let Some(mtu) = mtu {
+        veth = veth.mtu(mtu);
+    }
+    h.link()
+        .add(veth.build())
+        .execute()
+        .await
+        .map_err(ns.err(format!("creating veth {host_ifname}")))?;
+    let peer = index_of(ns, h, tmp).await?;
+    h.link()
+        .set(LinkUnspec::new_with_index(peer).setns_by_fd(pod_fd).build())
+        .execute()
+        .await
+        .map_err(ns.err("moving the pod end into the pod's namespace"))?;
+    index_of(ns, h, host_ifname).await
+}
+
+/// In the pod: the veth end that arrived as `tmp` renamed `name` and up; its index.
+async fn name_pod_end(pod: &Netns, h: &Handle, tmp: &str, name: &str) -> Result<u32> {
+    let index = index_of(pod, h, tmp).await?;
+    h.link()
+        .set(
+            LinkUnspec::new_with_index(index)
+                .name(name.to_string())
+                .up()
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(pod.err(format!("naming the pod end {name}")))?;
+    Ok(index)
+}
+
 async fn add_addr(
     ns: &Netns,
     h: &Handle,
@@ -135,22 +179,7 @@ impl Netns {
     fn add_ptp_steps(&self, pod: &Netns, link: &PtpLink, tmp: &str) -> Result<()> {
         let pod_fd = pod.file.as_raw_fd();
         self.netlink(|h| async move {
-            let mut veth = LinkVeth::new(&link.host_ifname, tmp);
-            if let Some(mtu) = link.mtu {
-                veth = veth.mtu(mtu);
-            }
-            h.link()
-                .add(veth.build())
-                .execute()
-                .await
-                .map_err(self.err(format!("creating veth {}", link.host_ifname)))?;
-            let peer = index_of(self, &h, tmp).await?;
-            h.link()
-                .set(LinkUnspec::new_with_index(peer).setns_by_fd(pod_fd).build())
-                .execute()
-                .await
-                .map_err(self.err("moving the pod end into the pod's namespace"))?;
-            let host = index_of(self, &h, &link.host_ifname).await?;
+            let host = veth_to(self, &h, &link.host_ifname, tmp, link.mtu, pod_fd).await?;
             h.link()
                 .set(LinkUnspec::new_with_index(host).up().build())
                 .execute()
@@ -168,17 +197,7 @@ impl Netns {
             add_route(self, &h, host, to_pod, None, None).await
         })?;
         pod.netlink(|h| async move {
-            let index = index_of(pod, &h, tmp).await?;
-            h.link()
-                .set(
-                    LinkUnspec::new_with_index(index)
-                        .name(link.pod_ifname.clone())
-                        .up()
-                        .build(),
-                )
-                .execute()
-                .await
-                .map_err(pod.err(format!("naming the pod end {}", link.pod_ifname)))?;
+            let index = name_pod_end(pod, &h, tmp, &link.pod_ifname).await?;
             // No prefix route: the subnet too goes through the gateway, as with ptp.
             add_addr(pod, &h, index, link.addr, true).await?;
             let gw = Ipv4Net {
@@ -248,22 +267,7 @@ impl Netns {
                 };
                 add_addr(self, &h, bridge, gw, false).await?;
             }
-            let mut veth = LinkVeth::new(&link.host_ifname, tmp);
-            if let Some(mtu) = link.mtu {
-                veth = veth.mtu(mtu);
-            }
-            h.link()
-                .add(veth.build())
-                .execute()
-                .await
-                .map_err(self.err(format!("creating veth {}", link.host_ifname)))?;
-            let peer = index_of(self, &h, tmp).await?;
-            h.link()
-                .set(LinkUnspec::new_with_index(peer).setns_by_fd(pod_fd).build())
-                .execute()
-                .await
-                .map_err(self.err("moving the pod end into the pod's namespace"))?;
-            let host = index_of(self, &h, &link.host_ifname).await?;
+            let host = veth_to(self, &h, &link.host_ifname, tmp, link.mtu, pod_fd).await?;
             h.link()
                 .set(
                     LinkUnspec::new_with_index(host)
@@ -276,17 +280,7 @@ impl Netns {
                 .map_err(self.err(format!("attaching {} to {}", link.host_ifname, link.bridge)))
         })?;
         pod.netlink(|h| async move {
-            let index = index_of(pod, &h, tmp).await?;
-            h.link()
-                .set(
-                    LinkUnspec::new_with_index(index)
-                        .name(link.pod_ifname.clone())
-                        .up()
-                        .build(),
-                )
-                .execute()
-                .await
-                .map_err(pod.err(format!("naming the pod end {}", link.pod_ifname)))?;
+            let index = name_pod_end(pod, &h, tmp, &link.pod_ifname).await?;
             // The subnet is on the link: the pod reaches its neighbours through the bridge.
             add_addr(pod, &h, index, link.addr, false).await?;
             if link.default_route {
