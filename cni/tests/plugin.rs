@@ -273,6 +273,32 @@ fn pod_routes(pod: &Ns, pod_ip: &str) -> Vec<String> {
     lines
 }
 
+/// The pod's address (without its prefix) in an ADD result.
+fn pod_ip_of(result: &Value) -> String {
+    let addr = result["ips"][0]["address"].as_str().unwrap();
+    addr.split('/').next().unwrap().to_string()
+}
+
+/// Whether host-local (with `dataDir` `data`) still holds `ip` for network "quark".
+fn reserved(data: &std::path::Path, ip: &str) -> bool {
+    std::fs::read_dir(data.join("quark"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy() == ip)
+        })
+        .unwrap_or(false)
+}
+
+/// Whether `ip` answers a ping from namespace `node`.
+fn pings(node: &Ns, ip: &str) -> bool {
+    Command::new("ip")
+        .args(["netns", "exec", &node.0, "ping", "-c", "1", "-W", "2", ip])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
 #[test]
 fn ptp_mode_wires_a_reachable_pod_like_the_reference_ptp_plugin_and_leaves_nothing() {
     for (i, version) in ["0.3.1", "0.4.0", "1.0.0", "1.1.0"].iter().enumerate() {
@@ -307,18 +333,11 @@ fn ptp_mode_wires_a_reachable_pod_like_the_reference_ptp_plugin_and_leaves_nothi
         assert!(o.ok, "{version}: ADD: {}", o.raw);
         let result = o.json.unwrap();
         assert_eq!(result["cniVersion"], json!(version));
-        let ip = result["ips"][0]["address"].as_str().unwrap().to_string();
-        let pod_ip = ip.split('/').next().unwrap().to_string();
+        let pod_ip = pod_ip_of(&result);
         assert_eq!(result["interfaces"][1]["name"], "eth0");
         assert_eq!(result["interfaces"][1]["sandbox"], json!(netns));
         // Reachable from the node: ping and TCP.
-        let ping = Command::new("ip")
-            .args([
-                "netns", "exec", &node.0, "ping", "-c", "1", "-W", "2", &pod_ip,
-            ])
-            .output()
-            .unwrap();
-        assert!(ping.status.success(), "{version}: ping {pod_ip}");
+        assert!(pings(&node, &pod_ip), "{version}: ping {pod_ip}");
         let mut server = Command::new("ip")
             .args(["netns", "exec", &pod.0, "python3", "-c"])
             .arg("import socket; l=socket.socket(); l.bind(('0.0.0.0', 7070)); l.listen(); c,_=l.accept(); c.sendall(b'pod says hi'); c.close()")
@@ -368,23 +387,14 @@ fn ptp_mode_wires_a_reachable_pod_like_the_reference_ptp_plugin_and_leaves_nothi
             .output()
             .unwrap();
         assert!(!String::from_utf8_lossy(&pod_links.stdout).contains("eth0"));
-        let reserved = std::fs::read_dir(data.join("quark"))
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .any(|e| e.file_name().to_string_lossy() == pod_ip)
-            })
-            .unwrap_or(false);
-        assert!(!reserved, "{version}: {pod_ip} still reserved after DEL");
+        assert!(
+            !reserved(&data, &pod_ip),
+            "{version}: {pod_ip} still reserved after DEL"
+        );
         // Side by side: the reference ptp plugin on the same input routes the pod the same.
         let o = call("ptp", Some(&node.0), &add, &conf("ptp"));
         assert!(o.ok, "reference ptp ADD: {}", o.raw);
-        let theirs = o.json.unwrap()["ips"][0]["address"]
-            .as_str()
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string();
+        let theirs = pod_ip_of(&o.json.unwrap());
         assert_eq!(
             pod_routes(&pod, &theirs),
             ours,
@@ -426,21 +436,9 @@ fn bridge_mode_wires_a_reachable_pod_like_the_reference_bridge_plugin_and_leaves
             .as_str()
             .unwrap()
             .to_string();
-        let pod_ip = result["ips"][0]["address"]
-            .as_str()
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string();
+        let pod_ip = pod_ip_of(&result);
         // Reachable from the node through the bridge, which holds the gateway address.
-        let ping = Command::new("ip")
-            .args([
-                "netns", "exec", &node.0, "ping", "-c", "1", "-W", "2", &pod_ip,
-            ])
-            .output()
-            .unwrap();
-        assert!(ping.status.success(), "{version}: ping {pod_ip}");
+        assert!(pings(&node, &pod_ip), "{version}: ping {pod_ip}");
         let ours = pod_routes(&pod, &pod_ip);
         let del = attachment("DEL", &pod_id, &netns);
         for _ in 0..2 {
@@ -465,23 +463,14 @@ fn bridge_mode_wires_a_reachable_pod_like_the_reference_bridge_plugin_and_leaves
             .output()
             .unwrap();
         assert!(!String::from_utf8_lossy(&pod_links.stdout).contains("eth0"));
-        let reserved = std::fs::read_dir(data.join("quark"))
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .any(|e| e.file_name().to_string_lossy() == pod_ip)
-            })
-            .unwrap_or(false);
-        assert!(!reserved, "{version}: {pod_ip} still reserved after DEL");
+        assert!(
+            !reserved(&data, &pod_ip),
+            "{version}: {pod_ip} still reserved after DEL"
+        );
         // Side by side: the reference bridge plugin on the same input routes the pod the same.
         let o = call("bridge", Some(&node.0), &add, &conf("bridge"));
         assert!(o.ok, "reference bridge ADD: {}", o.raw);
-        let theirs = o.json.unwrap()["ips"][0]["address"]
-            .as_str()
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string();
+        let theirs = pod_ip_of(&o.json.unwrap());
         assert_eq!(
             pod_routes(&pod, &theirs),
             ours,

@@ -22,8 +22,6 @@ use crate::machine::{Machine, SpaceId, UserRegs};
 use crate::syscalls::{Kernel, Proc, SyscallOutcome};
 
 const CLONE_VM: u64 = 0x100;
-const CLONE_FS: u64 = 0x200;
-const CLONE_FILES: u64 = 0x400;
 const CLONE_SIGHAND: u64 = 0x800;
 const CLONE_VFORK: u64 = 0x4000;
 const CLONE_THREAD: u64 = 0x10000;
@@ -429,27 +427,22 @@ impl ProcTable {
 
     /// A new runnable thread of process `pid`, last in line.
     pub(crate) fn add_runnable(&mut self, pid: i64, thread: Thread, saved: Saved) {
-        let tid = self.park_runnable(pid, thread, saved);
+        let tid = self.park(pid, thread, State::Runnable(saved));
         self.runq.push_back(tid);
     }
 
     /// Puts a thread taken by [`ProcTable::take_next`] back, first in line.
     fn put_back(&mut self, (pid, thread, saved): NextThread) {
-        let tid = self.park_runnable(pid, thread, saved);
+        let tid = self.park(pid, thread, State::Runnable(saved));
         self.runq.push_front(tid);
     }
 
-    /// Parks `thread` of process `pid` as runnable (not queued yet); its tid.
-    fn park_runnable(&mut self, pid: i64, thread: Thread, saved: Saved) -> i64 {
+    /// Parks `thread` of process `pid` in `state` (a runnable one is not queued here); its
+    /// tid.
+    fn park(&mut self, pid: i64, thread: Thread, state: State) -> i64 {
         let tid = thread.tid;
-        self.threads.insert(
-            tid,
-            ParkedThread {
-                pid,
-                thread,
-                state: State::Runnable(saved),
-            },
-        );
+        self.threads
+            .insert(tid, ParkedThread { pid, thread, state });
         tid
     }
 }
@@ -855,14 +848,7 @@ impl Kernel {
         let old = std::mem::replace(&mut self.t, thread);
         let me = self.p.pid;
         if let Some(state) = prev {
-            self.procs.threads.insert(
-                old.tid,
-                ParkedThread {
-                    pid: me,
-                    thread: old,
-                    state,
-                },
-            );
+            self.procs.park(me, old, state);
         }
         if pid != me {
             self.space(m);
@@ -899,16 +885,10 @@ impl Kernel {
         };
         self.t.sleep_until = 0;
         self.space(m);
-        let tid = self.t.tid;
         let me = std::mem::replace(&mut self.t, Thread::new(0, 0));
-        self.procs.threads.insert(
-            tid,
-            ParkedThread {
-                pid: self.p.pid,
-                thread: me,
-                state: state(Saved { regs, fpu, restart }),
-            },
-        );
+        let tid = self
+            .procs
+            .park(self.p.pid, me, state(Saved { regs, fpu, restart }));
         let Some(next) = self.next_runnable(m) else {
             // Every thread waits: nothing could wake this one.
             if let Some(t) = self.procs.threads.remove(&tid) {
@@ -1039,7 +1019,7 @@ impl Kernel {
             restart: false,
         };
         if flags & CLONE_THREAD != 0 {
-            let _ = (CLONE_FS, CLONE_FILES); // a thread shares its process's files and root
+            // CLONE_FS and CLONE_FILES are taken as given: a thread shares its process's.
             return self.new_thread(m, flags, saved, parent_tid, child_tid);
         }
         self.fork(m, flags, saved, parent_tid, child_tid)
@@ -1067,15 +1047,7 @@ impl Kernel {
             let _ = m.write(child_tid, &(tid as i32).to_le_bytes());
         }
         tracing::debug!(pid = self.p.pid, tid, "new thread");
-        self.procs.threads.insert(
-            tid,
-            ParkedThread {
-                pid: self.p.pid,
-                thread,
-                state: State::Runnable(saved),
-            },
-        );
-        self.procs.runq.push_back(tid);
+        self.procs.add_runnable(self.p.pid, thread, saved);
         SyscallOutcome::Return(tid)
     }
 
@@ -1142,15 +1114,7 @@ impl Kernel {
             let saved = self.install(m, (pid, thread, saved), Some(state));
             return self.resume(m, saved);
         }
-        self.procs.threads.insert(
-            pid,
-            ParkedThread {
-                pid,
-                thread,
-                state: State::Runnable(saved),
-            },
-        );
-        self.procs.runq.push_back(pid);
+        self.procs.add_runnable(pid, thread, saved);
         SyscallOutcome::Return(pid)
     }
 

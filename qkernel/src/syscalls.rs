@@ -52,6 +52,15 @@ fn anon_flags(prot: u64) -> PageFlags {
 }
 
 /// Reads a `struct timespec` as nanoseconds, refusing negative or malformed values.
+/// The end of the pages `[addr, addr + len)` covers, rounded up to a page: EINVAL unless
+/// `addr` is page-aligned and the range is user memory.
+fn user_pages(addr: u64, len: u64) -> Result<u64, i64> {
+    if addr % PAGE != 0 || addr.checked_add(len).is_none_or(|e| e > USER_END) {
+        return Err(EINVAL);
+    }
+    Ok(addr + len.div_ceil(PAGE) * PAGE)
+}
+
 pub(crate) fn read_timespec(m: &dyn Machine, va: u64) -> Result<u64, i64> {
     let mut ts = [0u8; 16];
     m.read(va, &mut ts).map_err(|_| EFAULT)?;
@@ -912,10 +921,8 @@ impl Kernel {
         let len = len.div_ceil(PAGE) * PAGE;
         let populate = prot != PROT_NONE;
         if flags & MAP_FIXED != 0 {
-            if addr % PAGE != 0 || addr.checked_add(len).is_none_or(|e| e > USER_END) {
-                return Err(EINVAL);
-            }
-            self.p.vm.remove(addr, addr + len);
+            let end = user_pages(addr, len)?;
+            self.p.vm.remove(addr, end);
             if populate {
                 self.populate(m, addr, len)?;
             }
@@ -971,10 +978,8 @@ impl Kernel {
         }
         let len = len.div_ceil(PAGE) * PAGE;
         let va = if flags & MAP_FIXED != 0 {
-            if addr % PAGE != 0 || addr.checked_add(len).is_none_or(|e| e > USER_END) {
-                return Err(EINVAL);
-            }
-            self.p.vm.remove(addr, addr + len);
+            let end = user_pages(addr, len)?;
+            self.p.vm.remove(addr, end);
             addr
         } else {
             self.mmap_area(len)?
@@ -1013,10 +1018,10 @@ impl Kernel {
     }
 
     fn munmap(&mut self, _m: &mut dyn Machine, addr: u64, len: u64) -> Result<i64, i64> {
-        if addr % PAGE != 0 || len == 0 || addr.checked_add(len).is_none_or(|e| e > USER_END) {
+        if len == 0 {
             return Err(EINVAL);
         }
-        let end = addr + len.div_ceil(PAGE) * PAGE;
+        let end = user_pages(addr, len)?;
         for (s, e, present) in self.p.vm.remove(addr, end) {
             if present {
                 self.p.vm.free(s, e);
@@ -1035,12 +1040,9 @@ impl Kernel {
         advice: u64,
     ) -> Result<i64, i64> {
         const MADV_DONTNEED: u64 = 4;
-        if addr % PAGE != 0 || addr.checked_add(len).is_none_or(|e| e > USER_END) {
-            return Err(EINVAL);
-        }
+        let end = user_pages(addr, len)?;
         if advice == MADV_DONTNEED {
             let zeros = [0u8; PAGE as usize];
-            let end = addr + len.div_ceil(PAGE) * PAGE;
             for page in (addr..end).step_by(PAGE as usize) {
                 // A page not there yet reads as zeros already.
                 let _ = m.write(page, &zeros);
@@ -1056,13 +1058,10 @@ impl Kernel {
         len: u64,
         prot: u64,
     ) -> Result<i64, i64> {
-        if addr % PAGE != 0 || addr.checked_add(len).is_none_or(|e| e > USER_END) {
-            return Err(EINVAL);
-        }
+        let end = user_pages(addr, len)?;
         if prot == PROT_NONE {
             return Ok(0); // present pages stay present (see docs/qvisor.md, Memory)
         }
-        let end = addr + len.div_ceil(PAGE) * PAGE;
         // Reserved (PROT_NONE) parts become real memory now; the rest keeps its pages.
         for (s, e, present) in self.p.vm.remove(addr, end) {
             if !present {

@@ -163,16 +163,30 @@ impl Netns {
     /// Creates `link` between this (the host's) namespace and `pod`. On failure nothing is
     /// left behind (the pair is deleted).
     pub fn add_ptp(&self, pod: &Netns, link: &PtpLink) -> Result<Macs> {
-        // A temporary name for the pod end while it is still here, unique per host end.
-        let tmp = format!("{}p", &link.host_ifname[..link.host_ifname.len().min(14)]);
-        let made = self.add_ptp_steps(pod, link, &tmp);
+        self.add_pod_link(pod, &link.host_ifname, &link.pod_ifname, |tmp| {
+            self.add_ptp_steps(pod, link, tmp)
+        })
+    }
+
+    /// Makes a pod's veth with `steps` (given the temporary name of the pod end while it is
+    /// still here, unique per host end); on an error deletes what they made. The MACs of the
+    /// two ends.
+    fn add_pod_link(
+        &self,
+        pod: &Netns,
+        host_ifname: &str,
+        pod_ifname: &str,
+        steps: impl FnOnce(&str) -> Result<()>,
+    ) -> Result<Macs> {
+        let tmp = format!("{}p", &host_ifname[..host_ifname.len().min(14)]);
+        let made = steps(&tmp);
         if made.is_err() {
-            let _ = self.delete_link(&link.host_ifname);
+            let _ = self.delete_link(host_ifname);
             let _ = self.delete_link(&tmp);
         }
         made?;
-        let host = self.link_mac(&link.host_ifname)?;
-        let pod_mac = pod.link_mac(&link.pod_ifname)?;
+        let host = self.mac_of(host_ifname)?;
+        let pod_mac = pod.mac_of(pod_ifname)?;
         Ok(Macs { host, pod: pod_mac })
     }
 
@@ -219,21 +233,9 @@ impl Netns {
     /// Wires `pod` to the bridge of `link` here; the MACs of the veth's ends. On an error
     /// nothing of this pod is left (the bridge stays: other pods may use it).
     pub fn add_bridged(&self, pod: &Netns, link: &BridgeLink) -> Result<Macs> {
-        let tmp = format!("{}p", &link.host_ifname[..link.host_ifname.len().min(14)]);
-        let made = self.add_bridged_steps(pod, link, &tmp);
-        if made.is_err() {
-            let _ = self.delete_link(&link.host_ifname);
-            let _ = self.delete_link(&tmp);
-        }
-        made?;
-        let host = self.link_mac(&link.host_ifname)?;
-        let pod_mac = pod.link_mac(&link.pod_ifname)?;
-        Ok(Macs { host, pod: pod_mac })
-    }
-
-    /// The MAC of link `name` here.
-    pub fn mac_of(&self, name: &str) -> Result<[u8; 6]> {
-        self.link_mac(name)
+        self.add_pod_link(pod, &link.host_ifname, &link.pod_ifname, |tmp| {
+            self.add_bridged_steps(pod, link, tmp)
+        })
     }
 
     fn add_bridged_steps(&self, pod: &Netns, link: &BridgeLink, tmp: &str) -> Result<()> {
@@ -313,7 +315,8 @@ impl Netns {
         })
     }
 
-    fn link_mac(&self, name: &str) -> Result<[u8; 6]> {
+    /// The MAC of link `name` here.
+    pub fn mac_of(&self, name: &str) -> Result<[u8; 6]> {
         let snap = self.inspect()?;
         snap.links
             .iter()

@@ -291,22 +291,27 @@ fn end_as(status: i32) -> i32 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_process_json_gives_args_env_cwd_and_user() {
-        let dir = std::env::temp_dir().join(format!("qvisor-exec-spec-{}", std::process::id()));
+    /// `exec_spec` of a `--process` file holding `json`, in a directory named by `tag`.
+    fn spec_of(tag: &str, json: &str) -> (ExecSpec, bool) {
+        let dir = std::env::temp_dir().join(format!("qvisor-exec-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("process.json");
-        std::fs::write(
-            &file,
-            r#"{"args":["sh","-c","id"],"env":["A=1"],"cwd":"/tmp","user":{"uid":5,"gid":6}}"#,
-        )
-        .unwrap();
+        std::fs::write(&file, json).unwrap();
         let opts = ExecOptions {
             process: Some(file),
             ..Default::default()
         };
-        let (spec, tty) = exec_spec(&dir, &opts).unwrap();
+        let spec = exec_spec(&dir, &opts).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
+        spec
+    }
+
+    #[test]
+    fn a_process_json_gives_args_env_cwd_and_user() {
+        let (spec, tty) = spec_of(
+            "spec",
+            r#"{"args":["sh","-c","id"],"env":["A=1"],"cwd":"/tmp","user":{"uid":5,"gid":6}}"#,
+        );
         assert!(!tty);
         assert_eq!(spec.args, ["sh", "-c", "id"]);
         assert_eq!(spec.env, ["A=1"]);
@@ -322,20 +327,10 @@ mod tests {
 
     #[test]
     fn a_process_json_asks_for_its_terminal() {
-        let dir = std::env::temp_dir().join(format!("qvisor-exec-tty-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("process.json");
-        std::fs::write(
-            &file,
+        let (spec, tty) = spec_of(
+            "tty",
             r#"{"terminal":true,"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}}"#,
-        )
-        .unwrap();
-        let opts = ExecOptions {
-            process: Some(file),
-            ..Default::default()
-        };
-        let (spec, tty) = exec_spec(&dir, &opts).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
+        );
         assert!(tty);
         assert_eq!(spec.args, ["sh"]);
     }
