@@ -633,7 +633,7 @@ impl Kernel {
                     return Ok(0);
                 }
                 m.sleep_ns(end - now);
-                self.take_host_signals(m);
+                self.take_host_events(m);
                 if self.t.deliverable().is_some() {
                     return Err(EINTR);
                 }
@@ -694,7 +694,7 @@ impl Kernel {
                 self.wake_ready_io(m, &socks, ms);
             }
             // A signal from the host may have made init runnable.
-            self.take_host_signals(m);
+            self.take_host_events(m);
             // Stopped from outside meanwhile: everyone wakes, the vCPU loop ends the container.
             let now = if m.cancelled() {
                 self.procs.wake_all_io();
@@ -738,10 +738,11 @@ impl Kernel {
         }
     }
 
-    /// Hands signals sent from outside to the container's init: its handler gets them; without
-    /// one they are ignored, as Linux ignores what a pid namespace's init has no handler for.
-    /// Then serves the platform's other requests (processes to start, signals for them).
-    pub(crate) fn take_host_signals(&mut self, m: &mut dyn Machine) {
+    /// What came from outside since the last look: first the platform's requests (processes
+    /// to start, signals for them), then signals for the container's init: its handler gets
+    /// them; without one they are ignored, as Linux ignores what a pid namespace's init has no
+    /// handler for.
+    pub(crate) fn take_host_events(&mut self, m: &mut dyn Machine) {
         self.serve_host_requests(m);
         let mut sigs = m.take_host_signals();
         while sigs != 0 {
@@ -798,7 +799,7 @@ impl Kernel {
     /// (its exact registers in `Machine::user_regs`), goes to the back of the run queue and
     /// the next runnable one runs. `None` (nothing else to run): it goes on.
     pub fn preempt(&mut self, m: &mut dyn Machine) -> Option<SyscallOutcome> {
-        self.take_host_signals(m);
+        self.take_host_events(m);
         if self.t.deliverable().is_some() {
             // A signal for the running thread (from the host): its handler runs now.
             let mut regs = m.user_regs();

@@ -512,7 +512,7 @@ impl Kernel {
             } else {
                 let _ = m.net_poll(&socks, end.saturating_sub(now).div_ceil(1_000_000) as i64);
             }
-            self.take_host_signals(m);
+            self.take_host_events(m);
             if let Some(sig) = self.doomed_now() {
                 return Some(self.exit_process(m, sig));
             }
@@ -590,7 +590,7 @@ impl Kernel {
     /// Serves one syscall, then runs a signal handler that became deliverable, if any.
     pub fn syscall(&mut self, m: &mut dyn Machine, call: SyscallArgs) -> SyscallOutcome {
         if !self.nowait {
-            self.take_host_signals(m);
+            self.take_host_events(m);
             if let Some(sig) = self.doomed_now() {
                 return self.exit_process(m, sig);
             }
