@@ -259,7 +259,7 @@ fn signals_reach_the_container_and_its_exit_status_is_the_vmms() {
     // The app's init gets the runtime's signals: a handler runs (here the shell's trap, which
     // exits 7); without one a signal is ignored, as runc's init ignores it (pid 1 of its
     // namespace); SIGKILL always ends the container.
-    let trap = "trap 'echo bye; exit 7' TERM; while true; do sleep 1; done";
+    let trap = "trap 'echo bye; exit 7' TERM; while true; do busybox sleep 1; done";
     let b = Bundle::new(&["busybox", "sh", "-c", trap], |_| {});
     let plain = Bundle::new(&["busybox", "sleep", "30"], |_| {});
     for (bundle, signals, status) in [
