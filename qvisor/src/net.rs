@@ -126,6 +126,8 @@ impl Live {
                     netns: Some(t.netns.clone()),
                     mtu: cfg.mtu,
                     peer_addr: t.peer,
+                    offloads: true,
+                    persist: false,
                 };
                 (cfg, Some(tap), None)
             }
@@ -149,6 +151,8 @@ impl Live {
                     netns: Some(netns.display().to_string()),
                     mtu: cfg.mtu,
                     peer_addr: None,
+                    offloads: true,
+                    persist: false,
                 };
                 let link_name = link.name.clone();
                 (cfg, Some(tap), Some((ns, link_name)))

@@ -36,6 +36,7 @@ pub fn require_env(tools: &[&str]) {
 }
 
 pub mod containerd;
+pub mod overlay;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -232,6 +233,8 @@ pub fn start_stack_in(ns: &Netns, tune: impl FnOnce(&mut StackConfig)) -> (Runni
             addr: PEER_IP,
             prefix: 24,
         }),
+        offloads: true,
+        persist: false,
     };
     let stack = RunningStack::start(cfg, Some(&tap), &socket).expect("starting the stack");
     (stack, socket)

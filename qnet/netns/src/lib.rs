@@ -7,7 +7,7 @@
 
 mod pod;
 
-pub use pod::{BridgeLink, Macs, PtpLink};
+pub use pod::{BridgeLink, EndSetup, Macs, PtpLink};
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};

@@ -328,3 +328,44 @@ impl Netns {
             })
     }
 }
+
+/// The pod end of an attachment that exists already in the namespace (a TAP made there by
+/// qnetd): its MAC, MTU and address, and the default route through the gateway.
+#[derive(Clone, Debug)]
+pub struct EndSetup {
+    pub ifname: String,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+    /// The address with the prefix of the network it is on (the link route comes with it).
+    pub addr: Ipv4Net,
+    pub gateway: Option<Ipv4Addr>,
+}
+
+impl Netns {
+    /// Sets up `end` here; repeating it is harmless (a restarted daemon re-applies it).
+    pub fn set_up_end(&self, end: &EndSetup) -> Result<()> {
+        self.netlink(|h| async move {
+            let index = index_of(self, &h, &end.ifname).await?;
+            h.link()
+                .set(
+                    LinkUnspec::new_with_index(index)
+                        .address(end.mac.to_vec())
+                        .mtu(end.mtu)
+                        .up()
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(self.err(format!("setting up {}", end.ifname)))?;
+            add_addr(self, &h, index, end.addr, false).await?;
+            if let Some(gateway) = end.gateway {
+                let any = Ipv4Net {
+                    addr: Ipv4Addr::UNSPECIFIED,
+                    prefix: 0,
+                };
+                add_route(self, &h, index, any, Some(gateway), None).await?;
+            }
+            Ok(())
+        })
+    }
+}

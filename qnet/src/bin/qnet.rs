@@ -97,6 +97,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             netns: a.netns.clone(),
             mtu: cfg.mtu,
             peer_addr,
+            offloads: true,
+            persist: false,
         }),
         &a.socket,
     )?;

@@ -16,6 +16,7 @@ use crate::config::Ipv4Cidr;
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
@@ -58,6 +59,12 @@ pub struct TapOptions {
     pub mtu: u32,
     /// Address given to the kernel side of the TAP, if any (the peer the stack talks to).
     pub peer_addr: Option<Ipv4Cidr>,
+    /// Checksum and TSO offloads: the kernel side then sends partial checksums and 64 KiB TCP
+    /// frames, described in the virtio-net header. Off, every frame is complete and fits the MTU.
+    pub offloads: bool,
+    /// The device outlives its file descriptor, so a restarted daemon attaches to it again and
+    /// the namespace never sees it vanish. [`Tap::set_persist`] undoes it.
+    pub persist: bool,
 }
 
 /// An open TAP with a virtio-net header and checksum/TSO offloads enabled.
@@ -189,8 +196,12 @@ impl Tap {
         let mut hdr_len = VNET_HDR_LEN as libc::c_int;
         ioctl(&tun, TUNSETVNETHDRSZ, &mut hdr_len as *mut _ as *mut _)
             .map_err(err("TUNSETVNETHDRSZ"))?;
-        ioctl(&tun, TUNSETOFFLOAD, (TUN_F_CSUM | TUN_F_TSO4) as *mut _)
-            .map_err(err("TUNSETOFFLOAD"))?;
+        let offloads = if opts.offloads {
+            TUN_F_CSUM | TUN_F_TSO4
+        } else {
+            0
+        };
+        ioctl(&tun, TUNSETOFFLOAD, offloads as *mut _).map_err(err("TUNSETOFFLOAD"))?;
 
         // Kernel-side configuration goes through an ordinary socket in this namespace.
         // SAFETY: plain socket(2); the result is checked and owned at once.
@@ -225,9 +236,27 @@ impl Tap {
         req.set_short(flags | libc::IFF_UP as libc::c_short);
         ioctl(&sock, libc::SIOCSIFFLAGS, &mut req as *mut _ as *mut _)
             .map_err(err("SIOCSIFFLAGS"))?;
-        Ok(Tap {
+        let tap = Tap {
             fd: tun.into(),
             name: opts.name.clone(),
+        };
+        if opts.persist {
+            tap.set_persist(true)?;
+        }
+        Ok(tap)
+    }
+}
+
+impl Tap {
+    /// Makes the device persistent or not; a device that is not goes away with its last
+    /// descriptor.
+    pub fn set_persist(&self, persist: bool) -> Result<(), TapError> {
+        ioctl(&self.fd, TUNSETPERSIST, persist as usize as *mut _).map_err(|source| {
+            TapError::Ioctl {
+                what: "TUNSETPERSIST",
+                name: self.name.clone(),
+                source,
+            }
         })
     }
 }

@@ -1,0 +1,17 @@
+//! qnetd: the node daemon of Quark's VPC overlay. It holds tenants' VPCs (a VXLAN network
+//! identifier and an IPv4 network each) and their endpoints (an interface it makes in a pod's
+//! network namespace, or an address on another node), and forwards between them in user space:
+//! L2/L3 within a VPC, ARP answered from its own table, the VPC gateway answering ping, VXLAN
+//! (RFC 7348) to the node of a remote endpoint. A frame never leaves the VPC it arrived in.
+//!
+//! Layers: [`model`] (what is held, validated), [`store`] (where it is kept), [`wire`] and
+//! [`forward`] (the forwarding decision, no I/O), [`dataplane`] (io_uring), [`daemon`] (applies
+//! changes), [`api`] (HTTP/JSON on a Unix socket).
+
+pub mod api;
+pub mod daemon;
+pub mod dataplane;
+pub mod forward;
+pub mod model;
+pub mod store;
+pub mod wire;

@@ -1,0 +1,465 @@
+//! What the daemon holds: VPCs and their endpoints, validated as they are added. This is the
+//! state the store keeps and the API edits; the data plane sees it as [`crate::forward::Tables`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Why a change to the state was refused; each maps to an HTTP status in the API.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ModelError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+fn invalid(msg: impl Into<String>) -> ModelError {
+    ModelError::Invalid(msg.into())
+}
+
+/// An IPv4 network, written `a.b.c.d/len`; the host bits are zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Cidr {
+    pub network: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    fn mask(self) -> u32 {
+        u32::MAX
+            .checked_shl(32 - u32::from(self.prefix))
+            .unwrap_or(0)
+    }
+    pub fn contains(self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == u32::from(self.network)
+    }
+    /// Whether `ip` may be given to a host: inside, and neither the network nor broadcast.
+    pub fn is_host(self, ip: Ipv4Addr) -> bool {
+        let host = u32::from(ip) & !self.mask();
+        self.contains(ip) && host != 0 && host != !self.mask()
+    }
+    pub fn first_host(self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network) + 1)
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let (ip, len) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a CIDR (a.b.c.d/len)"))?;
+        let ip: Ipv4Addr = ip
+            .parse()
+            .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
+        let prefix: u8 = len
+            .parse()
+            .ok()
+            .filter(|p| *p <= 32)
+            .ok_or_else(|| format!("{len:?} is not a prefix length (0-32)"))?;
+        let cidr = Cidr {
+            network: ip,
+            prefix,
+        };
+        if u32::from(ip) & !cidr.mask() != 0 {
+            return Err(format!("{s} has host bits set"));
+        }
+        Ok(cidr)
+    }
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Cidr, String> {
+        s.parse()
+    }
+}
+
+impl From<Cidr> for String {
+    fn from(c: Cidr) -> String {
+        c.to_string()
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+/// An Ethernet address, written `aa:bb:cc:dd:ee:ff`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    /// The address Kubernetes CNI plugins derive from an IPv4 address: 0a:58 then the address,
+    /// locally administered and unicast.
+    pub fn for_ip(ip: Ipv4Addr) -> Mac {
+        let o = ip.octets();
+        Mac([0x0a, 0x58, o[0], o[1], o[2], o[3]])
+    }
+    pub fn is_unicast(self) -> bool {
+        self.0[0] & 1 == 0 && self.0 != [0; 6]
+    }
+}
+
+impl FromStr for Mac {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mac, String> {
+        let mut mac = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut mac {
+            let part = parts.next().filter(|p| p.len() == 2);
+            *byte = part
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+                .ok_or_else(|| format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"))?;
+        }
+        if parts.next().is_some() {
+            return Err(format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"));
+        }
+        Ok(Mac(mac))
+    }
+}
+
+impl TryFrom<String> for Mac {
+    type Error = String;
+    fn try_from(s: String) -> Result<Mac, String> {
+        s.parse()
+    }
+}
+
+impl From<Mac> for String {
+    fn from(m: Mac) -> String {
+        m.to_string()
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+/// A tenant's private network: one VXLAN network identifier and one IPv4 network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vpc {
+    pub name: String,
+    pub vni: u32,
+    pub cidr: Cidr,
+    /// The address the daemon answers at (ARP and ping) and pods route through.
+    pub gateway: Ipv4Addr,
+}
+
+impl Vpc {
+    /// The gateway's MAC: the same on every node, so a pod can move without its ARP cache
+    /// going stale.
+    pub fn gateway_mac(&self) -> Mac {
+        Mac::for_ip(self.gateway)
+    }
+}
+
+/// What the API takes to make a VPC.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VpcSpec {
+    pub name: String,
+    pub vni: u32,
+    pub cidr: Cidr,
+    /// Defaults to the network's first host address.
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// Where an endpoint is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Place {
+    /// Attached here: an interface the daemon makes in the network namespace `netns` (a path,
+    /// such as /run/netns/NAME or /proc/PID/ns/net).
+    Local { netns: PathBuf, ifname: String },
+    /// On another node, reached by VXLAN at that node's underlay address.
+    Remote { node: Ipv4Addr },
+}
+
+/// A member of a VPC: an address and a MAC, here or on another node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub name: String,
+    pub vpc: String,
+    pub ip: Ipv4Addr,
+    pub mac: Mac,
+    #[serde(flatten)]
+    pub place: Place,
+}
+
+/// What the API takes to make an endpoint: `netns` (and optionally `ifname`) for a local one,
+/// `node` for a remote one.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    pub name: String,
+    pub vpc: String,
+    pub ip: Ipv4Addr,
+    pub mac: Option<Mac>,
+    pub netns: Option<PathBuf>,
+    pub ifname: Option<String>,
+    pub node: Option<Ipv4Addr>,
+}
+
+/// Every VPC and endpoint of this node, keyed by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub vpcs: BTreeMap<String, Vpc>,
+    pub endpoints: BTreeMap<String, Endpoint>,
+}
+
+fn check_name(what: &str, name: &str) -> Result<(), ModelError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "{what} name {name:?} must be 1-63 characters of letters, digits, '-', '_' and '.'"
+        )))
+    }
+}
+
+impl State {
+    /// Checks `spec` against this state; the VPC it describes.
+    pub fn check_vpc(&self, spec: &VpcSpec) -> Result<Vpc, ModelError> {
+        check_name("VPC", &spec.name)?;
+        if !(1..=0x00ff_ffff).contains(&spec.vni) {
+            return Err(invalid(format!(
+                "VNI {} is outside 1-16777215 (24 bits)",
+                spec.vni
+            )));
+        }
+        if !(8..=30).contains(&spec.cidr.prefix) {
+            return Err(invalid(format!(
+                "{}: a VPC's prefix length is 8-30",
+                spec.cidr
+            )));
+        }
+        let gateway = spec.gateway.unwrap_or(spec.cidr.first_host());
+        if !spec.cidr.is_host(gateway) {
+            return Err(invalid(format!(
+                "gateway {gateway} is not a host address of {}",
+                spec.cidr
+            )));
+        }
+        if self.vpcs.contains_key(&spec.name) {
+            return Err(ModelError::Conflict(format!(
+                "VPC {:?} exists already",
+                spec.name
+            )));
+        }
+        if let Some(other) = self.vpcs.values().find(|v| v.vni == spec.vni) {
+            return Err(ModelError::Conflict(format!(
+                "VNI {} belongs to VPC {:?} already",
+                spec.vni, other.name
+            )));
+        }
+        Ok(Vpc {
+            name: spec.name.clone(),
+            vni: spec.vni,
+            cidr: spec.cidr,
+            gateway,
+        })
+    }
+
+    /// Checks `spec` against this state; the endpoint it describes. `underlay` is this node's
+    /// own underlay address (a remote endpoint cannot be on it).
+    pub fn check_endpoint(
+        &self,
+        spec: &EndpointSpec,
+        underlay: Ipv4Addr,
+    ) -> Result<Endpoint, ModelError> {
+        check_name("endpoint", &spec.name)?;
+        if self.endpoints.contains_key(&spec.name) {
+            return Err(ModelError::Conflict(format!(
+                "endpoint {:?} exists already",
+                spec.name
+            )));
+        }
+        let vpc = self
+            .vpcs
+            .get(&spec.vpc)
+            .ok_or_else(|| ModelError::NotFound(format!("no VPC {:?}", spec.vpc)))?;
+        if !vpc.cidr.is_host(spec.ip) || spec.ip == vpc.gateway {
+            return Err(invalid(format!(
+                "{} is not a free host address of VPC {:?} ({}, gateway {})",
+                spec.ip, vpc.name, vpc.cidr, vpc.gateway
+            )));
+        }
+        let mac = spec.mac.unwrap_or(Mac::for_ip(spec.ip));
+        if !mac.is_unicast() || mac == vpc.gateway_mac() {
+            return Err(invalid(format!("{mac} is not a usable unicast MAC")));
+        }
+        for other in self.endpoints.values().filter(|e| e.vpc == vpc.name) {
+            if other.ip == spec.ip {
+                return Err(ModelError::Conflict(format!(
+                    "{} is endpoint {:?}'s in VPC {:?}",
+                    spec.ip, other.name, vpc.name
+                )));
+            }
+            if other.mac == mac {
+                return Err(ModelError::Conflict(format!(
+                    "MAC {mac} is endpoint {:?}'s in VPC {:?}",
+                    other.name, vpc.name
+                )));
+            }
+        }
+        let place = match (&spec.netns, spec.node) {
+            (Some(netns), None) => {
+                let ifname = spec.ifname.clone().unwrap_or_else(|| "eth0".into());
+                qnet::phy::tap::check_ifname(&ifname).map_err(|e| invalid(e.to_string()))?;
+                if let Some(other) = self.endpoints.values().find(|e| {
+                    matches!(&e.place, Place::Local { netns: n, ifname: i } if n == netns && *i == ifname)
+                }) {
+                    return Err(ModelError::Conflict(format!(
+                        "{} in {} is endpoint {:?}'s",
+                        ifname,
+                        netns.display(),
+                        other.name
+                    )));
+                }
+                Place::Local {
+                    netns: netns.clone(),
+                    ifname,
+                }
+            }
+            (None, Some(node)) if spec.ifname.is_none() => {
+                if node == underlay {
+                    return Err(invalid(format!(
+                        "node {node} is this node: give netns for a local endpoint"
+                    )));
+                }
+                Place::Remote { node }
+            }
+            _ => {
+                return Err(invalid(
+                    "give either netns (and optionally ifname) for a local endpoint, or node for a remote one",
+                ))
+            }
+        };
+        Ok(Endpoint {
+            name: spec.name.clone(),
+            vpc: vpc.name.clone(),
+            ip: spec.ip,
+            mac,
+            place,
+        })
+    }
+
+    /// Checks that VPC `name` exists and has no endpoints left.
+    pub fn check_vpc_removal(&self, name: &str) -> Result<(), ModelError> {
+        if !self.vpcs.contains_key(name) {
+            return Err(ModelError::NotFound(format!("no VPC {name:?}")));
+        }
+        let members = self.endpoints.values().filter(|e| e.vpc == name).count();
+        if members > 0 {
+            return Err(ModelError::Conflict(format!(
+                "VPC {name:?} still has {members} endpoint(s)"
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vpc(name: &str, vni: u32, cidr: &str) -> VpcSpec {
+        VpcSpec {
+            name: name.into(),
+            vni,
+            cidr: cidr.parse().unwrap(),
+            gateway: None,
+        }
+    }
+
+    fn ep(name: &str, ip: &str) -> EndpointSpec {
+        EndpointSpec {
+            name: name.into(),
+            vpc: "red".into(),
+            ip: ip.parse().unwrap(),
+            mac: None,
+            netns: None,
+            ifname: None,
+            node: Some("192.168.0.2".parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn cidrs_and_macs_parse_strictly() {
+        assert!("10.0.0.0/24".parse::<Cidr>().is_ok());
+        assert!("10.0.0.1/24".parse::<Cidr>().is_err());
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!("10.0.0.0".parse::<Cidr>().is_err());
+        assert_eq!(
+            "0a:58:0a:00:00:02".parse::<Mac>().unwrap(),
+            Mac::for_ip("10.0.0.2".parse().unwrap())
+        );
+        assert!("0a:58:0a:00:00".parse::<Mac>().is_err());
+        assert!("0a:58:0a:00:00:02:03".parse::<Mac>().is_err());
+        assert!("0a:58:0a:00:00:zz".parse::<Mac>().is_err());
+    }
+
+    #[test]
+    fn vpcs_and_endpoints_are_checked() {
+        let underlay = "192.168.0.1".parse().unwrap();
+        let mut s = State::default();
+        let red = s.check_vpc(&vpc("red", 7, "10.0.0.0/24")).unwrap();
+        assert_eq!(red.gateway, "10.0.0.1".parse::<Ipv4Addr>().unwrap());
+        s.vpcs.insert("red".into(), red);
+        assert!(matches!(
+            s.check_vpc(&vpc("red", 8, "10.1.0.0/24")),
+            Err(ModelError::Conflict(_))
+        ));
+        assert!(matches!(
+            s.check_vpc(&vpc("blue", 7, "10.0.0.0/24")),
+            Err(ModelError::Conflict(_))
+        ));
+        // Another tenant may use the same network.
+        assert!(s.check_vpc(&vpc("blue", 8, "10.0.0.0/24")).is_ok());
+        assert!(s.check_vpc(&vpc("x", 0, "10.0.0.0/24")).is_err());
+        assert!(s.check_vpc(&vpc("x", 1 << 24, "10.0.0.0/24")).is_err());
+        assert!(s.check_vpc(&vpc("bad name", 9, "10.0.0.0/24")).is_err());
+
+        let a = s.check_endpoint(&ep("a", "10.0.0.2"), underlay).unwrap();
+        s.endpoints.insert("a".into(), a);
+        for bad in ["10.0.0.2", "10.0.0.1", "10.0.0.0", "10.0.0.255", "10.0.1.2"] {
+            assert!(s.check_endpoint(&ep("b", bad), underlay).is_err(), "{bad}");
+        }
+        let mut here = ep("b", "10.0.0.3");
+        here.node = Some(underlay);
+        assert!(s.check_endpoint(&here, underlay).is_err());
+        let mut both = ep("b", "10.0.0.3");
+        both.netns = Some("/run/netns/x".into());
+        assert!(s.check_endpoint(&both, underlay).is_err());
+        assert_eq!(s.check_vpc_removal("red").map_err(|_| ()), Err(()));
+        assert!(matches!(
+            s.check_vpc_removal("nope"),
+            Err(ModelError::NotFound(_))
+        ));
+    }
+}

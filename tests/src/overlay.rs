@@ -1,0 +1,262 @@
+//! Nodes and pods for the VPC overlay's tests and benchmarks: an underlay (a namespace holding
+//! a bridge), nodes (namespaces on it, each running its own qnetd) and pods (namespaces a
+//! node's qnetd attaches), all on 192.168.77.0/24 inside the test's own namespaces.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{run, Netns};
+
+/// The underlay's network; node N is 192.168.77.N.
+pub fn underlay_ip(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(192, 168, 77, n)
+}
+
+/// A namespace with a bridge that nodes join.
+pub struct Underlay {
+    pub ns: Netns,
+}
+
+impl Underlay {
+    pub fn new() -> Underlay {
+        let ns = Netns::new("ul");
+        run(
+            "ip",
+            &["-n", &ns.name, "link", "add", "br0", "type", "bridge"],
+        );
+        run("ip", &["-n", &ns.name, "link", "set", "br0", "up"]);
+        Underlay { ns }
+    }
+
+    /// A namespace joined to the bridge as 192.168.77.`n` on its interface `u0`.
+    pub fn join(&self, tag: &str, n: u8) -> Netns {
+        let ns = Netns::new(tag);
+        let port = format!("u{n}");
+        run(
+            "ip",
+            &[
+                "-n",
+                &self.ns.name,
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "u0",
+                "netns",
+                &ns.name,
+            ],
+        );
+        run(
+            "ip",
+            &[
+                "-n",
+                &self.ns.name,
+                "link",
+                "set",
+                &port,
+                "master",
+                "br0",
+                "up",
+            ],
+        );
+        let addr = format!("{}/24", underlay_ip(n));
+        run("ip", &["-n", &ns.name, "addr", "add", &addr, "dev", "u0"]);
+        run("ip", &["-n", &ns.name, "link", "set", "u0", "up"]);
+        ns
+    }
+
+    /// A node running qnetd (the binary at `qnetd`) at 192.168.77.`n`.
+    pub fn node(&self, qnetd: &str, n: u8) -> Node {
+        let ns = self.join("node", n);
+        let dir = std::env::temp_dir().join(format!("qnetd-{}", ns.name));
+        std::fs::create_dir_all(&dir).expect("making the node's directory");
+        let mut node = Node {
+            ns,
+            ip: underlay_ip(n),
+            qnetd: qnetd.to_string(),
+            dir,
+            daemon: None,
+        };
+        node.start();
+        node
+    }
+}
+
+impl Default for Underlay {
+    fn default() -> Self {
+        Underlay::new()
+    }
+}
+
+/// One node: its namespace and its qnetd.
+pub struct Node {
+    pub ns: Netns,
+    pub ip: Ipv4Addr,
+    qnetd: String,
+    dir: PathBuf,
+    daemon: Option<Child>,
+}
+
+impl Node {
+    pub fn api(&self) -> PathBuf {
+        self.dir.join("api.sock")
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("qnetd.log")
+    }
+
+    /// Starts qnetd (again) and waits for its API.
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())
+            .expect("opening the node's log");
+        let _ = std::fs::remove_file(self.api());
+        let child = self
+            .ns
+            .cmd(&self.qnetd)
+            .args([
+                "--api",
+                &self.api().display().to_string(),
+                "run",
+                "--underlay",
+            ])
+            .arg(self.ip.to_string())
+            .arg("--state")
+            .arg(self.dir.join("state.json"))
+            .env("QNETD_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting qnetd");
+        self.daemon = Some(child);
+        let end = Instant::now() + Duration::from_secs(10);
+        while !self.api().exists() {
+            assert!(
+                Instant::now() < end,
+                "qnetd did not come up: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills qnetd with SIGKILL (no clean-up of its own can run).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Whether qnetd is still running.
+    pub fn alive(&mut self) -> bool {
+        self.daemon
+            .as_mut()
+            .is_some_and(|c| c.try_wait().is_ok_and(|s| s.is_none()))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log()).unwrap_or_default()
+    }
+
+    /// Runs `qnetd --api SOCK ARGS...` (the CLI).
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(&self.qnetd)
+            .arg("--api")
+            .arg(self.api())
+            .args(args)
+            .output()
+            .expect("running the qnetd CLI")
+    }
+
+    /// Runs the CLI and returns its stdout, failing the test on an error.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "qnetd {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn add_vpc(&self, name: &str, vni: u32, cidr: &str) {
+        self.ok(&[
+            "vpc",
+            "add",
+            name,
+            "--vni",
+            &vni.to_string(),
+            "--cidr",
+            cidr,
+        ]);
+    }
+
+    /// Attaches `pod` here as endpoint `name` of `vpc` with address `ip`.
+    pub fn attach(&self, name: &str, vpc: &str, ip: &str, pod: &Netns) {
+        let netns = format!("/run/netns/{}", pod.name);
+        self.ok(&[
+            "endpoint", "add", name, "--vpc", vpc, "--ip", ip, "--netns", &netns,
+        ]);
+    }
+
+    /// Tells this node that endpoint `name` (`ip`, `mac` or the default) is on `node`.
+    pub fn remote(&self, name: &str, vpc: &str, ip: &str, node: Ipv4Addr, mac: Option<&str>) {
+        let node = node.to_string();
+        let mut args = vec![
+            "endpoint", "add", name, "--vpc", vpc, "--ip", ip, "--node", &node,
+        ];
+        if let Some(mac) = mac {
+            args.extend(["--mac", mac]);
+        }
+        self.ok(&args);
+    }
+
+    /// The data plane's counter `name` (a top-level one, or `dropped.REASON`).
+    pub fn counter(&self, name: &str) -> u64 {
+        let stats = self.ok(&["stats"]);
+        let key = match name.split_once('.') {
+            Some((_, reason)) => format!("\"{reason}\":"),
+            None => format!("\"{name}\":"),
+        };
+        let from = stats
+            .find(&key)
+            .unwrap_or_else(|| panic!("no counter {name} in {stats}"))
+            + key.len();
+        stats[from..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect::<String>()
+            .parse()
+            .unwrap_or_else(|_| panic!("counter {name} in {stats}"))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Whether `ns` gets an answer to one ping of `ip` within a second.
+pub fn pings(ns: &Netns, ip: &str) -> bool {
+    ns.cmd("ping")
+        .args(["-c", "1", "-W", "1", ip])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
