@@ -9,6 +9,10 @@
 //! | GET /v1/endpoints           |                | 200, the endpoints          |
 //! | POST /v1/endpoints          | an EndpointSpec| 201, the endpoint           |
 //! | DELETE /v1/endpoints/NAME   |                | 204                         |
+//! | GET /v1/security-groups     |                | 200, the groups             |
+//! | POST /v1/security-groups    | a SecurityGroup| 201, the group              |
+//! | PUT /v1/security-groups/NAME| a SecurityGroup| 200, the group (rules now)  |
+//! | DELETE /v1/security-groups/NAME |            | 204 (409 if it guards any)  |
 //! | GET /v1/stats               |                | 200, the data plane counters|
 //!
 //! Errors are `{"error": "..."}` with 400 (invalid), 404, 409 (conflict), 413 or 500.
@@ -27,7 +31,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
 use crate::daemon::{ApiError, Daemon};
-use crate::model::{EndpointSpec, ModelError, VpcSpec};
+use crate::model::{EndpointSpec, ModelError, SecurityGroup, VpcSpec};
 
 const MAX_BODY: usize = 64 * 1024;
 
@@ -91,17 +95,41 @@ fn route(d: &Daemon, method: &Method, path: &str, body: &[u8]) -> Answer {
             .delete_endpoint(name)
             .map(|()| (StatusCode::NO_CONTENT, Value::Null))
             .map_err(Answer::from),
+        (&Method::GET, ["v1", "security-groups"]) => {
+            let s = d.state();
+            Ok((
+                StatusCode::OK,
+                to_value(&s.security_groups.values().collect::<Vec<_>>()),
+            ))
+        }
+        (&Method::POST, ["v1", "security-groups"]) => parse::<SecurityGroup>(body).and_then(|g| {
+            d.put_security_group(&g, false)?;
+            Ok((StatusCode::CREATED, to_value(&g)))
+        }),
+        (&Method::PUT, ["v1", "security-groups", name]) => {
+            parse::<SecurityGroup>(body).and_then(|g| {
+                if g.name != *name {
+                    return Err(failure(
+                        StatusCode::BAD_REQUEST,
+                        format!("the body names group {:?}, the path {name:?}", g.name),
+                    ));
+                }
+                d.put_security_group(&g, true)?;
+                Ok((StatusCode::OK, to_value(&g)))
+            })
+        }
+        (&Method::DELETE, ["v1", "security-groups", name]) => d
+            .delete_security_group(name)
+            .map(|()| (StatusCode::NO_CONTENT, Value::Null))
+            .map_err(Answer::from),
         (&Method::GET, ["v1", "stats"]) => Ok((
             StatusCode::OK,
             json!({ "overlay_mtu": d.overlay_mtu(), "counters": to_value(&d.counters()) }),
         )),
         (
             _,
-            ["v1", "vpcs"]
-            | ["v1", "vpcs", _]
-            | ["v1", "endpoints"]
-            | ["v1", "endpoints", _]
-            | ["v1", "stats"],
+            ["v1", "vpcs" | "endpoints" | "security-groups" | "stats"]
+            | ["v1", "vpcs" | "endpoints" | "security-groups", _],
         ) => Err(failure(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} is not allowed on {path}"),

@@ -14,7 +14,7 @@ use thiserror::Error;
 
 use crate::dataplane::{self, DataplaneHandle, Update};
 use crate::forward::{Counters, CountersSnapshot, EndpointId, Tables};
-use crate::model::{Endpoint, EndpointSpec, ModelError, Place, State, Vpc, VpcSpec};
+use crate::model::{Endpoint, EndpointSpec, ModelError, Place, SecurityGroup, State, Vpc, VpcSpec};
 use crate::store::StateFile;
 use crate::wire::OVERLAY_OVERHEAD;
 
@@ -164,6 +164,33 @@ impl Daemon {
         inner.state = next;
         self.publish(&inner);
         tracing::info!(vpc = %name, "VPC deleted");
+        Ok(())
+    }
+
+    /// Adds `group`, or replaces the rules of the group of its name (`replace`); endpoints in
+    /// it get the new rules at once.
+    pub fn put_security_group(&self, group: &SecurityGroup, replace: bool) -> Result<(), ApiError> {
+        let mut inner = self.lock();
+        inner.state.check_security_group(group, replace)?;
+        let mut next = inner.state.clone();
+        next.security_groups
+            .insert(group.name.clone(), group.clone());
+        self.save(&next)?;
+        inner.state = next;
+        self.publish(&inner);
+        tracing::info!(group = %group.name, rules = group.rules.len(), "security group set");
+        Ok(())
+    }
+
+    pub fn delete_security_group(&self, name: &str) -> Result<(), ApiError> {
+        let mut inner = self.lock();
+        inner.state.check_security_group_removal(name)?;
+        let mut next = inner.state.clone();
+        next.security_groups.remove(name);
+        self.save(&next)?;
+        inner.state = next;
+        self.publish(&inner);
+        tracing::info!(group = %name, "security group deleted");
         Ok(())
     }
 

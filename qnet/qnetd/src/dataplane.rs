@@ -17,7 +17,7 @@ use io_uring::{opcode, squeue, types, IoUring};
 use qnet::phy::tap::VNET_HDR_LEN;
 use qnet::phy::Tap;
 
-use crate::forward::{self, Counters, DropReason, EndpointId, Tables, Verdict};
+use crate::forward::{self, Conntrack, Counters, DropReason, EndpointId, Tables, Verdict};
 use crate::wire::{self, VXLAN_LEN};
 
 /// Headroom in front of a frame: the VXLAN header and the virtio-net header share it.
@@ -154,6 +154,7 @@ struct Plane {
     udp: UdpSocket,
     port: u16,
     tables: Arc<Tables>,
+    conntrack: Conntrack,
     eps: HashMap<EndpointId, Attached>,
     to_read: VecDeque<EndpointId>,
     udp_reads: usize,
@@ -181,6 +182,7 @@ pub fn spawn(udp: UdpSocket, port: u16, counters: Arc<Counters>) -> io::Result<D
         udp,
         port,
         tables: Arc::new(Tables::default()),
+        conntrack: Conntrack::default(),
         eps: HashMap::new(),
         to_read: VecDeque::new(),
         udp_reads: 0,
@@ -383,7 +385,7 @@ impl Plane {
             );
         }
         let frame = &mut self.slots[slot].buf[HEAD..VXLAN_LEN + n];
-        let (verdict, len) = forward::from_local(&self.tables, id, frame);
+        let (verdict, len) = forward::from_local(&self.tables, &mut self.conntrack, id, frame);
         self.dispatch(slot, verdict, len, Origin::Local(id))
     }
 
@@ -404,7 +406,8 @@ impl Plane {
         let (verdict, len, vni) = match vni {
             Some(vni) if !truncated && n >= VXLAN_LEN => {
                 let frame = &mut s.buf[HEAD..VNET_HDR_LEN + n];
-                let (v, len) = forward::from_overlay(&self.tables, node, vni, frame);
+                let (v, len) =
+                    forward::from_overlay(&self.tables, &mut self.conntrack, node, vni, frame);
                 (v, len, vni)
             }
             _ => (Verdict::Drop(DropReason::Malformed), 0, 0),

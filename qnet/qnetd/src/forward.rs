@@ -6,11 +6,13 @@
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::model::{Mac, Place, State};
-use crate::wire;
+use crate::model::{Mac, Place, Protocol, Rule, State};
+use crate::wire::{self, L4};
 
 /// The data plane's handle for a local endpoint.
 pub type EndpointId = u32;
@@ -34,11 +36,14 @@ struct VpcView {
     gw_mac: Mac,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct LocalView {
     vni: u32,
     ip: Ipv4Addr,
     mac: Mac,
+    /// The rules of its security group: with one, ingress is denied unless a rule allows it
+    /// or it answers a flow the endpoint started.
+    rules: Option<Arc<[Rule]>>,
 }
 
 /// The state as the data plane looks it up, rebuilt whenever the state changes.
@@ -68,6 +73,11 @@ impl Tables {
                 },
             );
         }
+        let groups: HashMap<&str, Arc<[Rule]>> = state
+            .security_groups
+            .values()
+            .map(|g| (g.name.as_str(), Arc::from(g.rules.as_slice())))
+            .collect();
         for e in state.endpoints.values() {
             let Some(vpc) = state.vpcs.get(&e.vpc) else {
                 continue;
@@ -81,6 +91,10 @@ impl Tables {
                                 vni: vpc.vni,
                                 ip: e.ip,
                                 mac: e.mac,
+                                rules: e
+                                    .security_group
+                                    .as_deref()
+                                    .and_then(|g| groups.get(g).cloned()),
                             },
                         );
                         Dest::Local(*id)
@@ -124,10 +138,12 @@ pub enum DropReason {
     Ignored,
     /// The endpoint was detached while the frame was on its way.
     Detached,
+    /// The destination's security group does not allow it.
+    Denied,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::Malformed,
         DropReason::Spoofed,
         DropReason::UnknownVni,
@@ -136,6 +152,7 @@ impl DropReason {
         DropReason::TooBig,
         DropReason::Ignored,
         DropReason::Detached,
+        DropReason::Denied,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -147,6 +164,7 @@ impl DropReason {
             DropReason::TooBig => "too_big",
             DropReason::Ignored => "ignored",
             DropReason::Detached => "detached",
+            DropReason::Denied => "denied",
         }
     }
 }
@@ -171,8 +189,13 @@ fn drop(reason: DropReason) -> (Verdict, usize) {
 }
 
 /// Decides for `frame`, sent by local endpoint `from`; the verdict and the frame's length now.
-pub fn from_local(t: &Tables, from: EndpointId, frame: &mut [u8]) -> (Verdict, usize) {
-    let Some(me) = t.locals.get(&from).copied() else {
+pub fn from_local(
+    t: &Tables,
+    ct: &mut Conntrack,
+    from: EndpointId,
+    frame: &mut [u8],
+) -> (Verdict, usize) {
+    let Some(me) = t.locals.get(&from).cloned() else {
         return drop(DropReason::Detached);
     };
     let Some(vpc) = t.vpcs.get(&me.vni).copied() else {
@@ -247,6 +270,14 @@ pub fn from_local(t: &Tables, from: EndpointId, frame: &mut [u8]) -> (Verdict, u
             DropReason::NoRoute
         });
     };
+    if me.rules.is_some() {
+        ct.note_egress(me.vni, me.ip, ip.dst, ip.l4);
+    }
+    if let Dest::Local(id) = to.dest {
+        if !admits(t, ct, id, &ip) {
+            return drop(DropReason::Denied);
+        }
+    }
     wire::set_macs(frame, to.mac, me.mac);
     match to.dest {
         Dest::Local(id) => (Verdict::Deliver(id), len),
@@ -256,7 +287,13 @@ pub fn from_local(t: &Tables, from: EndpointId, frame: &mut [u8]) -> (Verdict, u
 
 /// Decides for `frame`, which arrived in VXLAN with `vni` from the node at `node`; the verdict
 /// and the frame's length now. A reply goes back to `node` with the same VNI.
-pub fn from_overlay(t: &Tables, node: Ipv4Addr, vni: u32, frame: &mut [u8]) -> (Verdict, usize) {
+pub fn from_overlay(
+    t: &Tables,
+    ct: &mut Conntrack,
+    node: Ipv4Addr,
+    vni: u32,
+    frame: &mut [u8],
+) -> (Verdict, usize) {
     let Some(vpc) = t.vpcs.get(&vni).copied() else {
         return drop(DropReason::UnknownVni);
     };
@@ -307,10 +344,132 @@ pub fn from_overlay(t: &Tables, node: Ipv4Addr, vni: u32, frame: &mut [u8]) -> (
             mac,
             dest: Dest::Local(id),
         }) => {
+            if !admits(t, ct, id, &ip) {
+                return drop(DropReason::Denied);
+            }
             frame[..6].copy_from_slice(&mac.0);
             (Verdict::Deliver(id), len)
         }
         _ => drop(DropReason::NoRoute),
+    }
+}
+
+/// Whether local endpoint `id` may receive the packet `ip`: always without a security group;
+/// with one, if a rule allows it or it answers a flow the endpoint started.
+fn admits(t: &Tables, ct: &mut Conntrack, id: EndpointId, ip: &wire::Ipv4Head) -> bool {
+    let Some(to) = t.locals.get(&id) else {
+        return false;
+    };
+    let Some(rules) = &to.rules else {
+        return true;
+    };
+    rules.iter().any(|r| rule_allows(r, ip.src, ip.l4))
+        || ct.is_reply(to.vni, ip.dst, ip.src, ip.l4)
+}
+
+fn rule_allows(r: &Rule, src: Ipv4Addr, l4: L4) -> bool {
+    let in_ports = |port: u16| r.ports.is_none_or(|p| (p.first..=p.last).contains(&port));
+    r.cidr.contains(src)
+        && match (r.protocol, l4) {
+            (Protocol::Any, _) => true,
+            (Protocol::Tcp, L4::Tcp { dst, .. }) | (Protocol::Udp, L4::Udp { dst, .. }) => {
+                in_ports(dst)
+            }
+            (Protocol::Icmp, L4::IcmpEcho { .. } | L4::Other { protocol: 1 }) => true,
+            _ => false,
+        }
+}
+
+/// A flow as its endpoint sees it: protocol, its own port, the peer's port (for ICMP echo,
+/// the identifier and 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct FlowKey {
+    vni: u32,
+    local: Ipv4Addr,
+    remote: Ipv4Addr,
+    protocol: u8,
+    local_port: u16,
+    remote_port: u16,
+}
+
+/// How long a flow is remembered without traffic.
+const FLOW_IDLE: Duration = Duration::from_secs(300);
+/// Flows remembered at most; beyond it new flows get no reply path until old ones expire.
+const MAX_FLOWS: usize = 1 << 18;
+
+/// Connection tracking for security groups: the flows that guarded endpoints started, so
+/// their replies pass.
+#[derive(Debug)]
+pub struct Conntrack {
+    flows: HashMap<FlowKey, Instant>,
+    sweep_at: Instant,
+}
+
+impl Default for Conntrack {
+    fn default() -> Self {
+        Conntrack {
+            flows: HashMap::new(),
+            sweep_at: Instant::now() + FLOW_IDLE,
+        }
+    }
+}
+
+impl Conntrack {
+    fn key(vni: u32, local: Ipv4Addr, remote: Ipv4Addr, l4: L4, outgoing: bool) -> Option<FlowKey> {
+        let (protocol, local_port, remote_port) = match l4 {
+            L4::Tcp { src, dst } if outgoing => (6, src, dst),
+            L4::Tcp { src, dst } => (6, dst, src),
+            L4::Udp { src, dst } if outgoing => (17, src, dst),
+            L4::Udp { src, dst } => (17, dst, src),
+            L4::IcmpEcho { request, ident } if request == outgoing => (1, ident, 0),
+            _ => return None,
+        };
+        Some(FlowKey {
+            vni,
+            local,
+            remote,
+            protocol,
+            local_port,
+            remote_port,
+        })
+    }
+
+    /// Notes that `local` sent `l4` to `remote`.
+    fn note_egress(&mut self, vni: u32, local: Ipv4Addr, remote: Ipv4Addr, l4: L4) {
+        let Some(key) = Self::key(vni, local, remote, l4, true) else {
+            return;
+        };
+        let now = Instant::now();
+        if now >= self.sweep_at || self.flows.len() >= MAX_FLOWS {
+            self.flows
+                .retain(|_, seen| now.duration_since(*seen) < FLOW_IDLE);
+            self.sweep_at = now + Duration::from_secs(10);
+        }
+        if self.flows.len() < MAX_FLOWS || self.flows.contains_key(&key) {
+            self.flows.insert(key, now);
+        }
+    }
+
+    /// Whether `l4` from `remote` to `local` answers a flow `local` started.
+    fn is_reply(&mut self, vni: u32, local: Ipv4Addr, remote: Ipv4Addr, l4: L4) -> bool {
+        let Some(key) = Self::key(vni, local, remote, l4, false) else {
+            return false;
+        };
+        match self.flows.get_mut(&key) {
+            Some(seen) if seen.elapsed() < FLOW_IDLE => {
+                *seen = Instant::now();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
     }
 }
 
@@ -411,6 +570,7 @@ mod tests {
                         ip,
                         mac: Mac([0x0a, vni as u8, 0, 0, 0, last]),
                         place,
+                        security_group: None,
                     },
                 );
             }
@@ -467,7 +627,7 @@ mod tests {
             &echo_request(),
             false,
         );
-        let (v, len) = from_local(&t, 1, &mut f);
+        let (v, len) = from_local(&t, &mut Conntrack::default(), 1, &mut f);
         assert_eq!(v, Verdict::Encap { node: NODE, vni: 1 });
         assert_eq!(len, f.len());
         assert_eq!(f[..6], red_mac(3));
@@ -479,7 +639,7 @@ mod tests {
             &echo_request(),
             false,
         );
-        let (v, len) = from_local(&t, 1, &mut f);
+        let (v, len) = from_local(&t, &mut Conntrack::default(), 1, &mut f);
         assert_eq!(v, Verdict::Reply);
         let e = EthernetFrame::new_checked(&f[..len]).unwrap();
         assert_eq!(e.dst_addr().0, red_mac(2));
@@ -491,7 +651,7 @@ mod tests {
         assert!(icmp.verify_checksum());
         // Too big with DF: fragmentation needed, carrying the MTU.
         let mut f = ipv4_frame(red_mac(2), [10, 0, 0, 2], [10, 0, 0, 3], &[0u8; 1500], true);
-        let (v, len) = from_local(&t, 1, &mut f);
+        let (v, len) = from_local(&t, &mut Conntrack::default(), 1, &mut f);
         assert_eq!(v, Verdict::Reply);
         let e = EthernetFrame::new_checked(&f[..len]).unwrap();
         let ip = Ipv4Packet::new_checked(e.payload()).unwrap();
@@ -510,23 +670,23 @@ mod tests {
             false,
         );
         assert_eq!(
-            from_local(&t, 1, &mut f).0,
+            from_local(&t, &mut Conntrack::default(), 1, &mut f).0,
             Verdict::Drop(DropReason::TooBig)
         );
         let mut f = ipv4_frame(red_mac(2), [10, 0, 0, 9], [10, 0, 0, 3], &[0u8; 8], false);
         assert_eq!(
-            from_local(&t, 1, &mut f).0,
+            from_local(&t, &mut Conntrack::default(), 1, &mut f).0,
             Verdict::Drop(DropReason::Spoofed)
         );
         // From the overlay: red's .3 on NODE reaches red's local .2, never blue's.
         let mut f = ipv4_frame(red_mac(3), [10, 0, 0, 3], [10, 0, 0, 2], &[0u8; 8], false);
         assert_eq!(
-            from_overlay(&t, NODE, 1, &mut f.clone()).0,
+            from_overlay(&t, &mut Conntrack::default(), NODE, 1, &mut f.clone()).0,
             Verdict::Deliver(1)
         );
         let other = Ipv4Addr::new(192, 168, 77, 3);
         assert_eq!(
-            from_overlay(&t, other, 1, &mut f).0,
+            from_overlay(&t, &mut Conntrack::default(), other, 1, &mut f).0,
             Verdict::Drop(DropReason::Spoofed)
         );
     }
@@ -571,10 +731,10 @@ mod tests {
             if arp && frame.len() >= 14 {
                 frame[12..14].copy_from_slice(&[0x08, 0x06]);
             }
-            let (v, len) = from_local(&t, 1, &mut frame.clone());
+            let (v, len) = from_local(&t, &mut Conntrack::default(), 1, &mut frame.clone());
             prop_assert!(len <= frame.len());
             prop_assert!(!matches!(v, Verdict::Deliver(2) | Verdict::Encap { vni: 2, .. }), "{v:?}");
-            let (v, len) = from_overlay(&t, NODE, 1, &mut frame.clone());
+            let (v, len) = from_overlay(&t, &mut Conntrack::default(), NODE, 1, &mut frame.clone());
             prop_assert!(len <= frame.len());
             prop_assert!(!matches!(v, Verdict::Deliver(2) | Verdict::Encap { .. }), "{v:?}");
         }

@@ -184,6 +184,89 @@ pub struct VpcSpec {
     pub gateway: Option<Ipv4Addr>,
 }
 
+/// The transport a security group rule allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Any,
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+/// A port range, written `80` or `8000-8080`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Ports {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl FromStr for Ports {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Ports, String> {
+        let (a, b) = s.split_once('-').unwrap_or((s, s));
+        let port = |p: &str| {
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("{s:?} is not a port or port range (1-65535, a-b)"))
+        };
+        let (first, last) = (port(a)?, port(b)?);
+        if first > last {
+            return Err(format!("port range {s:?} is backwards"));
+        }
+        Ok(Ports { first, last })
+    }
+}
+
+impl TryFrom<String> for Ports {
+    type Error = String;
+    fn try_from(s: String) -> Result<Ports, String> {
+        s.parse()
+    }
+}
+
+impl From<Ports> for String {
+    fn from(p: Ports) -> String {
+        if p.first == p.last {
+            p.first.to_string()
+        } else {
+            format!("{}-{}", p.first, p.last)
+        }
+    }
+}
+
+/// One ingress allow rule: traffic of `protocol` from `cidr` (default anywhere) to `ports`
+/// (default all; TCP and UDP only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub protocol: Protocol,
+    #[serde(default = "Cidr::anywhere")]
+    pub cidr: Cidr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Ports>,
+}
+
+impl Cidr {
+    pub fn anywhere() -> Cidr {
+        Cidr {
+            network: Ipv4Addr::UNSPECIFIED,
+            prefix: 0,
+        }
+    }
+}
+
+/// A security group: what may reach the endpoints in it (in rule order; nothing else may,
+/// except replies to what they sent).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityGroup {
+    pub name: String,
+    pub rules: Vec<Rule>,
+}
+
 /// Where an endpoint is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -204,6 +287,9 @@ pub struct Endpoint {
     pub mac: Mac,
     #[serde(flatten)]
     pub place: Place,
+    /// The security group guarding its ingress, for a local endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_group: Option<String>,
 }
 
 /// What the API takes to make an endpoint: `netns` (and optionally `ifname`) for a local one,
@@ -218,6 +304,7 @@ pub struct EndpointSpec {
     pub netns: Option<PathBuf>,
     pub ifname: Option<String>,
     pub node: Option<Ipv4Addr>,
+    pub security_group: Option<String>,
 }
 
 /// Every VPC and endpoint of this node, keyed by name.
@@ -225,6 +312,8 @@ pub struct EndpointSpec {
 pub struct State {
     pub vpcs: BTreeMap<String, Vpc>,
     pub endpoints: BTreeMap<String, Endpoint>,
+    #[serde(default)]
+    pub security_groups: BTreeMap<String, SecurityGroup>,
 }
 
 fn check_name(what: &str, name: &str) -> Result<(), ModelError> {
@@ -360,13 +449,73 @@ impl State {
                 ))
             }
         };
+        if let Some(group) = &spec.security_group {
+            if !self.security_groups.contains_key(group) {
+                return Err(ModelError::NotFound(format!("no security group {group:?}")));
+            }
+            if matches!(place, Place::Remote { .. }) {
+                return Err(invalid(
+                    "a security group guards a local endpoint (its own node enforces it)",
+                ));
+            }
+        }
         Ok(Endpoint {
             name: spec.name.clone(),
             vpc: vpc.name.clone(),
             ip: spec.ip,
             mac,
             place,
+            security_group: spec.security_group.clone(),
         })
+    }
+
+    /// Checks `group`, new (`replace` false) or replacing the one of its name.
+    pub fn check_security_group(
+        &self,
+        group: &SecurityGroup,
+        replace: bool,
+    ) -> Result<(), ModelError> {
+        check_name("security group", &group.name)?;
+        match (self.security_groups.contains_key(&group.name), replace) {
+            (true, false) => Err(ModelError::Conflict(format!(
+                "security group {:?} exists already",
+                group.name
+            ))),
+            (false, true) => Err(ModelError::NotFound(format!(
+                "no security group {:?}",
+                group.name
+            ))),
+            _ if group.rules.len() > 256 => Err(invalid("at most 256 rules in a group")),
+            _ => {
+                match group.rules.iter().find(|r| {
+                    r.ports.is_some() && !matches!(r.protocol, Protocol::Tcp | Protocol::Udp)
+                }) {
+                    Some(r) => Err(invalid(format!(
+                        "ports apply to tcp and udp rules, not {:?}",
+                        r.protocol
+                    ))),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Checks that security group `name` exists and guards no endpoint.
+    pub fn check_security_group_removal(&self, name: &str) -> Result<(), ModelError> {
+        if !self.security_groups.contains_key(name) {
+            return Err(ModelError::NotFound(format!("no security group {name:?}")));
+        }
+        match self
+            .endpoints
+            .values()
+            .find(|e| e.security_group.as_deref() == Some(name))
+        {
+            Some(e) => Err(ModelError::Conflict(format!(
+                "security group {name:?} guards endpoint {:?}",
+                e.name
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Checks that VPC `name` exists and has no endpoints left.
@@ -406,6 +555,7 @@ mod tests {
             netns: None,
             ifname: None,
             node: Some("192.168.0.2".parse().unwrap()),
+            security_group: None,
         }
     }
 

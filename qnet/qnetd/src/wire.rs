@@ -95,6 +95,65 @@ pub struct Ipv4Head {
     pub total_len: usize,
     pub dont_frag: bool,
     pub icmp_echo_request: bool,
+    /// What a flow is told apart by beyond the addresses.
+    pub l4: L4,
+}
+
+/// The transport of an IPv4 packet, as security groups and connection tracking see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum L4 {
+    Tcp {
+        src: u16,
+        dst: u16,
+    },
+    Udp {
+        src: u16,
+        dst: u16,
+    },
+    /// An echo request or reply and its identifier.
+    IcmpEcho {
+        request: bool,
+        ident: u16,
+    },
+    /// Any other packet, or a fragment after the first (which has no transport header).
+    Other {
+        protocol: u8,
+    },
+}
+
+fn l4_of(ip: &Ipv4Packet<&[u8]>) -> L4 {
+    let protocol = ip.next_header();
+    let other = L4::Other {
+        protocol: protocol.into(),
+    };
+    if ip.frag_offset() != 0 {
+        return other;
+    }
+    let p = ip.payload();
+    let ports = || {
+        (p.len() >= 4).then(|| {
+            (
+                u16::from_be_bytes([p[0], p[1]]),
+                u16::from_be_bytes([p[2], p[3]]),
+            )
+        })
+    };
+    match protocol {
+        IpProtocol::Tcp => ports().map_or(other, |(src, dst)| L4::Tcp { src, dst }),
+        IpProtocol::Udp => ports().map_or(other, |(src, dst)| L4::Udp { src, dst }),
+        IpProtocol::Icmp => match Icmpv4Packet::new_checked(p) {
+            Ok(icmp) if icmp.msg_type() == Icmpv4Message::EchoRequest => L4::IcmpEcho {
+                request: true,
+                ident: icmp.echo_ident(),
+            },
+            Ok(icmp) if icmp.msg_type() == Icmpv4Message::EchoReply => L4::IcmpEcho {
+                request: false,
+                ident: icmp.echo_ident(),
+            },
+            _ => other,
+        },
+        _ => other,
+    }
 }
 
 /// The IPv4 packet in Ethernet frame `frame`, if it is one and well formed: a valid header
@@ -108,17 +167,15 @@ pub fn ipv4_head(frame: &[u8]) -> Option<Ipv4Head> {
     if ip.version() != 4 || !ip.verify_checksum() {
         return None;
     }
-    let icmp_echo_request = ip.next_header() == IpProtocol::Icmp
-        && !ip.more_frags()
-        && ip.frag_offset() == 0
-        && Icmpv4Packet::new_checked(ip.payload())
-            .is_ok_and(|p| p.msg_type() == Icmpv4Message::EchoRequest);
+    let l4 = l4_of(&ip);
+    let icmp_echo_request = !ip.more_frags() && matches!(l4, L4::IcmpEcho { request: true, .. });
     Some(Ipv4Head {
         src: ip.src_addr(),
         dst: ip.dst_addr(),
         total_len: usize::from(ip.total_len()),
         dont_frag: ip.dont_frag(),
         icmp_echo_request,
+        l4,
     })
 }
 

@@ -577,3 +577,81 @@ fn the_api_refuses_bad_input_clearly_and_keeps_nothing_of_it() {
         "{state}"
     );
 }
+
+#[test]
+fn a_security_group_admits_its_rules_and_replies_and_nothing_else() {
+    let t = two_nodes();
+    // A guarded pod on B: TCP 8080 from the VPC's network, nothing else.
+    t.b.ok(&["sg", "add", "web", "--rule", "tcp:8080@10.42.0.0/24"]);
+    let pg = Netns::new("pg");
+    let netns = format!("/run/netns/{}", pg.name);
+    t.b.ok(&[
+        "endpoint",
+        "add",
+        "pg",
+        "--vpc",
+        "red",
+        "--ip",
+        "10.42.0.4",
+        "--netns",
+        &netns,
+        "--security-group",
+        "web",
+    ]);
+    t.a.remote("pg", "red", "10.42.0.4", t.b.ip, None);
+
+    let open = listen(&pg, addr("10.42.0.4:8080"));
+    let _closed = listen(&pg, addr("10.42.0.4:9090"));
+    let server = std::thread::spawn(move || {
+        for _ in 0..2 {
+            let (mut s, _) = open.accept().expect("accepting");
+            s.write_all(b"web").expect("answering");
+        }
+    });
+    for (client, from) in [(&t.pa, "another node"), (&t.pb, "the same node")] {
+        let mut s = connect(client, addr("10.42.0.4:8080"))
+            .unwrap_or_else(|e| panic!("port 8080 from {from}: {e}"));
+        let mut got = String::new();
+        s.read_to_string(&mut got).expect("reading");
+        assert_eq!(got, "web");
+    }
+    server.join().expect("server");
+    let before = t.b.counter("dropped.denied");
+    assert!(
+        connect(&t.pa, addr("10.42.0.4:9090")).is_err(),
+        "9090 is not allowed"
+    );
+    assert!(!pings(&t.pa, "10.42.0.4"), "ping is not allowed");
+    assert!(!pings(&t.pb, "10.42.0.4"), "not from the same node either");
+    assert!(t.b.counter("dropped.denied") > before);
+
+    // What the guarded pod starts gets its replies.
+    let peer = listen(&t.pa, addr("10.42.0.2:7001"));
+    let echo = std::thread::spawn(move || {
+        let (mut s, _) = peer.accept().expect("accepting");
+        s.write_all(b"reply").expect("replying");
+    });
+    let mut s = connect(&pg, addr("10.42.0.2:7001")).expect("the guarded pod connects out");
+    let mut got = String::new();
+    s.read_to_string(&mut got).expect("reading the reply");
+    assert_eq!(got, "reply");
+    echo.join().expect("echo");
+    assert!(pings(&pg, "10.42.0.2"), "its ping gets the echo reply");
+
+    // Rules change live; a group in use cannot go.
+    t.b.ok(&[
+        "sg",
+        "set",
+        "web",
+        "--rule",
+        "tcp:8080@10.42.0.0/24",
+        "--rule",
+        "icmp",
+    ]);
+    assert!(pings(&t.pa, "10.42.0.4"), "ping allowed now");
+    let out = t.b.ctl(&["sg", "del", "web"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("guards endpoint \"pg\""));
+    let out = t.b.ctl(&["sg", "add", "bad", "--rule", "icmp:80"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ports apply to tcp and udp"));
+}

@@ -39,6 +39,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: EndpointCmd,
     },
+    /// Security groups: add, set (replace the rules), del, list.
+    Sg {
+        #[command(subcommand)]
+        cmd: SgCmd,
+    },
     /// The data plane's counters.
     Stats,
 }
@@ -77,6 +82,57 @@ enum VpcCmd {
 }
 
 #[derive(Subcommand)]
+enum SgCmd {
+    Add {
+        name: String,
+        /// An allow rule: PROTO[:PORTS][@CIDR], PROTO one of any, tcp, udp, icmp; e.g.
+        /// tcp:8080@10.0.0.0/8, udp:5000-5010, icmp.
+        #[arg(long = "rule")]
+        rules: Vec<String>,
+    },
+    Set {
+        name: String,
+        #[arg(long = "rule")]
+        rules: Vec<String>,
+    },
+    Del {
+        name: String,
+    },
+    List,
+}
+
+/// `PROTO[:PORTS][@CIDR]` as the API's JSON rule.
+fn rule_json(rule: &str) -> anyhow::Result<Value> {
+    let (rest, cidr) = match rule.split_once('@') {
+        Some((r, c)) => (r, Some(c)),
+        None => (rule, None),
+    };
+    let (protocol, ports) = match rest.split_once(':') {
+        Some((p, ports)) => (p, Some(ports)),
+        None => (rest, None),
+    };
+    if protocol.is_empty() {
+        anyhow::bail!("rule {rule:?}: give PROTO[:PORTS][@CIDR]");
+    }
+    let mut v = json!({ "protocol": protocol });
+    if let Some(ports) = ports {
+        v["ports"] = Value::from(ports);
+    }
+    if let Some(cidr) = cidr {
+        v["cidr"] = Value::from(cidr);
+    }
+    Ok(v)
+}
+
+fn group_json(name: &str, rules: &[String]) -> anyhow::Result<Value> {
+    let rules = rules
+        .iter()
+        .map(|r| rule_json(r))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(json!({ "name": name, "rules": rules }))
+}
+
+#[derive(Subcommand)]
 enum EndpointCmd {
     Add {
         name: String,
@@ -95,6 +151,9 @@ enum EndpointCmd {
         /// The underlay address of the node hosting a remote endpoint.
         #[arg(long, required_unless_present = "netns")]
         node: Option<Ipv4Addr>,
+        /// The security group guarding a local endpoint's ingress.
+        #[arg(long, requires = "netns")]
+        security_group: Option<String>,
     },
     Del {
         name: String,
@@ -141,6 +200,7 @@ fn client(api_socket: &std::path::Path, cmd: Cmd) -> anyhow::Result<ExitCode> {
                 netns,
                 ifname,
                 node,
+                security_group,
             } => {
                 let mut body = json!({ "name": name, "vpc": vpc, "ip": ip });
                 let fields = [
@@ -148,6 +208,7 @@ fn client(api_socket: &std::path::Path, cmd: Cmd) -> anyhow::Result<ExitCode> {
                     ("netns", netns.map(|p| Value::from(p.display().to_string()))),
                     ("ifname", ifname.map(Value::from)),
                     ("node", node.map(|n| Value::from(n.to_string()))),
+                    ("security_group", security_group.map(Value::from)),
                 ];
                 for (k, v) in fields {
                     if let Some(v) = v {
@@ -158,6 +219,20 @@ fn client(api_socket: &std::path::Path, cmd: Cmd) -> anyhow::Result<ExitCode> {
             }
             EndpointCmd::Del { name } => (Method::DELETE, format!("/v1/endpoints/{name}"), None),
             EndpointCmd::List => (Method::GET, "/v1/endpoints".into(), None),
+        },
+        Cmd::Sg { cmd } => match cmd {
+            SgCmd::Add { name, rules } => (
+                Method::POST,
+                "/v1/security-groups".into(),
+                Some(group_json(&name, &rules)?),
+            ),
+            SgCmd::Set { name, rules } => (
+                Method::PUT,
+                format!("/v1/security-groups/{name}"),
+                Some(group_json(&name, &rules)?),
+            ),
+            SgCmd::Del { name } => (Method::DELETE, format!("/v1/security-groups/{name}"), None),
+            SgCmd::List => (Method::GET, "/v1/security-groups".into(), None),
         },
         Cmd::Stats => (Method::GET, "/v1/stats".into(), None),
     };
