@@ -8,6 +8,7 @@
 mod cni;
 mod containerd;
 mod guest;
+mod overlay;
 mod runtime;
 mod workload;
 
@@ -39,6 +40,18 @@ enum Suite {
     /// A program in a Quark container (qkernel sockets over qnet) vs the same program run
     /// natively behind a veth pair.
     Guest {
+        /// Seconds per case per round.
+        #[arg(long, default_value_t = 2.0)]
+        duration: f64,
+        /// Rounds (medians are reported).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// One JSON object per figure instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pod to pod across two nodes: qnetd's VXLAN overlay vs the kernel's VXLAN + bridge.
+    Overlay {
         /// Seconds per case per round.
         #[arg(long, default_value_t = 2.0)]
         duration: f64,
@@ -339,6 +352,20 @@ fn main() -> std::process::ExitCode {
                     "guest (qvisor, pod interface taken over by qnet) vs native (veth between namespaces); medians of {rounds} rounds of {duration:.1} s"
                 ),
                 ("quark", "native"),
+            )
+        }),
+        Suite::Overlay {
+            duration,
+            rounds,
+            json,
+        } => overlay::suite(duration, rounds).and_then(|f| {
+            report(
+                &f,
+                json,
+                &format!(
+                    "qnetd overlay vs kernel VXLAN + bridge, nodes and pods as namespaces; medians of {rounds} rounds of {duration:.1} s"
+                ),
+                ("qnetd", "kernel"),
             )
         }),
         Suite::Cni { cycles, json } => cni::suite(cycles).and_then(|f| {

@@ -260,3 +260,41 @@ pub fn pings(ns: &Netns, ip: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success())
 }
+
+/// A node that is the Linux kernel's own overlay, for comparison: a VXLAN device with `vni`
+/// sending what it does not know to `peer` (another node's underlay address), a bridge, and a
+/// pod on it by a veth with address `pod_ip`/24 and the overlay MTU. The node and the pod.
+pub fn kernel_vxlan_node(
+    ul: &Underlay,
+    n: u8,
+    vni: u32,
+    peer: Ipv4Addr,
+    pod_ip: &str,
+) -> (Netns, Netns) {
+    let node = ul.join("knode", n);
+    let pod = Netns::new("kpod");
+    let script = format!(
+        "ip link add vx0 type vxlan id {vni} dstport 4789 local {me} dev u0 \
+         && ip link add br1 type bridge && ip link set vx0 master br1 up && ip link set br1 up \
+         && bridge fdb append 00:00:00:00:00:00 dev vx0 dst {peer} \
+         && ip link add p0 type veth peer name eth0 netns {pod} && ip link set p0 master br1 up",
+        me = underlay_ip(n),
+        pod = pod.name,
+    );
+    let out = node.sh(&script);
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let addr = format!("{pod_ip}/24");
+    run(
+        "ip",
+        &["-n", &pod.name, "addr", "add", &addr, "dev", "eth0"],
+    );
+    run(
+        "ip",
+        &["-n", &pod.name, "link", "set", "eth0", "mtu", "1450", "up"],
+    );
+    (node, pod)
+}

@@ -26,8 +26,10 @@ const HEAD: usize = VXLAN_LEN + VNET_HDR_LEN;
 /// told so (ICMP fragmentation-needed) rather than cut.
 const MAX_FRAME: usize = 9216 + wire::ETH_LEN;
 const SLOTS: usize = 512;
-/// Receives kept posted on the underlay socket.
-const UDP_READS: usize = 32;
+/// Receives kept posted on the underlay socket. One: every posted receive arms its own poll,
+/// and a datagram woke them all (with 32 posted, request/response took 402 µs instead of 226);
+/// the 16 MiB socket buffer holds what arrives meanwhile.
+const UDP_READS: usize = 1;
 
 /// A change for the data plane, from the control side.
 pub enum Update {
