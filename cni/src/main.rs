@@ -5,11 +5,13 @@
 //! `"mode": "ptp"` and `"mode": "bridge"` wire the pod themselves (a routed veth, or a veth on
 //! a Linux bridge; IPAM delegated); `"mode": "chained"` runs after the plugin that made the
 //! pod's interface (Debian's bridge or ptp, Calico...): it checks the interface qvisor will take
-//! over and passes the result on. The `vpc` mode needs qnetd, not there yet, and says so.
+//! over and passes the result on. `"mode": "vpc"` makes the pod an endpoint of a tenant VPC of
+//! the node's qnetd (docs/qnetd.md).
 
 mod bridge;
 mod ptp;
 mod spec;
+mod vpc;
 
 use std::io::Read;
 use std::path::Path;
@@ -75,10 +77,7 @@ fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
         Some("chained") => chained(env, &conf),
         Some("ptp") => ptp::run(env, &conf, stdin),
         Some("bridge") => bridge::run(env, &conf, stdin),
-        Some("vpc") => Err(CniError::new(
-            Code::INVALID_CONFIG,
-            "mode \"vpc\" needs the qnetd VPC daemon, which is not available yet",
-        )),
+        Some("vpc") => vpc::run(env, &conf, stdin),
         other => Err(CniError::new(
             Code::INVALID_CONFIG,
             format!("\"mode\" is {other:?}: expected one of ptp, bridge, chained, vpc"),

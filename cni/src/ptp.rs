@@ -272,11 +272,17 @@ fn wire(env: &Env, conf: &NetConf, ipam: &Value) -> Result<Value, CniError> {
     Ok(result)
 }
 
-fn del(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
-    // IPAM first: an address is never leaked even if the links are already gone.
+/// Gives the pod's address back to IPAM (DEL's first step: an address is never leaked even if
+/// the links are already gone).
+pub(crate) fn release_ipam(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
     if let Ok(plugin) = ipam_plugin(env, conf) {
         delegate(&plugin, "DEL", stdin)?;
     }
+    Ok(())
+}
+
+fn del(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
+    release_ipam(env, conf, stdin)?;
     // Deleting either end of the veth deletes both; either may be gone already.
     if let Some(netns) = &env.netns {
         if let Ok(pod) = Netns::open(Path::new(netns)) {

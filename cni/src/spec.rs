@@ -26,6 +26,8 @@ impl Code {
     pub const IO: Code = Code(5);
     pub const DECODING: Code = Code(6);
     pub const INVALID_CONFIG: Code = Code(7);
+    /// Transient: the runtime may retry (the spec's code 11).
+    pub const TRY_AGAIN_LATER: Code = Code(11);
 }
 
 /// A CNI error: what the plugin prints on stdout before exiting non-zero.

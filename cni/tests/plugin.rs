@@ -690,3 +690,167 @@ fn chained_between_bridge_and_tuning_and_portmap_as_a_conflist_runs() {
     assert!(!nat().contains("18080"), "portmap left: {}", nat());
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// Starts qnetd inside namespace `node` in this process (its data plane thread is born there)
+/// with its API on `socket`.
+fn start_qnetd(node: &Ns, socket: &std::path::Path, state: &std::path::Path) {
+    let file = std::fs::File::open(format!("/run/netns/{}", node.0)).expect("node namespace");
+    let (path, state) = (socket.to_path_buf(), state.to_path_buf());
+    std::thread::spawn(move || {
+        // SAFETY: setns on this thread only, which then runs the daemon's API for good.
+        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns");
+        let up = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status();
+        assert!(up.is_ok_and(|s| s.success()));
+        let daemon = qnetd::daemon::Daemon::start(qnetd::daemon::Config {
+            state,
+            underlay: "127.0.0.1".parse().unwrap(),
+            port: 4789,
+            underlay_mtu: 1500,
+        })
+        .expect("starting qnetd");
+        qnetd::api::serve(daemon, &path).expect("serving the API");
+    });
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(std::time::Instant::now() < end, "qnetd did not come up");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn vpc_mode_makes_pods_endpoints_of_a_qnetd_vpc_and_del_removes_them() {
+    let node = Ns::new("vn");
+    let dir = std::env::temp_dir().join(format!("qc-vpc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("api.sock");
+    start_qnetd(&node, &socket, &dir.join("state.json"));
+    let (status, body) = qnetd::api::call(
+        &socket,
+        qnetd::api::Method::POST,
+        "/v1/vpcs",
+        Some(&json!({"name": "red", "vni": 42, "cidr": "10.44.0.0/24"})),
+    )
+    .expect("calling qnetd");
+    assert_eq!(status, 201, "{body}");
+    let data = dir.join("ipam");
+    let conf = |vpc: &str, sock: &std::path::Path| {
+        json!({
+            "cniVersion": "1.0.0", "name": "quark", "type": "qnet-cni", "mode": "vpc",
+            "vpc": vpc, "qnetdSocket": sock,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.44.0.0/24", "rangeStart": "10.44.0.10"}]],
+                     "dataDir": data},
+        })
+        .to_string()
+    };
+    let pods = [Ns::new("vp1"), Ns::new("vp2")];
+    let mut ips = Vec::new();
+    for (i, pod) in pods.iter().enumerate() {
+        let netns = format!("/run/netns/{}", pod.0);
+        let id = format!("vpc{i}");
+        let o = call(
+            "qnet-cni",
+            None,
+            &attachment("ADD", &id, &netns),
+            &conf("red", &socket),
+        );
+        assert!(o.ok, "ADD: {}", o.raw);
+        let result = o.json.unwrap();
+        assert_eq!(result["interfaces"][0]["name"], "eth0");
+        assert_eq!(result["interfaces"][0]["sandbox"], json!(netns));
+        assert!(result["interfaces"][0]["mac"]
+            .as_str()
+            .unwrap()
+            .starts_with("0a:58:0a:2c:00:"));
+        assert_eq!(result["ips"][0]["gateway"], "10.44.0.1");
+        let ip = pod_ip_of(&result);
+        assert!(result["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .ends_with("/24"));
+        // CHECK finds what ADD made.
+        let mut check = serde_json::from_str::<Value>(&conf("red", &socket)).unwrap();
+        check["prevResult"] = result.clone();
+        let o = call(
+            "qnet-cni",
+            None,
+            &attachment("CHECK", &id, &netns),
+            &check.to_string(),
+        );
+        assert!(o.ok, "CHECK: {}", o.raw);
+        ips.push(ip);
+    }
+    // The two pods reach each other and the gateway through qnetd.
+    let ping = |from: &Ns, ip: &str| {
+        Command::new("ip")
+            .args(["netns", "exec", &from.0, "ping", "-c", "1", "-W", "1", ip])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    assert!(ping(&pods[0], &ips[1]), "pod 1 -> pod 2 ({})", ips[1]);
+    assert!(ping(&pods[1], "10.44.0.1"), "pod 2 -> the VPC gateway");
+
+    // Errors: no VPC named, an unknown VPC, qnetd not there (the address goes back to IPAM).
+    let spare = Ns::new("vp3");
+    let netns = format!("/run/netns/{}", spare.0);
+    let add = attachment("ADD", "vpc-err", &netns);
+    let mut no_name = serde_json::from_str::<Value>(&conf("red", &socket)).unwrap();
+    no_name.as_object_mut().unwrap().remove("vpc");
+    let o = call("qnet-cni", None, &add, &no_name.to_string());
+    assert_eq!(error_code(&o), 7, "{}", o.raw);
+    let o = call("qnet-cni", None, &add, &conf("blue", &socket));
+    assert_eq!(error_code(&o), 7, "{}", o.raw);
+    assert!(o.raw.contains("no VPC \\\"blue\\\""), "{}", o.raw);
+    let o = call(
+        "qnet-cni",
+        None,
+        &add,
+        &conf("red", &dir.join("nobody.sock")),
+    );
+    assert_eq!(error_code(&o), 11, "{}", o.raw);
+    let held = std::fs::read_dir(data.join("quark"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .parse::<std::net::Ipv4Addr>()
+                .is_ok()
+        })
+        .count();
+    assert_eq!(held, 2, "only the two pods' addresses are held");
+
+    // DEL (twice: it is idempotent) removes the endpoint, the interface and the address.
+    for (i, pod) in pods.iter().enumerate() {
+        let netns = format!("/run/netns/{}", pod.0);
+        for _ in 0..2 {
+            let o = call(
+                "qnet-cni",
+                None,
+                &attachment("DEL", &format!("vpc{i}"), &netns),
+                &conf("red", &socket),
+            );
+            assert!(o.ok, "DEL: {}", o.raw);
+        }
+        assert!(!reserved(&data, &ips[i]), "{} still reserved", ips[i]);
+    }
+    let (_, eps) =
+        qnetd::api::call(&socket, qnetd::api::Method::GET, "/v1/endpoints", None).unwrap();
+    assert_eq!(eps.trim(), "[]");
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let links = Command::new("ip")
+            .args(["-n", &pods[0].0, "-o", "link"])
+            .output()
+            .unwrap();
+        if !String::from_utf8_lossy(&links.stdout).contains("eth0") {
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "eth0 stayed after DEL");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
