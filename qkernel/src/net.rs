@@ -425,6 +425,13 @@ impl Kernel {
         flags: u64,
         send: bool,
     ) -> Result<i64, i64> {
+        let waits_for_all = !send && vlen > 1 && flags & (MSG_DONTWAIT | MSG_WAITFORONE) == 0;
+        // A blocking recvmmsg waits for every message, as Linux's does. Tried without waiting,
+        // it could take the first messages and then find it must wait; what it took cannot be
+        // put back. So it is served only where it may wait.
+        if waits_for_all && !self.p.fds.nonblocking(fd) && self.decline_nowait() {
+            return Err(EAGAIN);
+        }
         let mut done = 0u64;
         for i in 0..vlen.min(MAX_IOV) {
             let hdr = vec.wrapping_add(i * MMSGHDR_LEN);

@@ -449,6 +449,15 @@ impl Kernel {
         }
     }
 
+    /// Whether the call is being tried without waiting, and if so, gives up the try: the call
+    /// is served again where it may wait. For calls whose partial work cannot be undone.
+    pub(crate) fn decline_nowait(&mut self) -> bool {
+        if self.nowait {
+            self.would_block = true;
+        }
+        self.nowait
+    }
+
     /// After a poll in `nowait` found nothing ready: it would have waited if it had a timeout.
     pub(crate) fn poll_found_nothing(&mut self, timeout_ms: i64) {
         if self.nowait && timeout_ms != 0 {
