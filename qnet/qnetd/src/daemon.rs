@@ -255,7 +255,8 @@ impl Daemon {
             netns: Some(netns.display().to_string()),
             mtu: self.overlay_mtu,
             peer_addr: None,
-            offloads: false,
+            // Checksum and TSO offloads: the pod's kernel hands over 64 KiB TCP frames.
+            offloads: true,
             persist: true,
         })
         .with_context(|| format!("making {ifname} in {}", netns.display()))?;

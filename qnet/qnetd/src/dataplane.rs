@@ -1,10 +1,14 @@
 //! The data plane: one thread that moves frames between the local endpoints' TAPs and the
-//! underlay UDP socket with io_uring, asking [`crate::forward`] where each goes.
+//! underlay UDP socket, asking [`crate::forward`] where each goes. io_uring waits for the
+//! reads (a read per TAP, one receive on the underlay socket); sending is synchronous
+//! ([`crate::output`]), since neither kind of send waits.
 //!
-//! Every frame lives in one slot from the read that brings it to the write that sends it on:
-//! a slot has headroom for the virtio-net header (TAP side) and the VXLAN header (underlay
-//! side), so encapsulating, decapsulating and answering never copy the frame. When no slot is
-//! free, reads wait until writes complete (back-pressure instead of loss).
+//! A frame lives in one slot from the read that brings it to the send: a slot has headroom
+//! for the virtio-net header (TAP side) and the VXLAN header (underlay side), so decapsulating
+//! and answering never copy a frame. Offloads keep frames large where the kernel allows:
+//! the TAPs hand over 64 KiB TCP frames, cut into segments only on the way to another node
+//! (UDP GSO), and the underlay socket hands over runs of datagrams (UDP GRO) whose TCP
+//! segments are joined again for the TAP ([`crate::gso`]). When no slot is free, reads wait.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -15,16 +19,18 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender};
 use io_uring::{opcode, squeue, types, IoUring};
 use qnet::phy::tap::VNET_HDR_LEN;
+use qnet::phy::vnet::{VnetHdr, GSO_NONE, GSO_TCPV4};
 use qnet::phy::Tap;
 
 use crate::forward::{self, Conntrack, Counters, DropReason, EndpointId, Tables, Verdict};
+use crate::gso;
+use crate::output::{Delivery, Output, SendError};
 use crate::wire::{self, VXLAN_LEN};
 
 /// Headroom in front of a frame: the VXLAN header and the virtio-net header share it.
 const HEAD: usize = VXLAN_LEN + VNET_HDR_LEN;
-/// Largest frame read: a jumbo frame, so an endpoint that raises its MTU past the overlay's is
-/// told so (ICMP fragmentation-needed) rather than cut.
-const MAX_FRAME: usize = 9216 + wire::ETH_LEN;
+/// Largest read: a 64 KiB TCP frame from a TAP, or a run of datagrams joined by UDP GRO.
+const MAX_READ: usize = 65_536 + 512;
 const SLOTS: usize = 512;
 /// Receives kept posted on the underlay socket. One: every posted receive arms its own poll,
 /// and a datagram woke them all (with 32 posted, request/response took 402 µs instead of 226);
@@ -59,9 +65,7 @@ impl DataplaneHandle {
 enum Op {
     Wake = 1,
     TapRead = 2,
-    TapWrite = 3,
     UdpRecv = 4,
-    UdpSend = 5,
     Cancel = 6,
 }
 
@@ -73,21 +77,21 @@ fn decode(ud: u64) -> (Option<Op>, EndpointId, usize) {
     let op = match ud >> 56 {
         1 => Some(Op::Wake),
         2 => Some(Op::TapRead),
-        3 => Some(Op::TapWrite),
         4 => Some(Op::UdpRecv),
-        5 => Some(Op::UdpSend),
         6 => Some(Op::Cancel),
         _ => None,
     };
     (op, (ud >> 24) as u32, (ud & 0xff_ffff) as usize)
 }
 
-/// One frame's memory and the message header that points into it while the kernel has it.
+/// One read's memory and the message header that points into it while the kernel has it.
 struct Slot {
     buf: Box<[u8]>,
     iov: libc::iovec,
     msg: libc::msghdr,
     addr: libc::sockaddr_in,
+    /// Ancillary data of a receive: UDP GRO's segment size.
+    control: [u64; 4],
 }
 
 // SAFETY: the raw pointers in iov/msg point into the slot itself (its own heap buffer and
@@ -100,10 +104,11 @@ impl Slot {
         // valid value.
         unsafe {
             Slot {
-                buf: vec![0u8; HEAD + MAX_FRAME].into_boxed_slice(),
+                buf: vec![0u8; HEAD + MAX_READ].into_boxed_slice(),
                 iov: std::mem::zeroed(),
                 msg: std::mem::zeroed(),
                 addr: std::mem::zeroed(),
+                control: [0; 4],
             }
         }
     }
@@ -116,15 +121,26 @@ impl Slot {
         self.msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
         self.msg.msg_iov = &mut self.iov;
         self.msg.msg_iovlen = 1;
-        self.msg.msg_control = std::ptr::null_mut();
-        self.msg.msg_controllen = 0;
+        self.msg.msg_control = self.control.as_mut_ptr().cast();
+        self.msg.msg_controllen = std::mem::size_of_val(&self.control);
         self.msg.msg_flags = 0;
     }
 
-    fn set_peer(&mut self, ip: Ipv4Addr, port: u16) {
-        self.addr.sin_family = libc::AF_INET as libc::sa_family_t;
-        self.addr.sin_port = port.to_be();
-        self.addr.sin_addr.s_addr = u32::from(ip).to_be();
+    /// The segment size UDP GRO reported for the datagrams received, if it joined any.
+    fn gro_size(&self) -> Option<usize> {
+        // SAFETY: the kernel filled msg_control (within `control`) for this receive; the
+        // CMSG macros walk it within msg_controllen.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&self.msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                    let size = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                    return usize::try_from(size).ok().filter(|s| *s > 0);
+                }
+                c = libc::CMSG_NXTHDR(&self.msg, c);
+            }
+        }
+        None
     }
 
     fn peer(&self) -> Ipv4Addr {
@@ -141,15 +157,13 @@ struct Attached {
     broken: bool,
 }
 
-/// Where a frame came from, for sending a reply back.
-#[derive(Clone, Copy)]
-enum Origin {
-    Local(EndpointId),
-    Overlay { node: Ipv4Addr, vni: u32 },
-}
+const SOL_UDP: libc::c_int = 17;
+const UDP_GRO: libc::c_int = 104;
 
 struct Plane {
     ring: IoUring,
+    output: Output,
+    deliveries: Vec<Delivery>,
     /// Never grows or shrinks: the kernel holds pointers into slots while an operation runs.
     slots: Vec<Slot>,
     free: Vec<usize>,
@@ -177,8 +191,24 @@ pub fn spawn(udp: UdpSocket, port: u16, counters: Arc<Counters>) -> io::Result<D
     // SAFETY: raw is a fresh descriptor nothing else owns.
     let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
     let (tx, rx) = crossbeam_channel::unbounded();
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt with a pointer to a live c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            udp.as_raw_fd(),
+            SOL_UDP,
+            UDP_GRO,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        tracing::warn!(error = %io::Error::last_os_error(), "UDP GRO unavailable: datagrams arrive one by one");
+    }
     let mut plane = Plane {
         ring: IoUring::new(1024)?,
+        output: Output::default(),
+        deliveries: Vec::new(),
         slots: (0..SLOTS).map(|_| Slot::new()).collect(),
         free: (0..SLOTS).rev().collect(),
         udp,
@@ -288,14 +318,6 @@ impl Plane {
             }
             Some(Op::TapRead) => self.tap_read(id, slot, res)?,
             Some(Op::UdpRecv) => self.udp_recv(slot, res)?,
-            Some(Op::TapWrite) | Some(Op::UdpSend) => {
-                if res < 0 {
-                    self.counters
-                        .send_errors
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                self.free.push(slot);
-            }
             Some(Op::Cancel) | None => {}
         }
         Ok(())
@@ -374,108 +396,170 @@ impl Plane {
             return Ok(());
         }
         self.to_read.push_back(id);
-        self.counters
-            .from_endpoints
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let n = res as usize;
-        if n < VNET_HDR_LEN {
-            return self.dispatch(
-                slot,
-                Verdict::Drop(DropReason::Malformed),
-                0,
-                Origin::Local(id),
-            );
+        self.count(&self.counters.from_endpoints, 1);
+        self.forward_from_endpoint(id, slot, res as usize);
+        self.free.push(slot);
+        Ok(())
+    }
+
+    fn count(&self, c: &std::sync::atomic::AtomicU64, n: u64) {
+        c.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn drop_frame(&self, reason: DropReason) {
+        self.counters.count_drop(reason);
+    }
+
+    /// Forwards the frame endpoint `id` sent, `n` bytes with its virtio-net header at
+    /// `VXLAN_LEN` in `slot`.
+    fn forward_from_endpoint(&mut self, id: EndpointId, slot: usize, n: usize) {
+        let buf = &mut self.slots[slot].buf;
+        let Some(hdr) = VnetHdr::parse(&buf[VXLAN_LEN..HEAD]).filter(|_| n >= VNET_HDR_LEN) else {
+            return self.drop_frame(DropReason::Malformed);
+        };
+        let frame = &mut buf[HEAD..VXLAN_LEN + n];
+        let mss = match hdr.gso_type {
+            GSO_NONE => 0,
+            GSO_TCPV4 if hdr.gso_size > 0 => hdr.gso_size,
+            _ => return self.drop_frame(DropReason::Unsupported),
+        };
+        // A small frame's partial checksum is finished here, once, whatever its way; a large
+        // one's segments get theirs when it is cut (or the receiving TAP's kernel finishes it).
+        if mss == 0 && !gso::finish_checksum(frame, &hdr) {
+            return self.drop_frame(DropReason::Malformed);
         }
-        let frame = &mut self.slots[slot].buf[HEAD..VXLAN_LEN + n];
-        let (verdict, len) = forward::from_local(&self.tables, &mut self.conntrack, id, frame);
-        self.dispatch(slot, verdict, len, Origin::Local(id))
+        let (verdict, len) = forward::from_local(&self.tables, &mut self.conntrack, id, frame, mss);
+        let udp = self.udp.as_raw_fd();
+        match verdict {
+            Verdict::Deliver(to) => {
+                let Some(fd) = tap_fd(&self.eps, to) else {
+                    return self.drop_frame(DropReason::Detached);
+                };
+                if mss == 0 {
+                    buf[VXLAN_LEN..HEAD].fill(0);
+                }
+                // A large frame goes on whole, its virtio-net header with it.
+                let sent = self.output.to_tap(fd, &[&buf[VXLAN_LEN..HEAD + len]]);
+                self.sent(sent.is_ok(), verdict);
+            }
+            Verdict::Encap { node, vni } if mss > 0 => {
+                let frame = &buf[HEAD..HEAD + len];
+                match self
+                    .output
+                    .segments_to_node(udp, node, self.port, frame, mss, vni)
+                {
+                    Ok(_) => {
+                        self.count(&self.counters.cut, 1);
+                        self.sent(true, verdict)
+                    }
+                    Err(SendError::Uncuttable) => self.drop_frame(DropReason::Unsupported),
+                    Err(SendError::Io(_)) => self.sent(false, verdict),
+                }
+            }
+            Verdict::Encap { node, vni } => {
+                wire::put_vxlan(&mut buf[VNET_HDR_LEN..HEAD], vni);
+                let sent =
+                    self.output
+                        .to_node(udp, node, self.port, &buf[VNET_HDR_LEN..HEAD + len]);
+                self.sent(sent.is_ok(), verdict);
+            }
+            Verdict::Reply => {
+                let Some(fd) = tap_fd(&self.eps, id) else {
+                    return self.drop_frame(DropReason::Detached);
+                };
+                buf[VXLAN_LEN..HEAD].fill(0);
+                let sent = self.output.to_tap(fd, &[&buf[VXLAN_LEN..HEAD + len]]);
+                self.sent(sent.is_ok(), verdict);
+            }
+            Verdict::Drop(reason) => self.drop_frame(reason),
+        }
+    }
+
+    fn sent(&self, ok: bool, verdict: Verdict) {
+        if ok {
+            self.counters.count(verdict);
+        } else {
+            self.count(&self.counters.send_errors, 1);
+        }
     }
 
     fn udp_recv(&mut self, slot: usize, res: i32) -> io::Result<()> {
         self.udp_reads -= 1;
-        if res < 0 {
-            self.free.push(slot);
-            return Ok(());
+        if res >= 0 {
+            self.forward_from_overlay(slot, res as usize);
         }
-        self.counters
-            .from_overlay
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let s = &mut self.slots[slot];
-        let n = res as usize;
-        let node = s.peer();
-        let truncated = s.msg.msg_flags & libc::MSG_TRUNC != 0;
-        let vni = wire::vxlan_vni(&s.buf[VNET_HDR_LEN..VNET_HDR_LEN + n.min(VXLAN_LEN)]);
-        let (verdict, len, vni) = match vni {
-            Some(vni) if !truncated && n >= VXLAN_LEN => {
-                let frame = &mut s.buf[HEAD..VNET_HDR_LEN + n];
-                let (v, len) =
-                    forward::from_overlay(&self.tables, &mut self.conntrack, node, vni, frame);
-                (v, len, vni)
-            }
-            _ => (Verdict::Drop(DropReason::Malformed), 0, 0),
-        };
-        self.dispatch(slot, verdict, len, Origin::Overlay { node, vni })
+        self.free.push(slot);
+        Ok(())
     }
 
-    /// Carries out `verdict` for the frame of `len` bytes at `HEAD` in `slot`.
-    fn dispatch(
-        &mut self,
-        slot: usize,
-        verdict: Verdict,
-        len: usize,
-        origin: Origin,
-    ) -> io::Result<()> {
-        let answered = verdict == Verdict::Reply;
-        let verdict = match (verdict, origin) {
-            (Verdict::Reply, Origin::Local(id)) => Verdict::Deliver(id),
-            (Verdict::Reply, Origin::Overlay { node, vni }) => Verdict::Encap { node, vni },
-            (v, _) => v,
-        };
-        let verdict = match verdict {
-            Verdict::Deliver(id) if self.eps.get(&id).is_none_or(|e| e.detaching) => {
-                Verdict::Drop(DropReason::Detached)
-            }
-            v => v,
-        };
-        let counted = match verdict {
-            Verdict::Deliver(_) | Verdict::Encap { .. } if answered => Verdict::Reply,
-            v => v,
-        };
-        self.counters.count(counted);
+    /// Forwards the `n` bytes received from the underlay into `slot` at `VNET_HDR_LEN`: one
+    /// VXLAN datagram, or a run of them UDP GRO joined (each the reported size, the last
+    /// maybe shorter).
+    fn forward_from_overlay(&mut self, slot: usize, n: usize) {
         let s = &mut self.slots[slot];
-        let sqe = match verdict {
-            Verdict::Deliver(id) => {
-                // Written at once, not through the ring: the TAP driver cannot take a write
-                // without blocking semantics, so io_uring would hand every one to a worker
-                // thread (measured: 30 workers and 330 Mbit/s). A TAP write never waits: the
-                // frame is queued to the namespace's stack or dropped.
-                let fd: RawFd = self.eps[&id].tap.fd.as_raw_fd();
-                s.buf[VXLAN_LEN..HEAD].fill(0);
-                let out = &s.buf[VXLAN_LEN..HEAD + len];
-                // SAFETY: writing from a live buffer of the given length.
-                let n = unsafe { libc::write(fd, out.as_ptr().cast(), out.len()) };
-                if n < 0 {
-                    self.counters
-                        .send_errors
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let node = s.peer();
+        let truncated = s.msg.msg_flags & libc::MSG_TRUNC != 0;
+        let size = s.gro_size().unwrap_or(n).max(1);
+        let udp = self.udp.as_raw_fd();
+        self.deliveries.clear();
+        let end = VNET_HDR_LEN + n;
+        let mut at = VNET_HDR_LEN;
+        while at < end {
+            let next = (at + size).min(end);
+            self.counters
+                .from_overlay
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let datagram = &mut s.buf[at..next];
+            let vni =
+                wire::vxlan_vni(datagram).filter(|_| !truncated && datagram.len() >= VXLAN_LEN);
+            let (verdict, len) = match vni {
+                Some(vni) => forward::from_overlay(
+                    &self.tables,
+                    &mut self.conntrack,
+                    node,
+                    vni,
+                    &mut datagram[VXLAN_LEN..],
+                ),
+                None => (Verdict::Drop(DropReason::Malformed), 0),
+            };
+            match verdict {
+                Verdict::Deliver(id) => match self.eps.get(&id).filter(|e| !e.detaching) {
+                    Some(e) => {
+                        self.deliveries.push(Delivery {
+                            endpoint: id,
+                            fd: e.tap.fd.as_raw_fd(),
+                            frame: at + VXLAN_LEN..at + VXLAN_LEN + len,
+                        });
+                        self.counters.count(verdict);
+                    }
+                    None => self.counters.count_drop(DropReason::Detached),
+                },
+                Verdict::Reply => {
+                    let sent =
+                        self.output
+                            .to_node(udp, node, self.port, &datagram[..VXLAN_LEN + len]);
+                    if sent.is_ok() {
+                        self.counters.count(verdict);
+                    } else {
+                        self.counters
+                            .send_errors
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
-                self.free.push(slot);
-                return Ok(());
+                Verdict::Encap { .. } => self.counters.count_drop(DropReason::NoRoute),
+                Verdict::Drop(reason) => self.counters.count_drop(reason),
             }
-            Verdict::Encap { node, vni } => {
-                wire::put_vxlan(&mut s.buf[VNET_HDR_LEN..HEAD], vni);
-                s.set_peer(node, self.port);
-                s.aim(VNET_HDR_LEN, HEAD + len);
-                let msg: *const libc::msghdr = &s.msg;
-                opcode::SendMsg::new(types::Fd(self.udp.as_raw_fd()), msg)
-                    .build()
-                    .user_data(user_data(Op::UdpSend, 0, slot))
-            }
-            Verdict::Reply | Verdict::Drop(_) => {
-                self.free.push(slot);
-                return Ok(());
-            }
-        };
-        self.push(sqe)
+            at = next;
+        }
+        let (failed, joined) = self.output.deliver_joined(&s.buf, &self.deliveries);
+        self.count(&self.counters.send_errors, failed);
+        self.count(&self.counters.joined, joined);
     }
+}
+
+/// The TAP of endpoint `id`, unless it is gone or going.
+fn tap_fd(eps: &HashMap<EndpointId, Attached>, id: EndpointId) -> Option<RawFd> {
+    eps.get(&id)
+        .filter(|e| !e.detaching)
+        .map(|e| e.tap.fd.as_raw_fd())
 }

@@ -189,11 +189,14 @@ fn drop(reason: DropReason) -> (Verdict, usize) {
 }
 
 /// Decides for `frame`, sent by local endpoint `from`; the verdict and the frame's length now.
+/// `mss` is non-zero for a large TCP frame the kernel leaves to be cut into segments of that
+/// payload size (TSO): then the segments, not the frame, must fit the MTU.
 pub fn from_local(
     t: &Tables,
     ct: &mut Conntrack,
     from: EndpointId,
     frame: &mut [u8],
+    mss: u16,
 ) -> (Verdict, usize) {
     let Some(me) = t.locals.get(&from).cloned() else {
         return drop(DropReason::Detached);
@@ -243,7 +246,16 @@ pub fn from_local(
     if ip.src != me.ip {
         return drop(DropReason::Spoofed);
     }
-    if ip.total_len > t.mtu {
+    if mss > 0 {
+        // IP and TCP headers (at most 60 each) and one segment's payload.
+        let segment =
+            crate::gso::tcp_frame(frame).map(|f| f.header_len - wire::ETH_LEN + usize::from(mss));
+        match segment {
+            Some(len) if len <= t.mtu => {}
+            Some(_) => return drop(DropReason::TooBig),
+            None => return drop(DropReason::Unsupported),
+        }
+    } else if ip.total_len > t.mtu {
         if !ip.dont_frag {
             return drop(DropReason::TooBig);
         }
@@ -482,6 +494,10 @@ pub struct Counters {
     pub encapsulated: AtomicU64,
     pub replied: AtomicU64,
     pub send_errors: AtomicU64,
+    /// Large TCP frames cut into segments for the underlay, and runs of received segments
+    /// joined into one frame for a TAP (see [`crate::gso`]).
+    pub cut: AtomicU64,
+    pub joined: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
 }
 
@@ -507,6 +523,8 @@ impl Counters {
             encapsulated: get(&self.encapsulated),
             replied: get(&self.replied),
             send_errors: get(&self.send_errors),
+            cut: get(&self.cut),
+            joined: get(&self.joined),
             dropped: DropReason::ALL
                 .iter()
                 .map(|r| (r.name(), get(&self.drops[*r as usize])))
@@ -524,6 +542,8 @@ pub struct CountersSnapshot {
     pub encapsulated: u64,
     pub replied: u64,
     pub send_errors: u64,
+    pub cut: u64,
+    pub joined: u64,
     pub dropped: std::collections::BTreeMap<&'static str, u64>,
 }
 
@@ -627,7 +647,7 @@ mod tests {
             &echo_request(),
             false,
         );
-        let (v, len) = from_local(&t, &mut Conntrack::default(), 1, &mut f);
+        let (v, len) = from_local(&t, &mut Conntrack::default(), 1, &mut f, 0);
         assert_eq!(v, Verdict::Encap { node: NODE, vni: 1 });
         assert_eq!(len, f.len());
         assert_eq!(f[..6], red_mac(3));
@@ -639,7 +659,7 @@ mod tests {
             &echo_request(),
             false,
         );
-        let (v, len) = from_local(&t, &mut Conntrack::default(), 1, &mut f);
+        let (v, len) = from_local(&t, &mut Conntrack::default(), 1, &mut f, 0);
         assert_eq!(v, Verdict::Reply);
         let e = EthernetFrame::new_checked(&f[..len]).unwrap();
         assert_eq!(e.dst_addr().0, red_mac(2));
@@ -651,7 +671,7 @@ mod tests {
         assert!(icmp.verify_checksum());
         // Too big with DF: fragmentation needed, carrying the MTU.
         let mut f = ipv4_frame(red_mac(2), [10, 0, 0, 2], [10, 0, 0, 3], &[0u8; 1500], true);
-        let (v, len) = from_local(&t, &mut Conntrack::default(), 1, &mut f);
+        let (v, len) = from_local(&t, &mut Conntrack::default(), 1, &mut f, 0);
         assert_eq!(v, Verdict::Reply);
         let e = EthernetFrame::new_checked(&f[..len]).unwrap();
         let ip = Ipv4Packet::new_checked(e.payload()).unwrap();
@@ -670,12 +690,12 @@ mod tests {
             false,
         );
         assert_eq!(
-            from_local(&t, &mut Conntrack::default(), 1, &mut f).0,
+            from_local(&t, &mut Conntrack::default(), 1, &mut f, 0).0,
             Verdict::Drop(DropReason::TooBig)
         );
         let mut f = ipv4_frame(red_mac(2), [10, 0, 0, 9], [10, 0, 0, 3], &[0u8; 8], false);
         assert_eq!(
-            from_local(&t, &mut Conntrack::default(), 1, &mut f).0,
+            from_local(&t, &mut Conntrack::default(), 1, &mut f, 0).0,
             Verdict::Drop(DropReason::Spoofed)
         );
         // From the overlay: red's .3 on NODE reaches red's local .2, never blue's.
@@ -731,7 +751,7 @@ mod tests {
             if arp && frame.len() >= 14 {
                 frame[12..14].copy_from_slice(&[0x08, 0x06]);
             }
-            let (v, len) = from_local(&t, &mut Conntrack::default(), 1, &mut frame.clone());
+            let (v, len) = from_local(&t, &mut Conntrack::default(), 1, &mut frame.clone(), 0);
             prop_assert!(len <= frame.len());
             prop_assert!(!matches!(v, Verdict::Deliver(2) | Verdict::Encap { vni: 2, .. }), "{v:?}");
             let (v, len) = from_overlay(&t, &mut Conntrack::default(), NODE, 1, &mut frame.clone());

@@ -12,6 +12,8 @@ pub mod api;
 pub mod daemon;
 pub mod dataplane;
 pub mod forward;
+pub mod gso;
 pub mod model;
+pub mod output;
 pub mod store;
 pub mod wire;

@@ -7,10 +7,13 @@
 
 use super::tap::VNET_HDR_LEN;
 
-const F_NEEDS_CSUM: u8 = 1;
-const F_DATA_VALID: u8 = 2;
-const GSO_NONE: u8 = 0;
-const GSO_TCPV4: u8 = 1;
+/// The checksum from `csum_start` is partial: whoever takes the frame completes it.
+pub const F_NEEDS_CSUM: u8 = 1;
+/// The kernel checked the checksums.
+pub const F_DATA_VALID: u8 = 2;
+pub const GSO_NONE: u8 = 0;
+/// A TCP/IPv4 frame of up to 64 KiB to cut into `gso_size`-byte segments.
+pub const GSO_TCPV4: u8 = 1;
 
 const ETH_HDR: usize = 14;
 const ETHERTYPE_IPV4: u16 = 0x0800;
