@@ -709,6 +709,7 @@ fn start_qnetd(node: &Ns, socket: &std::path::Path, state: &std::path::Path) {
             underlay: "127.0.0.1".parse().unwrap(),
             port: 4789,
             underlay_mtu: 1500,
+            etcd: None,
         })
         .expect("starting qnetd");
         qnetd::api::serve(daemon, &path).expect("serving the API");

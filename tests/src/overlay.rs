@@ -72,6 +72,11 @@ impl Underlay {
 
     /// A node running qnetd (the binary at `qnetd`) at 192.168.77.`n`.
     pub fn node(&self, qnetd: &str, n: u8) -> Node {
+        self.node_with(qnetd, n, &[])
+    }
+
+    /// [`Underlay::node`] with more arguments for `qnetd run`.
+    pub fn node_with(&self, qnetd: &str, n: u8, args: &[&str]) -> Node {
         let ns = self.join("node", n);
         let dir = std::env::temp_dir().join(format!("qnetd-{}", ns.name));
         std::fs::create_dir_all(&dir).expect("making the node's directory");
@@ -81,6 +86,7 @@ impl Underlay {
             qnetd: qnetd.to_string(),
             dir,
             daemon: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         node.start();
         node
@@ -100,6 +106,7 @@ pub struct Node {
     qnetd: String,
     dir: PathBuf,
     daemon: Option<Child>,
+    args: Vec<String>,
 }
 
 impl Node {
@@ -131,6 +138,7 @@ impl Node {
             .arg(self.ip.to_string())
             .arg("--state")
             .arg(self.dir.join("state.json"))
+            .args(&self.args)
             .env("QNETD_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -247,6 +255,69 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An etcd server (Debian's) on the underlay at 192.168.77.`n`, its data in a temporary
+/// directory; stopped and removed on drop.
+pub struct Etcd {
+    pub url: String,
+    child: Child,
+    dir: PathBuf,
+    _ns: Netns,
+}
+
+impl Etcd {
+    pub fn start(ul: &Underlay, n: u8) -> Etcd {
+        let ns = ul.join("etcd", n);
+        let ip = underlay_ip(n);
+        let dir = std::env::temp_dir().join(format!("etcd-{}", ns.name));
+        let client = format!("http://{ip}:2379");
+        let peer = format!("http://{ip}:2380");
+        let child = ns
+            .cmd("etcd")
+            .args(["--name", "e", "--data-dir"])
+            .arg(&dir)
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("e={peer}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting etcd (install etcd-server: scripts/setup.sh)");
+        let end = Instant::now() + Duration::from_secs(20);
+        let addr = std::net::SocketAddr::from((ip, 2379));
+        while ns
+            .enter(|| std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)))
+            .is_err()
+        {
+            assert!(Instant::now() < end, "etcd did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Etcd {
+            url: client,
+            child,
+            dir,
+            _ns: ns,
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -12,6 +12,7 @@ use qnet::phy::{Tap, TapOptions};
 use qnet_netns::{EndSetup, Ipv4Net, Netns};
 use thiserror::Error;
 
+use crate::cluster::{self, Cluster, Event};
 use crate::dataplane::{self, DataplaneHandle, Update};
 use crate::forward::{Counters, CountersSnapshot, EndpointId, Tables};
 use crate::model::{Endpoint, EndpointSpec, ModelError, Place, SecurityGroup, State, Vpc, VpcSpec};
@@ -30,6 +31,17 @@ pub struct Config {
     pub port: u16,
     /// The underlay's MTU; endpoints get this less the VXLAN overhead.
     pub underlay_mtu: u32,
+    /// The cluster's etcd, when nodes share their VPCs and endpoints (else each node is told
+    /// about the others' endpoints through its own API).
+    pub etcd: Option<EtcdConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub struct EtcdConfig {
+    /// Client URLs.
+    pub endpoints: Vec<String>,
+    /// Key prefix; clusters sharing one etcd differ in it.
+    pub prefix: String,
 }
 
 /// Why an API call failed.
@@ -55,6 +67,7 @@ pub struct Daemon {
     inner: Mutex<Inner>,
     plane: DataplaneHandle,
     counters: Arc<Counters>,
+    cluster: std::sync::OnceLock<Cluster>,
 }
 
 impl Daemon {
@@ -84,6 +97,7 @@ impl Daemon {
             }),
             plane,
             counters,
+            cluster: std::sync::OnceLock::new(),
         });
         {
             let mut inner = daemon.lock();
@@ -113,6 +127,20 @@ impl Daemon {
             for (id, tap) in attached {
                 daemon.plane.send(Update::Attach(id, tap));
             }
+        }
+        if let Some(etcd) = daemon.cfg.etcd.clone() {
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let c = Cluster::start(etcd.endpoints, etcd.prefix, tx)?;
+            let _ = daemon.cluster.set(c);
+            let d = daemon.clone();
+            std::thread::Builder::new()
+                .name("qnetd-cluster".into())
+                .spawn(move || {
+                    for event in rx {
+                        d.apply(event);
+                    }
+                })
+                .context("starting the cluster thread")?;
         }
         Ok(daemon)
     }
@@ -146,6 +174,9 @@ impl Daemon {
     pub fn add_vpc(&self, spec: &VpcSpec) -> Result<Vpc, ApiError> {
         let mut inner = self.lock();
         let vpc = inner.state.check_vpc(spec)?;
+        if let Some(c) = self.cluster.get() {
+            c.create_vpc(&vpc)?;
+        }
         let mut next = inner.state.clone();
         next.vpcs.insert(vpc.name.clone(), vpc.clone());
         self.save(&next)?;
@@ -158,6 +189,9 @@ impl Daemon {
     pub fn delete_vpc(&self, name: &str) -> Result<(), ApiError> {
         let mut inner = self.lock();
         inner.state.check_vpc_removal(name)?;
+        if let (Some(c), Some(vpc)) = (self.cluster.get(), inner.state.vpcs.get(name)) {
+            c.delete_vpc(vpc)?;
+        }
         let mut next = inner.state.clone();
         next.vpcs.remove(name);
         self.save(&next)?;
@@ -205,6 +239,16 @@ impl Daemon {
             ),
             Place::Remote { .. } => None,
         };
+        if let Some(c) = self.cluster.get() {
+            let local = attached.is_some();
+            if let Err(e) = c.publish(&cluster::published(&ep, self.cfg.underlay), local) {
+                inner.ids.remove(&ep.name);
+                if let Some((_, tap)) = attached {
+                    let _ = tap.set_persist(false);
+                }
+                return Err(e.into());
+            }
+        }
         let mut next = inner.state.clone();
         next.endpoints.insert(ep.name.clone(), ep.clone());
         if let Err(e) = self.save(&next) {
@@ -226,8 +270,11 @@ impl Daemon {
 
     pub fn delete_endpoint(&self, name: &str) -> Result<(), ApiError> {
         let mut inner = self.lock();
-        if !inner.state.endpoints.contains_key(name) {
+        let Some(ep) = inner.state.endpoints.get(name) else {
             return Err(ModelError::NotFound(format!("no endpoint {name:?}")).into());
+        };
+        if let Some(c) = self.cluster.get() {
+            c.withdraw(ep)?;
         }
         let mut next = inner.state.clone();
         next.endpoints.remove(name);
@@ -280,6 +327,92 @@ impl Daemon {
         inner.next_id += 1;
         inner.ids.insert(ep.name.clone(), id);
         Ok((id, tap))
+    }
+
+    /// Applies what the cluster's watch saw: VPCs, and the endpoints of other nodes (as
+    /// remote ones); this node's own come back only as echoes and are left as they are.
+    fn apply(&self, event: Event) {
+        let me = self.cfg.underlay;
+        let mut inner = self.lock();
+        let mut next = inner.state.clone();
+        let mut republish = false;
+        let mut unknown_vpcs = Vec::new();
+        let theirs = |e: &Endpoint| matches!(e.place, Place::Remote { node } if node != me);
+        match event {
+            Event::Snapshot { vpcs, endpoints } => {
+                unknown_vpcs = next
+                    .vpcs
+                    .values()
+                    .filter(|v| !vpcs.iter().any(|c| c.name == v.name))
+                    .cloned()
+                    .collect();
+                for v in vpcs {
+                    next.vpcs.insert(v.name.clone(), v);
+                }
+                // The cluster's view replaces the remote endpoints known before.
+                next.endpoints.retain(|_, e| !theirs(e));
+                for e in endpoints.into_iter().filter(|e| theirs(e)) {
+                    self.admit(&mut next, e);
+                }
+                republish = true;
+            }
+            Event::VpcPut(v) => {
+                next.vpcs.insert(v.name.clone(), v);
+            }
+            Event::VpcGone(name) => {
+                if next.check_vpc_removal(&name).is_ok() {
+                    next.vpcs.remove(&name);
+                }
+            }
+            Event::EndpointPut(e) if theirs(&e) => self.admit(&mut next, e),
+            Event::EndpointPut(_) => {}
+            Event::EndpointGone(name) => match next.endpoints.get(&name).map(|e| &e.place) {
+                Some(Place::Local { .. }) => republish = true,
+                Some(Place::Remote { .. }) => {
+                    next.endpoints.remove(&name);
+                }
+                None => {}
+            },
+            Event::Republish => republish = true,
+        }
+        if next != inner.state {
+            if let Err(e) = self.save(&next) {
+                tracing::warn!(error = %e, "storing the cluster's change");
+            }
+            inner.state = next;
+            self.publish(&inner);
+        }
+        let Some(c) = self.cluster.get() else { return };
+        for v in unknown_vpcs {
+            if let Err(e) = c.create_vpc(&v) {
+                tracing::warn!(vpc = %v.name, error = %e, "publishing a VPC to the cluster");
+            }
+        }
+        if republish {
+            for ep in inner.state.endpoints.values() {
+                let local = matches!(ep.place, Place::Local { .. });
+                if local {
+                    if let Err(e) = c.publish(&cluster::published(ep, me), local) {
+                        tracing::warn!(endpoint = %ep.name, error = %e, "publishing to the cluster");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes remote endpoint `e` into `next` if it fits (a local one of the same name stays).
+    fn admit(&self, next: &mut State, e: Endpoint) {
+        if matches!(next.endpoints.get(&e.name), Some(o) if matches!(o.place, Place::Local { .. }))
+        {
+            tracing::warn!(endpoint = %e.name, "another node publishes an endpoint named as one here");
+            return;
+        }
+        match next.check_remote(&e) {
+            Ok(()) => {
+                next.endpoints.insert(e.name.clone(), e);
+            }
+            Err(why) => tracing::warn!(endpoint = %e.name, why, "ignoring a cluster endpoint"),
+        }
     }
 
     fn detach(&self, inner: &mut Inner, name: &str) {

@@ -9,6 +9,7 @@
 //! changes), [`api`] (HTTP/JSON on a Unix socket).
 
 pub mod api;
+pub mod cluster;
 pub mod daemon;
 pub mod dataplane;
 pub mod forward;

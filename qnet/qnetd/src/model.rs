@@ -518,6 +518,29 @@ impl State {
         }
     }
 
+    /// Checks an endpoint another node published: its VPC is known here, its address a free
+    /// host address of it, its MAC unicast. (The name may be known: it is then replaced.)
+    pub fn check_remote(&self, e: &Endpoint) -> Result<(), String> {
+        let vpc = self
+            .vpcs
+            .get(&e.vpc)
+            .ok_or_else(|| format!("no VPC {:?}", e.vpc))?;
+        if !vpc.cidr.is_host(e.ip) || e.ip == vpc.gateway || !e.mac.is_unicast() {
+            return Err(format!(
+                "{} / {} does not fit VPC {:?}",
+                e.ip, e.mac, vpc.name
+            ));
+        }
+        match self
+            .endpoints
+            .values()
+            .find(|o| o.vpc == e.vpc && o.ip == e.ip && o.name != e.name)
+        {
+            Some(o) => Err(format!("{} is endpoint {:?}'s here", e.ip, o.name)),
+            None => Ok(()),
+        }
+    }
+
     /// Checks that VPC `name` exists and has no endpoints left.
     pub fn check_vpc_removal(&self, name: &str) -> Result<(), ModelError> {
         if !self.vpcs.contains_key(name) {

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use hyper::Method;
 use qnetd::api;
-use qnetd::daemon::{Config, Daemon, VXLAN_PORT};
+use qnetd::daemon::{Config, Daemon, EtcdConfig, VXLAN_PORT};
 use serde_json::{json, Value};
 
 const DEFAULT_API: &str = "/run/qnetd/api.sock";
@@ -62,6 +62,13 @@ struct RunArgs {
     /// The state file.
     #[arg(long, default_value = "/var/lib/qnetd/state.json")]
     state: PathBuf,
+    /// The cluster's etcd (client URLs, comma-separated): nodes then share VPCs and learn each
+    /// other's endpoints. Without it each node is told through its own API.
+    #[arg(long, value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// The key prefix in etcd.
+    #[arg(long, default_value = "/qnetd")]
+    etcd_prefix: String,
 }
 
 #[derive(Subcommand)]
@@ -170,6 +177,10 @@ fn run(args: RunArgs, api_socket: PathBuf) -> anyhow::Result<()> {
         underlay: args.underlay,
         port: args.port,
         underlay_mtu: args.mtu,
+        etcd: (!args.etcd.is_empty()).then_some(EtcdConfig {
+            endpoints: args.etcd,
+            prefix: args.etcd_prefix,
+        }),
     })?;
     api::serve(daemon, &api_socket)
 }
