@@ -691,43 +691,14 @@ fn chained_between_bridge_and_tuning_and_portmap_as_a_conflist_runs() {
     let _ = std::fs::remove_dir_all(&data);
 }
 
-/// Starts qnetd inside namespace `node` in this process (its data plane thread is born there)
-/// with its API on `socket`.
-fn start_qnetd(node: &Ns, socket: &std::path::Path, state: &std::path::Path) {
-    let file = std::fs::File::open(format!("/run/netns/{}", node.0)).expect("node namespace");
-    let (path, state) = (socket.to_path_buf(), state.to_path_buf());
-    std::thread::spawn(move || {
-        // SAFETY: setns on this thread only, which then runs the daemon's API for good.
-        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns");
-        let up = Command::new("ip")
-            .args(["link", "set", "lo", "up"])
-            .status();
-        assert!(up.is_ok_and(|s| s.success()));
-        let daemon = qnetd::daemon::Daemon::start(qnetd::daemon::Config {
-            state,
-            underlay: "127.0.0.1".parse().unwrap(),
-            port: 4789,
-            underlay_mtu: 1500,
-            etcd: None,
-        })
-        .expect("starting qnetd");
-        qnetd::api::serve(daemon, &path).expect("serving the API");
-    });
-    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !socket.exists() {
-        assert!(std::time::Instant::now() < end, "qnetd did not come up");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn vpc_mode_makes_pods_endpoints_of_a_qnetd_vpc_and_del_removes_them() {
     let node = Ns::new("vn");
     let dir = std::env::temp_dir().join(format!("qc-vpc-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let socket = dir.join("api.sock");
-    start_qnetd(&node, &socket, &dir.join("state.json"));
+    let node_path = format!("/run/netns/{}", node.0);
+    let socket =
+        quark_tests::overlay::start_qnetd_in(&node_path, "127.0.0.1".parse().unwrap(), &dir);
     let (status, body) = qnetd::api::call(
         &socket,
         qnetd::api::Method::POST,

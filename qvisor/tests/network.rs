@@ -830,3 +830,88 @@ fn a_socket_hog_hits_emfile_and_another_container_keeps_working() {
         Some(data.1.as_str())
     );
 }
+
+/// A Quark container in a tenant VPC: its pod's interface is a qnetd endpoint (a TAP qnetd
+/// made), which qvisor takes over like any CNI interface; across VXLAN it serves a kernel
+/// client on another node and fetches from a kernel server there.
+#[test]
+fn a_quark_container_in_a_qnetd_vpc_talks_to_a_pod_on_another_node() {
+    use quark_tests::overlay::{qnetd_call, start_qnetd_in, underlay_ip, Underlay};
+    let ul = Underlay::new();
+    let (na, nb) = (ul.join("vna", 1), ul.join("vnb", 2));
+    let dir = std::env::temp_dir().join(format!("qvisor-vpc-{}", std::process::id()));
+    let sa = start_qnetd_in(
+        &format!("/run/netns/{}", na.name),
+        underlay_ip(1),
+        &dir.join("a"),
+    );
+    let sb = start_qnetd_in(
+        &format!("/run/netns/{}", nb.name),
+        underlay_ip(2),
+        &dir.join("b"),
+    );
+    let (quark, kernel) = (quark_tests::Netns::new("vq"), quark_tests::Netns::new("vk"));
+    let vpc = r#"{"name": "red", "vni": 42, "cidr": "10.42.0.0/24"}"#;
+    let ep = |name: &str, ip: &str, ns: &quark_tests::Netns| {
+        format!(
+            r#"{{"name": "{name}", "vpc": "red", "ip": "{ip}", "netns": "/run/netns/{}"}}"#,
+            ns.name
+        )
+    };
+    let remote = |name: &str, ip: &str, node: u8| {
+        format!(
+            r#"{{"name": "{name}", "vpc": "red", "ip": "{ip}", "node": "{}"}}"#,
+            underlay_ip(node)
+        )
+    };
+    for s in [&sa, &sb] {
+        qnetd_call(s, "POST", "/v1/vpcs", vpc);
+    }
+    qnetd_call(&sa, "POST", "/v1/endpoints", &ep("q", "10.42.0.2", &quark));
+    qnetd_call(&sb, "POST", "/v1/endpoints", &ep("k", "10.42.0.3", &kernel));
+    qnetd_call(&sa, "POST", "/v1/endpoints", &remote("k", "10.42.0.3", 2));
+    qnetd_call(&sb, "POST", "/v1/endpoints", &remote("q", "10.42.0.2", 1));
+
+    let netns = format!("/run/netns/{}", quark.name);
+    let mut child = spawn_guest(
+        &["--netns".to_string(), netns.clone()],
+        &["/bin/tcp", "server", "8081"],
+    );
+    assert_eq!(first_line(&mut child), "listening\n");
+    let out = kernel.sh("printf from-node-b | nc -q1 -w5 10.42.0.2 8081");
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "pong to 10.42.0.3:from-node-b",
+        "{}",
+        stderr(&o)
+    );
+
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "served on node b\n").unwrap();
+    let mut server = kernel
+        .cmd("python3")
+        .args(["-m", "http.server", "8000", "--bind", "0.0.0.0", "-d"])
+        .arg(&www)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("http.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let log = dir.join("http.log");
+    let listening = std::panic::catch_unwind(|| quark_tests::wait_listening(&kernel, 8000));
+    assert!(
+        listening.is_ok(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let o = qvisor_with(
+        &["--netns", &netns],
+        &["wget", "-O", "-", "http://10.42.0.3:8000/index.html"],
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "served on node b\n", "{}", stderr(&o));
+}

@@ -369,3 +369,47 @@ pub fn kernel_vxlan_node(
     );
     (node, pod)
 }
+
+/// Starts qnetd inside this process, its threads in the network namespace at `netns` (a
+/// path), VXLAN on `underlay`, its state and API socket in `dir`; returns the API socket once
+/// it answers. For tests of other crates, which cannot run qnetd's binary.
+pub fn start_qnetd_in(netns: &str, underlay: Ipv4Addr, dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("making qnetd's directory");
+    let file = std::fs::File::open(netns).unwrap_or_else(|e| panic!("opening {netns}: {e}"));
+    let socket = dir.join("api.sock");
+    let (path, state) = (socket.clone(), dir.join("state.json"));
+    std::thread::spawn(move || {
+        // SAFETY: setns on this thread only, which then serves qnetd's API for good; the
+        // daemon's own threads are born here and inherit the namespace.
+        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        // A child forked here is in the namespace too.
+        run("ip", &["link", "set", "lo", "up"]);
+        let daemon = qnetd::daemon::Daemon::start(qnetd::daemon::Config {
+            state,
+            underlay,
+            port: 4789,
+            underlay_mtu: 1500,
+            etcd: None,
+        })
+        .expect("starting qnetd");
+        qnetd::api::serve(daemon, &path).expect("serving qnetd's API");
+    });
+    let end = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(Instant::now() < end, "qnetd did not come up in {netns}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    socket
+}
+
+/// Calls the API of a qnetd at `socket`, failing the test unless it answers 2xx.
+pub fn qnetd_call(socket: &Path, method: &str, path: &str, body: &str) -> String {
+    let method = qnetd::api::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
+    let body: Option<serde_json::Value> =
+        (!body.is_empty()).then(|| serde_json::from_str(body).expect("a JSON body"));
+    let (status, text) =
+        qnetd::api::call(socket, method, path, body.as_ref()).expect("calling qnetd");
+    assert!((200..300).contains(&status), "{path}: {status} {text}");
+    text
+}
