@@ -14,8 +14,8 @@ use anyhow::{bail, Context};
 
 use quark_tests::Netns;
 
-use crate::workload::{bulk_recv, bulk_send, echo, median};
-use crate::Figure;
+use crate::workload::{bulk_recv, bulk_send, echo};
+use crate::{alternate, figures, Column, Figure};
 
 const CLIENT_IP: &str = "10.87.0.2";
 const PEER_IP: &str = "10.87.0.1";
@@ -162,22 +162,13 @@ pub fn suite(duration: f64, rounds: usize) -> anyhow::Result<Vec<Figure>> {
     let native_link = Link::new("ng-n");
     let quark_link = Link::new("ng-q");
     let (native, quark) = (Runner::Native(&root), Runner::Quark(&root));
-    let (mut n, mut q) = (Vec::new(), Vec::new());
-    for r in 0..rounds {
-        eprint!("\rnetbench: round {}/{rounds}", r + 1);
-        if r % 2 == 0 {
-            n.push(round(&native, &native_link, d)?);
-            q.push(round(&quark, &quark_link, d)?);
-        } else {
-            q.push(round(&quark, &quark_link, d)?);
-            n.push(round(&native, &native_link, d)?);
-        }
-    }
-    eprintln!();
+    let (q, n) = alternate(
+        rounds,
+        || round(&quark, &quark_link, d),
+        || round(&native, &native_link, d),
+    )?;
     let floor_us = 2.0 * trapped_syscall_ns(&root)? / 1000.0;
-    let col =
-        |rows: &[[f64; 4]], i: usize| median(&mut rows.iter().map(|r| r[i]).collect::<Vec<_>>());
-    let names = [
+    let names: [Column; 4] = [
         (
             "guest -> kernel peer bulk (1 stream)",
             "throughput",
@@ -191,11 +182,7 @@ pub fn suite(duration: f64, rounds: usize) -> anyhow::Result<Vec<Figure>> {
         ("guest tcp request/response 1 byte", "p50 latency", "us"),
         ("guest tcp request/response 1 byte", "p99 latency", "us"),
     ];
-    let mut figures: Vec<Figure> = names
-        .iter()
-        .enumerate()
-        .map(|(i, (s, m, u))| Figure::new(s, m, u, col(&q, i), col(&n, i)))
-        .collect();
+    let mut figures = figures(&names, &q, &n);
     // Two trapped guest syscalls (send, receive) per round trip: the floor on this host,
     // next to the measured p50.
     figures.push(Figure::new(
@@ -203,7 +190,7 @@ pub fn suite(duration: f64, rounds: usize) -> anyhow::Result<Vec<Figure>> {
         "latency",
         "us",
         floor_us,
-        col(&q, 2),
+        figures[2].value,
     ));
     Ok(figures)
 }

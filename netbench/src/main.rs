@@ -39,29 +39,9 @@ enum Suite {
     Qnet(Opts),
     /// A program in a Quark container (qkernel sockets over qnet) vs the same program run
     /// natively behind a veth pair.
-    Guest {
-        /// Seconds per case per round.
-        #[arg(long, default_value_t = 2.0)]
-        duration: f64,
-        /// Rounds (medians are reported).
-        #[arg(long, default_value_t = 5)]
-        rounds: usize,
-        /// One JSON object per figure instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    Guest(Rounds),
     /// Pod to pod across two nodes: qnetd's VXLAN overlay vs the kernel's VXLAN + bridge.
-    Overlay {
-        /// Seconds per case per round.
-        #[arg(long, default_value_t = 2.0)]
-        duration: f64,
-        /// Rounds (medians are reported).
-        #[arg(long, default_value_t = 5)]
-        rounds: usize,
-        /// One JSON object per figure instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    Overlay(Rounds),
     /// qnet-cni's ptp mode vs Debian's reference ptp plugin: ADD+DEL wall time.
     Cni {
         /// ADD+DEL cycles per plugin (medians are reported).
@@ -89,6 +69,30 @@ enum Suite {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Timed cases run in alternating rounds on both paths.
+#[derive(clap::Args)]
+struct Rounds {
+    /// Seconds per case per round.
+    #[arg(long, default_value_t = 2.0)]
+    duration: f64,
+    /// Rounds (medians are reported).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// One JSON object per figure instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Rounds {
+    fn report(&self, figures: &[Figure], what: &str, columns: (&str, &str)) -> anyhow::Result<()> {
+        let title = format!(
+            "{what}; medians of {} rounds of {:.1} s",
+            self.rounds, self.duration
+        );
+        report(figures, self.json, &title, columns)
+    }
 }
 
 #[derive(Parser, Clone)]
@@ -141,6 +145,49 @@ impl Figure {
 }
 
 /// Prints figures as JSON lines or as a table under `title`.
+/// What a suite names a column of its rounds: scenario, metric, unit.
+type Column = (&'static str, &'static str, &'static str);
+
+/// Runs `rounds` rounds of the subject path and the baseline alternately, each going first
+/// equally often; every round's figures for each.
+type RoundRows<const N: usize> = (Vec<[f64; N]>, Vec<[f64; N]>);
+fn alternate<const N: usize>(
+    rounds: usize,
+    mut subject: impl FnMut() -> anyhow::Result<[f64; N]>,
+    mut baseline: impl FnMut() -> anyhow::Result<[f64; N]>,
+) -> anyhow::Result<RoundRows<N>> {
+    let (mut s, mut b) = (Vec::new(), Vec::new());
+    for r in 0..rounds {
+        eprint!("\rnetbench: round {}/{rounds}", r + 1);
+        if r % 2 == 0 {
+            s.push(subject()?);
+            b.push(baseline()?);
+        } else {
+            b.push(baseline()?);
+            s.push(subject()?);
+        }
+    }
+    eprintln!();
+    Ok((s, b))
+}
+
+/// One figure per column: the medians of the subject's and the baseline's rounds.
+fn figures<const N: usize>(
+    columns: &[Column; N],
+    subject: &[[f64; N]],
+    baseline: &[[f64; N]],
+) -> Vec<Figure> {
+    let col =
+        |rows: &[[f64; N]], i: usize| median(&mut rows.iter().map(|r| r[i]).collect::<Vec<_>>());
+    columns
+        .iter()
+        .enumerate()
+        .map(|(i, (scenario, metric, unit))| {
+            Figure::new(scenario, metric, unit, col(subject, i), col(baseline, i))
+        })
+        .collect()
+}
+
 fn report(
     figures: &[Figure],
     json: bool,
@@ -298,9 +345,7 @@ fn qnet_suite(o: &Opts) -> anyhow::Result<()> {
         }
     }
     eprintln!();
-    let col =
-        |rows: &[[f64; 4]], i: usize| median(&mut rows.iter().map(|r| r[i]).collect::<Vec<_>>());
-    let names = [
+    let names: [Column; 4] = [
         (
             "bulk kernel peer -> subject (1 stream)",
             "throughput",
@@ -314,13 +359,7 @@ fn qnet_suite(o: &Opts) -> anyhow::Result<()> {
         ("tcp request/response 1 byte", "p50 latency", "us"),
         ("tcp request/response 1 byte", "p99 latency", "us"),
     ];
-    let figures: Vec<Figure> = names
-        .iter()
-        .enumerate()
-        .map(|(i, (scenario, metric, unit))| {
-            Figure::new(scenario, metric, unit, col(&q, i), col(&k, i))
-        })
-        .collect();
+    let figures = figures(&names, &q, &k);
     report(
         &figures,
         o.json,
@@ -340,31 +379,17 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let r = match cli.suite {
         Suite::Qnet(o) => qnet_suite(&o),
-        Suite::Guest {
-            duration,
-            rounds,
-            json,
-        } => guest::suite(duration, rounds).and_then(|f| {
-            report(
+        Suite::Guest(r) => guest::suite(r.duration, r.rounds).and_then(|f| {
+            r.report(
                 &f,
-                json,
-                &format!(
-                    "guest (qvisor, pod interface taken over by qnet) vs native (veth between namespaces); medians of {rounds} rounds of {duration:.1} s"
-                ),
+                "guest (qvisor, pod interface taken over by qnet) vs native (veth between namespaces)",
                 ("quark", "native"),
             )
         }),
-        Suite::Overlay {
-            duration,
-            rounds,
-            json,
-        } => overlay::suite(duration, rounds).and_then(|f| {
-            report(
+        Suite::Overlay(r) => overlay::suite(r.duration, r.rounds).and_then(|f| {
+            r.report(
                 &f,
-                json,
-                &format!(
-                    "qnetd overlay vs kernel VXLAN + bridge, nodes and pods as namespaces; medians of {rounds} rounds of {duration:.1} s"
-                ),
+                "qnetd overlay vs kernel VXLAN + bridge, nodes and pods as namespaces",
                 ("qnetd", "kernel"),
             )
         }),

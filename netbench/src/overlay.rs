@@ -7,11 +7,11 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::Context;
-use quark_tests::overlay::{kernel_vxlan_node, underlay_ip, Underlay};
+use quark_tests::overlay::{kernel_vxlan_node, two_nodes, underlay_ip};
 use quark_tests::Netns;
 
-use crate::workload::{bulk_recv, bulk_send, echo, median, percentile_us, ping_pong};
-use crate::Figure;
+use crate::workload::{bulk_recv, bulk_send, echo, percentile_us, ping_pong};
+use crate::{alternate, figures, Column, Figure};
 
 /// Two pods on two nodes, the server at `server_ip`.
 struct Path {
@@ -66,43 +66,21 @@ pub fn suite(duration: f64, rounds: usize) -> anyhow::Result<Vec<Figure>> {
     let d = Duration::from_secs_f64(duration);
     let qnetd = crate::runtime::sibling("qnetd");
     let qnetd = qnetd.to_str().context("qnetd's path")?;
-    let ul = Underlay::new();
-    let (a, b) = (ul.node(qnetd, 1), ul.node(qnetd, 2));
-    let (pa, pb) = (Netns::new("opa"), Netns::new("opb"));
-    for n in [&a, &b] {
-        n.add_vpc("bench", 42, "10.42.0.0/24");
-    }
-    a.attach("pa", "bench", "10.42.0.2", &pa);
-    b.attach("pb", "bench", "10.42.0.3", &pb);
-    a.remote("pb", "bench", "10.42.0.3", b.ip, None);
-    b.remote("pa", "bench", "10.42.0.2", a.ip, None);
+    let nodes = two_nodes(qnetd, "bench");
     let quark = Path {
-        client: pa,
-        server: pb,
+        client: nodes.pa,
+        server: nodes.pb,
         server_ip: "10.42.0.3",
     };
-    let (_ka, kpa) = kernel_vxlan_node(&ul, 11, 43, underlay_ip(12), "10.43.0.2");
-    let (_kb, kpb) = kernel_vxlan_node(&ul, 12, 43, underlay_ip(11), "10.43.0.3");
+    let (_ka, kpa) = kernel_vxlan_node(&nodes.ul, 11, 43, underlay_ip(12), "10.43.0.2");
+    let (_kb, kpb) = kernel_vxlan_node(&nodes.ul, 12, 43, underlay_ip(11), "10.43.0.3");
     let kernel = Path {
         client: kpa,
         server: kpb,
         server_ip: "10.43.0.3",
     };
-    let (mut q, mut k) = (Vec::new(), Vec::new());
-    for r in 0..rounds {
-        eprint!("\rnetbench: round {}/{rounds}", r + 1);
-        if r % 2 == 0 {
-            q.push(round(&quark, d)?);
-            k.push(round(&kernel, d)?);
-        } else {
-            k.push(round(&kernel, d)?);
-            q.push(round(&quark, d)?);
-        }
-    }
-    eprintln!();
-    let col =
-        |rows: &[[f64; 3]], i: usize| median(&mut rows.iter().map(|r| r[i]).collect::<Vec<_>>());
-    let names = [
+    let (q, k) = alternate(rounds, || round(&quark, d), || round(&kernel, d))?;
+    let names: [Column; 3] = [
         (
             "pod -> pod across nodes, bulk (1 stream)",
             "throughput",
@@ -119,9 +97,5 @@ pub fn suite(duration: f64, rounds: usize) -> anyhow::Result<Vec<Figure>> {
             "us",
         ),
     ];
-    Ok(names
-        .iter()
-        .enumerate()
-        .map(|(i, (s, m, u))| Figure::new(s, m, u, col(&q, i), col(&k, i)))
-        .collect())
+    Ok(figures(&names, &q, &k))
 }

@@ -322,6 +322,30 @@ impl Drop for Etcd {
     }
 }
 
+/// Two nodes running qnetd with VPC `vpc` (VNI 42, 10.42.0.0/24) and a pod on each: `pa`
+/// (10.42.0.2) on node `a`, `pb` (10.42.0.3) on node `b`, each known to the other node.
+pub struct TwoNodes {
+    pub a: Node,
+    pub b: Node,
+    pub pa: Netns,
+    pub pb: Netns,
+    pub ul: Underlay,
+}
+
+pub fn two_nodes(qnetd: &str, vpc: &str) -> TwoNodes {
+    let ul = Underlay::new();
+    let (a, b) = (ul.node(qnetd, 1), ul.node(qnetd, 2));
+    let (pa, pb) = (Netns::new("pa"), Netns::new("pb"));
+    for n in [&a, &b] {
+        n.add_vpc(vpc, 42, "10.42.0.0/24");
+    }
+    a.attach("pa", vpc, "10.42.0.2", &pa);
+    b.attach("pb", vpc, "10.42.0.3", &pb);
+    a.remote("pb", vpc, "10.42.0.3", b.ip, None);
+    b.remote("pa", vpc, "10.42.0.2", a.ip, None);
+    TwoNodes { a, b, pa, pb, ul }
+}
+
 /// Whether `ns` gets an answer to one ping of `ip` within a second.
 pub fn pings(ns: &Netns, ip: &str) -> bool {
     ns.cmd("ping")

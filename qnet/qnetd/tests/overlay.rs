@@ -6,42 +6,15 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use quark_tests::overlay::{pings, underlay_ip, Node, Underlay};
+use quark_tests::overlay::{pings, underlay_ip, TwoNodes, Underlay};
 use quark_tests::{require_env, run, Netns, Pattern};
 use sha2::{Digest, Sha256};
 
 const QNETD: &str = env!("CARGO_BIN_EXE_qnetd");
 
-/// Two nodes with VPC `red` (VNI 42, 10.42.0.0/24) and a pod on each: pa (.2) on A, pb (.3)
-/// on B, each known to the other node.
-struct TwoNodes {
-    a: Node,
-    b: Node,
-    pa: Netns,
-    pb: Netns,
-    _ul: Underlay,
-}
-
 fn two_nodes() -> TwoNodes {
     require_env(&["ping", "python3"]);
-    let ul = Underlay::new();
-    let a = ul.node(QNETD, 1);
-    let b = ul.node(QNETD, 2);
-    let (pa, pb) = (Netns::new("pa"), Netns::new("pb"));
-    for n in [&a, &b] {
-        n.add_vpc("red", 42, "10.42.0.0/24");
-    }
-    a.attach("pa", "red", "10.42.0.2", &pa);
-    b.attach("pb", "red", "10.42.0.3", &pb);
-    a.remote("pb", "red", "10.42.0.3", b.ip, None);
-    b.remote("pa", "red", "10.42.0.2", a.ip, None);
-    TwoNodes {
-        a,
-        b,
-        pa,
-        pb,
-        _ul: ul,
-    }
+    quark_tests::overlay::two_nodes(QNETD, "red")
 }
 
 /// A listener at `addr` inside `ns`.
@@ -446,76 +419,29 @@ fn the_api_refuses_bad_input_clearly_and_keeps_nothing_of_it() {
         &["vpc", "add", "red", "--vni", "7", "--cidr", "10.1.0.0/24"],
         "exists",
     );
-    refused(
-        &[
-            "endpoint",
-            "add",
-            "e",
-            "--vpc",
-            "nope",
-            "--ip",
+    // Endpoint `e`: (VPC, address, where), and what the refusal says.
+    let ns_arg = ["--netns", netns.as_str()];
+    for (vpc, ip, place, why) in [
+        ("nope", "10.42.0.2", ns_arg, "no VPC"),
+        ("red", "10.43.0.2", ns_arg, "not a free host address"),
+        ("red", "10.42.0.1", ns_arg, "not a free host address"),
+        (
+            "red",
             "10.42.0.2",
-            "--netns",
-            &netns,
-        ],
-        "no VPC",
-    );
-    refused(
-        &[
-            "endpoint",
-            "add",
-            "e",
-            "--vpc",
+            ["--netns", "/run/netns/no-such-ns"],
+            "no-such-ns",
+        ),
+        (
             "red",
-            "--ip",
-            "10.43.0.2",
-            "--netns",
-            &netns,
-        ],
-        "not a free host address",
-    );
-    refused(
-        &[
-            "endpoint",
-            "add",
-            "e",
-            "--vpc",
-            "red",
-            "--ip",
-            "10.42.0.1",
-            "--netns",
-            &netns,
-        ],
-        "not a free host address",
-    );
-    refused(
-        &[
-            "endpoint",
-            "add",
-            "e",
-            "--vpc",
-            "red",
-            "--ip",
             "10.42.0.2",
-            "--netns",
-            "/run/netns/no-such-ns",
-        ],
-        "no-such-ns",
-    );
-    refused(
-        &[
-            "endpoint",
-            "add",
-            "e",
-            "--vpc",
-            "red",
-            "--ip",
-            "10.42.0.2",
-            "--node",
-            "192.168.77.1",
-        ],
-        "is this node",
-    );
+            ["--node", "192.168.77.1"],
+            "is this node",
+        ),
+    ] {
+        let mut args = vec!["endpoint", "add", "e", "--vpc", vpc, "--ip", ip];
+        args.extend(place);
+        refused(&args, why);
+    }
     refused(&["endpoint", "del", "nope"], "no endpoint");
     a.attach("e", "red", "10.42.0.2", &pod);
     refused(
