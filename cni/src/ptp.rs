@@ -272,6 +272,22 @@ fn wire(env: &Env, conf: &NetConf, ipam: &Value) -> Result<Value, CniError> {
     Ok(result)
 }
 
+/// Passes GC on to IPAM if it knows GC: a plugin whose VERSION does not list CNI 1.1.0
+/// (Debian's host-local) has no GC to run, which is not this GC's failure.
+pub(crate) fn gc_ipam(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
+    let Ok(plugin) = ipam_plugin(env, conf) else {
+        return Ok(());
+    };
+    let versions = delegate(&plugin, "VERSION", stdin)?.unwrap_or_default();
+    let knows_gc = versions["supportedVersions"]
+        .as_array()
+        .is_some_and(|v| v.iter().any(|v| v == "1.1.0"));
+    if knows_gc {
+        delegate(&plugin, "GC", stdin)?;
+    }
+    Ok(())
+}
+
 /// Gives the pod's address back to IPAM (DEL's first step: an address is never leaked even if
 /// the links are already gone).
 pub(crate) fn release_ipam(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {

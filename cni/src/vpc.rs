@@ -26,20 +26,61 @@ pub fn run(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Option<Value>, Cni
                 _ => Err(qnetd_error(status, &body)),
             }
         }
+        Command::Gc => gc(env, conf, stdin).map(|()| None),
         _ => crate::ptp::run_with(env, conf, stdin, wire),
     }
 }
 
+/// GC: deletes this network's endpoints on the node (in its VPC, named by this plugin) whose
+/// attachment is not among `cni.dev/valid-attachments`, and passes GC on to IPAM.
+fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
+    let valid: Vec<String> = conf
+        .rest
+        .get("cni.dev/valid-attachments")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|a| {
+            let id = a["containerID"].as_str()?;
+            let ifname = a["ifname"].as_str()?;
+            Some(endpoint_name_of(id, ifname))
+        })
+        .collect();
+    crate::ptp::gc_ipam(env, conf, stdin)?;
+    let vpc = conf
+        .rest
+        .get("vpc")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let (status, body) = call(conf, api::Method::GET, "/v1/endpoints", None)?;
+    if status != 200 {
+        return Err(qnetd_error(status, &body));
+    }
+    let endpoints: Value = serde_json::from_str(&body)
+        .map_err(|e| CniError::new(Code::IO, "qnetd's endpoint list is not JSON").details(e))?;
+    for ep in endpoints.as_array().into_iter().flatten() {
+        let name = ep["name"].as_str().unwrap_or_default();
+        let ours = name.starts_with("cni-") && ep["vpc"] == vpc && ep.get("local").is_some();
+        if ours && !valid.iter().any(|v| v == name) {
+            let path = format!("/v1/endpoints/{name}");
+            let (status, body) = call(conf, api::Method::DELETE, &path, None)?;
+            if status != 204 && status != 404 {
+                return Err(qnetd_error(status, &body));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The endpoint's name in qnetd: stable for a (container, interface).
 fn endpoint_name(env: &Env) -> String {
+    endpoint_name_of(&env.container_id, &env.ifname)
+}
+
+fn endpoint_name_of(container_id: &str, ifname: &str) -> String {
     // FNV-1a, 64 bits: container IDs are long; the name must stay short.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in env
-        .container_id
-        .bytes()
-        .chain([0])
-        .chain(env.ifname.bytes())
-    {
+    for b in container_id.bytes().chain([0]).chain(ifname.bytes()) {
         h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
     format!("cni-{h:016x}")

@@ -795,6 +795,20 @@ fn vpc_mode_makes_pods_endpoints_of_a_qnetd_vpc_and_del_removes_them() {
         .count();
     assert_eq!(held, 2, "only the two pods' addresses are held");
 
+    // GC (CNI 1.1.0) with only the first pod valid: the second's endpoint and interface go;
+    // host-local, whose VERSION predates GC, is not asked.
+    let mut gc = serde_json::from_str::<Value>(&conf("red", &socket)).unwrap();
+    gc["cniVersion"] = "1.1.0".into();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "vpc0", "ifname": "eth0"}]);
+    let env = [("CNI_COMMAND", "GC"), ("CNI_PATH", CNI_DIR)];
+    let o = call("qnet-cni", None, &env, &gc.to_string());
+    assert!(o.ok, "GC: {}", o.raw);
+    let (_, eps) =
+        qnetd::api::call(&socket, qnetd::api::Method::GET, "/v1/endpoints", None).unwrap();
+    assert_eq!(eps.matches("\"name\"").count(), 1, "{eps}");
+    assert!(ping(&pods[0], "10.44.0.1"), "the valid pod is untouched");
+    assert!(!ping(&pods[1], "10.44.0.1"), "the collected pod is cut off");
+
     // DEL (twice: it is idempotent) removes the endpoint, the interface and the address.
     for (i, pod) in pods.iter().enumerate() {
         let netns = format!("/run/netns/{}", pod.0);
