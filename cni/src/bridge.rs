@@ -53,6 +53,7 @@ fn wire(env: &Env, conf: &NetConf, ipam: &Value) -> Result<Value, CniError> {
         is_gateway: flag(conf, "isGateway") || default_route,
         default_route,
         routes: a.routes.clone(),
+        alias: crate::ptp::host_alias(conf, env),
     };
     let (netns, pod) = pod_netns(env)?;
     let host = Netns::current().map_err(netns_err("opening this namespace"))?;

@@ -24,6 +24,17 @@ pub(crate) fn host_ifname(env: &Env) -> String {
     format!("qv{h:08x}")
 }
 
+/// What the host end's alias says: this network's link of (container, interface). GC finds
+/// the links of a network by it.
+pub(crate) fn host_alias(conf: &NetConf, env: &Env) -> String {
+    format!(
+        "{ALIAS_TAG}/{}/{}/{}",
+        conf.name, env.container_id, env.ifname
+    )
+}
+
+const ALIAS_TAG: &str = "qnet-cni";
+
 pub(crate) fn netns_err(what: &str) -> impl FnOnce(qnet_netns::NetnsError) -> CniError + '_ {
     move |e| CniError::new(Code::IO, what.to_string()).details(e)
 }
@@ -134,8 +145,9 @@ pub(crate) fn run_with(
             })?;
             crate::check_interface(env, prev).map(|()| None)
         }
-        // No state of our own beyond links and IPAM's; STATUS is ready, GC has nothing to do.
-        Command::Status | Command::Gc => Ok(None),
+        // No state of our own beyond links and IPAM's: STATUS is ready.
+        Command::Status => Ok(None),
+        Command::Gc => gc(env, conf, stdin).map(|()| None),
         Command::Version => Ok(Some(crate::spec::version_info())),
     }
 }
@@ -247,6 +259,7 @@ fn wire(env: &Env, conf: &NetConf, ipam: &Value) -> Result<Value, CniError> {
         addr,
         gateway,
         routes,
+        alias: host_alias(conf, env),
     };
     let macs = host
         .add_ptp(&pod, &link)
@@ -270,6 +283,38 @@ fn wire(env: &Env, conf: &NetConf, ipam: &Value) -> Result<Value, CniError> {
     });
     pass_on_ipam(&mut result, ipam);
     Ok(result)
+}
+
+/// GC: deletes this network's host links (found by their alias) whose attachment is not among
+/// `cni.dev/valid-attachments` (the pod end goes with them), and passes GC on to IPAM.
+fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
+    let valid: Vec<String> = valid_attachments(conf)
+        .map(|(id, ifname)| format!("{ALIAS_TAG}/{}/{id}/{ifname}", conf.name))
+        .collect();
+    gc_ipam(env, conf, stdin)?;
+    let host = Netns::current().map_err(netns_err("opening this namespace"))?;
+    let snapshot = host
+        .inspect()
+        .map_err(netns_err("reading this namespace's links"))?;
+    let ours = format!("{ALIAS_TAG}/{}/", conf.name);
+    for link in snapshot.links {
+        let Some(alias) = &link.alias else { continue };
+        if alias.starts_with(&ours) && !valid.contains(alias) {
+            host.delete_link(&link.name)
+                .map_err(netns_err("deleting a stale pod link"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The (container ID, interface) pairs of `cni.dev/valid-attachments`.
+pub(crate) fn valid_attachments(conf: &NetConf) -> impl Iterator<Item = (&str, &str)> {
+    conf.rest
+        .get("cni.dev/valid-attachments")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|a| Some((a["containerID"].as_str()?, a["ifname"].as_str()?)))
 }
 
 /// Passes GC on to IPAM if it knows GC: a plugin whose VERSION does not list CNI 1.1.0

@@ -34,17 +34,8 @@ pub fn run(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<Option<Value>, Cni
 /// GC: deletes this network's endpoints on the node (in its VPC, named by this plugin) whose
 /// attachment is not among `cni.dev/valid-attachments`, and passes GC on to IPAM.
 fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
-    let valid: Vec<String> = conf
-        .rest
-        .get("cni.dev/valid-attachments")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|a| {
-            let id = a["containerID"].as_str()?;
-            let ifname = a["ifname"].as_str()?;
-            Some(endpoint_name_of(id, ifname))
-        })
+    let valid: Vec<String> = crate::ptp::valid_attachments(conf)
+        .map(|(id, ifname)| endpoint_name_of(id, ifname))
         .collect();
     crate::ptp::gc_ipam(env, conf, stdin)?;
     let vpc = conf

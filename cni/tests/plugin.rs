@@ -759,6 +759,7 @@ fn vpc_mode_makes_pods_endpoints_of_a_qnetd_vpc_and_del_removes_them() {
         Command::new("ip")
             .args(["netns", "exec", &from.0, "ping", "-c", "1", "-W", "1", ip])
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
     };
@@ -839,4 +840,93 @@ fn vpc_mode_makes_pods_endpoints_of_a_qnetd_vpc_and_del_removes_them() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn gc_deletes_the_links_of_attachments_no_longer_valid_and_only_those() {
+    let node = Ns::new("gn");
+    let pods = [Ns::new("gp0"), Ns::new("gp1"), Ns::new("gp2")];
+    let data = std::env::temp_dir().join(format!("qc-gc-{}", std::process::id()));
+    let conf = |version: &str, network: &str, subnet: &str| {
+        json!({
+            "cniVersion": version, "name": network, "type": "qnet-cni", "mode": "ptp",
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "dataDir": data},
+        })
+    };
+    // Two pods of network "quark", one of network "other".
+    let mut host_ends = Vec::new();
+    for (i, (pod, network, subnet)) in [
+        (&pods[0], "quark", "10.86.9.0/24"),
+        (&pods[1], "quark", "10.86.9.0/24"),
+        (&pods[2], "other", "10.86.10.0/24"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let netns = format!("/run/netns/{}", pod.0);
+        let id = format!("gc{i}");
+        let add = attachment("ADD", &id, &netns);
+        let o = call(
+            "qnet-cni",
+            Some(&node.0),
+            &add,
+            &conf("1.0.0", network, subnet).to_string(),
+        );
+        assert!(o.ok, "ADD: {}", o.raw);
+        host_ends.push(
+            o.json.unwrap()["interfaces"][0]["name"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    // GC of "quark" with only gc0 valid.
+    let mut gc = conf("1.1.0", "quark", "10.86.9.0/24");
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "gc0", "ifname": "eth0"}]);
+    let env = [("CNI_COMMAND", "GC"), ("CNI_PATH", CNI_DIR)];
+    let o = call("qnet-cni", Some(&node.0), &env, &gc.to_string());
+    assert!(o.ok, "GC: {}", o.raw);
+    let links = Command::new("ip")
+        .args(["-n", &node.0, "-o", "link"])
+        .output()
+        .unwrap();
+    let links = String::from_utf8_lossy(&links.stdout).to_string();
+    assert!(
+        links.contains(&host_ends[0]),
+        "the valid pod's link stays: {links}"
+    );
+    assert!(
+        !links.contains(&host_ends[1]),
+        "the stale pod's link goes: {links}"
+    );
+    assert!(
+        links.contains(&host_ends[2]),
+        "another network's link is not this GC's: {links}"
+    );
+    let pod_links = |pod: &Ns| {
+        let o = Command::new("ip")
+            .args(["-n", &pod.0, "-o", "link"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).contains("eth0")
+    };
+    assert!(pod_links(&pods[0]) && !pod_links(&pods[1]) && pod_links(&pods[2]));
+    for (i, (pod, network, subnet)) in [
+        (&pods[0], "quark", "10.86.9.0/24"),
+        (&pods[2], "other", "10.86.10.0/24"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let netns = format!("/run/netns/{}", pod.0);
+        let id = if i == 0 { "gc0" } else { "gc2" };
+        let o = call(
+            "qnet-cni",
+            Some(&node.0),
+            &attachment("DEL", id, &netns),
+            &conf("1.0.0", network, subnet).to_string(),
+        );
+        assert!(o.ok, "DEL: {}", o.raw);
+    }
+    let _ = std::fs::remove_dir_all(&data);
 }

@@ -568,6 +568,7 @@ mod tests {
             up: true,
             loopback: false,
             addrs: vec![net(addr)],
+            alias: None,
         }
     }
 

@@ -97,6 +97,8 @@ pub struct Link {
     pub up: bool,
     pub loopback: bool,
     pub addrs: Vec<Ipv4Net>,
+    /// The link's alias (IFLA_IFALIAS), which CNI plugins use to tag what they made.
+    pub alias: Option<String>,
 }
 
 /// One IPv4 route of the main table.
@@ -497,6 +499,10 @@ impl Raw {
                         _ => None,
                     })
                     .unwrap_or(1500),
+                alias: l.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfAlias(s) => Some(s.clone()),
+                    _ => None,
+                }),
                 up: l.header.flags.contains(LinkFlags::Up),
                 loopback: l.header.flags.contains(LinkFlags::Loopback),
                 addrs: self

@@ -25,6 +25,8 @@ pub struct PtpLink {
     pub gateway: Ipv4Addr,
     /// More routes in the pod: destination and gateway (`None`: the link's gateway).
     pub routes: Vec<(Ipv4Net, Option<Ipv4Addr>)>,
+    /// The host end's alias: what it belongs to, for garbage collection.
+    pub alias: String,
 }
 
 /// One pod on a Linux bridge, as the reference bridge plugin wires it: a veth whose host end
@@ -47,6 +49,8 @@ pub struct BridgeLink {
     pub default_route: bool,
     /// More routes in the pod: destination and gateway (`None`: the link's gateway).
     pub routes: Vec<(Ipv4Net, Option<Ipv4Addr>)>,
+    /// The host end's alias: what it belongs to, for garbage collection.
+    pub alias: String,
 }
 
 /// The MAC addresses of a link's two ends.
@@ -69,16 +73,43 @@ async fn index_of(ns: &Netns, h: &Handle, name: &str) -> Result<u32> {
 
 /// A veth `host_ifname` here whose peer (`tmp`) goes into the namespace of `pod_fd`; the host
 /// end's index.
+/// The host end of a pod's veth: its name, alias and MTU.
+pub(crate) struct HostEnd<'a> {
+    name: &'a str,
+    alias: &'a str,
+    mtu: Option<u32>,
+}
+
+impl PtpLink {
+    fn host_end(&self) -> HostEnd<'_> {
+        HostEnd {
+            name: &self.host_ifname,
+            alias: &self.alias,
+            mtu: self.mtu,
+        }
+    }
+}
+
+impl BridgeLink {
+    fn host_end(&self) -> HostEnd<'_> {
+        HostEnd {
+            name: &self.host_ifname,
+            alias: &self.alias,
+            mtu: self.mtu,
+        }
+    }
+}
+
 async fn veth_to(
     ns: &Netns,
     h: &Handle,
-    host_ifname: &str,
+    host: HostEnd<'_>,
     tmp: &str,
-    mtu: Option<u32>,
     pod_fd: std::os::fd::RawFd,
 ) -> Result<u32> {
+    let host_ifname = host.name;
     let mut veth = LinkVeth::new(host_ifname, tmp);
-    if let Some(mtu) = mtu {
+    if let Some(mtu) = host.mtu {
         veth = veth.mtu(mtu);
     }
     h.link()
@@ -86,6 +117,12 @@ async fn veth_to(
         .execute()
         .await
         .map_err(ns.err(format!("creating veth {host_ifname}")))?;
+    let index = index_of(ns, h, host_ifname).await?;
+    h.link()
+        .set(LinkUnspec::new_with_index(index).alias(host.alias).build())
+        .execute()
+        .await
+        .map_err(ns.err(format!("tagging {host_ifname}")))?;
     let peer = index_of(ns, h, tmp).await?;
     h.link()
         .set(LinkUnspec::new_with_index(peer).setns_by_fd(pod_fd).build())
@@ -193,7 +230,7 @@ impl Netns {
     fn add_ptp_steps(&self, pod: &Netns, link: &PtpLink, tmp: &str) -> Result<()> {
         let pod_fd = pod.file.as_raw_fd();
         self.netlink(|h| async move {
-            let host = veth_to(self, &h, &link.host_ifname, tmp, link.mtu, pod_fd).await?;
+            let host = veth_to(self, &h, link.host_end(), tmp, pod_fd).await?;
             h.link()
                 .set(LinkUnspec::new_with_index(host).up().build())
                 .execute()
@@ -269,7 +306,7 @@ impl Netns {
                 };
                 add_addr(self, &h, bridge, gw, false).await?;
             }
-            let host = veth_to(self, &h, &link.host_ifname, tmp, link.mtu, pod_fd).await?;
+            let host = veth_to(self, &h, link.host_end(), tmp, pod_fd).await?;
             h.link()
                 .set(
                     LinkUnspec::new_with_index(host)
