@@ -63,6 +63,9 @@ fn wire(env: &Env, conf: &NetConf, ipam: &Value) -> Result<Value, CniError> {
     let bridge_mac = host
         .mac_of(&bridge)
         .map_err(netns_err("reading the bridge"))?;
+    if link.is_gateway {
+        crate::ptp::enable_forwarding()?;
+    }
     let mut result = json!({
         "cniVersion": conf.cni_version,
         "interfaces": [

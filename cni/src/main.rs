@@ -9,6 +9,7 @@
 //! the node's qnetd (docs/qnetd.md).
 
 mod bridge;
+mod masq;
 mod ptp;
 mod spec;
 mod vpc;

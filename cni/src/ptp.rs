@@ -159,8 +159,23 @@ fn add(env: &Env, conf: &NetConf, stdin: &[u8], wire: Wire) -> Result<Value, Cni
     let wired = wire(env, conf, &ipam);
     if wired.is_err() {
         let _ = delegate(&plugin, "DEL", stdin);
+        return wired;
+    }
+    if crate::masq::wanted(conf) {
+        let masq = addressing(&ipam).and_then(|a| crate::masq::setup(conf, env, a.addr));
+        if let Err(e) = masq {
+            let _ = del(env, conf, stdin);
+            return Err(e);
+        }
     }
     wired
+}
+
+/// Lets the node forward for its pods (net.ipv4.ip_forward, in this namespace), as the
+/// reference ptp plugin and the bridge plugin as a gateway do.
+pub(crate) fn enable_forwarding() -> Result<(), CniError> {
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+        .map_err(|e| CniError::new(Code::IO, "enabling net.ipv4.ip_forward").details(e))
 }
 
 /// What IPAM gave for the pod: its address, the gateway, and more routes.
@@ -264,6 +279,7 @@ fn wire(env: &Env, conf: &NetConf, ipam: &Value) -> Result<Value, CniError> {
     let macs = host
         .add_ptp(&pod, &link)
         .map_err(netns_err("wiring the pod"))?;
+    enable_forwarding()?;
     let ipconf = ip_config(
         conf,
         &Addressing {
@@ -292,6 +308,13 @@ fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
         .map(|(id, ifname)| format!("{ALIAS_TAG}/{}/{id}/{ifname}", conf.name))
         .collect();
     gc_ipam(env, conf, stdin)?;
+    if crate::masq::wanted(conf) {
+        for id in crate::masq::containers(&conf.name)? {
+            if !valid_attachments(conf).any(|(valid, _)| valid == id) {
+                crate::masq::teardown(&conf.name, &id)?;
+            }
+        }
+    }
     let host = Netns::current().map_err(netns_err("opening this namespace"))?;
     let snapshot = host
         .inspect()
@@ -344,6 +367,9 @@ pub(crate) fn release_ipam(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<()
 
 fn del(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
     release_ipam(env, conf, stdin)?;
+    if crate::masq::wanted(conf) {
+        crate::masq::teardown(&conf.name, &env.container_id)?;
+    }
     // Deleting either end of the veth deletes both; either may be gone already.
     if let Some(netns) = &env.netns {
         if let Ok(pod) = Netns::open(Path::new(netns)) {

@@ -930,3 +930,86 @@ fn gc_deletes_the_links_of_attachments_no_longer_valid_and_only_those() {
     }
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[test]
+fn ip_masq_lets_a_ptp_pod_reach_beyond_the_node_as_the_node() {
+    let node = Ns::new("mn");
+    let pod = Ns::new("mp");
+    let ext = Ns::new("mx");
+    let sh = |ns: &Ns, script: &str| {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &ns.0, "sh", "-c", script])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    // The node's other side: a network the pod has no route back from.
+    sh(
+        &node,
+        &format!(
+            "ip link set lo up && ip link add mx0 type veth peer name eth9 netns {} \
+        && ip addr add 10.98.0.1/24 dev mx0 && ip link set mx0 up",
+            ext.0
+        ),
+    );
+    sh(
+        &ext,
+        "ip link set lo up && ip addr add 10.98.0.2/24 dev eth9 && ip link set eth9 up",
+    );
+    let data = std::env::temp_dir().join(format!("qc-masq-{}", std::process::id()));
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "quark", "type": "qnet-cni", "mode": "ptp", "ipMasq": true,
+        "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.86.11.0/24"}]],
+                 "routes": [{"dst": "0.0.0.0/0"}], "dataDir": data},
+    })
+    .to_string();
+    let netns = format!("/run/netns/{}", pod.0);
+    let o = call(
+        "qnet-cni",
+        Some(&node.0),
+        &attachment("ADD", "masq0", &netns),
+        &conf,
+    );
+    assert!(o.ok, "ADD: {}", o.raw);
+    assert_eq!(sh(&node, "cat /proc/sys/net/ipv4/ip_forward").trim(), "1");
+
+    // A server beyond the node says whom it sees: the node, not the pod.
+    let server = "import socket\ns = socket.socket()\ns.bind(('10.98.0.2', 7777))\ns.listen(1)\n\
+        print('ready', flush=True)\nc, a = s.accept()\nprint(a[0], flush=True)";
+    let mut srv = Command::new("ip")
+        .args(["netns", "exec", &ext.0, "python3", "-c", server])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(srv.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let client = "import socket; socket.create_connection(('10.98.0.2', 7777), timeout=3).close()";
+    sh(&pod, &format!("python3 -c \"{client}\""));
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let _ = srv.wait();
+    assert_eq!(
+        line.trim(),
+        "10.98.0.1",
+        "the server saw the node's address"
+    );
+
+    // DEL takes the masquerading away.
+    let o = call(
+        "qnet-cni",
+        Some(&node.0),
+        &attachment("DEL", "masq0", &netns),
+        &conf,
+    );
+    assert!(o.ok, "DEL: {}", o.raw);
+    let nat = sh(&node, "iptables -w -t nat -S");
+    assert!(!nat.contains("masq0") && !nat.contains("QNET-"), "{nat}");
+    let _ = std::fs::remove_dir_all(&data);
+}
