@@ -38,6 +38,13 @@ fn wire(env: &Env, conf: &NetConf, ipam: &Value) -> Result<Value, CniError> {
         ));
     }
     let default_route = flag(conf, "isDefaultGateway");
+    if flag(conf, "hairpinMode") && flag(conf, "promiscMode") {
+        // As the reference plugin: a promiscuous bridge already sends a port its own frames.
+        return Err(CniError::new(
+            Code::INVALID_CONFIG,
+            "hairpinMode and promiscMode cannot both be set",
+        ));
+    }
     let link = BridgeLink {
         bridge: bridge.clone(),
         host_ifname: host_ifname(env),
@@ -52,6 +59,7 @@ fn wire(env: &Env, conf: &NetConf, ipam: &Value) -> Result<Value, CniError> {
         // isDefaultGateway implies isGateway, as in the reference plugin.
         is_gateway: flag(conf, "isGateway") || default_route,
         default_route,
+        promisc: flag(conf, "promiscMode"),
         routes: a.routes.clone(),
         alias: crate::ptp::host_alias(conf, env),
     };
@@ -65,6 +73,15 @@ fn wire(env: &Env, conf: &NetConf, ipam: &Value) -> Result<Value, CniError> {
         .map_err(netns_err("reading the bridge"))?;
     if link.is_gateway {
         crate::ptp::enable_forwarding()?;
+    }
+    if flag(conf, "hairpinMode") {
+        // The port reflects frames back where they came from: a pod reaches itself through
+        // a service address that NAT sends back to it. (Through sysfs: this process runs in
+        // the node's namespace, where the port is.)
+        let knob = format!("/sys/class/net/{}/brport/hairpin_mode", link.host_ifname);
+        std::fs::write(&knob, "1").map_err(|e| {
+            CniError::new(Code::IO, format!("hairpin mode on {}", link.host_ifname)).details(e)
+        })?;
     }
     let mut result = json!({
         "cniVersion": conf.cni_version,

@@ -418,6 +418,7 @@ fn bridge_mode_wires_a_reachable_pod_like_the_reference_bridge_plugin_and_leaves
                 "cniVersion": version,
                 "name": "quark", "type": ty, "mode": "bridge",
                 "bridge": format!("qvbr{i}"), "isGateway": true, "isDefaultGateway": true,
+                "hairpinMode": i == 1, "promiscMode": i == 0,
                 "ipam": {"type": "host-local", "ranges": [[{"subnet": format!("10.86.{i}.0/24")}]],
                          "dataDir": data},
             })
@@ -436,6 +437,22 @@ fn bridge_mode_wires_a_reachable_pod_like_the_reference_bridge_plugin_and_leaves
             .as_str()
             .unwrap()
             .to_string();
+        let show = |args: &[&str]| {
+            let o = Command::new("ip")
+                .args(["netns", "exec", &node.0])
+                .args(args)
+                .output();
+            String::from_utf8_lossy(&o.unwrap().stdout).to_string()
+        };
+        let port = show(&["bridge", "-d", "link", "show", "dev", &host_end]);
+        let hairpin = if i == 1 { "hairpin on" } else { "hairpin off" };
+        assert!(port.contains(hairpin), "{version}: hairpinMode: {port}");
+        let bridge = show(&["ip", "link", "show", &format!("qvbr{i}")]);
+        assert_eq!(
+            bridge.contains("PROMISC"),
+            i == 0,
+            "{version}: promiscMode: {bridge}"
+        );
         let pod_ip = pod_ip_of(&result);
         // Reachable from the node through the bridge, which holds the gateway address.
         assert!(pings(&node, &pod_ip), "{version}: ping {pod_ip}");

@@ -47,6 +47,8 @@ pub struct BridgeLink {
     pub is_gateway: bool,
     /// A default route through the gateway in the pod (`isDefaultGateway`).
     pub default_route: bool,
+    /// The bridge is promiscuous (`promiscMode`).
+    pub promisc: bool,
     /// More routes in the pod: destination and gateway (`None`: the link's gateway).
     pub routes: Vec<(Ipv4Net, Option<Ipv4Addr>)>,
     /// The host end's alias: what it belongs to, for garbage collection.
@@ -294,8 +296,13 @@ impl Netns {
                     index_of(self, &h, &link.bridge).await?
                 }
             };
+            // Promiscuity is only ever turned on: another network may share the bridge.
+            let mut up = LinkUnspec::new_with_index(bridge).up();
+            if link.promisc {
+                up = up.promiscuous(true);
+            }
             h.link()
-                .set(LinkUnspec::new_with_index(bridge).up().build())
+                .set(up.build())
                 .execute()
                 .await
                 .map_err(self.err(format!("bringing {} up", link.bridge)))?;
