@@ -38,6 +38,17 @@ fn wire(env: &Env, conf: &NetConf, ipam: &Value) -> Result<Value, CniError> {
         ));
     }
     let default_route = flag(conf, "isDefaultGateway");
+    if let Some(key) = ["vlan", "vlanTrunk", "preserveDefaultVlan"]
+        .into_iter()
+        .find(|k| conf.rest.contains_key(*k))
+    {
+        // Better refused than ignored: a pod put on the untagged network instead of its VLAN
+        // would reach what it must not.
+        return Err(CniError::new(
+            Code::INVALID_CONFIG,
+            format!("{key:?}: VLANs are not supported by qnet-cni's bridge mode"),
+        ));
+    }
     if flag(conf, "hairpinMode") && flag(conf, "promiscMode") {
         // As the reference plugin: a promiscuous bridge already sends a port its own frames.
         return Err(CniError::new(

@@ -1030,3 +1030,37 @@ fn ip_masq_lets_a_ptp_pod_reach_beyond_the_node_as_the_node() {
     assert!(!nat.contains("masq0") && !nat.contains("QNET-"), "{nat}");
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[test]
+fn a_bridge_vlan_is_refused_clearly_and_leaves_nothing() {
+    let node = Ns::new("vl");
+    let pod = Ns::new("vlp");
+    let data = std::env::temp_dir().join(format!("qc-vlan-{}", std::process::id()));
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "quark", "type": "qnet-cni", "mode": "bridge",
+        "bridge": "qvbrv", "vlan": 100,
+        "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.86.12.0/24"}]], "dataDir": data},
+    });
+    let netns = format!("/run/netns/{}", pod.0);
+    let o = call(
+        "qnet-cni",
+        Some(&node.0),
+        &attachment("ADD", "vl0", &netns),
+        &conf.to_string(),
+    );
+    assert_eq!(error_code(&o), 7, "{}", o.raw);
+    assert!(o.raw.contains("VLANs are not supported"), "{}", o.raw);
+    assert!(
+        !reserved(&data, "10.86.12.2"),
+        "the address went back to IPAM"
+    );
+    let links = Command::new("ip")
+        .args(["-n", &node.0, "-o", "link"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains("qv"),
+        "nothing was made"
+    );
+    let _ = std::fs::remove_dir_all(&data);
+}
