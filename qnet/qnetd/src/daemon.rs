@@ -21,6 +21,8 @@ use crate::wire::OVERLAY_OVERHEAD;
 
 /// The IANA port of VXLAN.
 pub const VXLAN_PORT: u16 = 4789;
+/// VXLAN source ports in use: flows are spread over this many.
+const SENDERS: usize = 8;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -83,9 +85,20 @@ impl Daemon {
         let udp = UdpSocket::bind(SocketAddrV4::new(cfg.underlay, cfg.port))
             .with_context(|| format!("binding VXLAN to {}:{}", cfg.underlay, cfg.port))?;
         grow_buffers(&udp);
+        // Senders on ephemeral ports: a flow's VXLAN source port is that of the sender its
+        // inner addresses and ports hash to (RFC 7348 5), so the underlay spreads flows over
+        // its paths (ECMP) and receivers over their queues (RSS).
+        let senders = (0..SENDERS)
+            .map(|_| {
+                let s = UdpSocket::bind(SocketAddrV4::new(cfg.underlay, 0))
+                    .with_context(|| format!("binding a VXLAN sender on {}", cfg.underlay))?;
+                grow_buffers(&s);
+                anyhow::Ok(s)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let counters = Arc::new(Counters::default());
-        let plane =
-            dataplane::spawn(udp, cfg.port, counters.clone()).context("starting the data plane")?;
+        let plane = dataplane::spawn(udp, senders, cfg.port, counters.clone())
+            .context("starting the data plane")?;
         let daemon = Arc::new(Daemon {
             cfg,
             overlay_mtu,

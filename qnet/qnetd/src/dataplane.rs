@@ -168,6 +168,8 @@ struct Plane {
     slots: Vec<Slot>,
     free: Vec<usize>,
     udp: UdpSocket,
+    /// Sockets VXLAN leaves from, one per source port; a flow always uses the same.
+    senders: Vec<UdpSocket>,
     port: u16,
     tables: Arc<Tables>,
     conntrack: Conntrack,
@@ -180,9 +182,17 @@ struct Plane {
     counters: Arc<Counters>,
 }
 
-/// Starts the data plane on its own thread, forwarding on `udp` (bound to the underlay
-/// address and VXLAN port) and sending VXLAN to peers' `port`.
-pub fn spawn(udp: UdpSocket, port: u16, counters: Arc<Counters>) -> io::Result<DataplaneHandle> {
+/// Starts the data plane on its own thread, receiving VXLAN on `udp` (bound to the underlay
+/// address and VXLAN port) and sending it from `senders` to peers' `port`.
+pub fn spawn(
+    udp: UdpSocket,
+    senders: Vec<UdpSocket>,
+    port: u16,
+    counters: Arc<Counters>,
+) -> io::Result<DataplaneHandle> {
+    if senders.is_empty() {
+        return Err(io::Error::other("no VXLAN senders"));
+    }
     // SAFETY: plain eventfd(2); the result is checked and owned at once.
     let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
     if raw < 0 {
@@ -212,6 +222,7 @@ pub fn spawn(udp: UdpSocket, port: u16, counters: Arc<Counters>) -> io::Result<D
         slots: (0..SLOTS).map(|_| Slot::new()).collect(),
         free: (0..SLOTS).rev().collect(),
         udp,
+        senders,
         port,
         tables: Arc::new(Tables::default()),
         conntrack: Conntrack::default(),
@@ -429,7 +440,7 @@ impl Plane {
             return self.drop_frame(DropReason::Malformed);
         }
         let (verdict, len) = forward::from_local(&self.tables, &mut self.conntrack, id, frame, mss);
-        let udp = self.udp.as_raw_fd();
+        let udp = sender_for(&self.senders, &buf[HEAD..HEAD + len]);
         match verdict {
             Verdict::Deliver(to) => {
                 let Some(fd) = tap_fd(&self.eps, to) else {
@@ -500,7 +511,6 @@ impl Plane {
         let node = s.peer();
         let truncated = s.msg.msg_flags & libc::MSG_TRUNC != 0;
         let size = s.gro_size().unwrap_or(n).max(1);
-        let udp = self.udp.as_raw_fd();
         self.deliveries.clear();
         let end = VNET_HDR_LEN + n;
         let mut at = VNET_HDR_LEN;
@@ -535,6 +545,7 @@ impl Plane {
                     None => self.counters.count_drop(DropReason::Detached),
                 },
                 Verdict::Reply => {
+                    let udp = sender_for(&self.senders, &datagram[VXLAN_LEN..VXLAN_LEN + len]);
                     let sent =
                         self.output
                             .to_node(udp, node, self.port, &datagram[..VXLAN_LEN + len]);
@@ -562,4 +573,36 @@ fn tap_fd(eps: &HashMap<EndpointId, Attached>, id: EndpointId) -> Option<RawFd> 
     eps.get(&id)
         .filter(|e| !e.detaching)
         .map(|e| e.tap.fd.as_raw_fd())
+}
+
+/// The sender a frame's flow leaves from: by its inner IPv4 addresses and, for TCP and UDP,
+/// ports (else its Ethernet addresses), so one flow keeps one VXLAN source port.
+fn sender_for(senders: &[UdpSocket], frame: &[u8]) -> RawFd {
+    let key: &[u8] = match frame.get(12..14) {
+        Some([0x08, 0x00]) if frame.len() >= wire::ETH_LEN + 24 => {
+            let ip = &frame[wire::ETH_LEN..];
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            let ports = matches!(ip[9], 6 | 17) && ip.len() >= ihl + 4 && ihl >= 20;
+            if ports {
+                // Addresses (12..20) and, after the header, the two ports.
+                let mut h = fnv(&ip[12..20]);
+                h = fnv_more(h, &ip[ihl..ihl + 4]);
+                return senders[(h % senders.len() as u64) as usize].as_raw_fd();
+            }
+            &ip[12..20]
+        }
+        _ => frame.get(..12).unwrap_or(frame),
+    };
+    senders[(fnv(key) % senders.len() as u64) as usize].as_raw_fd()
+}
+
+fn fnv(data: &[u8]) -> u64 {
+    fnv_more(0xcbf2_9ce4_8422_2325, data)
+}
+
+fn fnv_more(mut h: u64, data: &[u8]) -> u64 {
+    for b in data {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }

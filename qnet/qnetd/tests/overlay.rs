@@ -586,3 +586,51 @@ fn a_security_group_admits_its_rules_and_replies_and_nothing_else() {
     let out = t.b.ctl(&["sg", "add", "bad", "--rule", "icmp:80"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("ports apply to tcp and udp"));
 }
+
+/// RFC 7348's recommendation: the outer source port comes from a hash of the inner flow, so
+/// underlays can spread flows (ECMP) while one flow keeps one path.
+#[test]
+fn each_flow_keeps_one_vxlan_source_port_and_flows_spread_over_several() {
+    require_env(&["python3"]);
+    let ul = Underlay::new();
+    let a = ul.node(QNETD, 1);
+    let far = ul.join("far", 9);
+    let pa = Netns::new("pa");
+    a.add_vpc("red", 42, "10.42.0.0/24");
+    a.attach("pa", "red", "10.42.0.2", &pa);
+    a.remote("far", "red", "10.42.0.9", underlay_ip(9), None);
+    let sink = far
+        .enter(|| UdpSocket::bind("192.168.77.9:4789"))
+        .expect("binding the far node's VXLAN port");
+    sink.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let client = pa
+        .enter(|| UdpSocket::bind("10.42.0.2:0"))
+        .expect("binding");
+    let flows: Vec<u16> = (1000..1016).collect();
+    for port in &flows {
+        for _ in 0..2 {
+            client.send_to(b"x", ("10.42.0.9", *port)).expect("sending");
+        }
+    }
+    // Inner destination port -> the outer source ports its datagrams came from.
+    let mut seen: std::collections::BTreeMap<u16, std::collections::BTreeSet<u16>> =
+        Default::default();
+    let mut buf = [0u8; 2048];
+    for _ in 0..flows.len() * 2 {
+        let (n, from) = sink.recv_from(&mut buf).expect("a VXLAN datagram");
+        let inner = &buf[8..n];
+        assert_eq!(inner[12..14], [0x08, 0x00], "IPv4 inside");
+        let ihl = usize::from(inner[14] & 0x0f) * 4;
+        let udp = &inner[14 + ihl..];
+        let dst = u16::from_be_bytes([udp[2], udp[3]]);
+        seen.entry(dst).or_default().insert(from.port());
+    }
+    assert_eq!(seen.len(), flows.len(), "{seen:?}");
+    assert!(
+        seen.values().all(|ports| ports.len() == 1),
+        "a flow changed source port: {seen:?}"
+    );
+    let distinct: std::collections::BTreeSet<u16> = seen.values().flatten().copied().collect();
+    assert!(distinct.len() >= 2, "16 flows left from one port: {seen:?}");
+    assert!(!distinct.contains(&4789));
+}
