@@ -462,11 +462,7 @@ fn bridge_mode_wires_a_reachable_pod_like_the_reference_bridge_plugin_and_leaves
             let o = call("qnet-cni", Some(&node.0), &del, &conf("qnet-cni"));
             assert!(o.ok, "{version}: DEL: {}", o.raw);
         }
-        let links = Command::new("ip")
-            .args(["-n", &node.0, "-o", "link"])
-            .output()
-            .unwrap();
-        let links = String::from_utf8_lossy(&links.stdout).to_string();
+        let links = links_of(&node);
         assert!(
             !links.contains(&host_end),
             "{version}: {host_end} left: {links}"
@@ -846,11 +842,7 @@ fn vpc_mode_makes_pods_endpoints_of_a_qnetd_vpc_and_del_removes_them() {
     assert_eq!(eps.trim(), "[]");
     let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        let links = Command::new("ip")
-            .args(["-n", &pods[0].0, "-o", "link"])
-            .output()
-            .unwrap();
-        if !String::from_utf8_lossy(&links.stdout).contains("eth0") {
+        if !links_of(&pods[0]).contains("eth0") {
             break;
         }
         assert!(std::time::Instant::now() < end, "eth0 stayed after DEL");
@@ -903,11 +895,7 @@ fn gc_deletes_the_links_of_attachments_no_longer_valid_and_only_those() {
     let env = [("CNI_COMMAND", "GC"), ("CNI_PATH", CNI_DIR)];
     let o = call("qnet-cni", Some(&node.0), &env, &gc.to_string());
     assert!(o.ok, "GC: {}", o.raw);
-    let links = Command::new("ip")
-        .args(["-n", &node.0, "-o", "link"])
-        .output()
-        .unwrap();
-    let links = String::from_utf8_lossy(&links.stdout).to_string();
+    let links = links_of(&node);
     assert!(
         links.contains(&host_ends[0]),
         "the valid pod's link stays: {links}"
@@ -920,13 +908,7 @@ fn gc_deletes_the_links_of_attachments_no_longer_valid_and_only_those() {
         links.contains(&host_ends[2]),
         "another network's link is not this GC's: {links}"
     );
-    let pod_links = |pod: &Ns| {
-        let o = Command::new("ip")
-            .args(["-n", &pod.0, "-o", "link"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout).contains("eth0")
-    };
+    let pod_links = |pod: &Ns| links_of(pod).contains("eth0");
     assert!(pod_links(&pods[0]) && !pod_links(&pods[1]) && pod_links(&pods[2]));
     for (i, (pod, network, subnet)) in [
         (&pods[0], "quark", "10.86.9.0/24"),
@@ -1054,13 +1036,15 @@ fn a_bridge_vlan_is_refused_clearly_and_leaves_nothing() {
         !reserved(&data, "10.86.12.2"),
         "the address went back to IPAM"
     );
-    let links = Command::new("ip")
-        .args(["-n", &node.0, "-o", "link"])
+    assert!(!links_of(&node).contains("qv"), "nothing was made");
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// `ip -o link` in namespace `ns`.
+fn links_of(ns: &Ns) -> String {
+    let o = Command::new("ip")
+        .args(["-n", &ns.0, "-o", "link"])
         .output()
         .unwrap();
-    assert!(
-        !String::from_utf8_lossy(&links.stdout).contains("qv"),
-        "nothing was made"
-    );
-    let _ = std::fs::remove_dir_all(&data);
+    String::from_utf8_lossy(&o.stdout).to_string()
 }

@@ -200,8 +200,12 @@ fn proc_tells_memory_the_cpu_and_the_process_itself() {
 #[test]
 fn ps_lists_the_container_processes_from_proc() {
     // /proc lists every process; ps reads each one's stat and status. The background sleep is
-    // a child of the shell (init), and ps itself is there too.
-    let (code, out, err) = sh("sleep 5 & busybox ps; kill $!; busybox cat /proc/1/status; exit 0");
+    // a child of the shell (init), and ps itself is there too. The shell waits until the job
+    // has exec'd sleep: until then it is a copy of the shell (as on Linux).
+    let (code, out, err) = sh(
+        "sleep 5 & until busybox grep -q sleep /proc/$!/cmdline; do :; done; \
+         busybox ps; kill $!; busybox cat /proc/1/status; exit 0",
+    );
     assert_eq!(code, Some(0), "{err}");
     let rows: Vec<Vec<&str>> = out
         .lines()
