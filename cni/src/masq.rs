@@ -20,11 +20,7 @@ pub fn wanted(conf: &NetConf) -> bool {
 
 /// The attachment's chain: at most 28 characters, as iptables allows.
 fn chain(network: &str, container_id: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in network.bytes().chain([0]).chain(container_id.bytes()) {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("QNET-{h:016x}")
+    format!("QNET-{:016x}", crate::ptp::pair_hash(network, container_id))
 }
 
 fn comment(network: &str, container_id: &str) -> String {

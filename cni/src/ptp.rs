@@ -15,6 +15,16 @@ use crate::spec::{CniError, Code, Command, Env, NetConf};
 
 /// The host end's name: stable for a (container, interface), at most 15 bytes, as the kernel
 /// allows.
+/// FNV-1a (64 bits) of `a`, a zero byte and `b`: a short name, stable across runs and builds,
+/// for what this plugin makes per (network or container, container or interface).
+pub(crate) fn pair_hash(a: &str, b: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in a.bytes().chain([0]).chain(b.bytes()) {
+        h = (h ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
 pub(crate) fn host_ifname(env: &Env) -> String {
     // FNV-1a: small, stable across runs and builds.
     let mut h: u32 = 0x811c9dc5;

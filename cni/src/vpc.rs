@@ -69,12 +69,8 @@ fn endpoint_name(env: &Env) -> String {
 }
 
 fn endpoint_name_of(container_id: &str, ifname: &str) -> String {
-    // FNV-1a, 64 bits: container IDs are long; the name must stay short.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in container_id.bytes().chain([0]).chain(ifname.bytes()) {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("cni-{h:016x}")
+    // Container IDs are long; the name must stay short.
+    format!("cni-{:016x}", crate::ptp::pair_hash(container_id, ifname))
 }
 
 fn socket(conf: &NetConf) -> PathBuf {

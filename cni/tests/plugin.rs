@@ -323,11 +323,8 @@ fn ptp_mode_wires_a_reachable_pod_like_the_reference_ptp_plugin_and_leaves_nothi
             // nothing is left.
             assert_eq!(error_code(&o), 1, "{}", o.raw);
             assert!(o.raw.contains("incompatible CNI versions"), "{}", o.raw);
-            let links = Command::new("ip")
-                .args(["-n", &node.0, "-o", "link"])
-                .output()
-                .unwrap();
-            assert!(!String::from_utf8_lossy(&links.stdout).contains("qv"));
+            let links = links_of(&node);
+            assert!(!links.contains("qv"));
             continue;
         }
         assert!(o.ok, "{version}: ADD: {}", o.raw);
@@ -374,34 +371,17 @@ fn ptp_mode_wires_a_reachable_pod_like_the_reference_ptp_plugin_and_leaves_nothi
             let o = call("qnet-cni", Some(&node.0), &del, &conf("qnet-cni"));
             assert!(o.ok, "{version}: DEL: {}", o.raw);
         }
-        let links = Command::new("ip")
-            .args(["-n", &node.0, "-o", "link"])
-            .output()
-            .unwrap();
-        assert!(
-            !String::from_utf8_lossy(&links.stdout).contains("qv"),
-            "{version}: host end left behind"
-        );
-        let pod_links = Command::new("ip")
-            .args(["-n", &pod.0, "-o", "link"])
-            .output()
-            .unwrap();
-        assert!(!String::from_utf8_lossy(&pod_links.stdout).contains("eth0"));
+        let links = links_of(&node);
+        assert!(!links.contains("qv"), "{version}: host end left behind");
+        let pod_links = links_of(&pod);
+        assert!(!pod_links.contains("eth0"));
         assert!(
             !reserved(&data, &pod_ip),
             "{version}: {pod_ip} still reserved after DEL"
         );
         // Side by side: the reference ptp plugin on the same input routes the pod the same.
-        let o = call("ptp", Some(&node.0), &add, &conf("ptp"));
-        assert!(o.ok, "reference ptp ADD: {}", o.raw);
-        let theirs = pod_ip_of(&o.json.unwrap());
-        assert_eq!(
-            pod_routes(&pod, &theirs),
-            ours,
-            "{version}: routes differ from ptp's"
-        );
-        let o = call("ptp", Some(&node.0), &del, &conf("ptp"));
-        assert!(o.ok, "reference ptp DEL: {}", o.raw);
+        let theirs = reference_routes("ptp", &node, &pod, (&add, &del), &conf("ptp"));
+        assert_eq!(theirs, ours, "{version}: routes differ from ptp's");
         let _ = std::fs::remove_dir_all(&data);
     }
 }
@@ -471,26 +451,15 @@ fn bridge_mode_wires_a_reachable_pod_like_the_reference_bridge_plugin_and_leaves
             links.contains(&format!("qvbr{i}")),
             "{version}: the bridge stays"
         );
-        let pod_links = Command::new("ip")
-            .args(["-n", &pod.0, "-o", "link"])
-            .output()
-            .unwrap();
-        assert!(!String::from_utf8_lossy(&pod_links.stdout).contains("eth0"));
+        let pod_links = links_of(&pod);
+        assert!(!pod_links.contains("eth0"));
         assert!(
             !reserved(&data, &pod_ip),
             "{version}: {pod_ip} still reserved after DEL"
         );
         // Side by side: the reference bridge plugin on the same input routes the pod the same.
-        let o = call("bridge", Some(&node.0), &add, &conf("bridge"));
-        assert!(o.ok, "reference bridge ADD: {}", o.raw);
-        let theirs = pod_ip_of(&o.json.unwrap());
-        assert_eq!(
-            pod_routes(&pod, &theirs),
-            ours,
-            "{version}: routes differ from bridge's"
-        );
-        let o = call("bridge", Some(&node.0), &del, &conf("bridge"));
-        assert!(o.ok, "reference bridge DEL: {}", o.raw);
+        let theirs = reference_routes("bridge", &node, &pod, (&add, &del), &conf("bridge"));
+        assert_eq!(theirs, ours, "{version}: routes differ from bridge's");
         let _ = std::fs::remove_dir_all(&data);
     }
 }
@@ -552,11 +521,8 @@ fn twenty_simultaneous_adds_get_distinct_addresses_and_dels_leave_nothing() {
     for o in run_all("DEL") {
         assert!(o.ok, "DEL: {}", o.raw);
     }
-    let links = Command::new("ip")
-        .args(["-n", &node.0, "-o", "link"])
-        .output()
-        .unwrap();
-    assert!(!String::from_utf8_lossy(&links.stdout).contains("qv"));
+    let links = links_of(&node);
+    assert!(!links.contains("qv"));
     let left: Vec<String> = std::fs::read_dir(data.join("quark"))
         .map(|d| {
             d.filter_map(|e| e.ok())
@@ -1047,4 +1013,23 @@ fn links_of(ns: &Ns) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// A plugin call's environment variables.
+type Env<'a> = &'a [(&'a str, &'a str)];
+
+/// The pod's routes as reference plugin `plugin` makes them from `conf` (ADD, read, DEL).
+fn reference_routes(
+    plugin: &str,
+    node: &Ns,
+    pod: &Ns,
+    (add, del): (Env<'_>, Env<'_>),
+    conf: &str,
+) -> Vec<String> {
+    let o = call(plugin, Some(&node.0), add, conf);
+    assert!(o.ok, "reference {plugin} ADD: {}", o.raw);
+    let routes = pod_routes(pod, &pod_ip_of(&o.json.unwrap()));
+    let o = call(plugin, Some(&node.0), del, conf);
+    assert!(o.ok, "reference {plugin} DEL: {}", o.raw);
+    routes
 }

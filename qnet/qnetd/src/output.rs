@@ -172,33 +172,31 @@ impl Output {
                 .filter(|t| t.payload_len > 0 && gso::tcp_checksum_ok(frame, t));
             // The run of segments that join onto this one.
             let mut end = i + 1;
+            // The run's payload bytes, and whether its last segment has PSH.
+            let (mut payload, mut psh) = (0, false);
             if let Some(first) = tcp {
                 let mut last: (&[u8], TcpFrame) = (frame, first);
-                let mut ip_len = first.header_len - crate::wire::ETH_LEN + first.payload_len;
+                let headers = first.header_len - crate::wire::ETH_LEN;
+                payload = first.payload_len;
                 while end < deliveries.len() && end - i < MAX_SEGMENTS {
                     let n = &deliveries[end];
                     let nf = &buf[n.frame.clone()];
                     let Some(nt) = gso::tcp_frame(nf) else { break };
                     if n.endpoint != d.endpoint
-                        || ip_len + nt.payload_len > MAX_IP
+                        || headers + payload + nt.payload_len > MAX_IP
                         || !gso::joinable((frame, &first), (last.0, &last.1), (nf, &nt))
                         || !gso::tcp_checksum_ok(nf, &nt)
                     {
                         break;
                     }
-                    ip_len += nt.payload_len;
+                    payload += nt.payload_len;
                     last = (nf, nt);
                     end += 1;
                 }
+                psh = last.1.flags & 0x08 != 0;
             }
             let sent = match tcp {
                 Some(first) if end - i > 1 => {
-                    let payload: usize = deliveries[i..end]
-                        .iter()
-                        .map(|x| x.frame.len() - first.header_len)
-                        .sum();
-                    let psh = gso::tcp_frame(&buf[deliveries[end - 1].frame.clone()])
-                        .is_some_and(|t| t.flags & 0x08 != 0);
                     gso::joined_header(frame, &first, payload, psh, &mut self.joined);
                     joined += 1;
                     self.iovs.clear();
