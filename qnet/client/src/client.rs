@@ -10,8 +10,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
+use std::sync::{Arc, Mutex, MutexGuard, Once, Weak};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use qnet_ring::errno::*;
@@ -25,6 +26,23 @@ use crate::sys::{eventfd_signal, futex_wait, recv_with_fds, Mapping};
 const SPIN_CHECKS: u32 = 1000;
 /// A sleeping thread re-checks at least this often (a safety net, not a poll interval).
 const MAX_SLEEP: Duration = Duration::from_millis(200);
+/// The reactor's spin before it sleeps: short, since it only forwards wake-ups and a spinning
+/// reactor would take a core from the tasks it serves.
+const REACTOR_SPIN_CHECKS: u32 = 64;
+
+/// Which half of a socket a task waits on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Direction {
+    Read,
+    Write,
+}
+
+/// Tasks waiting on a slot, woken when an event for the slot is drained.
+#[derive(Default)]
+struct SlotWakers {
+    read: Option<Waker>,
+    write: Option<Waker>,
+}
 
 struct SqState {
     tail: u32,
@@ -47,6 +65,11 @@ struct Inner {
     ev_head: Mutex<u32>,
     /// Set by the owner to make every wait give up with EINTR (the owner is stopping).
     cancel: Arc<AtomicBool>,
+    /// Async tasks waiting on slots (see `crate::nonblocking`).
+    wakers: Mutex<HashMap<u32, SlotWakers>>,
+    /// Set when a drain woke a task; the reactor's wait ends on it.
+    dispatched: AtomicBool,
+    reactor: Once,
 }
 
 /// A handle on an attached ring; cheap to clone.
@@ -124,6 +147,9 @@ impl Client {
                 }),
                 ev_head: Mutex::new(0),
                 cancel,
+                wakers: Mutex::new(HashMap::new()),
+                dispatched: AtomicBool::new(false),
+                reactor: Once::new(),
             }),
         })
     }
@@ -214,14 +240,78 @@ impl Client {
         }
         let mut ev = lock(&self.inner.ev_head);
         let tail = view.ev_tail().load(Acquire);
+        let mut slots = Vec::new();
         while *ev != tail {
             let slot = view.read_event(*ev);
             if let Some(w) = view.slot_stack(slot) {
                 w.event_queued.store(0, SeqCst);
             }
+            slots.push(slot);
             *ev = ev.wrapping_add(1);
         }
         view.ev_head().store(*ev, Release);
+        drop(ev);
+        self.wake_tasks(&slots);
+    }
+
+    /// Wakes the async tasks waiting on `slots` (outside every ring lock: a woken task may run
+    /// on this thread's runtime at once).
+    fn wake_tasks(&self, slots: &[u32]) {
+        let mut woken = Vec::new();
+        {
+            let mut wakers = lock(&self.inner.wakers);
+            if wakers.is_empty() {
+                return;
+            }
+            for slot in slots {
+                if let Some(w) = wakers.get_mut(slot) {
+                    woken.extend(w.read.take());
+                    woken.extend(w.write.take());
+                }
+            }
+        }
+        if !woken.is_empty() {
+            self.inner.dispatched.store(true, Release);
+        }
+        for w in woken {
+            w.wake();
+        }
+    }
+
+    /// Wakes `waker` at the next event for `slot` (the caller re-checks readiness after this,
+    /// so an event drained in between is not lost). Starts the reactor on first use.
+    pub(crate) fn register_waker(&self, slot: u32, dir: Direction, waker: &Waker) {
+        self.start_reactor();
+        let mut wakers = lock(&self.inner.wakers);
+        let entry = wakers.entry(slot).or_default();
+        let place = match dir {
+            Direction::Read => &mut entry.read,
+            Direction::Write => &mut entry.write,
+        };
+        match place {
+            Some(w) if w.will_wake(waker) => {}
+            _ => *place = Some(waker.clone()),
+        }
+    }
+
+    /// Drops the wakers of a slot being closed.
+    pub(crate) fn forget_wakers(&self, slot: u32) {
+        lock(&self.inner.wakers).remove(&slot);
+    }
+
+    /// Starts the thread that sleeps on the ring for async tasks: it drains events as they
+    /// arrive and wakes the tasks waiting on their slots. It holds the ring only weakly and
+    /// ends when the last handle is dropped or the client is cancelled.
+    fn start_reactor(&self) {
+        self.inner.reactor.call_once(|| {
+            let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+            let spawned = std::thread::Builder::new()
+                .name("qnet-reactor".into())
+                .spawn(move || reactor(weak));
+            if let Err(e) = spawned {
+                tracing::error!("qnet-client: cannot start the reactor thread: {e}");
+            }
+        });
     }
 
     /// Waits until `ready()` holds or `deadline` passes (returns false then). Fails with
@@ -229,6 +319,15 @@ impl Client {
     pub(crate) fn wait_until(
         &self,
         deadline: Option<Instant>,
+        ready: impl FnMut() -> bool,
+    ) -> io::Result<bool> {
+        self.wait_spinning(deadline, SPIN_CHECKS, ready)
+    }
+
+    fn wait_spinning(
+        &self,
+        deadline: Option<Instant>,
+        spin_checks: u32,
         mut ready: impl FnMut() -> bool,
     ) -> io::Result<bool> {
         let view = self.view();
@@ -249,7 +348,7 @@ impl Client {
             if spins % 32 == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(false);
             }
-            if spins < SPIN_CHECKS {
+            if spins < spin_checks {
                 // Give the core away between checks: on a small machine the thread we wait for
                 // (the stack, or the kernel peer feeding it) may be waiting for this core.
                 if spins % 8 == 0 {
@@ -299,5 +398,23 @@ impl Client {
         deadline: Option<Instant>,
     ) -> io::Result<bool> {
         self.wait_until(deadline, || self.readiness(slot) & interest != 0)
+    }
+}
+
+/// The reactor thread's loop: wait for events, let `drain` wake their tasks, repeat.
+fn reactor(weak: Weak<Inner>) {
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let client = Client { inner };
+        let until = Instant::now() + MAX_SLEEP;
+        let woke = client.wait_spinning(Some(until), REACTOR_SPIN_CHECKS, || {
+            client.inner.dispatched.swap(false, AcqRel)
+        });
+        if woke.is_err() {
+            // Cancelled or closed: wake every task so each sees the error itself.
+            let all: Vec<u32> = lock(&client.inner.wakers).keys().copied().collect();
+            client.wake_tasks(&all);
+            return;
+        }
     }
 }

@@ -10,12 +10,16 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 //!
+//! [`nonblocking`] gives tokio code the same sockets without blocking its tasks.
+//!
 //! [`sys`] holds the OS pieces (shared mappings, futexes, fd passing) the stack side uses too.
 
 pub mod attach;
 mod client;
+pub mod nonblocking;
 mod socket;
 pub mod sys;
 
 pub use client::Client;
+pub use nonblocking::{AsyncTcpListener, AsyncTcpStream};
 pub use socket::{poll, Interest, TcpListener, TcpStream, UdpSocket};

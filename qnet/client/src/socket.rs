@@ -281,6 +281,7 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        self.client.forget_wakers(self.idx);
         self.client.notify(OP_CLOSE, self.idx);
     }
 }
@@ -381,6 +382,10 @@ impl TcpStream {
     pub fn slot(&self) -> u32 {
         self.slot.idx
     }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.slot.client
+    }
 }
 
 impl Read for &TcpStream {
@@ -462,6 +467,10 @@ impl TcpListener {
 
     pub fn slot(&self) -> u32 {
         self.slot.idx
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.slot.client
     }
 }
 
