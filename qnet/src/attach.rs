@@ -1,5 +1,5 @@
 //! Accepting clients: the Unix-socket handshake that creates a client's region and hands it,
-//! with the doorbell, to the client and (as a [`Session`]) to the service loop.
+//! with the doorbell and the client's wake eventfd, to the client and (as a [`Session`]) to the service loop.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use crossbeam_channel::Sender;
 
 use qnet_client::attach::{Hello, Welcome};
-use qnet_client::sys::{eventfd_signal, memfd, send_with_fds, Mapping};
+use qnet_client::sys::{eventfd, eventfd_signal, memfd, send_with_fds, Mapping};
 use qnet_ring::{Geometry, RegionView, MAGIC, VERSION};
 
 use crate::session::Session;
@@ -71,15 +71,20 @@ impl Attacher {
             version: VERSION,
             region_size: size,
         };
+        let client_wake = eventfd().context("creating the client wake eventfd")?;
         send_with_fds(
             &stream,
             &welcome.encode(),
-            &[fd.as_raw_fd(), self.doorbell.as_raw_fd()],
+            &[
+                fd.as_raw_fd(),
+                self.doorbell.as_raw_fd(),
+                client_wake.as_raw_fd(),
+            ],
         )
         .context("sending the ring")?;
         stream.set_read_timeout(None)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let session = Session::new(id, view, mapping, stream);
+        let session = Session::new(id, view, mapping, stream, client_wake);
         self.sessions
             .send(session)
             .map_err(|_| anyhow::anyhow!("the stack has stopped"))?;

@@ -133,6 +133,10 @@ pub struct NetStats {
     /// Times a listen queue filled up (from then on SYNs are refused until an accept).
     pub listen_overflows: u64,
     pub sessions_closed_for_violation: u64,
+    /// TCP retransmissions (RTO and fast), of sockets closed so far; see [`Net::stats`].
+    pub tcp_retransmits: u64,
+    /// Sockets open now (TCP and UDP, lingering ones included).
+    pub sockets: u64,
 }
 
 pub struct Net {
@@ -281,7 +285,10 @@ impl Net {
     /// Drops a socket from the set at once (nothing more is sent for it).
     pub fn remove(&mut self, handle: SocketHandle) {
         let bytes = match self.sockets.remove(handle) {
-            smoltcp::socket::Socket::Tcp(t) => t.recv_capacity() + t.send_capacity(),
+            smoltcp::socket::Socket::Tcp(t) => {
+                self.stats.tcp_retransmits += t.retransmits();
+                t.recv_capacity() + t.send_capacity()
+            }
             smoltcp::socket::Socket::Udp(u) => {
                 u.payload_recv_capacity() + u.payload_send_capacity()
             }
@@ -333,6 +340,24 @@ impl Net {
             } else {
                 i += 1;
             }
+        }
+    }
+
+    /// The counters, with retransmissions of open sockets added in (O(sockets): for reports,
+    /// not for every pass).
+    pub fn stats(&self) -> NetStats {
+        let live: u64 = self
+            .sockets
+            .iter()
+            .filter_map(|(_, s)| match s {
+                smoltcp::socket::Socket::Tcp(t) => Some(t.retransmits()),
+                _ => None,
+            })
+            .sum();
+        NetStats {
+            tcp_retransmits: self.stats.tcp_retransmits + live,
+            sockets: self.socket_count as u64,
+            ..self.stats
         }
     }
 

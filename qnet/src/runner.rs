@@ -46,6 +46,17 @@ impl RunningStack {
         })
     }
 
+    /// The stack's counters (refreshed once a second).
+    pub fn stats(&self) -> crate::StackStats {
+        self.handle.stats()
+    }
+
+    /// The stack's counters as qhttp's metrics endpoint reports them.
+    pub fn http_counters(&self) -> qhttp::StackCounters {
+        let handle = self.handle.clone();
+        std::sync::Arc::new(move || http_samples(&handle.stats()))
+    }
+
     /// Waits for the stack to end (it runs until stopped or failed).
     pub fn wait(mut self) -> anyhow::Result<()> {
         self.join()
@@ -73,4 +84,95 @@ impl Drop for RunningStack {
         let _ = self.join();
         let _ = std::fs::remove_file(&self.socket);
     }
+}
+
+/// qnet's counters, named for Prometheus (`qnet_` is added by qhttp).
+fn http_samples(s: &crate::StackStats) -> Vec<qhttp::StackSample> {
+    let sample = |name, help, counter, value| qhttp::StackSample {
+        name,
+        help,
+        counter,
+        value,
+    };
+    vec![
+        sample("sockets", "Sockets open in the stack", false, s.net.sockets),
+        sample(
+            "sessions",
+            "Ring clients attached",
+            false,
+            s.sessions as u64,
+        ),
+        sample(
+            "tcp_accepted",
+            "TCP connections accepted",
+            true,
+            s.net.tcp_accepted,
+        ),
+        sample(
+            "tcp_connected",
+            "TCP connections opened",
+            true,
+            s.net.tcp_connected,
+        ),
+        sample(
+            "tcp_retransmits",
+            "TCP segments retransmitted (timeout or fast)",
+            true,
+            s.net.tcp_retransmits,
+        ),
+        sample(
+            "listen_overflows",
+            "SYNs refused because a listen queue was full",
+            true,
+            s.net.listen_overflows,
+        ),
+        sample(
+            "rx_frames",
+            "Frames received from the link",
+            true,
+            s.device.rx_frames,
+        ),
+        sample(
+            "tx_frames",
+            "Frames sent to the link",
+            true,
+            s.device.tx_frames,
+        ),
+        sample(
+            "rx_dropped_bad_checksum",
+            "Received frames dropped for a bad checksum",
+            true,
+            s.device.rx_bad_checksum,
+        ),
+        sample(
+            "rx_dropped_martian",
+            "Received frames dropped for a loopback address",
+            true,
+            s.device.rx_martians,
+        ),
+        sample(
+            "rx_errors",
+            "Receive errors on the link",
+            true,
+            s.device.rx_errors,
+        ),
+        sample(
+            "tx_dropped",
+            "Frames dropped on transmit",
+            true,
+            s.device.tx_dropped,
+        ),
+        sample(
+            "tx_errors",
+            "Transmit errors on the link",
+            true,
+            s.device.tx_errors,
+        ),
+        sample(
+            "sessions_closed_for_violation",
+            "Ring clients closed for breaking the ring's rules",
+            true,
+            s.net.sessions_closed_for_violation,
+        ),
+    ]
 }

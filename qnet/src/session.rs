@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering::{Acquire, Release, SeqCst};
 
@@ -16,7 +17,7 @@ use smoltcp::time::{Duration as SDuration, Instant};
 use smoltcp::wire::{IpAddress, IpEndpoint};
 use thiserror::Error;
 
-use qnet_client::sys::{futex_wake_all, Mapping};
+use qnet_client::sys::{eventfd_signal, futex_wake_all, Mapping};
 use qnet_ring::errno::*;
 use qnet_ring::*;
 
@@ -106,8 +107,16 @@ pub struct Session {
     mapping: Mapping,
     /// The attach connection; its hang-up ends the session.
     pub stream: UnixStream,
+    /// Written when the client armed it (`client_wake_armed`): how an event loop is woken.
+    client_wake: OwnedFd,
     slots: Vec<SlotState>,
     free: Vec<u32>,
+    /// The slots in use, so a pass visits those and not the whole table (most of a ring's
+    /// slots are free); `open_at[idx]` is `idx`'s position in it.
+    open: Vec<u32>,
+    open_at: Vec<u32>,
+    /// Reused copy of `open` to iterate while slots are freed.
+    visit: Vec<u32>,
     sq_head: u32,
     cq_tail: u32,
     ev_tail: u32,
@@ -146,15 +155,25 @@ fn sqe_ipv4(sqe: &Sqe) -> Result<(Ipv4Addr, u16), i32> {
 }
 
 impl Session {
-    pub fn new(id: u64, view: RegionView, mapping: Mapping, stream: UnixStream) -> Self {
+    pub fn new(
+        id: u64,
+        view: RegionView,
+        mapping: Mapping,
+        stream: UnixStream,
+        client_wake: OwnedFd,
+    ) -> Self {
         let count = view.geometry().slot_count;
         Session {
             id,
             view,
             mapping,
             stream,
+            client_wake,
             slots: (0..count).map(|_| SlotState::default()).collect(),
             free: (0..count).rev().collect(),
+            open: Vec::new(),
+            open_at: vec![0; count as usize],
+            visit: Vec::new(),
             sq_head: 0,
             cq_tail: 0,
             ev_tail: 0,
@@ -244,6 +263,8 @@ impl Session {
             kind,
             ..Default::default()
         };
+        self.open_at[idx as usize] = self.open.len() as u32;
+        self.open.push(idx);
         // Only this side resets the words; the client must not touch a slot before it owns it.
         if let (Some(c), Some(s)) = (self.view.slot_client(idx), self.view.slot_stack(idx)) {
             c.tx_tail.store(0, Release);
@@ -263,6 +284,13 @@ impl Session {
     fn free_slot(&mut self, idx: u32) {
         self.slots[idx as usize] = SlotState::default();
         self.free.push(idx);
+        let at = self.open_at[idx as usize] as usize;
+        if self.open.get(at) == Some(&idx) {
+            self.open.swap_remove(at);
+            if let Some(&moved) = self.open.get(at) {
+                self.open_at[moved as usize] = at as u32;
+            }
+        }
     }
 
     fn execute(&mut self, sqe: &Sqe, net: &mut Net, now: Instant) -> Cqe {
@@ -672,7 +700,22 @@ impl Session {
     /// Moves data and updates readiness for every socket; returns whether anything moved.
     pub fn service(&mut self, net: &mut Net, now: Instant) -> Result<bool, Violation> {
         let mut moved = false;
-        for idx in 0..self.slots.len() as u32 {
+        let mut visit = std::mem::take(&mut self.visit);
+        visit.clear();
+        visit.extend_from_slice(&self.open);
+        let result = self.service_slots(&visit, net, now, &mut moved);
+        self.visit = visit;
+        result.map(|()| moved)
+    }
+
+    fn service_slots(
+        &mut self,
+        visit: &[u32],
+        net: &mut Net,
+        now: Instant,
+        moved: &mut bool,
+    ) -> Result<(), Violation> {
+        for &idx in visit {
             let changed = match self.slots[idx as usize].kind {
                 Kind::Free => continue,
                 Kind::Stream(_) => self.service_stream(idx, net, now)?,
@@ -686,10 +729,9 @@ impl Session {
                     false
                 }
             };
-            moved |= changed;
+            *moved |= changed;
         }
-        self.flush_completions()?;
-        Ok(moved)
+        self.flush_completions()
     }
 
     /// Publishes `readiness` for a slot and queues an event if it changed or data moved.
@@ -1161,6 +1203,9 @@ impl Session {
         self.view.client_wake_seq().fetch_add(1, SeqCst);
         if self.view.client_waiters().load(SeqCst) > 0 {
             futex_wake_all(self.view.client_wake_seq());
+        }
+        if self.view.client_wake_armed().swap(0, SeqCst) != 0 {
+            eventfd_signal(self.client_wake.as_raw_fd());
         }
     }
 

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -40,11 +40,12 @@ const LINGER_SLEEP: Duration = Duration::from_millis(100);
 /// received) before it resets the rest.
 const DRAIN_LIMIT: Duration = Duration::from_millis(500);
 
-/// Stops a running stack from another thread.
+/// Stops a running stack from another thread, and reads its counters.
 #[derive(Clone)]
 pub struct StackHandle {
     stop: Arc<AtomicBool>,
     doorbell: Arc<OwnedFd>,
+    stats: Arc<Mutex<StackStats>>,
 }
 
 impl StackHandle {
@@ -52,7 +53,15 @@ impl StackHandle {
         self.stop.store(true, Ordering::SeqCst);
         eventfd_signal(self.doorbell.as_raw_fd());
     }
+
+    /// The stack's counters as of its last report (at most [`STATS_EVERY`] old while it runs).
+    pub fn stats(&self) -> StackStats {
+        *self.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
+
+/// How often the loop publishes its counters to [`StackHandle::stats`].
+pub const STATS_EVERY: Duration = Duration::from_secs(1);
 
 /// Counters of the whole stack.
 #[derive(Clone, Copy, Debug, Default)]
@@ -70,6 +79,7 @@ pub struct Stack {
     stop: Arc<AtomicBool>,
     epoch: std::time::Instant,
     busy_poll: Duration,
+    published_stats: Arc<Mutex<StackStats>>,
 }
 
 impl Stack {
@@ -97,9 +107,11 @@ impl Stack {
         let (tx, rx) = crossbeam_channel::unbounded();
         let stop = Arc::new(AtomicBool::new(false));
         let attacher = Arc::new(Attacher::new(geometry, doorbell.clone(), tx));
+        let stats = Arc::new(Mutex::new(StackStats::default()));
         let handle = StackHandle {
             stop: stop.clone(),
             doorbell,
+            stats: stats.clone(),
         };
         let stack = Stack {
             net,
@@ -109,6 +121,7 @@ impl Stack {
             stop,
             epoch,
             busy_poll,
+            published_stats: stats,
         };
         Ok((stack, attacher, handle))
     }
@@ -120,7 +133,7 @@ impl Stack {
     pub fn stats(&self) -> StackStats {
         StackStats {
             device: self.dev.stats(),
-            net: self.net.stats,
+            net: self.net.stats(),
             sessions: self.sessions.len(),
         }
     }
@@ -231,12 +244,18 @@ impl Stack {
         let mut last_work = std::time::Instant::now();
         let mut last_report = last_work;
         while !self.stop.load(Ordering::Relaxed) {
-            if last_report.elapsed() >= Duration::from_secs(1) {
+            if last_report.elapsed() >= STATS_EVERY {
                 last_report = std::time::Instant::now();
+                let stats = self.stats();
+                *self
+                    .published_stats
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = stats;
                 tracing::debug!(
-                    stats = ?self.stats(),
+                    ?stats,
                     tx_outstanding = self.dev.queues.tx_outstanding(),
                     rx_armed = self.dev.rx_armed(),
+                    cq_dropped = self.dev.cq_dropped(),
                     "stack"
                 );
             }

@@ -46,7 +46,7 @@ fn harness() -> Harness {
     Harness {
         net,
         dev,
-        session: Session::new(1, view, map, a),
+        session: Session::new(1, view, map, a, qnet_client::sys::eventfd().unwrap()),
         base,
         geometry,
         tail: 0,

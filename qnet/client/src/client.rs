@@ -54,11 +54,13 @@ struct CqState {
     done: HashMap<u64, Cqe>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     // Declared before `_mapping`: dropped first.
     view: RegionView,
     _mapping: Mapping,
     doorbell: OwnedFd,
+    /// The stack writes it when `client_wake_armed` is set: an event loop's wake-up.
+    wake_fd: Arc<OwnedFd>,
     _stream: UnixStream,
     sq: Mutex<SqState>,
     cq: Mutex<CqState>,
@@ -70,6 +72,16 @@ struct Inner {
     /// Set when a drain woke a task; the reactor's wait ends on it.
     dispatched: AtomicBool,
     reactor: Once,
+}
+
+/// How full a ring's queues are (entries not yet taken by the other side).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Occupancy {
+    pub submissions: u32,
+    pub completions: u32,
+    pub events: u32,
+    /// Entries the submission queue holds.
+    pub capacity: u32,
 }
 
 /// A handle on an attached ring; cheap to clone.
@@ -110,15 +122,18 @@ impl Client {
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         (&stream).write_all(&Hello::current().encode())?;
         let mut buf = [0u8; Welcome::LEN];
-        let mut fds = recv_with_fds(&stream, &mut buf, 2)?;
+        let mut fds = recv_with_fds(&stream, &mut buf, 3)?;
         let welcome = Welcome::decode(&buf);
-        if welcome.magic != MAGIC || welcome.version != VERSION || fds.len() != 2 {
+        if welcome.magic != MAGIC || welcome.version != VERSION || fds.len() != 3 {
             return Err(io::Error::other(format!(
                 "qnet at {} speaks ring version {}, this client {VERSION}",
                 path.display(),
                 welcome.version
             )));
         }
+        let wake_fd = fds
+            .pop()
+            .ok_or_else(|| io::Error::other("no wake eventfd"))?;
         let doorbell = fds.pop().ok_or_else(|| io::Error::other("no doorbell"))?;
         let memfd = fds.pop().ok_or_else(|| io::Error::other("no ring"))?;
         let size = usize::try_from(welcome.region_size).map_err(io::Error::other)?;
@@ -136,6 +151,7 @@ impl Client {
                 view,
                 _mapping: mapping,
                 doorbell,
+                wake_fd: Arc::new(wake_fd),
                 _stream: stream,
                 sq: Mutex::new(SqState {
                     tail: 0,
@@ -152,6 +168,10 @@ impl Client {
                 reactor: Once::new(),
             }),
         })
+    }
+
+    pub(crate) fn from_weak(weak: &Weak<Inner>) -> Option<Client> {
+        weak.upgrade().map(|inner| Client { inner })
     }
 
     pub(crate) fn view(&self) -> &RegionView {
@@ -299,9 +319,24 @@ impl Client {
         lock(&self.inner.wakers).remove(&slot);
     }
 
-    /// Starts the thread that sleeps on the ring for async tasks: it drains events as they
-    /// arrive and wakes the tasks waiting on their slots. It holds the ring only weakly and
-    /// ends when the last handle is dropped or the client is cancelled.
+    /// Runs this client's reactor (what wakes async tasks when the stack publishes events for
+    /// their slots) as a task of the current tokio runtime, sleeping on the client wake
+    /// eventfd in the runtime's own epoll: no thread and no extra wake-up in between. The
+    /// runtime must have its I/O driver (`enable_io`). Without this call the first async wait
+    /// starts a reactor thread that sleeps on the ring's futex. Returns false if a reactor
+    /// already runs.
+    pub fn spawn_reactor_task(&self) -> io::Result<bool> {
+        let mut result = Ok(false);
+        self.inner.reactor.call_once(|| {
+            let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+            result =
+                crate::nonblocking::spawn_reactor_task(weak, &self.inner.wake_fd).map(|_| true);
+        });
+        result
+    }
+
+    /// Starts the reactor thread unless a reactor runs already. The thread holds the ring only
+    /// weakly and ends when the last handle is dropped or the client is cancelled.
     fn start_reactor(&self) {
         self.inner.reactor.call_once(|| {
             let weak: Weak<Inner> = Arc::downgrade(&self.inner);
@@ -312,6 +347,24 @@ impl Client {
                 tracing::error!("qnet-client: cannot start the reactor thread: {e}");
             }
         });
+    }
+
+    /// One turn of an event-loop reactor: wakes tasks for events already published, then arms
+    /// the wake eventfd and looks once more. Returns `Ok(true)` when the caller may sleep on the
+    /// eventfd, `Ok(false)` to turn again at once; `Err` when the client is gone (every task
+    /// was woken to see it).
+    pub(crate) fn reactor_turn(&self) -> io::Result<bool> {
+        self.drain();
+        if self.closed() || self.inner.cancel.load(Relaxed) {
+            let all: Vec<u32> = lock(&self.inner.wakers).keys().copied().collect();
+            self.wake_tasks(&all);
+            return Err(errno(ECONNABORTED));
+        }
+        self.inner.dispatched.store(false, Relaxed);
+        self.view().client_wake_armed().store(1, SeqCst);
+        // An event published before the stack saw the flag gets no eventfd write: take it now.
+        self.drain();
+        Ok(!self.inner.dispatched.swap(false, AcqRel))
     }
 
     /// Waits until `ready()` holds or `deadline` passes (returns false then). Fails with
@@ -374,6 +427,18 @@ impl Client {
             if ok {
                 return Ok(true);
             }
+        }
+    }
+
+    /// Entries waiting in the ring's queues now, for metrics.
+    pub fn occupancy(&self) -> Occupancy {
+        let v = self.view();
+        let depth = |tail: u32, head: u32| tail.wrapping_sub(head);
+        Occupancy {
+            submissions: depth(v.sq_tail().load(Acquire), v.sq_head().load(Acquire)),
+            completions: depth(v.cq_tail().load(Acquire), v.cq_head().load(Acquire)),
+            events: depth(v.ev_tail().load(Acquire), v.ev_head().load(Acquire)),
+            capacity: v.geometry().sq_entries,
         }
     }
 

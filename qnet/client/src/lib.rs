@@ -20,6 +20,6 @@ pub mod nonblocking;
 mod socket;
 pub mod sys;
 
-pub use client::Client;
+pub use client::{Client, Occupancy};
 pub use nonblocking::{AsyncTcpListener, AsyncTcpStream};
 pub use socket::{poll, Interest, TcpListener, TcpStream, UdpSocket};

@@ -204,3 +204,59 @@ impl AsyncTcpListener {
         }
     }
 }
+
+/// Spawns the reactor as a task of the current tokio runtime, sleeping on the client wake
+/// eventfd (see [`Client::spawn_reactor_task`]).
+pub(crate) fn spawn_reactor_task(
+    weak: std::sync::Weak<crate::client::Inner>,
+    wake_fd: &std::sync::Arc<std::os::fd::OwnedFd>,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use tokio::io::unix::AsyncFd;
+
+    let handle = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
+    // SAFETY: the eventfd is owned by the Arc inside WakeFd, so it stays open, and refers to
+    // the same file, for as long as the AsyncFd holding it exists.
+    let fd = unsafe { AsyncFd::register(WakeFd(wake_fd.clone())) }.map_err(io::Error::from)?;
+    handle.spawn(async move {
+        loop {
+            let Some(client) = Client::from_weak(&weak) else {
+                return;
+            };
+            match client.reactor_turn() {
+                Err(_) => return,
+                Ok(false) => {
+                    drop(client);
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                Ok(true) => drop(client),
+            }
+            let Ok(mut ready) = fd.readable().await else {
+                return;
+            };
+            let mut count = [0u8; 8];
+            // SAFETY: reads 8 bytes into a live buffer from a non-blocking eventfd.
+            let n = unsafe {
+                libc::read(
+                    fd.get_ref().0.as_raw_fd(),
+                    count.as_mut_ptr().cast(),
+                    count.len(),
+                )
+            };
+            if n < 0 {
+                ready.clear_ready();
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The wake eventfd as `AsyncFd` wants it.
+struct WakeFd(std::sync::Arc<std::os::fd::OwnedFd>);
+
+impl std::os::fd::AsRawFd for WakeFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}

@@ -8,7 +8,7 @@ use core::sync::atomic::AtomicU32;
 /// "QNRG" in little-endian: the first word of every region.
 pub const MAGIC: u32 = 0x4752_4e51;
 /// Bumped on any incompatible change to this file.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// Size of the header page at offset 0 of the region.
 pub const HEADER_SIZE: usize = 4096;
@@ -69,6 +69,10 @@ pub struct Header {
     pub client_wake_seq: CacheLine<AtomicU32>,
     /// Client: number of client threads asleep (or about to sleep) on `client_wake_seq`.
     pub client_waiters: CacheLine<AtomicU32>,
+    /// Client sets it (non-zero) before it sleeps on the client wake eventfd (an event loop's
+    /// way to wait); the stack, after publishing, swaps it to 0 and, if it was set, writes the
+    /// eventfd. One write per sleep.
+    pub client_wake_armed: CacheLine<AtomicU32>,
 }
 
 /// The stack is about to sleep: a client that publishes work must ring the doorbell (write 1 to
@@ -303,6 +307,7 @@ const _: () = {
     assert!(offset_of!(Header, stack_flags) == 448);
     assert!(offset_of!(Header, client_wake_seq) == 512);
     assert!(offset_of!(Header, client_waiters) == 576);
+    assert!(offset_of!(Header, client_wake_armed) == 640);
     assert!(offset_of!(Slot, stack) == 64);
     assert!(offset_of!(StackSlotWords, generation) == 24);
     assert!(offset_of!(Sqe, arg0) == 36 && offset_of!(Sqe, arg1) == 40);

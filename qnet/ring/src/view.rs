@@ -112,6 +112,9 @@ impl RegionView {
     pub fn client_waiters(&self) -> &AtomicU32 {
         self.word(offset_of!(Header, client_waiters))
     }
+    pub fn client_wake_armed(&self) -> &AtomicU32 {
+        self.word(offset_of!(Header, client_wake_armed))
+    }
 
     /// Reads submission entry number `pos` (free-running; reduced modulo the queue size).
     pub fn read_sqe(&self, pos: u32) -> Sqe {

@@ -65,6 +65,9 @@ struct ServeArgs {
     /// Serve a UDP echo on this port (0 disables).
     #[arg(long, default_value_t = 7)]
     udp_echo_port: u16,
+    /// Run qhttp, the HTTP proxy, on this stack with the JSON config in FILE (docs/qhttp.md).
+    #[arg(long, value_name = "FILE")]
+    http_proxy: Option<PathBuf>,
 }
 
 fn config(a: &ServeArgs) -> anyhow::Result<StackConfig> {
@@ -85,6 +88,16 @@ fn config(a: &ServeArgs) -> anyhow::Result<StackConfig> {
 
 fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let cfg = config(&a)?;
+    // Checked before anything is created, like the stack's own settings.
+    let proxy_cfg = a
+        .http_proxy
+        .as_ref()
+        .map(|path| -> anyhow::Result<qhttp::Config> {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+            qhttp::Config::from_json(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        })
+        .transpose()?;
     let peer_addr = a
         .peer_addr
         .as_deref()
@@ -122,6 +135,16 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             tracing::error!("starting demo services: {e:#}");
         }
     });
+    let _proxy = match proxy_cfg {
+        Some(pc) => {
+            let client = qnet_client::Client::connect(&a.socket)?;
+            let ports: Vec<u16> = pc.listeners.iter().map(|l| l.port).collect();
+            let handle = qhttp::start(pc, client, Some(stack.http_counters()))?;
+            println!("qnet: qhttp proxy on ports {ports:?}");
+            Some(handle)
+        }
+        None => None,
+    };
     println!(
         "qnet: {} on TAP {}{} (mtu {}), clients attach at {}; tcp echo :{echo}, http :{http}, udp echo :{udp}",
         cfg.addr,

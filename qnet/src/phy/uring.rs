@@ -389,16 +389,22 @@ impl phy::Device for FrameQueues {
 
     fn receive(&mut self, _now: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
         self.recycle_looped();
-        if !self.may_transmit() {
-            return None;
-        }
-        // Looped frames first: they are answers the stack is waiting on itself.
-        let rx = if let Some(buf) = self.tx.looped.pop_front() {
+        // Looped frames first: they are answers the stack is waiting on itself. Taking one
+        // frees the loopback room its reply may need, so only the link's limit applies; a
+        // full loopback queue that refused its own reader would never drain.
+        let rx = if !self.tx.looped.is_empty() {
+            if self.tx.outstanding >= TX_LIMIT {
+                return None;
+            }
+            let buf = self.tx.looped.pop_front()?;
             RxFrame::Looped {
                 buf,
                 spent: &mut self.looped_spent,
             }
         } else {
+            if !self.may_transmit() {
+                return None;
+            }
             let (bid, len) = self.rx_ready.pop_front()?;
             RxFrame::Link {
                 pool: &self.rx_pool,
@@ -499,6 +505,11 @@ impl UringTap {
             queues,
             stats: DeviceStats::default(),
         })
+    }
+
+    /// Completions the kernel dropped for a full completion queue (for diagnostics).
+    pub fn cq_dropped(&mut self) -> u32 {
+        self.ring.completion().overflow()
     }
 
     /// Whether the TAP read is armed (for diagnostics).
@@ -626,6 +637,7 @@ impl UringTap {
                 TAG_RX => {
                     if !io_uring::cqueue::more(flags) {
                         self.rx_armed = false; // re-armed by the next arm()
+                        tracing::debug!(res, "tap multishot read ended");
                     }
                     let Some(bid) = io_uring::cqueue::buffer_select(flags) else {
                         // No buffer: out of buffers (ENOBUFS, re-armed once some are given
@@ -688,5 +700,32 @@ impl UringTap {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smoltcp::phy::Device;
+
+    #[test]
+    fn a_full_loopback_queue_still_drains() {
+        let local = LocalAddrs {
+            mac: [2, 0, 0, 0, 0, 1],
+            ip: std::net::Ipv4Addr::new(10, 0, 0, 1),
+            loopback: true,
+        };
+        let mut q = FrameQueues::new(1500, local, false).unwrap();
+        for _ in 0..LOOP_LIMIT {
+            q.tx.looped.push_back(vec![0u8; VNET_HDR_LEN + 60]);
+        }
+        assert!(q.transmit(Instant::ZERO).is_none(), "no room to send more");
+        let mut drained = 0;
+        while let Some((rx, _tx)) = q.receive(Instant::ZERO) {
+            phy::RxToken::consume(rx, |_| ());
+            drained += 1;
+        }
+        assert_eq!(drained, LOOP_LIMIT);
+        assert!(q.transmit(Instant::ZERO).is_some());
     }
 }

@@ -45,8 +45,9 @@ fn hostile(socket: &str, mode: &str) -> i32 {
         .write_all(&Hello::current().encode())
         .expect("hello");
     let mut buf = [0u8; Welcome::LEN];
-    let mut fds = recv_with_fds(&stream, &mut buf, 2).expect("welcome");
+    let mut fds = recv_with_fds(&stream, &mut buf, 3).expect("welcome");
     let welcome = Welcome::decode(&buf);
+    let _client_wake = fds.pop().expect("client wake eventfd");
     let doorbell = fds.pop().expect("doorbell");
     let memfd = fds.pop().expect("memfd");
     let map = Mapping::map_shared(&memfd, welcome.region_size as usize).expect("mmap");

@@ -524,6 +524,8 @@ pub struct Socket<'a> {
     local_rx_dup_acks: u8,
     /// If a fast retransmit needs to occur
     pending_fast_retransmit: bool,
+    /// QUARK PATCH: retransmissions so far (RTO and fast).
+    retransmits: u64,
 
     /// Duration for Delayed ACK. If None no ACKs will be delayed.
     ack_delay: Option<Duration>,
@@ -615,6 +617,7 @@ impl<'a> Socket<'a> {
             local_rx_last_seq: None,
             local_rx_dup_acks: 0,
             pending_fast_retransmit: false,
+            retransmits: 0,
             ack_delay: Some(ACK_DELAY_DEFAULT),
             ack_delay_timer: AckDelayTimer::Idle,
             challenge_ack_timer: Instant::from_secs(0),
@@ -894,6 +897,12 @@ impl<'a> Socket<'a> {
     #[inline]
     pub fn remote_endpoint(&self) -> Option<IpEndpoint> {
         Some(self.tuple?.remote)
+    }
+
+    /// QUARK PATCH: how many times this socket has retransmitted (RTO or fast retransmit).
+    #[inline]
+    pub fn retransmits(&self) -> u64 {
+        self.retransmits
     }
 
     /// Return the connection state, in terms of the TCP state machine.
@@ -2537,6 +2546,8 @@ impl<'a> Socket<'a> {
 
             // Inform RTTE, so that it can avoid bogus measurements.
             self.rtte.on_retransmit();
+            // QUARK PATCH: count retransmissions (RTO and fast) for the stack's metrics.
+            self.retransmits += 1;
         }
 
         #[cfg(feature = "socket-tcp-pause-synack")]
