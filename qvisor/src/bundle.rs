@@ -25,6 +25,21 @@ pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 /// guest never shares the host's network). A Kubernetes pod's sandbox (pause) container
 /// names the pod's namespace too but never uses it: it gets loopback, leaving the interface
 /// to the app container.
+/// The qhttp proxy the bundle's annotations ask for. A pod's sandbox container never runs it:
+/// pod annotations reach every container of the pod, and the app container holds the network.
+fn http_proxy(spec: &Spec) -> anyhow::Result<Option<qhttp::Config>> {
+    let Some(annotations) = spec.annotations() else {
+        return Ok(None);
+    };
+    if annotations
+        .get(CRI_CONTAINER_TYPE)
+        .is_some_and(|t| t == "sandbox")
+    {
+        return Ok(None);
+    }
+    Ok(qhttp::Config::from_annotations(annotations)?)
+}
+
 fn net_setup(spec: &Spec) -> anyhow::Result<NetSetup> {
     let sandbox = spec
         .annotations()
@@ -114,6 +129,7 @@ fn launch_of(bundle: &Path, spec: &Spec) -> anyhow::Result<Launch> {
             user.additional_gids().clone().unwrap_or_default(),
         ),
         net: net_setup(spec)?,
+        http_proxy: http_proxy(spec)?,
         polled_syscalls,
         root: root_path,
         readonly: root.readonly().unwrap_or(false),
@@ -166,5 +182,19 @@ mod tests {
             net_setup(&spec(pod, sandbox)).unwrap(),
             NetSetup::Loopback
         ));
+    }
+
+    #[test]
+    fn qhttp_comes_from_annotations_except_in_a_sandbox() {
+        let net = r#"{"type": "network"}"#;
+        assert_eq!(http_proxy(&spec(net, "")).unwrap(), None);
+        let routes = r#""dev.quark.qhttp.routes": "80:/=8080""#;
+        let cfg = http_proxy(&spec(net, routes)).unwrap().unwrap();
+        assert_eq!(cfg.listeners[0].port, 80);
+        let sandbox = format!(r#"{routes}, "io.kubernetes.cri.container-type": "sandbox""#);
+        assert_eq!(http_proxy(&spec(net, &sandbox)).unwrap(), None);
+        let bad = r#""dev.quark.qhttp.routes": "80:/=nowhere""#;
+        let err = http_proxy(&spec(net, bad)).unwrap_err().to_string();
+        assert!(err.contains("dev.quark.qhttp.routes"), "{err}");
     }
 }

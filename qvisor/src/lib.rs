@@ -42,6 +42,8 @@ pub struct Launch {
     pub polled_syscalls: bool,
     /// The container's network.
     pub net: net::NetSetup,
+    /// qhttp in front of the guest, on the container's stack (annotations, docs/qhttp.md).
+    pub http_proxy: Option<qhttp::Config>,
     /// The app's user: uid, gid and supplementary groups (`process.user`).
     pub user: (u32, u32, Vec<u32>),
 }
@@ -114,6 +116,7 @@ pub fn boot(launch: &Launch) -> anyhow::Result<Booted> {
         launch.net.clone(),
         cancel.clone(),
         launch.memory,
+        launch.http_proxy.clone(),
     )?);
     let mut vm = Vm::new(launch.memory, rootfs, net, launch.polled_syscalls, cancel)?;
     let loaded = vm

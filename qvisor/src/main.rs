@@ -207,6 +207,9 @@ enum Cmd {
         /// Address with prefix for the kernel side of the TAP.
         #[arg(long, requires = "netns")]
         net_peer: Option<String>,
+        /// Run qhttp in front of the guest with the JSON config in FILE (docs/qhttp.md).
+        #[arg(long, value_name = "FILE")]
+        http_proxy: Option<PathBuf>,
         /// The program (a path in the root, or a name found in /bin, /usr/bin...) and its
         /// arguments.
         #[arg(required = true, trailing_var_arg = true)]
@@ -276,15 +279,24 @@ fn launch(cmd: Cmd) -> anyhow::Result<i32> {
         netns,
         net_addr,
         net_peer,
+        http_proxy,
         argv,
     } = cmd
     else {
         unreachable!("called for launch only")
     };
     let net = net_setup(netns, net_addr, net_peer)?;
+    let http_proxy = http_proxy
+        .map(|path| -> anyhow::Result<qhttp::Config> {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+            qhttp::Config::from_json(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        })
+        .transpose()?;
     qvisor::check_root(&rootfs)?;
     let stop = qvisor::run(&qvisor::Launch {
         net,
+        http_proxy,
         polled_syscalls: syscall_poll == "on",
         root: rootfs,
         readonly: false,

@@ -102,14 +102,20 @@ pub fn pod_stack_config(link: &Link, routes: &[&Route]) -> anyhow::Result<StackC
 /// The running network: the stack and the guest's attachment to it.
 struct Live {
     client: Client,
-    // Dropped after the client: the stack outlives its client, and the pod interface is
-    // given back only after the stack (and its TAP) are gone.
+    // Dropped after the client: the proxy and the stack outlive the guest's client, and the
+    // pod interface is given back only after the stack (and its TAP) are gone.
+    _proxy: Option<qhttp::ProxyHandle>,
     _stack: RunningStack,
     _takeover: Option<Takeover>,
 }
 
 impl Live {
-    fn start(setup: &NetSetup, cancel: &Arc<AtomicBool>, budget: usize) -> anyhow::Result<Live> {
+    fn start(
+        setup: &NetSetup,
+        cancel: &Arc<AtomicBool>,
+        budget: usize,
+        http_proxy: Option<&qhttp::Config>,
+    ) -> anyhow::Result<Live> {
         let socket: PathBuf =
             std::env::temp_dir().join(format!("qvisor-net-{}.sock", std::process::id()));
         // What the stack serves, on which TAP, and (for a pod) the interface to take over.
@@ -168,8 +174,16 @@ impl Live {
             .transpose()?;
         let client = Client::connect_cancellable(&socket, cancel.clone())
             .context("attaching to the network stack")?;
+        // qhttp is a ring client of its own, so its sockets never count against the guest's.
+        let proxy = http_proxy
+            .map(|cfg| {
+                let ring = Client::connect(&socket).context("attaching qhttp to the stack")?;
+                qhttp::start(cfg.clone(), ring, Some(stack.http_counters()))
+            })
+            .transpose()?;
         Ok(Live {
             client,
+            _proxy: proxy,
             _stack: stack,
             _takeover: takeover,
         })
@@ -192,6 +206,7 @@ pub struct GuestNet {
     cancel: Arc<AtomicBool>,
     /// Bytes of socket buffers the container's stack may hold (its memory limit).
     budget: usize,
+    http_proxy: Option<qhttp::Config>,
     socks: Vec<Option<Sock>>,
     live: Option<Live>,
 }
@@ -223,27 +238,50 @@ impl GuestNet {
     /// once); loopback starts with the first socket, so programs without sockets pay nothing.
     /// Socket buffers are charged to `memory`, the container's memory limit: a guest cannot
     /// make its stack hold more than that on the host.
-    pub fn new(setup: NetSetup, cancel: Arc<AtomicBool>, memory: u64) -> anyhow::Result<GuestNet> {
+    ///
+    /// With `http_proxy`, the network starts at once and qhttp listens on it before the guest
+    /// runs.
+    pub fn new(
+        setup: NetSetup,
+        cancel: Arc<AtomicBool>,
+        memory: u64,
+        http_proxy: Option<qhttp::Config>,
+    ) -> anyhow::Result<GuestNet> {
         let budget = usize::try_from(memory).unwrap_or(usize::MAX);
-        let live = match setup {
-            NetSetup::Loopback | NetSetup::NewNamespace => None,
-            _ => Some(
-                Live::start(&setup, &cancel, budget).context("starting the container's network")?,
-            ),
+        let now =
+            http_proxy.is_some() || !matches!(setup, NetSetup::Loopback | NetSetup::NewNamespace);
+        let live = if now {
+            Some(
+                Live::start(&setup, &cancel, budget, http_proxy.as_ref())
+                    .context("starting the container's network")?,
+            )
+        } else {
+            None
         };
         Ok(GuestNet {
             setup,
             cancel,
             budget,
+            http_proxy,
             socks: Vec::new(),
             live,
         })
     }
 
+    /// The proxy this network runs, if any.
+    pub fn http_proxy(&self) -> Option<&qhttp::Config> {
+        self.http_proxy.as_ref()
+    }
+
     /// The ring client, starting the network first if it is not running yet.
     fn client(&mut self) -> Result<Client, i64> {
         if self.live.is_none() {
-            match Live::start(&self.setup, &self.cancel, self.budget) {
+            match Live::start(
+                &self.setup,
+                &self.cancel,
+                self.budget,
+                self.http_proxy.as_ref(),
+            ) {
                 Ok(l) => self.live = Some(l),
                 Err(e) => {
                     tracing::error!("starting the container's network: {e:#}");

@@ -1046,8 +1046,12 @@ impl Vm {
 
     /// Replaces the container's network (before the app runs: nothing uses the old one yet).
     pub fn attach_net(&mut self, setup: crate::net::NetSetup, memory: u64) -> anyhow::Result<()> {
-        let net = GuestNet::new(setup, self.cancel.clone(), memory)?;
-        self.core.lock().unwrap_or_else(|p| p.into_inner()).net = Some(net);
+        let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+        // The old network goes first: the new one reuses its attach socket's path.
+        let old = core.net.take();
+        let proxy = old.as_ref().and_then(|n| n.http_proxy().cloned());
+        drop(old);
+        core.net = Some(GuestNet::new(setup, self.cancel.clone(), memory, proxy)?);
         Ok(())
     }
 

@@ -915,3 +915,100 @@ fn a_quark_container_in_a_qnetd_vpc_talks_to_a_pod_on_another_node() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(stdout(&o), "served on node b\n", "{}", stderr(&o));
 }
+
+/// qhttp in front of a guest server: `launch --http-proxy` starts it on the container's stack,
+/// reachable at the container's own address; curl (HTTP/1.1 and h2c) gets busybox httpd's
+/// files through it, errors come from the proxy, and the metrics port counts both.
+#[test]
+fn qhttp_serves_a_guest_httpd_at_the_container_address() {
+    let ns = Netns::new("qhttp");
+    let cfg = std::env::temp_dir().join(format!("qvisor-qhttp-{}.json", std::process::id()));
+    std::fs::write(
+        &cfg,
+        r#"{"listeners": [{"port": 80, "routes": [
+              {"pathPrefix": "/", "upstream": 8082},
+              {"pathPrefix": "/down", "upstream": 8099}]}],
+            "metricsPort": 9100}"#,
+    )
+    .unwrap();
+    let mut opts = net_options(&ns);
+    opts.extend(["--http-proxy".to_string(), cfg.display().to_string()]);
+    let mut server = spawn_guest(
+        &opts,
+        &["busybox", "httpd", "-f", "-p", "8082", "-h", "/data"],
+    );
+    let curl = |args: &str| -> String {
+        let o = ns
+            .sh(&format!("curl -sS -m 5 {args}"))
+            .wait_with_output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let want = std::fs::read_to_string(root().join("data/lines.txt")).unwrap();
+    // The proxy listens before the guest runs; retry until httpd in the guest is up too.
+    let mut body = String::new();
+    for _ in 0..100 {
+        body = curl("http://10.66.0.2/lines.txt");
+        if body == want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let h2 = curl("--http2-prior-knowledge -w '%{http_version}' http://10.66.0.2/lines.txt");
+    let refused = curl("-o /dev/null -w '%{http_code}' http://10.66.0.2/down/x");
+    let metrics = curl("http://10.66.0.2:9100/metrics");
+    let _ = server.kill();
+    let o = server.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(&cfg);
+    assert_eq!(body, want, "{}", stderr(&o));
+    assert_eq!(h2, format!("{want}2"));
+    assert_eq!(refused, "502");
+    assert!(
+        metrics.contains("qhttp_requests_total{route=\"*/\",status=\"200\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("qhttp_requests_total{route=\"*/down\",status=\"502\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("qnet_tcp_accepted_total"), "{metrics}");
+}
+
+/// A bundle's annotations start qhttp: a container with only its own (loopback) network runs
+/// httpd and fetches through the proxy on 127.0.0.1:80, all inside the guest.
+#[test]
+fn qhttp_from_bundle_annotations() {
+    let dir = bundle(
+        "qhttp-ann",
+        &[
+            "/bin/sh",
+            "-c",
+            "busybox httpd -p 8082 -h /data && sleep 0.3 && busybox wget -q -O - http://127.0.0.1/lines.txt",
+        ],
+        true,
+    );
+    let config = dir.join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replacen(
+        "\"ociVersion\": \"1.0.2-dev\",",
+        "\"ociVersion\": \"1.0.2-dev\",\n  \"annotations\": {\"dev.quark.qhttp.routes\": \"80:/=8082\"},",
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let o = run_bundle(&dir);
+    let want = std::fs::read_to_string(root().join("data/lines.txt")).unwrap();
+    assert_eq!(stdout(&o), want, "{}", stderr(&o));
+
+    // A bad annotation fails the container with the key named.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("80:/=8082", "80:/=nowhere");
+    std::fs::write(&config, text).unwrap();
+    let o = run_bundle(&dir);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        stderr(&o).contains("dev.quark.qhttp.routes"),
+        "{}",
+        stderr(&o)
+    );
+}
