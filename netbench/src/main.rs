@@ -9,6 +9,7 @@ mod cni;
 mod containerd;
 mod guest;
 mod overlay;
+mod proxy;
 mod runtime;
 mod workload;
 
@@ -42,6 +43,9 @@ enum Suite {
     Guest(Rounds),
     /// Pod to pod across two nodes: qnetd's VXLAN overlay vs the kernel's VXLAN + bridge.
     Overlay(Rounds),
+    /// wrk through qhttp, straight through qnet, and through nginx as reverse proxy, against
+    /// one upstream in the same run (ratios against nginx).
+    Proxy(Rounds),
     /// qnet-cni's ptp mode vs Debian's reference ptp plugin: ADD+DEL wall time.
     Cni {
         /// ADD+DEL cycles per plugin (medians are reported).
@@ -391,6 +395,13 @@ fn main() -> std::process::ExitCode {
                 &f,
                 "qnetd overlay vs kernel VXLAN + bridge, nodes and pods as namespaces",
                 ("qnetd", "kernel"),
+            )
+        }),
+        Suite::Proxy(r) => proxy::suite(r.duration, r.rounds).and_then(|f| {
+            r.report(
+                &f,
+                "HTTP through a proxy in front of the same upstream (qnet's demo server on a TAP)",
+                ("subject", "nginx"),
             )
         }),
         Suite::Cni { cycles, json } => cni::suite(cycles).and_then(|f| {
