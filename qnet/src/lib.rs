@@ -8,6 +8,7 @@
 
 pub mod attach;
 pub mod config;
+pub mod conn;
 pub mod demo;
 pub mod net;
 pub mod phy;

@@ -14,6 +14,7 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpo
 use qnet_ring::errno::*;
 
 use crate::config::{StackConfig, MIN_TCP_BUF};
+use crate::conn::{ConnId, PipeId, Pipes};
 
 /// The loopback network every Linux namespace has.
 pub const LOOPBACK: crate::Ipv4Cidr = crate::Ipv4Cidr {
@@ -29,6 +30,9 @@ const LISTEN_SPARES: usize = 16;
 const LINGER_LIMIT: SDuration = SDuration::from_secs(60);
 /// Largest listen backlog (Linux's somaxconn default).
 pub const MAX_BACKLOG: usize = 4096;
+/// Bytes each way in a pipe between two ring sockets of the stack (see `conn`): the rings on
+/// both sides buffer as much again, and a copy moves it at memory speed.
+const PIPE_BUF: usize = 256 * 1024;
 
 /// A protocol's port table: how many sockets hold each port, and which ports have a listener.
 #[derive(Debug, Default)]
@@ -105,6 +109,8 @@ pub struct Listener {
     spares: Vec<SocketHandle>,
     /// Connections that left LISTEN, in arrival order; some may still be handshaking.
     pub queue: VecDeque<SocketHandle>,
+    /// Pipes from ring sockets of this stack, waiting to be accepted (their end 1).
+    pub pipes: VecDeque<PipeId>,
     pub opts: TcpOpts,
     /// The queue is full and no spare is listening (new SYNs are refused).
     full: bool,
@@ -145,6 +151,8 @@ pub struct Net {
     pub tcp_ports: PortTable,
     pub udp_ports: PortTable,
     pub listeners: HashMap<ListenerId, Listener>,
+    /// Connections between two ring sockets of this stack.
+    pub pipes: Pipes,
     next_listener: ListenerId,
     lingering: Vec<Lingering>,
     socket_count: usize,
@@ -190,6 +198,7 @@ impl Net {
             tcp_ports: PortTable::default(),
             udp_ports: PortTable::default(),
             listeners: HashMap::new(),
+            pipes: Pipes::default(),
             next_listener: 1,
             lingering: Vec::new(),
             socket_count: 0,
@@ -310,6 +319,72 @@ impl Net {
         self.linger(handle, port, now);
     }
 
+    /// A pipe from `client` to the listener `id` (see `conn`), queued for its accept. A full
+    /// queue refuses it (`ECONNREFUSED`, as a SYN to a full listener is answered with RST);
+    /// `Ok(None)` when the buffers cannot be had (the caller then goes through TCP).
+    pub fn connect_pipe(
+        &mut self,
+        id: ListenerId,
+        client: IpEndpoint,
+        server: IpEndpoint,
+    ) -> Result<Option<ConnId>, i32> {
+        let Some(l) = self.listeners.get(&id) else {
+            return Ok(None);
+        };
+        if l.queue.len() + l.pipes.len() >= l.backlog {
+            if !l.full {
+                self.stats.listen_overflows += 1;
+            }
+            return Err(ECONNREFUSED);
+        }
+        if self.charge(2 * PIPE_BUF).is_err() {
+            return Ok(None);
+        }
+        let pipe = self.pipes.open(client, server, PIPE_BUF);
+        if let Some(l) = self.listeners.get_mut(&id) {
+            l.pipes.push_back(pipe);
+        }
+        Ok(Some(ConnId::Pipe(pipe, 0)))
+    }
+
+    /// The listener a connection from this stack to `ip:port` reaches, if any.
+    pub fn local_listener(&self, ip: Ipv4Addr, port: u16) -> Option<ListenerId> {
+        if !self.is_local(ip) {
+            return None;
+        }
+        self.listeners
+            .iter()
+            .find(|(_, l)| l.port == port && l.addr.is_none_or(|a| a == ip))
+            .map(|(id, _)| *id)
+    }
+
+    /// Resets a connection; its port is released when it is gone.
+    pub fn abort_conn(&mut self, c: ConnId, port: Option<u16>, now: Instant) {
+        match c {
+            ConnId::Tcp(h) => self.abort_tcp(h, port, now),
+            ConnId::Pipe(p, side) => self.release_pipe(p, side, true, port),
+        }
+    }
+
+    /// Lets a connection finish its close (FIN after what was sent); its port is released
+    /// when it is gone.
+    pub fn linger_conn(&mut self, c: ConnId, port: Option<u16>, now: Instant) {
+        match c {
+            ConnId::Tcp(h) => self.linger(h, port, now),
+            ConnId::Pipe(p, side) => self.release_pipe(p, side, false, port),
+        }
+    }
+
+    fn release_pipe(&mut self, p: PipeId, side: usize, abort: bool, port: Option<u16>) {
+        if let Some(bytes) = self.pipes.release(p, side, abort) {
+            self.buffer_bytes = self.buffer_bytes.saturating_sub(bytes);
+            self.socket_count -= 1;
+        }
+        if let Some(port) = port {
+            self.tcp_ports.release(port);
+        }
+    }
+
     /// Hands a TCP socket over to finish its close; its port is released when it is gone.
     pub fn linger(&mut self, handle: SocketHandle, port: Option<u16>, now: Instant) {
         self.lingering.push(Lingering {
@@ -373,6 +448,7 @@ impl Net {
                 t.abort();
             }
         }
+        self.pipes.reset_all();
     }
 
     /// Starts listening on a port the caller already reserved in `tcp_ports`.
@@ -394,6 +470,7 @@ impl Net {
                 backlog: backlog.clamp(1, MAX_BACKLOG),
                 spares: Vec::new(),
                 queue: VecDeque::new(),
+                pipes: VecDeque::new(),
                 opts,
                 full: false,
             },
@@ -435,7 +512,8 @@ impl Net {
         for h in dead {
             self.remove(h);
         }
-        let want = LISTEN_SPARES.min(l.backlog.saturating_sub(l.queue.len()));
+        let waiting = l.queue.len() + l.pipes.len();
+        let want = LISTEN_SPARES.min(l.backlog.saturating_sub(waiting));
         let full = want == 0 && l.spares.is_empty();
         if full && !l.full {
             self.stats.listen_overflows += 1;
@@ -461,8 +539,12 @@ impl Net {
     }
 
     /// Takes the first fully established connection off a listener's queue.
-    pub fn accept(&mut self, id: ListenerId) -> Option<SocketHandle> {
+    pub fn accept(&mut self, id: ListenerId) -> Option<ConnId> {
         let l = self.listeners.get_mut(&id)?;
+        if let Some(p) = l.pipes.pop_front() {
+            self.stats.tcp_accepted += 1;
+            return Some(ConnId::Pipe(p, 1));
+        }
         let pos = l.queue.iter().position(|h| {
             let s = self.sockets.get::<tcp::Socket>(*h);
             !matches!(s.state(), tcp::State::SynReceived | tcp::State::Listen)
@@ -471,18 +553,19 @@ impl Net {
         self.stats.tcp_accepted += 1;
         // The spare count may grow again now the queue is shorter.
         self.refill_listener(id);
-        Some(h)
+        Some(ConnId::Tcp(h))
     }
 
     /// Whether a listener has a connection ready to accept.
     pub fn acceptable(&self, id: ListenerId) -> bool {
         self.listeners.get(&id).is_some_and(|l| {
-            l.queue.iter().any(|h| {
-                !matches!(
-                    self.sockets.get::<tcp::Socket>(*h).state(),
-                    tcp::State::SynReceived | tcp::State::Listen
-                )
-            })
+            !l.pipes.is_empty()
+                || l.queue.iter().any(|h| {
+                    !matches!(
+                        self.sockets.get::<tcp::Socket>(*h).state(),
+                        tcp::State::SynReceived | tcp::State::Listen
+                    )
+                })
         })
     }
 
@@ -494,6 +577,9 @@ impl Net {
             }
             for h in l.queue {
                 self.abort_tcp(h, None, now);
+            }
+            for p in l.pipes {
+                self.release_pipe(p, 1, true, None);
             }
             self.tcp_ports.unlisten(l.port);
             self.tcp_ports.release(l.port);

@@ -21,6 +21,7 @@ use qnet_client::sys::{eventfd_signal, futex_wake_all, Mapping};
 use qnet_ring::errno::*;
 use qnet_ring::*;
 
+use crate::conn::{Conn, ConnId};
 use crate::net::{apply_tcp_opts, endpoint, ListenerId, Net, NetStats, TcpOpts, MAX_BACKLOG};
 
 /// SYN retransmissions give up after this long (Linux: about two minutes).
@@ -39,7 +40,7 @@ enum Kind {
     Listener(ListenerId),
     Dgram(Dgram),
     /// Closed by the client; the stack is still sending what it had written.
-    Closing(SocketHandle),
+    Closing(ConnId),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +53,7 @@ enum Phase {
 
 #[derive(Debug)]
 struct Stream {
-    handle: Option<SocketHandle>,
+    handle: Option<ConnId>,
     phase: Phase,
     last: tcp::State,
     peer_fin: bool,
@@ -63,7 +64,7 @@ struct Stream {
 }
 
 impl Stream {
-    fn new(handle: Option<SocketHandle>, phase: Phase, last: tcp::State, now: Instant) -> Self {
+    fn new(handle: Option<ConnId>, phase: Phase, last: tcp::State, now: Instant) -> Self {
         Stream {
             handle,
             phase,
@@ -430,13 +431,15 @@ impl Session {
         if self.free.is_empty() {
             return Err(EMFILE);
         }
-        let h = net.accept(id).ok_or(EAGAIN)?;
-        let sock = net.sockets.get_mut::<tcp::Socket>(h);
-        apply_tcp_opts(sock, opts);
-        let peer = sock.remote_endpoint();
-        let state = sock.state();
+        let c = net.accept(id).ok_or(EAGAIN)?;
+        let mut conn = Conn::get(&mut net.sockets, &mut net.pipes, c);
+        if let Conn::Tcp(sock) = &mut conn {
+            apply_tcp_opts(sock, opts);
+        }
+        let peer = conn.remote_endpoint();
+        let state = conn.state();
         let idx = self.alloc_slot(Kind::Stream(Stream::new(
-            Some(h),
+            Some(c),
             Phase::Connected,
             state,
             now,
@@ -483,6 +486,14 @@ impl Session {
                         p
                     }
                 };
+                // A listener of this stack: a pipe, no TCP (see `conn`).
+                if let Some(id) = net.local_listener(ip, port) {
+                    let (client, server) = (endpoint(src, lport), endpoint(ip, port));
+                    if let Some(c) = net.connect_pipe(id, client, server)? {
+                        *st = Stream::new(Some(c), Phase::Connecting, tcp::State::SynSent, now);
+                        return Ok(cqe(0, 0));
+                    }
+                }
                 let h = net.new_tcp(s.opts)?;
                 let sock = net.sockets.get_mut::<tcp::Socket>(h);
                 sock.set_timeout(Some(CONNECT_TIMEOUT));
@@ -497,7 +508,12 @@ impl Session {
                     net.remove(h);
                     return Err(EINVAL);
                 }
-                *st = Stream::new(Some(h), Phase::Connecting, tcp::State::SynSent, now);
+                *st = Stream::new(
+                    Some(ConnId::Tcp(h)),
+                    Phase::Connecting,
+                    tcp::State::SynSent,
+                    now,
+                );
                 Ok(cqe(0, 0))
             }
             Kind::Dgram(d) => {
@@ -545,9 +561,9 @@ impl Session {
                         .view
                         .slot_client(idx)
                         .is_some_and(|c| c.rx_head.load(Acquire) != s.rx_tail)
-                        || net.sockets.get::<tcp::Socket>(h).recv_queue() > 0;
+                        || Conn::get(&mut net.sockets, &mut net.pipes, h).recv_queue() > 0;
                     if unread {
-                        net.abort_tcp(h, None, now);
+                        net.abort_conn(h, None, now);
                     } else {
                         let tail = self
                             .view
@@ -567,7 +583,7 @@ impl Session {
                     }
                 }
                 Some(h) => {
-                    net.abort_tcp(h, s.port.take(), now);
+                    net.abort_conn(h, s.port.take(), now);
                 }
                 None => {
                     if let Some(p) = s.port.take() {
@@ -588,7 +604,7 @@ impl Session {
                 }
             }
             Kind::Closing(h) => {
-                net.abort_tcp(h, s.port.take(), now);
+                net.abort_conn(h, s.port.take(), now);
             }
             Kind::Free => return,
         }
@@ -620,7 +636,7 @@ impl Session {
                 l.opts = opts;
             }
         }
-        if let Some(h) = handle {
+        if let Some(ConnId::Tcp(h)) = handle {
             apply_tcp_opts(net.sockets.get_mut::<tcp::Socket>(h), opts);
         }
         Ok(cqe(0, 0))
@@ -668,7 +684,7 @@ impl Session {
             _ => None,
         };
         let ep = match connected_handle
-            .and_then(|h| net.sockets.get::<tcp::Socket>(h).local_endpoint())
+            .and_then(|h| Conn::get(&mut net.sockets, &mut net.pipes, h).local_endpoint())
         {
             Some(ep) => ep,
             None => {
@@ -690,7 +706,7 @@ impl Session {
         let ep = match &s.kind {
             Kind::Stream(st) if st.phase == Phase::Connected => st
                 .handle
-                .and_then(|h| net.sockets.get::<tcp::Socket>(h).remote_endpoint()),
+                .and_then(|h| Conn::get(&mut net.sockets, &mut net.pipes, h).remote_endpoint()),
             Kind::Dgram(d) => d.peer,
             _ => None,
         };
@@ -802,7 +818,7 @@ impl Session {
     }
 
     /// Copies the transmit ring into smoltcp's send buffer; returns bytes moved.
-    fn pump_tx(&mut self, idx: u32, sock: &mut tcp::Socket<'_>) -> Result<u32, Violation> {
+    fn pump_tx(&mut self, idx: u32, sock: &mut Conn<'_>) -> Result<u32, Violation> {
         let mut pending = self.tx_pending(idx)?;
         let Some(ring) = self.view.tx_ring(idx) else {
             return Ok(0);
@@ -815,13 +831,11 @@ impl Session {
                 break;
             }
             let head = s.tx_head;
-            let n = sock
-                .send(|buf| {
-                    let n = buf.len().min(pending as usize);
-                    ring.read(head, &mut buf[..n]);
-                    (n, n)
-                })
-                .unwrap_or(0) as u32;
+            let n = sock.send_with(|buf| {
+                let n = buf.len().min(pending as usize);
+                ring.read(head, &mut buf[..n]);
+                n
+            }) as u32;
             if n == 0 {
                 break;
             }
@@ -838,7 +852,7 @@ impl Session {
     }
 
     /// Copies received data into the receive ring; returns bytes moved.
-    fn pump_rx(&mut self, idx: u32, sock: &mut tcp::Socket<'_>) -> Result<u32, Violation> {
+    fn pump_rx(&mut self, idx: u32, sock: &mut Conn<'_>) -> Result<u32, Violation> {
         let Some(ring) = self.view.rx_ring(idx) else {
             return Ok(0);
         };
@@ -848,13 +862,11 @@ impl Session {
             let s = &mut self.slots[idx as usize];
             while space > 0 && sock.can_recv() {
                 let tail = s.rx_tail;
-                let n = sock
-                    .recv(|buf| {
-                        let n = buf.len().min(space as usize);
-                        ring.write(tail, &buf[..n]);
-                        (n, n)
-                    })
-                    .unwrap_or(0) as u32;
+                let n = sock.recv_with(|buf| {
+                    let n = buf.len().min(space as usize);
+                    ring.write(tail, &buf[..n]);
+                    n
+                }) as u32;
                 if n == 0 {
                     break;
                 }
@@ -890,14 +902,14 @@ impl Session {
         let Some(h) = st.handle else {
             return Ok(false);
         };
-        let sock = net.sockets.get_mut::<tcp::Socket>(h);
-        self.service_stream_socket(idx, sock, &mut net.stats, now)
+        let mut sock = Conn::get(&mut net.sockets, &mut net.pipes, h);
+        self.service_stream_socket(idx, &mut sock, &mut net.stats, now)
     }
 
     fn service_stream_socket(
         &mut self,
         idx: u32,
-        sock: &mut tcp::Socket<'_>,
+        sock: &mut Conn<'_>,
         stats: &mut NetStats,
         now: Instant,
     ) -> Result<bool, Violation> {
@@ -955,7 +967,7 @@ impl Session {
             let shut_rd = matches!(&self.slots[idx as usize].kind, Kind::Stream(st) if st.shut_rd);
             if shut_rd {
                 // Linux discards data that arrives after SHUT_RD.
-                while sock.recv(|b| (b.len(), ())).is_ok_and(|_| sock.can_recv()) {}
+                while sock.can_recv() && sock.recv_with(|b| b.len()) > 0 {}
             } else {
                 moved |= self.pump_rx(idx, sock)? > 0;
             }
@@ -1020,12 +1032,12 @@ impl Session {
     fn service_closing(
         &mut self,
         idx: u32,
-        h: SocketHandle,
+        h: ConnId,
         net: &mut Net,
         now: Instant,
     ) -> Result<(), Violation> {
-        let sock = net.sockets.get_mut::<tcp::Socket>(h);
-        self.pump_tx(idx, sock)?;
+        let mut sock = Conn::get(&mut net.sockets, &mut net.pipes, h);
+        self.pump_tx(idx, &mut sock)?;
         let pending = self.tx_pending(idx)?;
         let may_send = sock.may_send();
         if may_send && pending == 0 {
@@ -1033,7 +1045,7 @@ impl Session {
         }
         if pending == 0 || !may_send {
             let port = self.slots[idx as usize].port.take();
-            net.linger(h, port, now);
+            net.linger_conn(h, port, now);
             self.free_slot(idx);
         }
         Ok(())
@@ -1216,14 +1228,14 @@ impl Session {
             if let Kind::Stream(st) = &self.slots[idx as usize].kind {
                 if let Some(h) = st.handle {
                     let port = self.slots[idx as usize].port.take();
-                    net.abort_tcp(h, port, now);
+                    net.abort_conn(h, port, now);
                     self.slots[idx as usize].kind = Kind::Free;
                     continue;
                 }
             }
             if let Kind::Closing(h) = self.slots[idx as usize].kind {
                 let port = self.slots[idx as usize].port.take();
-                net.abort_tcp(h, port, now);
+                net.abort_conn(h, port, now);
                 self.slots[idx as usize].kind = Kind::Free;
                 continue;
             }

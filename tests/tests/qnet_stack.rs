@@ -612,3 +612,77 @@ print(answered("127.0.0.1", 40001), answered(sys.argv[2], 40002))
     );
     st.stop();
 }
+
+/// Connections between two ring sockets of one stack are pipes (no TCP inside the stack), and
+/// behave as TCP does: half-close, end of stream, reset on close with unread data, refusal
+/// when the listener's queue is full, and data flowing both ways at once.
+#[test]
+fn in_stack_connections_keep_tcp_semantics() {
+    require_env(&[]);
+    let st = TestStack::start("pipe");
+    let client = st.client();
+    let other = st.client();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 9100));
+    let listener = TcpListener::bind(&other, addr, 1).unwrap();
+
+    // Half-close: the client's FIN arrives after its data; the server still answers.
+    let mut c = TcpStream::connect(&client, addr).unwrap();
+    let (mut s, peer) = listener.accept().unwrap();
+    assert_eq!(peer, c.local_addr().unwrap());
+    c.write_all(b"request").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"request");
+    s.write_all(b"answer").unwrap();
+    drop(s);
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"answer");
+    assert!(c.write(b"x").is_err(), "writing after the peer closed");
+
+    // Closing with unread data resets: the other side's read fails with ECONNRESET.
+    let mut c = TcpStream::connect(&client, addr).unwrap();
+    let (s, _) = listener.accept().unwrap();
+    c.write_all(b"never read").unwrap();
+    thread::sleep(Duration::from_millis(50));
+    drop(s);
+    let mut buf = [0u8; 16];
+    c.set_read_timeout(Some(Duration::from_secs(5)));
+    let e = c.read(&mut buf).expect_err("reset");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+
+    // A full queue (backlog 1, one waiting) refuses the next connection.
+    let _waiting = TcpStream::connect(&client, addr).unwrap();
+    thread::sleep(Duration::from_millis(50));
+    let e = TcpStream::connect(&client, addr).err().expect("refused");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+    let (_accepted, _) = listener.accept().unwrap();
+
+    // Both directions at once, more than the pipe and both rings hold: one side sends while
+    // it reads the echo the other side sends back.
+    let mut c = TcpStream::connect(&client, addr).unwrap();
+    let (s, _) = listener.accept().unwrap();
+    const LEN: usize = 32 << 20;
+    let mut data = vec![0u8; LEN];
+    Pattern::new(3).fill(&mut data);
+    let back = thread::scope(|scope| {
+        scope.spawn(|| (&s).write_all(&data).unwrap());
+        let reader = scope.spawn(|| {
+            let mut back = vec![0u8; LEN];
+            (&s).read_exact(&mut back).unwrap();
+            back
+        });
+        let mut buf = vec![0u8; 1 << 16];
+        let mut left = LEN;
+        while left > 0 {
+            let n = c.read(&mut buf).unwrap();
+            assert!(n > 0, "early end of stream");
+            c.write_all(&buf[..n]).unwrap();
+            left -= n;
+        }
+        reader.join().unwrap()
+    });
+    assert!(back == data, "echoed bytes differ");
+    st.stop();
+}
