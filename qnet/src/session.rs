@@ -118,6 +118,8 @@ pub struct Session {
     open_at: Vec<u32>,
     /// Reused copy of `open` to iterate while slots are freed.
     visit: Vec<u32>,
+    /// Slots the client's operations named since the last [`Session::service_touched`].
+    touched: Vec<u32>,
     sq_head: u32,
     cq_tail: u32,
     ev_tail: u32,
@@ -175,6 +177,7 @@ impl Session {
             open: Vec::new(),
             open_at: vec![0; count as usize],
             visit: Vec::new(),
+            touched: Vec::new(),
             sq_head: 0,
             cq_tail: 0,
             ev_tail: 0,
@@ -217,6 +220,12 @@ impl Session {
             let sqe = self.view.read_sqe(self.sq_head);
             self.sq_head = self.sq_head.wrapping_add(1);
             let c = self.execute(&sqe, net, now);
+            if sqe.opcode != OP_SOCKET {
+                self.touched.push(sqe.slot);
+            }
+            if matches!(sqe.opcode, OP_SOCKET | OP_ACCEPT) && c.result >= 0 {
+                self.touched.push(c.slot);
+            }
             if sqe.flags & SQE_F_NO_CQE == 0 {
                 self.pending_cqes.push_back(Cqe {
                     user_data: sqe.user_data,
@@ -715,10 +724,34 @@ impl Session {
 
     /// Moves data and updates readiness for every socket; returns whether anything moved.
     pub fn service(&mut self, net: &mut Net, now: Instant) -> Result<bool, Violation> {
-        let mut moved = false;
+        self.touched.clear();
         let mut visit = std::mem::take(&mut self.visit);
         visit.clear();
         visit.extend_from_slice(&self.open);
+        self.service_list(visit, net, now)
+    }
+
+    /// Like [`Session::service`], for the slots the client's operations named since the last
+    /// call: a kick names a slot with new data, so this moves it without a sweep of them all.
+    pub fn service_touched(&mut self, net: &mut Net, now: Instant) -> Result<bool, Violation> {
+        let mut visit = std::mem::take(&mut self.visit);
+        visit.clear();
+        visit.append(&mut self.touched);
+        visit.sort_unstable();
+        visit.dedup();
+        // Only slots still in use, and each valid index once (the client chose these numbers).
+        let slots = self.slots.len() as u32;
+        visit.retain(|&i| i < slots);
+        self.service_list(visit, net, now)
+    }
+
+    fn service_list(
+        &mut self,
+        visit: Vec<u32>,
+        net: &mut Net,
+        now: Instant,
+    ) -> Result<bool, Violation> {
+        let mut moved = false;
         let result = self.service_slots(&visit, net, now, &mut moved);
         self.visit = visit;
         result.map(|()| moved)

@@ -165,13 +165,24 @@ impl Stack {
 
     /// Moves data and readiness for every session not already found in violation; returns
     /// whether anything moved.
-    fn service_sessions(&mut self, now: Instant, violations: &mut Vec<(u64, Violation)>) -> bool {
+    /// With `all` false, only the slots the clients' operations touched this pass.
+    fn service_sessions(
+        &mut self,
+        now: Instant,
+        violations: &mut Vec<(u64, Violation)>,
+        all: bool,
+    ) -> bool {
         let mut moved = false;
         for s in self.sessions.values_mut() {
             if violations.iter().any(|(id, _)| *id == s.id) {
                 continue;
             }
-            match s.service(&mut self.net, now) {
+            let r = if all {
+                s.service(&mut self.net, now)
+            } else {
+                s.service_touched(&mut self.net, now)
+            };
+            match r {
                 Ok(m) => moved |= m,
                 Err(v) => violations.push((s.id, v)),
             }
@@ -201,7 +212,9 @@ impl Stack {
                 Err(v) => violations.push((s.id, v)),
             }
         }
-        work |= self.service_sessions(now, &mut violations);
+        // Data the clients just published goes into smoltcp before the frames are fed in (their
+        // kicks name the slots); the full sweep below catches everything else.
+        work |= self.service_sessions(now, &mut violations, false);
         // One frame at a time, so listen queues are refilled between SYNs. Stops early when the
         // transmit queue is full (smoltcp needs a transmit token for every received frame);
         // the frames wait for the next pass, after completions are reaped.
@@ -224,7 +237,7 @@ impl Stack {
         // ACKs first, before the (slower) copies into the rings: the sender's round-trip time is
         // what window-based congestion control (BBR) sizes its window by.
         work |= self.egress(now);
-        work |= self.service_sessions(now, &mut violations);
+        work |= self.service_sessions(now, &mut violations, true);
         work |= self.egress(now);
         self.net.reap_lingering(now);
         for (id, v) in violations {
