@@ -34,7 +34,7 @@ use crate::config::Config;
 use crate::headers::{add_forwarded, strip_hop_by_hop};
 use crate::metrics::{Metrics, StackCounters};
 use crate::route::Router;
-use crate::upstream::{failure_status, pool, Pool};
+use crate::upstream::{failure_status, Pool};
 
 /// Connections waiting to be accepted, per listener.
 const BACKLOG: u32 = 1024;
@@ -110,7 +110,7 @@ pub fn start(
         .max_header_list_size(u32::try_from(cfg.limits.header_bytes).unwrap_or(u32::MAX));
     let ring = client.clone();
     let shared = Arc::new(Shared {
-        pool: pool(client, cfg.timeouts.upstream_connect()),
+        pool: Pool::new(client, cfg.timeouts.upstream_connect()),
         cfg,
         metrics: metrics.clone(),
         per_client: Mutex::new(HashMap::new()),
@@ -152,7 +152,7 @@ pub fn start(
 
 struct Shared {
     cfg: Config,
-    pool: Pool,
+    pool: Arc<Pool>,
     metrics: Arc<Metrics>,
     per_client: Mutex<HashMap<IpAddr, usize>>,
     builder: auto::Builder<TokioExecutor>,
@@ -549,13 +549,14 @@ async fn handle(
         }
     }
     parts.version = Version::HTTP_11;
-    parts.uri = match format!("http://{upstream}{path}").parse() {
+    // Origin form: the connection already names the guest.
+    parts.uri = match path.parse() {
         Ok(u) => u,
         Err(_) => return Ok(exchange.error(StatusCode::BAD_REQUEST, "request target not usable")),
     };
     let exceeded = Arc::new(AtomicBool::new(false));
     let body = Limited::new(body, limit, exceeded.clone()).boxed();
-    let sent = shared.pool.request(Request::from_parts(parts, body));
+    let sent = shared.pool.send(upstream, Request::from_parts(parts, body));
     let response = match tokio::time::timeout(cfg.timeouts.upstream_response(), sent).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
@@ -565,7 +566,7 @@ async fn handle(
                 );
             }
             tracing::debug!(%upstream, "qhttp: upstream failed: {e:?}");
-            let status = failure_status(&e);
+            let status = failure_status(&*e);
             let why = if status == StatusCode::GATEWAY_TIMEOUT {
                 "connecting to the upstream timed out"
             } else {
@@ -583,7 +584,7 @@ async fn handle(
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let status = parts.status;
-    Ok(exchange.respond(status, parts, body.map_err(Into::into).boxed(), "-"))
+    Ok(exchange.respond(status, parts, body, "-"))
 }
 
 async fn metrics_loop(metrics: Arc<Metrics>, listener: AsyncTcpListener) {

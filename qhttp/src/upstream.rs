@@ -1,111 +1,225 @@
-//! The guest side: HTTP/1.1 connections to the guest's ports over qnet sockets, kept alive
-//! and reused from a pool (hyper-util's), and the mapping of their failures to statuses.
+//! The guest side: HTTP/1.1 connections to the guest's ports over qnet sockets, kept alive in
+//! a pool per upstream address, and the mapping of their failures to statuses.
+//!
+//! The pool is ours, on hyper's connection API: a connection goes back to the pool when its
+//! response body ends (so no task is spawned per request to watch for that), a pooled
+//! connection the guest closed while idle is noticed before the request is written and the
+//! request goes to another one, and idle connections older than [`POOL_IDLE`] are dropped.
 
-use std::future::Future;
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use http::{StatusCode, Uri};
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::client::legacy::Client as PoolClient;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
 use qnet_client::AsyncTcpStream;
 
-use crate::body::ProxyBody;
+use crate::body::{BoxError, ProxyBody};
 
 /// How long an idle pooled connection to the guest is kept.
-const POOL_IDLE: Duration = Duration::from_secs(90);
+pub const POOL_IDLE: Duration = Duration::from_secs(90);
+/// Idle connections kept per upstream address.
+const MAX_IDLE: usize = 1024;
 
-/// A pooled HTTP/1.1 client whose connections are qnet sockets.
-pub type Pool = PoolClient<Connector, ProxyBody>;
+type Sender = SendRequest<ProxyBody>;
 
-pub fn pool(client: qnet_client::Client, connect_timeout: Duration) -> Pool {
-    PoolClient::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE)
-        // The client's Host is forwarded as it came; the URI only names the guest socket.
-        .set_host(false)
-        .build(Connector {
-            client,
-            timeout: connect_timeout,
-        })
-}
-
-/// Opens qnet connections for the pool; the URI's authority is the guest's `ip:port`.
-#[derive(Clone)]
-pub struct Connector {
+/// Keep-alive connections to the guest, per upstream address.
+pub struct Pool {
     client: qnet_client::Client,
-    timeout: Duration,
+    connect_timeout: Duration,
+    idle: Mutex<HashMap<SocketAddr, Vec<(Sender, Instant)>>>,
 }
 
-impl tower_service::Service<Uri> for Connector {
-    type Response = UpstreamIo;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<UpstreamIo>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let client = self.client.clone();
-        let timeout = self.timeout;
-        Box::pin(async move {
-            let addr: SocketAddr = uri
-                .authority()
-                .and_then(|a| a.as_str().parse().ok())
-                .ok_or_else(|| io::Error::other(format!("upstream {uri} is not ip:port")))?;
-            let stream = tokio::time::timeout(timeout, AsyncTcpStream::connect(&client, addr))
-                .await
-                .map_err(|_| {
-                    io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("connecting to {addr} took over {timeout:?}"),
-                    )
-                })??;
-            stream.set_nodelay(true)?;
-            Ok(UpstreamIo(TokioIo::new(stream)))
+impl Pool {
+    pub fn new(client: qnet_client::Client, connect_timeout: Duration) -> Arc<Pool> {
+        Arc::new(Pool {
+            client,
+            connect_timeout,
+            idle: Mutex::new(HashMap::new()),
         })
     }
-}
 
-/// A connection to the guest as hyper's client sees it.
-pub struct UpstreamIo(TokioIo<AsyncTcpStream>);
+    /// Sends `req` (origin-form URI, Host set) to `addr` on a pooled connection or a new one.
+    ///
+    /// A pooled connection can be closed by the guest just as a request goes out on it (its
+    /// keep-alive timeout); a request without a body and with an idempotent method is then sent
+    /// again on a new connection, as nginx does, since the guest cannot have acted on it twice.
+    pub async fn send(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, BoxError> {
+        let replay = replayable(&req);
+        let mut pooled_only = true;
+        loop {
+            let pooled = if pooled_only {
+                self.checkout(addr)
+            } else {
+                None
+            };
+            let (mut sender, fresh) = match pooled {
+                Some(s) => (s, false),
+                None => (self.connect(addr).await?, true),
+            };
+            if !fresh && sender.ready().await.is_err() {
+                continue; // closed while idle; nothing was sent on it
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    let (parts, body) = resp.into_parts();
+                    let body = Returning {
+                        inner: body,
+                        sender: Some(sender),
+                        pool: Arc::downgrade(self),
+                        addr,
+                    };
+                    return Ok(Response::from_parts(
+                        parts,
+                        body.map_err(Into::into).boxed(),
+                    ));
+                }
+                Err(mut e) => match (e.take_message(), &replay) {
+                    // The pooled connection was gone before the request was written.
+                    (Some(r), _) if !fresh => req = r,
+                    // Written, but the connection closed or was reset with no answer: once
+                    // more, on a new connection.
+                    (None, Some(again)) if !fresh => {
+                        req = again.build();
+                        pooled_only = false;
+                    }
+                    _ => return Err(Box::new(e.into_error())),
+                },
+            }
+        }
+    }
 
-impl Connection for UpstreamIo {
-    fn connected(&self) -> Connected {
-        Connected::new()
+    fn checkout(&self, addr: SocketAddr) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(&addr)?;
+        while let Some((sender, since)) = list.pop() {
+            if !sender.is_closed() && since.elapsed() < POOL_IDLE {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, addr: SocketAddr, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(addr).or_default();
+        list.retain(|(s, since)| !s.is_closed() && since.elapsed() < POOL_IDLE);
+        if list.len() < MAX_IDLE {
+            list.push((sender, Instant::now()));
+        }
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<Sender, BoxError> {
+        let timeout = self.connect_timeout;
+        let stream = tokio::time::timeout(timeout, AsyncTcpStream::connect(&self.client, addr))
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connecting to {addr} took over {timeout:?}"),
+                )
+            })??;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, "qhttp: upstream connection ended: {e}");
+            }
+        });
+        Ok(sender)
     }
 }
 
-impl hyper::rt::Read for UpstreamIo {
-    fn poll_read(
+/// What it takes to send a bodiless idempotent request again.
+struct Replay {
+    method: http::Method,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+}
+
+impl Replay {
+    fn build(&self) -> Request<ProxyBody> {
+        let mut req = Request::new(crate::body::full(Bytes::new()));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+fn replayable(req: &Request<ProxyBody>) -> Option<Replay> {
+    use http::Method;
+    let idempotent = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    (idempotent && req.body().is_end_stream()).then(|| Replay {
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        headers: req.headers().clone(),
+    })
+}
+
+/// A response body that gives its connection back to the pool when it ends.
+struct Returning<B> {
+    inner: B,
+    sender: Option<Sender>,
+    pool: Weak<Pool>,
+    addr: SocketAddr,
+}
+
+impl<B> Returning<B> {
+    fn give_back(&mut self) {
+        if let (Some(sender), Some(pool)) = (self.sender.take(), self.pool.upgrade()) {
+            pool.checkin(self.addr, sender);
+        }
+    }
+}
+
+impl<B> Body for Returning<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for UpstreamIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(None) => this.give_back(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.give_back(),
+            // A broken body leaves its connection unusable: not pooled.
+            Poll::Ready(Some(Err(_))) => this.sender = None,
+            _ => {}
+        }
+        r
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -88,8 +88,10 @@ impl Rig {
             let any = SocketAddr::from(([0, 0, 0, 0], port));
             (AsyncTcpListener::bind(&client, any, 1024).unwrap(), port)
         });
+        let closer =
+            AsyncTcpListener::bind(&client, SocketAddr::from(([0, 0, 0, 0], 9003)), 64).unwrap();
         let conns = upstream_conns.clone();
-        std::thread::spawn(move || upstream(client, listeners, conns));
+        std::thread::spawn(move || upstream(client, listeners, closer, conns));
         Rig {
             ns,
             child,
@@ -160,6 +162,7 @@ impl Drop for Rig {
 fn upstream(
     client: qnet_client::Client,
     listeners: [(AsyncTcpListener, u16); 2],
+    closer: AsyncTcpListener,
     conns: Arc<AtomicUsize>,
 ) {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -184,10 +187,34 @@ fn upstream(
                 }
             }));
         }
+        servers.push(tokio::spawn(async move {
+            while let Ok((s, _)) = closer.accept().await {
+                tokio::spawn(answer_once_then_close(s));
+            }
+        }));
         for s in servers {
             let _ = s.await;
         }
     });
+}
+
+/// A keep-alive server that closes idle connections quickly and without notice (no
+/// `Connection: close`), as servers with short keep-alive timeouts do: a proxy must not hand
+/// such a connection its next request.
+async fn answer_once_then_close(mut s: qnet_client::AsyncTcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let _ = s
+        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nfresh\n")
+        .await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
 }
 
 async fn answer(port: u16, req: Request<Incoming>) -> Result<Response<Body>, hyper::Error> {
@@ -264,7 +291,8 @@ fn basic_config(extra: &str) -> String {
             {{"pathPrefix": "/api", "upstream": 9002}},
             {{"pathPrefix": "/", "upstream": 9001}},
             {{"pathPrefix": "/refused", "upstream": 9009}},
-            {{"pathPrefix": "/blackhole", "upstream": "10.77.0.99:80"}}
+            {{"pathPrefix": "/blackhole", "upstream": "10.77.0.99:80"}},
+            {{"pathPrefix": "/closer", "upstream": 9003}}
         ]}}, {{"port": {HOST_ONLY}, "routes": [
             {{"host": "only.test", "upstream": 9001}}
         ]}}], "metricsPort": {METRICS}{extra}}}"#
@@ -337,6 +365,29 @@ print(out, sock_reused)
         out,
         "['200 port=9001', '200 port=9002', '200 port=9001', True] True"
     );
+    // A guest that drops idle connections: every request still gets through, on a new one.
+    for pause in [0, 100, 0, 100] {
+        std::thread::sleep(Duration::from_millis(pause));
+        let got = rig.curl(&rig.url("/closer/x"));
+        assert_eq!(got, (200, "fresh\n".to_string()), "{}", rig.access_log());
+    }
+    let py = r#"
+import http.client, sys, time
+c = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=10)
+ok = 0
+for i in range(20):
+    c.request("GET", "/closer/%d" % i)
+    r = c.getresponse()
+    ok += r.status == 200 and r.read() == b"fresh\n"
+    time.sleep(0.01 * (i % 5))
+print(ok)
+"#;
+    assert_eq!(
+        rig.ns
+            .python_output(py, &[&STACK_IP.to_string(), &PROXY.to_string()]),
+        "20"
+    );
+
     // Guest connections are pooled: far fewer than the requests made.
     let conns = rig.upstream_conns.load(Ordering::Relaxed);
     assert!(conns <= 4, "{conns} upstream connections for 13 requests");
