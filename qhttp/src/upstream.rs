@@ -9,20 +9,18 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use http_body_util::BodyExt;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use qnet_client::AsyncTcpStream;
 
-use crate::body::{BoxError, ProxyBody};
+use crate::body::{BoxError, Counted, OnDone, ProxyBody};
 
 /// How long an idle pooled connection to the guest is kept.
 pub const POOL_IDLE: Duration = Duration::from_secs(90);
@@ -74,17 +72,17 @@ impl Pool {
             }
             match sender.try_send_request(req).await {
                 Ok(resp) => {
+                    // The connection goes back to the pool when the body has ended; a body
+                    // cut short leaves it unusable, and it is dropped.
+                    let pool = Arc::downgrade(self);
+                    let back: OnDone = Box::new(move |_, ended| {
+                        if let (true, Some(pool)) = (ended, pool.upgrade()) {
+                            pool.checkin(addr, sender);
+                        }
+                    });
                     let (parts, body) = resp.into_parts();
-                    let body = Returning {
-                        inner: body,
-                        sender: Some(sender),
-                        pool: Arc::downgrade(self),
-                        addr,
-                    };
-                    return Ok(Response::from_parts(
-                        parts,
-                        body.map_err(Into::into).boxed(),
-                    ));
+                    let body = Counted::new(body, back).map_err(Into::into).boxed();
+                    return Ok(Response::from_parts(parts, body));
                 }
                 Err(mut e) => match (e.take_message(), &replay) {
                     // The pooled connection was gone before the request was written.
@@ -173,54 +171,6 @@ fn replayable(req: &Request<ProxyBody>) -> Option<Replay> {
         uri: req.uri().clone(),
         headers: req.headers().clone(),
     })
-}
-
-/// A response body that gives its connection back to the pool when it ends.
-struct Returning<B> {
-    inner: B,
-    sender: Option<Sender>,
-    pool: Weak<Pool>,
-    addr: SocketAddr,
-}
-
-impl<B> Returning<B> {
-    fn give_back(&mut self) {
-        if let (Some(sender), Some(pool)) = (self.sender.take(), self.pool.upgrade()) {
-            pool.checkin(self.addr, sender);
-        }
-    }
-}
-
-impl<B> Body for Returning<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut this.inner).poll_frame(cx);
-        match &r {
-            Poll::Ready(None) => this.give_back(),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.give_back(),
-            // A broken body leaves its connection unusable: not pooled.
-            Poll::Ready(Some(Err(_))) => this.sender = None,
-            _ => {}
-        }
-        r
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 /// The status a proxy answers when the exchange with the guest failed: 504 when connecting
