@@ -298,6 +298,12 @@ impl Client {
         }
     }
 
+    /// Wakes every waiting task (the client is cancelled or closed: each sees the error itself).
+    fn wake_all_tasks(&self) {
+        let all: Vec<u32> = lock(&self.inner.wakers).keys().copied().collect();
+        self.wake_tasks(&all);
+    }
+
     /// Wakes `waker` at the next event for `slot` (the caller re-checks readiness after this,
     /// so an event drained in between is not lost). Starts the reactor on first use.
     pub(crate) fn register_waker(&self, slot: u32, dir: Direction, waker: &Waker) {
@@ -356,8 +362,7 @@ impl Client {
     pub(crate) fn reactor_turn(&self) -> io::Result<bool> {
         self.drain();
         if self.closed() || self.inner.cancel.load(Relaxed) {
-            let all: Vec<u32> = lock(&self.inner.wakers).keys().copied().collect();
-            self.wake_tasks(&all);
+            self.wake_all_tasks();
             return Err(errno(ECONNABORTED));
         }
         self.inner.dispatched.store(false, Relaxed);
@@ -476,9 +481,7 @@ fn reactor(weak: Weak<Inner>) {
             client.inner.dispatched.swap(false, AcqRel)
         });
         if woke.is_err() {
-            // Cancelled or closed: wake every task so each sees the error itself.
-            let all: Vec<u32> = lock(&client.inner.wakers).keys().copied().collect();
-            client.wake_tasks(&all);
+            client.wake_all_tasks();
             return;
         }
     }

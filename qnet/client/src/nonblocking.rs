@@ -2,8 +2,9 @@
 //! [`AsyncTcpListener`].
 //!
 //! Data and readiness never block a task: a socket that would block registers the task's waker
-//! for its slot and returns `Pending`; a reactor thread per [`Client`] sleeps on the ring and
-//! wakes the task when the stack publishes an event for the slot. Control operations (socket,
+//! for its slot and returns `Pending`; a reactor per [`Client`] (a task of the runtime after
+//! [`Client::spawn_reactor_task`], else a thread) sleeps on the ring and wakes the task when
+//! the stack publishes an event for the slot. Control operations (socket,
 //! connect's start, accept, shutdown, close) are short calls into the stack that complete in
 //! its next pass (microseconds; never a network wait), so they run inline.
 
@@ -14,7 +15,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use qnet_ring::errno::EAGAIN;
-use qnet_ring::{READY_CONNECTED, READY_IN};
+use qnet_ring::READY_CONNECTED;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::client::{Client, Direction};
@@ -52,33 +53,18 @@ pub struct AsyncTcpStream {
 impl AsyncTcpStream {
     /// Connects to `addr` without blocking the runtime while the handshake runs.
     pub async fn connect(client: &Client, addr: SocketAddr) -> io::Result<AsyncTcpStream> {
-        let inner = TcpStream::start_connect(client, addr)?;
-        inner.set_nonblocking(true)?;
-        let slot = inner.slot();
-        poll_fn(|cx| {
-            poll_op(cx, client, slot, Direction::Write, || {
-                if inner.readiness() & READY_CONNECTED != 0 {
-                    Ok(())
-                } else {
-                    Err(io::ErrorKind::WouldBlock.into())
-                }
-            })
-        })
-        .await?;
-        if let Some(e) = inner.take_error()? {
+        let stream = AsyncTcpStream::from_std(TcpStream::start_connect(client, addr)?)?;
+        poll_fn(|cx| stream.poll_ready(cx, Direction::Write, READY_CONNECTED)).await?;
+        if let Some(e) = stream.inner.take_error()? {
             return Err(e);
         }
-        Ok(AsyncTcpStream { inner })
+        Ok(stream)
     }
 
     /// Wraps a connected stream (made non-blocking).
     pub fn from_std(inner: TcpStream) -> io::Result<AsyncTcpStream> {
         inner.set_nonblocking(true)?;
         Ok(AsyncTcpStream { inner })
-    }
-
-    pub fn get_ref(&self) -> &TcpStream {
-        &self.inner
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -93,16 +79,7 @@ impl AsyncTcpStream {
         self.inner.set_nodelay(on)
     }
 
-    /// Bytes already received and not read yet.
-    pub fn bytes_available(&self) -> usize {
-        self.inner.bytes_available()
-    }
-
-    /// Waits until the stream is readable (data, end of stream or an error).
-    pub async fn readable(&self) -> io::Result<()> {
-        poll_fn(|cx| self.poll_ready(cx, Direction::Read, Interest::READABLE)).await
-    }
-
+    /// Ready once any of the `READY_*` `bits` is set on the slot.
     fn poll_ready(&self, cx: &mut Context<'_>, dir: Direction, bits: u32) -> Poll<io::Result<()>> {
         let client = self.inner.client();
         poll_op(cx, client, self.inner.slot(), dir, || {
@@ -121,11 +98,11 @@ impl AsyncRead for AsyncTcpStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let (client, slot) = (this.inner.client().clone(), this.inner.slot());
+        let stream = &self.get_mut().inner;
         let dst = buf.initialize_unfilled();
-        let stream = &this.inner;
-        match poll_op(cx, &client, slot, Direction::Read, || (&*stream).read(dst)) {
+        match poll_op(cx, stream.client(), stream.slot(), Direction::Read, || {
+            (&*stream).read(dst)
+        }) {
             Poll::Ready(Ok(n)) => {
                 buf.advance(n);
                 Poll::Ready(Ok(()))
@@ -190,7 +167,7 @@ impl AsyncTcpListener {
         let client = self.inner.client();
         let r = poll_op(cx, client, self.inner.slot(), Direction::Read, || {
             // Skip the round trip to the stack while the accept queue is empty.
-            if self.inner.readiness() & (READY_IN | Interest::READABLE) == 0 {
+            if self.inner.readiness() & Interest::READABLE == 0 {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
             self.inner.accept()
