@@ -109,6 +109,14 @@ pub struct PipeEnd<'a> {
     side: usize,
 }
 
+impl PipeEnd<'_> {
+    /// Neither reset, nor shut for writing here, nor gone at the other end.
+    fn may_send(&self) -> bool {
+        let p = &self.pipe;
+        !p.reset && !p.fin[self.side] && !p.gone[1 - self.side]
+    }
+}
+
 /// A connection borrowed from the socket set or the pipes.
 pub enum Conn<'a> {
     Tcp(&'a mut tcp::Socket<'static>),
@@ -153,10 +161,7 @@ impl<'a> Conn<'a> {
     pub fn may_send(&self) -> bool {
         match self {
             Conn::Tcp(s) => s.may_send(),
-            Conn::Pipe(e) => {
-                let p = &e.pipe;
-                !p.reset && !p.fin[e.side] && !p.gone[1 - e.side]
-            }
+            Conn::Pipe(e) => e.may_send(),
             Conn::Gone => false,
         }
     }
@@ -164,7 +169,7 @@ impl<'a> Conn<'a> {
     pub fn can_send(&self) -> bool {
         match self {
             Conn::Tcp(s) => s.can_send(),
-            Conn::Pipe(e) => self.may_send() && !e.pipe.bufs[e.side].is_full(),
+            Conn::Pipe(e) => e.may_send() && !e.pipe.bufs[e.side].is_full(),
             Conn::Gone => false,
         }
     }
@@ -196,7 +201,7 @@ impl<'a> Conn<'a> {
                 })
                 .unwrap_or(0),
             Conn::Pipe(e) => {
-                if !e.pipe.reset && !e.pipe.fin[e.side] && !e.pipe.gone[1 - e.side] {
+                if e.may_send() {
                     e.pipe.bufs[e.side]
                         .enqueue_many_with(|buf| {
                             let n = f(buf);

@@ -739,7 +739,8 @@ impl Session {
         visit.append(&mut self.touched);
         visit.sort_unstable();
         visit.dedup();
-        // Only slots still in use, and each valid index once (the client chose these numbers).
+        // Each index once and in range (the client chose these numbers); free slots are
+        // skipped as in the full sweep.
         let slots = self.slots.len() as u32;
         visit.retain(|&i| i < slots);
         self.service_list(visit, net, now)

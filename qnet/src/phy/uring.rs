@@ -637,7 +637,6 @@ impl UringTap {
                 TAG_RX => {
                     if !io_uring::cqueue::more(flags) {
                         self.rx_armed = false; // re-armed by the next arm()
-                        tracing::debug!(res, "tap multishot read ended");
                     }
                     let Some(bid) = io_uring::cqueue::buffer_select(flags) else {
                         // No buffer: out of buffers (ENOBUFS, re-armed once some are given
