@@ -233,18 +233,14 @@ async fn reject(mut stream: AsyncTcpStream, peer: SocketAddr, metrics: Arc<Metri
     );
     let _ = stream.write_all(reply.as_bytes()).await;
     let _ = stream.shutdown().await;
-    access_line(
-        "-",
-        "-",
-        "-",
-        peer,
-        429,
-        0,
-        Duration::ZERO,
-        None,
-        "connection limit",
-    );
-    metrics.request("-", 429, Duration::ZERO);
+    log_connection_level(&metrics, peer, 429, "connection limit");
+}
+
+/// Logs and counts an answer given to a connection before any request was routed: no method,
+/// host, path or route.
+fn log_connection_level(metrics: &Metrics, peer: SocketAddr, status: u16, note: &str) {
+    access_line("-", "-", "-", peer, status, 0, Duration::ZERO, None, note);
+    metrics.request("-", status, Duration::ZERO);
 }
 
 /// When the connection last moved a byte, and how many requests it has in flight.
@@ -381,18 +377,7 @@ fn connection_error(
         tracing::debug!(%peer, "qhttp: connection ended: {e}");
         return;
     };
-    access_line(
-        "-",
-        "-",
-        "-",
-        peer,
-        status,
-        0,
-        Duration::ZERO,
-        None,
-        &e.to_string(),
-    );
-    metrics.request("-", status, Duration::ZERO);
+    log_connection_level(metrics, peer, status, &e.to_string());
 }
 
 /// What the access log and metrics need to know about one request.
