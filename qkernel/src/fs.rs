@@ -1346,6 +1346,11 @@ impl Kernel {
             }
         }
         let revents = self.readiness(m, &items, timeout_ms)?;
+        if self.try_would_wait() {
+            // A try without waiting found nothing: the call runs again where it may wait, and
+            // reads the app's sets again then, so they stay as the app wrote them.
+            return Ok(0);
+        }
         if revents.iter().any(|r| r & 0x20 != 0) {
             return Err(EBADF); // select refuses a closed descriptor outright
         }

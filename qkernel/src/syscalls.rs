@@ -458,6 +458,12 @@ impl Kernel {
         self.nowait
     }
 
+    /// Whether this call is a try without waiting that would have had to wait: its result is
+    /// discarded, so it must leave the app's memory as it found it.
+    pub(crate) fn try_would_wait(&self) -> bool {
+        self.nowait && self.would_block
+    }
+
     /// After a poll in `nowait` found nothing ready: it would have waited if it had a timeout.
     pub(crate) fn poll_found_nothing(&mut self, timeout_ms: i64) {
         if self.nowait && timeout_ms != 0 {

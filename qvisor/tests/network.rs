@@ -57,6 +57,14 @@ c.close()
 }
 
 #[test]
+fn select_waits_for_what_the_app_asked_and_reports_only_what_is_ready() {
+    // Loopback in the guest: without a pod namespace, qnet serves loopback only.
+    let o = qvisor(&["/bin/select"]);
+    assert_eq!(stdout(&o), "ok\n", "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
 fn a_guest_tcp_server_serves_a_kernel_client_through_qnet() {
     let ns = Netns::new("srv");
     let opts = net_options(&ns);

@@ -448,10 +448,31 @@ impl Client {
     }
 
     /// Current readiness bits of a slot.
+    ///
+    /// The stack's `READY_IN` on a stream or datagram slot (those with `READY_CONNECTED` or
+    /// `READY_OUT`) says the receive ring held bytes when the stack last looked; this client
+    /// may have consumed them since, and the stack only looks again on its next pass. So the
+    /// ring decides: readable while it holds unconsumed bytes (or at end of stream, reset or
+    /// error). Otherwise a poll would report a drained socket readable and a blocking read
+    /// would then wait.
     pub(crate) fn readiness(&self, slot: u32) -> u32 {
-        self.view()
-            .slot_stack(slot)
-            .map_or(READY_HUP | READY_ERR, |w| w.readiness.load(Acquire))
+        let view = self.view();
+        let Some(w) = view.slot_stack(slot) else {
+            return READY_HUP | READY_ERR;
+        };
+        let r = w.readiness.load(Acquire);
+        let has_ring = r & (READY_CONNECTED | READY_OUT) != 0;
+        if !has_ring || r & (READY_RDHUP | READY_HUP | READY_ERR) != 0 {
+            return r;
+        }
+        let head = view
+            .slot_client(slot)
+            .map_or(0, |c| c.rx_head.load(Acquire));
+        if w.rx_tail.load(Acquire) != head {
+            r | READY_IN
+        } else {
+            r & !READY_IN
+        }
     }
 
     /// The pending error of a slot, if any.

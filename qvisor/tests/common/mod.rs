@@ -66,6 +66,7 @@ pub fn root() -> &'static Path {
             ("syscalls", "syscalls", "-static"),
             ("tcp", "tcp", "-static"),
             ("epoll", "epoll", "-static"),
+            ("select", "select", "-static"),
             ("udp", "udp", "-static"),
             ("threads", "threads", "-static"),
         ] {
