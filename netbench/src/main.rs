@@ -1,16 +1,24 @@
-//! netbench: measures Quark's network paths next to the Linux kernel, in the same run.
+//! netbench: measures Quark next to the Linux kernel and peer runtimes, in the same run.
 //!
-//! `netbench qnet` sets up two namespaces joined by a veth pair (the kernel path runc gives a
-//! container) and a namespace with a TAP served by qnet, then runs bulk TCP both ways and 1-byte
-//! request/response on each, alternating kernel and qnet round by round so machine drift
-//! cancels, and prints medians with the qnet/kernel ratio.
+//! `netbench all` is the harness: the network scenarios (iperf3, request/response, connection
+//! rate, UDP packet rate, wrk against nginx and through qhttp) on every runtime (native, runc,
+//! Quark, gVisor), what a container costs to start and keep, and qhttp against nginx as a
+//! proxy; runtimes take turns round by round, and the report gives medians with min/max and
+//! ratios to the baseline (`--json`, `--out DIR` for raw runs, Markdown and SVG plots). The
+//! other subcommands are single suites, each against its own baseline.
 
 mod cni;
 mod containerd;
+mod containers;
 mod guest;
 mod overlay;
+mod plot;
+mod progress;
 mod proxy;
+mod report;
 mod runtime;
+mod scenarios;
+mod startup;
 mod workload;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -43,9 +51,17 @@ enum Suite {
     Guest(Rounds),
     /// Pod to pod across two nodes: qnetd's VXLAN overlay vs the kernel's VXLAN + bridge.
     Overlay(Rounds),
+    /// The whole harness: the network scenarios and start-up on every runtime, and the proxy
+    /// suite, in one report (about 10 minutes with the defaults).
+    All(Harness),
+    /// The network scenarios on every runtime: iperf3 1 and 4 streams both ways, 1-byte
+    /// request/response, connection rate, 64-byte UDP, wrk against nginx and through qhttp.
+    Net(Harness),
+    /// Start-to-exit of `busybox true` and idle memory on every runtime.
+    Startup(Harness),
     /// wrk through qhttp, straight through qnet, and through nginx as reverse proxy, against
     /// one upstream in the same run (ratios against nginx).
-    Proxy(Rounds),
+    Proxy(Harness),
     /// qnet-cni's ptp mode vs Debian's reference ptp plugin: ADD+DEL wall time.
     Cni {
         /// ADD+DEL cycles per plugin (medians are reported).
@@ -73,6 +89,81 @@ enum Suite {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Options of the multi-runtime harness.
+#[derive(clap::Args)]
+struct Harness {
+    /// Seconds per scenario per round.
+    #[arg(long, default_value_t = 3.0)]
+    duration: f64,
+    /// Rounds: every runtime runs every scenario once a round (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Start-to-exit samples per runtime.
+    #[arg(long, default_value_t = 10)]
+    runs: usize,
+    /// The runtimes to compare, comma-separated; the first is the baseline.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "native,runc,quark,gvisor,gvisor-host"
+    )]
+    runtimes: Vec<String>,
+    /// One JSON object per row (median, min, max, ratio) instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Also write the raw runs (raw.json), a Markdown report (report.md) and SVG plots here.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+}
+
+impl Harness {
+    /// Runs the suites `which` asks for into one report, then prints and writes it.
+    fn run(&self, which: &str) -> anyhow::Result<()> {
+        let runtimes = self
+            .runtimes
+            .iter()
+            .map(|r| containers::Runtime::parse(r))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let baseline = runtimes.first().context("--runtimes is empty")?.name();
+        let command = std::env::args().collect::<Vec<_>>().join(" ");
+        let mut report = report::Report::new(command);
+        if matches!(which, "all" | "net") {
+            let (rows, lat) = scenarios::suite(&runtimes, self.duration, self.rounds)?;
+            report.add_suite(scenarios::SUITE, baseline, rows, lat);
+        }
+        if matches!(which, "all" | "startup") {
+            let rows = startup::suite(&runtimes, self.runs, self.rounds)?;
+            report.add_suite(startup::SUITE, baseline, rows, vec![]);
+        }
+        if which != "proxy" {
+            report
+                .notes
+                .extend(containers::NOTES.iter().map(|n| n.to_string()));
+        }
+        if matches!(which, "all" | "proxy") {
+            let rows = proxy::suite(self.duration, self.rounds)?;
+            report.add_suite(proxy::SUITE, "nginx", rows, vec![]);
+            report.notes.push(
+                "proxy: one upstream (qnet's demo HTTP server on a TAP) reached through qhttp in                  the same stack, straight through qnet, and through Debian's nginx (one worker,                  keep-alive) on kernel sockets"
+                    .into(),
+            );
+        }
+        if self.json {
+            print!("{}", report.json_lines()?);
+        } else {
+            print!("{}", report.table());
+        }
+        if let Some(dir) = &self.out {
+            report.write_dir(dir)?;
+            eprintln!(
+                "netbench: wrote {}/report.md, raw.json and plots",
+                dir.display()
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Timed cases run in alternating rounds on both paths.
@@ -397,13 +488,10 @@ fn main() -> std::process::ExitCode {
                 ("qnetd", "kernel"),
             )
         }),
-        Suite::Proxy(r) => proxy::suite(r.duration, r.rounds).and_then(|f| {
-            r.report(
-                &f,
-                "HTTP through a proxy in front of the same upstream (qnet's demo server on a TAP)",
-                ("subject", "nginx"),
-            )
-        }),
+        Suite::All(h) => h.run("all"),
+        Suite::Net(h) => h.run("net"),
+        Suite::Startup(h) => h.run("startup"),
+        Suite::Proxy(h) => h.run("proxy"),
         Suite::Cni { cycles, json } => cni::suite(cycles).and_then(|f| {
             report(
                 &f,

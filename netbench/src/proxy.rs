@@ -13,8 +13,8 @@ use anyhow::{bail, Context};
 
 use quark_tests::{start_stack_in, wait_listening, Netns, PEER_IP, STACK_IP};
 
-use crate::workload::median;
-use crate::Figure;
+use crate::progress::Progress;
+use crate::report::Row;
 
 const UPSTREAM: u16 = 80;
 const QHTTP: u16 = 8080;
@@ -24,13 +24,13 @@ const CONNECTIONS: u32 = 50;
 
 /// One wrk run: requests per second and latency percentiles in microseconds.
 #[derive(Clone, Copy, Debug, Default)]
-struct Run {
-    rps: f64,
-    p50: f64,
-    p99: f64,
+pub struct Run {
+    pub rps: f64,
+    pub p50: f64,
+    pub p99: f64,
 }
 
-fn wrk(ns: &Netns, url: &str, d: Duration) -> anyhow::Result<Run> {
+pub fn wrk(ns: &Netns, url: &str, d: Duration) -> anyhow::Result<Run> {
     let out = ns
         .cmd("wrk")
         .args(["-t1", &format!("-c{CONNECTIONS}")])
@@ -127,7 +127,13 @@ impl Drop for Nginx {
     }
 }
 
-pub fn suite(duration: f64, rounds: usize) -> anyhow::Result<Vec<Figure>> {
+/// A figure taken from each run: metric, unit, higher is better, the value.
+type RunMetric = (&'static str, &'static str, bool, fn(&Run) -> f64);
+
+/// The suite's name in reports; its baseline is nginx.
+pub const SUITE: &str = "proxy";
+
+pub fn suite(duration: f64, rounds: usize) -> anyhow::Result<Vec<Row>> {
     quark_tests::require_env(&["wrk", "nginx"]);
     let d = Duration::from_secs_f64(duration);
     let ns = Netns::new("nb-px");
@@ -154,44 +160,37 @@ pub fn suite(duration: f64, rounds: usize) -> anyhow::Result<Vec<Figure>> {
         wrk(&ns, p, Duration::from_secs(1))?;
     }
     let mut runs: [Vec<Run>; 3] = Default::default();
+    let mut progress = Progress::new("proxy", 3 * rounds);
     for r in 0..rounds {
-        eprint!("\rnetbench: round {}/{rounds}", r + 1);
         for k in 0..3 {
             let i = (r + k) % 3;
+            progress.step(&format!("{}, round {}/{rounds}", paths[i], r + 1));
             runs[i].push(wrk(&ns, &paths[i], d)?);
         }
     }
-    eprintln!();
+    progress.finish();
     drop(proxy);
-    let med = |i: usize, f: fn(&Run) -> f64| median(&mut runs[i].iter().map(f).collect::<Vec<_>>());
-    let (q, direct, nginx) = (0, 1, 2);
+    let names = ["qhttp", "qnet (no proxy)", "nginx"];
+    let scenario = format!("wrk -c{CONNECTIONS} through a proxy to one upstream");
     let mut out = Vec::new();
-    for (name, i) in [
-        ("through qhttp", q),
-        ("straight through qnet, no proxy", direct),
-    ] {
-        let scenario = format!("wrk -c{CONNECTIONS}, {name}");
-        out.push(Figure::new(
-            &scenario,
-            "requests/s",
-            "req/s",
-            med(i, |r| r.rps),
-            med(nginx, |r| r.rps),
-        ));
-        out.push(Figure::new(
-            &scenario,
-            "p50 latency",
-            "us",
-            med(i, |r| r.p50),
-            med(nginx, |r| r.p50),
-        ));
-        out.push(Figure::new(
-            &scenario,
-            "p99 latency",
-            "us",
-            med(i, |r| r.p99),
-            med(nginx, |r| r.p99),
-        ));
+    let metrics: [RunMetric; 3] = [
+        ("requests/s", "req/s", true, |r| r.rps),
+        ("p50 latency", "us", false, |r| r.p50),
+        ("p99 latency", "us", false, |r| r.p99),
+    ];
+    for (metric, unit, higher_is_better, f) in metrics {
+        for (i, name) in names.iter().enumerate() {
+            out.push(Row {
+                suite: SUITE.into(),
+                scenario: scenario.clone(),
+                metric: metric.into(),
+                unit: unit.into(),
+                higher_is_better,
+                runtime: (*name).into(),
+                samples: runs[i].iter().map(f).collect(),
+                error: None,
+            });
+        }
     }
     Ok(out)
 }
