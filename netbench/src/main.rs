@@ -146,7 +146,9 @@ impl Harness {
             let rows = proxy::suite(self.duration, self.rounds)?;
             report.add_suite(proxy::SUITE, "nginx", rows, vec![]);
             report.notes.push(
-                "proxy: one upstream (qnet's demo HTTP server on a TAP) reached through qhttp in                  the same stack, straight through qnet, and through Debian's nginx (one worker,                  keep-alive) on kernel sockets"
+                "proxy: one upstream (qnet's demo HTTP server on a TAP) reached through qhttp in the \
+                 same stack, straight through qnet, and through Debian's nginx (one worker, \
+                 keep-alive) on kernel sockets"
                     .into(),
             );
         }

@@ -321,12 +321,16 @@ fn machine_description() -> String {
         .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
         .map_or(0.0, |kib| kib / (1 << 20) as f64);
     let kernel = read("/proc/sys/kernel/osrelease");
-    let kvm = read("/proc/modules")
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|m| m.starts_with("kvm"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    // /sys/module lists built-in modules too (and /proc/modules may not exist).
+    let mut kvm: Vec<String> = std::fs::read_dir("/sys/module")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|m| m.starts_with("kvm"))
+                .collect()
+        })
+        .unwrap_or_default();
+    kvm.sort();
+    let kvm = kvm.join(", ");
     format!(
         "Linux {}, {cpu}, {cores} cores, {mem_gib:.0} GiB, KVM modules: {}",
         kernel.trim(),
