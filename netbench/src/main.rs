@@ -142,6 +142,15 @@ impl Harness {
                 .notes
                 .extend(containers::NOTES.iter().map(|n| n.to_string()));
         }
+        if which == "all" {
+            let rows = overlay::rows(self.duration, self.rounds)?;
+            report.add_suite(overlay::SUITE, overlay::PATHS.1, rows, vec![]);
+            report.notes.push(
+                "overlay: pod to pod across two nodes (namespaces joined by an underlay veth), \
+                 qnetd's VXLAN against the kernel's VXLAN and bridge"
+                    .into(),
+            );
+        }
         if matches!(which, "all" | "proxy") {
             let rows = proxy::suite(self.duration, self.rounds)?;
             report.add_suite(proxy::SUITE, "nginx", rows, vec![]);
@@ -243,11 +252,11 @@ impl Figure {
 
 /// Prints figures as JSON lines or as a table under `title`.
 /// What a suite names a column of its rounds: scenario, metric, unit.
-type Column = (&'static str, &'static str, &'static str);
+pub(crate) type Column = (&'static str, &'static str, &'static str);
 
 /// Runs `rounds` rounds of the subject path and the baseline alternately, each going first
 /// equally often; every round's figures for each.
-type RoundRows<const N: usize> = (Vec<[f64; N]>, Vec<[f64; N]>);
+pub(crate) type RoundRows<const N: usize> = (Vec<[f64; N]>, Vec<[f64; N]>);
 fn alternate<const N: usize>(
     rounds: usize,
     mut subject: impl FnMut() -> anyhow::Result<[f64; N]>,

@@ -11,7 +11,7 @@ use quark_tests::overlay::{kernel_vxlan_node, two_nodes, underlay_ip};
 use quark_tests::Netns;
 
 use crate::workload::{bulk_recv, bulk_send, echo, percentile_us, ping_pong};
-use crate::{alternate, figures, Column, Figure};
+use crate::{alternate, figures, Column, Figure, RoundRows};
 
 /// Two pods on two nodes, the server at `server_ip`.
 struct Path {
@@ -61,7 +61,23 @@ fn round(p: &Path, d: Duration) -> anyhow::Result<[f64; 3]> {
     ])
 }
 
+/// The suite's name in reports, and its two paths (the baseline second).
+pub const SUITE: &str = "overlay";
+pub const PATHS: (&str, &str) = ("qnetd", "kernel vxlan");
+
 pub fn suite(duration: f64, rounds: usize) -> anyhow::Result<Vec<Figure>> {
+    let (names, (q, k)) = measure(duration, rounds)?;
+    Ok(figures(&names, &q, &k))
+}
+
+/// Every round of both paths, as report rows.
+pub fn rows(duration: f64, rounds: usize) -> anyhow::Result<Vec<crate::report::Row>> {
+    let (names, (q, k)) = measure(duration, rounds)?;
+    Ok(crate::report::paired_rows(SUITE, &names, PATHS, &q, &k))
+}
+
+/// The figures' names, and each round's [throughput, p50, p99] on qnetd and on the kernel.
+fn measure(duration: f64, rounds: usize) -> anyhow::Result<([Column; 3], RoundRows<3>)> {
     quark_tests::require_env(&["bridge"]);
     let d = Duration::from_secs_f64(duration);
     let qnetd = crate::runtime::sibling("qnetd");
@@ -97,5 +113,5 @@ pub fn suite(duration: f64, rounds: usize) -> anyhow::Result<Vec<Figure>> {
             "us",
         ),
     ];
-    Ok(figures(&names, &q, &k))
+    Ok((names, (q, k)))
 }

@@ -283,6 +283,33 @@ impl Report {
     }
 }
 
+/// Rows of a two-path suite (subject, baseline) from every round's figures; a unit in `/s` is
+/// a rate (more is better), anything else a cost.
+pub fn paired_rows<const N: usize>(
+    suite: &str,
+    columns: &[crate::Column; N],
+    names: (&str, &str),
+    subject: &[[f64; N]],
+    baseline: &[[f64; N]],
+) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for (i, (scenario, metric, unit)) in columns.iter().enumerate() {
+        for (runtime, rounds) in [(names.0, subject), (names.1, baseline)] {
+            rows.push(Row {
+                suite: suite.into(),
+                scenario: (*scenario).into(),
+                metric: (*metric).into(),
+                unit: (*unit).into(),
+                higher_is_better: unit.ends_with("/s"),
+                runtime: runtime.into(),
+                samples: rounds.iter().map(|r| r[i]).collect(),
+                error: None,
+            });
+        }
+    }
+    rows
+}
+
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
 }
@@ -388,6 +415,28 @@ mod tests {
         let quark: serde_json::Value = serde_json::from_str(json.lines().nth(1).unwrap()).unwrap();
         assert_eq!(quark["ratio"], 0.5);
         assert_eq!(quark["baseline"], "native");
+    }
+
+    #[test]
+    fn a_two_path_suite_keeps_every_round_of_both() {
+        let cols: [crate::Column; 2] = [("bulk", "throughput", "Gbit/s"), ("rr", "p50", "us")];
+        let rows = paired_rows(
+            "s",
+            &cols,
+            ("a", "b"),
+            &[[1.0, 10.0], [3.0, 30.0]],
+            &[[2.0, 20.0]],
+        );
+        assert_eq!(rows.len(), 4);
+        assert_eq!(
+            (rows[0].runtime.as_str(), rows[0].samples.clone()),
+            ("a", vec![1.0, 3.0])
+        );
+        assert_eq!(
+            (rows[3].runtime.as_str(), rows[3].samples.clone()),
+            ("b", vec![20.0])
+        );
+        assert!(rows[0].higher_is_better && !rows[2].higher_is_better);
     }
 
     #[test]

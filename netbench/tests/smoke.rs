@@ -45,8 +45,8 @@ fn the_containerd_suite_reports_its_figure() {
     assert_eq!(figures_of(&["containerd", "--runs", "1"]).len(), 1);
 }
 
-/// `netbench all`, very short, on the kernel (native), Quark and gVisor: every scenario has a
-/// row for every runtime; native's and Quark's are measured (gVisor's may be reported failed,
+/// `netbench all`, very short, on the kernel (native), Quark and gVisor (with the proxy and
+/// overlay suites): every scenario has a row for every runtime; native's and Quark's are measured (gVisor's may be reported failed,
 /// with its reason, where this runsc cannot do something); `--out` holds the raw runs, the
 /// report and a plot per figure.
 #[test]
@@ -81,11 +81,15 @@ fn the_harness_reports_every_scenario_on_every_runtime() {
     assert_eq!(of("net"), 13 * 3 + 2, "{rows:#?}");
     assert_eq!(of("startup"), 2 * 3, "{rows:#?}");
     assert_eq!(of("proxy"), 3 * 3, "{rows:#?}");
+    assert_eq!(of("overlay"), 3 * 2, "{rows:#?}");
     for r in &rows {
         let measured = r["rounds"].as_u64() == Some(1) && r["median"].as_f64().unwrap_or(0.0) > 0.0;
         let failed = r["error"].as_str().is_some_and(|e| !e.is_empty());
         match r["runtime"].as_str() {
-            Some("native" | "quark" | "qhttp" | "nginx" | "qnet (no proxy)") => {
+            Some(
+                "native" | "quark" | "qhttp" | "nginx" | "qnet (no proxy)" | "qnetd"
+                | "kernel vxlan",
+            ) => {
                 assert!(measured, "not measured: {r}")
             }
             _ => assert!(measured || failed, "neither measured nor failed: {r}"),
