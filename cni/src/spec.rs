@@ -332,4 +332,38 @@ mod tests {
         );
         assert!(result_addresses(&r, "eth1").is_empty());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, ..Default::default() })]
+
+        /// Hostile configuration: any bytes, or a valid ptp configuration with fields replaced
+        /// or removed, is parsed or refused with a CNI error, and what the plugin reads from a
+        /// parsed one (masquerading, GC attachments) never panics.
+        #[test]
+        fn any_configuration_is_parsed_or_refused(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            doc in quark_tests::hostile::mutated_json(serde_json::json!({
+                "cniVersion": "1.1.0",
+                "name": "pods",
+                "type": "qnet-cni",
+                "mode": "ptp",
+                "ipMasq": true,
+                "mtu": 1500,
+                "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.22.0.0/16"}]],
+                         "routes": [{"dst": "0.0.0.0/0"}]},
+                "cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth0"}],
+                "prevResult": {"interfaces": [{"name": "eth0", "sandbox": "/run/netns/x"}],
+                               "ips": [{"address": "10.22.0.5/16", "interface": 0}]}
+            })),
+            args in "\\PC{0,64}",
+        ) {
+            let _ = NetConf::parse(&bytes);
+            let _ = parse_args(&args);
+            let text = serde_json::to_vec(&doc).unwrap();
+            if let Ok(conf) = NetConf::parse(&text) {
+                let _ = crate::masq::wanted(&conf);
+                let _ = crate::ptp::valid_attachments(&conf).count();
+            }
+        }
+    }
 }

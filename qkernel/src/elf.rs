@@ -392,7 +392,7 @@ mod tests {
 
     #[test]
     fn rejects_garbage_and_foreign_binaries() {
-        let m = &mut tests_machine::Accepting;
+        let m = &mut crate::test_machine::TestMachine::accepting();
         assert_eq!(load_static(m, b"hello", &[], &[]), Err(ElfError::NotElf));
         let mut hdr = vec![0u8; 64];
         hdr[..4].copy_from_slice(b"\x7fELF");
@@ -430,69 +430,8 @@ mod tests {
             img[16..18].copy_from_slice(&ty.to_le_bytes());
             img[18] = 62;
             img.append(&mut body);
-            let mut m = tests_machine::Accepting;
+            let mut m = crate::test_machine::TestMachine::accepting();
             let _ = load_static(&mut m, &img, &["a".into()], &[]);
-        }
-    }
-
-    mod tests_machine {
-        use super::super::*;
-        use crate::machine::{HostFile, RawStat};
-
-        /// A machine whose memory accepts every map and write (it stores nothing).
-        #[derive(Default)]
-        pub struct Accepting;
-
-        impl Machine for Accepting {
-            fn map_zeroed(&mut self, _: u64, _: u64, _: PageFlags) -> Result<(), Fault> {
-                Ok(())
-            }
-            fn read(&self, _: u64, _: &mut [u8]) -> Result<(), Fault> {
-                Ok(())
-            }
-            fn write(&mut self, _: u64, _: &[u8]) -> Result<(), Fault> {
-                Ok(())
-            }
-            fn console_write(&mut self, _: i32, d: &[u8]) -> std::io::Result<usize> {
-                Ok(d.len())
-            }
-            fn console_read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
-                Ok(0)
-            }
-            fn realtime_ns(&self) -> u64 {
-                0
-            }
-            fn monotonic_ns(&self) -> u64 {
-                0
-            }
-            fn random(&mut self, _: &mut [u8]) {}
-            fn set_thread_pointer(&mut self, _: u64) {}
-            fn sleep_ns(&mut self, _: u64) {}
-            fn fs_open(&mut self, _: &[u8], _: i32, _: u32) -> Result<HostFile, i64> {
-                Err(2)
-            }
-            fn fs_close(&mut self, _: HostFile) {}
-            fn fs_read(&mut self, _: HostFile, _: &mut [u8], _: Option<u64>) -> Result<usize, i64> {
-                Err(9)
-            }
-            fn fs_write(&mut self, _: HostFile, _: &[u8], _: Option<u64>) -> Result<usize, i64> {
-                Err(9)
-            }
-            fn fs_seek(&mut self, _: HostFile, _: i64, _: i32) -> Result<u64, i64> {
-                Err(9)
-            }
-            fn fs_stat(&mut self, _: HostFile) -> Result<RawStat, i64> {
-                Err(9)
-            }
-            fn fs_stat_path(&mut self, _: &[u8], _: bool) -> Result<RawStat, i64> {
-                Err(2)
-            }
-            fn fs_getdents(&mut self, _: HostFile, _: &mut [u8]) -> Result<usize, i64> {
-                Err(9)
-            }
-            fn fs_readlink(&mut self, _: &[u8]) -> Result<Vec<u8>, i64> {
-                Err(2)
-            }
         }
     }
 }

@@ -23,6 +23,11 @@ mod syscalls;
 pub mod sysnames;
 mod unix;
 
+#[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
+mod test_machine;
+
 pub use elf::{interpreter, load, load_static, ElfError, Loaded};
 pub use host::{HostEvent, HostRequest, SpawnRequest};
 pub use machine::{

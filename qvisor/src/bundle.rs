@@ -197,4 +197,39 @@ mod tests {
         let err = http_proxy(&spec(net, bad)).unwrap_err().to_string();
         assert!(err.contains("dev.quark.qhttp.routes"), "{err}");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 400, ..Default::default() })]
+
+        /// Hostile bundles: a config.json of any bytes, or a valid one with fields replaced or
+        /// removed (at any depth), is read or refused with an error, never a panic.
+        #[test]
+        fn any_config_json_is_read_or_refused(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            doc in quark_tests::hostile::mutated_json(serde_json::json!({
+                "ociVersion": "1.0.2",
+                "process": {"terminal": false, "user": {"uid": 0, "gid": 0},
+                            "args": ["/bin/sh", "-c", "true"], "env": ["PATH=/bin"], "cwd": "/",
+                            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}]},
+                "root": {"path": "rootfs", "readonly": false},
+                "hostname": "q",
+                "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+                "annotations": {"dev.quark.qhttp.routes": "8080:/=80",
+                                "dev.quark.syscall-poll": "on"},
+                "linux": {"namespaces": [{"type": "pid"}, {"type": "network", "path": "/run/netns/x"}],
+                          "resources": {"memory": {"limit": 268435456}, "pids": {"limit": 64}}}
+            })),
+        ) {
+            let dir = std::env::temp_dir().join(format!("qvisor-hostile-bundle-{}", std::process::id()));
+            std::fs::create_dir_all(dir.join("rootfs")).unwrap();
+            for text in [bytes, serde_json::to_vec(&doc).unwrap()] {
+                std::fs::write(dir.join("config.json"), &text).unwrap();
+                if let Ok((spec, _)) = read(&dir) {
+                    let _ = net_setup(&spec);
+                    let _ = http_proxy(&spec);
+                }
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
 }

@@ -36,6 +36,7 @@ pub fn require_env(tools: &[&str]) {
 }
 
 pub mod containerd;
+pub mod hostile;
 pub mod overlay;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
