@@ -388,6 +388,12 @@ impl Kernel {
                 return SyscallOutcome::Resume;
             }
         }
+        self.fatal_fault(m, sig, addr)
+    }
+
+    /// A fault no handler may see (one in the platform's syscall stub, which runs on the
+    /// stub's own stack): the running process dies of `sig`, as of an unhandled fault.
+    pub fn fatal_fault(&mut self, m: &mut dyn Machine, sig: i32, addr: u64) -> SyscallOutcome {
         tracing::info!(
             pid = self.p.pid,
             tid = self.t.tid,

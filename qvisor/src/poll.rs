@@ -117,10 +117,13 @@ impl Mailbox {
     /// Publishes a result for the spinning stub.
     fn answer(&self, value: i64, fs_base: Option<u64>) {
         self.write(RET, value as u64);
+        // Always written: the page is shared by every process and writable by all of them, so
+        // a flag left from before could be any process's forgery (and the stub would load a
+        // forged FS base into the caller).
         if let Some(fs) = fs_base {
             self.write(FSVAL, fs);
-            self.write(SETFS, 1);
         }
+        self.write(SETFS, u64::from(fs_base.is_some()));
         self.flag().store(ANSWER, Ordering::Release);
     }
 }

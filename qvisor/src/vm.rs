@@ -340,15 +340,22 @@ pub fn preempt(core: &Mutex<Core>, regs: UserRegs, vcpu: &VcpuFd) -> Option<Serv
 
 /// The running process took a fault it cannot go on from (`signal` at `addr`, its exact
 /// registers `regs`): a handler of it runs, or it dies.
+/// `in_stub`: the fault was in the syscall stub, on the stub's stack, where no handler can
+/// run: the process dies of it.
 fn fault_signal(
     core: &Mutex<Core>,
     regs: UserRegs,
     vcpu: &VcpuFd,
     signal: i32,
     addr: u64,
+    in_stub: bool,
 ) -> Option<Served> {
     with_kernel(core, regs, Some(vcpu), |k, m| {
-        Some(k.user_fault(m, signal, addr))
+        Some(if in_stub {
+            k.fatal_fault(m, signal, addr)
+        } else {
+            k.user_fault(m, signal, addr)
+        })
     })
     .map(|(outcome, out)| Served::of(outcome, out))
 }
@@ -506,6 +513,15 @@ impl Machine for GuestMachine<'_> {
         self.mem.read_user(va, buf)
     }
     fn write(&mut self, va: u64, buf: &[u8]) -> Result<(), Fault> {
+        // The syscall stub is one page every address space shares, user-visible because this
+        // host runs it at CPL 3: a syscall writing into it (read(2) into STUB_VA) would let one
+        // process break every other's syscalls. Read-only to the app, so EFAULT, as on Linux.
+        let end = va.saturating_add(buf.len() as u64);
+        if va < STUB_VA + PAGE && end > STUB_VA {
+            return Err(Fault {
+                addr: va.max(STUB_VA),
+            });
+        }
         self.mem.write_user(va, buf)
     }
     fn console_write(&mut self, fd: i32, data: &[u8]) -> std::io::Result<usize> {
@@ -1301,13 +1317,17 @@ impl Vm {
         };
         let sync = self.vcpu.sync_regs();
         let (regs, sregs) = (sync.regs, sync.sregs);
-        if regs.rip >= LSTAR || sregs.cs.selector != 0x33 {
+        // The stub runs in user mode on behalf of whichever process called it: a fault there
+        // (a mailbox another process forged, a jump into the stub) is that process's, not the
+        // kernel's.
+        let in_stub = (STUB_VA..STUB_VA + PAGE).contains(&regs.rip);
+        if (regs.rip >= LSTAR && !in_stub) || sregs.cs.selector != 0x33 {
             return Ok(Some(stop));
         }
         tracing::debug!(signal, reason = %reason, "fault in the app");
         let addr = if cr2 != CR2_NONE { cr2 } else { rip };
         let app = exact_user_regs(&regs, &sregs);
-        let Some(served) = fault_signal(&self.core, app, &self.vcpu, *signal, addr) else {
+        let Some(served) = fault_signal(&self.core, app, &self.vcpu, *signal, addr, in_stub) else {
             return Ok(Some(stop));
         };
         if Stop::of(served.outcome).is_some() {

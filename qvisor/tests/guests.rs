@@ -457,6 +457,50 @@ fn abort_kills_the_app_with_sigabrt() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
 
+/// A hostile app (tests/guests/hostile.c): bad pointers and lengths, the shared syscall stub
+/// overwritten through read(2), the shared mailbox forged, privileged instructions, writes to
+/// the kernel half and the stub page, a jump into the stub. Each attack runs in a child:
+/// refused (the child's calls fail, exit 0) or killed (a signal), and the parent, its syscalls
+/// and the VMM carry on.
+#[test]
+fn a_hostile_app_is_refused_or_killed_and_everything_else_carries_on() {
+    let o = qvisor(&["/bin/hostile"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
+    let verdict = |name: &str| -> String {
+        out.lines()
+            .find_map(|l| l.split_once(": ").filter(|(n, _)| n.ends_with(name)))
+            .map(|(_, v)| v.to_string())
+            .unwrap_or_else(|| panic!("no line for {name}: {out}"))
+    };
+    // Every call refused: no bad pointer was read or written.
+    assert_eq!(verdict("bad-pointers"), "exit 0", "{out}");
+    assert_eq!(
+        verdict("overwrite-stub"),
+        "exit 0",
+        "read(2) into the stub: {out}"
+    );
+    let forged = verdict("forge-mailbox");
+    assert!(forged == "exit 0" || forged.starts_with("signal"), "{out}");
+    for name in [
+        "cli",
+        "hlt",
+        "wrmsr",
+        "out",
+        "mov-cr3",
+        "lidt",
+        "write-kernel-half",
+        "write-high-kernel",
+        "write-stub-page",
+    ] {
+        let v = verdict(name);
+        assert!(v == "signal 11" || v == "signal 4", "{name}: {v}\n{out}");
+    }
+    // The stub runs for whichever process calls it: a jump into it kills that process only.
+    assert!(verdict("jump-into-stub").starts_with("signal"), "{out}");
+    assert!(out.ends_with("survived\n"), "{out}");
+}
+
 #[test]
 fn files_are_made_renamed_and_removed_inside_the_root_only() {
     // Names of this test's own: the root is shared with tests running alongside.

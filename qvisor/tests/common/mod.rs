@@ -67,6 +67,7 @@ pub fn root() -> &'static Path {
             ("tcp", "tcp", "-static"),
             ("epoll", "epoll", "-static"),
             ("select", "select", "-static"),
+            ("hostile", "hostile", "-static"),
             ("udp", "udp", "-static"),
             ("threads", "threads", "-static"),
         ] {

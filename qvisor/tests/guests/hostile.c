@@ -1,0 +1,121 @@
+/* A hostile app: each attack runs in a child process, and the parent reports how the child
+ * ended. qkernel must refuse (an error) or kill the child (a signal); the parent, the other
+ * processes and the VMM carry on. Prints one line per attack, "NAME: signal N", "NAME: exit N"
+ * (the child's own verdict, 0 when every call was refused), then "survived".
+ *
+ * The syscall stub and its mailbox live at fixed addresses in the top of the address space
+ * (qvisor/src/poll.rs): they are user-visible by necessity, so they are attacked too. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define STUB_VA 0xffffffff80000000UL
+#define MAILBOX_VA (STUB_VA + 0x1000)
+
+static long raw(long nr, long a, long b, long c) { return syscall(nr, a, b, c); }
+
+/* Each call must fail with -EFAULT/-EINVAL or similar: exit 0 if all were refused. */
+static int bad_pointers(void) {
+  int bad = 0;
+  char buf[16];
+  if (raw(SYS_write, 1, 16, 5) != -1) bad |= 1;                        /* page zero */
+  if (raw(SYS_write, 1, 0xffff800000000000UL, 8) != -1) bad |= 2;      /* kernel half */
+  int p[2];
+  if (pipe(p)) return 100;
+  raw(SYS_write, p[1], (long)buf, -1L); /* huge length: any answer but a crash (not on stdout) */
+  if (raw(SYS_read, 0, 0x7ffffffff000UL, 1 << 20) > 0) bad |= 8;       /* past the stack */
+  struct iovec v[2] = {{buf, 8}, {(void *)0xdead0000UL, 1UL << 62}};
+  if (raw(SYS_writev, 1, (long)v, 2) > 8) bad |= 16;                   /* overflowing iovec */
+  if (raw(SYS_getdents64, 0, 0xffffffffffff0000UL, 1L << 40) >= 0) bad |= 32;
+  return bad;
+}
+
+/* Overwrite the stub through the kernel (read from a pipe into it), then make a syscall:
+ * this process may die, nobody else may notice. */
+static int overwrite_stub(void) {
+  int p[2];
+  if (pipe(p)) return 100;
+  char junk[64];
+  memset(junk, 0xcc, sizeof junk);
+  write(p[1], junk, sizeof junk);
+  long r = raw(SYS_read, p[0], STUB_VA, 64);
+  (void)r;
+  return getpid() > 0 ? 0 : 1; /* a syscall through whatever the stub is now */
+}
+
+/* Scribble over the mailbox: a forged request the host thread may serve or ignore. */
+static int forge_mailbox(void) {
+  volatile uint64_t *mb = (volatile uint64_t *)MAILBOX_VA;
+  for (int i = 0; i < 32; i++) mb[i] = 0x4141414141414141ULL;
+  mb[0] = 1;             /* "request" */
+  mb[1] = 0xffffffffUL;  /* a syscall number */
+  for (volatile int i = 0; i < 1000000; i++) {}
+  mb[0] = 7;
+  return getpid() > 0 ? 0 : 1;
+}
+
+static void privileged(int which) {
+  switch (which) {
+    case 0: __asm__ volatile("cli"); break;
+    case 1: __asm__ volatile("hlt"); break;
+    case 2: __asm__ volatile("wrmsr" ::"c"(0xc0000082), "a"(0), "d"(0)); break; /* LSTAR */
+    case 3: __asm__ volatile("outb %%al, %%dx" ::"a"(0), "d"(0x80)); break;
+    case 4: { uint64_t v = 0; __asm__ volatile("mov %0, %%cr3" ::"r"(v)); break; }
+    case 5: { struct { uint16_t l; uint64_t b; } __attribute__((packed)) d = {0, 0};
+              __asm__ volatile("lidt %0" ::"m"(d)); break; }
+  }
+}
+
+static void write_kernel_memory(int which) {
+  /* Page tables, descriptor tables and the kernel half are not the app's. */
+  volatile uint64_t *p = which == 0 ? (uint64_t *)0xffff800000000000UL
+                       : which == 1 ? (uint64_t *)0xfffffe0000000000UL
+                                    : (uint64_t *)(STUB_VA + 8);
+  *p = 0;
+}
+
+static void jump_into_stub(void) {
+  void (*f)(void) = (void (*)(void))(STUB_VA + 0x33);
+  f();
+}
+
+static void run(const char *name, int (*fn)(int), int arg) {
+  fflush(stdout);
+  pid_t c = fork();
+  if (c == 0) _exit(fn(arg));
+  int st = 0;
+  waitpid(c, &st, 0);
+  if (WIFSIGNALED(st)) printf("%s: signal %d\n", name, WTERMSIG(st));
+  else printf("%s: exit %d\n", name, WEXITSTATUS(st));
+}
+
+static int t_bad(int a) { (void)a; return bad_pointers(); }
+static int t_stub(int a) { (void)a; return overwrite_stub(); }
+static int t_mailbox(int a) { (void)a; return forge_mailbox(); }
+static int t_priv(int a) { privileged(a); return 42; }
+static int t_kmem(int a) { write_kernel_memory(a); return 42; }
+static int t_jump(int a) { (void)a; jump_into_stub(); return 42; }
+
+int main(void) {
+  run("bad-pointers", t_bad, 0);
+  run("overwrite-stub", t_stub, 0);
+  run("forge-mailbox", t_mailbox, 0);
+  const char *names[] = {"cli", "hlt", "wrmsr", "out", "mov-cr3", "lidt"};
+  for (int i = 0; i < 6; i++) run(names[i], t_priv, i);
+  run("write-kernel-half", t_kmem, 0);
+  run("write-high-kernel", t_kmem, 1);
+  run("write-stub-page", t_kmem, 2);
+  run("jump-into-stub", t_jump, 0);
+  /* The parent's own syscalls still work after all that. */
+  fflush(stdout);
+  char msg[] = "survived\n";
+  if (write(1, msg, sizeof msg - 1) != (ssize_t)(sizeof msg - 1)) return 1;
+  return 0;
+}
