@@ -118,16 +118,7 @@ impl Root {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("guests/netserve.c");
-        let out = Command::new("gcc")
-            .args(["-static", "-O2", "-o"])
-            .arg(dir.join("bin/netserve"))
-            .arg(&src)
-            .output()
-            .context("running gcc (install gcc and libc6-dev)")?;
-        if !out.status.success() {
-            bail!("gcc netserve: {}", String::from_utf8_lossy(&out.stderr));
-        }
+        crate::runtime::build_guest("netserve", &dir.join("bin"))?;
         for d in [
             "etc/nginx",
             "var/www",

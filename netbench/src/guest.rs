@@ -5,7 +5,7 @@
 //! two paths; medians are reported, with the floor the host's syscall cost sets.
 
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::thread;
 use std::time::Duration;
@@ -29,16 +29,7 @@ impl Root {
         let bin = dir.join("bin");
         std::fs::create_dir_all(&bin)?;
         for name in ["tcpbench", "syscost"] {
-            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("guests/{name}.c"));
-            let out = Command::new("gcc")
-                .args(["-static", "-O2", "-o"])
-                .arg(bin.join(name))
-                .arg(&src)
-                .output()
-                .context("running gcc (install gcc and libc6-dev)")?;
-            if !out.status.success() {
-                bail!("gcc {name}: {}", String::from_utf8_lossy(&out.stderr));
-            }
+            crate::runtime::build_guest(name, &bin)?;
         }
         Ok(Root(dir))
     }

@@ -31,16 +31,7 @@ impl Bundle {
                 std::os::unix::fs::symlink("busybox", link)?;
             }
         }
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("guests/syscost.c");
-        let out = Command::new("gcc")
-            .args(["-static", "-O2", "-o"])
-            .arg(bin.join("syscost"))
-            .arg(&src)
-            .output()
-            .context("running gcc")?;
-        if !out.status.success() {
-            bail!("gcc: {}", String::from_utf8_lossy(&out.stderr));
-        }
+        build_guest("syscost", &bin)?;
         Ok(Bundle { dir })
     }
 
@@ -82,6 +73,21 @@ impl Drop for Bundle {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Builds `guests/NAME.c` into `bin/NAME`, static, as every runtime runs it.
+pub(crate) fn build_guest(name: &str, bin: &Path) -> anyhow::Result<()> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("guests/{name}.c"));
+    let out = Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(bin.join(name))
+        .arg(&src)
+        .output()
+        .context("running gcc (install gcc and libc6-dev)")?;
+    if !out.status.success() {
+        bail!("gcc {name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
 }
 
 pub(crate) fn qvisor() -> PathBuf {
