@@ -15,6 +15,7 @@ use quark_tests::{start_stack_in, wait_listening, Netns, PEER_IP, STACK_IP};
 
 use crate::progress::Progress;
 use crate::report::Row;
+use crate::workload::rotation;
 
 const UPSTREAM: u16 = 80;
 const QHTTP: u16 = 8080;
@@ -162,8 +163,7 @@ pub fn suite(duration: f64, rounds: usize) -> anyhow::Result<Vec<Row>> {
     let mut runs: [Vec<Run>; 3] = Default::default();
     let mut progress = Progress::new("proxy", 3 * rounds);
     for r in 0..rounds {
-        for k in 0..3 {
-            let i = (r + k) % 3;
+        for i in rotation(3, r) {
             progress.step(&format!("{}, round {}/{rounds}", paths[i], r + 1));
             runs[i].push(wrk(&ns, &paths[i], d)?);
         }

@@ -15,7 +15,7 @@ use quark_tests::Netns;
 use crate::containers::*;
 use crate::progress::Progress;
 use crate::report::{Latencies, Row};
-use crate::workload::{percentile_us, ping_pong};
+use crate::workload::{percentile_us, ping_pong, rotation};
 
 pub const SUITE: &str = "net";
 
@@ -360,8 +360,7 @@ pub fn suite(
         let mut samples = vec![Vec::new(); n];
         let mut errors: Vec<Option<String>> = lanes.iter().map(|l| l.error.clone()).collect();
         for r in 0..rounds {
-            for k in 0..n {
-                let i = (k + r + si) % n;
+            for i in rotation(n, r + si) {
                 let lane = &lanes[i];
                 if !sc.applies(lane.runtime) || lane.container.is_none() {
                     continue;

@@ -8,6 +8,7 @@ use crate::containers::*;
 use crate::progress::Progress;
 use crate::report::Row;
 use crate::scenarios::RemoveOnDrop;
+use crate::workload::rotation;
 
 pub const SUITE: &str = "startup";
 
@@ -75,8 +76,7 @@ pub fn suite(runtimes: &[Runtime], runs: usize, rounds: usize) -> anyhow::Result
         .collect();
     let mut progress = Progress::new("startup", n * (runs + rounds));
     for r in 0..runs {
-        for k in 0..n {
-            let i = (k + r) % n;
+        for i in rotation(n, r) {
             let rt = runtimes[i];
             progress.step(&format!("start of {}, {}/{runs}", rt.name(), r + 1));
             let id = format!("nbs-{}-{}-{r}", rt.name(), std::process::id());
@@ -85,8 +85,7 @@ pub fn suite(runtimes: &[Runtime], runs: usize, rounds: usize) -> anyhow::Result
         }
     }
     for r in 0..rounds {
-        for k in 0..n {
-            let i = (k + r) % n;
+        for i in rotation(n, r) {
             let rt = runtimes[i];
             progress.step(&format!("memory of {}, {}/{rounds}", rt.name(), r + 1));
             let id = format!("nbm-{}-{}-{r}", rt.name(), std::process::id());

@@ -66,6 +66,12 @@ pub fn percentile_us(samples: &mut [Duration], p: f64) -> f64 {
     samples[idx.min(samples.len() - 1)].as_secs_f64() * 1e6
 }
 
+/// The order `n` paths or runtimes take in round `round`: each goes first equally often, so
+/// drift over a run falls on all of them alike (A B C, B C A, C A B, ...).
+pub fn rotation(n: usize, round: usize) -> impl Iterator<Item = usize> {
+    (0..n).map(move |k| (k + round) % n)
+}
+
 /// The median of a few values (one per round).
 pub fn median(values: &mut [f64]) -> f64 {
     if values.is_empty() {
@@ -92,6 +98,7 @@ mod tests {
         assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
         assert!(median(&mut []).is_nan());
+        assert_eq!(rotation(3, 4).collect::<Vec<_>>(), [1, 2, 0]);
     }
 
     #[test]
