@@ -17,45 +17,11 @@ use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, IpAddress, IpCidr};
 
-/// An anonymous, page-aligned mapping for a ring region.
-struct Region {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl Region {
-    fn new(len: usize) -> Region {
-        // SAFETY: an anonymous private mapping; checked for failure below.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(ptr, libc::MAP_FAILED, "mmap failed");
-        Region {
-            ptr: ptr.cast(),
-            len,
-        }
-    }
-}
-
-impl Drop for Region {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in new(), unmapped once.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
-
 fn ring(c: &mut Criterion) {
     let geometry = Geometry::new(256, 256, 64, 64 << 10).expect("geometry");
-    let region = Region::new(geometry.region_size as usize);
+    let region = qnet::phy::RawRegion::new(geometry.region_size as usize).expect("mmap");
     // SAFETY: the region is a page-aligned read-write mapping of that size, alive while `view`.
-    let view = unsafe { RegionView::new(region.ptr, region.len, geometry) }.expect("view");
+    let view = unsafe { RegionView::new(region.as_ptr(), region.len(), geometry) }.expect("view");
     view.publish_geometry();
     let mut g = c.benchmark_group("ring");
     let sqe = Sqe {

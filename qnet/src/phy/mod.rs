@@ -5,4 +5,4 @@ pub mod uring;
 pub mod vnet;
 
 pub use tap::{Tap, TapError, TapOptions};
-pub use uring::{DeviceStats, FrameQueues, LocalAddrs, Reaped, UringTap};
+pub use uring::{DeviceStats, FrameQueues, LocalAddrs, RawRegion, Reaped, UringTap};

@@ -149,14 +149,15 @@ struct TxQueue {
     dropped: u64,
 }
 
-/// Anonymous memory mapped for the kernel to write into, unmapped on drop.
-struct RawRegion {
+/// Anonymous, page-aligned memory (for the kernel to write into, or a ring region), unmapped
+/// on drop.
+pub struct RawRegion {
     ptr: *mut u8,
     len: usize,
 }
 
 impl RawRegion {
-    fn new(len: usize) -> io::Result<Self> {
+    pub fn new(len: usize) -> io::Result<Self> {
         // SAFETY: a fresh private anonymous mapping; nothing else aliases it.
         let ptr = unsafe {
             libc::mmap(
@@ -175,6 +176,21 @@ impl RawRegion {
             ptr: ptr as *mut u8,
             len,
         })
+    }
+}
+
+impl RawRegion {
+    /// The start of the mapping (page aligned, `len` bytes, valid until drop).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
