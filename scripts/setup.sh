@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Installs what Quark's demo, tests and benchmarks need on a fresh Debian machine, then builds.
+# Installs what Quark's demo, tests and benchmarks need on a fresh Debian machine, then builds
+# the release binaries (skipped with --packages-only: the test suite builds its own debug ones,
+# and two full builds side by side outgrow a small CI disk).
 # Idempotent: packages already present are skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+build=1
+[ "${1:-}" = "--packages-only" ] && build=0
 
 need_root() {
   if [ "$(id -u)" != 0 ]; then
@@ -30,4 +34,6 @@ fi
 [ -e /dev/net/tun ] || { modprobe tun 2>/dev/null || true; }
 [ -e /dev/net/tun ] || { echo "setup: /dev/net/tun is missing" >&2; exit 1; }
 
-cargo build --release --workspace --bins
+if [ "$build" = 1 ]; then
+  cargo build --release --workspace --bins
+fi

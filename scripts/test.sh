@@ -4,7 +4,10 @@
 # and closes with one summary line of the counts over all test binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --packages-only
+# A clean build gains nothing from incremental state, which doubles the debug target's size.
+export CARGO_INCREMENTAL=0
+echo "test: free disk before building: $(df -h --output=avail . | tail -1)"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 log=$(mktemp)
@@ -13,4 +16,5 @@ status=0
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
 awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "summary: %d passed, %d failed\n", p, f }' "$log"
+echo "test: free disk after the suite: $(df -h --output=avail . | tail -1)"
 exit "$status"
