@@ -4,7 +4,7 @@
  * connect errno, what poll saw and SO_ERROR) | tcp loop IP PORT (a listener and a client in this
  * one process talk over IP, which is 127.0.0.1 or the container's own address) | tcp pipeto IP PORT
  * (stdin to the connection) | tcp pipefrom IP PORT (the connection to stdout), in 64 KiB chunks |
- * tcp hog IP PORT (opens sockets and starts connections until refused, then holds them 10 s). */
+ * tcp hog IP PORT (opens sockets and starts connections until refused, then holds them until killed, 120 s at most). */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -120,7 +120,7 @@ int main(int argc, char **argv) {
       if (connect(s, (struct sockaddr *)&a, sizeof a) == 0 || errno == EINPROGRESS) connecting++;
     }
     fflush(stdout);
-    sleep(10);
+    sleep(120);
     return 0;
   }
   if (argc == 5 && !strcmp(argv[1], "send")) {
