@@ -57,6 +57,14 @@ impl RunningStack {
         std::sync::Arc::new(move || http_samples(&handle.stats()))
     }
 
+    /// Runs `f` on the stack's thread (see [`StackHandle::on_stack_thread`]).
+    pub fn on_stack_thread<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Option<R> {
+        self.handle.on_stack_thread(f)
+    }
+
     /// Waits for the stack to end (it runs until stopped or failed).
     pub fn wait(mut self) -> anyhow::Result<()> {
         self.join()

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 use smoltcp::iface::{PollIngressSingleResult, PollResult};
 use smoltcp::time::Instant;
 
@@ -46,12 +46,32 @@ pub struct StackHandle {
     stop: Arc<AtomicBool>,
     doorbell: Arc<OwnedFd>,
     stats: Arc<Mutex<StackStats>>,
+    tasks: Sender<StackTask>,
 }
+
+/// Work the stack's own thread runs between passes (see [`StackHandle::on_stack_thread`]).
+type StackTask = Box<dyn FnOnce() + Send>;
 
 impl StackHandle {
     pub fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
         eventfd_signal(self.doorbell.as_raw_fd());
+    }
+
+    /// Runs `f` on the stack's thread between two passes and returns what it returned, or
+    /// `None` if the stack ended first. For what only a thread can do to itself (a VMM stacks
+    /// its seccomp filter for the network thread this way).
+    pub fn on_stack_thread<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Option<R> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let task: StackTask = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        self.tasks.send(task).ok()?;
+        eventfd_signal(self.doorbell.as_raw_fd());
+        rx.recv().ok()
     }
 
     /// The stack's counters as of its last report (at most [`STATS_EVERY`] old while it runs).
@@ -76,6 +96,7 @@ pub struct Stack {
     dev: UringTap,
     sessions: HashMap<u64, Session>,
     incoming: Receiver<Session>,
+    tasks: Receiver<StackTask>,
     stop: Arc<AtomicBool>,
     epoch: std::time::Instant,
     busy_poll: Duration,
@@ -108,16 +129,19 @@ impl Stack {
         let stop = Arc::new(AtomicBool::new(false));
         let attacher = Arc::new(Attacher::new(geometry, doorbell.clone(), tx));
         let stats = Arc::new(Mutex::new(StackStats::default()));
+        let (task_tx, task_rx) = crossbeam_channel::unbounded();
         let handle = StackHandle {
             stop: stop.clone(),
             doorbell,
             stats: stats.clone(),
+            tasks: task_tx,
         };
         let stack = Stack {
             net,
             dev,
             sessions: HashMap::new(),
             incoming: rx,
+            tasks: task_rx,
             stop,
             epoch,
             busy_poll,
@@ -257,6 +281,9 @@ impl Stack {
         let mut last_work = std::time::Instant::now();
         let mut last_report = last_work;
         while !self.stop.load(Ordering::Relaxed) {
+            while let Ok(task) = self.tasks.try_recv() {
+                task();
+            }
             if last_report.elapsed() >= STATS_EVERY {
                 last_report = std::time::Instant::now();
                 let stats = self.stats();
