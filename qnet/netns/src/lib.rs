@@ -15,6 +15,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use futures_util::stream::TryStreamExt;
+use rtnetlink::packet_core::{Emitable, Parseable};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteType};
@@ -54,6 +55,8 @@ pub enum NetnsError {
     NoSuchInterface { path: String, name: String },
     #[error("the namespace helper thread panicked")]
     Panicked,
+    #[error("a malformed takeover record for network namespace {path}")]
+    BadRecord { path: String },
 }
 
 pub type Result<T> = std::result::Result<T, NetnsError>;
@@ -387,6 +390,82 @@ impl Drop for Takeover {
     }
 }
 
+/// A takeover handed to another process, which gives the interface back once the one that
+/// made it is gone: qvisor's keeper, so the VMM itself needs no capability to undo it. The
+/// record is the link index and the saved addresses and routes as netlink messages, each
+/// length-prefixed (u32, native endian).
+impl Takeover {
+    /// Ends this takeover's own duty to restore (nothing happens on drop) and returns the
+    /// namespace and the record for [`restore_handed_off`]. On error nothing has changed.
+    pub fn hand_off(&mut self) -> std::io::Result<(File, Vec<u8>)> {
+        let file = self.netns.file.try_clone()?;
+        let mut record = Vec::new();
+        if let Some(saved) = self.saved.take() {
+            record.extend_from_slice(&saved.index.to_ne_bytes());
+            put_messages(&mut record, &saved.addrs);
+            put_messages(&mut record, &saved.routes);
+        }
+        Ok((file, record))
+    }
+}
+
+fn put_messages<M: Emitable>(out: &mut Vec<u8>, messages: &[M]) {
+    out.extend_from_slice(&(messages.len() as u32).to_ne_bytes());
+    for m in messages {
+        let mut buf = vec![0; m.buffer_len()];
+        m.emit(&mut buf);
+        out.extend_from_slice(&(buf.len() as u32).to_ne_bytes());
+        out.extend_from_slice(&buf);
+    }
+}
+
+/// Reads one u32 off the front of `rest`.
+fn take_u32(rest: &mut &[u8]) -> Option<u32> {
+    let (head, tail) = rest.split_first_chunk::<4>()?;
+    *rest = tail;
+    Some(u32::from_ne_bytes(*head))
+}
+
+fn take_messages<M: Parseable<[u8]>>(rest: &mut &[u8]) -> Option<Vec<M>> {
+    let count = take_u32(rest)?;
+    let mut out = Vec::new();
+    for _ in 0..count {
+        let len = take_u32(rest)? as usize;
+        if rest.len() < len {
+            return None;
+        }
+        let (msg, tail) = rest.split_at(len);
+        out.push(M::parse(msg).ok()?);
+        *rest = tail;
+    }
+    Some(out)
+}
+
+/// Gives back the interface of a takeover handed off with [`Takeover::hand_off`], in `netns`.
+pub fn restore_handed_off(netns: Netns, record: &[u8]) -> Result<()> {
+    let saved = decode_record(record).ok_or_else(|| NetnsError::BadRecord {
+        path: netns.path.display().to_string(),
+    })?;
+    Takeover { netns, saved }.restore()
+}
+
+/// The saved state in a hand-off record (`None` inside: nothing to restore); `None` when the
+/// record is malformed.
+fn decode_record(record: &[u8]) -> Option<Option<Saved>> {
+    if record.is_empty() {
+        return Some(None);
+    }
+    let mut rest = record;
+    let index = take_u32(&mut rest)?;
+    let addrs = take_messages(&mut rest)?;
+    let routes = take_messages(&mut rest)?;
+    rest.is_empty().then_some(Some(Saved {
+        index,
+        addrs,
+        routes,
+    }))
+}
+
 /// Netlink dumps, before they are turned into a [`Snapshot`].
 struct Raw {
     links: Vec<LinkMessage>,
@@ -559,5 +638,53 @@ mod tests {
             prefix: 0,
         };
         assert!(all.contains(Ipv4Addr::new(192, 0, 2, 1)));
+    }
+
+    fn a_takeover() -> Takeover {
+        let mut addr = AddressMessage::default();
+        addr.header.family = rtnetlink::packet_route::AddressFamily::Inet;
+        addr.header.prefix_len = 24;
+        addr.header.index = 7;
+        addr.attributes
+            .push(AddressAttribute::Address(IpAddr::V4(Ipv4Addr::new(
+                10, 1, 2, 3,
+            ))));
+        let mut route = RouteMessage::default();
+        route.header.address_family = rtnetlink::packet_route::AddressFamily::Inet;
+        route.header.destination_prefix_length = 24;
+        route.attributes.push(RouteAttribute::Oif(7));
+        Takeover {
+            netns: Netns::open(Path::new("/proc/self/ns/net")).unwrap(),
+            saved: Some(Saved {
+                index: 7,
+                addrs: vec![addr],
+                routes: vec![route],
+            }),
+        }
+    }
+
+    #[test]
+    fn a_handed_off_record_reads_back_and_leaves_nothing_to_restore() {
+        let mut takeover = a_takeover();
+        let expected = format!("{:?}", takeover.saved);
+        let (_ns, record) = takeover.hand_off().unwrap();
+        assert!(takeover.saved.is_none(), "the takeover is the keeper's now");
+        let saved = decode_record(&record).unwrap();
+        assert_eq!(format!("{saved:?}"), expected);
+        // Every strict prefix and any trailing byte is malformed.
+        for cut in 1..record.len() {
+            assert!(decode_record(&record[..cut]).is_none(), "cut at {cut}");
+        }
+        let mut longer = record.clone();
+        longer.push(0);
+        assert!(decode_record(&longer).is_none());
+        assert!(matches!(decode_record(&[]), Some(None)));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_record_is_read_or_refused(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = decode_record(&bytes);
+        }
     }
 }
