@@ -4,6 +4,8 @@
 
 pub mod bundle;
 pub mod exec;
+pub mod jail;
+pub mod keeper;
 pub mod memory;
 pub mod net;
 pub mod oci;
@@ -162,16 +164,41 @@ impl Booted {
         exec::listen(path, self.vm.host_queue())
     }
 
-    /// Runs the program to its end.
-    pub fn run(mut self) -> anyhow::Result<Stop> {
-        let stop = self.vm.run(self.kernel, self.entry, self.stack_pointer);
-        tracing::debug!(
-            vcpu_exits = self.vm.exits,
-            polled = self.polled,
-            "container ended"
-        );
+    /// Confines the VMM ([`jail`]) and runs the program to its end.
+    pub fn run(self) -> anyhow::Result<Stop> {
+        let Booted {
+            mut vm,
+            kernel,
+            entry,
+            stack_pointer,
+            polled,
+            ..
+        } = self;
+        let mode = jail::Mode::from_env()?;
+        vm::install_stop_signals();
+        let keeper = prepare_confinement(&mut vm)?;
+        jail::confine_process(mode).context("confining the VMM")?;
+        vm.with_net(|n| n.confine_stack(mode)).transpose()?;
+        let stop = vm.run(kernel, entry, stack_pointer, mode);
+        tracing::debug!(vcpu_exits = vm.exits, polled, "container ended");
+        // The TAP goes with the VM; then the keeper gives the pod interface back.
+        drop(vm);
+        if let Some(k) = keeper {
+            k.finish();
+        }
         stop
     }
+}
+
+/// What only an unconfined VMM can do: start the network (threads, sockets, the TAP) and hand
+/// a taken-over pod interface to the keeper, which gives it back when the VMM is gone.
+fn prepare_confinement(vm: &mut Vm) -> anyhow::Result<Option<keeper::Keeper>> {
+    vm.with_net(|net| {
+        net.start()?;
+        net.takeover_mut().map(keeper::Keeper::start).transpose()
+    })
+    .transpose()
+    .map(Option::flatten)
 }
 
 /// Boots a VM for `launch` and runs its program to the end.

@@ -185,6 +185,9 @@ enum Cmd {
         console_socket: Option<PathBuf>,
         id: String,
     },
+    /// Gives a taken-over pod interface back once the VMM that started it is gone.
+    #[command(hide = true)]
+    Keeper,
     /// Run a program from a root directory without a bundle or state (for development).
     Launch {
         /// The root file system.
@@ -395,6 +398,7 @@ fn dispatch(g: &Global, cmd: Cmd) -> anyhow::Result<i32> {
             sync_fd,
             console_socket.as_deref(),
         )),
+        Cmd::Keeper => Ok(qvisor::keeper::run()),
         launch_cmd @ Cmd::Launch { .. } => launch(launch_cmd),
     }
 }

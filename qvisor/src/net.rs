@@ -105,8 +105,8 @@ struct Live {
     // Dropped after the client: the proxy and the stack outlive the guest's client, and the
     // pod interface is given back only after the stack (and its TAP) are gone.
     _proxy: Option<qhttp::ProxyHandle>,
-    _stack: RunningStack,
-    _takeover: Option<Takeover>,
+    stack: RunningStack,
+    takeover: Option<Takeover>,
 }
 
 impl Live {
@@ -184,8 +184,8 @@ impl Live {
         Ok(Live {
             client,
             _proxy: proxy,
-            _stack: stack,
-            _takeover: takeover,
+            stack,
+            takeover,
         })
     }
 }
@@ -268,6 +268,42 @@ impl GuestNet {
         })
     }
 
+    /// Starts the network now if it is not running yet: before the VMM confines itself, so
+    /// the threads that serve the app never create threads or sockets (the filters forbid it).
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        if self.live.is_none() {
+            self.live = Some(
+                Live::start(
+                    &self.setup,
+                    &self.cancel,
+                    self.budget,
+                    self.http_proxy.as_ref(),
+                )
+                .context("starting the container's network")?,
+            );
+        }
+        Ok(())
+    }
+
+    /// The pod interface this network took over, if any (for the keeper).
+    pub fn takeover_mut(&mut self) -> Option<&mut Takeover> {
+        self.live.as_mut().and_then(|l| l.takeover.as_mut())
+    }
+
+    /// Stacks the network thread's seccomp filter on qnet's stack thread.
+    pub fn confine_stack(&self, mode: crate::jail::Mode) -> anyhow::Result<()> {
+        let Some(live) = &self.live else {
+            return Ok(());
+        };
+        live.stack
+            .on_stack_thread(move || {
+                crate::jail::confine_thread(crate::jail::ThreadKind::Network, mode)
+                    .map_err(|e| format!("{e:#}"))
+            })
+            .context("the network stack ended before it was confined")?
+            .map_err(|e| anyhow::anyhow!(e))
+    }
+
     /// The proxy this network runs, if any.
     pub fn http_proxy(&self) -> Option<&qhttp::Config> {
         self.http_proxy.as_ref()
@@ -275,19 +311,9 @@ impl GuestNet {
 
     /// The ring client, starting the network first if it is not running yet.
     fn client(&mut self) -> Result<Client, i64> {
-        if self.live.is_none() {
-            match Live::start(
-                &self.setup,
-                &self.cancel,
-                self.budget,
-                self.http_proxy.as_ref(),
-            ) {
-                Ok(l) => self.live = Some(l),
-                Err(e) => {
-                    tracing::error!("starting the container's network: {e:#}");
-                    return Err(ENOBUFS);
-                }
-            }
+        if let Err(e) = self.start() {
+            tracing::error!("{e:#}");
+            return Err(ENOBUFS);
         }
         match &self.live {
             Some(l) => Ok(l.client.clone()),

@@ -19,9 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use qkernel::{SyscallArgs, SyscallOutcome};
 use qnet_client::sys::{futex_wait, futex_wake_all};
 
+use crate::jail::{self, Mode, ThreadKind};
 use crate::vm::{serve_polled, Core};
 
 /// The stub's page and the mailbox page, in the top 2 GiB of the kernel half (so the stub can
@@ -145,27 +147,41 @@ pub struct Poller {
 }
 
 impl Poller {
-    /// Starts serving `mailbox`; `kick` makes the vCPU leave KVM_RUN (when the app exits).
+    /// Starts serving `mailbox`, once the thread has stacked its seccomp filter (`mode`);
+    /// `kick` makes the vCPU leave KVM_RUN (when the app exits).
     pub fn start(
         core: Arc<Mutex<Core>>,
         mailbox: Mailbox,
         kick: impl Fn() + Send + 'static,
-    ) -> Poller {
+        mode: Mode,
+    ) -> anyhow::Result<Poller> {
         let control = Arc::new(Control {
             stop: AtomicBool::new(false),
             wake: AtomicU32::new(0),
             exit: Mutex::new(None),
         });
         let c = control.clone();
+        let (confined_tx, confined) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("qvisor-syscalls".into())
-            .spawn(move || serve_loop(&core, mailbox, &c, kick))
-            .ok();
-        Poller {
+            .spawn(move || {
+                let confined = jail::confine_thread(ThreadKind::Poller, mode);
+                let ok = confined.is_ok();
+                let _ = confined_tx.send(confined);
+                if ok {
+                    serve_loop(&core, mailbox, &c, kick);
+                }
+            })
+            .context("starting the syscall poller")?;
+        confined
+            .recv()
+            .context("the syscall poller ended at its start")?
+            .context("confining the syscall poller")?;
+        Ok(Poller {
             control,
             mailbox,
-            thread,
-        }
+            thread: Some(thread),
+        })
     }
 
     /// How the app ended, if it ended through the polled path.

@@ -23,6 +23,7 @@ use qkernel::{
     UserRegs,
 };
 
+use crate::jail::{self, Mode, ThreadKind};
 use crate::memory::{GuestMemory, PAGE};
 use crate::net::GuestNet;
 use crate::poll::{self, Mailbox, Poller, MAILBOX_VA, SLOW_RIP, STUB_VA};
@@ -115,6 +116,7 @@ extern "C" fn on_stop_signal(sig: libc::c_int) {
         // installation (cleared before the Vm is dropped); a byte store is async-signal-safe.
         unsafe { p.write_volatile(1) };
     }
+    relay_to_vcpu_thread();
 }
 
 extern "C" fn on_kick(_sig: libc::c_int) {
@@ -122,6 +124,19 @@ extern "C" fn on_kick(_sig: libc::c_int) {
     if !p.is_null() {
         // SAFETY: as in on_stop_signal.
         unsafe { p.write_volatile(1) };
+    }
+    relay_to_vcpu_thread();
+}
+
+/// A signal sent to the process lands on any of its threads, but only an interrupted vCPU
+/// thread leaves KVM_RUN: a handler on another thread passes the kick on. Async-signal-safe.
+fn relay_to_vcpu_thread() {
+    let thread = VCPU_THREAD.load(Ordering::SeqCst);
+    // SAFETY: pthread_self has no preconditions.
+    if thread != 0 && thread != unsafe { libc::pthread_self() } as u64 {
+        // SAFETY: the vCPU thread's id, set while it runs (cleared before it leaves run);
+        // the kick handler is installed then. pthread_kill is async-signal-safe.
+        unsafe { libc::pthread_kill(thread as libc::pthread_t, KICK_SIGNAL) };
     }
 }
 
@@ -396,6 +411,21 @@ fn wants_preemption(core: &Mutex<Core>) -> bool {
         .as_ref()
         .is_some_and(|k| k.wants_preemption(clock_ns(libc::CLOCK_MONOTONIC)))
 }
+
+/// The host's first /proc/cpuinfo entry (the vCPU has the host CPU's CPUID), read once at
+/// boot: a confined VMM opens no host path ([`jail`]).
+fn host_cpu_entry() -> &'static [u8] {
+    static ENTRY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    ENTRY.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let first = host.split("\n\n").next().unwrap_or_default();
+        format!("{first}\n\n").into_bytes()
+    })
+}
+
+/// The vCPU thread's stack: qkernel's deepest paths (ELF loading, path walks) run on it, as
+/// on the main thread before (8 MiB, the usual main-thread size).
+const VCPU_STACK: usize = 8 << 20;
 
 /// The time slice: how long a process runs before another runnable one gets the vCPU.
 const TIME_SLICE: Duration = Duration::from_millis(10);
@@ -745,10 +775,7 @@ impl Machine for GuestMachine<'_> {
         (self.mem.size(), self.mem.used())
     }
     fn cpuinfo(&self) -> Vec<u8> {
-        // The host's first processor entry: the vCPU has the host CPU's CPUID.
-        let host = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let first = host.split("\n\n").next().unwrap_or_default();
-        format!("{first}\n\n").into_bytes()
+        host_cpu_entry().to_vec()
     }
     fn fs_unlink(&mut self, path: &[u8], dir: bool) -> Result<(), i64> {
         self.rootfs.unlink(path, dir)
@@ -916,6 +943,7 @@ impl Vm {
         cancel: Arc<AtomicBool>,
     ) -> anyhow::Result<Vm> {
         let kvm = Kvm::new().context("opening /dev/kvm")?;
+        host_cpu_entry(); // now, while host paths may be opened
         let vm = kvm.create_vm().context("creating the VM")?;
         let mut mem = GuestMemory::new(mem_size).context("reserving guest memory")?;
         let region = kvm_bindings::kvm_userspace_memory_region {
@@ -1071,6 +1099,12 @@ impl Vm {
         Ok(())
     }
 
+    /// Works on the container's network, if it has one.
+    pub fn with_net<R>(&mut self, f: impl FnOnce(&mut GuestNet) -> R) -> Option<R> {
+        let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+        core.net.as_mut().map(f)
+    }
+
     /// Where requests from outside (exec) go.
     pub fn host_queue(&self) -> Arc<HostQueue> {
         self.core
@@ -1103,8 +1137,30 @@ impl Vm {
         f(&mut machine)
     }
 
-    /// Runs the app from `entry` with stack `sp` until it exits or is killed.
-    pub fn run(&mut self, kernel: Kernel, entry: u64, sp: u64) -> anyhow::Result<Stop> {
+    /// Runs the app from `entry` with stack `sp` until it exits or is killed (call
+    /// [`install_stop_signals`] first, while sigaction is allowed), on a thread of
+    /// its own that stacks the vCPU's seccomp filter (`mode`) before the app's first
+    /// instruction; the calling thread waits, and tears down afterwards under the process's
+    /// filter alone.
+    pub fn run(&mut self, kernel: Kernel, entry: u64, sp: u64, mode: Mode) -> anyhow::Result<Stop> {
+        std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .name("qvisor-vcpu".into())
+                .stack_size(VCPU_STACK)
+                .spawn_scoped(s, || self.run_on_this_thread(kernel, entry, sp, mode))
+                .context("starting the vCPU thread")?
+                .join()
+                .map_err(|_| anyhow::anyhow!("the vCPU thread panicked"))?
+        })
+    }
+
+    fn run_on_this_thread(
+        &mut self,
+        kernel: Kernel,
+        entry: u64,
+        sp: u64,
+        mode: Mode,
+    ) -> anyhow::Result<Stop> {
         {
             let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
             core.kernel = Some(kernel);
@@ -1124,7 +1180,6 @@ impl Vm {
             Ordering::SeqCst,
         );
         CANCEL.store(Arc::as_ptr(&self.cancel).cast_mut(), Ordering::SeqCst);
-        install_stop_signals();
         let poller = if self.polled {
             let page = self
                 .core
@@ -1142,7 +1197,10 @@ impl Vm {
                 // SAFETY: signals this (still running) vCPU thread; the handler is installed.
                 unsafe { libc::pthread_kill(me, KICK_SIGNAL) };
             };
-            Some((Poller::start(self.core.clone(), mailbox, kick), mailbox))
+            Some((
+                Poller::start(self.core.clone(), mailbox, kick, mode)?,
+                mailbox,
+            ))
         } else {
             None
         };
@@ -1154,7 +1212,9 @@ impl Vm {
             unsafe { libc::pthread_kill(me, KICK_SIGNAL) };
         });
         VCPU_THREAD.store(me as u64, Ordering::SeqCst);
-        let stop = self.run_loop(poller.as_ref());
+        let stop = jail::confine_thread(ThreadKind::Vcpu, mode)
+            .context("confining the vCPU thread")
+            .and_then(|()| self.run_loop(poller.as_ref()));
         VCPU_THREAD.store(0, Ordering::SeqCst);
         drop(timer);
         drop(poller);

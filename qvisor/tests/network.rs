@@ -1020,3 +1020,95 @@ fn qhttp_from_bundle_annotations() {
         stderr(&o)
     );
 }
+
+/// One field of /proc/PID/task/TID/status.
+fn status_field(status: &str, key: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {key} in {status}"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn the_vmm_runs_confined_and_its_keeper_gives_the_pod_back_even_after_sigkill() {
+    let pod = CniPod::new("jl", "ptp", "10.89.3.0/24");
+    let before_addr = pod.pod_ip_cmd("-4 -o addr show dev eth0");
+    let before_routes = pod.pod_ip_cmd("-4 route show");
+    let mut child = spawn_guest(
+        &["--netns".to_string(), pod.netns_path()],
+        &["/bin/tcp", "server", "8084"],
+    );
+    assert_eq!(first_line(&mut child), "listening\n");
+    assert_eq!(pod.pod_ip_cmd("-4 -o addr show dev eth0"), "");
+
+    // Every thread of the VMM: no new privileges, seccomp filtering, only the file
+    // capabilities left (CAP_CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID = 0x1f).
+    let pid = child.id();
+    let mut kinds = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap();
+        let status = std::fs::read_to_string(dir.join("status")).unwrap();
+        let name = name.trim();
+        if name.starts_with("kvm-") {
+            continue; // KVM's kernel worker (nx huge page recovery) runs no user code
+        }
+        assert_eq!(status_field(&status, "NoNewPrivs"), "1", "{name}");
+        assert_eq!(status_field(&status, "Seccomp"), "2", "{name}");
+        for set in ["CapEff", "CapPrm", "CapBnd"] {
+            assert_eq!(
+                status_field(&status, set),
+                "000000000000001f",
+                "{name}: {set}"
+            );
+        }
+        assert_eq!(
+            status_field(&status, "CapInh"),
+            "0000000000000000",
+            "{name}"
+        );
+        let filters: u32 = status_field(&status, "Seccomp_filters").parse().unwrap();
+        if ["qvisor-vcpu", "qvisor-syscalls", "qnet"].contains(&name) {
+            // The process's filter, the soft denials and the thread kind's own.
+            assert_eq!(filters, 3, "{name}");
+            kinds.push(name.to_string());
+        } else {
+            assert_eq!(filters, 1, "{name}");
+        }
+    }
+    kinds.sort();
+    assert_eq!(kinds, ["qnet", "qvisor-syscalls", "qvisor-vcpu"]);
+
+    // The keeper: the VMM's one child, unconfined, waiting to give the interface back.
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    let keeper: u32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    let cmdline = std::fs::read_to_string(format!("/proc/{keeper}/cmdline")).unwrap();
+    assert!(cmdline.ends_with("keeper\0"), "{cmdline:?}");
+
+    // SIGKILL leaves the VMM no chance to clean up; the keeper does it.
+    child.kill().unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), None, "{}", stderr(&o));
+    let keeper_gone = || {
+        std::fs::read_to_string(format!("/proc/{keeper}/stat"))
+            .map(|s| s.contains(") Z "))
+            .unwrap_or(true)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !keeper_gone() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the keeper is still there 10 s after the VMM died"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        pod.pod_ip_cmd("-4 -o addr show dev eth0")
+            .split_whitespace()
+            .nth(3),
+        before_addr.split_whitespace().nth(3)
+    );
+    assert_eq!(pod.pod_ip_cmd("-4 route show"), before_routes);
+}

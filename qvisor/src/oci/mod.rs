@@ -796,6 +796,8 @@ pub fn features() -> String {
             "namespaces": ["network", "pid", "ipc", "uts", "mount"],
             "capabilities": [],
             "cgroup": { "v1": true, "v2": true, "systemd": false, "systemdUser": false },
+            // The guest's own seccomp profile is not applied (qkernel has no seccomp yet);
+            // the VMM's own filters, per thread kind, are listed under "quark".
             "seccomp": { "enabled": false },
             "apparmor": { "enabled": false },
             "selinux": { "enabled": false },
@@ -803,6 +805,10 @@ pub fn features() -> String {
         "annotations": {
             "io.github.quark.runtime": "qvisor",
             crate::bundle::SYSCALL_POLL_ANNOTATION: "on|off",
+        },
+        "quark": {
+            "vmmSeccomp": crate::jail::describe(),
+            "vmmCapabilities": crate::jail::kept_capability_names(),
         },
     });
     serde_json::to_string_pretty(&f).unwrap_or_default() + "\n"
