@@ -3,10 +3,12 @@
 //!
 //! - **rlimits**: no core dumps (a core of the VMM would be the guest's memory on the host's
 //!   disk), a bounded descriptor table.
+//! - **an empty root**: the VMM has a mount namespace of its own from its first instruction
+//!   ([`enter_private_mount_namespace`]) and pivots into an empty read-only tmpfs, so no path
+//!   names a host file; what it uses it holds as descriptors.
 //! - **no new privileges**: nothing the VMM could exec gains privileges (and seccomp needs it).
-//! - **capabilities**: every one dropped from all sets and the bounding set, except
-//!   `CAP_NET_ADMIN` and `CAP_SYS_ADMIN` while a pod interface is taken over, which giving it
-//!   back at the end needs (netlink in the pod's namespace).
+//! - **capabilities**: every thread keeps only [`KEPT_CAPABILITIES`], for the rootfs's files;
+//!   giving a pod interface back is the keeper's job (`keeper.rs`), not the VMM's.
 //! - **seccomp**: an allow-list for the whole process (every thread, by TSYNC), and a narrower
 //!   one each thread kind stacks on itself ([`ThreadKind`]): the vCPU and syscall-poller threads,
 //!   which run qkernel on the guest's behalf, and the network thread, which parses frames from
@@ -233,8 +235,8 @@ fn threads() -> anyhow::Result<Vec<i32>> {
     Ok(tids)
 }
 
-/// Drops every thread's capabilities to [`KEPT_CAPABILITIES`].
-fn drop_capabilities() -> anyhow::Result<()> {
+/// Drops the capabilities of every thread but the calling one to [`KEPT_CAPABILITIES`].
+fn drop_capabilities_of_other_threads() -> anyhow::Result<()> {
     CAPS_LAST.store(last_capability() as i32, Ordering::SeqCst);
     // SAFETY: installs an async-signal-safe handler (raw syscalls and atomics).
     unsafe {
@@ -246,11 +248,6 @@ fn drop_capabilities() -> anyhow::Result<()> {
             return Err(std::io::Error::last_os_error()).context("sigaction for the caps signal");
         }
     }
-    anyhow::ensure!(
-        drop_own_capabilities(),
-        "dropping capabilities: {}",
-        std::io::Error::last_os_error()
-    );
     // SAFETY: getpid and gettid have no preconditions.
     let (pid, me) = unsafe { (libc::getpid(), libc::gettid()) };
     // A thread started while we signal is caught on the next pass (threads inherit the
@@ -405,11 +402,24 @@ pub fn filter(kind: ThreadKind, mode: Mode) -> anyhow::Result<BpfProgram> {
     BpfProgram::try_from(filter).with_context(|| format!("compiling the {} filter", kind.name()))
 }
 
-/// Confines the whole VMM: rlimits, capabilities (every thread), no new privileges and the
-/// process filter (every thread, by TSYNC). Call once boot is done, before the app runs.
+/// Confines the whole VMM: rlimits, capabilities (every thread), an empty root (when the VMM
+/// has a mount namespace of its own), no new privileges and the process filter (every
+/// thread, by TSYNC). Call once boot is done, before the app runs.
 pub fn confine_process(mode: Mode) -> anyhow::Result<()> {
     set_rlimits()?;
-    drop_capabilities()?;
+    // The other threads first: listing them needs /proc, and the pivot needs this thread's
+    // CAP_SYS_ADMIN; no thread starts in between.
+    drop_capabilities_of_other_threads()?;
+    if PRIVATE_MOUNTS.load(Ordering::SeqCst) {
+        pivot_into_empty_root().context("making the VMM's root empty")?;
+    } else {
+        tracing::warn!("the VMM has no mount namespace of its own: host paths stay visible to it");
+    }
+    anyhow::ensure!(
+        drop_own_capabilities(),
+        "dropping capabilities: {}",
+        std::io::Error::last_os_error()
+    );
     if mode == Mode::Off {
         tracing::warn!("QVISOR_SECCOMP=off: the VMM runs without its seccomp filters");
         return Ok(());
@@ -418,6 +428,87 @@ pub fn confine_process(mode: Mode) -> anyhow::Result<()> {
     let program = filter(ThreadKind::Process, mode)?;
     seccompiler::apply_filter_all_threads(&program).context("installing the process filter")?;
     tracing::debug!(?mode, "VMM confined");
+    Ok(())
+}
+
+/// Set once the process has a mount namespace of its own.
+static PRIVATE_MOUNTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Gives the VMM a mount namespace of its own, where nothing propagates to or from the
+/// host's. Call first thing in the VMM process: with more than one thread, unshare moves
+/// only the calling thread.
+pub fn enter_private_mount_namespace() -> anyhow::Result<()> {
+    // SAFETY: unshare and mount with NUL-terminated strings; no memory is handed over.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return Err(std::io::Error::last_os_error())
+                .context("making the VMM's mount namespace (unshare)");
+        }
+        if libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error()).context("making the VMM's mounts private");
+        }
+    }
+    PRIVATE_MOUNTS.store(true, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Makes an empty read-only tmpfs the root of the VMM (and its keeper, which shares its mount
+/// namespace): no path resolves to a host file any more. Everything the VMM uses from here
+/// on is a descriptor it already holds: the rootfs and scratch trees, /dev/kvm, the TAP, the
+/// log, the exec socket.
+fn pivot_into_empty_root() -> anyhow::Result<()> {
+    let os = |what: &'static str| move || format!("{what}: {}", std::io::Error::last_os_error());
+    // /tmp exists on every host; the tmpfs covers it in this namespace only.
+    let target = c"/tmp";
+    // SAFETY: mount, chdir, pivot_root and umount2 with NUL-terminated strings; the process
+    // has a private mount namespace (PRIVATE_MOUNTS), so none of it reaches the host's.
+    unsafe {
+        anyhow::ensure!(
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                c"size=4k,mode=0555".as_ptr().cast(),
+            ) == 0,
+            os("mounting the empty root")()
+        );
+        anyhow::ensure!(
+            libc::chdir(target.as_ptr()) == 0,
+            os("entering the empty root")()
+        );
+        // pivot_root(".", "."): the old root is stacked under the new one, then detached.
+        anyhow::ensure!(
+            libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) == 0,
+            os("pivot_root")()
+        );
+        anyhow::ensure!(
+            libc::umount2(c".".as_ptr(), libc::MNT_DETACH) == 0,
+            os("detaching the host's root")()
+        );
+        anyhow::ensure!(libc::chdir(c"/".as_ptr()) == 0, os("chdir /")());
+        anyhow::ensure!(
+            libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REMOUNT
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV
+                    | libc::MS_NOEXEC,
+                std::ptr::null(),
+            ) == 0,
+            os("making the empty root read-only")()
+        );
+    }
     Ok(())
 }
 
@@ -598,8 +689,8 @@ fn guest_files() -> Vec<Allow> {
         SYS_fchown,
         SYS_fchmodat,
         SYS_fchmod,
-        // chmod of an O_PATH descriptor through /proc/self/fd (rootfs.rs: fchmod refuses them).
-        libc::SYS_chmod,
+        // chmod of an O_PATH descriptor (rootfs.rs: fchmod refuses them).
+        crate::rootfs::SYS_FCHMODAT2,
         SYS_utimensat,
         SYS_ftruncate,
         SYS_fallocate,

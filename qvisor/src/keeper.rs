@@ -4,15 +4,19 @@
 //!
 //! The VMM passes the takeover's record ([`qnet_netns::Takeover::hand_off`]) on the keeper's
 //! stdin, framed by its length (u32, native endian), and the namespace as descriptor 3. The
-//! keeper reads the record, then reads on until end of file: the VMM's end of the pipe closes
+//! keeper reads the record, answers one byte on its stdout (it is loaded: the VMM may now
+//! empty its root, which the keeper shares), then reads on until end of file: the VMM's end of the pipe closes
 //! when it exits or when it says it is done ([`Keeper::finish`], after its TAP is gone).
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
 use anyhow::Context;
+
+/// What the keeper writes on its stdout once it holds the record.
+const READY: &[u8; 1] = b"R";
 
 /// Largest record the keeper accepts (a pod interface has a few addresses and routes).
 const MAX_RECORD: usize = 1 << 20;
@@ -34,7 +38,7 @@ impl Keeper {
         let mut cmd = Command::new(exe);
         cmd.arg("keeper")
             .stdin(Stdio::piped())
-            .stdout(Stdio::null());
+            .stdout(Stdio::piped());
         // SAFETY: between fork and exec only dup2, which is async-signal-safe.
         unsafe {
             cmd.pre_exec(move || {
@@ -54,6 +58,14 @@ impl Keeper {
             .context("passing the takeover to the keeper")?;
         // Held open until finish or the end of this process.
         child.stdin = Some(stdin);
+        // The keeper says it has the record, and so is fully loaded (its shared libraries
+        // too): the VMM's root is about to become empty, for the keeper as well.
+        let mut ready = [0u8; 1];
+        let mut stdout = child.stdout.take().context("the keeper's stdout")?;
+        stdout
+            .read_exact(&mut ready)
+            .context("the keeper ended before it was ready")?;
+        anyhow::ensure!(ready == *READY, "the keeper said {ready:?}");
         Ok(Keeper { child })
     }
 
@@ -98,6 +110,11 @@ fn keep() -> anyhow::Result<()> {
     stdin
         .read_exact(&mut record)
         .context("reading the takeover record")?;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(READY)
+        .and_then(|()| stdout.flush())
+        .context("telling the VMM the keeper is ready")?;
     // Anything more the VMM writes is not ours to act on: wait for the end of the pipe.
     let mut rest = [0; 512];
     loop {
@@ -108,7 +125,11 @@ fn keep() -> anyhow::Result<()> {
             Err(e) => return Err(e).context("waiting for the VMM"),
         }
     }
-    let netns = qnet_netns::Netns::open(std::path::Path::new("/proc/self/fd/3"))
-        .context("the pod's network namespace")?;
+    // SAFETY: descriptor 3 is the namespace the VMM passed (Keeper::start), ours alone; a
+    // descriptor of anything else fails setns with a clear error.
+    let file = unsafe { std::fs::File::from_raw_fd(3) };
+    // The keeper shares the VMM's mount namespace, whose root becomes an empty tmpfs when the
+    // VMM confines itself: it reaches the namespace by this descriptor, never by a path.
+    let netns = qnet_netns::Netns::from_file(file, std::path::Path::new("the pod's namespace"));
     qnet_netns::restore_handed_off(netns, &record).context("giving the pod interface back")
 }

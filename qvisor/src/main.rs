@@ -412,6 +412,14 @@ fn main() -> ExitCode {
         debug: cli.debug,
         systemd_cgroup: cli.systemd_cgroup,
     };
+    // The VMM gets a mount namespace of its own while it still has one thread (it pivots into
+    // an empty root before the app runs, qvisor::jail).
+    if matches!(cli.cmd, Cmd::Vmm { .. } | Cmd::Launch { .. }) {
+        if let Err(e) = qvisor::jail::enter_private_mount_namespace() {
+            eprintln!("qvisor: {e:#}");
+            return ExitCode::from(1);
+        }
+    }
     if let Err(e) = oci::log::init(g.log.as_deref(), g.log_json, g.debug) {
         eprintln!("qvisor: {e:#}");
         return ExitCode::from(1);

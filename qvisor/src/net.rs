@@ -181,6 +181,9 @@ impl Live {
                 qhttp::start(cfg.clone(), ring, Some(stack.http_counters()))
             })
             .transpose()?;
+        // Every client of this stack is attached: the socket's name goes, so no other host
+        // process can attach later (and a confined VMM could not remove it at the end).
+        let _ = std::fs::remove_file(&socket);
         Ok(Live {
             client,
             _proxy: proxy,

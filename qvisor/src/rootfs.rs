@@ -7,8 +7,8 @@
 //! could modify a file.
 //!
 //! `/tmp` and `/dev/shm` are the container's own scratch spaces (tmpfs mounts in its view):
-//! each a private directory on the host's tmpfs (/dev/shm), writable even when the root is
-//! read-only, removed when the container ends. Paths under them resolve inside that directory
+//! each a tmpfs of its own, detached from every mount table as soon as it is open (no host
+//! path reaches it), writable even when the root is read-only, gone when the container ends. Paths under them resolve inside that directory
 //! the same confined way (its own "/"); a rename between two trees is EXDEV.
 
 use std::ffi::CString;
@@ -22,6 +22,9 @@ const EBADF: i64 = 9;
 const EINVAL: i64 = 22;
 const EROFS: i64 = 30;
 const EIO: i64 = 5;
+
+/// fchmodat2(2), Linux 6.6 (not in every libc's list yet).
+pub const SYS_FCHMODAT2: libc::c_long = 452;
 
 /// Most files the guest may hold open through this root.
 const MAX_OPEN: usize = 4096;
@@ -79,20 +82,16 @@ pub fn terminal_ioctl(fd: RawFd, req: u64, data: &mut [u8]) -> Result<(), i64> {
     Ok(())
 }
 
-/// The private directory behind a scratch tree, deleted on drop.
+/// A scratch tree: a tmpfs of its own, mounted on a temporary directory only long enough to
+/// open it, then detached. Nothing of it is reachable by a host path; it lives as long as
+/// the descriptor (the container's end frees its memory, however the VMM ends).
 struct Scratch {
-    dir: std::path::PathBuf,
     fd: OwnedFd,
 }
 
 impl Scratch {
     fn create() -> io::Result<Scratch> {
-        let base = if Path::new("/dev/shm").is_dir() {
-            std::path::PathBuf::from("/dev/shm")
-        } else {
-            std::env::temp_dir()
-        };
-        let template = base.join("qvisor-tmp-XXXXXX");
+        let template = std::env::temp_dir().join("qvisor-scratch-XXXXXX");
         let mut bytes = template.into_os_string().into_encoded_bytes();
         bytes.push(0);
         // SAFETY: bytes is a NUL-terminated template that mkdtemp rewrites in place.
@@ -105,15 +104,32 @@ impl Scratch {
         let dir = std::path::PathBuf::from(unsafe {
             std::ffi::OsString::from_encoded_bytes_unchecked(bytes)
         });
-        let fd = open_dir(&dir)?;
-        Ok(Scratch { dir, fd })
+        let mounted = mount_detached_tmpfs(&dir);
+        let _ = std::fs::remove_dir(&dir);
+        Ok(Scratch { fd: mounted? })
     }
 }
 
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+/// Mounts a tmpfs on `dir`, opens it, and detaches it again.
+fn mount_detached_tmpfs(dir: &Path) -> io::Result<OwnedFd> {
+    let c = CString::new(dir.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    // SAFETY: NUL-terminated strings; tmpfs takes a text option string.
+    let r = unsafe {
+        libc::mount(
+            c"tmpfs".as_ptr(),
+            c.as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            c"mode=1777".as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
     }
+    let fd = open_dir(dir);
+    // SAFETY: umount2 of the mount just made; MNT_DETACH keeps it alive for open descriptors.
+    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    fd
 }
 
 /// `path` with "." and ".." resolved as names (no symlinks), never above "/".
@@ -455,18 +471,27 @@ impl RootFs {
         Self::apply(fd, attr)
     }
 
+    /// Changes an attribute of the file open (O_PATH) at `fd`, through the descriptor itself
+    /// (AT_EMPTY_PATH; a confined VMM has no /proc to name it by).
     fn apply(fd: RawFd, attr: Attr) -> Result<(), i64> {
-        let link = CString::new(format!("/proc/self/fd/{fd}")).map_err(|_| EINVAL)?;
-        // SAFETY: a NUL-terminated path naming our own descriptor; the times array (if any)
-        // is two valid timespecs.
+        // SAFETY: an empty NUL-terminated path with AT_EMPTY_PATH names `fd` itself; the times
+        // array (if any) is two valid timespecs.
         let r = unsafe {
             match attr {
-                // fchownat with AT_EMPTY_PATH works on an O_PATH descriptor and never follows.
                 Attr::Owner(uid, gid) => {
                     libc::fchownat(fd, c"".as_ptr(), uid, gid, libc::AT_EMPTY_PATH)
                 }
-                Attr::Mode(mode) => libc::chmod(link.as_ptr(), mode & 0o7777),
-                Attr::Times(t) => libc::utimensat(libc::AT_FDCWD, link.as_ptr(), t.as_ptr(), 0),
+                // fchmodat2 (Linux 6.6): fchmod and fchmodat refuse O_PATH descriptors.
+                Attr::Mode(mode) => libc::syscall(
+                    SYS_FCHMODAT2,
+                    fd,
+                    c"".as_ptr(),
+                    mode & 0o7777,
+                    libc::AT_EMPTY_PATH,
+                ) as i32,
+                Attr::Times(t) => {
+                    libc::utimensat(fd, c"".as_ptr(), t.as_ptr(), libc::AT_EMPTY_PATH)
+                }
             }
         };
         if r != 0 {

@@ -452,7 +452,10 @@ fn pod_network_works(pod: &CniPod) {
         &["/bin/tcp", "server", "8081"],
     );
     let line = first_line(&mut child);
-    assert_eq!(line, "listening\n");
+    if line != "listening\n" {
+        let o = child.wait_with_output().unwrap();
+        panic!("the guest server did not start: {line:?} {}", stderr(&o));
+    }
     assert_eq!(pod.pod_ip_cmd("-4 -o addr show dev eth0"), "");
     let filters = Command::new("ip")
         .args([
@@ -497,7 +500,9 @@ fn pod_network_works(pod: &CniPod) {
         pod.pod_ip_cmd("-4 -o addr show dev eth0")
             .split_whitespace()
             .nth(3),
-        before_addr.split_whitespace().nth(3)
+        before_addr.split_whitespace().nth(3),
+        "{}",
+        stderr(&o)
     );
     assert_eq!(pod.pod_ip_cmd("-4 route show"), before_routes);
 }
@@ -1032,7 +1037,7 @@ fn status_field(status: &str, key: &str) -> String {
 }
 
 #[test]
-fn the_vmm_runs_confined_and_its_keeper_gives_the_pod_back_even_after_sigkill() {
+fn the_vmm_runs_confined_in_an_empty_root_and_its_keeper_gives_the_pod_back_after_sigkill() {
     let pod = CniPod::new("jl", "ptp", "10.89.3.0/24");
     let before_addr = pod.pod_ip_cmd("-4 -o addr show dev eth0");
     let before_routes = pod.pod_ip_cmd("-4 route show");
@@ -1080,6 +1085,17 @@ fn the_vmm_runs_confined_and_its_keeper_gives_the_pod_back_even_after_sigkill() 
     }
     kinds.sort();
     assert_eq!(kinds, ["qnet", "qvisor-syscalls", "qvisor-vcpu"]);
+
+    // Its root is an empty read-only tmpfs, the only mount it sees: no host path resolves.
+    assert_eq!(
+        std::fs::read_dir(format!("/proc/{pid}/root"))
+            .unwrap()
+            .count(),
+        0
+    );
+    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    assert_eq!(mounts.lines().count(), 1, "{mounts}");
+    assert!(mounts.contains(" / / ro,"), "{mounts}");
 
     // The keeper: the VMM's one child, unconfined, waiting to give the interface back.
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();

@@ -165,6 +165,15 @@ impl Netns {
         })
     }
 
+    /// A namespace already open (a descriptor passed by another process); `label` names it
+    /// in errors.
+    pub fn from_file(file: File, label: &Path) -> Netns {
+        Netns {
+            file,
+            path: label.to_path_buf(),
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
