@@ -7,6 +7,8 @@
 //! pod's interface (Debian's bridge or ptp, Calico...): it checks the interface qvisor will take
 //! over and passes the result on. `"mode": "vpc"` makes the pod an endpoint of a tenant VPC of
 //! the node's qnetd (docs/qnetd.md).
+// Tenant configuration reaches this program: a panic on it is a bug (tests may unwrap).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod bridge;
 mod masq;

@@ -9,6 +9,8 @@
 //! Layers: [`config`] (what to serve), [`route`], [`headers`] (hop-by-hop, forwarding),
 //! [`body`] (limits and counting), [`upstream`] (the guest side), [`metrics`], and
 //! [`proxy`], which runs them.
+// Guest and network input reach this crate: a panic on it is a bug (tests may unwrap).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod body;
 pub mod config;

@@ -5,6 +5,8 @@
 //! a KVM virtual machine; that trait is the boundary to audit. The platform delivers each
 //! syscall of the app as a call to [`Kernel::syscall`] with the guest's registers, in the style
 //! of gVisor's Sentry.
+// Guest and network input reach this crate: a panic on it is a bug (tests may unwrap).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod cred;
 mod elf;

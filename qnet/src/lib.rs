@@ -5,6 +5,8 @@
 //! process through `qnet-client`) reach it over the shared-memory socket ring (`qnet-ring`):
 //! [`session`] executes their operations and moves their data, [`net`] holds the shared
 //! interface, ports and listen queues, and [`stack`] is the single-threaded service loop.
+// Guest and network input reach this crate: a panic on it is a bug (tests may unwrap).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod attach;
 pub mod config;

@@ -1,6 +1,8 @@
 //! qvisor: the VMM. One KVM virtual machine per container: guest memory and page tables
 //! ([`memory`]), the vCPU and its exit loop ([`vm`]), the confined root file system
 //! ([`rootfs`]) and OCI bundles ([`bundle`]); each exit is served by qkernel.
+// Guest and network input reach this crate: a panic on it is a bug (tests may unwrap).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod bundle;
 pub mod exec;

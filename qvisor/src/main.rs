@@ -1,6 +1,8 @@
 //! `qvisor`: run a container's program in its own KVM virtual machine. The command line is
 //! runc's (create, start, state, kill, delete, run, ...), so containerd's runc shim and Docker
 //! drive it as they drive runc; `launch` runs a program from a directory for development.
+// Tenant configuration reaches this program: a panic on it is a bug (tests may unwrap).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

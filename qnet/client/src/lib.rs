@@ -13,6 +13,8 @@
 //! [`nonblocking`] gives tokio code the same sockets without blocking its tasks.
 //!
 //! [`sys`] holds the OS pieces (shared mappings, futexes, fd passing) the stack side uses too.
+// Guest and network input reach this crate: a panic on it is a bug (tests may unwrap).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod attach;
 mod client;

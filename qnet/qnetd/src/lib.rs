@@ -7,6 +7,8 @@
 //! Layers: [`model`] (what is held, validated), [`store`] (where it is kept), [`wire`] and
 //! [`forward`] (the forwarding decision, no I/O), [`dataplane`] (io_uring), [`daemon`] (applies
 //! changes), [`api`] (HTTP/JSON on a Unix socket).
+// Guest and network input reach this crate: a panic on it is a bug (tests may unwrap).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod api;
 pub mod cluster;

@@ -11,6 +11,8 @@
 //! geometry it chose itself and never re-reads geometry from the region, so a client can corrupt
 //! indices and entries but never make the stack address memory outside the region.
 #![no_std]
+// Guest and network input reach this crate: a panic on it is a bug (tests may unwrap).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod abi;
 mod layout;
