@@ -56,11 +56,31 @@ pub struct SigInfo {
 pub(crate) struct SignalState {
     pending: u64,
     info: std::collections::BTreeMap<u64, SigInfo>,
-    fpu: Vec<Vec<u8>>,
+    fpu: Vec<SavedFpu>,
     /// The mask sigsuspend replaced, restored when its handler returns.
     pub(crate) suspend_mask: Option<u64>,
     /// sigaltstack(2): where SA_ONSTACK handlers run.
     pub(crate) altstack: AltStack,
+}
+
+/// The FPU state a handler's frame will give back at sigreturn, by the frame's address (and
+/// whether it is on the alternate stack): a handler left by siglongjmp never returns, so its
+/// entry is found dead by position (see [`SignalState::forget_abandoned`]).
+#[derive(Debug, Clone)]
+struct SavedFpu {
+    frame: u64,
+    on_altstack: bool,
+    state: Vec<u8>,
+}
+
+impl SignalState {
+    /// Before a frame at `sp`: the frames at or below it on the same stack belong to handlers
+    /// the app left without sigreturn (siglongjmp out of a SIGSEGV handler, say), since a live
+    /// older frame lies above any newer one. Their saved states go.
+    fn forget_abandoned(&mut self, sp: u64, on_altstack: bool) {
+        self.fpu
+            .retain(|s| s.on_altstack != on_altstack || s.frame > sp);
+    }
 }
 
 /// An alternate signal stack; `size` 0 when there is none.
@@ -167,7 +187,7 @@ impl Kernel {
         // A socket wait it interrupts is over: the next one starts with its own timeout.
         self.t.io_until = None;
         let (handler, flags, restorer, mask) = action(&self.p, sig);
-        if matches!(handler, SIG_DFL | SIG_IGN) || self.t.signals.fpu.len() >= MAX_DEPTH {
+        if matches!(handler, SIG_DFL | SIG_IGN) {
             return false; // the handler went away meanwhile
         }
         let mut interrupted = *regs;
@@ -188,6 +208,11 @@ impl Kernel {
         };
         let frame_size = 8 + UC_SIZE + SIGINFO_SIZE;
         let sp = (top.wrapping_sub(frame_size) & !15).wrapping_sub(8);
+        let frame_on_altstack = alt.size != 0 && alt.contains(sp);
+        self.t.signals.forget_abandoned(sp, frame_on_altstack);
+        if self.t.signals.fpu.len() >= MAX_DEPTH {
+            return false; // nested too deep: the caller treats it as unhandled
+        }
         let mut frame = vec![0u8; frame_size as usize];
         let put = |f: &mut [u8], at: u64, v: u64| {
             f[at as usize..at as usize + 8].copy_from_slice(&v.to_le_bytes())
@@ -239,7 +264,11 @@ impl Kernel {
             );
             return false;
         }
-        self.t.signals.fpu.push(fpu);
+        self.t.signals.fpu.push(SavedFpu {
+            frame: sp,
+            on_altstack: frame_on_altstack,
+            state: fpu,
+        });
         if on_alt && alt.autodisarm {
             self.t.signals.altstack = AltStack::default(); // back at sigreturn (uc_stack)
         }
@@ -325,8 +354,13 @@ impl Kernel {
                 self.t.signals.altstack = alt;
             }
         }
-        if let Some(fpu) = self.t.signals.fpu.pop() {
-            let _ = m.set_fpu_state(&fpu);
+        // The state saved for this frame (the restorer's `ret` popped its first word); any
+        // saved above it in the list belong to frames below it, left without sigreturn.
+        let frame = sp.wrapping_sub(8);
+        if let Some(at) = self.t.signals.fpu.iter().rposition(|s| s.frame == frame) {
+            if let Some(saved) = self.t.signals.fpu.split_off(at).into_iter().next() {
+                let _ = m.set_fpu_state(&saved.state);
+            }
         }
         let mut regs = regs;
         // Another signal may have become deliverable with the mask restored.
@@ -370,10 +404,8 @@ impl Kernel {
     pub fn user_fault(&mut self, m: &mut dyn Machine, sig: i32, addr: u64) -> SyscallOutcome {
         let sig64 = sig as u64;
         let bit = 1u64 << (sig64 - 1);
-        let handled = (1..=31).contains(&sig)
-            && has_handler(&self.p, sig64)
-            && self.t.sigmask & bit == 0
-            && self.t.signals.fpu.len() < MAX_DEPTH;
+        let handled =
+            (1..=31).contains(&sig) && has_handler(&self.p, sig64) && self.t.sigmask & bit == 0;
         if handled {
             let info = SigInfo {
                 code: 1, // SEGV_MAPERR, ILL_ILLOPC, TRAP_BRKPT: the first code of each
