@@ -4,9 +4,14 @@
  * (the child's own verdict, 0 when every call was refused), then "survived".
  *
  * The syscall stub and its mailbox live at fixed addresses in the top of the address space
- * (qvisor/src/poll.rs): they are user-visible by necessity, so they are attacked too. */
+ * (qvisor/src/poll.rs): they are user-visible by necessity, so they are attacked too.
+ * Then floods (syscalls good, bad and unknown; faults caught by a handler) and a path changed
+ * by another thread while it is opened. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -103,6 +108,63 @@ static int t_priv(int a) { privileged(a); return 42; }
 static int t_kmem(int a) { write_kernel_memory(a); return 42; }
 static int t_jump(int a) { (void)a; jump_into_stub(); return 42; }
 
+/* Floods: many syscalls (good and bad), then many faults, each answered in turn. */
+static int flood_syscalls(void) {
+  for (int i = 0; i < 100000; i++)
+    if (raw(SYS_getpid, 0, 0, 0) <= 0) return 1;
+  for (int i = 0; i < 10000; i++)
+    if (raw(SYS_write, 1, 0xffff800000000000UL + i, 8) != -1) return 2;
+  for (int i = 0; i < 10000; i++) raw(1000 + i % 1000, i, i, i); /* unknown numbers: ENOSYS */
+  return 0;
+}
+
+static sigjmp_buf fault_return;
+static void on_fault(int sig) { (void)sig; siglongjmp(fault_return, 1); }
+
+static int flood_faults(void) {
+  signal(SIGSEGV, on_fault);
+  volatile int faults = 0;
+  for (int i = 0; i < 2000; i++)
+    if (sigsetjmp(fault_return, 1) == 0) *(volatile int *)(uintptr_t)(16 + i) = i;
+    else faults++;
+  return faults == 2000 ? 0 : 1;
+}
+
+/* Time of check, time of use: one thread keeps flipping a path between a file of the root
+ * and a climb towards the host's /etc/shadow while another opens it. Whatever qkernel reads,
+ * it resolves once, inside the root: no open may give anything but the root's own file. */
+static char flip_path[] = "/etc/hostname\0\0\0\0";
+static volatile int flipping = 1;
+static void *flipper(void *arg) {
+  (void)arg;
+  while (flipping) {
+    memcpy(flip_path, "/../../etc/shadow", 18);
+    memcpy(flip_path, "/etc/hostname\0\0\0\0", 18);
+  }
+  return NULL;
+}
+
+static int toctou_path(void) {
+  pthread_t t;
+  if (pthread_create(&t, NULL, flipper, NULL)) return 100;
+  int bad = 0, opened = 0;
+  for (int i = 0; i < 20000 && !bad; i++) {
+    int fd = open(flip_path, O_RDONLY);
+    if (fd < 0) continue;
+    opened++;
+    char got[64] = {0};
+    if (read(fd, got, sizeof got - 1) < 0 || strcmp(got, "inside-the-root\n")) bad = 1;
+    close(fd);
+  }
+  flipping = 0;
+  pthread_join(t, NULL);
+  return bad ? 1 : (opened ? 0 : 2);
+}
+
+static int t_flood_syscalls(int a) { (void)a; return flood_syscalls(); }
+static int t_flood_faults(int a) { (void)a; return flood_faults(); }
+static int t_toctou(int a) { (void)a; return toctou_path(); }
+
 int main(void) {
   run("bad-pointers", t_bad, 0);
   run("overwrite-stub", t_stub, 0);
@@ -113,6 +175,9 @@ int main(void) {
   run("write-high-kernel", t_kmem, 1);
   run("write-stub-page", t_kmem, 2);
   run("jump-into-stub", t_jump, 0);
+  run("flood-syscalls", t_flood_syscalls, 0);
+  run("flood-faults", t_flood_faults, 0);
+  run("toctou-path", t_toctou, 0);
   /* The parent's own syscalls still work after all that. */
   fflush(stdout);
   char msg[] = "survived\n";
