@@ -425,6 +425,22 @@ impl Container {
 
 /// PSS in KiB of a process and all its descendants.
 pub fn tree_pss_kib(root: u32) -> anyhow::Result<f64> {
+    let mut total = 0.0;
+    for pid in process_tree(root)? {
+        // A process may exit between listing and reading; it then holds no memory.
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
+            total += text
+                .lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+                .unwrap_or(0.0);
+        }
+    }
+    Ok(total)
+}
+
+/// A process and all its descendants.
+pub fn process_tree(root: u32) -> anyhow::Result<Vec<u32>> {
     let mut parents = Vec::new();
     for e in std::fs::read_dir("/proc")?.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
@@ -448,16 +464,5 @@ pub fn tree_pss_kib(root: u32) -> anyhow::Result<f64> {
         tree.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
         i += 1;
     }
-    let mut total = 0.0;
-    for pid in tree {
-        // A process may exit between listing and reading; it then holds no memory.
-        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
-            total += text
-                .lines()
-                .find_map(|l| l.strip_prefix("Pss:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-                .unwrap_or(0.0);
-        }
-    }
-    Ok(total)
+    Ok(tree)
 }

@@ -10,6 +10,7 @@
 mod cni;
 mod containerd;
 mod containers;
+mod flood;
 mod guest;
 mod overlay;
 mod plot;
@@ -51,6 +52,15 @@ enum Suite {
     Guest(Rounds),
     /// Pod to pod across two nodes: qnetd's VXLAN overlay vs the kernel's VXLAN + bridge.
     Overlay(Rounds),
+    /// A container's throughput and latency while a kernel peer floods its neighbour
+    /// container with SYNs and UDP, against rounds without the flood.
+    Flood {
+        #[command(flatten)]
+        rounds: Rounds,
+        /// The runtime of both containers (quark, runc, ...).
+        #[arg(long, default_value = "quark")]
+        runtime: String,
+    },
     /// The whole harness: the network scenarios and start-up on every runtime, and the proxy
     /// suite, in one report (about 10 minutes with the defaults).
     All(Harness),
@@ -148,6 +158,14 @@ impl Harness {
             report.notes.push(
                 "overlay: pod to pod across two nodes (namespaces joined by an underlay veth), \
                  qnetd's VXLAN against the kernel's VXLAN and bridge"
+                    .into(),
+            );
+            let rows = flood::rows(self.duration, self.rounds)?;
+            report.add_suite(flood::SUITE, flood::PATHS.1, rows, vec![]);
+            report.notes.push(
+                "flood: two Quark containers side by side; hping3 (20,000 SYN/s, random \
+                 sources) and iperf3 -u (100 Mbit/s of 64-byte datagrams) at one, which has a \
+                 CPU limit of half a core, the other measured, against rounds without the flood"
                     .into(),
             );
         }
@@ -499,6 +517,15 @@ fn main() -> std::process::ExitCode {
                 ("qnetd", "kernel"),
             )
         }),
+        Suite::Flood { rounds: r, runtime } => containers::Runtime::parse(&runtime)
+            .and_then(|rt| flood::suite(rt, r.duration, r.rounds))
+            .and_then(|f| {
+                r.report(
+                    &f,
+                    &format!("a {runtime} container while its neighbour is flooded vs quiet"),
+                    ("flooded", "quiet"),
+                )
+            }),
         Suite::All(h) => h.run("all"),
         Suite::Net(h) => h.run("net"),
         Suite::Startup(h) => h.run("startup"),

@@ -126,15 +126,17 @@ impl Scenario {
 }
 
 /// One runtime's container with its namespaces; or why it could not start.
-struct Lane {
-    runtime: Runtime,
-    peer: Netns,
+pub(crate) struct Lane {
+    pub(crate) runtime: Runtime,
+    pub(crate) peer: Netns,
     _container_ns: Netns,
-    container: Option<Container>,
-    error: Option<String>,
+    pub(crate) container: Option<Container>,
+    pub(crate) error: Option<String>,
 }
 
-fn start_lane(runtime: Runtime, root: &Root, work: &std::path::Path) -> Lane {
+/// Starts `runtime`'s container serving nginx, iperf3 and netserve at [`CONTAINER_IP`] in a
+/// namespace of its own, its clients' namespace joined by a veth; `tag` names its files.
+pub(crate) fn start_lane(runtime: Runtime, root: &Root, work: &std::path::Path, tag: &str) -> Lane {
     let container_ns = Netns::new(&format!("nb{}", runtime.name()));
     let peer = Netns::new(&format!("nb{}p", runtime.name()));
     container_ns.veth_to(
@@ -145,7 +147,7 @@ fn start_lane(runtime: Runtime, root: &Root, work: &std::path::Path) -> Lane {
     // The connection-rate client leaves a TIME_WAIT per connection: room and reuse for them.
     peer.sh("sysctl -qw net.ipv4.ip_local_port_range='1024 65000' net.ipv4.tcp_tw_reuse=1");
     let started = (|| {
-        let dir = work.join(runtime.name());
+        let dir = work.join(tag);
         let root = root.copy_to(&dir.join("rootfs"))?;
         let script = format!(
             "/usr/sbin/nginx & /usr/bin/iperf3 -s -p {IPERF_PORT} & exec /bin/netserve {NETSERVE_PORT}"
@@ -157,7 +159,7 @@ fn start_lane(runtime: Runtime, root: &Root, work: &std::path::Path) -> Lane {
             Some(&container_ns.name),
             runtime,
         )?;
-        let id = format!("nb-{}-{}", runtime.name(), std::process::id());
+        let id = format!("nb-{tag}-{}", std::process::id());
         let mut c = Container::start(runtime, &bundle, &id)?;
         // Not iperf3's port: a connection that closes at once upsets iperf3's server (it takes
         // it for a test's control connection); a tiny real test says it is ready instead.
@@ -240,7 +242,7 @@ fn measure(kind: Kind, peer: &Netns, d: Duration) -> anyhow::Result<(Vec<f64>, V
 }
 
 /// Debian's iperf3 client against the container's server: the receiver's Gbit/s.
-fn iperf(peer: &Netns, streams: u32, reverse: bool, d: Duration) -> anyhow::Result<f64> {
+pub(crate) fn iperf(peer: &Netns, streams: u32, reverse: bool, d: Duration) -> anyhow::Result<f64> {
     let secs = d.as_secs_f64().ceil().max(1.0) as u64;
     let mut cmd = peer.cmd("timeout");
     cmd.arg((secs + 20).to_string()).args(["iperf3", "-c"]);
@@ -344,7 +346,7 @@ pub fn suite(
     let mut lanes = Vec::new();
     for &rt in runtimes {
         eprint!("\r\x1b[2Knetbench net: starting {}", rt.name());
-        lanes.push(start_lane(rt, &root, &work));
+        lanes.push(start_lane(rt, &root, &work, rt.name()));
     }
     let steps: usize = SCENARIOS
         .iter()

@@ -1026,6 +1026,18 @@ fn qhttp_from_bundle_annotations() {
     );
 }
 
+/// A guest killed when the test ends before it ended the guest itself (a failed assertion).
+struct Reap(Option<std::process::Child>);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// One field of /proc/PID/task/TID/status.
 fn status_field(status: &str, key: &str) -> String {
     status
@@ -1041,11 +1053,12 @@ fn the_vmm_runs_confined_in_an_empty_root_and_its_keeper_gives_the_pod_back_afte
     let pod = CniPod::new("jl", "ptp", "10.89.3.0/24");
     let before_addr = pod.pod_ip_cmd("-4 -o addr show dev eth0");
     let before_routes = pod.pod_ip_cmd("-4 route show");
-    let mut child = spawn_guest(
+    let mut guest = Reap(Some(spawn_guest(
         &["--netns".to_string(), pod.netns_path()],
         &["/bin/tcp", "server", "8084"],
-    );
-    assert_eq!(first_line(&mut child), "listening\n");
+    )));
+    let child = guest.0.as_mut().expect("the guest");
+    assert_eq!(first_line(child), "listening\n");
     assert_eq!(pod.pod_ip_cmd("-4 -o addr show dev eth0"), "");
 
     // Every thread of the VMM: no new privileges, seccomp filtering, only the file
@@ -1104,6 +1117,7 @@ fn the_vmm_runs_confined_in_an_empty_root_and_its_keeper_gives_the_pod_back_afte
     assert!(cmdline.ends_with("keeper\0"), "{cmdline:?}");
 
     // SIGKILL leaves the VMM no chance to clean up; the keeper does it.
+    let mut child = guest.0.take().expect("the guest");
     child.kill().unwrap();
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), None, "{}", stderr(&o));
