@@ -143,8 +143,11 @@ fn last_capability() -> u32 {
 /// drops its own: a signal makes every thread run [`drop_own_capabilities`] (libpsx's way).
 const CAPS_SIGNAL: libc::c_int = 40; // SIGRTMIN + 6 on glibc; nothing else in qvisor uses it
 static CAPS_LAST: AtomicI32 = AtomicI32::new(0);
-static CAPS_DONE: AtomicI32 = AtomicI32::new(0);
 static CAPS_FAILED: AtomicI32 = AtomicI32::new(0);
+/// The threads that have dropped theirs: each handler writes its tid in the next slot.
+const CAPS_SLOTS: usize = 256;
+static CAPS_REPORTED: [AtomicI32; CAPS_SLOTS] = [const { AtomicI32::new(0) }; CAPS_SLOTS];
+static CAPS_NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Drops the calling thread's capabilities to [`KEPT_CAPABILITIES`]: the bounding set, the
 /// ambient set, then effective/permitted/inheritable. Async-signal-safe (raw syscalls only).
@@ -205,7 +208,11 @@ extern "C" fn on_caps_signal(_: libc::c_int) {
     if !drop_own_capabilities() {
         CAPS_FAILED.fetch_add(1, Ordering::SeqCst);
     }
-    CAPS_DONE.fetch_add(1, Ordering::SeqCst);
+    let slot = CAPS_NEXT.fetch_add(1, Ordering::SeqCst);
+    if let Some(r) = CAPS_REPORTED.get(slot) {
+        // SAFETY: gettid has no preconditions (and is async-signal-safe).
+        r.store(unsafe { libc::gettid() }, Ordering::SeqCst);
+    }
 }
 
 /// The VMM's threads that run user code (by /proc/self/task): KVM's kernel workers listed
@@ -235,6 +242,16 @@ fn threads() -> anyhow::Result<Vec<i32>> {
     Ok(tids)
 }
 
+/// Whether thread `tid` of this process still runs code (not gone, not a zombie).
+fn thread_alive(tid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).is_ok_and(|stat| {
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().next());
+        !matches!(state, Some("Z" | "X" | "x"))
+    })
+}
+
 /// Drops the capabilities of every thread but the calling one to [`KEPT_CAPABILITIES`].
 fn drop_capabilities_of_other_threads() -> anyhow::Result<()> {
     CAPS_LAST.store(last_capability() as i32, Ordering::SeqCst);
@@ -261,22 +278,32 @@ fn drop_capabilities_of_other_threads() -> anyhow::Result<()> {
         if pending.is_empty() {
             return Ok(());
         }
-        CAPS_DONE.store(0, Ordering::SeqCst);
-        let mut sent = 0;
         for &tid in &pending {
-            // SAFETY: tgkill to a thread of this process; the handler is installed.
-            if unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, CAPS_SIGNAL) } == 0 {
-                sent += 1;
-            }
+            // SAFETY: tgkill to a thread of this process; the handler is installed. A thread
+            // that ended meanwhile fails it (ESRCH) or never runs the handler: see below.
+            unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, CAPS_SIGNAL) };
             done.insert(tid);
         }
+        // Each target either reports or turns out to have ended (a joined thread can still be
+        // on its way out when listed).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while CAPS_DONE.load(Ordering::SeqCst) < sent {
+        loop {
+            let reported: Vec<i32> = CAPS_REPORTED
+                .iter()
+                .map(|r| r.load(Ordering::SeqCst))
+                .collect();
+            let waiting = pending
+                .iter()
+                .filter(|t| !reported.contains(t) && thread_alive(**t))
+                .count();
+            if waiting == 0 {
+                break;
+            }
             anyhow::ensure!(
                 std::time::Instant::now() < deadline,
-                "a thread did not drop its capabilities within 5 s"
+                "{waiting} thread(s) did not drop their capabilities within 5 s"
             );
-            std::thread::yield_now();
+            std::thread::sleep(std::time::Duration::from_micros(200));
         }
         anyhow::ensure!(
             CAPS_FAILED.load(Ordering::SeqCst) == 0,
@@ -810,7 +837,7 @@ fn process_rules() -> Vec<Allow> {
 mod tests {
     use super::*;
 
-    /// Set in the child process of the violation test.
+    /// Set in the child process of the violation test: its log file.
     const CHILD: &str = "QVISOR_JAIL_TEST_CHILD";
 
     #[test]
@@ -885,10 +912,13 @@ mod tests {
     }
 
     /// In a child process (this test binary again): a network thread's filter, then an open
-    /// (refused softly), then a socket (forbidden: the process ends with a line naming it).
+    /// (refused softly), then a socket (forbidden: the process ends with a line naming it, on
+    /// stderr and in its log file).
     #[test]
     fn a_forbidden_syscall_ends_the_process_with_a_line_naming_it() {
-        if std::env::var_os(CHILD).is_some() {
+        if let Some(log) = std::env::var_os(CHILD) {
+            let log = std::fs::File::create(log).unwrap();
+            set_log_fd(std::os::fd::IntoRawFd::into_raw_fd(log));
             install_sigsys_handler().unwrap();
             confine_thread(ThreadKind::Network, Mode::Enforce).unwrap();
             // SAFETY: open with a NUL-terminated path.
@@ -900,6 +930,7 @@ mod tests {
             eprintln!("still alive after socket()");
             return;
         }
+        let log = std::env::temp_dir().join(format!("qvisor-jail-test-{}.log", std::process::id()));
         let out = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
@@ -907,10 +938,16 @@ mod tests {
                 "--nocapture",
                 "--test-threads=1",
             ])
-            .env(CHILD, "1")
+            .env(CHILD, &log)
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
+        let logged = std::fs::read_to_string(&log).unwrap_or_default();
+        let _ = std::fs::remove_file(&log);
+        assert!(
+            logged.contains("made the forbidden syscall socket (41)"),
+            "the log file: {logged:?}"
+        );
         assert_eq!(out.status.code(), Some(VIOLATION_STATUS), "{stderr}");
         assert!(stderr.contains("open: -1 errno Some(13)"), "{stderr}");
         assert!(

@@ -80,6 +80,9 @@ pub fn init(file: Option<&Path>, json: bool, debug: bool) -> anyhow::Result<()> 
                 .append(true)
                 .open(path)
                 .map_err(|e| anyhow::anyhow!("opening the log {}: {e}", path.display()))?;
+            // A seccomp violation's line goes to this file too (the SIGSYS handler cannot
+            // use the subscriber); the file stays open for the process's life.
+            crate::jail::set_log_fd(std::os::fd::AsRawFd::as_raw_fd(&f));
             let writer = Mutex::new(f);
             if json {
                 builder
