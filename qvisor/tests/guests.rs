@@ -569,3 +569,43 @@ fn pthreads_share_memory_lock_wait_signal_and_fork_on_qkernel_threads() {
     let o = qvisor(&["/bin/threads", "exit-group"]);
     assert_eq!(o.status.code(), Some(33), "{}", stderr(&o));
 }
+
+/// A guest that maps and touches memory until refused gets no more than its limit, and the
+/// VMM's own memory (PSS, what the host pays) stays within the limit and a small overhead.
+#[test]
+fn a_guest_never_holds_more_host_memory_than_its_limit() {
+    require_kvm();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qvisor"))
+        .args(["launch", "--memory-mib", "64", "--rootfs"])
+        .arg(root())
+        .arg("/bin/memhog")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running qvisor");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let pss_kib: u64 = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", child.id()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("Pss in smaps_rollup");
+    let _ = child.kill();
+    let o = child.wait_with_output().unwrap();
+    let got: u64 = line
+        .strip_prefix("got ")
+        .and_then(|r| r.strip_suffix(" MiB\n"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line:?} {}", stderr(&o)));
+    // Its program, stack and page tables come out of the same 64 MiB.
+    assert!((32..64).contains(&got), "the guest got {got} MiB");
+    assert!(
+        pss_kib < (64 + 16) << 10,
+        "the VMM holds {pss_kib} KiB for a 64 MiB guest"
+    );
+}

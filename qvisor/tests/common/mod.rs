@@ -70,6 +70,7 @@ pub fn root() -> &'static Path {
             ("hostile", "hostile", "-static"),
             ("udp", "udp", "-static"),
             ("threads", "threads", "-static"),
+            ("memhog", "memhog", "-static"),
         ] {
             let out = Command::new("gcc")
                 .args([flag, "-O1", "-pthread", "-o"])
