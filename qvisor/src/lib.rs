@@ -89,7 +89,7 @@ pub struct Booted {
 
 /// Boots a VM for `launch`: memory, program, network. Nothing of the app runs yet.
 pub fn boot(launch: &Launch) -> anyhow::Result<Booted> {
-    let mut rootfs = RootFs::open(&launch.root, launch.readonly)
+    let mut rootfs = RootFs::open(&launch.root, launch.readonly, launch.memory)
         .with_context(|| format!("opening the root {}", launch.root.display()))?;
     let name = launch
         .argv

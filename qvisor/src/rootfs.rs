@@ -90,7 +90,7 @@ struct Scratch {
 }
 
 impl Scratch {
-    fn create() -> io::Result<Scratch> {
+    fn create(size: u64) -> io::Result<Scratch> {
         let template = std::env::temp_dir().join("qvisor-scratch-XXXXXX");
         let mut bytes = template.into_os_string().into_encoded_bytes();
         bytes.push(0);
@@ -104,15 +104,16 @@ impl Scratch {
         let dir = std::path::PathBuf::from(unsafe {
             std::ffi::OsString::from_encoded_bytes_unchecked(bytes)
         });
-        let mounted = mount_detached_tmpfs(&dir);
+        let mounted = mount_detached_tmpfs(&dir, size);
         let _ = std::fs::remove_dir(&dir);
         Ok(Scratch { fd: mounted? })
     }
 }
 
-/// Mounts a tmpfs on `dir`, opens it, and detaches it again.
-fn mount_detached_tmpfs(dir: &Path) -> io::Result<OwnedFd> {
+/// Mounts a tmpfs of at most `size` bytes on `dir`, opens it, and detaches it again.
+fn mount_detached_tmpfs(dir: &Path, size: u64) -> io::Result<OwnedFd> {
     let c = CString::new(dir.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    let options = CString::new(format!("mode=1777,size={size}")).map_err(io::Error::other)?;
     // SAFETY: NUL-terminated strings; tmpfs takes a text option string.
     let r = unsafe {
         libc::mount(
@@ -120,7 +121,7 @@ fn mount_detached_tmpfs(dir: &Path) -> io::Result<OwnedFd> {
             c.as_ptr(),
             c"tmpfs".as_ptr(),
             libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            c"mode=1777".as_ptr().cast(),
+            options.as_ptr().cast(),
         )
     };
     if r != 0 {
@@ -178,11 +179,16 @@ fn errno() -> i64 {
 }
 
 impl RootFs {
-    pub fn open(path: &Path, readonly: bool) -> io::Result<RootFs> {
+    /// The root at `path`; its scratch trees may each hold up to `scratch_bytes` (the
+    /// container's memory size: what a tmpfs of the guest's own could hold).
+    pub fn open(path: &Path, readonly: bool, scratch_bytes: u64) -> io::Result<RootFs> {
         Ok(RootFs {
             root: open_dir(path)?,
             readonly,
-            scratch: [Scratch::create()?, Scratch::create()?],
+            scratch: [
+                Scratch::create(scratch_bytes)?,
+                Scratch::create(scratch_bytes)?,
+            ],
             files: Vec::new(),
             streams: Default::default(),
         })

@@ -609,3 +609,24 @@ fn a_guest_never_holds_more_host_memory_than_its_limit() {
         "the VMM holds {pss_kib} KiB for a 64 MiB guest"
     );
 }
+
+/// /tmp holds at most the container's memory size: beyond it, ENOSPC (as a full tmpfs).
+#[test]
+fn a_full_scratch_tree_is_enospc_at_the_memory_size() {
+    let o = qvisor_with(
+        &["--memory-mib", "32"],
+        &[
+            "busybox",
+            "sh",
+            "-c",
+            "busybox dd if=/dev/zero of=/tmp/big bs=64k count=1000; busybox ls -l /tmp/big",
+        ],
+    );
+    let err = stderr(&o);
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(
+        stdout(&o).contains(&(32u64 << 20).to_string()),
+        "{}",
+        stdout(&o)
+    );
+}
