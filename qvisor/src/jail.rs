@@ -226,15 +226,11 @@ fn threads() -> anyhow::Result<Vec<i32>> {
         let Some(tid) = name.to_str().and_then(|s| s.parse::<i32>().ok()) else {
             continue;
         };
-        // The flags are field 9 of stat, counted after the name's closing parenthesis.
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")) else {
+        let Some(stat) = task_stat(tid) else {
             continue; // ended meanwhile
         };
-        let flags = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(6))
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0);
+        // The flags are field 9 of stat, the 7th after the name.
+        let flags = stat.get(6).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
         if flags & (PF_USER_WORKER | PF_KTHREAD) == 0 {
             tids.push(tid);
         }
@@ -242,14 +238,17 @@ fn threads() -> anyhow::Result<Vec<i32>> {
     Ok(tids)
 }
 
+/// The fields of /proc/self/task/TID/stat after the command name (the state first), or
+/// `None` when the thread is gone.
+fn task_stat(tid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
 /// Whether thread `tid` of this process still runs code (not gone, not a zombie).
 fn thread_alive(tid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).is_ok_and(|stat| {
-        let state = stat
-            .rsplit_once(')')
-            .and_then(|(_, r)| r.split_whitespace().next());
-        !matches!(state, Some("Z" | "X" | "x"))
-    })
+    task_stat(tid).is_some_and(|f| !matches!(f.first().map(String::as_str), Some("Z" | "X" | "x")))
 }
 
 /// Drops the capabilities of every thread but the calling one to [`KEPT_CAPABILITIES`].
@@ -411,14 +410,28 @@ fn rules(kind: ThreadKind) -> Vec<Allow> {
 
 /// `kind`'s filter, compiled to BPF.
 pub fn filter(kind: ThreadKind, mode: Mode) -> anyhow::Result<BpfProgram> {
-    let mut map: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    // Per syscall: `None` when some rule allows any arguments (lists share groups, so a call
+    // may be named more than once), else every allowed (argument, value), once.
+    let mut allowed: BTreeMap<i64, Option<std::collections::BTreeSet<(u8, u64)>>> = BTreeMap::new();
     for allow in rules(kind) {
-        let entry = map.entry(allow.nr).or_default();
-        for &(arg, value) in allow.only {
+        let entry = allowed
+            .entry(allow.nr)
+            .or_insert_with(|| Some(Default::default()));
+        match entry {
+            Some(_) if allow.only.is_empty() => *entry = None,
+            Some(values) => values.extend(allow.only.iter().copied()),
+            None => {}
+        }
+    }
+    let mut map: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for (nr, values) in allowed {
+        let mut conditions = Vec::new();
+        for (arg, value) in values.unwrap_or_default() {
             let cond = SeccompCondition::new(arg, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, value)
                 .context("a seccomp condition")?;
-            entry.push(SeccompRule::new(vec![cond]).context("a seccomp rule")?);
+            conditions.push(SeccompRule::new(vec![cond]).context("a seccomp rule")?);
         }
+        map.insert(nr, conditions);
     }
     let mismatch = match mode {
         Mode::Enforce | Mode::Off => SeccompAction::Trap,
@@ -760,19 +773,20 @@ const VCPU_IOCTLS: &[(u8, u64)] = &[
 ];
 
 fn vcpu_rules() -> Vec<Allow> {
-    let mut rules = thread_basics();
-    rules.extend(guest_files());
-    rules.push(only(SYS_ioctl, VCPU_IOCTLS));
-    // Kicks of its own (the timer's and stop signals' target is this thread).
-    rules.push(any(SYS_tgkill));
-    rules
+    guest_serving_rules(VCPU_IOCTLS)
 }
 
 fn poller_rules() -> Vec<Allow> {
+    guest_serving_rules(TERMINAL_IOCTLS)
+}
+
+/// The threads that run qkernel for the app (vCPU, poller): its files, the `ioctls` of
+/// their kind, and kicks (the vCPU's own from the timer and stop signals; the poller's when
+/// it hands a call to the vCPU thread).
+fn guest_serving_rules(ioctls: &'static [(u8, u64)]) -> Vec<Allow> {
     let mut rules = thread_basics();
     rules.extend(guest_files());
-    rules.push(only(SYS_ioctl, TERMINAL_IOCTLS));
-    // Hands a call over to the vCPU thread with a kick.
+    rules.push(only(SYS_ioctl, ioctls));
     rules.push(any(SYS_tgkill));
     rules
 }
