@@ -143,6 +143,7 @@ fn last_capability() -> u32 {
 /// drops its own: a signal makes every thread run [`drop_own_capabilities`] (libpsx's way).
 const CAPS_SIGNAL: libc::c_int = 40; // SIGRTMIN + 6 on glibc; nothing else in qvisor uses it
 static CAPS_LAST: AtomicI32 = AtomicI32::new(0);
+/// The errno of the first thread that failed to drop its capabilities (0: none did).
 static CAPS_FAILED: AtomicI32 = AtomicI32::new(0);
 /// The threads that have dropped theirs: each handler writes its tid in the next slot.
 const CAPS_SLOTS: usize = 256;
@@ -155,7 +156,11 @@ fn drop_own_capabilities() -> bool {
     let keep = kept_mask();
     let last = CAPS_LAST.load(Ordering::SeqCst);
     for cap in 0..=last {
-        if keep & (1 << cap) == 0 {
+        // SAFETY: prctl with integer arguments.
+        let bounded = unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong, 0, 0, 0) };
+        // A thread started by one that already dropped its capabilities inherits the drop,
+        // CAP_SETPCAP included: dropping again would fail with EPERM.
+        if keep & (1 << cap) == 0 && bounded == 1 {
             // SAFETY: prctl with integer arguments.
             let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
             if r != 0 {
@@ -206,7 +211,8 @@ fn drop_own_capabilities() -> bool {
 
 extern "C" fn on_caps_signal(_: libc::c_int) {
     if !drop_own_capabilities() {
-        CAPS_FAILED.fetch_add(1, Ordering::SeqCst);
+        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(-1);
+        let _ = CAPS_FAILED.compare_exchange(0, errno, Ordering::SeqCst, Ordering::SeqCst);
     }
     let slot = CAPS_NEXT.fetch_add(1, Ordering::SeqCst);
     if let Some(r) = CAPS_REPORTED.get(slot) {
@@ -304,9 +310,11 @@ fn drop_capabilities_of_other_threads() -> anyhow::Result<()> {
             );
             std::thread::sleep(std::time::Duration::from_micros(200));
         }
+        let errno = CAPS_FAILED.load(Ordering::SeqCst);
         anyhow::ensure!(
-            CAPS_FAILED.load(Ordering::SeqCst) == 0,
-            "a thread failed to drop its capabilities"
+            errno == 0,
+            "a thread failed to drop its capabilities: {}",
+            std::io::Error::from_raw_os_error(errno)
         );
     }
     anyhow::bail!("threads kept starting while the VMM dropped its capabilities")
@@ -923,6 +931,28 @@ mod tests {
             .unwrap()
             .iter()
             .any(|n| n.as_str().unwrap().contains("arg1=0xae80|")));
+    }
+
+    /// A thread started by one that already dropped its capabilities (the exec server's
+    /// connection threads, started during the drop) inherits the drop and can run the
+    /// handler's drop again: it once failed there with EPERM (no CAP_SETPCAP left).
+    #[test]
+    fn a_thread_that_inherited_the_drop_drops_again() {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
+        CAPS_LAST.store(last_capability() as i32, Ordering::SeqCst);
+        // Capabilities are per thread: only these two test threads lose theirs.
+        let (first, second) = std::thread::spawn(|| {
+            let first = drop_own_capabilities();
+            let second = std::thread::spawn(drop_own_capabilities).join().unwrap();
+            (first, second)
+        })
+        .join()
+        .unwrap();
+        assert!(
+            first && second,
+            "first drop {first}, inherited drop {second}"
+        );
     }
 
     /// In a child process (this test binary again): a network thread's filter, then an open
