@@ -69,8 +69,16 @@ pub fn listen(path: &Path, host: Arc<HostQueue>) -> anyhow::Result<()> {
                 let _ = std::thread::Builder::new()
                     .name("qvisor-exec-conn".into())
                     .spawn(move || {
+                        // Before the pid is sent, the client reads this error as the answer.
+                        let answer = conn.try_clone();
                         if let Err(e) = serve(conn, &host) {
                             tracing::info!("exec: {e:#}");
+                            if let Ok(mut out) = answer {
+                                let mut text = serde_json::to_vec(&Reply::Error(format!("{e:#}")))
+                                    .unwrap_or_default();
+                                text.push(b'\n');
+                                let _ = out.write_all(&text);
+                            }
                         }
                     });
             }
@@ -185,10 +193,17 @@ fn recv_with_fds(sock: &UnixStream) -> anyhow::Result<(Vec<u8>, Vec<OwnedFd>)> {
         msg.msg_iovlen = 1;
         msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
         msg.msg_controllen = space;
-        let n = libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
-        if n < 0 {
-            return Err(std::io::Error::last_os_error()).context("receiving the exec request");
-        }
+        // Signals meant for the guest land on any VMM thread; they must not fail the request.
+        let n = loop {
+            let n = libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
+            if n >= 0 {
+                break n;
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e).context("receiving the exec request");
+            }
+        };
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
             if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {

@@ -205,6 +205,8 @@ fn prepare_confinement(vm: &mut Vm) -> anyhow::Result<Option<keeper::Keeper>> {
 
 /// Boots a VM for `launch` and runs its program to the end.
 pub fn run(launch: &Launch) -> anyhow::Result<Stop> {
+    // Before boot starts the helper threads, so they hold the runtime's signals too.
+    vm::install_stop_signals();
     boot(launch)?.run()
 }
 

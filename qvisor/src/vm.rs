@@ -128,8 +128,9 @@ extern "C" fn on_kick(_sig: libc::c_int) {
     relay_to_vcpu_thread();
 }
 
-/// A signal sent to the process lands on any of its threads, but only an interrupted vCPU
-/// thread leaves KVM_RUN: a handler on another thread passes the kick on. Async-signal-safe.
+/// A signal sent to the process lands on any thread that does not hold it, but only an
+/// interrupted vCPU thread leaves KVM_RUN: a handler on another thread (one started before
+/// [`install_stop_signals`] held them) passes the kick on. Async-signal-safe.
 fn relay_to_vcpu_thread() {
     let thread = VCPU_THREAD.load(Ordering::SeqCst);
     // SAFETY: pthread_self has no preconditions.
@@ -143,18 +144,51 @@ fn relay_to_vcpu_thread() {
 /// The signal the syscall thread sends the vCPU thread to get it out of KVM_RUN.
 const KICK_SIGNAL: libc::c_int = libc::SIGUSR2;
 
-/// Makes the signals whose default action ends a process (SIGTERM, SIGINT, SIGHUP, SIGQUIT,
-/// SIGUSR1) stop the container cleanly (a vCPU in a guest loop is kicked out of KVM_RUN, the
-/// pod network is given back) instead of killing qvisor mid-exit. Idempotent.
+/// The signals a runtime sends the VMM process: each stops the container or goes to its init.
+const PROCESS_SIGNALS: [libc::c_int; 5] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+];
+
+fn mask_process_signals(how: libc::c_int) {
+    // SAFETY: builds a signal set on the stack and changes the calling thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in PROCESS_SIGNALS {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
+    }
+}
+
+/// Keeps [`PROCESS_SIGNALS`] off the calling thread and every thread it starts from now on:
+/// they stay pending for the one thread that takes them ([`take_process_signals`]). Landing on
+/// a helper thread, a handler would end whatever blocking call it was in with EINTR (a ring
+/// attach, an exec request) and leave the vCPU to a relay.
+pub fn hold_process_signals() {
+    mask_process_signals(libc::SIG_BLOCK);
+}
+
+/// Lets [`PROCESS_SIGNALS`] reach the calling thread (the vCPU thread, or the thread waiting
+/// for `start`); pending ones are handled at once.
+pub fn take_process_signals() {
+    mask_process_signals(libc::SIG_UNBLOCK);
+}
+
+/// Makes the signals whose default action ends a process ([`PROCESS_SIGNALS`]) stop the
+/// container cleanly (a vCPU in a guest loop is kicked out of KVM_RUN, the pod network is given
+/// back) instead of killing qvisor mid-exit, and holds them on the calling thread (see
+/// [`hold_process_signals`]). Idempotent.
 pub fn install_stop_signals() {
-    let handlers: [(libc::c_int, extern "C" fn(libc::c_int)); 6] = [
-        (libc::SIGTERM, on_stop_signal),
-        (libc::SIGINT, on_stop_signal),
-        (libc::SIGHUP, on_stop_signal),
-        (libc::SIGQUIT, on_stop_signal),
-        (libc::SIGUSR1, on_stop_signal),
-        (KICK_SIGNAL, on_kick),
-    ];
+    let mut handlers: Vec<(libc::c_int, extern "C" fn(libc::c_int))> = PROCESS_SIGNALS
+        .iter()
+        .map(|&sig| (sig, on_stop_signal as extern "C" fn(libc::c_int)))
+        .collect();
+    handlers.push((KICK_SIGNAL, on_kick));
     for (sig, handler) in handlers {
         // SAFETY: a plain sigaction with an async-signal-safe handler and no SA_RESTART, so
         // KVM_RUN returns EINTR.
@@ -165,6 +199,7 @@ pub fn install_stop_signals() {
             libc::sigaction(sig, &sa, std::ptr::null_mut());
         }
     }
+    hold_process_signals();
 }
 
 /// The stop signal received since [`install_stop_signals`], if any.
@@ -1212,6 +1247,9 @@ impl Vm {
             unsafe { libc::pthread_kill(me, KICK_SIGNAL) };
         });
         VCPU_THREAD.store(me as u64, Ordering::SeqCst);
+        // The runtime's signals come here from now on (the poller and timer, started above,
+        // keep holding them).
+        take_process_signals();
         let stop = jail::confine_thread(ThreadKind::Vcpu, mode)
             .context("confining the vCPU thread")
             .and_then(|()| self.run_loop(poller.as_ref()));

@@ -185,11 +185,19 @@ pub fn recv_with_fds(
     };
     let mut cbuf = control_buffer(max_fds * std::mem::size_of::<RawFd>());
     let mut msg = msghdr(&mut iov, &mut cbuf);
-    // SAFETY: msg and its buffers are live for the call.
-    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // A signal for another purpose (a VMM's stop or forwarded signals land on any thread)
+    // must not fail the attach: with a read timeout set, recvmsg is not restarted.
+    let n = loop {
+        // SAFETY: msg and its buffers are live for the call.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break n;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
     let mut fds = Vec::new();
     // SAFETY: the kernel filled msg_control; CMSG_* walk only within msg_controllen.
     unsafe {

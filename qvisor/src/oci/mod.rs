@@ -304,9 +304,8 @@ pub fn vmm(
         tracing::info!("{e:#}");
         return crate::vm::stop_signal().map_or(1, |s| 128 + s);
     }
-    // From now on signals from the runtime's `kill` go to the app's init (SIGKILL still ends
-    // the VMM at once).
-    crate::vm::forward_signals();
+    // Signals from the runtime's `kill` now go to the app's init (wait_for_start turned that
+    // on; SIGKILL still ends the VMM at once).
     let record = Record {
         id: id.into(),
         bundle: bundle.into(),
@@ -343,14 +342,26 @@ pub fn vmm(
 }
 
 /// Blocks on the exec fifo (in the working directory, the container's state directory) until
-/// `start` opens it; fails if a stop signal comes first.
+/// `start` opens it, and turns signal forwarding on; fails if a stop signal comes first.
 fn wait_for_start() -> anyhow::Result<()> {
+    // The signals end the wait (EINTR) on this thread alone; held again after it.
+    crate::vm::take_process_signals();
+    let waited = wait_on_exec_fifo();
+    crate::vm::hold_process_signals();
+    waited
+}
+
+fn wait_on_exec_fifo() -> anyhow::Result<()> {
     loop {
         // SAFETY: open with a NUL-terminated path; blocks until a reader opens the fifo.
         let fd = unsafe { libc::open(c"exec.fifo".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
         if fd >= 0 {
             // SAFETY: a fresh descriptor we own.
             let mut fifo = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+            // `start` reads this byte before it removes the fifo, which makes the container
+            // "running": from then on `kill` must reach the app's init, so forwarding starts
+            // now, not once this process is scheduled again.
+            crate::vm::forward_signals();
             fifo.write_all(b"0").context("writing the exec fifo")?;
             return Ok(());
         }
