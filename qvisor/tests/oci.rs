@@ -259,7 +259,7 @@ fn signals_reach_the_container_and_its_exit_status_is_the_vmms() {
     // The app's init gets the runtime's signals: a handler runs (here the shell's trap, which
     // exits 7); without one a signal is ignored, as runc's init ignores it (pid 1 of its
     // namespace); SIGKILL always ends the container.
-    let trap = "trap 'echo bye; exit 7' TERM; while true; do busybox sleep 1; done";
+    let trap = "trap 'echo bye; exit 7' TERM; echo set; while true; do busybox sleep 1; done";
     let b = Bundle::new(&["busybox", "sh", "-c", trap], |_| {});
     let plain = Bundle::new(&["busybox", "sleep", "30"], |_| {});
     for (bundle, signals, status) in [
@@ -276,7 +276,14 @@ fn signals_reach_the_container_and_its_exit_status_is_the_vmms() {
             .spawn()
             .unwrap();
         rt.wait_status(&id, "running");
-        std::thread::sleep(Duration::from_millis(200)); // the trap is set
+        if status == 7 {
+            // A signal before the trap is set is ignored (init without a handler), as in runc.
+            let end = Instant::now() + Duration::from_secs(30);
+            while std::fs::read_to_string(&out).unwrap_or_default() != "set\n" {
+                assert!(Instant::now() < end, "the trap was never set");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         for signal in signals {
             rt.ok(&["kill", &id, signal]);
             if *signal != "9" && status == 137 {
@@ -291,7 +298,7 @@ fn signals_reach_the_container_and_its_exit_status_is_the_vmms() {
         let code = run.wait().unwrap().code();
         assert_eq!(code, Some(status), "{signals:?}");
         if status == 7 {
-            assert_eq!(std::fs::read_to_string(&out).unwrap(), "bye\n");
+            assert_eq!(std::fs::read_to_string(&out).unwrap(), "set\nbye\n");
         }
         let _ = std::fs::remove_file(&out);
         // run deleted the container after it ended.
