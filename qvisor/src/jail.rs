@@ -702,6 +702,7 @@ fn thread_basics() -> Vec<Allow> {
             &[
                 (0, libc::PR_GET_NAME as u64),
                 (0, libc::PR_SET_NAME as u64),
+                (0, libc::PR_CAPBSET_READ as u64),
                 (0, libc::PR_CAPBSET_DROP as u64),
                 (0, libc::PR_CAP_AMBIENT as u64),
                 (0, libc::PR_SET_NO_NEW_PRIVS as u64),
@@ -785,7 +786,10 @@ fn vcpu_rules() -> Vec<Allow> {
 }
 
 fn poller_rules() -> Vec<Allow> {
-    guest_serving_rules(TERMINAL_IOCTLS)
+    let mut rules = guest_serving_rules(TERMINAL_IOCTLS);
+    // How many CPUs it may use: on one, polling would take it from the vCPU.
+    rules.push(any(libc::SYS_sched_getaffinity));
+    rules
 }
 
 /// The threads that run qkernel for the app (vCPU, poller): its files, the `ioctls` of

@@ -10,6 +10,9 @@
 //! last call, then marks the mailbox asleep (0 -> 3) and sleeps on a futex, so an idle container
 //! costs no CPU. A stub that finds the mailbox asleep executes `ud2`: the vCPU exits and the
 //! vCPU thread serves that call itself (the trapping path) and wakes the host thread.
+//! While the VMM may use a single CPU (a pod's cpuset), polling would only take that CPU from
+//! the vCPU thread the stub spins on: the host thread then leaves the mailbox asleep, every
+//! call traps, and it looks again at the CPUs it may use every [`LONE_CPU_RECHECK`].
 //!
 //! The mailbox is app-writable by necessity: every word in it is untrusted, read once, and used
 //! only as syscall arguments or as the user-mode return state the app could set itself.
@@ -35,6 +38,8 @@ pub const SLOW_RIP: u64 = STUB_VA + 0xcf;
 /// How long the host thread keeps polling after a call: well above the trap cost, so a busy
 /// app never pays the slow path, short enough that an idle one costs nothing.
 pub const BUDGET: Duration = Duration::from_micros(500);
+/// How often a host thread confined to one CPU looks whether it may use more.
+pub const LONE_CPU_RECHECK: Duration = Duration::from_millis(100);
 
 /// `stub.S` assembled (`gcc -c stub.S && objcopy -O binary -j .text`); the test
 /// `stub_bytes_match_the_source` checks they match.
@@ -134,9 +139,10 @@ struct Control {
     stop: AtomicBool,
     /// Futex word the sleeping host thread waits on (1: wake up).
     wake: AtomicU32,
-    /// The app exited through a polled call.
     /// How the app ended, if it ended through the polled path.
     exit: Mutex<Option<SyscallOutcome>>,
+    /// The VMM may use one CPU only: the mailbox stays asleep, every call traps.
+    lone_cpu: AtomicBool,
 }
 
 /// The running host thread.
@@ -159,6 +165,7 @@ impl Poller {
             stop: AtomicBool::new(false),
             wake: AtomicU32::new(0),
             exit: Mutex::new(None),
+            lone_cpu: AtomicBool::new(false),
         });
         let c = control.clone();
         let (confined_tx, confined) = std::sync::mpsc::sync_channel(1);
@@ -189,8 +196,14 @@ impl Poller {
         *self.control.exit.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// After the vCPU thread served a call the stub could not post: polling resumes.
+    /// After the vCPU thread served a call the stub could not post: polling resumes, unless
+    /// the VMM may use one CPU only (then the next call traps too).
     pub fn resume(&self) {
+        if self.control.lone_cpu.load(Ordering::SeqCst) {
+            // The app is out of the stub (it trapped): no stub waits on the flag.
+            self.mailbox.flag().store(ASLEEP, Ordering::Release);
+            return;
+        }
         self.mailbox.flag().store(IDLE, Ordering::Release);
         self.control.wake.store(1, Ordering::SeqCst);
         futex_wake_all(&self.control.wake);
@@ -239,17 +252,72 @@ fn serve_loop(core: &Mutex<Core>, mb: Mailbox, c: &Control, kick: impl Fn()) {
             std::hint::spin_loop();
             continue;
         }
+        if cpus_allowed() < 2 {
+            idle_while_alone(mb, c);
+            last = Instant::now();
+            continue;
+        }
         // Idle: tell the stub (it will trap instead of waiting), then sleep until woken.
-        if mb
+        match mb
             .flag()
             .compare_exchange(IDLE, ASLEEP, Ordering::SeqCst, Ordering::SeqCst)
-            .is_err()
         {
-            continue; // a request arrived (or the app scribbled): look again
+            // Asleep already: a resume that still saw the lone-CPU mode put it there.
+            Ok(_) | Err(ASLEEP) => {}
+            Err(_) => continue, // a request arrived (or the app scribbled): look again
         }
         sleep_until_resumed(c);
         last = Instant::now();
     }
+}
+
+/// The CPUs this thread may run on (1 if that cannot be read).
+fn cpus_allowed() -> usize {
+    // SAFETY: fills a cpu_set_t of its own size; CPU_COUNT only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return 1;
+        }
+        libc::CPU_COUNT(&set) as usize
+    }
+}
+
+/// While this thread may use one CPU only: the mailbox stays asleep (every call traps, served
+/// by the vCPU thread) and the CPUs are looked at again every [`LONE_CPU_RECHECK`]. Returns
+/// when more CPUs are allowed or the poller stops.
+fn idle_while_alone(mb: Mailbox, c: &Control) {
+    c.lone_cpu.store(true, Ordering::SeqCst);
+    while !c.stop.load(Ordering::Relaxed) {
+        // Asleep, so the stub traps. The mailbox may also be idle again (a resume that ran
+        // before lone_cpu was seen), claimed, or still holding an answer.
+        match mb
+            .flag()
+            .compare_exchange(IDLE, ASLEEP, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            // Handed to the vCPU thread like a call that may block: the stub traps, and the
+            // resume after it leaves the mailbox asleep.
+            Err(REQUEST) => mb.flag().store(TRAP, Ordering::Release),
+            // The stub has yet to take its answer, which needs this CPU.
+            Err(ANSWER) => {
+                std::thread::yield_now();
+                continue;
+            }
+            // Asleep (or whatever the app wrote there: the stub traps on it too).
+            _ => {}
+        }
+        futex_wait(&c.wake, 0, Some(LONE_CPU_RECHECK));
+        c.wake.store(0, Ordering::SeqCst);
+        if cpus_allowed() > 1 {
+            break;
+        }
+    }
+    c.lone_cpu.store(false, Ordering::SeqCst);
+    // Polling again: only a mailbox asleep is handed back (a request is served next; no
+    // trap is in flight, as only this thread hands calls to the vCPU).
+    let _ = mb
+        .flag()
+        .compare_exchange(ASLEEP, IDLE, Ordering::SeqCst, Ordering::SeqCst);
 }
 
 /// Sleeps until the vCPU thread has served a trapped call and called [`Poller::resume`].

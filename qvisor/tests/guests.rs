@@ -387,28 +387,51 @@ fn a_sleeping_container_spins_no_cpu_on_the_polled_path() {
 #[test]
 fn polled_syscalls_do_not_exit_the_vcpu() {
     // Counts vCPU exits (qvisor logs them at debug level) rather than timing anything.
-    let exits = |mode| {
-        require_kvm();
-        let o = Command::new(env!("CARGO_BIN_EXE_qvisor"))
-            .env("QVISOR_LOG", "qvisor=debug")
-            .args(["launch", "--rootfs"])
-            .arg(root())
-            .args(["--syscall-poll", mode, "/bin/syscost", "3000", "10"])
-            .output()
-            .unwrap();
-        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-        let err = stderr(&o);
-        err.lines()
-            .find_map(|l| l.split("vcpu_exits=").nth(1))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("no vcpu_exits in {err}"))
-    };
-    let (polled, trapped) = (exits("on"), exits("off"));
+    let (polled, trapped) = (getpid_exits("on", None), getpid_exits("off", None));
     assert!(
         trapped >= 3000,
         "every trapped syscall is an exit: {trapped}"
     );
     assert!(polled < 100, "3000 polled getpids took {polled} exits");
+}
+
+/// The vCPU exits of 3000 getpids (qvisor logs them at debug level) with the polled path
+/// `mode`, the VMM confined to `cpu` if given.
+fn getpid_exits(mode: &str, cpu: Option<u32>) -> u64 {
+    require_kvm();
+    let mut cmd = match cpu {
+        Some(cpu) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpu.to_string(), env!("CARGO_BIN_EXE_qvisor")]);
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_qvisor")),
+    };
+    let o = cmd
+        .env("QVISOR_LOG", "qvisor=debug")
+        .args(["launch", "--rootfs"])
+        .arg(root())
+        .args(["--syscall-poll", mode, "/bin/syscost", "3000", "10"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    err.lines()
+        .find_map(|l| l.split("vcpu_exits=").nth(1))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no vcpu_exits in {err}"))
+}
+
+#[test]
+fn on_a_single_cpu_the_polled_path_steps_aside() {
+    // The stub spins on the vCPU thread for the host thread's answer: with one CPU for both,
+    // each call would wait for a scheduler tick. The host thread sees it may use one CPU and
+    // leaves every call to the trap (a few may be polled before it first looks).
+    let exits = getpid_exits("on", Some(0));
+    assert!(
+        exits >= 2900,
+        "3000 getpids on one CPU took {exits} exits: the poller kept polling"
+    );
 }
 
 #[test]
