@@ -1,9 +1,14 @@
-//! A flooded neighbour: two containers of one runtime (Quark unless told) side by side, each in its own namespace; a kernel
-//! peer blasts SYNs (hping3, random sources) and UDP (iperf3 -u) at one of them while
-//! the other's throughput and latency are measured, against rounds without the flood, in
-//! alternation. The flooded container has a CPU limit of half a core, as a pod would: its
-//! stack runs in its VMM, so the flood's cost is charged to it. Afterwards it must still be
-//! serving.
+//! A flooded neighbour: two containers of one runtime (Quark unless told) side by side, each
+//! in its own namespace; a kernel peer blasts SYNs (hping3, random sources) and UDP (iperf3 -u)
+//! at one of them while the other's throughput and latency are measured, against rounds
+//! without the flood, in alternation. The flooded container has a CPU limit of half a core, as
+//! a pod would: its stack runs in its VMM, so the flood's cost is charged to it. Afterwards it
+//! must still be serving.
+//!
+//! The generators run on this machine too. [`Layout::Pinned`] (the default) gives each side a
+//! core of its own, as a node's CPU manager gives guaranteed pods and as a flood from another
+//! machine would leave the bystander's cores alone: what it measures is isolation.
+//! [`Layout::Shared`] lets everything share both cores: it measures CPU contention too.
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -23,15 +28,96 @@ use crate::{alternate, figures, Column, Figure, RoundRows};
 pub const SUITE: &str = "flood";
 pub const PATHS: (&str, &str) = ("neighbour flooded", "quiet");
 
-pub fn suite(runtime: Runtime, duration: f64, rounds: usize) -> anyhow::Result<Vec<Figure>> {
-    let (names, (f, q)) = measure(runtime, duration, rounds)?;
+/// Where the two sides of the flood run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Layout {
+    /// The bystander, its clients and netbench on core 0; the flooded container and the
+    /// generators on core 1.
+    Pinned,
+    /// Every process on every core: the generators take CPU from the bystander.
+    Shared,
+}
+
+pub fn suite(
+    runtime: Runtime,
+    layout: Layout,
+    duration: f64,
+    rounds: usize,
+) -> anyhow::Result<Vec<Figure>> {
+    let (names, (f, q)) = measure(runtime, layout, duration, rounds)?;
     Ok(figures(&names, &f, &q))
 }
 
 /// Every round of both conditions, as report rows.
 pub fn rows(duration: f64, rounds: usize) -> anyhow::Result<Vec<crate::report::Row>> {
-    let (names, (f, q)) = measure(Runtime::Quark, duration, rounds)?;
+    let (names, (f, q)) = measure(Runtime::Quark, Layout::Pinned, duration, rounds)?;
     Ok(crate::report::paired_rows(SUITE, &names, PATHS, &f, &q))
+}
+
+/// The cores of each side in [`Layout::Pinned`].
+const BYSTANDER_CPU: usize = 0;
+const FLOOD_CPU: usize = 1;
+
+/// Sets the CPU affinity of every thread of `pid` (threads it starts later inherit it).
+fn pin_process(pid: u32, set: &libc::cpu_set_t) -> anyhow::Result<()> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .with_context(|| format!("listing the threads of {pid}"))?;
+    for task in tasks.flatten() {
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: passes a valid cpu_set_t of its own size; a thread gone meanwhile fails
+        // with ESRCH, which is fine.
+        unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), set) };
+    }
+    Ok(())
+}
+
+fn one_cpu(cpu: usize) -> libc::cpu_set_t {
+    // SAFETY: cpu_set_t is plain bits; CPU_SET writes inside it (cpu < CPU_SETSIZE).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        set
+    }
+}
+
+/// Pins every process of the tree under `root` to `cpu`.
+fn pin_tree(root: u32, cpu: usize) -> anyhow::Result<()> {
+    let set = one_cpu(cpu);
+    for pid in process_tree(root)? {
+        pin_process(pid, &set)?;
+    }
+    Ok(())
+}
+
+/// netbench's own threads on one core until dropped (its iperf3 clients and the
+/// request/response thread inherit it); the affinity they had comes back on drop.
+struct PinnedSelf(libc::cpu_set_t);
+
+impl PinnedSelf {
+    fn to(cpu: usize) -> anyhow::Result<PinnedSelf> {
+        // SAFETY: reads this thread's affinity into a cpu_set_t of its own size.
+        let old = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+                return Err(std::io::Error::last_os_error()).context("sched_getaffinity");
+            }
+            set
+        };
+        pin_process(std::process::id(), &one_cpu(cpu))?;
+        Ok(PinnedSelf(old))
+    }
+}
+
+impl Drop for PinnedSelf {
+    fn drop(&mut self) {
+        let _ = pin_process(std::process::id(), &self.0);
+    }
 }
 
 /// The flooded container's processes in a CPU cgroup of their own, as a pod's CPU limit:
@@ -89,10 +175,18 @@ const UDP_RATE: &str = "100M";
 struct Flood(Vec<Child>);
 
 impl Flood {
-    fn start(peer: &Netns, secs: u64) -> anyhow::Result<Flood> {
+    /// The flood from `peer`, its generators on `cpu` if given.
+    fn start(peer: &Netns, secs: u64, cpu: Option<usize>) -> anyhow::Result<Flood> {
         let ip = CONTAINER_IP.to_string();
-        let syn = peer
-            .cmd("hping3")
+        let generator = |program: &str| match cpu {
+            Some(cpu) => {
+                let mut c = peer.cmd("taskset");
+                c.args(["-c", &cpu.to_string(), program]);
+                c
+            }
+            None => peer.cmd(program),
+        };
+        let syn = generator("hping3")
             .args([
                 "-i",
                 SYN_INTERVAL,
@@ -107,8 +201,7 @@ impl Flood {
             .stderr(Stdio::null())
             .spawn()
             .context("starting hping3 (Debian's hping3)")?;
-        let udp = peer
-            .cmd("iperf3")
+        let udp = generator("iperf3")
             .args([
                 "-c",
                 &ip,
@@ -170,10 +263,18 @@ fn running(lane: &mut Lane, what: &str) -> anyhow::Result<()> {
 /// The figures' names, and each round's figures with the neighbour flooded and quiet.
 fn measure(
     runtime: Runtime,
+    layout: Layout,
     duration: f64,
     rounds: usize,
 ) -> anyhow::Result<([Column; 3], RoundRows<3>)> {
-    quark_tests::require_env(&["iperf3", "hping3", "nginx", "gcc"]);
+    quark_tests::require_env(&["iperf3", "hping3", "nginx", "gcc", "taskset"]);
+    if layout == Layout::Pinned {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        anyhow::ensure!(
+            cores > FLOOD_CPU,
+            "the pinned layout needs two cores, this machine has {cores} (try --layout shared)"
+        );
+    }
     let d = Duration::from_secs_f64(duration);
     let secs = d.as_secs_f64().ceil() as u64 + 1;
     let work = std::env::temp_dir().join(format!("netbench-flood-{}", std::process::id()));
@@ -185,10 +286,19 @@ fn measure(
     running(&mut bystander, "bystander")?;
     let victim_pid = victim.container.as_ref().map_or(0, |c| c.pid());
     let _limit = CpuLimit::apply(&process_tree(victim_pid)?, VICTIM_CORES)?;
+    let (_pinned, flood_cpu) = match layout {
+        Layout::Pinned => {
+            let bystander_pid = bystander.container.as_ref().map_or(0, |c| c.pid());
+            pin_tree(bystander_pid, BYSTANDER_CPU)?;
+            pin_tree(victim_pid, FLOOD_CPU)?;
+            (Some(PinnedSelf::to(BYSTANDER_CPU)?), Some(FLOOD_CPU))
+        }
+        Layout::Shared => (None, None),
+    };
     let result = alternate(
         rounds,
         || {
-            let _flood = Flood::start(&victim.peer, secs)?;
+            let _flood = Flood::start(&victim.peer, secs, flood_cpu)?;
             bystander_round(&bystander, d)
         },
         || bystander_round(&bystander, d),

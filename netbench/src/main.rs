@@ -60,6 +60,10 @@ enum Suite {
         /// The runtime of both containers (quark, runc, ...).
         #[arg(long, default_value = "quark")]
         runtime: String,
+        /// pinned: the bystander on core 0, the flooded container and the generators on
+        /// core 1; shared: everything on both cores.
+        #[arg(long, value_enum, default_value = "pinned")]
+        layout: flood::Layout,
     },
     /// The whole harness: the network scenarios and start-up on every runtime, and the proxy
     /// suite, in one report (about 10 minutes with the defaults).
@@ -165,7 +169,9 @@ impl Harness {
             report.notes.push(
                 "flood: two Quark containers side by side; hping3 (20,000 SYN/s, random \
                  sources) and iperf3 -u (100 Mbit/s of 64-byte datagrams) at one, which has a \
-                 CPU limit of half a core, the other measured, against rounds without the flood"
+                 CPU limit of half a core, the other measured, against rounds without the flood; \
+                 the bystander and its clients on core 0, the flooded one and the generators on \
+                 core 1"
                     .into(),
             );
         }
@@ -517,12 +523,18 @@ fn main() -> std::process::ExitCode {
                 ("qnetd", "kernel"),
             )
         }),
-        Suite::Flood { rounds: r, runtime } => containers::Runtime::parse(&runtime)
-            .and_then(|rt| flood::suite(rt, r.duration, r.rounds))
+        Suite::Flood {
+            rounds: r,
+            runtime,
+            layout,
+        } => containers::Runtime::parse(&runtime)
+            .and_then(|rt| flood::suite(rt, layout, r.duration, r.rounds))
             .and_then(|f| {
                 r.report(
                     &f,
-                    &format!("a {runtime} container while its neighbour is flooded vs quiet"),
+                    &format!(
+                        "a {runtime} container while its neighbour is flooded vs quiet ({layout:?} cores)"
+                    ),
                     ("flooded", "quiet"),
                 )
             }),
