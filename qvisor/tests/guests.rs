@@ -515,12 +515,17 @@ fn a_hostile_app_is_refused_or_killed_and_everything_else_carries_on() {
         "write-kernel-half",
         "write-high-kernel",
         "write-stub-page",
+        "write-gdt",
+        "write-idt",
     ] {
         let v = verdict(name);
         assert!(v == "signal 11" || v == "signal 4", "{name}: {v}\n{out}");
     }
     // The stub runs for whichever process calls it: a jump into it kills that process only.
     assert!(verdict("jump-into-stub").starts_with("signal"), "{out}");
+    // No door into another process's memory: process_vm_writev, ptrace, /proc/PID/mem.
+    assert_eq!(verdict("write-parent-memory"), "exit 0", "{out}");
+    assert_eq!(verdict("parent-secret"), "1234", "{out}");
     // Floods are answered call by call and fault by fault; a path flipped by another thread
     // during open resolves once, inside the root (never the host's /etc/shadow).
     for name in ["flood-syscalls", "flood-faults", "toctou-path"] {

@@ -5,6 +5,8 @@
  *
  * The syscall stub and its mailbox live at fixed addresses in the top of the address space
  * (qvisor/src/poll.rs): they are user-visible by necessity, so they are attacked too.
+ * So are the descriptor tables (where sgdt/sidt say they are) and the parent's memory (through
+ * process_vm_writev, ptrace and /proc/PID/mem).
  * Then floods (syscalls good, bad and unknown; faults caught by a handler) and a path changed
  * by another thread while it is opened. */
 #define _GNU_SOURCE
@@ -16,6 +18,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ptrace.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
@@ -86,6 +89,34 @@ static void write_kernel_memory(int which) {
   *p = 0;
 }
 
+/* The descriptor tables where the CPU says they are (sgdt/sidt work in user mode unless UMIP
+ * is on; with UMIP they fault, which is as good). */
+static void write_descriptor_table(int which) {
+  struct { uint16_t limit; uint64_t base; } __attribute__((packed)) d = {0, 0};
+  if (which == 0) __asm__ volatile("sgdt %0" : "=m"(d));
+  else __asm__ volatile("sidt %0" : "=m"(d));
+  *(volatile uint64_t *)d.base = 0;
+}
+
+/* Another process's memory: the child tries to change the parent's `secret` through every
+ * door Linux has for it; each must be refused. The parent checks its value afterwards. */
+static volatile long secret = 1234;
+static int write_parent_memory(void) {
+  pid_t parent = getppid();
+  int bad = 0;
+  long evil = 666;
+  struct iovec local = {&evil, sizeof evil}, remote = {(void *)&secret, sizeof secret};
+  if (syscall(SYS_process_vm_writev, parent, &local, 1, &remote, 1, 0) >= 0) bad |= 1;
+  if (ptrace(PTRACE_ATTACH, parent, 0, 0) == 0) bad |= 2;
+  if (ptrace(PTRACE_POKEDATA, parent, (void *)&secret, (void *)evil) == 0) bad |= 4;
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/mem", (int)parent);
+  int fd = open(path, O_RDWR);
+  if (fd >= 0 && pwrite(fd, &evil, sizeof evil, (off_t)(uintptr_t)&secret) == sizeof evil)
+    bad |= 8;
+  return bad;
+}
+
 static void jump_into_stub(void) {
   void (*f)(void) = (void (*)(void))(STUB_VA + 0x33);
   f();
@@ -107,6 +138,8 @@ static int t_mailbox(int a) { (void)a; return forge_mailbox(); }
 static int t_priv(int a) { privileged(a); return 42; }
 static int t_kmem(int a) { write_kernel_memory(a); return 42; }
 static int t_jump(int a) { (void)a; jump_into_stub(); return 42; }
+static int t_dt(int a) { write_descriptor_table(a); return 42; }
+static int t_parent(int a) { (void)a; return write_parent_memory(); }
 
 /* Floods: many syscalls (good and bad), then many faults, each answered in turn. */
 static int flood_syscalls(void) {
@@ -175,6 +208,10 @@ int main(void) {
   run("write-high-kernel", t_kmem, 1);
   run("write-stub-page", t_kmem, 2);
   run("jump-into-stub", t_jump, 0);
+  run("write-gdt", t_dt, 0);
+  run("write-idt", t_dt, 1);
+  run("write-parent-memory", t_parent, 0);
+  printf("parent-secret: %ld\n", secret);
   run("flood-syscalls", t_flood_syscalls, 0);
   run("flood-faults", t_flood_faults, 0);
   run("toctou-path", t_toctou, 0);
