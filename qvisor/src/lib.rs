@@ -179,11 +179,13 @@ impl Booted {
         let mode = jail::Mode::from_env()?;
         vm::install_stop_signals();
         let keeper = prepare_confinement(&mut vm)?;
-        jail::confine_process(mode).context("confining the VMM")?;
-        vm.with_net(|n| n.confine_stack(mode)).transpose()?;
-        let stop = vm.run(kernel, entry, stack_pointer, mode);
+        let stop = jail::confine_process(mode)
+            .context("confining the VMM")
+            .and_then(|()| vm.with_net(|n| n.confine_stack(mode)).transpose())
+            .and_then(|_| vm.run(kernel, entry, stack_pointer, mode));
         tracing::debug!(vcpu_exits = vm.exits, polled, "container ended");
-        // The TAP goes with the VM; then the keeper gives the pod interface back.
+        // The TAP goes with the VM; then the keeper gives the pod interface back (also when
+        // confinement failed).
         drop(vm);
         if let Some(k) = keeper {
             k.finish();
