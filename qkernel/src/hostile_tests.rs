@@ -8,13 +8,6 @@ use proptest::prelude::*;
 use crate::test_machine::{TestMachine, BASE, SIZE};
 use crate::{Kernel, SyscallArgs};
 
-/// Calls that hand the CPU to another program or block the one thread for good (execve,
-/// fork and friends, pause): they need a platform that switches address spaces, which this
-/// machine is not; the guest tests cover them on real KVM.
-fn platform_only(nr: u64) -> bool {
-    matches!(nr, 34 | 56 | 57 | 58 | 59 | 61 | 247 | 322 | 435)
-}
-
 /// An argument: mostly pointers into or around the region, sometimes anything.
 fn arg() -> impl Strategy<Value = u64> {
     prop_oneof![
@@ -34,24 +27,12 @@ proptest! {
     /// memory and a socket pair exist to be abused).
     #[test]
     fn any_syscall_with_any_arguments_is_answered(
-        calls in proptest::collection::vec((0u64..460, proptest::array::uniform6(arg())), 1..6)
+        calls in proptest::collection::vec(
+            (0u64..crate::fuzz::MAX_NR, proptest::array::uniform6(arg())),
+            1..6,
+        )
     ) {
-        let mut m = TestMachine::region();
-        let mut k = Kernel::new(BASE + SIZE, "/bin/app", "/");
-        let setup = [
-            SyscallArgs { nr: 53, args: [1, 1, 0, BASE, 0, 0] }, // socketpair -> fds at BASE
-            SyscallArgs { nr: 22, args: [BASE + 8, 0, 0, 0, 0, 0] }, // pipe
-            SyscallArgs { nr: 291, args: [0, 0, 0, 0, 0, 0] }, // epoll_create1
-        ];
-        for call in setup {
-            let _ = k.syscall(&mut m, call);
-        }
-        for (nr, args) in calls {
-            if platform_only(nr) {
-                continue;
-            }
-            let _ = k.syscall(&mut m, SyscallArgs { nr, args });
-        }
+        crate::fuzz::hostile_calls(&calls);
     }
 }
 

@@ -25,9 +25,11 @@ mod syscalls;
 pub mod sysnames;
 mod unix;
 
+#[cfg(any(test, fuzzing))]
+pub mod fuzz;
 #[cfg(test)]
 mod hostile_tests;
-#[cfg(test)]
+#[cfg(any(test, fuzzing))]
 mod test_machine;
 
 pub use elf::{interpreter, load, load_static, ElfError, Loaded};

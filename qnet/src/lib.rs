@@ -12,6 +12,8 @@ pub mod attach;
 pub mod config;
 pub mod conn;
 pub mod demo;
+#[cfg(any(test, fuzzing))]
+pub mod fuzz;
 pub mod net;
 pub mod phy;
 pub mod runner;

@@ -677,40 +677,6 @@ mod tests {
         assert!(net.new_tcp(TcpOpts::default()).is_ok());
     }
 
-    /// A valid frame from the peer 10.9.0.1 to the stack at 10.9.0.2: Ethernet, IPv4 and
-    /// `l4` (protocol `proto`), checksums left for the stack to find right or wrong.
-    fn frame_to_stack(mac: [u8; 6], proto: u8, l4: &[u8]) -> Vec<u8> {
-        let mut f = Vec::new();
-        f.extend_from_slice(&mac);
-        f.extend_from_slice(&[2, 0, 0, 0, 0, 9]);
-        f.extend_from_slice(&[0x08, 0x00]);
-        let total = (20 + l4.len()) as u16;
-        f.extend_from_slice(&[
-            0x45,
-            0,
-            (total >> 8) as u8,
-            total as u8,
-            0,
-            1,
-            0,
-            0,
-            64,
-            proto,
-            0,
-            0,
-        ]);
-        f.extend_from_slice(&[10, 9, 0, 1, 10, 9, 0, 2]);
-        let sum: u32 = f[14..34]
-            .chunks(2)
-            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-            .sum();
-        let sum = (sum & 0xffff) + (sum >> 16);
-        let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
-        f[24..26].copy_from_slice(&sum.to_be_bytes());
-        f.extend_from_slice(l4);
-        f
-    }
-
     /// The harness below reaches the stack's real input path: an unchanged SYN gets its
     /// SYN-ACK queued to the link.
     #[test]
@@ -728,7 +694,7 @@ mod tests {
         let syn = [
             0x9c, 0x40, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0,
         ];
-        dev.inject_received(&frame_to_stack(mac, 6, &syn));
+        dev.inject_received(&crate::fuzz::frame_to_stack(mac, 6, &syn));
         while net
             .iface
             .poll_ingress_single(Instant::ZERO, &mut dev, &mut net.sockets)
@@ -755,42 +721,7 @@ mod tests {
             flips in proptest::collection::vec((0usize..80, proptest::prelude::any::<u8>()), 0..6),
             cut in 0usize..90,
         ) {
-            let cfg = StackConfig::new("10.9.0.2/24".parse().unwrap());
-            let mac = cfg.mac.0;
-            let local = crate::phy::LocalAddrs { mac, ip: cfg.addr.addr, loopback: true };
-            let mut dev = crate::phy::FrameQueues::new(1500, local, true).unwrap();
-            let mut net = Net::new(cfg, &mut dev, Instant::ZERO);
-            net.add_listener(None, 80, 16, TcpOpts::default()).unwrap();
-            let udp = net.new_udp().unwrap();
-            let _ = net.sockets.get_mut::<smoltcp::socket::udp::Socket>(udp).bind(53);
-            let syn = [0x9c, 0x40, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0];
-            let dgram = [0x9c, 0x41, 0, 53, 0, 12, 0, 0, b'h', b'i', b'!', b'!'];
-            let mut arp = mac.to_vec();
-            arp.extend_from_slice(&[2, 0, 0, 0, 0, 9, 0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
-            arp.extend_from_slice(&[2, 0, 0, 0, 0, 9, 10, 9, 0, 1, 0, 0, 0, 0, 0, 0, 10, 9, 0, 2]);
-            let mut mutated = match which {
-                0 => frame_to_stack(mac, 6, &syn),
-                1 => frame_to_stack(mac, 17, &dgram),
-                _ => arp,
-            };
-            for (at, b) in flips {
-                if let Some(x) = mutated.get_mut(at) {
-                    *x = b;
-                }
-            }
-            mutated.truncate(cut.max(1));
-            dev.inject_received(&raw);
-            dev.inject_received(&mutated);
-            let mut now = Instant::ZERO;
-            for _ in 0..8 {
-                while net.iface.poll_ingress_single(now, &mut dev, &mut net.sockets)
-                    != smoltcp::iface::PollIngressSingleResult::None
-                {
-                    net.refill_listeners();
-                }
-                let _ = net.iface.poll_egress(now, &mut dev, &mut net.sockets);
-                now += smoltcp::time::Duration::from_millis(50);
-            }
+            crate::fuzz::frames(&raw, which, &flips, cut);
         }
     }
 }
