@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what it needs, checks formatting and lints, runs
 # every test (unit, property and end-to-end against kernel peers in namespaces and real KVM),
-# and closes with one summary line of the counts over all test binaries.
+# fuzzes the guest- and network-facing parsers for a bounded time, and closes with one summary
+# line of the counts over all test binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --packages-only
@@ -9,11 +10,15 @@ bash scripts/setup.sh --packages-only
 export CARGO_INCREMENTAL=0
 echo "test: free disk before building: $(df -h --output=avail . | tail -1)"
 cargo fmt --all -- --check
+cargo fmt --manifest-path tests/fuzz/Cargo.toml -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
+# Coverage-guided fuzzing (libFuzzer) of what a guest or the network feeds Quark, bounded:
+# 30,000 runs or 15 s per target, from the seed corpora (scripts/fuzz.sh).
+FUZZ_SECONDS=15 bash scripts/fuzz.sh 30000 || status=$?
 awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "summary: %d passed, %d failed\n", p, f }' "$log"
 echo "test: free disk after the suite: $(df -h --output=avail . | tail -1)"
