@@ -1181,7 +1181,11 @@ impl Kernel {
         const CONSOLE_SLICE_MS: i64 = 20;
         let requested_timeout = timeout_ms;
         let timeout_ms = self.poll_timeout(timeout_ms);
-        let deadline = (timeout_ms >= 0).then(|| m.monotonic_ns() + timeout_ms as u64 * 1_000_000);
+        // A timeout of years (ppoll's timespec can say so) saturates rather than wraps.
+        let deadline = (timeout_ms >= 0).then(|| {
+            m.monotonic_ns()
+                .saturating_add((timeout_ms as u64).saturating_mul(1_000_000))
+        });
         let watches_console = items
             .iter()
             .any(|&(fd, ev)| fd >= 0 && ev & 0x1 != 0 && self.p.fds.is_console_input(fd as u64));
@@ -1313,7 +1317,7 @@ impl Kernel {
                 revents[*i] = r;
             }
         } else if !ready_now && timeout_ms > 0 {
-            m.sleep_ns(timeout_ms as u64 * 1_000_000);
+            m.sleep_ns((timeout_ms as u64).saturating_mul(1_000_000));
         }
         Ok(revents)
     }
