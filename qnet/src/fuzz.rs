@@ -17,6 +17,20 @@ use crate::net::{Net, TcpOpts};
 use crate::phy::{FrameQueues, LocalAddrs};
 use crate::session::Session;
 
+/// The stack at 10.9.0.2/24 over in-memory frame queues (no TAP), at time zero, and its MAC.
+fn stack() -> (Net, FrameQueues, [u8; 6]) {
+    let cfg = StackConfig::new("10.9.0.2/24".parse().expect("a valid address"));
+    let mac = cfg.mac.0;
+    let local = LocalAddrs {
+        mac,
+        ip: cfg.addr.addr,
+        loopback: true,
+    };
+    let mut dev = FrameQueues::new(1500, local, true).expect("frame queues");
+    let net = Net::new(cfg, &mut dev, Instant::ZERO);
+    (net, dev, mac)
+}
+
 /// A valid frame from the peer 10.9.0.1 to the stack at 10.9.0.2: Ethernet, IPv4 and
 /// `l4` (protocol `proto`), checksums left for the stack to find right or wrong.
 pub fn frame_to_stack(mac: [u8; 6], proto: u8, l4: &[u8]) -> Vec<u8> {
@@ -56,15 +70,7 @@ pub fn frame_to_stack(mac: [u8; 6], proto: u8, l4: &[u8]) -> Vec<u8> {
 /// bytes `flips` changed and cut to `cut` bytes; then runs its input and output for 400 ms of
 /// its clock.
 pub fn frames(raw: &[u8], which: usize, flips: &[(usize, u8)], cut: usize) {
-    let cfg = StackConfig::new("10.9.0.2/24".parse().expect("a valid address"));
-    let mac = cfg.mac.0;
-    let local = LocalAddrs {
-        mac,
-        ip: cfg.addr.addr,
-        loopback: true,
-    };
-    let mut dev = FrameQueues::new(1500, local, true).expect("frame queues");
-    let mut net = Net::new(cfg, &mut dev, Instant::ZERO);
+    let (mut net, mut dev, mac) = stack();
     net.add_listener(None, 80, 16, TcpOpts::default())
         .expect("a listener");
     let udp = net.new_udp().expect("a UDP socket");
@@ -143,14 +149,7 @@ pub struct Harness {
 }
 
 pub fn harness() -> Harness {
-    let cfg = StackConfig::new("10.9.0.2/24".parse().unwrap());
-    let local = LocalAddrs {
-        mac: cfg.mac.0,
-        ip: cfg.addr.addr,
-        loopback: true,
-    };
-    let mut dev = FrameQueues::new(1500, local, true).unwrap();
-    let net = Net::new(cfg, &mut dev, Instant::ZERO);
+    let (net, dev, _) = stack();
     let geometry = Geometry::new(16, 16, SLOTS, BUF).unwrap();
     let fd = memfd("fuzz", geometry.region_size).unwrap();
     let map = Mapping::map_shared(&fd, geometry.region_size as usize).unwrap();
