@@ -9,7 +9,7 @@
 //! process (SIGKILL), so no exec'd process outlives whoever waits for it.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
+
+use qnet_client::sys::recv_some_with_fds;
 
 use crate::vm::{send_host_request, HostQueue, HostRequest};
 
@@ -90,7 +92,10 @@ pub fn listen(path: &Path, host: Arc<HostQueue>) -> anyhow::Result<()> {
 /// One client: its request, the process's start, signals for it, its exit.
 fn serve(conn: UnixStream, host: &Arc<HostQueue>) -> anyhow::Result<()> {
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-    let (first, fds) = recv_with_fds(&conn)?;
+    let mut first = vec![0u8; 64 << 10];
+    let (n, fds) =
+        recv_some_with_fds(&conn, &mut first, 3).context("receiving the exec request")?;
+    first.truncate(n);
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut line = first;
     if !line.ends_with(b"\n") {
@@ -170,90 +175,6 @@ fn serve(conn: UnixStream, host: &Arc<HostQueue>) -> anyhow::Result<()> {
         reply(&mut out, &Reply::Exit(status))?;
     }
     let _ = conn.shutdown(std::net::Shutdown::Both);
-    Ok(())
-}
-
-/// Reads what arrives first on `sock` and the descriptors attached to it.
-fn recv_with_fds(sock: &UnixStream) -> anyhow::Result<(Vec<u8>, Vec<OwnedFd>)> {
-    let mut buf = vec![0u8; 64 << 10];
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE(3 * std::mem::size_of::<libc::c_int>() as u32) } as usize;
-    let mut control = vec![0u8; space];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
-    let mut fds = Vec::new();
-    // SAFETY: msghdr points at live buffers (iov over buf, control) for the duration of
-    // recvmsg; the cmsg walk stays inside `control` (CMSG_NXTHDR checks msg_controllen),
-    // and each descriptor received is ours (MSG_CMSG_CLOEXEC) and owned once.
-    let n = unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-        msg.msg_controllen = space;
-        // Signals meant for the guest land on any VMM thread; they must not fail the request.
-        let n = loop {
-            let n = libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
-            if n >= 0 {
-                break n;
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(e).context("receiving the exec request");
-            }
-        };
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(cmsg) as *const libc::c_int;
-                let header = libc::CMSG_LEN(0) as usize;
-                let count = ((*cmsg).cmsg_len - header) / std::mem::size_of::<libc::c_int>();
-                for i in 0..count {
-                    let fd = std::ptr::read_unaligned(data.add(i));
-                    fds.push(OwnedFd::from_raw_fd(fd));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-        n as usize
-    };
-    buf.truncate(n);
-    Ok((buf, fds))
-}
-
-/// Sends `data` with `fds` attached over `sock`.
-pub fn send_with_fds(sock: &UnixStream, data: &[u8], fds: &[i32]) -> anyhow::Result<()> {
-    let bytes = std::mem::size_of_val(fds) as u32;
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE(bytes) } as usize;
-    let mut control = vec![0u8; space];
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    // SAFETY: msghdr points at live buffers for the duration of sendmsg; the one cmsg header
-    // and its data are written inside `control`, which CMSG_SPACE sized for `fds`.
-    let n = unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-        msg.msg_controllen = space;
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(bytes) as usize;
-        let data = libc::CMSG_DATA(cmsg) as *mut libc::c_int;
-        for (i, fd) in fds.iter().enumerate() {
-            std::ptr::write_unaligned(data.add(i), *fd);
-        }
-        libc::sendmsg(sock.as_raw_fd(), &msg, 0)
-    };
-    if n < 0 || n as usize != data.len() {
-        return Err(std::io::Error::last_os_error()).context("sending the exec request");
-    }
     Ok(())
 }
 

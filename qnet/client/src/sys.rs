@@ -179,6 +179,23 @@ pub fn recv_with_fds(
     data: &mut [u8],
     max_fds: usize,
 ) -> io::Result<Vec<OwnedFd>> {
+    let (n, fds) = recv_some_with_fds(sock, data, max_fds)?;
+    if n != data.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "short attach message",
+        ));
+    }
+    Ok(fds)
+}
+
+/// Receives what arrives first, up to `data.len()` bytes, and up to `max_fds` descriptors sent
+/// with it (ours, close-on-exec): the byte count and the descriptors.
+pub fn recv_some_with_fds(
+    sock: &UnixStream,
+    data: &mut [u8],
+    max_fds: usize,
+) -> io::Result<(usize, Vec<OwnedFd>)> {
     let mut iov = libc::iovec {
         iov_base: data.as_mut_ptr() as *mut libc::c_void,
         iov_len: data.len(),
@@ -186,12 +203,12 @@ pub fn recv_with_fds(
     let mut cbuf = control_buffer(max_fds * std::mem::size_of::<RawFd>());
     let mut msg = msghdr(&mut iov, &mut cbuf);
     // A signal for another purpose (a VMM's stop or forwarded signals land on any thread)
-    // must not fail the attach: with a read timeout set, recvmsg is not restarted.
+    // must not fail the receive: with a read timeout set, recvmsg is not restarted.
     let n = loop {
         // SAFETY: msg and its buffers are live for the call.
         let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
         if n >= 0 {
-            break n;
+            break n as usize;
         }
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
@@ -213,11 +230,5 @@ pub fn recv_with_fds(
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
-    if n as usize != data.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "short attach message",
-        ));
-    }
-    Ok(fds)
+    Ok((n, fds))
 }

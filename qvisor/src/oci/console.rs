@@ -44,7 +44,7 @@ pub(crate) fn pty_to_socket(socket: &Path) -> anyhow::Result<std::ffi::CString> 
     let sock = UnixStream::connect(socket)
         .with_context(|| format!("connecting to the console socket {}", socket.display()))?;
     // runc sends the pty's path as the payload.
-    crate::exec::send_with_fds(&sock, slave_name.as_bytes(), &[master.as_raw_fd()])
+    qnet_client::sys::send_with_fds(&sock, slave_name.as_bytes(), &[master.as_raw_fd()])
         .context("sending the pty master")?;
     Ok(slave_name)
 }

@@ -15,10 +15,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use qnet_client::sys::send_with_fds;
 
 use super::state::{self, Status};
 use super::Global;
-use crate::exec::{send_with_fds, Control, ExecSpec, Reply, SOCKET};
+use crate::exec::{Control, ExecSpec, Reply, SOCKET};
 
 /// `exec`'s options (runc's).
 #[derive(Debug, Clone, Default)]
@@ -236,7 +237,7 @@ fn start(
         .context("connecting to the container's VMM (is the container running?)")?;
     let mut request = spec_json.as_bytes().to_vec();
     request.push(b'\n');
-    send_with_fds(&conn, &request, stdio)?;
+    send_with_fds(&conn, &request, stdio).context("sending the exec request")?;
     let mut lines = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
     lines.read_line(&mut line)?;
