@@ -202,13 +202,14 @@ pub trait Machine {
     ) -> Result<usize, i64> {
         Err(9)
     }
-    /// Receives (one datagram) and says where it came from (a stream's peer).
+    /// Receives (one datagram) and says where it came from; a stream names no sender (as
+    /// Linux's TCP leaves the address empty), which also spares a question to the stack.
     fn net_recvfrom(
         &mut self,
         _s: SocketId,
         _buf: &mut [u8],
         _nonblocking: bool,
-    ) -> Result<(usize, u32, u16), i64> {
+    ) -> Result<(usize, Option<(u32, u16)>), i64> {
         Err(9)
     }
     /// Bytes waiting to be read on a stream socket (FIONREAD).

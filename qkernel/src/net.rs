@@ -305,10 +305,15 @@ impl Kernel {
         }
         let (s, nonblocking) = self.socket_for(fd, true, false)?;
         let mut tmp = vec![0u8; (len as usize).min(CHUNK)];
-        let (n, ip, port) = m.net_recvfrom(s, &mut tmp, nonblocking)?;
+        let (n, from) = m.net_recvfrom(s, &mut tmp, nonblocking)?;
         m.write(buf, &tmp[..n]).map_err(|_| EFAULT)?;
-        if src != 0 {
-            write_sockaddr(m, src, srclen, ip, port)?;
+        match from {
+            Some((ip, port)) => write_sockaddr(m, src, srclen, ip, port)?,
+            // A stream: Linux writes an address length of 0 and no address.
+            None if src != 0 && srclen != 0 => {
+                m.write(srclen, &0u32.to_le_bytes()).map_err(|_| EFAULT)?
+            }
+            None => {}
         }
         Ok(n as i64)
     }
@@ -374,14 +379,20 @@ impl Kernel {
         let nonblocking = nonblocking || flags & MSG_DONTWAIT != 0;
         let h = read_msghdr(m, msg)?;
         let mut tmp = vec![0u8; h.capacity()];
-        let (n, ip, port) = m.net_recvfrom(s, &mut tmp, nonblocking)?;
+        let (n, from) = m.net_recvfrom(s, &mut tmp, nonblocking)?;
         h.scatter(m, &tmp[..n])?;
         if h.name != 0 {
-            // msg_namelen is the capacity in, the address length out.
-            let cap = (h.namelen as usize).min(16);
-            m.write(h.name, &sockaddr_in(ip, port)[..cap])
-                .map_err(|_| EFAULT)?;
-            m.write(msg + 8, &16u32.to_le_bytes()).map_err(|_| EFAULT)?;
+            // msg_namelen is the capacity in, the address length out (0 for a stream).
+            let len = match from {
+                Some((ip, port)) => {
+                    let cap = (h.namelen as usize).min(16);
+                    m.write(h.name, &sockaddr_in(ip, port)[..cap])
+                        .map_err(|_| EFAULT)?;
+                    16u32
+                }
+                None => 0,
+            };
+            m.write(msg + 8, &len.to_le_bytes()).map_err(|_| EFAULT)?;
         }
         // No control data; no flags.
         m.write(msg + 40, &0u64.to_le_bytes()).map_err(|_| EFAULT)?;

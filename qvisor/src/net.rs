@@ -386,17 +386,14 @@ impl GuestNet {
         s: SocketId,
         buf: &mut [u8],
         nonblocking: bool,
-    ) -> Result<(usize, u32, u16), i64> {
+    ) -> Result<(usize, Option<(u32, u16)>), i64> {
         if let Sock::Stream(_) = self.get(s)? {
-            let n = self.recv(s, buf, nonblocking)?;
-            let (ip, port) = self.name(s, true)?;
-            return Ok((n, ip, port));
+            return Ok((self.recv(s, buf, nonblocking)?, None));
         }
         let u = self.dgram(s, v4(0, 0))?;
         u.set_nonblocking(nonblocking).map_err(errno)?;
         let (n, from) = u.recv_from(buf).map_err(errno)?;
-        let (ip, port) = split(from);
-        Ok((n, ip, port))
+        Ok((n, Some(split(from))))
     }
 
     pub fn bind(&mut self, s: SocketId, ip: u32, port: u16) -> Result<(), i64> {

@@ -879,7 +879,7 @@ impl Machine for GuestMachine<'_> {
         s: qkernel::SocketId,
         buf: &mut [u8],
         nonblocking: bool,
-    ) -> Result<(usize, u32, u16), i64> {
+    ) -> Result<(usize, Option<(u32, u16)>), i64> {
         self.net()?.recvfrom(s, buf, nonblocking)
     }
     fn net_bind(&mut self, s: qkernel::SocketId, ip: u32, port: u16) -> Result<(), i64> {

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -85,6 +86,18 @@ int main(int argc, char **argv) {
     /* FIONBIO makes the server's socket non-blocking: nothing more to read is EAGAIN. */
     ioctl(s, FIONBIO, &on);
     printf("FIONREAD %d, then FIONBIO read: %s\n", pending, read(s, buf, 1) < 0 && errno == EAGAIN ? "EAGAIN" : "?");
+    /* A stream names no sender: recvfrom and recvmsg give an address length of 0, as Linux. */
+    if (write(c, "ab", 2) != 2) return fail("write");
+    poll(&r, 1, 5000);
+    struct sockaddr_in from = {0};
+    socklen_t fromlen = sizeof from;
+    n = recvfrom(s, buf, 1, 0, (struct sockaddr *)&from, &fromlen);
+    struct iovec v = {.iov_base = buf + 1, .iov_len = 1};
+    struct msghdr mh = {.msg_name = &from, .msg_namelen = sizeof from, .msg_iov = &v, .msg_iovlen = 1};
+    poll(&r, 1, 5000);
+    ssize_t m = recvmsg(s, &mh, 0);
+    printf("recvfrom %zd byte, address length %u; recvmsg %zd byte, name length %u\n", n,
+           (unsigned)fromlen, m, (unsigned)mh.msg_namelen);
     return 0;
   }
   if (argc == 4 && (!strcmp(argv[1], "pipeto") || !strcmp(argv[1], "pipefrom"))) {
