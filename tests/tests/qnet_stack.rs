@@ -686,3 +686,65 @@ fn in_stack_connections_keep_tcp_semantics() {
     assert!(back == data, "echoed bytes differ");
     st.stop();
 }
+
+/// The calling thread's involuntary context switches so far.
+fn involuntary_switches() -> i64 {
+    // SAFETY: getrusage fills the struct it is given.
+    unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        assert_eq!(libc::getrusage(libc::RUSAGE_THREAD, &mut u), 0);
+        u.ru_nivcsw
+    }
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with one bit set, passed with its own size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+}
+
+#[test]
+fn a_zero_timeout_poll_only_looks_and_gives_its_core_to_nobody() {
+    // A poll with a zero timeout is how epoll_wait and friends ask "anything ready?" on a busy
+    // guest's fast path: it must look once and return, not spin and yield its core (each
+    // yield to a busy thread costs a time slice). Counted by the switches a thread sharing
+    // its core with a busy one suffers.
+    let st = TestStack::start("poll0");
+    let client = st.client();
+    let listener = TcpListener::bind(&client, st.addr(9100), 8).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hog = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            pin_to(0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        })
+    };
+    pin_to(0);
+    let before = involuntary_switches();
+    for _ in 0..200 {
+        let ready = poll(
+            &client,
+            &[(listener.slot(), Interest::READABLE)],
+            Some(Duration::ZERO),
+        )
+        .unwrap();
+        assert_eq!(ready, [0], "nothing is connecting");
+    }
+    let switches = involuntary_switches() - before;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    hog.join().unwrap();
+    assert!(
+        switches < 50,
+        "200 zero-timeout polls gave the core away {switches} times"
+    );
+}
