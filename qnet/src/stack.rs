@@ -304,6 +304,11 @@ impl Stack {
             }
             if last_work.elapsed() < self.busy_poll {
                 self.dev.submit().context("submitting to io_uring")?;
+                // Busy-poll only on a core nobody else wants: on a small machine the threads
+                // that feed the stack (a guest's vCPU and syscall thread, the peer) need this
+                // core more than the stack needs a head start (nginx in a guest: 3.3k -> 8-10k
+                // requests/s on 2 cores, docs/benchmarks.md).
+                std::thread::yield_now();
                 continue;
             }
             // Announce the sleep, then look once more: a client that published before seeing
