@@ -748,3 +748,78 @@ fn a_zero_timeout_poll_only_looks_and_gives_its_core_to_nobody() {
         "200 zero-timeout polls gave the core away {switches} times"
     );
 }
+
+#[test]
+fn a_stream_polls_writable_only_with_a_third_of_its_ring_free() {
+    // Linux reports a TCP socket writable only when a good part of its buffer is free; a
+    // stream that polls writable with a full ring has a non-blocking sender spin on EAGAIN and
+    // tiny writes. The reader is an in-stack connection, so nothing drains it behind our back.
+    let st = TestStack::start("lowat");
+    let client = st.client();
+    let listener = TcpListener::bind(&client, st.addr(9200), 8).unwrap();
+    let mut c = TcpStream::connect(&client, st.addr(9200)).unwrap();
+    let (mut s, _) = listener.accept().unwrap();
+    c.set_nonblocking(true).unwrap();
+    let slot = c.slot();
+    let writable = |t: Duration| poll(&client, &[(slot, Interest::WRITABLE)], Some(t)).unwrap()[0];
+    assert_ne!(
+        writable(Duration::ZERO),
+        0,
+        "a fresh connection is writable"
+    );
+    // Fill the ring and everything behind it: writes refused for 200 ms in a row.
+    let chunk = vec![7u8; 64 << 10];
+    let mut sent = 0usize;
+    let mut refused_since = Instant::now();
+    while refused_since.elapsed() < Duration::from_millis(200) {
+        match c.write(&chunk) {
+            Ok(n) => {
+                sent += n;
+                refused_since = Instant::now();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                thread::sleep(Duration::from_millis(1))
+            }
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    assert_eq!(
+        writable(Duration::ZERO),
+        0,
+        "full after {sent} bytes, yet writable"
+    );
+    // A small read frees a little of the ring, far less than a third: still not writable.
+    let mut buf = vec![0u8; 16 << 10];
+    s.read_exact(&mut buf).unwrap();
+    thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        writable(Duration::ZERO),
+        0,
+        "writable with at most 16 KiB free"
+    );
+    // Drained: writable again, and a write then takes at least a third of the ring.
+    s.set_nonblocking(true).unwrap();
+    let mut drained = buf.len();
+    let mut buf = vec![0u8; 256 << 10];
+    while drained < sent {
+        match s.read(&mut buf) {
+            Ok(n) => drained += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                thread::sleep(Duration::from_millis(1))
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    assert_ne!(
+        writable(Duration::from_secs(5)),
+        0,
+        "drained, yet not writable"
+    );
+    let ring = qnet::StackConfig::new(qnet::Ipv4Cidr {
+        addr: STACK_IP,
+        prefix: 24,
+    })
+    .ring_buf as usize;
+    let n = c.write(&vec![1u8; ring]).unwrap();
+    assert!(n >= ring / 3, "a writable stream took {n} of {ring} bytes");
+}

@@ -627,7 +627,7 @@ pub fn poll(
     let ready = || -> Vec<u32> {
         slots
             .iter()
-            .map(|(s, i)| client.readiness(*s) & i)
+            .map(|(s, i)| client.poll_readiness(*s) & i)
             .collect()
     };
     client.wait_until(deadline(timeout), || ready().iter().any(|r| *r != 0))?;
