@@ -440,7 +440,8 @@ fn a_container_without_a_network_has_loopback() {
     assert_eq!(
         stdout(&o),
         "over the guest's own stack from 127.0.0.1 (client bound the same)\n\
-         FIONREAD 26, then FIONBIO read: EAGAIN\n",
+         FIONREAD 26, then FIONBIO read: EAGAIN\n\
+         recvfrom 1 byte, address length 0; recvmsg 1 byte, name length 0\n",
         "{}",
         stderr(&o)
     );
