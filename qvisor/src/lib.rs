@@ -183,7 +183,12 @@ impl Booted {
             .context("confining the VMM")
             .and_then(|()| vm.with_net(|n| n.confine_stack(mode)).transpose())
             .and_then(|_| vm.run(kernel, entry, stack_pointer, mode));
-        tracing::debug!(vcpu_exits = vm.exits, polled, "container ended");
+        tracing::debug!(
+            vcpu_exits = vm.exits,
+            taken_back = vm.taken_back,
+            polled,
+            "container ended"
+        );
         // The TAP goes with the VM; then the keeper gives the pod interface back (also when
         // confinement failed).
         drop(vm);

@@ -2,14 +2,17 @@
 //! syscall costs the `syscall` instruction's own trap (~19 µs on this host) instead of a full
 //! exit to the VMM and back (~59 µs).
 //!
-//! `LSTAR` points at a 209-byte stub (`stub.S`, assembled bytes below) on a user-visible,
+//! `LSTAR` points at a 257-byte stub (`stub.S`, assembled bytes below) on a user-visible,
 //! read-only page (this host runs the LSTAR target at CPL 3 and needs the U bit on its pages).
 //! The stub saves the syscall registers in the mailbox page and claims it with
 //! `lock cmpxchg` 0 -> 1; the host thread serves the call, writes the result and sets 2; the
 //! stub returns to the app with `iretq`. The host thread spins only for [`BUDGET`] after its
 //! last call, then marks the mailbox asleep (0 -> 3) and sleeps on a futex, so an idle container
 //! costs no CPU. A stub that finds the mailbox asleep executes `ud2`: the vCPU exits and the
-//! vCPU thread serves that call itself (the trapping path) and wakes the host thread.
+//! vCPU thread serves that call itself (the trapping path) and wakes the host thread. The
+//! host thread picks a request up (1 -> 6) before serving it; a request not picked up within
+//! 2,048 pauses (the host thread is off its CPU, say behind a busy neighbour) is taken back by
+//! the stub (1 -> 5) and trapped the same way, so the vCPU never spins for a whole time slice.
 //! While the VMM may use a single CPU (a pod's cpuset), polling would only take that CPU from
 //! the vCPU thread the stub spins on: the host thread then leaves the mailbox asleep, every
 //! call traps, and it looks again at the CPUs it may use every [`LONE_CPU_RECHECK`].
@@ -34,7 +37,7 @@ use crate::vm::{serve_polled, Core};
 pub const STUB_VA: u64 = 0xffff_ffff_8000_0000;
 pub const MAILBOX_VA: u64 = STUB_VA + 0x1000;
 /// Where the stub traps when the host thread sleeps (offset of `slow` in stub.S).
-pub const SLOW_RIP: u64 = STUB_VA + 0xcf;
+pub const SLOW_RIP: u64 = STUB_VA + 0xff;
 /// How long the host thread keeps polling after a call: well above the trap cost, so a busy
 /// app never pays the slow path, short enough that an idle one costs nothing.
 pub const BUDGET: Duration = Duration::from_micros(500);
@@ -43,15 +46,18 @@ pub const LONE_CPU_RECHECK: Duration = Duration::from_millis(100);
 
 /// `stub.S` assembled (`gcc -c stub.S && objcopy -O binary -j .text`); the test
 /// `stub_bytes_match_the_source` checks they match.
-pub const STUB: [u8; 209] = [
+pub const STUB: [u8; 257] = [
     0x48, 0x89, 0x24, 0x25, 0x40, 0x10, 0x00, 0x80, 0x48, 0xc7, 0xc4, 0x00, 0x20, 0x00, 0x80, 0x48,
     0x89, 0x04, 0x25, 0x08, 0x10, 0x00, 0x80, 0x48, 0x89, 0x3c, 0x25, 0x10, 0x10, 0x00, 0x80, 0x48,
     0x89, 0x34, 0x25, 0x18, 0x10, 0x00, 0x80, 0x48, 0x89, 0x14, 0x25, 0x20, 0x10, 0x00, 0x80, 0x4c,
     0x89, 0x14, 0x25, 0x28, 0x10, 0x00, 0x80, 0x4c, 0x89, 0x04, 0x25, 0x30, 0x10, 0x00, 0x80, 0x4c,
     0x89, 0x0c, 0x25, 0x38, 0x10, 0x00, 0x80, 0x48, 0x89, 0x0c, 0x25, 0x50, 0x10, 0x00, 0x80, 0x4c,
     0x89, 0x1c, 0x25, 0x58, 0x10, 0x00, 0x80, 0xb9, 0x01, 0x00, 0x00, 0x00, 0x31, 0xc0, 0xf0, 0x0f,
-    0xb1, 0x0c, 0x25, 0x00, 0x10, 0x00, 0x80, 0x75, 0x66, 0xf3, 0x90, 0x83, 0x3c, 0x25, 0x00, 0x10,
-    0x00, 0x80, 0x01, 0x74, 0xf4, 0x83, 0x3c, 0x25, 0x00, 0x10, 0x00, 0x80, 0x04, 0x74, 0x50, 0x83,
+    0xb1, 0x0c, 0x25, 0x00, 0x10, 0x00, 0x80, 0x0f, 0x85, 0x92, 0x00, 0x00, 0x00, 0xb9, 0x00, 0x08,
+    0x00, 0x00, 0xf3, 0x90, 0x83, 0x3c, 0x25, 0x00, 0x10, 0x00, 0x80, 0x01, 0x75, 0x19, 0xff, 0xc9,
+    0x75, 0xf0, 0xb8, 0x01, 0x00, 0x00, 0x00, 0xb9, 0x05, 0x00, 0x00, 0x00, 0xf0, 0x0f, 0xb1, 0x0c,
+    0x25, 0x00, 0x10, 0x00, 0x80, 0x74, 0x68, 0x83, 0x3c, 0x25, 0x00, 0x10, 0x00, 0x80, 0x06, 0x75,
+    0x04, 0xf3, 0x90, 0xeb, 0xf2, 0x83, 0x3c, 0x25, 0x00, 0x10, 0x00, 0x80, 0x04, 0x74, 0x50, 0x83,
     0x3c, 0x25, 0x60, 0x10, 0x00, 0x80, 0x00, 0x74, 0x18, 0xc7, 0x04, 0x25, 0x60, 0x10, 0x00, 0x80,
     0x00, 0x00, 0x00, 0x00, 0x48, 0x8b, 0x04, 0x25, 0x68, 0x10, 0x00, 0x80, 0xf3, 0x48, 0x0f, 0xae,
     0xd0, 0x48, 0x8b, 0x04, 0x25, 0x48, 0x10, 0x00, 0x80, 0x6a, 0x2b, 0xff, 0x34, 0x25, 0x40, 0x10,
@@ -78,6 +84,12 @@ const ASLEEP: u32 = 3;
 /// The call may block (a sleep, a read of the console): the stub traps and the vCPU thread
 /// serves it, so neither the vCPU nor this thread spins while it waits.
 const TRAP: u32 = 4;
+/// The stub took its request back (this thread did not pick it up within 2,048 pauses, some
+/// 50 µs here: it is off its CPU) and trapped; the vCPU thread serves the call and resumes
+/// polling. Only the stub sets it.
+const TAKEN_BACK: u32 = 5;
+/// This thread picked the request up: the stub waits for the answer however long it takes.
+const PICKED_UP: u32 = 6;
 
 /// The mailbox page, through its host address.
 #[derive(Clone, Copy)]
@@ -107,6 +119,11 @@ impl Mailbox {
     fn write(&self, off: usize, v: u64) {
         // SAFETY: as in read.
         unsafe { (self.0.add(off) as *mut u64).write_volatile(v) }
+    }
+
+    /// Whether the stub took its call back (it trapped because no host thread picked it up).
+    pub fn taken_back(&self) -> bool {
+        self.flag().load(Ordering::Acquire) == TAKEN_BACK
     }
 
     /// The call the stub posted.
@@ -226,11 +243,23 @@ fn serve_loop(core: &Mutex<Core>, mb: Mailbox, c: &Control, kick: impl Fn()) {
     let mut spins = 0u32;
     while !c.stop.load(Ordering::Relaxed) {
         if mb.flag().load(Ordering::Acquire) == REQUEST {
+            // Picked up first, so a stub that gives up waiting cannot take back a call this
+            // thread serves (it would run twice).
+            if mb
+                .flag()
+                .compare_exchange(REQUEST, PICKED_UP, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                continue;
+            }
             let call = mb.call();
             // A call that may wait is served here only if it need not (a socket with data or
             // room); one that would wait goes to the vCPU thread, where waiting spins nothing.
             let served = serve_polled(core, call);
             let Some((outcome, fs_base)) = served else {
+                // A resume meant for an earlier call (one the stub took back) must not end
+                // this sleep: only the resume after this trap may.
+                c.wake.store(0, Ordering::SeqCst);
                 mb.flag().store(TRAP, Ordering::Release);
                 sleep_until_resumed(c);
                 last = Instant::now();
@@ -257,13 +286,17 @@ fn serve_loop(core: &Mutex<Core>, mb: Mailbox, c: &Control, kick: impl Fn()) {
             last = Instant::now();
             continue;
         }
-        // Idle: tell the stub (it will trap instead of waiting), then sleep until woken.
+        // Idle: tell the stub (it will trap instead of waiting), then sleep until woken (by
+        // the resume after that trap, not one left from a call the stub took back).
+        c.wake.store(0, Ordering::SeqCst);
         match mb
             .flag()
             .compare_exchange(IDLE, ASLEEP, Ordering::SeqCst, Ordering::SeqCst)
         {
-            // Asleep already: a resume that still saw the lone-CPU mode put it there.
-            Ok(_) | Err(ASLEEP) => {}
+            // Asleep already: a resume that still saw the lone-CPU mode put it there. Or the
+            // stub took a call back and the vCPU thread serves it, maybe for long (a sleep):
+            // its resume wakes this thread, which must not spin meanwhile.
+            Ok(_) | Err(ASLEEP) | Err(TAKEN_BACK) => {}
             Err(_) => continue, // a request arrived (or the app scribbled): look again
         }
         sleep_until_resumed(c);
@@ -296,8 +329,13 @@ fn idle_while_alone(mb: Mailbox, c: &Control) {
             .compare_exchange(IDLE, ASLEEP, Ordering::SeqCst, Ordering::SeqCst)
         {
             // Handed to the vCPU thread like a call that may block: the stub traps, and the
-            // resume after it leaves the mailbox asleep.
-            Err(REQUEST) => mb.flag().store(TRAP, Ordering::Release),
+            // resume after it leaves the mailbox asleep. (If the stub took it back meanwhile,
+            // it traps all the same.)
+            Err(REQUEST) => {
+                let _ =
+                    mb.flag()
+                        .compare_exchange(REQUEST, TRAP, Ordering::SeqCst, Ordering::SeqCst);
+            }
             // The stub has yet to take its answer, which needs this CPU.
             Err(ANSWER) => {
                 std::thread::yield_now();

@@ -1,7 +1,10 @@
 /* The syscall entry stub (LSTAR) of the polled path. Mailbox at MB (top 2 GiB, so absolute
  * 32-bit sign-extended addressing works). FLAG: 0 idle, 1 request, 2 answer, 3 host asleep,
- * 4 trap (a call that may block is served by the vCPU thread). Clobbers only rax, rcx, rsp and
- * flags before it either returns with iretq or traps (ud2) for the slow path. */
+ * 4 trap (a call that may block is served by the vCPU thread), 5 taken back (the host thread
+ * did not pick the request up within SPINS pauses: it is off its CPU, so the vCPU thread
+ * serves the call rather than spin a whole time slice), 6 picked up (being served).
+ * Clobbers only rax, rcx, rsp and flags before it either returns with iretq or traps (ud2)
+ * for the slow path. */
 #define MB 0xffffffff80001000
 #define FLAG (MB+0x00)
 #define NR (MB+0x08)
@@ -18,6 +21,7 @@
 #define SETFS (MB+0x60)
 #define FSVAL (MB+0x68)
 #define STACK (MB+0x1000)
+#define SPINS 2048
 	.text
 	.code64
 	.globl entry
@@ -37,10 +41,21 @@ entry:
 	xor %eax, %eax
 	lock cmpxchg %ecx, FLAG
 	jne slow
+	mov $SPINS, %ecx
 1:	pause
 	cmpl $1, FLAG
-	je 1b
-	cmpl $4, FLAG
+	jne 3f
+	dec %ecx
+	jnz 1b
+	mov $1, %eax
+	mov $5, %ecx
+	lock cmpxchg %ecx, FLAG
+	je slow
+3:	cmpl $6, FLAG
+	jne 4f
+	pause
+	jmp 3b
+4:	cmpl $4, FLAG
 	je slow
 	cmpl $0, SETFS
 	je 2f

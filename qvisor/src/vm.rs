@@ -538,6 +538,8 @@ pub struct Vm {
     /// The polled syscall path is set up (stub and mailbox mapped, LSTAR at the stub).
     polled: bool,
     pub exits: u64,
+    /// Calls the stub took back from a host thread that did not pick them up in time.
+    pub taken_back: u64,
     /// Set when the container is stopped from outside, so socket calls parked on the
     /// syscall thread give up (EINTR) and the network can be torn down.
     cancel: Arc<AtomicBool>,
@@ -1078,6 +1080,7 @@ impl Vm {
             })),
             polled,
             exits: 0,
+            taken_back: 0,
             cancel,
         })
     }
@@ -1313,7 +1316,10 @@ impl Vm {
                     regs.r11,
                 ),
                 (SLOW_RIP, Some((_, mb))) => (
-                    mb.call(),
+                    {
+                        self.taken_back += u64::from(mb.taken_back());
+                        mb.call()
+                    },
                     mb.read(poll::URIP),
                     mb.read(poll::URSP),
                     mb.read(poll::UFLAGS),

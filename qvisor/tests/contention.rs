@@ -1,0 +1,93 @@
+//! The polled syscall path under CPU contention: busy threads on every CPU, so this binary
+//! runs alone (cargo runs test binaries one after another) and disturbs no other test.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// Pins thread `tid` (0: the caller) to `cpu`.
+fn pin_thread(tid: i32, cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with one bit set, passed with its own size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pinning thread {tid} to CPU {cpu}"
+        );
+    }
+}
+
+#[test]
+fn a_request_the_poller_leaves_waiting_is_taken_back_and_trapped() {
+    // The stub spins on the vCPU thread until the host thread picks its request up. When that
+    // thread is off its CPU (here: busy threads on both CPUs, the vCPU thread pinned), the
+    // stub takes the request back after a bounded spin and traps, instead of spinning through
+    // whole time slices of the busy threads. Every call still returns (the container ends
+    // well, each call served once) and some went the taken-back way.
+    require_kvm();
+    assert!(
+        std::thread::available_parallelism().map_or(0, |n| n.get()) >= 2,
+        "this test needs 2 CPUs"
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qvisor"))
+        .env("QVISOR_LOG", "qvisor=debug")
+        .args(["launch", "--rootfs"])
+        .arg(root())
+        .args(["--syscall-poll", "on", "/bin/syscost", "100000", "10"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let task = |name: &str| {
+        let dir = format!("/proc/{}/task", child.id());
+        std::fs::read_dir(dir).ok()?.flatten().find_map(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            (comm.trim() == name).then(|| t.file_name().to_str()?.parse::<i32>().ok())?
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let vcpu = loop {
+        if let Some(t) = task("qvisor-vcpu") {
+            break t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no vCPU thread appeared"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    pin_thread(vcpu, 0);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hogs: Vec<_> = (0..2)
+        .map(|cpu| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                pin_thread(0, cpu);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let out = child.wait_with_output().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in hogs {
+        h.join().unwrap();
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let taken_back = err
+        .lines()
+        .find_map(|l| l.split("taken_back=").nth(1))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no taken_back in {err}"));
+    assert!(
+        taken_back > 0,
+        "100,000 getpids beside busy threads: the stub never took a call back"
+    );
+}
