@@ -34,7 +34,7 @@ fn a_request_the_poller_leaves_waiting_is_taken_back_and_trapped() {
         std::thread::available_parallelism().map_or(0, |n| n.get()) >= 2,
         "this test needs 2 CPUs"
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qvisor"))
+    let child = Command::new(env!("CARGO_BIN_EXE_qvisor"))
         .env("QVISOR_LOG", "qvisor=debug")
         .args(["launch", "--rootfs"])
         .arg(root())
