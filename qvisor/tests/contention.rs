@@ -7,20 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-
-/// Pins thread `tid` (0: the caller) to `cpu`.
-fn pin_thread(tid: i32, cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t with one bit set, passed with its own size.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set),
-            0,
-            "pinning thread {tid} to CPU {cpu}"
-        );
-    }
-}
+use quark_tests::cpu::{pin_thread, Hogs};
 
 #[test]
 fn a_request_the_poller_leaves_waiting_is_taken_back_and_trapped() {
@@ -62,23 +49,9 @@ fn a_request_the_poller_leaves_waiting_is_taken_back_and_trapped() {
         std::thread::sleep(Duration::from_millis(1));
     };
     pin_thread(vcpu, 0);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let hogs: Vec<_> = (0..2)
-        .map(|cpu| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                pin_thread(0, cpu);
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::hint::spin_loop();
-                }
-            })
-        })
-        .collect();
+    let hogs = Hogs::on(&[0, 1]);
     let out = child.wait_with_output().unwrap();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for h in hogs {
-        h.join().unwrap();
-    }
+    drop(hogs);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     let taken_back = err

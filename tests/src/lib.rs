@@ -36,6 +36,7 @@ pub fn require_env(tools: &[&str]) {
 }
 
 pub mod containerd;
+pub mod cpu;
 pub mod hostile;
 pub mod overlay;
 

@@ -697,19 +697,6 @@ fn involuntary_switches() -> i64 {
     }
 }
 
-/// Pins the calling thread to `cpu`.
-fn pin_to(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t with one bit set, passed with its own size.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-            0
-        );
-    }
-}
-
 #[test]
 fn a_zero_timeout_poll_only_looks_and_gives_its_core_to_nobody() {
     // A poll with a zero timeout is how epoll_wait and friends ask "anything ready?" on a busy
@@ -719,17 +706,8 @@ fn a_zero_timeout_poll_only_looks_and_gives_its_core_to_nobody() {
     let st = TestStack::start("poll0");
     let client = st.client();
     let listener = TcpListener::bind(&client, st.addr(9100), 8).unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let hog = {
-        let stop = stop.clone();
-        thread::spawn(move || {
-            pin_to(0);
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                std::hint::spin_loop();
-            }
-        })
-    };
-    pin_to(0);
+    let hog = quark_tests::cpu::Hogs::on(&[0]);
+    quark_tests::cpu::pin_thread(0, 0);
     let before = involuntary_switches();
     for _ in 0..200 {
         let ready = poll(
@@ -741,8 +719,7 @@ fn a_zero_timeout_poll_only_looks_and_gives_its_core_to_nobody() {
         assert_eq!(ready, [0], "nothing is connecting");
     }
     let switches = involuntary_switches() - before;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    hog.join().unwrap();
+    drop(hog);
     assert!(
         switches < 50,
         "200 zero-timeout polls gave the core away {switches} times"
