@@ -428,6 +428,12 @@ impl Kernel {
         self.would_block = false;
         let out = self.syscall(m, call);
         self.nowait = false;
+        if !self.would_block {
+            // Done here: the deadline a parked call kept for its restart is over with it. Left
+            // set, the thread's next wait found it expired and returned at once (nginx's
+            // worker: "epoll_wait() returned no events without timeout").
+            self.t.io_until = None;
+        }
         (!self.would_block).then_some(out)
     }
 
@@ -1312,6 +1318,25 @@ impl Kernel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_finished_without_waiting_ends_the_deadline_of_a_restarted_wait() {
+        // A call parked with a timeout keeps its deadline in io_until for its restart; if the
+        // restart is served on the fast path, that deadline must not outlive it, or the
+        // thread's next wait without a timeout would count as timed out and return nothing.
+        let mut k = Kernel::new(0x100_0000, "/bin/app", "/");
+        let m = &mut crate::test_machine::TestMachine::accepting();
+        k.t.io_until = Some(1);
+        let getpid = SyscallArgs {
+            nr: 39,
+            args: [0; 6],
+        };
+        assert_eq!(
+            k.try_syscall_nowait(m, getpid),
+            Some(SyscallOutcome::Return(1))
+        );
+        assert_eq!(k.t.io_until, None);
+    }
 
     #[test]
     fn regions_split_and_free_ranges_are_reused_first_fit() {
