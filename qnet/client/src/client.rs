@@ -490,21 +490,29 @@ impl Client {
         if r & READY_OUT == 0 || r & (READY_HUP | READY_ERR) != 0 {
             return r;
         }
-        let view = self.view();
-        let (Some(c), Some(w)) = (view.slot_client(slot), view.slot_stack(slot)) else {
+        let Some(tail) = self
+            .view()
+            .slot_client(slot)
+            .map(|c| c.tx_tail.load(Acquire))
+        else {
             return r;
         };
-        let used = c
-            .tx_tail
-            .load(Acquire)
-            .wrapping_sub(w.tx_head.load(Acquire));
-        let size = view.geometry().buf_size;
-        let free = size.saturating_sub(used);
-        if u64::from(free) * 3 >= u64::from(size) {
+        let size = self.view().geometry().buf_size;
+        if u64::from(self.tx_free(slot, tail)) * 3 >= u64::from(size) {
             r
         } else {
             r & !READY_OUT
         }
+    }
+
+    /// Free bytes in `slot`'s transmit ring with the client's tail at `tail`, as far as the
+    /// stack has consumed it.
+    pub(crate) fn tx_free(&self, slot: u32, tail: u32) -> u32 {
+        let view = self.view();
+        let head = view.slot_stack(slot).map_or(0, |w| w.tx_head.load(Acquire));
+        view.geometry()
+            .buf_size
+            .saturating_sub(tail.wrapping_sub(head))
     }
 
     /// The pending error of a slot, if any.

@@ -174,12 +174,7 @@ impl Slot {
 
     /// Free bytes in the transmit ring.
     fn tx_space(&self) -> u32 {
-        let head = self
-            .view()
-            .slot_stack(self.idx)
-            .map_or(0, |w| w.tx_head.load(Acquire));
-        let used = self.tx_tail.load(Acquire).wrapping_sub(head);
-        self.view().geometry().buf_size.saturating_sub(used)
+        self.client.tx_free(self.idx, self.tx_tail.load(Acquire))
     }
 
     /// Publishes `n` more transmit bytes and kicks the stack once per batch.
