@@ -54,11 +54,7 @@ fn a_request_the_poller_leaves_waiting_is_taken_back_and_trapped() {
     drop(hogs);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
-    let taken_back = err
-        .lines()
-        .find_map(|l| l.split("taken_back=").nth(1))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .unwrap_or_else(|| panic!("no taken_back in {err}"));
+    let taken_back = logged_count(&err, "taken_back");
     assert!(
         taken_back > 0,
         "100,000 getpids beside busy threads: the stub never took a call back"

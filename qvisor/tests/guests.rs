@@ -417,13 +417,7 @@ fn getpid_exits(mode: &str, cpu: Option<u32>) -> u64 {
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let err = stderr(&o);
-    let field = |name: &str| {
-        err.lines()
-            .find_map(|l| l.split(name).nth(1))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("no {name} in {err}"))
-    };
-    field("vcpu_exits=") - field("taken_back=")
+    logged_count(&err, "vcpu_exits") - logged_count(&err, "taken_back")
 }
 
 #[test]

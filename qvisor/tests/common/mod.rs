@@ -130,6 +130,16 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
 
+/// A count qvisor logged at debug level as `name=N` (its "container ended" line: vcpu_exits,
+/// taken_back) in `log`.
+pub fn logged_count(log: &str, name: &str) -> u64 {
+    let key = format!("{name}=");
+    log.lines()
+        .find_map(|l| l.split(key.as_str()).nth(1))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no {key} in {log}"))
+}
+
 pub fn bundle(tag: &str, args: &[&str], readonly: bool) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("qvisor-bundle-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
