@@ -338,6 +338,10 @@ impl Stack {
                 s.set_stack_flag(STACK_NEED_WAKEUP, false);
             }
         }
+        // What the clients queued before the stop (a last write, a close) is carried out
+        // first: a container that writes its answer, closes and exits stops its stack at once,
+        // and ending the sessions first would reset that connection with the answer unsent.
+        self.pass()?;
         let ids: Vec<u64> = self.sessions.keys().copied().collect();
         for id in ids {
             self.end_session(id, "stack stopped");
