@@ -29,6 +29,8 @@ pub enum Runtime {
     Native,
     Runc,
     Quark,
+    /// Quark with syscall-site patching off (every call through the `syscall` instruction).
+    QuarkNoPatch,
     /// runsc with its own network stack (netstack) on the namespace's interface.
     Gvisor,
     /// runsc with `--network=host`: the sandbox's sockets are the host kernel's, in the
@@ -37,10 +39,11 @@ pub enum Runtime {
 }
 
 impl Runtime {
-    pub const ALL: [Runtime; 5] = [
+    pub const ALL: [Runtime; 6] = [
         Runtime::Native,
         Runtime::Runc,
         Runtime::Quark,
+        Runtime::QuarkNoPatch,
         Runtime::Gvisor,
         Runtime::GvisorHost,
     ];
@@ -50,6 +53,7 @@ impl Runtime {
             Runtime::Native => "native",
             Runtime::Runc => "runc",
             Runtime::Quark => "quark",
+            Runtime::QuarkNoPatch => "quark-nopatch",
             Runtime::Gvisor => "gvisor",
             Runtime::GvisorHost => "gvisor-host",
         }
@@ -60,7 +64,10 @@ impl Runtime {
             .into_iter()
             .find(|r| r.name() == name)
             .with_context(|| {
-                format!("unknown runtime {name:?} (native, runc, quark, gvisor, gvisor-host)")
+                format!(
+                    "unknown runtime {name:?} (native, runc, quark, quark-nopatch, gvisor, \
+                     gvisor-host)"
+                )
             })
     }
 
@@ -69,9 +76,14 @@ impl Runtime {
         match self {
             Runtime::Native => None,
             Runtime::Runc => Some("runc".into()),
-            Runtime::Quark => Some(crate::runtime::qvisor()),
+            Runtime::Quark | Runtime::QuarkNoPatch => Some(crate::runtime::qvisor()),
             Runtime::Gvisor | Runtime::GvisorHost => Some("runsc".into()),
         }
+    }
+
+    /// Quark, with or without syscall-site patching.
+    pub fn is_quark(self) -> bool {
+        matches!(self, Runtime::Quark | Runtime::QuarkNoPatch)
     }
 }
 
@@ -81,6 +93,8 @@ pub const NOTES: &[&str] = &[
      namespace (the kernel path runc gives, without runc)",
     "runc: Debian's runc, `runc run` of the bundle, the pod namespace given in config.json",
     "quark: `qvisor run` of the same bundle; qnet takes the namespace's interface over",
+    "quark-nopatch: the same with the bundle annotation dev.quark.syscall-patching=off (every \
+     syscall through the `syscall` instruction and the polled stub)",
     "gvisor: Debian's runsc (ptrace platform) with its netstack on the namespace's interface; \
      this runsc predates the fix for kernels that show net sysctls in every namespace, so it is \
      run in a mount namespace that hides /proc/sys/net (its root-namespace check reads it)",
@@ -221,10 +235,13 @@ impl Bundle {
                 }
             }
         }
-        if runtime == Runtime::Quark {
+        if runtime.is_quark() {
             // qhttp in front of the container's nginx (docs/qhttp.md).
             spec["annotations"]["dev.quark.qhttp.routes"] =
                 format!("{QHTTP_PORT}:/={HTTP_PORT}").into();
+        }
+        if runtime == Runtime::QuarkNoPatch {
+            spec["annotations"][crate::runtime::PATCHING_ANNOTATION] = "off".into();
         }
         std::fs::write(&config, serde_json::to_vec_pretty(&spec)?)?;
         Ok(Bundle {
@@ -271,7 +288,7 @@ fn run_command(runtime: Runtime, bundle: &Bundle, id: &str, state: &Path) -> Com
             c.args(["sh", "-c", NATIVE_MOUNTS, "sh"]);
             c.arg(&bundle.root).args(&bundle.args);
         }
-        Runtime::Runc | Runtime::Quark => {
+        Runtime::Runc | Runtime::Quark | Runtime::QuarkNoPatch => {
             c = Command::new(runtime.binary().unwrap_or_default());
             c.arg("--root").arg(state).args(["run", "--bundle"]);
             c.arg(&bundle.dir).arg(id);

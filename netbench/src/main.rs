@@ -121,7 +121,7 @@ struct Harness {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "native,runc,quark,gvisor,gvisor-host"
+        default_value = "native,runc,quark,quark-nopatch,gvisor,gvisor-host"
     )]
     runtimes: Vec<String>,
     /// One JSON object per row (median, min, max, ratio) instead of a table.

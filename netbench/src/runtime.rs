@@ -68,6 +68,8 @@ impl Bundle {
 
 /// qvisor's annotation for the syscall path (qvisor::bundle::SYSCALL_POLL_ANNOTATION).
 pub const POLL_ANNOTATION: &str = "dev.quark.syscall-poll";
+/// qvisor's annotation for syscall-site patching (qvisor::bundle::SYSCALL_PATCHING_ANNOTATION).
+pub const PATCHING_ANNOTATION: &str = "dev.quark.syscall-patching";
 
 impl Drop for Bundle {
     fn drop(&mut self) {

@@ -121,7 +121,7 @@ impl Scenario {
                 port: QHTTP_PORT,
                 ..
             }
-        ) || runtime == Runtime::Quark
+        ) || runtime.is_quark()
     }
 }
 
@@ -164,7 +164,7 @@ pub(crate) fn start_lane(runtime: Runtime, root: &Root, work: &std::path::Path, 
         // Not iperf3's port: a connection that closes at once upsets iperf3's server (it takes
         // it for a test's control connection); a tiny real test says it is ready instead.
         let mut ports = vec![HTTP_PORT, NETSERVE_PORT];
-        if runtime == Runtime::Quark {
+        if runtime.is_quark() {
             ports.push(QHTTP_PORT);
         }
         match c

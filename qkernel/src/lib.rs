@@ -21,6 +21,7 @@ mod pipe;
 mod process;
 mod procfs;
 mod signal;
+mod sites;
 mod syscalls;
 pub mod sysnames;
 mod unix;
@@ -36,7 +37,7 @@ pub use elf::{interpreter, load, load_static, ElfError, Loaded};
 pub use host::{HostEvent, HostRequest, SpawnRequest};
 pub use machine::{
     Fault, FileAttr, HostFile, Machine, PageFlags, RawStat, SocketId, SocketReady, SpaceId, Tty,
-    UserRegs,
+    UserRegs, SYSCALL_SLOTS,
 };
 pub use syscalls::{Kernel, SyscallArgs, SyscallOutcome};
 

@@ -63,6 +63,13 @@ pub enum FileAttr {
     Times([(i64, i64); 2]),
 }
 
+/// Where a platform that patches syscall sites maps its jump slots in a process that has any
+/// (see [`Machine::syscall_site_jump`]); qkernel keeps every mapping of its own out of it.
+/// The range is fixed by the patch's encoding (docs/qvisor.md, "Syscall-site patching"): a
+/// slot's address ends in the bytes `0f 05`, so the last two bytes of a patched site are still
+/// a `syscall` instruction.
+pub const SYSCALL_SLOTS: std::ops::Range<u64> = 0x050f_0000..0x0510_0000;
+
 /// An address space of the platform (one per process): an opaque handle.
 pub type SpaceId = u64;
 
@@ -288,6 +295,14 @@ pub trait Machine {
     }
     fn set_fpu_state(&mut self, _state: &[u8]) -> Result<(), i64> {
         Err(38)
+    }
+    /// The 7 bytes that replace a `mov $nr, %eax; syscall` pair whose `syscall` returns to
+    /// `ret`, in the current address space: a jump the platform routes into its syscall entry
+    /// with `nr` in rax and `ret` in rcx, as the `syscall` instruction would have. The platform
+    /// maps its jump slots ([`SYSCALL_SLOTS`]) in the current space first. `None`: no patching
+    /// (turned off, not supported, no room left, or the slots' range is taken in this space).
+    fn syscall_site_jump(&mut self, _ret: u64, _nr: u32) -> Option<[u8; 7]> {
+        None
     }
     /// The address space accesses and the app use now.
     fn space_current(&self) -> SpaceId {

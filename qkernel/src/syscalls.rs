@@ -36,20 +36,14 @@ pub enum SyscallOutcome {
 }
 
 const PROT_NONE: u64 = 0;
-/// Anonymous memory is mapped writable: permissions cannot be changed on a present page from
-/// the host here (the shadow MMU never sees it), so PROT_READ-only mappings are writable.
-const RW: PageFlags = PageFlags {
+/// Anonymous memory from mmap: writable and executable whatever `prot` says, since permissions
+/// cannot be changed on a present page from the host here (the shadow MMU never sees it): a
+/// PROT_READ mapping is writable, and a program that generates code (a JIT) maps memory
+/// writable, writes the code and then mprotects it executable. The stack and heap stay NX.
+const ANON: PageFlags = PageFlags {
     write: true,
-    exec: false,
+    exec: true,
 };
-
-fn anon_flags(prot: u64) -> PageFlags {
-    const PROT_EXEC: u64 = 4;
-    PageFlags {
-        write: true,
-        exec: prot & PROT_EXEC != 0,
-    }
-}
 
 /// Reads a `struct timespec` as nanoseconds, refusing negative or malformed values.
 /// The end of the pages `[addr, addr + len)` covers, rounded up to a page: EINVAL unless
@@ -126,41 +120,77 @@ fn zero(m: &mut dyn Machine, va: u64, len: u64) -> Result<(), i64> {
 /// present ranges were unmapped and can be handed out again.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct AddressSpace {
-    /// start -> (end, pages present)
-    regions: std::collections::BTreeMap<u64, (u64, bool)>,
+    /// start -> (end, pages present, what the range holds)
+    regions: std::collections::BTreeMap<u64, (u64, bool, Backing)>,
     /// Unmapped ranges whose pages are still present, reused by later mmaps.
     free: Vec<(u64, u64)>,
+}
+
+/// What a mapped range holds, as far as syscall-site patching cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backing {
+    /// Anonymous memory, or a file mapping that is not private and executable.
+    Data,
+    /// A private executable file mapping (a shared library's code): its trapped syscall sites
+    /// may be patched, in this process's own copy of the pages.
+    LibraryCode,
+    /// The platform's jump slots ([`crate::machine::SYSCALL_SLOTS`]): munmap and mprotect
+    /// leave them, mmap never places anything over them.
+    JumpSlots,
 }
 
 impl AddressSpace {
     /// The mapped ranges, lowest first.
     pub(crate) fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.regions.iter().map(|(s, (e, _))| (*s, *e))
+        self.regions.iter().map(|(s, (e, _, _))| (*s, *e))
     }
 
     fn insert(&mut self, start: u64, end: u64, present: bool) {
-        self.regions.insert(start, (end, present));
+        self.insert_backed(start, end, present, Backing::Data);
+    }
+
+    fn insert_backed(&mut self, start: u64, end: u64, present: bool, backing: Backing) {
+        self.regions.insert(start, (end, present, backing));
+    }
+
+    /// The backing of the one region holding all of `[start, end)`, if one does.
+    pub(crate) fn backing(&self, start: u64, end: u64) -> Option<Backing> {
+        let (_, (e, _, b)) = self.regions.range(..=start).next_back()?;
+        (*e >= end).then_some(*b)
+    }
+
+    /// Marks the platform's jump slots as mapped here (the first patch of this process).
+    pub(crate) fn reserve_jump_slots(&mut self) {
+        let slots = crate::machine::SYSCALL_SLOTS;
+        self.insert_backed(slots.start, slots.end, true, Backing::JumpSlots);
+    }
+
+    /// Whether any of `[start, end)` is the platform's jump slots.
+    fn overlaps_jump_slots(&self, start: u64, end: u64) -> bool {
+        self.regions
+            .range(..end)
+            .any(|(s, (e, _, b))| *b == Backing::JumpSlots && *e > start && *s < end)
     }
 
     /// Removes `[start, end)` from the regions, splitting those it cuts; returns the removed
-    /// pieces.
-    fn remove(&mut self, start: u64, end: u64) -> Vec<(u64, u64, bool)> {
-        let hit: Vec<(u64, u64, bool)> = self
+    /// pieces (with their backing). The jump slots stay.
+    fn remove(&mut self, start: u64, end: u64) -> Vec<(u64, u64, bool, Backing)> {
+        let hit: Vec<(u64, u64, bool, Backing)> = self
             .regions
             .range(..end)
-            .filter(|(_, (e, _))| *e > start)
-            .map(|(s, (e, p))| (*s, *e, *p))
+            .filter(|(_, (e, _, b))| *e > start && *b != Backing::JumpSlots)
+            .map(|(s, (e, p, b))| (*s, *e, *p, *b))
             .collect();
         let mut removed = Vec::new();
-        for (s, e, p) in hit {
+        for (s, e, p, b) in hit {
             self.regions.remove(&s);
             if s < start {
-                self.regions.insert(s, (start, p));
+                self.regions.insert(s, (start, p, b));
             }
             if e > end {
-                self.regions.insert(end, (e, p));
+                self.regions.insert(end, (e, p, b));
             }
-            removed.push((s.max(start), e.min(end), p));
+            removed.push((s.max(start), e.min(end), p, b));
         }
         // Freed pieces that overlap are no longer free.
         self.free.retain(|(s, e)| *e <= start || *s >= end);
@@ -943,6 +973,9 @@ impl Kernel {
         let populate = prot != PROT_NONE;
         if flags & MAP_FIXED != 0 {
             let end = user_pages(addr, len)?;
+            if self.p.vm.overlaps_jump_slots(addr, end) {
+                return Err(ENOMEM);
+            }
             self.p.vm.remove(addr, end);
             if populate {
                 self.populate(m, addr, len)?;
@@ -960,8 +993,7 @@ impl Kernel {
         }
         let va = self.mmap_area(len)?;
         if populate {
-            m.map_zeroed(va, len, anon_flags(prot))
-                .map_err(|_| ENOMEM)?;
+            m.map_zeroed(va, len, ANON).map_err(|_| ENOMEM)?;
         }
         self.p.vm.insert(va, va + len, populate);
         Ok(va as i64)
@@ -1000,6 +1032,9 @@ impl Kernel {
         let len = len.div_ceil(PAGE) * PAGE;
         let va = if flags & MAP_FIXED != 0 {
             let end = user_pages(addr, len)?;
+            if self.p.vm.overlaps_jump_slots(addr, end) {
+                return Err(ENOMEM);
+            }
             self.p.vm.remove(addr, end);
             addr
         } else {
@@ -1012,7 +1047,15 @@ impl Kernel {
             }
             page += PAGE;
         }
-        self.p.vm.insert(va, va + len, true);
+        // A private copy of executable code: its syscall sites may be patched (they change in
+        // this copy only).
+        const PROT_EXEC: u64 = 4;
+        let backing = if flags & MAP_SHARED == 0 && prot & PROT_EXEC != 0 {
+            Backing::LibraryCode
+        } else {
+            Backing::Data
+        };
+        self.p.vm.insert_backed(va, va + len, true, backing);
         let mut buf = vec![0u8; CHUNK];
         let mut done = 0u64;
         while done < len {
@@ -1030,7 +1073,7 @@ impl Kernel {
     fn populate(&mut self, m: &mut dyn Machine, va: u64, len: u64) -> Result<(), i64> {
         let mut page = va;
         while page < va + len {
-            if m.map_zeroed(page, PAGE, RW).is_err() {
+            if m.map_zeroed(page, PAGE, ANON).is_err() {
                 zero(m, page, PAGE)?;
             }
             page += PAGE;
@@ -1043,7 +1086,7 @@ impl Kernel {
             return Err(EINVAL);
         }
         let end = user_pages(addr, len)?;
-        for (s, e, present) in self.p.vm.remove(addr, end) {
+        for (s, e, present, _) in self.p.vm.remove(addr, end) {
             if present {
                 self.p.vm.free(s, e);
             }
@@ -1084,12 +1127,11 @@ impl Kernel {
             return Ok(0); // present pages stay present (see docs/qvisor.md, Memory)
         }
         // Reserved (PROT_NONE) parts become real memory now; the rest keeps its pages.
-        for (s, e, present) in self.p.vm.remove(addr, end) {
+        for (s, e, present, backing) in self.p.vm.remove(addr, end) {
             if !present {
-                m.map_zeroed(s, e - s, anon_flags(prot))
-                    .map_err(|_| ENOMEM)?;
+                m.map_zeroed(s, e - s, ANON).map_err(|_| ENOMEM)?;
             }
-            self.p.vm.insert(s, e, true);
+            self.p.vm.insert_backed(s, e, true, backing);
         }
         Ok(0)
     }
@@ -1339,13 +1381,49 @@ mod tests {
     }
 
     #[test]
+    fn the_jump_slots_survive_munmap_and_refuse_fixed_mappings_over_them() {
+        let m = &mut crate::test_machine::TestMachine::accepting();
+        let mut k = Kernel::new(0x100_0000, "/bin/app", "/");
+        k.p.vm.reserve_jump_slots();
+        let slots = crate::machine::SYSCALL_SLOTS;
+        const MAP_FIXED_ANON: u64 = 0x10 | 0x20 | 0x02;
+        let over = k.mmap(
+            m,
+            slots.start - 0x1000,
+            0x4000,
+            3,
+            MAP_FIXED_ANON,
+            u64::MAX,
+            0,
+        );
+        assert_eq!(over, Err(ENOMEM));
+        assert_eq!(k.munmap(m, slots.start, 0x10000), Ok(0));
+        assert_eq!(
+            k.p.vm.backing(slots.start, slots.end),
+            Some(Backing::JumpSlots),
+            "munmap leaves them"
+        );
+        assert_eq!(k.mprotect(m, slots.start, 0x1000, 3), Ok(0));
+        assert_eq!(
+            k.p.vm.backing(slots.start, slots.end),
+            Some(Backing::JumpSlots)
+        );
+    }
+
+    #[test]
     fn regions_split_and_free_ranges_are_reused_first_fit() {
         let mut a = AddressSpace::default();
-        a.insert(0x10000, 0x20000, true);
+        a.insert_backed(0x10000, 0x20000, true, Backing::LibraryCode);
         let cut = a.remove(0x14000, 0x18000);
-        assert_eq!(cut, vec![(0x14000, 0x18000, true)]);
-        assert_eq!(a.regions.get(&0x10000), Some(&(0x14000, true)));
-        assert_eq!(a.regions.get(&0x18000), Some(&(0x20000, true)));
+        assert_eq!(cut, vec![(0x14000, 0x18000, true, Backing::LibraryCode)]);
+        let code = Some(&(0x14000, true, Backing::LibraryCode));
+        assert_eq!(a.regions.get(&0x10000), code, "pieces keep their backing");
+        assert_eq!(
+            a.regions.get(&0x18000),
+            Some(&(0x20000, true, Backing::LibraryCode))
+        );
+        assert_eq!(a.backing(0x10000, 0x14000), Some(Backing::LibraryCode));
+        assert_eq!(a.backing(0x13ff8, 0x14001), None, "spans a hole");
         a.free(0x14000, 0x18000);
         assert_eq!(a.take_free(0x5000), None, "too small");
         assert_eq!(a.take_free(0x1000), Some(0x14000));

@@ -15,6 +15,9 @@ const MAX_MEMORY: u64 = 64 << 30;
 /// Annotation that turns the polled syscall path off (`"off"`) or on (`"on"`, the default).
 pub const SYSCALL_POLL_ANNOTATION: &str = "dev.quark.syscall-poll";
 
+/// Annotation that turns syscall-site patching off (`"off"`) or on (`"on"`, the default).
+pub const SYSCALL_PATCHING_ANNOTATION: &str = "dev.quark.syscall-patching";
+
 /// The annotation containerd's CRI plugin sets on every container of a pod: `sandbox` for the
 /// pod's pause container, `container` for the app's.
 pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
@@ -38,6 +41,20 @@ fn http_proxy(spec: &Spec) -> anyhow::Result<Option<qhttp::Config>> {
         return Ok(None);
     }
     Ok(qhttp::Config::from_annotations(annotations)?)
+}
+
+/// An on/off annotation (absent: on).
+fn on_off_annotation(spec: &Spec, name: &str) -> anyhow::Result<bool> {
+    match spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(name))
+        .map(String::as_str)
+    {
+        None | Some("on") => Ok(true),
+        Some("off") => Ok(false),
+        Some(other) => bail!("annotation {name}={other:?}: expected on or off"),
+    }
 }
 
 fn net_setup(spec: &Spec) -> anyhow::Result<NetSetup> {
@@ -111,16 +128,8 @@ fn launch_of(bundle: &Path, spec: &Spec) -> anyhow::Result<Launch> {
         .and_then(|m| m.limit())
         .filter(|l| *l > 0)
         .map_or(DEFAULT_MEMORY, |l| (l as u64).clamp(MIN_MEMORY, MAX_MEMORY));
-    let polled_syscalls = match spec
-        .annotations()
-        .as_ref()
-        .and_then(|a| a.get(SYSCALL_POLL_ANNOTATION))
-        .map(String::as_str)
-    {
-        None | Some("on") => true,
-        Some("off") => false,
-        Some(other) => bail!("annotation {SYSCALL_POLL_ANNOTATION}={other:?}: expected on or off"),
-    };
+    let polled_syscalls = on_off_annotation(spec, SYSCALL_POLL_ANNOTATION)?;
+    let syscall_patching = on_off_annotation(spec, SYSCALL_PATCHING_ANNOTATION)?;
     let user = process.user();
     Ok(Launch {
         user: (
@@ -131,6 +140,7 @@ fn launch_of(bundle: &Path, spec: &Spec) -> anyhow::Result<Launch> {
         net: net_setup(spec)?,
         http_proxy: http_proxy(spec)?,
         polled_syscalls,
+        syscall_patching,
         root: root_path,
         readonly: root.readonly().unwrap_or(false),
         argv,
@@ -185,6 +195,20 @@ mod tests {
     }
 
     #[test]
+    fn the_syscall_path_annotations_are_on_unless_off_and_nothing_else() {
+        let net = r#"{"type": "network"}"#;
+        assert!(on_off_annotation(&spec(net, ""), SYSCALL_PATCHING_ANNOTATION).unwrap());
+        let off = r#""dev.quark.syscall-patching": "off""#;
+        assert!(!on_off_annotation(&spec(net, off), SYSCALL_PATCHING_ANNOTATION).unwrap());
+        assert!(on_off_annotation(&spec(net, off), SYSCALL_POLL_ANNOTATION).unwrap());
+        let typo = r#""dev.quark.syscall-patching": "no""#;
+        let err = on_off_annotation(&spec(net, typo), SYSCALL_PATCHING_ANNOTATION)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dev.quark.syscall-patching"), "{err}");
+    }
+
+    #[test]
     fn qhttp_comes_from_annotations_except_in_a_sandbox() {
         let net = r#"{"type": "network"}"#;
         assert_eq!(http_proxy(&spec(net, "")).unwrap(), None);
@@ -215,7 +239,8 @@ mod tests {
                 "hostname": "q",
                 "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
                 "annotations": {"dev.quark.qhttp.routes": "8080:/=80",
-                                "dev.quark.syscall-poll": "on"},
+                                "dev.quark.syscall-poll": "on",
+                                "dev.quark.syscall-patching": "off"},
                 "linux": {"namespaces": [{"type": "pid"}, {"type": "network", "path": "/run/netns/x"}],
                           "resources": {"memory": {"limit": 268435456}, "pids": {"limit": 64}}}
             })),

@@ -11,6 +11,7 @@ pub mod keeper;
 pub mod memory;
 pub mod net;
 pub mod oci;
+pub mod patch;
 pub mod poll;
 pub mod rootfs;
 pub mod vm;
@@ -44,12 +45,24 @@ pub struct Launch {
     pub max_processes: usize,
     /// Serve syscalls on the polled path (a host thread) rather than by trapping every one.
     pub polled_syscalls: bool,
+    /// Patch the trapped syscall sites of shared libraries into jumps to the polled path's
+    /// stub (needs `polled_syscalls`; see [`syscall_patching_wanted`] for the host's say).
+    pub syscall_patching: bool,
     /// The container's network.
     pub net: net::NetSetup,
     /// qhttp in front of the guest, on the container's stack (annotations, docs/qhttp.md).
     pub http_proxy: Option<qhttp::Config>,
     /// The app's user: uid, gid and supplementary groups (`process.user`).
     pub user: (u32, u32, Vec<u32>),
+}
+
+/// Environment variable with which the host turns syscall-site patching off for every
+/// container it starts (`off`), whatever bundles and flags ask: the operator's kill switch.
+pub const SYSCALL_PATCHING_ENV: &str = "QUARK_SYSCALL_PATCHING";
+
+/// Whether syscall sites are patched, given what the bundle or flag asked for.
+pub fn syscall_patching_wanted(asked: bool) -> bool {
+    asked && std::env::var(SYSCALL_PATCHING_ENV).as_deref() != Ok("off")
 }
 
 /// Finds `name` in the root: a path containing '/' as is, else each directory of PATH.
@@ -122,7 +135,17 @@ pub fn boot(launch: &Launch) -> anyhow::Result<Booted> {
         launch.memory,
         launch.http_proxy.clone(),
     )?);
-    let mut vm = Vm::new(launch.memory, rootfs, net, launch.polled_syscalls, cancel)?;
+    let patching = launch.polled_syscalls && syscall_patching_wanted(launch.syscall_patching);
+    let mut vm = Vm::new(
+        launch.memory,
+        rootfs,
+        net,
+        vm::SyscallPath {
+            polled: launch.polled_syscalls,
+            patching,
+        },
+        cancel,
+    )?;
     let loaded = vm
         .with_machine(|m| qkernel::load(m, &image, interp.as_deref(), &launch.argv, &launch.env))
         .with_context(|| format!("loading {exe}"))?;
@@ -186,6 +209,7 @@ impl Booted {
         tracing::debug!(
             vcpu_exits = vm.exits,
             taken_back = vm.taken_back,
+            patched_sites = vm.patched_sites(),
             polled,
             "container ended"
         );

@@ -201,6 +201,10 @@ enum Cmd {
         /// Serve syscalls on the polled path (on) or trap every one (off).
         #[arg(long, default_value = "on", value_parser = ["on", "off"])]
         syscall_poll: String,
+        /// Patch trapped syscall sites of shared libraries into jumps (on), or leave every
+        /// program's code as it is (off). Only with --syscall-poll on.
+        #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+        syscall_patching: String,
         /// Give the container a network in this namespace (a name from `ip netns add`, or a
         /// path): with --net-addr a new TAP with that address; without, the interface a CNI
         /// plugin made there is taken over.
@@ -281,6 +285,7 @@ fn launch(cmd: Cmd) -> anyhow::Result<i32> {
         rootfs,
         memory_mib,
         syscall_poll,
+        syscall_patching,
         netns,
         net_addr,
         net_peer,
@@ -303,6 +308,7 @@ fn launch(cmd: Cmd) -> anyhow::Result<i32> {
         net,
         http_proxy,
         polled_syscalls: syscall_poll == "on",
+        syscall_patching: syscall_patching == "on",
         root: rootfs,
         readonly: false,
         argv,

@@ -11,6 +11,11 @@
 //! mailbox) points at the tables every root shares. A released space gives its data pages
 //! back (zeroed when reused); its table pages are never reused, because the shadow MMU may
 //! still hold them as page tables and would not see new contents written from the host.
+//!
+//! A few user-half pages belong to the VM, not to a space (the jump slots of patched syscall
+//! sites, `patch.rs`): their entries carry the [`SHARED`] bit, a fork maps the same page
+//! instead of copying it, a released space does not give it back, and qkernel's writes on
+//! the app's behalf cannot reach it.
 
 use std::io;
 use std::ptr::NonNull;
@@ -22,6 +27,9 @@ const P: u64 = 1;
 const W: u64 = 2;
 const U: u64 = 4;
 const NX: u64 = 1 << 63;
+/// A bit the MMU ignores (one of the leaf's "available" bits): the page is the VM's, shared
+/// by every space that maps it.
+const SHARED: u64 = 1 << 9;
 const ADDR: u64 = 0x000f_ffff_ffff_f000;
 
 pub struct GuestMemory {
@@ -156,6 +164,10 @@ impl GuestMemory {
         let copied = (|| {
             for (va, e) in self.user_leaves(src) {
                 let leaf = self.leaf(va, true)?.ok_or(Fault { addr: va })?;
+                if e & SHARED != 0 {
+                    self.set_entry(leaf, e); // the VM's page: the same one in the copy
+                    continue;
+                }
                 let gpa = self.alloc_page()?;
                 let (from, to) = (
                     self.phys(e & ADDR, PAGE).ok_or(Fault { addr: va })?,
@@ -184,7 +196,12 @@ impl GuestMemory {
             return;
         }
         let leaves = self.user_leaves(root);
-        self.free.extend(leaves.iter().map(|(_, e)| e & ADDR));
+        self.free.extend(
+            leaves
+                .iter()
+                .filter(|(_, e)| e & SHARED == 0)
+                .map(|(_, e)| e & ADDR),
+        );
         // Count the tables retired with it: the root and every table under its user half.
         let mut tables = 1;
         for i4 in 0..256u64 {
@@ -286,8 +303,35 @@ impl GuestMemory {
         Ok(())
     }
 
-    /// Guest-physical address and user-visibility of a mapped `va`.
-    pub fn translate(&self, va: u64) -> Option<(u64, bool)> {
+    /// Fresh pages that belong to the VM rather than to one space, for [`Self::map_shared`].
+    pub fn alloc_shared(&mut self, pages: u64) -> Result<Vec<u64>, Fault> {
+        (0..pages).map(|_| self.alloc_page()).collect()
+    }
+
+    /// Maps the VM's pages `gpas` (from [`Self::alloc_shared`]) at `va` in the current space,
+    /// user-readable and read-only (the app cannot write them, nor qkernel for it). Fails if
+    /// any page there is mapped already.
+    pub fn map_shared(&mut self, va: u64, gpas: &[u64]) -> Result<(), Fault> {
+        let pages = || (0..gpas.len() as u64).map(|i| va + i * PAGE);
+        // All or nothing: a page of the app's in the range leaves the range alone.
+        if let Some(taken) = pages().find(|p| self.leaf_entry(*p).is_some()) {
+            return Err(Fault { addr: taken });
+        }
+        for (page, gpa) in pages().zip(gpas) {
+            let leaf = self.leaf(page, true)?.ok_or(Fault { addr: page })?;
+            self.set_entry(leaf, gpa | P | U | NX | SHARED);
+        }
+        Ok(())
+    }
+
+    /// Whether `va` maps the VM's shared page `gpa` in the current space.
+    pub fn maps_shared(&self, va: u64, gpa: u64) -> bool {
+        self.leaf_entry(va)
+            .is_some_and(|e| e & SHARED != 0 && e & ADDR == gpa)
+    }
+
+    /// The present leaf entry of `va` in the current space.
+    fn leaf_entry(&self, va: u64) -> Option<u64> {
         let mut table = self.pml4;
         for level in (1..4).rev() {
             let e = self.entry(table + ((va >> (12 + 9 * level)) & 511) * 8);
@@ -297,7 +341,13 @@ impl GuestMemory {
             table = e & ADDR;
         }
         let e = self.entry(table + ((va >> 12) & 511) * 8);
-        (e & P != 0).then_some(((e & ADDR) + (va & (PAGE - 1)), e & U != 0))
+        (e & P != 0).then_some(e)
+    }
+
+    /// Guest-physical address and user-visibility of a mapped `va`.
+    pub fn translate(&self, va: u64) -> Option<(u64, bool)> {
+        let e = self.leaf_entry(va)?;
+        Some(((e & ADDR) + (va & (PAGE - 1)), e & U != 0))
     }
 
     /// The host address of a mapped page-aligned guest page (for the VMM's own shared pages).
@@ -329,7 +379,7 @@ impl GuestMemory {
         self.write_any(va, buf, true)
     }
 
-    /// Writes memory the VMM set up for supervisor use.
+    /// Writes memory the VMM owns: supervisor pages, and its own pages the app may only read.
     pub fn write_supervisor(&mut self, va: u64, buf: &[u8]) -> Result<(), Fault> {
         self.write_any(va, buf, false)
     }
@@ -338,10 +388,12 @@ impl GuestMemory {
         let mut done = 0usize;
         while done < buf.len() {
             let at = va.checked_add(done as u64).ok_or(Fault { addr: va })?;
-            let (gpa, user) = self.translate(at).ok_or(Fault { addr: at })?;
-            if user_only && !user {
+            let e = self.leaf_entry(at).ok_or(Fault { addr: at })?;
+            // A shared page is the VM's: no write on the app's behalf may reach it.
+            if user_only && (e & U == 0 || e & SHARED != 0) {
                 return Err(Fault { addr: at });
             }
+            let gpa = (e & ADDR) + (at & (PAGE - 1));
             let n = ((PAGE - (at & (PAGE - 1))) as usize).min(buf.len() - done);
             let dst = self.phys(gpa, n as u64).ok_or(Fault { addr: at })?;
             // SAFETY: dst covers n bytes inside guest memory; buf[done..done+n] is ours.
@@ -417,6 +469,32 @@ mod tests {
         m.map_user(0x80_0000, PAGE, RW).unwrap();
         m.read_user(0x80_0000, &mut b).unwrap();
         assert_eq!(b, [0; 6]);
+    }
+
+    #[test]
+    fn a_shared_page_is_the_same_in_a_fork_outlives_spaces_and_is_not_the_apps_to_write() {
+        let mut m = GuestMemory::new(16 << 20).unwrap();
+        let pages = m.alloc_shared(2).unwrap();
+        m.map_user(0x40_0000, PAGE, RW).unwrap();
+        assert!(m.map_shared(0x3f_f000, &pages).is_err(), "overlaps a page");
+        assert!(m.translate(0x3f_f000).is_none(), "all or nothing");
+        m.map_shared(0x80_0000, &pages).unwrap();
+        assert!(m.maps_shared(0x80_0000, pages[0]));
+        m.write_supervisor(0x80_0000, b"vm").unwrap();
+        assert!(m.write_user(0x80_0000, b"app").is_err());
+        let parent = m.pml4;
+        let child = m.clone_space(parent).unwrap();
+        m.pml4 = child;
+        assert!(
+            m.maps_shared(0x80_1000, pages[1]),
+            "the same page in the fork"
+        );
+        let mut b = [0u8; 2];
+        m.read_user(0x80_0000, &mut b).unwrap();
+        assert_eq!(&b, b"vm");
+        m.pml4 = parent;
+        m.release_space(child);
+        assert!(!m.free.contains(&pages[0]), "not given back with a space");
     }
 
     #[test]

@@ -4,7 +4,10 @@
  * did not pick the request up within SPINS pauses: it is off its CPU, so the vCPU thread
  * serves the call rather than spin a whole time slice), 6 picked up (being served).
  * Clobbers only rax, rcx, rsp and flags before it either returns with iretq or traps (ud2)
- * for the slow path. */
+ * for the slow path.
+ * Two ways in: `entry` (LSTAR, the `syscall` instruction: rcx and r11 hold the return address
+ * and flags) and `jump_entry` (a jump from a patched syscall site's trampoline, which sets rax
+ * and rcx as `syscall` would; the flags are still the app's). VIA tells the host which. */
 #define MB 0xffffffff80001000
 #define FLAG (MB+0x00)
 #define NR (MB+0x08)
@@ -20,6 +23,7 @@
 #define UFLAGS (MB+0x58)
 #define SETFS (MB+0x60)
 #define FSVAL (MB+0x68)
+#define VIA (MB+0x70)
 #define STACK (MB+0x1000)
 #define SPINS 2048
 	.text
@@ -28,6 +32,8 @@
 entry:
 	mov %rsp, URSP
 	mov $STACK, %rsp
+	movb $0, VIA
+post:
 	mov %rax, NR
 	mov %rdi, A0
 	mov %rsi, A1
@@ -70,6 +76,14 @@ entry:
 	pushq URIP
 	movl $0, FLAG
 	iretq
+	.globl jump_entry
+jump_entry:
+	mov %rsp, URSP
+	mov $STACK, %rsp
+	pushfq
+	pop %r11
+	movb $1, VIA
+	jmp post
 	.globl slow
 slow:
 	ud2

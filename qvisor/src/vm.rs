@@ -26,12 +26,15 @@ use qkernel::{
 use crate::jail::{self, Mode, ThreadKind};
 use crate::memory::{GuestMemory, PAGE};
 use crate::net::GuestNet;
+use crate::patch::SiteTable;
 use crate::poll::{self, Mailbox, Poller, MAILBOX_VA, SLOW_RIP, STUB_VA};
 use crate::rootfs::RootFs;
 
 /// The syscall entry point: canonical, never mapped (kernel half).
 pub const LSTAR: u64 = 0xffff_8000_0000_0000;
 /// Descriptor tables live here, mapped supervisor-only.
+/// Where the app's half of the address space ends (canonical addresses below it).
+const USER_HALF_END: u64 = 0x0000_8000_0000_0000;
 const GDT_VA: u64 = 0xffff_ff00_0000_0000;
 const TSS_VA: u64 = GDT_VA + 0x800;
 /// Written to CR2 before each resume: non-canonical, so no page fault can report it, and a
@@ -239,8 +242,19 @@ impl Stop {
 }
 
 /// What both the vCPU thread and the syscall thread work on.
+/// How the app's syscalls reach qkernel.
+#[derive(Debug, Clone, Copy)]
+pub struct SyscallPath {
+    /// Through the stub and a polling host thread (else every call traps).
+    pub polled: bool,
+    /// Trapped syscall sites of shared libraries become jumps into the stub (polled only).
+    pub patching: bool,
+}
+
 pub struct Core {
     pub mem: GuestMemory,
+    /// Jump slots and trampolines of patched syscall sites (none: patching is off).
+    sites: Option<SiteTable>,
     pub rootfs: RootFs,
     pub net: Option<GuestNet>,
     kernel: Option<Kernel>,
@@ -321,6 +335,7 @@ fn with_kernel<R>(
     let mut guard = core.lock().unwrap_or_else(|p| p.into_inner());
     let Core {
         mem,
+        sites,
         rootfs,
         net,
         kernel,
@@ -331,6 +346,7 @@ fn with_kernel<R>(
     let kernel = kernel.as_mut()?;
     let mut machine = GuestMachine {
         mem,
+        sites: sites.as_mut(),
         rootfs,
         net: net.as_mut(),
         fs_base: None,
@@ -369,8 +385,22 @@ impl Served {
 
 /// Serves one syscall on `core` from the vCPU thread, which can switch processes: `regs` are
 /// the app's registers at the call and `vcpu` holds its FPU state.
-pub fn serve(core: &Mutex<Core>, call: SyscallArgs, regs: UserRegs, vcpu: &VcpuFd) -> Served {
-    match with_kernel(core, regs, Some(vcpu), |k, m| Some(k.syscall(m, call))) {
+/// `site`: the call came from a `syscall` instruction returning there, which qkernel may patch
+/// first (the app is stopped in this call, so no thread runs the bytes as they change).
+pub fn serve(
+    core: &Mutex<Core>,
+    call: SyscallArgs,
+    regs: UserRegs,
+    vcpu: &VcpuFd,
+    site: Option<u64>,
+) -> Served {
+    let served = with_kernel(core, regs, Some(vcpu), |k, m| {
+        if let Some(ret) = site {
+            k.patch_syscall_site(m, ret, call.nr);
+        }
+        Some(k.syscall(m, call))
+    });
+    match served {
         Some((outcome, out)) => Served::of(outcome, out),
         None => Served {
             outcome: SyscallOutcome::Exit(125),
@@ -516,15 +546,21 @@ impl Drop for Timer {
 /// Serves a call on the polled path, under one lock, only if it need not wait, switch
 /// processes or run a signal handler ([`Kernel::try_syscall_nowait`]). `None` sends it to the
 /// vCPU thread, where waiting costs no spinning thread and registers can be set.
+/// `site` as for [`serve`]: patched before the call is served (an exec would replace the
+/// code it is in).
 pub fn serve_polled(
     core: &Mutex<Core>,
     call: SyscallArgs,
+    site: Option<u64>,
 ) -> Option<(SyscallOutcome, Option<u64>)> {
     if PREEMPT_REQUESTED.load(Ordering::Relaxed) {
         return None; // the vCPU thread serves it and switches after
     }
     // Every call is served as one that must not wait nor switch: those go to the vCPU.
     with_kernel(core, UserRegs::default(), None, |k, m| {
+        if let Some(ret) = site {
+            k.patch_syscall_site(m, ret, call.nr);
+        }
         k.try_syscall_nowait(m, call)
     })
     .map(|(outcome, out)| (outcome, out.fs_base))
@@ -548,6 +584,7 @@ pub struct Vm {
 /// qkernel's view of the machine during one exit.
 struct GuestMachine<'a> {
     mem: &'a mut GuestMemory,
+    sites: Option<&'a mut SiteTable>,
     rootfs: &'a mut RootFs,
     net: Option<&'a mut GuestNet>,
     fs_base: Option<u64>,
@@ -580,16 +617,20 @@ impl Machine for GuestMachine<'_> {
         self.mem.read_user(va, buf)
     }
     fn write(&mut self, va: u64, buf: &[u8]) -> Result<(), Fault> {
-        // The syscall stub is one page every address space shares, user-visible because this
-        // host runs it at CPL 3: a syscall writing into it (read(2) into STUB_VA) would let one
-        // process break every other's syscalls. Read-only to the app, so EFAULT, as on Linux.
+        // The syscall stub and the trampolines of patched sites are pages every address
+        // space shares, user-visible because this host runs them at CPL 3: a syscall writing
+        // into them (read(2) into STUB_VA) would let one process break every other's syscalls.
+        // Nothing in the kernel half is the app's to have written, so EFAULT, as on Linux.
         let end = va.saturating_add(buf.len() as u64);
-        if va < STUB_VA + PAGE && end > STUB_VA {
+        if end > USER_HALF_END {
             return Err(Fault {
-                addr: va.max(STUB_VA),
+                addr: va.max(USER_HALF_END),
             });
         }
         self.mem.write_user(va, buf)
+    }
+    fn syscall_site_jump(&mut self, ret: u64, nr: u32) -> Option<[u8; 7]> {
+        self.sites.as_deref_mut()?.jump_for(self.mem, ret, nr)
     }
     fn console_write(&mut self, fd: i32, data: &[u8]) -> std::io::Result<usize> {
         use std::io::Write;
@@ -976,9 +1017,10 @@ impl Vm {
         mem_size: u64,
         rootfs: RootFs,
         net: Option<GuestNet>,
-        polled: bool,
+        path: SyscallPath,
         cancel: Arc<AtomicBool>,
     ) -> anyhow::Result<Vm> {
+        let polled = path.polled;
         let kvm = Kvm::new().context("opening /dev/kvm")?;
         host_cpu_entry(); // now, while host paths may be opened
         let vm = kvm.create_vm().context("creating the VM")?;
@@ -999,8 +1041,15 @@ impl Vm {
             .context("reading supported CPUID")?;
         vcpu.set_cpuid2(&cpuid).context("setting CPUID")?;
         Self::descriptor_tables(&mut mem)?;
+        let mut sites = None;
         if polled {
             Self::syscall_stub(&mut mem)?;
+            if path.patching {
+                sites = Some(
+                    SiteTable::new(&mut mem)
+                        .map_err(|f| anyhow::anyhow!("mapping the syscall trampolines: {f}"))?,
+                );
+            }
         }
         let msrs = Msrs::from_entries(&[
             kvm_msr_entry {
@@ -1071,6 +1120,7 @@ impl Vm {
             _kvm: kvm,
             core: Arc::new(Mutex::new(Core {
                 mem,
+                sites,
                 rootfs,
                 net,
                 kernel: None,
@@ -1126,6 +1176,12 @@ impl Vm {
             .map_err(|f| anyhow::anyhow!("mapping the syscall stub: {f}"))
     }
 
+    /// How many syscall sites were patched (0 with patching off).
+    pub fn patched_sites(&self) -> usize {
+        let core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+        core.sites.as_ref().map_or(0, SiteTable::patched)
+    }
+
     /// Replaces the container's network (before the app runs: nothing uses the old one yet).
     pub fn attach_net(&mut self, setup: crate::net::NetSetup, memory: u64) -> anyhow::Result<()> {
         let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
@@ -1163,6 +1219,7 @@ impl Vm {
         } = &mut *guard;
         let mut machine = GuestMachine {
             mem,
+            sites: None,
             rootfs,
             net: None,
             fs_base: None,
@@ -1305,7 +1362,7 @@ impl Vm {
             let (regs, sregs) = (sync.regs, sync.sregs);
             // A trapped syscall: straight from the registers, or (polled path, host thread
             // asleep) from the mailbox the stub filled before it trapped.
-            let (call, rip, rsp, rflags) = match (regs.rip, poller) {
+            let (call, rip, rsp, rflags, site) = match (regs.rip, poller) {
                 (LSTAR, _) => (
                     SyscallArgs {
                         nr: regs.rax,
@@ -1314,6 +1371,7 @@ impl Vm {
                     regs.rcx,
                     regs.rsp,
                     regs.r11,
+                    None, // no stub to jump to: nothing is patched
                 ),
                 (SLOW_RIP, Some((_, mb))) => (
                     {
@@ -1323,6 +1381,7 @@ impl Vm {
                     mb.read(poll::URIP),
                     mb.read(poll::URSP),
                     mb.read(poll::UFLAGS),
+                    mb.via_syscall_instruction().then(|| mb.read(poll::URIP)),
                 ),
                 _ if sregs.cr2 != CR2_NONE && self.resolve_page_fault(sregs.cr2) => {
                     // Mapped now: the app runs the faulting instruction again.
@@ -1359,7 +1418,7 @@ impl Vm {
                 rflags,
                 fs_base: sregs.fs.base,
             };
-            let served = serve(&self.core, call, app, &self.vcpu);
+            let served = serve(&self.core, call, app, &self.vcpu, site);
             if let Some(stop) = Stop::of(served.outcome) {
                 return Ok(stop);
             }

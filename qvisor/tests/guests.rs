@@ -392,7 +392,10 @@ fn polled_syscalls_do_not_exit_the_vcpu() {
         trapped >= 3000,
         "every trapped syscall is an exit: {trapped}"
     );
-    assert!(polled < 100, "3000 polled getpids took {polled} exits");
+    // Alone: a handful. With the other tests' VMs on both CPUs, each time the vCPU thread is
+    // off its CPU for longer than the poller's budget (500 µs) the poller sleeps and the next
+    // call traps: up to ~150 seen, so the bound is a tenth of the calls.
+    assert!(polled < 300, "3000 polled getpids took {polled} exits");
 }
 
 /// The vCPU exits of 3000 getpids (qvisor logs them at debug level) with the polled path

@@ -71,6 +71,8 @@ pub fn root() -> &'static Path {
             ("udp", "udp", "-static"),
             ("threads", "threads", "-static"),
             ("memhog", "memhog", "-static"),
+            // Dynamically linked: the shared libc's syscall sites are the patchable ones.
+            ("patching", "patching", "-pie"),
         ] {
             let out = Command::new("gcc")
                 .args([flag, "-O1", "-pthread", "-o"])
@@ -83,6 +85,15 @@ pub fn root() -> &'static Path {
                 "gcc {name}: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
+        }
+        // The C library and loader the dynamically linked guests need, from this Debian host.
+        for lib in [
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "/lib64/ld-linux-x86-64.so.2",
+        ] {
+            let to = root.join(&lib[1..]);
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(lib, &to).unwrap_or_else(|e| panic!("copying {lib}: {e}"));
         }
         std::fs::write(root.join("etc/hostname"), "inside-the-root\n").unwrap();
         // Name resolution as in any image: the TAP peer of the network tests by name, and a
