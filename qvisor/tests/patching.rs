@@ -121,3 +121,13 @@ fn patched_calls_leave_the_vcpu_alone() {
         "240,000 calls from four threads took {exits} vCPU exits"
     );
 }
+
+#[test]
+fn vfork_and_posix_spawn_work_through_patched_clone_and_vfork_sites() {
+    both_ways("spawn", "vfork and posix_spawn: ok");
+}
+
+#[test]
+fn a_process_in_patched_calls_stops_and_continues() {
+    both_ways("stop", "stopped and continued during patched calls: ok");
+}

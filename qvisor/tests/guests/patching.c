@@ -4,6 +4,8 @@
  *               (as built) or "jump" (patched into a jump)
  *   fork      - patch, fork: the child's calls answer for the child; it then execs `sites`,
  *               whose fresh libc starts unpatched
+ *   spawn     - vfork+exec and posix_spawn (glibc's clone and vfork sites patched first)
+ *   stop      - a child making patched calls is stopped (SIGSTOP), seen stopped, continued
  *   selfcheck - checksum the program's own code, make syscalls from it and from libc, check
  *               again
  *   jit       - generate code with a syscall at run time (mmap, mprotect), run it, change it
@@ -13,6 +15,7 @@
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -82,6 +85,58 @@ static int forked(void) {
     fail("child");
   if (getpid() != parent) fail("parent getpid");
   printf("fork: ok\n");
+  return 0;
+}
+
+extern char **environ;
+
+static void reap(pid_t child, const char *what) {
+  int status = 0;
+  if (waitpid(child, &status, 0) != child || !WIFEXITED(status) || WEXITSTATUS(status))
+    fail(what);
+}
+
+static int spawn(void) {
+  for (int round = 0; round < 3; round++) { /* the first round patches, the rest jump */
+    pid_t child = vfork();
+    if (child < 0) fail("vfork");
+    if (child == 0) {
+      execl(self_path, "patching", "sites", (char *)NULL);
+      _exit(127);
+    }
+    reap(child, "vfork child");
+    char *argv[] = {"patching", "sites", NULL};
+    if (posix_spawn(&child, self_path, NULL, NULL, argv, environ)) fail("posix_spawn");
+    reap(child, "spawned child");
+  }
+  printf("vfork and posix_spawn: ok\n");
+  return 0;
+}
+
+static int stop_continue(void) {
+  pid_t child = fork();
+  if (child < 0) fail("fork");
+  if (child == 0) {
+    pid_t me = getpid();
+    for (;;)
+      if (getpid() != me) _exit(3);
+  }
+  struct timespec t = {0, 20000000};
+  nanosleep(&t, NULL);
+  for (int round = 0; round < 3; round++) {
+    int status = 0;
+    kill(child, SIGSTOP);
+    if (waitpid(child, &status, WUNTRACED) != child || !WIFSTOPPED(status)) fail("not stopped");
+    kill(child, SIGCONT);
+    if (waitpid(child, &status, WCONTINUED) != child || !WIFCONTINUED(status))
+      fail("not continued");
+    nanosleep(&t, NULL);
+  }
+  kill(child, SIGKILL);
+  int status = 0;
+  if (waitpid(child, &status, 0) != child || !WIFSIGNALED(status) || WTERMSIG(status) != SIGKILL)
+    fail("child did not die of SIGKILL");
+  printf("stopped and continued during patched calls: ok\n");
   return 0;
 }
 
@@ -201,10 +256,12 @@ int main(int argc, char **argv) {
   self_path = argv[0];
   if (!strcmp(mode, "sites")) return sites();
   if (!strcmp(mode, "fork")) return forked();
+  if (!strcmp(mode, "spawn")) return spawn();
+  if (!strcmp(mode, "stop")) return stop_continue();
   if (!strcmp(mode, "selfcheck")) return selfcheck();
   if (!strcmp(mode, "jit")) return jit();
   if (!strcmp(mode, "threads")) return threads();
   if (!strcmp(mode, "signals")) return signals();
-  fprintf(stderr, "usage: patching sites|fork|selfcheck|jit|threads|signals\n");
+  fprintf(stderr, "usage: patching sites|fork|spawn|stop|selfcheck|jit|threads|signals\n");
   return 2;
 }
