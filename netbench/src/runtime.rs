@@ -13,7 +13,8 @@ use anyhow::{bail, Context};
 use crate::workload::median;
 use crate::Figure;
 
-/// A bundle whose root holds Debian's busybox and the syscall-cost program.
+/// A bundle whose root holds Debian's busybox and the syscall-cost program, static and
+/// dynamically linked (with the host's libc and loader).
 struct Bundle {
     dir: PathBuf,
 }
@@ -32,6 +33,15 @@ impl Bundle {
             }
         }
         build_guest("syscost", &bin)?;
+        build_dynamic_guest("syscost", &bin.join("syscost-dyn"))?;
+        for lib in [
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "/lib64/ld-linux-x86-64.so.2",
+        ] {
+            let to = dir.join("rootfs").join(&lib[1..]);
+            std::fs::create_dir_all(to.parent().context("library path")?)?;
+            std::fs::copy(lib, &to).with_context(|| format!("copying {lib}"))?;
+        }
         Ok(Bundle { dir })
     }
 
@@ -88,6 +98,21 @@ pub(crate) fn build_guest(name: &str, bin: &Path) -> anyhow::Result<()> {
         .context("running gcc (install gcc and libc6-dev)")?;
     if !out.status.success() {
         bail!("gcc {name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// Builds `guests/NAME.c` into `out`, linked against the shared libc.
+fn build_dynamic_guest(name: &str, out: &Path) -> anyhow::Result<()> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("guests/{name}.c"));
+    let built = Command::new("gcc")
+        .args(["-O2", "-o"])
+        .arg(out)
+        .arg(&src)
+        .output()
+        .context("running gcc (install gcc and libc6-dev)")?;
+    if !built.status.success() {
+        bail!("gcc {name}: {}", String::from_utf8_lossy(&built.stderr));
     }
     Ok(())
 }
@@ -281,68 +306,113 @@ pub fn suite(runs: usize) -> anyhow::Result<Vec<Figure>> {
         f64::NAN,
     ));
 
-    // (c) syscall and page-touch cost, guest (polled and trapping paths) vs the same binary on
-    // the host.
+    // (c) syscall and page-touch cost, guest vs the same binary on the host: libc's getpid()
+    // in a static binary (its own code: polled or trapping) and in a dynamically linked one
+    // (libc's site: patched into a jump, or not).
     let calls = "2000";
     let pages = "2000";
-    bundle.set_args(&["/bin/syscost", calls, pages])?;
-    let native = Command::new(bundle.dir.join("rootfs/bin/syscost"))
-        .args([calls, pages])
-        .output()?;
-    let n = String::from_utf8_lossy(&native.stdout).to_string();
-    for (mode, label) in [("on", "polled"), ("off", "trapping")] {
-        bundle.annotate(crate::runtime::POLL_ANNOTATION, mode)?;
+    let on_host = |bin: &str| -> anyhow::Result<String> {
+        let native = Command::new(bundle.dir.join("rootfs/bin").join(bin))
+            .args([calls, pages])
+            .output()?;
+        Ok(String::from_utf8_lossy(&native.stdout).to_string())
+    };
+    let (n_static, n_dyn) = (on_host("syscost")?, on_host("syscost-dyn")?);
+    for (bin, poll, patching, label) in [
+        ("syscost", "on", "on", "polled, static binary"),
+        ("syscost", "off", "on", "trapping, static binary"),
+        ("syscost-dyn", "on", "on", "patched libc site"),
+        ("syscost-dyn", "on", "off", "polled libc site, patching off"),
+    ] {
+        bundle.set_args(&[&format!("/bin/{bin}"), calls, pages])?;
+        bundle.annotate(crate::runtime::POLL_ANNOTATION, poll)?;
+        bundle.annotate(crate::runtime::PATCHING_ANNOTATION, patching)?;
         let guest = Command::new(qvisor())
             .args(["run", "--bundle"])
             .arg(&bundle.dir)
             .arg("nb-cost")
             .output()?;
         let g = String::from_utf8_lossy(&guest.stdout).to_string();
+        let n = if bin == "syscost" { &n_static } else { &n_dyn };
         figures.push(Figure::new(
-            &format!("getpid, {label} path (qvisor guest vs host)"),
+            &format!("getpid, {label} (qvisor guest vs host)"),
             "mean per call",
             "us",
             cost(&g, "getpid_ns")? / 1e3,
-            cost(&n, "getpid_ns")? / 1e3,
+            cost(n, "getpid_ns")? / 1e3,
         ));
-        if mode == "on" {
+        if label.starts_with("polled, static") {
             figures.push(Figure::new(
                 "first touch of an anonymous page (qvisor guest vs host)",
                 "mean per page",
                 "us",
                 cost(&g, "touch_ns")? / 1e3,
-                cost(&n, "touch_ns")? / 1e3,
+                cost(n, "touch_ns")? / 1e3,
             ));
         }
     }
-    // (d) fork + exec + exit + wait: a shell running /bin/true 1,000 times, each runtime in
-    // turn, three rounds.
-    bundle.annotate(crate::runtime::POLL_ANNOTATION, "on")?;
-    bundle.set_args(&[
-        "/bin/sh",
-        "-c",
-        "i=0; while [ $i -lt 1000 ]; do /bin/true; i=$((i+1)); done",
-    ])?;
-    let (mut q, mut r) = (Vec::new(), Vec::new());
-    for i in 0..3 {
-        eprint!("\rnetbench runtime: fork+exec round {}/3", i + 1);
-        let id = format!("nb-fork-{}-{i}", std::process::id());
-        let mut qv = Command::new(qvisor());
-        qv.args(["run", "--bundle"]).arg(&bundle.dir).arg(&id);
-        let mut rc = Command::new("runc");
-        rc.args(["run", "--bundle"]).arg(&bundle.dir).arg(&id);
-        q.push(timed(&mut qv)?.as_secs_f64() * 1e3); // ms per 1,000 = us per command
-        r.push(timed(&mut rc)?.as_secs_f64() * 1e3);
-    }
-    eprintln!();
-    figures.push(Figure::new(
-        "busybox sh: /bin/true 1,000 times (fork+exec+exit+wait)",
-        "median per command",
-        "us",
-        median(&mut q),
-        median(&mut r),
-    ));
+    // (d) fork + exec + exit + wait in a shell loop.
+    figures.extend(fork_exec_figures(&bundle)?);
     figures.push(exec_figure(&bundle, runs)?);
+    Ok(figures)
+}
+
+/// (d) fork + exec + exit + wait: busybox sh running a program in a loop, runtimes in turn,
+/// three rounds. busybox's `true` is static (the polled path); the dynamically linked
+/// syscost (`syscost-dyn 1 1`: ld.so, libc, two calls) shows what exec costs when every new
+/// process's libc sites are trapped and patched again, against the same with patching off.
+fn fork_exec_figures(bundle: &Bundle) -> anyhow::Result<Vec<Figure>> {
+    let mut figures = Vec::new();
+    bundle.annotate(crate::runtime::POLL_ANNOTATION, "on")?;
+    for (program, n, label) in [
+        ("/bin/true", 1000, "busybox sh: /bin/true 1,000 times"),
+        (
+            "/bin/syscost-dyn 1 1",
+            200,
+            "busybox sh: a dynamically linked program 200 times",
+        ),
+    ] {
+        bundle.set_args(&[
+            "/bin/sh",
+            "-c",
+            &format!("i=0; while [ $i -lt {n} ]; do {program} >/dev/null; i=$((i+1)); done"),
+        ])?;
+        let mut times = [Vec::new(), Vec::new(), Vec::new()]; // patched, unpatched, runc
+        for round in 0..3 {
+            eprint!(
+                "\rnetbench runtime: fork+exec {program}, round {}/3",
+                round + 1
+            );
+            for (which, t) in times.iter_mut().enumerate() {
+                let id = format!("nb-fork-{}-{round}-{which}", std::process::id());
+                let mut c = if which == 2 {
+                    Command::new("runc")
+                } else {
+                    let patching = if which == 0 { "on" } else { "off" };
+                    bundle.annotate(crate::runtime::PATCHING_ANNOTATION, patching)?;
+                    Command::new(qvisor())
+                };
+                c.args(["run", "--bundle"]).arg(&bundle.dir).arg(&id);
+                t.push(timed(&mut c)?.as_secs_f64() * 1e6 / n as f64);
+            }
+        }
+        eprintln!();
+        let [mut patched, mut unpatched, mut runc] = times;
+        let runc = median(&mut runc);
+        for (times, how) in [
+            (&mut patched, "patching on"),
+            (&mut unpatched, "patching off"),
+        ] {
+            figures.push(Figure::new(
+                &format!("{label} (fork+exec+exit+wait), qvisor {how} vs runc"),
+                "median per command",
+                "us",
+                median(times),
+                runc,
+            ));
+        }
+    }
+    bundle.annotate(crate::runtime::PATCHING_ANNOTATION, "on")?;
     Ok(figures)
 }
 
