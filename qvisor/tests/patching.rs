@@ -131,3 +131,13 @@ fn vfork_and_posix_spawn_work_through_patched_clone_and_vfork_sites() {
 fn a_process_in_patched_calls_stops_and_continues() {
     both_ways("stop", "stopped and continued during patched calls: ok");
 }
+
+#[test]
+fn the_app_cannot_write_move_or_unmap_the_slots_and_trampolines() {
+    let o = run_patching("on", false, &["hostile"]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        stdout(&o).contains("slots and trampolines held; patched calls still answer"),
+        "{o:?}"
+    );
+}

@@ -6,6 +6,9 @@
  *               whose fresh libc starts unpatched
  *   spawn     - vfork+exec and posix_spawn (glibc's clone and vfork sites patched first)
  *   stop      - a child making patched calls is stopped (SIGSTOP), seen stopped, continued
+ *   hostile   - the app goes after the slots and trampolines: writes through syscalls
+ *               (EFAULT), stores (SIGSEGV), MAP_FIXED over the slots (refused), munmap and
+ *               mprotect of them (no effect): patched calls keep working
  *   selfcheck - checksum the program's own code, make syscalls from it and from libc, check
  *               again
  *   jit       - generate code with a syscall at run time (mmap, mprotect), run it, change it
@@ -16,6 +19,8 @@
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -140,6 +145,49 @@ static int stop_continue(void) {
   return 0;
 }
 
+/* Runs `fn` in a child and says whether it died of SIGSEGV. */
+static int segfaults(void (*fn)(void)) {
+  pid_t child = fork();
+  if (child == 0) {
+    fn();
+    _exit(0);
+  }
+  int status = 0;
+  waitpid(child, &status, 0);
+  return WIFSIGNALED(status) && WTERMSIG(status) == SIGSEGV;
+}
+
+static uintptr_t slot, trampoline;
+static void store_to_slot(void) { *(volatile uint64_t *)slot = 0x41414141; }
+static void store_to_trampoline(void) { *(volatile uint8_t *)trampoline = 0xcc; }
+
+static int hostile(void) {
+  pid_t me = getpid();
+  for (int i = 0; i < 10; i++) getpid();
+  const unsigned char *code = (const unsigned char *)&getpid;
+  if (code[0] != 0xff) fail("getpid was not patched");
+  uint32_t disp;
+  memcpy(&disp, code + 3, 4);
+  slot = disp;
+  trampoline = *(volatile uint64_t *)slot; /* readable: the jump reads it */
+  int zero = open("/dev/zero", O_RDONLY);
+  if (zero < 0) fail("open /dev/zero");
+  if (read(zero, (void *)slot, 8) != -1 || errno != EFAULT) fail("read(2) into a slot");
+  if (read(zero, (void *)trampoline, 8) != -1 || errno != EFAULT) fail("read(2) into a trampoline");
+  if (!segfaults(store_to_slot)) fail("a store to a slot did not fault");
+  if (!segfaults(store_to_trampoline)) fail("a store to a trampoline did not fault");
+  void *over = mmap((void *)(slot & ~4095ul), 4096, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+  if (over != MAP_FAILED) fail("MAP_FIXED over the slots");
+  munmap((void *)(slot & ~4095ul), 4096);
+  mprotect((void *)(slot & ~4095ul), 4096, PROT_READ | PROT_WRITE);
+  if (!segfaults(store_to_slot)) fail("the slots became writable");
+  for (int i = 0; i < 1000; i++)
+    if (getpid() != me) fail("getpid after the attacks");
+  printf("slots and trampolines held; patched calls still answer\n");
+  return 0;
+}
+
 static int selfcheck(void) {
   size_t n = __etext - __executable_start;
   uint64_t before = checksum(__executable_start, n);
@@ -258,10 +306,11 @@ int main(int argc, char **argv) {
   if (!strcmp(mode, "fork")) return forked();
   if (!strcmp(mode, "spawn")) return spawn();
   if (!strcmp(mode, "stop")) return stop_continue();
+  if (!strcmp(mode, "hostile")) return hostile();
   if (!strcmp(mode, "selfcheck")) return selfcheck();
   if (!strcmp(mode, "jit")) return jit();
   if (!strcmp(mode, "threads")) return threads();
   if (!strcmp(mode, "signals")) return signals();
-  fprintf(stderr, "usage: patching sites|fork|spawn|stop|selfcheck|jit|threads|signals\n");
+  fprintf(stderr, "usage: patching sites|fork|spawn|stop|hostile|selfcheck|jit|threads|signals\n");
   return 2;
 }
