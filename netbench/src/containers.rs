@@ -266,6 +266,17 @@ pub struct Container {
 const NATIVE_MOUNTS: &str = "mount --make-rslave / && mount --rbind /dev \"$1/dev\" && \
      mount -t proc proc \"$1/proc\" && root=$1 && shift && exec chroot \"$root\" \"$@\"";
 
+/// `runsc run` of a bundle (gVisor, its netstack), in a mount namespace that hides
+/// /proc/sys/net from this runsc's root-namespace check (see [`NOTES`]).
+pub(crate) fn runsc_run(state: &Path, bundle: &Path, id: &str) -> Command {
+    let mut c = Command::new("unshare");
+    c.args(["-m", "sh", "-c"])
+        .arg("mount --make-rprivate / && mount -t tmpfs none /proc/sys/net && exec runsc \"$@\"");
+    c.arg("runsc").arg("--root").arg(state);
+    c.args(["run", "--bundle"]).arg(bundle).arg(id);
+    c
+}
+
 /// The command that runs the bundle's process in the foreground under `runtime`.
 fn run_command(runtime: Runtime, bundle: &Bundle, id: &str, state: &Path) -> Command {
     let mut c;
@@ -294,12 +305,7 @@ fn run_command(runtime: Runtime, bundle: &Bundle, id: &str, state: &Path) -> Com
             c.arg(&bundle.dir).arg(id);
         }
         Runtime::Gvisor => {
-            c = Command::new("unshare");
-            c.args(["-m", "sh", "-c"]).arg(
-                "mount --make-rprivate / && mount -t tmpfs none /proc/sys/net && exec runsc \"$@\"",
-            );
-            c.arg("runsc").arg("--root").arg(state);
-            c.args(["run", "--bundle"]).arg(&bundle.dir).arg(id);
+            c = runsc_run(state, &bundle.dir, id);
         }
         Runtime::GvisorHost => {
             c = match &bundle.netns {

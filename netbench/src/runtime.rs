@@ -102,6 +102,12 @@ pub(crate) fn build_guest(name: &str, bin: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `runsc run` of the bundle with a state root of its own.
+fn gvisor_run(bundle: &Path, id: &str) -> Command {
+    let state = std::env::temp_dir().join(format!("netbench-runsc-{}", std::process::id()));
+    crate::containers::runsc_run(&state, bundle, id)
+}
+
 /// Builds `guests/NAME.c` into `out`, linked against the shared libc.
 fn build_dynamic_guest(name: &str, out: &Path) -> anyhow::Result<()> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("guests/{name}.c"));
@@ -341,6 +347,18 @@ pub fn suite(runs: usize) -> anyhow::Result<Vec<Figure>> {
             cost(&g, "getpid_ns")? / 1e3,
             cost(n, "getpid_ns")? / 1e3,
         ));
+        if label.starts_with("patched") {
+            // The same binary under gVisor (ptrace platform), for scale.
+            let gv = gvisor_run(&bundle.dir, "nb-cost-gvisor").output()?;
+            let gv = String::from_utf8_lossy(&gv.stdout).to_string();
+            figures.push(Figure::new(
+                "getpid, libc site, gVisor (runsc, ptrace) vs host",
+                "mean per call",
+                "us",
+                cost(&gv, "getpid_ns")? / 1e3,
+                cost(n, "getpid_ns")? / 1e3,
+            ));
+        }
         if label.starts_with("polled, static") {
             figures.push(Figure::new(
                 "first touch of an anonymous page (qvisor guest vs host)",
@@ -377,7 +395,8 @@ fn fork_exec_figures(bundle: &Bundle) -> anyhow::Result<Vec<Figure>> {
             "-c",
             &format!("i=0; while [ $i -lt {n} ]; do {program} >/dev/null; i=$((i+1)); done"),
         ])?;
-        let mut times = [Vec::new(), Vec::new(), Vec::new()]; // patched, unpatched, runc
+        // qvisor patched, qvisor unpatched, runc, gVisor
+        let mut times = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
         for round in 0..3 {
             eprint!(
                 "\rnetbench runtime: fork+exec {program}, round {}/3",
@@ -385,26 +404,34 @@ fn fork_exec_figures(bundle: &Bundle) -> anyhow::Result<Vec<Figure>> {
             );
             for (which, t) in times.iter_mut().enumerate() {
                 let id = format!("nb-fork-{}-{round}-{which}", std::process::id());
-                let mut c = if which == 2 {
-                    Command::new("runc")
-                } else {
-                    let patching = if which == 0 { "on" } else { "off" };
-                    bundle.annotate(crate::runtime::PATCHING_ANNOTATION, patching)?;
-                    Command::new(qvisor())
+                let mut c = match which {
+                    0 | 1 => {
+                        let patching = if which == 0 { "on" } else { "off" };
+                        bundle.annotate(crate::runtime::PATCHING_ANNOTATION, patching)?;
+                        let mut c = Command::new(qvisor());
+                        c.args(["run", "--bundle"]).arg(&bundle.dir).arg(&id);
+                        c
+                    }
+                    2 => {
+                        let mut c = Command::new("runc");
+                        c.args(["run", "--bundle"]).arg(&bundle.dir).arg(&id);
+                        c
+                    }
+                    _ => gvisor_run(&bundle.dir, &id),
                 };
-                c.args(["run", "--bundle"]).arg(&bundle.dir).arg(&id);
                 t.push(timed(&mut c)?.as_secs_f64() * 1e6 / n as f64);
             }
         }
         eprintln!();
-        let [mut patched, mut unpatched, mut runc] = times;
+        let [mut patched, mut unpatched, mut runc, mut gvisor] = times;
         let runc = median(&mut runc);
-        for (times, how) in [
-            (&mut patched, "patching on"),
-            (&mut unpatched, "patching off"),
+        for (times, who) in [
+            (&mut patched, "qvisor, patching on"),
+            (&mut unpatched, "qvisor, patching off"),
+            (&mut gvisor, "gVisor"),
         ] {
             figures.push(Figure::new(
-                &format!("{label} (fork+exec+exit+wait), qvisor {how} vs runc"),
+                &format!("{label} (fork+exec+exit+wait), {who} vs runc"),
                 "median per command",
                 "us",
                 median(times),
