@@ -16,10 +16,12 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
-# The guest suites again with syscall-site patching turned off host-wide: every guest test
-# passes both ways (docs/qvisor.md; the patching tests name their mode themselves).
-QUARK_SYSCALL_PATCHING=off cargo test -p qvisor --no-fail-fast --test guests --test processes \
-    --test debian --test network --test oci --test containerd 2>&1 | tee -a "$log" || status=$?
+# The dynamically linked guests again with syscall-site patching turned off host-wide, so each
+# passes both ways (docs/qvisor.md). Only shared libraries are ever patched: the other suites
+# run static programs, for which on and off are the same run; the patching tests run each of
+# their cases both ways themselves.
+QUARK_SYSCALL_PATCHING=off cargo test -p qvisor --no-fail-fast --test debian 2>&1 |
+    tee -a "$log" || status=$?
 # Coverage-guided fuzzing (libFuzzer) of what a guest or the network feeds Quark, bounded:
 # 30,000 runs or 15 s per target, from the seed corpora (scripts/fuzz.sh).
 FUZZ_SECONDS=15 bash scripts/fuzz.sh 30000 || status=$?

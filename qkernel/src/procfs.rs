@@ -120,8 +120,8 @@ impl Kernel {
         dirents(&entries)
     }
 
-    /// /proc/self/maps: the heap, the mappings mmap made and the stack (the program's own
-    /// image is not listed).
+    /// /proc/self/maps: the heap, the mappings mmap made (and the platform's jump slots of
+    /// patched syscall sites, read-only) and the stack (the program's own image is not listed).
     fn maps(&self) -> String {
         use crate::elf::{STACK_SIZE, STACK_TOP};
         let line = |start: u64, end: u64, perms: &str, name: &str| {
@@ -131,8 +131,11 @@ impl Kernel {
         if self.p.brk_mapped > self.p.brk_start {
             out += &line(self.p.brk_start, self.p.brk_mapped, "rw-p", "[heap]");
         }
-        for (start, end) in self.p.vm.ranges() {
-            out += &line(start, end, "rwxp", "");
+        for (start, end, backing) in self.p.vm.mappings() {
+            out += &match backing {
+                crate::syscalls::Backing::JumpSlots => line(start, end, "r--p", "[syscall-slots]"),
+                _ => line(start, end, "rwxp", ""),
+            };
         }
         out += &line(STACK_TOP - STACK_SIZE, STACK_TOP, "rw-p", "[stack]");
         out

@@ -142,7 +142,12 @@ pub(crate) enum Backing {
 impl AddressSpace {
     /// The mapped ranges, lowest first.
     pub(crate) fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.regions.iter().map(|(s, (e, _, _))| (*s, *e))
+        self.mappings().map(|(s, e, _)| (s, e))
+    }
+
+    /// The mapped ranges with what they hold, lowest first.
+    pub(crate) fn mappings(&self) -> impl Iterator<Item = (u64, u64, Backing)> + '_ {
+        self.regions.iter().map(|(s, (e, _, b))| (*s, *e, *b))
     }
 
     fn insert(&mut self, start: u64, end: u64, present: bool) {

@@ -32,9 +32,9 @@ use crate::rootfs::RootFs;
 
 /// The syscall entry point: canonical, never mapped (kernel half).
 pub const LSTAR: u64 = 0xffff_8000_0000_0000;
-/// Descriptor tables live here, mapped supervisor-only.
 /// Where the app's half of the address space ends (canonical addresses below it).
 const USER_HALF_END: u64 = 0x0000_8000_0000_0000;
+/// Descriptor tables live here, mapped supervisor-only.
 const GDT_VA: u64 = 0xffff_ff00_0000_0000;
 const TSS_VA: u64 = GDT_VA + 0x800;
 /// Written to CR2 before each resume: non-canonical, so no page fault can report it, and a
@@ -241,7 +241,6 @@ impl Stop {
     }
 }
 
-/// What both the vCPU thread and the syscall thread work on.
 /// How the app's syscalls reach qkernel.
 #[derive(Debug, Clone, Copy)]
 pub struct SyscallPath {
@@ -251,6 +250,7 @@ pub struct SyscallPath {
     pub patching: bool,
 }
 
+/// What both the vCPU thread and the syscall thread work on.
 pub struct Core {
     pub mem: GuestMemory,
     /// Jump slots and trampolines of patched syscall sites (none: patching is off).

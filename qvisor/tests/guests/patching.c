@@ -170,6 +170,16 @@ static int hostile(void) {
   memcpy(&disp, code + 3, 4);
   slot = disp;
   trampoline = *(volatile uint64_t *)slot; /* readable: the jump reads it */
+  /* /proc/self/maps names them, read-only. */
+  char maps[8192] = {0};
+  int mf = open("/proc/self/maps", O_RDONLY);
+  if (mf < 0 || read(mf, maps, sizeof maps - 1) <= 0) fail("reading /proc/self/maps");
+  close(mf);
+  char want[64];
+  snprintf(want, sizeof want, "%08lx-", (unsigned long)(slot & ~0xfffful));
+  char *line = strstr(maps, want);
+  if (!line || strncmp(strchr(line, ' ') + 1, "r--p", 4) || !strstr(line, "[syscall-slots]"))
+    fail("/proc/self/maps does not show the slots read-only");
   int zero = open("/dev/zero", O_RDONLY);
   if (zero < 0) fail("open /dev/zero");
   if (read(zero, (void *)slot, 8) != -1 || errno != EFAULT) fail("read(2) into a slot");
