@@ -80,6 +80,12 @@ pub trait Machine {
     /// Maps `len` bytes (page aligned) of fresh zeroed memory at `va` (page aligned), user
     /// accessible. Fails if any page is already mapped or memory is exhausted.
     fn map_zeroed(&mut self, va: u64, len: u64, flags: PageFlags) -> Result<(), Fault>;
+    /// Like [`Machine::map_zeroed`], for shared memory: address spaces copied from this one
+    /// later (fork) map the same pages instead of copies. A platform without fork sharing
+    /// maps them private.
+    fn map_zeroed_shared(&mut self, va: u64, len: u64, flags: PageFlags) -> Result<(), Fault> {
+        self.map_zeroed(va, len, flags)
+    }
     /// Copies guest memory at `va` into `buf`, as the app could read it.
     fn read(&self, va: u64, buf: &mut [u8]) -> Result<(), Fault>;
     /// Copies `buf` into guest memory at `va`, ignoring write protection (the kernel may write

@@ -134,6 +134,9 @@ impl Kernel {
         for (start, end, backing) in self.p.vm.mappings() {
             out += &match backing {
                 crate::syscalls::Backing::JumpSlots => line(start, end, "r--p", "[syscall-slots]"),
+                crate::syscalls::Backing::SharedAnon => {
+                    line(start, end, "rwxs", "/dev/zero (deleted)")
+                }
                 _ => line(start, end, "rwxp", ""),
             };
         }

@@ -137,6 +137,21 @@ pub(crate) enum Backing {
     /// The platform's jump slots ([`crate::machine::SYSCALL_SLOTS`]): munmap and mprotect
     /// leave them, mmap never places anything over them.
     JumpSlots,
+    /// Shared anonymous memory (`MAP_SHARED | MAP_ANONYMOUS`, or of /dev/zero): the same
+    /// pages in every process forked from the one that mapped it.
+    SharedAnon,
+    /// Shared anonymous memory this process unmapped: its pages stay in the process's tables
+    /// (a present entry cannot be removed here) and may still be another process's, so the
+    /// range is never handed out again; the pages go back when the last process exits.
+    SharedGone,
+}
+
+impl Backing {
+    /// Whether mmap must not place anything over the range (MAP_FIXED there is ENOMEM), and
+    /// munmap and mprotect leave it as it is.
+    fn pinned(self) -> bool {
+        matches!(self, Backing::JumpSlots | Backing::SharedGone)
+    }
 }
 
 impl AddressSpace {
@@ -145,9 +160,13 @@ impl AddressSpace {
         self.mappings().map(|(s, e, _)| (s, e))
     }
 
-    /// The mapped ranges with what they hold, lowest first.
+    /// The mapped ranges with what they hold, lowest first (unmapped shared memory is not
+    /// mapped any more, whatever its pages).
     pub(crate) fn mappings(&self) -> impl Iterator<Item = (u64, u64, Backing)> + '_ {
-        self.regions.iter().map(|(s, (e, _, b))| (*s, *e, *b))
+        self.regions
+            .iter()
+            .filter(|(_, (_, _, b))| *b != Backing::SharedGone)
+            .map(|(s, (e, _, b))| (*s, *e, *b))
     }
 
     fn insert(&mut self, start: u64, end: u64, present: bool) {
@@ -170,11 +189,21 @@ impl AddressSpace {
         self.insert_backed(slots.start, slots.end, true, Backing::JumpSlots);
     }
 
-    /// Whether any of `[start, end)` is the platform's jump slots.
-    fn overlaps_jump_slots(&self, start: u64, end: u64) -> bool {
+    /// Whether a fixed mapping may not replace `[start, end)`: it holds pinned ranges, or
+    /// present shared pages (present entries cannot be replaced here, and zeroing them would
+    /// zero another process's memory).
+    fn fixed_mapping_refused(&self, start: u64, end: u64) -> bool {
+        self.regions.range(..end).any(|(s, (e, present, b))| {
+            *e > start && *s < end && (b.pinned() || (*b == Backing::SharedAnon && *present))
+        })
+    }
+
+    /// Whether any page of `[start, end)` is present (mapped, or unmapped and kept for reuse).
+    fn any_present(&self, start: u64, end: u64) -> bool {
         self.regions
             .range(..end)
-            .any(|(s, (e, _, b))| *b == Backing::JumpSlots && *e > start && *s < end)
+            .any(|(s, (e, present, _))| *e > start && *s < end && *present)
+            || self.free.iter().any(|(s, e)| *e > start && *s < end)
     }
 
     /// Removes `[start, end)` from the regions, splitting those it cuts; returns the removed
@@ -183,7 +212,7 @@ impl AddressSpace {
         let hit: Vec<(u64, u64, bool, Backing)> = self
             .regions
             .range(..end)
-            .filter(|(_, (e, _, b))| *e > start && *b != Backing::JumpSlots)
+            .filter(|(_, (e, _, b))| *e > start && !b.pinned())
             .map(|(s, (e, p, b))| (*s, *e, *p, *b))
             .collect();
         let mut removed = Vec::new();
@@ -958,6 +987,7 @@ impl Kernel {
         fd: u64,
         offset: u64,
     ) -> Result<i64, i64> {
+        const MAP_SHARED: u64 = 0x01;
         const MAP_FIXED: u64 = 0x10;
         const MAP_ANONYMOUS: u64 = 0x20;
         if flags & MAP_ANONYMOUS == 0 {
@@ -976,9 +1006,12 @@ impl Kernel {
         }
         let len = len.div_ceil(PAGE) * PAGE;
         let populate = prot != PROT_NONE;
+        if flags & MAP_SHARED != 0 {
+            return self.mmap_shared_anon(m, addr, len, populate, flags & MAP_FIXED != 0);
+        }
         if flags & MAP_FIXED != 0 {
             let end = user_pages(addr, len)?;
-            if self.p.vm.overlaps_jump_slots(addr, end) {
+            if self.p.vm.fixed_mapping_refused(addr, end) {
                 return Err(ENOMEM);
             }
             self.p.vm.remove(addr, end);
@@ -1001,6 +1034,36 @@ impl Kernel {
             m.map_zeroed(va, len, ANON).map_err(|_| ENOMEM)?;
         }
         self.p.vm.insert(va, va + len, populate);
+        Ok(va as i64)
+    }
+
+    /// Shared anonymous memory: fresh pages that processes forked from this one share (never
+    /// reused pages, which are this process's own). A fixed mapping over present pages is
+    /// ENOMEM: they cannot be replaced by shared ones here.
+    fn mmap_shared_anon(
+        &mut self,
+        m: &mut dyn Machine,
+        addr: u64,
+        len: u64,
+        populate: bool,
+        fixed: bool,
+    ) -> Result<i64, i64> {
+        let va = if fixed {
+            let end = user_pages(addr, len)?;
+            if self.p.vm.fixed_mapping_refused(addr, end) || self.p.vm.any_present(addr, end) {
+                return Err(ENOMEM);
+            }
+            self.p.vm.remove(addr, end);
+            addr
+        } else {
+            self.mmap_area(len)?
+        };
+        if populate {
+            m.map_zeroed_shared(va, len, ANON).map_err(|_| ENOMEM)?;
+        }
+        self.p
+            .vm
+            .insert_backed(va, va + len, populate, Backing::SharedAnon);
         Ok(va as i64)
     }
 
@@ -1037,7 +1100,7 @@ impl Kernel {
         let len = len.div_ceil(PAGE) * PAGE;
         let va = if flags & MAP_FIXED != 0 {
             let end = user_pages(addr, len)?;
-            if self.p.vm.overlaps_jump_slots(addr, end) {
+            if self.p.vm.fixed_mapping_refused(addr, end) {
                 return Err(ENOMEM);
             }
             self.p.vm.remove(addr, end);
@@ -1091,9 +1154,14 @@ impl Kernel {
             return Err(EINVAL);
         }
         let end = user_pages(addr, len)?;
-        for (s, e, present, _) in self.p.vm.remove(addr, end) {
-            if present {
-                self.p.vm.free(s, e);
+        for (s, e, present, backing) in self.p.vm.remove(addr, end) {
+            match (present, backing) {
+                // Its pages may be another process's too: kept out of use (see SharedGone).
+                (true, Backing::SharedAnon) => {
+                    self.p.vm.insert_backed(s, e, true, Backing::SharedGone)
+                }
+                (true, _) => self.p.vm.free(s, e),
+                (false, _) => {}
             }
         }
         Ok(0)
@@ -1113,6 +1181,11 @@ impl Kernel {
         if advice == MADV_DONTNEED {
             let zeros = [0u8; PAGE as usize];
             for page in (addr..end).step_by(PAGE as usize) {
+                // Shared memory keeps its contents (Linux drops only this process's view of
+                // it, and the next touch finds the same data).
+                if self.p.vm.backing(page, page + PAGE) == Some(Backing::SharedAnon) {
+                    continue;
+                }
                 // A page not there yet reads as zeros already.
                 let _ = m.write(page, &zeros);
             }
@@ -1134,7 +1207,12 @@ impl Kernel {
         // Reserved (PROT_NONE) parts become real memory now; the rest keeps its pages.
         for (s, e, present, backing) in self.p.vm.remove(addr, end) {
             if !present {
-                m.map_zeroed(s, e - s, ANON).map_err(|_| ENOMEM)?;
+                let mapped = if backing == Backing::SharedAnon {
+                    m.map_zeroed_shared(s, e - s, ANON)
+                } else {
+                    m.map_zeroed(s, e - s, ANON)
+                };
+                mapped.map_err(|_| ENOMEM)?;
             }
             self.p.vm.insert_backed(s, e, true, backing);
         }
@@ -1413,6 +1491,32 @@ mod tests {
             k.p.vm.backing(slots.start, slots.end),
             Some(Backing::JumpSlots)
         );
+    }
+
+    #[test]
+    fn unmapped_shared_memory_is_never_handed_out_again() {
+        let m = &mut crate::test_machine::TestMachine::accepting();
+        let mut k = Kernel::new(0x100_0000, "/bin/app", "/");
+        const MAP_SHARED_ANON: u64 = 0x01 | 0x20;
+        const MAP_FIXED_ANON: u64 = 0x10 | 0x20 | 0x02;
+        let va = k
+            .mmap(m, 0, 0x4000, 3, MAP_SHARED_ANON, u64::MAX, 0)
+            .unwrap() as u64;
+        assert_eq!(k.p.vm.backing(va, va + 0x4000), Some(Backing::SharedAnon));
+        // Its present pages cannot be replaced by a fixed mapping (another process's too).
+        let over = k.mmap(m, va, 0x1000, 3, MAP_FIXED_ANON, u64::MAX, 0);
+        assert_eq!(over, Err(ENOMEM));
+        assert_eq!(k.munmap(m, va, 0x4000), Ok(0));
+        assert_eq!(k.p.vm.backing(va, va + 0x4000), Some(Backing::SharedGone));
+        assert!(
+            k.p.vm.mappings().all(|(s, _, _)| s != va),
+            "not listed as mapped"
+        );
+        // Neither reused by a later mmap nor replaced by a fixed one.
+        let next = k.mmap(m, 0, 0x4000, 3, 0x02 | 0x20, u64::MAX, 0).unwrap() as u64;
+        assert_ne!(next, va);
+        let over = k.mmap(m, va, 0x1000, 3, MAP_FIXED_ANON, u64::MAX, 0);
+        assert_eq!(over, Err(ENOMEM));
     }
 
     #[test]

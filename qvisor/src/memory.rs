@@ -15,7 +15,9 @@
 //! A few user-half pages belong to the VM, not to a space (the jump slots of patched syscall
 //! sites, `patch.rs`): their entries carry the [`SHARED`] bit, a fork maps the same page
 //! instead of copying it, a released space does not give it back, and qkernel's writes on
-//! the app's behalf cannot reach it.
+//! the app's behalf cannot reach it. Pages of the app's shared anonymous mappings
+//! (`MAP_SHARED | MAP_ANONYMOUS`) carry [`COUNTED`]: a fork maps the same page too, and the
+//! page is given back when the last space that maps it is released.
 
 use std::io;
 use std::ptr::NonNull;
@@ -30,6 +32,9 @@ const NX: u64 = 1 << 63;
 /// A bit the MMU ignores (one of the leaf's "available" bits): the page is the VM's, shared
 /// by every space that maps it.
 const SHARED: u64 = 1 << 9;
+/// Another ignored bit: the page is shared by the spaces that map it (a shared anonymous
+/// mapping and its forks), counted in [`GuestMemory::sharers`].
+const COUNTED: u64 = 1 << 10;
 const ADDR: u64 = 0x000f_ffff_ffff_f000;
 
 pub struct GuestMemory {
@@ -44,6 +49,8 @@ pub struct GuestMemory {
     free: Vec<u64>,
     /// Table pages of released spaces, kept out of use for good (see the module doc).
     retired_tables: u64,
+    /// How many spaces map each [`COUNTED`] page.
+    sharers: std::collections::HashMap<u64, u32>,
 }
 
 // SAFETY: the mapping is owned by this struct; the vCPU thread is its only user.
@@ -76,6 +83,7 @@ impl GuestMemory {
             kernel_root: 0,
             free: Vec::new(),
             retired_tables: 0,
+            sharers: std::collections::HashMap::new(),
         };
         mem.pml4 = mem
             .alloc_page()
@@ -168,6 +176,12 @@ impl GuestMemory {
                     self.set_entry(leaf, e); // the VM's page: the same one in the copy
                     continue;
                 }
+                if e & COUNTED != 0 {
+                    // A shared mapping: the copy maps the same page.
+                    *self.sharers.entry(e & ADDR).or_insert(1) += 1;
+                    self.set_entry(leaf, e);
+                    continue;
+                }
                 let gpa = self.alloc_page()?;
                 let (from, to) = (
                     self.phys(e & ADDR, PAGE).ok_or(Fault { addr: va })?,
@@ -196,12 +210,23 @@ impl GuestMemory {
             return;
         }
         let leaves = self.user_leaves(root);
-        self.free.extend(
-            leaves
-                .iter()
-                .filter(|(_, e)| e & SHARED == 0)
-                .map(|(_, e)| e & ADDR),
-        );
+        for (_, e) in &leaves {
+            let gpa = e & ADDR;
+            if e & SHARED != 0 {
+                continue; // the VM's, for good
+            }
+            if e & COUNTED != 0 {
+                let left = self.sharers.get_mut(&gpa).map(|n| {
+                    *n = n.saturating_sub(1);
+                    *n
+                });
+                if left.unwrap_or(0) > 0 {
+                    continue; // another space still maps it
+                }
+                self.sharers.remove(&gpa);
+            }
+            self.free.push(gpa);
+        }
         // Count the tables retired with it: the root and every table under its user half.
         let mut tables = 1;
         for i4 in 0..256u64 {
@@ -270,6 +295,12 @@ impl GuestMemory {
         self.map(va, len, flags, true)
     }
 
+    /// Maps `va..va+len` to fresh pages that the spaces forked from this one will share
+    /// (a `MAP_SHARED | MAP_ANONYMOUS` mapping) rather than copy.
+    pub fn map_user_shared(&mut self, va: u64, len: u64, flags: PageFlags) -> Result<(), Fault> {
+        self.map_bits(va, len, flags, true, COUNTED)
+    }
+
     /// Maps pages only supervisor code may touch (descriptor tables).
     pub fn map_supervisor(&mut self, va: u64, len: u64) -> Result<(), Fault> {
         let rw = PageFlags {
@@ -280,10 +311,21 @@ impl GuestMemory {
     }
 
     fn map(&mut self, va: u64, len: u64, flags: PageFlags, user: bool) -> Result<(), Fault> {
+        self.map_bits(va, len, flags, user, 0)
+    }
+
+    fn map_bits(
+        &mut self,
+        va: u64,
+        len: u64,
+        flags: PageFlags,
+        user: bool,
+        extra: u64,
+    ) -> Result<(), Fault> {
         if va % PAGE != 0 || len % PAGE != 0 {
             return Err(Fault { addr: va });
         }
-        let mut bits = P | if user { U } else { 0 };
+        let mut bits = P | extra | if user { U } else { 0 };
         if flags.write {
             bits |= W;
         }
@@ -298,6 +340,9 @@ impl GuestMemory {
             }
             let gpa = self.alloc_page()?;
             self.set_entry(leaf, gpa | bits);
+            if extra & COUNTED != 0 {
+                self.sharers.insert(gpa, 1);
+            }
             page += PAGE;
         }
         Ok(())
@@ -495,6 +540,32 @@ mod tests {
         m.pml4 = parent;
         m.release_space(child);
         assert!(!m.free.contains(&pages[0]), "not given back with a space");
+    }
+
+    #[test]
+    fn a_shared_mapping_is_one_page_for_its_forks_and_freed_with_the_last_of_them() {
+        let mut m = GuestMemory::new(16 << 20).unwrap();
+        m.map_user_shared(0x40_0000, PAGE, RW).unwrap();
+        m.map_user(0x50_0000, PAGE, RW).unwrap();
+        let parent = m.pml4;
+        let child = m.clone_space(parent).unwrap();
+        m.pml4 = child;
+        m.write_user(0x40_0000, b"shared").unwrap();
+        m.write_user(0x50_0000, b"child!").unwrap();
+        m.pml4 = parent;
+        let mut b = [0u8; 6];
+        m.read_user(0x40_0000, &mut b).unwrap();
+        assert_eq!(&b, b"shared", "the child's write is the parent's too");
+        m.read_user(0x50_0000, &mut b).unwrap();
+        assert_eq!(b, [0; 6], "private memory stays private");
+        let (shared, _) = m.translate(0x40_0000).unwrap();
+        m.release_space(child);
+        assert!(!m.free.contains(&shared), "the parent still maps it");
+        let other = m.new_space().unwrap();
+        m.pml4 = other;
+        m.release_space(parent);
+        assert!(m.free.contains(&shared), "given back with the last space");
+        assert!(m.sharers.is_empty());
     }
 
     #[test]

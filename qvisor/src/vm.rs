@@ -613,6 +613,9 @@ impl Machine for GuestMachine<'_> {
     fn map_zeroed(&mut self, va: u64, len: u64, flags: PageFlags) -> Result<(), Fault> {
         self.mem.map_user(va, len, flags)
     }
+    fn map_zeroed_shared(&mut self, va: u64, len: u64, flags: PageFlags) -> Result<(), Fault> {
+        self.mem.map_user_shared(va, len, flags)
+    }
     fn read(&self, va: u64, buf: &mut [u8]) -> Result<(), Fault> {
         self.mem.read_user(va, buf)
     }

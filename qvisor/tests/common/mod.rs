@@ -71,6 +71,7 @@ pub fn root() -> &'static Path {
             ("udp", "udp", "-static"),
             ("threads", "threads", "-static"),
             ("memhog", "memhog", "-static"),
+            ("shared", "shared", "-static"),
             // Dynamically linked: the shared libc's syscall sites are the patchable ones.
             ("patching", "patching", "-pie"),
         ] {
