@@ -1,9 +1,15 @@
 //! futex(2): the app's threads wait on a word of their memory and wake each other.
 //!
 //! A waiter parks its thread ([`State::Futex`]) keyed by its process and the word's address;
-//! every process has its own memory (fork copies it), so a key never spans processes. The
-//! value check and the park happen under the one kernel lock, so a wake between them cannot
-//! be lost, which is the whole contract of a futex.
+//! a word in shared anonymous memory (the only memory processes share, always at the address
+//! it had when they were forked) is keyed by its address alone, so process-shared mutexes
+//! work across processes. The value check and the park happen under the one kernel lock, so
+//! a wake between them cannot be lost, which is the whole contract of a futex.
+//!
+//! Robust futexes: set_robust_list registers a thread's list of held robust mutexes; when
+//! the thread dies (it exits, its process exits or is killed, without unlocking), each lock
+//! it still owns gets FUTEX_OWNER_DIED and one waiter is woken, so pthread_mutex_lock there
+//! returns EOWNERDEAD instead of hanging.
 
 use crate::errno::*;
 use crate::machine::Machine;
@@ -30,6 +36,8 @@ pub const EFUTEX: i64 = 515;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FutexWait {
     addr: u64,
+    /// The word is in shared memory (see the module doc).
+    shared: bool,
     bitset: u32,
     /// Monotonic deadline, u64::MAX for none.
     until: u64,
@@ -86,6 +94,7 @@ impl Kernel {
                 };
                 self.futex_wait = Some(FutexWait {
                     addr: a.uaddr,
+                    shared: self.is_shared_word(a.uaddr),
                     bitset,
                     until,
                 });
@@ -126,14 +135,23 @@ impl Kernel {
             bitset: w.bitset,
             until: w.until,
             seq,
+            shared: w.shared,
         })
+    }
+
+    /// Whether the futex word at `addr` is in shared memory of the running process.
+    fn is_shared_word(&self, addr: u64) -> bool {
+        self.p.vm.backing(addr, addr.saturating_add(4))
+            == Some(crate::syscalls::Backing::SharedAnon)
     }
 
     /// Wakes up to `n` threads of the running process waiting on `addr` with a bitset
     /// meeting `bitset`, longest waiting first; returns how many.
     pub(crate) fn futex_wake(&mut self, addr: u64, n: usize, bitset: u32) -> usize {
         let pid = self.p.pid;
-        let tids = self.procs.futex_waiters(pid, addr, bitset);
+        let tids = self
+            .procs
+            .futex_waiters(pid, addr, bitset, self.is_shared_word(addr));
         let woken = tids.len().min(n);
         for tid in &tids[..woken] {
             self.procs.wake_futex_waiter(*tid);
@@ -143,7 +161,8 @@ impl Kernel {
 
     /// Moves up to `n` waiters on `from` to wait on `to`; returns how many.
     fn futex_requeue(&mut self, from: u64, to: u64, n: usize) -> usize {
-        let tids = self.procs.futex_waiters(self.p.pid, from, u32::MAX);
+        let shared = self.is_shared_word(from);
+        let tids = self.procs.futex_waiters(self.p.pid, from, u32::MAX, shared);
         let moved = tids.len().min(n);
         for tid in &tids[..moved] {
             self.procs.requeue_futex_waiter(*tid, to);
@@ -188,5 +207,135 @@ impl Kernel {
             woken += self.futex_wake(a.uaddr2, count(a.timeout), u32::MAX);
         }
         Ok(woken as i64)
+    }
+}
+
+const FUTEX_WAITERS: u32 = 0x8000_0000;
+const FUTEX_OWNER_DIED: u32 = 0x4000_0000;
+const FUTEX_TID_MASK: u32 = 0x3fff_ffff;
+/// `struct robust_list_head`: next pointer, futex offset, pending entry.
+const ROBUST_HEAD_LEN: u64 = 24;
+/// Most entries walked in one robust list (Linux's ROBUST_LIST_LIMIT): a list the app made
+/// into a loop cannot hold the kernel.
+const ROBUST_LIST_LIMIT: usize = 2048;
+
+impl Kernel {
+    /// set_robust_list(2): the head of the calling thread's list (Linux wants its exact size).
+    pub(crate) fn set_robust_list(&mut self, head: u64, len: u64) -> Result<i64, i64> {
+        if len != ROBUST_HEAD_LEN {
+            return Err(EINVAL);
+        }
+        self.t.robust_list = head;
+        Ok(0)
+    }
+
+    /// get_robust_list(2) for the calling thread (pid 0 or its own tid); another thread's is
+    /// ESRCH here (Linux asks for ptrace rights, which nothing in the container has).
+    pub(crate) fn get_robust_list(
+        &mut self,
+        m: &mut dyn Machine,
+        pid: u64,
+        head_ptr: u64,
+        len_ptr: u64,
+    ) -> Result<i64, i64> {
+        if pid != 0 && pid as i64 != self.t.tid {
+            return Err(ESRCH);
+        }
+        m.write(head_ptr, &self.t.robust_list.to_le_bytes())
+            .map_err(|_| EFAULT)?;
+        m.write(len_ptr, &ROBUST_HEAD_LEN.to_le_bytes())
+            .map_err(|_| EFAULT)?;
+        Ok(0)
+    }
+
+    /// What the death of thread `tid` does to the robust futexes in its list at `head`
+    /// (Linux's exit_robust_list), read in the current address space: every word is the
+    /// app's and untrusted, a bad pointer ends the walk, and at most ROBUST_LIST_LIMIT
+    /// entries are followed.
+    pub(crate) fn release_robust_list(&mut self, m: &mut dyn Machine, tid: i64, head: u64) {
+        if head == 0 {
+            return;
+        }
+        let read = |a: u64| -> Option<u64> {
+            let mut b = [0u8; 8];
+            m.read(a, &mut b).ok().map(|()| u64::from_le_bytes(b))
+        };
+        let (Some(first), Some(offset), Some(pending)) =
+            (read(head), read(head + 8), read(head + 16))
+        else {
+            return;
+        };
+        // Bit 0 of an entry marks a PI futex; the address is the rest.
+        let pending = pending & !1;
+        let mut words = Vec::new();
+        let mut entry = first & !1;
+        while entry != head && words.len() < ROBUST_LIST_LIMIT {
+            let Some(next) = read(entry) else { break };
+            if entry != pending {
+                words.push(entry.wrapping_add(offset));
+            }
+            entry = next & !1;
+        }
+        if pending != 0 {
+            words.push(pending.wrapping_add(offset));
+        }
+        for word in words {
+            self.owner_died(m, word, tid);
+        }
+    }
+
+    /// Marks the robust futex at `addr` as left by its dead owner `tid` and wakes a waiter.
+    fn owner_died(&mut self, m: &mut dyn Machine, addr: u64, tid: i64) {
+        let Ok(word) = read_word(m, addr) else { return };
+        if i64::from(word & FUTEX_TID_MASK) != tid {
+            return; // not (or no longer) this thread's
+        }
+        let marked = (word & FUTEX_WAITERS) | FUTEX_OWNER_DIED;
+        if m.write(addr, &marked.to_le_bytes()).is_ok() && word & FUTEX_WAITERS != 0 {
+            self.futex_wake(addr, 1, u32::MAX);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_machine::{TestMachine, BASE};
+
+    fn put(m: &mut TestMachine, at: u64, v: u64) {
+        m.write(at, &v.to_le_bytes()).unwrap();
+    }
+
+    #[test]
+    fn a_dead_threads_robust_locks_are_marked_and_a_looping_list_ends() {
+        let m = &mut TestMachine::region();
+        let mut k = Kernel::new(0x100_0000, "/bin/app", "/");
+        let tid = k.t.tid;
+        // head -> a -> b -> head; futex words at entry + 32; b's owner is someone else.
+        let (head, a, b) = (BASE, BASE + 0x100, BASE + 0x200);
+        put(m, head, a);
+        put(m, head + 8, 32);
+        put(m, head + 16, 0);
+        put(m, a, b);
+        put(m, b, head);
+        m.write(a + 32, &(tid as u32 | FUTEX_WAITERS).to_le_bytes())
+            .unwrap();
+        m.write(b + 32, &7u32.to_le_bytes()).unwrap();
+        k.release_robust_list(m, tid, head);
+        assert_eq!(
+            read_word(m, a + 32).unwrap(),
+            FUTEX_WAITERS | FUTEX_OWNER_DIED
+        );
+        assert_eq!(
+            read_word(m, b + 32).unwrap(),
+            7,
+            "another owner's lock is left"
+        );
+        // A list the app looped (b -> b) or pointed outside memory ends the walk.
+        put(m, b, b);
+        k.release_robust_list(m, tid, head);
+        put(m, a, 0xdead_0000);
+        k.release_robust_list(m, tid, head);
+        assert_eq!(k.set_robust_list(head, 16), Err(EINVAL));
     }
 }

@@ -60,6 +60,8 @@ pub(crate) struct Thread {
     pub(crate) clear_child_tid: u64,
     /// When the socket call it is parked in (and runs again) times out (monotonic ns).
     pub(crate) io_until: Option<u64>,
+    /// The head of its robust futex list (set_robust_list), walked when it dies.
+    pub(crate) robust_list: u64,
 }
 
 impl Saved {
@@ -82,6 +84,7 @@ impl Thread {
             sleep_until: 0,
             clear_child_tid: 0,
             io_until: None,
+            robust_list: 0,
         }
     }
 }
@@ -120,6 +123,8 @@ pub(crate) enum State {
         bitset: u32,
         until: u64,
         seq: u64,
+        /// The word is in shared memory: a wake from another process sharing it counts.
+        shared: bool,
     },
     /// A vfork parent: runs once `child` has exec'd or exited.
     VforkParent {
@@ -269,6 +274,15 @@ impl ProcTable {
     }
 
     /// Drops every parked thread of process `pid` (it exits or execs).
+    /// The robust futex lists of process `pid`'s parked threads: (tid, head).
+    pub(crate) fn robust_lists_of(&self, pid: i64) -> Vec<(i64, u64)> {
+        self.threads
+            .iter()
+            .filter(|(_, t)| t.pid == pid && t.thread.robust_list != 0)
+            .map(|(tid, t)| (*tid, t.thread.robust_list))
+            .collect()
+    }
+
     fn remove_threads(&mut self, pid: i64) {
         self.threads.retain(|_, t| t.pid != pid);
     }
@@ -387,18 +401,25 @@ impl ProcTable {
 
     /// The threads of process `pid` waiting on the futex at `addr` with a bitset meeting
     /// `bitset`, longest waiting first.
-    pub(crate) fn futex_waiters(&self, pid: i64, addr: u64, bitset: u32) -> Vec<i64> {
+    /// The threads waiting on `addr` of process `pid` with a bitset meeting `bitset`, longest
+    /// waiting first; with `shared` (the word is in shared memory), also the threads of other
+    /// processes waiting on shared memory at that address (every process sharing a mapping
+    /// has it at the same address, since it was forked with it; a waiter of an unrelated one
+    /// at the same address wakes spuriously, which a futex allows).
+    pub(crate) fn futex_waiters(&self, pid: i64, addr: u64, bitset: u32, shared: bool) -> Vec<i64> {
         let mut w: Vec<(u64, i64)> = self
             .threads
             .iter()
-            .filter(|(_, t)| t.pid == pid)
             .filter_map(|(tid, t)| match t.state {
                 State::Futex {
                     addr: a,
                     bitset: b,
                     seq,
+                    shared: s,
                     ..
-                } if a == addr && b & bitset != 0 => Some((seq, *tid)),
+                } if a == addr && b & bitset != 0 && (t.pid == pid || (shared && s)) => {
+                    Some((seq, *tid))
+                }
                 _ => None,
             })
             .collect();
@@ -1173,6 +1194,8 @@ impl Kernel {
         if self.procs.threads_of(self.p.pid).is_empty() {
             return self.exit_process(m, status);
         }
+        let (tid, robust) = (self.t.tid, std::mem::take(&mut self.t.robust_list));
+        self.release_robust_list(m, tid, robust);
         self.clear_child_tid(m);
         tracing::debug!(pid = self.p.pid, tid = self.t.tid, "thread exit");
         let Some(next) = self.next_runnable(m) else {
@@ -1204,6 +1227,11 @@ impl Kernel {
         }
         tracing::debug!(pid = self.p.pid, status, "exit");
         let me = self.p.pid;
+        let mut robust = self.procs.robust_lists_of(me);
+        robust.push((self.t.tid, std::mem::take(&mut self.t.robust_list)));
+        for (tid, head) in robust {
+            self.release_robust_list(m, tid, head);
+        }
         self.procs.remove_threads(me);
         self.procs.stopped.remove(&me);
         self.close_all(m);
@@ -1772,12 +1800,22 @@ impl Kernel {
             return;
         }
         tracing::debug!(pid, status, "killed");
+        let robust = self.procs.robust_lists_of(pid);
         self.procs.remove_threads(pid);
         self.procs.stopped.remove(&pid);
         // Close its descriptors as if it ran, the caller set aside meanwhile (so files it
         // holds too stay open).
         let me = self.p.pid;
         let caller = std::mem::replace(&mut self.p, target.proc);
+        if !robust.is_empty() {
+            // Its robust futexes live in its memory: walked in its address space.
+            let mine = m.space_current();
+            m.space_switch(self.p.space);
+            for (tid, head) in robust {
+                self.release_robust_list(m, tid, head);
+            }
+            m.space_switch(mine);
+        }
         self.procs.parked.insert(
             me,
             Parked {

@@ -877,7 +877,8 @@ impl Kernel {
             262 => self.fstatat(m, a0, a1, a2, a3),
             267 => self.readlinkat(m, a0, a1, a2, a3),
             269 | 439 => self.faccessat(m, a0, a1, a2),
-            273 => Ok(0), // set_robust_list
+            273 => self.set_robust_list(a0, a1),
+            274 => self.get_robust_list(m, a0, a1, a2),
             202 => self.futex(
                 m,
                 crate::futex::FutexArgs {

@@ -254,3 +254,16 @@ fn shared_anonymous_memory_is_one_memory_for_a_process_and_its_forks() {
          remapping: ok\n"
     );
 }
+
+#[test]
+fn a_robust_lock_whose_owner_died_goes_to_the_next_locker_with_eownerdead() {
+    // The owner a thread that exits, a process that exits, and a process killed (SIGKILL from
+    // a third one) while the test's process waits for the lock in shared memory.
+    let o = qvisor(&["/bin/robust"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert_eq!(
+        stdout(&o),
+        "thread died holding it: EOWNERDEAD\nprocess exited holding it: EOWNERDEAD\n\
+         owner killed while another process waited: EOWNERDEAD\n"
+    );
+}

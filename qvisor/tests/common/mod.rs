@@ -72,6 +72,7 @@ pub fn root() -> &'static Path {
             ("threads", "threads", "-static"),
             ("memhog", "memhog", "-static"),
             ("shared", "shared", "-static"),
+            ("robust", "robust", "-static"),
             // Dynamically linked: the shared libc's syscall sites are the patchable ones.
             ("patching", "patching", "-pie"),
         ] {
