@@ -709,6 +709,17 @@ impl Kernel {
         offset: Option<u64>,
     ) -> Result<i64, i64> {
         self.p.fds.get(fd)?;
+        if let Some((_, tx)) = self.unix_of(fd) {
+            if self.is_message_pipe(tx) {
+                // One datagram, whole (an empty one too), never split into chunks.
+                let mut msg = vec![0u8; usize::try_from(len).map_err(|_| EINVAL)?.min(1 << 20)];
+                if (msg.len() as u64) < len {
+                    return Err(90); // EMSGSIZE: larger than any datagram
+                }
+                m.read(buf, &mut msg).map_err(|_| EFAULT)?;
+                return self.write_fd(m, fd, &msg, None).map(|n| n as i64);
+            }
+        }
         let mut done = 0u64;
         let mut tmp = vec![0u8; (len as usize).min(CHUNK)];
         while done < len {
@@ -745,6 +756,11 @@ impl Kernel {
         if self.p.fds.is_socket(fd) {
             return self.socket_vectored(m, fd, iov, write);
         }
+        if let Some((rx, tx)) = self.unix_of(fd) {
+            if self.is_message_pipe(if write { tx } else { rx }) {
+                return self.message_vectored(m, fd, &iov, write);
+            }
+        }
         let mut total = 0i64;
         for (base, len) in iov {
             let r = if write {
@@ -764,6 +780,41 @@ impl Kernel {
             }
         }
         Ok(total)
+    }
+
+    /// readv/writev on a datagram socket pair: the iovecs are one message.
+    fn message_vectored(
+        &mut self,
+        m: &mut dyn Machine,
+        fd: u64,
+        iov: &[(u64, u64)],
+        write: bool,
+    ) -> Result<i64, i64> {
+        const MAX: u64 = 1 << 20; // above any datagram (EMSGSIZE beyond)
+        let total = iov
+            .iter()
+            .try_fold(0u64, |t, (_, len)| {
+                t.checked_add(*len).filter(|t| *t <= MAX)
+            })
+            .ok_or(90)?; // EMSGSIZE
+        let mut data = vec![0u8; total as usize];
+        if write {
+            let mut at = 0usize;
+            for (base, len) in iov {
+                let len = *len as usize;
+                m.read(*base, &mut data[at..at + len]).map_err(|_| EFAULT)?;
+                at += len;
+            }
+            return self.write_fd(m, fd, &data, None).map(|n| n as i64);
+        }
+        let got = self.read_fd(m, fd, &mut data, None)?;
+        let mut at = 0usize;
+        for (base, len) in iov {
+            let n = (*len as usize).min(got - at);
+            m.write(*base, &data[at..at + n]).map_err(|_| EFAULT)?;
+            at += n;
+        }
+        Ok(got as i64)
     }
 
     pub(crate) fn lseek(

@@ -30,11 +30,40 @@ pub const ERESTART: i64 = 512;
 /// the process.
 pub const ESIGPIPE: i64 = 513;
 
+/// Linux's errno for a datagram larger than the socket can ever hold.
+const EMSGSIZE: i64 = 90;
+/// Bytes a message pipe holds: Linux's default socket send buffer (net.core.wmem_default).
+const MESSAGE_PIPE_CAPACITY: usize = 212_992;
+/// The largest datagram (Linux: the send buffer less its 32-byte accounting).
+const MAX_MESSAGE: usize = MESSAGE_PIPE_CAPACITY - 32;
+
 #[derive(Debug, Default)]
 pub struct Pipe {
     buf: VecDeque<u8>,
     /// Shut down (a socket pair's shutdown): reads drain it then see EOF, writes fail.
     shut: bool,
+    /// A datagram or seqpacket socket pair's direction: the length of each message in `buf`,
+    /// oldest first. A write goes in whole or waits; a read takes one message, and what of it
+    /// does not fit the buffer is dropped, as on Linux. `None`: a byte stream.
+    messages: Option<VecDeque<usize>>,
+}
+
+impl Pipe {
+    fn capacity(&self) -> usize {
+        if self.messages.is_some() {
+            MESSAGE_PIPE_CAPACITY
+        } else {
+            PIPE_CAPACITY
+        }
+    }
+
+    /// Whether a read finds something (a message may be empty).
+    fn has_data(&self) -> bool {
+        match &self.messages {
+            Some(m) => !m.is_empty(),
+            None => !self.buf.is_empty(),
+        }
+    }
 }
 
 impl Kernel {
@@ -85,6 +114,18 @@ impl Kernel {
 
     /// A new empty pipe; its id.
     pub(crate) fn new_pipe(&mut self) -> u32 {
+        self.install_pipe(Pipe::default())
+    }
+
+    /// A new empty pipe that keeps message boundaries (a datagram socket pair's direction).
+    pub(crate) fn new_message_pipe(&mut self) -> u32 {
+        self.install_pipe(Pipe {
+            messages: Some(VecDeque::new()),
+            ..Pipe::default()
+        })
+    }
+
+    fn install_pipe(&mut self, pipe: Pipe) -> u32 {
         let id = match self.pipes.iter().position(Option::is_none) {
             Some(i) => i,
             None => {
@@ -92,7 +133,7 @@ impl Kernel {
                 self.pipes.len() - 1
             }
         };
-        self.pipes[id] = Some(Pipe::default());
+        self.pipes[id] = Some(pipe);
         id as u32
     }
 
@@ -111,12 +152,23 @@ impl Kernel {
         self.procs.wake_blocked();
     }
 
-    /// Bytes waiting in pipe `id` (FIONREAD).
+    /// Whether pipe `id` keeps message boundaries.
+    pub(crate) fn is_message_pipe(&self, id: u32) -> bool {
+        self.pipes
+            .get(id as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|p| p.messages.is_some())
+    }
+
+    /// Bytes waiting in pipe `id` (FIONREAD): of the next message, on a message pipe.
     pub(crate) fn pipe_pending(&self, id: u32) -> usize {
         self.pipes
             .get(id as usize)
             .and_then(Option::as_ref)
-            .map_or(0, |p| p.buf.len())
+            .map_or(0, |p| match &p.messages {
+                Some(m) => m.front().copied().unwrap_or(0),
+                None => p.buf.len(),
+            })
     }
 
     /// Whether any process holds `end` of a pipe open.
@@ -142,6 +194,17 @@ impl Kernel {
         buf: &mut [u8],
         nonblocking: bool,
     ) -> Result<usize, i64> {
+        self.pipe_read_message(id, buf, nonblocking).map(|(n, _)| n)
+    }
+
+    /// A read: (bytes copied into `buf`, the length of the message they came from, larger
+    /// when a datagram was cut to fit; for a stream the bytes copied).
+    pub(crate) fn pipe_read_message(
+        &mut self,
+        id: u32,
+        buf: &mut [u8],
+        nonblocking: bool,
+    ) -> Result<(usize, usize), i64> {
         let writers = self.pipe_end_open(&FileKind::PipeWrite(id));
         let pipe = self
             .pipes
@@ -149,19 +212,24 @@ impl Kernel {
             .and_then(Option::as_mut)
             .ok_or(EBADF)?;
         let writers = writers && !pipe.shut;
-        if pipe.buf.is_empty() {
+        if !pipe.has_data() {
             return match (writers, self.without_waiting(nonblocking)) {
-                (false, _) => Ok(0),
+                (false, _) => Ok((0, 0)),
                 (true, true) => Err(EAGAIN),
                 (true, false) => Err(ERESTART),
             };
         }
-        let n = buf.len().min(pipe.buf.len());
+        let whole = match &mut pipe.messages {
+            Some(m) => m.pop_front().unwrap_or(0).min(pipe.buf.len()),
+            None => buf.len().min(pipe.buf.len()),
+        };
+        let n = buf.len().min(whole);
         for (b, v) in buf.iter_mut().zip(pipe.buf.drain(..n)) {
             *b = v;
         }
+        pipe.buf.drain(..whole - n); // the rest of a datagram that did not fit
         self.procs.wake_blocked();
-        Ok(n)
+        Ok((n, whole))
     }
 
     /// A write; `Err(ERESTART)` to wait for room, and SIGPIPE's action when no reader is left
@@ -192,7 +260,20 @@ impl Kernel {
             .get_mut(id as usize)
             .and_then(Option::as_mut)
             .ok_or(EBADF)?;
-        let room = PIPE_CAPACITY - pipe.buf.len();
+        let room = pipe.capacity().saturating_sub(pipe.buf.len());
+        if let Some(messages) = &mut pipe.messages {
+            // A message goes in whole or waits for room; one larger than the pipe never fits.
+            if buf.len() > MAX_MESSAGE {
+                return Err(EMSGSIZE);
+            }
+            if room < buf.len() {
+                return Err(if wait { ERESTART } else { EAGAIN });
+            }
+            messages.push_back(buf.len());
+            pipe.buf.extend(buf);
+            self.procs.wake_blocked();
+            return Ok(Some(buf.len()));
+        }
         // Up to PIPE_BUF bytes go in whole or not at all.
         if room == 0 || (buf.len() <= PIPE_BUF && room < buf.len()) {
             return Err(if wait { ERESTART } else { EAGAIN });
@@ -208,7 +289,7 @@ impl Kernel {
         match kind {
             FileKind::PipeRead(id) => {
                 let pipe = self.pipes.get(*id as usize).and_then(Option::as_ref);
-                let data = pipe.is_some_and(|p| !p.buf.is_empty());
+                let data = pipe.is_some_and(Pipe::has_data);
                 let writers =
                     self.pipe_end_open(&FileKind::PipeWrite(*id)) && !pipe.is_some_and(|p| p.shut);
                 (data || !writers, false, !writers)
@@ -218,7 +299,7 @@ impl Kernel {
                     .pipes
                     .get(*id as usize)
                     .and_then(Option::as_ref)
-                    .is_some_and(|p| p.buf.len() < PIPE_CAPACITY);
+                    .is_some_and(|p| p.buf.len() < p.capacity());
                 let readers = self.pipe_end_open(&FileKind::PipeRead(*id));
                 (false, room || !readers, !readers)
             }

@@ -6,8 +6,8 @@
 //! writes), so reads, writes, waits, poll readiness, EOF and EPIPE are the pipes' own. What a
 //! socket adds: sendmsg/recvmsg with descriptors passed in SCM_RIGHTS (held by the kernel while
 //! in flight, with the bytes they were sent with), shutdown, and the socket calls that name no
-//! address. Datagram and seqpacket pairs are served as streams: message boundaries are not
-//! kept.
+//! address. Datagram and seqpacket pairs keep message boundaries (their pipes are message
+//! pipes: a send is one message, a receive takes one, cut to the buffer with MSG_TRUNC).
 
 use std::collections::VecDeque;
 
@@ -32,6 +32,9 @@ const SOL_SOCKET: i32 = 1;
 const SCM_RIGHTS: i32 = 1;
 const MSG_DONTWAIT: u64 = 0x40;
 const MSG_CTRUNC: u32 = 0x8;
+const MSG_TRUNC_FLAG: u32 = 0x20;
+/// recv flag: return a datagram's real length even when it was cut.
+const MSG_TRUNC: u64 = 0x20;
 const MSG_CMSG_CLOEXEC: u64 = 0x4000_0000;
 /// Descriptors one message may carry (Linux's SCM_MAX_FD).
 const MAX_RIGHTS: usize = 253;
@@ -78,8 +81,11 @@ impl Kernel {
         {
             return Err(EINVAL);
         }
-        let there = self.new_pipe();
-        let back = self.new_pipe();
+        let (there, back) = if ty & 0xf == SOCK_STREAM {
+            (self.new_pipe(), self.new_pipe())
+        } else {
+            (self.new_message_pipe(), self.new_message_pipe())
+        };
         let status = 2 | (ty & SOCK_NONBLOCK) as i32; // O_RDWR
         let cloexec = ty & SOCK_CLOEXEC != 0;
         let a = self.p.fds.install_kind(
@@ -205,9 +211,12 @@ impl Kernel {
         let control = crate::net::read_u64(m, msg + 32)?;
         let control_len = crate::net::read_u64(m, msg + 40)? as usize;
         let mut tmp = vec![0u8; h.capacity().min(CHUNK)];
-        let n = self.pipe_read(rx, &mut tmp, nonblocking)?;
+        let (n, whole) = self.pipe_read_message(rx, &mut tmp, nonblocking)?;
         h.scatter(m, &tmp[..n])?;
         let mut msg_flags = 0u32;
+        if whole > n {
+            msg_flags |= MSG_TRUNC_FLAG; // a datagram cut to fit
+        }
         let mut cmsg = Vec::new();
         let rights = if n > 0 {
             self.in_flight.get_mut(&rx).and_then(VecDeque::pop_front)
@@ -245,7 +254,7 @@ impl Kernel {
             .map_err(|_| EFAULT)?;
         m.write(msg + 48, &msg_flags.to_le_bytes())
             .map_err(|_| EFAULT)?;
-        Ok(n as i64)
+        Ok(if flags & MSG_TRUNC != 0 { whole } else { n } as i64)
     }
 
     /// shutdown(2) of a socket-pair end: SHUT_RD ends what it reads, SHUT_WR what it writes

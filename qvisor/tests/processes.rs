@@ -267,3 +267,16 @@ fn a_robust_lock_whose_owner_died_goes_to_the_next_locker_with_eownerdead() {
          owner killed while another process waited: EOWNERDEAD\n"
     );
 }
+
+#[test]
+fn datagram_and_seqpacket_socket_pairs_keep_message_boundaries() {
+    // Sends of 5, 0, 100 and 4 bytes come back as four receives (the 100 cut to a 64-byte
+    // buffer with MSG_TRUNC, its rest dropped), writev/readv are one message, an oversized
+    // datagram is EMSGSIZE; a stream pair still merges. The same program passes natively.
+    let o = qvisor(&["/bin/dgram"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert_eq!(
+        stdout(&o),
+        "dgram: boundaries kept\nseqpacket: boundaries kept\nstream: bytes merged\n"
+    );
+}

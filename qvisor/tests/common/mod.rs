@@ -73,6 +73,7 @@ pub fn root() -> &'static Path {
             ("memhog", "memhog", "-static"),
             ("shared", "shared", "-static"),
             ("robust", "robust", "-static"),
+            ("dgram", "dgram", "-static"),
             // Dynamically linked: the shared libc's syscall sites are the patchable ones.
             ("patching", "patching", "-pie"),
         ] {
