@@ -33,7 +33,7 @@ impl Bundle {
             }
         }
         build_guest("syscost", &bin)?;
-        build_dynamic_guest("syscost", &bin.join("syscost-dyn"))?;
+        compile_guest("syscost", &bin.join("syscost-dyn"), &[])?; // shared libc
         for lib in [
             "/lib/x86_64-linux-gnu/libc.so.6",
             "/lib64/ld-linux-x86-64.so.2",
@@ -89,29 +89,14 @@ impl Drop for Bundle {
 
 /// Builds `guests/NAME.c` into `bin/NAME`, static, as every runtime runs it.
 pub(crate) fn build_guest(name: &str, bin: &Path) -> anyhow::Result<()> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("guests/{name}.c"));
-    let out = Command::new("gcc")
-        .args(["-static", "-O2", "-o"])
-        .arg(bin.join(name))
-        .arg(&src)
-        .output()
-        .context("running gcc (install gcc and libc6-dev)")?;
-    if !out.status.success() {
-        bail!("gcc {name}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
+    compile_guest(name, &bin.join(name), &["-static"])
 }
 
-/// `runsc run` of the bundle with a state root of its own.
-fn gvisor_run(bundle: &Path, id: &str) -> Command {
-    let state = std::env::temp_dir().join(format!("netbench-runsc-{}", std::process::id()));
-    crate::containers::runsc_run(&state, bundle, id)
-}
-
-/// Builds `guests/NAME.c` into `out`, linked against the shared libc.
-fn build_dynamic_guest(name: &str, out: &Path) -> anyhow::Result<()> {
+/// gcc `-O2` of `guests/NAME.c` into `out`, with `flags`.
+fn compile_guest(name: &str, out: &Path, flags: &[&str]) -> anyhow::Result<()> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("guests/{name}.c"));
     let built = Command::new("gcc")
+        .args(flags)
         .args(["-O2", "-o"])
         .arg(out)
         .arg(&src)
@@ -121,6 +106,12 @@ fn build_dynamic_guest(name: &str, out: &Path) -> anyhow::Result<()> {
         bail!("gcc {name}: {}", String::from_utf8_lossy(&built.stderr));
     }
     Ok(())
+}
+
+/// `runsc run` of the bundle with a state root of its own.
+fn gvisor_run(bundle: &Path, id: &str) -> Command {
+    let state = std::env::temp_dir().join(format!("netbench-runsc-{}", std::process::id()));
+    crate::containers::runsc_run(&state, bundle, id)
 }
 
 pub(crate) fn qvisor() -> PathBuf {
