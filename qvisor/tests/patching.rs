@@ -9,19 +9,29 @@ use std::process::{Command, Output};
 
 use common::*;
 
-fn run_patching(patching: &str, env_off: bool, args: &[&str]) -> Output {
+/// `qvisor launch` of the test root with `args`, the suite's QUARK_SYSCALL_PATCHING replaced
+/// by `env`.
+fn launch(env: &[(&str, &str)], args: &[&str]) -> Output {
     require_kvm();
     let mut c = Command::new(env!("CARGO_BIN_EXE_qvisor"));
     c.env_remove(qvisor::SYSCALL_PATCHING_ENV);
-    if env_off {
-        c.env(qvisor::SYSCALL_PATCHING_ENV, "off");
-    }
+    c.envs(env.iter().copied());
     c.args(["launch", "--rootfs"])
         .arg(root())
-        .args(["--syscall-patching", patching, "/bin/patching"])
         .args(args)
         .output()
         .expect("running qvisor")
+}
+
+fn run_patching(patching: &str, env_off: bool, args: &[&str]) -> Output {
+    let env: &[(&str, &str)] = if env_off {
+        &[(qvisor::SYSCALL_PATCHING_ENV, "off")]
+    } else {
+        &[]
+    };
+    let mut all = vec!["--syscall-patching", patching, "/bin/patching"];
+    all.extend_from_slice(args);
+    launch(env, &all)
 }
 
 /// Runs `patching MODE` with patching on and off; both must succeed and print `expect`.
@@ -55,14 +65,7 @@ fn a_trapped_libc_site_becomes_a_jump_and_every_kill_switch_keeps_it_a_mov() {
         qvisor::SYSCALL_PATCHING_ENV
     );
     // Patching needs the polled path's stub: with every call trapping, nothing is patched.
-    let mut c = Command::new(env!("CARGO_BIN_EXE_qvisor"));
-    let trapping = c
-        .env_remove(qvisor::SYSCALL_PATCHING_ENV)
-        .args(["launch", "--rootfs"])
-        .arg(root())
-        .args(["--syscall-poll", "off", "/bin/patching", "sites"])
-        .output()
-        .unwrap();
+    let trapping = launch(&[], &["--syscall-poll", "off", "/bin/patching", "sites"]);
     assert_eq!(stdout(&trapping), unpatched, "{trapping:?}");
 }
 
@@ -102,15 +105,10 @@ fn patched_calls_leave_the_vcpu_alone() {
     // 30-60 exits (time slices, thread switches, calls the syscall thread hands back); with the
     // other tests' VMs on the same two CPUs some thousands, so the bound is a tenth of the calls
     // (trapping would be one exit a call).
-    let mut c = Command::new(env!("CARGO_BIN_EXE_qvisor"));
-    let o = c
-        .env_remove(qvisor::SYSCALL_PATCHING_ENV)
-        .env("QVISOR_LOG", "qvisor=debug")
-        .args(["launch", "--rootfs"])
-        .arg(root())
-        .args(["/bin/patching", "threads"])
-        .output()
-        .unwrap();
+    let o = launch(
+        &[("QVISOR_LOG", "qvisor=debug")],
+        &["/bin/patching", "threads"],
+    );
     assert!(o.status.success(), "{o:?}");
     let log = stderr(&o);
     let exits = logged_count(&log, "vcpu_exits");

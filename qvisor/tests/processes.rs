@@ -246,12 +246,10 @@ fn proc_self_fd_lists_and_links_the_open_descriptors_and_maps_names_the_stack() 
 fn shared_anonymous_memory_is_one_memory_for_a_process_and_its_forks() {
     // MAP_SHARED | MAP_ANONYMOUS (and /dev/zero mapped shared): writes and atomic increments
     // from a child and a grandchild are the parent's; private memory stays private.
-    let o = qvisor(&["/bin/shared"]);
-    assert_eq!(o.status.code(), Some(0), "{o:?}");
-    assert_eq!(
-        stdout(&o),
+    prints_and_succeeds(
+        "/bin/shared",
         "shared across fork: ok\n/dev/zero shared: ok\nmadvise keeps shared contents: ok\n\
-         remapping: ok\n"
+         remapping: ok\n",
     );
 }
 
@@ -259,12 +257,10 @@ fn shared_anonymous_memory_is_one_memory_for_a_process_and_its_forks() {
 fn a_robust_lock_whose_owner_died_goes_to_the_next_locker_with_eownerdead() {
     // The owner a thread that exits, a process that exits, and a process killed (SIGKILL from
     // a third one) while the test's process waits for the lock in shared memory.
-    let o = qvisor(&["/bin/robust"]);
-    assert_eq!(o.status.code(), Some(0), "{o:?}");
-    assert_eq!(
-        stdout(&o),
+    prints_and_succeeds(
+        "/bin/robust",
         "thread died holding it: EOWNERDEAD\nprocess exited holding it: EOWNERDEAD\n\
-         owner killed while another process waited: EOWNERDEAD\n"
+         owner killed while another process waited: EOWNERDEAD\n",
     );
 }
 
@@ -273,10 +269,15 @@ fn datagram_and_seqpacket_socket_pairs_keep_message_boundaries() {
     // Sends of 5, 0, 100 and 4 bytes come back as four receives (the 100 cut to a 64-byte
     // buffer with MSG_TRUNC, its rest dropped), writev/readv are one message, an oversized
     // datagram is EMSGSIZE; a stream pair still merges. The same program passes natively.
-    let o = qvisor(&["/bin/dgram"]);
-    assert_eq!(o.status.code(), Some(0), "{o:?}");
-    assert_eq!(
-        stdout(&o),
-        "dgram: boundaries kept\nseqpacket: boundaries kept\nstream: bytes merged\n"
+    prints_and_succeeds(
+        "/bin/dgram",
+        "dgram: boundaries kept\nseqpacket: boundaries kept\nstream: bytes merged\n",
     );
+}
+
+/// Runs `program` in the test root: it exits 0 having printed exactly `expected`.
+fn prints_and_succeeds(program: &str, expected: &str) {
+    let o = qvisor(&[program]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert_eq!(stdout(&o), expected);
 }
