@@ -288,6 +288,11 @@ impl FdTable {
         self.get(fd).map(|f| &f.kind)
     }
 
+    /// The access mode (O_RDONLY, O_WRONLY or O_RDWR) `fd` was opened with.
+    pub(crate) fn access_mode(&self, fd: u64) -> Result<i32, i64> {
+        self.get(fd).map(|f| f.status_flags & O_ACCMODE)
+    }
+
     pub(crate) fn nonblocking(&self, fd: u64) -> bool {
         self.get(fd).is_ok_and(|f| f.status_flags & O_NONBLOCK != 0)
     }

@@ -1,9 +1,9 @@
 //! futex(2): the app's threads wait on a word of their memory and wake each other.
 //!
 //! A waiter parks its thread ([`State::Futex`]) keyed by its process and the word's address;
-//! a word in shared anonymous memory (the only memory processes share, always at the address
-//! it had when they were forked) is keyed by its address alone, so process-shared mutexes
-//! work across processes. The value check and the park happen under the one kernel lock, so
+//! a word in shared memory (anonymous or a file's) is also keyed by where it is in the
+//! machine ([`Machine::shared_memory_key`]), the same in every process that maps it at
+//! whatever address, so process-shared mutexes work across processes. The value check and the park happen under the one kernel lock, so
 //! a wake between them cannot be lost, which is the whole contract of a futex.
 //!
 //! Robust futexes: set_robust_list registers a thread's list of held robust mutexes; when
@@ -36,8 +36,8 @@ pub const EFUTEX: i64 = 515;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FutexWait {
     addr: u64,
-    /// The word is in shared memory (see the module doc).
-    shared: bool,
+    /// The word's key when it is in shared memory (see the module doc).
+    shared: Option<u64>,
     bitset: u32,
     /// Monotonic deadline, u64::MAX for none.
     until: u64,
@@ -94,25 +94,25 @@ impl Kernel {
                 };
                 self.futex_wait = Some(FutexWait {
                     addr: a.uaddr,
-                    shared: self.is_shared_word(a.uaddr),
+                    shared: self.shared_key(m, a.uaddr),
                     bitset,
                     until,
                 });
                 Err(EFUTEX)
             }
-            WAKE => Ok(self.futex_wake(a.uaddr, count(a.val), u32::MAX) as i64),
+            WAKE => Ok(self.futex_wake(m, a.uaddr, count(a.val), u32::MAX) as i64),
             WAKE_BITSET => {
                 if a.val3 as u32 == 0 {
                     return Err(EINVAL);
                 }
-                Ok(self.futex_wake(a.uaddr, count(a.val), a.val3 as u32) as i64)
+                Ok(self.futex_wake(m, a.uaddr, count(a.val), a.val3 as u32) as i64)
             }
             cmd @ (REQUEUE | CMP_REQUEUE) => {
                 if cmd == CMP_REQUEUE && read_word(m, a.uaddr)? != a.val3 as u32 {
                     return Err(EAGAIN);
                 }
-                let woken = self.futex_wake(a.uaddr, count(a.val), u32::MAX);
-                let moved = self.futex_requeue(a.uaddr, a.uaddr2, count(a.timeout));
+                let woken = self.futex_wake(m, a.uaddr, count(a.val), u32::MAX);
+                let moved = self.futex_requeue(m, a.uaddr, a.uaddr2, count(a.timeout));
                 Ok((woken + if cmd == CMP_REQUEUE { moved } else { 0 }) as i64)
             }
             WAKE_OP => self.futex_wake_op(m, a),
@@ -139,19 +139,29 @@ impl Kernel {
         })
     }
 
-    /// Whether the futex word at `addr` is in shared memory of the running process.
-    fn is_shared_word(&self, addr: u64) -> bool {
-        self.p.vm.backing(addr, addr.saturating_add(4))
-            == Some(crate::syscalls::Backing::SharedAnon)
+    /// The machine-wide key of the futex word at `addr` when it is in shared memory of the
+    /// running process.
+    fn shared_key(&self, m: &dyn Machine, addr: u64) -> Option<u64> {
+        self.p
+            .vm
+            .backing(addr, addr.saturating_add(4))
+            .is_some_and(crate::syscalls::Backing::shared)
+            .then(|| m.shared_memory_key(addr))
+            .flatten()
     }
 
     /// Wakes up to `n` threads of the running process waiting on `addr` with a bitset
     /// meeting `bitset`, longest waiting first; returns how many.
-    pub(crate) fn futex_wake(&mut self, addr: u64, n: usize, bitset: u32) -> usize {
+    pub(crate) fn futex_wake(
+        &mut self,
+        m: &dyn Machine,
+        addr: u64,
+        n: usize,
+        bitset: u32,
+    ) -> usize {
         let pid = self.p.pid;
-        let tids = self
-            .procs
-            .futex_waiters(pid, addr, bitset, self.is_shared_word(addr));
+        let key = self.shared_key(m, addr);
+        let tids = self.procs.futex_waiters(pid, addr, bitset, key);
         let woken = tids.len().min(n);
         for tid in &tids[..woken] {
             self.procs.wake_futex_waiter(*tid);
@@ -160,12 +170,13 @@ impl Kernel {
     }
 
     /// Moves up to `n` waiters on `from` to wait on `to`; returns how many.
-    fn futex_requeue(&mut self, from: u64, to: u64, n: usize) -> usize {
-        let shared = self.is_shared_word(from);
-        let tids = self.procs.futex_waiters(self.p.pid, from, u32::MAX, shared);
+    fn futex_requeue(&mut self, m: &dyn Machine, from: u64, to: u64, n: usize) -> usize {
+        let key = self.shared_key(m, from);
+        let tids = self.procs.futex_waiters(self.p.pid, from, u32::MAX, key);
         let moved = tids.len().min(n);
+        let to_key = self.shared_key(m, to);
         for tid in &tids[..moved] {
-            self.procs.requeue_futex_waiter(*tid, to);
+            self.procs.requeue_futex_waiter(*tid, to, to_key);
         }
         moved
     }
@@ -202,9 +213,9 @@ impl Kernel {
             _ => return Err(ENOSYS),
         };
         let count = |v: u64| (v as u32).min(i32::MAX as u32) as usize;
-        let mut woken = self.futex_wake(a.uaddr, count(a.val), u32::MAX);
+        let mut woken = self.futex_wake(m, a.uaddr, count(a.val), u32::MAX);
         if met {
-            woken += self.futex_wake(a.uaddr2, count(a.timeout), u32::MAX);
+            woken += self.futex_wake(m, a.uaddr2, count(a.timeout), u32::MAX);
         }
         Ok(woken as i64)
     }
@@ -292,7 +303,7 @@ impl Kernel {
         }
         let marked = (word & FUTEX_WAITERS) | FUTEX_OWNER_DIED;
         if m.write(addr, &marked.to_le_bytes()).is_ok() && word & FUTEX_WAITERS != 0 {
-            self.futex_wake(addr, 1, u32::MAX);
+            self.futex_wake(m, addr, 1, u32::MAX);
         }
     }
 }

@@ -86,6 +86,32 @@ pub trait Machine {
     fn map_zeroed_shared(&mut self, va: u64, len: u64, flags: PageFlags) -> Result<(), Fault> {
         self.map_zeroed(va, len, flags)
     }
+    /// Maps `[va, va + len)` (page aligned, nothing mapped there) to the container's shared
+    /// pages of `file` from `offset` (page aligned): a `MAP_SHARED` file mapping, the same
+    /// pages for every process that maps that part of the file, kept coherent with the file's
+    /// reads and writes and written back to it (see [`Machine::sync_file_pages`]).
+    /// `fd_writable`: the app's descriptor may write the file. ENODEV where the platform has
+    /// no shared file pages.
+    fn map_file_shared(
+        &mut self,
+        _at: (u64, u64),
+        _file: HostFile,
+        _offset_writable: (u64, bool),
+        _flags: PageFlags,
+    ) -> Result<(), i64> {
+        Err(crate::errno::ENODEV)
+    }
+    /// Writes the shared file pages mapped in `[va, va + len)` back to their files (msync,
+    /// munmap).
+    fn sync_file_pages(&mut self, _va: u64, _len: u64) -> Result<(), i64> {
+        Ok(())
+    }
+    /// A key for the word at `va` of shared memory that is the same in every address space
+    /// mapping that memory, wherever (futexes of process-shared locks). The address itself
+    /// where the platform cannot tell (processes forked from one another share the address).
+    fn shared_memory_key(&self, va: u64) -> Option<u64> {
+        Some(va)
+    }
     /// Copies guest memory at `va` into `buf`, as the app could read it.
     fn read(&self, va: u64, buf: &mut [u8]) -> Result<(), Fault>;
     /// Copies `buf` into guest memory at `va`, ignoring write protection (the kernel may write

@@ -123,8 +123,9 @@ pub(crate) enum State {
         bitset: u32,
         until: u64,
         seq: u64,
-        /// The word is in shared memory: a wake from another process sharing it counts.
-        shared: bool,
+        /// The word's machine-wide key when it is in shared memory: a wake from another
+        /// process on the same key counts.
+        shared: Option<u64>,
     },
     /// A vfork parent: runs once `child` has exec'd or exited.
     VforkParent {
@@ -403,10 +404,15 @@ impl ProcTable {
     /// `bitset`, longest waiting first.
     /// The threads waiting on `addr` of process `pid` with a bitset meeting `bitset`, longest
     /// waiting first; with `shared` (the word is in shared memory), also the threads of other
-    /// processes waiting on shared memory at that address (every process sharing a mapping
-    /// has it at the same address, since it was forked with it; a waiter of an unrelated one
-    /// at the same address wakes spuriously, which a futex allows).
-    pub(crate) fn futex_waiters(&self, pid: i64, addr: u64, bitset: u32, shared: bool) -> Vec<i64> {
+    /// processes waiting on the same word of shared memory (`shared`: its machine-wide key),
+    /// wherever they map it.
+    pub(crate) fn futex_waiters(
+        &self,
+        pid: i64,
+        addr: u64,
+        bitset: u32,
+        shared: Option<u64>,
+    ) -> Vec<i64> {
         let mut w: Vec<(u64, i64)> = self
             .threads
             .iter()
@@ -417,7 +423,9 @@ impl ProcTable {
                     seq,
                     shared: s,
                     ..
-                } if a == addr && b & bitset != 0 && (t.pid == pid || (shared && s)) => {
+                } if b & bitset != 0
+                    && ((t.pid == pid && a == addr) || (shared.is_some() && s == shared)) =>
+                {
                     Some((seq, *tid))
                 }
                 _ => None,
@@ -436,13 +444,14 @@ impl ProcTable {
     }
 
     /// A futex waiter waits on `to` instead.
-    pub(crate) fn requeue_futex_waiter(&mut self, tid: i64, to: u64) {
+    pub(crate) fn requeue_futex_waiter(&mut self, tid: i64, to: u64, to_key: Option<u64>) {
         if let Some(ParkedThread {
-            state: State::Futex { addr, .. },
+            state: State::Futex { addr, shared, .. },
             ..
         }) = self.threads.get_mut(&tid)
         {
             *addr = to;
+            *shared = to_key;
         }
     }
 
@@ -1211,7 +1220,7 @@ impl Kernel {
     fn clear_child_tid(&mut self, m: &mut dyn Machine) {
         let at = std::mem::take(&mut self.t.clear_child_tid);
         if at != 0 && m.write(at, &0u32.to_le_bytes()).is_ok() {
-            self.futex_wake(at, 1, u32::MAX);
+            self.futex_wake(m, at, 1, u32::MAX);
         }
     }
 

@@ -137,6 +137,7 @@ impl Kernel {
                 crate::syscalls::Backing::SharedAnon => {
                     line(start, end, "rwxs", "/dev/zero (deleted)")
                 }
+                crate::syscalls::Backing::SharedFile => line(start, end, "rwxs", ""),
                 _ => line(start, end, "rwxp", ""),
             };
         }

@@ -140,7 +140,10 @@ pub(crate) enum Backing {
     /// Shared anonymous memory (`MAP_SHARED | MAP_ANONYMOUS`, or of /dev/zero): the same
     /// pages in every process forked from the one that mapped it.
     SharedAnon,
-    /// Shared anonymous memory this process unmapped: its pages stay in the process's tables
+    /// A shared file mapping (`MAP_SHARED` of a file): the container's pages of that file,
+    /// the same in every process that maps it (the platform's page cache).
+    SharedFile,
+    /// Shared memory (anonymous or a file's) this process unmapped: its pages stay in the process's tables
     /// (a present entry cannot be removed here) and may still be another process's, so the
     /// range is never handed out again; the pages go back when the last process exits.
     SharedGone,
@@ -151,6 +154,11 @@ impl Backing {
     /// munmap and mprotect leave it as it is.
     fn pinned(self) -> bool {
         matches!(self, Backing::JumpSlots | Backing::SharedGone)
+    }
+
+    /// Memory other processes may map too: its contents are not this process's alone.
+    pub(crate) fn shared(self) -> bool {
+        matches!(self, Backing::SharedAnon | Backing::SharedFile)
     }
 }
 
@@ -194,8 +202,26 @@ impl AddressSpace {
     /// zero another process's memory).
     fn fixed_mapping_refused(&self, start: u64, end: u64) -> bool {
         self.regions.range(..end).any(|(s, (e, present, b))| {
-            *e > start && *s < end && (b.pinned() || (*b == Backing::SharedAnon && *present))
+            *e > start && *s < end && (b.pinned() || (b.shared() && *present))
         })
+    }
+
+    /// Whether every page of `[start, end)` lies in mapped regions.
+    fn covered(&self, start: u64, end: u64) -> bool {
+        let mut at = start;
+        for (s, e, _) in self.mappings() {
+            if e <= at {
+                continue;
+            }
+            if s > at {
+                return false;
+            }
+            at = e;
+            if at >= end {
+                return true;
+            }
+        }
+        at >= end
     }
 
     /// Whether any page of `[start, end)` is present (mapped, or unmapped and kept for reuse).
@@ -724,6 +750,7 @@ impl Kernel {
             10 => self.mprotect(m, a0, a1, a2),
             11 => self.munmap(m, a0, a1),
             28 => self.madvise(m, a0, a1, a2),
+            26 => self.msync(m, a0, a1, a2),
             12 => Ok(self.brk(m, a0) as i64),
             13 => self.rt_sigaction(m, a0, a1, a2, a3),
             14 => self.rt_sigprocmask(m, a0, a1, a2, a3),
@@ -994,7 +1021,7 @@ impl Kernel {
         if flags & MAP_ANONYMOUS == 0 {
             match self.p.fds.kind(fd)? {
                 crate::fs::FileKind::Host { file, .. } => {
-                    let file = *file;
+                    let file = (*file, self.p.fds.access_mode(fd)?);
                     return self.mmap_file(m, addr, len, prot, flags, file, offset);
                 }
                 // /dev/zero maps as anonymous memory.
@@ -1068,12 +1095,68 @@ impl Kernel {
         Ok(va as i64)
     }
 
+    /// A shared file mapping: the platform's pages of the file. Writable when the descriptor
+    /// is (a later mprotect could not make them so). A fixed mapping over present pages is
+    /// ENOMEM, as for shared anonymous memory.
+    fn mmap_file_shared(
+        &mut self,
+        m: &mut dyn Machine,
+        addr: u64,
+        len: u64,
+        fixed: bool,
+        file: crate::machine::HostFile,
+        (offset, writable): (u64, bool),
+    ) -> Result<i64, i64> {
+        let va = if fixed {
+            let end = user_pages(addr, len)?;
+            if self.p.vm.fixed_mapping_refused(addr, end) || self.p.vm.any_present(addr, end) {
+                return Err(ENOMEM);
+            }
+            self.p.vm.remove(addr, end);
+            addr
+        } else {
+            self.mmap_area(len)?
+        };
+        offset.checked_add(len).ok_or(EINVAL)?;
+        let flags = PageFlags {
+            write: writable,
+            exec: true,
+        };
+        m.map_file_shared((va, len), file, (offset, writable), flags)?;
+        self.p
+            .vm
+            .insert_backed(va, va + len, true, Backing::SharedFile);
+        Ok(va as i64)
+    }
+
+    /// msync(2): the range's shared file pages go back to their files now (MS_ASYNC as well:
+    /// writing them at once is one way of scheduling it).
+    fn msync(&mut self, m: &mut dyn Machine, addr: u64, len: u64, flags: u64) -> Result<i64, i64> {
+        const MS_ASYNC: u64 = 1;
+        const MS_INVALIDATE: u64 = 2;
+        const MS_SYNC: u64 = 4;
+        if flags & !(MS_ASYNC | MS_INVALIDATE | MS_SYNC) != 0
+            || flags & (MS_ASYNC | MS_SYNC) == (MS_ASYNC | MS_SYNC)
+        {
+            return Err(EINVAL);
+        }
+        let end = user_pages(addr, len)?;
+        let in_heap = addr >= self.p.brk_start && end <= self.p.brk_mapped;
+        let in_stack = addr >= STACK_TOP - STACK_SIZE && end <= STACK_TOP;
+        if !(in_heap || in_stack || self.p.vm.covered(addr, end)) {
+            return Err(ENOMEM);
+        }
+        m.sync_file_pages(addr, end - addr)?;
+        Ok(0)
+    }
+
     /// Makes `[va, va+len)` present and zeroed: fresh pages are mapped, pages already present
     /// (left by an earlier mapping) are zeroed.
-    /// A file mapping: pages of their own, filled from the file (MAP_PRIVATE; MAP_SHARED only
-    /// read-only, since writes would not reach the file). Mapped writable and executable
-    /// whatever `prot` says: permissions of a present page cannot change later here, and the
-    /// dynamic loader maps a library read-only first and its code over it afterwards.
+    /// A file mapping (`file`: the file and its descriptor's access mode). MAP_SHARED maps the
+    /// platform's shared pages of the file. MAP_PRIVATE gets pages of its own, filled from the
+    /// file, mapped writable and executable whatever `prot` says: permissions of a present
+    /// page cannot change later here, and the dynamic loader maps a library read-only first
+    /// and its code over it afterwards.
     #[allow(clippy::too_many_arguments)]
     fn mmap_file(
         &mut self,
@@ -1082,12 +1165,14 @@ impl Kernel {
         len: u64,
         prot: u64,
         flags: u64,
-        file: crate::machine::HostFile,
+        (file, access): (crate::machine::HostFile, i32),
         offset: u64,
     ) -> Result<i64, i64> {
         const MAP_SHARED: u64 = 0x01;
         const MAP_FIXED: u64 = 0x10;
         const PROT_WRITE: u64 = 2;
+        const O_WRONLY: i32 = 1;
+        const O_RDWR: i32 = 2;
         const RWX: PageFlags = PageFlags {
             write: true,
             exec: true,
@@ -1095,8 +1180,22 @@ impl Kernel {
         if len == 0 || len > USER_END || offset % PAGE != 0 {
             return Err(EINVAL);
         }
-        if flags & MAP_SHARED != 0 && prot & PROT_WRITE != 0 {
-            return Err(ENODEV);
+        // Linux: every file mapping reads the file; a shared one that writes needs O_RDWR.
+        if access == O_WRONLY
+            || (flags & MAP_SHARED != 0 && prot & PROT_WRITE != 0 && access != O_RDWR)
+        {
+            return Err(EACCES);
+        }
+        if flags & MAP_SHARED != 0 {
+            let len = len.div_ceil(PAGE) * PAGE;
+            return self.mmap_file_shared(
+                m,
+                addr,
+                len,
+                flags & MAP_FIXED != 0,
+                file,
+                (offset, access == O_RDWR),
+            );
         }
         let len = len.div_ceil(PAGE) * PAGE;
         let va = if flags & MAP_FIXED != 0 {
@@ -1150,7 +1249,7 @@ impl Kernel {
         Ok(())
     }
 
-    fn munmap(&mut self, _m: &mut dyn Machine, addr: u64, len: u64) -> Result<i64, i64> {
+    fn munmap(&mut self, m: &mut dyn Machine, addr: u64, len: u64) -> Result<i64, i64> {
         if len == 0 {
             return Err(EINVAL);
         }
@@ -1159,6 +1258,12 @@ impl Kernel {
             match (present, backing) {
                 // Its pages may be another process's too: kept out of use (see SharedGone).
                 (true, Backing::SharedAnon) => {
+                    self.p.vm.insert_backed(s, e, true, Backing::SharedGone)
+                }
+                // The file gets what was stored in it now, as Linux's unmap makes it dirty
+                // in the page cache (a failure here is the file's, not munmap's).
+                (true, Backing::SharedFile) => {
+                    let _ = m.sync_file_pages(s, e - s);
                     self.p.vm.insert_backed(s, e, true, Backing::SharedGone)
                 }
                 (true, _) => self.p.vm.free(s, e),
@@ -1184,7 +1289,12 @@ impl Kernel {
             for page in (addr..end).step_by(PAGE as usize) {
                 // Shared memory keeps its contents (Linux drops only this process's view of
                 // it, and the next touch finds the same data).
-                if self.p.vm.backing(page, page + PAGE) == Some(Backing::SharedAnon) {
+                if self
+                    .p
+                    .vm
+                    .backing(page, page + PAGE)
+                    .is_some_and(Backing::shared)
+                {
                     continue;
                 }
                 // A page not there yet reads as zeros already.

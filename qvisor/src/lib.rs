@@ -11,6 +11,7 @@ pub mod keeper;
 pub mod memory;
 pub mod net;
 pub mod oci;
+pub mod pagecache;
 pub mod patch;
 pub mod poll;
 pub mod rootfs;

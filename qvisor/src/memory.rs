@@ -203,11 +203,14 @@ impl GuestMemory {
 
     /// Gives back the pages of address space `root`, which no vCPU runs any more. The first
     /// root may go too (its process exec'd): only its user half is given back; the kernel
-    /// half every root shares stays.
-    pub fn release_space(&mut self, root: u64) {
+    /// half every root shares stays. Returns the [`COUNTED`] pages given back (no space maps
+    /// them any more); they keep their contents until the next allocation, so the caller can
+    /// still write a file's shared pages back (`pagecache.rs`).
+    pub fn release_space(&mut self, root: u64) -> Vec<u64> {
+        let mut last_counted = Vec::new();
         if root == self.pml4 {
             tracing::error!(root, "not releasing the address space in use");
-            return;
+            return last_counted;
         }
         let leaves = self.user_leaves(root);
         for (_, e) in &leaves {
@@ -224,6 +227,7 @@ impl GuestMemory {
                     continue; // another space still maps it
                 }
                 self.sharers.remove(&gpa);
+                last_counted.push(gpa);
             }
             self.free.push(gpa);
         }
@@ -249,6 +253,7 @@ impl GuestMemory {
             }
         }
         self.retired_tables += tables;
+        last_counted
     }
 
     /// The host bytes of guest-physical `[gpa, gpa + len)`, bounds-checked.
@@ -299,6 +304,70 @@ impl GuestMemory {
     /// (a `MAP_SHARED | MAP_ANONYMOUS` mapping) rather than copy.
     pub fn map_user_shared(&mut self, va: u64, len: u64, flags: PageFlags) -> Result<(), Fault> {
         self.map_bits(va, len, flags, true, COUNTED)
+    }
+
+    /// Maps the [`COUNTED`] page `gpa` (one of [`Self::map_user_shared`]'s, still mapped by
+    /// some space) at `va` in the current space too: one more space shares it. Fails if `va`
+    /// is mapped already or `gpa` is not a counted page.
+    pub fn map_user_counted(&mut self, va: u64, gpa: u64, flags: PageFlags) -> Result<(), Fault> {
+        if va % PAGE != 0 || !self.sharers.contains_key(&gpa) {
+            return Err(Fault { addr: va });
+        }
+        let leaf = self.leaf(va, true)?.ok_or(Fault { addr: va })?;
+        if self.entry(leaf) & P != 0 {
+            return Err(Fault { addr: va });
+        }
+        let mut bits = P | U | COUNTED;
+        if flags.write {
+            bits |= W;
+        }
+        if !flags.exec {
+            bits |= NX;
+        }
+        self.set_entry(leaf, gpa | bits);
+        *self.sharers.entry(gpa).or_insert(0) += 1;
+        Ok(())
+    }
+
+    /// The [`COUNTED`] pages mapped in `[va, va + len)` of the current space: (virtual
+    /// address, guest-physical page).
+    pub fn counted_pages(&self, va: u64, len: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut page = va & !(PAGE - 1);
+        while page < va.saturating_add(len) {
+            if let Some(e) = self.leaf_entry(page) {
+                if e & COUNTED != 0 {
+                    out.push((page, e & ADDR));
+                }
+            }
+            page += PAGE;
+        }
+        out
+    }
+
+    /// Copies `buf.len()` bytes of guest-physical page `gpa` from `offset` into `buf`.
+    pub fn read_page(&self, gpa: u64, offset: u64, buf: &mut [u8]) -> Result<(), Fault> {
+        let p = self.page_bytes(gpa, offset, buf.len())?;
+        // SAFETY: p covers buf.len() bytes inside one page of the mapping (page_bytes).
+        unsafe { std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+
+    /// Copies `data` into guest-physical page `gpa` at `offset`.
+    pub fn write_page(&mut self, gpa: u64, offset: u64, data: &[u8]) -> Result<(), Fault> {
+        let p = self.page_bytes(gpa, offset, data.len())?;
+        // SAFETY: p covers data.len() bytes inside one page of the mapping (page_bytes).
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
+        Ok(())
+    }
+
+    /// The host address of `[gpa + offset, gpa + offset + len)`, which must lie in one page.
+    fn page_bytes(&self, gpa: u64, offset: u64, len: usize) -> Result<*mut u8, Fault> {
+        let fault = Fault { addr: gpa };
+        if gpa % PAGE != 0 || offset.saturating_add(len as u64) > PAGE {
+            return Err(fault);
+        }
+        self.phys(gpa + offset, len as u64).ok_or(fault)
     }
 
     /// Maps pages only supervisor code may touch (descriptor tables).

@@ -279,7 +279,7 @@ impl RootFs {
         Ok(slot as HostFile)
     }
 
-    fn fd(&self, file: HostFile) -> Result<RawFd, i64> {
+    pub(crate) fn fd(&self, file: HostFile) -> Result<RawFd, i64> {
         self.files
             .get(file as usize)
             .and_then(Option::as_ref)

@@ -26,6 +26,7 @@ use qkernel::{
 use crate::jail::{self, Mode, ThreadKind};
 use crate::memory::{GuestMemory, PAGE};
 use crate::net::GuestNet;
+use crate::pagecache::SharedFilePages;
 use crate::patch::SiteTable;
 use crate::poll::{self, Mailbox, Poller, MAILBOX_VA, SLOW_RIP, STUB_VA};
 use crate::rootfs::RootFs;
@@ -256,6 +257,8 @@ pub struct Core {
     /// Jump slots and trampolines of patched syscall sites (none: patching is off).
     sites: Option<SiteTable>,
     pub rootfs: RootFs,
+    /// The pages of the app's shared file mappings.
+    pages: SharedFilePages,
     pub net: Option<GuestNet>,
     kernel: Option<Kernel>,
     /// The Vm's stop flag (see `Vm::cancel`): ends sleeps early.
@@ -264,6 +267,24 @@ pub struct Core {
     host: Arc<HostQueue>,
     /// The vCPU's FPU state before the app ran: what a new program starts with.
     initial_fpu: Vec<u8>,
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        // The VM ends: what the app stored in shared file mappings reaches the files (as
+        // Linux writes dirty pages back however the process ends).
+        self.pages.write_back_all(&self.mem);
+    }
+}
+
+/// Where in the file a read or write of `n` bytes done at `offset` (or at the file position,
+/// which it moved) began.
+fn file_offset(fd: std::os::fd::RawFd, offset: Option<u64>, n: usize) -> u64 {
+    offset.unwrap_or_else(|| {
+        // SAFETY: lseek on a descriptor of ours, without moving it.
+        let pos = unsafe { libc::lseek(fd, 0, libc::SEEK_CUR) };
+        (pos.max(0) as u64).saturating_sub(n as u64)
+    })
 }
 
 /// A request from outside the container, as the runtime sends it.
@@ -337,6 +358,7 @@ fn with_kernel<R>(
         mem,
         sites,
         rootfs,
+        pages,
         net,
         kernel,
         cancel,
@@ -348,6 +370,7 @@ fn with_kernel<R>(
         mem,
         sites: sites.as_mut(),
         rootfs,
+        pages,
         net: net.as_mut(),
         fs_base: None,
         cancel,
@@ -586,6 +609,7 @@ struct GuestMachine<'a> {
     mem: &'a mut GuestMemory,
     sites: Option<&'a mut SiteTable>,
     rootfs: &'a mut RootFs,
+    pages: &'a mut SharedFilePages,
     net: Option<&'a mut GuestNet>,
     fs_base: Option<u64>,
     cancel: &'a AtomicBool,
@@ -818,10 +842,34 @@ impl Machine for GuestMachine<'_> {
         self.mem.pml4 = space;
     }
     fn space_release(&mut self, space: SpaceId) {
-        self.mem.release_space(space);
+        let last = self.mem.release_space(space);
+        // Before anything is allocated again: the freed pages still hold the files' data.
+        self.pages.released(self.mem, &last);
+    }
+    fn map_file_shared(
+        &mut self,
+        (va, len): (u64, u64),
+        file: HostFile,
+        (offset, fd_writable): (u64, bool),
+        flags: PageFlags,
+    ) -> Result<(), i64> {
+        let fd = self.rootfs.fd(file)?;
+        self.pages
+            .map(self.mem, fd, fd_writable, (va, len, offset), flags)
+    }
+    fn shared_memory_key(&self, va: u64) -> Option<u64> {
+        self.mem.translate(va).map(|(gpa, _)| gpa) // one guest-physical page for all
+    }
+    fn sync_file_pages(&mut self, va: u64, len: u64) -> Result<(), i64> {
+        self.pages.write_back_range(self.mem, va, len)
     }
     fn fs_open(&mut self, path: &[u8], flags: i32, mode: u32) -> Result<HostFile, i64> {
-        self.rootfs.open_file(path, flags, mode)
+        let file = self.rootfs.open_file(path, flags, mode)?;
+        if flags & libc::O_TRUNC != 0 && !self.pages.is_empty() {
+            // Truncated to nothing: a shared mapping of it reads zeros from now on.
+            self.pages.truncated(self.mem, self.rootfs.fd(file)?, 0);
+        }
+        Ok(file)
     }
     fn fs_close(&mut self, file: HostFile) {
         self.rootfs.close(file)
@@ -832,7 +880,14 @@ impl Machine for GuestMachine<'_> {
         buf: &mut [u8],
         offset: Option<u64>,
     ) -> Result<usize, i64> {
-        self.rootfs.read(file, buf, offset)
+        let n = self.rootfs.read(file, buf, offset)?;
+        if !self.pages.is_empty() {
+            // While a file is mapped shared, its pages are its data.
+            let fd = self.rootfs.fd(file)?;
+            let at = file_offset(fd, offset, n);
+            self.pages.read_through(self.mem, fd, at, &mut buf[..n]);
+        }
+        Ok(n)
     }
     fn tty_ioctl(&mut self, tty: qkernel::Tty, req: u64, data: &mut [u8]) -> Result<(), i64> {
         match tty {
@@ -844,7 +899,13 @@ impl Machine for GuestMachine<'_> {
         self.rootfs.readable_now(file)
     }
     fn fs_write(&mut self, file: HostFile, buf: &[u8], offset: Option<u64>) -> Result<usize, i64> {
-        self.rootfs.write(file, buf, offset)
+        let n = self.rootfs.write(file, buf, offset)?;
+        if !self.pages.is_empty() {
+            let fd = self.rootfs.fd(file)?;
+            let at = file_offset(fd, offset, n);
+            self.pages.write_through(self.mem, fd, at, &buf[..n]);
+        }
+        Ok(n)
     }
     fn fs_seek(&mut self, file: HostFile, offset: i64, whence: i32) -> Result<u64, i64> {
         self.rootfs.seek(file, offset, whence)
@@ -890,9 +951,13 @@ impl Machine for GuestMachine<'_> {
         }
     }
     fn fs_truncate(&mut self, file: HostFile, len: u64) -> Result<(), i64> {
-        self.rootfs.truncate(file, len)
+        self.rootfs.truncate(file, len)?;
+        self.pages.truncated(self.mem, self.rootfs.fd(file)?, len);
+        Ok(())
     }
     fn fs_sync(&mut self, file: HostFile, data_only: bool) -> Result<(), i64> {
+        self.pages
+            .write_back_file(self.mem, self.rootfs.fd(file)?)?;
         self.rootfs.sync(file, data_only)
     }
     fn fs_statfs(&mut self, path: &[u8]) -> Result<[u8; 120], i64> {
@@ -1125,6 +1190,7 @@ impl Vm {
                 mem,
                 sites,
                 rootfs,
+                pages: SharedFilePages::default(),
                 net,
                 kernel: None,
                 cancel: cancel.clone(),
@@ -1217,6 +1283,7 @@ impl Vm {
         let Core {
             mem,
             rootfs,
+            pages,
             cancel,
             ..
         } = &mut *guard;
@@ -1224,6 +1291,7 @@ impl Vm {
             mem,
             sites: None,
             rootfs,
+            pages,
             net: None,
             fs_base: None,
             cancel,

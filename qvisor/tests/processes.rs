@@ -254,6 +254,34 @@ fn shared_anonymous_memory_is_one_memory_for_a_process_and_its_forks() {
 }
 
 #[test]
+fn a_file_mapped_shared_is_one_memory_coherent_with_its_reads_and_writes_and_written_back() {
+    // MAP_SHARED of a file: processes that map it on their own see each other's stores and
+    // futexes at different addresses; read/pwrite/write/ftruncate agree with the mapping;
+    // msync, munmap, a process's exit and the container's end write it back; access modes are
+    // checked; /dev/shm works as POSIX shared memory. The same program passes natively.
+    let file = format!("/data/mapfile-{}.bin", std::process::id());
+    let o = qvisor(&["/bin/mapfile", &file]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert_eq!(
+        stdout(&o),
+        "one memory for every mapping, coherent with read and write: ok\n\
+         atomic increments from two processes: ok\n\
+         futex across two mappings of the file: ok\n\
+         written back on msync, munmap and exit: ok\n\
+         truncation: ok\naccess modes: ok\nshared memory in /dev/shm: ok\n"
+    );
+    let host = std::fs::read(root().join(&file[1..])).unwrap();
+    std::fs::remove_file(root().join(&file[1..])).unwrap();
+    assert_eq!(host.len(), 4096 + 100, "the mapping never grows the file");
+    assert_eq!(
+        &host[..12],
+        b"left at exit",
+        "the container's end writes the mapping back"
+    );
+    assert_eq!(&host[100..105], b"child");
+}
+
+#[test]
 fn a_robust_lock_whose_owner_died_goes_to_the_next_locker_with_eownerdead() {
     // The owner a thread that exits, a process that exits, and a process killed (SIGKILL from
     // a third one) while the test's process waits for the lock in shared memory.

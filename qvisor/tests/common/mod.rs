@@ -74,6 +74,7 @@ pub fn root() -> &'static Path {
             ("shared", "shared", "-static"),
             ("robust", "robust", "-static"),
             ("dgram", "dgram", "-static"),
+            ("mapfile", "mapfile", "-static"),
             // Dynamically linked: the shared libc's syscall sites are the patchable ones.
             ("patching", "patching", "-pie"),
         ] {
