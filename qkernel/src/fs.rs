@@ -629,7 +629,12 @@ impl Kernel {
             }
             FileKind::Generated(g) if g.dir => Err(EISDIR),
             FileKind::Generated(g) => Ok(g.read(buf, offset)),
-            FileKind::UnixNamed(_) => Err(ENOTCONN),
+            FileKind::UnixNamed(id) => {
+                let (id, nonblocking) = (*id, f.status_flags & O_NONBLOCK != 0);
+                let got = self.unix_dgram_recv(id, buf.len(), nonblocking)?;
+                buf[..got.data.len()].copy_from_slice(&got.data);
+                Ok(got.data.len())
+            }
             FileKind::Epoll(_) | FileKind::PipeWrite(_) => Err(EINVAL),
         }
     }
@@ -684,7 +689,10 @@ impl Kernel {
             }
             FileKind::Epoll(_) | FileKind::PipeRead(_) => Err(EINVAL),
             FileKind::Generated(_) => Err(EACCES),
-            FileKind::UnixNamed(_) => Err(ENOTCONN),
+            FileKind::UnixNamed(id) => {
+                let (id, nonblocking) = (*id, f.status_flags & O_NONBLOCK != 0);
+                self.unix_dgram_send(id, buf, None, nonblocking)
+            }
         }
     }
 
@@ -758,7 +766,7 @@ impl Kernel {
             return Err(EINVAL);
         }
         let iov = crate::net::read_iovecs(m, iov, count)?;
-        if self.p.fds.is_socket(fd) {
+        if self.p.fds.is_socket(fd) || self.unix_dgram_of(fd).is_some() {
             return self.socket_vectored(m, fd, iov, write);
         }
         if let Some((rx, tx)) = self.unix_of(fd) {
@@ -1305,11 +1313,15 @@ impl Kernel {
                     r
                 }
                 Ok(FileKind::UnixNamed(id)) => {
-                    if self.unix_pending(*id) {
-                        events & (POLLIN | 0x40)
-                    } else {
-                        0
+                    let (datagram, writable) = self.unix_dgram_ready(*id);
+                    let mut r = 0;
+                    if self.unix_pending(*id) || datagram {
+                        r |= events & (POLLIN | 0x40);
                     }
+                    if writable {
+                        r |= events & (POLLOUT | 0x100);
+                    }
+                    r
                 }
                 Ok(FileKind::Unix { rx, tx }) => {
                     let (readable, _, peer_gone) = self.pipe_state(&FileKind::PipeRead(*rx));
@@ -1548,6 +1560,11 @@ impl Kernel {
                 }
                 FileKind::PipeRead(id) | FileKind::Unix { rx: id, .. } => {
                     let n = self.pipe_pending(id).min(i32::MAX as usize) as i32;
+                    m.write(arg, &n.to_le_bytes()).map_err(|_| EFAULT)?;
+                    Ok(0)
+                }
+                FileKind::UnixNamed(id) => {
+                    let n = self.unix_dgram_pending(id) as i32;
                     m.write(arg, &n.to_le_bytes()).map_err(|_| EFAULT)?;
                     Ok(0)
                 }

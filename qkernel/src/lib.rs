@@ -25,6 +25,7 @@ mod sites;
 mod syscalls;
 pub mod sysnames;
 mod unix;
+mod unix_dgram;
 
 #[cfg(any(test, fuzzing))]
 pub mod fuzz;

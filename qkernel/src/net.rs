@@ -20,6 +20,8 @@ pub(crate) const ENOTSOCK: i64 = 88;
 const EMSGSIZE: i64 = 90;
 /// recv/send flag: do not wait, whatever the descriptor's mode.
 const MSG_DONTWAIT: u64 = 0x40;
+/// recv flag: the whole length of a datagram cut to fit (and, in msg_flags, that it was cut).
+const MSG_TRUNC: u64 = 0x20;
 /// recvmmsg flag: wait for the first message only.
 const MSG_WAITFORONE: u64 = 0x10000;
 /// Most iovecs in one message (Linux's UIO_MAXIOV) and messages in one mmsg call.
@@ -278,7 +280,7 @@ impl Kernel {
         peer: bool,
     ) -> Result<i64, i64> {
         if self.unix_of(fd).is_some() || self.unix_named_of(fd).is_some() {
-            return self.unix_name(m, addr, lenp);
+            return self.unix_name(m, fd, (addr, lenp), peer);
         }
         let (s, _) = self.socket_of(fd)?;
         let (ip, port) = m.net_name(s, peer)?;
@@ -291,11 +293,20 @@ impl Kernel {
         &mut self,
         m: &mut dyn Machine,
         fd: u64,
-        buf: u64,
-        len: u64,
+        (buf, len, flags): (u64, u64, u64),
         src: u64,
         srclen: u64,
     ) -> Result<i64, i64> {
+        if let Some(id) = self.unix_dgram_of(fd) {
+            let nonblocking = self.p.fds.nonblocking(fd) || flags & MSG_DONTWAIT != 0;
+            let got = self.unix_dgram_recv(id, (len as usize).min(CHUNK), nonblocking)?;
+            m.write(buf, &got.data).map_err(|_| EFAULT)?;
+            if src != 0 && srclen != 0 {
+                crate::unix::write_sender_address(m, src, srclen, got.from.as_deref())?;
+            }
+            let whole = flags & MSG_TRUNC != 0;
+            return Ok(if whole { got.whole } else { got.data.len() } as i64);
+        }
         if self.unix_of(fd).is_some() {
             // A socket pair's peer has no name: the address length is 0.
             if src != 0 && srclen != 0 {
@@ -304,6 +315,7 @@ impl Kernel {
             return self.read(m, fd, buf, len, None);
         }
         let (s, nonblocking) = self.socket_for(fd, true, false)?;
+        let nonblocking = nonblocking || flags & MSG_DONTWAIT != 0;
         let mut tmp = vec![0u8; (len as usize).min(CHUNK)];
         let (n, from) = m.net_recvfrom(s, &mut tmp, nonblocking)?;
         m.write(buf, &tmp[..n]).map_err(|_| EFAULT)?;
@@ -323,16 +335,28 @@ impl Kernel {
         &mut self,
         m: &mut dyn Machine,
         fd: u64,
-        buf: u64,
-        len: u64,
+        (buf, len, flags): (u64, u64, u64),
         dest: u64,
         dlen: u64,
     ) -> Result<i64, i64> {
+        if let Some(id) = self.unix_dgram_of(fd) {
+            let to = match dest {
+                0 => None,
+                _ => Some(self.unix_address(m, dest, dlen)?),
+            };
+            let mut tmp = vec![0u8; (len as usize).min(CHUNK)];
+            m.read(buf, &mut tmp).map_err(|_| EFAULT)?;
+            let nonblocking = self.p.fds.nonblocking(fd) || flags & MSG_DONTWAIT != 0;
+            return self
+                .unix_dgram_send(id, &tmp, to, nonblocking)
+                .map(|n| n as i64);
+        }
         if dest == 0 || self.unix_of(fd).is_some() {
             // A socket pair is connected: the address is ignored.
             return self.write(m, fd, buf, len, None);
         }
         let (s, nonblocking) = self.socket_for(fd, false, true)?;
+        let nonblocking = nonblocking || flags & MSG_DONTWAIT != 0;
         let (ip, port) = read_sockaddr(m, dest, dlen)?;
         let mut tmp = vec![0u8; (len as usize).min(CHUNK)];
         m.read(buf, &mut tmp).map_err(|_| EFAULT)?;
@@ -350,6 +374,18 @@ impl Kernel {
     ) -> Result<i64, i64> {
         if self.unix_of(fd).is_some() {
             return self.unix_sendmsg(m, fd, msg, flags);
+        }
+        if let Some(id) = self.unix_dgram_of(fd) {
+            let nonblocking = self.p.fds.nonblocking(fd) || flags & MSG_DONTWAIT != 0;
+            let h = read_msghdr(m, msg)?;
+            let to = match h.name {
+                0 => None,
+                name => Some(self.unix_address(m, name, h.namelen)?),
+            };
+            let data = h.gather(m)?;
+            return self
+                .unix_dgram_send(id, &data, to, nonblocking)
+                .map(|n| n as i64);
         }
         let (s, nonblocking) = self.socket_for(fd, false, true)?;
         let nonblocking = nonblocking || flags & MSG_DONTWAIT != 0;
@@ -374,6 +410,30 @@ impl Kernel {
     ) -> Result<i64, i64> {
         if self.unix_of(fd).is_some() {
             return self.unix_recvmsg(m, fd, msg, flags);
+        }
+        if let Some(id) = self.unix_dgram_of(fd) {
+            let nonblocking = self.p.fds.nonblocking(fd) || flags & MSG_DONTWAIT != 0;
+            let h = read_msghdr(m, msg)?;
+            let got = self.unix_dgram_recv(id, h.capacity(), nonblocking)?;
+            h.scatter(m, &got.data)?;
+            if h.name != 0 {
+                // msg_namelen is the capacity in, the address length out.
+                crate::unix::write_sender_address(m, h.name, msg + 8, got.from.as_deref())?;
+            }
+            let truncated = if got.whole > got.data.len() {
+                MSG_TRUNC as u32
+            } else {
+                0
+            };
+            m.write(msg + 40, &0u64.to_le_bytes()).map_err(|_| EFAULT)?;
+            m.write(msg + 48, &truncated.to_le_bytes())
+                .map_err(|_| EFAULT)?;
+            let n = if flags & MSG_TRUNC != 0 {
+                got.whole
+            } else {
+                got.data.len()
+            };
+            return Ok(n as i64);
         }
         let (s, nonblocking) = self.socket_for(fd, true, false)?;
         let nonblocking = nonblocking || flags & MSG_DONTWAIT != 0;
@@ -408,12 +468,24 @@ impl Kernel {
         iov: Vec<(u64, u64)>,
         write: bool,
     ) -> Result<i64, i64> {
-        let (s, nonblocking) = self.socket_for(fd, !write, write)?;
         let h = MsgHdr {
             name: 0,
             namelen: 0,
             iov,
         };
+        if let Some(id) = self.unix_dgram_of(fd) {
+            let nonblocking = self.p.fds.nonblocking(fd);
+            return if write {
+                let data = h.gather(m)?;
+                self.unix_dgram_send(id, &data, None, nonblocking)
+                    .map(|n| n as i64)
+            } else {
+                let got = self.unix_dgram_recv(id, h.capacity(), nonblocking)?;
+                h.scatter(m, &got.data)?;
+                Ok(got.data.len() as i64)
+            };
+        }
+        let (s, nonblocking) = self.socket_for(fd, !write, write)?;
         if write {
             let data = h.gather(m)?;
             Ok(m.net_send(s, &data, nonblocking)? as i64)

@@ -20,6 +20,8 @@ const EADDRINUSE: i64 = 98;
 const EISCONN: i64 = 106;
 const ECONNREFUSED: i64 = 111;
 const ESOCKTNOSUPPORT: i64 = 94;
+pub(crate) const EPROTOTYPE: i64 = 91;
+const EOPNOTSUPP: i64 = 95;
 use crate::syscalls::Kernel;
 
 const AF_UNIX: u64 = 1;
@@ -49,19 +51,66 @@ pub(crate) type InFlight = std::collections::BTreeMap<u32, VecDeque<Vec<OpenFile
 const MAX_BACKLOG: usize = 4096;
 const AF_UNIX_SOCKADDR_MAX: usize = 110;
 
-/// An AF_UNIX stream socket before it is connected: its name once bound, and the
-/// connections waiting for accept once listening (each the server's end: (rx, tx) pipes).
+/// An AF_UNIX socket made by socket(2): a stream socket before it is connected (its name
+/// once bound, and the connections waiting for accept once listening, each the server's end:
+/// (rx, tx) pipes), or a datagram socket for its whole life (`unix_dgram.rs`).
 #[derive(Debug, Default)]
 pub(crate) struct NamedSocket {
-    name: Option<Vec<u8>>,
+    pub(crate) name: Option<Vec<u8>>,
     backlog: Option<VecDeque<(u32, u32)>>,
+    pub(crate) dgram: Option<crate::unix_dgram::Datagrams>,
 }
 
 /// The named sockets of the container, and which one each name is bound to.
 #[derive(Debug, Default)]
 pub(crate) struct UnixNames {
     sockets: Vec<Option<NamedSocket>>,
-    names: std::collections::BTreeMap<Vec<u8>, u32>,
+    pub(crate) names: std::collections::BTreeMap<Vec<u8>, u32>,
+}
+
+/// `struct sockaddr_un` for `name` (None: unnamed, the family alone): a path with its NUL, an
+/// abstract name as it is.
+pub(crate) fn unix_sockaddr(name: Option<&[u8]>) -> Vec<u8> {
+    let mut out = (AF_UNIX as u16).to_le_bytes().to_vec();
+    if let Some(name) = name {
+        out.extend_from_slice(name);
+        if name.first() != Some(&0) {
+            out.push(0);
+        }
+    }
+    out
+}
+
+/// Writes the address of `name` to `addr` (as much as the socklen_t at `lenp` says fits) and
+/// its length to `lenp`.
+pub(crate) fn write_unix_address(
+    m: &mut dyn Machine,
+    addr: u64,
+    lenp: u64,
+    name: Option<&[u8]>,
+) -> Result<(), i64> {
+    let mut l = [0u8; 4];
+    m.read(lenp, &mut l).map_err(|_| EFAULT)?;
+    let bytes = unix_sockaddr(name);
+    let fits = (u32::from_le_bytes(l) as usize).min(bytes.len());
+    m.write(addr, &bytes[..fits]).map_err(|_| EFAULT)?;
+    m.write(lenp, &(bytes.len() as u32).to_le_bytes())
+        .map_err(|_| EFAULT)?;
+    Ok(())
+}
+
+/// A received datagram's sender: its address, or for an unnamed sender an address length of
+/// 0 (where getsockname of an unnamed socket gives the family alone).
+pub(crate) fn write_sender_address(
+    m: &mut dyn Machine,
+    addr: u64,
+    lenp: u64,
+    name: Option<&[u8]>,
+) -> Result<(), i64> {
+    match name {
+        Some(_) => write_unix_address(m, addr, lenp, name),
+        None => m.write(lenp, &0u32.to_le_bytes()).map_err(|_| EFAULT),
+    }
 }
 
 impl Kernel {
@@ -273,28 +322,41 @@ impl Kernel {
         Ok(0)
     }
 
-    /// getsockname/getpeername of a socket-pair end: an unnamed AF_UNIX address.
+    /// getsockname/getpeername of an AF_UNIX socket: the name it is bound to, or for the
+    /// peer, the name a datagram socket connected to; unnamed otherwise (a pair's ends).
     pub(crate) fn unix_name(
         &mut self,
         m: &mut dyn Machine,
-        addr: u64,
-        lenp: u64,
+        fd: u64,
+        (addr, lenp): (u64, u64),
+        peer: bool,
     ) -> Result<i64, i64> {
-        let mut l = [0u8; 4];
-        m.read(lenp, &mut l).map_err(|_| EFAULT)?;
-        if u32::from_le_bytes(l) >= 2 {
-            m.write(addr, &(AF_UNIX as u16).to_le_bytes())
-                .map_err(|_| EFAULT)?;
+        let name = self.unix_named_of(fd).and_then(|id| {
+            let sock = self.named(id).ok()?;
+            if peer {
+                sock.dgram.as_ref()?.peer.clone()
+            } else {
+                sock.name.clone()
+            }
+        });
+        if peer && name.is_none() && self.unix_named_of(fd).is_some() {
+            return Err(ENOTCONN);
         }
-        m.write(lenp, &2u32.to_le_bytes()).map_err(|_| EFAULT)?;
+        write_unix_address(m, addr, lenp, name.as_deref())?;
         Ok(0)
     }
 
-    /// socket(2) for AF_UNIX: a stream socket to bind and listen, or to connect.
+    /// socket(2) for AF_UNIX: a stream socket to bind and listen, or to connect; or a
+    /// datagram socket.
     pub(crate) fn unix_socket(&mut self, ty: u64) -> Result<i64, i64> {
-        if ty & 0xf != SOCK_STREAM || ty & !(0xf | SOCK_NONBLOCK | SOCK_CLOEXEC) != 0 {
-            return Err(ESOCKTNOSUPPORT); // datagram and seqpacket sockets are not there yet
+        if ty & !(0xf | SOCK_NONBLOCK | SOCK_CLOEXEC) != 0 {
+            return Err(EINVAL);
         }
+        let dgram = match ty & 0xf {
+            SOCK_STREAM => None,
+            SOCK_DGRAM => Some(crate::unix_dgram::Datagrams::default()),
+            _ => return Err(ESOCKTNOSUPPORT), // named seqpacket sockets are not there yet
+        };
         let u = &mut self.unix;
         let id = match u.sockets.iter().position(Option::is_none) {
             Some(i) => i,
@@ -303,7 +365,10 @@ impl Kernel {
                 u.sockets.len() - 1
             }
         };
-        u.sockets[id] = Some(NamedSocket::default());
+        u.sockets[id] = Some(NamedSocket {
+            dgram,
+            ..NamedSocket::default()
+        });
         let status = 2 | (ty & SOCK_NONBLOCK) as i32;
         self.p
             .fds
@@ -323,7 +388,11 @@ impl Kernel {
         }
     }
 
-    fn named(&mut self, id: u32) -> Result<&mut NamedSocket, i64> {
+    pub(crate) fn unix_socket_ref(&self, id: u32) -> Option<&NamedSocket> {
+        self.unix.sockets.get(id as usize).and_then(Option::as_ref)
+    }
+
+    pub(crate) fn named(&mut self, id: u32) -> Result<&mut NamedSocket, i64> {
         self.unix
             .sockets
             .get_mut(id as usize)
@@ -333,7 +402,12 @@ impl Kernel {
 
     /// The name a `struct sockaddr_un` gives: an absolute path in the root (relative ones
     /// from the working directory), or an abstract name (a leading NUL, kept).
-    fn unix_address(&self, m: &dyn Machine, addr: u64, len: u64) -> Result<Vec<u8>, i64> {
+    pub(crate) fn unix_address(
+        &self,
+        m: &dyn Machine,
+        addr: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, i64> {
         let len = len as usize;
         if !(3..=AF_UNIX_SOCKADDR_MAX).contains(&len) {
             return Err(EINVAL);
@@ -387,6 +461,9 @@ impl Kernel {
     pub(crate) fn unix_listen(&mut self, fd: u64) -> Result<i64, i64> {
         let id = self.unix_named_of(fd).ok_or(EINVAL)?;
         let sock = self.named(id)?;
+        if sock.dgram.is_some() {
+            return Err(EOPNOTSUPP);
+        }
         if sock.name.is_none() {
             return Err(EINVAL); // Linux would bind an abstract name of its own
         }
@@ -409,6 +486,12 @@ impl Kernel {
         let Some(&target) = self.unix.names.get(&name) else {
             return Err(if abstract_name { ECONNREFUSED } else { ENOENT });
         };
+        if self.named(id)?.dgram.is_some() {
+            return self.unix_dgram_connect(id, target, name);
+        }
+        if self.named(target)?.dgram.is_some() {
+            return Err(EPROTOTYPE);
+        }
         match self.named(target)?.backlog.as_ref() {
             None => return Err(ECONNREFUSED),
             Some(q) if q.len() >= MAX_BACKLOG => return Err(EAGAIN),
@@ -445,6 +528,9 @@ impl Kernel {
         let id = self.unix_named_of(fd).ok_or(EINVAL)?;
         let nonblocking = self.p.fds.nonblocking(fd);
         let wait = !self.without_waiting(nonblocking);
+        if self.named(id)?.dgram.is_some() {
+            return Err(EOPNOTSUPP);
+        }
         let queue = self.named(id)?.backlog.as_mut().ok_or(EINVAL)?;
         let Some((rx, tx)) = queue.pop_front() else {
             return Err(if wait { crate::pipe::ERESTART } else { EAGAIN });
@@ -462,7 +548,7 @@ impl Kernel {
             }
         };
         if addr != 0 {
-            self.unix_name(m, addr, lenp)?;
+            write_unix_address(m, addr, lenp, None)?; // the connecting socket has no name
         }
         Ok(nfd)
     }

@@ -282,6 +282,20 @@ fn a_file_mapped_shared_is_one_memory_coherent_with_its_reads_and_writes_and_wri
 }
 
 #[test]
+fn named_unix_datagram_sockets_deliver_datagrams_with_their_senders_names() {
+    // socket(AF_UNIX, SOCK_DGRAM) bound to paths and an abstract name: sendto/recvfrom with
+    // names (an unbound sender's address length 0), connect + send/write/writev, readv,
+    // getpeername/getsockname, MSG_TRUNC both ways, a receive waiting for another process's
+    // send, poll, ENOENT, ENOTCONN, EOPNOTSUPP for listen, EPERM from a stranger to a
+    // connected socket, EAGAIN on a full queue. The same program passes natively.
+    prints_and_succeeds_with(
+        &["/bin/unixdgram", "/tmp"],
+        "sendto and recvfrom with names: ok\nconnect, write, writev and readv: ok\n\
+         boundaries and truncation: ok\nwaits and poll: ok\nerrors: ok\nabstract names: ok\n",
+    );
+}
+
+#[test]
 fn a_robust_lock_whose_owner_died_goes_to_the_next_locker_with_eownerdead() {
     // The owner a thread that exits, a process that exits, and a process killed (SIGKILL from
     // a third one) while the test's process waits for the lock in shared memory.
@@ -305,7 +319,12 @@ fn datagram_and_seqpacket_socket_pairs_keep_message_boundaries() {
 
 /// Runs `program` in the test root: it exits 0 having printed exactly `expected`.
 fn prints_and_succeeds(program: &str, expected: &str) {
-    let o = qvisor(&[program]);
+    prints_and_succeeds_with(&[program], expected);
+}
+
+/// [`prints_and_succeeds`] for a command line.
+fn prints_and_succeeds_with(argv: &[&str], expected: &str) {
+    let o = qvisor(argv);
     assert_eq!(o.status.code(), Some(0), "{o:?}");
     assert_eq!(stdout(&o), expected);
 }

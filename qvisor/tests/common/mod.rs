@@ -75,6 +75,7 @@ pub fn root() -> &'static Path {
             ("robust", "robust", "-static"),
             ("dgram", "dgram", "-static"),
             ("mapfile", "mapfile", "-static"),
+            ("unixdgram", "unixdgram", "-static"),
             // Dynamically linked: the shared libc's syscall sites are the patchable ones.
             ("patching", "patching", "-pie"),
         ] {
