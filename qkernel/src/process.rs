@@ -1520,6 +1520,18 @@ impl Kernel {
         let old_space = self.space(m);
         let cmdline = cmdline_of(&argv);
         let (loaded, exe, new_space) = self.load_program(m, path, argv, &envp)?;
+        // Every thread's robust futexes are left by it (Linux releases them at exec, and the
+        // other threads end): walked in the old memory they live in.
+        let mut robust = self.procs.robust_lists_of(self.p.pid);
+        robust.push((self.t.tid, std::mem::take(&mut self.t.robust_list)));
+        robust.retain(|&(_, head)| head != 0);
+        if !robust.is_empty() {
+            m.space_switch(old_space);
+            for (tid, head) in robust {
+                self.release_robust_list(m, tid, head);
+            }
+            m.space_switch(new_space);
+        }
         if !std::mem::take(&mut self.p.borrowed_space) {
             m.space_release(old_space);
         }

@@ -297,12 +297,14 @@ fn named_unix_datagram_sockets_deliver_datagrams_with_their_senders_names() {
 
 #[test]
 fn a_robust_lock_whose_owner_died_goes_to_the_next_locker_with_eownerdead() {
-    // The owner a thread that exits, a process that exits, and a process killed (SIGKILL from
-    // a third one) while the test's process waits for the lock in shared memory.
+    // The owner a thread that exits, a process that exits, a process killed (SIGKILL from a
+    // third one) while the test's process waits for the lock in shared memory, and a process
+    // that execs holding it.
     prints_and_succeeds(
         "/bin/robust",
         "thread died holding it: EOWNERDEAD\nprocess exited holding it: EOWNERDEAD\n\
-         owner killed while another process waited: EOWNERDEAD\n",
+         owner killed while another process waited: EOWNERDEAD\n\
+         owner exec'd holding it: EOWNERDEAD\n",
     );
 }
 

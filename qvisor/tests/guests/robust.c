@@ -32,13 +32,21 @@ static void take_over(pthread_mutex_t *mu, const char *what) {
 }
 
 static pthread_mutex_t thread_mu;
+static const char *exe;
 static void *lock_and_exit(void *arg) {
   (void)arg;
   pthread_mutex_lock(&thread_mu);
   return NULL; /* ends holding it */
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+  /* Run again by the exec test: stays a moment, then ends. */
+  if (argc > 1) {
+    struct timespec t = {0, 200000000};
+    nanosleep(&t, NULL);
+    return 0;
+  }
+  exe = argv[0];
   robust_init(&thread_mu, 0);
   pthread_t t;
   pthread_create(&t, NULL, lock_and_exit, NULL);
@@ -79,5 +87,21 @@ int main(void) {
   waitpid(owner, NULL, 0);
   waitpid(killer, NULL, 0);
   printf("owner killed while another process waited: EOWNERDEAD\n");
+
+  /* An owner that execs (Linux releases the robust list at exec), while this one waits. */
+  if (pipe(ready)) fail("pipe");
+  pid_t execer = fork();
+  if (execer == 0) {
+    pthread_mutex_lock(mu);
+    if (write(ready[1], "x", 1) != 1) _exit(2);
+    struct timespec t = {0, 100000000};
+    nanosleep(&t, NULL);
+    execl(exe, exe, "sleep", (char *)NULL);
+    _exit(3);
+  }
+  if (read(ready[0], &c, 1) != 1) fail("the execing owner never locked");
+  take_over(mu, "a lock whose owner exec'd");
+  waitpid(execer, NULL, 0);
+  printf("owner exec'd holding it: EOWNERDEAD\n");
   return 0;
 }
