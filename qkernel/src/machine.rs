@@ -112,6 +112,11 @@ pub trait Machine {
     fn shared_memory_key(&self, va: u64) -> Option<u64> {
         Some(va)
     }
+    /// Bytes of user memory present in address space `space` within `[start, end)` (what
+    /// /proc reports as resident); 0 where the platform cannot tell.
+    fn resident_bytes(&self, _space: SpaceId, _start: u64, _end: u64) -> u64 {
+        0
+    }
     /// Copies guest memory at `va` into `buf`, as the app could read it.
     fn read(&self, va: u64, buf: &mut [u8]) -> Result<(), Fault>;
     /// Copies `buf` into guest memory at `va`, ignoring write protection (the kernel may write

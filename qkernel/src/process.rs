@@ -255,6 +255,21 @@ impl ProcTable {
         self.next_pid
     }
 
+    /// The last pid handed out (/proc/loadavg), 1 before any fork.
+    pub(crate) fn last_pid(&self) -> i64 {
+        self.next_pid.max(1)
+    }
+
+    /// (runnable, all) threads besides the running one.
+    pub(crate) fn thread_counts(&self) -> (usize, usize) {
+        let runnable = self
+            .threads
+            .values()
+            .filter(|t| matches!(t.state, State::Runnable(_)))
+            .count();
+        (runnable, self.threads.len())
+    }
+
     /// Tasks (threads and zombies) besides the running thread, as a pids cgroup counts them.
     pub(crate) fn tasks(&self) -> usize {
         self.threads.len() + self.parked.values().filter(|p| p.zombie.is_some()).count()
@@ -1105,6 +1120,7 @@ impl Kernel {
         };
         let pid = self.procs.new_pid();
         let mut child = self.p.fork_copy(pid, child_space);
+        child.start_ns = m.monotonic_ns();
         if flags & CLONE_PARENT_SETTID != 0 && parent_tid != 0 {
             let _ = m.write(parent_tid, &(pid as i32).to_le_bytes());
         }

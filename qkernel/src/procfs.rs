@@ -1,7 +1,8 @@
-//! /proc, made up at open from the kernel's state: what libcs and runtimes read about memory
-//! and the CPU, the process itself (`/proc/self/...`: status, stat, comm, cmdline, exe, fd/,
-//! maps), and every other process of the container (`/proc/PID/`: status, stat, comm,
-//! cmdline), listed in `/proc` as `ps` reads them. The rest of /proc does not exist (ENOENT).
+//! /proc, made up at open from the kernel's state: what libcs and runtimes read about memory,
+//! the CPU and the container (meminfo, cpuinfo, uptime, loadavg, stat), the process itself
+//! (`/proc/self/...`: status, stat, statm, comm, cmdline, exe, fd/, maps), and every other
+//! process of the container (`/proc/PID/`: status, stat, statm, comm, cmdline), listed in
+//! `/proc` as `ps` reads them. The rest of /proc does not exist (ENOENT).
 
 use crate::errno::*;
 use crate::fs::{FileKind, Generated};
@@ -161,14 +162,55 @@ impl Kernel {
             }
             b"/proc/cpuinfo" => String::from_utf8_lossy(&m.cpuinfo()).into_owned(),
             b"/proc/self/maps" => self.maps(),
+            b"/proc/uptime" => {
+                let up = self.uptime_ns(m);
+                let (secs, hundredths) = (up / 1_000_000_000, up / 10_000_000 % 100);
+                format!("{secs}.{hundredths:02} {secs}.{hundredths:02}\n")
+            }
+            b"/proc/loadavg" => {
+                let (running, threads) = self.thread_counts();
+                format!(
+                    "0.00 0.00 0.00 {running}/{threads} {}\n",
+                    self.procs.last_pid()
+                )
+            }
+            b"/proc/stat" => {
+                // One CPU (the vCPU); its times are not kept (zeros), boot time and counts are.
+                let boot = m.realtime_ns().saturating_sub(self.uptime_ns(m)) / 1_000_000_000;
+                let (running, _) = self.thread_counts();
+                format!(
+                    "cpu  0 0 0 0 0 0 0 0 0 0\ncpu0 0 0 0 0 0 0 0 0 0 0\nintr 0\nctxt 0\n\
+                     btime {boot}\nprocesses {}\nprocs_running {running}\n\
+                     procs_blocked 0\n",
+                    self.procs.last_pid(),
+                )
+            }
             _ => {
-                // /proc/PID/FILE of any process: its status, stat, comm, cmdline.
+                // /proc/PID/FILE of any process: its status, stat, statm, comm, cmdline.
                 let (pid, file) = pid_path(path).ok_or(ENOENT)?;
                 let view = self.proc_view(pid).ok_or(ENOENT)?;
-                return view.file(file).ok_or(ENOENT);
+                // The running process's space is the current one (a vfork child's included).
+                let space = match view.state {
+                    'R' => m.space_current(),
+                    _ => view.p.space,
+                };
+                let sizes = Sizes::of(m, view.p, space);
+                let start_ticks = view.p.start_ns.saturating_sub(self.boot_ns) / TICK_NS;
+                return view.file(file, &sizes, start_ticks).ok_or(ENOENT);
             }
         };
         Ok(text.into_bytes())
+    }
+
+    /// Time since the container's first call.
+    fn uptime_ns(&self, m: &dyn Machine) -> u64 {
+        m.monotonic_ns().saturating_sub(self.boot_ns)
+    }
+
+    /// (threads that may run now, every thread) of the container.
+    fn thread_counts(&self) -> (usize, usize) {
+        let (runnable, all) = self.procs.thread_counts();
+        (runnable + 1, all + 1) // and the one running
     }
 
     /// What /proc shows of process `pid` (`self` is the running one), if it exists.
@@ -211,6 +253,9 @@ impl Kernel {
             (2, DT_LNK, b"self".to_vec()),
             (3, DT_REG, b"meminfo".to_vec()),
             (4, DT_REG, b"cpuinfo".to_vec()),
+            (5, DT_REG, b"uptime".to_vec()),
+            (6, DT_REG, b"loadavg".to_vec()),
+            (7, DT_REG, b"stat".to_vec()),
         ];
         let mut pids: Vec<i64> = self.procs.parked.keys().copied().collect();
         pids.push(self.p.pid);
@@ -224,7 +269,7 @@ impl Kernel {
     /// /proc/PID: the files each process has.
     fn pid_dirents(&self, own: bool) -> Vec<u8> {
         let mut entries = vec![(1, DT_DIR, b".".to_vec()), (1, DT_DIR, b"..".to_vec())];
-        for name in ["status", "stat", "comm", "cmdline"] {
+        for name in ["status", "stat", "statm", "comm", "cmdline"] {
             entries.push((5, DT_REG, name.as_bytes().to_vec()));
         }
         if own {
@@ -260,6 +305,54 @@ fn pid_path(path: &[u8]) -> Option<(PidRef, &[u8])> {
     Some((pid, file))
 }
 
+/// Clock ticks (USER_HZ, 100 a second) in /proc's times.
+const TICK_NS: u64 = 10_000_000;
+
+/// A process's memory as /proc reports it, in bytes.
+struct Sizes {
+    /// Every page it can touch: present pages, reservations not yet mapped (PROT_NONE), and
+    /// the part of its 8 MiB stack not touched yet.
+    virtual_size: u64,
+    resident: u64,
+    /// Resident pages of shared memory (anonymous or a file's).
+    shared: u64,
+    /// The heap and private memory mapped by mmap.
+    data: u64,
+    stack: u64,
+    /// Shared libraries' code mappings.
+    libraries: u64,
+}
+
+impl Sizes {
+    fn of(m: &dyn Machine, p: &crate::syscalls::Proc, space: crate::machine::SpaceId) -> Sizes {
+        use crate::elf::{STACK_SIZE, STACK_TOP, USER_END};
+        use crate::syscalls::Backing;
+        let resident = m.resident_bytes(space, 0, USER_END);
+        let stack_resident = m.resident_bytes(space, STACK_TOP - STACK_SIZE, STACK_TOP);
+        let (mut reserved, mut shared, mut data, mut libraries) = (0, 0, 0, 0);
+        for (start, end, present, backing) in p.vm.regions_with_presence() {
+            let len = end - start;
+            if !present {
+                reserved += len;
+            }
+            match backing {
+                b if b.shared() && present => shared += len,
+                Backing::Data => data += len,
+                Backing::LibraryCode => libraries += len,
+                _ => {}
+            }
+        }
+        Sizes {
+            virtual_size: resident + reserved + STACK_SIZE.saturating_sub(stack_resident),
+            resident,
+            shared,
+            data: data + p.brk_mapped.saturating_sub(p.brk_start),
+            stack: STACK_SIZE,
+            libraries,
+        }
+    }
+}
+
 /// One process as /proc shows it.
 struct ProcView<'a> {
     p: &'a crate::syscalls::Proc,
@@ -271,7 +364,7 @@ struct ProcView<'a> {
 }
 
 impl ProcView<'_> {
-    fn file(&self, name: &[u8]) -> Option<Vec<u8>> {
+    fn file(&self, name: &[u8], sizes: &Sizes, start_ticks: u64) -> Option<Vec<u8>> {
         let p = self.p;
         let comm = String::from_utf8_lossy(&p.comm).into_owned();
         let text = match name {
@@ -287,7 +380,10 @@ impl ProcView<'_> {
                 format!(
                     "Name:\t{comm}\nState:\t{state}\nTgid:\t{}\nPid:\t{}\nPPid:\t{}\n\
                      Uid:\t{}\t{}\t{}\t{}\nGid:\t{}\t{}\t{}\t{}\nGroups:\t{}\n\
-                     Threads:\t{}\nSigBlk:\t{:016x}\n",
+                     VmPeak:\t{:8} kB\nVmSize:\t{:8} kB\nVmHWM:\t{:8} kB\nVmRSS:\t{:8} kB\n\
+                     RssShmem:\t{:8} kB\nVmData:\t{:8} kB\nVmStk:\t{:8} kB\nVmLib:\t{:8} kB\n\
+                     Threads:\t{}\nSigBlk:\t{:016x}\nCpus_allowed:\t1\n\
+                     Cpus_allowed_list:\t0\n",
                     p.pid,
                     self.tid,
                     p.ppid,
@@ -300,17 +396,29 @@ impl ProcView<'_> {
                     c.sgid,
                     c.egid,
                     groups.join(" "),
+                    sizes.virtual_size >> 10,
+                    sizes.virtual_size >> 10,
+                    sizes.resident >> 10,
+                    sizes.resident >> 10,
+                    sizes.shared >> 10,
+                    sizes.data >> 10,
+                    sizes.stack >> 10,
+                    sizes.libraries >> 10,
                     self.threads,
                     self.sigmask
                 )
             }
-            // The fields ps reads, the rest 0: pid, comm, state, ppid, pgrp, session, tty,
-            // tpgid, flags, fault and time counters, priority, nice, threads, ..., start time,
-            // sizes.
+            // Linux's 52 fields: pid, comm, state, ppid, pgrp, session, tty, tpgid, then
+            // from field 9 on (fields[n - 9]) flags, fault and time counters (not kept: 0),
+            // priority, nice, threads, start time, sizes, the rest 0.
             b"stat" => {
-                let mut fields = vec!["0".to_string(); 49];
-                fields[14] = "20".into(); // priority
-                fields[16] = self.threads.to_string();
+                let mut fields = vec!["0".to_string(); 52 - 8];
+                fields[18 - 9] = "20".into(); // priority
+                fields[20 - 9] = self.threads.to_string();
+                fields[22 - 9] = start_ticks.to_string();
+                fields[23 - 9] = sizes.virtual_size.to_string();
+                fields[24 - 9] = (sizes.resident / 4096).to_string();
+                fields[25 - 9] = u64::MAX.to_string(); // rsslim: unlimited
                 format!(
                     "{} ({comm}) {} {} {} {} 0 -1 {}\n",
                     p.pid,
@@ -321,6 +429,14 @@ impl ProcView<'_> {
                     fields.join(" ")
                 )
             }
+            // Pages: size, resident, shared, text, 0, data + stack, 0.
+            b"statm" => format!(
+                "{} {} {} 0 0 {} 0\n",
+                sizes.virtual_size / 4096,
+                sizes.resident / 4096,
+                sizes.shared / 4096,
+                (sizes.data + sizes.stack) / 4096
+            ),
             b"comm" => format!("{comm}\n"),
             b"cmdline" => return Some(p.cmdline.clone()),
             _ => return None,

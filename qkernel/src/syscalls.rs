@@ -224,6 +224,16 @@ impl AddressSpace {
         at >= end
     }
 
+    /// Every region with whether its pages are present (unmapped shared memory left out).
+    pub(crate) fn regions_with_presence(
+        &self,
+    ) -> impl Iterator<Item = (u64, u64, bool, Backing)> + '_ {
+        self.regions
+            .iter()
+            .filter(|(_, (_, _, b))| *b != Backing::SharedGone)
+            .map(|(s, (e, p, b))| (*s, *e, *p, *b))
+    }
+
     /// Whether any page of `[start, end)` is present (mapped, or unmapped and kept for reuse).
     fn any_present(&self, start: u64, end: u64) -> bool {
         self.regions
@@ -304,6 +314,8 @@ pub(crate) struct Proc {
     pub(crate) space: crate::machine::SpaceId,
     /// The space is its vfork parent's, lent until exec or exit: never released by this one.
     pub(crate) borrowed_space: bool,
+    /// When it was created (monotonic ns; 0 for the container's first process).
+    pub(crate) start_ns: u64,
 }
 
 impl Proc {
@@ -328,6 +340,7 @@ impl Proc {
             brk,
             brk_mapped: brk,
             mmap_next: MMAP_TOP,
+            start_ns: 0,
             vm: AddressSpace::default(),
             pid,
             ppid: 0,
@@ -363,6 +376,7 @@ impl Proc {
             wait_event: None,
             space,
             borrowed_space: false,
+            start_ns: 0, // set by fork, which knows the time
         }
     }
 
@@ -427,6 +441,8 @@ pub struct Kernel {
     pub(crate) doomed: Option<(i64, i32)>,
     /// The platform may send requests ([`Kernel::accept_host_requests`]).
     pub(crate) host_requests: bool,
+    /// Monotonic time of the first call served: the container's boot, for /proc.
+    pub(crate) boot_ns: u64,
 }
 
 impl Kernel {
@@ -458,6 +474,7 @@ impl Kernel {
             outside: Default::default(),
             doomed: None,
             host_requests: false,
+            boot_ns: 0,
         }
     }
 
@@ -727,6 +744,9 @@ impl Kernel {
     }
 
     fn dispatch(&mut self, m: &mut dyn Machine, call: SyscallArgs) -> SyscallOutcome {
+        if self.boot_ns == 0 {
+            self.boot_ns = m.monotonic_ns();
+        }
         let [a0, a1, a2, a3, a4, _a5] = call.args;
         const AT_FDCWD: u64 = -100i64 as u64;
         let a5 = call.args[5];
@@ -1532,11 +1552,16 @@ impl Kernel {
 
     fn sysinfo(&mut self, m: &mut dyn Machine, out: u64) -> Result<i64, i64> {
         // struct sysinfo: uptime, loads[3], totalram, freeram, ... mem_unit at 104.
+        // The container's: its uptime, its memory (as /proc/meminfo), its threads.
         let mut b = [0u8; 112];
-        b[..8].copy_from_slice(&(m.monotonic_ns() / 1_000_000_000).to_le_bytes());
-        b[32..40].copy_from_slice(&(512u64 << 20).to_le_bytes());
-        b[40..48].copy_from_slice(&(256u64 << 20).to_le_bytes());
-        b[80..82].copy_from_slice(&1u16.to_le_bytes()); // procs
+        let uptime = m.monotonic_ns().saturating_sub(self.boot_ns) / 1_000_000_000;
+        let (total, used) = m.memory_info();
+        let (_, threads) = self.procs.thread_counts();
+        b[..8].copy_from_slice(&uptime.to_le_bytes());
+        b[32..40].copy_from_slice(&total.to_le_bytes());
+        b[40..48].copy_from_slice(&total.saturating_sub(used).to_le_bytes());
+        let procs = (threads + 1).min(u16::MAX as usize) as u16;
+        b[80..82].copy_from_slice(&procs.to_le_bytes());
         b[104..108].copy_from_slice(&1u32.to_le_bytes()); // mem_unit
         m.write(out, &b).map_err(|_| EFAULT)?;
         Ok(0)

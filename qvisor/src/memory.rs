@@ -164,6 +164,17 @@ impl GuestMemory {
         out
     }
 
+    /// Bytes of the app's pages present in `[start, end)` of address space `root` (the VM's
+    /// own shared pages left out).
+    pub fn resident_bytes(&self, root: u64, start: u64, end: u64) -> u64 {
+        let pages = self
+            .user_leaves(root)
+            .iter()
+            .filter(|(va, e)| *va >= start && *va < end && e & SHARED == 0)
+            .count() as u64;
+        pages * PAGE
+    }
+
     /// A copy of address space `src`: every user page copied into a page of its own (fork;
     /// the shadow MMU rules out copy-on-write, see the module doc).
     pub fn clone_space(&mut self, src: u64) -> Result<u64, Fault> {

@@ -857,6 +857,9 @@ impl Machine for GuestMachine<'_> {
         self.pages
             .map(self.mem, fd, fd_writable, (va, len, offset), flags)
     }
+    fn resident_bytes(&self, space: SpaceId, start: u64, end: u64) -> u64 {
+        self.mem.resident_bytes(space, start, end)
+    }
     fn shared_memory_key(&self, va: u64) -> Option<u64> {
         self.mem.translate(va).map(|(gpa, _)| gpa) // one guest-physical page for all
     }

@@ -197,6 +197,79 @@ fn proc_tells_memory_the_cpu_and_the_process_itself() {
     assert!(err.contains("/proc/nope"), "{err}");
 }
 
+/// The number after `key` in /proc/PID/status text.
+fn status_kb(status: &str, key: &str) -> u64 {
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .unwrap_or_else(|| panic!("{key}: {status}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn proc_reports_memory_sizes_times_and_counts_that_follow_the_processes() {
+    // The shell's resident memory grows by what it keeps (a 2 MB variable), seen from a
+    // child (the shell parked) and from itself; statm and stat agree with status; uptime,
+    // loadavg, stat and sysinfo (busybox free) are the container's.
+    let script = "cat /proc/$$/status; echo ---; x=$(seq 1 300000); cat /proc/$$/status; \
+                  echo ---; cat /proc/$$/statm; echo ---; cat /proc/$$/stat; echo ---; \
+                  cat /proc/uptime /proc/loadavg; grep -c cpu0 /proc/stat; echo ---; free";
+    let (code, out, err) = sh(script);
+    assert_eq!(code, Some(0), "{err}");
+    let parts: Vec<&str> = out.split("---\n").collect();
+    let (before, after) = (parts[0], parts[1]);
+    let (rss0, rss1) = (status_kb(before, "VmRSS:"), status_kb(after, "VmRSS:"));
+    assert!(rss0 > 500, "a shell is more than nothing: {before}");
+    assert!(rss1 >= rss0 + 1500, "2 MB kept shows: {rss0} -> {rss1} kB");
+    assert!(
+        status_kb(after, "VmSize:") >= rss1 + 8000,
+        "the stack reservation counts"
+    );
+    let statm: Vec<u64> = parts[2]
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert_eq!(
+        statm[1] * 4,
+        status_kb(after, "VmRSS:"),
+        "statm resident, in pages"
+    );
+    assert_eq!(statm[0] * 4, status_kb(after, "VmSize:"));
+    let stat: Vec<&str> = parts[3].split_whitespace().collect();
+    assert_eq!(stat.len(), 52, "Linux's field count: {}", parts[3]);
+    assert_eq!(stat[19], "1", "one thread");
+    assert_eq!(
+        stat[22].parse::<u64>().unwrap(),
+        statm[0] * 4096,
+        "vsize in bytes"
+    );
+    assert_eq!(stat[23].parse::<u64>().unwrap(), statm[1], "rss in pages");
+    let times: Vec<&str> = parts[4].lines().collect();
+    let uptime: f64 = times[0].split_whitespace().next().unwrap().parse().unwrap();
+    assert!(
+        uptime < 60.0,
+        "the container's uptime, not the host's: {uptime}"
+    );
+    assert!(times[1].starts_with("0.00 0.00 0.00 "), "{}", times[1]);
+    assert_eq!(times[2], "1", "one CPU in /proc/stat");
+    let mem: Vec<&str> = parts[5]
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        mem[1], "524288",
+        "sysinfo's total is the guest's memory: {}",
+        parts[5]
+    );
+    let used: u64 = mem[2].parse().unwrap();
+    assert!(
+        used > 1000 && used < 100_000,
+        "used memory is measured, not made up: {used}"
+    );
+}
+
 #[test]
 fn ps_lists_the_container_processes_from_proc() {
     // /proc lists every process; ps reads each one's stat and status. The background sleep is

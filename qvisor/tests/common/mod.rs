@@ -54,6 +54,8 @@ pub fn root() -> &'static Path {
             "kill",
             "tr",
             "expr",
+            "free",
+            "grep",
         ] {
             std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
         }
