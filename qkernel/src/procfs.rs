@@ -139,6 +139,7 @@ impl Kernel {
                     line(start, end, "rwxs", "/dev/zero (deleted)")
                 }
                 crate::syscalls::Backing::SharedFile => line(start, end, "rwxs", ""),
+                crate::syscalls::Backing::CachedReadOnly => line(start, end, "r--p", ""),
                 _ => line(start, end, "rwxp", ""),
             };
         }

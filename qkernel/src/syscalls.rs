@@ -55,6 +55,12 @@ fn user_pages(addr: u64, len: u64) -> Result<u64, i64> {
     Ok(addr + len.div_ceil(PAGE) * PAGE)
 }
 
+/// Whether `file` is an ELF image (a program or library, which the loader maps itself).
+fn is_elf(m: &mut dyn Machine, file: crate::machine::HostFile) -> bool {
+    let mut magic = [0u8; 4];
+    matches!(m.fs_read(file, &mut magic, Some(0)), Ok(4)) && magic == *b"\x7fELF"
+}
+
 pub(crate) fn read_timespec(m: &dyn Machine, va: u64) -> Result<u64, i64> {
     let mut ts = [0u8; 16];
     m.read(va, &mut ts).map_err(|_| EFAULT)?;
@@ -143,6 +149,10 @@ pub(crate) enum Backing {
     /// A shared file mapping (`MAP_SHARED` of a file): the container's pages of that file,
     /// the same in every process that maps it (the platform's page cache).
     SharedFile,
+    /// A private read-only mapping of a data file: the page cache's pages (as
+    /// [`Backing::SharedFile`]), mapped read-only. A present page cannot become writable or
+    /// executable here, so mprotect asking for that is EACCES.
+    CachedReadOnly,
     /// Shared memory (anonymous or a file's) this process unmapped: its pages stay in the process's tables
     /// (a present entry cannot be removed here) and may still be another process's, so the
     /// range is never handed out again; the pages go back when the last process exits.
@@ -158,7 +168,10 @@ impl Backing {
 
     /// Memory other processes may map too: its contents are not this process's alone.
     pub(crate) fn shared(self) -> bool {
-        matches!(self, Backing::SharedAnon | Backing::SharedFile)
+        matches!(
+            self,
+            Backing::SharedAnon | Backing::SharedFile | Backing::CachedReadOnly
+        )
     }
 }
 
@@ -222,6 +235,13 @@ impl AddressSpace {
             }
         }
         at >= end
+    }
+
+    /// Whether any part of `[start, end)` is a region backed by `backing`.
+    fn holds(&self, start: u64, end: u64, backing: Backing) -> bool {
+        self.regions
+            .range(..end)
+            .any(|(s, (e, _, b))| *e > start && *s < end && *b == backing)
     }
 
     /// Every region with whether its pages are present (unmapped shared memory left out).
@@ -1149,6 +1169,31 @@ impl Kernel {
         Ok(va as i64)
     }
 
+    /// A private read-only mapping of a data file (ld.so.cache, locale archives, a program's
+    /// data): the page cache's pages, shared with every process that maps that part of the
+    /// file, mapped read-only (as Linux shares them until a process writes, which a read-only
+    /// mapping never does). Programs and libraries keep copies of their own: the loader maps
+    /// parts of them again over the first mapping, and their code may be patched.
+    fn mmap_file_cached(
+        &mut self,
+        m: &mut dyn Machine,
+        len: u64,
+        file: crate::machine::HostFile,
+        offset: u64,
+    ) -> Result<i64, i64> {
+        offset.checked_add(len).ok_or(EINVAL)?;
+        let va = self.mmap_area(len)?;
+        let read_only = PageFlags {
+            write: false,
+            exec: false,
+        };
+        m.map_file_shared((va, len), file, (offset, false), read_only)?;
+        self.p
+            .vm
+            .insert_backed(va, va + len, true, Backing::CachedReadOnly);
+        Ok(va as i64)
+    }
+
     /// msync(2): the range's shared file pages go back to their files now (MS_ASYNC as well:
     /// writing them at once is one way of scheduling it).
     fn msync(&mut self, m: &mut dyn Machine, addr: u64, len: u64, flags: u64) -> Result<i64, i64> {
@@ -1206,6 +1251,14 @@ impl Kernel {
         {
             return Err(EACCES);
         }
+        const PROT_EXEC: u64 = 4;
+        if prot != PROT_NONE
+            && prot & (PROT_WRITE | PROT_EXEC) == 0
+            && flags & (MAP_SHARED | MAP_FIXED) == 0
+            && !is_elf(m, file)
+        {
+            return self.mmap_file_cached(m, len.div_ceil(PAGE) * PAGE, file, offset);
+        }
         if flags & MAP_SHARED != 0 {
             let len = len.div_ceil(PAGE) * PAGE;
             return self.mmap_file_shared(
@@ -1237,7 +1290,6 @@ impl Kernel {
         }
         // A private copy of executable code: its syscall sites may be patched (they change in
         // this copy only).
-        const PROT_EXEC: u64 = 4;
         let backing = if flags & MAP_SHARED == 0 && prot & PROT_EXEC != 0 {
             Backing::LibraryCode
         } else {
@@ -1284,6 +1336,9 @@ impl Kernel {
                 // in the page cache (a failure here is the file's, not munmap's).
                 (true, Backing::SharedFile) => {
                     let _ = m.sync_file_pages(s, e - s);
+                    self.p.vm.insert_backed(s, e, true, Backing::SharedGone)
+                }
+                (true, Backing::CachedReadOnly) => {
                     self.p.vm.insert_backed(s, e, true, Backing::SharedGone)
                 }
                 (true, _) => self.p.vm.free(s, e),
@@ -1334,6 +1389,10 @@ impl Kernel {
         let end = user_pages(addr, len)?;
         if prot == PROT_NONE {
             return Ok(0); // present pages stay present (see docs/qvisor.md, Memory)
+        }
+        const PROT_WRITE_OR_EXEC: u64 = 2 | 4;
+        if prot & PROT_WRITE_OR_EXEC != 0 && self.p.vm.holds(addr, end, Backing::CachedReadOnly) {
+            return Err(EACCES); // read-only page cache pages cannot change (see the backing)
         }
         // Reserved (PROT_NONE) parts become real memory now; the rest keeps its pages.
         for (s, e, present, backing) in self.p.vm.remove(addr, end) {

@@ -331,7 +331,8 @@ fn a_file_mapped_shared_is_one_memory_coherent_with_its_reads_and_writes_and_wri
     // MAP_SHARED of a file: processes that map it on their own see each other's stores and
     // futexes at different addresses; read/pwrite/write/ftruncate agree with the mapping;
     // msync, munmap, a process's exit and the container's end write it back; access modes are
-    // checked; /dev/shm works as POSIX shared memory. The same program passes natively.
+    // checked; /dev/shm works as POSIX shared memory; private read-only mappings share the
+    // page cache's pages and see later writes. The same program passes natively.
     let file = format!("/data/mapfile-{}.bin", std::process::id());
     let o = qvisor(&["/bin/mapfile", &file]);
     assert_eq!(o.status.code(), Some(0), "{o:?}");
@@ -341,7 +342,19 @@ fn a_file_mapped_shared_is_one_memory_coherent_with_its_reads_and_writes_and_wri
          atomic increments from two processes: ok\n\
          futex across two mappings of the file: ok\n\
          written back on msync, munmap and exit: ok\n\
-         truncation: ok\naccess modes: ok\nshared memory in /dev/shm: ok\n"
+         truncation: ok\naccess modes: ok\nshared memory in /dev/shm: ok\n\
+         private read-only mappings: ok\n"
+    );
+    // Four processes each mapping 8 MiB of the file privately read-only share its pages:
+    // about 8 MiB (and what their forks copied), not 32.
+    let used_kib: u64 = stderr(&o)
+        .lines()
+        .find_map(|l| l.strip_prefix("memory for 4 x 8 MiB private read-only: "))
+        .and_then(|v| v.strip_suffix(" KiB")?.parse().ok())
+        .unwrap_or_else(|| panic!("no memory figure: {}", stderr(&o)));
+    assert!(
+        (8 << 10..20 << 10).contains(&used_kib),
+        "4 x 8 MiB mapped read-only took {used_kib} KiB"
     );
     let host = std::fs::read(root().join(&file[1..])).unwrap();
     std::fs::remove_file(root().join(&file[1..])).unwrap();
