@@ -33,6 +33,7 @@ impl Bundle {
             }
         }
         build_guest("syscost", &bin)?;
+        build_guest("forkcost", &bin)?;
         compile_guest("syscost", &bin.join("syscost-dyn"), &[])?; // shared libc
         for lib in [
             "/lib/x86_64-linux-gnu/libc.so.6",
@@ -214,7 +215,7 @@ fn cost(out: &str, key: &str) -> anyhow::Result<f64> {
     out.lines()
         .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("syscost printed no {key}: {out}"))
+        .with_context(|| format!("the guest printed no {key}: {out}"))
 }
 
 pub fn suite(runs: usize) -> anyhow::Result<Vec<Figure>> {
@@ -360,9 +361,42 @@ pub fn suite(runs: usize) -> anyhow::Result<Vec<Figure>> {
             ));
         }
     }
+    figures.extend(fork_figures(&bundle)?);
     // (d) fork + exec + exit + wait in a shell loop.
     figures.extend(fork_exec_figures(&bundle)?);
     figures.push(exec_figure(&bundle, runs)?);
+    Ok(figures)
+}
+
+/// (c2) fork + _exit + waitpid of a process with 1 and 64 MiB of touched memory, guest vs
+/// the same binary on the host: the cost of qvisor's eager fork (every page copied) against
+/// Linux's copy-on-write (page tables copied).
+fn fork_figures(bundle: &Bundle) -> anyhow::Result<Vec<Figure>> {
+    bundle.annotate(crate::runtime::POLL_ANNOTATION, "on")?;
+    bundle.annotate(crate::runtime::PATCHING_ANNOTATION, "on")?;
+    let mut figures = Vec::new();
+    for mib in ["1", "64"] {
+        let native = Command::new(bundle.dir.join("rootfs/bin/forkcost"))
+            .args([mib, "21"])
+            .output()?;
+        bundle.set_args(&["/bin/forkcost", mib, "21"])?;
+        let guest = Command::new(qvisor())
+            .args(["run", "--bundle"])
+            .arg(&bundle.dir)
+            .arg("nb-fork")
+            .output()?;
+        let (n, g) = (
+            String::from_utf8_lossy(&native.stdout).to_string(),
+            String::from_utf8_lossy(&guest.stdout).to_string(),
+        );
+        figures.push(Figure::new(
+            &format!("fork + exit + wait, {mib} MiB touched (qvisor guest vs host)"),
+            "median of 21",
+            "us",
+            cost(&g, "fork_us")?,
+            cost(&n, "fork_us")?,
+        ));
+    }
     Ok(figures)
 }
 
