@@ -46,6 +46,9 @@ pub struct Pipe {
     /// oldest first. A write goes in whole or waits; a read takes one message, and what of it
     /// does not fit the buffer is dropped, as on Linux. `None`: a byte stream.
     messages: Option<VecDeque<usize>>,
+    /// A seqpacket pair's direction: FIONREAD counts every byte queued, as Linux does for
+    /// seqpacket (a datagram pair's counts the next message).
+    count_all: bool,
 }
 
 impl Pipe {
@@ -117,10 +120,12 @@ impl Kernel {
         self.install_pipe(Pipe::default())
     }
 
-    /// A new empty pipe that keeps message boundaries (a datagram socket pair's direction).
-    pub(crate) fn new_message_pipe(&mut self) -> u32 {
+    /// A new empty pipe that keeps message boundaries (a datagram or, with `seqpacket`, a
+    /// seqpacket socket pair's direction).
+    pub(crate) fn new_message_pipe(&mut self, seqpacket: bool) -> u32 {
         self.install_pipe(Pipe {
             messages: Some(VecDeque::new()),
+            count_all: seqpacket,
             ..Pipe::default()
         })
     }
@@ -160,14 +165,14 @@ impl Kernel {
             .is_some_and(|p| p.messages.is_some())
     }
 
-    /// Bytes waiting in pipe `id` (FIONREAD): of the next message, on a message pipe.
+    /// Bytes waiting in pipe `id` (FIONREAD): of the next message, on a datagram pair's.
     pub(crate) fn pipe_pending(&self, id: u32) -> usize {
         self.pipes
             .get(id as usize)
             .and_then(Option::as_ref)
             .map_or(0, |p| match &p.messages {
-                Some(m) => m.front().copied().unwrap_or(0),
-                None => p.buf.len(),
+                Some(m) if !p.count_all => m.front().copied().unwrap_or(0),
+                _ => p.buf.len(),
             })
     }
 

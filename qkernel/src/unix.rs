@@ -133,7 +133,11 @@ impl Kernel {
         let (there, back) = if ty & 0xf == SOCK_STREAM {
             (self.new_pipe(), self.new_pipe())
         } else {
-            (self.new_message_pipe(), self.new_message_pipe())
+            let seqpacket = ty & 0xf == SOCK_SEQPACKET;
+            (
+                self.new_message_pipe(seqpacket),
+                self.new_message_pipe(seqpacket),
+            )
         };
         let status = 2 | (ty & SOCK_NONBLOCK) as i32; // O_RDWR
         let cloexec = ty & SOCK_CLOEXEC != 0;

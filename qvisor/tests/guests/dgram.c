@@ -24,6 +24,8 @@ static void check(int type, const char *name) {
   int pending = 0;
   if (type == SOCK_DGRAM && (ioctl(sv[1], FIONREAD, &pending) || pending != 5))
     fail("FIONREAD is the next message");
+  if (type == SOCK_SEQPACKET && (ioctl(sv[1], FIONREAD, &pending) || pending != 109))
+    fail("FIONREAD is every byte queued");
   char buf[64];
   if (recv(sv[1], buf, sizeof buf, 0) != 5 || memcmp(buf, "hello", 5)) fail("message 1");
   if (recv(sv[1], buf, sizeof buf, MSG_DONTWAIT) != 0) fail("the empty message");
