@@ -706,10 +706,29 @@ impl Kernel {
         offset: Option<u64>,
     ) -> Result<i64, i64> {
         let n = (len as usize).min(CHUNK);
-        let mut tmp = vec![0u8; n];
-        let got = self.read_fd(m, fd, &mut tmp, offset)?;
-        m.write(buf, &tmp[..got]).map_err(|_| EFAULT)?;
-        Ok(got as i64)
+        let mut tmp = self.take_scratch(n);
+        let got = self.read_fd(m, fd, &mut tmp[..n], offset);
+        let copied = got.and_then(|got| {
+            m.write(buf, &tmp[..got]).map_err(|_| EFAULT)?;
+            Ok(got as i64)
+        });
+        self.put_scratch(tmp);
+        copied
+    }
+
+    /// A buffer of at least `n` bytes for one call's data, kept between calls: a read or
+    /// write would otherwise allocate and zero up to a MiB each time. Only the part a call
+    /// fills is ever copied out.
+    pub(crate) fn take_scratch(&mut self, n: usize) -> Vec<u8> {
+        let mut b = std::mem::take(&mut self.scratch);
+        if b.len() < n {
+            b.resize(n, 0);
+        }
+        b
+    }
+
+    pub(crate) fn put_scratch(&mut self, b: Vec<u8>) {
+        self.scratch = b;
     }
 
     /// write/pwrite64: chunked from the app's memory.
@@ -733,8 +752,22 @@ impl Kernel {
                 return self.write_fd(m, fd, &msg, None).map(|n| n as i64);
             }
         }
+        let mut tmp = self.take_scratch((len as usize).min(CHUNK));
+        let written = self.write_chunks(m, fd, (buf, len), offset, &mut tmp);
+        self.put_scratch(tmp);
+        written
+    }
+
+    /// [`Kernel::write`]'s loop: the app's bytes through `tmp`, a chunk at a time.
+    fn write_chunks(
+        &mut self,
+        m: &mut dyn Machine,
+        fd: u64,
+        (buf, len): (u64, u64),
+        offset: Option<u64>,
+        tmp: &mut [u8],
+    ) -> Result<i64, i64> {
         let mut done = 0u64;
-        let mut tmp = vec![0u8; (len as usize).min(CHUNK)];
         while done < len {
             let n = ((len - done) as usize).min(CHUNK);
             m.read(buf.wrapping_add(done), &mut tmp[..n])

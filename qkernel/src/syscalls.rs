@@ -463,6 +463,8 @@ pub struct Kernel {
     pub(crate) host_requests: bool,
     /// Monotonic time of the first call served: the container's boot, for /proc.
     pub(crate) boot_ns: u64,
+    /// A reads' and writes' data buffer kept between calls ([`Kernel::take_scratch`]).
+    pub(crate) scratch: Vec<u8>,
 }
 
 impl Kernel {
@@ -495,6 +497,7 @@ impl Kernel {
             doomed: None,
             host_requests: false,
             boot_ns: 0,
+            scratch: Vec::new(),
         }
     }
 

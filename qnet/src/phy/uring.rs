@@ -376,8 +376,13 @@ pub struct TxToken<'a> {
 impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let mut buf = self.q.free.pop().unwrap_or_default();
-        buf.clear();
-        buf.resize(VNET_HDR_LEN + len, 0);
+        // smoltcp writes every byte of the frame: a reused buffer needs no zeroing (a 64 KiB
+        // memset per segment-offload frame), only its length set.
+        let need = VNET_HDR_LEN + len;
+        if buf.len() < need {
+            buf.resize(need, 0);
+        }
+        buf.truncate(need);
         let r = f(&mut buf[VNET_HDR_LEN..]);
         let q = &mut *self.q;
         match q.local.classify(&buf[VNET_HDR_LEN..]) {
