@@ -21,6 +21,22 @@ fn a_request_the_poller_leaves_waiting_is_taken_back_and_trapped() {
         std::thread::available_parallelism().map_or(0, |n| n.get()) >= 2,
         "this test needs 2 CPUs"
     );
+    // Whether the host thread is off its CPU at a call is up to the host's scheduler: a run
+    // may (rarely) see none taken back. Every run must end well; one of three must take some
+    // back.
+    let taken_back: Vec<u64> = (0..3)
+        .map(|_| run_beside_busy_threads())
+        .take_while(|&n| n == 0)
+        .collect();
+    assert!(
+        taken_back.len() < 3,
+        "100,000 getpids beside busy threads, three times: the stub never took a call back"
+    );
+}
+
+/// One run of 100,000 getpids with the vCPU thread pinned and both CPUs busy; how many calls
+/// the stub took back. The container must end well.
+fn run_beside_busy_threads() -> u64 {
     let child = Command::new(env!("CARGO_BIN_EXE_qvisor"))
         .env("QVISOR_LOG", "qvisor=debug")
         .args(["launch", "--rootfs"])
@@ -54,9 +70,5 @@ fn a_request_the_poller_leaves_waiting_is_taken_back_and_trapped() {
     drop(hogs);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
-    let taken_back = logged_count(&err, "taken_back");
-    assert!(
-        taken_back > 0,
-        "100,000 getpids beside busy threads: the stub never took a call back"
-    );
+    logged_count(&err, "taken_back")
 }
