@@ -142,6 +142,11 @@ pub trait Machine {
     /// Wall-clock time (CLOCK_REALTIME) and monotonic time, in nanoseconds.
     fn realtime_ns(&self) -> u64;
     fn monotonic_ns(&self) -> u64;
+    /// CPU time the guest's vCPU has used, in nanoseconds (what the kernel charges the
+    /// running thread with); the monotonic clock where the platform cannot tell.
+    fn cpu_time_ns(&self) -> u64 {
+        self.monotonic_ns()
+    }
     /// Fills `buf` with cryptographically secure random bytes.
     fn random(&mut self, buf: &mut [u8]);
     /// Sets the thread pointer (the FS base) the app sees when it resumes.

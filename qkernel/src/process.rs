@@ -62,6 +62,8 @@ pub(crate) struct Thread {
     pub(crate) io_until: Option<u64>,
     /// The head of its robust futex list (set_robust_list), walked when it dies.
     pub(crate) robust_list: u64,
+    /// CPU time it has used (ns), up to when it was last charged ([`Kernel::charge_cpu`]).
+    pub(crate) cpu_ns: u64,
 }
 
 impl Saved {
@@ -85,8 +87,19 @@ impl Thread {
             clear_child_tid: 0,
             io_until: None,
             robust_list: 0,
+            cpu_ns: 0,
         }
     }
+}
+
+/// `struct rusage` (144 bytes) with `user_ns` as its user time and `max_rss_kib`; the
+/// counters qkernel does not keep are 0.
+pub(crate) fn rusage_bytes(user_ns: u64, max_rss_kib: u64) -> [u8; 144] {
+    let mut b = [0u8; 144];
+    b[..8].copy_from_slice(&(user_ns / 1_000_000_000).to_le_bytes());
+    b[8..16].copy_from_slice(&(user_ns % 1_000_000_000 / 1000).to_le_bytes());
+    b[32..40].copy_from_slice(&max_rss_kib.to_le_bytes());
+    b
 }
 
 /// Registers and FPU state of a thread that is not running.
@@ -253,6 +266,15 @@ impl ProcTable {
             self.next_pid += 1;
         }
         self.next_pid
+    }
+
+    /// CPU time of process `pid`'s parked threads (ns).
+    pub(crate) fn threads_cpu_ns(&self, pid: i64) -> u64 {
+        self.threads
+            .values()
+            .filter(|t| t.pid == pid)
+            .map(|t| t.thread.cpu_ns)
+            .sum()
     }
 
     /// The last pid handed out (/proc/loadavg), 1 before any fork.
@@ -912,6 +934,7 @@ impl Kernel {
                 None => tracing::error!(pid, tid = self.t.tid, "a thread of no process"),
             }
         }
+        self.cpu_mark = m.cpu_time_ns(); // the new thread's CPU time starts now
         saved
     }
 
@@ -929,6 +952,7 @@ impl Kernel {
             Ok(f) => f,
             Err(e) => return SyscallOutcome::Return(-e),
         };
+        self.charge_cpu(m);
         self.t.sleep_until = 0;
         self.space(m);
         let me = std::mem::replace(&mut self.t, Thread::new(0, 0));
@@ -1202,6 +1226,20 @@ impl Kernel {
     }
 
     /// The vfork parent of the running process, if any, may run again (exec or exit).
+    /// Charges the running thread with the vCPU's CPU time since it was last charged (or
+    /// began to run).
+    pub(crate) fn charge_cpu(&mut self, m: &dyn Machine) {
+        let now = m.cpu_time_ns();
+        self.t.cpu_ns += now.saturating_sub(self.cpu_mark);
+        self.cpu_mark = now;
+    }
+
+    /// CPU time of the running process: its threads' and its ended threads' (ns).
+    pub(crate) fn process_cpu_ns(&mut self, m: &dyn Machine) -> u64 {
+        self.charge_cpu(m);
+        self.t.cpu_ns + self.procs.threads_cpu_ns(self.p.pid) + self.p.exited_cpu_ns
+    }
+
     fn release_vfork_parent(&mut self) {
         let (ppid, me) = (self.p.ppid, self.p.pid);
         for tid in self.procs.threads_of(ppid) {
@@ -1222,6 +1260,8 @@ impl Kernel {
         let (tid, robust) = (self.t.tid, std::mem::take(&mut self.t.robust_list));
         self.release_robust_list(m, tid, robust);
         self.clear_child_tid(m);
+        self.charge_cpu(m);
+        self.p.exited_cpu_ns += self.t.cpu_ns;
         tracing::debug!(pid = self.p.pid, tid = self.t.tid, "thread exit");
         let Some(next) = self.next_runnable(m) else {
             tracing::error!(pid = self.p.pid, "every thread left waits for another");
@@ -1257,6 +1297,8 @@ impl Kernel {
         for (tid, head) in robust {
             self.release_robust_list(m, tid, head);
         }
+        self.charge_cpu(m);
+        self.p.exited_cpu_ns += self.t.cpu_ns + self.procs.threads_cpu_ns(me);
         self.procs.remove_threads(me);
         self.procs.stopped.remove(&me);
         self.close_all(m);
@@ -1375,8 +1417,9 @@ impl Kernel {
             if let Some(p) = self.procs.parked.get_mut(&r.pid) {
                 p.proc.wait_event = None;
             }
-        } else {
-            self.procs.parked.remove(&r.pid);
+        } else if let Some(child) = self.procs.parked.remove(&r.pid) {
+            // A reaped child's CPU time (and its reaped children's) becomes this one's.
+            self.p.children_cpu_ns += child.proc.exited_cpu_ns + child.proc.children_cpu_ns;
         }
     }
 
@@ -1404,7 +1447,12 @@ impl Kernel {
                 if status_va != 0 && m.write(status_va, &r.status.to_le_bytes()).is_err() {
                     return SyscallOutcome::Return(-EFAULT);
                 }
-                if rusage != 0 && m.write(rusage, &[0u8; 144]).is_err() {
+                let child_cpu = self
+                    .procs
+                    .parked
+                    .get(&r.pid)
+                    .map_or(0, |c| c.proc.exited_cpu_ns + c.proc.children_cpu_ns);
+                if rusage != 0 && m.write(rusage, &rusage_bytes(child_cpu, 0)).is_err() {
                     return SyscallOutcome::Return(-EFAULT);
                 }
                 self.consume(&r, false);
@@ -1552,6 +1600,7 @@ impl Kernel {
             m.space_release(old_space);
         }
         // The other threads end; the caller goes on as the process's main thread.
+        self.p.exited_cpu_ns += self.procs.threads_cpu_ns(self.p.pid);
         self.procs.remove_threads(self.p.pid);
         self.t.tid = self.p.pid;
         self.t.clear_child_tid = 0;
@@ -1838,6 +1887,8 @@ impl Kernel {
         }
         tracing::debug!(pid, status, "killed");
         let robust = self.procs.robust_lists_of(pid);
+        let mut target = target;
+        target.proc.exited_cpu_ns += self.procs.threads_cpu_ns(pid);
         self.procs.remove_threads(pid);
         self.procs.stopped.remove(&pid);
         // Close its descriptors as if it ran, the caller set aside meanwhile (so files it

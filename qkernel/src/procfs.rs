@@ -196,11 +196,24 @@ impl Kernel {
                     _ => view.p.space,
                 };
                 let sizes = Sizes::of(m, view.p, space);
-                let start_ticks = view.p.start_ns.saturating_sub(self.boot_ns) / TICK_NS;
-                return view.file(file, &sizes, start_ticks).ok_or(ENOENT);
+                let times = Times {
+                    start: view.p.start_ns.saturating_sub(self.boot_ns) / TICK_NS,
+                    cpu: self.cpu_of(m, view.p) / TICK_NS,
+                    children: view.p.children_cpu_ns / TICK_NS,
+                };
+                return view.file(file, &sizes, &times).ok_or(ENOENT);
             }
         };
         Ok(text.into_bytes())
+    }
+
+    /// CPU time of process `p` (the running one or a parked one), without charging anyone.
+    fn cpu_of(&self, m: &dyn Machine, p: &crate::syscalls::Proc) -> u64 {
+        let mut cpu = p.exited_cpu_ns + self.procs.threads_cpu_ns(p.pid);
+        if p.pid == self.p.pid {
+            cpu += self.t.cpu_ns + m.cpu_time_ns().saturating_sub(self.cpu_mark);
+        }
+        cpu
     }
 
     /// Time since the container's first call.
@@ -309,6 +322,16 @@ fn pid_path(path: &[u8]) -> Option<(PidRef, &[u8])> {
 /// Clock ticks (USER_HZ, 100 a second) in /proc's times.
 const TICK_NS: u64 = 10_000_000;
 
+/// A process's times as /proc reports them, in clock ticks.
+struct Times {
+    /// When it started, after the container's first call.
+    start: u64,
+    /// CPU time of its threads (counted as user time).
+    cpu: u64,
+    /// CPU time of its reaped children.
+    children: u64,
+}
+
 /// A process's memory as /proc reports it, in bytes.
 struct Sizes {
     /// Every page it can touch: present pages, reservations not yet mapped (PROT_NONE), and
@@ -365,7 +388,7 @@ struct ProcView<'a> {
 }
 
 impl ProcView<'_> {
-    fn file(&self, name: &[u8], sizes: &Sizes, start_ticks: u64) -> Option<Vec<u8>> {
+    fn file(&self, name: &[u8], sizes: &Sizes, times: &Times) -> Option<Vec<u8>> {
         let p = self.p;
         let comm = String::from_utf8_lossy(&p.comm).into_owned();
         let text = match name {
@@ -410,13 +433,16 @@ impl ProcView<'_> {
                 )
             }
             // Linux's 52 fields: pid, comm, state, ppid, pgrp, session, tty, tpgid, then
-            // from field 9 on (fields[n - 9]) flags, fault and time counters (not kept: 0),
-            // priority, nice, threads, start time, sizes, the rest 0.
+            // from field 9 on (fields[n - 9]) flags, fault counters (not kept: 0), CPU time
+            // (as user time) and its children's, priority, nice, threads, start time, sizes,
+            // the rest 0.
             b"stat" => {
                 let mut fields = vec!["0".to_string(); 52 - 8];
                 fields[18 - 9] = "20".into(); // priority
                 fields[20 - 9] = self.threads.to_string();
-                fields[22 - 9] = start_ticks.to_string();
+                fields[14 - 9] = times.cpu.to_string(); // utime
+                fields[16 - 9] = times.children.to_string(); // cutime
+                fields[22 - 9] = times.start.to_string();
                 fields[23 - 9] = sizes.virtual_size.to_string();
                 fields[24 - 9] = (sizes.resident / 4096).to_string();
                 fields[25 - 9] = u64::MAX.to_string(); // rsslim: unlimited

@@ -336,6 +336,10 @@ pub(crate) struct Proc {
     pub(crate) borrowed_space: bool,
     /// When it was created (monotonic ns; 0 for the container's first process).
     pub(crate) start_ns: u64,
+    /// CPU time of its threads that ended (ns).
+    pub(crate) exited_cpu_ns: u64,
+    /// CPU time of its reaped children, theirs included (ns).
+    pub(crate) children_cpu_ns: u64,
 }
 
 impl Proc {
@@ -361,6 +365,8 @@ impl Proc {
             brk_mapped: brk,
             mmap_next: MMAP_TOP,
             start_ns: 0,
+            exited_cpu_ns: 0,
+            children_cpu_ns: 0,
             vm: AddressSpace::default(),
             pid,
             ppid: 0,
@@ -397,6 +403,8 @@ impl Proc {
             space,
             borrowed_space: false,
             start_ns: 0, // set by fork, which knows the time
+            exited_cpu_ns: 0,
+            children_cpu_ns: 0,
         }
     }
 
@@ -465,6 +473,8 @@ pub struct Kernel {
     pub(crate) boot_ns: u64,
     /// A reads' and writes' data buffer kept between calls ([`Kernel::take_scratch`]).
     pub(crate) scratch: Vec<u8>,
+    /// The vCPU's CPU time when the running thread was last charged with it.
+    pub(crate) cpu_mark: u64,
 }
 
 impl Kernel {
@@ -498,6 +508,7 @@ impl Kernel {
             host_requests: false,
             boot_ns: 0,
             scratch: Vec::new(),
+            cpu_mark: 0,
         }
     }
 
@@ -769,6 +780,7 @@ impl Kernel {
     fn dispatch(&mut self, m: &mut dyn Machine, call: SyscallArgs) -> SyscallOutcome {
         if self.boot_ns == 0 {
             self.boot_ns = m.monotonic_ns();
+            self.cpu_mark = m.cpu_time_ns(); // the VM's start is nobody's CPU time
         }
         let [a0, a1, a2, a3, a4, _a5] = call.args;
         const AT_FDCWD: u64 = -100i64 as u64;
@@ -901,6 +913,8 @@ impl Kernel {
             95 => Ok(0o022), // umask
             96 => self.gettimeofday(m, a0),
             99 => self.sysinfo(m, a0),
+            98 => self.getrusage(m, a0 as i32 as i64, a1),
+            100 => self.times(m, a0),
             102 => Ok(self.p.cred.uid.into()),
             104 => Ok(self.p.cred.gid.into()),
             107 => Ok(self.p.cred.euid.into()),
@@ -1483,7 +1497,11 @@ impl Kernel {
         let ns = match clock {
             0 | 5 | 8 | 11 => m.realtime_ns(), // REALTIME and its coarse/alarm/tai variants
             1 | 4 | 6 | 7 | 9 => m.monotonic_ns(), // MONOTONIC, RAW, COARSE, BOOTTIME
-            2 | 3 => m.monotonic_ns(),         // CPU time: close enough for a single vCPU
+            2 => self.process_cpu_ns(m),       // CLOCK_PROCESS_CPUTIME_ID
+            3 => {
+                self.charge_cpu(m); // CLOCK_THREAD_CPUTIME_ID
+                self.t.cpu_ns
+            }
             _ => return Err(EINVAL),
         };
         let mut b = [0u8; 16];
@@ -1627,6 +1645,45 @@ impl Kernel {
         b[104..108].copy_from_slice(&1u32.to_le_bytes()); // mem_unit
         m.write(out, &b).map_err(|_| EFAULT)?;
         Ok(0)
+    }
+
+    /// getrusage(2): CPU time (as user time: the vCPU's, while the process's threads ran) and
+    /// the resident size; the other counters are not kept (0).
+    fn getrusage(&mut self, m: &mut dyn Machine, who: i64, out: u64) -> Result<i64, i64> {
+        const RUSAGE_SELF: i64 = 0;
+        const RUSAGE_CHILDREN: i64 = -1;
+        const RUSAGE_THREAD: i64 = 1;
+        let (cpu, rss) = match who {
+            RUSAGE_SELF => {
+                let space = m.space_current();
+                let rss = m.resident_bytes(space, 0, USER_END) >> 10;
+                (self.process_cpu_ns(m), rss)
+            }
+            RUSAGE_THREAD => {
+                self.charge_cpu(m);
+                (self.t.cpu_ns, 0)
+            }
+            RUSAGE_CHILDREN => (self.p.children_cpu_ns, 0),
+            _ => return Err(EINVAL),
+        };
+        let bytes = crate::process::rusage_bytes(cpu, rss);
+        m.write(out, &bytes).map_err(|_| EFAULT)?;
+        Ok(0)
+    }
+
+    /// times(2): the process's and its reaped children's CPU time in clock ticks (100 a
+    /// second, as user time); returns the ticks since the container started.
+    fn times(&mut self, m: &mut dyn Machine, out: u64) -> Result<i64, i64> {
+        const TICK_NS: u64 = 10_000_000;
+        let mine = self.process_cpu_ns(m) / TICK_NS;
+        let children = self.p.children_cpu_ns / TICK_NS;
+        if out != 0 {
+            let mut b = [0u8; 32];
+            b[..8].copy_from_slice(&mine.to_le_bytes());
+            b[16..24].copy_from_slice(&children.to_le_bytes());
+            m.write(out, &b).map_err(|_| EFAULT)?;
+        }
+        Ok((m.monotonic_ns().saturating_sub(self.boot_ns) / TICK_NS) as i64)
     }
 
     fn getrandom(&mut self, m: &mut dyn Machine, buf: u64, len: u64) -> Result<i64, i64> {

@@ -267,6 +267,8 @@ pub struct Core {
     host: Arc<HostQueue>,
     /// The vCPU's FPU state before the app ran: what a new program starts with.
     initial_fpu: Vec<u8>,
+    /// The CPU-time clock of the vCPU thread: the guest's CPU, readable from any thread.
+    vcpu_clock: Option<libc::clockid_t>,
 }
 
 impl Drop for Core {
@@ -275,6 +277,14 @@ impl Drop for Core {
         // Linux writes dirty pages back however the process ends).
         self.pages.write_back_all(&self.mem);
     }
+}
+
+/// The CPU-time clock of the calling thread (the vCPU thread's, called there).
+fn vcpu_thread_clock() -> Option<libc::clockid_t> {
+    let mut clock: libc::clockid_t = 0;
+    // SAFETY: the calling thread's own handle and a valid out-pointer.
+    let r = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
+    (r == 0).then_some(clock)
 }
 
 /// Where in the file a read or write of `n` bytes done at `offset` (or at the file position,
@@ -364,6 +374,7 @@ fn with_kernel<R>(
         cancel,
         host,
         initial_fpu,
+        vcpu_clock,
     } = &mut *guard;
     let kernel = kernel.as_mut()?;
     let mut machine = GuestMachine {
@@ -378,6 +389,7 @@ fn with_kernel<R>(
         resume: None,
         vcpu,
         host: Some((host, initial_fpu)),
+        vcpu_clock: *vcpu_clock,
     };
     let r = f(kernel, &mut machine)?;
     let out = GuestOutput {
@@ -622,6 +634,8 @@ struct GuestMachine<'a> {
     /// Requests from outside and the initial FPU state (none while loading the first
     /// program).
     host: Option<(&'a HostQueue, &'a [u8])>,
+    /// The vCPU thread's CPU-time clock (see `Core::vcpu_clock`).
+    vcpu_clock: Option<libc::clockid_t>,
 }
 
 /// Size of the legacy XSAVE area KVM_GET_XSAVE fills (XCR0 = x87|SSE|AVX needs 832 bytes).
@@ -697,6 +711,10 @@ impl Machine for GuestMachine<'_> {
     }
     fn monotonic_ns(&self) -> u64 {
         clock_ns(libc::CLOCK_MONOTONIC)
+    }
+    fn cpu_time_ns(&self) -> u64 {
+        self.vcpu_clock
+            .map_or_else(|| clock_ns(libc::CLOCK_MONOTONIC), clock_ns)
     }
     fn random(&mut self, buf: &mut [u8]) {
         let mut done = 0;
@@ -1199,6 +1217,7 @@ impl Vm {
                 cancel: cancel.clone(),
                 host: Arc::new(HostQueue::default()),
                 initial_fpu: Vec::new(),
+                vcpu_clock: None,
             })),
             polled,
             exits: 0,
@@ -1302,6 +1321,7 @@ impl Vm {
             resume: None,
             vcpu: None,
             host: None,
+            vcpu_clock: None,
         };
         f(&mut machine)
     }
@@ -1333,6 +1353,7 @@ impl Vm {
         {
             let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
             core.kernel = Some(kernel);
+            core.vcpu_clock = vcpu_thread_clock();
             // Before the app runs, the vCPU's FPU is in its reset state.
             core.initial_fpu = xsave_bytes(&self.vcpu).unwrap_or_default();
         }

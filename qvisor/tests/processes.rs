@@ -382,6 +382,18 @@ fn named_unix_datagram_sockets_deliver_datagrams_with_their_senders_names() {
 }
 
 #[test]
+fn cpu_time_counts_what_a_process_computes_and_reaches_its_parent() {
+    // CLOCK_PROCESS_CPUTIME_ID, CLOCK_THREAD_CPUTIME_ID and getrusage count 0.3 s of computing
+    // and not the 0.4 s sleep after it (they were the monotonic clock); a reaped child's time
+    // reaches the parent through wait4's rusage, RUSAGE_CHILDREN and times(2). The same
+    // program passes natively.
+    prints_and_succeeds(
+        "/bin/cputime",
+        "computing counts, sleeping does not: ok\na reaped child's time is the parent's: ok\n",
+    );
+}
+
+#[test]
 fn a_robust_lock_whose_owner_died_goes_to_the_next_locker_with_eownerdead() {
     // The owner a thread that exits, a process that exits, a process killed (SIGKILL from a
     // third one) while the test's process waits for the lock in shared memory, and a process

@@ -78,6 +78,7 @@ pub fn root() -> &'static Path {
             ("dgram", "dgram", "-static"),
             ("mapfile", "mapfile", "-static"),
             ("unixdgram", "unixdgram", "-static"),
+            ("cputime", "cputime", "-static"),
             // Dynamically linked: the shared libc's syscall sites are the patchable ones.
             ("patching", "patching", "-pie"),
         ] {

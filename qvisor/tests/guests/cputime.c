@@ -1,0 +1,71 @@
+/* CPU time: a process's clock counts what it computes, not what it sleeps; a reaped child's
+ * time reaches the parent (getrusage RUSAGE_CHILDREN, wait4's rusage, times). Prints one line
+ * a check; exits 1 at the first failure. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <sys/time.h>
+#include <sys/times.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static void fail(const char *what, double got) {
+  printf("FAIL %s (%.3f s)\n", what, got);
+  exit(1);
+}
+
+static double clock_s(clockid_t c) {
+  struct timespec t;
+  clock_gettime(c, &t);
+  return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+/* Computes for `secs` of wall time. */
+static void spin(double secs) {
+  double end = clock_s(CLOCK_MONOTONIC) + secs;
+  volatile unsigned long x = 0;
+  while (clock_s(CLOCK_MONOTONIC) < end)
+    for (int i = 0; i < 100000; i++) x += i;
+}
+
+static double tv(struct timeval t) { return t.tv_sec + t.tv_usec / 1e6; }
+
+int main(void) {
+  double p0 = clock_s(CLOCK_PROCESS_CPUTIME_ID), t0 = clock_s(CLOCK_THREAD_CPUTIME_ID);
+  spin(0.3);
+  struct timespec nap = {0, 400000000};
+  nanosleep(&nap, NULL);
+  double p = clock_s(CLOCK_PROCESS_CPUTIME_ID) - p0, t = clock_s(CLOCK_THREAD_CPUTIME_ID) - t0;
+  /* 0.3 s of computing, not 0.7 s of wall time (a loaded host may give it less CPU). */
+  if (p < 0.1 || p > 0.6) fail("process CPU time", p);
+  if (t < 0.1 || t > 0.6) fail("thread CPU time", t);
+  struct rusage self;
+  getrusage(RUSAGE_SELF, &self);
+  double u = tv(self.ru_utime) + tv(self.ru_stime);
+  if (u < 0.1 || u > 1.0) fail("getrusage(RUSAGE_SELF)", u);
+  printf("computing counts, sleeping does not: ok\n");
+
+  pid_t child = fork();
+  if (child == 0) {
+    spin(0.3);
+    _exit(0);
+  }
+  int status;
+  struct rusage of_child;
+  if (wait4(child, &status, 0, &of_child) != child) fail("wait4", 0);
+  double c = tv(of_child.ru_utime) + tv(of_child.ru_stime);
+  if (c < 0.1 || c > 0.6) fail("wait4's rusage", c);
+  struct rusage children;
+  getrusage(RUSAGE_CHILDREN, &children);
+  double cc = tv(children.ru_utime) + tv(children.ru_stime);
+  if (cc < 0.1 || cc > 0.6) fail("getrusage(RUSAGE_CHILDREN)", cc);
+  struct tms tm;
+  if (times(&tm) == (clock_t)-1) fail("times", 0);
+  double ticks = sysconf(_SC_CLK_TCK);
+  double mine = (tm.tms_utime + tm.tms_stime) / ticks, theirs = (tm.tms_cutime + tm.tms_cstime) / ticks;
+  if (mine < 0.1 || mine > 1.0) fail("times: own", mine);
+  if (theirs < 0.1 || theirs > 0.6) fail("times: children", theirs);
+  printf("a reaped child's time is the parent's: ok\n");
+  return 0;
+}
