@@ -595,7 +595,8 @@ fn soft_denial_filter() -> anyhow::Result<BpfProgram> {
     BpfProgram::try_from(filter).context("compiling the soft-denial filter")
 }
 
-/// Most descriptors the VMM may hold: the rootfs's own limit, the network's, and its own few.
+/// Most descriptors the VMM may hold: the rootfs's own limit, the page cache's (4,096 each), the
+/// network's, and its own few.
 const MAX_DESCRIPTORS: u64 = 16_384;
 
 fn set_rlimits() -> anyhow::Result<()> {

@@ -24,6 +24,11 @@ type InodeKey = (u64, u64);
 
 const ENOMEM: i64 = 12;
 const EIO: i64 = 5;
+const ENFILE: i64 = 23;
+
+/// Most files with shared pages at once: each holds a descriptor of the VMM's, which a guest
+/// mapping and closing file after file must not exhaust (as RootFs caps open files).
+const MAX_FILES: usize = 4096;
 
 struct Inode {
     /// A descriptor of the file (the most capable one the app mapped it through).
@@ -80,6 +85,9 @@ impl SharedFilePages {
             .inodes
             .get(&key)
             .is_none_or(|inode| fd_writable && !inode.writable);
+        if needs_fd && !self.inodes.contains_key(&key) && self.inodes.len() >= MAX_FILES {
+            return Err(ENFILE);
+        }
         if needs_fd {
             // SAFETY: dup of a descriptor open in this process; the new one is ours alone.
             let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
@@ -409,6 +417,33 @@ mod tests {
         let data = contents(&mut f);
         assert_eq!(data.len(), 2 * PAGE as usize, "never grown");
         assert_eq!(&data[PAGE as usize..PAGE as usize + 15], b"from THE second");
+    }
+
+    #[test]
+    fn a_guest_cannot_make_the_vmm_hold_unbounded_descriptors() {
+        let mut mem = GuestMemory::new(64 << 20).unwrap();
+        let mut pages = SharedFilePages::default();
+        let dir =
+            std::env::temp_dir().join(format!("qvisor-pagecache-many-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ro = PageFlags {
+            write: false,
+            exec: false,
+        };
+        let mut refused = None;
+        for i in 0..=MAX_FILES {
+            let path = dir.join(i.to_string());
+            std::fs::write(&path, b"x").unwrap();
+            let f = std::fs::File::open(&path).unwrap();
+            let va = 0x4000_0000 + i as u64 * PAGE;
+            if let Err(e) = pages.map(&mut mem, f.as_raw_fd(), false, (va, PAGE, 0), ro) {
+                refused = Some((i, e));
+                break;
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(refused, Some((MAX_FILES, ENFILE)));
+        assert_eq!(pages.inodes.len(), MAX_FILES);
     }
 
     #[test]
