@@ -33,7 +33,7 @@ pub const ESIGPIPE: i64 = 513;
 /// Linux's errno for a datagram larger than the socket can ever hold.
 const EMSGSIZE: i64 = 90;
 /// Bytes a message pipe holds: Linux's default socket send buffer (net.core.wmem_default).
-const MESSAGE_PIPE_CAPACITY: usize = 212_992;
+pub(crate) const MESSAGE_PIPE_CAPACITY: usize = 212_992;
 /// The largest datagram (Linux: the send buffer less its 32-byte accounting).
 const MAX_MESSAGE: usize = MESSAGE_PIPE_CAPACITY - 32;
 
@@ -80,6 +80,7 @@ impl Kernel {
         if flags & !(O_NONBLOCK | O_CLOEXEC) != 0 {
             return Err(EINVAL);
         }
+        self.reserve_buffers(PIPE_CAPACITY)?;
         let id = self.new_pipe();
         let status = (flags & O_NONBLOCK) as i32;
         let cloexec = flags & O_CLOEXEC != 0;
@@ -113,6 +114,20 @@ impl Kernel {
             return Err(EFAULT);
         }
         Ok(0)
+    }
+
+    /// Whether `bytes` more of kernel buffers (a pipe's, a socket's queue) fit the container's
+    /// budget: half its memory, held in the VMM's heap rather than the guest's memory, so a
+    /// guest making pipe after pipe cannot grow the VMM past what it was given. ENFILE beyond
+    /// (Linux's "too many open files in the system").
+    pub(crate) fn reserve_buffers(&self, bytes: usize) -> Result<(), i64> {
+        const ENFILE: i64 = 23;
+        let pipes: usize = self.pipes.iter().flatten().map(Pipe::capacity).sum();
+        let queues = self.unix_dgram_count() * crate::unix_dgram::QUEUE_BYTES;
+        if (pipes + queues + bytes) as u64 > self.buffer_budget {
+            return Err(ENFILE);
+        }
+        Ok(())
     }
 
     /// A new empty pipe; its id.

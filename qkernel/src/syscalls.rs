@@ -55,6 +55,10 @@ fn user_pages(addr: u64, len: u64) -> Result<u64, i64> {
     Ok(addr + len.div_ceil(PAGE) * PAGE)
 }
 
+/// The smallest budget for pipe and socket buffers, whatever the memory (a few hundred
+/// pipes).
+const MIN_BUFFER_BUDGET: u64 = 32 << 20;
+
 /// Whether `file` is an ELF image (a program or library, which the loader maps itself).
 fn is_elf(m: &mut dyn Machine, file: crate::machine::HostFile) -> bool {
     let mut magic = [0u8; 4];
@@ -475,6 +479,8 @@ pub struct Kernel {
     pub(crate) scratch: Vec<u8>,
     /// The vCPU's CPU time when the running thread was last charged with it.
     pub(crate) cpu_mark: u64,
+    /// Bytes of pipe and socket buffers the container may hold ([`Kernel::reserve_buffers`]).
+    pub(crate) buffer_budget: u64,
 }
 
 impl Kernel {
@@ -509,6 +515,7 @@ impl Kernel {
             boot_ns: 0,
             scratch: Vec::new(),
             cpu_mark: 0,
+            buffer_budget: MIN_BUFFER_BUDGET,
         }
     }
 
@@ -781,6 +788,7 @@ impl Kernel {
         if self.boot_ns == 0 {
             self.boot_ns = m.monotonic_ns();
             self.cpu_mark = m.cpu_time_ns(); // the VM's start is nobody's CPU time
+            self.buffer_budget = (m.memory_info().0 / 2).max(MIN_BUFFER_BUDGET);
         }
         let [a0, a1, a2, a3, a4, _a5] = call.args;
         const AT_FDCWD: u64 = -100i64 as u64;

@@ -130,6 +130,12 @@ impl Kernel {
         {
             return Err(EINVAL);
         }
+        let each = if ty & 0xf == SOCK_STREAM {
+            crate::pipe::PIPE_CAPACITY
+        } else {
+            crate::pipe::MESSAGE_PIPE_CAPACITY
+        };
+        self.reserve_buffers(2 * each)?;
         let (there, back) = if ty & 0xf == SOCK_STREAM {
             (self.new_pipe(), self.new_pipe())
         } else {
@@ -358,7 +364,10 @@ impl Kernel {
         }
         let dgram = match ty & 0xf {
             SOCK_STREAM => None,
-            SOCK_DGRAM => Some(crate::unix_dgram::Datagrams::default()),
+            SOCK_DGRAM => {
+                self.reserve_buffers(crate::unix_dgram::QUEUE_BYTES)?;
+                Some(crate::unix_dgram::Datagrams::default())
+            }
             _ => return Err(ESOCKTNOSUPPORT), // named seqpacket sockets are not there yet
         };
         let u = &mut self.unix;
@@ -390,6 +399,16 @@ impl Kernel {
             Ok(FileKind::UnixNamed(id)) => Some(*id),
             _ => None,
         }
+    }
+
+    /// How many datagram sockets exist (each may queue [`crate::unix_dgram::QUEUE_BYTES`]).
+    pub(crate) fn unix_dgram_count(&self) -> usize {
+        self.unix
+            .sockets
+            .iter()
+            .flatten()
+            .filter(|s| s.dgram.is_some())
+            .count()
     }
 
     pub(crate) fn unix_socket_ref(&self, id: u32) -> Option<&NamedSocket> {
@@ -501,6 +520,7 @@ impl Kernel {
             Some(q) if q.len() >= MAX_BACKLOG => return Err(EAGAIN),
             Some(_) => {}
         }
+        self.reserve_buffers(2 * crate::pipe::PIPE_CAPACITY)?;
         let there = self.new_pipe();
         let back = self.new_pipe();
         if let Some(q) = self.named(target)?.backlog.as_mut() {

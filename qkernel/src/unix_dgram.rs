@@ -17,7 +17,7 @@ use crate::syscalls::Kernel;
 use crate::unix::EPROTOTYPE;
 
 /// Bytes a socket's queue holds (Linux's default receive buffer, net.core.rmem_default).
-const QUEUE_BYTES: usize = 212_992;
+pub(crate) const QUEUE_BYTES: usize = 212_992;
 /// The largest datagram (the send buffer less Linux's 32-byte accounting).
 const MAX_DATAGRAM: usize = QUEUE_BYTES - 32;
 const EMSGSIZE: i64 = 90;

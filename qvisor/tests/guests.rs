@@ -482,6 +482,21 @@ fn abort_kills_the_app_with_sigabrt() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
 
+#[test]
+fn pipes_made_without_end_are_refused_once_the_containers_buffer_budget_is_spent() {
+    // Pipe buffers live in the VMM's heap, not in the guest's memory: 8 processes making pipes
+    // until refused get ENFILE at the container's budget (half its memory: 64 MiB, 1,024 pipes
+    // of 64 KiB, for a 128 MiB guest) instead of growing the VMM by 8 x 509 pipes.
+    let o = qvisor_with(&["--memory-mib", "128"], &["/bin/pipehog"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let out = stdout(&o);
+    let fields: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(fields.len(), 4, "{out}");
+    let (pipes, refused): (usize, usize) = (fields[1].parse().unwrap(), fields[3].parse().unwrap());
+    assert!((1000..=1024).contains(&pipes), "{out}");
+    assert!(refused >= 1, "some process was refused with ENFILE: {out}");
+}
+
 /// A hostile app (tests/guests/hostile.c): bad pointers and lengths, the shared syscall stub
 /// overwritten through read(2), the shared mailbox forged, privileged instructions, writes to
 /// the kernel half and the stub page, a jump into the stub. Each attack runs in a child:

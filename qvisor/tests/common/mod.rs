@@ -79,6 +79,7 @@ pub fn root() -> &'static Path {
             ("mapfile", "mapfile", "-static"),
             ("unixdgram", "unixdgram", "-static"),
             ("cputime", "cputime", "-static"),
+            ("pipehog", "pipehog", "-static"),
             // Dynamically linked: the shared libc's syscall sites are the patchable ones.
             ("patching", "patching", "-pie"),
         ] {
