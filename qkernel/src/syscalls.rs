@@ -1130,6 +1130,21 @@ impl Kernel {
         Ok(va as i64)
     }
 
+    /// Where a shared mapping goes: at `addr` for a fixed one, which may replace no present
+    /// page (present entries cannot be replaced here, and another process may share them:
+    /// ENOMEM), else fresh address space.
+    fn shared_mapping_area(&mut self, addr: u64, len: u64, fixed: bool) -> Result<u64, i64> {
+        if !fixed {
+            return self.mmap_area(len);
+        }
+        let end = user_pages(addr, len)?;
+        if self.p.vm.fixed_mapping_refused(addr, end) || self.p.vm.any_present(addr, end) {
+            return Err(ENOMEM);
+        }
+        self.p.vm.remove(addr, end);
+        Ok(addr)
+    }
+
     /// Shared anonymous memory: fresh pages that processes forked from this one share (never
     /// reused pages, which are this process's own). A fixed mapping over present pages is
     /// ENOMEM: they cannot be replaced by shared ones here.
@@ -1141,16 +1156,7 @@ impl Kernel {
         populate: bool,
         fixed: bool,
     ) -> Result<i64, i64> {
-        let va = if fixed {
-            let end = user_pages(addr, len)?;
-            if self.p.vm.fixed_mapping_refused(addr, end) || self.p.vm.any_present(addr, end) {
-                return Err(ENOMEM);
-            }
-            self.p.vm.remove(addr, end);
-            addr
-        } else {
-            self.mmap_area(len)?
-        };
+        let va = self.shared_mapping_area(addr, len, fixed)?;
         if populate {
             m.map_zeroed_shared(va, len, ANON).map_err(|_| ENOMEM)?;
         }
@@ -1172,16 +1178,7 @@ impl Kernel {
         file: crate::machine::HostFile,
         (offset, writable): (u64, bool),
     ) -> Result<i64, i64> {
-        let va = if fixed {
-            let end = user_pages(addr, len)?;
-            if self.p.vm.fixed_mapping_refused(addr, end) || self.p.vm.any_present(addr, end) {
-                return Err(ENOMEM);
-            }
-            self.p.vm.remove(addr, end);
-            addr
-        } else {
-            self.mmap_area(len)?
-        };
+        let va = self.shared_mapping_area(addr, len, fixed)?;
         offset.checked_add(len).ok_or(EINVAL)?;
         let flags = PageFlags {
             write: writable,

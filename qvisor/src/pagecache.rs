@@ -221,11 +221,10 @@ impl SharedFilePages {
     /// Copies the shared pages of `fd`'s file over what a read of `buf.len()` bytes at
     /// `offset` got from the host file: while mapped, the pages are the file's data.
     pub fn read_through(&self, mem: &GuestMemory, fd: RawFd, offset: u64, buf: &mut [u8]) {
-        if self.is_empty() || buf.is_empty() {
+        if buf.is_empty() {
             return;
         }
-        let Ok((key, _)) = identify(fd) else { return };
-        let Some(inode) = self.inodes.get(&key) else {
+        let Some(inode) = self.inode_of(fd) else {
             return;
         };
         for (start, (from, to)) in overlaps(inode, offset, buf.len()) {
@@ -235,11 +234,10 @@ impl SharedFilePages {
 
     /// Copies what a write of `data` at `offset` put into `fd`'s file into its shared pages.
     pub fn write_through(&self, mem: &mut GuestMemory, fd: RawFd, offset: u64, data: &[u8]) {
-        if self.is_empty() || data.is_empty() {
+        if data.is_empty() {
             return;
         }
-        let Ok((key, _)) = identify(fd) else { return };
-        let Some(inode) = self.inodes.get(&key) else {
+        let Some(inode) = self.inode_of(fd) else {
             return;
         };
         for (start, (from, to)) in overlaps(inode, offset, data.len()) {
@@ -250,11 +248,7 @@ impl SharedFilePages {
     /// The file of `fd` was truncated to `len`: its shared pages read as zeros past the end
     /// (as Linux's do when the file grows again).
     pub fn truncated(&self, mem: &mut GuestMemory, fd: RawFd, len: u64) {
-        if self.is_empty() {
-            return;
-        }
-        let Ok((key, _)) = identify(fd) else { return };
-        let Some(inode) = self.inodes.get(&key) else {
+        let Some(inode) = self.inode_of(fd) else {
             return;
         };
         let zeros = [0u8; PAGE as usize];
@@ -262,6 +256,15 @@ impl SharedFilePages {
             let from = len.saturating_sub(index * PAGE).min(PAGE);
             let _ = mem.write_page(gpa, from, &zeros[from as usize..]);
         }
+    }
+
+    /// The cached pages of the file open as `fd`, if it has any (no fstat while none has).
+    fn inode_of(&self, fd: RawFd) -> Option<&Inode> {
+        if self.is_empty() {
+            return None;
+        }
+        let (key, _) = identify(fd).ok()?;
+        self.inodes.get(&key)
     }
 
     /// Writes one page back to its file, up to the file's end (a mapping cannot grow a file).
