@@ -7,7 +7,8 @@
 //! socket adds: sendmsg/recvmsg with descriptors passed in SCM_RIGHTS (held by the kernel while
 //! in flight, with the bytes they were sent with), shutdown, and the socket calls that name no
 //! address. Datagram and seqpacket pairs keep message boundaries (their pipes are message
-//! pipes: a send is one message, a receive takes one, cut to the buffer with MSG_TRUNC).
+//! pipes: a send is one message, a receive takes one, cut to the buffer with MSG_TRUNC), and
+//! so do the connections of named seqpacket sockets.
 
 use std::collections::VecDeque;
 
@@ -20,7 +21,6 @@ const EADDRINUSE: i64 = 98;
 const EISCONN: i64 = 106;
 const ECONNREFUSED: i64 = 111;
 const ESOCKTNOSUPPORT: i64 = 94;
-pub(crate) const EPROTOTYPE: i64 = 91;
 const EOPNOTSUPP: i64 = 95;
 use crate::syscalls::Kernel;
 
@@ -59,6 +59,8 @@ pub(crate) struct NamedSocket {
     pub(crate) name: Option<Vec<u8>>,
     backlog: Option<VecDeque<(u32, u32)>>,
     pub(crate) dgram: Option<crate::unix_dgram::Datagrams>,
+    /// A seqpacket socket: its connections keep message boundaries (message pipes).
+    seqpacket: bool,
 }
 
 /// The named sockets of the container, and which one each name is bound to.
@@ -363,12 +365,12 @@ impl Kernel {
             return Err(EINVAL);
         }
         let dgram = match ty & 0xf {
-            SOCK_STREAM => None,
+            SOCK_STREAM | SOCK_SEQPACKET => None,
             SOCK_DGRAM => {
                 self.reserve_buffers(crate::unix_dgram::QUEUE_BYTES)?;
                 Some(crate::unix_dgram::Datagrams::default())
             }
-            _ => return Err(ESOCKTNOSUPPORT), // named seqpacket sockets are not there yet
+            _ => return Err(ESOCKTNOSUPPORT),
         };
         let u = &mut self.unix;
         let id = match u.sockets.iter().position(Option::is_none) {
@@ -380,6 +382,7 @@ impl Kernel {
         };
         u.sockets[id] = Some(NamedSocket {
             dgram,
+            seqpacket: ty & 0xf == SOCK_SEQPACKET,
             ..NamedSocket::default()
         });
         let status = 2 | (ty & SOCK_NONBLOCK) as i32;
@@ -512,17 +515,24 @@ impl Kernel {
         if self.named(id)?.dgram.is_some() {
             return self.unix_dgram_connect(id, target, name);
         }
-        if self.named(target)?.dgram.is_some() {
-            return Err(EPROTOTYPE);
+        let seqpacket = self.named(id)?.seqpacket;
+        let listener = self.named(target)?;
+        if listener.dgram.is_some() || listener.seqpacket != seqpacket {
+            return Err(ECONNREFUSED); // a socket of another type: Linux refuses too
         }
-        match self.named(target)?.backlog.as_ref() {
+        match listener.backlog.as_ref() {
             None => return Err(ECONNREFUSED),
             Some(q) if q.len() >= MAX_BACKLOG => return Err(EAGAIN),
             Some(_) => {}
         }
-        self.reserve_buffers(2 * crate::pipe::PIPE_CAPACITY)?;
-        let there = self.new_pipe();
-        let back = self.new_pipe();
+        // A seqpacket connection is a pair of message pipes, as socketpair's.
+        let (there, back) = if seqpacket {
+            self.reserve_buffers(2 * crate::pipe::MESSAGE_PIPE_CAPACITY)?;
+            (self.new_message_pipe(true), self.new_message_pipe(true))
+        } else {
+            self.reserve_buffers(2 * crate::pipe::PIPE_CAPACITY)?;
+            (self.new_pipe(), self.new_pipe())
+        };
         if let Some(q) = self.named(target)?.backlog.as_mut() {
             q.push_back((there, back));
         }

@@ -14,7 +14,6 @@ use crate::errno::*;
 use crate::fs::FileKind;
 use crate::pipe::ERESTART;
 use crate::syscalls::Kernel;
-use crate::unix::EPROTOTYPE;
 
 /// Bytes a socket's queue holds (Linux's default receive buffer, net.core.rmem_default).
 pub(crate) const QUEUE_BYTES: usize = 212_992;
@@ -71,7 +70,7 @@ impl Kernel {
         name: Vec<u8>,
     ) -> Result<i64, i64> {
         if !self.unix_dgram_id(target) {
-            return Err(EPROTOTYPE);
+            return Err(ECONNREFUSED); // a socket of another type: Linux refuses too
         }
         self.datagrams(id)?.peer = Some(name);
         Ok(0)
@@ -105,7 +104,7 @@ impl Kernel {
             return Err(EMSGSIZE);
         }
         let wait = !self.without_waiting(nonblocking);
-        let queue = self.named(target)?.dgram.as_mut().ok_or(EPROTOTYPE)?;
+        let queue = self.named(target)?.dgram.as_mut().ok_or(ECONNREFUSED)?;
         if queue.peer.is_some() && queue.peer != own {
             return Err(EPERM); // connected to someone else
         }

@@ -413,7 +413,8 @@ fn datagram_and_seqpacket_socket_pairs_keep_message_boundaries() {
     // datagram is EMSGSIZE; a stream pair still merges. The same program passes natively.
     prints_and_succeeds(
         "/bin/dgram",
-        "dgram: boundaries kept\nseqpacket: boundaries kept\nstream: bytes merged\n",
+        "dgram: boundaries kept\nseqpacket: boundaries kept\nstream: bytes merged\n\
+         named seqpacket: boundaries kept\n",
     );
 }
 

@@ -5,6 +5,9 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <sys/un.h>
+#include <errno.h>
+#include <stddef.h>
 #include <unistd.h>
 
 static void fail(const char *what) {
@@ -60,6 +63,30 @@ static void check(int type, const char *name) {
   printf("%s: boundaries kept\n", name);
 }
 
+/* A named seqpacket listener (abstract name): its connections keep boundaries, and a stream
+ * socket connecting to it is refused (ECONNREFUSED, as Linux refuses any other type). */
+static void named_seqpacket(void) {
+  struct sockaddr_un a = {.sun_family = AF_UNIX};
+  memcpy(a.sun_path + 1, "quark-seqpacket-test", 20);
+  socklen_t len = offsetof(struct sockaddr_un, sun_path) + 21;
+  int l = socket(AF_UNIX, SOCK_SEQPACKET, 0);
+  if (l < 0 || bind(l, (struct sockaddr *)&a, len) || listen(l, 4)) fail("seqpacket listener");
+  int stream = socket(AF_UNIX, SOCK_STREAM, 0);
+  if (connect(stream, (struct sockaddr *)&a, len) != -1 || errno != ECONNREFUSED)
+    fail("a stream socket connecting to a seqpacket listener");
+  int c = socket(AF_UNIX, SOCK_SEQPACKET, 0);
+  if (connect(c, (struct sockaddr *)&a, len)) fail("seqpacket connect");
+  int s = accept(l, NULL, NULL);
+  if (s < 0) fail("seqpacket accept");
+  if (send(c, "one", 3, 0) != 3 || send(c, "two", 3, 0) != 3) fail("seqpacket send");
+  char buf[16];
+  if (recv(s, buf, sizeof buf, 0) != 3 || memcmp(buf, "one", 3)) fail("seqpacket message 1");
+  if (recv(s, buf, sizeof buf, 0) != 3 || memcmp(buf, "two", 3)) fail("seqpacket message 2");
+  close(c);
+  if (recv(s, buf, sizeof buf, 0) != 0) fail("seqpacket EOF");
+  printf("named seqpacket: boundaries kept\n");
+}
+
 int main(void) {
   check(SOCK_DGRAM, "dgram");
   check(SOCK_SEQPACKET, "seqpacket");
@@ -70,5 +97,6 @@ int main(void) {
   send(sv[0], "cd", 2, 0);
   if (recv(sv[1], buf, sizeof buf, 0) != 4 || memcmp(buf, "abcd", 4)) fail("a stream merges");
   printf("stream: bytes merged\n");
+  named_seqpacket();
   return 0;
 }
