@@ -553,7 +553,10 @@ impl Kernel {
         let elsewhere = self.p.fds.refers_to(&kind) || self.held_elsewhere(&kind);
         match kind {
             FileKind::Host { file, .. } if !elsewhere => m.fs_close(file),
-            FileKind::Socket(s) if !elsewhere => m.net_close(s),
+            FileKind::Socket(s) if !elsewhere => {
+                self.inet6.remove(&s);
+                m.net_close(s)
+            }
             FileKind::Epoll(id)
                 if !self
                     .p
@@ -1329,6 +1332,8 @@ impl Kernel {
             }
             revents[i] = match self.p.fds.kind(fd as u64) {
                 Err(_) => POLLNVAL,
+                // A bound v6-only socket never becomes ready here (see net.rs).
+                Ok(FileKind::Socket(s)) if self.is_idle_v6(*s) => 0,
                 Ok(FileKind::Socket(s)) => {
                     socks.push((i, (*s, events & POLLIN != 0, events & POLLOUT != 0)));
                     0

@@ -8,6 +8,11 @@ use crate::machine::Machine;
 use crate::syscalls::Kernel;
 
 const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const ENETUNREACH: i64 = 101;
+const EADDRNOTAVAIL: i64 = 99;
+const IPPROTO_IPV6: u64 = 41;
+const IPV6_V6ONLY: u64 = 26;
 const SOCK_STREAM: u64 = 1;
 const SOCK_DGRAM: u64 = 2;
 /// Largest datagram or chunk moved per call.
@@ -95,20 +100,50 @@ impl MsgHdr {
     }
 }
 
-/// Reads a `struct sockaddr_in` (host-order ip and port).
+/// Reads a `struct sockaddr_in`, or a `struct sockaddr_in6` holding an IPv4 address
+/// (`::ffff:a.b.c.d`, or `::` for any): (host-order ip, port). The stack is IPv4: any other
+/// IPv6 address is unreachable.
 fn read_sockaddr(m: &dyn Machine, addr: u64, len: u64) -> Result<(u32, u16), i64> {
     if len < 16 {
         return Err(EINVAL);
     }
-    let mut b = [0u8; 16];
-    m.read(addr, &mut b).map_err(|_| EFAULT)?;
-    if u16::from_le_bytes([b[0], b[1]]) != AF_INET {
-        return Err(EAFNOSUPPORT);
+    let mut b = [0u8; 28];
+    let n = (len as usize).min(28);
+    m.read(addr, &mut b[..n]).map_err(|_| EFAULT)?;
+    let port = u16::from_be_bytes([b[2], b[3]]);
+    match u16::from_le_bytes([b[0], b[1]]) {
+        AF_INET => Ok((u32::from_be_bytes([b[4], b[5], b[6], b[7]]), port)),
+        AF_INET6 if n < 24 => Err(EINVAL),
+        AF_INET6 => {
+            let a = &b[8..24];
+            let mapped = a[..10] == [0; 10] && a[10..12] == [0xff, 0xff];
+            if mapped {
+                Ok((u32::from_be_bytes([a[12], a[13], a[14], a[15]]), port))
+            } else if a == [0u8; 16] {
+                Ok((0, port))
+            } else {
+                Err(ENETUNREACH)
+            }
+        }
+        _ => Err(EAFNOSUPPORT),
     }
-    Ok((
-        u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
-        u16::from_be_bytes([b[2], b[3]]),
-    ))
+}
+
+/// The address `ip:port` as a socket of the app's family names it: a `struct sockaddr_in`,
+/// or for an AF_INET6 socket a `struct sockaddr_in6` with the IPv4 address mapped
+/// (`::ffff:a.b.c.d`; `::` for any).
+fn sockaddr_bytes(v6: bool, ip: u32, port: u16) -> Vec<u8> {
+    if !v6 {
+        return sockaddr_in(ip, port).to_vec();
+    }
+    let mut b = vec![0u8; 28];
+    b[..2].copy_from_slice(&AF_INET6.to_le_bytes());
+    b[2..4].copy_from_slice(&port.to_be_bytes());
+    if ip != 0 {
+        b[18..20].copy_from_slice(&[0xff, 0xff]);
+        b[20..24].copy_from_slice(&ip.to_be_bytes());
+    }
+    b
 }
 
 /// A `struct sockaddr_in` for a host-order ip and port.
@@ -120,24 +155,37 @@ fn sockaddr_in(ip: u32, port: u16) -> [u8; 16] {
     b
 }
 
-/// Writes a `struct sockaddr_in` to `addr` with `*lenp` as its capacity, as accept/getsockname do.
-fn write_sockaddr(
-    m: &mut dyn Machine,
-    addr: u64,
-    lenp: u64,
-    ip: u32,
-    port: u16,
-) -> Result<(), i64> {
+/// The port of a `struct sockaddr_in` or `sockaddr_in6` (the same place in both).
+fn port_of(m: &dyn Machine, addr: u64) -> Result<u16, i64> {
+    let mut b = [0u8; 4];
+    m.read(addr, &mut b).map_err(|_| EFAULT)?;
+    Ok(u16::from_be_bytes([b[2], b[3]]))
+}
+
+/// Writes the address `bytes` to `addr` with `*lenp` as its capacity, and its length to
+/// `*lenp`, as accept/getsockname do.
+fn write_sockaddr(m: &mut dyn Machine, addr: u64, lenp: u64, bytes: &[u8]) -> Result<(), i64> {
     if addr == 0 {
         return Ok(());
     }
     let mut l = [0u8; 4];
     m.read(lenp, &mut l).map_err(|_| EFAULT)?;
     let cap = u32::from_le_bytes(l) as usize;
-    m.write(addr, &sockaddr_in(ip, port)[..cap.min(16)])
+    m.write(addr, &bytes[..cap.min(bytes.len())])
         .map_err(|_| EFAULT)?;
-    m.write(lenp, &16u32.to_le_bytes()).map_err(|_| EFAULT)?;
+    m.write(lenp, &(bytes.len() as u32).to_le_bytes())
+        .map_err(|_| EFAULT)?;
     Ok(())
+}
+
+/// An AF_INET6 socket of the app, carried on the IPv4 stack (see [`Kernel::socket`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Inet6 {
+    /// IPV6_V6ONLY: it takes IPv6 traffic only, which this stack never carries.
+    v6only: bool,
+    /// A v6-only socket that was bound (to this port): it holds no port on the stack and
+    /// never becomes ready, as such a listener in an IPv4-only pod on Linux.
+    idle_port: Option<u16>,
 }
 
 impl Kernel {
@@ -164,7 +212,11 @@ impl Kernel {
         if domain == AF_UNIX {
             return self.unix_socket(ty);
         }
-        if domain != AF_INET as u64 {
+        // AF_INET6 sockets are carried on the IPv4 stack with IPv4-mapped addresses (the pod
+        // network is IPv4): dual-stack listeners on `[::]` and clients of `::ffff:a.b.c.d`
+        // work; other IPv6 addresses are unreachable.
+        let v6 = domain == AF_INET6 as u64;
+        if domain != AF_INET as u64 && !v6 {
             return Err(EAFNOSUPPORT);
         }
         let stream = match ty & 0xf {
@@ -174,10 +226,25 @@ impl Kernel {
         };
         let s = m.net_socket(stream)?;
         let flags = 2 | if ty & SOCK_NONBLOCK != 0 { 0o4000 } else { 0 };
-        self.p
+        let fd = self
+            .p
             .fds
             .install_kind(FileKind::Socket(s), flags, ty & SOCK_CLOEXEC != 0)
-            .inspect_err(|_| m.net_close(s))
+            .inspect_err(|_| m.net_close(s))?;
+        if v6 {
+            self.inet6.insert(s, Inet6::default());
+        }
+        Ok(fd)
+    }
+
+    /// Whether socket `s` is the app's AF_INET6 one.
+    pub(crate) fn is_inet6(&self, s: u32) -> bool {
+        self.inet6.contains_key(&s)
+    }
+
+    /// Whether socket `s` is a bound v6-only one, which never becomes ready here.
+    pub(crate) fn is_idle_v6(&self, s: u32) -> bool {
+        self.inet6.get(&s).is_some_and(|i| i.idle_port.is_some())
     }
 
     pub(crate) fn bind(
@@ -190,7 +257,22 @@ impl Kernel {
         if self.unix_named_of(fd).is_some() {
             return self.unix_bind(m, fd, addr, len);
         }
-        self.with_sockaddr(m, fd, addr, len, |m, s, ip, port| m.net_bind(s, ip, port))
+        let (s, _) = self.socket_of(fd)?;
+        if self.inet6.get(&s).is_some_and(|i| i.v6only) {
+            // Bound, but holding nothing on the IPv4 stack (it would take no IPv4 traffic).
+            let port = match read_sockaddr(m, addr, len) {
+                Ok((0, _)) | Err(ENETUNREACH) => port_of(m, addr)?,
+                _ => return Err(EINVAL), // an IPv4-mapped address on a v6-only socket
+            };
+            if let Some(i) = self.inet6.get_mut(&s) {
+                i.idle_port = Some(port);
+            }
+            return Ok(0);
+        }
+        match self.with_sockaddr(m, fd, addr, len, |m, s, ip, port| m.net_bind(s, ip, port)) {
+            Err(ENETUNREACH) => Err(EADDRNOTAVAIL), // not an address of this pod
+            r => r,
+        }
     }
 
     /// Runs `op` with the socket behind `fd` and the address the app passed.
@@ -217,6 +299,9 @@ impl Kernel {
             return self.unix_listen(fd);
         }
         let (s, _) = self.socket_of(fd)?;
+        if self.is_idle_v6(s) {
+            return Ok(0);
+        }
         m.net_listen(s, (backlog as u32).clamp(1, 4096)).map(|()| 0)
     }
 
@@ -231,6 +316,11 @@ impl Kernel {
         if self.unix_named_of(fd).is_some() {
             return self.unix_accept(m, fd, addr, lenp, flags);
         }
+        let (s, _) = self.socket_of(fd)?;
+        if self.is_idle_v6(s) {
+            // No connection ever comes (Linux would wait for good; see docs/qvisor.md).
+            return Err(EAGAIN);
+        }
         let (s, nonblocking) = self.socket_for(fd, true, false)?;
         let (new, ip, port) = m.net_accept(s, nonblocking)?;
         let status = 2 | if flags & SOCK_NONBLOCK != 0 {
@@ -243,7 +333,11 @@ impl Kernel {
             .fds
             .install_kind(FileKind::Socket(new), status, flags & SOCK_CLOEXEC != 0)
             .inspect_err(|_| m.net_close(new))?;
-        write_sockaddr(m, addr, lenp, ip, port)?;
+        let v6 = self.is_inet6(s);
+        if v6 {
+            self.inet6.insert(new, Inet6::default()); // an accepted socket has its family
+        }
+        write_sockaddr(m, addr, lenp, &sockaddr_bytes(v6, ip, port))?;
         Ok(nfd)
     }
 
@@ -256,6 +350,10 @@ impl Kernel {
     ) -> Result<i64, i64> {
         if self.unix_named_of(fd).is_some() {
             return self.unix_connect(m, fd, addr, len);
+        }
+        let (s, _) = self.socket_of(fd)?;
+        if self.inet6.get(&s).is_some_and(|i| i.v6only) {
+            return Err(ENETUNREACH); // no IPv6 route in this pod
         }
         let nonblocking = self.p.fds.nonblocking(fd);
         self.with_sockaddr(m, fd, addr, len, |m, s, ip, port| {
@@ -283,8 +381,12 @@ impl Kernel {
             return self.unix_name(m, fd, (addr, lenp), peer);
         }
         let (s, _) = self.socket_of(fd)?;
-        let (ip, port) = m.net_name(s, peer)?;
-        write_sockaddr(m, addr, lenp, ip, port)?;
+        let (ip, port) = match self.inet6.get(&s).and_then(|i| i.idle_port) {
+            Some(port) if !peer => (0, port),
+            Some(_) => return Err(ENOTCONN),
+            None => m.net_name(s, peer)?,
+        };
+        write_sockaddr(m, addr, lenp, &sockaddr_bytes(self.is_inet6(s), ip, port))?;
         Ok(0)
     }
 
@@ -320,7 +422,9 @@ impl Kernel {
         let (n, from) = m.net_recvfrom(s, &mut tmp, nonblocking)?;
         m.write(buf, &tmp[..n]).map_err(|_| EFAULT)?;
         match from {
-            Some((ip, port)) => write_sockaddr(m, src, srclen, ip, port)?,
+            Some((ip, port)) => {
+                write_sockaddr(m, src, srclen, &sockaddr_bytes(self.is_inet6(s), ip, port))?
+            }
             // A stream: Linux writes an address length of 0 and no address.
             None if src != 0 && srclen != 0 => {
                 m.write(srclen, &0u32.to_le_bytes()).map_err(|_| EFAULT)?
@@ -445,10 +549,10 @@ impl Kernel {
             // msg_namelen is the capacity in, the address length out (0 for a stream).
             let len = match from {
                 Some((ip, port)) => {
-                    let cap = (h.namelen as usize).min(16);
-                    m.write(h.name, &sockaddr_in(ip, port)[..cap])
-                        .map_err(|_| EFAULT)?;
-                    16u32
+                    let bytes = sockaddr_bytes(self.is_inet6(s), ip, port);
+                    let cap = (h.namelen as usize).min(bytes.len());
+                    m.write(h.name, &bytes[..cap]).map_err(|_| EFAULT)?;
+                    bytes.len() as u32
                 }
                 None => 0,
             };
@@ -542,11 +646,28 @@ impl Kernel {
     }
 
     /// setsockopt: the options apps set on TCP sockets are accepted (qnet's defaults hold).
-    pub(crate) fn setsockopt(&mut self, fd: u64) -> Result<i64, i64> {
+    pub(crate) fn setsockopt(
+        &mut self,
+        m: &mut dyn Machine,
+        fd: u64,
+        (level, name): (u64, u64),
+        (val, len): (u64, u64),
+    ) -> Result<i64, i64> {
         if self.unix_of(fd).is_some() || self.unix_named_of(fd).is_some() {
             return Ok(0);
         }
-        self.socket_of(fd).map(|_| 0)
+        let (s, _) = self.socket_of(fd)?;
+        if (level, name) == (IPPROTO_IPV6, IPV6_V6ONLY) && self.is_inet6(s) {
+            if len < 4 {
+                return Err(EINVAL);
+            }
+            let mut v = [0u8; 4];
+            m.read(val, &mut v).map_err(|_| EFAULT)?;
+            if let Some(i) = self.inet6.get_mut(&s) {
+                i.v6only = i32::from_le_bytes(v) != 0;
+            }
+        }
+        Ok(0)
     }
 
     /// getsockopt: SO_ERROR from the stack; the other options read as 0.
@@ -563,6 +684,9 @@ impl Kernel {
         const SO_ERROR: u64 = 4;
         let value = if self.unix_of(fd).is_some() || self.unix_named_of(fd).is_some() {
             0
+        } else if (level, name) == (IPPROTO_IPV6, IPV6_V6ONLY) {
+            let (s, _) = self.socket_of(fd)?;
+            u32::from(self.inet6.get(&s).is_some_and(|i| i.v6only))
         } else if level == SOL_SOCKET && name == SO_ERROR {
             let (s, _) = self.socket_of(fd)?;
             m.net_take_error(s)? as u32

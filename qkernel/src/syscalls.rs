@@ -481,6 +481,8 @@ pub struct Kernel {
     pub(crate) cpu_mark: u64,
     /// Bytes of pipe and socket buffers the container may hold ([`Kernel::reserve_buffers`]).
     pub(crate) buffer_budget: u64,
+    /// The app's AF_INET6 sockets (carried on the IPv4 stack; see `net.rs`).
+    pub(crate) inet6: std::collections::BTreeMap<u32, crate::net::Inet6>,
 }
 
 impl Kernel {
@@ -516,6 +518,7 @@ impl Kernel {
             scratch: Vec::new(),
             cpu_mark: 0,
             buffer_budget: MIN_BUFFER_BUDGET,
+            inet6: Default::default(),
         }
     }
 
@@ -883,7 +886,7 @@ impl Kernel {
             50 => self.listen(m, a0, a1),
             51 => self.sockname(m, a0, a1, a2, false),
             52 => self.sockname(m, a0, a1, a2, true),
-            54 => self.setsockopt(a0),
+            54 => self.setsockopt(m, a0, (a1, a2), (a3, a4)),
             55 => self.getsockopt(m, a0, a1, a2, a3, a4),
             288 => self.accept(m, a0, a1, a2, a3),
             23 => match a4 {

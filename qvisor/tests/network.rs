@@ -65,6 +65,23 @@ fn select_waits_for_what_the_app_asked_and_reports_only_what_is_ready() {
 }
 
 #[test]
+fn af_inet6_sockets_work_over_the_ipv4_network() {
+    // In the guest's loopback: a dual-stack [::] listener takes an IPv4 client (named
+    // ::ffff:127.0.0.1), an AF_INET6 client reaches an IPv4-mapped address, a v6-only listener
+    // binds beside an IPv4 one on the same port and never becomes ready (nginx's `listen 80;
+    // listen [::]:80;`), and 2001:db8::1 is unreachable. The same program passes natively.
+    let o = qvisor(&["/bin/ipv6"]);
+    assert_eq!(
+        stdout(&o),
+        "dual-stack listener takes IPv4 clients: ok\nIPv4-mapped client: ok\n\
+         v6-only listener beside an IPv4 one: ok\nother IPv6 addresses: unreachable\n",
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
 fn a_guest_tcp_server_serves_a_kernel_client_through_qnet() {
     let ns = Netns::new("srv");
     let opts = net_options(&ns);

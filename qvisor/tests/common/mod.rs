@@ -80,6 +80,7 @@ pub fn root() -> &'static Path {
             ("unixdgram", "unixdgram", "-static"),
             ("cputime", "cputime", "-static"),
             ("pipehog", "pipehog", "-static"),
+            ("ipv6", "ipv6", "-static"),
             // Dynamically linked: the shared libc's syscall sites are the patchable ones.
             ("patching", "patching", "-pie"),
         ] {
