@@ -146,12 +146,13 @@ fn debian_iperf3_serves_the_hosts_iperf3_client() {
 }
 
 /// nginx's configuration for the guest: a master and two workers in the foreground (the
-/// workers drop to `nobody`, their channels are socket pairs), files from /var/www.
+/// workers drop to `nobody`, their channels are socket pairs), files from /var/www, on IPv4
+/// and `[::]` as Debian's default site listens (an IPv6-only socket: see docs/qvisor.md).
 const NGINX_CONF: &str = "daemon off;\nmaster_process on;\nworker_processes 2;\n\
 error_log /dev/stderr notice;\npid /tmp/nginx.pid;\nevents { worker_connections 256; }\n\
 http {\n  access_log off;\n  client_body_temp_path /tmp/body;\n  proxy_temp_path /tmp/proxy;\n\
   fastcgi_temp_path /tmp/fastcgi;\n  uwsgi_temp_path /tmp/uwsgi;\n  scgi_temp_path /tmp/scgi;\n\
-  server { listen 8080; root /var/www; }\n}\n";
+  server { listen 8080; listen [::]:8080; root /var/www; }\n}\n";
 
 #[test]
 fn debian_nginx_master_and_workers_serve_wrk_for_30_s_without_errors() {
