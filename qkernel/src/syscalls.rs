@@ -967,6 +967,7 @@ impl Kernel {
                 Ok(self.t.tid)
             }
             228 => self.clock_gettime(m, a0, a1),
+            229 => self.clock_getres(m, a0, a1),
             230 => self.clock_nanosleep(m, a0, a1, a2),
             257 => self.openat(m, a0, a1, a2, a3),
             262 => self.fstatat(m, a0, a1, a2, a3),
@@ -1498,6 +1499,22 @@ impl Kernel {
             return Err(EPERM);
         }
         m.set_thread_pointer(addr);
+        Ok(0)
+    }
+
+    /// clock_getres(2): 1 ns for the clocks clock_gettime serves (host clocks), a tick (4 ms,
+    /// Linux's at HZ=250) for the coarse ones.
+    fn clock_getres(&mut self, m: &mut dyn Machine, clock: u64, res: u64) -> Result<i64, i64> {
+        let ns: u64 = match clock {
+            5 | 6 => 4_000_000, // REALTIME_COARSE, MONOTONIC_COARSE
+            0..=4 | 7..=9 | 11 => 1,
+            _ => return Err(EINVAL),
+        };
+        if res != 0 {
+            let mut b = [0u8; 16];
+            b[8..].copy_from_slice(&ns.to_le_bytes());
+            m.write(res, &b).map_err(|_| EFAULT)?;
+        }
         Ok(0)
     }
 

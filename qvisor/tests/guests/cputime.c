@@ -1,6 +1,6 @@
 /* CPU time: a process's clock counts what it computes, not what it sleeps; a reaped child's
- * time reaches the parent (getrusage RUSAGE_CHILDREN, wait4's rusage, times). Prints one line
- * a check; exits 1 at the first failure. */
+ * time reaches the parent (getrusage RUSAGE_CHILDREN, wait4's rusage, times); clock_getres
+ * answers. Prints one line a check; exits 1 at the first failure. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/resource.h>
@@ -44,6 +44,13 @@ int main(void) {
   getrusage(RUSAGE_SELF, &self);
   double u = tv(self.ru_utime) + tv(self.ru_stime);
   if (u < 0.1 || u > 1.0) fail("getrusage(RUSAGE_SELF)", u);
+  struct timespec res;
+  if (clock_getres(CLOCK_MONOTONIC, &res) || res.tv_sec || res.tv_nsec != 1) fail("clock_getres", 0);
+  if (clock_getres(CLOCK_PROCESS_CPUTIME_ID, &res) || res.tv_sec || res.tv_nsec != 1)
+    fail("clock_getres of CPU time", 0);
+  if (clock_getres(CLOCK_MONOTONIC_COARSE, &res) || res.tv_sec || res.tv_nsec < 1000 ||
+      res.tv_nsec > 10000000)
+    fail("clock_getres of a coarse clock", res.tv_nsec / 1e9);
   printf("computing counts, sleeping does not: ok\n");
 
   pid_t child = fork();
