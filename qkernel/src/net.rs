@@ -237,6 +237,15 @@ impl Kernel {
         Ok(fd)
     }
 
+    /// Where a datagram of socket `s` goes: the address at `addr`, which a v6-only socket
+    /// cannot reach on this IPv4 network.
+    fn destination(&self, m: &dyn Machine, s: u32, addr: u64, len: u64) -> Result<(u32, u16), i64> {
+        if self.inet6.get(&s).is_some_and(|i| i.v6only) {
+            return Err(ENETUNREACH);
+        }
+        read_sockaddr(m, addr, len)
+    }
+
     /// Whether socket `s` is the app's AF_INET6 one.
     pub(crate) fn is_inet6(&self, s: u32) -> bool {
         self.inet6.contains_key(&s)
@@ -461,7 +470,7 @@ impl Kernel {
         }
         let (s, nonblocking) = self.socket_for(fd, false, true)?;
         let nonblocking = nonblocking || flags & MSG_DONTWAIT != 0;
-        let (ip, port) = read_sockaddr(m, dest, dlen)?;
+        let (ip, port) = self.destination(m, s, dest, dlen)?;
         let mut tmp = vec![0u8; (len as usize).min(CHUNK)];
         m.read(buf, &mut tmp).map_err(|_| EFAULT)?;
         m.net_sendto(s, &tmp, ip, port, nonblocking)
@@ -496,7 +505,7 @@ impl Kernel {
         let h = read_msghdr(m, msg)?;
         let data = h.gather(m)?;
         let n = if h.name != 0 {
-            let (ip, port) = read_sockaddr(m, h.name, h.namelen)?;
+            let (ip, port) = self.destination(m, s, h.name, h.namelen)?;
             m.net_sendto(s, &data, ip, port, nonblocking)?
         } else {
             m.net_send(s, &data, nonblocking)?
