@@ -93,6 +93,12 @@ int main(void) {
   if (connect(u, (struct sockaddr *)&doc, sizeof doc) != -1 ||
       (errno != ENETUNREACH && errno != EHOSTUNREACH))
     fail("2001:db8::1");
+  /* A v6-only datagram socket cannot send to an IPv4(-mapped) address. */
+  int d = socket(AF_INET6, SOCK_DGRAM, 0), on = 1;
+  if (setsockopt(d, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof on)) fail("V6ONLY on UDP");
+  struct sockaddr_in6 m4 = v6("::ffff:127.0.0.1", 7603);
+  if (sendto(d, "x", 1, 0, (struct sockaddr *)&m4, sizeof m4) != -1 || errno != ENETUNREACH)
+    fail("v6-only sendto an IPv4-mapped address");
   printf("other IPv6 addresses: unreachable\n");
   return 0;
 }
