@@ -44,6 +44,9 @@ pub struct SharedFilePages {
     inodes: HashMap<InodeKey, Inode>,
     /// Guest-physical page -> the file page it holds.
     owners: HashMap<u64, (InodeKey, u64)>,
+    /// The file of each open descriptor asked about, so a read or write of a file with no
+    /// pages costs no fstat after the first (forgotten when the descriptor closes).
+    fd_files: HashMap<RawFd, InodeKey>,
 }
 
 fn last_errno() -> i64 {
@@ -67,6 +70,39 @@ impl SharedFilePages {
     /// Whether no file page is mapped shared (the common case: file I/O pays nothing).
     pub fn is_empty(&self) -> bool {
         self.owners.is_empty()
+    }
+
+    /// Whether reads of the file open as `fd` must see its pages: some mapping of it may
+    /// write them (pages only ever read equal the file, which writes keep them equal to).
+    pub fn reads_through(&mut self, fd: RawFd) -> bool {
+        self.cached_inode(fd).is_some_and(|i| i.writable)
+    }
+
+    /// Whether writes to the file open as `fd` must reach its pages (it has some).
+    pub fn writes_through(&mut self, fd: RawFd) -> bool {
+        self.cached_inode(fd).is_some()
+    }
+
+    /// The descriptor `fd` closes: its number may name another file next.
+    pub fn forget_fd(&mut self, fd: RawFd) {
+        self.fd_files.remove(&fd);
+    }
+
+    /// The cached pages of the file open as `fd`, if it has any, identified once per
+    /// descriptor.
+    fn cached_inode(&mut self, fd: RawFd) -> Option<&Inode> {
+        if self.is_empty() {
+            return None;
+        }
+        let key = match self.fd_files.get(&fd) {
+            Some(key) => *key,
+            None => {
+                let (key, _) = identify(fd).ok()?;
+                self.fd_files.insert(fd, key);
+                key
+            }
+        };
+        self.inodes.get(&key)
     }
 
     /// Maps `[va, va + len)` (page aligned, not mapped yet) to the shared pages of the file
@@ -220,11 +256,11 @@ impl SharedFilePages {
 
     /// Copies the shared pages of `fd`'s file over what a read of `buf.len()` bytes at
     /// `offset` got from the host file: while mapped, the pages are the file's data.
-    pub fn read_through(&self, mem: &GuestMemory, fd: RawFd, offset: u64, buf: &mut [u8]) {
+    pub fn read_through(&mut self, mem: &GuestMemory, fd: RawFd, offset: u64, buf: &mut [u8]) {
         if buf.is_empty() {
             return;
         }
-        let Some(inode) = self.inode_of(fd) else {
+        let Some(inode) = self.cached_inode(fd) else {
             return;
         };
         for (start, (from, to)) in overlaps(inode, offset, buf.len()) {
@@ -233,11 +269,11 @@ impl SharedFilePages {
     }
 
     /// Copies what a write of `data` at `offset` put into `fd`'s file into its shared pages.
-    pub fn write_through(&self, mem: &mut GuestMemory, fd: RawFd, offset: u64, data: &[u8]) {
+    pub fn write_through(&mut self, mem: &mut GuestMemory, fd: RawFd, offset: u64, data: &[u8]) {
         if data.is_empty() {
             return;
         }
-        let Some(inode) = self.inode_of(fd) else {
+        let Some(inode) = self.cached_inode(fd) else {
             return;
         };
         for (start, (from, to)) in overlaps(inode, offset, data.len()) {
@@ -247,8 +283,8 @@ impl SharedFilePages {
 
     /// The file of `fd` was truncated to `len`: its shared pages read as zeros past the end
     /// (as Linux's do when the file grows again).
-    pub fn truncated(&self, mem: &mut GuestMemory, fd: RawFd, len: u64) {
-        let Some(inode) = self.inode_of(fd) else {
+    pub fn truncated(&mut self, mem: &mut GuestMemory, fd: RawFd, len: u64) {
+        let Some(inode) = self.cached_inode(fd) else {
             return;
         };
         let zeros = [0u8; PAGE as usize];
@@ -256,15 +292,6 @@ impl SharedFilePages {
             let from = len.saturating_sub(index * PAGE).min(PAGE);
             let _ = mem.write_page(gpa, from, &zeros[from as usize..]);
         }
-    }
-
-    /// The cached pages of the file open as `fd`, if it has any (no fstat while none has).
-    fn inode_of(&self, fd: RawFd) -> Option<&Inode> {
-        if self.is_empty() {
-            return None;
-        }
-        let (key, _) = identify(fd).ok()?;
-        self.inodes.get(&key)
     }
 
     /// Writes one page back to its file, up to the file's end (a mapping cannot grow a file).
@@ -420,6 +447,41 @@ mod tests {
         let data = contents(&mut f);
         assert_eq!(data.len(), 2 * PAGE as usize, "never grown");
         assert_eq!(&data[PAGE as usize..PAGE as usize + 15], b"from THE second");
+    }
+
+    #[test]
+    fn reads_pass_through_only_writable_mappings_and_a_reused_descriptor_names_its_new_file() {
+        let mut mem = GuestMemory::new(16 << 20).unwrap();
+        let mut pages = SharedFilePages::default();
+        let ro = PageFlags {
+            write: false,
+            exec: false,
+        };
+        let mapped = file_with(b"m");
+        let fd = mapped.as_raw_fd();
+        pages
+            .map(&mut mem, fd, false, (0x40_0000, PAGE, 0), ro)
+            .unwrap();
+        assert!(
+            pages.writes_through(fd),
+            "writes reach read-only mappings' pages"
+        );
+        assert!(!pages.reads_through(fd), "pages only read equal the file");
+        pages
+            .map(&mut mem, fd, true, (0x50_0000, PAGE, 0), RW)
+            .unwrap();
+        assert!(
+            pages.reads_through(fd),
+            "a writable mapping's stores are the file's data"
+        );
+        // The descriptor closes and its number comes back for another file (dup2 onto it,
+        // so no other test's descriptor can take the number in between).
+        pages.forget_fd(fd);
+        let other = file_with(b"o");
+        // SAFETY: both descriptors are open and ours; `mapped` owns `fd` and closes it.
+        assert_eq!(unsafe { libc::dup2(other.as_raw_fd(), fd) }, fd);
+        assert!(!pages.writes_through(fd), "the new file has no pages");
+        drop(mapped);
     }
 
     #[test]

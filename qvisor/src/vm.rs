@@ -893,6 +893,9 @@ impl Machine for GuestMachine<'_> {
         Ok(file)
     }
     fn fs_close(&mut self, file: HostFile) {
+        if let Ok(fd) = self.rootfs.fd(file) {
+            self.pages.forget_fd(fd);
+        }
         self.rootfs.close(file)
     }
     fn fs_read(
@@ -902,9 +905,9 @@ impl Machine for GuestMachine<'_> {
         offset: Option<u64>,
     ) -> Result<usize, i64> {
         let n = self.rootfs.read(file, buf, offset)?;
-        if !self.pages.is_empty() {
-            // While a file is mapped shared, its pages are its data.
-            let fd = self.rootfs.fd(file)?;
+        let fd = self.rootfs.fd(file)?;
+        if self.pages.reads_through(fd) {
+            // While a file is mapped shared and writable, its pages are its data.
             let at = file_offset(fd, offset, n);
             self.pages.read_through(self.mem, fd, at, &mut buf[..n]);
         }
@@ -921,8 +924,8 @@ impl Machine for GuestMachine<'_> {
     }
     fn fs_write(&mut self, file: HostFile, buf: &[u8], offset: Option<u64>) -> Result<usize, i64> {
         let n = self.rootfs.write(file, buf, offset)?;
-        if !self.pages.is_empty() {
-            let fd = self.rootfs.fd(file)?;
+        let fd = self.rootfs.fd(file)?;
+        if self.pages.writes_through(fd) {
             let at = file_offset(fd, offset, n);
             self.pages.write_through(self.mem, fd, at, &buf[..n]);
         }
