@@ -22,6 +22,9 @@ use crate::memory::{GuestMemory, PAGE};
 /// A host file: device and inode number.
 type InodeKey = (u64, u64);
 
+/// A cached page: its file, its index in the file, its guest-physical page.
+type FilePage = (InodeKey, u64, u64);
+
 const ENOMEM: i64 = 12;
 const EIO: i64 = 5;
 const ENFILE: i64 = 23;
@@ -201,13 +204,12 @@ impl SharedFilePages {
         if self.is_empty() {
             return Ok(());
         }
-        let mut result = Ok(());
-        for (_, gpa) in mem.counted_pages(va, len) {
-            if let Some(&(key, index)) = self.owners.get(&gpa) {
-                result = result.and(self.write_back(mem, key, index, gpa));
-            }
-        }
-        result
+        let pages: Vec<FilePage> = mem
+            .counted_pages(va, len)
+            .into_iter()
+            .filter_map(|(_, gpa)| self.owners.get(&gpa).map(|&(key, index)| (key, index, gpa)))
+            .collect();
+        self.write_back(mem, &pages)
     }
 
     /// Writes every shared page of the file open as `fd` back to it (fsync).
@@ -216,35 +218,34 @@ impl SharedFilePages {
             return Ok(());
         }
         let (key, _) = identify(fd)?;
-        let pages: Vec<(u64, u64)> = match self.inodes.get(&key) {
-            Some(inode) => inode.pages.iter().map(|(&i, &g)| (i, g)).collect(),
+        let pages: Vec<FilePage> = match self.inodes.get(&key) {
+            Some(inode) => inode.pages.iter().map(|(&i, &g)| (key, i, g)).collect(),
             None => return Ok(()),
         };
-        let mut result = Ok(());
-        for (index, gpa) in pages {
-            result = result.and(self.write_back(mem, key, index, gpa));
-        }
-        result
+        self.write_back(mem, &pages)
     }
 
     /// Writes every shared page back (the VM ends).
     pub fn write_back_all(&mut self, mem: &GuestMemory) {
-        let owners: Vec<(u64, (InodeKey, u64))> =
-            self.owners.iter().map(|(&g, &o)| (g, o)).collect();
-        for (gpa, (key, index)) in owners {
-            let _ = self.write_back(mem, key, index, gpa); // logged
-        }
+        let pages: Vec<FilePage> = self
+            .owners
+            .iter()
+            .map(|(&gpa, &(key, index))| (key, index, gpa))
+            .collect();
+        let _ = self.write_back(mem, &pages); // logged
     }
 
     /// Pages no space maps any more (from [`GuestMemory::release_space`], before anything
     /// else is allocated): written back and forgotten; a file with none left is closed.
     pub fn released(&mut self, mem: &GuestMemory, gpas: &[u64]) {
-        for gpa in gpas {
-            let Some(&(key, index)) = self.owners.get(gpa) else {
-                continue; // shared anonymous memory
-            };
-            let _ = self.write_back(mem, key, index, *gpa); // logged
-            self.owners.remove(gpa);
+        // Shared anonymous memory has no owner here.
+        let pages: Vec<FilePage> = gpas
+            .iter()
+            .filter_map(|gpa| self.owners.get(gpa).map(|&(key, index)| (key, index, *gpa)))
+            .collect();
+        let _ = self.write_back(mem, &pages); // logged
+        for (key, index, gpa) in pages {
+            self.owners.remove(&gpa);
             if let Some(inode) = self.inodes.get_mut(&key) {
                 inode.pages.remove(&index);
                 if inode.pages.is_empty() {
@@ -294,44 +295,65 @@ impl SharedFilePages {
         }
     }
 
-    /// Writes one page back to its file, up to the file's end (a mapping cannot grow a file).
-    fn write_back(
-        &self,
-        mem: &GuestMemory,
-        key: InodeKey,
-        index: u64,
-        gpa: u64,
-    ) -> Result<(), i64> {
-        let Some(inode) = self.inodes.get(&key) else {
-            return Ok(());
-        };
-        if !inode.writable {
-            return Ok(()); // mapped read-only everywhere: nothing can have changed
+    /// Writes `pages` back to their files, each up to its file's end (a mapping cannot grow a
+    /// file; one fstat a file, not a page). Every page is tried; the first error is returned.
+    fn write_back(&self, mem: &GuestMemory, pages: &[FilePage]) -> Result<(), i64> {
+        let mut sizes: HashMap<InodeKey, u64> = HashMap::new();
+        let mut result = Ok(());
+        for &(key, index, gpa) in pages {
+            let Some(inode) = self.inodes.get(&key) else {
+                continue;
+            };
+            if !inode.writable {
+                continue; // mapped read-only everywhere: nothing can have changed
+            }
+            let size = match sizes.get(&key) {
+                Some(&size) => size,
+                None => match identify(inode.fd.as_raw_fd()) {
+                    Ok((_, size)) => *sizes.entry(key).or_insert(size),
+                    Err(e) => {
+                        result = result.and(Err(e));
+                        continue;
+                    }
+                },
+            };
+            result = result.and(write_page_back(mem, inode, index, gpa, size));
         }
-        let (_, size) = identify(inode.fd.as_raw_fd())?;
-        let start = index * PAGE;
-        if start >= size {
-            return Ok(());
-        }
-        let n = (size - start).min(PAGE) as usize;
-        let mut buf = vec![0u8; n];
-        mem.read_page(gpa, 0, &mut buf).map_err(|_| EIO)?;
-        // SAFETY: buf is a readable buffer of n bytes.
-        let w = unsafe {
-            libc::pwrite(
-                inode.fd.as_raw_fd(),
-                buf.as_ptr() as *const libc::c_void,
-                n,
-                start as i64,
-            )
-        };
-        if w < 0 || w as usize != n {
-            let errno = if w < 0 { last_errno() } else { EIO };
-            tracing::error!(index, errno, "writing a shared file page back failed");
-            return Err(errno);
-        }
-        Ok(())
+        result
     }
+}
+
+/// Writes file page `index` (guest-physical `gpa`) of `inode`, whose file is `size` bytes,
+/// back to the file.
+fn write_page_back(
+    mem: &GuestMemory,
+    inode: &Inode,
+    index: u64,
+    gpa: u64,
+    size: u64,
+) -> Result<(), i64> {
+    let start = index * PAGE;
+    if start >= size {
+        return Ok(());
+    }
+    let n = (size - start).min(PAGE) as usize;
+    let mut buf = vec![0u8; n];
+    mem.read_page(gpa, 0, &mut buf).map_err(|_| EIO)?;
+    // SAFETY: buf is a readable buffer of n bytes.
+    let w = unsafe {
+        libc::pwrite(
+            inode.fd.as_raw_fd(),
+            buf.as_ptr() as *const libc::c_void,
+            n,
+            start as i64,
+        )
+    };
+    if w < 0 || w as usize != n {
+        let errno = if w < 0 { last_errno() } else { EIO };
+        tracing::error!(index, errno, "writing a shared file page back failed");
+        return Err(errno);
+    }
+    Ok(())
 }
 
 /// The cached pages of `inode` that `[offset, offset + len)` touches: ((offset in the page,
