@@ -1237,7 +1237,13 @@ impl Kernel {
     /// CPU time of the running process: its threads' and its ended threads' (ns).
     pub(crate) fn process_cpu_ns(&mut self, m: &dyn Machine) -> u64 {
         self.charge_cpu(m);
-        self.t.cpu_ns + self.procs.threads_cpu_ns(self.p.pid) + self.p.exited_cpu_ns
+        self.cpu_of(m, &self.p)
+    }
+
+    /// CPU time of the running thread (ns).
+    pub(crate) fn thread_cpu_ns(&mut self, m: &dyn Machine) -> u64 {
+        self.charge_cpu(m);
+        self.t.cpu_ns
     }
 
     fn release_vfork_parent(&mut self) {

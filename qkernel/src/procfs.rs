@@ -208,7 +208,7 @@ impl Kernel {
     }
 
     /// CPU time of process `p` (the running one or a parked one), without charging anyone.
-    fn cpu_of(&self, m: &dyn Machine, p: &crate::syscalls::Proc) -> u64 {
+    pub(crate) fn cpu_of(&self, m: &dyn Machine, p: &crate::syscalls::Proc) -> u64 {
         let mut cpu = p.exited_cpu_ns + self.procs.threads_cpu_ns(p.pid);
         if p.pid == self.p.pid {
             cpu += self.t.cpu_ns + m.cpu_time_ns().saturating_sub(self.cpu_mark);

@@ -1523,10 +1523,7 @@ impl Kernel {
             0 | 5 | 8 | 11 => m.realtime_ns(), // REALTIME and its coarse/alarm/tai variants
             1 | 4 | 6 | 7 | 9 => m.monotonic_ns(), // MONOTONIC, RAW, COARSE, BOOTTIME
             2 => self.process_cpu_ns(m),       // CLOCK_PROCESS_CPUTIME_ID
-            3 => {
-                self.charge_cpu(m); // CLOCK_THREAD_CPUTIME_ID
-                self.t.cpu_ns
-            }
+            3 => self.thread_cpu_ns(m),        // CLOCK_THREAD_CPUTIME_ID
             _ => return Err(EINVAL),
         };
         let mut b = [0u8; 16];
@@ -1684,10 +1681,7 @@ impl Kernel {
                 let rss = m.resident_bytes(space, 0, USER_END) >> 10;
                 (self.process_cpu_ns(m), rss)
             }
-            RUSAGE_THREAD => {
-                self.charge_cpu(m);
-                (self.t.cpu_ns, 0)
-            }
+            RUSAGE_THREAD => (self.thread_cpu_ns(m), 0),
             RUSAGE_CHILDREN => (self.p.children_cpu_ns, 0),
             _ => return Err(EINVAL),
         };
