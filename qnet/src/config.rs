@@ -173,7 +173,7 @@ impl StackConfig {
             tcp_tx_buf: 1 << 20,
             udp_buf: 256 << 10,
             ring_slots: 2048,
-            ring_buf: 512 << 10,
+            ring_buf: 1 << 20,
             ack_delay: Duration::from_millis(1),
             busy_poll: Duration::from_micros(50),
             max_sockets: 16384,

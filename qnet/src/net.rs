@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
@@ -11,6 +12,7 @@ use smoltcp::socket::{tcp, udp};
 use smoltcp::time::{Duration as SDuration, Instant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpoint};
 
+use qnet_client::sys::Mapping;
 use qnet_ring::errno::*;
 
 use crate::config::{StackConfig, MIN_TCP_BUF};
@@ -143,6 +145,8 @@ pub struct NetStats {
     pub tcp_retransmits: u64,
     /// Sockets open now (TCP and UDP, lingering ones included).
     pub sockets: u64,
+    /// TCP connections that received straight into their client's socket ring.
+    pub tcp_rx_direct: u64,
 }
 
 pub struct Net {
@@ -160,6 +164,9 @@ pub struct Net {
     buffer_bytes: usize,
     pub cfg: StackConfig,
     pub stats: NetStats,
+    /// The ring regions TCP sockets receive into directly (see `Session`'s direct receive),
+    /// held here so a region stays mapped for as long as a socket may write into it.
+    pub rx_regions: HashMap<SocketHandle, Arc<Mapping>>,
 }
 
 impl Net {
@@ -205,6 +212,7 @@ impl Net {
             buffer_bytes: 0,
             cfg,
             stats: NetStats::default(),
+            rx_regions: HashMap::new(),
         }
     }
 
@@ -306,6 +314,8 @@ impl Net {
         };
         self.buffer_bytes = self.buffer_bytes.saturating_sub(bytes);
         self.socket_count -= 1;
+        // After the socket itself: it no longer writes into the region.
+        self.rx_regions.remove(&handle);
     }
 
     /// Bytes of socket buffers allocated now.

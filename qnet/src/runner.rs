@@ -129,6 +129,12 @@ fn http_samples(s: &crate::StackStats) -> Vec<qhttp::StackSample> {
             s.net.tcp_retransmits,
         ),
         sample(
+            "tcp_rx_direct",
+            "TCP connections that received straight into their client's ring",
+            true,
+            s.net.tcp_rx_direct,
+        ),
+        sample(
             "listen_overflows",
             "SYNs refused because a listen queue was full",
             true,

@@ -5,11 +5,12 @@
 //! against the stack's private copies on every pass; an inconsistency is a [`Violation`], which
 //! closes this session (its sockets are reset) and no other.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering::{Acquire, Release, SeqCst};
+use std::sync::Arc;
 
 use smoltcp::iface::SocketHandle;
 use smoltcp::socket::{tcp, udp};
@@ -99,13 +100,20 @@ struct SlotState {
     port: Option<u16>,
     /// After close: transmit ring bytes still to send end here.
     close_at: Option<u32>,
+    /// smoltcp receives straight into this slot's receive ring (see [`Session::enter_direct_rx`]).
+    rx_direct: bool,
+    /// With `rx_direct`: the ring position of smoltcp's first queued byte, i.e. what the client
+    /// had read when the stack last looked. smoltcp's queue runs from here; `rx_tail` is how
+    /// much of it is published.
+    rx_taken: u32,
 }
 
 pub struct Session {
     pub id: u64,
     // Declared before `mapping`: dropped first, so the view never outlives the memory.
     view: RegionView,
-    mapping: Mapping,
+    /// Shared with [`Net::rx_regions`] while sockets receive into it.
+    mapping: Arc<Mapping>,
     /// The attach connection; its hang-up ends the session.
     pub stream: UnixStream,
     /// Written when the client armed it (`client_wake_armed`): how an event loop is woken.
@@ -169,7 +177,7 @@ impl Session {
         Session {
             id,
             view,
-            mapping,
+            mapping: Arc::new(mapping),
             stream,
             client_wake,
             slots: (0..count).map(|_| SlotState::default()).collect(),
@@ -562,6 +570,7 @@ impl Session {
     /// Releases a slot the client closed. A connected stream first sends what is already in
     /// its transmit ring (then FIN); unread received data makes it a reset, as on Linux.
     fn close_slot(&mut self, idx: u32, net: &mut Net, now: Instant) {
+        self.leave_direct_rx_of(idx, net);
         let s = &mut self.slots[idx as usize];
         match std::mem::take(&mut s.kind) {
             Kind::Stream(st) => match st.handle {
@@ -929,6 +938,158 @@ impl Session {
         Ok(moved)
     }
 
+    /// The TCP socket a stream slot holds, if it holds one (not a pipe).
+    fn tcp_handle(&self, idx: u32) -> Option<SocketHandle> {
+        match &self.slots[idx as usize].kind {
+            Kind::Stream(Stream {
+                handle: Some(ConnId::Tcp(h)),
+                ..
+            }) => Some(*h),
+            _ => None,
+        }
+    }
+
+    /// Lets smoltcp receive straight into the slot's receive ring instead of into a buffer of
+    /// its own that the stack copies from: one copy less for every byte received (the copy was
+    /// a third of the stack thread's time in a bulk receive). Done only while the ring is empty,
+    /// since smoltcp takes all of it, and when smoltcp's own buffer is no larger than the ring
+    /// (the window it advertised must still fit).
+    fn enter_direct_rx(
+        &mut self,
+        idx: u32,
+        h: SocketHandle,
+        sock: &mut tcp::Socket<'static>,
+        regions: &mut HashMap<SocketHandle, Arc<Mapping>>,
+    ) -> Result<bool, Violation> {
+        let size = self.view.geometry().buf_size;
+        if sock.recv_capacity() > size as usize || self.rx_space(idx)? != size {
+            return Ok(false);
+        }
+        let Some(ring) = self.view.rx_ring(idx) else {
+            return Ok(false);
+        };
+        // SAFETY: the ring's `size` bytes lie inside the session's mapping (validated geometry),
+        // and `regions` holds that mapping for as long as the socket holds the slice: the entry
+        // goes only when the socket is back on a buffer of its own or dropped (`Net::remove`).
+        // Nothing else in this process refers to these bytes while the slot is direct. The
+        // client may change them at any time; smoltcp only writes received payload into them
+        // and never reads it back (the stack releases bytes without looking at them), so what
+        // the client does there changes only its own data, as with any copy into the ring.
+        let storage: &'static mut [u8] =
+            unsafe { std::slice::from_raw_parts_mut(ring.as_mut_ptr(), size as usize) };
+        let mut buf = tcp::SocketBuffer::new(storage);
+        // smoltcp's first byte goes where the client reads next.
+        let s = &mut self.slots[idx as usize];
+        let start = (s.rx_tail % size) as usize;
+        buf.enqueue_unallocated(start);
+        buf.dequeue_allocated(start);
+        if sock.replace_rx_buffer(buf).is_err() {
+            return Ok(false);
+        }
+        s.rx_direct = true;
+        s.rx_taken = s.rx_tail;
+        regions.insert(h, self.mapping.clone());
+        Ok(true)
+    }
+
+    /// Puts the socket back on a buffer of its own (the slot is closing, shut for reading, or
+    /// no longer connected), keeping only what the client has not been shown yet.
+    fn leave_direct_rx(
+        &mut self,
+        idx: u32,
+        h: SocketHandle,
+        sock: &mut tcp::Socket<'static>,
+        regions: &mut HashMap<SocketHandle, Arc<Mapping>>,
+    ) {
+        let s = &mut self.slots[idx as usize];
+        if !s.rx_direct {
+            return;
+        }
+        s.rx_direct = false;
+        let own = tcp::SocketBuffer::new(vec![0u8; sock.recv_capacity()]);
+        if sock.replace_rx_buffer(own).is_err() {
+            // Cannot happen (empty, same size). The connection cannot go on without the ring;
+            // `regions` keeps the region mapped until the socket is dropped.
+            tracing::error!(slot = idx, "could not move a socket off its receive ring");
+            sock.abort();
+            return;
+        }
+        // Published bytes are the client's already, in the ring.
+        let mut published = s.rx_tail.wrapping_sub(s.rx_taken) as usize;
+        while published > 0 {
+            let n = sock
+                .recv(|b| {
+                    let n = b.len().min(published);
+                    (n, n)
+                })
+                .unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            published -= n;
+        }
+        regions.remove(&h);
+    }
+
+    fn leave_direct_rx_of(&mut self, idx: u32, net: &mut Net) {
+        if let Some(h) = self
+            .tcp_handle(idx)
+            .filter(|_| self.slots[idx as usize].rx_direct)
+        {
+            let sock = net.sockets.get_mut::<tcp::Socket>(h);
+            self.leave_direct_rx(idx, h, sock, &mut net.rx_regions);
+        }
+    }
+
+    /// The receive path of a direct slot: hands smoltcp back what the client has read (which
+    /// opens the window) and publishes what smoltcp received since; returns bytes published.
+    fn pump_rx_direct(&mut self, idx: u32, sock: &mut Conn<'_>) -> Result<u32, Violation> {
+        let size = self.view.geometry().buf_size;
+        let mut published = 0;
+        for _ in 0..2 {
+            let s = &mut self.slots[idx as usize];
+            let head = self
+                .view
+                .slot_client(idx)
+                .map_or(s.rx_tail, |c| c.rx_head.load(SeqCst));
+            let read = head.wrapping_sub(s.rx_taken);
+            if read > s.rx_tail.wrapping_sub(s.rx_taken) {
+                return Err(Violation(format!(
+                    "slot {idx}: rx_head {head} is outside the published {}..{}",
+                    s.rx_taken, s.rx_tail
+                )));
+            }
+            let mut left = read as usize;
+            while left > 0 {
+                let n = sock.recv_with(|b| b.len().min(left));
+                if n == 0 {
+                    break; // a reset emptied smoltcp's queue
+                }
+                left -= n;
+            }
+            s.rx_taken = head;
+            let queued = sock.recv_queue().min(size as usize) as u32;
+            let unread = s.rx_tail.wrapping_sub(head);
+            if queued > unread {
+                published += queued - unread;
+                s.rx_tail = head.wrapping_add(queued);
+                if let Some(w) = self.view.slot_stack(idx) {
+                    w.rx_tail.store(s.rx_tail, Release);
+                }
+            }
+            // Past half full, the window is what holds the sender back: the client's next read
+            // kicks the stack, so it is reopened at once, not on the next frame. Then look once
+            // more in case the client read just before seeing the request (ring.md).
+            if s.rx_tail.wrapping_sub(head) < size / 2 {
+                break;
+            }
+            if let Some(w) = self.view.slot_stack(idx) {
+                w.rx_wanted.store(1, SeqCst);
+            }
+        }
+        Ok(published)
+    }
+
     fn service_stream(&mut self, idx: u32, net: &mut Net, now: Instant) -> Result<bool, Violation> {
         let Kind::Stream(st) = &self.slots[idx as usize].kind else {
             return Ok(false);
@@ -937,7 +1098,7 @@ impl Session {
             return Ok(false);
         };
         let mut sock = Conn::get(&mut net.sockets, &mut net.pipes, h);
-        self.service_stream_socket(idx, &mut sock, &mut net.stats, now)
+        self.service_stream_socket(idx, &mut sock, &mut net.stats, &mut net.rx_regions, now)
     }
 
     fn service_stream_socket(
@@ -945,6 +1106,7 @@ impl Session {
         idx: u32,
         sock: &mut Conn<'_>,
         stats: &mut NetStats,
+        regions: &mut HashMap<SocketHandle, Arc<Mapping>>,
         now: Instant,
     ) -> Result<bool, Violation> {
         let state = sock.state();
@@ -996,12 +1158,26 @@ impl Session {
             &self.slots[idx as usize].kind,
             Kind::Stream(st) if st.phase == Phase::Connected
         );
+        let shut_rd = matches!(&self.slots[idx as usize].kind, Kind::Stream(st) if st.shut_rd);
+        if let (Conn::Tcp(tcp), Some(h)) = (&mut *sock, self.tcp_handle(idx)) {
+            let direct = self.slots[idx as usize].rx_direct;
+            if direct && (shut_rd || !connected) {
+                self.leave_direct_rx(idx, h, tcp, regions);
+            } else if !direct
+                && connected
+                && !shut_rd
+                && self.enter_direct_rx(idx, h, tcp, regions)?
+            {
+                stats.tcp_rx_direct += 1;
+            }
+        }
         if connected {
             moved |= self.pump_tx(idx, sock)? > 0;
-            let shut_rd = matches!(&self.slots[idx as usize].kind, Kind::Stream(st) if st.shut_rd);
             if shut_rd {
                 // Linux discards data that arrives after SHUT_RD.
                 while sock.can_recv() && sock.recv_with(|b| b.len()) > 0 {}
+            } else if self.slots[idx as usize].rx_direct {
+                moved |= self.pump_rx_direct(idx, sock)? > 0;
             } else {
                 moved |= self.pump_rx(idx, sock)? > 0;
             }
@@ -1042,7 +1218,12 @@ impl Session {
         match st.phase {
             Phase::Connected => {
                 r |= READY_CONNECTED;
-                let eof = (st.peer_fin || state == tcp::State::Closed) && !sock.can_recv();
+                let all_published = match s.rx_direct {
+                    // smoltcp's queue holds the published bytes the client has not read yet.
+                    true => sock.recv_queue() <= s.rx_tail.wrapping_sub(s.rx_taken) as usize,
+                    false => !sock.can_recv(),
+                };
+                let eof = (st.peer_fin || state == tcp::State::Closed) && all_published;
                 if eof || st.shut_rd {
                     r |= READY_RDHUP | READY_IN;
                 }
@@ -1259,6 +1440,7 @@ impl Session {
     /// is told (it may still be alive if the stack closed it for a violation).
     pub fn teardown(&mut self, net: &mut Net, now: Instant) {
         for idx in 0..self.slots.len() as u32 {
+            self.leave_direct_rx_of(idx, net);
             if let Kind::Stream(st) = &self.slots[idx as usize].kind {
                 if let Some(h) = st.handle {
                     let port = self.slots[idx as usize].port.take();

@@ -213,6 +213,13 @@ impl TestStack {
         SocketAddr::from((PEER_IP, port))
     }
 
+    /// The stack's counters, fresh: waits for the report after this call (they are published
+    /// once every [`qnet::stack::STATS_EVERY`]).
+    pub fn fresh_stats(&self) -> qnet::StackStats {
+        std::thread::sleep(qnet::stack::STATS_EVERY + std::time::Duration::from_millis(200));
+        self.stack.stats()
+    }
+
     /// Stops the stack, failing if its loop ended with an error.
     pub fn stop(self) {
         self.stack.stop().expect("the stack failed");

@@ -204,6 +204,10 @@ print(h.hexdigest())
         String::from_utf8_lossy(&out.stderr)
     );
     eprintln!("kernel -> qnet: 1 GiB in {secs:.2} s");
+    // Both connections received into their ring slots with no copy through smoltcp's own
+    // buffer (the accepted one took over its buffer after the handshake).
+    let stats = st.fresh_stats();
+    assert_eq!(stats.net.tcp_rx_direct, 2, "{stats:?}");
 }
 
 #[test]

@@ -241,6 +241,14 @@ impl ByteRing<'_> {
         }
     }
 
+    /// Where the ring's `size()` bytes start in this process, for a writer that fills it in
+    /// place (the stack's receive path). Whoever writes through it owns the same rules as
+    /// [`ByteRing::write`]: the bytes are opaque data the other side may change at any time.
+    pub fn as_mut_ptr(&self) -> *mut u8 {
+        // SAFETY: `off` is a validated buffer offset inside the mapping.
+        unsafe { self.view.base.as_ptr().add(self.off) }
+    }
+
     /// Copies `src` (at most the ring size) into the ring at `pos`.
     pub fn write(&self, pos: u32, src: &[u8]) {
         let mut done = 0;

@@ -905,6 +905,31 @@ impl<'a> Socket<'a> {
         self.retransmits
     }
 
+    /// QUARK PATCH: replaces the receive buffer with `new` and returns the old one. The bytes
+    /// queued in the old buffer and those held out of order past them move along, so the
+    /// connection goes on undisturbed; they land in `new` from its read position on, so a caller
+    /// that needs them at a given place in the storage moves that position first (enqueue then
+    /// dequeue). Refused (`Err(new)`) when `new` holds data, or is smaller than the old buffer
+    /// (the window already advertised must still fit).
+    pub fn replace_rx_buffer(
+        &mut self,
+        mut new: SocketBuffer<'a>,
+    ) -> Result<SocketBuffer<'a>, SocketBuffer<'a>> {
+        if !new.is_empty() || new.capacity() < self.rx_buffer.capacity() {
+            return Err(new);
+        }
+        let held = (self.rx_buffer.len() + self.assembler.extent()).min(self.rx_buffer.capacity());
+        let mut moved = 0;
+        while moved < held {
+            let piece = self.rx_buffer.get_storage(moved, held - moved);
+            let n = new.write_unallocated(moved, piece);
+            debug_assert!(n == piece.len());
+            moved += piece.len();
+        }
+        new.enqueue_unallocated(self.rx_buffer.len());
+        Ok(mem::replace(&mut self.rx_buffer, new))
+    }
+
     /// Return the connection state, in terms of the TCP state machine.
     #[inline]
     pub fn state(&self) -> State {

@@ -157,6 +157,16 @@ impl Assembler {
         self.contigs[self.contigs.len() - 1]
     }
 
+    /// QUARK PATCH: how far past the front the data held out of order reaches (0 when none);
+    /// what must move along with the buffer when a socket's receive buffer is replaced.
+    pub fn extent(&self) -> usize {
+        self.contigs
+            .iter()
+            .take_while(|c| c.has_data())
+            .map(Contig::total_size)
+            .sum()
+    }
+
     /// Return whether the assembler contains no data.
     pub fn is_empty(&self) -> bool {
         !self.front().has_data()

@@ -346,6 +346,19 @@ impl<'a, T: 'a> RingBuffer<'a, T> {
         self.length += count;
     }
 
+    /// QUARK PATCH: the largest contiguous slice of storage starting at the given offset past
+    /// the first allocated element, up to the given size, allocated or not (out-of-order data
+    /// sits past the allocated elements).
+    #[must_use]
+    pub fn get_storage(&self, offset: usize, mut size: usize) -> &[T] {
+        let start_at = self.get_idx(offset);
+        let until_end = self.capacity() - start_at;
+        if size > until_end {
+            size = until_end
+        }
+        &self.storage[start_at..start_at + size]
+    }
+
     /// Return the largest contiguous slice of allocated buffer elements starting
     /// at the given offset past the first allocated element, and up to the given size.
     #[must_use]
