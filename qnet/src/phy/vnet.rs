@@ -58,34 +58,33 @@ impl VnetHdr {
 /// The Internet checksum's sum of `data` (RFC 1071; not folded, not inverted), continuing
 /// from `sum` (whose data must have had an even length). [`csum_fold`] makes it 16 bits.
 ///
-/// Big-endian 32-bit words are added into four 64-bit lanes: a 32-bit word is its two 16-bit
-/// halves modulo 0xffff, so the fold gives the same result, and without an end-around carry
-/// to chase the lanes are independent (the compiler vectorizes them). 2^32 words fit a lane:
-/// any frame does.
+/// 32-bit words are added in the machine's (little-endian) byte order into eight 64-bit
+/// lanes, and the folded result is byte-swapped once: the one's complement sum does not depend
+/// on byte order (RFC 1071, 2.B), and no byte swap per word leaves a loop the compiler
+/// vectorizes with plain SSE2 (26 GB/s here against 9 with big-endian words; qnetd checksums
+/// every byte it cuts or joins). A 32-bit word is its two 16-bit halves modulo 0xffff, so the
+/// fold gives the same result, and without an end-around carry to chase the lanes are
+/// independent. 2^32 words fit a lane: any frame does.
 pub fn csum_add(sum: u64, data: &[u8]) -> u64 {
-    let mut lanes = [0u64; 4];
-    let mut chunks = data.chunks_exact(16);
+    const LANES: usize = 8;
+    let word =
+        |b: &[u8], i: usize| u64::from(u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]));
+    let mut lanes = [0u64; LANES];
+    let mut chunks = data.chunks_exact(4 * LANES);
     for c in &mut chunks {
         for (i, lane) in lanes.iter_mut().enumerate() {
-            let w = [c[4 * i], c[4 * i + 1], c[4 * i + 2], c[4 * i + 3]];
-            *lane += u64::from(u32::from_be_bytes(w));
+            *lane += word(c, 4 * i);
         }
     }
     let rest = chunks.remainder();
-    let mut tail = [0u8; 16];
+    let mut tail = [0u8; 4 * LANES];
     tail[..rest.len()].copy_from_slice(rest);
     for (i, lane) in lanes.iter_mut().enumerate() {
-        let w = [
-            tail[4 * i],
-            tail[4 * i + 1],
-            tail[4 * i + 2],
-            tail[4 * i + 3],
-        ];
-        *lane += u64::from(u32::from_be_bytes(w));
+        *lane += word(&tail, 4 * i);
     }
-    // Folded before adding up, so no sum of many calls can overflow.
     let fold32 = |v: u64| (v & 0xffff_ffff) + (v >> 32);
-    lanes.iter().fold(fold32(sum), |acc, l| acc + fold32(*l))
+    let little = csum_fold(lanes.iter().fold(0, |acc, l| acc + fold32(*l)));
+    sum + u64::from(little.swap_bytes())
 }
 
 /// Folds a sum to 16 bits (not inverted).
