@@ -1423,7 +1423,21 @@ impl Kernel {
                 revents[*i] = r;
             }
         } else if !ready_now && timeout_ms > 0 {
-            m.sleep_ns((timeout_ms as u64).saturating_mul(1_000_000));
+            // A timer's signal ends the wait early, as any signal does (EINTR).
+            let end = m
+                .monotonic_ns()
+                .saturating_add((timeout_ms as u64).saturating_mul(1_000_000));
+            loop {
+                let now = m.monotonic_ns();
+                if now >= end || m.cancelled() {
+                    break;
+                }
+                m.sleep_ns(end.min(self.next_timer).saturating_sub(now));
+                self.take_host_events(m);
+                if self.t.deliverable().is_some() {
+                    return Err(EINTR);
+                }
+            }
         }
         Ok(revents)
     }

@@ -150,7 +150,22 @@ impl Kernel {
             pid: 0,
             status: 0,
             addr: 0,
+            overrun: 0,
+            value: 0,
         };
+        self.signal_asynchronously(m, pid, sig, info);
+    }
+
+    /// A signal for process `pid` that no call of it caused (from outside, a timer): its
+    /// handler runs, or its default action is taken (for the running process, at the end of
+    /// what it is doing: see [`Kernel::doomed`]).
+    pub(crate) fn signal_asynchronously(
+        &mut self,
+        m: &mut dyn Machine,
+        pid: i64,
+        sig: u64,
+        info: crate::signal::SigInfo,
+    ) {
         if self.signal_process(m, pid, sig, info) {
             // The running process: it ends as soon as it is the running one again for sure
             // (its call's end, a preemption, its next resume); a parked thread of it wakes

@@ -24,6 +24,7 @@ mod signal;
 mod sites;
 mod syscalls;
 pub mod sysnames;
+mod timers;
 mod unix;
 mod unix_dgram;
 

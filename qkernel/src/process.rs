@@ -699,7 +699,7 @@ impl Kernel {
                 if now >= end || m.cancelled() {
                     return Ok(0);
                 }
-                m.sleep_ns(end - now);
+                m.sleep_ns(end.min(self.next_timer).saturating_sub(now));
                 self.take_host_events(m);
                 if self.t.deliverable().is_some() {
                     return Err(EINTR);
@@ -734,11 +734,13 @@ impl Kernel {
             if let Some(next) = self.procs.take_next() {
                 return Some(next);
             }
+            let timer = (self.next_timer != u64::MAX).then_some(self.next_timer);
             let earliest = self
                 .procs
                 .threads
                 .values()
                 .filter_map(|t| t.state.deadline())
+                .chain(timer)
                 .min();
             let socks = self.procs.io_sockets();
             // With nothing that could wake a thread, it is a deadlock, unless the platform
@@ -811,6 +813,7 @@ impl Kernel {
     /// handler for.
     pub(crate) fn take_host_events(&mut self, m: &mut dyn Machine) {
         self.serve_host_requests(m);
+        self.fire_timers(m);
         let mut sigs = m.take_host_signals();
         while sigs != 0 {
             let sig = u64::from(sigs.trailing_zeros()) + 1;
@@ -824,6 +827,8 @@ impl Kernel {
                     pid: 0,
                     status: 0,
                     addr: 0,
+                    overrun: 0,
+                    value: 0,
                 };
                 self.post_signal(1, sig, info);
             } else {
@@ -855,11 +860,12 @@ impl Kernel {
     /// or one waits on sockets, which only a look can tell): the platform then preempts the
     /// running one with [`Kernel::preempt`].
     pub fn wants_preemption(&self, now_ns: u64) -> bool {
-        self.procs.threads.values().any(|t| {
-            self.procs.ready(t)
-                || matches!(t.state, State::Io { .. })
-                || t.state.deadline().is_some_and(|u| u <= now_ns)
-        })
+        now_ns >= self.next_timer
+            || self.procs.threads.values().any(|t| {
+                self.procs.ready(t)
+                    || matches!(t.state, State::Io { .. })
+                    || t.state.deadline().is_some_and(|u| u <= now_ns)
+            })
     }
 
     /// Preemption: the running thread, stopped by the platform at an arbitrary instruction
@@ -1204,6 +1210,8 @@ impl Kernel {
                 pid,
                 status: value,
                 addr: 0,
+                overrun: 0,
+                value: 0,
             };
             self.post_signal(ppid, crate::signal::SIGCHLD, info);
         }
@@ -1816,6 +1824,8 @@ impl Kernel {
             pid: me,
             status: 0,
             addr: 0,
+            overrun: 0,
+            value: 0,
         };
         for pid in pids {
             let handler = self
@@ -1875,6 +1885,8 @@ impl Kernel {
                 pid: self.p.pid,
                 status: 0,
                 addr: 0,
+                overrun: 0,
+                value: 0,
             };
             self.post_to_thread(tid, sig, info);
             return SyscallOutcome::Return(0);

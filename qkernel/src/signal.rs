@@ -40,7 +40,7 @@ const MAX_DEPTH: usize = 64;
 const USER_FLAGS: u64 = 0x3c_7fd7;
 
 /// Why a signal is pending: what its siginfo says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SigInfo {
     pub code: i32,
     pub pid: i64,
@@ -48,7 +48,15 @@ pub struct SigInfo {
     pub status: i32,
     /// The faulting address of SIGSEGV, SIGBUS, SIGILL, SIGFPE (si_addr, where si_pid is).
     pub addr: u64,
+    /// A timer's signal (`SI_TIMER`): `pid` is the timer's id (si_timerid), these are
+    /// si_overrun and si_value.
+    pub overrun: i32,
+    pub value: u64,
 }
+
+/// si_code of a POSIX timer's expiry, and of a signal the kernel sends (ITIMER_REAL's SIGALRM).
+pub const SI_TIMER: i32 = -2;
+pub const SI_KERNEL: i32 = 0x80;
 
 /// A thread's handlers' side: what is pending, the FPU states of handlers it is in, its
 /// alternate signal stack.
@@ -241,6 +249,8 @@ impl Kernel {
             pid: 0,
             status: 0,
             addr: 0,
+            overrun: 0,
+            value: 0,
         });
         frame[si as usize..si as usize + 4].copy_from_slice(&(sig as i32).to_le_bytes());
         frame[si as usize + 8..si as usize + 12].copy_from_slice(&info.code.to_le_bytes());
@@ -250,7 +260,12 @@ impl Kernel {
             frame[si as usize + 16..si as usize + 20]
                 .copy_from_slice(&(info.pid as i32).to_le_bytes());
         }
-        frame[si as usize + 24..si as usize + 28].copy_from_slice(&info.status.to_le_bytes());
+        if info.code == SI_TIMER {
+            frame[si as usize + 20..si as usize + 24].copy_from_slice(&info.overrun.to_le_bytes());
+            put(&mut frame, si + 24, info.value);
+        } else {
+            frame[si as usize + 24..si as usize + 28].copy_from_slice(&info.status.to_le_bytes());
+        }
         let fpu = m.fpu_state().unwrap_or_default();
         if m.write(sp, &frame).is_err() {
             // No stack to run the handler on (Linux would force SIGSEGV): the signal is lost.
@@ -412,6 +427,8 @@ impl Kernel {
                 pid: 0,
                 status: 0,
                 addr,
+                overrun: 0,
+                value: 0,
             };
             self.t.post(sig64, info);
             let mut regs = m.user_regs();

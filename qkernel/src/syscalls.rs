@@ -344,6 +344,8 @@ pub(crate) struct Proc {
     pub(crate) exited_cpu_ns: u64,
     /// CPU time of its reaped children, theirs included (ns).
     pub(crate) children_cpu_ns: u64,
+    /// alarm, setitimer and timer_create's timers.
+    pub(crate) timers: crate::timers::Timers,
 }
 
 impl Proc {
@@ -371,6 +373,7 @@ impl Proc {
             start_ns: 0,
             exited_cpu_ns: 0,
             children_cpu_ns: 0,
+            timers: Default::default(),
             vm: AddressSpace::default(),
             pid,
             ppid: 0,
@@ -409,6 +412,7 @@ impl Proc {
             start_ns: 0, // set by fork, which knows the time
             exited_cpu_ns: 0,
             children_cpu_ns: 0,
+            timers: Default::default(), // a fork child has none
         }
     }
 
@@ -424,6 +428,7 @@ impl Proc {
         self.brk_mapped = brk;
         self.mmap_next = fresh.mmap_next;
         self.vm = fresh.vm;
+        self.timers.exec();
         const SIG_IGN: u64 = 1;
         for action in self.sigactions.iter_mut() {
             let handler = u64::from_le_bytes(action[..8].try_into().unwrap_or_default());
@@ -483,6 +488,9 @@ pub struct Kernel {
     pub(crate) buffer_budget: u64,
     /// The app's AF_INET6 sockets (carried on the IPv4 stack; see `net.rs`).
     pub(crate) inet6: std::collections::BTreeMap<u32, crate::net::Inet6>,
+    /// The earliest expiry of any process's timers (monotonic ns; `u64::MAX`: none), so a
+    /// call, a preemption tick or an idle wait knows at a glance whether one is due.
+    pub(crate) next_timer: u64,
 }
 
 impl Kernel {
@@ -519,6 +527,7 @@ impl Kernel {
             cpu_mark: 0,
             buffer_budget: MIN_BUFFER_BUDGET,
             inet6: Default::default(),
+            next_timer: u64::MAX,
         }
     }
 
@@ -678,7 +687,7 @@ impl Kernel {
             // the call) in slices, looking at them between slices.
             const SLICE_NS: u64 = 50_000_000;
             let now = m.monotonic_ns();
-            let end = until.min(now.saturating_add(SLICE_NS));
+            let end = until.min(now.saturating_add(SLICE_NS)).min(self.next_timer);
             if socks.is_empty() {
                 m.sleep_ns(end.saturating_sub(now));
             } else {
@@ -922,6 +931,14 @@ impl Kernel {
             81 => self.fchdir(a0),
             89 => self.readlinkat(m, AT_FDCWD, a0, a1, a2),
             95 => Ok(0o022), // umask
+            37 => self.alarm(m, a0 as u32 as u64),
+            38 => self.setitimer(m, a0 as u32 as u64, a1, a2),
+            36 => self.getitimer(m, a0 as u32 as u64, a1),
+            222 => self.timer_create(m, a0, a1, a2),
+            223 => self.timer_settime(m, a0 as u32 as u64, a1, a2, a3),
+            224 => self.timer_gettime(m, a0 as u32 as u64, a1),
+            225 => self.timer_getoverrun(a0 as u32 as u64),
+            226 => self.timer_delete(a0 as u32 as u64),
             96 => self.gettimeofday(m, a0),
             99 => self.sysinfo(m, a0),
             98 => self.getrusage(m, a0 as i32 as i64, a1),

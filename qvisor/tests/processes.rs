@@ -394,6 +394,21 @@ fn cpu_time_counts_what_a_process_computes_and_reaches_its_parent() {
 }
 
 #[test]
+fn interval_timers_signal_a_process_idle_blocked_or_computing() {
+    // alarm/setitimer and timer_create timers: SIGALRM ends pause and a pipe read (EINTR),
+    // a periodic timer fires while the process computes (no syscalls), the default action
+    // kills a child, a fork child has no timers, exec keeps ITIMER_REAL; POSIX timers carry
+    // SI_TIMER and their value, SIGEV_THREAD_ID reaches its thread, SIGEV_NONE stays quiet,
+    // an absolute CLOCK_REALTIME time is honoured. The same program passes natively.
+    prints_and_succeeds(
+        "/bin/timers",
+        "alarm and pause: ok\nperiodic timer while computing: ok\n\
+         a blocking read interrupted: ok\ndefault action kills, fork child has none: ok\n\
+         exec keeps ITIMER_REAL: ok\nposix timers: ok\nthread-directed timer: ok\n",
+    );
+}
+
+#[test]
 fn a_robust_lock_whose_owner_died_goes_to_the_next_locker_with_eownerdead() {
     // The owner a thread that exits, a process that exits, a process killed (SIGKILL from a
     // third one) while the test's process waits for the lock in shared memory, and a process

@@ -79,6 +79,7 @@ pub fn root() -> &'static Path {
             ("mapfile", "mapfile", "-static"),
             ("unixdgram", "unixdgram", "-static"),
             ("cputime", "cputime", "-static"),
+            ("timers", "timers", "-static"),
             ("pipehog", "pipehog", "-static"),
             ("ipv6", "ipv6", "-static"),
             // Dynamically linked: the shared libc's syscall sites are the patchable ones.
