@@ -36,7 +36,10 @@ impl Arming {
             return (0, None);
         }
         let missed = (now - self.next) / self.interval;
-        let next = self.next + (missed + 1) * self.interval;
+        let next = (missed + 1)
+            .checked_mul(self.interval)
+            .and_then(|d| self.next.checked_add(d))
+            .unwrap_or(u64::MAX); // centuries away: never
         (
             missed.min(i32::MAX as u64) as i32,
             Some(Arming { next, ..self }),
@@ -429,6 +432,11 @@ mod tests {
             interval: 0,
         };
         assert_eq!(once.expire(5000), (0, None));
+        let late = Arming {
+            next: u64::MAX - 10,
+            interval: 100,
+        };
+        assert_eq!(late.expire(u64::MAX - 5).1.map(|a| a.next), Some(u64::MAX));
     }
 
     #[test]
