@@ -861,6 +861,7 @@ impl Kernel {
     /// running one with [`Kernel::preempt`].
     pub fn wants_preemption(&self, now_ns: u64) -> bool {
         now_ns >= self.next_timer
+            || self.p.timers.cpu_armed() // only a look at its CPU time can tell
             || self.procs.threads.values().any(|t| {
                 self.procs.ready(t)
                     || matches!(t.state, State::Io { .. })
@@ -1233,7 +1234,6 @@ impl Kernel {
         }
     }
 
-    /// The vfork parent of the running process, if any, may run again (exec or exit).
     /// Charges the running thread with the vCPU's CPU time since it was last charged (or
     /// began to run).
     pub(crate) fn charge_cpu(&mut self, m: &dyn Machine) {
@@ -1254,6 +1254,7 @@ impl Kernel {
         self.t.cpu_ns
     }
 
+    /// The vfork parent of the running process, if any, may run again (exec or exit).
     fn release_vfork_parent(&mut self) {
         let (ppid, me) = (self.p.ppid, self.p.pid);
         for tid in self.procs.threads_of(ppid) {

@@ -1,11 +1,16 @@
-//! Interval timers: `ITIMER_REAL` (alarm, setitimer, getitimer) and POSIX timers
-//! (timer_create and friends) on the wall clocks. Each expires into a signal for its process
-//! (or one of its threads), at the deadline when the container idles and at the next syscall
-//! or preemption tick while it computes.
+//! Interval timers: alarm, setitimer and getitimer (`ITIMER_REAL`, `ITIMER_VIRTUAL`,
+//! `ITIMER_PROF`) and POSIX timers (timer_create and friends). Each expires into a signal for
+//! its process (or one of its threads).
 //!
-//! Deadlines are kept on the monotonic clock; a `CLOCK_REALTIME` absolute time is converted
-//! when the timer is armed (the container cannot set the clock). Timers on CPU-time clocks
-//! (`ITIMER_VIRTUAL`, `ITIMER_PROF`, `CLOCK_*_CPUTIME_ID`) are refused with `EINVAL`.
+//! Wall-clock timers keep their deadlines on the monotonic clock (a `CLOCK_REALTIME` absolute
+//! time is converted when the timer is armed: the container cannot set the clock) and fire at
+//! the deadline when the container idles, at the next syscall or preemption tick while it
+//! computes. CPU-time timers (`ITIMER_VIRTUAL`, `ITIMER_PROF`, `CLOCK_PROCESS_CPUTIME_ID`)
+//! count the process's CPU time, which only grows while it runs, so they are looked at on its
+//! calls and on preemption ticks (every tick while one is armed). The process's CPU time is all
+//! the vCPU spent for it, the app's and qkernel's alike: `ITIMER_VIRTUAL` counts what
+//! `ITIMER_PROF` counts. Per-thread CPU clocks (`CLOCK_THREAD_CPUTIME_ID`, another process's
+//! clock) are refused with `EINVAL`.
 
 use crate::errno::*;
 use crate::machine::Machine;
@@ -13,6 +18,8 @@ use crate::signal::{SigInfo, SI_KERNEL, SI_TIMER};
 use crate::syscalls::Kernel;
 
 const SIGALRM: u64 = 14;
+const SIGVTALRM: u64 = 26;
+const SIGPROF: u64 = 27;
 const NS: u64 = 1_000_000_000;
 /// The most POSIX timers a process may hold (Linux bounds them by RLIMIT_SIGPENDING).
 const MAX_TIMERS: usize = 1024;
@@ -54,9 +61,17 @@ enum Notify {
     Thread(i64),
 }
 
+/// What a POSIX timer counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Clock {
+    Realtime,
+    Monotonic,
+    ProcessCpu,
+}
+
 #[derive(Debug, Clone)]
 struct PosixTimer {
-    realtime: bool,
+    clock: Clock,
     signo: u64,
     value: u64,
     notify: Notify,
@@ -70,6 +85,9 @@ struct PosixTimer {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Timers {
     real: Option<Arming>,
+    /// `ITIMER_VIRTUAL` and `ITIMER_PROF`, on the process's CPU time.
+    virt: Option<Arming>,
+    prof: Option<Arming>,
     posix: Vec<Option<PosixTimer>>,
 }
 
@@ -77,10 +95,26 @@ pub(crate) struct Timers {
 pub(crate) type Expiry = (Option<i64>, u64, SigInfo);
 
 impl Timers {
-    /// The earliest expiry of any armed timer.
+    /// The earliest expiry of any armed wall-clock timer.
     pub(crate) fn next_expiry(&self) -> Option<u64> {
-        let posix = self.posix.iter().flatten().filter_map(|t| t.arming);
+        let posix = self
+            .posix
+            .iter()
+            .flatten()
+            .filter(|t| t.clock != Clock::ProcessCpu)
+            .filter_map(|t| t.arming);
         self.real.into_iter().chain(posix).map(|a| a.next).min()
+    }
+
+    /// Whether a CPU-time timer is armed (the process's CPU time must then be watched).
+    pub(crate) fn cpu_armed(&self) -> bool {
+        self.virt.is_some()
+            || self.prof.is_some()
+            || self
+                .posix
+                .iter()
+                .flatten()
+                .any(|t| t.clock == Clock::ProcessCpu && t.arming.is_some())
     }
 
     /// Exec: the POSIX timers go; `ITIMER_REAL` stays.
@@ -88,18 +122,32 @@ impl Timers {
         self.posix.clear();
     }
 
-    /// Takes the expiries due by `now`, re-arming periodic timers.
-    pub(crate) fn take_due(&mut self, now: u64, out: &mut Vec<Expiry>) {
-        if let Some(a) = self.real.filter(|a| a.next <= now) {
-            self.real = a.expire(now).1;
-            let info = SigInfo {
-                code: SI_KERNEL,
-                ..SigInfo::default()
-            };
-            out.push((None, SIGALRM, info));
+    /// Takes the expiries due by `now` (monotonic ns) and, with `cpu`, those of the CPU-time
+    /// timers due by that much of the process's CPU time; re-arms periodic timers.
+    pub(crate) fn take_due(&mut self, now: u64, cpu: Option<u64>, out: &mut Vec<Expiry>) {
+        let itimers = [
+            (&mut self.real, Some(now), SIGALRM),
+            (&mut self.virt, cpu, SIGVTALRM),
+            (&mut self.prof, cpu, SIGPROF),
+        ];
+        for (timer, clock, sig) in itimers {
+            let Some(clock) = clock else { continue };
+            if let Some(a) = timer.filter(|a| a.next <= clock) {
+                *timer = a.expire(clock).1;
+                let info = SigInfo {
+                    code: SI_KERNEL,
+                    ..SigInfo::default()
+                };
+                out.push((None, sig, info));
+            }
         }
         for (id, slot) in self.posix.iter_mut().enumerate() {
             let Some(t) = slot else { continue };
+            let now = match (t.clock, cpu) {
+                (Clock::ProcessCpu, Some(cpu)) => cpu,
+                (Clock::ProcessCpu, None) => continue,
+                _ => now,
+            };
             let Some(a) = t.arming.filter(|a| a.next <= now) else {
                 continue;
             };
@@ -182,17 +230,22 @@ impl Kernel {
     /// Sends the signals of every timer due by now.
     pub(crate) fn fire_timers(&mut self, m: &mut dyn Machine) {
         let now = m.monotonic_ns();
-        if now < self.next_timer {
+        let wall_due = now >= self.next_timer;
+        // Only the running process gains CPU time.
+        let cpu = self.p.timers.cpu_armed().then(|| self.process_cpu_ns(m));
+        if !wall_due && cpu.is_none() {
             return;
         }
         let mut due: Vec<(i64, Expiry)> = Vec::new();
         let mut out = Vec::new();
-        self.p.timers.take_due(now, &mut out);
+        self.p.timers.take_due(now, cpu, &mut out);
         due.extend(out.drain(..).map(|e| (self.p.pid, e)));
-        for (pid, p) in self.procs.parked.iter_mut() {
-            if p.zombie.is_none() {
-                p.proc.timers.take_due(now, &mut out);
-                due.extend(out.drain(..).map(|e| (*pid, e)));
+        if wall_due {
+            for (pid, p) in self.procs.parked.iter_mut() {
+                if p.zombie.is_none() {
+                    p.proc.timers.take_due(now, None, &mut out);
+                    due.extend(out.drain(..).map(|e| (*pid, e)));
+                }
             }
         }
         self.recompute_next_timer();
@@ -227,7 +280,27 @@ impl Kernel {
         }))
     }
 
-    /// setitimer(2) for `ITIMER_REAL`.
+    /// The itimer `which` names, and the present time of its clock.
+    fn itimer(
+        &mut self,
+        m: &mut dyn Machine,
+        which: u64,
+    ) -> Result<(&mut Option<Arming>, u64), i64> {
+        let now = match which {
+            0 => m.monotonic_ns(),
+            1 | 2 => self.process_cpu_ns(m),
+            _ => return Err(EINVAL),
+        };
+        let t = &mut self.p.timers;
+        let timer = match which {
+            0 => &mut t.real,
+            1 => &mut t.virt,
+            _ => &mut t.prof,
+        };
+        Ok((timer, now))
+    }
+
+    /// setitimer(2).
     pub(crate) fn setitimer(
         &mut self,
         m: &mut dyn Machine,
@@ -235,23 +308,21 @@ impl Kernel {
         new: u64,
         old: u64,
     ) -> Result<i64, i64> {
-        if which != 0 {
-            return Err(EINVAL); // ITIMER_VIRTUAL, ITIMER_PROF: CPU-time timers (module doc)
-        }
         let (interval, value) = if new == 0 {
             (0, 0)
         } else {
             two_times(m, new, 1000)?
         };
-        let now = m.monotonic_ns();
-        if old != 0 {
-            put_two_times(m, old, shown(self.p.timers.real, now), 1000)?;
-        }
-        self.p.timers.real = (value != 0).then(|| Arming {
+        let (timer, now) = self.itimer(m, which)?;
+        let previous = shown(*timer, now);
+        *timer = (value != 0).then(|| Arming {
             next: now.saturating_add(value),
             interval,
         });
         self.recompute_next_timer();
+        if old != 0 {
+            put_two_times(m, old, previous, 1000)?;
+        }
         Ok(0)
     }
 
@@ -262,15 +333,14 @@ impl Kernel {
         which: u64,
         cur: u64,
     ) -> Result<i64, i64> {
-        if which != 0 {
-            return Err(EINVAL);
-        }
-        let now = m.monotonic_ns();
-        put_two_times(m, cur, shown(self.p.timers.real, now), 1000)?;
+        let (timer, now) = self.itimer(m, which)?;
+        let shown = shown(*timer, now);
+        put_two_times(m, cur, shown, 1000)?;
         Ok(0)
     }
 
-    /// timer_create(2) on `CLOCK_REALTIME`, `CLOCK_MONOTONIC` or `CLOCK_BOOTTIME`.
+    /// timer_create(2) on `CLOCK_REALTIME`, `CLOCK_MONOTONIC`, `CLOCK_BOOTTIME` or
+    /// `CLOCK_PROCESS_CPUTIME_ID`.
     pub(crate) fn timer_create(
         &mut self,
         m: &mut dyn Machine,
@@ -278,9 +348,19 @@ impl Kernel {
         sevp: u64,
         id_out: u64,
     ) -> Result<i64, i64> {
-        let realtime = match clock as i32 {
-            0 => true,
-            1 | 7 => false,
+        let clock = match clock as i32 {
+            0 => Clock::Realtime,
+            1 | 7 => Clock::Monotonic,
+            2 => Clock::ProcessCpu,
+            // A CPU clock by pid (`~pid << 3 | type`, bit 2 for a thread): glibc names its own
+            // process's this way (pid 0).
+            c if c < 0 && c & 4 == 0 && c & 3 != 3 => {
+                let pid = i64::from(!(c >> 3));
+                if pid != 0 && pid != self.p.pid {
+                    return Err(EINVAL); // another process's CPU time
+                }
+                Clock::ProcessCpu
+            }
             8 | 9 => return Err(EPERM), // the alarm clocks need CAP_WAKE_ALARM
             _ => return Err(EINVAL),
         };
@@ -320,7 +400,7 @@ impl Kernel {
         m.write(id_out, &(id as i32).to_le_bytes())
             .map_err(|_| EFAULT)?;
         let timer = PosixTimer {
-            realtime,
+            clock,
             signo,
             value,
             notify,
@@ -343,21 +423,17 @@ impl Kernel {
         new: u64,
         old: u64,
     ) -> Result<i64, i64> {
-        self.p.timers.posix_mut(id)?;
+        let clock = self.p.timers.posix_mut(id)?.clock;
         let (interval, value) = two_times(m, new, 1)?;
-        let now = m.monotonic_ns();
+        let now = self.clock_now(m, clock);
         let real_now = m.realtime_ns();
-        if old != 0 {
-            let t = self.p.timers.posix_mut(id)?;
-            let shown = shown(t.arming, now);
-            put_two_times(m, old, shown, 1)?;
-        }
         let t = self.p.timers.posix_mut(id)?;
+        let previous = shown(t.arming, now);
         t.arming = (value != 0).then(|| {
-            let next = match (flags & TIMER_ABSTIME != 0, t.realtime) {
+            let next = match (flags & TIMER_ABSTIME != 0, clock) {
                 (false, _) => now.saturating_add(value),
-                (true, false) => value,
-                (true, true) => now.saturating_add(value.saturating_sub(real_now)),
+                (true, Clock::Realtime) => now.saturating_add(value.saturating_sub(real_now)),
+                (true, _) => value,
             };
             // An absolute time already past expires at once.
             Arming {
@@ -367,7 +443,18 @@ impl Kernel {
         });
         t.overrun = 0;
         self.recompute_next_timer();
+        if old != 0 {
+            put_two_times(m, old, previous, 1)?;
+        }
         Ok(0)
+    }
+
+    /// The present time of what `clock` counts (monotonic ns for the wall clocks).
+    fn clock_now(&mut self, m: &mut dyn Machine, clock: Clock) -> u64 {
+        match clock {
+            Clock::ProcessCpu => self.process_cpu_ns(m),
+            Clock::Realtime | Clock::Monotonic => m.monotonic_ns(),
+        }
     }
 
     /// timer_gettime(2).
@@ -377,7 +464,8 @@ impl Kernel {
         id: u64,
         cur: u64,
     ) -> Result<i64, i64> {
-        let now = m.monotonic_ns();
+        let clock = self.p.timers.posix_mut(id)?.clock;
+        let now = self.clock_now(m, clock);
         let shown = shown(self.p.timers.posix_mut(id)?.arming, now);
         put_two_times(m, cur, shown, 1)?;
         Ok(0)

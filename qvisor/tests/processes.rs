@@ -399,12 +399,15 @@ fn interval_timers_signal_a_process_idle_blocked_or_computing() {
     // a periodic timer fires while the process computes (no syscalls), the default action
     // kills a child, a fork child has no timers, exec keeps ITIMER_REAL; POSIX timers carry
     // SI_TIMER and their value, SIGEV_THREAD_ID reaches its thread, SIGEV_NONE stays quiet,
-    // an absolute CLOCK_REALTIME time is honoured. The same program passes natively.
+    // an absolute CLOCK_REALTIME time is honoured; ITIMER_PROF, ITIMER_VIRTUAL and a
+    // CLOCK_PROCESS_CPUTIME_ID timer count CPU time, not sleep. The same program passes
+    // natively.
     prints_and_succeeds(
         "/bin/timers",
         "alarm and pause: ok\nperiodic timer while computing: ok\n\
          a blocking read interrupted: ok\ndefault action kills, fork child has none: ok\n\
-         exec keeps ITIMER_REAL: ok\nposix timers: ok\nthread-directed timer: ok\n",
+         exec keeps ITIMER_REAL: ok\nposix timers: ok\nthread-directed timer: ok\n\
+         cpu-time timers: ok\n",
     );
 }
 

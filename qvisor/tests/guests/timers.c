@@ -1,5 +1,6 @@
-/* Interval timers: alarm and setitimer (ITIMER_REAL), POSIX timers (timer_create on
- * CLOCK_MONOTONIC and CLOCK_REALTIME, SIGEV_SIGNAL, SIGEV_THREAD_ID, SIGEV_NONE), their
+/* Interval timers: alarm and setitimer (ITIMER_REAL), CPU-time timers (ITIMER_PROF,
+ * ITIMER_VIRTUAL, CLOCK_PROCESS_CPUTIME_ID), POSIX timers (timer_create on CLOCK_MONOTONIC and
+ * CLOCK_REALTIME, SIGEV_SIGNAL, SIGEV_THREAD_ID, SIGEV_NONE), their
  * signals interrupting pause, a pipe read and a computing loop, the default action killing a
  * process, fork (no timers in the child) and exec (ITIMER_REAL kept). Prints one line a check;
  * exits 1 at the first failure. Run with the argument "sleeper", it just sleeps (the exec
@@ -215,6 +216,64 @@ static void check_posix_timers(void) {
   printf("posix timers: ok\n");
 }
 
+static volatile sig_atomic_t profs, vtalrms;
+static void on_prof(int sig) {
+  (void)sig;
+  profs++;
+}
+static void on_vtalrm(int sig) {
+  (void)sig;
+  vtalrms++;
+}
+
+static double cpu_s(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+/* Computes until `*counter` reaches `n` or `secs` of CPU time pass. */
+static void compute_until(volatile sig_atomic_t *counter, int n, double secs) {
+  volatile unsigned long x = 0;
+  double end = cpu_s() + secs;
+  while (*counter < n && cpu_s() < end)
+    for (int i = 0; i < 10000; i++) x += i;
+}
+
+static void check_cpu_timers(void) {
+  handle(SIGPROF, on_prof);
+  handle(SIGVTALRM, on_vtalrm);
+  /* ITIMER_PROF every 20 ms of CPU time, while computing. */
+  struct itimerval prof = {{0, 20000}, {0, 20000}}, off = {{0, 0}, {0, 0}}, cur;
+  if (setitimer(ITIMER_PROF, &prof, NULL) != 0) fail("setitimer ITIMER_PROF");
+  if (getitimer(ITIMER_PROF, &cur) != 0 || cur.it_interval.tv_usec != 20000) fail("getitimer PROF");
+  double c0 = cpu_s();
+  compute_until(&profs, 4, 3.0);
+  setitimer(ITIMER_PROF, &off, NULL);
+  if (profs < 4 || cpu_s() - c0 < 0.06) fail("SIGPROF every 20 ms of CPU time");
+  /* ITIMER_VIRTUAL: sleeping spends no CPU time, so it does not fire; computing does. */
+  struct itimerval virt = {{0, 0}, {0, 50000}};
+  if (setitimer(ITIMER_VIRTUAL, &virt, NULL) != 0) fail("setitimer ITIMER_VIRTUAL");
+  nap_ms(200);
+  if (vtalrms != 0) fail("ITIMER_VIRTUAL fired while sleeping");
+  compute_until(&vtalrms, 1, 3.0);
+  if (vtalrms != 1) fail("ITIMER_VIRTUAL after 50 ms of CPU time");
+  /* A POSIX timer on the process's CPU clock. */
+  struct sigevent ev;
+  memset(&ev, 0, sizeof ev);
+  ev.sigev_notify = SIGEV_SIGNAL;
+  ev.sigev_signo = SIGPROF;
+  timer_t t;
+  if (timer_create(CLOCK_PROCESS_CPUTIME_ID, &ev, &t) != 0) fail("timer_create CPU clock");
+  struct itimerspec once = {{0, 0}, {0, 30000000}};
+  profs = 0;
+  timer_settime(t, 0, &once, NULL);
+  compute_until(&profs, 1, 3.0);
+  if (profs != 1) fail("CLOCK_PROCESS_CPUTIME_ID timer after 30 ms of CPU time");
+  timer_delete(t);
+  printf("cpu-time timers: ok\n");
+}
+
 static pid_t worker_tid;
 static volatile int worker_done;
 
@@ -263,5 +322,6 @@ int main(int argc, char **argv) {
   check_exec_keeps_alarm(argv[0]);
   check_posix_timers();
   check_thread_directed();
+  check_cpu_timers();
   return 0;
 }
