@@ -247,8 +247,8 @@ impl Kernel {
                     due.extend(out.drain(..).map(|e| (*pid, e)));
                 }
             }
+            self.recompute_next_timer();
         }
-        self.recompute_next_timer();
         for (pid, (tid, sig, info)) in due {
             tracing::trace!(pid, ?tid, sig, "timer expired");
             match tid {

@@ -238,6 +238,19 @@ impl<'a> Conn<'a> {
         }
     }
 
+    /// Drops up to `limit` received bytes unread; returns how many went.
+    pub fn discard(&mut self, limit: usize) -> usize {
+        let mut left = limit;
+        while left > 0 {
+            let n = self.recv_with(|b| b.len().min(left));
+            if n == 0 {
+                break;
+            }
+            left -= n;
+        }
+        limit - left
+    }
+
     /// Sends FIN once what was sent before it is out.
     pub fn close(&mut self) {
         match self {

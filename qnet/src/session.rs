@@ -106,6 +106,9 @@ struct SlotState {
     /// had read when the stack last looked. smoltcp's queue runs from here; `rx_tail` is how
     /// much of it is published.
     rx_taken: u32,
+    /// With `rx_direct`: the buffer smoltcp had before, given back when the slot stops being
+    /// direct (no allocation per connection).
+    rx_own: Option<tcp::SocketBuffer<'static>>,
 }
 
 pub struct Session {
@@ -983,9 +986,10 @@ impl Session {
         let start = (s.rx_tail % size) as usize;
         buf.enqueue_unallocated(start);
         buf.dequeue_allocated(start);
-        if sock.replace_rx_buffer(buf).is_err() {
+        let Ok(own) = sock.replace_rx_buffer(buf) else {
             return Ok(false);
-        }
+        };
+        s.rx_own = Some(own);
         s.rx_direct = true;
         s.rx_taken = s.rx_tail;
         regions.insert(h, self.mapping.clone());
@@ -1006,7 +1010,14 @@ impl Session {
             return;
         }
         s.rx_direct = false;
-        let own = tcp::SocketBuffer::new(vec![0u8; sock.recv_capacity()]);
+        // The buffer it had, if it is as large as the ring (the window it advertised must fit).
+        let own = match s.rx_own.take() {
+            Some(mut own) if own.capacity() >= sock.recv_capacity() => {
+                own.clear();
+                own
+            }
+            _ => tcp::SocketBuffer::new(vec![0u8; sock.recv_capacity()]),
+        };
         if sock.replace_rx_buffer(own).is_err() {
             // Cannot happen (empty, same size). The connection cannot go on without the ring;
             // `regions` keeps the region mapped until the socket is dropped.
@@ -1015,19 +1026,7 @@ impl Session {
             return;
         }
         // Published bytes are the client's already, in the ring.
-        let mut published = s.rx_tail.wrapping_sub(s.rx_taken) as usize;
-        while published > 0 {
-            let n = sock
-                .recv(|b| {
-                    let n = b.len().min(published);
-                    (n, n)
-                })
-                .unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            published -= n;
-        }
+        Conn::Tcp(sock).discard(s.rx_tail.wrapping_sub(s.rx_taken) as usize);
         regions.remove(&h);
     }
 
@@ -1059,14 +1058,8 @@ impl Session {
                     s.rx_taken, s.rx_tail
                 )));
             }
-            let mut left = read as usize;
-            while left > 0 {
-                let n = sock.recv_with(|b| b.len().min(left));
-                if n == 0 {
-                    break; // a reset emptied smoltcp's queue
-                }
-                left -= n;
-            }
+            // Fewer only when a reset emptied smoltcp's queue.
+            sock.discard(read as usize);
             s.rx_taken = head;
             let queued = sock.recv_queue().min(size as usize) as u32;
             let unread = s.rx_tail.wrapping_sub(head);
@@ -1175,7 +1168,7 @@ impl Session {
             moved |= self.pump_tx(idx, sock)? > 0;
             if shut_rd {
                 // Linux discards data that arrives after SHUT_RD.
-                while sock.can_recv() && sock.recv_with(|b| b.len()) > 0 {}
+                sock.discard(usize::MAX);
             } else if self.slots[idx as usize].rx_direct {
                 moved |= self.pump_rx_direct(idx, sock)? > 0;
             } else {
