@@ -288,7 +288,8 @@ fn map_image(m: &mut dyn Machine, image: &[u8], base: Option<u64>) -> Result<Map
         return Err(ElfError::Malformed("no loadable segment"));
     }
     if let Some(p) = segs.iter().find(|s| s.ty == PT_PHDR) {
-        phdr_va = Some(p.vaddr + bias);
+        let va = p.vaddr.checked_add(bias);
+        phdr_va = Some(va.ok_or(ElfError::Malformed("program headers outside memory"))?);
     }
     for (&page, &flags) in &pages {
         m.map_zeroed(page, PAGE, flags)?;
@@ -426,6 +427,32 @@ mod tests {
         assert_eq!(
             load_static(m, &img, &[], &[]),
             Err(ElfError::Malformed("segments larger than guest memory"))
+        );
+    }
+
+    /// Found by the elf fuzz target (tests/fuzz/corpus/elf/phdr-overflow): a position-
+    /// independent image whose PT_PHDR address overflowed when its load bias was added.
+    #[test]
+    fn program_headers_beyond_the_address_space_are_refused() {
+        let m = &mut crate::test_machine::TestMachine::accepting();
+        let mut img = vec![0u8; 64 + 2 * 56];
+        img[..8].copy_from_slice(b"\x7fELF\x02\x01\x01\x00");
+        img[16] = ET_DYN as u8;
+        img[18] = 62;
+        img[24..32].copy_from_slice(&0x1000u64.to_le_bytes()); // entry
+        img[32..40].copy_from_slice(&64u64.to_le_bytes()); // phoff
+        img[54] = 56; // phentsize
+        img[56] = 2; // phnum
+        let load = &mut img[64..120];
+        load[0..4].copy_from_slice(&PT_LOAD.to_le_bytes());
+        load[16..24].copy_from_slice(&0x1000u64.to_le_bytes()); // vaddr
+        load[40..48].copy_from_slice(&0x1000u64.to_le_bytes()); // memsz
+        let phdr = &mut img[120..];
+        phdr[0..4].copy_from_slice(&PT_PHDR.to_le_bytes());
+        phdr[16..24].copy_from_slice(&(u64::MAX - 8).to_le_bytes()); // vaddr
+        assert_eq!(
+            load_static(m, &img, &[], &[]),
+            Err(ElfError::Malformed("program headers outside memory"))
         );
     }
 
