@@ -909,7 +909,11 @@ fn a_quark_container_in_a_qnetd_vpc_talks_to_a_pod_on_another_node() {
         &["/bin/tcp", "server", "8081"],
     );
     assert_eq!(first_line(&mut child), "listening\n");
-    let out = kernel.sh("printf from-node-b | nc -q1 -w5 10.42.0.2 8081");
+    // -N: nc half-closes after its input and waits (up to -w5 idle) for the guest's reply and
+    // close. With -q1 it quit a second after its input whatever came: too short for the
+    // reply's way back through two qnetds while the rest of the suite loaded both cores (one
+    // failure in about six runs).
+    let out = kernel.sh("printf from-node-b | nc -N -w5 10.42.0.2 8081");
     let o = child.wait_with_output().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
