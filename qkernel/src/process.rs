@@ -1254,6 +1254,34 @@ impl Kernel {
         self.t.cpu_ns
     }
 
+    /// The CPU time a clock id made by clock_getcpuclockid or pthread_getcpuclockid reads
+    /// (`~id << 3 | type`, bit 2 for a thread, id 0 for the caller; the three types, sched,
+    /// prof and virt, all read the one CPU time kept): any process of the container, a thread
+    /// of the caller's own process (as Linux). None when no such process or thread exists.
+    pub(crate) fn cpu_clock_ns(&mut self, m: &dyn Machine, clock: u64) -> Option<u64> {
+        let clock = clock as i32;
+        if clock >= 0 || clock & 3 == 3 {
+            return None;
+        }
+        let id = i64::from(!(clock >> 3));
+        self.charge_cpu(m);
+        if clock & 4 != 0 {
+            return match id {
+                0 => Some(self.t.cpu_ns),
+                tid if tid == self.t.tid => Some(self.t.cpu_ns),
+                tid => self
+                    .procs
+                    .threads
+                    .get(&tid)
+                    .filter(|t| t.pid == self.p.pid)
+                    .map(|t| t.thread.cpu_ns),
+            };
+        }
+        let pid = if id == 0 { self.p.pid } else { id };
+        let p = self.proc_of(pid)?; // a zombie's too, until it is reaped
+        Some(self.cpu_of(m, p))
+    }
+
     /// The vfork parent of the running process, if any, may run again (exec or exit).
     fn release_vfork_parent(&mut self) {
         let (ppid, me) = (self.p.ppid, self.p.pid);

@@ -1525,7 +1525,8 @@ impl Kernel {
         let ns: u64 = match clock {
             5 | 6 => 4_000_000, // REALTIME_COARSE, MONOTONIC_COARSE
             0..=4 | 7..=9 | 11 => 1,
-            _ => return Err(EINVAL),
+            // A CPU clock by id: glibc's clock_getcpuclockid asks here whether the pid exists.
+            _ => self.cpu_clock_ns(m, clock).map(|_| 1).ok_or(EINVAL)?,
         };
         if res != 0 {
             let mut b = [0u8; 16];
@@ -1541,7 +1542,7 @@ impl Kernel {
             1 | 4 | 6 | 7 | 9 => m.monotonic_ns(), // MONOTONIC, RAW, COARSE, BOOTTIME
             2 => self.process_cpu_ns(m),       // CLOCK_PROCESS_CPUTIME_ID
             3 => self.thread_cpu_ns(m),        // CLOCK_THREAD_CPUTIME_ID
-            _ => return Err(EINVAL),
+            _ => self.cpu_clock_ns(m, clock).ok_or(EINVAL)?,
         };
         let mut b = [0u8; 16];
         b[..8].copy_from_slice(&(ns / 1_000_000_000).to_le_bytes());

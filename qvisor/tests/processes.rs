@@ -385,11 +385,14 @@ fn named_unix_datagram_sockets_deliver_datagrams_with_their_senders_names() {
 fn cpu_time_counts_what_a_process_computes_and_reaches_its_parent() {
     // CLOCK_PROCESS_CPUTIME_ID, CLOCK_THREAD_CPUTIME_ID and getrusage count 0.3 s of computing
     // and not the 0.4 s sleep after it (they were the monotonic clock); a reaped child's time
-    // reaches the parent through wait4's rusage, RUSAGE_CHILDREN and times(2). The same
+    // reaches the parent through wait4's rusage, RUSAGE_CHILDREN and times(2); the clocks
+    // clock_getcpuclockid and pthread_getcpuclockid name read a living child's and another
+    // thread's CPU time (ESRCH once the child is reaped). The same
     // program passes natively.
     prints_and_succeeds(
         "/bin/cputime",
-        "computing counts, sleeping does not: ok\na reaped child's time is the parent's: ok\n",
+        "computing counts, sleeping does not: ok\na reaped child's time is the parent's: ok\n\
+         clocks by process and thread id: ok\n",
     );
 }
 
