@@ -1254,6 +1254,16 @@ impl Kernel {
         self.t.cpu_ns
     }
 
+    /// CPU time of thread `tid` of the running process as last charged, None when it has no
+    /// such thread.
+    pub(crate) fn own_thread_cpu_ns(&self, tid: i64) -> Option<u64> {
+        if tid == self.t.tid {
+            return Some(self.t.cpu_ns);
+        }
+        let t = self.procs.threads.get(&tid)?;
+        (t.pid == self.p.pid).then_some(t.thread.cpu_ns)
+    }
+
     /// The CPU time a clock id made by clock_getcpuclockid or pthread_getcpuclockid reads
     /// (`~id << 3 | type`, bit 2 for a thread, id 0 for the caller; the three types, sched,
     /// prof and virt, all read the one CPU time kept): any process of the container, a thread
@@ -1266,16 +1276,7 @@ impl Kernel {
         let id = i64::from(!(clock >> 3));
         self.charge_cpu(m);
         if clock & 4 != 0 {
-            return match id {
-                0 => Some(self.t.cpu_ns),
-                tid if tid == self.t.tid => Some(self.t.cpu_ns),
-                tid => self
-                    .procs
-                    .threads
-                    .get(&tid)
-                    .filter(|t| t.pid == self.p.pid)
-                    .map(|t| t.thread.cpu_ns),
-            };
+            return self.own_thread_cpu_ns(if id == 0 { self.t.tid } else { id });
         }
         let pid = if id == 0 { self.p.pid } else { id };
         let p = self.proc_of(pid)?; // a zombie's too, until it is reaped

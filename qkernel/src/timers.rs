@@ -5,12 +5,12 @@
 //! Wall-clock timers keep their deadlines on the monotonic clock (a `CLOCK_REALTIME` absolute
 //! time is converted when the timer is armed: the container cannot set the clock) and fire at
 //! the deadline when the container idles, at the next syscall or preemption tick while it
-//! computes. CPU-time timers (`ITIMER_VIRTUAL`, `ITIMER_PROF`, `CLOCK_PROCESS_CPUTIME_ID`)
-//! count the process's CPU time, which only grows while it runs, so they are looked at on its
-//! calls and on preemption ticks (every tick while one is armed). The process's CPU time is all
-//! the vCPU spent for it, the app's and qkernel's alike: `ITIMER_VIRTUAL` counts what
-//! `ITIMER_PROF` counts. Per-thread CPU clocks (`CLOCK_THREAD_CPUTIME_ID`, another process's
-//! clock) are refused with `EINVAL`.
+//! computes. CPU-time timers (`ITIMER_VIRTUAL`, `ITIMER_PROF`, timers on the process's or one
+//! of its threads' CPU clock) count CPU time, which only grows while the process runs, so they
+//! are looked at on its calls and on preemption ticks (every tick while one is armed). The
+//! process's CPU time is all the vCPU spent for it, the app's and qkernel's alike:
+//! `ITIMER_VIRTUAL` counts what `ITIMER_PROF` counts. Another process's CPU clock is refused
+//! with `EINVAL`, as Linux refuses a timer on it.
 
 use crate::errno::*;
 use crate::machine::Machine;
@@ -67,6 +67,21 @@ enum Clock {
     Realtime,
     Monotonic,
     ProcessCpu,
+    /// A thread of the timer's own process.
+    ThreadCpu(i64),
+}
+
+impl Clock {
+    fn is_cpu(self) -> bool {
+        matches!(self, Clock::ProcessCpu | Clock::ThreadCpu(_))
+    }
+}
+
+/// The CPU times the CPU-time timers of the running process count by: its own, and that of
+/// each thread a timer watches.
+pub(crate) struct CpuNow {
+    process: u64,
+    threads: Vec<(i64, u64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -101,7 +116,7 @@ impl Timers {
             .posix
             .iter()
             .flatten()
-            .filter(|t| t.clock != Clock::ProcessCpu)
+            .filter(|t| !t.clock.is_cpu())
             .filter_map(|t| t.arming);
         self.real.into_iter().chain(posix).map(|a| a.next).min()
     }
@@ -114,7 +129,18 @@ impl Timers {
                 .posix
                 .iter()
                 .flatten()
-                .any(|t| t.clock == Clock::ProcessCpu && t.arming.is_some())
+                .any(|t| t.clock.is_cpu() && t.arming.is_some())
+    }
+
+    /// The threads whose CPU clocks armed timers watch.
+    fn watched_threads(&self) -> Vec<i64> {
+        let armed = self.posix.iter().flatten().filter(|t| t.arming.is_some());
+        armed
+            .filter_map(|t| match t.clock {
+                Clock::ThreadCpu(tid) => Some(tid),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Exec: the POSIX timers go; `ITIMER_REAL` stays.
@@ -123,8 +149,9 @@ impl Timers {
     }
 
     /// Takes the expiries due by `now` (monotonic ns) and, with `cpu`, those of the CPU-time
-    /// timers due by that much of the process's CPU time; re-arms periodic timers.
-    pub(crate) fn take_due(&mut self, now: u64, cpu: Option<u64>, out: &mut Vec<Expiry>) {
+    /// timers due by the CPU times it gives; re-arms periodic timers.
+    pub(crate) fn take_due(&mut self, now: u64, cpu_now: Option<&CpuNow>, out: &mut Vec<Expiry>) {
+        let cpu = cpu_now.map(|c| c.process);
         let itimers = [
             (&mut self.real, Some(now), SIGALRM),
             (&mut self.virt, cpu, SIGVTALRM),
@@ -143,10 +170,17 @@ impl Timers {
         }
         for (id, slot) in self.posix.iter_mut().enumerate() {
             let Some(t) = slot else { continue };
-            let now = match (t.clock, cpu) {
-                (Clock::ProcessCpu, Some(cpu)) => cpu,
-                (Clock::ProcessCpu, None) => continue,
-                _ => now,
+            let now = match (t.clock, cpu_now) {
+                (Clock::Realtime | Clock::Monotonic, _) => now,
+                (_, None) => continue,
+                (Clock::ProcessCpu, Some(c)) => c.process,
+                (Clock::ThreadCpu(tid), Some(c)) => {
+                    // A thread that is gone gains no more CPU time: its timers never fire.
+                    match c.threads.iter().find(|(t, _)| *t == tid) {
+                        Some((_, ns)) => *ns,
+                        None => continue,
+                    }
+                }
             };
             let Some(a) = t.arming.filter(|a| a.next <= now) else {
                 continue;
@@ -232,13 +266,21 @@ impl Kernel {
         let now = m.monotonic_ns();
         let wall_due = now >= self.next_timer;
         // Only the running process gains CPU time.
-        let cpu = self.p.timers.cpu_armed().then(|| self.process_cpu_ns(m));
+        let cpu = self.p.timers.cpu_armed().then(|| {
+            let process = self.process_cpu_ns(m);
+            let watched = self.p.timers.watched_threads();
+            let threads = watched
+                .into_iter()
+                .filter_map(|tid| Some((tid, self.own_thread_cpu_ns(tid)?)))
+                .collect();
+            CpuNow { process, threads }
+        });
         if !wall_due && cpu.is_none() {
             return;
         }
         let mut due: Vec<(i64, Expiry)> = Vec::new();
         let mut out = Vec::new();
-        self.p.timers.take_due(now, cpu, &mut out);
+        self.p.timers.take_due(now, cpu.as_ref(), &mut out);
         due.extend(out.drain(..).map(|e| (self.p.pid, e)));
         if wall_due {
             for (pid, p) in self.procs.parked.iter_mut() {
@@ -352,14 +394,18 @@ impl Kernel {
             0 => Clock::Realtime,
             1 | 7 => Clock::Monotonic,
             2 => Clock::ProcessCpu,
-            // A CPU clock by pid (`~pid << 3 | type`, bit 2 for a thread): glibc names its own
-            // process's this way (pid 0).
-            c if c < 0 && c & 4 == 0 && c & 3 != 3 => {
-                let pid = i64::from(!(c >> 3));
-                if pid != 0 && pid != self.p.pid {
-                    return Err(EINVAL); // another process's CPU time
+            3 => Clock::ThreadCpu(self.t.tid),
+            // A CPU clock by id (`~id << 3 | type`, bit 2 for a thread, id 0 for the caller):
+            // glibc names its own process's this way, pthread_getcpuclockid a thread's.
+            c if c < 0 && c & 3 != 3 => {
+                let id = i64::from(!(c >> 3));
+                match (c & 4 != 0, id) {
+                    (false, 0) => Clock::ProcessCpu,
+                    (false, pid) if pid == self.p.pid => Clock::ProcessCpu,
+                    (true, 0) => Clock::ThreadCpu(self.t.tid),
+                    (true, tid) if self.own_thread_cpu_ns(tid).is_some() => Clock::ThreadCpu(tid),
+                    _ => return Err(EINVAL), // another process's CPU time
                 }
-                Clock::ProcessCpu
             }
             8 | 9 => return Err(EPERM), // the alarm clocks need CAP_WAKE_ALARM
             _ => return Err(EINVAL),
@@ -453,6 +499,10 @@ impl Kernel {
     fn clock_now(&mut self, m: &mut dyn Machine, clock: Clock) -> u64 {
         match clock {
             Clock::ProcessCpu => self.process_cpu_ns(m),
+            Clock::ThreadCpu(tid) => {
+                self.charge_cpu(m);
+                self.own_thread_cpu_ns(tid).unwrap_or(0)
+            }
             Clock::Realtime | Clock::Monotonic => m.monotonic_ns(),
         }
     }

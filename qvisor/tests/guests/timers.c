@@ -1,5 +1,5 @@
 /* Interval timers: alarm and setitimer (ITIMER_REAL), CPU-time timers (ITIMER_PROF,
- * ITIMER_VIRTUAL, CLOCK_PROCESS_CPUTIME_ID), POSIX timers (timer_create on CLOCK_MONOTONIC and
+ * ITIMER_VIRTUAL, CLOCK_PROCESS_CPUTIME_ID, CLOCK_THREAD_CPUTIME_ID), POSIX timers (timer_create on CLOCK_MONOTONIC and
  * CLOCK_REALTIME, SIGEV_SIGNAL, SIGEV_THREAD_ID, SIGEV_NONE), their
  * signals interrupting pause, a pipe read and a computing loop, the default action killing a
  * process, fork (no timers in the child) and exec (ITIMER_REAL kept). Prints one line a check;
@@ -270,6 +270,15 @@ static void check_cpu_timers(void) {
   timer_settime(t, 0, &once, NULL);
   compute_until(&profs, 1, 3.0);
   if (profs != 1) fail("CLOCK_PROCESS_CPUTIME_ID timer after 30 ms of CPU time");
+  timer_delete(t);
+  /* The calling thread's CPU clock: sleeping does not count, computing does. */
+  if (timer_create(CLOCK_THREAD_CPUTIME_ID, &ev, &t) != 0) fail("timer_create thread clock");
+  profs = 0;
+  timer_settime(t, 0, &once, NULL);
+  nap_ms(100);
+  if (profs != 0) fail("a thread CPU-clock timer fired while the thread slept");
+  compute_until(&profs, 1, 3.0);
+  if (profs != 1) fail("CLOCK_THREAD_CPUTIME_ID timer after 30 ms of CPU time");
   timer_delete(t);
   printf("cpu-time timers: ok\n");
 }
