@@ -302,6 +302,17 @@ impl ProcTable {
         self.stopped.contains(&pid)
     }
 
+    /// The parked threads of process `pid`, for their signal state.
+    pub(crate) fn parked_threads_mut(
+        &mut self,
+        pid: i64,
+    ) -> impl Iterator<Item = (i64, &mut Thread)> {
+        self.threads
+            .iter_mut()
+            .filter(move |(_, t)| t.pid == pid)
+            .map(|(tid, t)| (*tid, &mut t.thread))
+    }
+
     /// The parked threads of process `pid`.
     pub(crate) fn threads_of(&self, pid: i64) -> Vec<i64> {
         self.threads

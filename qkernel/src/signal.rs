@@ -168,6 +168,20 @@ impl crate::process::Thread {
         self.signals.info.insert(sig, info);
     }
 
+    /// The signal of timer `id` still pending here: it is not queued twice (POSIX); its
+    /// overrun grows by `by` instead. Returns the overrun it now carries.
+    pub(crate) fn add_timer_overrun(&mut self, sig: u64, id: i64, by: i32) -> Option<i32> {
+        if self.signals.pending & (1 << (sig - 1)) == 0 {
+            return None;
+        }
+        let info = self.signals.info.get_mut(&sig)?;
+        if info.code != SI_TIMER || info.pid != id {
+            return None;
+        }
+        info.overrun = info.overrun.saturating_add(by);
+        Some(info.overrun)
+    }
+
     /// The lowest pending signal not blocked, if any.
     pub(crate) fn deliverable(&self) -> Option<u64> {
         let ready = self.signals.pending & !self.sigmask;

@@ -91,7 +91,8 @@ struct PosixTimer {
     value: u64,
     notify: Notify,
     arming: Option<Arming>,
-    /// Expiries missed at the last one delivered (timer_getoverrun).
+    /// The overrun its last signal carried (timer_getoverrun): expiries missed between two
+    /// looks, and those while the signal was still pending (`Kernel::overrun_pending`).
     overrun: i32,
 }
 
@@ -293,6 +294,9 @@ impl Kernel {
         }
         for (pid, (tid, sig, info)) in due {
             tracing::trace!(pid, ?tid, sig, "timer expired");
+            if info.code == SI_TIMER && self.overrun_pending(pid, tid, sig, info) {
+                continue;
+            }
             match tid {
                 Some(tid)
                     if self
@@ -304,6 +308,36 @@ impl Kernel {
                 _ => self.signal_asynchronously(m, pid, sig, info),
             }
         }
+    }
+
+    /// Whether timer `info.pid`'s previous signal is still pending for process `pid` (or its
+    /// thread `tid`): then this expiry only adds to that signal's overrun, which
+    /// timer_getoverrun reports too.
+    fn overrun_pending(&mut self, pid: i64, tid: Option<i64>, sig: u64, info: SigInfo) -> bool {
+        let by = info.overrun.saturating_add(1);
+        let mut overrun = None;
+        if pid == self.p.pid && tid.is_none_or(|t| t == self.t.tid) {
+            overrun = self.t.add_timer_overrun(sig, info.pid, by);
+        }
+        if overrun.is_none() {
+            overrun = self
+                .procs
+                .parked_threads_mut(pid)
+                .filter(|(t, _)| tid.is_none_or(|want| want == *t))
+                .find_map(|(_, t)| t.add_timer_overrun(sig, info.pid, by));
+        }
+        let Some(overrun) = overrun else {
+            return false;
+        };
+        let timers = if pid == self.p.pid {
+            Some(&mut self.p.timers)
+        } else {
+            self.procs.parked.get_mut(&pid).map(|p| &mut p.proc.timers)
+        };
+        if let Some(t) = timers.and_then(|t| t.posix_mut(info.pid as u64).ok()) {
+            t.overrun = overrun;
+        }
+        true
     }
 
     /// alarm(2): `ITIMER_REAL` once in `secs`; returns the seconds the previous one had left.

@@ -401,7 +401,8 @@ fn interval_timers_signal_a_process_idle_blocked_or_computing() {
     // alarm/setitimer and timer_create timers: SIGALRM ends pause and a pipe read (EINTR),
     // a periodic timer fires while the process computes (no syscalls), the default action
     // kills a child, a fork child has no timers, exec keeps ITIMER_REAL; POSIX timers carry
-    // SI_TIMER and their value, SIGEV_THREAD_ID reaches its thread, SIGEV_NONE stays quiet,
+    // SI_TIMER and their value (expiries while the signal is blocked add to its overrun, not
+    // to the signals queued), SIGEV_THREAD_ID reaches its thread, SIGEV_NONE stays quiet,
     // an absolute CLOCK_REALTIME time is honoured; ITIMER_PROF, ITIMER_VIRTUAL and timers on
     // the process's and the thread's CPU clocks count CPU time, not sleep. The same program
     // passes natively.

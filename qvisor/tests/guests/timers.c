@@ -209,6 +209,26 @@ static void check_posix_timers(void) {
   if (usr1s == before || took < 0.08 || took > 1.5) fail("TIMER_ABSTIME on CLOCK_REALTIME");
   timer_delete(t);
 
+  /* Expiries while the signal stays blocked and pending queue nothing more: they add to the
+   * overrun of the one pending signal, which the handler and timer_getoverrun see. */
+  sigset_t usr1, old_mask;
+  sigemptyset(&usr1);
+  sigaddset(&usr1, SIGUSR1);
+  sigprocmask(SIG_BLOCK, &usr1, &old_mask);
+  if (timer_create(CLOCK_MONOTONIC, &ev, &t) != 0) fail("timer_create");
+  struct itimerspec every10 = {{0, 10000000}, {0, 10000000}};
+  timer_settime(t, 0, &every10, NULL);
+  nap_ms(105);
+  before = usr1s;
+  sigprocmask(SIG_SETMASK, &old_mask, NULL); /* the one pending signal is delivered here */
+  int overrun_seen = usr1_overrun, delivered = usr1s - before, getoverrun = timer_getoverrun(t);
+  timer_delete(t);
+  if (delivered != 1 || overrun_seen < 5 || getoverrun < 5) {
+    printf("FAIL overrun: %d delivered, si_overrun %d, timer_getoverrun %d\n", delivered,
+           overrun_seen, getoverrun);
+    exit(1);
+  }
+
   struct itimerspec bad = {{0, 0}, {0, 1000000000}};
   if (timer_create(CLOCK_MONOTONIC, &ev, &t) != 0) fail("timer_create");
   if (timer_settime(t, 0, &bad, NULL) != -1 || errno != EINVAL) fail("tv_nsec out of range");
