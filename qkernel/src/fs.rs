@@ -798,10 +798,51 @@ impl Kernel {
         count: u64,
         write: bool,
     ) -> Result<i64, i64> {
+        self.vectored_at(m, fd, (iov, count), write, None)
+    }
+
+    /// preadv/pwritev (`flags` 0) and preadv2/pwritev2: [`Kernel::vectored`] at `offset`
+    /// (preadv2's -1: at the file position, as readv). RWF_HIPRI, RWF_DSYNC, RWF_SYNC and
+    /// RWF_NOWAIT change nothing here (file I/O never waits on a queue); RWF_APPEND and unknown
+    /// flags are EOPNOTSUPP.
+    pub(crate) fn vectored_positioned(
+        &mut self,
+        m: &mut dyn Machine,
+        fd: u64,
+        iov: (u64, u64),
+        offset: u64,
+        flags: u64,
+        write: bool,
+    ) -> Result<i64, i64> {
+        const HARMLESS: u64 = 0x1 | 0x2 | 0x4 | 0x8; // HIPRI, DSYNC, SYNC, NOWAIT
+        if flags & !HARMLESS != 0 {
+            return Err(EOPNOTSUPP);
+        }
+        match offset as i64 {
+            -1 => self.vectored_at(m, fd, iov, write, None),
+            o if o < 0 => Err(EINVAL),
+            o => self.vectored_at(m, fd, iov, write, Some(o as u64)),
+        }
+    }
+
+    fn vectored_at(
+        &mut self,
+        m: &mut dyn Machine,
+        fd: u64,
+        (iov, count): (u64, u64),
+        write: bool,
+        offset: Option<u64>,
+    ) -> Result<i64, i64> {
         if count > 1024 {
             return Err(EINVAL);
         }
         let iov = crate::net::read_iovecs(m, iov, count)?;
+        let seekless =
+            self.p.fds.is_socket(fd) || self.p.fds.is_pipe(fd) || self.unix_of(fd).is_some();
+        if offset.is_some() && (seekless || self.unix_dgram_of(fd).is_some()) {
+            self.p.fds.get(fd)?;
+            return Err(ESPIPE);
+        }
         if self.p.fds.is_socket(fd) || self.unix_dgram_of(fd).is_some() {
             return self.socket_vectored(m, fd, iov, write);
         }
@@ -812,10 +853,11 @@ impl Kernel {
         }
         let mut total = 0i64;
         for (base, len) in iov {
+            let at = offset.map(|o| o.saturating_add(total as u64));
             let r = if write {
-                self.write(m, fd, base, len, None)
+                self.write(m, fd, base, len, at)
             } else {
-                self.read(m, fd, base, len, None)
+                self.read(m, fd, base, len, at)
             };
             match r {
                 Ok(n) => {

@@ -71,6 +71,7 @@ pub mod errno {
     pub const ENAMETOOLONG: i64 = 36;
     pub const ENOSYS: i64 = 38;
     pub const ENODATA: i64 = 61;
+    pub const EOPNOTSUPP: i64 = 95;
     pub const ENOTCONN: i64 = 107;
     pub const ETIMEDOUT: i64 = 110;
 }

@@ -834,6 +834,15 @@ impl Kernel {
             18 => self.write(m, a0, a1, a2, Some(a3)),
             19 => self.vectored(m, a0, a1, a2, false),
             20 => self.vectored(m, a0, a1, a2, true),
+            // preadv, pwritev (the offset is a0's 64 bits; pos_h is unused on x86-64), and
+            // preadv2, pwritev2 with their flags.
+            295 if (a3 as i64) < 0 => Err(EINVAL),
+            296 if (a3 as i64) < 0 => Err(EINVAL),
+            295 => self.vectored_positioned(m, a0, (a1, a2), a3, 0, false),
+            296 => self.vectored_positioned(m, a0, (a1, a2), a3, 0, true),
+            327 => self.vectored_positioned(m, a0, (a1, a2), a3, a5, false),
+            328 => self.vectored_positioned(m, a0, (a1, a2), a3, a5, true),
+            309 => self.getcpu(m, a0, a1),
             21 => self.faccessat(m, AT_FDCWD, a0, a1),
             24 => Ok(0),       // sched_yield
             25 => Err(ENOMEM), // mremap: callers fall back to map, copy, unmap
@@ -1548,6 +1557,14 @@ impl Kernel {
         b[..8].copy_from_slice(&(ns / 1_000_000_000).to_le_bytes());
         b[8..].copy_from_slice(&(ns % 1_000_000_000).to_le_bytes());
         m.write(ts, &b).map_err(|_| EFAULT)?;
+        Ok(0)
+    }
+
+    /// getcpu(2): the one vCPU, node 0.
+    fn getcpu(&mut self, m: &mut dyn Machine, cpu: u64, node: u64) -> Result<i64, i64> {
+        for at in [cpu, node].into_iter().filter(|a| *a != 0) {
+            m.write(at, &0u32.to_le_bytes()).map_err(|_| EFAULT)?;
+        }
         Ok(0)
     }
 

@@ -21,7 +21,6 @@ const EADDRINUSE: i64 = 98;
 const EISCONN: i64 = 106;
 const ECONNREFUSED: i64 = 111;
 const ESOCKTNOSUPPORT: i64 = 94;
-const EOPNOTSUPP: i64 = 95;
 use crate::syscalls::Kernel;
 
 const AF_UNIX: u64 = 1;

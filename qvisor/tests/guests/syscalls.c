@@ -1,6 +1,7 @@
 /* Exercises file and process syscalls busybox does not reach; prints one line per check. */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stddef.h>
 #include <signal.h>
@@ -37,6 +38,35 @@ int main(void) {
   CHECK("openat relative to a dirfd", fd >= 0);
   char buf[64] = {0};
   CHECK("pread at offset", pread(fd, buf, 6, 7) == 6 && !memcmp(buf, "line 2", 6));
+  {
+    char a[4], b[2];
+    struct iovec v[2] = {{a, 4}, {b, 2}};
+    off_t at = lseek(fd, 0, SEEK_CUR);
+    CHECK("preadv at offset, file position kept",
+          preadv(fd, v, 2, 7) == 6 && !memcmp(a, "line", 4) && !memcmp(b, " 2", 2) &&
+              lseek(fd, 0, SEEK_CUR) == at);
+    lseek(fd, 0, SEEK_SET);
+    CHECK("preadv2 at -1 reads at the file position",
+          preadv2(fd, v, 2, -1, 0) == 6 && !memcmp(a, "line", 4) && !memcmp(b, " 1", 2) &&
+              lseek(fd, 0, SEEK_CUR) == 6);
+    CHECK("preadv2 with an unknown flag is EOPNOTSUPP",
+          preadv2(fd, v, 2, 0, 0x100) == -1 && errno == EOPNOTSUPP);
+    int w = open("/dev/shm/quark-pwritev", O_RDWR | O_CREAT | O_TRUNC, 0600);
+    struct iovec out[2] = {{"abc", 3}, {"defg", 4}};
+    char back[10] = {0};
+    CHECK("pwritev at offset",
+          w >= 0 && pwritev(w, out, 2, 3) == 7 && pread(w, back, 10, 0) == 10 &&
+              !memcmp(back, "\0\0\0abcdefg", 10));
+    close(w);
+    unlink("/dev/shm/quark-pwritev");
+    int p[2];
+    CHECK("preadv on a pipe is ESPIPE",
+          pipe(p) == 0 && preadv(p[0], v, 2, 0) == -1 && errno == ESPIPE);
+    close(p[0]);
+    close(p[1]);
+    unsigned cpu = 7, node = 7;
+    CHECK("getcpu", getcpu(&cpu, &node) == 0 && cpu == 0 && node == 0 && sched_getcpu() == 0);
+  }
   CHECK("lseek end", lseek(fd, 0, SEEK_END) == 9 * 7 + 90 * 8 + 9);
   struct stat st;
   CHECK("fstat size", fstat(fd, &st) == 0 && st.st_size == 9 * 7 + 90 * 8 + 9 && S_ISREG(st.st_mode));
