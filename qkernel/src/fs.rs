@@ -840,7 +840,6 @@ impl Kernel {
         let seekless =
             self.p.fds.is_socket(fd) || self.p.fds.is_pipe(fd) || self.unix_of(fd).is_some();
         if offset.is_some() && (seekless || self.unix_dgram_of(fd).is_some()) {
-            self.p.fds.get(fd)?;
             return Err(ESPIPE);
         }
         if self.p.fds.is_socket(fd) || self.unix_dgram_of(fd).is_some() {
