@@ -407,23 +407,32 @@ fn build_stack(
 mod tests {
     use super::*;
 
+    /// An x86-64 image of type `ty` starting at `entry`, whose program headers are
+    /// `(type, vaddr, memsz)` each, with no file contents.
+    fn image(ty: u16, entry: u64, headers: &[(u32, u64, u64)]) -> Vec<u8> {
+        let mut img = vec![0u8; 64 + 56 * headers.len()];
+        img[..8].copy_from_slice(b"\x7fELF\x02\x01\x01\x00");
+        img[16] = ty as u8;
+        img[18] = 62;
+        img[24..32].copy_from_slice(&entry.to_le_bytes());
+        img[32..40].copy_from_slice(&64u64.to_le_bytes()); // phoff
+        img[54] = 56; // phentsize
+        img[56] = headers.len() as u8; // phnum
+        for (i, &(kind, vaddr, memsz)) in headers.iter().enumerate() {
+            let ph = &mut img[64 + 56 * i..64 + 56 * (i + 1)];
+            ph[0..4].copy_from_slice(&kind.to_le_bytes());
+            ph[16..24].copy_from_slice(&vaddr.to_le_bytes());
+            ph[40..48].copy_from_slice(&memsz.to_le_bytes());
+        }
+        img
+    }
+
     /// Found by the elf fuzz target (tests/fuzz/corpus/elf/huge-memsz): one PT_LOAD of a
     /// terabyte made the loader list 2^28 pages (gigabytes of host memory) before mapping any.
     #[test]
     fn a_segment_larger_than_memory_is_refused_before_its_pages_are_listed() {
         let m = &mut crate::test_machine::TestMachine::accepting();
-        let mut img = vec![0u8; 64 + 56];
-        img[..8].copy_from_slice(b"\x7fELF\x02\x01\x01\x00");
-        img[16] = ET_EXEC as u8;
-        img[18] = 62;
-        img[24..32].copy_from_slice(&0x40_1000u64.to_le_bytes()); // entry
-        img[32..40].copy_from_slice(&64u64.to_le_bytes()); // phoff
-        img[54] = 56; // phentsize
-        img[56] = 1; // phnum
-        let ph = &mut img[64..];
-        ph[0..4].copy_from_slice(&PT_LOAD.to_le_bytes());
-        ph[16..24].copy_from_slice(&0x40_0000u64.to_le_bytes()); // vaddr
-        ph[40..48].copy_from_slice(&(1u64 << 40).to_le_bytes()); // memsz
+        let img = image(ET_EXEC, 0x40_1000, &[(PT_LOAD, 0x40_0000, 1 << 40)]);
         assert_eq!(
             load_static(m, &img, &[], &[]),
             Err(ElfError::Malformed("segments larger than guest memory"))
@@ -435,21 +444,8 @@ mod tests {
     #[test]
     fn program_headers_beyond_the_address_space_are_refused() {
         let m = &mut crate::test_machine::TestMachine::accepting();
-        let mut img = vec![0u8; 64 + 2 * 56];
-        img[..8].copy_from_slice(b"\x7fELF\x02\x01\x01\x00");
-        img[16] = ET_DYN as u8;
-        img[18] = 62;
-        img[24..32].copy_from_slice(&0x1000u64.to_le_bytes()); // entry
-        img[32..40].copy_from_slice(&64u64.to_le_bytes()); // phoff
-        img[54] = 56; // phentsize
-        img[56] = 2; // phnum
-        let load = &mut img[64..120];
-        load[0..4].copy_from_slice(&PT_LOAD.to_le_bytes());
-        load[16..24].copy_from_slice(&0x1000u64.to_le_bytes()); // vaddr
-        load[40..48].copy_from_slice(&0x1000u64.to_le_bytes()); // memsz
-        let phdr = &mut img[120..];
-        phdr[0..4].copy_from_slice(&PT_PHDR.to_le_bytes());
-        phdr[16..24].copy_from_slice(&(u64::MAX - 8).to_le_bytes()); // vaddr
+        let headers = [(PT_LOAD, 0x1000, 0x1000), (PT_PHDR, u64::MAX - 8, 0)];
+        let img = image(ET_DYN, 0x1000, &headers);
         assert_eq!(
             load_static(m, &img, &[], &[]),
             Err(ElfError::Malformed("program headers outside memory"))
