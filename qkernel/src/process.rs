@@ -187,6 +187,13 @@ impl State {
     }
 }
 
+/// The process or thread a CPU clock id names ([`Kernel::cpu_clock_of`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CpuClockId {
+    Process(i64),
+    Thread(i64),
+}
+
 /// A process none of whose threads runs.
 #[derive(Debug)]
 pub(crate) struct Parked {
@@ -1275,23 +1282,37 @@ impl Kernel {
         (t.pid == self.p.pid).then_some(t.thread.cpu_ns)
     }
 
-    /// The CPU time a clock id made by clock_getcpuclockid or pthread_getcpuclockid reads
+    /// What a clock id made by clock_getcpuclockid or pthread_getcpuclockid names
     /// (`~id << 3 | type`, bit 2 for a thread, id 0 for the caller; the three types, sched,
-    /// prof and virt, all read the one CPU time kept): any process of the container, a thread
-    /// of the caller's own process (as Linux). None when no such process or thread exists.
-    pub(crate) fn cpu_clock_ns(&mut self, m: &dyn Machine, clock: u64) -> Option<u64> {
+    /// prof and virt, all name the one CPU time kept), the caller's id filled in. None for
+    /// any other clock id.
+    pub(crate) fn cpu_clock_of(&self, clock: u64) -> Option<CpuClockId> {
         let clock = clock as i32;
         if clock >= 0 || clock & 3 == 3 {
             return None;
         }
         let id = i64::from(!(clock >> 3));
+        Some(match (clock & 4 != 0, id) {
+            (true, 0) => CpuClockId::Thread(self.t.tid),
+            (true, tid) => CpuClockId::Thread(tid),
+            (false, 0) => CpuClockId::Process(self.p.pid),
+            (false, pid) => CpuClockId::Process(pid),
+        })
+    }
+
+    /// The CPU time a clock id ([`Kernel::cpu_clock_of`]) reads: any process of the
+    /// container, a thread of the caller's own process (as Linux). None when no such process
+    /// or thread exists.
+    pub(crate) fn cpu_clock_ns(&mut self, m: &dyn Machine, clock: u64) -> Option<u64> {
+        let id = self.cpu_clock_of(clock)?;
         self.charge_cpu(m);
-        if clock & 4 != 0 {
-            return self.own_thread_cpu_ns(if id == 0 { self.t.tid } else { id });
+        match id {
+            CpuClockId::Thread(tid) => self.own_thread_cpu_ns(tid),
+            CpuClockId::Process(pid) => {
+                let p = self.proc_of(pid)?; // a zombie's too, until it is reaped
+                Some(self.cpu_of(m, p))
+            }
         }
-        let pid = if id == 0 { self.p.pid } else { id };
-        let p = self.proc_of(pid)?; // a zombie's too, until it is reaped
-        Some(self.cpu_of(m, p))
     }
 
     /// The vfork parent of the running process, if any, may run again (exec or exit).

@@ -14,6 +14,7 @@
 
 use crate::errno::*;
 use crate::machine::Machine;
+use crate::process::CpuClockId;
 use crate::signal::{SigInfo, SI_KERNEL, SI_TIMER};
 use crate::syscalls::Kernel;
 
@@ -429,20 +430,16 @@ impl Kernel {
             1 | 7 => Clock::Monotonic,
             2 => Clock::ProcessCpu,
             3 => Clock::ThreadCpu(self.t.tid),
-            // A CPU clock by id (`~id << 3 | type`, bit 2 for a thread, id 0 for the caller):
-            // glibc names its own process's this way, pthread_getcpuclockid a thread's.
-            c if c < 0 && c & 3 != 3 => {
-                let id = i64::from(!(c >> 3));
-                match (c & 4 != 0, id) {
-                    (false, 0) => Clock::ProcessCpu,
-                    (false, pid) if pid == self.p.pid => Clock::ProcessCpu,
-                    (true, 0) => Clock::ThreadCpu(self.t.tid),
-                    (true, tid) if self.own_thread_cpu_ns(tid).is_some() => Clock::ThreadCpu(tid),
-                    _ => return Err(EINVAL), // another process's CPU time
-                }
-            }
             8 | 9 => return Err(EPERM), // the alarm clocks need CAP_WAKE_ALARM
-            _ => return Err(EINVAL),
+            // A CPU clock by id: glibc names its own process's this way, pthread_getcpuclockid
+            // a thread's. Only the caller's own process and its threads.
+            _ => match self.cpu_clock_of(clock) {
+                Some(CpuClockId::Process(pid)) if pid == self.p.pid => Clock::ProcessCpu,
+                Some(CpuClockId::Thread(tid)) if self.own_thread_cpu_ns(tid).is_some() => {
+                    Clock::ThreadCpu(tid)
+                }
+                _ => return Err(EINVAL),
+            },
         };
         let free = self.p.timers.posix.iter().position(Option::is_none);
         let id = free.unwrap_or(self.p.timers.posix.len());
