@@ -68,17 +68,8 @@ fn is_elf(m: &mut dyn Machine, file: crate::machine::HostFile) -> bool {
 pub(crate) fn read_timespec(m: &dyn Machine, va: u64) -> Result<u64, i64> {
     let mut ts = [0u8; 16];
     m.read(va, &mut ts).map_err(|_| EFAULT)?;
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&ts[..8]);
-    let secs = i64::from_le_bytes(w);
-    w.copy_from_slice(&ts[8..]);
-    let nanos = i64::from_le_bytes(w);
-    if secs < 0 || !(0..1_000_000_000).contains(&nanos) {
-        return Err(EINVAL);
-    }
-    Ok((secs as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(nanos as u64))
+    let word = |i: usize| i64::from_le_bytes(ts[i..i + 8].try_into().unwrap_or_default());
+    crate::timers::to_ns(word(0), word(8), 1)
 }
 
 /// Reads a `struct timeval` as milliseconds.

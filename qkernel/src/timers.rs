@@ -216,7 +216,7 @@ impl Timers {
 
 /// A `struct timespec` or `struct timeval` (`unit` ns per unit of its second field) as ns;
 /// EINVAL when a field is out of range.
-fn to_ns(secs: i64, frac: i64, unit: i64) -> Result<u64, i64> {
+pub(crate) fn to_ns(secs: i64, frac: i64, unit: i64) -> Result<u64, i64> {
     if secs < 0 || frac < 0 || frac >= NS as i64 / unit {
         return Err(EINVAL);
     }
