@@ -178,7 +178,9 @@ fn poll_reports_socket_readiness_in_the_guest() {
         assert_eq!(line, expect);
     }
     // Connect, wait, then send: the guest sees the connection, then data, through poll.
-    let client = ns.sh("(sleep 0.3; printf polled) | nc -q1 -w5 10.66.0.2 8082");
+    // -N: half-close after the input and wait for the guest's reply and close (-q1 gave the
+    // reply one second, which a loaded suite run once exceeded).
+    let client = ns.sh("(sleep 0.3; printf polled) | nc -N -w5 10.66.0.2 8082");
     let reply = client.wait_with_output().unwrap();
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
@@ -486,10 +488,9 @@ fn pod_network_works(pod: &CniPod) {
         filters.contains("mirred") && filters.contains("qtap0"),
         "tc filters on eth0: {filters}"
     );
-    let client = pod.node.sh(&format!(
-        "printf from-the-node | nc -q1 -w5 {} 8081",
-        pod.ip
-    ));
+    let client = pod
+        .node
+        .sh(&format!("printf from-the-node | nc -N -w5 {} 8081", pod.ip));
     let out = client.wait_with_output().unwrap();
     let o = child.wait_with_output().unwrap();
     assert_eq!(
