@@ -8,7 +8,7 @@ use thiserror::Error;
 
 use crate::machine::{Fault, Machine, PageFlags};
 
-const PAGE: u64 = 4096;
+pub(crate) const PAGE: u64 = 4096;
 const PT_LOAD: u32 = 1;
 const PT_INTERP: u32 = 3;
 const PT_PHDR: u32 = 6;
@@ -49,6 +49,7 @@ const AT_CLKTCK: u64 = 17;
 const AT_SECURE: u64 = 23;
 const AT_RANDOM: u64 = 25;
 const AT_HWCAP2: u64 = 26;
+const AT_SYSINFO_EHDR: u64 = 33;
 const AT_EXECFN: u64 = 31;
 
 /// The most bytes of loadable segments an image may span, whatever the guest's memory size:
@@ -365,7 +366,7 @@ fn build_stack(
     let mut random = [0u8; 16];
     m.random(&mut random);
     let random_at = push_bytes(m, &random)?;
-    let auxv: [(u64, u64); 17] = [
+    let mut auxv: Vec<(u64, u64)> = vec![
         (AT_PHDR, aux.phdr),
         (AT_PHENT, 56),
         (AT_PHNUM, aux.phnum),
@@ -384,6 +385,9 @@ fn build_stack(
         (AT_CLKTCK, 100),
         (AT_PLATFORM, platform),
     ];
+    if let Some(vdso) = m.vdso() {
+        auxv.push((AT_SYSINFO_EHDR, vdso.image));
+    }
     let mut words: Vec<u64> = Vec::new();
     words.push(argv_ptrs.len() as u64);
     words.extend(&argv_ptrs);

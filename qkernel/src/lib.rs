@@ -39,7 +39,7 @@ pub use elf::{interpreter, load, load_static, ElfError, Loaded};
 pub use host::{HostEvent, HostRequest, SpawnRequest};
 pub use machine::{
     Fault, FileAttr, HostFile, Machine, PageFlags, RawStat, SocketId, SocketReady, SpaceId, Tty,
-    UserRegs, SYSCALL_SLOTS,
+    UserRegs, Vdso, SYSCALL_SLOTS,
 };
 pub use syscalls::{Kernel, SyscallArgs, SyscallOutcome};
 

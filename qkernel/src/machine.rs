@@ -70,6 +70,15 @@ pub enum FileAttr {
 /// a `syscall` instruction.
 pub const SYSCALL_SLOTS: std::ops::Range<u64> = 0x050f_0000..0x0510_0000;
 
+/// Where a platform's vDSO lies: its ELF image (what AT_SYSINFO_EHDR points at) and the data
+/// page its code reads. Both are the platform's, read-only to the app, in every address space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vdso {
+    pub image: u64,
+    pub image_len: u64,
+    pub data: u64,
+}
+
 /// An address space of the platform (one per process): an opaque handle.
 pub type SpaceId = u64;
 
@@ -146,6 +155,11 @@ pub trait Machine {
     /// running thread with); the monotonic clock where the platform cannot tell.
     fn cpu_time_ns(&self) -> u64 {
         self.monotonic_ns()
+    }
+    /// The vDSO the platform maps in every address space, if any: programs find it through
+    /// AT_SYSINFO_EHDR, and its time calls cost no syscall.
+    fn vdso(&self) -> Option<Vdso> {
+        None
     }
     /// Fills `buf` with cryptographically secure random bytes.
     fn random(&mut self, buf: &mut [u8]);

@@ -4,6 +4,7 @@
 //! process of the container (`/proc/PID/`: status, stat, statm, comm, cmdline), listed in
 //! `/proc` as `ps` reads them. The rest of /proc does not exist (ENOENT).
 
+use crate::elf::PAGE;
 use crate::errno::*;
 use crate::fs::{FileKind, Generated};
 use crate::machine::Machine;
@@ -122,8 +123,9 @@ impl Kernel {
     }
 
     /// /proc/self/maps: the heap, the mappings mmap made (and the platform's jump slots of
-    /// patched syscall sites, read-only) and the stack (the program's own image is not listed).
-    fn maps(&self) -> String {
+    /// patched syscall sites, read-only), the stack and the vDSO with its data page (the
+    /// program's own image is not listed).
+    fn maps(&self, vdso: Option<crate::machine::Vdso>) -> String {
         use crate::elf::{STACK_SIZE, STACK_TOP};
         let line = |start: u64, end: u64, perms: &str, name: &str| {
             format!("{start:08x}-{end:08x} {perms} 00000000 00:00 0 {name}\n")
@@ -144,6 +146,11 @@ impl Kernel {
             };
         }
         out += &line(STACK_TOP - STACK_SIZE, STACK_TOP, "rw-p", "[stack]");
+        if let Some(v) = vdso {
+            out += &line(v.data, v.data + PAGE, "r--p", "[vvar]");
+            let end = v.image + v.image_len.div_ceil(PAGE) * PAGE;
+            out += &line(v.image, end, "r-xp", "[vdso]");
+        }
         out
     }
 
@@ -162,7 +169,7 @@ impl Kernel {
                 )
             }
             b"/proc/cpuinfo" => String::from_utf8_lossy(&m.cpuinfo()).into_owned(),
-            b"/proc/self/maps" => self.maps(),
+            b"/proc/self/maps" => self.maps(m.vdso()),
             b"/proc/uptime" => {
                 let up = self.uptime_ns(m);
                 let (secs, hundredths) = (up / 1_000_000_000, up / 10_000_000 % 100);

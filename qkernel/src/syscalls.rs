@@ -939,7 +939,7 @@ impl Kernel {
             224 => self.timer_gettime(m, a0 as u32 as u64, a1),
             225 => self.timer_getoverrun(a0 as u32 as u64),
             226 => self.timer_delete(a0 as u32 as u64),
-            96 => self.gettimeofday(m, a0),
+            96 => self.gettimeofday(m, a0, a1),
             99 => self.sysinfo(m, a0),
             98 => self.getrusage(m, a0 as i32 as i64, a1),
             100 => self.times(m, a0),
@@ -1667,13 +1667,17 @@ impl Kernel {
         self.sleep_for(m, target.saturating_sub(now))
     }
 
-    fn gettimeofday(&mut self, m: &mut dyn Machine, tv: u64) -> Result<i64, i64> {
+    fn gettimeofday(&mut self, m: &mut dyn Machine, tv: u64, tz: u64) -> Result<i64, i64> {
         if tv != 0 {
             let ns = m.realtime_ns();
             let mut b = [0u8; 16];
             b[..8].copy_from_slice(&(ns / 1_000_000_000).to_le_bytes());
             b[8..].copy_from_slice(&((ns % 1_000_000_000) / 1000).to_le_bytes());
             m.write(tv, &b).map_err(|_| EFAULT)?;
+        }
+        if tz != 0 {
+            // struct timezone: UTC, no DST (Linux's sys_tz unless settimeofday set it).
+            m.write(tz, &[0u8; 8]).map_err(|_| EFAULT)?;
         }
         Ok(0)
     }

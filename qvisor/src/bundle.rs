@@ -17,6 +17,9 @@ pub const SYSCALL_POLL_ANNOTATION: &str = "dev.quark.syscall-poll";
 
 /// Annotation that turns syscall-site patching off (`"off"`) or on (`"on"`, the default).
 pub const SYSCALL_PATCHING_ANNOTATION: &str = "dev.quark.syscall-patching";
+/// Annotation that turns the vDSO off (`"off"`: every time call is a syscall) or on (`"on"`,
+/// the default).
+pub const VDSO_ANNOTATION: &str = "dev.quark.vdso";
 
 /// The annotation containerd's CRI plugin sets on every container of a pod: `sandbox` for the
 /// pod's pause container, `container` for the app's.
@@ -130,6 +133,7 @@ fn launch_of(bundle: &Path, spec: &Spec) -> anyhow::Result<Launch> {
         .map_or(DEFAULT_MEMORY, |l| (l as u64).clamp(MIN_MEMORY, MAX_MEMORY));
     let polled_syscalls = on_off_annotation(spec, SYSCALL_POLL_ANNOTATION)?;
     let syscall_patching = on_off_annotation(spec, SYSCALL_PATCHING_ANNOTATION)?;
+    let vdso = on_off_annotation(spec, VDSO_ANNOTATION)?;
     let user = process.user();
     Ok(Launch {
         user: (
@@ -141,6 +145,7 @@ fn launch_of(bundle: &Path, spec: &Spec) -> anyhow::Result<Launch> {
         http_proxy: http_proxy(spec)?,
         polled_syscalls,
         syscall_patching,
+        vdso,
         root: root_path,
         readonly: root.readonly().unwrap_or(false),
         argv,

@@ -15,6 +15,7 @@ pub mod pagecache;
 pub mod patch;
 pub mod poll;
 pub mod rootfs;
+pub mod vclock;
 pub mod vm;
 
 use std::path::Path;
@@ -49,6 +50,9 @@ pub struct Launch {
     /// Patch the trapped syscall sites of shared libraries into jumps to the polled path's
     /// stub (needs `polled_syscalls`; see [`syscall_patching_wanted`] for the host's say).
     pub syscall_patching: bool,
+    /// Map a vDSO, so time calls cost no syscall (see [`vclock::vdso_wanted`] for the host's
+    /// say).
+    pub vdso: bool,
     /// The container's network.
     pub net: net::NetSetup,
     /// qhttp in front of the guest, on the container's stack (annotations, docs/qhttp.md).
@@ -144,6 +148,7 @@ pub fn boot(launch: &Launch) -> anyhow::Result<Booted> {
         vm::SyscallPath {
             polled: launch.polled_syscalls,
             patching,
+            vdso: vclock::vdso_wanted(launch.vdso),
         },
         cancel,
     )?;

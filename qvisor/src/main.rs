@@ -205,6 +205,10 @@ enum Cmd {
         /// program's code as it is (off). Only with --syscall-poll on.
         #[arg(long, default_value = "on", value_parser = ["on", "off"])]
         syscall_patching: String,
+        /// Answer time calls (clock_gettime, gettimeofday, time, getcpu) in the guest with a
+        /// vDSO (on), or make them syscalls (off).
+        #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+        vdso: String,
         /// Give the container a network in this namespace (a name from `ip netns add`, or a
         /// path): with --net-addr a new TAP with that address; without, the interface a CNI
         /// plugin made there is taken over.
@@ -286,6 +290,7 @@ fn launch(cmd: Cmd) -> anyhow::Result<i32> {
         memory_mib,
         syscall_poll,
         syscall_patching,
+        vdso,
         netns,
         net_addr,
         net_peer,
@@ -309,6 +314,7 @@ fn launch(cmd: Cmd) -> anyhow::Result<i32> {
         http_proxy,
         polled_syscalls: syscall_poll == "on",
         syscall_patching: syscall_patching == "on",
+        vdso: vdso == "on",
         root: rootfs,
         readonly: false,
         argv,

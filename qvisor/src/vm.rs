@@ -30,6 +30,7 @@ use crate::pagecache::SharedFilePages;
 use crate::patch::SiteTable;
 use crate::poll::{self, Mailbox, Poller, MAILBOX_VA, SLOW_RIP, STUB_VA};
 use crate::rootfs::RootFs;
+use crate::vclock::{VClock, VDSO_IMAGE, VDSO_VA, VVAR_VA};
 
 /// The syscall entry point: canonical, never mapped (kernel half).
 pub const LSTAR: u64 = 0xffff_8000_0000_0000;
@@ -249,6 +250,8 @@ pub struct SyscallPath {
     pub polled: bool,
     /// Trapped syscall sites of shared libraries become jumps into the stub (polled only).
     pub patching: bool,
+    /// Time calls are answered in guest user mode by a vDSO (`vclock`).
+    pub vdso: bool,
 }
 
 /// What both the vCPU thread and the syscall thread work on.
@@ -269,6 +272,8 @@ pub struct Core {
     initial_fpu: Vec<u8>,
     /// The CPU-time clock of the vCPU thread: the guest's CPU, readable from any thread.
     vcpu_clock: Option<libc::clockid_t>,
+    /// The guest's wall and monotonic clocks, shared with its vDSO (none: the host's).
+    clock: Option<Arc<VClock>>,
 }
 
 impl Drop for Core {
@@ -375,6 +380,7 @@ fn with_kernel<R>(
         host,
         initial_fpu,
         vcpu_clock,
+        clock,
     } = &mut *guard;
     let kernel = kernel.as_mut()?;
     let mut machine = GuestMachine {
@@ -390,6 +396,7 @@ fn with_kernel<R>(
         vcpu,
         host: Some((host, initial_fpu)),
         vcpu_clock: *vcpu_clock,
+        clock: clock.as_deref(),
     };
     let r = f(kernel, &mut machine)?;
     let out = GuestOutput {
@@ -545,7 +552,11 @@ struct Timer {
 }
 
 impl Timer {
-    fn start(core: Arc<Mutex<Core>>, kick: impl Fn() + Send + 'static) -> Timer {
+    fn start(
+        core: Arc<Mutex<Core>>,
+        clock: Option<Arc<VClock>>,
+        kick: impl Fn() + Send + 'static,
+    ) -> Timer {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let thread = std::thread::Builder::new()
@@ -556,6 +567,9 @@ impl Timer {
                     std::thread::park_timeout(TIME_SLICE);
                     if s.load(Ordering::Relaxed) {
                         break;
+                    }
+                    if let Some(clock) = &clock {
+                        clock.update();
                     }
                     if IN_GUEST.load(Ordering::SeqCst) && wants_preemption(&core) {
                         PREEMPT_REQUESTED.store(true, Ordering::SeqCst);
@@ -636,6 +650,8 @@ struct GuestMachine<'a> {
     host: Option<(&'a HostQueue, &'a [u8])>,
     /// The vCPU thread's CPU-time clock (see `Core::vcpu_clock`).
     vcpu_clock: Option<libc::clockid_t>,
+    /// See `Core::clock`.
+    clock: Option<&'a VClock>,
 }
 
 /// Size of the legacy XSAVE area KVM_GET_XSAVE fills (XCR0 = x87|SSE|AVX needs 832 bytes).
@@ -707,10 +723,19 @@ impl Machine for GuestMachine<'_> {
         HOST_SIGNALS.swap(0, Ordering::SeqCst)
     }
     fn realtime_ns(&self) -> u64 {
-        clock_ns(libc::CLOCK_REALTIME)
+        self.clock
+            .map_or_else(|| clock_ns(libc::CLOCK_REALTIME), VClock::realtime_ns)
     }
     fn monotonic_ns(&self) -> u64 {
-        clock_ns(libc::CLOCK_MONOTONIC)
+        self.clock
+            .map_or_else(|| clock_ns(libc::CLOCK_MONOTONIC), VClock::monotonic_ns)
+    }
+    fn vdso(&self) -> Option<qkernel::Vdso> {
+        self.clock.map(|_| qkernel::Vdso {
+            image: VDSO_VA,
+            image_len: VDSO_IMAGE.len() as u64,
+            data: VVAR_VA,
+        })
     }
     fn cpu_time_ns(&self) -> u64 {
         self.vcpu_clock
@@ -1092,7 +1117,7 @@ fn xsave_bytes(vcpu: &VcpuFd) -> Result<Vec<u8>, i64> {
     Ok(x.region.iter().flat_map(|w| w.to_le_bytes()).collect())
 }
 
-fn clock_ns(clock: libc::clockid_t) -> u64 {
+pub(crate) fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -1100,6 +1125,31 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
     // SAFETY: ts is a valid timespec to fill.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Whether `rip` is in the vDSO's code: the app's own code as far as signals and preemption
+/// go (it runs on the app's stack with no handshake to finish).
+fn in_vdso(rip: u64) -> bool {
+    (VDSO_VA..VDSO_VA + VDSO_IMAGE.len() as u64).contains(&rip)
+}
+
+/// Whether the guest reads the host's TSC: KVM's view of the guest's TSC MSR falls between
+/// two host readings around it.
+fn guest_tsc_is_host_tsc(vcpu: &VcpuFd) -> bool {
+    const MSR_IA32_TSC: u32 = 0x10;
+    let Ok(mut msrs) = Msrs::from_entries(&[kvm_msr_entry {
+        index: MSR_IA32_TSC,
+        ..Default::default()
+    }]) else {
+        return false;
+    };
+    // SAFETY: rdtsc has no memory effects.
+    let before = unsafe { std::arch::x86_64::_rdtsc() };
+    let read = vcpu.get_msrs(&mut msrs);
+    // SAFETY: as above.
+    let after = unsafe { std::arch::x86_64::_rdtsc() };
+    let guest = msrs.as_slice()[0].data;
+    matches!(read, Ok(1)) && (before..=after).contains(&guest)
 }
 
 impl Vm {
@@ -1143,6 +1193,11 @@ impl Vm {
                 );
             }
         }
+        let clock = if path.vdso {
+            Some(Arc::new(Self::vdso(&mut mem, &vcpu)?))
+        } else {
+            None
+        };
         let msrs = Msrs::from_entries(&[
             kvm_msr_entry {
                 index: MSR_STAR,
@@ -1221,6 +1276,7 @@ impl Vm {
                 host: Arc::new(HostQueue::default()),
                 initial_fpu: Vec::new(),
                 vcpu_clock: None,
+                clock,
             })),
             polled,
             exits: 0,
@@ -1251,6 +1307,35 @@ impl Vm {
         mem.write_supervisor(TSS_VA, &tss)
             .map_err(|f| anyhow::anyhow!("writing the TSS: {f}"))?;
         Ok(())
+    }
+
+    /// The vDSO and its data page (both read-only to the guest), and the clock that keeps the
+    /// page. The page's curve is used only if the guest's TSC is the host's (this PVM host:
+    /// guest user mode reads the host's TSC); otherwise the vDSO makes the syscalls.
+    fn vdso(mem: &mut GuestMemory, vcpu: &VcpuFd) -> anyhow::Result<VClock> {
+        let ro = PageFlags {
+            write: false,
+            exec: false,
+        };
+        let rx = PageFlags {
+            write: false,
+            exec: true,
+        };
+        let image_len = (VDSO_IMAGE.len() as u64).div_ceil(PAGE) * PAGE;
+        mem.map_user(VVAR_VA, PAGE, ro)
+            .and_then(|()| mem.map_user(VDSO_VA, image_len, rx))
+            .and_then(|()| mem.write_user(VDSO_VA, VDSO_IMAGE))
+            .map_err(|f| anyhow::anyhow!("mapping the vDSO: {f}"))?;
+        let page = mem
+            .host_page(VVAR_VA)
+            .context("the vDSO data page has no host address")?;
+        let same_tsc = guest_tsc_is_host_tsc(vcpu);
+        if !same_tsc {
+            tracing::debug!("the guest's TSC is not the host's: time calls make syscalls");
+        }
+        // SAFETY: the data page was just mapped, zeroed, and lives in guest memory as long
+        // as the VM's Core, which holds the clock; only the clock writes it.
+        Ok(unsafe { VClock::new(page, vcpu.get_tsc_khz().ok(), same_tsc) })
     }
 
     /// The polled path's stub (read-only, user-visible: this host runs the LSTAR target at
@@ -1310,6 +1395,7 @@ impl Vm {
             rootfs,
             pages,
             cancel,
+            clock,
             ..
         } = &mut *guard;
         let mut machine = GuestMachine {
@@ -1325,6 +1411,7 @@ impl Vm {
             vcpu: None,
             host: None,
             vcpu_clock: None,
+            clock: clock.as_deref(),
         };
         f(&mut machine)
     }
@@ -1399,7 +1486,13 @@ impl Vm {
         };
         // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() };
-        let timer = Timer::start(self.core.clone(), move || {
+        let clock = self
+            .core
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clock
+            .clone();
+        let timer = Timer::start(self.core.clone(), clock, move || {
             // SAFETY: signals this (still running) vCPU thread; the handler is installed and
             // the timer is joined before the thread leaves run.
             unsafe { libc::pthread_kill(me, KICK_SIGNAL) };
@@ -1549,7 +1642,7 @@ impl Vm {
     fn preempt_if_due(&mut self) -> anyhow::Result<()> {
         let sync = self.vcpu.sync_regs();
         let (regs, sregs) = (sync.regs, sync.sregs);
-        if regs.rip >= LSTAR || sregs.cs.selector != 0x33 {
+        if (regs.rip >= LSTAR && !in_vdso(regs.rip)) || sregs.cs.selector != 0x33 {
             return Ok(());
         }
         let app = exact_user_regs(&regs, &sregs);
@@ -1582,7 +1675,7 @@ impl Vm {
         // (a mailbox another process forged, a jump into the stub) is that process's, not the
         // kernel's.
         let in_stub = (STUB_VA..STUB_VA + PAGE).contains(&regs.rip);
-        if (regs.rip >= LSTAR && !in_stub) || sregs.cs.selector != 0x33 {
+        if (regs.rip >= LSTAR && !in_stub && !in_vdso(regs.rip)) || sregs.cs.selector != 0x33 {
             return Ok(Some(stop));
         }
         tracing::debug!(signal, reason = %reason, "fault in the app");

@@ -398,6 +398,71 @@ fn polled_syscalls_do_not_exit_the_vcpu() {
     assert!(polled < 300, "3000 polled getpids took {polled} exits");
 }
 
+#[test]
+fn time_calls_are_answered_in_the_guest_by_the_vdso_and_agree_with_the_syscalls() {
+    // Static (glibc finds the vDSO itself) and dynamic (ld.so does), with the vDSO and
+    // without it (flag, and the host's kill switch overriding what the container asks).
+    for exe in ["/bin/vdso", "/bin/vdso-dyn"] {
+        for mode in ["on", "off"] {
+            let o = qvisor_with(&["--vdso", mode], &[exe, mode]);
+            assert_eq!(o.status.code(), Some(0), "{exe} {mode}: {}", stderr(&o));
+            assert!(
+                stdout(&o).starts_with("vdso ok"),
+                "{exe} {mode}: {}",
+                stdout(&o)
+            );
+        }
+        require_kvm();
+        let o = Command::new(env!("CARGO_BIN_EXE_qvisor"))
+            .env("QUARK_VDSO", "off")
+            .args(["launch", "--vdso", "on", "--rootfs"])
+            .arg(root())
+            .args([exe, "off"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{exe} QUARK_VDSO=off: {}",
+            stdout(&o)
+        );
+    }
+}
+
+#[test]
+fn time_calls_through_the_vdso_cost_no_exit() {
+    // With every syscall trapped, exits count the calls that reached qkernel.
+    let exits = |vdso: &str| {
+        require_kvm();
+        let o = Command::new(env!("CARGO_BIN_EXE_qvisor"))
+            .env("QVISOR_LOG", "qvisor=debug")
+            .args([
+                "launch",
+                "--syscall-poll",
+                "off",
+                "--vdso",
+                vdso,
+                "--rootfs",
+            ])
+            .arg(root())
+            .args(["/bin/vdso", vdso, "spin", "20000"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert_eq!(stdout(&o), "spun 20000\n");
+        logged_count(&stderr(&o), "vcpu_exits")
+    };
+    let (with, without) = (exits("on"), exits("off"));
+    assert!(
+        without >= 20_000,
+        "each clock_gettime is a syscall: {without} exits"
+    );
+    assert!(
+        with < 200,
+        "20,000 clock_gettime calls through the vDSO took {with} exits"
+    );
+}
+
 /// The vCPU exits of 3000 getpids (qvisor logs them at debug level) with the polled path
 /// `mode`, the VMM confined to `cpu` if given; calls the stub took back from a host thread
 /// that was off its CPU (other tests keep the CPUs busy) are not counted.

@@ -82,8 +82,10 @@ pub fn root() -> &'static Path {
             ("timers", "timers", "-static"),
             ("pipehog", "pipehog", "-static"),
             ("ipv6", "ipv6", "-static"),
+            ("vdso", "vdso", "-static"),
             // Dynamically linked: the shared libc's syscall sites are the patchable ones.
             ("patching", "patching", "-pie"),
+            ("vdso-dyn", "vdso", "-pie"),
         ] {
             let out = Command::new("gcc")
                 .args([flag, "-O1", "-pthread", "-o"])
