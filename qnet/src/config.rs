@@ -135,6 +135,10 @@ pub struct StackConfig {
     pub mac: Mac,
     /// IP MTU of the link.
     pub mtu: u32,
+    /// Largest frame (Ethernet header included) the stack hands the TAP for segmentation
+    /// offload: below the `gso_max_size` of the link the frames leave by, or the kernel
+    /// segments them in software (qvisor sets it from the pod interface it takes over).
+    pub gso_max: u32,
     /// Per-socket smoltcp buffers. The receive buffer sets the advertised window (with window
     /// scaling), so it bounds throughput at a given round-trip time.
     pub tcp_rx_buf: usize,
@@ -169,6 +173,7 @@ impl StackConfig {
             loopback: true,
             mac: Mac([0x02, 0x51, 0x4e, 0x00, 0x00, 0x01]),
             mtu: 1500,
+            gso_max: crate::phy::uring::GSO_MAX as u32,
             tcp_rx_buf: 1 << 20,
             tcp_tx_buf: 1 << 20,
             udp_buf: 256 << 10,

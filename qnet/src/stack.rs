@@ -122,6 +122,7 @@ impl Stack {
         };
         let mut dev = UringTap::new(tap.map(|t| t.fd), dup, cfg.mtu as usize, local)
             .context("setting up io_uring")?;
+        dev.queues.set_gso_max(cfg.gso_max as usize);
         let epoch = std::time::Instant::now();
         let busy_poll = cfg.busy_poll;
         let net = Net::new(cfg, &mut dev.queues, Instant::ZERO);

@@ -94,6 +94,11 @@ pub fn pod_stack_config(link: &Link, routes: &[&Route]) -> anyhow::Result<StackC
         cfg.mac = Mac(mac);
     }
     cfg.mtu = link.mtu;
+    // Frames leave through the pod interface: one at its gso_max_size or above would be
+    // segmented in software on the way out (tc mirred to its egress).
+    if let Some(max) = link.gso_max_size {
+        cfg.gso_max = cfg.gso_max.min(max.saturating_sub(1));
+    }
     cfg.validate()
         .with_context(|| format!("the network of interface {}", link.name))?;
     Ok(cfg)
@@ -629,6 +634,7 @@ mod tests {
             name: "eth0".into(),
             mac: Some([0x0a, 0x58, 0x0a, 0x00, 0x00, 0x05]),
             mtu: 1450,
+            gso_max_size: Some(65536),
             up: true,
             loopback: false,
             addrs: vec![net(addr)],
@@ -657,6 +663,13 @@ mod tests {
         assert!(cfg.routes.is_empty());
         assert_eq!(cfg.mac.0, [0x0a, 0x58, 0x0a, 0x00, 0x00, 0x05]);
         assert_eq!(cfg.mtu, 1450);
+        assert_eq!(cfg.gso_max, 65535, "below a veth's 64 KiB gso_max_size");
+        let small = Link {
+            gso_max_size: Some(16384),
+            ..link("10.0.0.5/24")
+        };
+        let cfg = pod_stack_config(&small, &routes.iter().collect::<Vec<_>>()).unwrap();
+        assert_eq!(cfg.gso_max, 16383);
     }
 
     #[test]

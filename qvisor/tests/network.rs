@@ -502,6 +502,7 @@ fn pod_network_works(pod: &CniPod) {
     let _ = server.kill();
     let _ = server.wait();
     let _ = std::fs::remove_dir_all(&www);
+    bulk_leaves_the_pod_as_offload_frames(pod);
     // A guest parked in accept is stopped by SIGTERM (as `kill` or a runtime would) and
     // still gives the interface back.
     let mut child = spawn_guest(
@@ -524,6 +525,55 @@ fn pod_network_works(pod: &CniPod) {
         stderr(&o)
     );
     assert_eq!(pod.pod_ip_cmd("-4 route show"), before_routes);
+}
+
+/// 64 MiB from the guest to the node leave the pod interface (tc mirred from qnet's TAP to
+/// eth0's egress) as segmentation-offload frames: a frame at or above the interface's
+/// gso_max_size would be cut into MTU packets in software there, each then a pass of the
+/// receiving kernel (the guest's bulk send ran at a third of its speed that way).
+fn bulk_leaves_the_pod_as_offload_frames(pod: &CniPod) {
+    const BYTES: u64 = 64 << 20;
+    let file = std::env::temp_dir().join(format!("qvisor-podbulk-{}", pod.pod.0));
+    std::fs::write(&file, vec![7u8; BYTES as usize]).unwrap();
+    let sink = pod.node.sh("timeout 60 nc -l -p 8090 | wc -c");
+    pod.node.wait_for_port("-Hltn", 8090);
+    let tx_packets = || {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &pod.pod.0, "cat"])
+            .arg("/sys/class/net/eth0/statistics/tx_packets")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let before = tx_packets();
+    let up = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} launch --rootfs {} --netns {} /bin/tcp pipeto {} 8090 < {}",
+            env!("CARGO_BIN_EXE_qvisor"),
+            root().display(),
+            pod.netns_path(),
+            pod.gateway,
+            file.display()
+        ))
+        .output()
+        .unwrap();
+    let packets = tx_packets() - before;
+    let got = sink.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(up.status.code(), Some(0), "{}", stderr(&up));
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout).trim(),
+        BYTES.to_string()
+    );
+    // At full-size frames ~1,000; cut to the MTU ~46,000.
+    assert!(
+        packets < BYTES / (16 << 10),
+        "64 MiB left eth0 in {packets} packets: frames were segmented on the way out"
+    );
 }
 
 #[test]

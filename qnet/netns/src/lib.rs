@@ -97,6 +97,9 @@ pub struct Link {
     pub name: String,
     pub mac: Option<[u8; 6]>,
     pub mtu: u32,
+    /// Largest GSO packet the link sends without segmenting it in software
+    /// (IFLA_GSO_MAX_SIZE; the skb, link-layer header included, must stay below it).
+    pub gso_max_size: Option<u32>,
     pub up: bool,
     pub loopback: bool,
     pub addrs: Vec<Ipv4Net>,
@@ -587,6 +590,10 @@ impl Raw {
                         _ => None,
                     })
                     .unwrap_or(1500),
+                gso_max_size: l.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::GsoMaxSize(m) => Some(*m),
+                    _ => None,
+                }),
                 alias: l.attributes.iter().find_map(|a| match a {
                     LinkAttribute::IfAlias(s) => Some(s.clone()),
                     _ => None,

@@ -31,8 +31,11 @@ const RX_GROUP: u16 = 0;
 const TX_LIMIT: usize = 256;
 /// Largest frame the TAP hands us with offloads on (a 64 KiB GSO super-packet), plus headers.
 const FRAME_BUF: usize = VNET_HDR_LEN + 14 + 65535 + 256;
-/// Largest IPv4 packet smoltcp may emit for segmentation offload (Ethernet header included).
-const GSO_MAX: usize = 14 + 65535;
+/// Largest frame (Ethernet header included) smoltcp may emit for segmentation offload, unless
+/// the link asks for less ([`FrameQueues::set_gso_max`]): the kernel segments in software any
+/// GSO skb of 64 KiB or more (a veth's `gso_max_size`), and a 64 KiB frame segmented into 45
+/// packets costs the receiving kernel 45 passes instead of one.
+pub const GSO_MAX: usize = 65535;
 
 const TAG_SHIFT: u32 = 56;
 const TAG_RX: u64 = 1;
@@ -273,6 +276,8 @@ pub struct FrameQueues {
     rx_spent: Vec<u16>,
     tx: TxQueue,
     mtu: usize,
+    /// Largest frame handed to the TAP for segmentation offload (Ethernet header included).
+    gso_max: usize,
 }
 
 impl FrameQueues {
@@ -294,7 +299,14 @@ impl FrameQueues {
                 dropped: 0,
             },
             mtu,
+            gso_max: GSO_MAX,
         })
+    }
+
+    /// Limits segmentation-offload frames to `frame` bytes (Ethernet header included; at
+    /// most [`GSO_MAX`]); a limit that leaves no room above the MTU turns offload off.
+    pub fn set_gso_max(&mut self, frame: usize) {
+        self.gso_max = frame.min(GSO_MAX);
     }
 
     pub fn has_rx(&self) -> bool {
@@ -468,7 +480,8 @@ impl phy::Device for FrameQueues {
         csum.tcp = Checksum::None;
         csum.udp = Checksum::None;
         caps.checksum = csum;
-        caps.segmentation.tcpv4 = std::num::NonZeroUsize::new(GSO_MAX);
+        caps.segmentation.tcpv4 = std::num::NonZeroUsize::new(self.gso_max)
+            .filter(|max| max.get() > caps.max_transmission_unit);
         caps
     }
 }
@@ -751,6 +764,25 @@ mod tests {
             }
             let _ = is_martian(&frame);
         }
+    }
+
+    #[test]
+    fn offload_frames_stay_below_64_kib_and_below_what_the_link_allows() {
+        let local = LocalAddrs {
+            mac: [2, 0, 0, 0, 0, 1],
+            ip: std::net::Ipv4Addr::new(10, 0, 0, 2),
+            loopback: true,
+        };
+        let mut q = FrameQueues::new(1500, local, true).unwrap();
+        let gso = |q: &FrameQueues| q.capabilities().segmentation.tcpv4.map(|m| m.get());
+        // A veth segments skbs of 65,536 bytes or more (its gso_max_size), header included.
+        assert_eq!(gso(&q), Some(65535));
+        q.set_gso_max(100_000);
+        assert_eq!(gso(&q), Some(65535));
+        q.set_gso_max(16383);
+        assert_eq!(gso(&q), Some(16383));
+        q.set_gso_max(1000);
+        assert_eq!(gso(&q), None, "no room above the MTU: no offload");
     }
 
     #[test]
