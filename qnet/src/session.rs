@@ -137,6 +137,10 @@ pub struct Session {
     pending_cqes: VecDeque<Cqe>,
     /// Something was published this pass; the client may need a wake-up.
     published: bool,
+    /// The client hung up: served once more (what it posted before it went), then detached.
+    pub hung_up: bool,
+    /// Detached: only the streams it closed are left, sending what they hold until then.
+    pub detached_until: Option<std::time::Instant>,
 }
 
 fn cqe(user_data: u64, result: i32) -> Cqe {
@@ -194,12 +198,21 @@ impl Session {
             ev_tail: 0,
             pending_cqes: VecDeque::new(),
             published: false,
+            hung_up: false,
+            detached_until: None,
         }
     }
 
     /// Bytes of memory the session's region maps (for accounting).
     pub fn mapped_bytes(&self) -> usize {
         self.mapping.len()
+    }
+
+    /// Whether a stream the client closed still has bytes in its ring for its socket.
+    pub fn has_closing_streams(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|s| matches!(s.kind, Kind::Closing(_)))
     }
 
     /// Whether the client has published operations the stack has not taken yet.
@@ -1432,7 +1445,27 @@ impl Session {
     /// Ends the session: every socket is reset or dropped, ports are released, and the client
     /// is told (it may still be alive if the stack closed it for a violation).
     pub fn teardown(&mut self, net: &mut Net, now: Instant) {
+        self.release_slots(net, now, false);
+        self.set_stack_flag(STACK_CLOSED, true);
+        self.published = true;
+        self.wake_client();
+    }
+
+    /// A client that went away: its open sockets are reset or dropped, as in
+    /// [`Session::teardown`], but the streams it closed keep sending what their rings hold (as
+    /// a kernel finishes a closed socket after its process exits); the session ends when they
+    /// are done.
+    pub fn detach(&mut self, net: &mut Net, now: Instant) {
+        self.release_slots(net, now, true);
+    }
+
+    /// Resets open streams, closes every other socket, and (unless `keep_closing`) resets the
+    /// streams the client closed.
+    fn release_slots(&mut self, net: &mut Net, now: Instant, keep_closing: bool) {
         for idx in 0..self.slots.len() as u32 {
+            if keep_closing && matches!(self.slots[idx as usize].kind, Kind::Closing(_)) {
+                continue;
+            }
             self.leave_direct_rx_of(idx, net);
             if let Kind::Stream(st) = &self.slots[idx as usize].kind {
                 if let Some(h) = st.handle {
@@ -1450,8 +1483,5 @@ impl Session {
             }
             self.close_slot(idx, net, now);
         }
-        self.set_stack_flag(STACK_CLOSED, true);
-        self.published = true;
-        self.wake_client();
     }
 }

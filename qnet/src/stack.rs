@@ -36,9 +36,10 @@ const INGRESS_PER_PASS: usize = 16;
 const EGRESS_ROUNDS: usize = 64;
 /// Sleep while closing sockets linger, so they are reaped promptly.
 const LINGER_SLEEP: Duration = Duration::from_millis(100);
-/// How long a stopping stack lets closed connections finish (FIN acknowledged, peer's FIN
-/// received) before it resets the rest.
-const DRAIN_LIMIT: Duration = Duration::from_millis(500);
+/// How long a stopping stack lets closed connections send what they hold and finish (FIN
+/// acknowledged, peer's FIN received) before it resets the rest: what a kernel would do
+/// after the process exits, bounded so a peer that stopped reading cannot hold the VMM.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 /// Stops a running stack from another thread, and reads its counters.
 #[derive(Clone)]
@@ -171,6 +172,30 @@ impl Stack {
         }
     }
 
+    /// Detaches sessions whose clients hung up (their open sockets reset, their closed streams
+    /// left to send), and ends detached sessions once those streams are done or
+    /// [`DRAIN_LIMIT`] has passed.
+    fn retire_hung_up(&mut self, now: Instant) {
+        let clock = std::time::Instant::now();
+        let mut done = Vec::new();
+        for s in self.sessions.values_mut() {
+            if s.hung_up && s.detached_until.is_none() {
+                s.detach(&mut self.net, now);
+                s.detached_until = Some(clock + DRAIN_LIMIT);
+            }
+            if let Some(until) = s.detached_until {
+                if !s.has_closing_streams() {
+                    done.push((s.id, "connection closed"));
+                } else if clock >= until {
+                    done.push((s.id, "connection closed; its closed streams timed out"));
+                }
+            }
+        }
+        for (id, why) in done {
+            self.end_session(id, why);
+        }
+    }
+
     /// Lets smoltcp transmit until it is done (each call emits at most one packet per socket)
     /// or the transmit queue is full; returns whether anything was sent.
     fn egress(&mut self, now: Instant) -> bool {
@@ -218,8 +243,13 @@ impl Stack {
     /// One pass over everything; returns whether any work was done.
     fn pass(&mut self) -> anyhow::Result<bool> {
         let reaped = self.dev.reap();
+        // A client that hung up is served once more below: a close it posted just before it
+        // went (a container that writes its answer, closes and exits) is carried out, not
+        // turned into a reset of the stream.
         for id in reaped.hangups {
-            self.end_session(id, "connection closed");
+            if let Some(s) = self.sessions.get_mut(&id) {
+                s.hung_up = true;
+            }
         }
         while let Ok(s) = self.incoming.try_recv() {
             self.dev
@@ -270,6 +300,7 @@ impl Stack {
             self.net.stats.sessions_closed_for_violation += 1;
             self.end_session(id, "protocol violation");
         }
+        self.retire_hung_up(now);
         for s in self.sessions.values_mut() {
             s.wake_client();
         }
@@ -342,19 +373,29 @@ impl Stack {
         // What the clients queued before the stop (a last write, a close) is carried out
         // first: a container that writes its answer, closes and exits stops its stack at once,
         // and ending the sessions first would reset that connection with the answer unsent.
+        // A closed stream's ring may hold more than its socket takes at once (1 MiB each):
+        // passes continue until every closed stream has handed its socket the rest.
+        let end = std::time::Instant::now() + DRAIN_LIMIT;
         self.pass()?;
+        while self.sessions.values().any(Session::has_closing_streams)
+            && std::time::Instant::now() < end
+        {
+            self.dev
+                .wait(Some(Duration::from_millis(2)))
+                .context("waiting on io_uring")?;
+            self.pass()?;
+        }
         let ids: Vec<u64> = self.sessions.keys().copied().collect();
         for id in ids {
             self.end_session(id, "stack stopped");
         }
-        self.drain()
+        self.drain(end)
     }
 
     /// Lets the connections the clients closed send their FINs (as a kernel finishes a socket
     /// after its process exits), then resets what is left, so no peer waits forever on a
     /// connection that vanished with the stack.
-    fn drain(&mut self) -> anyhow::Result<()> {
-        let end = std::time::Instant::now() + DRAIN_LIMIT;
+    fn drain(&mut self, end: std::time::Instant) -> anyhow::Result<()> {
         while self.net.has_lingering() && std::time::Instant::now() < end {
             self.pass()?;
             self.dev

@@ -791,6 +791,54 @@ impl Drop for RandomFile {
 }
 
 #[test]
+fn a_guest_that_writes_closes_and_exits_loses_nothing_to_a_slow_reader() {
+    // The peer accepts, then reads nothing for a second while the guest writes 1.5 MiB,
+    // closes and exits: as a kernel would after the process exits, everything arrives, then
+    // EOF (tests/tests/qnet_stack.rs `a_client_that_closes_and_goes_loses_nothing_it_wrote`
+    // pins the stack's side of it).
+    const BYTES: usize = 3 << 19;
+    let ns = Netns::new("slow");
+    let reader = r#"
+import socket, time
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+l.bind(("0.0.0.0", 9102)); l.listen(1)
+c, a = l.accept()
+time.sleep(1)
+n = 0
+while True:
+    d = c.recv(1 << 16)
+    if not d: break
+    n += len(d)
+print(n)
+"#;
+    let sink = ns.sh(&format!("timeout 30 python3 -c '{reader}'"));
+    ns.wait_for_port("-Hltn", 9102);
+    let file = std::env::temp_dir().join(format!("qvisor-slow-{}", std::process::id()));
+    std::fs::write(&file, vec![5u8; BYTES]).unwrap();
+    let opts = net_options(&ns).join(" ");
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} launch --rootfs {} {opts} /bin/tcp pipeto 10.66.0.1 9102 < {}",
+            env!("CARGO_BIN_EXE_qvisor"),
+            root().display(),
+            file.display()
+        ))
+        .output()
+        .unwrap();
+    let got = sink.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout).trim(),
+        BYTES.to_string(),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
 fn one_gib_each_way_between_the_guest_and_the_kernel_matches_sha256() {
     let data = RandomFile::new(1 << 30);
     let (file, sum) = (&data.0, &data.1);

@@ -498,6 +498,50 @@ while True:
 }
 
 #[test]
+fn a_client_that_closes_and_goes_loses_nothing_it_wrote() {
+    // The peer accepts, then reads nothing for a second: what the client wrote fills the
+    // peer's small receive buffer and the stack's socket, the rest waits in the ring when the
+    // client closes the stream and detaches (a container that writes its answer, closes and
+    // exits). As a kernel finishes a closed socket after its process exits, the stack sends
+    // it all and a FIN (it used to reset the stream when the client went).
+    require_env(&["python3"]);
+    let st = TestStack::start("gone");
+    let py = r#"
+import socket, sys, time
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+l.bind((sys.argv[1], 7300)); l.listen(1)
+c, _ = l.accept()
+time.sleep(1)
+n = 0
+while True:
+    try:
+        d = c.recv(1 << 16)
+    except ConnectionResetError:
+        print("reset", n); break
+    if not d:
+        print("eof", n); break
+    n += len(d)
+"#;
+    let sink = st.ns.python(py, &[&PEER_IP.to_string()]);
+    wait_listening(&st.ns, 7300);
+    const BYTES: usize = 3 << 19;
+    let client = st.client();
+    let mut s = TcpStream::connect(&client, st.peer(7300)).unwrap();
+    let mut data = vec![0u8; BYTES];
+    Pattern::new(7).fill(&mut data);
+    s.write_all(&data).unwrap();
+    drop(s);
+    drop(client);
+    let out = sink.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("eof {BYTES}")
+    );
+    st.stop();
+}
+
+#[test]
 fn hostile_ring_clients_are_closed_and_others_keep_working() {
     require_env(&["nc"]);
     let st = TestStack::start("hostile");
