@@ -79,6 +79,8 @@ impl Bundle {
 
 /// qvisor's annotation for the syscall path (qvisor::bundle::SYSCALL_POLL_ANNOTATION).
 pub const POLL_ANNOTATION: &str = "dev.quark.syscall-poll";
+/// qvisor's annotation for the vDSO (qvisor::bundle::VDSO_ANNOTATION).
+pub const VDSO_ANNOTATION: &str = "dev.quark.vdso";
 /// qvisor's annotation for syscall-site patching (qvisor::bundle::SYSCALL_PATCHING_ANNOTATION).
 pub const PATCHING_ANNOTATION: &str = "dev.quark.syscall-patching";
 
@@ -361,6 +363,29 @@ pub fn suite(runs: usize) -> anyhow::Result<Vec<Figure>> {
             ));
         }
     }
+    // Clock reads in the static binary: through the vDSO, and as syscalls with it off.
+    bundle.set_args(&["/bin/syscost", calls, "1"])?;
+    bundle.annotate(crate::runtime::POLL_ANNOTATION, "on")?;
+    bundle.annotate(crate::runtime::PATCHING_ANNOTATION, "on")?;
+    for (vdso, label) in [
+        ("on", "through the vDSO"),
+        ("off", "vDSO off, a syscall each"),
+    ] {
+        bundle.annotate(crate::runtime::VDSO_ANNOTATION, vdso)?;
+        let guest = Command::new(qvisor())
+            .args(["run", "--bundle"])
+            .arg(&bundle.dir)
+            .arg("nb-clock")
+            .output()?;
+        figures.push(Figure::new(
+            &format!("clock_gettime, static binary, {label} (qvisor guest vs host)"),
+            "mean per call",
+            "us",
+            cost(&String::from_utf8_lossy(&guest.stdout), "clock_ns")? / 1e3,
+            cost(&n_static, "clock_ns")? / 1e3,
+        ));
+    }
+    bundle.annotate(crate::runtime::VDSO_ANNOTATION, "on")?;
     figures.extend(fork_figures(&bundle)?);
     // (d) fork + exec + exit + wait in a shell loop.
     figures.extend(fork_exec_figures(&bundle)?);
