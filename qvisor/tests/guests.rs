@@ -400,9 +400,10 @@ fn polled_syscalls_do_not_exit_the_vcpu() {
 
 #[test]
 fn time_calls_are_answered_in_the_guest_by_the_vdso_and_agree_with_the_syscalls() {
-    // Static (glibc finds the vDSO itself) and dynamic (ld.so does), with the vDSO and
-    // without it (flag, and the host's kill switch overriding what the container asks).
-    for exe in ["/bin/vdso", "/bin/vdso-dyn"] {
+    // Static (glibc finds the vDSO itself), dynamic (ld.so does) and musl static, with the
+    // vDSO and without it (flag, and the host's kill switch overriding what the container
+    // asks).
+    for exe in ["/bin/vdso", "/bin/vdso-dyn", "/bin/vdso-musl"] {
         for mode in ["on", "off"] {
             let o = qvisor_with(&["--vdso", mode], &[exe, mode]);
             assert_eq!(o.status.code(), Some(0), "{exe} {mode}: {}", stderr(&o));

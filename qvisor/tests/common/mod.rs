@@ -99,6 +99,18 @@ pub fn root() -> &'static Path {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        // musl, as in Alpine-based images: its own startup, vDSO lookup and time calls.
+        let out = Command::new("musl-gcc")
+            .args(["-static", "-O1", "-o"])
+            .arg(bin.join("vdso-musl"))
+            .arg(src.join("vdso.c"))
+            .output()
+            .expect("musl-gcc is needed to build the musl test guest (scripts/setup.sh)");
+        assert!(
+            out.status.success(),
+            "musl-gcc vdso: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         // The C library and loader the dynamically linked guests need, from this Debian host.
         for lib in [
             "/lib/x86_64-linux-gnu/libc.so.6",
