@@ -444,49 +444,44 @@ mod tests {
     /// A mapping of the data page and the image right above it, run on the host (whose TSC
     /// is the guest's): the vDSO's own code, checked against the host's clocks.
     struct Loaded {
-        at: *mut u8,
-        len: usize,
+        // Declared after the clock, which writes into it.
         clock: VClock,
+        region: qnet::phy::uring::RawRegion,
     }
 
     impl Loaded {
         fn new(usable: bool) -> Loaded {
-            let len = PAGE as usize + VDSO_IMAGE.len().div_ceil(PAGE as usize) * PAGE as usize;
-            // SAFETY: a fresh anonymous mapping, unmapped on drop.
-            let at = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            } as *mut u8;
-            assert_ne!(at as *mut libc::c_void, libc::MAP_FAILED);
-            // SAFETY: the image fits in the pages above the data page, inside the mapping.
+            let page = PAGE as usize;
+            let region =
+                qnet::phy::uring::RawRegion::new(page + VDSO_IMAGE.len().div_ceil(page) * page)
+                    .unwrap();
+            // SAFETY: the image fits in the pages above the data page, inside the mapping,
+            // which nothing else uses; the text pages become read + execute.
             unsafe {
-                std::ptr::copy_nonoverlapping(
-                    VDSO_IMAGE.as_ptr(),
-                    at.add(PAGE as usize),
-                    VDSO_IMAGE.len(),
+                let text = region.as_ptr().add(page);
+                std::ptr::copy_nonoverlapping(VDSO_IMAGE.as_ptr(), text, VDSO_IMAGE.len());
+                let r = libc::mprotect(
+                    text as *mut libc::c_void,
+                    region.len() - page,
+                    libc::PROT_READ | libc::PROT_EXEC,
                 );
-                let text = at.add(PAGE as usize) as *mut libc::c_void;
-                let r =
-                    libc::mprotect(text, len - PAGE as usize, libc::PROT_READ | libc::PROT_EXEC);
                 assert_eq!(r, 0);
             }
-            // SAFETY: the first page of the mapping, zeroed, alive until drop.
-            let clock = unsafe { VClock::new(at, Some(2_100_000), usable) };
+            // SAFETY: the first page of the mapping, zeroed, alive as long as the clock.
+            let clock = unsafe { VClock::new(region.as_ptr(), Some(2_100_000), usable) };
             for _ in 0..3 {
                 std::thread::sleep(std::time::Duration::from_millis(2));
                 clock.update();
             }
-            Loaded { at, len, clock }
+            Loaded { clock, region }
         }
 
         fn func(&self, name: &str) -> usize {
-            symbol(VDSO_IMAGE, self.at as usize + PAGE as usize, name)
+            symbol(
+                VDSO_IMAGE,
+                self.region.as_ptr() as usize + PAGE as usize,
+                name,
+            )
         }
 
         fn clock_gettime(&self, clock: i32) -> (i64, i64) {
@@ -501,13 +496,6 @@ mod tests {
             assert_eq!(unsafe { f(clock, &mut ts) }, 0);
             assert!((0..1_000_000_000).contains(&ts.tv_nsec));
             (ts.tv_sec, ts.tv_nsec)
-        }
-    }
-
-    impl Drop for Loaded {
-        fn drop(&mut self) {
-            // SAFETY: the mapping made in new.
-            unsafe { libc::munmap(self.at as *mut libc::c_void, self.len) };
         }
     }
 

@@ -60,6 +60,22 @@ pub fn root() -> &'static Path {
             std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
         }
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests");
+        let build = |cc: &str, flags: &[&str], name: &str, src_name: &str| {
+            let out = Command::new(cc)
+                .args(flags)
+                .arg("-o")
+                .arg(bin.join(name))
+                .arg(src.join(format!("{src_name}.c")))
+                .output()
+                .unwrap_or_else(|e| {
+                    panic!("{cc} is needed to build the test guests (scripts/setup.sh): {e}")
+                });
+            assert!(
+                out.status.success(),
+                "{cc} {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
         for (name, src_name, flag) in [
             ("syscost", "../../../netbench/guests/syscost", "-static"),
             ("exitcode", "exitcode", "-static"),
@@ -87,30 +103,11 @@ pub fn root() -> &'static Path {
             ("patching", "patching", "-pie"),
             ("vdso-dyn", "vdso", "-pie"),
         ] {
-            let out = Command::new("gcc")
-                .args([flag, "-O1", "-pthread", "-o"])
-                .arg(bin.join(name))
-                .arg(src.join(format!("{src_name}.c")))
-                .output()
-                .expect("gcc is needed to build the test guests (scripts/setup.sh)");
-            assert!(
-                out.status.success(),
-                "gcc {name}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            build("gcc", &[flag, "-O1", "-pthread"], name, src_name);
         }
-        // musl, as in Alpine-based images: its own startup, vDSO lookup and time calls.
-        let out = Command::new("musl-gcc")
-            .args(["-static", "-O1", "-o"])
-            .arg(bin.join("vdso-musl"))
-            .arg(src.join("vdso.c"))
-            .output()
-            .expect("musl-gcc is needed to build the musl test guest (scripts/setup.sh)");
-        assert!(
-            out.status.success(),
-            "musl-gcc vdso: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        // musl, as in Alpine-based images: its own startup, vDSO lookup and time calls
+        // (musl-gcc comes with scripts/setup.sh).
+        build("musl-gcc", &["-static", "-O1"], "vdso-musl", "vdso");
         // The C library and loader the dynamically linked guests need, from this Debian host.
         for lib in [
             "/lib/x86_64-linux-gnu/libc.so.6",
