@@ -337,6 +337,8 @@ pub(crate) struct Proc {
     pub(crate) children_cpu_ns: u64,
     /// alarm, setitimer and timer_create's timers.
     pub(crate) timers: crate::timers::Timers,
+    /// The membarrier(2) commands it registered for (`MEMBARRIER_CMD_REGISTER_*` bits).
+    pub(crate) membarrier: u32,
 }
 
 impl Proc {
@@ -365,6 +367,7 @@ impl Proc {
             exited_cpu_ns: 0,
             children_cpu_ns: 0,
             timers: Default::default(),
+            membarrier: 0,
             vm: AddressSpace::default(),
             pid,
             ppid: 0,
@@ -403,7 +406,8 @@ impl Proc {
             start_ns: 0, // set by fork, which knows the time
             exited_cpu_ns: 0,
             children_cpu_ns: 0,
-            timers: Default::default(), // a fork child has none
+            timers: Default::default(),  // a fork child has none
+            membarrier: self.membarrier, // copied with the address space, as Linux's fork does
         }
     }
 
@@ -419,6 +423,7 @@ impl Proc {
         self.brk_mapped = brk;
         self.mmap_next = fresh.mmap_next;
         self.vm = fresh.vm;
+        self.membarrier = 0;
         self.timers.exec();
         const SIG_IGN: u64 = 1;
         for action in self.sigactions.iter_mut() {
@@ -1010,6 +1015,7 @@ impl Kernel {
             292 => self.dup(a0, 0, Some(a1), a2 & 0o2000000 != 0),
             302 => self.prlimit(m, a2, a3),
             318 => self.getrandom(m, a0, a1),
+            324 => self.membarrier(a0, a1),
             332 => self.statx(m, a0, a1, a2, a4),
             334 => Err(ENOSYS), // rseq: glibc falls back
             34 => return self.suspend(m, None),
@@ -1549,6 +1555,55 @@ impl Kernel {
         b[8..].copy_from_slice(&(ns % 1_000_000_000).to_le_bytes());
         m.write(ts, &b).map_err(|_| EFAULT)?;
         Ok(0)
+    }
+
+    /// membarrier(2). The VM has one vCPU and every thread reaches it through an exit or the
+    /// syscall stub, each a full barrier and a serializing instruction, so every barrier
+    /// command is done by the time the call returns; registrations are kept per process (as
+    /// Linux keeps them with the address space: a fork child has its parent's, exec drops
+    /// them) so the private commands fail as Linux's do without one. RSEQ commands are not offered (no
+    /// rseq here).
+    fn membarrier(&mut self, cmd: u64, flags: u64) -> Result<i64, i64> {
+        const QUERY: u64 = 0;
+        const GLOBAL: u64 = 1;
+        const GLOBAL_EXPEDITED: u64 = 2;
+        const REGISTER_GLOBAL_EXPEDITED: u64 = 4;
+        const PRIVATE_EXPEDITED: u64 = 8;
+        const REGISTER_PRIVATE_EXPEDITED: u64 = 16;
+        const PRIVATE_EXPEDITED_SYNC_CORE: u64 = 32;
+        const REGISTER_PRIVATE_EXPEDITED_SYNC_CORE: u64 = 64;
+        const GET_REGISTRATIONS: u64 = 512;
+        const SUPPORTED: u64 = GLOBAL
+            | GLOBAL_EXPEDITED
+            | REGISTER_GLOBAL_EXPEDITED
+            | PRIVATE_EXPEDITED
+            | REGISTER_PRIVATE_EXPEDITED
+            | PRIVATE_EXPEDITED_SYNC_CORE
+            | REGISTER_PRIVATE_EXPEDITED_SYNC_CORE
+            | GET_REGISTRATIONS;
+        if flags != 0 {
+            return Err(EINVAL);
+        }
+        let registered = u64::from(self.p.membarrier);
+        match cmd {
+            QUERY => Ok(SUPPORTED as i64),
+            GLOBAL | GLOBAL_EXPEDITED => Ok(0),
+            REGISTER_GLOBAL_EXPEDITED
+            | REGISTER_PRIVATE_EXPEDITED
+            | REGISTER_PRIVATE_EXPEDITED_SYNC_CORE => {
+                self.p.membarrier |= cmd as u32;
+                Ok(0)
+            }
+            PRIVATE_EXPEDITED if registered & REGISTER_PRIVATE_EXPEDITED != 0 => Ok(0),
+            PRIVATE_EXPEDITED_SYNC_CORE
+                if registered & REGISTER_PRIVATE_EXPEDITED_SYNC_CORE != 0 =>
+            {
+                Ok(0)
+            }
+            PRIVATE_EXPEDITED | PRIVATE_EXPEDITED_SYNC_CORE => Err(EPERM),
+            GET_REGISTRATIONS => Ok(registered as i64),
+            _ => Err(EINVAL),
+        }
     }
 
     /// getcpu(2): the one vCPU, node 0.
