@@ -1331,8 +1331,9 @@ impl Kernel {
             .iter()
             .any(|&(fd, ev)| fd >= 0 && ev & 0x1 != 0 && self.p.fds.is_console_input(fd as u64));
         loop {
+            // Rounded up: a wait never ends before its timeout (5 ms asked gave 4.2 ms).
             let left_ms = deadline.map_or(-1, |d| {
-                (d.saturating_sub(m.monotonic_ns()) / 1_000_000) as i64
+                d.saturating_sub(m.monotonic_ns()).div_ceil(1_000_000) as i64
             });
             let wait_ms = match (watches_console, left_ms) {
                 (false, left) => left,
