@@ -649,7 +649,7 @@ impl Kernel {
     /// Whether `call` may wait on sockets (and nothing that switches threads).
     fn waits_on_sockets(&self, call: &SyscallArgs) -> bool {
         match call.nr {
-            7 | 271 | 23 | 270 | 232 | 281 => true, // poll, ppoll, select, pselect, epoll_wait
+            7 | 271 | 23 | 270 | 232 | 281 | 441 => true, // poll, ppoll, select, pselect, epoll_wait
             0 | 1 | 17 | 18 | 19 | 20 | 43 | 44 | 45 | 46 | 47 | 288 | 299 | 307 => {
                 self.p.fds.is_socket(call.args[0])
             }
@@ -916,6 +916,15 @@ impl Kernel {
             291 => self.epoll_create(a0),
             233 => self.epoll_ctl(m, a0, a1, a2, a3),
             232 | 281 => self.epoll_wait(m, a0, a1, a2, a3 as i32 as i64),
+            // epoll_pwait2: the timeout is a timespec (none: forever), rounded up to the
+            // millisecond epoll waits in.
+            441 => match a3 {
+                0 => self.epoll_wait(m, a0, a1, a2, -1),
+                at => read_timespec(m, at).and_then(|ns| {
+                    let ms = i64::try_from(ns.div_ceil(1_000_000)).unwrap_or(i64::MAX);
+                    self.epoll_wait(m, a0, a1, a2, ms)
+                }),
+            },
             60 => return self.exit_thread(m, ((a0 & 0xff) as i32) << 8),
             231 => return self.exit_process(m, ((a0 & 0xff) as i32) << 8),
             56 => return self.clone(m, a0, a1, a2, a3, a4),

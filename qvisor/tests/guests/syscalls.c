@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <poll.h>
@@ -21,6 +22,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifndef SYS_epoll_pwait2
+#define SYS_epoll_pwait2 441
+#endif
 #ifndef SYS_membarrier
 #define SYS_membarrier 324
 #endif
@@ -333,6 +337,26 @@ int main(void) {
     waitpid(child, &status, 0);
     CHECK("membarrier", q > 0 && (q & 0x7f) == 0x7f && unregistered && registered && global && bad &&
                             WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  }
+  {
+    // epoll_pwait2: a timespec timeout (waited out on an empty set), none (returns at once
+    // with the ready pipe), a bad one (EINVAL).
+    int ep = epoll_create1(0), pp[2];
+    struct epoll_event ev = {.events = EPOLLIN}, got[2];
+    struct timespec five_ms = {0, 5000000}, bad = {0, 1000000000};
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int empty = pipe(pp) == 0 && epoll_ctl(ep, EPOLL_CTL_ADD, pp[0], &ev) == 0 &&
+                syscall(SYS_epoll_pwait2, ep, got, 2, &five_ms, NULL, 8) == 0;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    long waited_us = (t1.tv_sec - t0.tv_sec) * 1000000 + (t1.tv_nsec - t0.tv_nsec) / 1000;
+    int ready = write(pp[1], "x", 1) == 1 && syscall(SYS_epoll_pwait2, ep, got, 2, NULL, NULL, 8) == 1 &&
+                got[0].events == EPOLLIN;
+    int einval = syscall(SYS_epoll_pwait2, ep, got, 2, &bad, NULL, 8) == -1 && errno == EINVAL;
+    CHECK("epoll_pwait2", empty && waited_us >= 5000 && ready && einval);
+    close(pp[0]);
+    close(pp[1]);
+    close(ep);
   }
   CHECK("bad pointer is EFAULT", write(1, (void *)16, 5) == -1 && errno == EFAULT);
   CHECK("unknown syscall is ENOSYS", syscall(1000) == -1 && errno == ENOSYS);
