@@ -72,7 +72,17 @@ pub(crate) fn read_timespec(m: &dyn Machine, va: u64) -> Result<u64, i64> {
     crate::timers::to_ns(word(0), word(8), 1)
 }
 
-/// Reads a `struct timeval` as milliseconds.
+/// The timeout of ppoll, pselect6 or epoll_pwait2 (a `struct timespec`, none: forever) in the
+/// milliseconds their waits take, rounded up: a wait never ends before its timeout (a 500 µs
+/// ppoll returned at once when this truncated).
+fn wait_timeout_ms(m: &dyn Machine, va: u64) -> Result<i64, i64> {
+    if va == 0 {
+        return Ok(-1);
+    }
+    read_timespec(m, va).map(|ns| i64::try_from(ns.div_ceil(1_000_000)).unwrap_or(i64::MAX))
+}
+
+/// Reads a `struct timeval` as milliseconds, rounded up (select never ends before its timeout).
 fn read_timeval_ms(m: &dyn Machine, va: u64) -> Result<i64, i64> {
     let mut tv = [0u8; 16];
     m.read(va, &mut tv).map_err(|_| EFAULT)?;
@@ -84,7 +94,9 @@ fn read_timeval_ms(m: &dyn Machine, va: u64) -> Result<i64, i64> {
     if secs < 0 || !(0..1_000_000).contains(&micros) {
         return Err(EINVAL);
     }
-    Ok(secs.saturating_mul(1000).saturating_add(micros / 1000))
+    Ok(secs
+        .saturating_mul(1000)
+        .saturating_add((micros + 999) / 1000))
 }
 
 /// chown's ids: -1 (as a 32-bit value) leaves one unchanged.
@@ -811,11 +823,7 @@ impl Kernel {
             6 => self.fstatat(m, AT_FDCWD, a0, a1, 0x100),
             7 => self.poll(m, a0, a1, a2 as i32 as i64),
             // ppoll: a timespec (NULL: no limit); the signal mask is not applied yet.
-            271 => match a2 {
-                0 => self.poll(m, a0, a1, -1),
-                ts => read_timespec(m, ts)
-                    .and_then(|ns| self.poll(m, a0, a1, (ns / 1_000_000) as i64)),
-            },
+            271 => wait_timeout_ms(m, a2).and_then(|ms| self.poll(m, a0, a1, ms)),
             8 => self.lseek(m, a0, a1, a2),
             9 => self.mmap(m, a0, a1, a2, a3, a4, a5),
             10 => self.mprotect(m, a0, a1, a2),
@@ -907,24 +915,13 @@ impl Kernel {
                 0 => self.select(m, a0, [a1, a2, a3], -1),
                 tv => read_timeval_ms(m, tv).and_then(|ms| self.select(m, a0, [a1, a2, a3], ms)),
             },
-            270 => match a4 {
-                0 => self.select(m, a0, [a1, a2, a3], -1),
-                ts => read_timespec(m, ts)
-                    .and_then(|ns| self.select(m, a0, [a1, a2, a3], (ns / 1_000_000) as i64)),
-            },
+            270 => wait_timeout_ms(m, a4).and_then(|ms| self.select(m, a0, [a1, a2, a3], ms)),
             213 => self.epoll_create(0),
             291 => self.epoll_create(a0),
             233 => self.epoll_ctl(m, a0, a1, a2, a3),
             232 | 281 => self.epoll_wait(m, a0, a1, a2, a3 as i32 as i64),
-            // epoll_pwait2: the timeout is a timespec (none: forever), rounded up to the
-            // millisecond epoll waits in.
-            441 => match a3 {
-                0 => self.epoll_wait(m, a0, a1, a2, -1),
-                at => read_timespec(m, at).and_then(|ns| {
-                    let ms = i64::try_from(ns.div_ceil(1_000_000)).unwrap_or(i64::MAX);
-                    self.epoll_wait(m, a0, a1, a2, ms)
-                }),
-            },
+            // epoll_pwait2: epoll_pwait with a timespec timeout.
+            441 => wait_timeout_ms(m, a3).and_then(|ms| self.epoll_wait(m, a0, a1, a2, ms)),
             60 => return self.exit_thread(m, ((a0 & 0xff) as i32) << 8),
             231 => return self.exit_process(m, ((a0 & 0xff) as i32) << 8),
             56 => return self.clone(m, a0, a1, a2, a3, a4),

@@ -281,7 +281,7 @@ fn check_syscalls(mode: &str) {
     assert!(failed.is_empty(), "failed checks: {failed:?}\n{out}");
     assert_eq!(
         out.lines().filter(|l| l.starts_with("ok ")).count(),
-        57,
+        58,
         "{out}"
     );
 }

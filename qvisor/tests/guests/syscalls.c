@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <poll.h>
+#include <sys/select.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/utsname.h>
@@ -354,6 +355,25 @@ int main(void) {
                 got[0].events == EPOLLIN;
     int einval = syscall(SYS_epoll_pwait2, ep, got, 2, &bad, NULL, 8) == -1 && errno == EINVAL;
     CHECK("epoll_pwait2", empty && waited_us >= 5000 && ready && einval);
+    // Sub-millisecond timeouts are waited out too, never cut to nothing.
+    char drain;
+    int drained = read(pp[0], &drain, 1) == 1;
+    struct pollfd pfd = {.fd = pp[0], .events = POLLIN};
+    struct timespec half_ms = {0, 500000};
+    struct timeval half_ms_tv = {0, 500};
+    fd_set rd;
+    FD_ZERO(&rd);
+    FD_SET(pp[0], &rd);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int pp_none = ppoll(&pfd, 1, &half_ms, NULL) == 0;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    long ppoll_us = (t1.tv_sec - t0.tv_sec) * 1000000 + (t1.tv_nsec - t0.tv_nsec) / 1000;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int sel_none = select(pp[0] + 1, &rd, NULL, NULL, &half_ms_tv) == 0;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    long select_us = (t1.tv_sec - t0.tv_sec) * 1000000 + (t1.tv_nsec - t0.tv_nsec) / 1000;
+    CHECK("ppoll and select wait out sub-millisecond timeouts",
+          drained && pp_none && ppoll_us >= 500 && sel_none && select_us >= 500);
     close(pp[0]);
     close(pp[1]);
     close(ep);
