@@ -128,7 +128,7 @@ impl Sample {
 }
 
 /// The TSC, not read before earlier loads are done (as Linux's `rdtsc_ordered`).
-fn tsc() -> u64 {
+pub(crate) fn tsc() -> u64 {
     // SAFETY: lfence and rdtsc have no memory effects; every x86_64 CPU has both.
     unsafe {
         std::arch::x86_64::_mm_lfence();
@@ -152,7 +152,7 @@ fn realtime_offset() -> u64 {
     let a = host_clock(libc::CLOCK_MONOTONIC);
     let real = host_clock(libc::CLOCK_REALTIME);
     let b = host_clock(libc::CLOCK_MONOTONIC);
-    real.wrapping_sub(a + (b - a.min(b)) / 2)
+    real.wrapping_sub(a + b.saturating_sub(a) / 2)
 }
 
 /// The realtime offset moves only when the host's wall clock is set; smaller differences

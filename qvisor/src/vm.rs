@@ -1143,11 +1143,9 @@ fn guest_tsc_is_host_tsc(vcpu: &VcpuFd) -> bool {
     }]) else {
         return false;
     };
-    // SAFETY: rdtsc has no memory effects.
-    let before = unsafe { std::arch::x86_64::_rdtsc() };
+    let before = crate::vclock::tsc();
     let read = vcpu.get_msrs(&mut msrs);
-    // SAFETY: as above.
-    let after = unsafe { std::arch::x86_64::_rdtsc() };
+    let after = crate::vclock::tsc();
     let guest = msrs.as_slice()[0].data;
     matches!(read, Ok(1)) && (before..=after).contains(&guest)
 }
