@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use qnet::phy::{Tap, TapOptions};
@@ -62,6 +63,29 @@ struct Inner {
     next_id: EndpointId,
 }
 
+/// How long a starting daemon waits for the VXLAN port to come free.
+const BIND_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Binds the VXLAN port, waiting up to `patience` while it is in use: a predecessor
+/// that was killed releases it only when the kernel has torn down its io_uring, which runs
+/// after the process is reaped, so a restart right after a crash would otherwise fail.
+fn bind_vxlan(at: SocketAddrV4, patience: Duration) -> std::io::Result<UdpSocket> {
+    let end = Instant::now() + patience;
+    let mut logged = false;
+    loop {
+        match UdpSocket::bind(at) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < end => {
+                if !logged {
+                    tracing::info!(%at, "VXLAN port in use, waiting for it to come free");
+                    logged = true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+}
+
 pub struct Daemon {
     cfg: Config,
     overlay_mtu: u32,
@@ -82,7 +106,7 @@ impl Daemon {
             .with_context(|| format!("underlay MTU {} is too small", cfg.underlay_mtu))?;
         let store = StateFile::new(&cfg.state);
         let state = store.load()?;
-        let udp = UdpSocket::bind(SocketAddrV4::new(cfg.underlay, cfg.port))
+        let udp = bind_vxlan(SocketAddrV4::new(cfg.underlay, cfg.port), BIND_PATIENCE)
             .with_context(|| format!("binding VXLAN to {}:{}", cfg.underlay, cfg.port))?;
         grow_buffers(&udp);
         // Senders on ephemeral ports: a flow's VXLAN source port is that of the sender its
@@ -455,5 +479,40 @@ fn grow_buffers(udp: &UdpSocket) {
         if rc < 0 {
             tracing::warn!(error = %std::io::Error::last_os_error(), "growing the underlay socket's buffers");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn taken() -> (UdpSocket, SocketAddrV4) {
+        let holder = UdpSocket::bind("127.0.0.1:0").expect("binding a port");
+        let at = match holder.local_addr().expect("its address") {
+            std::net::SocketAddr::V4(a) => a,
+            other => panic!("not IPv4: {other}"),
+        };
+        (holder, at)
+    }
+
+    #[test]
+    fn the_vxlan_port_is_taken_once_a_predecessor_lets_it_go() {
+        let (holder, at) = taken();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(holder);
+        });
+        let udp = bind_vxlan(at, Duration::from_secs(5)).expect("binding after the release");
+        assert_eq!(udp.local_addr().ok(), Some(at.into()));
+        release.join().expect("the releasing thread");
+    }
+
+    #[test]
+    fn a_port_held_past_the_patience_is_an_error() {
+        let (_holder, at) = taken();
+        let started = Instant::now();
+        let err = bind_vxlan(at, Duration::from_millis(200)).expect_err("the port is held");
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+        assert!(started.elapsed() >= Duration::from_millis(200));
     }
 }
