@@ -248,6 +248,10 @@ struct Opts {
     /// qnet's delayed-ACK timeout in microseconds (0: acknowledge every segment at once).
     #[arg(long)]
     ack_delay_us: Option<u64>,
+    /// How long qnet's loop keeps polling after its last work before it sleeps, in
+    /// microseconds (0: sleep at once)
+    #[arg(long)]
+    busy_poll_us: Option<u64>,
 }
 
 /// One reported figure: Quark's value next to the baseline measured in the same run.
@@ -443,6 +447,9 @@ fn qnet_suite(o: &Opts) -> anyhow::Result<()> {
         }
         if let Some(us) = o.ack_delay_us {
             c.ack_delay = Duration::from_micros(us);
+        }
+        if let Some(us) = o.busy_poll_us {
+            c.busy_poll = Duration::from_micros(us);
         }
         if let Some(b) = o.ring_buf {
             c.ring_buf = b;
