@@ -653,8 +653,7 @@ impl Kernel {
                 return SyscallOutcome::Return(-EFAULT);
             }
             // The mask while suspended; the old one comes back with the handler's return.
-            self.t.signals.suspend_mask = Some(self.t.sigmask);
-            self.t.sigmask = u64::from_le_bytes(b) & !((1 << 8) | (1 << 18));
+            self.enter_call_mask(u64::from_le_bytes(b));
         }
         if self.t.deliverable().is_some() {
             if let Some(outcome) = self.deliver_on_return(m, -EINTR) {
@@ -666,9 +665,7 @@ impl Kernel {
         match self.switch_away(m, regs, false, State::Suspended) {
             SyscallOutcome::Return(_) => {
                 // Nothing else can run, so no signal can come.
-                if let Some(old) = self.t.signals.suspend_mask.take() {
-                    self.t.sigmask = old;
-                }
+                self.leave_call_mask();
                 SyscallOutcome::Return(-EINTR)
             }
             other => other,
@@ -1007,7 +1004,11 @@ impl Kernel {
             tracing::warn!(errno = e, "restoring FPU state");
         }
         let mut regs = saved.regs;
-        self.deliver(m, &mut regs, saved.restart);
+        if !self.deliver(m, &mut regs, saved.restart) {
+            // No handler takes the mask a waiting call replaced: the call returns or runs
+            // again, and one that runs again puts its mask back in place.
+            self.leave_call_mask();
+        }
         m.set_user_regs(&regs);
         SyscallOutcome::Resume
     }
@@ -1024,12 +1025,24 @@ impl Kernel {
             return;
         }
         let parked = self.procs.threads_of(pid);
-        let unblocked = parked.iter().copied().find(|tid| {
-            self.procs
-                .threads
-                .get(tid)
-                .is_some_and(|t| t.thread.sigmask & bit == 0)
-        });
+        let parked_where = |ok: &dyn Fn(&Thread) -> bool| {
+            parked
+                .iter()
+                .copied()
+                .find(|tid| self.procs.threads.get(tid).is_some_and(|t| ok(&t.thread)))
+        };
+        // Blocked everywhere: it waits on a thread that will unblock it when its call ends (a
+        // ppoll or sigsuspend whose own mask blocks it), else on the running one.
+        let later = |t: &Thread| t.signals.suspend_mask.is_some_and(|old| old & bit == 0);
+        let unblocked = parked_where(&|t| t.sigmask & bit == 0);
+        let unblocked = match unblocked {
+            None if running && later(&self.t) => {
+                self.t.post(sig, info);
+                return;
+            }
+            None => parked_where(&later),
+            some => some,
+        };
         match unblocked.or(if running {
             None
         } else {

@@ -12,7 +12,7 @@
 
 use crate::errno::*;
 use crate::machine::{Machine, UserRegs};
-use crate::syscalls::{Kernel, Proc, SyscallOutcome};
+use crate::syscalls::{Kernel, Proc, SyscallArgs, SyscallOutcome};
 
 const SIG_DFL: u64 = 0;
 const SIG_IGN: u64 = 1;
@@ -65,7 +65,9 @@ pub(crate) struct SignalState {
     pending: u64,
     info: std::collections::BTreeMap<u64, SigInfo>,
     fpu: Vec<SavedFpu>,
-    /// The mask sigsuspend replaced, restored when its handler returns.
+    /// The mask sigsuspend, or a ppoll, pselect6 or epoll_pwait with a mask of its own,
+    /// replaced: restored when the call returns, or by the sigreturn of a handler that
+    /// interrupted it (its frame holds this mask).
     pub(crate) suspend_mask: Option<u64>,
     /// sigaltstack(2): where SA_ONSTACK handlers run.
     pub(crate) altstack: AltStack,
@@ -324,6 +326,23 @@ impl Kernel {
         true
     }
 
+    /// Puts a call's own signal mask in place for its length (ppoll, pselect6, epoll_pwait,
+    /// epoll_pwait2). A call that runs again after a park keeps the mask it first replaced.
+    pub(crate) fn enter_call_mask(&mut self, mask: u64) {
+        if self.t.signals.suspend_mask.is_none() {
+            self.t.signals.suspend_mask = Some(self.t.sigmask);
+        }
+        self.t.sigmask = mask & !((1 << 8) | (1 << 18));
+    }
+
+    /// Gives the thread back the mask a call (or sigsuspend) replaced, unless a handler's
+    /// frame took it already.
+    pub(crate) fn leave_call_mask(&mut self) {
+        if let Some(old) = self.t.signals.suspend_mask.take() {
+            self.t.sigmask = old;
+        }
+    }
+
     /// Delivers a pending signal as the running process returns `value` from a call.
     pub(crate) fn deliver_on_return(
         &mut self,
@@ -466,4 +485,36 @@ impl Kernel {
         );
         self.exit_process(m, sig)
     }
+}
+
+/// The signal mask a call carries for its own length: ppoll's and epoll_pwait(2)'s
+/// `sigmask, sigsetsize` arguments, pselect6's `{sigmask, size}` pair. None: the call has
+/// none (or is another call). EINVAL for a size other than a sigset's 8 bytes, EFAULT for a
+/// mask (or pselect6 pair) that cannot be read.
+pub(crate) fn call_sigmask(m: &mut dyn Machine, call: &SyscallArgs) -> Result<Option<u64>, i64> {
+    let (ptr, size) = match call.nr {
+        271 => (call.args[3], call.args[4]),       // ppoll
+        281 | 441 => (call.args[4], call.args[5]), // epoll_pwait, epoll_pwait2
+        270 => {
+            // pselect6
+            if call.args[5] == 0 {
+                return Ok(None);
+            }
+            let mut pair = [0u8; 16];
+            m.read(call.args[5], &mut pair).map_err(|_| EFAULT)?;
+            let (ptr, size) = pair.split_at(8);
+            let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+            (word(ptr), word(size))
+        }
+        _ => return Ok(None),
+    };
+    if ptr == 0 {
+        return Ok(None);
+    }
+    if size != 8 {
+        return Err(EINVAL);
+    }
+    let mut mask = [0u8; 8];
+    m.read(ptr, &mut mask).map_err(|_| EFAULT)?;
+    Ok(Some(u64::from_le_bytes(mask)))
 }

@@ -591,11 +591,29 @@ impl Kernel {
             0 | 17 | 19 if self.p.fds.is_console_input(call.args[0]) => return None,
             _ => {}
         }
+        // A call's own signal mask (ppoll, pselect6, epoll_pwait) applies to this try too;
+        // the caller's comes back after it either way (a call served again on the vCPU thread
+        // puts it in place again).
+        let masked = match crate::signal::call_sigmask(m, &call) {
+            Ok(Some(mask)) => {
+                self.enter_call_mask(mask);
+                true
+            }
+            Ok(None) => false,
+            Err(_) => return None, // its error comes from the vCPU thread's serving
+        };
+        if masked && self.t.deliverable().is_some() {
+            self.leave_call_mask();
+            return None;
+        }
         self.nowait = true;
         self.forced_nonblocking = false;
         self.would_block = false;
         let out = self.syscall(m, call);
         self.nowait = false;
+        if masked {
+            self.leave_call_mask();
+        }
         if !self.would_block {
             // Done here: the deadline a parked call kept for its restart is over with it. Left
             // set, the thread's next wait found it expired and returned at once (nginx's
@@ -778,6 +796,40 @@ impl Kernel {
     /// Serves one syscall.
     /// Serves one syscall, then runs a signal handler that became deliverable, if any.
     pub fn syscall(&mut self, m: &mut dyn Machine, call: SyscallArgs) -> SyscallOutcome {
+        if self.nowait {
+            return self.serve(m, call, false);
+        }
+        // A call with a signal mask of its own (ppoll, pselect6, epoll_pwait) waits under it;
+        // the caller's mask comes back when it returns, or with the sigreturn of a handler
+        // that interrupted it.
+        let masked = match crate::signal::call_sigmask(m, &call) {
+            Ok(Some(mask)) => {
+                self.enter_call_mask(mask);
+                true
+            }
+            Ok(None) => false,
+            Err(e) => return SyscallOutcome::Return(-e),
+        };
+        let out = if masked && self.t.deliverable().is_some() {
+            // A signal the mask lets through is already pending: the call ends at once.
+            self.deliver_on_return(m, -EINTR)
+                .unwrap_or(SyscallOutcome::Return(-EINTR))
+        } else {
+            self.serve(m, call, masked)
+        };
+        match out {
+            SyscallOutcome::Return(value) if masked => {
+                self.leave_call_mask();
+                // What the caller's mask lets through runs as the call returns (a signal its
+                // own mask held back during the wait).
+                self.deliver_on_return(m, value).unwrap_or(out)
+            }
+            _ => out,
+        }
+    }
+
+    /// [`Kernel::syscall`] once a call's own mask is in place (`masked`).
+    fn serve(&mut self, m: &mut dyn Machine, call: SyscallArgs, masked: bool) -> SyscallOutcome {
         if !self.nowait {
             self.take_host_events(m);
             if let Some(sig) = self.doomed_now() {
@@ -790,6 +842,11 @@ impl Kernel {
             }
         }
         let outcome = self.dispatch(m, call);
+        if masked && matches!(outcome, SyscallOutcome::Return(v) if v >= 0) {
+            // Done without a signal: the caller's mask is back before any is delivered, so
+            // one only the call's mask let through stays pending (as Linux).
+            self.leave_call_mask();
+        }
         match outcome {
             SyscallOutcome::Return(value) if self.t.deliverable().is_some() => {
                 if self.nowait {
@@ -822,7 +879,7 @@ impl Kernel {
             5 => self.fstat(m, a0, a1),
             6 => self.fstatat(m, AT_FDCWD, a0, a1, 0x100),
             7 => self.poll(m, a0, a1, a2 as i32 as i64),
-            // ppoll: a timespec (NULL: no limit); the signal mask is not applied yet.
+            // ppoll: a timespec (NULL: no limit); its signal mask is in place (`syscall`).
             271 => wait_timeout_ms(m, a2).and_then(|ms| self.poll(m, a0, a1, ms)),
             8 => self.lseek(m, a0, a1, a2),
             9 => self.mmap(m, a0, a1, a2, a3, a4, a5),

@@ -416,6 +416,18 @@ fn interval_timers_signal_a_process_idle_blocked_or_computing() {
 }
 
 #[test]
+fn ppoll_pselect_and_epoll_pwait_wait_under_their_own_signal_mask() {
+    // For each call: a signal the caller blocks and the call's mask lets through interrupts
+    // it (EINTR, the handler ran, the caller's mask is back after), or ends it at once when
+    // already pending; one the call's mask blocks lets the wait time out and runs right
+    // after; a mask of 4 bytes is EINVAL, a bad pointer EFAULT. The same program passes
+    // natively. Alone, the calls wait in place; beside a second thread, parked.
+    let all_ok = "ppoll: ok\npselect6: ok\nepoll_pwait: ok\nepoll_pwait2: ok\n";
+    prints_and_succeeds("/bin/sigmask", all_ok);
+    prints_and_succeeds_with(&["/bin/sigmask", "threaded"], all_ok);
+}
+
+#[test]
 fn a_robust_lock_whose_owner_died_goes_to_the_next_locker_with_eownerdead() {
     // The owner a thread that exits, a process that exits, a process killed (SIGKILL from a
     // third one) while the test's process waits for the lock in shared memory, and a process

@@ -24,6 +24,8 @@ pub fn root() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let root = std::env::temp_dir().join(format!("qvisor-root-{}", std::process::id()));
+        // A run that died before its clean-up may have left one under this (reused) pid.
+        let _ = std::fs::remove_dir_all(&root);
         let bin = root.join("bin");
         std::fs::create_dir_all(&bin).unwrap();
         std::fs::create_dir_all(root.join("etc")).unwrap();
@@ -96,6 +98,7 @@ pub fn root() -> &'static Path {
             ("unixdgram", "unixdgram", "-static"),
             ("cputime", "cputime", "-static"),
             ("timers", "timers", "-static"),
+            ("sigmask", "sigmask", "-static"),
             ("pipehog", "pipehog", "-static"),
             ("ipv6", "ipv6", "-static"),
             ("vdso", "vdso", "-static"),
