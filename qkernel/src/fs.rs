@@ -708,6 +708,13 @@ impl Kernel {
         len: u64,
         offset: Option<u64>,
     ) -> Result<i64, i64> {
+        let f = self.p.fds.get(fd)?;
+        if matches!(f.kind, FileKind::Socket(_)) && offset.is_none() {
+            if f.status_flags & O_ACCMODE == 1 {
+                return Err(EBADF);
+            }
+            return self.socket_read(m, fd, buf, len);
+        }
         let n = (len as usize).min(CHUNK);
         let mut tmp = self.take_scratch(n);
         let got = self.read_fd(m, fd, &mut tmp[..n], offset);
@@ -743,7 +750,13 @@ impl Kernel {
         len: u64,
         offset: Option<u64>,
     ) -> Result<i64, i64> {
-        self.p.fds.get(fd)?;
+        let f = self.p.fds.get(fd)?;
+        if matches!(f.kind, FileKind::Socket(_)) && offset.is_none() {
+            if f.status_flags & O_ACCMODE == 0 {
+                return Err(EBADF);
+            }
+            return self.socket_write(m, fd, buf, len);
+        }
         if let Some((_, tx)) = self.unix_of(fd) {
             if self.is_message_pipe(tx) {
                 // One datagram, whole (an empty one too), never split into chunks.

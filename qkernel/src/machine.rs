@@ -275,6 +275,30 @@ pub trait Machine {
     ) -> Result<(usize, Option<(u32, u16)>), i64> {
         Err(9)
     }
+    /// [`Machine::net_recvfrom`] straight into the app's memory: one receive scattered over
+    /// `iov` (base, length pairs, in order). A platform that copies from the stack's buffers
+    /// into guest memory saves a copy a byte; this default goes through a buffer. EFAULT when
+    /// the app's memory takes none of the bytes.
+    fn net_recv_user(
+        &mut self,
+        s: SocketId,
+        iov: &[(u64, u64)],
+        nonblocking: bool,
+    ) -> Result<(usize, Option<(u32, u16)>), i64> {
+        net_recv_through_buffer(self, s, iov, nonblocking)
+    }
+    /// [`Machine::net_send`] straight from the app's memory: one send gathered from `iov`
+    /// (base, length pairs, in order); a stream may take less than all. A platform that
+    /// copies from guest memory into the stack's buffers saves a copy a byte; this default
+    /// goes through a buffer. EFAULT when the app's memory gives none of the bytes.
+    fn net_send_user(
+        &mut self,
+        s: SocketId,
+        iov: &[(u64, u64)],
+        nonblocking: bool,
+    ) -> Result<usize, i64> {
+        net_send_through_buffer(self, s, iov, nonblocking)
+    }
     /// Bytes waiting to be read on a stream socket (FIONREAD).
     fn net_pending(&mut self, _s: SocketId) -> Result<usize, i64> {
         Err(9)
@@ -402,3 +426,50 @@ pub struct SocketReady {
     pub hangup: bool,
     pub error: bool,
 }
+
+/// [`Machine::net_recv_user`] through a buffer (of at most 64 KiB): received, then written
+/// over the iovecs (EFAULT if the first cannot take its part).
+pub fn net_recv_through_buffer<M: Machine + ?Sized>(
+    m: &mut M,
+    s: SocketId,
+    iov: &[(u64, u64)],
+    nonblocking: bool,
+) -> Result<(usize, Option<(u32, u16)>), i64> {
+    let capacity = iov.iter().fold(0u64, |t, (_, len)| t.saturating_add(*len));
+    let mut tmp = vec![0u8; capacity.min(BUFFERED_IO) as usize];
+    let (n, from) = m.net_recvfrom(s, &mut tmp, nonblocking)?;
+    let mut done = 0;
+    for &(base, len) in iov {
+        if done == n {
+            break;
+        }
+        let k = (len as usize).min(n - done);
+        m.write(base, &tmp[done..done + k])
+            .map_err(|_| crate::errno::EFAULT)?;
+        done += k;
+    }
+    Ok((n, from))
+}
+
+/// [`Machine::net_send_user`] through a buffer (of at most 64 KiB): the iovecs gathered, then
+/// sent (EFAULT if one cannot be read).
+pub fn net_send_through_buffer<M: Machine + ?Sized>(
+    m: &mut M,
+    s: SocketId,
+    iov: &[(u64, u64)],
+    nonblocking: bool,
+) -> Result<usize, i64> {
+    let capacity = iov.iter().fold(0u64, |t, (_, len)| t.saturating_add(*len));
+    let mut data = vec![0u8; capacity.min(BUFFERED_IO) as usize];
+    let mut at = 0;
+    for &(base, len) in iov {
+        let n = (len as usize).min(data.len() - at);
+        m.read(base, &mut data[at..at + n])
+            .map_err(|_| crate::errno::EFAULT)?;
+        at += n;
+    }
+    m.net_send(s, &data, nonblocking)
+}
+
+/// The most the buffered socket paths move in one call.
+const BUFFERED_IO: u64 = 64 << 10;

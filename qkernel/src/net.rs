@@ -399,6 +399,31 @@ impl Kernel {
         Ok(0)
     }
 
+    /// write(2) to an IPv4 socket: straight from the app's buffer.
+    pub(crate) fn socket_write(
+        &mut self,
+        m: &mut dyn Machine,
+        fd: u64,
+        buf: u64,
+        len: u64,
+    ) -> Result<i64, i64> {
+        let (s, nonblocking) = self.socket_for(fd, false, true)?;
+        Ok(m.net_send_user(s, &[(buf, len)], nonblocking)? as i64)
+    }
+
+    /// read(2) of an IPv4 socket: straight into the app's buffer.
+    pub(crate) fn socket_read(
+        &mut self,
+        m: &mut dyn Machine,
+        fd: u64,
+        buf: u64,
+        len: u64,
+    ) -> Result<i64, i64> {
+        let (s, nonblocking) = self.socket_for(fd, true, false)?;
+        let (n, _) = m.net_recv_user(s, &[(buf, len)], nonblocking)?;
+        Ok(n as i64)
+    }
+
     /// recvfrom: the source is the datagram's sender (a stream's peer).
     pub(crate) fn recvfrom(
         &mut self,
@@ -427,9 +452,7 @@ impl Kernel {
         }
         let (s, nonblocking) = self.socket_for(fd, true, false)?;
         let nonblocking = nonblocking || flags & MSG_DONTWAIT != 0;
-        let mut tmp = vec![0u8; (len as usize).min(CHUNK)];
-        let (n, from) = m.net_recvfrom(s, &mut tmp, nonblocking)?;
-        m.write(buf, &tmp[..n]).map_err(|_| EFAULT)?;
+        let (n, from) = m.net_recv_user(s, &[(buf, len)], nonblocking)?;
         match from {
             Some((ip, port)) => {
                 write_sockaddr(m, src, srclen, &sockaddr_bytes(self.is_inet6(s), ip, port))?
@@ -503,12 +526,11 @@ impl Kernel {
         let (s, nonblocking) = self.socket_for(fd, false, true)?;
         let nonblocking = nonblocking || flags & MSG_DONTWAIT != 0;
         let h = read_msghdr(m, msg)?;
-        let data = h.gather(m)?;
         let n = if h.name != 0 {
             let (ip, port) = self.destination(m, s, h.name, h.namelen)?;
-            m.net_sendto(s, &data, ip, port, nonblocking)?
+            m.net_sendto(s, &h.gather(m)?, ip, port, nonblocking)?
         } else {
-            m.net_send(s, &data, nonblocking)?
+            m.net_send_user(s, &h.iov, nonblocking)?
         };
         Ok(n as i64)
     }
@@ -551,9 +573,7 @@ impl Kernel {
         let (s, nonblocking) = self.socket_for(fd, true, false)?;
         let nonblocking = nonblocking || flags & MSG_DONTWAIT != 0;
         let h = read_msghdr(m, msg)?;
-        let mut tmp = vec![0u8; h.capacity()];
-        let (n, from) = m.net_recvfrom(s, &mut tmp, nonblocking)?;
-        h.scatter(m, &tmp[..n])?;
+        let (n, from) = m.net_recv_user(s, &h.iov, nonblocking)?;
         if h.name != 0 {
             // msg_namelen is the capacity in, the address length out (0 for a stream).
             let len = match from {
@@ -600,12 +620,9 @@ impl Kernel {
         }
         let (s, nonblocking) = self.socket_for(fd, !write, write)?;
         if write {
-            let data = h.gather(m)?;
-            Ok(m.net_send(s, &data, nonblocking)? as i64)
+            Ok(m.net_send_user(s, &h.iov, nonblocking)? as i64)
         } else {
-            let mut tmp = vec![0u8; h.capacity()];
-            let n = m.net_recv(s, &mut tmp, nonblocking)?;
-            h.scatter(m, &tmp[..n])?;
+            let (n, _) = m.net_recv_user(s, &h.iov, nonblocking)?;
             Ok(n as i64)
         }
     }

@@ -483,17 +483,30 @@ impl GuestMemory {
 
     /// Copies user-visible guest memory into `buf`.
     pub fn read_user(&self, va: u64, buf: &mut [u8]) -> Result<(), Fault> {
+        // SAFETY: buf is valid for writes of its length and is not guest memory.
+        unsafe { self.read_user_into(va, buf.as_mut_ptr(), buf.len()) }
+    }
+
+    /// [`GuestMemory::read_user`] into memory that is not a slice of ours: a qnet ring's
+    /// transmit space, filled straight from the app's buffer. On a fault, the pages before it
+    /// have been copied.
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of `len` bytes for the length of the call, outside
+    /// guest memory.
+    pub unsafe fn read_user_into(&self, va: u64, dst: *mut u8, len: usize) -> Result<(), Fault> {
         let mut done = 0usize;
-        while done < buf.len() {
+        while done < len {
             let at = va.checked_add(done as u64).ok_or(Fault { addr: va })?;
             let (gpa, user) = self.translate(at).ok_or(Fault { addr: at })?;
             if !user {
                 return Err(Fault { addr: at });
             }
-            let n = ((PAGE - (at & (PAGE - 1))) as usize).min(buf.len() - done);
+            let n = ((PAGE - (at & (PAGE - 1))) as usize).min(len - done);
             let src = self.phys(gpa, n as u64).ok_or(Fault { addr: at })?;
-            // SAFETY: src covers n bytes inside guest memory; buf[done..done+n] is ours.
-            unsafe { std::ptr::copy_nonoverlapping(src, buf[done..].as_mut_ptr(), n) };
+            // SAFETY: src covers n bytes inside guest memory; dst[done..done+n] is writable
+            // (the caller's promise) and outside it.
+            unsafe { std::ptr::copy_nonoverlapping(src, dst.add(done), n) };
             done += n;
         }
         Ok(())
@@ -501,17 +514,43 @@ impl GuestMemory {
 
     /// Copies `buf` into user-visible guest memory (write protection is the app's, not ours).
     pub fn write_user(&mut self, va: u64, buf: &[u8]) -> Result<(), Fault> {
-        self.write_any(va, buf, true)
+        // SAFETY: buf is valid for reads of its length and is not guest memory.
+        unsafe { self.write_any(va, buf.as_ptr(), buf.len(), true) }
+    }
+
+    /// [`GuestMemory::write_user`] from bytes that are not a slice of ours: a qnet ring's
+    /// received data, copied straight into the app's buffer.
+    ///
+    /// # Safety
+    /// `src` must be valid for reads of `len` bytes for the length of the call, outside guest
+    /// memory.
+    pub unsafe fn write_user_from(
+        &mut self,
+        va: u64,
+        src: *const u8,
+        len: usize,
+    ) -> Result<(), Fault> {
+        // SAFETY: the caller's promise.
+        unsafe { self.write_any(va, src, len, true) }
     }
 
     /// Writes memory the VMM owns: supervisor pages, and its own pages the app may only read.
     pub fn write_supervisor(&mut self, va: u64, buf: &[u8]) -> Result<(), Fault> {
-        self.write_any(va, buf, false)
+        // SAFETY: as in write_user.
+        unsafe { self.write_any(va, buf.as_ptr(), buf.len(), false) }
     }
 
-    fn write_any(&mut self, va: u64, buf: &[u8], user_only: bool) -> Result<(), Fault> {
+    /// # Safety
+    /// `src` is valid for reads of `len` bytes and does not overlap guest memory.
+    unsafe fn write_any(
+        &mut self,
+        va: u64,
+        src: *const u8,
+        len: usize,
+        user_only: bool,
+    ) -> Result<(), Fault> {
         let mut done = 0usize;
-        while done < buf.len() {
+        while done < len {
             let at = va.checked_add(done as u64).ok_or(Fault { addr: va })?;
             let e = self.leaf_entry(at).ok_or(Fault { addr: at })?;
             // A shared page is the VM's: no write on the app's behalf may reach it.
@@ -519,10 +558,11 @@ impl GuestMemory {
                 return Err(Fault { addr: at });
             }
             let gpa = (e & ADDR) + (at & (PAGE - 1));
-            let n = ((PAGE - (at & (PAGE - 1))) as usize).min(buf.len() - done);
+            let n = ((PAGE - (at & (PAGE - 1))) as usize).min(len - done);
             let dst = self.phys(gpa, n as u64).ok_or(Fault { addr: at })?;
-            // SAFETY: dst covers n bytes inside guest memory; buf[done..done+n] is ours.
-            unsafe { std::ptr::copy_nonoverlapping(buf[done..].as_ptr(), dst, n) };
+            // SAFETY: dst covers n bytes inside guest memory; src[done..done+n] is readable
+            // (the caller's promise) and outside it.
+            unsafe { std::ptr::copy_nonoverlapping(src.add(done), dst, n) };
             done += n;
         }
         Ok(())

@@ -496,6 +496,45 @@ impl GuestNet {
         t.read(buf).map_err(errno)
     }
 
+    /// Receives up to `max` bytes of a stream, handing them to `copy` where they lie in the
+    /// ring (see `TcpStream::read_raw`). None: `s` is not a stream (the caller receives
+    /// through a buffer).
+    pub fn recv_raw(
+        &mut self,
+        s: SocketId,
+        max: usize,
+        nonblocking: bool,
+        copy: impl FnMut(*const u8, usize) -> usize,
+    ) -> Option<Result<usize, i64>> {
+        let Ok(Sock::Stream(t)) = self.get(s) else {
+            return None;
+        };
+        Some(
+            t.set_nonblocking(nonblocking)
+                .and_then(|()| t.read_raw(max, copy))
+                .map_err(errno),
+        )
+    }
+
+    /// Sends up to `max` bytes on a stream that `fill` writes where they go in the ring (see
+    /// `TcpStream::write_raw`). None: `s` is not a stream (the caller sends through a buffer).
+    pub fn send_raw(
+        &mut self,
+        s: SocketId,
+        max: usize,
+        nonblocking: bool,
+        fill: impl FnMut(*mut u8, usize) -> usize,
+    ) -> Option<Result<usize, i64>> {
+        let Ok(Sock::Stream(t)) = self.get(s) else {
+            return None;
+        };
+        Some(
+            t.set_nonblocking(nonblocking)
+                .and_then(|()| t.write_raw(max, fill))
+                .map_err(errno),
+        )
+    }
+
     pub fn shutdown(&mut self, s: SocketId, how: u32) -> Result<(), i64> {
         let how = match how {
             0 => Shutdown::Read,

@@ -654,6 +654,78 @@ struct GuestMachine<'a> {
     clock: Option<&'a VClock>,
 }
 
+/// The app's buffers (iovecs, in order) that a socket call's bytes are copied into or out of,
+/// through the same checks as every copy on the app's behalf (and, as for its writes, nothing
+/// at or above `USER_HALF_END`).
+struct UserIovecs<'a> {
+    mem: &'a mut GuestMemory,
+    iov: &'a [(u64, u64)],
+    /// Bytes moved so far, over all the iovecs.
+    at: u64,
+}
+
+impl UserIovecs<'_> {
+    /// Copies up to `n` bytes from `src` into the buffers after those filled; says how many
+    /// it took. A bad page ends it there: what came before is the call's result, as Linux's
+    /// TCP returns it, and the rest stays with the stack.
+    ///
+    /// # Safety
+    /// `src` is valid for reads of `n` bytes and outside guest memory.
+    unsafe fn take(&mut self, src: *const u8, n: usize) -> usize {
+        self.walk(n, |mem, va, done, len| {
+            // SAFETY: [done, done + len) lies inside the caller's `n` readable bytes.
+            unsafe { mem.write_user_from(va, src.add(done), len) }
+        })
+    }
+
+    /// Copies up to `n` bytes of the buffers after those sent into `dst`; says how many it
+    /// gave (fewer at a bad page).
+    ///
+    /// # Safety
+    /// `dst` is valid for writes of `n` bytes and outside guest memory.
+    unsafe fn give(&mut self, dst: *mut u8, n: usize) -> usize {
+        self.walk(n, |mem, va, done, len| {
+            // SAFETY: [done, done + len) lies inside the caller's `n` writable bytes.
+            unsafe { mem.read_user_into(va, dst.add(done), len) }
+        })
+    }
+
+    /// Runs `copy(mem, va, done, len)` over the next `n` bytes of the buffers, piece by piece
+    /// (`done`: bytes of this call before the piece); stops at the first piece it cannot copy
+    /// whole. Returns the bytes copied.
+    fn walk(
+        &mut self,
+        n: usize,
+        mut copy: impl FnMut(&mut GuestMemory, u64, usize, usize) -> Result<(), Fault>,
+    ) -> usize {
+        let mut moved = 0usize;
+        let mut skip = self.at;
+        for &(base, len) in self.iov {
+            if moved == n {
+                break;
+            }
+            if skip >= len {
+                skip -= len;
+                continue;
+            }
+            let va = base.wrapping_add(skip);
+            let want = (len - skip).min((n - moved) as u64);
+            let room = want.min(USER_HALF_END.saturating_sub(va)) as usize;
+            skip = 0;
+            let done = match copy(self.mem, va, moved, room) {
+                Ok(()) => room,
+                Err(f) => (f.addr.saturating_sub(va) as usize).min(room),
+            };
+            moved += done;
+            if (done as u64) < want {
+                break; // a bad page, or the kernel half
+            }
+        }
+        self.at += moved as u64;
+        moved
+    }
+}
+
 /// Size of the legacy XSAVE area KVM_GET_XSAVE fills (XCR0 = x87|SSE|AVX needs 832 bytes).
 const XSAVE_BYTES: usize = 4096;
 
@@ -1085,6 +1157,54 @@ impl Machine for GuestMachine<'_> {
         nonblocking: bool,
     ) -> Result<usize, i64> {
         self.net()?.recv(s, buf, nonblocking)
+    }
+    fn net_recv_user(
+        &mut self,
+        s: qkernel::SocketId,
+        iov: &[(u64, u64)],
+        nonblocking: bool,
+    ) -> Result<(usize, Option<(u32, u16)>), i64> {
+        // A stream's bytes go from the ring straight into the app's buffers.
+        let max = iov.iter().fold(0u64, |t, (_, len)| t.saturating_add(*len));
+        let mut into = UserIovecs {
+            mem: &mut *self.mem,
+            iov,
+            at: 0,
+        };
+        let net = self.net.as_deref_mut().ok_or(97)?; // EAFNOSUPPORT: no network
+        let copy = |src: *const u8, n: usize| {
+            // SAFETY: the ring hands out pieces valid for reads of `n` bytes, in its own
+            // mapping (not guest memory).
+            unsafe { into.take(src, n) }
+        };
+        match net.recv_raw(s, max.min(usize::MAX as u64) as usize, nonblocking, copy) {
+            Some(r) => r.map(|n| (n, None)),
+            None => qkernel::net_recv_through_buffer(self, s, iov, nonblocking),
+        }
+    }
+    fn net_send_user(
+        &mut self,
+        s: qkernel::SocketId,
+        iov: &[(u64, u64)],
+        nonblocking: bool,
+    ) -> Result<usize, i64> {
+        // A stream's bytes go from the app's buffers straight into the ring.
+        let max = iov.iter().fold(0u64, |t, (_, len)| t.saturating_add(*len));
+        let mut from = UserIovecs {
+            mem: &mut *self.mem,
+            iov,
+            at: 0,
+        };
+        let net = self.net.as_deref_mut().ok_or(97)?; // EAFNOSUPPORT: no network
+        let fill = |dst: *mut u8, n: usize| {
+            // SAFETY: the ring hands out transmit space valid for writes of `n` bytes, in its
+            // own mapping (not guest memory).
+            unsafe { from.give(dst, n) }
+        };
+        match net.send_raw(s, max.min(usize::MAX as u64) as usize, nonblocking, fill) {
+            Some(r) => r,
+            None => qkernel::net_send_through_buffer(self, s, iov, nonblocking),
+        }
     }
     fn net_shutdown(&mut self, s: qkernel::SocketId, how: u32) -> Result<(), i64> {
         self.net()?.shutdown(s, how)

@@ -848,3 +848,64 @@ fn a_stream_polls_writable_only_with_a_third_of_its_ring_free() {
     let n = c.write(&vec![1u8; ring]).unwrap();
     assert!(n >= ring / 3, "a writable stream took {n} of {ring} bytes");
 }
+
+#[test]
+fn raw_reads_and_writes_move_only_what_their_callbacks_take() {
+    // `read_raw`/`write_raw` (qvisor's path between the ring and guest memory): a callback
+    // that takes nothing is EFAULT and nothing moves; one that takes part of a piece moves
+    // that part; the stream keeps every byte once and in order both ways.
+    let st = TestStack::start("raw");
+    let client = st.client();
+    let listener = TcpListener::bind(&client, st.addr(9300), 8).unwrap();
+    let mut c = TcpStream::connect(&client, st.addr(9300)).unwrap();
+    let (mut s, _) = listener.accept().unwrap();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 + (i >> 9)) as u8).collect();
+
+    // Writes: nothing taken, then 1,000 bytes of a 5,000-byte offer, then the rest.
+    let e = c
+        .write_raw(5000, |_, _| 0)
+        .expect_err("a fill that wrote nothing");
+    assert_eq!(e.raw_os_error(), Some(libc::EFAULT));
+    let at = std::cell::Cell::new(0usize);
+    let fill = |dst: *mut u8, n: usize, limit: usize| {
+        let k = n.min(limit).min(data.len() - at.get());
+        // SAFETY: write_raw hands out `n` writable bytes; k <= n.
+        unsafe { std::ptr::copy_nonoverlapping(data[at.get()..].as_ptr(), dst, k) };
+        at.set(at.get() + k);
+        k
+    };
+    assert_eq!(c.write_raw(5000, |d, n| fill(d, n, 1000)).unwrap(), 1000);
+    while at.get() < data.len() {
+        let left = data.len() - at.get();
+        c.write_raw(left, |d, n| fill(d, n, usize::MAX)).unwrap();
+    }
+
+    // Reads: nothing taken is EFAULT and loses nothing; then 10 bytes; then the rest.
+    let got = std::cell::RefCell::new(Vec::new());
+    let e = s
+        .read_raw(4096, |_, _| 0)
+        .expect_err("a copy that took nothing");
+    assert_eq!(e.raw_os_error(), Some(libc::EFAULT));
+    let take = |src: *const u8, n: usize, limit: usize| {
+        let k = n.min(limit);
+        // SAFETY: read_raw hands out `n` readable bytes; k <= n.
+        got.borrow_mut()
+            .extend_from_slice(unsafe { std::slice::from_raw_parts(src, k) });
+        k
+    };
+    assert_eq!(s.read_raw(4096, |p, n| take(p, n, 10)).unwrap(), 10);
+    while got.borrow().len() < data.len() {
+        s.read_raw(1 << 20, |p, n| take(p, n, usize::MAX)).unwrap();
+    }
+    assert!(*got.borrow() == data, "the stream changed on the way");
+
+    // And back through the ordinary calls: nothing was left over or duplicated.
+    s.write_all(b"end").unwrap();
+    let mut end = [0u8; 3];
+    c.read_exact(&mut end).unwrap();
+    assert_eq!(&end, b"end");
+    drop(c);
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{} bytes more than were sent", rest.len());
+}

@@ -12,6 +12,9 @@ use qnet_ring::*;
 
 use crate::client::{errno, Client};
 
+/// Bad address: a raw reader's destination took none of the bytes (not a ring error).
+const EFAULT: i32 = 14;
+
 /// One slot owned by this process; closed on drop.
 struct Slot {
     client: Client,
@@ -193,16 +196,57 @@ impl Slot {
         if buf.is_empty() {
             return Ok(0);
         }
+        let avail = self.wait_rx()?;
+        let n = (avail as usize).min(buf.len());
+        if let Some(ring) = self.view().rx_ring(self.idx) {
+            ring.read(self.rx_head.load(Acquire), &mut buf[..n]);
+        }
+        self.consume_rx(n as u32);
+        Ok(n)
+    }
+
+    /// [`Slot::stream_read`] of up to `max` bytes handed to `copy` where they lie in the ring
+    /// (a piece at a time, in order); `copy` says how many of a piece's bytes it took, from
+    /// its start. Only what it took is consumed; EFAULT when it took nothing.
+    fn stream_read_raw(
+        &self,
+        max: usize,
+        copy: &mut dyn FnMut(*const u8, usize) -> usize,
+    ) -> io::Result<usize> {
+        if max == 0 {
+            return Ok(0);
+        }
+        let avail = self.wait_rx()?;
+        let n = (avail as usize).min(max);
+        let Some(ring) = self.view().rx_ring(self.idx) else {
+            return Ok(0);
+        };
+        let mut took = 0;
+        for (ptr, len) in ring.raw_pieces(self.rx_head.load(Acquire), n) {
+            if len == 0 {
+                break;
+            }
+            let taken = copy(ptr, len).min(len);
+            took += taken;
+            if taken < len {
+                break;
+            }
+        }
+        if took == 0 && n > 0 {
+            return Err(errno(EFAULT));
+        }
+        self.consume_rx(took as u32);
+        Ok(took)
+    }
+
+    /// Waits (unless non-blocking) until received bytes are waiting and says how many; 0 at
+    /// the end of the stream.
+    fn wait_rx(&self) -> io::Result<u32> {
         let deadline = deadline(self.read_timeout);
         loop {
             let avail = self.rx_available();
             if avail > 0 {
-                let n = (avail as usize).min(buf.len());
-                if let Some(ring) = self.view().rx_ring(self.idx) {
-                    ring.read(self.rx_head.load(Acquire), &mut buf[..n]);
-                }
-                self.consume_rx(n as u32);
-                return Ok(n);
+                return Ok(avail);
             }
             let r = self.readiness();
             if r & (READY_RDHUP | READY_ERR | READY_HUP) != 0 {
@@ -239,6 +283,51 @@ impl Slot {
         if buf.is_empty() {
             return Ok(0);
         }
+        let space = self.wait_tx()?;
+        let n = (space as usize).min(buf.len());
+        if let Some(ring) = self.view().tx_ring(self.idx) {
+            ring.write(self.tx_tail.load(Acquire), &buf[..n]);
+        }
+        self.publish_tx(n as u32);
+        Ok(n)
+    }
+
+    /// [`Slot::stream_write`] of up to `max` bytes that `fill` writes where they go in the
+    /// ring (a piece at a time, in order); `fill` says how many of a piece's bytes it wrote,
+    /// from its start. Only what it wrote is sent; EFAULT when it wrote nothing.
+    fn stream_write_raw(
+        &self,
+        max: usize,
+        fill: &mut dyn FnMut(*mut u8, usize) -> usize,
+    ) -> io::Result<usize> {
+        if max == 0 {
+            return Ok(0);
+        }
+        let space = self.wait_tx()?;
+        let n = (space as usize).min(max);
+        let Some(ring) = self.view().tx_ring(self.idx) else {
+            return Ok(0);
+        };
+        let mut wrote = 0;
+        for (ptr, len) in ring.raw_pieces(self.tx_tail.load(Acquire), n) {
+            if len == 0 {
+                break;
+            }
+            let filled = fill(ptr, len).min(len);
+            wrote += filled;
+            if filled < len {
+                break;
+            }
+        }
+        if wrote == 0 {
+            return Err(errno(EFAULT));
+        }
+        self.publish_tx(wrote as u32);
+        Ok(wrote)
+    }
+
+    /// Waits (unless non-blocking) until the transmit ring has room and says how much.
+    fn wait_tx(&self) -> io::Result<u32> {
         let deadline = deadline(self.write_timeout);
         loop {
             let r = self.readiness();
@@ -255,12 +344,7 @@ impl Slot {
             }
             let space = self.tx_space();
             if space > 0 {
-                let n = (space as usize).min(buf.len());
-                if let Some(ring) = self.view().tx_ring(self.idx) {
-                    ring.write(self.tx_tail.load(Acquire), &buf[..n]);
-                }
-                self.publish_tx(n as u32);
-                return Ok(n);
+                return Ok(space);
             }
             if self.nonblocking.load(Acquire) {
                 return Err(io::ErrorKind::WouldBlock.into());
@@ -395,6 +479,36 @@ impl Write for &TcpStream {
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+impl TcpStream {
+    /// Reads as [`Read::read`] does, up to `max` bytes, but hands them to `copy` where they
+    /// lie in the ring instead of copying them into a slice: for a reader whose destination
+    /// is not a slice of its own (qvisor copies straight into guest memory). Each call of
+    /// `copy` gets a pointer valid for reads of its length, to bytes the stack no longer
+    /// changes; it returns how many it took from their start (fewer: it can take no more).
+    /// Only what it took is consumed; EFAULT if it took nothing.
+    pub fn read_raw(
+        &self,
+        max: usize,
+        mut copy: impl FnMut(*const u8, usize) -> usize,
+    ) -> io::Result<usize> {
+        self.slot.stream_read_raw(max, &mut copy)
+    }
+
+    /// Writes as [`Write::write`] does, up to `max` bytes, but lets `fill` put them where
+    /// they go in the ring instead of copying them from a slice: for a writer whose source is
+    /// not a slice of its own (qvisor copies straight from guest memory). Each call of `fill`
+    /// gets a pointer valid for writes of its length, to ring space the stack does not read
+    /// until it is published; it returns how many bytes it wrote from its start (fewer: it
+    /// has no more). Only what it wrote is sent; EFAULT if it wrote nothing.
+    pub fn write_raw(
+        &self,
+        max: usize,
+        mut fill: impl FnMut(*mut u8, usize) -> usize,
+    ) -> io::Result<usize> {
+        self.slot.stream_write_raw(max, &mut fill)
     }
 }
 

@@ -241,6 +241,18 @@ impl ByteRing<'_> {
         }
     }
 
+    /// Where the `len` bytes at `pos` lie in this process: up to two pieces (the second empty
+    /// unless they wrap), for a reader or writer whose other end is not a slice (guest memory
+    /// in qvisor). Each piece is valid for reads and writes of its length while the view
+    /// lives; the same rules as [`ByteRing::read`] and [`ByteRing::write`] hold for whoever
+    /// goes through them (opaque bytes, copied, never borrowed).
+    pub fn raw_pieces(&self, pos: u32, len: usize) -> [(*mut u8, usize); 2] {
+        self.pieces(pos, len).map(|(off, n)| {
+            // SAFETY: pieces() keeps [off, off+n) inside this slot's validated buffer.
+            (unsafe { self.view.base.as_ptr().add(off) }, n)
+        })
+    }
+
     /// Where the ring's `size()` bytes start in this process, for a writer that fills it in
     /// place (the stack's receive path). Whoever writes through it owns the same rules as
     /// [`ByteRing::write`]: the bytes are opaque data the other side may change at any time.

@@ -87,6 +87,7 @@ pub fn root() -> &'static Path {
             ("tcp", "tcp", "-static"),
             ("epoll", "epoll", "-static"),
             ("select", "select", "-static"),
+            ("sockio", "sockio", "-static"),
             ("hostile", "hostile", "-static"),
             ("udp", "udp", "-static"),
             ("threads", "threads", "-static"),
