@@ -718,9 +718,18 @@ impl Kernel {
         let n = (len as usize).min(CHUNK);
         let mut tmp = self.take_scratch(n);
         let got = self.read_fd(m, fd, &mut tmp[..n], offset);
-        let copied = got.and_then(|got| {
-            m.write(buf, &tmp[..got]).map_err(|_| EFAULT)?;
-            Ok(got as i64)
+        let copied = got.and_then(|got| match m.write(buf, &tmp[..got]) {
+            Ok(()) => Ok(got as i64),
+            Err(_) => {
+                // What a pipe gave goes back: a bad buffer loses nothing (as on Linux).
+                if let Ok(FileKind::PipeRead(id) | FileKind::Unix { rx: id, .. }) =
+                    self.p.fds.kind(fd)
+                {
+                    let id = *id;
+                    self.pipe_unread(id, &tmp[..got]);
+                }
+                Err(EFAULT)
+            }
         });
         self.put_scratch(tmp);
         copied

@@ -252,6 +252,19 @@ impl Kernel {
         Ok((n, whole))
     }
 
+    /// Puts bytes a read took from byte-stream pipe `id` back at its front: the app's buffer
+    /// could not take them (EFAULT), and Linux leaves them in the pipe then. Message pipes
+    /// keep what they dropped dropped.
+    pub(crate) fn pipe_unread(&mut self, id: u32, data: &[u8]) {
+        if let Some(Some(pipe)) = self.pipes.get_mut(id as usize) {
+            if pipe.messages.is_none() {
+                for &b in data.iter().rev() {
+                    pipe.buf.push_front(b);
+                }
+            }
+        }
+    }
+
     /// A write; `Err(ERESTART)` to wait for room, and SIGPIPE's action when no reader is left
     /// (`Ok(None)` asks the caller to end the process by it).
     pub(crate) fn pipe_write(

@@ -71,12 +71,14 @@ fn socket_io_with_bad_buffers_is_efault_and_loses_nothing() {
     // writes (write, send, writev, sendmsg) from NULL and the kernel half, are EFAULT and move
     // nothing; a buffer running into an unmapped page moves what comes before it (or EFAULT,
     // as Linux may); readv/recvmsg scatter and writev/sendmsg gather in order; everything
-    // arrives intact and in order both ways. Passes natively too.
+    // arrives intact and in order both ways. A pipe's and a socket pair's bytes stay in them
+    // when a read's buffer is bad. Passes natively too.
     let o = qvisor(&["/bin/sockio"]);
     assert_eq!(
         stdout(&o),
         "reads: bad buffers refused, 262144 bytes intact\n\
-         writes: bad buffers refused, 26020 bytes intact\n",
+         writes: bad buffers refused, 26020 bytes intact\n\
+         pipes: bad buffers refused, bytes kept\n",
         "{}",
         stderr(&o)
     );

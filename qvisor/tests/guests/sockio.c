@@ -6,8 +6,9 @@
  * buffers in order; every byte sent still arrives, once and in order. Writes: write, send,
  * writev and sendmsg from an unmapped address or the kernel half fail with EFAULT and send
  * nothing; one that runs into an unmapped page sends what came before it or fails with
- * EFAULT; writev and sendmsg gather in order. One process, two sockets over 127.0.0.1. Prints
- * one line a direction; exits 1 at the first failure. */
+ * EFAULT; writev and sendmsg gather in order. One process, two sockets over 127.0.0.1. Then
+ * a pipe and a socket pair: a read into a bad buffer leaves their bytes in them. Prints one
+ * line a part; exits 1 at the first failure. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -218,5 +219,25 @@ int main(void) {
   }
   /* The count depends on whether the edge's 100 bytes went (Linux: EFAULT, Quark: sent). */
   printf("writes: bad buffers refused, %ld bytes intact\n", received - (sent - 26020));
+
+  /* A pipe and a stream socket pair: a read into a bad buffer leaves the bytes there. */
+  for (int i = 0; i < 2; i++) {
+    int pp[2];
+    if ((i == 0 ? pipe(pp) : socketpair(AF_UNIX, SOCK_STREAM, 0, pp)) != 0 ||
+        write(pp[1], "kept bytes", 10) != 10) {
+      fail("making a pipe", -1);
+    }
+    void *volatile nowhere = NULL; /* NULL, hidden from the compiler's checks */
+    r = read(pp[0], nowhere, 10);
+    if (r != -1 || errno != EFAULT) {
+      fail(i == 0 ? "a pipe read into NULL" : "a socket pair read into NULL", r);
+    }
+    char back[10];
+    r = read(pp[0], back, sizeof back);
+    if (r != 10 || memcmp(back, "kept bytes", 10) != 0) {
+      fail(i == 0 ? "the pipe lost its bytes" : "the socket pair lost its bytes", r);
+    }
+  }
+  printf("pipes: bad buffers refused, bytes kept\n");
   return 0;
 }
