@@ -708,12 +708,8 @@ impl Kernel {
         len: u64,
         offset: Option<u64>,
     ) -> Result<i64, i64> {
-        let f = self.p.fds.get(fd)?;
-        if matches!(f.kind, FileKind::Socket(_)) && offset.is_none() {
-            if f.status_flags & O_ACCMODE == 1 {
-                return Err(EBADF);
-            }
-            return self.socket_read(m, fd, buf, len);
+        if offset.is_none() && self.p.fds.is_socket(fd) {
+            return self.socket_io(m, fd, &[(buf, len)], 0, false);
         }
         let n = (len as usize).min(CHUNK);
         let mut tmp = self.take_scratch(n);
@@ -759,12 +755,9 @@ impl Kernel {
         len: u64,
         offset: Option<u64>,
     ) -> Result<i64, i64> {
-        let f = self.p.fds.get(fd)?;
-        if matches!(f.kind, FileKind::Socket(_)) && offset.is_none() {
-            if f.status_flags & O_ACCMODE == 0 {
-                return Err(EBADF);
-            }
-            return self.socket_write(m, fd, buf, len);
+        self.p.fds.get(fd)?;
+        if offset.is_none() && self.p.fds.is_socket(fd) {
+            return self.socket_io(m, fd, &[(buf, len)], 0, true);
         }
         if let Some((_, tx)) = self.unix_of(fd) {
             if self.is_message_pipe(tx) {

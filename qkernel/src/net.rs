@@ -25,6 +25,7 @@ pub(crate) const ENOTSOCK: i64 = 88;
 const EMSGSIZE: i64 = 90;
 /// recv/send flag: do not wait, whatever the descriptor's mode.
 const MSG_DONTWAIT: u64 = 0x40;
+const MSG_NOSIGNAL: u64 = 0x4000;
 /// recv flag: the whole length of a datagram cut to fit (and, in msg_flags, that it was cut).
 const MSG_TRUNC: u64 = 0x20;
 /// recvmmsg flag: wait for the first message only.
@@ -399,29 +400,26 @@ impl Kernel {
         Ok(0)
     }
 
-    /// write(2) to an IPv4 socket: straight from the app's buffer.
-    pub(crate) fn socket_write(
+    /// A read (`write` false) or write of an IPv4 socket straight between the app's buffers
+    /// (`iov`) and the stack, with send/recv `flags` (MSG_DONTWAIT; MSG_NOSIGNAL spares a
+    /// broken connection's writer SIGPIPE, as on Linux).
+    pub(crate) fn socket_io(
         &mut self,
         m: &mut dyn Machine,
         fd: u64,
-        buf: u64,
-        len: u64,
+        iov: &[(u64, u64)],
+        flags: u64,
+        write: bool,
     ) -> Result<i64, i64> {
-        let (s, nonblocking) = self.socket_for(fd, false, true)?;
-        Ok(m.net_send_user(s, &[(buf, len)], nonblocking)? as i64)
-    }
-
-    /// read(2) of an IPv4 socket: straight into the app's buffer.
-    pub(crate) fn socket_read(
-        &mut self,
-        m: &mut dyn Machine,
-        fd: u64,
-        buf: u64,
-        len: u64,
-    ) -> Result<i64, i64> {
-        let (s, nonblocking) = self.socket_for(fd, true, false)?;
-        let (n, _) = m.net_recv_user(s, &[(buf, len)], nonblocking)?;
-        Ok(n as i64)
+        let (s, nonblocking) = self.socket_for(fd, !write, write)?;
+        let nonblocking = nonblocking || flags & MSG_DONTWAIT != 0;
+        if !write {
+            return m.net_recv_user(s, iov, nonblocking).map(|(n, _)| n as i64);
+        }
+        match m.net_send_user(s, iov, nonblocking) {
+            Err(EPIPE) if flags & MSG_NOSIGNAL == 0 => Err(self.broken_pipe()),
+            r => r.map(|n| n as i64),
+        }
     }
 
     /// recvfrom: the source is the datagram's sender (a stream's peer).
@@ -487,9 +485,12 @@ impl Kernel {
                 .unix_dgram_send(id, &tmp, to, nonblocking)
                 .map(|n| n as i64);
         }
-        if dest == 0 || self.unix_of(fd).is_some() {
+        if self.unix_of(fd).is_some() {
             // A socket pair is connected: the address is ignored.
             return self.write(m, fd, buf, len, None);
+        }
+        if dest == 0 {
+            return self.socket_io(m, fd, &[(buf, len)], flags, true);
         }
         let (s, nonblocking) = self.socket_for(fd, false, true)?;
         let nonblocking = nonblocking || flags & MSG_DONTWAIT != 0;
@@ -523,16 +524,14 @@ impl Kernel {
                 .unix_dgram_send(id, &data, to, nonblocking)
                 .map(|n| n as i64);
         }
+        let h = read_msghdr(m, msg)?;
+        if h.name == 0 {
+            return self.socket_io(m, fd, &h.iov, flags, true);
+        }
         let (s, nonblocking) = self.socket_for(fd, false, true)?;
         let nonblocking = nonblocking || flags & MSG_DONTWAIT != 0;
-        let h = read_msghdr(m, msg)?;
-        let n = if h.name != 0 {
-            let (ip, port) = self.destination(m, s, h.name, h.namelen)?;
-            m.net_sendto(s, &h.gather(m)?, ip, port, nonblocking)?
-        } else {
-            m.net_send_user(s, &h.iov, nonblocking)?
-        };
-        Ok(n as i64)
+        let (ip, port) = self.destination(m, s, h.name, h.namelen)?;
+        Ok(m.net_sendto(s, &h.gather(m)?, ip, port, nonblocking)? as i64)
     }
 
     /// recvmsg: one receive scattered over the iovecs, the sender in `msg_name`.
@@ -618,13 +617,7 @@ impl Kernel {
                 Ok(got.data.len() as i64)
             };
         }
-        let (s, nonblocking) = self.socket_for(fd, !write, write)?;
-        if write {
-            Ok(m.net_send_user(s, &h.iov, nonblocking)? as i64)
-        } else {
-            let (n, _) = m.net_recv_user(s, &h.iov, nonblocking)?;
-            Ok(n as i64)
-        }
+        self.socket_io(m, fd, &h.iov, 0, write)
     }
 
     /// sendmmsg/recvmmsg: each message in turn, its length in `msg_len`; the count done is

@@ -279,12 +279,9 @@ impl Kernel {
             .and_then(Option::as_ref)
             .is_some_and(|p| p.shut);
         if shut || !self.pipe_end_open(&FileKind::PipeRead(id)) {
-            // SIGPIPE's default action ends the writer; ignored or handled (handlers are not
-            // run yet), the write fails with EPIPE.
-            return if self.sigpipe_default() {
-                Ok(None)
-            } else {
-                Err(EPIPE)
+            return match self.broken_pipe() {
+                ESIGPIPE => Ok(None),
+                e => Err(e),
             };
         }
         let wait = !self.without_waiting(nonblocking);
@@ -340,9 +337,31 @@ impl Kernel {
         }
     }
 
-    fn sigpipe_default(&self) -> bool {
+    /// A write to a pipe or connection nobody reads any more: SIGPIPE for the writer, as on
+    /// Linux. Its default action, unblocked, ends the process (ESIGPIPE asks the caller to);
+    /// otherwise the write fails with EPIPE, and SIGPIPE, unless ignored, is pending on the
+    /// writing thread (a handler runs as the call returns).
+    pub(crate) fn broken_pipe(&mut self) -> i64 {
+        const SIG_IGN: u64 = 1;
         let action = &self.p.sigactions[SIGPIPE as usize - 1];
-        u64::from_le_bytes(action[..8].try_into().unwrap_or_default()) == 0 // SIG_DFL
+        let handler = u64::from_le_bytes(action[..8].try_into().unwrap_or_default());
+        let blocked = self.t.sigmask & (1 << (SIGPIPE - 1)) != 0;
+        match handler {
+            0 if !blocked => return ESIGPIPE, // SIG_DFL
+            SIG_IGN => {}
+            _ => {
+                let info = crate::signal::SigInfo {
+                    code: 0, // SI_USER, from the writer itself (as Linux's send_sig)
+                    pid: self.p.pid,
+                    status: 0,
+                    addr: 0,
+                    overrun: 0,
+                    value: 0,
+                };
+                self.t.post(SIGPIPE as u64, info);
+            }
+        }
+        EPIPE
     }
 
     /// SIGPIPE's default action, for a writer whose pipe has no reader left.

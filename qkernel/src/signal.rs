@@ -326,6 +326,21 @@ impl Kernel {
         true
     }
 
+    /// rt_sigpending(2): the signals raised while blocked, waiting on this thread.
+    pub(crate) fn rt_sigpending(
+        &mut self,
+        m: &mut dyn Machine,
+        set: u64,
+        size: u64,
+    ) -> Result<i64, i64> {
+        if size != 8 {
+            return Err(EINVAL);
+        }
+        let pending = self.t.signals.pending & self.t.sigmask;
+        m.write(set, &pending.to_le_bytes()).map_err(|_| EFAULT)?;
+        Ok(0)
+    }
+
     /// Puts a call's own signal mask in place for its length (ppoll, pselect6, epoll_pwait,
     /// epoll_pwait2). A call that runs again after a park keeps the mask it first replaced.
     pub(crate) fn enter_call_mask(&mut self, mask: u64) {

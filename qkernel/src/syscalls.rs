@@ -890,6 +890,7 @@ impl Kernel {
             12 => Ok(self.brk(m, a0) as i64),
             13 => self.rt_sigaction(m, a0, a1, a2, a3),
             14 => self.rt_sigprocmask(m, a0, a1, a2, a3),
+            127 => self.rt_sigpending(m, a0, a1),
             16 => self.ioctl(m, a0, a1, a2),
             17 => self.read(m, a0, a1, a2, Some(a3)),
             18 => self.write(m, a0, a1, a2, Some(a3)),
@@ -1099,7 +1100,14 @@ impl Kernel {
         }
         match r {
             // Switching processes is for the vCPU thread: a polled call goes there.
-            Err(crate::pipe::ERESTART | crate::pipe::ESIGPIPE) if self.nowait => {
+            Err(crate::pipe::ERESTART) if self.nowait => {
+                self.would_block = true;
+                return SyscallOutcome::Return(-EAGAIN);
+            }
+            // So is ending one; this call waits on no socket (a write to a connection nobody
+            // reads would otherwise park until it became writable, forever).
+            Err(crate::pipe::ESIGPIPE) if self.nowait => {
+                self.io_wants.clear();
                 self.would_block = true;
                 return SyscallOutcome::Return(-EAGAIN);
             }

@@ -86,6 +86,22 @@ fn socket_io_with_bad_buffers_is_efault_and_loses_nothing() {
 }
 
 #[test]
+fn a_writer_nobody_reads_gets_sigpipe_as_on_linux() {
+    // On a shut TCP connection and on a pipe without a reader: the default action kills the
+    // writer, MSG_NOSIGNAL (send, sendto, sendmsg) gives EPIPE alone, a handler runs once a
+    // write, SIG_IGN gives EPIPE, a blocked SIGPIPE stays pending until unblocked. Passes
+    // natively too.
+    let o = qvisor(&["/bin/sigpipe"]);
+    assert_eq!(
+        stdout(&o),
+        "default action kills: ok\nMSG_NOSIGNAL: ok\nhandler: ok\nignored: ok\nblocked: ok\n",
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
 fn af_inet6_sockets_work_over_the_ipv4_network() {
     // In the guest's loopback: a dual-stack [::] listener takes an IPv4 client (named
     // ::ffff:127.0.0.1), an AF_INET6 client reaches an IPv4-mapped address, a v6-only listener

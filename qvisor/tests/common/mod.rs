@@ -88,6 +88,7 @@ pub fn root() -> &'static Path {
             ("epoll", "epoll", "-static"),
             ("select", "select", "-static"),
             ("sockio", "sockio", "-static"),
+            ("sigpipe", "sigpipe", "-static"),
             ("hostile", "hostile", "-static"),
             ("udp", "udp", "-static"),
             ("threads", "threads", "-static"),
