@@ -145,6 +145,8 @@ pub enum FileKind {
     PipeWrite(u32),
     /// An eventfd counter (an index into the kernel's eventfds).
     EventFd(u32),
+    /// A timerfd (an index into the kernel's timerfds).
+    TimerFd(u32),
     /// An end of an AF_UNIX socket pair: the pipe it reads and the pipe it writes.
     Unix {
         rx: u32,
@@ -168,6 +170,7 @@ impl FileKind {
             (FileKind::Unix { tx, .. }, FileKind::PipeWrite(b)) => tx == b,
             (FileKind::Unix { rx: a, .. }, FileKind::Unix { rx: b, .. }) => a == b,
             (FileKind::EventFd(a), FileKind::EventFd(b)) => a == b,
+            (FileKind::TimerFd(a), FileKind::TimerFd(b)) => a == b,
             (FileKind::UnixNamed(a), FileKind::UnixNamed(b)) => a == b,
             _ => false,
         }
@@ -574,6 +577,7 @@ impl Kernel {
             FileKind::Unix { rx, tx } => self.unix_end_closed(m, rx, tx),
             FileKind::UnixNamed(id) if !elsewhere => self.unix_named_closed(m, id),
             FileKind::EventFd(id) => self.eventfd_closed(id),
+            FileKind::TimerFd(id) => self.timerfd_closed(id),
             _ => {}
         }
     }
@@ -629,6 +633,10 @@ impl Kernel {
             FileKind::EventFd(id) => {
                 let (id, nonblocking) = (*id, f.status_flags & O_NONBLOCK != 0);
                 self.eventfd_read(id, buf, nonblocking)
+            }
+            FileKind::TimerFd(id) => {
+                let (id, nonblocking) = (*id, f.status_flags & O_NONBLOCK != 0);
+                self.timerfd_read(m, id, buf, nonblocking)
             }
             FileKind::Generated(g) if g.dir => Err(EISDIR),
             FileKind::Generated(g) => Ok(g.read(buf, offset)),
@@ -690,7 +698,7 @@ impl Kernel {
                 let (id, nonblocking) = (*id, f.status_flags & O_NONBLOCK != 0);
                 self.eventfd_write(id, buf, nonblocking)
             }
-            FileKind::Epoll(_) | FileKind::PipeRead(_) => Err(EINVAL),
+            FileKind::Epoll(_) | FileKind::PipeRead(_) | FileKind::TimerFd(_) => Err(EINVAL),
             FileKind::Generated(_) => Err(EACCES),
             FileKind::UnixNamed(id) => {
                 let (id, nonblocking) = (*id, f.status_flags & O_NONBLOCK != 0);
@@ -968,7 +976,9 @@ impl Kernel {
             FileKind::Random => Ok(Self::char_device_stat((1 << 8) | 9)),
             FileKind::Stdin | FileKind::Stdout | FileKind::Stderr => Ok(Self::char_device_stat(0)),
             FileKind::Socket(_) => Ok(Self::stat_with_mode(0o140777)), // S_IFSOCK
-            FileKind::Epoll(_) | FileKind::EventFd(_) => Ok(Self::stat_with_mode(0o000600)), // anonymous inode
+            FileKind::Epoll(_) | FileKind::EventFd(_) | FileKind::TimerFd(_) => {
+                Ok(Self::stat_with_mode(0o000600)) // anonymous inode
+            }
             FileKind::PipeRead(_) | FileKind::PipeWrite(_) => Ok(Self::stat_with_mode(0o010600)), // S_IFIFO
             FileKind::Unix { .. } | FileKind::UnixNamed(_) => Ok(Self::stat_with_mode(0o140777)), // S_IFSOCK
             FileKind::Generated(g) if g.dir => Ok(Self::stat_with_mode(0o040555)), // S_IFDIR
@@ -1346,22 +1356,29 @@ impl Kernel {
             .iter()
             .any(|&(fd, ev)| fd >= 0 && ev & 0x1 != 0 && self.p.fds.is_console_input(fd as u64));
         loop {
+            let now = m.monotonic_ns();
             // Rounded up: a wait never ends before its timeout (5 ms asked gave 4.2 ms).
-            let left_ms = deadline.map_or(-1, |d| {
-                d.saturating_sub(m.monotonic_ns()).div_ceil(1_000_000) as i64
-            });
-            let wait_ms = match (watches_console, left_ms) {
-                (false, left) => left,
-                (true, -1) => CONSOLE_SLICE_MS,
-                (true, left) => left.min(CONSOLE_SLICE_MS),
-            };
+            let ms_to = |d: u64| d.saturating_sub(now).div_ceil(1_000_000) as i64;
+            let left_ms = deadline.map_or(-1, ms_to);
+            // A timerfd among the items becomes readable at its next expiry, which nothing
+            // signals: the wait ends there and looks again.
+            let timer_ms = self
+                .timerfd_deadline(items.iter().map(|(fd, _)| *fd))
+                .map(ms_to);
+            let console_ms = watches_console.then_some(CONSOLE_SLICE_MS);
+            let wait_ms = [timer_ms, console_ms]
+                .into_iter()
+                .flatten()
+                .fold(left_ms, earliest_timeout);
             let revents = self.readiness_once(m, items, wait_ms)?;
             if m.cancelled() {
                 return Err(crate::errno::EINTR);
             }
-            if revents.iter().any(|r| *r != 0) || left_ms == 0 || !watches_console {
+            let slices = watches_console || timer_ms.is_some();
+            if revents.iter().any(|r| *r != 0) || left_ms == 0 || !slices {
                 if revents.iter().all(|r| *r == 0) {
-                    self.poll_found_nothing(requested_timeout);
+                    let until_timer = timer_ms.map_or(-1, |t| t.max(1));
+                    self.poll_found_nothing(earliest_timeout(requested_timeout, until_timer));
                 }
                 return Ok(revents);
             }
@@ -1396,6 +1413,14 @@ impl Kernel {
                     0
                 }
                 Ok(FileKind::Epoll(_)) => 0, // nested epoll sets report nothing yet
+                Ok(FileKind::TimerFd(id)) => {
+                    let id = *id;
+                    if self.timerfd_ready(m.monotonic_ns(), id) {
+                        events & (POLLIN | 0x40)
+                    } else {
+                        0
+                    }
+                }
                 Ok(FileKind::EventFd(id)) => {
                     let (readable, writable) = self.eventfd_state(*id);
                     let mut r = 0;
@@ -1684,9 +1709,27 @@ impl Kernel {
     }
 }
 
+/// The earlier of two poll timeouts in ms, a negative one meaning none.
+fn earliest_timeout(a: i64, b: i64) -> i64 {
+    match (a < 0, b < 0) {
+        (true, _) => b,
+        (_, true) => a,
+        _ => a.min(b),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_earliest_timeout_treats_negative_as_none() {
+        assert_eq!(earliest_timeout(-1, -1), -1);
+        assert_eq!(earliest_timeout(-1, 30), 30);
+        assert_eq!(earliest_timeout(40, -1), 40);
+        assert_eq!(earliest_timeout(40, 30), 30);
+        assert_eq!(earliest_timeout(0, 30), 0);
+    }
 
     #[test]
     fn paths_join_and_tidy_without_resolving_dotdot() {

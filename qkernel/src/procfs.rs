@@ -493,6 +493,7 @@ fn fd_target(kind: &FileKind) -> Vec<u8> {
         FileKind::PipeRead(id) | FileKind::PipeWrite(id) => format!("pipe:[{}]", 30_000 + id),
         FileKind::Epoll(_) => "anon_inode:[eventpoll]".to_string(),
         FileKind::EventFd(_) => "anon_inode:[eventfd]".to_string(),
+        FileKind::TimerFd(_) => "anon_inode:[timerfd]".to_string(),
         FileKind::Generated(_) => "/proc".to_string(),
     };
     text.into_bytes()

@@ -462,6 +462,9 @@ pub struct Kernel {
     pub(crate) images: crate::process::ImageCache,
     /// eventfd counters, shared by every process holding one.
     pub(crate) eventfds: Vec<Option<crate::eventfd::EventFd>>,
+    pub(crate) timerfds: Vec<Option<crate::timers::TimerFd>>,
+    /// When a read parked by [`crate::timers::ETIMERFD_WAIT`] wakes (monotonic ns).
+    pub(crate) timerfd_wake: u64,
     /// Pipes, shared by every process holding an end.
     pub(crate) pipes: Vec<Option<crate::pipe::Pipe>>,
     /// Serving a call that must not wait (see [`Kernel::try_syscall_nowait`]).
@@ -518,6 +521,8 @@ impl Kernel {
             max_processes: usize::MAX,
             pipes: Vec::new(),
             eventfds: Vec::new(),
+            timerfds: Vec::new(),
+            timerfd_wake: 0,
             images: Default::default(),
             nowait: false,
             forced_nonblocking: false,
@@ -942,6 +947,9 @@ impl Kernel {
             193 => self.p.fds.kind(a0).and(Err(ENODATA)), // fgetxattr
             194 | 195 => self.xattr(m, true, Some(a0)),  // listxattr, llistxattr
             196 => self.p.fds.kind(a0).map(|_| 0),       // flistxattr
+            283 => self.timerfd_create(a0, a1),
+            286 => self.timerfd_settime(m, a0, a1, a2, a3),
+            287 => self.timerfd_gettime(m, a0, a1),
             284 => self.eventfd(a0, 0),
             290 => self.eventfd(a0, a1),
             22 => self.pipe2(m, a0, 0),
@@ -1119,6 +1127,14 @@ impl Kernel {
                 return SyscallOutcome::Return(-EAGAIN);
             }
             Err(crate::futex::EFUTEX) => return self.park_on_futex(m),
+            Err(crate::timers::ETIMERFD_WAIT) if self.nowait => {
+                self.would_block = true;
+                return SyscallOutcome::Return(-EAGAIN);
+            }
+            Err(crate::timers::ETIMERFD_WAIT) => {
+                let until = self.timerfd_wake;
+                return self.park_on_sockets(m, Vec::new(), until, false);
+            }
             Err(crate::fs::EINPUT) if self.nowait => {
                 self.would_block = true;
                 return SyscallOutcome::Return(-EAGAIN);

@@ -12,6 +12,10 @@
 //! `ITIMER_VIRTUAL` counts what `ITIMER_PROF` counts. Another process's CPU clock is refused
 //! with `EINVAL`, as Linux refuses a timer on it.
 
+mod timerfd;
+
+pub(crate) use timerfd::{TimerFd, ETIMERFD_WAIT};
+
 use crate::errno::*;
 use crate::machine::Machine;
 use crate::process::CpuClockId;

@@ -428,6 +428,16 @@ fn ppoll_pselect_and_epoll_pwait_wait_under_their_own_signal_mask() {
 }
 
 #[test]
+fn timerfds_count_expiries_and_wake_reads_polls_and_epoll() {
+    // One-shot and periodic, relative and absolute (CLOCK_REALTIME); EAGAIN while nothing
+    // expired, a blocking read, poll and epoll_wait each wake at the expiry; gettime; bad
+    // clocks, flags, buffers, writes and settime on a pipe refused. Alone, and beside a
+    // second thread (waits parked). The same program passes natively.
+    prints_and_succeeds("/bin/timerfd", "timerfd: ok\n");
+    prints_and_succeeds_with(&["/bin/timerfd", "threaded"], "timerfd: ok\n");
+}
+
+#[test]
 fn a_robust_lock_whose_owner_died_goes_to_the_next_locker_with_eownerdead() {
     // The owner a thread that exits, a process that exits, a process killed (SIGKILL from a
     // third one) while the test's process waits for the lock in shared memory, and a process

@@ -101,6 +101,7 @@ pub fn root() -> &'static Path {
             ("cputime", "cputime", "-static"),
             ("timers", "timers", "-static"),
             ("sigmask", "sigmask", "-static"),
+            ("timerfd", "timerfd", "-static"),
             ("pipehog", "pipehog", "-static"),
             ("ipv6", "ipv6", "-static"),
             ("vdso", "vdso", "-static"),
