@@ -159,6 +159,8 @@ fn background_jobs_run_while_the_shell_sleeps() {
 #[test]
 fn a_busy_process_is_preempted() {
     // yes never waits: only the preemption timer lets the sleeping shell run again to kill it.
+    // The shared root is built first: its C guests take seconds to compile, not the run.
+    root();
     let started = std::time::Instant::now();
     let (code, out, err) = sh("yes > /dev/null & sleep 0.1; kill $!; wait $!; echo killed $?");
     assert_eq!((code, out.as_str()), (Some(0), "killed 143\n"), "{err}");
