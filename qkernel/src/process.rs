@@ -64,6 +64,9 @@ pub(crate) struct Thread {
     pub(crate) robust_list: u64,
     /// CPU time it has used (ns), up to when it was last charged ([`Kernel::charge_cpu`]).
     pub(crate) cpu_ns: u64,
+    /// The signals it waits for in rt_sigtimedwait (0: none): one of them posted wakes it,
+    /// blocked as it is.
+    pub(crate) sigwait: u64,
 }
 
 impl Saved {
@@ -88,6 +91,7 @@ impl Thread {
             io_until: None,
             robust_list: 0,
             cpu_ns: 0,
+            sigwait: 0,
         }
     }
 }
@@ -1034,7 +1038,8 @@ impl Kernel {
         // Blocked everywhere: it waits on a thread that will unblock it when its call ends (a
         // ppoll or sigsuspend whose own mask blocks it), else on the running one.
         let later = |t: &Thread| t.signals.suspend_mask.is_some_and(|old| old & bit == 0);
-        let unblocked = parked_where(&|t| t.sigmask & bit == 0);
+        let unblocked = parked_where(&|t| t.sigwait & bit != 0)
+            .or_else(|| parked_where(&|t| t.sigmask & bit == 0));
         let unblocked = match unblocked {
             None if running && later(&self.t) => {
                 self.t.post(sig, info);
@@ -1064,6 +1069,11 @@ impl Kernel {
             return;
         };
         t.thread.post(sig, info);
+        if t.thread.sigwait & (1 << (sig - 1)) != 0 {
+            // Its rt_sigtimedwait runs again and takes it.
+            self.procs.make_runnable(tid);
+            return;
+        }
         if t.thread.deliverable().is_none() || !t.state.interruptible() {
             return;
         }
@@ -1236,7 +1246,9 @@ impl Kernel {
             crate::signal::has_handler(p, crate::signal::SIGCHLD)
                 && !(stop_or_continue && crate::signal::no_child_stop(p))
         });
-        if handler {
+        // Blocked, it waits for the parent (an init that reaps in rt_sigtimedwait, as tini).
+        let blocked = !stop_or_continue && self.blocked_everywhere(ppid, crate::signal::SIGCHLD);
+        if handler || blocked {
             let info = crate::signal::SigInfo {
                 code,
                 pid,
@@ -1801,7 +1813,10 @@ impl Kernel {
         if sig == SIGCONT {
             self.continue_process(pid); // even with a handler, which then runs
         }
-        if handler {
+        // A signal every thread blocks waits, whatever its action (Linux never ignores a
+        // blocked signal: its handler may change before it is unblocked); SIGKILL and
+        // SIGSTOP cannot be blocked.
+        if handler || (sig != 9 && sig != 19 && self.blocked_everywhere(pid, sig)) {
             self.post_signal(pid, sig, info);
             return false;
         }
@@ -1812,6 +1827,36 @@ impl Kernel {
             DefaultAction::Ignore | DefaultAction::Continue => {}
         }
         false
+    }
+
+    /// The default action of `sig` for the running process, pending while it was blocked
+    /// and let through now: it ends (at once for sure: see [`Kernel::doomed`]), stops, or
+    /// nothing happens. Init ignores what it has no handler for, as a pid namespace's.
+    pub(crate) fn default_action_now(&mut self, sig: u64) {
+        if self.p.pid == 1 {
+            return;
+        }
+        match Self::default_action(&self.p, sig) {
+            DefaultAction::Terminate => self.doomed = Some((self.p.pid, sig as i32)),
+            DefaultAction::Stop => self.stop_process(self.p.pid, sig),
+            DefaultAction::Ignore | DefaultAction::Continue => {}
+        }
+    }
+
+    /// Whether every thread of process `pid` blocks `sig` (a thread waiting for it in
+    /// rt_sigtimedwait blocks it too: the wait takes it).
+    pub(crate) fn blocked_everywhere(&self, pid: i64, sig: u64) -> bool {
+        let bit = 1u64 << (sig - 1);
+        let running = pid == self.p.pid && self.t.tid != 0;
+        if running && self.t.sigmask & bit == 0 {
+            return false;
+        }
+        self.procs.threads_of(pid).iter().all(|tid| {
+            self.procs
+                .threads
+                .get(tid)
+                .is_none_or(|t| t.thread.sigmask & bit != 0)
+        }) && (running || !self.procs.threads_of(pid).is_empty())
     }
 
     /// Stops process `pid` (a stop signal's default action): its threads run no more until
@@ -1906,7 +1951,7 @@ impl Kernel {
             let handler = self
                 .proc_of(pid)
                 .is_some_and(|p| crate::signal::has_handler(p, sig));
-            if pid == 1 && me != 1 && !handler {
+            if pid == 1 && me != 1 && !handler && !self.blocked_everywhere(1, sig) {
                 continue; // init without a handler ignores what its namespace sends it
             }
             if self.signal_process(m, pid, sig, info) {

@@ -15,6 +15,9 @@ use crate::machine::{Machine, UserRegs};
 use crate::syscalls::{Kernel, Proc, SyscallArgs, SyscallOutcome};
 
 const SIG_DFL: u64 = 0;
+/// Asks the caller to park the running thread in rt_sigtimedwait until its deadline (its
+/// `io_until`) or one of the signals it waits for.
+pub(crate) const ESIGWAIT: i64 = 518;
 const SIG_IGN: u64 = 1;
 const SA_SIGINFO: u64 = 4;
 const SA_ONSTACK: u64 = 0x0800_0000;
@@ -210,9 +213,15 @@ impl Kernel {
         let info = self.t.signals.info.remove(&sig);
         // A socket wait it interrupts is over: the next one starts with its own timeout.
         self.t.io_until = None;
+        self.t.sigwait = 0;
         let (handler, flags, restorer, mask) = action(&self.p, sig);
-        if matches!(handler, SIG_DFL | SIG_IGN) {
-            return false; // the handler went away meanwhile
+        if handler == SIG_DFL {
+            // Pending while blocked, now let through: its default action, as on Linux.
+            self.default_action_now(sig);
+            return false;
+        }
+        if handler == SIG_IGN {
+            return false;
         }
         let mut interrupted = *regs;
         if restart && flags & SA_RESTART == 0 {
@@ -260,28 +269,7 @@ impl Kernel {
         let uc_stack = (8 + UC_STACK) as usize;
         frame[uc_stack..uc_stack + 24].copy_from_slice(&alt.to_stack_t(regs.rsp));
         let si = 8 + UC_SIZE;
-        let info = info.unwrap_or(SigInfo {
-            code: 0,
-            pid: 0,
-            status: 0,
-            addr: 0,
-            overrun: 0,
-            value: 0,
-        });
-        frame[si as usize..si as usize + 4].copy_from_slice(&(sig as i32).to_le_bytes());
-        frame[si as usize + 8..si as usize + 12].copy_from_slice(&info.code.to_le_bytes());
-        if info.addr != 0 {
-            put(&mut frame, si + 16, info.addr);
-        } else {
-            frame[si as usize + 16..si as usize + 20]
-                .copy_from_slice(&(info.pid as i32).to_le_bytes());
-        }
-        if info.code == SI_TIMER {
-            frame[si as usize + 20..si as usize + 24].copy_from_slice(&info.overrun.to_le_bytes());
-            put(&mut frame, si + 24, info.value);
-        } else {
-            frame[si as usize + 24..si as usize + 28].copy_from_slice(&info.status.to_le_bytes());
-        }
+        frame[si as usize..(si + SIGINFO_SIZE) as usize].copy_from_slice(&siginfo_bytes(sig, info));
         let fpu = m.fpu_state().unwrap_or_default();
         if m.write(sp, &frame).is_err() {
             // No stack to run the handler on (Linux would force SIGSEGV): the signal is lost.
@@ -324,6 +312,73 @@ impl Kernel {
         };
         tracing::debug!(pid = self.p.pid, sig, handler, "signal delivered");
         true
+    }
+
+    /// rt_sigtimedwait(2) (sigwaitinfo, sigtimedwait, sigwait): takes the lowest pending
+    /// signal of `set` (blocked, as callers keep them), its siginfo written to `info`; waits
+    /// for one until the timeout (EAGAIN), or until a signal outside the set runs its handler
+    /// (EINTR). Waiting alone it sleeps here; beside other processes or threads it parks
+    /// ([`ESIGWAIT`]) and the call runs again when one of `set` is posted to it.
+    pub(crate) fn rt_sigtimedwait(
+        &mut self,
+        m: &mut dyn Machine,
+        (set, info, timeout): (u64, u64, u64),
+        size: u64,
+    ) -> Result<i64, i64> {
+        if size != 8 {
+            return Err(EINVAL);
+        }
+        let mut b = [0u8; 8];
+        m.read(set, &mut b).map_err(|_| EFAULT)?;
+        let set = u64::from_le_bytes(b) & !((1 << 8) | (1 << 18));
+        self.t.sigwait = 0;
+        // The deadline, kept across the call's runs after parks.
+        let until = match self.t.io_until {
+            Some(u) => u,
+            None => {
+                let u = match timeout {
+                    0 => u64::MAX,
+                    va => m
+                        .monotonic_ns()
+                        .saturating_add(crate::syscalls::read_timespec(m, va)?),
+                };
+                self.t.io_until = Some(u);
+                u
+            }
+        };
+        loop {
+            let ready = self.t.signals.pending & set;
+            if ready != 0 {
+                let sig = u64::from(ready.trailing_zeros()) + 1;
+                self.t.signals.pending &= !(1 << (sig - 1));
+                let got = self.t.signals.info.remove(&sig);
+                self.t.io_until = None;
+                if info != 0 {
+                    m.write(info, &siginfo_bytes(sig, got))
+                        .map_err(|_| EFAULT)?;
+                }
+                return Ok(sig as i64);
+            }
+            let now = m.monotonic_ns();
+            if now >= until {
+                self.t.io_until = None;
+                return Err(EAGAIN);
+            }
+            if self.t.deliverable().is_some() || m.cancelled() {
+                self.t.io_until = None;
+                return Err(EINTR); // its handler runs as the call returns
+            }
+            if self.decline_nowait() {
+                return Err(EAGAIN); // served again where it may wait
+            }
+            self.t.sigwait = set;
+            if !self.procs_alone() || self.host_requests {
+                return Err(ESIGWAIT);
+            }
+            m.sleep_ns(until.min(self.next_timer).saturating_sub(now));
+            self.take_host_events(m);
+            self.t.sigwait = 0;
+        }
     }
 
     /// rt_sigpending(2): the signals raised while blocked, waiting on this thread.
@@ -532,4 +587,32 @@ pub(crate) fn call_sigmask(m: &mut dyn Machine, call: &SyscallArgs) -> Result<Op
     let mut mask = [0u8; 8];
     m.read(ptr, &mut mask).map_err(|_| EFAULT)?;
     Ok(Some(u64::from_le_bytes(mask)))
+}
+
+/// A `siginfo_t` (128 bytes) for signal `sig`: code, sender (or fault address), and a
+/// child's status or a timer's overrun and value.
+pub(crate) fn siginfo_bytes(sig: u64, info: Option<SigInfo>) -> [u8; SIGINFO_SIZE as usize] {
+    let mut b = [0u8; SIGINFO_SIZE as usize];
+    let info = info.unwrap_or(SigInfo {
+        code: 0,
+        pid: 0,
+        status: 0,
+        addr: 0,
+        overrun: 0,
+        value: 0,
+    });
+    b[0..4].copy_from_slice(&(sig as i32).to_le_bytes());
+    b[8..12].copy_from_slice(&info.code.to_le_bytes());
+    if info.addr != 0 {
+        b[16..24].copy_from_slice(&info.addr.to_le_bytes());
+    } else {
+        b[16..20].copy_from_slice(&(info.pid as i32).to_le_bytes());
+    }
+    if info.code == SI_TIMER {
+        b[20..24].copy_from_slice(&info.overrun.to_le_bytes());
+        b[24..32].copy_from_slice(&info.value.to_le_bytes());
+    } else {
+        b[24..28].copy_from_slice(&info.status.to_le_bytes());
+    }
+    b
 }

@@ -896,6 +896,7 @@ impl Kernel {
             13 => self.rt_sigaction(m, a0, a1, a2, a3),
             14 => self.rt_sigprocmask(m, a0, a1, a2, a3),
             127 => self.rt_sigpending(m, a0, a1),
+            128 => self.rt_sigtimedwait(m, (a0, a1, a2), a3),
             16 => self.ioctl(m, a0, a1, a2),
             17 => self.read(m, a0, a1, a2, Some(a3)),
             18 => self.write(m, a0, a1, a2, Some(a3)),
@@ -1127,6 +1128,10 @@ impl Kernel {
                 return SyscallOutcome::Return(-EAGAIN);
             }
             Err(crate::futex::EFUTEX) => return self.park_on_futex(m),
+            Err(crate::signal::ESIGWAIT) => {
+                let until = self.t.io_until.unwrap_or(u64::MAX);
+                return self.park_on_sockets(m, Vec::new(), until, true);
+            }
             Err(crate::timers::ETIMERFD_WAIT) if self.nowait => {
                 self.would_block = true;
                 return SyscallOutcome::Return(-EAGAIN);

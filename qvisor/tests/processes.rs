@@ -440,6 +440,39 @@ fn timerfds_count_expiries_and_wake_reads_polls_and_epoll() {
 }
 
 #[test]
+fn blocked_signals_wait_and_sigtimedwait_takes_them() {
+    // As container inits (tini, dumb-init) use them: a blocked SIGTERM without a handler
+    // waits instead of killing, SIGCHLD is kept though ignored by default, sigtimedwait takes
+    // them with their siginfo, times out with EAGAIN, wakes at a child's exit, is interrupted
+    // by a handled signal outside its set; a pending SIGUSR1 kills once unblocked. The same
+    // program passes natively.
+    prints_and_succeeds("/bin/sigwait", "sigwait: ok\n");
+}
+
+#[test]
+fn tini_runs_as_init_and_passes_signals_on() {
+    // Debian's tini (docker run --init, many images' entrypoint) blocks the signals it
+    // handles and takes them in sigtimedwait: its child's exit status becomes the
+    // container's, and a SIGTERM sent to it (pid 1) reaches the child's trap.
+    let o = qvisor(&["/bin/tini", "--", "sh", "-c", "echo under tini; exit 3"]);
+    assert_eq!(
+        (o.status.code(), stdout(&o).as_str()),
+        (Some(3), "under tini\n"),
+        "{}",
+        stderr(&o)
+    );
+    let trap = "trap 'echo bye; exit 7' TERM; echo set; kill -TERM 1; \
+                while true; do sleep 1; done";
+    let o = qvisor(&["/bin/tini", "--", "sh", "-c", trap]);
+    assert_eq!(
+        (o.status.code(), stdout(&o).as_str()),
+        (Some(7), "set\nbye\n"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
 fn a_robust_lock_whose_owner_died_goes_to_the_next_locker_with_eownerdead() {
     // The owner a thread that exits, a process that exits, a process killed (SIGKILL from a
     // third one) while the test's process waits for the lock in shared memory, and a process

@@ -35,6 +35,8 @@ pub fn root() -> &'static Path {
             "Debian's busybox-static is needed (scripts/setup.sh)"
         );
         std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
+        std::fs::copy("/usr/bin/tini-static", bin.join("tini"))
+            .expect("Debian's tini is needed (scripts/setup.sh)");
         for applet in [
             "sh",
             "echo",
@@ -102,6 +104,7 @@ pub fn root() -> &'static Path {
             ("timers", "timers", "-static"),
             ("sigmask", "sigmask", "-static"),
             ("timerfd", "timerfd", "-static"),
+            ("sigwait", "sigwait", "-static"),
             ("pipehog", "pipehog", "-static"),
             ("ipv6", "ipv6", "-static"),
             ("vdso", "vdso", "-static"),
