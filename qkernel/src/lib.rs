@@ -38,7 +38,7 @@ mod test_machine;
 pub use elf::{interpreter, load, load_static, ElfError, Loaded};
 pub use host::{HostEvent, HostRequest, SpawnRequest};
 pub use machine::{
-    net_recv_through_buffer, net_send_through_buffer, Fault, FileAttr, HostFile, Machine,
+    iov_len, net_recv_through_buffer, net_send_through_buffer, Fault, FileAttr, HostFile, Machine,
     PageFlags, RawStat, SocketId, SocketReady, SpaceId, Tty, UserRegs, Vdso, SYSCALL_SLOTS,
 };
 pub use syscalls::{Kernel, SyscallArgs, SyscallOutcome};

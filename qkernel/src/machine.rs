@@ -435,7 +435,7 @@ pub fn net_recv_through_buffer<M: Machine + ?Sized>(
     iov: &[(u64, u64)],
     nonblocking: bool,
 ) -> Result<(usize, Option<(u32, u16)>), i64> {
-    let capacity = iov.iter().fold(0u64, |t, (_, len)| t.saturating_add(*len));
+    let capacity = iov_len(iov);
     let mut tmp = vec![0u8; capacity.min(BUFFERED_IO) as usize];
     let (n, from) = m.net_recvfrom(s, &mut tmp, nonblocking)?;
     let mut done = 0;
@@ -459,7 +459,7 @@ pub fn net_send_through_buffer<M: Machine + ?Sized>(
     iov: &[(u64, u64)],
     nonblocking: bool,
 ) -> Result<usize, i64> {
-    let capacity = iov.iter().fold(0u64, |t, (_, len)| t.saturating_add(*len));
+    let capacity = iov_len(iov);
     let mut data = vec![0u8; capacity.min(BUFFERED_IO) as usize];
     let mut at = 0;
     for &(base, len) in iov {
@@ -469,6 +469,11 @@ pub fn net_send_through_buffer<M: Machine + ?Sized>(
         at += n;
     }
     m.net_send(s, &data, nonblocking)
+}
+
+/// The bytes iovecs (base, length pairs) hold together, saturating.
+pub fn iov_len(iov: &[(u64, u64)]) -> u64 {
+    iov.iter().fold(0u64, |t, (_, len)| t.saturating_add(*len))
 }
 
 /// The most the buffered socket paths move in one call.

@@ -76,7 +76,7 @@ pub(crate) fn read_iovecs(m: &dyn Machine, at: u64, count: u64) -> Result<Vec<(u
 impl MsgHdr {
     /// Bytes the iovecs hold, up to what one call moves.
     pub(crate) fn capacity(&self) -> usize {
-        let total = self.iov.iter().fold(0u64, |t, (_, l)| t.saturating_add(*l));
+        let total = crate::machine::iov_len(&self.iov);
         total.min(CHUNK as u64) as usize
     }
 

@@ -1165,7 +1165,7 @@ impl Machine for GuestMachine<'_> {
         nonblocking: bool,
     ) -> Result<(usize, Option<(u32, u16)>), i64> {
         // A stream's bytes go from the ring straight into the app's buffers.
-        let max = iov.iter().fold(0u64, |t, (_, len)| t.saturating_add(*len));
+        let max = usize::try_from(qkernel::iov_len(iov)).unwrap_or(usize::MAX);
         let mut into = UserIovecs {
             mem: &mut *self.mem,
             iov,
@@ -1177,7 +1177,7 @@ impl Machine for GuestMachine<'_> {
             // mapping (not guest memory).
             unsafe { into.take(src, n) }
         };
-        match net.recv_raw(s, max.min(usize::MAX as u64) as usize, nonblocking, copy) {
+        match net.recv_raw(s, max, nonblocking, copy) {
             Some(r) => r.map(|n| (n, None)),
             None => qkernel::net_recv_through_buffer(self, s, iov, nonblocking),
         }
@@ -1189,7 +1189,7 @@ impl Machine for GuestMachine<'_> {
         nonblocking: bool,
     ) -> Result<usize, i64> {
         // A stream's bytes go from the app's buffers straight into the ring.
-        let max = iov.iter().fold(0u64, |t, (_, len)| t.saturating_add(*len));
+        let max = usize::try_from(qkernel::iov_len(iov)).unwrap_or(usize::MAX);
         let mut from = UserIovecs {
             mem: &mut *self.mem,
             iov,
@@ -1201,7 +1201,7 @@ impl Machine for GuestMachine<'_> {
             // own mapping (not guest memory).
             unsafe { from.give(dst, n) }
         };
-        match net.send_raw(s, max.min(usize::MAX as u64) as usize, nonblocking, fill) {
+        match net.send_raw(s, max, nonblocking, fill) {
             Some(r) => r,
             None => qkernel::net_send_through_buffer(self, s, iov, nonblocking),
         }
