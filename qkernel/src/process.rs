@@ -828,8 +828,8 @@ impl Kernel {
 
     /// What came from outside since the last look: first the platform's requests (processes
     /// to start, signals for them), then signals for the container's init: its handler gets
-    /// them; without one they are ignored, as Linux ignores what a pid namespace's init has no
-    /// handler for.
+    /// them, or they wait while it blocks them; else they are ignored, as Linux ignores what a
+    /// pid namespace's init has no handler for.
     pub(crate) fn take_host_events(&mut self, m: &mut dyn Machine) {
         self.serve_host_requests(m);
         self.fire_timers(m);
@@ -837,10 +837,12 @@ impl Kernel {
         while sigs != 0 {
             let sig = u64::from(sigs.trailing_zeros()) + 1;
             sigs &= sigs - 1;
-            if self
+            // Linux never ignores a blocked signal, even init's (tini blocks everything and
+            // takes its signals with sigtimedwait).
+            let handled = self
                 .proc_of(1)
-                .is_some_and(|p| crate::signal::has_handler(p, sig))
-            {
+                .is_some_and(|p| crate::signal::has_handler(p, sig));
+            if handled || (sig != 9 && sig != 19 && self.blocked_everywhere(1, sig)) {
                 let info = crate::signal::SigInfo {
                     code: 0, // SI_USER, from outside the container: pid 0
                     pid: 0,
