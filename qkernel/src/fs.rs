@@ -1056,6 +1056,185 @@ impl Kernel {
         m.fs_rename(&from, &to, flags as u32).map(|()| 0)
     }
 
+    /// sendfile(2): up to `count` bytes of the file `in_fd` (at `*offp`, which is updated,
+    /// else at its position, which moves) to `out_fd` (a socket, pipe or file). nginx and
+    /// most static file servers send their files this way.
+    pub(crate) fn sendfile(
+        &mut self,
+        m: &mut dyn Machine,
+        out_fd: u64,
+        in_fd: u64,
+        offp: u64,
+        count: u64,
+    ) -> Result<i64, i64> {
+        const O_APPEND: i32 = 0o2000;
+        let input = self.p.fds.get(in_fd)?;
+        // Only what has a position (a socket or pipe has none; Linux says EINVAL).
+        if !matches!(
+            input.kind,
+            FileKind::Host { .. } | FileKind::Generated(_) | FileKind::Zero
+        ) {
+            return Err(EINVAL);
+        }
+        let output = self.p.fds.get(out_fd)?;
+        if output.status_flags & O_APPEND != 0 && matches!(output.kind, FileKind::Host { .. }) {
+            return Err(EINVAL);
+        }
+        let at = match offp {
+            0 => None,
+            p => Some(read_offset(m, p)?),
+        };
+        let moved = self.copy_range(m, (in_fd, at), (out_fd, None), count);
+        if let (Some(at), Ok(n)) = (at, &moved) {
+            m.write(offp, &(at + n).to_le_bytes()).map_err(|_| EFAULT)?;
+        }
+        moved.map(|n| n as i64)
+    }
+
+    /// copy_file_range(2): up to `len` bytes between two files of the root, each at its
+    /// offset (updated) or its position (moved).
+    pub(crate) fn copy_file_range(
+        &mut self,
+        m: &mut dyn Machine,
+        (in_fd, in_offp): (u64, u64),
+        (out_fd, out_offp): (u64, u64),
+        len: u64,
+        flags: u64,
+    ) -> Result<i64, i64> {
+        const O_APPEND: i32 = 0o2000;
+        let (input, output) = (self.p.fds.get(in_fd)?, self.p.fds.get(out_fd)?);
+        if input.status_flags & O_ACCMODE == 1
+            || output.status_flags & O_ACCMODE == 0
+            || output.status_flags & O_APPEND != 0
+        {
+            return Err(EBADF);
+        }
+        let (FileKind::Host { file: fin, .. }, FileKind::Host { file: fout, .. }) =
+            (&input.kind, &output.kind)
+        else {
+            return Err(EINVAL);
+        };
+        let (fin, fout) = (*fin, *fout);
+        if flags != 0 {
+            return Err(EINVAL);
+        }
+        let mut offset = |m: &mut dyn Machine, p: u64, fd| match p {
+            0 => self.lseek(m, fd, 0, 1).map(|o| o as u64), // SEEK_CUR
+            p => read_offset(m, p),
+        };
+        let (from, to) = (offset(m, in_offp, in_fd)?, offset(m, out_offp, out_fd)?);
+        // Within one file the ranges may not overlap (Linux: EINVAL).
+        let (a, b) = (m.fs_stat(fin)?, m.fs_stat(fout)?);
+        let same = a[..16] == b[..16]; // st_dev, st_ino
+        if same && from < to.saturating_add(len) && to < from.saturating_add(len) {
+            return Err(EINVAL);
+        }
+        let moved = self.copy_range(
+            m,
+            (in_fd, (in_offp != 0).then_some(from)),
+            (out_fd, (out_offp != 0).then_some(to)),
+            len,
+        )?;
+        for (p, base) in [(in_offp, from), (out_offp, to)] {
+            if p != 0 {
+                m.write(p, &(base + moved).to_le_bytes())
+                    .map_err(|_| EFAULT)?;
+            }
+        }
+        Ok(moved as i64)
+    }
+
+    /// The loop of sendfile and copy_file_range: up to `count` bytes from `input` (at its
+    /// offset, else at its position, which moves by what was moved) to `output` (at its
+    /// offset, else as a write), a chunk at a time, stopping at the first short write. An
+    /// error is returned only if nothing moved (a socket or pipe that would block, which
+    /// waits as a write does).
+    fn copy_range(
+        &mut self,
+        m: &mut dyn Machine,
+        (in_fd, in_at): (u64, Option<u64>),
+        (out_fd, out_at): (u64, Option<u64>),
+        count: u64,
+    ) -> Result<u64, i64> {
+        const MAX_RW_COUNT: u64 = 0x7fff_f000;
+        let count = count.min(MAX_RW_COUNT);
+        let start = match in_at {
+            Some(at) => at,
+            None => self.lseek(m, in_fd, 0, 1)? as u64, // SEEK_CUR
+        };
+        let socket_out = self.p.fds.is_socket(out_fd);
+        let mut tmp = self.take_scratch(CHUNK);
+        let mut done = 0u64;
+        let mut failed = None;
+        while done < count {
+            let n = ((count - done) as usize).min(CHUNK);
+            let got = match self.read_fd(m, in_fd, &mut tmp[..n], Some(start + done)) {
+                Ok(0) => break,
+                Ok(got) => got,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
+            match self.write_fd(m, out_fd, &tmp[..got], out_at.map(|o| o + done)) {
+                Ok(w) => {
+                    done += w as u64;
+                    if w < got {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        self.put_scratch(tmp);
+        if in_at.is_none() && done > 0 {
+            self.lseek(m, in_fd, start + done, 0)?; // SEEK_SET
+        }
+        match failed {
+            Some(EPIPE) if done == 0 && socket_out => Err(self.broken_pipe()),
+            Some(e) if done == 0 => Err(e),
+            _ => Ok(done),
+        }
+    }
+
+    /// fallocate(2) on a file of the root: space allocated, a hole punched, a range zeroed.
+    /// Collapsing or inserting a range would shift data under the app's shared mappings:
+    /// EOPNOTSUPP, as on file systems that cannot.
+    pub(crate) fn fallocate(
+        &mut self,
+        m: &mut dyn Machine,
+        fd: u64,
+        mode: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<i64, i64> {
+        const KEEP_SIZE: u64 = 0x1;
+        const ZERO_RANGE: u64 = 0x10;
+        let f = self.p.fds.get(fd)?;
+        if f.status_flags & O_ACCMODE == 0 {
+            return Err(EBADF);
+        }
+        let file = match &f.kind {
+            FileKind::Host { file, .. } => *file,
+            FileKind::PipeRead(_) | FileKind::PipeWrite(_) | FileKind::Unix { .. } => {
+                return Err(ESPIPE)
+            }
+            _ => return Err(ENODEV),
+        };
+        if (offset as i64) < 0 || (len as i64) <= 0 || offset.checked_add(len).is_none() {
+            return Err(EINVAL);
+        }
+        match mode {
+            0 | KEEP_SIZE | ZERO_RANGE | 0x11 => {}
+            0x3 => {} // PUNCH_HOLE | KEEP_SIZE (a hole never changes the size)
+            _ => return Err(EOPNOTSUPP), // PUNCH_HOLE alone too, as Linux's
+        }
+        m.fs_allocate(file, mode as i32, offset, len).map(|()| 0)
+    }
+
     /// ftruncate(2), fsync(2) and fdatasync(2) on a descriptor: files of the root only.
     pub(crate) fn file_op(&mut self, m: &mut dyn Machine, fd: u64, op: FileOp) -> Result<i64, i64> {
         let FileKind::Host { file, .. } = self.p.fds.kind(fd)? else {
@@ -1716,6 +1895,17 @@ fn earliest_timeout(a: i64, b: i64) -> i64 {
         (_, true) => a,
         _ => a.min(b),
     }
+}
+
+/// A `loff_t` the app passes by pointer: EFAULT if unreadable, EINVAL if negative.
+fn read_offset(m: &mut dyn Machine, p: u64) -> Result<u64, i64> {
+    let mut b = [0u8; 8];
+    m.read(p, &mut b).map_err(|_| EFAULT)?;
+    let v = i64::from_le_bytes(b);
+    if v < 0 {
+        return Err(EINVAL);
+    }
+    Ok(v as u64)
 }
 
 #[cfg(test)]

@@ -300,6 +300,20 @@ pub trait Machine {
         net_send_through_buffer(self, s, iov, nonblocking)
     }
     /// Bytes waiting to be read on a stream socket (FIONREAD).
+    /// setsockopt of an option the stack keeps (`level`, `name` as Linux numbers them).
+    fn net_set_option(
+        &mut self,
+        _s: SocketId,
+        _level: u32,
+        _name: u32,
+        _value: u64,
+    ) -> Result<(), i64> {
+        Err(92) // ENOPROTOOPT
+    }
+    /// getsockopt of an option the stack keeps.
+    fn net_option(&mut self, _s: SocketId, _level: u32, _name: u32) -> Result<u64, i64> {
+        Err(92) // ENOPROTOOPT
+    }
     fn net_pending(&mut self, _s: SocketId) -> Result<usize, i64> {
         Err(9)
     }
@@ -331,6 +345,17 @@ pub trait Machine {
     /// ftruncate(2) of an open file.
     fn fs_truncate(&mut self, _file: HostFile, _len: u64) -> Result<(), i64> {
         Err(30)
+    }
+    /// fallocate(2) of an open file, `mode` one the kernel checked (allocate, keep size,
+    /// punch a hole, zero a range).
+    fn fs_allocate(
+        &mut self,
+        _file: HostFile,
+        _mode: i32,
+        _offset: u64,
+        _len: u64,
+    ) -> Result<(), i64> {
+        Err(95) // EOPNOTSUPP
     }
     /// fsync(2), or fdatasync(2) with `data_only`.
     fn fs_sync(&mut self, _file: HostFile, _data_only: bool) -> Result<(), i64> {

@@ -664,7 +664,10 @@ impl Kernel {
         Ok(done as i64)
     }
 
-    /// setsockopt: the options apps set on TCP sockets are accepted (qnet's defaults hold).
+    /// setsockopt: the options qnet keeps go to it (`SO_REUSEADDR`, `SO_REUSEPORT`,
+    /// `SO_KEEPALIVE`, `SO_RCVBUF`, `SO_SNDBUF`, `TCP_NODELAY`; an int of at least 4 bytes);
+    /// `IPV6_V6ONLY` is qkernel's. Others are accepted and change nothing (`SO_LINGER`,
+    /// `TCP_CORK`, timeouts...): apps set them as hints and fail hard on an error.
     pub(crate) fn setsockopt(
         &mut self,
         m: &mut dyn Machine,
@@ -676,20 +679,27 @@ impl Kernel {
             return Ok(0);
         }
         let (s, _) = self.socket_of(fd)?;
-        if (level, name) == (IPPROTO_IPV6, IPV6_V6ONLY) && self.is_inet6(s) {
-            if len < 4 {
-                return Err(EINVAL);
-            }
-            let mut v = [0u8; 4];
-            m.read(val, &mut v).map_err(|_| EFAULT)?;
-            if let Some(i) = self.inet6.get_mut(&s) {
-                i.v6only = i32::from_le_bytes(v) != 0;
-            }
+        let stack_keeps = stack_option(level, name);
+        if !stack_keeps && (level, name) != (IPPROTO_IPV6, IPV6_V6ONLY) {
+            return Ok(0);
+        }
+        if (len as i64) < 4 {
+            return Err(EINVAL);
+        }
+        let mut v = [0u8; 4];
+        m.read(val, &mut v).map_err(|_| EFAULT)?;
+        let value = i32::from_le_bytes(v);
+        if stack_keeps {
+            m.net_set_option(s, level as u32, name as u32, value as u32 as u64)?;
+        } else if let Some(i) = self.inet6.get_mut(&s) {
+            i.v6only = value != 0;
         }
         Ok(0)
     }
 
-    /// getsockopt: SO_ERROR from the stack; the other options read as 0.
+    /// getsockopt: SO_ERROR and the options qnet keeps from the stack, `SO_DOMAIN` and
+    /// `IPV6_V6ONLY` from qkernel; others read as 0. The value is an int, cut to `*lenp`
+    /// bytes if that is less.
     pub(crate) fn getsockopt(
         &mut self,
         m: &mut dyn Machine,
@@ -701,6 +711,7 @@ impl Kernel {
     ) -> Result<i64, i64> {
         const SOL_SOCKET: u64 = 1;
         const SO_ERROR: u64 = 4;
+        const SO_DOMAIN: u64 = 39;
         let value = if self.unix_of(fd).is_some() || self.unix_named_of(fd).is_some() {
             0
         } else if (level, name) == (IPPROTO_IPV6, IPV6_V6ONLY) {
@@ -709,13 +720,44 @@ impl Kernel {
         } else if level == SOL_SOCKET && name == SO_ERROR {
             let (s, _) = self.socket_of(fd)?;
             m.net_take_error(s)? as u32
+        } else if level == SOL_SOCKET && name == SO_DOMAIN {
+            let (s, _) = self.socket_of(fd)?;
+            if self.is_inet6(s) {
+                10 // AF_INET6
+            } else {
+                2 // AF_INET
+            }
+        } else if stack_option(level, name) {
+            let (s, _) = self.socket_of(fd)?;
+            m.net_option(s, level as u32, name as u32)? as u32
         } else {
             0
         };
         if val != 0 {
-            m.write(val, &value.to_le_bytes()).map_err(|_| EFAULT)?;
-            m.write(lenp, &4u32.to_le_bytes()).map_err(|_| EFAULT)?;
+            let mut l = [0u8; 4];
+            m.read(lenp, &mut l).map_err(|_| EFAULT)?;
+            let len = i32::from_le_bytes(l);
+            if len < 0 {
+                return Err(EINVAL);
+            }
+            let n = (len as usize).min(4);
+            m.write(val, &value.to_le_bytes()[..n])
+                .map_err(|_| EFAULT)?;
+            m.write(lenp, &(n as u32).to_le_bytes())
+                .map_err(|_| EFAULT)?;
         }
         Ok(0)
     }
+}
+
+/// Whether qnet keeps option `name` of `level` (the ring carries it).
+fn stack_option(level: u64, name: u64) -> bool {
+    const SOL_SOCKET: u64 = 1;
+    const IPPROTO_TCP: u64 = 6;
+    matches!(
+        (level, name),
+        // SO_REUSEADDR, SO_TYPE, SO_SNDBUF, SO_RCVBUF, SO_KEEPALIVE, SO_REUSEPORT,
+        // SO_ACCEPTCONN, SO_PROTOCOL
+        (SOL_SOCKET, 2 | 3 | 7 | 8 | 9 | 15 | 30 | 38) | (IPPROTO_TCP, 1) // TCP_NODELAY
+    )
 }

@@ -688,6 +688,7 @@ impl Kernel {
             0 | 1 | 17 | 18 | 19 | 20 | 43 | 44 | 45 | 46 | 47 | 288 | 299 | 307 => {
                 self.p.fds.is_socket(call.args[0])
             }
+            40 => self.p.fds.is_socket(call.args[0]), // sendfile to a socket
             _ => false,
         }
     }
@@ -923,6 +924,9 @@ impl Kernel {
             264 => self.renameat(m, (a0, a1), (a2, a3), 0),
             316 => self.renameat(m, (a0, a1), (a2, a3), a4),
             77 => self.file_op(m, a0, crate::fs::FileOp::Truncate(a1)),
+            40 => self.sendfile(m, a0, a1, a2, a3),
+            285 => self.fallocate(m, a0, a1 as i32 as u64, a2, a3),
+            326 => self.copy_file_range(m, (a0, a1), (a2, a3), a4, a5),
             74 => self.file_op(m, a0, crate::fs::FileOp::Sync { data_only: false }),
             75 => self.file_op(m, a0, crate::fs::FileOp::Sync { data_only: true }),
             92 | 94 => {

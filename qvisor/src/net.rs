@@ -201,6 +201,8 @@ impl Live {
 enum Sock {
     Fresh {
         bound: Option<SocketAddr>,
+        /// Options set before the ring socket exists, given to it when it does.
+        opts: FreshOpts,
     },
     Stream(TcpStream),
     Listener(TcpListener),
@@ -208,6 +210,27 @@ enum Sock {
     FreshDgram,
     Dgram(UdpSocket),
 }
+
+/// A fresh stream socket's options (the ring's socket is made by listen or connect).
+#[derive(Default, Clone, Copy)]
+struct FreshOpts {
+    nodelay: bool,
+    keepalive: bool,
+    reuseaddr: bool,
+}
+
+const SOL_SOCKET: u32 = 1;
+const SO_REUSEADDR: u32 = 2;
+const SO_TYPE: u32 = 3;
+const SO_SNDBUF: u32 = 7;
+const SO_RCVBUF: u32 = 8;
+const SO_KEEPALIVE: u32 = 9;
+const SO_REUSEPORT: u32 = 15;
+const SO_ACCEPTCONN: u32 = 30;
+const SO_PROTOCOL: u32 = 38;
+const IPPROTO_TCP: u32 = 6;
+const TCP_NODELAY: u32 = 1;
+const ENOPROTOOPT: i64 = 92;
 
 pub struct GuestNet {
     setup: NetSetup,
@@ -227,6 +250,17 @@ fn errno(e: io::Error) -> i64 {
         (None, io::ErrorKind::BrokenPipe) => 32,
         _ => 5,
     }
+}
+
+/// Gives a ring socket made from a fresh one the options set on it meanwhile.
+fn give_options(opts: FreshOpts, set: impl Fn(u32, u32, u64) -> io::Result<()>) -> Result<(), i64> {
+    if opts.nodelay {
+        set(IPPROTO_TCP, TCP_NODELAY, 1).map_err(errno)?;
+    }
+    if opts.keepalive {
+        set(SOL_SOCKET, SO_KEEPALIVE, 1).map_err(errno)?;
+    }
+    Ok(())
 }
 
 fn v4(ip: u32, port: u16) -> SocketAddr {
@@ -351,7 +385,10 @@ impl GuestNet {
 
     pub fn socket(&mut self, stream: bool) -> Result<SocketId, i64> {
         self.insert(if stream {
-            Sock::Fresh { bound: None }
+            Sock::Fresh {
+                bound: None,
+                opts: FreshOpts::default(),
+            }
         } else {
             Sock::FreshDgram
         })
@@ -406,7 +443,7 @@ impl GuestNet {
             return self.dgram(s, v4(ip, port)).map(|_| ());
         }
         match self.get(s)? {
-            Sock::Fresh { bound } if bound.is_none() => {
+            Sock::Fresh { bound, .. } if bound.is_none() => {
                 *bound = Some(v4(ip, port));
                 Ok(())
             }
@@ -417,14 +454,17 @@ impl GuestNet {
     pub fn listen(&mut self, s: SocketId, backlog: u32) -> Result<(), i64> {
         let client = self.client()?;
         let sock = self.get(s)?;
-        let Sock::Fresh { bound } = sock else {
+        let Sock::Fresh { bound, opts } = sock else {
             return match sock {
                 Sock::Listener(_) => Ok(()),
                 _ => Err(EINVAL),
             };
         };
-        let addr = bound.unwrap_or(v4(0, 0));
-        *sock = Sock::Listener(TcpListener::bind(&client, addr, backlog).map_err(errno)?);
+        let (addr, opts) = (bound.unwrap_or(v4(0, 0)), *opts);
+        let listener = TcpListener::bind(&client, addr, backlog).map_err(errno)?;
+        // What connections it accepts inherit, as on Linux.
+        give_options(opts, |level, name, v| listener.set_option(level, name, v))?;
+        *sock = Sock::Listener(listener);
         Ok(())
     }
 
@@ -449,14 +489,19 @@ impl GuestNet {
         let client = self.client()?;
         let sock = self.get(s)?;
         match sock {
-            Sock::Fresh { .. } if nonblocking => {
-                let stream = TcpStream::start_connect(&client, v4(ip, port)).map_err(errno)?;
+            Sock::Fresh { opts, .. } => {
+                let opts = *opts;
+                let stream = if nonblocking {
+                    TcpStream::start_connect(&client, v4(ip, port))
+                } else {
+                    TcpStream::connect(&client, v4(ip, port))
+                }
+                .map_err(errno)?;
+                give_options(opts, |level, name, v| stream.set_option(level, name, v))?;
                 *sock = Sock::Stream(stream);
-                Err(EINPROGRESS)
-            }
-            Sock::Fresh { .. } => {
-                let stream = TcpStream::connect(&client, v4(ip, port)).map_err(errno)?;
-                *sock = Sock::Stream(stream);
+                if nonblocking {
+                    return Err(EINPROGRESS);
+                }
                 Ok(())
             }
             Sock::Stream(_) => Err(106), // EISCONN
@@ -547,7 +592,7 @@ impl GuestNet {
 
     pub fn name(&mut self, s: SocketId, peer: bool) -> Result<(u32, u16), i64> {
         let addr = match self.get(s)? {
-            Sock::Fresh { bound } if !peer => bound.unwrap_or(v4(0, 0)),
+            Sock::Fresh { bound, .. } if !peer => bound.unwrap_or(v4(0, 0)),
             Sock::Fresh { .. } => return Err(ENOTCONN),
             Sock::Listener(l) if !peer => l.local_addr().map_err(errno)?,
             Sock::Listener(_) => return Err(ENOTCONN),
@@ -568,6 +613,66 @@ impl GuestNet {
             Sock::Stream(t) => Ok(t.bytes_available()),
             Sock::Dgram(_) | Sock::FreshDgram => Err(EOPNOTSUPP),
             _ => Ok(0),
+        }
+    }
+
+    /// setsockopt of an option the ring carries (`SO_REUSEADDR`, `SO_REUSEPORT`,
+    /// `SO_KEEPALIVE`, `SO_RCVBUF`, `SO_SNDBUF`, `TCP_NODELAY`); a fresh stream keeps it for
+    /// the ring socket that listen or connect makes.
+    pub fn set_option(
+        &mut self,
+        s: SocketId,
+        level: u32,
+        name: u32,
+        value: u64,
+    ) -> Result<(), i64> {
+        match self.get(s)? {
+            Sock::Fresh { opts, .. } => {
+                let on = value != 0;
+                match (level, name) {
+                    (IPPROTO_TCP, TCP_NODELAY) => opts.nodelay = on,
+                    (SOL_SOCKET, SO_KEEPALIVE) => opts.keepalive = on,
+                    (SOL_SOCKET, SO_REUSEADDR | SO_REUSEPORT) => opts.reuseaddr = on,
+                    (SOL_SOCKET, SO_RCVBUF | SO_SNDBUF) => {}
+                    _ => return Err(ENOPROTOOPT),
+                }
+                Ok(())
+            }
+            // Bound when first used: its options have nothing to change yet.
+            Sock::FreshDgram => Ok(()),
+            Sock::Stream(t) => t.set_option(level, name, value).map_err(errno),
+            Sock::Listener(l) => l.set_option(level, name, value).map_err(errno),
+            Sock::Dgram(u) => u.set_option(level, name, value).map_err(errno),
+        }
+    }
+
+    /// getsockopt of an option the ring carries, and `SO_TYPE`, `SO_PROTOCOL`,
+    /// `SO_ACCEPTCONN`.
+    pub fn option(&mut self, s: SocketId, level: u32, name: u32) -> Result<u64, i64> {
+        let buffer = self.client().map(|c| c.buffer_size()).unwrap_or(0);
+        let sock = self.get(s)?;
+        let dgram = matches!(sock, Sock::Dgram(_) | Sock::FreshDgram);
+        match (level, name) {
+            (SOL_SOCKET, SO_TYPE) => return Ok(if dgram { 2 } else { 1 }),
+            (SOL_SOCKET, SO_PROTOCOL) => return Ok(if dgram { 17 } else { 6 }),
+            (SOL_SOCKET, SO_ACCEPTCONN) => return Ok(matches!(sock, Sock::Listener(_)).into()),
+            _ => {}
+        }
+        match sock {
+            Sock::Fresh { opts, .. } => match (level, name) {
+                (IPPROTO_TCP, TCP_NODELAY) => Ok(opts.nodelay.into()),
+                (SOL_SOCKET, SO_KEEPALIVE) => Ok(opts.keepalive.into()),
+                (SOL_SOCKET, SO_REUSEADDR | SO_REUSEPORT) => Ok(opts.reuseaddr.into()),
+                (SOL_SOCKET, SO_RCVBUF | SO_SNDBUF) => Ok(buffer.into()),
+                _ => Err(ENOPROTOOPT),
+            },
+            Sock::FreshDgram => match (level, name) {
+                (SOL_SOCKET, SO_RCVBUF | SO_SNDBUF) => Ok(buffer.into()),
+                _ => Ok(0),
+            },
+            Sock::Stream(t) => t.option(level, name).map_err(errno),
+            Sock::Listener(l) => l.option(level, name).map_err(errno),
+            Sock::Dgram(u) => u.option(level, name).map_err(errno),
         }
     }
 

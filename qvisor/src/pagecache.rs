@@ -295,6 +295,21 @@ impl SharedFilePages {
         }
     }
 
+    /// A range of `fd`'s file became zeros (a hole punched, a range zeroed): so do the
+    /// shared pages over it.
+    pub fn zeroed(&mut self, mem: &mut GuestMemory, fd: RawFd, offset: u64, len: u64) {
+        let Some(inode) = self.cached_inode(fd) else {
+            return;
+        };
+        let zeros = [0u8; PAGE as usize];
+        let end = offset.saturating_add(len);
+        for (&index, &gpa) in inode.pages.range(offset / PAGE..end.div_ceil(PAGE)) {
+            let page = index * PAGE;
+            let (from, to) = (offset.max(page) - page, end.min(page + PAGE) - page);
+            let _ = mem.write_page(gpa, from, &zeros[from as usize..to as usize]);
+        }
+    }
+
     /// Writes `pages` back to their files, each up to its file's end (a mapping cannot grow a
     /// file; one fstat a file, not a page). Every page is tried; the first error is returned.
     fn write_back(&self, mem: &GuestMemory, pages: &[FilePage]) -> Result<(), i64> {

@@ -516,6 +516,26 @@ impl RootFs {
         Ok(())
     }
 
+    /// fallocate(2), `mode` checked by the kernel.
+    pub fn allocate(
+        &mut self,
+        file: HostFile,
+        mode: i32,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), i64> {
+        let fd = self.fd(file)?;
+        let (offset, len) = (
+            i64::try_from(offset).map_err(|_| EINVAL)?,
+            i64::try_from(len).map_err(|_| EINVAL)?,
+        );
+        // SAFETY: plain fallocate on our descriptor.
+        if unsafe { libc::fallocate(fd, mode, offset, len) } != 0 {
+            return Err(errno());
+        }
+        Ok(())
+    }
+
     /// fsync(2)/fdatasync(2).
     pub fn sync(&mut self, file: HostFile, data_only: bool) -> Result<(), i64> {
         let fd = self.fd(file)?;

@@ -1076,6 +1076,17 @@ impl Machine for GuestMachine<'_> {
         self.pages.truncated(self.mem, self.rootfs.fd(file)?, len);
         Ok(())
     }
+    fn fs_allocate(&mut self, file: HostFile, mode: i32, offset: u64, len: u64) -> Result<(), i64> {
+        self.rootfs.allocate(file, mode, offset, len)?;
+        const PUNCH_HOLE: i32 = 0x2;
+        const ZERO_RANGE: i32 = 0x10;
+        if mode & (PUNCH_HOLE | ZERO_RANGE) != 0 {
+            // Mapped shared pages are the file's data: they read as the zeros it now has.
+            self.pages
+                .zeroed(self.mem, self.rootfs.fd(file)?, offset, len);
+        }
+        Ok(())
+    }
     fn fs_sync(&mut self, file: HostFile, data_only: bool) -> Result<(), i64> {
         self.pages
             .write_back_file(self.mem, self.rootfs.fd(file)?)?;
@@ -1138,6 +1149,18 @@ impl Machine for GuestMachine<'_> {
     }
     fn net_take_error(&mut self, s: qkernel::SocketId) -> Result<i64, i64> {
         self.net()?.take_error(s)
+    }
+    fn net_set_option(
+        &mut self,
+        s: qkernel::SocketId,
+        level: u32,
+        name: u32,
+        value: u64,
+    ) -> Result<(), i64> {
+        self.net()?.set_option(s, level, name, value)
+    }
+    fn net_option(&mut self, s: qkernel::SocketId, level: u32, name: u32) -> Result<u64, i64> {
+        self.net()?.option(s, level, name)
     }
     fn net_pending(&mut self, s: qkernel::SocketId) -> Result<usize, i64> {
         self.net()?.pending(s)

@@ -146,11 +146,13 @@ fn debian_iperf3_serves_the_hosts_iperf3_client() {
 }
 
 /// nginx's configuration for the guest: a master and two workers in the foreground (the
-/// workers drop to `nobody`, their channels are socket pairs), files from /var/www, on IPv4
-/// and `[::]` as Debian's default site listens (an IPv6-only socket: see docs/qvisor.md).
+/// workers drop to `nobody`, their channels are socket pairs), files from /var/www sent with
+/// sendfile and TCP_CORK as Debian's and the nginx image's configurations do, on IPv4 and
+/// `[::]` as Debian's default site listens (an IPv6-only socket: see docs/qvisor.md).
 const NGINX_CONF: &str = "daemon off;\nmaster_process on;\nworker_processes 2;\n\
 error_log /dev/stderr notice;\npid /tmp/nginx.pid;\nevents { worker_connections 256; }\n\
-http {\n  access_log off;\n  client_body_temp_path /tmp/body;\n  proxy_temp_path /tmp/proxy;\n\
+http {\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n\
+  client_body_temp_path /tmp/body;\n  proxy_temp_path /tmp/proxy;\n\
   fastcgi_temp_path /tmp/fastcgi;\n  uwsgi_temp_path /tmp/uwsgi;\n  scgi_temp_path /tmp/scgi;\n\
   server { listen 8080; listen [::]:8080; root /var/www; }\n}\n";
 
@@ -177,6 +179,11 @@ fn debian_nginx_master_and_workers_serve_wrk_for_30_s_without_errors() {
         "hello from nginx in Quark\n",
     )
     .unwrap();
+    // A file larger than a socket's ring, sent with sendfile in several calls.
+    let big: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i * 7 + (i >> 12)) as u8)
+        .collect();
+    std::fs::write(dir.join("var/www/big.bin"), &big).unwrap();
     let ns = Netns::new("nginx");
     require_kvm();
     let server = Command::new(env!("CARGO_BIN_EXE_qvisor"))
@@ -205,6 +212,7 @@ fn debian_nginx_master_and_workers_serve_wrk_for_30_s_without_errors() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    let fetched = in_ns(&["curl", "-s", "-m", "20", "http://10.66.0.2:8080/big.bin"]);
     let wrk = in_ns(&[
         "wrk",
         "-t1",
@@ -223,6 +231,11 @@ fn debian_nginx_master_and_workers_serve_wrk_for_30_s_without_errors() {
     let log = stderr(&out);
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(body, "hello from nginx in Quark\n", "{log}");
+    assert!(
+        fetched.stdout == big,
+        "big.bin came back as {} bytes: {log}",
+        fetched.stdout.len()
+    );
     for worker in ["start worker process 2", "start worker process 3"] {
         assert!(log.contains(worker), "{log}");
     }

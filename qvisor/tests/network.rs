@@ -102,6 +102,37 @@ fn a_writer_nobody_reads_gets_sigpipe_as_on_linux() {
 }
 
 #[test]
+fn socket_options_reach_qnet_and_read_back_as_on_linux() {
+    // TCP_NODELAY and SO_KEEPALIVE set before connect or listen hold on the connection and
+    // on what the listener accepts; SO_TYPE, SO_PROTOCOL, SO_DOMAIN, SO_ACCEPTCONN; buffer
+    // sizes; short and bad buffers, read-only options, a value cut to the asked length.
+    // Passes natively too.
+    let o = qvisor(&["/bin/sockopts"]);
+    assert_eq!(
+        (o.status.code(), stdout(&o).as_str()),
+        (Some(0), "sockopts: ok\n"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn sendfile_copy_file_range_and_fallocate_behave_as_on_linux() {
+    // A 3 MiB file sent whole over 127.0.0.1 to another process (the sender waits on a full
+    // socket), through a pipe at the position and at an offset, into a non-blocking socket
+    // until EAGAIN and a shut one (EPIPE); copy_file_range between files and within one;
+    // fallocate growing, keeping the size, punching a hole a shared mapping sees, zeroing;
+    // each call's errors. Passes natively too.
+    let o = qvisor(&["/bin/sendfile"]);
+    assert_eq!(
+        (o.status.code(), stdout(&o).as_str()),
+        (Some(0), "sendfile: ok\n"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
 fn af_inet6_sockets_work_over_the_ipv4_network() {
     // In the guest's loopback: a dual-stack [::] listener takes an IPv4 client (named
     // ::ffff:127.0.0.1), an AF_INET6 client reaches an IPv4-mapped address, a v6-only listener

@@ -174,6 +174,11 @@ impl Client {
         weak.upgrade().map(|inner| Client { inner })
     }
 
+    /// The bytes of each socket's send and receive rings (`SO_SNDBUF`, `SO_RCVBUF`).
+    pub fn buffer_size(&self) -> u32 {
+        self.view().geometry().buf_size
+    }
+
     pub(crate) fn view(&self) -> &RegionView {
         &self.inner.view
     }

@@ -365,6 +365,26 @@ impl Drop for Slot {
     }
 }
 
+/// Socket options the ring carries (docs/ring.md: `OP_SETSOCKOPT`), by Linux level and
+/// number, for callers that speak the socket API (qkernel on behalf of a guest).
+macro_rules! socket_options {
+    ($($t:ty),*) => {$(
+        impl $t {
+            /// Sets option `name` of `level` to `value` (ENOPROTOOPT for one the ring lacks).
+            pub fn set_option(&self, level: u32, name: u32, value: u64) -> io::Result<()> {
+                self.slot.setsockopt(level, name, value)
+            }
+
+            /// Reads option `name` of `level`.
+            pub fn option(&self, level: u32, name: u32) -> io::Result<u64> {
+                self.slot.getsockopt(level, name)
+            }
+        }
+    )*};
+}
+
+socket_options!(TcpStream, TcpListener, UdpSocket);
+
 /// A TCP connection through qnet.
 pub struct TcpStream {
     slot: Slot,

@@ -91,6 +91,8 @@ pub fn root() -> &'static Path {
             ("select", "select", "-static"),
             ("sockio", "sockio", "-static"),
             ("sigpipe", "sigpipe", "-static"),
+            ("sendfile", "sendfile", "-static"),
+            ("sockopts", "sockopts", "-static"),
             ("hostile", "hostile", "-static"),
             ("udp", "udp", "-static"),
             ("threads", "threads", "-static"),
