@@ -16,7 +16,7 @@ need_root() {
 }
 need_root
 
-packages=(iproute2 iputils-ping curl netcat-openbsd python3 iperf3 procps busybox-static tini gcc g++ libc6-dev musl-tools runc runsc util-linux containerd containernetworking-plugins iptables nginx-light wrk ethtool etcd-server protobuf-compiler hping3)
+packages=(iproute2 iputils-ping curl netcat-openbsd python3 iperf3 procps busybox-static tini catatonit gcc g++ libc6-dev musl-tools runc runsc util-linux containerd containernetworking-plugins iptables nginx-light wrk ethtool etcd-server protobuf-compiler hping3)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -147,6 +147,8 @@ pub enum FileKind {
     EventFd(u32),
     /// A timerfd (an index into the kernel's timerfds).
     TimerFd(u32),
+    /// A signalfd (an index into the kernel's signalfds).
+    SignalFd(u32),
     /// An end of an AF_UNIX socket pair: the pipe it reads and the pipe it writes.
     Unix {
         rx: u32,
@@ -171,6 +173,7 @@ impl FileKind {
             (FileKind::Unix { rx: a, .. }, FileKind::Unix { rx: b, .. }) => a == b,
             (FileKind::EventFd(a), FileKind::EventFd(b)) => a == b,
             (FileKind::TimerFd(a), FileKind::TimerFd(b)) => a == b,
+            (FileKind::SignalFd(a), FileKind::SignalFd(b)) => a == b,
             (FileKind::UnixNamed(a), FileKind::UnixNamed(b)) => a == b,
             _ => false,
         }
@@ -578,6 +581,7 @@ impl Kernel {
             FileKind::UnixNamed(id) if !elsewhere => self.unix_named_closed(m, id),
             FileKind::EventFd(id) => self.eventfd_closed(id),
             FileKind::TimerFd(id) => self.timerfd_closed(id),
+            FileKind::SignalFd(id) => self.signalfd_closed(id),
             _ => {}
         }
     }
@@ -637,6 +641,10 @@ impl Kernel {
             FileKind::TimerFd(id) => {
                 let (id, nonblocking) = (*id, f.status_flags & O_NONBLOCK != 0);
                 self.timerfd_read(m, id, buf, nonblocking)
+            }
+            FileKind::SignalFd(id) => {
+                let (id, nonblocking) = (*id, f.status_flags & O_NONBLOCK != 0);
+                self.signalfd_read(m, id, buf, nonblocking)
             }
             FileKind::Generated(g) if g.dir => Err(EISDIR),
             FileKind::Generated(g) => Ok(g.read(buf, offset)),
@@ -698,7 +706,10 @@ impl Kernel {
                 let (id, nonblocking) = (*id, f.status_flags & O_NONBLOCK != 0);
                 self.eventfd_write(id, buf, nonblocking)
             }
-            FileKind::Epoll(_) | FileKind::PipeRead(_) | FileKind::TimerFd(_) => Err(EINVAL),
+            FileKind::Epoll(_)
+            | FileKind::PipeRead(_)
+            | FileKind::TimerFd(_)
+            | FileKind::SignalFd(_) => Err(EINVAL),
             FileKind::Generated(_) => Err(EACCES),
             FileKind::UnixNamed(id) => {
                 let (id, nonblocking) = (*id, f.status_flags & O_NONBLOCK != 0);
@@ -976,7 +987,10 @@ impl Kernel {
             FileKind::Random => Ok(Self::char_device_stat((1 << 8) | 9)),
             FileKind::Stdin | FileKind::Stdout | FileKind::Stderr => Ok(Self::char_device_stat(0)),
             FileKind::Socket(_) => Ok(Self::stat_with_mode(0o140777)), // S_IFSOCK
-            FileKind::Epoll(_) | FileKind::EventFd(_) | FileKind::TimerFd(_) => {
+            FileKind::Epoll(_)
+            | FileKind::EventFd(_)
+            | FileKind::TimerFd(_)
+            | FileKind::SignalFd(_) => {
                 Ok(Self::stat_with_mode(0o000600)) // anonymous inode
             }
             FileKind::PipeRead(_) | FileKind::PipeWrite(_) => Ok(Self::stat_with_mode(0o010600)), // S_IFIFO
@@ -1534,6 +1548,10 @@ impl Kernel {
         let watches_console = items
             .iter()
             .any(|&(fd, ev)| fd >= 0 && ev & 0x1 != 0 && self.p.fds.is_console_input(fd as u64));
+        // Signalfds: a post of their signals wakes this thread parked (below); a wait in
+        // place looks again at every slice.
+        let signals = self.signalfd_masks(items.iter().map(|(fd, _)| *fd));
+        self.t.sigwait = 0;
         loop {
             let now = m.monotonic_ns();
             // Rounded up: a wait never ends before its timeout (5 ms asked gave 4.2 ms).
@@ -1544,7 +1562,7 @@ impl Kernel {
             let timer_ms = self
                 .timerfd_deadline(items.iter().map(|(fd, _)| *fd))
                 .map(ms_to);
-            let console_ms = watches_console.then_some(CONSOLE_SLICE_MS);
+            let console_ms = (watches_console || signals != 0).then_some(CONSOLE_SLICE_MS);
             let wait_ms = [timer_ms, console_ms]
                 .into_iter()
                 .flatten()
@@ -1553,11 +1571,14 @@ impl Kernel {
             if m.cancelled() {
                 return Err(crate::errno::EINTR);
             }
-            let slices = watches_console || timer_ms.is_some();
+            let slices = watches_console || timer_ms.is_some() || signals != 0;
             if revents.iter().any(|r| *r != 0) || left_ms == 0 || !slices {
                 if revents.iter().all(|r| *r == 0) {
                     let until_timer = timer_ms.map_or(-1, |t| t.max(1));
                     self.poll_found_nothing(earliest_timeout(requested_timeout, until_timer));
+                    if self.try_would_wait() {
+                        self.t.sigwait = signals; // it parks: a post of one wakes it
+                    }
                 }
                 return Ok(revents);
             }
@@ -1600,6 +1621,8 @@ impl Kernel {
                         0
                     }
                 }
+                Ok(FileKind::SignalFd(id)) if self.signalfd_ready(*id) => events & (POLLIN | 0x40),
+                Ok(FileKind::SignalFd(_)) => 0,
                 Ok(FileKind::EventFd(id)) => {
                     let (readable, writable) = self.eventfd_state(*id);
                     let mut r = 0;

@@ -21,6 +21,7 @@ mod pipe;
 mod process;
 mod procfs;
 mod signal;
+mod signalfd;
 mod sites;
 mod syscalls;
 pub mod sysnames;

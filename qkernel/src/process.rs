@@ -324,6 +324,14 @@ impl ProcTable {
             .map(|(tid, t)| (*tid, &mut t.thread))
     }
 
+    /// The parked threads of process `pid`, for their signal state.
+    pub(crate) fn parked_threads(&self, pid: i64) -> impl Iterator<Item = &Thread> {
+        self.threads
+            .values()
+            .filter(move |t| t.pid == pid)
+            .map(|t| &t.thread)
+    }
+
     /// The parked threads of process `pid`.
     pub(crate) fn threads_of(&self, pid: i64) -> Vec<i64> {
         self.threads

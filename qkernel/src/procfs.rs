@@ -494,6 +494,7 @@ fn fd_target(kind: &FileKind) -> Vec<u8> {
         FileKind::Epoll(_) => "anon_inode:[eventpoll]".to_string(),
         FileKind::EventFd(_) => "anon_inode:[eventfd]".to_string(),
         FileKind::TimerFd(_) => "anon_inode:[timerfd]".to_string(),
+        FileKind::SignalFd(_) => "anon_inode:[signalfd]".to_string(),
         FileKind::Generated(_) => "/proc".to_string(),
     };
     text.into_bytes()

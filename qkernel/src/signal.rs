@@ -187,6 +187,22 @@ impl crate::process::Thread {
         Some(info.overrun)
     }
 
+    /// The signals pending on this thread.
+    pub(crate) fn pending(&self) -> u64 {
+        self.signals.pending
+    }
+
+    /// Takes the lowest pending signal of `set`, with its siginfo.
+    pub(crate) fn take_pending(&mut self, set: u64) -> Option<(u64, Option<SigInfo>)> {
+        let ready = self.signals.pending & set;
+        if ready == 0 {
+            return None;
+        }
+        let sig = u64::from(ready.trailing_zeros()) + 1;
+        self.signals.pending &= !(1 << (sig - 1));
+        Some((sig, self.signals.info.remove(&sig)))
+    }
+
     /// The lowest pending signal not blocked, if any.
     pub(crate) fn deliverable(&self) -> Option<u64> {
         let ready = self.signals.pending & !self.sigmask;
@@ -347,11 +363,7 @@ impl Kernel {
             }
         };
         loop {
-            let ready = self.t.signals.pending & set;
-            if ready != 0 {
-                let sig = u64::from(ready.trailing_zeros()) + 1;
-                self.t.signals.pending &= !(1 << (sig - 1));
-                let got = self.t.signals.info.remove(&sig);
+            if let Some((sig, got)) = self.t.take_pending(set) {
                 self.t.io_until = None;
                 if info != 0 {
                     m.write(info, &siginfo_bytes(sig, got))

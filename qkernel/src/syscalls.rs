@@ -462,6 +462,7 @@ pub struct Kernel {
     pub(crate) images: crate::process::ImageCache,
     /// eventfd counters, shared by every process holding one.
     pub(crate) eventfds: Vec<Option<crate::eventfd::EventFd>>,
+    pub(crate) signalfds: Vec<Option<crate::signalfd::SignalFd>>,
     pub(crate) timerfds: Vec<Option<crate::timers::TimerFd>>,
     /// When a read parked by [`crate::timers::ETIMERFD_WAIT`] wakes (monotonic ns).
     pub(crate) timerfd_wake: u64,
@@ -521,6 +522,7 @@ impl Kernel {
             max_processes: usize::MAX,
             pipes: Vec::new(),
             eventfds: Vec::new(),
+            signalfds: Vec::new(),
             timerfds: Vec::new(),
             timerfd_wake: 0,
             images: Default::default(),
@@ -925,6 +927,8 @@ impl Kernel {
             316 => self.renameat(m, (a0, a1), (a2, a3), a4),
             77 => self.file_op(m, a0, crate::fs::FileOp::Truncate(a1)),
             40 => self.sendfile(m, a0, a1, a2, a3),
+            282 => self.signalfd(m, a0, a1, a2, 0),
+            289 => self.signalfd(m, a0, a1, a2, a3),
             285 => self.fallocate(m, a0, a1 as i32 as u64, a2, a3),
             326 => self.copy_file_range(m, (a0, a1), (a2, a3), a4, a5),
             74 => self.file_op(m, a0, crate::fs::FileOp::Sync { data_only: false }),

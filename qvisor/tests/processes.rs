@@ -450,6 +450,44 @@ fn blocked_signals_wait_and_sigtimedwait_takes_them() {
 }
 
 #[test]
+fn signalfd_reads_blocked_signals_and_wakes_polls() {
+    // Records with sender, status and code; EAGAIN; a blocking read woken by another
+    // process; poll, select and an epoll_wait woken by a child's exit; a new mask; a thread
+    // blocked in a read taking a process-directed signal; a timer's signal; errors. Alone, it
+    // waits in place; with a child or a second thread, parked. Passes natively too.
+    prints_and_succeeds("/bin/signalfd", "signalfd: ok\n");
+}
+
+#[test]
+fn catatonit_runs_as_init_and_passes_signals_on() {
+    // podman's init (`podman run --init`) waits on a signalfd with epoll: its child's exit
+    // status becomes the container's, and a SIGTERM sent to it (pid 1) reaches the child's
+    // trap.
+    let o = qvisor(&[
+        "/bin/catatonit",
+        "--",
+        "sh",
+        "-c",
+        "echo under catatonit; exit 3",
+    ]);
+    assert_eq!(
+        (o.status.code(), stdout(&o).as_str()),
+        (Some(3), "under catatonit\n"),
+        "{}",
+        stderr(&o)
+    );
+    let trap = "trap 'echo bye; exit 7' TERM; echo set; kill -TERM 1; \
+                while true; do sleep 1; done";
+    let o = qvisor(&["/bin/catatonit", "--", "sh", "-c", trap]);
+    assert_eq!(
+        (o.status.code(), stdout(&o).as_str()),
+        (Some(7), "set\nbye\n"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
 fn tini_runs_as_init_and_passes_signals_on() {
     // Debian's tini (docker run --init, many images' entrypoint) blocks the signals it
     // handles and takes them in sigtimedwait: its child's exit status becomes the

@@ -37,6 +37,8 @@ pub fn root() -> &'static Path {
         std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
         std::fs::copy("/usr/bin/tini-static", bin.join("tini"))
             .expect("Debian's tini is needed (scripts/setup.sh)");
+        std::fs::copy("/usr/bin/catatonit", bin.join("catatonit"))
+            .expect("Debian's catatonit is needed (scripts/setup.sh)");
         for applet in [
             "sh",
             "echo",
@@ -93,6 +95,7 @@ pub fn root() -> &'static Path {
             ("sigpipe", "sigpipe", "-static"),
             ("sendfile", "sendfile", "-static"),
             ("sockopts", "sockopts", "-static"),
+            ("signalfd", "signalfd", "-static"),
             ("hostile", "hostile", "-static"),
             ("udp", "udp", "-static"),
             ("threads", "threads", "-static"),
