@@ -290,6 +290,17 @@ impl FdTable {
         })
     }
 
+    /// The root's file behind `fd`, and whether it was opened for reading and for writing
+    /// (EINVAL for anything but a file of the root).
+    pub(crate) fn host_file_access(&self, fd: u64) -> Result<(HostFile, bool, bool), i64> {
+        let f = self.get(fd)?;
+        let FileKind::Host { file, .. } = f.kind else {
+            return Err(EINVAL);
+        };
+        let mode = f.status_flags & O_ACCMODE;
+        Ok((file, mode != 1, mode != 0))
+    }
+
     pub(crate) fn kind(&self, fd: u64) -> Result<&FileKind, i64> {
         self.get(fd).map(|f| &f.kind)
     }
@@ -558,7 +569,12 @@ impl Kernel {
     pub(crate) fn release_file(&mut self, m: &mut dyn Machine, kind: FileKind) {
         let elsewhere = self.p.fds.refers_to(&kind) || self.held_elsewhere(&kind);
         match kind {
-            FileKind::Host { file, .. } if !elsewhere => m.fs_close(file),
+            FileKind::Host { file, .. } => {
+                self.locks_on_close(m, file, !elsewhere);
+                if !elsewhere {
+                    m.fs_close(file);
+                }
+            }
             FileKind::Socket(s) if !elsewhere => {
                 self.inet6.remove(&s);
                 m.net_close(s)

@@ -15,6 +15,7 @@ mod eventfd;
 mod fs;
 mod futex;
 mod host;
+mod locks;
 mod machine;
 mod net;
 mod pipe;

@@ -463,6 +463,8 @@ pub struct Kernel {
     /// eventfd counters, shared by every process holding one.
     pub(crate) eventfds: Vec<Option<crate::eventfd::EventFd>>,
     pub(crate) signalfds: Vec<Option<crate::signalfd::SignalFd>>,
+    /// Advisory file locks between the container's processes.
+    pub(crate) locks: crate::locks::Locks,
     pub(crate) timerfds: Vec<Option<crate::timers::TimerFd>>,
     /// When a read parked by [`crate::timers::ETIMERFD_WAIT`] wakes (monotonic ns).
     pub(crate) timerfd_wake: u64,
@@ -523,6 +525,7 @@ impl Kernel {
             pipes: Vec::new(),
             eventfds: Vec::new(),
             signalfds: Vec::new(),
+            locks: Default::default(),
             timerfds: Vec::new(),
             timerfd_wake: 0,
             images: Default::default(),
@@ -1011,7 +1014,9 @@ impl Kernel {
             124 => self.group_of(a0 as i32 as i64, true),
             112 => self.setsid(),
             63 => self.uname(m, a0),
+            72 if crate::locks::is_lock_command(a1) => self.fcntl_lock(m, a0, a1, a2),
             72 => self.fcntl(a0, a1, a2),
+            73 => self.flock(m, a0, a1),
             79 => self.getcwd(m, a0, a1),
             80 => self.chdir(m, a0),
             81 => self.fchdir(a0),

@@ -265,8 +265,9 @@ fn debian_nginx_master_and_workers_serve_wrk_for_30_s_without_errors() {
 #[test]
 fn debian_python3_runs_threads_sockets_and_a_child_like_linux() {
     // Debian's python3 with its standard library, running a script of threads (an echo
-    // server thread per connection and four client threads), subprocess, concurrent sleeps
-    // and a thread pool. Its output must match the host's python3 running the same script.
+    // server thread per connection and four client threads), subprocess, concurrent sleeps,
+    // a thread pool and SQLite shared by two processes (its file locks). Its output must
+    // match the host's python3 running the same script.
     let dir = std::env::temp_dir().join(format!("qvisor-python-root-{}", std::process::id()));
     let o = Command::new("bash")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/debian-rootfs.sh"))

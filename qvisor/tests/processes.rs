@@ -450,6 +450,14 @@ fn blocked_signals_wait_and_sigtimedwait_takes_them() {
 }
 
 #[test]
+fn advisory_locks_work_between_processes() {
+    // fcntl record locks (conflicts, F_GETLK, shared read locks, SEEK_CUR/SEEK_END ranges,
+    // F_SETLKW waiting for the holder's unlock, release on any close and on exit), OFD locks
+    // owned by the open file, flock apart from record locks, errors. Passes natively too.
+    prints_and_succeeds("/bin/locks", "locks: ok\n");
+}
+
+#[test]
 fn signalfd_reads_blocked_signals_and_wakes_polls() {
     // Records with sender, status and code; EAGAIN; a blocking read woken by another
     // process; poll, select and an epoll_wait woken by a child's exit; a new mask; a thread

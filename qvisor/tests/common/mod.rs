@@ -96,6 +96,7 @@ pub fn root() -> &'static Path {
             ("sendfile", "sendfile", "-static"),
             ("sockopts", "sockopts", "-static"),
             ("signalfd", "signalfd", "-static"),
+            ("locks", "locks", "-static"),
             ("hostile", "hostile", "-static"),
             ("udp", "udp", "-static"),
             ("threads", "threads", "-static"),

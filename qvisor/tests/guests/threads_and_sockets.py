@@ -1,12 +1,16 @@
-"""Python in the guest: threads, sockets, a child process, a thread pool.
+"""Python in the guest: threads, sockets, a child process, a thread pool, SQLite.
 
 Prints the same lines on Linux and in Quark; the test compares them.
 """
 import concurrent.futures
 import hashlib
 import json
+import os
 import socket
+import sqlite3
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 
@@ -73,3 +77,27 @@ print("sleeps overlap:", max(b for b, _ in intervals) < min(e for _, e in interv
 with concurrent.futures.ThreadPoolExecutor(4) as pool:
     digests = list(pool.map(lambda i: hashlib.sha256(str(i).encode()).hexdigest()[:8], range(8)))
 print("pool:", json.dumps(digests))
+
+# SQLite between two processes: its file locks keep a writer out while another holds the
+# database (fcntl record locks), and let it in after the commit.
+db = os.path.join(tempfile.mkdtemp(), "t.db")
+con = sqlite3.connect(db, isolation_level=None)
+con.execute("create table t(x)")
+con.execute("begin exclusive")
+writer = [
+    sys.executable,
+    "-c",
+    "import sqlite3, sys\n"
+    "try:\n"
+    "    c = sqlite3.connect(sys.argv[1], timeout=0)\n"
+    "    c.execute('insert into t values (1)')\n"
+    "    c.commit()\n"
+    "    print('written')\n"
+    "except sqlite3.OperationalError as e:\n"
+    "    print(e)\n",
+    db,
+]
+print("sqlite while locked:", subprocess.run(writer, capture_output=True, text=True).stdout.strip())
+con.execute("commit")
+print("sqlite after commit:", subprocess.run(writer, capture_output=True, text=True).stdout.strip())
+print("sqlite rows:", con.execute("select count(*) from t").fetchone()[0])
