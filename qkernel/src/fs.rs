@@ -557,6 +557,37 @@ impl Kernel {
         }
     }
 
+    /// close_range(2): every open descriptor from `first` to `last` closed, or (with
+    /// CLOSE_RANGE_CLOEXEC) marked close-on-exec. CLOSE_RANGE_UNSHARE changes nothing here:
+    /// the table is the process's own.
+    pub(crate) fn close_range(
+        &mut self,
+        m: &mut dyn Machine,
+        first: u64,
+        last: u64,
+        flags: u64,
+    ) -> Result<i64, i64> {
+        const UNSHARE: u64 = 2;
+        const CLOEXEC: u64 = 4;
+        let (first, last) = (first as u32, last as u32);
+        if flags & !(UNSHARE | CLOEXEC) != 0 || first > last {
+            return Err(EINVAL);
+        }
+        for fd in self.p.fds.open_fds() {
+            if !(u64::from(first)..=u64::from(last)).contains(&fd) {
+                continue;
+            }
+            if flags & CLOEXEC != 0 {
+                if let Some(Some(f)) = self.p.fds.fds.get_mut(fd as usize) {
+                    f.cloexec = true;
+                }
+            } else {
+                self.close(m, fd)?;
+            }
+        }
+        Ok(0)
+    }
+
     pub(crate) fn close(&mut self, m: &mut dyn Machine, fd: u64) -> Result<i64, i64> {
         let f = self.p.fds.take(fd).ok_or(EBADF)?;
         self.release_file(m, f.kind);
@@ -1084,6 +1115,67 @@ impl Kernel {
         let from = self.alias(self.at_path(m, olddir, old)?);
         let to = self.alias(self.at_path(m, newdir, new)?);
         m.fs_rename(&from, &to, flags as u32).map(|()| 0)
+    }
+
+    /// linkat(2) (and link(2)): AT_SYMLINK_FOLLOW resolves a final symlink here, inside the
+    /// root, before the platform links what it names.
+    pub(crate) fn linkat(
+        &mut self,
+        m: &mut dyn Machine,
+        (olddir, old): (u64, u64),
+        (newdir, new): (u64, u64),
+        flags: u64,
+    ) -> Result<i64, i64> {
+        const AT_SYMLINK_FOLLOW: u64 = 0x400;
+        if flags & !AT_SYMLINK_FOLLOW != 0 {
+            return Err(EINVAL); // AT_EMPTY_PATH too: linking an open file is not offered
+        }
+        let mut from = self.alias(self.at_path(m, olddir, old)?);
+        let to = self.alias(self.at_path(m, newdir, new)?);
+        if flags & AT_SYMLINK_FOLLOW != 0 {
+            from = self.follow_symlinks(m, from)?;
+        }
+        m.fs_link(&from, &to).map(|()| 0)
+    }
+
+    /// `path` with its final symlinks followed (inside the root: the platform resolves every
+    /// path there); ELOOP past 40.
+    fn follow_symlinks(&self, m: &mut dyn Machine, mut path: Vec<u8>) -> Result<Vec<u8>, i64> {
+        const S_IFMT: u32 = 0o170000;
+        const S_IFLNK: u32 = 0o120000;
+        for _ in 0..40 {
+            let st = m.fs_stat_path(&path, false)?;
+            let mode = u32::from_le_bytes(st[24..28].try_into().unwrap_or_default());
+            if mode & S_IFMT != S_IFLNK {
+                return Ok(path);
+            }
+            let target = m.fs_readlink(&path)?;
+            path = if target.starts_with(b"/") {
+                target
+            } else {
+                let cut = path.iter().rposition(|&b| b == b'/').unwrap_or(0);
+                let mut p = path[..cut].to_vec();
+                p.push(b'/');
+                p.extend_from_slice(&target);
+                p
+            };
+        }
+        Err(40) // ELOOP
+    }
+
+    /// symlinkat(2) (and symlink(2)): the target is kept as the app wrote it.
+    pub(crate) fn symlinkat(
+        &mut self,
+        m: &mut dyn Machine,
+        target: u64,
+        (dir, path): (u64, u64),
+    ) -> Result<i64, i64> {
+        let target = read_path(m, target)?;
+        if target.is_empty() {
+            return Err(ENOENT);
+        }
+        let path = self.alias(self.at_path(m, dir, path)?);
+        m.fs_symlink(&target, &path).map(|()| 0)
     }
 
     /// sendfile(2): up to `count` bytes of the file `in_fd` (at `*offp`, which is updated,

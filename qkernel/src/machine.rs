@@ -331,6 +331,14 @@ pub trait Machine {
     fn fs_rename(&mut self, _from: &[u8], _to: &[u8], _flags: u32) -> Result<(), i64> {
         Err(30)
     }
+    /// link(2): `to` names the file `from` names (a final symlink itself, not followed).
+    fn fs_link(&mut self, _from: &[u8], _to: &[u8]) -> Result<(), i64> {
+        Err(30)
+    }
+    /// symlink(2): `path` becomes a symlink holding `target`.
+    fn fs_symlink(&mut self, _target: &[u8], _path: &[u8]) -> Result<(), i64> {
+        Err(30)
+    }
     /// chown/chmod/utimensat of `path` in the root (`follow`: through a final symlink), or of
     /// an open file (`file`).
     fn fs_set_attr(

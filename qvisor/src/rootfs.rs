@@ -459,6 +459,35 @@ impl RootFs {
         Ok(())
     }
 
+    /// link(2): a new name `to` for the file named `from` itself (a final symlink is linked,
+    /// not followed; the kernel resolves AT_SYMLINK_FOLLOW itself). Between two trees it is
+    /// EXDEV, as between two mounts.
+    pub fn link(&mut self, from: &[u8], to: &[u8]) -> Result<(), i64> {
+        let (a, an, a_tree) = self.parent_of(from)?;
+        let (b, bn, b_tree) = self.parent_of(to)?;
+        if a_tree != b_tree {
+            return Err(18); // EXDEV
+        }
+        // SAFETY: directory fds we own and single-component names; flags 0 follows nothing.
+        let r = unsafe { libc::linkat(a.as_raw_fd(), an.as_ptr(), b.as_raw_fd(), bn.as_ptr(), 0) };
+        if r != 0 {
+            return Err(errno());
+        }
+        Ok(())
+    }
+
+    /// symlink(2): `path` made a symlink holding `target` as is (it is only ever followed
+    /// inside the root, by `resolve`).
+    pub fn symlink(&mut self, target: &[u8], path: &[u8]) -> Result<(), i64> {
+        let (dir, name, _) = self.parent_of(path)?;
+        let target = CString::new(target).map_err(|_| EINVAL)?;
+        // SAFETY: NUL-terminated strings and a directory fd we own.
+        if unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) } != 0 {
+            return Err(errno());
+        }
+        Ok(())
+    }
+
     /// The attributes calls (chown, chmod, utimensat) on `path`, resolved inside the root
     /// (`follow`: through a final symlink, else on the symlink itself), acting through the
     /// resolved descriptor's /proc/self/fd link so they touch exactly that inode.

@@ -1049,6 +1049,12 @@ impl Machine for GuestMachine<'_> {
     fn fs_rename(&mut self, from: &[u8], to: &[u8], flags: u32) -> Result<(), i64> {
         self.rootfs.rename(from, to, flags)
     }
+    fn fs_link(&mut self, from: &[u8], to: &[u8]) -> Result<(), i64> {
+        self.rootfs.link(from, to)
+    }
+    fn fs_symlink(&mut self, target: &[u8], path: &[u8]) -> Result<(), i64> {
+        self.rootfs.symlink(target, path)
+    }
     fn fs_set_attr(
         &mut self,
         path: Option<&[u8]>,

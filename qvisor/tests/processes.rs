@@ -450,6 +450,14 @@ fn blocked_signals_wait_and_sigtimedwait_takes_them() {
 }
 
 #[test]
+fn hard_links_symlinks_close_range_and_named_semaphores_work() {
+    // link/linkat (AT_SYMLINK_FOLLOW too), symlink/symlinkat (relative, absolute, dangling),
+    // close_range (closing, CLOSE_RANGE_CLOEXEC), a sem_open semaphore posted by a child
+    // (glibc makes it in /dev/shm with link); errors. Passes natively too.
+    prints_and_succeeds_with(&["/bin/links", "/data/links"], "links: ok\n");
+}
+
+#[test]
 fn advisory_locks_work_between_processes() {
     // fcntl record locks (conflicts, F_GETLK, shared read locks, SEEK_CUR/SEEK_END ranges,
     // F_SETLKW waiting for the holder's unlock, release on any close and on exit), OFD locks

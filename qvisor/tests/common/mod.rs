@@ -97,6 +97,7 @@ pub fn root() -> &'static Path {
             ("sockopts", "sockopts", "-static"),
             ("signalfd", "signalfd", "-static"),
             ("locks", "locks", "-static"),
+            ("links", "links", "-static"),
             ("hostile", "hostile", "-static"),
             ("udp", "udp", "-static"),
             ("threads", "threads", "-static"),
