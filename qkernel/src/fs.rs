@@ -608,6 +608,7 @@ impl Kernel {
             }
             FileKind::Socket(s) if !elsewhere => {
                 self.inet6.remove(&s);
+                self.sock_timeouts.remove(&s);
                 m.net_close(s)
             }
             FileKind::Epoll(id)

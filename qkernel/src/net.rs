@@ -679,6 +679,9 @@ impl Kernel {
             return Ok(0);
         }
         let (s, _) = self.socket_of(fd)?;
+        if let Some(send) = timeout_option(level, name) {
+            return self.set_socket_timeout(m, s, send, (val, len));
+        }
         let stack_keeps = stack_option(level, name);
         if !stack_keeps && (level, name) != (IPPROTO_IPV6, IPV6_V6ONLY) {
             return Ok(0);
@@ -714,6 +717,14 @@ impl Kernel {
         const SO_DOMAIN: u64 = 39;
         let value = if self.unix_of(fd).is_some() || self.unix_named_of(fd).is_some() {
             0
+        } else if let Some(send) = timeout_option(level, name) {
+            let (s, _) = self.socket_of(fd)?;
+            let (rcv, snd) = self.sock_timeouts.get(&s).copied().unwrap_or((0, 0));
+            let ns = if send { snd } else { rcv };
+            let mut tv = [0u8; 16];
+            tv[..8].copy_from_slice(&(ns / 1_000_000_000).to_le_bytes());
+            tv[8..].copy_from_slice(&(ns % 1_000_000_000 / 1000).to_le_bytes());
+            return put_option(m, val, lenp, &tv);
         } else if (level, name) == (IPPROTO_IPV6, IPV6_V6ONLY) {
             let (s, _) = self.socket_of(fd)?;
             u32::from(self.inet6.get(&s).is_some_and(|i| i.v6only))
@@ -733,20 +744,87 @@ impl Kernel {
         } else {
             0
         };
-        if val != 0 {
-            let mut l = [0u8; 4];
-            m.read(lenp, &mut l).map_err(|_| EFAULT)?;
-            let len = i32::from_le_bytes(l);
-            if len < 0 {
-                return Err(EINVAL);
-            }
-            let n = (len as usize).min(4);
-            m.write(val, &value.to_le_bytes()[..n])
-                .map_err(|_| EFAULT)?;
-            m.write(lenp, &(n as u32).to_le_bytes())
-                .map_err(|_| EFAULT)?;
+        put_option(m, val, lenp, &value.to_le_bytes())
+    }
+
+    /// SO_RCVTIMEO / SO_SNDTIMEO (`send`): a `struct timeval`; zero is no timeout.
+    fn set_socket_timeout(
+        &mut self,
+        m: &mut dyn Machine,
+        s: u32,
+        send: bool,
+        (val, len): (u64, u64),
+    ) -> Result<i64, i64> {
+        if (len as i64) < 16 {
+            return Err(EINVAL);
+        }
+        let mut tv = [0u8; 16];
+        m.read(val, &mut tv).map_err(|_| EFAULT)?;
+        let sec = i64::from_le_bytes(tv[..8].try_into().unwrap_or_default());
+        let usec = i64::from_le_bytes(tv[8..].try_into().unwrap_or_default());
+        if !(0..1_000_000).contains(&usec) {
+            return Err(33); // EDOM
+        }
+        // A negative time is no timeout (Linux: "treated as zero"), as is zero.
+        let ns = if sec < 0 {
+            0
+        } else {
+            (sec as u64)
+                .saturating_mul(1_000_000_000)
+                .saturating_add(usec as u64 * 1000)
+        };
+        let t = self.sock_timeouts.entry(s).or_default();
+        if send {
+            t.1 = ns;
+        } else {
+            t.0 = ns;
         }
         Ok(0)
+    }
+
+    /// The SO_RCVTIMEO or SO_SNDTIMEO that bounds `call`'s wait, if it is a read or write
+    /// of a socket that set one.
+    pub(crate) fn socket_call_timeout(&self, call: &crate::SyscallArgs) -> Option<u64> {
+        let send = match call.nr {
+            0 | 19 | 45 | 47 | 43 | 288 => false, // read, readv, recvfrom, recvmsg, accept(4)
+            1 | 20 | 44 | 46 => true,             // write, writev, sendto, sendmsg
+            _ => return None,
+        };
+        let FileKind::Socket(s) = self.p.fds.kind(call.args[0]).ok()? else {
+            return None;
+        };
+        let (rcv, snd) = self.sock_timeouts.get(s)?;
+        let ns = if send { *snd } else { *rcv };
+        (ns > 0).then_some(ns)
+    }
+}
+
+/// Writes an option's value for getsockopt, cut to the `*lenp` bytes the app offers, and the
+/// length written.
+fn put_option(m: &mut dyn Machine, val: u64, lenp: u64, value: &[u8]) -> Result<i64, i64> {
+    if val != 0 {
+        let mut l = [0u8; 4];
+        m.read(lenp, &mut l).map_err(|_| EFAULT)?;
+        let len = i32::from_le_bytes(l);
+        if len < 0 {
+            return Err(EINVAL);
+        }
+        let n = (len as usize).min(value.len());
+        m.write(val, &value[..n]).map_err(|_| EFAULT)?;
+        m.write(lenp, &(n as u32).to_le_bytes())
+            .map_err(|_| EFAULT)?;
+    }
+    Ok(0)
+}
+
+/// Whether option `name` of `level` is SO_RCVTIMEO (false) or SO_SNDTIMEO (true), in their
+/// old or new (`_NEW`, the same `timeval` on x86-64) numbers.
+fn timeout_option(level: u64, name: u64) -> Option<bool> {
+    const SOL_SOCKET: u64 = 1;
+    match (level, name) {
+        (SOL_SOCKET, 20 | 66) => Some(false),
+        (SOL_SOCKET, 21 | 67) => Some(true),
+        _ => None,
     }
 }
 

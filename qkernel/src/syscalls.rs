@@ -502,6 +502,8 @@ pub struct Kernel {
     pub(crate) buffer_budget: u64,
     /// The app's AF_INET6 sockets (carried on the IPv4 stack; see `net.rs`).
     pub(crate) inet6: std::collections::BTreeMap<u32, crate::net::Inet6>,
+    /// SO_RCVTIMEO and SO_SNDTIMEO of the sockets that set one, in ns (0: none).
+    pub(crate) sock_timeouts: std::collections::BTreeMap<u32, (u64, u64)>,
     /// The earliest expiry of any process's timers (monotonic ns; `u64::MAX`: none), so a
     /// call, a preemption tick or an idle wait knows at a glance whether one is due.
     pub(crate) next_timer: u64,
@@ -545,6 +547,7 @@ impl Kernel {
             cpu_mark: 0,
             buffer_budget: MIN_BUFFER_BUDGET,
             inet6: Default::default(),
+            sock_timeouts: Default::default(),
             next_timer: u64::MAX,
         }
     }
@@ -708,12 +711,13 @@ impl Kernel {
         m: &mut dyn Machine,
         call: SyscallArgs,
     ) -> Option<SyscallOutcome> {
-        if self.procs_alone() && !self.host_requests {
+        let timeout = self.socket_call_timeout(&call);
+        if self.procs_alone() && !self.host_requests && timeout.is_none() {
             self.t.io_until = None;
             return None;
         }
         loop {
-            let (socks, until, poll) = match self.try_socket_call(m, call) {
+            let (socks, until, poll) = match self.try_socket_call(m, call, timeout) {
                 Ok(out) => return out,
                 Err(wait) => wait,
             };
@@ -760,6 +764,7 @@ impl Kernel {
         &mut self,
         m: &mut dyn Machine,
         call: SyscallArgs,
+        timeout_ns: Option<u64>,
     ) -> Result<Option<SyscallOutcome>, (Vec<crate::process::IoWant>, u64, bool)> {
         let timed_out = self.t.io_until.is_some_and(|u| m.monotonic_ns() >= u);
         self.io_wants.clear();
@@ -789,6 +794,18 @@ impl Kernel {
             // It waits on something else (a pipe, the console): served as usual.
             self.t.io_until = None;
             return Ok(None);
+        }
+        if let (Some(ns), None) = (timeout_ns, self.io_timeout_ms) {
+            // SO_RCVTIMEO / SO_SNDTIMEO: the wait ends there with EAGAIN, as on Linux.
+            if timed_out {
+                self.t.io_until = None;
+                return Ok(Some(SyscallOutcome::Return(-EAGAIN)));
+            }
+            let until = *self
+                .t
+                .io_until
+                .get_or_insert_with(|| m.monotonic_ns().saturating_add(ns));
+            return Err((socks, until, false));
         }
         // A poll may wait on no socket at all (pipes, eventfds, socket pairs): then only
         // their changes (which wake parked waiters) or its timeout end the wait.

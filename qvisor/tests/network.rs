@@ -105,8 +105,9 @@ fn a_writer_nobody_reads_gets_sigpipe_as_on_linux() {
 fn socket_options_reach_qnet_and_read_back_as_on_linux() {
     // TCP_NODELAY and SO_KEEPALIVE set before connect or listen hold on the connection and
     // on what the listener accepts; SO_TYPE, SO_PROTOCOL, SO_DOMAIN, SO_ACCEPTCONN; buffer
-    // sizes; short and bad buffers, read-only options, a value cut to the asked length.
-    // Passes natively too.
+    // sizes; short and bad buffers, read-only options, a value cut to the asked length;
+    // SO_RCVTIMEO and SO_SNDTIMEO ending recv, read, accept and send with EAGAIN, alone and
+    // from a second thread. Passes natively too.
     let o = qvisor(&["/bin/sockopts"]);
     assert_eq!(
         (o.status.code(), stdout(&o).as_str()),
