@@ -523,6 +523,42 @@ impl Kernel {
         }
     }
 
+    /// memfd_create(2): an unnamed file in the container's shared memory (an O_TMPFILE of
+    /// its /dev/shm tree, so it counts against that tree's size like any shared memory),
+    /// named `/memfd:NAME (deleted)` in /proc as on Linux. Sealing (MFD_ALLOW_SEALING) and
+    /// huge pages are not offered: EINVAL.
+    pub(crate) fn memfd_create(
+        &mut self,
+        m: &mut dyn Machine,
+        name: u64,
+        flags: u64,
+    ) -> Result<i64, i64> {
+        const MFD_CLOEXEC: u64 = 1;
+        const MFD_NOEXEC_SEAL: u64 = 8;
+        const MFD_EXEC: u64 = 0x10;
+        const O_RDWR: i32 = 2;
+        const O_TMPFILE: i32 = 0o20200000;
+        if flags & !(MFD_CLOEXEC | MFD_NOEXEC_SEAL | MFD_EXEC) != 0 {
+            return Err(EINVAL);
+        }
+        let name = read_path(m, name)?;
+        if name.len() > 249 {
+            return Err(EINVAL);
+        }
+        let file = m.fs_open(b"/dev/shm", O_TMPFILE | O_RDWR, 0o600)?;
+        let mut path = b"/memfd:".to_vec();
+        path.extend_from_slice(&name);
+        path.extend_from_slice(b" (deleted)");
+        self.p
+            .fds
+            .install_kind(
+                FileKind::Host { file, path },
+                O_RDWR,
+                flags & MFD_CLOEXEC != 0,
+            )
+            .inspect_err(|_| m.fs_close(file))
+    }
+
     pub(crate) fn openat(
         &mut self,
         m: &mut dyn Machine,
@@ -1607,7 +1643,21 @@ impl Kernel {
         const F_DUPFD_CLOEXEC: u64 = 1030;
         const F_SETOWN: u64 = 8;
         const F_GETOWN: u64 = 9;
+        const F_ADD_SEALS: u64 = 1033;
+        const F_GET_SEALS: u64 = 1034;
+        const F_SEAL_SEAL: i64 = 1;
         match cmd {
+            // A memfd takes no seals (it is made without MFD_ALLOW_SEALING): F_SEAL_SEAL.
+            F_GET_SEALS | F_ADD_SEALS => match self.p.fds.kind(fd)? {
+                FileKind::Host { path, .. } if path.starts_with(b"/memfd:") => {
+                    if cmd == F_GET_SEALS {
+                        Ok(F_SEAL_SEAL)
+                    } else {
+                        Err(EPERM)
+                    }
+                }
+                _ => Err(EINVAL),
+            },
             // SIGIO is never sent (see ioctl FIOASYNC): the owner is accepted and reads 0.
             F_SETOWN | F_GETOWN => self.p.fds.get(fd).map(|_| 0),
             F_DUPFD => self.dup(fd, arg as usize, None, false),

@@ -953,6 +953,7 @@ impl Kernel {
             88 => self.symlinkat(m, a0, (AT_FDCWD, a1)),
             266 => self.symlinkat(m, a0, (a1, a2)),
             436 => self.close_range(m, a0, a1, a2),
+            319 => self.memfd_create(m, a0, a1),
             289 => self.signalfd(m, a0, a1, a2, a3),
             285 => self.fallocate(m, a0, a1 as i32 as u64, a2, a3),
             326 => self.copy_file_range(m, (a0, a1), (a2, a3), a4, a5),

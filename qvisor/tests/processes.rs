@@ -458,6 +458,13 @@ fn hard_links_symlinks_close_range_and_named_semaphores_work() {
 }
 
 #[test]
+fn memfd_files_read_write_map_and_share_with_a_child() {
+    // memfd_create: read, write, ftruncate, a shared mapping that sees a forked child's
+    // pwrite, its /proc name, listed nowhere, F_SEAL_SEAL, errors. Passes natively too.
+    prints_and_succeeds("/bin/memfd", "memfd: ok\n");
+}
+
+#[test]
 fn advisory_locks_work_between_processes() {
     // fcntl record locks (conflicts, F_GETLK, shared read locks, SEEK_CUR/SEEK_END ranges,
     // F_SETLKW waiting for the holder's unlock, release on any close and on exit), OFD locks

@@ -98,6 +98,7 @@ pub fn root() -> &'static Path {
             ("signalfd", "signalfd", "-static"),
             ("locks", "locks", "-static"),
             ("links", "links", "-static"),
+            ("memfd", "memfd", "-static"),
             ("hostile", "hostile", "-static"),
             ("udp", "udp", "-static"),
             ("threads", "threads", "-static"),
