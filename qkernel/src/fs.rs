@@ -198,6 +198,8 @@ struct Fd {
 #[derive(Debug, Clone)]
 pub struct FdTable {
     fds: Vec<Option<Fd>>,
+    /// New descriptors are numbered below this (the soft RLIMIT_NOFILE).
+    limit: usize,
 }
 
 impl Default for FdTable {
@@ -215,6 +217,7 @@ impl Default for FdTable {
                 std(FileKind::Stdout, 1),
                 std(FileKind::Stderr, 1),
             ],
+            limit: MAX_FDS,
         }
     }
 }
@@ -241,12 +244,25 @@ impl FdTable {
                     status_flags: 1,
                 }),
             ],
+            limit: MAX_FDS,
         }
     }
 
     /// A table with no descriptor at all (a dead process's).
     pub(crate) fn empty() -> FdTable {
-        FdTable { fds: Vec::new() }
+        FdTable {
+            fds: Vec::new(),
+            limit: MAX_FDS,
+        }
+    }
+
+    /// The soft RLIMIT_NOFILE: new descriptors are numbered below it.
+    pub(crate) fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
+    }
+
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
     }
 
     fn get(&self, fd: u64) -> Result<&Fd, i64> {
@@ -258,7 +274,7 @@ impl FdTable {
 
     /// Installs at the lowest free number at or above `min`.
     fn install(&mut self, fd: Fd, min: usize) -> Result<usize, i64> {
-        let free = (min..MAX_FDS).find(|&i| self.fds.get(i).is_none_or(Option::is_none));
+        let free = (min..self.limit).find(|&i| self.fds.get(i).is_none_or(Option::is_none));
         let i = free.ok_or(EMFILE)?;
         if i >= self.fds.len() {
             self.fds.resize(i + 1, None);
@@ -1617,7 +1633,7 @@ impl Kernel {
         let mut f = self.p.fds.get(old)?.clone();
         f.cloexec = cloexec;
         match new {
-            Some(n) if n as usize >= MAX_FDS => Err(EBADF),
+            Some(n) if n as usize >= self.p.fds.limit() => Err(EBADF),
             Some(n) => {
                 if n == old {
                     return Ok(n as i64);
@@ -1660,6 +1676,10 @@ impl Kernel {
             },
             // SIGIO is never sent (see ioctl FIOASYNC): the owner is accepted and reads 0.
             F_SETOWN | F_GETOWN => self.p.fds.get(fd).map(|_| 0),
+            // At or past RLIMIT_NOFILE no descriptor can be had: EINVAL, as on Linux.
+            F_DUPFD | F_DUPFD_CLOEXEC if arg >= self.p.fds.limit() as u64 => {
+                self.p.fds.get(fd).and(Err(EINVAL))
+            }
             F_DUPFD => self.dup(fd, arg as usize, None, false),
             F_DUPFD_CLOEXEC => self.dup(fd, arg as usize, None, true),
             F_GETFD => Ok(self.p.fds.get(fd)?.cloexec as i64),
@@ -1953,7 +1973,7 @@ impl Kernel {
         nfds: u64,
         timeout_ms: i64,
     ) -> Result<i64, i64> {
-        if nfds > MAX_FDS as u64 {
+        if nfds > self.p.fds.limit() as u64 {
             return Err(EINVAL);
         }
         let mut raw = vec![0u8; nfds as usize * 8];

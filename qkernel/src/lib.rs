@@ -21,6 +21,7 @@ mod net;
 mod pipe;
 mod process;
 mod procfs;
+mod rlimits;
 mod signal;
 mod signalfd;
 mod sites;

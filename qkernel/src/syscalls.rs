@@ -351,6 +351,8 @@ pub(crate) struct Proc {
     pub(crate) timers: crate::timers::Timers,
     /// The membarrier(2) commands it registered for (`MEMBARRIER_CMD_REGISTER_*` bits).
     pub(crate) membarrier: u32,
+    /// Resource limits (getrlimit/setrlimit/prlimit64).
+    pub(crate) limits: crate::rlimits::Limits,
 }
 
 impl Proc {
@@ -380,6 +382,7 @@ impl Proc {
             children_cpu_ns: 0,
             timers: Default::default(),
             membarrier: 0,
+            limits: Default::default(),
             vm: AddressSpace::default(),
             pid,
             ppid: 0,
@@ -420,6 +423,7 @@ impl Proc {
             children_cpu_ns: 0,
             timers: Default::default(),  // a fork child has none
             membarrier: self.membarrier, // copied with the address space, as Linux's fork does
+            limits: self.limits,
         }
     }
 
@@ -1122,7 +1126,9 @@ impl Kernel {
             200 => return self.tkill(m, None, a0 as i32 as i64, a1),
             234 => return self.tkill(m, Some(a0 as i32 as i64), a1 as i32 as i64, a2),
             292 => self.dup(a0, 0, Some(a1), a2 & 0o2000000 != 0),
-            302 => self.prlimit(m, a2, a3),
+            302 => self.prlimit(m, a0 as i32 as i64, a1, (a2, a3)),
+            97 => self.prlimit(m, 0, a0, (0, a1)), // getrlimit
+            160 => self.prlimit(m, 0, a0, (a1, 0)), // setrlimit
             318 => self.getrandom(m, a0, a1),
             324 => self.membarrier(a0, a1),
             332 => self.statx(m, a0, a1, a2, a4),
@@ -1748,20 +1754,6 @@ impl Kernel {
             m.write(out, &secs.to_le_bytes()).map_err(|_| EFAULT)?;
         }
         Ok(secs)
-    }
-
-    fn prlimit(&mut self, m: &mut dyn Machine, new: u64, old: u64) -> Result<i64, i64> {
-        if new != 0 {
-            return Err(EPERM);
-        }
-        if old != 0 {
-            let inf = u64::MAX.to_le_bytes();
-            let mut b = [0u8; 16];
-            b[..8].copy_from_slice(&inf);
-            b[8..].copy_from_slice(&inf);
-            m.write(old, &b).map_err(|_| EFAULT)?;
-        }
-        Ok(0)
     }
 
     fn rt_sigaction(

@@ -458,6 +458,14 @@ fn hard_links_symlinks_close_range_and_named_semaphores_work() {
 }
 
 #[test]
+fn rlimit_nofile_bounds_descriptors_and_limits_pass_to_children() {
+    // RLIMIT_NOFILE lowered: EMFILE at it, dup2 and F_DUPFD past it refused; a fork child
+    // inherits it and prlimit reads it from the parent; raised again; EINVAL cases. Passes
+    // natively too.
+    prints_and_succeeds("/bin/rlimits", "rlimits: ok\n");
+}
+
+#[test]
 fn memfd_files_read_write_map_and_share_with_a_child() {
     // memfd_create: read, write, ftruncate, a shared mapping that sees a forked child's
     // pwrite, its /proc name, listed nowhere, F_SEAL_SEAL, errors. Passes natively too.

@@ -99,6 +99,7 @@ pub fn root() -> &'static Path {
             ("locks", "locks", "-static"),
             ("links", "links", "-static"),
             ("memfd", "memfd", "-static"),
+            ("rlimits", "rlimits", "-static"),
             ("hostile", "hostile", "-static"),
             ("udp", "udp", "-static"),
             ("threads", "threads", "-static"),
