@@ -233,6 +233,18 @@ impl Harness {
         ok
     }
 
+    /// Pages of slot `slot`'s two byte rings in memory now (mincore).
+    pub fn resident_buffer_pages(&self, slot: u32) -> usize {
+        let off = self.geometry.tx_buf_off(slot) as usize;
+        let len = 2 * self.geometry.buf_size as usize;
+        assert!(off + len <= self.geometry.region_size as usize);
+        let mut vec = vec![0u8; len.div_ceil(4096)];
+        // SAFETY: a page-aligned range inside the mapping; `vec` holds a byte per page.
+        let r = unsafe { libc::mincore(self.base.add(off).cast(), len, vec.as_mut_ptr()) };
+        assert_eq!(r, 0, "mincore");
+        vec.iter().filter(|b| *b & 1 != 0).count()
+    }
+
     /// Submits one operation and returns its completion.
     pub fn call(&mut self, s: Sqe) -> Cqe {
         let head = self.load_u32(std::mem::offset_of!(Header, cq_head));
@@ -335,7 +347,7 @@ mod tests {
     use proptest::prelude::*;
     use qnet_ring::*;
 
-    use super::{harness, play, Action, SLOTS};
+    use super::{harness, play, Action, BUF, SLOTS};
 
     fn sqe() -> impl Strategy<Value = Sqe> {
         (
@@ -448,5 +460,36 @@ mod tests {
         assert_eq!(last, -errno::EMFILE);
         assert_eq!(h.call(op(OP_CLOSE, s.slot)).result, 0);
         assert_eq!(h.call(op(OP_CLOSE, s.slot)).result, -errno::EBADF);
+    }
+
+    #[test]
+    fn a_freed_slot_gives_its_ring_pages_back() {
+        let mut h = harness();
+        let c = h.call(Sqe {
+            opcode: OP_SOCKET,
+            family: AF_INET,
+            arg0: SOCK_STREAM,
+            ..Default::default()
+        });
+        assert_eq!(c.result, 0);
+        let slot = c.slot;
+        // The client writes over both of its rings: their pages are in memory.
+        let off = h.geometry.tx_buf_off(slot) as usize;
+        for at in (0..2 * BUF as usize).step_by(4) {
+            h.store_u32(off + at, 0xdead_beef);
+        }
+        assert_eq!(h.resident_buffer_pages(slot), 2);
+        let c = h.call(Sqe {
+            opcode: OP_CLOSE,
+            slot,
+            ..Default::default()
+        });
+        assert_eq!(c.result, 0);
+        assert_eq!(
+            h.resident_buffer_pages(slot),
+            0,
+            "the closed slot's pages stayed"
+        );
+        assert_eq!(h.load_u32(off), 0, "a freed ring reads as zeros");
     }
 }

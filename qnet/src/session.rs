@@ -316,6 +316,7 @@ impl Session {
     }
 
     fn free_slot(&mut self, idx: u32) {
+        self.release_buffers(idx);
         self.slots[idx as usize] = SlotState::default();
         self.free.push(idx);
         let at = self.open_at[idx as usize] as usize;
@@ -324,6 +325,29 @@ impl Session {
             if let Some(&moved) = self.open.get(at) {
                 self.open_at[moved as usize] = at as u32;
             }
+        }
+    }
+
+    /// Gives back the memory of a freed slot's two byte rings: a connection that moved data
+    /// leaves up to 2 MiB of them resident (the default geometry), which Linux would have
+    /// freed with its socket buffers; the next socket in the slot faults in what it uses.
+    fn release_buffers(&self, idx: u32) {
+        let g = self.view.geometry();
+        let (off, len) = (g.tx_buf_off(idx), 2 * u64::from(g.buf_size));
+        if off.saturating_add(len) > self.view.len() as u64 {
+            return;
+        }
+        // SAFETY: the range lies inside the mapped region (checked above) and is page
+        // aligned (the layout puts the buffers on a page boundary; each is a power of two of
+        // at least a page). MADV_REMOVE frees its pages, which then read as zeros, and
+        // changes no mapping; the slot is free, so nothing of the stack reads its rings
+        // until it is handed out again (a client that still does reads zeros).
+        unsafe {
+            libc::madvise(
+                self.view.base().add(off as usize).cast(),
+                len as usize,
+                libc::MADV_REMOVE,
+            );
         }
     }
 
