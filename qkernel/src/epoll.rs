@@ -30,14 +30,7 @@ impl Kernel {
         if flags & !EPOLL_CLOEXEC != 0 {
             return Err(EINVAL);
         }
-        let id = match self.p.epolls.iter().position(Option::is_none) {
-            Some(i) => i,
-            None => {
-                self.p.epolls.push(None);
-                self.p.epolls.len() - 1
-            }
-        };
-        self.p.epolls[id] = Some(EpollSet::default());
+        let id = crate::put_in_vacancy(&mut self.p.epolls, EpollSet::default());
         let r = self
             .p
             .fds

@@ -25,17 +25,13 @@ impl Kernel {
         if flags & !(EFD_SEMAPHORE | EFD_NONBLOCK | EFD_CLOEXEC) != 0 {
             return Err(EINVAL);
         }
-        let id = match self.eventfds.iter().position(Option::is_none) {
-            Some(i) => i,
-            None => {
-                self.eventfds.push(None);
-                self.eventfds.len() - 1
-            }
-        } as u32;
-        self.eventfds[id as usize] = Some(EventFd {
-            count: initval & 0xffff_ffff,
-            semaphore: flags & EFD_SEMAPHORE != 0,
-        });
+        let id = crate::put_in_vacancy(
+            &mut self.eventfds,
+            EventFd {
+                count: initval & 0xffff_ffff,
+                semaphore: flags & EFD_SEMAPHORE != 0,
+            },
+        ) as u32;
         // Readable and writable (O_RDWR = 2).
         let status = 2 | (flags & EFD_NONBLOCK) as i32;
         self.p

@@ -46,6 +46,20 @@ pub use machine::{
 };
 pub use syscalls::{Kernel, SyscallArgs, SyscallOutcome};
 
+/// Puts `value` in the first empty entry of `table` (appending one if there is none) and
+/// returns its index: the ids of pipes, eventfds, epoll sets... are indices that get reused.
+pub(crate) fn put_in_vacancy<T>(table: &mut Vec<Option<T>>, value: T) -> usize {
+    let id = match table.iter().position(Option::is_none) {
+        Some(i) => i,
+        None => {
+            table.push(None);
+            table.len() - 1
+        }
+    };
+    table[id] = Some(value);
+    id
+}
+
 /// Linux errno values returned to the app (as `-errno`).
 pub mod errno {
     pub const EPERM: i64 = 1;

@@ -146,15 +146,7 @@ impl Kernel {
     }
 
     fn install_pipe(&mut self, pipe: Pipe) -> u32 {
-        let id = match self.pipes.iter().position(Option::is_none) {
-            Some(i) => i,
-            None => {
-                self.pipes.push(None);
-                self.pipes.len() - 1
-            }
-        };
-        self.pipes[id] = Some(pipe);
-        id as u32
+        crate::put_in_vacancy(&mut self.pipes, pipe) as u32
     }
 
     /// Frees a pipe no descriptor refers to.

@@ -48,14 +48,7 @@ impl Kernel {
             self.signalfd_mut(id)?.mask = mask;
             return Ok(fd as i64);
         }
-        let id = match self.signalfds.iter().position(Option::is_none) {
-            Some(i) => i,
-            None => {
-                self.signalfds.push(None);
-                self.signalfds.len() - 1
-            }
-        } as u32;
-        self.signalfds[id as usize] = Some(SignalFd { mask });
+        let id = crate::put_in_vacancy(&mut self.signalfds, SignalFd { mask }) as u32;
         let status = (flags & SFD_NONBLOCK) as i32; // O_RDONLY
         self.p
             .fds

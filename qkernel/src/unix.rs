@@ -371,19 +371,12 @@ impl Kernel {
             }
             _ => return Err(ESOCKTNOSUPPORT),
         };
-        let u = &mut self.unix;
-        let id = match u.sockets.iter().position(Option::is_none) {
-            Some(i) => i,
-            None => {
-                u.sockets.push(None);
-                u.sockets.len() - 1
-            }
-        };
-        u.sockets[id] = Some(NamedSocket {
+        let socket = NamedSocket {
             dgram,
             seqpacket: ty & 0xf == SOCK_SEQPACKET,
             ..NamedSocket::default()
-        });
+        };
+        let id = crate::put_in_vacancy(&mut self.unix.sockets, socket);
         let status = 2 | (ty & SOCK_NONBLOCK) as i32;
         self.p
             .fds

@@ -491,48 +491,30 @@ fn signalfd_reads_blocked_signals_and_wakes_polls() {
 
 #[test]
 fn catatonit_runs_as_init_and_passes_signals_on() {
-    // podman's init (`podman run --init`) waits on a signalfd with epoll: its child's exit
-    // status becomes the container's, and a SIGTERM sent to it (pid 1) reaches the child's
-    // trap.
-    let o = qvisor(&[
-        "/bin/catatonit",
-        "--",
-        "sh",
-        "-c",
-        "echo under catatonit; exit 3",
-    ]);
-    assert_eq!(
-        (o.status.code(), stdout(&o).as_str()),
-        (Some(3), "under catatonit\n"),
-        "{}",
-        stderr(&o)
-    );
-    let trap = "trap 'echo bye; exit 7' TERM; echo set; kill -TERM 1; \
-                while true; do sleep 1; done";
-    let o = qvisor(&["/bin/catatonit", "--", "sh", "-c", trap]);
-    assert_eq!(
-        (o.status.code(), stdout(&o).as_str()),
-        (Some(7), "set\nbye\n"),
-        "{}",
-        stderr(&o)
-    );
+    // podman's init (`podman run --init`) waits on a signalfd with epoll.
+    an_init_passes_on_exit_status_and_signals("/bin/catatonit");
 }
 
 #[test]
 fn tini_runs_as_init_and_passes_signals_on() {
     // Debian's tini (docker run --init, many images' entrypoint) blocks the signals it
-    // handles and takes them in sigtimedwait: its child's exit status becomes the
-    // container's, and a SIGTERM sent to it (pid 1) reaches the child's trap.
-    let o = qvisor(&["/bin/tini", "--", "sh", "-c", "echo under tini; exit 3"]);
+    // handles and takes them in sigtimedwait.
+    an_init_passes_on_exit_status_and_signals("/bin/tini");
+}
+
+/// `init -- sh -c ...` as the container's first process: its child's exit status becomes the
+/// container's, and a SIGTERM sent to it (pid 1) reaches the child's trap.
+fn an_init_passes_on_exit_status_and_signals(init: &str) {
+    let o = qvisor(&[init, "--", "sh", "-c", "echo under init; exit 3"]);
     assert_eq!(
         (o.status.code(), stdout(&o).as_str()),
-        (Some(3), "under tini\n"),
+        (Some(3), "under init\n"),
         "{}",
         stderr(&o)
     );
     let trap = "trap 'echo bye; exit 7' TERM; echo set; kill -TERM 1; \
                 while true; do sleep 1; done";
-    let o = qvisor(&["/bin/tini", "--", "sh", "-c", trap]);
+    let o = qvisor(&[init, "--", "sh", "-c", trap]);
     assert_eq!(
         (o.status.code(), stdout(&o).as_str()),
         (Some(7), "set\nbye\n"),

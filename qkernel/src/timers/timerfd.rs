@@ -56,19 +56,15 @@ impl Kernel {
         if flags & !(TFD_NONBLOCK | TFD_CLOEXEC) != 0 {
             return Err(EINVAL);
         }
-        let id = match self.timerfds.iter().position(Option::is_none) {
-            Some(i) => i,
-            None if self.timerfds.len() < MAX_TIMERFDS => {
-                self.timerfds.push(None);
-                self.timerfds.len() - 1
-            }
-            None => return Err(ENOMEM),
-        } as u32;
-        self.timerfds[id as usize] = Some(TimerFd {
+        if self.timerfds.len() >= MAX_TIMERFDS && self.timerfds.iter().all(Option::is_some) {
+            return Err(ENOMEM);
+        }
+        let timer = TimerFd {
             realtime,
             arming: None,
             ticks: 0,
-        });
+        };
+        let id = crate::put_in_vacancy(&mut self.timerfds, timer) as u32;
         // O_RDWR, as Linux opens it (a write is then EINVAL, not EBADF).
         let status = 2 | (flags & TFD_NONBLOCK) as i32;
         self.p
