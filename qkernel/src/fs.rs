@@ -19,6 +19,7 @@ const AT_EMPTY_PATH: u64 = 0x1000;
 const O_ACCMODE: i32 = 3;
 const O_CLOEXEC: i32 = 0o2000000;
 const O_NONBLOCK: i32 = 0o4000;
+const O_APPEND: i32 = 0o2000;
 const CHUNK: usize = 64 << 10;
 
 /// A file the kernel makes up when it is opened (/proc): its bytes and the read position,
@@ -1242,7 +1243,6 @@ impl Kernel {
         offp: u64,
         count: u64,
     ) -> Result<i64, i64> {
-        const O_APPEND: i32 = 0o2000;
         let input = self.p.fds.get(in_fd)?;
         // Only what has a position (a socket or pipe has none; Linux says EINVAL).
         if !matches!(
@@ -1255,13 +1255,11 @@ impl Kernel {
         if output.status_flags & O_APPEND != 0 && matches!(output.kind, FileKind::Host { .. }) {
             return Err(EINVAL);
         }
-        let at = match offp {
-            0 => None,
-            p => Some(read_offset(m, p)?),
-        };
-        let moved = self.copy_range(m, (in_fd, at), (out_fd, None), count);
-        if let (Some(at), Ok(n)) = (at, &moved) {
-            m.write(offp, &(at + n).to_le_bytes()).map_err(|_| EFAULT)?;
+        let start = self.offset_or_position(m, offp, in_fd)?;
+        let moved = self.copy_range(m, (in_fd, start, offp == 0), (out_fd, None), count);
+        if let (Ok(n), true) = (&moved, offp != 0) {
+            m.write(offp, &(start + n).to_le_bytes())
+                .map_err(|_| EFAULT)?;
         }
         moved.map(|n| n as i64)
     }
@@ -1276,7 +1274,6 @@ impl Kernel {
         len: u64,
         flags: u64,
     ) -> Result<i64, i64> {
-        const O_APPEND: i32 = 0o2000;
         let (input, output) = (self.p.fds.get(in_fd)?, self.p.fds.get(out_fd)?);
         if input.status_flags & O_ACCMODE == 1
             || output.status_flags & O_ACCMODE == 0
@@ -1293,11 +1290,8 @@ impl Kernel {
         if flags != 0 {
             return Err(EINVAL);
         }
-        let mut offset = |m: &mut dyn Machine, p: u64, fd| match p {
-            0 => self.lseek(m, fd, 0, 1).map(|o| o as u64), // SEEK_CUR
-            p => read_offset(m, p),
-        };
-        let (from, to) = (offset(m, in_offp, in_fd)?, offset(m, out_offp, out_fd)?);
+        let from = self.offset_or_position(m, in_offp, in_fd)?;
+        let to = self.offset_or_position(m, out_offp, out_fd)?;
         // Within one file the ranges may not overlap (Linux: EINVAL).
         let (a, b) = (m.fs_stat(fin)?, m.fs_stat(fout)?);
         let same = a[..16] == b[..16]; // st_dev, st_ino
@@ -1306,7 +1300,7 @@ impl Kernel {
         }
         let moved = self.copy_range(
             m,
-            (in_fd, (in_offp != 0).then_some(from)),
+            (in_fd, from, in_offp == 0),
             (out_fd, (out_offp != 0).then_some(to)),
             len,
         )?;
@@ -1319,24 +1313,28 @@ impl Kernel {
         Ok(moved as i64)
     }
 
-    /// The loop of sendfile and copy_file_range: up to `count` bytes from `input` (at its
-    /// offset, else at its position, which moves by what was moved) to `output` (at its
+    /// The `loff_t` the app passes at `p`, or (`p` null) the file position of `fd`.
+    fn offset_or_position(&mut self, m: &mut dyn Machine, p: u64, fd: u64) -> Result<u64, i64> {
+        match p {
+            0 => self.lseek(m, fd, 0, 1).map(|o| o as u64), // SEEK_CUR
+            p => read_offset(m, p),
+        }
+    }
+
+    /// The loop of sendfile and copy_file_range: up to `count` bytes from `input` at `start`
+    /// (`moves`: its file position, which then moves by what was moved) to `output` (at its
     /// offset, else as a write), a chunk at a time, stopping at the first short write. An
     /// error is returned only if nothing moved (a socket or pipe that would block, which
     /// waits as a write does).
     fn copy_range(
         &mut self,
         m: &mut dyn Machine,
-        (in_fd, in_at): (u64, Option<u64>),
+        (in_fd, start, moves): (u64, u64, bool),
         (out_fd, out_at): (u64, Option<u64>),
         count: u64,
     ) -> Result<u64, i64> {
         const MAX_RW_COUNT: u64 = 0x7fff_f000;
         let count = count.min(MAX_RW_COUNT);
-        let start = match in_at {
-            Some(at) => at,
-            None => self.lseek(m, in_fd, 0, 1)? as u64, // SEEK_CUR
-        };
         let socket_out = self.p.fds.is_socket(out_fd);
         let mut tmp = self.take_scratch(CHUNK);
         let mut done = 0u64;
@@ -1365,7 +1363,7 @@ impl Kernel {
             }
         }
         self.put_scratch(tmp);
-        if in_at.is_none() && done > 0 {
+        if moves && done > 0 {
             self.lseek(m, in_fd, start + done, 0)?; // SEEK_SET
         }
         match failed {
@@ -1695,7 +1693,7 @@ impl Kernel {
                 self.p.fds.get(fd)?;
                 if let Some(Some(f)) = self.p.fds.fds.get_mut(fd as u32 as usize) {
                     // Only O_NONBLOCK (and O_APPEND) change after open.
-                    let changeable = O_NONBLOCK | 0o2000;
+                    let changeable = O_NONBLOCK | O_APPEND;
                     f.status_flags = (f.status_flags & !changeable) | (arg as i32 & changeable);
                 }
                 Ok(0)

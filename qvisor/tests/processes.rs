@@ -547,15 +547,3 @@ fn datagram_and_seqpacket_socket_pairs_keep_message_boundaries() {
          named seqpacket: boundaries kept\n",
     );
 }
-
-/// Runs `program` in the test root: it exits 0 having printed exactly `expected`.
-fn prints_and_succeeds(program: &str, expected: &str) {
-    prints_and_succeeds_with(&[program], expected);
-}
-
-/// [`prints_and_succeeds`] for a command line.
-fn prints_and_succeeds_with(argv: &[&str], expected: &str) {
-    let o = qvisor(argv);
-    assert_eq!(o.status.code(), Some(0), "{o:?}");
-    assert_eq!(stdout(&o), expected);
-}

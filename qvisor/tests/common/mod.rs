@@ -173,6 +173,18 @@ pub fn qvisor_with(options: &[&str], args: &[&str]) -> Output {
         .expect("running qvisor")
 }
 
+/// Runs `program` in the test root: it exits 0 having printed exactly `expected`.
+pub fn prints_and_succeeds(program: &str, expected: &str) {
+    prints_and_succeeds_with(&[program], expected);
+}
+
+/// [`prints_and_succeeds`] for a command line.
+pub fn prints_and_succeeds_with(argv: &[&str], expected: &str) {
+    let o = qvisor(argv);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert_eq!(stdout(&o), expected);
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
 }
