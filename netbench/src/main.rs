@@ -242,9 +242,12 @@ struct Opts {
     /// qnet's TCP buffer per socket and direction, in bytes (default: the stack's).
     #[arg(long)]
     tcp_buf: Option<usize>,
-    /// qnet's ring buffer per socket and direction, in bytes (a power of two).
+    /// qnet's receive ring per socket, in bytes (a power of two; it is the TCP window).
     #[arg(long)]
-    ring_buf: Option<u32>,
+    ring_rx_buf: Option<u32>,
+    /// qnet's transmit ring per socket, in bytes (a power of two).
+    #[arg(long)]
+    ring_tx_buf: Option<u32>,
     /// qnet's delayed-ACK timeout in microseconds (0: acknowledge every segment at once).
     #[arg(long)]
     ack_delay_us: Option<u64>,
@@ -451,8 +454,9 @@ fn qnet_suite(o: &Opts) -> anyhow::Result<()> {
         if let Some(us) = o.busy_poll_us {
             c.busy_poll = Duration::from_micros(us);
         }
-        if let Some(b) = o.ring_buf {
-            c.ring_buf = b;
+        if o.ring_rx_buf.is_some() || o.ring_tx_buf.is_some() {
+            c.ring_rx_buf = o.ring_rx_buf.unwrap_or(c.ring_rx_buf);
+            c.ring_tx_buf = o.ring_tx_buf.unwrap_or(c.ring_tx_buf);
             c.ring_slots = 256;
         }
     });

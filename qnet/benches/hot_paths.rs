@@ -18,7 +18,7 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, IpAddress, IpCidr};
 
 fn ring(c: &mut Criterion) {
-    let geometry = Geometry::new(256, 256, 64, 64 << 10).expect("geometry");
+    let geometry = Geometry::new(256, 256, 64, 64 << 10, 64 << 10).expect("geometry");
     let region = qnet::phy::RawRegion::new(geometry.region_size as usize).expect("mmap");
     // SAFETY: the region is a page-aligned read-write mapping of that size, alive while `view`.
     let view = unsafe { RegionView::new(region.as_ptr(), region.len(), geometry) }.expect("view");

@@ -84,7 +84,7 @@ impl Attacher {
         .context("sending the ring")?;
         stream.set_read_timeout(None)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let session = Session::new(id, view, mapping, stream, client_wake);
+        let session = Session::new(id, view, mapping, stream, client_wake).with_memory(fd);
         self.sessions
             .send(session)
             .map_err(|_| anyhow::anyhow!("the stack has stopped"))?;

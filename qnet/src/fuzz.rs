@@ -150,7 +150,7 @@ pub struct Harness {
 
 pub fn harness() -> Harness {
     let (net, dev, _) = stack();
-    let geometry = Geometry::new(16, 16, SLOTS, BUF).unwrap();
+    let geometry = Geometry::new(16, 16, SLOTS, BUF, 2 * BUF).unwrap();
     let fd = memfd("fuzz", geometry.region_size).unwrap();
     let map = Mapping::map_shared(&fd, geometry.region_size as usize).unwrap();
     let base = map.as_ptr();
@@ -207,7 +207,7 @@ impl Harness {
                 self.store_u32((word % words) as usize * 4, *value);
             }
             Action::PokeData { at, value } => {
-                let len = (SLOTS * 2 * BUF) as u64;
+                let len = SLOTS as u64 * self.geometry.slot_buf_stride();
                 let off = self.geometry.buf_off + (*at as u64 % len);
                 // SAFETY: off is inside the buffers part of the mapping.
                 unsafe { self.base.add(off as usize).write_volatile(*value) }
@@ -236,7 +236,7 @@ impl Harness {
     /// Pages of slot `slot`'s two byte rings in memory now (mincore).
     pub fn resident_buffer_pages(&self, slot: u32) -> usize {
         let off = self.geometry.tx_buf_off(slot) as usize;
-        let len = 2 * self.geometry.buf_size as usize;
+        let len = self.geometry.slot_buf_stride() as usize;
         assert!(off + len <= self.geometry.region_size as usize);
         let mut vec = vec![0u8; len.div_ceil(4096)];
         // SAFETY: a page-aligned range inside the mapping; `vec` holds a byte per page.
@@ -475,10 +475,10 @@ mod tests {
         let slot = c.slot;
         // The client writes over both of its rings: their pages are in memory.
         let off = h.geometry.tx_buf_off(slot) as usize;
-        for at in (0..2 * BUF as usize).step_by(4) {
+        for at in (0..3 * BUF as usize).step_by(4) {
             h.store_u32(off + at, 0xdead_beef);
         }
-        assert_eq!(h.resident_buffer_pages(slot), 2);
+        assert_eq!(h.resident_buffer_pages(slot), 3);
         let c = h.call(Sqe {
             opcode: OP_CLOSE,
             slot,

@@ -274,7 +274,8 @@ impl Net {
     /// half the buffer budget is in use).
     pub fn new_tcp(&mut self, opts: TcpOpts) -> Result<SocketHandle, i32> {
         let (rx, tx) = (self.cfg.tcp_rx_buf, self.cfg.tcp_tx_buf);
-        let (rx, tx) = if self.buffer_bytes + rx + tx <= self.cfg.buffer_budget / 2 {
+        let roomy = self.buffer_bytes + rx + tx <= self.cfg.buffer_budget / 2;
+        let (rx, tx) = if roomy {
             (rx, tx)
         } else {
             (rx.min(MIN_TCP_BUF), tx.min(MIN_TCP_BUF))
@@ -283,6 +284,11 @@ impl Net {
         let rx = tcp::SocketBuffer::new(vec![0; rx]);
         let tx = tcp::SocketBuffer::new(vec![0; tx]);
         let mut s = tcp::Socket::new(rx, tx);
+        // A connected socket receives into its client's ring (direct receive), so its window
+        // may grow to the ring's size; under budget pressure it stays at its own small buffer's.
+        if roomy {
+            s.set_rx_window_max(self.cfg.ring_rx_buf as usize);
+        }
         s.set_congestion_control(tcp::CongestionControl::Cubic);
         s.set_ack_delay(Some(SDuration::from_micros(
             self.cfg.ack_delay.as_micros() as u64

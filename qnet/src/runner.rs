@@ -111,6 +111,12 @@ fn http_samples(s: &crate::StackStats) -> Vec<qhttp::StackSample> {
             s.sessions as u64,
         ),
         sample(
+            "ring_resident_bytes",
+            "Bytes of the ring clients' shared regions in memory",
+            false,
+            s.ring_resident_bytes,
+        ),
+        sample(
             "tcp_accepted",
             "TCP connections accepted",
             true,

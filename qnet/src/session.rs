@@ -109,6 +109,10 @@ struct SlotState {
     /// With `rx_direct`: the buffer smoltcp had before, given back when the slot stops being
     /// direct (no allocation per connection).
     rx_own: Option<tcp::SocketBuffer<'static>>,
+    /// `rx_tail` when [`Session::give_back_idle_rings`] last looked, and whether data went
+    /// through the receive ring since its pages were last given back.
+    rx_seen: u32,
+    rx_touched: bool,
 }
 
 pub struct Session {
@@ -117,6 +121,8 @@ pub struct Session {
     view: RegionView,
     /// Shared with [`Net::rx_regions`] while sockets receive into it.
     mapping: Arc<Mapping>,
+    /// The memfd behind `mapping`, kept to count the pages it holds ([`Session::resident_bytes`]).
+    memory: Option<OwnedFd>,
     /// The attach connection; its hang-up ends the session.
     pub stream: UnixStream,
     /// Written when the client armed it (`client_wake_armed`): how an event loop is woken.
@@ -185,6 +191,7 @@ impl Session {
             id,
             view,
             mapping: Arc::new(mapping),
+            memory: None,
             stream,
             client_wake,
             slots: (0..count).map(|_| SlotState::default()).collect(),
@@ -206,6 +213,30 @@ impl Session {
     /// Bytes of memory the session's region maps (for accounting).
     pub fn mapped_bytes(&self) -> usize {
         self.mapping.len()
+    }
+
+    /// Keeps the memfd the region lives in, so [`Session::resident_bytes`] can count it.
+    pub fn with_memory(mut self, memfd: OwnedFd) -> Self {
+        self.memory = Some(memfd);
+        self
+    }
+
+    /// Bytes of the region in memory now (the memfd's allocated pages; the region is sparse,
+    /// and rings give theirs back when freed or idle). 0 when the memfd was not kept.
+    pub fn resident_bytes(&self) -> u64 {
+        let Some(fd) = &self.memory else {
+            return 0;
+        };
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // The fstat system call itself: glibc's wrapper may use newfstatat, which takes a path
+        // and which qvisor's seccomp filter does not give the network thread.
+        // SAFETY: fstat writes a `stat` into the pointer on success; it is read only then.
+        if unsafe { libc::syscall(libc::SYS_fstat, fd.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+            return 0;
+        }
+        // SAFETY: fstat succeeded, so the struct is initialised.
+        let st = unsafe { st.assume_init() };
+        st.st_blocks as u64 * 512
     }
 
     /// Whether a stream the client closed still has bytes in its ring for its socket.
@@ -329,19 +360,67 @@ impl Session {
     }
 
     /// Gives back the memory of a freed slot's two byte rings: a connection that moved data
-    /// leaves up to 2 MiB of them resident (the default geometry), which Linux would have
+    /// leaves up to 5 MiB of them resident (the default geometry), which Linux would have
     /// freed with its socket buffers; the next socket in the slot faults in what it uses.
     fn release_buffers(&self, idx: u32) {
         let g = self.view.geometry();
-        let (off, len) = (g.tx_buf_off(idx), 2 * u64::from(g.buf_size));
+        // The slot is free: nothing of the stack reads its rings until it is handed out again
+        // (a client that still does reads zeros).
+        self.give_back_pages(g.tx_buf_off(idx), g.slot_buf_stride());
+    }
+
+    /// Gives back the pages of every receive ring that stayed empty since the last call and
+    /// held data before: a connection that received a burst and then went quiet holds none of
+    /// its ring (up to 4 MiB), as Linux frees a socket's receive buffers once they are read.
+    /// Called about once a second; a busy ring is never touched, so a stream pays no faults.
+    pub fn give_back_idle_rings(&mut self, net: &Net) {
+        for at in 0..self.open.len() {
+            let idx = self.open[at];
+            let s = &mut self.slots[idx as usize];
+            if s.rx_tail != s.rx_seen {
+                s.rx_seen = s.rx_tail;
+                s.rx_touched = true;
+                continue;
+            }
+            let (tail, taken, direct) = (s.rx_tail, s.rx_taken, s.rx_direct);
+            let read_all = self
+                .view
+                .slot_client(idx)
+                .is_some_and(|c| c.rx_head.load(Acquire) == tail);
+            if !s.rx_touched || !read_all {
+                continue;
+            }
+            // A direct ring is smoltcp's receive buffer: it may hold bytes not yet published, or
+            // out of order past them, in what looks like free space.
+            if direct {
+                let Some(h) = self.tcp_handle(idx) else {
+                    continue;
+                };
+                let sock = net.sockets.get::<tcp::Socket>(h);
+                if sock.recv_queue() != tail.wrapping_sub(taken) as usize
+                    || sock.holds_out_of_order()
+                {
+                    continue;
+                }
+            }
+            self.slots[idx as usize].rx_touched = false;
+            let g = self.view.geometry();
+            // Empty: the client has read everything published and the stack writes nothing
+            // there outside its own passes, so the bytes are nobody's.
+            self.give_back_pages(g.rx_buf_off(idx), g.rx_buf_size as u64);
+        }
+    }
+
+    /// Frees the pages of `len` bytes of the byte rings from `off` (MADV_REMOVE: they read as
+    /// zeros afterwards, and are faulted in again when written).
+    fn give_back_pages(&self, off: u64, len: u64) {
         if off.saturating_add(len) > self.view.len() as u64 {
             return;
         }
         // SAFETY: the range lies inside the mapped region (checked above) and is page
         // aligned (the layout puts the buffers on a page boundary; each is a power of two of
         // at least a page). MADV_REMOVE frees its pages, which then read as zeros, and
-        // changes no mapping; the slot is free, so nothing of the stack reads its rings
-        // until it is handed out again (a client that still does reads zeros).
+        // changes no mapping; callers give back only bytes nobody will read as data.
         unsafe {
             libc::madvise(
                 self.view.base().add(off as usize).cast(),
@@ -628,7 +707,7 @@ impl Session {
                             .slot_client(idx)
                             .map_or(s.tx_head, |c| c.tx_tail.load(Acquire));
                         let pending = tail.wrapping_sub(s.tx_head);
-                        s.close_at = Some(if pending <= self.view.geometry().buf_size {
+                        s.close_at = Some(if pending <= self.view.geometry().tx_buf_size {
                             tail
                         } else {
                             s.tx_head
@@ -701,7 +780,8 @@ impl Session {
     }
 
     fn op_getsockopt(&mut self, sqe: &Sqe) -> Result<Cqe, i32> {
-        let buf_size = self.view.geometry().buf_size as u64;
+        let g = self.view.geometry();
+        let (sndbuf, rcvbuf) = (g.tx_buf_size as u64, g.rx_buf_size as u64);
         let s = self.slot_mut(sqe.slot)?;
         let value = match sqe.arg0 {
             x if x == sockopt(SOL_SOCKET, SO_ERROR) => {
@@ -723,9 +803,8 @@ impl Session {
                 s.reuseaddr as u64
             }
             x if x == sockopt(SOL_SOCKET, SO_KEEPALIVE) => s.opts.keepalive as u64,
-            x if x == sockopt(SOL_SOCKET, SO_RCVBUF) || x == sockopt(SOL_SOCKET, SO_SNDBUF) => {
-                buf_size
-            }
+            x if x == sockopt(SOL_SOCKET, SO_SNDBUF) => sndbuf,
+            x if x == sockopt(SOL_SOCKET, SO_RCVBUF) => rcvbuf,
             x if x == sockopt(IPPROTO_TCP, TCP_NODELAY) => s.opts.nodelay as u64,
             _ => return Err(ENOPROTOOPT),
         };
@@ -870,7 +949,7 @@ impl Session {
             .slot_client(idx)
             .map_or(s.tx_head, |c| c.tx_tail.load(Acquire));
         let pending = tail.wrapping_sub(s.tx_head);
-        if pending > self.view.geometry().buf_size {
+        if pending > self.view.geometry().tx_buf_size {
             return Err(Violation(format!(
                 "slot {idx}: tx_tail {tail} is more than the ring ahead of tx_head {}",
                 s.tx_head
@@ -890,7 +969,7 @@ impl Session {
             .slot_client(idx)
             .map_or(s.rx_tail, |c| c.rx_head.load(SeqCst));
         let used = s.rx_tail.wrapping_sub(head);
-        let size = self.view.geometry().buf_size;
+        let size = self.view.geometry().rx_buf_size;
         if used > size {
             return Err(Violation(format!(
                 "slot {idx}: rx_head {head} is ahead of rx_tail {}",
@@ -1001,7 +1080,7 @@ impl Session {
         sock: &mut tcp::Socket<'static>,
         regions: &mut HashMap<SocketHandle, Arc<Mapping>>,
     ) -> Result<bool, Violation> {
-        let size = self.view.geometry().buf_size;
+        let size = self.view.geometry().rx_buf_size;
         if sock.recv_capacity() > size as usize || self.rx_space(idx)? != size {
             return Ok(false);
         }
@@ -1080,7 +1159,7 @@ impl Session {
     /// The receive path of a direct slot: hands smoltcp back what the client has read (which
     /// opens the window) and publishes what smoltcp received since; returns bytes published.
     fn pump_rx_direct(&mut self, idx: u32, sock: &mut Conn<'_>) -> Result<u32, Violation> {
-        let size = self.view.geometry().buf_size;
+        let size = self.view.geometry().rx_buf_size;
         let mut published = 0;
         for _ in 0..2 {
             let s = &mut self.slots[idx as usize];

@@ -90,6 +90,8 @@ pub struct StackStats {
     pub device: DeviceStats,
     pub net: NetStats,
     pub sessions: usize,
+    /// Bytes of the clients' ring regions in memory (their byte rings are most of it).
+    pub ring_resident_bytes: u64,
 }
 
 pub struct Stack {
@@ -112,7 +114,7 @@ impl Stack {
         tap: Option<Tap>,
     ) -> anyhow::Result<(Stack, Arc<Attacher>, StackHandle)> {
         cfg.validate()?;
-        let geometry = Geometry::new(256, 512, cfg.ring_slots, cfg.ring_buf)
+        let geometry = Geometry::new(256, 512, cfg.ring_slots, cfg.ring_tx_buf, cfg.ring_rx_buf)
             .map_err(|e| anyhow::anyhow!("ring geometry: {e}"))?;
         let doorbell = Arc::new(eventfd().context("creating the doorbell eventfd")?);
         let dup = doorbell.try_clone().context("duplicating the doorbell")?;
@@ -161,6 +163,7 @@ impl Stack {
             device: self.dev.stats(),
             net: self.net.stats(),
             sessions: self.sessions.len(),
+            ring_resident_bytes: self.sessions.values().map(Session::resident_bytes).sum(),
         }
     }
 
@@ -318,6 +321,9 @@ impl Stack {
             }
             if last_report.elapsed() >= STATS_EVERY {
                 last_report = std::time::Instant::now();
+                for s in self.sessions.values_mut() {
+                    s.give_back_idle_rings(&self.net);
+                }
                 let stats = self.stats();
                 *self
                     .published_stats
@@ -360,6 +366,8 @@ impl Stack {
                 if self.net.has_lingering() {
                     timeout = timeout.min(LINGER_SLEEP);
                 }
+                // Wake for the next report (and ring sweep) on time.
+                timeout = timeout.min(STATS_EVERY.saturating_sub(last_report.elapsed()));
                 if !timeout.is_zero() {
                     self.dev
                         .wait(Some(timeout))

@@ -9,7 +9,10 @@ use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
+use smoltcp::wire::{
+    EthernetAddress, EthernetFrame, EthernetProtocol, HardwareAddress, IpAddress, IpCidr,
+    Ipv4Packet, TcpPacket,
+};
 
 /// One side of an Ethernet link kept in memory: what it sent waits in `sent` until the test
 /// hands it to the other side's `inbox`, in any order it likes.
@@ -142,6 +145,7 @@ fn replacing_the_receive_buffer_keeps_queued_and_out_of_order_bytes() {
     receiver.link.sent.clear(); // its duplicate ACKs
     let queued = receiver.tcp().recv_queue();
     assert!(queued > 0 && queued < data.len(), "queued {queued}");
+    assert!(receiver.tcp().holds_out_of_order());
 
     // Refused: smaller than the old buffer, or already holding data.
     let small = tcp::SocketBuffer::new(vec![0u8; 4096]);
@@ -167,6 +171,7 @@ fn replacing_the_receive_buffer_keeps_queued_and_out_of_order_bytes() {
     receiver.link.inbox.push_back(held);
     settle(&mut receiver, &mut sender, now);
     assert_eq!(receiver.tcp().recv_queue(), data.len());
+    assert!(!receiver.tcp().holds_out_of_order());
     let mut got = Vec::new();
     while receiver.tcp().can_recv() {
         receiver
@@ -179,4 +184,92 @@ fn replacing_the_receive_buffer_keeps_queued_and_out_of_order_bytes() {
     }
     assert_eq!(got.len(), data.len());
     assert!(got == data, "the bytes came out changed or out of order");
+}
+
+/// The window field and window-scale option of a TCP segment in an Ethernet frame (None for
+/// another kind of frame, such as ARP).
+fn window_of(frame: &[u8]) -> Option<(u16, Option<u8>)> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    if eth.ethertype() != EthernetProtocol::Ipv4 {
+        return None;
+    }
+    let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+    let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+    let mut scale = None;
+    let mut options = tcp.options();
+    // Kind 3 (window scale): kind, length 3, shift; kind 1 is one byte of padding, 0 ends.
+    while let Some((&kind, rest)) = options.split_first() {
+        match kind {
+            0 => break,
+            1 => options = rest,
+            _ => {
+                let len = usize::from(*rest.first().expect("option length")).max(2);
+                if kind == 3 {
+                    scale = Some(rest[1]);
+                }
+                options = &options[len..];
+            }
+        }
+    }
+    Some((tcp.window_len(), scale))
+}
+
+/// The last TCP segment `host` sent, as [`window_of`] reads it.
+fn last_segment(host: &Host) -> (u16, Option<u8>) {
+    host.link
+        .sent
+        .iter()
+        .rev()
+        .find_map(|f| window_of(f))
+        .expect("a TCP segment")
+}
+
+/// A socket that starts on a 1 MiB buffer and is meant to grow to a 4 MiB ring scales its
+/// window for the ring (Linux chooses the scale for tcp_rmem's maximum, too): without the
+/// patch's `set_rx_window_max` the scale (5) caps the window at 2 MiB whatever the buffer.
+#[test]
+fn the_window_scale_fits_the_buffer_the_socket_may_grow_to() {
+    let now = Instant::ZERO;
+    for (max, scale) in [(None, 5), (Some(4usize << 20), 7)] {
+        let mut sender = Host::new(1, 8192);
+        let mut receiver = Host::new(2, 1 << 20);
+        if let Some(max) = max {
+            receiver.tcp().set_rx_window_max(max);
+        }
+        receiver.tcp().set_ack_delay(None);
+        receiver.tcp().listen(80).expect("listen");
+        let cx = sender.iface.context();
+        sender
+            .sockets
+            .get_mut::<tcp::Socket>(sender.socket)
+            .connect(cx, (IpAddress::v4(10, 0, 0, 2), 80), 40000)
+            .expect("connect");
+        // Until the receiver answers the SYN (ARP first).
+        for _ in 0..10 {
+            sender.poll(now);
+            receiver.link.inbox.extend(sender.link.sent.drain(..));
+            receiver.poll(now);
+            if receiver.link.sent.iter().any(|f| window_of(f).is_some()) {
+                break;
+            }
+            sender.link.inbox.extend(receiver.link.sent.drain(..));
+        }
+        assert_eq!(last_segment(&receiver).1, Some(scale), "max {max:?}");
+        settle(&mut receiver, &mut sender, now);
+        assert_eq!(receiver.tcp().state(), tcp::State::Established);
+
+        // Grown to 4 MiB: the next ACK offers what the scale can say of it.
+        let ring = tcp::SocketBuffer::new(vec![0u8; 4 << 20]);
+        receiver.tcp().replace_rx_buffer(ring).expect("replace");
+        assert_eq!(sender.tcp().send_slice(b"hello"), Ok(5));
+        sender.poll(now);
+        receiver.link.inbox.extend(sender.link.sent.drain(..));
+        receiver.poll(now);
+        let offered = usize::from(last_segment(&receiver).0) << scale;
+        if max.is_some() {
+            assert!(offered > (4 << 20) - 4096, "offered {offered}");
+        } else {
+            assert!(offered <= 2 << 20, "offered {offered}");
+        }
+    }
 }

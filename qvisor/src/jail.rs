@@ -813,6 +813,8 @@ fn network_rules() -> Vec<Allow> {
         any(SYS_epoll_pwait),
         any(SYS_ppoll),
         any(SYS_poll),
+        // The ring memfds' resident size, for the stack's report (qnet's Session::resident_bytes).
+        any(SYS_fstat),
     ]);
     rules
 }

@@ -649,7 +649,10 @@ impl GuestNet {
     /// getsockopt of an option the ring carries, and `SO_TYPE`, `SO_PROTOCOL`,
     /// `SO_ACCEPTCONN`.
     pub fn option(&mut self, s: SocketId, level: u32, name: u32) -> Result<u64, i64> {
-        let buffer = self.client().map(|c| c.buffer_size()).unwrap_or(0);
+        let (sndbuf, rcvbuf) = self
+            .client()
+            .map_or((0, 0), |c| (c.send_buffer_size(), c.recv_buffer_size()));
+        let buffer = |name| if name == SO_SNDBUF { sndbuf } else { rcvbuf };
         let sock = self.get(s)?;
         let dgram = matches!(sock, Sock::Dgram(_) | Sock::FreshDgram);
         match (level, name) {
@@ -663,11 +666,11 @@ impl GuestNet {
                 (IPPROTO_TCP, TCP_NODELAY) => Ok(opts.nodelay.into()),
                 (SOL_SOCKET, SO_KEEPALIVE) => Ok(opts.keepalive.into()),
                 (SOL_SOCKET, SO_REUSEADDR | SO_REUSEPORT) => Ok(opts.reuseaddr.into()),
-                (SOL_SOCKET, SO_RCVBUF | SO_SNDBUF) => Ok(buffer.into()),
+                (SOL_SOCKET, SO_RCVBUF | SO_SNDBUF) => Ok(buffer(name).into()),
                 _ => Err(ENOPROTOOPT),
             },
             Sock::FreshDgram => match (level, name) {
-                (SOL_SOCKET, SO_RCVBUF | SO_SNDBUF) => Ok(buffer.into()),
+                (SOL_SOCKET, SO_RCVBUF | SO_SNDBUF) => Ok(buffer(name).into()),
                 _ => Ok(0),
             },
             Sock::Stream(t) => t.option(level, name).map_err(errno),

@@ -844,7 +844,7 @@ fn a_stream_polls_writable_only_with_a_third_of_its_ring_free() {
         addr: STACK_IP,
         prefix: 24,
     })
-    .ring_buf as usize;
+    .ring_tx_buf as usize;
     let n = c.write(&vec![1u8; ring]).unwrap();
     assert!(n >= ring / 3, "a writable stream took {n} of {ring} bytes");
 }
@@ -908,4 +908,68 @@ fn raw_reads_and_writes_move_only_what_their_callbacks_take() {
     let mut rest = Vec::new();
     s.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty(), "{} bytes more than were sent", rest.len());
+}
+
+#[test]
+fn an_idle_connection_gives_its_receive_ring_back() {
+    require_env(&["python3"]);
+    let st = TestStack::start("idle");
+    let client = st.client();
+    let listener = TcpListener::bind(&client, st.addr(9002), 4).unwrap();
+    // The kernel peer sends a burst, waits for a byte, sends another, and prints both hashes.
+    let py = r#"
+import socket, sys, hashlib, os
+s = socket.create_connection((sys.argv[1], 9002), timeout=30)
+for mib in (16, 3):
+    data = os.urandom(mib << 20)
+    s.sendall(data)
+    print(hashlib.sha256(data).hexdigest(), flush=True)
+    if mib == 16:
+        s.recv(1)
+s.close()
+"#;
+    let sender = st.ns.python(py, &[&STACK_IP.to_string()]);
+    let (mut conn, _) = listener.accept().unwrap();
+    let read_into = |conn: &mut TcpStream, h: &mut Sha256, len: usize| {
+        let mut buf = vec![0u8; 256 << 10];
+        let mut got = 0;
+        while got < len {
+            let n = conn.read(&mut buf[..(len - got).min(256 << 10)]).unwrap();
+            assert_ne!(n, 0, "the stream ended after {got} of {len} bytes");
+            h.update(&buf[..n]);
+            got += n;
+        }
+    };
+    let ring = client.recv_buffer_size() as u64;
+    // Half the burst read: the ring has been all written, and is full while we do not read.
+    let mut h = Sha256::new();
+    read_into(&mut conn, &mut h, 8 << 20);
+    let busy = st.fresh_stats().ring_resident_bytes;
+    assert!(
+        busy >= ring,
+        "{busy} bytes resident with a {ring}-byte ring"
+    );
+    read_into(&mut conn, &mut h, 8 << 20);
+    let first = format!("{:x}", h.finalize());
+    // Read to the end and quiet for a whole sweep interval (a second): the pages go back.
+    thread::sleep(Duration::from_millis(1200));
+    let idle = st.fresh_stats().ring_resident_bytes;
+    eprintln!("ring region resident: {busy} bytes while busy, {idle} idle");
+    assert!(
+        idle + ring - (64 << 10) <= busy,
+        "idle: {idle} bytes resident, busy: {busy}"
+    );
+    // The connection goes on undisturbed over the fresh pages.
+    conn.write_all(b"+").unwrap();
+    let mut h = Sha256::new();
+    read_into(&mut conn, &mut h, 3 << 20);
+    let second = format!("{:x}", h.finalize());
+    let out = sender.wait_with_output().unwrap();
+    let hashes = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        hashes.split_whitespace().collect::<Vec<_>>(),
+        [first.as_str(), second.as_str()],
+        "python: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

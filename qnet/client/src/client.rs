@@ -174,9 +174,14 @@ impl Client {
         weak.upgrade().map(|inner| Client { inner })
     }
 
-    /// The bytes of each socket's send and receive rings (`SO_SNDBUF`, `SO_RCVBUF`).
-    pub fn buffer_size(&self) -> u32 {
-        self.view().geometry().buf_size
+    /// The bytes of each socket's send ring (`SO_SNDBUF`).
+    pub fn send_buffer_size(&self) -> u32 {
+        self.view().geometry().tx_buf_size
+    }
+
+    /// The bytes of each socket's receive ring (`SO_RCVBUF`).
+    pub fn recv_buffer_size(&self) -> u32 {
+        self.view().geometry().rx_buf_size
     }
 
     pub(crate) fn view(&self) -> &RegionView {
@@ -502,7 +507,7 @@ impl Client {
         else {
             return r;
         };
-        let size = self.view().geometry().buf_size;
+        let size = self.view().geometry().tx_buf_size;
         if u64::from(self.tx_free(slot, tail)) * 3 >= u64::from(size) {
             r
         } else {
@@ -516,7 +521,7 @@ impl Client {
         let view = self.view();
         let head = view.slot_stack(slot).map_or(0, |w| w.tx_head.load(Acquire));
         view.geometry()
-            .buf_size
+            .tx_buf_size
             .saturating_sub(tail.wrapping_sub(head))
     }
 

@@ -640,7 +640,7 @@ impl UdpSocket {
             return Err(errno(EMSGSIZE));
         }
         let record = datagram_record_size(buf.len() as u32);
-        if record > self.slot.view().geometry().buf_size {
+        if record > self.slot.view().geometry().tx_buf_size {
             return Err(errno(EMSGSIZE));
         }
         loop {

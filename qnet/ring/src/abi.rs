@@ -8,7 +8,7 @@ use core::sync::atomic::AtomicU32;
 /// "QNRG" in little-endian: the first word of every region.
 pub const MAGIC: u32 = 0x4752_4e51;
 /// Bumped on any incompatible change to this file.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// Size of the header page at offset 0 of the region.
 pub const HEADER_SIZE: usize = 4096;
@@ -35,9 +35,11 @@ pub struct Geometry {
     /// Number of socket slots; slot indices are `0..slot_count`.
     pub slot_count: u32,
     pub buf_off: u64,
-    /// Bytes in each direction's byte ring of a slot; a power of two.
-    pub buf_size: u32,
-    pub reserved: u32,
+    /// Bytes in each slot's transmit (client -> stack) byte ring; a power of two.
+    pub tx_buf_size: u32,
+    /// Bytes in each slot's receive (stack -> client) byte ring; a power of two. It bounds the
+    /// window a TCP socket advertises, so it is the larger of the two by default.
+    pub rx_buf_size: u32,
 }
 
 /// Keeps a word that one side writes off the cache line of a word the other side writes.
@@ -312,5 +314,6 @@ const _: () = {
     assert!(offset_of!(StackSlotWords, generation) == 24);
     assert!(offset_of!(Sqe, arg0) == 36 && offset_of!(Sqe, arg1) == 40);
     assert!(offset_of!(Cqe, addr) == 24 && offset_of!(Cqe, value) == 40);
-    assert!(offset_of!(Geometry, buf_off) == 48 && offset_of!(Geometry, buf_size) == 56);
+    assert!(offset_of!(Geometry, buf_off) == 48 && offset_of!(Geometry, tx_buf_size) == 56);
+    assert!(offset_of!(Geometry, rx_buf_size) == 60);
 };

@@ -54,12 +54,14 @@ fn pow2_in(v: u32, lo: u32, hi: u32) -> bool {
 }
 
 impl Geometry {
-    /// Lays out a region for `slot_count` sockets with `buf_size`-byte rings each way.
+    /// Lays out a region for `slot_count` sockets, each with a `tx_buf_size`-byte transmit ring
+    /// and an `rx_buf_size`-byte receive ring.
     pub fn new(
         sq_entries: u32,
         cq_entries: u32,
         slot_count: u32,
-        buf_size: u32,
+        tx_buf_size: u32,
+        rx_buf_size: u32,
     ) -> Result<Self, LayoutError> {
         if !pow2_in(sq_entries, 2, MAX_ENTRIES) {
             return Err(LayoutError::BadSize("sq_entries"));
@@ -70,8 +72,11 @@ impl Geometry {
         if slot_count == 0 || slot_count > MAX_ENTRIES {
             return Err(LayoutError::BadSize("slot_count"));
         }
-        if !pow2_in(buf_size, MIN_BUF_SIZE, MAX_BUF_SIZE) {
-            return Err(LayoutError::BadSize("buf_size"));
+        if !pow2_in(tx_buf_size, MIN_BUF_SIZE, MAX_BUF_SIZE) {
+            return Err(LayoutError::BadSize("tx_buf_size"));
+        }
+        if !pow2_in(rx_buf_size, MIN_BUF_SIZE, MAX_BUF_SIZE) {
+            return Err(LayoutError::BadSize("rx_buf_size"));
         }
         let ev_entries = slot_count.next_power_of_two();
         let sq_off = HEADER_SIZE as u64;
@@ -82,7 +87,7 @@ impl Geometry {
             slot_off + slot_count as u64 * size_of::<Slot>() as u64,
             PAGE,
         );
-        let region_size = buf_off + slot_count as u64 * 2 * buf_size as u64;
+        let region_size = buf_off + slot_count as u64 * (tx_buf_size as u64 + rx_buf_size as u64);
         let geometry = Geometry {
             magic: MAGIC,
             version: VERSION,
@@ -96,8 +101,8 @@ impl Geometry {
             slot_off: slot_off as u32,
             slot_count,
             buf_off,
-            buf_size,
-            reserved: 0,
+            tx_buf_size,
+            rx_buf_size,
         };
         geometry.validate(region_size)?;
         Ok(geometry)
@@ -124,8 +129,11 @@ impl Geometry {
         if !self.ev_entries.is_power_of_two() || self.ev_entries < self.slot_count {
             return Err(LayoutError::BadSize("ev_entries"));
         }
-        if !pow2_in(self.buf_size, MIN_BUF_SIZE, MAX_BUF_SIZE) {
-            return Err(LayoutError::BadSize("buf_size"));
+        if !pow2_in(self.tx_buf_size, MIN_BUF_SIZE, MAX_BUF_SIZE) {
+            return Err(LayoutError::BadSize("tx_buf_size"));
+        }
+        if !pow2_in(self.rx_buf_size, MIN_BUF_SIZE, MAX_BUF_SIZE) {
+            return Err(LayoutError::BadSize("rx_buf_size"));
         }
         // Each part: (offset, length, alignment, name), in region order.
         let parts = [
@@ -150,7 +158,7 @@ impl Geometry {
             ),
             (
                 self.buf_off,
-                self.slot_count as u64 * 2 * self.buf_size as u64,
+                self.slot_count as u64 * self.slot_buf_stride(),
                 PAGE,
                 "buffers",
             ),
@@ -174,13 +182,18 @@ impl Geometry {
         Ok(())
     }
 
+    /// Bytes of one slot's two byte rings, which lie side by side.
+    pub fn slot_buf_stride(&self) -> u64 {
+        self.tx_buf_size as u64 + self.rx_buf_size as u64
+    }
+
     /// Offset of slot `slot`'s transmit (client -> stack) byte ring; its receive ring follows.
     pub fn tx_buf_off(&self, slot: u32) -> u64 {
-        self.buf_off + slot as u64 * 2 * self.buf_size as u64
+        self.buf_off + slot as u64 * self.slot_buf_stride()
     }
 
     pub fn rx_buf_off(&self, slot: u32) -> u64 {
-        self.tx_buf_off(slot) + self.buf_size as u64
+        self.tx_buf_off(slot) + self.tx_buf_size as u64
     }
 }
 
@@ -190,10 +203,12 @@ mod tests {
 
     #[test]
     fn new_geometry_validates_and_is_page_aligned() {
-        let g = Geometry::new(256, 512, 100, 65536).unwrap();
+        let g = Geometry::new(256, 512, 100, 65536, 1 << 20).unwrap();
         assert_eq!(g.ev_entries, 128);
         assert_eq!(g.buf_off % 4096, 0);
-        assert_eq!(g.region_size, g.buf_off + 100 * 2 * 65536);
+        assert_eq!(g.region_size, g.buf_off + 100 * (65536 + (1 << 20)));
+        assert_eq!(g.rx_buf_off(1) - g.tx_buf_off(1), 65536);
+        assert_eq!(g.tx_buf_off(2) - g.rx_buf_off(1), 1 << 20);
         assert_eq!(
             g.validate(g.region_size - 1),
             Err(LayoutError::TooSmall {
@@ -205,18 +220,20 @@ mod tests {
 
     #[test]
     fn rejects_bad_sizes() {
-        assert!(Geometry::new(3, 4, 1, 4096).is_err());
-        assert!(Geometry::new(4, 4, 0, 4096).is_err());
-        assert!(Geometry::new(4, 4, 1, 1000).is_err());
-        assert!(Geometry::new(4, 4, MAX_ENTRIES + 1, 4096).is_err());
+        assert!(Geometry::new(3, 4, 1, 4096, 4096).is_err());
+        assert!(Geometry::new(4, 4, 0, 4096, 4096).is_err());
+        assert!(Geometry::new(4, 4, 1, 1000, 4096).is_err());
+        assert!(Geometry::new(4, 4, 1, 4096, 1000).is_err());
+        assert!(Geometry::new(4, 4, 1, 4096, MAX_BUF_SIZE * 2).is_err());
+        assert!(Geometry::new(4, 4, MAX_ENTRIES + 1, 4096, 4096).is_err());
     }
 
     #[test]
     fn rejects_overlapping_parts() {
-        let mut g = Geometry::new(4, 4, 4, 4096).unwrap();
+        let mut g = Geometry::new(4, 4, 4, 4096, 8192).unwrap();
         g.cq_off = g.sq_off;
         assert_eq!(g.validate(u64::MAX), Err(LayoutError::BadOffset("cq")));
-        let mut g = Geometry::new(4, 4, 4, 4096).unwrap();
+        let mut g = Geometry::new(4, 4, 4, 4096, 8192).unwrap();
         g.buf_off = u64::MAX - 10;
         assert!(g.validate(u64::MAX).is_err());
     }

@@ -188,7 +188,7 @@ impl RegionView {
         (slot < self.geometry.slot_count).then(|| ByteRing {
             view: self,
             off: self.geometry.tx_buf_off(slot) as usize,
-            size: self.geometry.buf_size,
+            size: self.geometry.tx_buf_size,
         })
     }
 
@@ -197,7 +197,7 @@ impl RegionView {
         (slot < self.geometry.slot_count).then(|| ByteRing {
             view: self,
             off: self.geometry.rx_buf_off(slot) as usize,
-            size: self.geometry.buf_size,
+            size: self.geometry.rx_buf_size,
         })
     }
 }
@@ -291,7 +291,7 @@ mod tests {
 
     #[test]
     fn byte_ring_wraps() {
-        let g = Geometry::new(4, 4, 2, 4096).unwrap();
+        let g = Geometry::new(4, 4, 2, 4096, 8192).unwrap();
         let mut mem = region(&g);
         // SAFETY: mem is page aligned and outlives the view.
         let v =
@@ -304,11 +304,21 @@ mod tests {
         assert_eq!(&out[..], &data[..]);
         assert!(v.tx_ring(2).is_none());
         assert!(v.slot_client(2).is_none());
+        // The receive ring has a size of its own and wraps within it, not into its neighbours.
+        let rx = v.rx_ring(0).unwrap();
+        rx.write(8150, &data);
+        rx.read(8150, &mut out);
+        assert_eq!(&out[..], &data[..]);
+        // Slot 1's transmit ring follows; it holds only the tail of the first write.
+        let mut neighbour = [0u8; 100];
+        v.tx_ring(1).unwrap().read(0, &mut neighbour);
+        assert_eq!(&neighbour[..54], &data[46..]);
+        assert_eq!(&neighbour[54..], &[0u8; 46][..]);
     }
 
     #[test]
     fn queue_positions_wrap() {
-        let g = Geometry::new(4, 8, 2, 4096).unwrap();
+        let g = Geometry::new(4, 8, 2, 4096, 8192).unwrap();
         let mut mem = region(&g);
         // SAFETY: as above.
         let v =

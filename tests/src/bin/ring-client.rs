@@ -103,7 +103,7 @@ fn hostile(socket: &str, mode: &str) -> i32 {
             let slot = first_slot();
             if let (Some(ring), Some(c)) = (view.tx_ring(slot), view.slot_client(slot)) {
                 if mode == "tx-tail" {
-                    c.tx_tail.store(g.buf_size + 1, SeqCst);
+                    c.tx_tail.store(g.tx_buf_size + 1, SeqCst);
                 } else {
                     let mut hdr = [0u8; 24];
                     hdr[..4].copy_from_slice(&60_000u32.to_ne_bytes());

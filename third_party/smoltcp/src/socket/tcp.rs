@@ -504,6 +504,9 @@ pub struct Socket<'a> {
     /// The sending window scaling factor advertised to remotes which support RFC 1323.
     /// It is zero if the window <= 64KiB and/or the remote does not support it.
     remote_win_shift: u8,
+    /// QUARK PATCH: the receive buffer this socket may grow to (see `set_rx_window_max`); the
+    /// window scale is chosen for it, not only for the buffer it starts with.
+    rx_window_max: usize,
     /// The remote window size, relative to local_seq_no
     /// I.e. we're allowed to send octets until local_seq_no+remote_win_len
     remote_win_len: usize,
@@ -609,6 +612,7 @@ impl<'a> Socket<'a> {
             remote_last_win: 0,
             remote_win_len: 0,
             remote_win_shift: rx_cap_log2.saturating_sub(16) as u8,
+            rx_window_max: 0,
             remote_win_scale: None,
             remote_has_sack: false,
             remote_mss: DEFAULT_MSS,
@@ -930,6 +934,21 @@ impl<'a> Socket<'a> {
         Ok(mem::replace(&mut self.rx_buffer, new))
     }
 
+    /// QUARK PATCH: the largest receive buffer this socket may be given later (with
+    /// `replace_rx_buffer`). The window scale is fixed by the SYN, so it is chosen for this size,
+    /// as Linux chooses it for `tcp_rmem`'s maximum: without it a socket that starts on a 1 MiB
+    /// buffer could never advertise more than 2 MiB. Takes effect at the next `listen` or
+    /// `connect`; at most 1 GiB.
+    pub fn set_rx_window_max(&mut self, size: usize) {
+        self.rx_window_max = size.min(1 << 30);
+    }
+
+    /// QUARK PATCH: whether received bytes are held out of order past the queued ones (in the
+    /// receive buffer's free space).
+    pub fn holds_out_of_order(&self) -> bool {
+        !self.assembler.is_empty()
+    }
+
     /// Return the connection state, in terms of the TCP state machine.
     #[inline]
     pub fn state(&self) -> State {
@@ -937,8 +956,9 @@ impl<'a> Socket<'a> {
     }
 
     fn reset(&mut self) {
-        let rx_cap_log2 =
-            mem::size_of::<usize>() * 8 - self.rx_buffer.capacity().leading_zeros() as usize;
+        // QUARK PATCH: the scale fits the largest buffer the socket may grow to.
+        let rx_cap = self.rx_buffer.capacity().max(self.rx_window_max);
+        let rx_cap_log2 = mem::size_of::<usize>() * 8 - rx_cap.leading_zeros() as usize;
 
         self.state = State::Closed;
         self.timer = Timer::new();
