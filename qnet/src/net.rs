@@ -167,6 +167,43 @@ pub struct Net {
     /// The ring regions TCP sockets receive into directly (see `Session`'s direct receive),
     /// held here so a region stays mapped for as long as a socket may write into it.
     pub rx_regions: HashMap<SocketHandle, Arc<Mapping>>,
+    /// Whole receive rings the stack may fill, against half the buffer budget.
+    pub rx_grants: RxGrants,
+}
+
+/// Receive rings that may be resident whole. A ring's pages are all written once a stream has
+/// gone round it, so each socket that receives in full holds its whole receive ring (4 MiB by
+/// default) until it goes quiet; past this limit a socket receives lean instead
+/// (`Session::rx_room`: at most [`LEAN_FILL`] bytes in its ring, pages given back behind the
+/// reader), as Linux shrinks socket buffers under `tcp_mem` pressure. qvisor's budget is the
+/// container's memory, so its guest's rings stay within it.
+#[derive(Debug)]
+pub struct RxGrants {
+    held: u64,
+    limit: u64,
+}
+
+/// What a lean receive ring holds at most, and the chunks it gives its pages back in.
+pub const LEAN_FILL: u32 = 128 << 10;
+pub const LEAN_CHUNK: u32 = 64 << 10;
+
+impl RxGrants {
+    pub fn new(limit: u64) -> Self {
+        RxGrants { held: 0, limit }
+    }
+
+    /// Takes a grant of `bytes`, if the limit allows.
+    pub fn take(&mut self, bytes: u64) -> bool {
+        if self.held + bytes > self.limit {
+            return false;
+        }
+        self.held += bytes;
+        true
+    }
+
+    pub fn give(&mut self, bytes: u64) {
+        self.held = self.held.saturating_sub(bytes);
+    }
 }
 
 impl Net {
@@ -210,9 +247,10 @@ impl Net {
             lingering: Vec::new(),
             socket_count: 0,
             buffer_bytes: 0,
-            cfg,
+            rx_grants: RxGrants::new(cfg.buffer_budget as u64 / 2),
             stats: NetStats::default(),
             rx_regions: HashMap::new(),
+            cfg,
         }
     }
 

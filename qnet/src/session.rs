@@ -23,7 +23,10 @@ use qnet_ring::errno::*;
 use qnet_ring::*;
 
 use crate::conn::{Conn, ConnId};
-use crate::net::{apply_tcp_opts, endpoint, ListenerId, Net, NetStats, TcpOpts, MAX_BACKLOG};
+use crate::net::{
+    apply_tcp_opts, endpoint, ListenerId, Net, NetStats, RxGrants, TcpOpts, LEAN_CHUNK, LEAN_FILL,
+    MAX_BACKLOG,
+};
 
 /// SYN retransmissions give up after this long (Linux: about two minutes).
 const CONNECT_TIMEOUT: SDuration = SDuration::from_secs(75);
@@ -113,6 +116,12 @@ struct SlotState {
     /// through the receive ring since its pages were last given back.
     rx_seen: u32,
     rx_touched: bool,
+    /// The slot holds a grant to fill its whole receive ring ([`RxGrants`]), or receives lean
+    /// (at most [`LEAN_FILL`] bytes in it, pages given back behind the reader up to
+    /// `rx_freed_to`); neither until it first has data to deliver.
+    rx_grant: bool,
+    rx_lean: bool,
+    rx_freed_to: u32,
 }
 
 pub struct Session {
@@ -346,7 +355,10 @@ impl Session {
         Ok(idx)
     }
 
-    fn free_slot(&mut self, idx: u32) {
+    fn free_slot(&mut self, idx: u32, grants: &mut RxGrants) {
+        if self.slots[idx as usize].rx_grant {
+            grants.give(u64::from(self.view.geometry().rx_buf_size));
+        }
         self.release_buffers(idx);
         self.slots[idx as usize] = SlotState::default();
         self.free.push(idx);
@@ -373,7 +385,7 @@ impl Session {
     /// held data before: a connection that received a burst and then went quiet holds none of
     /// its ring (up to 4 MiB), as Linux frees a socket's receive buffers once they are read.
     /// Called about once a second; a busy ring is never touched, so a stream pays no faults.
-    pub fn give_back_idle_rings(&mut self, net: &Net) {
+    pub fn give_back_idle_rings(&mut self, net: &mut Net) {
         for at in 0..self.open.len() {
             let idx = self.open[at];
             let s = &mut self.slots[idx as usize];
@@ -403,7 +415,16 @@ impl Session {
                     continue;
                 }
             }
-            self.slots[idx as usize].rx_touched = false;
+            let s = &mut self.slots[idx as usize];
+            s.rx_touched = false;
+            // Quiet, it asks again when data comes (a direct ring stays smoltcp's buffer, and
+            // keeps its grant: the window it advertised must still fit).
+            s.rx_lean = false;
+            if s.rx_grant && !direct {
+                s.rx_grant = false;
+                net.rx_grants
+                    .give(u64::from(self.view.geometry().rx_buf_size));
+            }
             let g = self.view.geometry();
             // Empty: the client has read everything published and the stack writes nothing
             // there outside its own passes, so the bytes are nobody's.
@@ -745,7 +766,7 @@ impl Session {
             }
             Kind::Free => return,
         }
-        self.free_slot(idx);
+        self.free_slot(idx, &mut net.rx_grants);
     }
 
     fn op_setsockopt(&mut self, sqe: &Sqe, net: &mut Net) -> Result<Cqe, i32> {
@@ -979,6 +1000,60 @@ impl Session {
         Ok(size - used)
     }
 
+    /// Free space the stack may fill in the receive ring: all of it with a grant, up to
+    /// [`LEAN_FILL`] bytes in use when lean.
+    fn rx_room(&self, idx: u32) -> Result<u32, Violation> {
+        let space = self.rx_space(idx)?;
+        let s = &self.slots[idx as usize];
+        if !s.rx_lean {
+            return Ok(space);
+        }
+        let size = self.view.geometry().rx_buf_size;
+        let used = size - space;
+        Ok(space.min(LEAN_FILL.min(size).saturating_sub(used)))
+    }
+
+    /// The first time a slot has data to deliver (and again after it went quiet): a grant for
+    /// its whole receive ring if the stack-wide limit allows, lean receive otherwise.
+    fn decide_rx(&mut self, idx: u32, grants: &mut RxGrants) {
+        let size = self.view.geometry().rx_buf_size;
+        let s = &mut self.slots[idx as usize];
+        if s.rx_grant || s.rx_lean {
+            return;
+        }
+        if grants.take(u64::from(size)) {
+            s.rx_grant = true;
+        } else {
+            s.rx_lean = true;
+            s.rx_freed_to = s.rx_tail & !(LEAN_CHUNK.min(size) - 1);
+        }
+    }
+
+    /// A lean slot gives back the pages of every whole chunk of its receive ring the client has
+    /// read past, so it holds about [`LEAN_FILL`] bytes of memory however much goes through.
+    fn recycle_lean_pages(&mut self, idx: u32) {
+        let g = self.view.geometry();
+        let chunk = LEAN_CHUNK.min(g.rx_buf_size);
+        let s = &self.slots[idx as usize];
+        if !s.rx_lean {
+            return;
+        }
+        let Some(head) = self.view.slot_client(idx).map(|c| c.rx_head.load(Acquire)) else {
+            return;
+        };
+        let mut freed_to = s.rx_freed_to;
+        // A head outside what was published is the client's violation, reported by rx_space.
+        if head.wrapping_sub(freed_to) > s.rx_tail.wrapping_sub(freed_to) {
+            return;
+        }
+        while head.wrapping_sub(freed_to) >= chunk {
+            let off = g.rx_buf_off(idx) + u64::from(freed_to % g.rx_buf_size);
+            self.give_back_pages(off, u64::from(chunk));
+            freed_to = freed_to.wrapping_add(chunk);
+        }
+        self.slots[idx as usize].rx_freed_to = freed_to;
+    }
+
     /// Copies the transmit ring into smoltcp's send buffer; returns bytes moved.
     fn pump_tx(&mut self, idx: u32, sock: &mut Conn<'_>) -> Result<u32, Violation> {
         let mut pending = self.tx_pending(idx)?;
@@ -1015,12 +1090,13 @@ impl Session {
 
     /// Copies received data into the receive ring; returns bytes moved.
     fn pump_rx(&mut self, idx: u32, sock: &mut Conn<'_>) -> Result<u32, Violation> {
+        self.recycle_lean_pages(idx);
         let Some(ring) = self.view.rx_ring(idx) else {
             return Ok(0);
         };
         let mut moved = 0;
         loop {
-            let mut space = self.rx_space(idx)?;
+            let mut space = self.rx_room(idx)?;
             let s = &mut self.slots[idx as usize];
             while space > 0 && sock.can_recv() {
                 let tail = s.rx_tail;
@@ -1050,7 +1126,7 @@ impl Session {
             if let Some(w) = words {
                 w.rx_wanted.store(1, SeqCst);
             }
-            if self.rx_space(idx)? == 0 {
+            if self.rx_room(idx)? == 0 {
                 break;
             }
         }
@@ -1207,7 +1283,14 @@ impl Session {
             return Ok(false);
         };
         let mut sock = Conn::get(&mut net.sockets, &mut net.pipes, h);
-        self.service_stream_socket(idx, &mut sock, &mut net.stats, &mut net.rx_regions, now)
+        self.service_stream_socket(
+            idx,
+            &mut sock,
+            &mut net.stats,
+            &mut net.rx_regions,
+            &mut net.rx_grants,
+            now,
+        )
     }
 
     fn service_stream_socket(
@@ -1216,6 +1299,7 @@ impl Session {
         sock: &mut Conn<'_>,
         stats: &mut NetStats,
         regions: &mut HashMap<SocketHandle, Arc<Mapping>>,
+        grants: &mut RxGrants,
         now: Instant,
     ) -> Result<bool, Violation> {
         let state = sock.state();
@@ -1268,6 +1352,9 @@ impl Session {
             Kind::Stream(st) if st.phase == Phase::Connected
         );
         let shut_rd = matches!(&self.slots[idx as usize].kind, Kind::Stream(st) if st.shut_rd);
+        if connected && !shut_rd && sock.recv_queue() > 0 {
+            self.decide_rx(idx, grants);
+        }
         if let (Conn::Tcp(tcp), Some(h)) = (&mut *sock, self.tcp_handle(idx)) {
             let direct = self.slots[idx as usize].rx_direct;
             if direct && (shut_rd || !connected) {
@@ -1275,6 +1362,7 @@ impl Session {
             } else if !direct
                 && connected
                 && !shut_rd
+                && self.slots[idx as usize].rx_grant
                 && self.enter_direct_rx(idx, h, tcp, regions)?
             {
                 stats.tcp_rx_direct += 1;
@@ -1370,7 +1458,7 @@ impl Session {
         if pending == 0 || !may_send {
             let port = self.slots[idx as usize].port.take();
             net.linger_conn(h, port, now);
-            self.free_slot(idx);
+            self.free_slot(idx, &mut net.rx_grants);
         }
         Ok(())
     }
@@ -1494,12 +1582,16 @@ impl Session {
     }
 
     fn dgram_rx(&mut self, idx: u32, h: SocketHandle, net: &mut Net) -> Result<bool, Violation> {
+        if net.sockets.get::<udp::Socket>(h).can_recv() {
+            self.decide_rx(idx, &mut net.rx_grants);
+        }
+        self.recycle_lean_pages(idx);
         let Some(ring) = self.view.rx_ring(idx) else {
             return Ok(false);
         };
         let mut moved = false;
         loop {
-            let space = self.rx_space(idx)?;
+            let space = self.rx_room(idx)?;
             let sock = net.sockets.get_mut::<udp::Socket>(h);
             let Ok((payload, meta)) = sock.peek() else {
                 break;

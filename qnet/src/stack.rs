@@ -322,7 +322,7 @@ impl Stack {
             if last_report.elapsed() >= STATS_EVERY {
                 last_report = std::time::Instant::now();
                 for s in self.sessions.values_mut() {
-                    s.give_back_idle_rings(&self.net);
+                    s.give_back_idle_rings(&mut self.net);
                 }
                 let stats = self.stats();
                 *self

@@ -204,10 +204,11 @@ print(h.hexdigest())
         String::from_utf8_lossy(&out.stderr)
     );
     eprintln!("kernel -> qnet: 1 GiB in {secs:.2} s");
-    // Both connections received into their ring slots with no copy through smoltcp's own
-    // buffer (the accepted one took over its buffer after the handshake).
+    // The receiving connection received into its ring slot with no copy through smoltcp's
+    // own buffer (taken over when its first data came); the sending one, which received
+    // nothing, never took a ring's worth of the receive budget.
     let stats = st.fresh_stats();
-    assert_eq!(stats.net.tcp_rx_direct, 2, "{stats:?}");
+    assert_eq!(stats.net.tcp_rx_direct, 1, "{stats:?}");
 }
 
 #[test]
@@ -972,4 +973,79 @@ s.close()
         "python: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn receive_rings_past_the_budget_are_lean_and_lose_nothing() {
+    require_env(&["python3"]);
+    // Half of an 8 MiB budget is one whole 4 MiB receive ring: the second stream is lean.
+    let st = TestStack::start_with("lean", |c| c.buffer_budget = 8 << 20);
+    let client = st.client();
+    let py = r#"
+import socket, sys, hashlib, os, threading
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((sys.argv[1], 9003))
+srv.listen(4)
+print("ready", flush=True)
+def send(c):
+    who = c.recv(1).decode()
+    data = os.urandom(16 << 20)
+    c.sendall(data)
+    print(who, hashlib.sha256(data).hexdigest(), flush=True)
+    c.close()
+threads = [threading.Thread(target=send, args=(srv.accept()[0],)) for _ in range(2)]
+for t in threads: t.start()
+for t in threads: t.join()
+"#;
+    let mut server = st.ns.python(py, &[&PEER_IP.to_string()]);
+    let mut out = server.stdout.take().unwrap();
+    let mut ready = [0u8; 6];
+    out.read_exact(&mut ready).unwrap();
+    let mut streams: Vec<TcpStream> = ["a", "b"]
+        .iter()
+        .map(|who| {
+            let mut s = TcpStream::connect(&client, st.peer(9003)).unwrap();
+            s.write_all(who.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    let read_into = |conn: &mut TcpStream, h: &mut Sha256, len: usize| {
+        let mut buf = vec![0u8; 256 << 10];
+        let mut got = 0;
+        while got < len {
+            let n = conn.read(&mut buf[..(len - got).min(256 << 10)]).unwrap();
+            assert_ne!(n, 0, "the stream ended after {got} of {len} bytes");
+            h.update(&buf[..n]);
+            got += n;
+        }
+    };
+    let mut hashes = [Sha256::new(), Sha256::new()];
+    for (s, h) in streams.iter_mut().zip(hashes.iter_mut()) {
+        read_into(s, h, 8 << 20);
+    }
+    // Neither is read now, both have their rings full: one whole ring, one lean.
+    let ring = client.recv_buffer_size() as u64;
+    let held = st.fresh_stats().ring_resident_bytes;
+    eprintln!("ring regions resident with one whole and one lean ring: {held} bytes");
+    assert!(
+        held >= ring && held <= ring + (512 << 10),
+        "{held} bytes resident, ring {ring}"
+    );
+    for (s, h) in streams.iter_mut().zip(hashes.iter_mut()) {
+        read_into(s, h, 8 << 20);
+        let mut rest = [0u8; 1];
+        assert_eq!(s.read(&mut rest).unwrap(), 0, "more than 16 MiB");
+    }
+    let mut printed = String::new();
+    out.read_to_string(&mut printed).unwrap();
+    let _ = server.wait();
+    let mut want: Vec<&str> = printed.lines().collect();
+    want.sort();
+    let got: Vec<String> = ["a", "b"]
+        .iter()
+        .zip(hashes)
+        .map(|(who, h)| format!("{who} {:x}", h.finalize()))
+        .collect();
+    assert_eq!(want, got);
 }
