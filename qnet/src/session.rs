@@ -122,6 +122,8 @@ struct SlotState {
     rx_grant: bool,
     rx_lean: bool,
     rx_freed_to: u32,
+    /// Lean, with data waiting while its share of the ring is full: it asks for a grant.
+    rx_outgrown: bool,
 }
 
 pub struct Session {
@@ -1013,19 +1015,43 @@ impl Session {
         Ok(space.min(LEAN_FILL.min(size).saturating_sub(used)))
     }
 
-    /// The first time a slot has data to deliver (and again after it went quiet): a grant for
-    /// its whole receive ring if the stack-wide limit allows, lean receive otherwise.
+    /// A TCP slot granted its whole ring but not direct yet (the ring still holds what it
+    /// received lean) leaves new data in smoltcp until the client has drained the ring, then
+    /// receives directly; true while it waits. The client's read kicks the stack (`rx_wanted`),
+    /// and the ring is looked at once more after asking, as in [`Session::pump_rx`].
+    fn awaits_direct(&self, idx: u32, sock: &Conn<'_>) -> Result<bool, Violation> {
+        let s = &self.slots[idx as usize];
+        if !s.rx_grant || s.rx_direct || !matches!(sock, Conn::Tcp(_)) {
+            return Ok(false);
+        }
+        let size = self.view.geometry().rx_buf_size;
+        if self.rx_space(idx)? == size {
+            return Ok(false);
+        }
+        if let Some(w) = self.view.slot_stack(idx) {
+            w.rx_wanted.store(1, SeqCst);
+        }
+        Ok(self.rx_space(idx)? != size)
+    }
+
+    /// Called while a slot has data to deliver. Every slot starts lean, so a connection that
+    /// only ever receives requests and small answers never holds a whole ring; one that
+    /// outgrows it (data waiting while its lean share is full: a stream) takes a grant for
+    /// its whole receive ring if the stack-wide limit allows, and stays lean otherwise.
     fn decide_rx(&mut self, idx: u32, grants: &mut RxGrants) {
         let size = self.view.geometry().rx_buf_size;
         let s = &mut self.slots[idx as usize];
-        if s.rx_grant || s.rx_lean {
+        if s.rx_grant {
             return;
         }
-        if grants.take(u64::from(size)) {
-            s.rx_grant = true;
-        } else {
+        if !s.rx_lean {
             s.rx_lean = true;
+            s.rx_outgrown = false;
             s.rx_freed_to = s.rx_tail & !(LEAN_CHUNK.min(size) - 1);
+        } else if s.rx_outgrown && grants.take(u64::from(size)) {
+            s.rx_lean = false;
+            s.rx_outgrown = false;
+            s.rx_grant = true;
         }
     }
 
@@ -1121,6 +1147,8 @@ impl Session {
             if !sock.can_recv() {
                 break;
             }
+            let s = &mut self.slots[idx as usize];
+            s.rx_outgrown |= s.rx_lean;
             // The ring is full: ask the client for a kick when it reads, then look once more
             // in case it read just before seeing the request (its store, our load; see ring.md).
             if let Some(w) = words {
@@ -1375,7 +1403,7 @@ impl Session {
                 sock.discard(usize::MAX);
             } else if self.slots[idx as usize].rx_direct {
                 moved |= self.pump_rx_direct(idx, sock)? > 0;
-            } else {
+            } else if !self.awaits_direct(idx, sock)? {
                 moved |= self.pump_rx(idx, sock)? > 0;
             }
         }
@@ -1598,6 +1626,8 @@ impl Session {
             };
             let record = datagram_record_size(payload.len() as u32);
             if record > space {
+                let s = &mut self.slots[idx as usize];
+                s.rx_outgrown |= s.rx_lean;
                 break;
             }
             let s = &mut self.slots[idx as usize];

@@ -252,6 +252,9 @@ while done < N and time.time() < deadline:
 print(done)
 "#;
     assert_eq!(st.ns.python_output(py, &[&STACK_IP.to_string()]), "1000");
+    // Nine bytes each way never outgrow a lean ring: none took a whole receive ring.
+    let stats = st.fresh_stats();
+    assert_eq!(stats.net.tcp_rx_direct, 0, "{stats:?}");
 }
 
 #[test]
