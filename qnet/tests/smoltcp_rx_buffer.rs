@@ -97,6 +97,15 @@ impl Host {
         self.iface.poll(now, &mut self.link, &mut self.sockets);
     }
 
+    /// Starts connecting to 10.0.0.2:80 (the other host).
+    fn connect_to_port_80(&mut self) {
+        let cx = self.iface.context();
+        self.sockets
+            .get_mut::<tcp::Socket>(self.socket)
+            .connect(cx, (IpAddress::v4(10, 0, 0, 2), 80), 40000)
+            .expect("connect");
+    }
+
     fn tcp(&mut self) -> &mut tcp::Socket<'static> {
         self.sockets.get_mut::<tcp::Socket>(self.socket)
     }
@@ -122,12 +131,7 @@ fn replacing_the_receive_buffer_keeps_queued_and_out_of_order_bytes() {
     let mut sender = Host::new(1, 8192);
     let mut receiver = Host::new(2, 8192);
     receiver.tcp().listen(80).expect("listen");
-    let cx = sender.iface.context();
-    sender
-        .sockets
-        .get_mut::<tcp::Socket>(sender.socket)
-        .connect(cx, (IpAddress::v4(10, 0, 0, 2), 80), 40000)
-        .expect("connect");
+    sender.connect_to_port_80();
     settle(&mut sender, &mut receiver, now);
     assert_eq!(receiver.tcp().state(), tcp::State::Established);
 
@@ -238,12 +242,7 @@ fn the_window_scale_fits_the_buffer_the_socket_may_grow_to() {
         }
         receiver.tcp().set_ack_delay(None);
         receiver.tcp().listen(80).expect("listen");
-        let cx = sender.iface.context();
-        sender
-            .sockets
-            .get_mut::<tcp::Socket>(sender.socket)
-            .connect(cx, (IpAddress::v4(10, 0, 0, 2), 80), 40000)
-            .expect("connect");
+        sender.connect_to_port_80();
         // Until the receiver answers the SYN (ARP first).
         for _ in 0..10 {
             sender.poll(now);

@@ -934,26 +934,16 @@ s.close()
 "#;
     let sender = st.ns.python(py, &[&STACK_IP.to_string()]);
     let (mut conn, _) = listener.accept().unwrap();
-    let read_into = |conn: &mut TcpStream, h: &mut Sha256, len: usize| {
-        let mut buf = vec![0u8; 256 << 10];
-        let mut got = 0;
-        while got < len {
-            let n = conn.read(&mut buf[..(len - got).min(256 << 10)]).unwrap();
-            assert_ne!(n, 0, "the stream ended after {got} of {len} bytes");
-            h.update(&buf[..n]);
-            got += n;
-        }
-    };
     let ring = client.recv_buffer_size() as u64;
     // Half the burst read: the ring has been all written, and is full while we do not read.
     let mut h = Sha256::new();
-    read_into(&mut conn, &mut h, 8 << 20);
+    read_hashed(&mut conn, &mut h, 8 << 20);
     let busy = st.fresh_stats().ring_resident_bytes;
     assert!(
         busy >= ring,
         "{busy} bytes resident with a {ring}-byte ring"
     );
-    read_into(&mut conn, &mut h, 8 << 20);
+    read_hashed(&mut conn, &mut h, 8 << 20);
     let first = format!("{:x}", h.finalize());
     // Read to the end and quiet for a whole sweep interval (a second): the pages go back.
     thread::sleep(Duration::from_millis(1200));
@@ -966,7 +956,7 @@ s.close()
     // The connection goes on undisturbed over the fresh pages.
     conn.write_all(b"+").unwrap();
     let mut h = Sha256::new();
-    read_into(&mut conn, &mut h, 3 << 20);
+    read_hashed(&mut conn, &mut h, 3 << 20);
     let second = format!("{:x}", h.finalize());
     let out = sender.wait_with_output().unwrap();
     let hashes = String::from_utf8_lossy(&out.stdout);
@@ -1013,19 +1003,9 @@ for t in threads: t.join()
             s
         })
         .collect();
-    let read_into = |conn: &mut TcpStream, h: &mut Sha256, len: usize| {
-        let mut buf = vec![0u8; 256 << 10];
-        let mut got = 0;
-        while got < len {
-            let n = conn.read(&mut buf[..(len - got).min(256 << 10)]).unwrap();
-            assert_ne!(n, 0, "the stream ended after {got} of {len} bytes");
-            h.update(&buf[..n]);
-            got += n;
-        }
-    };
     let mut hashes = [Sha256::new(), Sha256::new()];
     for (s, h) in streams.iter_mut().zip(hashes.iter_mut()) {
-        read_into(s, h, 8 << 20);
+        read_hashed(s, h, 8 << 20);
     }
     // Neither is read now, both have their rings full: one whole ring, one lean.
     let ring = client.recv_buffer_size() as u64;
@@ -1036,7 +1016,7 @@ for t in threads: t.join()
         "{held} bytes resident, ring {ring}"
     );
     for (s, h) in streams.iter_mut().zip(hashes.iter_mut()) {
-        read_into(s, h, 8 << 20);
+        read_hashed(s, h, 8 << 20);
         let mut rest = [0u8; 1];
         assert_eq!(s.read(&mut rest).unwrap(), 0, "more than 16 MiB");
     }
@@ -1051,4 +1031,16 @@ for t in threads: t.join()
         .map(|(who, h)| format!("{who} {:x}", h.finalize()))
         .collect();
     assert_eq!(want, got);
+}
+
+/// Reads exactly `len` bytes of `conn` into the hash `h`.
+fn read_hashed(conn: &mut TcpStream, h: &mut Sha256, len: usize) {
+    let mut buf = vec![0u8; 256 << 10];
+    let mut got = 0;
+    while got < len {
+        let n = conn.read(&mut buf[..(len - got).min(256 << 10)]).unwrap();
+        assert_ne!(n, 0, "the stream ended after {got} of {len} bytes");
+        h.update(&buf[..n]);
+        got += n;
+    }
 }
