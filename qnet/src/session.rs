@@ -116,14 +116,30 @@ struct SlotState {
     /// through the receive ring since its pages were last given back.
     rx_seen: u32,
     rx_touched: bool,
-    /// The slot holds a grant to fill its whole receive ring ([`RxGrants`]), or receives lean
-    /// (at most [`LEAN_FILL`] bytes in it, pages given back behind the reader up to
-    /// `rx_freed_to`); neither until it first has data to deliver.
-    rx_grant: bool,
-    rx_lean: bool,
-    rx_freed_to: u32,
-    /// Lean, with data waiting while its share of the ring is full: it asks for a grant.
-    rx_outgrown: bool,
+    /// How much of its receive ring the slot may fill.
+    rx_share: RxShare,
+}
+
+/// How much of its receive ring a slot may fill (docs/ring.md), decided when it has data to
+/// deliver ([`Session::decide_rx`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum RxShare {
+    #[default]
+    Undecided,
+    /// At most [`LEAN_FILL`] bytes in the ring, its pages given back behind the reader up to
+    /// `freed_to`; `outgrown` once data waited while that share was full (it asks for a grant).
+    Lean { freed_to: u32, outgrown: bool },
+    /// The whole ring, under a grant from [`RxGrants`].
+    Whole,
+}
+
+impl RxShare {
+    /// Data waits while the slot's share of its ring is full: a lean slot asks for a grant.
+    fn mark_outgrown(&mut self) {
+        if let RxShare::Lean { outgrown, .. } = self {
+            *outgrown = true;
+        }
+    }
 }
 
 pub struct Session {
@@ -358,7 +374,7 @@ impl Session {
     }
 
     fn free_slot(&mut self, idx: u32, grants: &mut RxGrants) {
-        if self.slots[idx as usize].rx_grant {
+        if self.slots[idx as usize].rx_share == RxShare::Whole {
             grants.give(u64::from(self.view.geometry().rx_buf_size));
         }
         self.release_buffers(idx);
@@ -421,11 +437,14 @@ impl Session {
             s.rx_touched = false;
             // Quiet, it asks again when data comes (a direct ring stays smoltcp's buffer, and
             // keeps its grant: the window it advertised must still fit).
-            s.rx_lean = false;
-            if s.rx_grant && !direct {
-                s.rx_grant = false;
-                net.rx_grants
-                    .give(u64::from(self.view.geometry().rx_buf_size));
+            match s.rx_share {
+                RxShare::Lean { .. } => s.rx_share = RxShare::Undecided,
+                RxShare::Whole if !direct => {
+                    s.rx_share = RxShare::Undecided;
+                    net.rx_grants
+                        .give(u64::from(self.view.geometry().rx_buf_size));
+                }
+                _ => {}
             }
             let g = self.view.geometry();
             // Empty: the client has read everything published and the stack writes nothing
@@ -1006,8 +1025,7 @@ impl Session {
     /// [`LEAN_FILL`] bytes in use when lean.
     fn rx_room(&self, idx: u32) -> Result<u32, Violation> {
         let space = self.rx_space(idx)?;
-        let s = &self.slots[idx as usize];
-        if !s.rx_lean {
+        if !matches!(self.slots[idx as usize].rx_share, RxShare::Lean { .. }) {
             return Ok(space);
         }
         let size = self.view.geometry().rx_buf_size;
@@ -1021,7 +1039,7 @@ impl Session {
     /// and the ring is looked at once more after asking, as in [`Session::pump_rx`].
     fn awaits_direct(&self, idx: u32, sock: &Conn<'_>) -> Result<bool, Violation> {
         let s = &self.slots[idx as usize];
-        if !s.rx_grant || s.rx_direct || !matches!(sock, Conn::Tcp(_)) {
+        if s.rx_share != RxShare::Whole || s.rx_direct || !matches!(sock, Conn::Tcp(_)) {
             return Ok(false);
         }
         let size = self.view.geometry().rx_buf_size;
@@ -1041,17 +1059,17 @@ impl Session {
     fn decide_rx(&mut self, idx: u32, grants: &mut RxGrants) {
         let size = self.view.geometry().rx_buf_size;
         let s = &mut self.slots[idx as usize];
-        if s.rx_grant {
-            return;
-        }
-        if !s.rx_lean {
-            s.rx_lean = true;
-            s.rx_outgrown = false;
-            s.rx_freed_to = s.rx_tail & !(LEAN_CHUNK.min(size) - 1);
-        } else if s.rx_outgrown && grants.take(u64::from(size)) {
-            s.rx_lean = false;
-            s.rx_outgrown = false;
-            s.rx_grant = true;
+        match s.rx_share {
+            RxShare::Undecided => {
+                s.rx_share = RxShare::Lean {
+                    freed_to: s.rx_tail & !(LEAN_CHUNK.min(size) - 1),
+                    outgrown: false,
+                }
+            }
+            RxShare::Lean { outgrown: true, .. } if grants.take(u64::from(size)) => {
+                s.rx_share = RxShare::Whole;
+            }
+            RxShare::Lean { .. } | RxShare::Whole => {}
         }
     }
 
@@ -1061,13 +1079,16 @@ impl Session {
         let g = self.view.geometry();
         let chunk = LEAN_CHUNK.min(g.rx_buf_size);
         let s = &self.slots[idx as usize];
-        if !s.rx_lean {
+        let RxShare::Lean {
+            mut freed_to,
+            outgrown,
+        } = s.rx_share
+        else {
             return;
-        }
+        };
         let Some(head) = self.view.slot_client(idx).map(|c| c.rx_head.load(Acquire)) else {
             return;
         };
-        let mut freed_to = s.rx_freed_to;
         // A head outside what was published is the client's violation, reported by rx_space.
         if head.wrapping_sub(freed_to) > s.rx_tail.wrapping_sub(freed_to) {
             return;
@@ -1077,7 +1098,7 @@ impl Session {
             self.give_back_pages(off, u64::from(chunk));
             freed_to = freed_to.wrapping_add(chunk);
         }
-        self.slots[idx as usize].rx_freed_to = freed_to;
+        self.slots[idx as usize].rx_share = RxShare::Lean { freed_to, outgrown };
     }
 
     /// Copies the transmit ring into smoltcp's send buffer; returns bytes moved.
@@ -1147,8 +1168,7 @@ impl Session {
             if !sock.can_recv() {
                 break;
             }
-            let s = &mut self.slots[idx as usize];
-            s.rx_outgrown |= s.rx_lean;
+            self.slots[idx as usize].rx_share.mark_outgrown();
             // The ring is full: ask the client for a kick when it reads, then look once more
             // in case it read just before seeing the request (its store, our load; see ring.md).
             if let Some(w) = words {
@@ -1390,7 +1410,7 @@ impl Session {
             } else if !direct
                 && connected
                 && !shut_rd
-                && self.slots[idx as usize].rx_grant
+                && self.slots[idx as usize].rx_share == RxShare::Whole
                 && self.enter_direct_rx(idx, h, tcp, regions)?
             {
                 stats.tcp_rx_direct += 1;
@@ -1626,8 +1646,7 @@ impl Session {
             };
             let record = datagram_record_size(payload.len() as u32);
             if record > space {
-                let s = &mut self.slots[idx as usize];
-                s.rx_outgrown |= s.rx_lean;
+                self.slots[idx as usize].rx_share.mark_outgrown();
                 break;
             }
             let s = &mut self.slots[idx as usize];
