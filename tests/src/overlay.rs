@@ -78,6 +78,10 @@ impl Underlay {
     /// [`Underlay::node`] with more arguments for `qnetd run`.
     pub fn node_with(&self, qnetd: &str, n: u8, args: &[&str]) -> Node {
         let ns = self.join("node", n);
+        // Nodes forward IPv4, as Kubernetes nodes do; qnetd's tunnel offload needs it (its
+        // default, auto, uses it then).
+        ns.enter(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))
+            .expect("letting the node forward IPv4");
         let dir = std::env::temp_dir().join(format!("qnetd-{}", ns.name));
         std::fs::create_dir_all(&dir).expect("making the node's directory");
         let mut node = Node {
@@ -333,8 +337,13 @@ pub struct TwoNodes {
 }
 
 pub fn two_nodes(qnetd: &str, vpc: &str) -> TwoNodes {
+    two_nodes_with(qnetd, vpc, &[])
+}
+
+/// [`two_nodes`] with more arguments for both nodes' `qnetd run`.
+pub fn two_nodes_with(qnetd: &str, vpc: &str, args: &[&str]) -> TwoNodes {
     let ul = Underlay::new();
-    let (a, b) = (ul.node(qnetd, 1), ul.node(qnetd, 2));
+    let (a, b) = (ul.node_with(qnetd, 1, args), ul.node_with(qnetd, 2, args));
     let (pa, pb) = (Netns::new("pa"), Netns::new("pb"));
     for n in [&a, &b] {
         n.add_vpc(vpc, 42, "10.42.0.0/24");
@@ -414,6 +423,8 @@ pub fn start_qnetd_in(netns: &str, underlay: Ipv4Addr, dir: &Path) -> PathBuf {
             underlay,
             port: 4789,
             underlay_mtu: 1500,
+            // Nodes made by `Underlay::join` do not forward: VXLAN goes through sockets.
+            tunnel: qnetd::tunnel::Mode::Auto,
             etcd: None,
         })
         .expect("starting qnetd");

@@ -6,8 +6,10 @@
 //! `setns`, so the calling process (and its other threads) never change namespace.
 
 mod pod;
+mod redirect;
 
 pub use pod::{BridgeLink, EndSetup, Macs, PtpLink};
+pub use redirect::UdpRedirect;
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};

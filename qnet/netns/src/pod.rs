@@ -7,6 +7,7 @@ use std::os::fd::AsRawFd;
 
 use futures_util::stream::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
+use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::route::RouteScope;
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
@@ -383,6 +384,9 @@ pub struct EndSetup {
     /// The address with the prefix of the network it is on (the link route comes with it).
     pub addr: Ipv4Net,
     pub gateway: Option<Ipv4Addr>,
+    /// The largest frame the kernel may hand to the device for segmentation (TSO), when it
+    /// must be below the default 64 KiB.
+    pub gso_max_size: Option<u32>,
 }
 
 impl Netns {
@@ -390,14 +394,14 @@ impl Netns {
     pub fn set_up_end(&self, end: &EndSetup) -> Result<()> {
         self.netlink(|h| async move {
             let index = index_of(self, &h, &end.ifname).await?;
+            let mut link = LinkUnspec::new_with_index(index)
+                .address(end.mac.to_vec())
+                .mtu(end.mtu);
+            if let Some(max) = end.gso_max_size {
+                link = link.append_extra_attribute(LinkAttribute::GsoMaxSize(max));
+            }
             h.link()
-                .set(
-                    LinkUnspec::new_with_index(index)
-                        .address(end.mac.to_vec())
-                        .mtu(end.mtu)
-                        .up()
-                        .build(),
-                )
+                .set(link.up().build())
                 .execute()
                 .await
                 .map_err(self.err(format!("setting up {}", end.ifname)))?;

@@ -18,12 +18,15 @@ use crate::dataplane::{self, DataplaneHandle, Update};
 use crate::forward::{Counters, CountersSnapshot, EndpointId, Tables};
 use crate::model::{Endpoint, EndpointSpec, ModelError, Place, SecurityGroup, State, Vpc, VpcSpec};
 use crate::store::StateFile;
+use crate::tunnel::{self, Tunnel};
 use crate::wire::OVERLAY_OVERHEAD;
 
 /// The IANA port of VXLAN.
 pub const VXLAN_PORT: u16 = 4789;
 /// VXLAN source ports in use: flows are spread over this many.
 const SENDERS: usize = 8;
+/// The tunnel device's name, in the node's namespace.
+pub const TUNNEL_DEVICE: &str = "qnetd0";
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -34,6 +37,8 @@ pub struct Config {
     pub port: u16,
     /// The underlay's MTU; endpoints get this less the VXLAN overhead.
     pub underlay_mtu: u32,
+    /// Whether VXLAN goes whole through a tunnel device ([`crate::tunnel`]).
+    pub tunnel: tunnel::Mode,
     /// The cluster's etcd, when nodes share their VPCs and endpoints (else each node is told
     /// about the others' endpoints through its own API).
     pub etcd: Option<EtcdConfig>,
@@ -120,8 +125,15 @@ impl Daemon {
                 anyhow::Ok(s)
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let tunnel = Tunnel::open(
+            cfg.tunnel,
+            TUNNEL_DEVICE,
+            cfg.underlay,
+            cfg.port,
+            cfg.underlay_mtu,
+        )?;
         let counters = Arc::new(Counters::default());
-        let plane = dataplane::spawn(udp, senders, cfg.port, counters.clone())
+        let plane = dataplane::spawn(udp, tunnel, senders, cfg.port, counters.clone())
             .context("starting the data plane")?;
         let daemon = Arc::new(Daemon {
             cfg,
@@ -354,6 +366,9 @@ impl Daemon {
                     prefix: vpc.cidr.prefix,
                 },
                 gateway: Some(vpc.gateway),
+                // A frame and the 50 bytes VXLAN puts in front of it stay below the underlay's
+                // 64 KiB GSO limit, so it crosses the tunnel device whole (crate::tunnel).
+                gso_max_size: Some(tunnel::MAX_FRAME as u32 - OVERLAY_OVERHEAD),
             })
         });
         if let Err(e) = set_up {

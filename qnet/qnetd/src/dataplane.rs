@@ -8,7 +8,9 @@
 //! and answering never copy a frame. Offloads keep frames large where the kernel allows:
 //! the TAPs hand over 64 KiB TCP frames, cut into segments only on the way to another node
 //! (UDP GSO), and the underlay socket hands over runs of datagrams (UDP GRO) whose TCP
-//! segments are joined again for the TAP ([`crate::gso`]). When no slot is free, reads wait.
+//! segments are joined again for the TAP ([`crate::gso`]). With tunnel offload
+//! ([`crate::tunnel`]) VXLAN goes through a TAP instead of the sockets, whole both ways. When
+//! no slot is free, reads wait.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -25,10 +27,15 @@ use qnet::phy::Tap;
 use crate::forward::{self, Conntrack, Counters, DropReason, EndpointId, Tables, Verdict};
 use crate::gso;
 use crate::output::{Delivery, Output, SendError};
+use crate::tunnel::{self, Tunnel};
 use crate::wire::{self, VXLAN_LEN};
 
-/// Headroom in front of a frame: the VXLAN header and the virtio-net header share it.
-const HEAD: usize = VXLAN_LEN + VNET_HDR_LEN;
+/// Headroom in front of a frame: room for what a tunnel frame has in front of it (virtio-net,
+/// outer and VXLAN headers); a TAP's virtio-net header, or a socket's VXLAN header, sits right
+/// before the frame.
+const HEAD: usize = tunnel::FRONT + VXLAN_LEN;
+/// Where a TAP read lands: its virtio-net header, then the frame at `HEAD`.
+const TAP_AT: usize = HEAD - VNET_HDR_LEN;
 /// Largest read: a 64 KiB TCP frame from a TAP, or a run of datagrams joined by UDP GRO.
 const MAX_READ: usize = 65_536 + 512;
 const SLOTS: usize = 512;
@@ -67,6 +74,7 @@ enum Op {
     TapRead = 2,
     UdpRecv = 4,
     Cancel = 6,
+    TunnelRead = 7,
 }
 
 fn user_data(op: Op, ep: EndpointId, slot: usize) -> u64 {
@@ -79,6 +87,7 @@ fn decode(ud: u64) -> (Option<Op>, EndpointId, usize) {
         2 => Some(Op::TapRead),
         4 => Some(Op::UdpRecv),
         6 => Some(Op::Cancel),
+        7 => Some(Op::TunnelRead),
         _ => None,
     };
     (op, (ud >> 24) as u32, (ud & 0xff_ffff) as usize)
@@ -168,6 +177,10 @@ struct Plane {
     slots: Vec<Slot>,
     free: Vec<usize>,
     udp: UdpSocket,
+    /// VXLAN's way in and out when tunnel offload is on (the sockets then carry only what
+    /// the redirect leaves to the kernel: fragments).
+    tunnel: Option<Tunnel>,
+    tunnel_reading: bool,
     /// Sockets VXLAN leaves from, one per source port; a flow always uses the same.
     senders: Vec<UdpSocket>,
     port: u16,
@@ -186,6 +199,7 @@ struct Plane {
 /// address and VXLAN port) and sending it from `senders` to peers' `port`.
 pub fn spawn(
     udp: UdpSocket,
+    tunnel: Option<Tunnel>,
     senders: Vec<UdpSocket>,
     port: u16,
     counters: Arc<Counters>,
@@ -222,6 +236,8 @@ pub fn spawn(
         slots: (0..SLOTS).map(|_| Slot::new()).collect(),
         free: (0..SLOTS).rev().collect(),
         udp,
+        tunnel,
+        tunnel_reading: false,
         senders,
         port,
         tables: Arc::new(Tables::default()),
@@ -297,11 +313,23 @@ impl Plane {
             }
             ep.reading = Some(slot);
             let fd = ep.tap.fd.as_raw_fd();
-            let buf = &mut self.slots[slot].buf[VXLAN_LEN..];
+            let buf = &mut self.slots[slot].buf[TAP_AT..];
             let sqe = opcode::Read::new(types::Fd(fd), buf.as_mut_ptr(), buf.len() as u32)
                 .build()
                 .user_data(user_data(Op::TapRead, id, slot));
             self.push(sqe)?;
+        }
+        if let Some(t) = self.tunnel.as_ref().filter(|_| !self.tunnel_reading) {
+            let Some(slot) = self.free.pop() else {
+                return Ok(());
+            };
+            let fd = t.tap.fd.as_raw_fd();
+            let buf = &mut self.slots[slot].buf;
+            let sqe = opcode::Read::new(types::Fd(fd), buf.as_mut_ptr(), buf.len() as u32)
+                .build()
+                .user_data(user_data(Op::TunnelRead, 0, slot));
+            self.push(sqe)?;
+            self.tunnel_reading = true;
         }
         while self.udp_reads < UDP_READS {
             let Some(slot) = self.free.pop() else {
@@ -329,6 +357,7 @@ impl Plane {
             }
             Some(Op::TapRead) => self.tap_read(id, slot, res)?,
             Some(Op::UdpRecv) => self.udp_recv(slot, res)?,
+            Some(Op::TunnelRead) => self.tunnel_read(slot, res)?,
             Some(Op::Cancel) | None => {}
         }
         Ok(())
@@ -425,10 +454,10 @@ impl Plane {
     /// `VXLAN_LEN` in `slot`.
     fn forward_from_endpoint(&mut self, id: EndpointId, slot: usize, n: usize) {
         let buf = &mut self.slots[slot].buf;
-        let Some(hdr) = VnetHdr::parse(&buf[VXLAN_LEN..HEAD]).filter(|_| n >= VNET_HDR_LEN) else {
+        let Some(hdr) = VnetHdr::parse(&buf[TAP_AT..HEAD]).filter(|_| n >= VNET_HDR_LEN) else {
             return self.drop_frame(DropReason::Malformed);
         };
-        let frame = &mut buf[HEAD..VXLAN_LEN + n];
+        let frame = &mut buf[HEAD..TAP_AT + n];
         let mss = match hdr.gso_type {
             GSO_NONE => 0,
             GSO_TCPV4 if hdr.gso_size > 0 => hdr.gso_size,
@@ -447,11 +476,27 @@ impl Plane {
                     return self.drop_frame(DropReason::Detached);
                 };
                 if mss == 0 {
-                    buf[VXLAN_LEN..HEAD].fill(0);
+                    buf[TAP_AT..HEAD].fill(0);
                 }
                 // A large frame goes on whole, its virtio-net header with it.
-                let sent = self.output.to_tap(fd, &[&buf[VXLAN_LEN..HEAD + len]]);
+                let sent = self.output.to_tap(fd, &[&buf[TAP_AT..HEAD + len]]);
                 self.sent(sent.is_ok(), verdict);
+            }
+            Verdict::Encap { node, vni } if self.tunnel.is_some() => {
+                // The checksum of a small frame was finished above. A TSO frame of one segment
+                // goes as a plain frame with its checksum left partial (see put_front).
+                let one_segment = gso::tcp_frame(&buf[HEAD..HEAD + len])
+                    .is_some_and(|t| t.payload_len <= usize::from(mss));
+                let inner = match mss {
+                    0 => VnetHdr::default(),
+                    _ if one_segment => VnetHdr {
+                        gso_type: GSO_NONE,
+                        gso_size: 0,
+                        ..hdr
+                    },
+                    _ => hdr,
+                };
+                self.tunnel_send(slot, node, vni, len, &inner);
             }
             Verdict::Encap { node, vni } if mss > 0 => {
                 let frame = &buf[HEAD..HEAD + len];
@@ -468,21 +513,146 @@ impl Plane {
                 }
             }
             Verdict::Encap { node, vni } => {
-                wire::put_vxlan(&mut buf[VNET_HDR_LEN..HEAD], vni);
+                wire::put_vxlan(&mut buf[HEAD - VXLAN_LEN..HEAD], vni);
                 let sent =
                     self.output
-                        .to_node(udp, node, self.port, &buf[VNET_HDR_LEN..HEAD + len]);
+                        .to_node(udp, node, self.port, &buf[HEAD - VXLAN_LEN..HEAD + len]);
                 self.sent(sent.is_ok(), verdict);
             }
             Verdict::Reply => {
                 let Some(fd) = tap_fd(&self.eps, id) else {
                     return self.drop_frame(DropReason::Detached);
                 };
-                buf[VXLAN_LEN..HEAD].fill(0);
-                let sent = self.output.to_tap(fd, &[&buf[VXLAN_LEN..HEAD + len]]);
+                buf[TAP_AT..HEAD].fill(0);
+                let sent = self.output.to_tap(fd, &[&buf[TAP_AT..HEAD + len]]);
                 self.sent(sent.is_ok(), verdict);
             }
             Verdict::Drop(reason) => self.drop_frame(reason),
+        }
+    }
+
+    /// Sends the frame at `HEAD..HEAD + len` in `slot`, whose virtio-net header is `inner`, in
+    /// VXLAN `vni` to `node` through the tunnel device: whole, or cut into segments when it
+    /// cannot go whole.
+    fn tunnel_send(&mut self, slot: usize, node: Ipv4Addr, vni: u32, len: usize, inner: &VnetHdr) {
+        let Some(t) = self.tunnel.as_mut() else {
+            return;
+        };
+        let buf = &mut self.slots[slot].buf;
+        let sport = flow_port(&buf[HEAD..HEAD + len]);
+        wire::put_vxlan(&mut buf[HEAD - VXLAN_LEN..HEAD], vni);
+        let fd = t.tap.fd.as_raw_fd();
+        let verdict = Verdict::Encap { node, vni };
+        if t.encap.put_front(
+            &mut buf[..tunnel::FRONT],
+            node,
+            sport,
+            VXLAN_LEN + len,
+            inner,
+        ) {
+            let sent = self.output.to_tap(fd, &[&buf[..HEAD + len]]).is_ok();
+            if sent {
+                self.count(&self.counters.tunnel_out, 1);
+            }
+            return self.sent(sent, verdict);
+        }
+        let frame = &buf[HEAD..HEAD + len];
+        match self.output.segments_to_tunnel(
+            fd,
+            &mut t.encap,
+            node,
+            sport,
+            frame,
+            inner.gso_size,
+            vni,
+        ) {
+            Ok(n) => {
+                self.count(&self.counters.cut, 1);
+                self.count(&self.counters.tunnel_out, n as u64);
+                self.sent(true, verdict)
+            }
+            Err(SendError::Uncuttable) => self.drop_frame(DropReason::Unsupported),
+            Err(SendError::Io(_)) => self.sent(false, verdict),
+        }
+    }
+
+    /// Forwards what the tunnel device gave (`res` bytes in `slot`): one VXLAN packet, whole.
+    fn tunnel_read(&mut self, slot: usize, res: i32) -> io::Result<()> {
+        self.tunnel_reading = false;
+        if res < 0 {
+            self.free.push(slot);
+            let err = -res;
+            if err == libc::EAGAIN || err == libc::EINTR {
+                return Ok(());
+            }
+            // The device is gone: VXLAN redirected to it is lost, so stop and be restarted.
+            return Err(io::Error::other(format!(
+                "reading the tunnel device: {}",
+                io::Error::from_raw_os_error(err)
+            )));
+        }
+        self.forward_from_tunnel(slot, res as usize);
+        self.free.push(slot);
+        Ok(())
+    }
+
+    fn forward_from_tunnel(&mut self, slot: usize, n: usize) {
+        let Some(t) = self.tunnel.as_mut() else {
+            return;
+        };
+        self.counters
+            .from_overlay
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.counters
+            .tunnel_in
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let buf = &mut self.slots[slot].buf;
+        let arrival = match t.encap.parse(&buf[..n]) {
+            Ok(a) => a,
+            Err(reason) => return self.counters.count_drop(reason),
+        };
+        // The inner frame starts at HEAD, as a TAP read's does.
+        debug_assert_eq!(arrival.datagram.start, tunnel::FRONT);
+        let Some(vni) = wire::vxlan_vni(&buf[arrival.datagram.clone()]) else {
+            return self.counters.count_drop(DropReason::Malformed);
+        };
+        let mss = if arrival.inner.gso_type != GSO_NONE {
+            arrival.inner.gso_size
+        } else {
+            0
+        };
+        let frame = &mut buf[HEAD..arrival.datagram.end];
+        let (verdict, len) = forward::from_overlay(
+            &self.tables,
+            &mut self.conntrack,
+            arrival.node,
+            vni,
+            frame,
+            mss,
+        );
+        match verdict {
+            Verdict::Deliver(id) => {
+                let Some(fd) = tap_fd(&self.eps, id) else {
+                    return self.counters.count_drop(DropReason::Detached);
+                };
+                arrival.inner.write(&mut buf[TAP_AT..HEAD]);
+                let sent = self.output.to_tap(fd, &[&buf[TAP_AT..HEAD + len]]);
+                self.sent(sent.is_ok(), verdict);
+            }
+            Verdict::Reply => {
+                // Back to the node, in the VNI it came in (the VXLAN header is still there).
+                let sport = flow_port(&buf[HEAD..HEAD + len]);
+                let fd = t.tap.fd.as_raw_fd();
+                let plain = VnetHdr::default();
+                let front = &mut buf[..tunnel::FRONT];
+                let sent = t
+                    .encap
+                    .put_front(front, arrival.node, sport, VXLAN_LEN + len, &plain)
+                    && self.output.to_tap(fd, &[&buf[..HEAD + len]]).is_ok();
+                self.sent(sent, verdict);
+            }
+            Verdict::Encap { .. } => self.counters.count_drop(DropReason::NoRoute),
+            Verdict::Drop(reason) => self.counters.count_drop(reason),
         }
     }
 
@@ -529,6 +699,7 @@ impl Plane {
                     node,
                     vni,
                     &mut datagram[VXLAN_LEN..],
+                    0,
                 ),
                 None => (Verdict::Drop(DropReason::Malformed), 0),
             };
@@ -575,9 +746,20 @@ fn tap_fd(eps: &HashMap<EndpointId, Attached>, id: EndpointId) -> Option<RawFd> 
         .map(|e| e.tap.fd.as_raw_fd())
 }
 
-/// The sender a frame's flow leaves from: by its inner IPv4 addresses and, for TCP and UDP,
-/// ports (else its Ethernet addresses), so one flow keeps one VXLAN source port.
+/// The sender a frame's flow leaves from, so one flow keeps one VXLAN source port.
 fn sender_for(senders: &[UdpSocket], frame: &[u8]) -> RawFd {
+    senders[(flow_hash(frame) % senders.len() as u64) as usize].as_raw_fd()
+}
+
+/// The VXLAN source port of a frame's flow through the tunnel device: in the dynamic range
+/// (49152-65535), as RFC 7348 section 5 suggests.
+fn flow_port(frame: &[u8]) -> u16 {
+    49_152 + (flow_hash(frame) % 16_384) as u16
+}
+
+/// A hash of a frame's flow: its inner IPv4 addresses and, for TCP and UDP, ports (else its
+/// Ethernet addresses).
+fn flow_hash(frame: &[u8]) -> u64 {
     let key: &[u8] = match frame.get(12..14) {
         Some([0x08, 0x00]) if frame.len() >= wire::ETH_LEN + 24 => {
             let ip = &frame[wire::ETH_LEN..];
@@ -585,15 +767,13 @@ fn sender_for(senders: &[UdpSocket], frame: &[u8]) -> RawFd {
             let ports = matches!(ip[9], 6 | 17) && ip.len() >= ihl + 4 && ihl >= 20;
             if ports {
                 // Addresses (12..20) and, after the header, the two ports.
-                let mut h = fnv(&ip[12..20]);
-                h = fnv_more(h, &ip[ihl..ihl + 4]);
-                return senders[(h % senders.len() as u64) as usize].as_raw_fd();
+                return fnv_more(fnv(&ip[12..20]), &ip[ihl..ihl + 4]);
             }
             &ip[12..20]
         }
         _ => frame.get(..12).unwrap_or(frame),
     };
-    senders[(fnv(key) % senders.len() as u64) as usize].as_raw_fd()
+    fnv(key)
 }
 
 fn fnv(data: &[u8]) -> u64 {

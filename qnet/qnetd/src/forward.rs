@@ -247,13 +247,8 @@ pub fn from_local(
         return drop(DropReason::Spoofed);
     }
     if mss > 0 {
-        // IP and TCP headers (at most 60 each) and one segment's payload.
-        let segment =
-            crate::gso::tcp_frame(frame).map(|f| f.header_len - wire::ETH_LEN + usize::from(mss));
-        match segment {
-            Some(len) if len <= t.mtu => {}
-            Some(_) => return drop(DropReason::TooBig),
-            None => return drop(DropReason::Unsupported),
+        if let Err(reason) = segments_fit(t, frame, mss) {
+            return drop(reason);
         }
     } else if ip.total_len > t.mtu {
         if !ip.dont_frag {
@@ -297,14 +292,28 @@ pub fn from_local(
     }
 }
 
+/// Whether each `mss`-byte segment of the large TCP frame `frame` fits the overlay MTU.
+fn segments_fit(t: &Tables, frame: &[u8], mss: u16) -> Result<(), DropReason> {
+    // IP and TCP headers (at most 60 each) and one segment's payload.
+    let segment =
+        crate::gso::tcp_frame(frame).map(|f| f.header_len - wire::ETH_LEN + usize::from(mss));
+    match segment {
+        Some(len) if len <= t.mtu => Ok(()),
+        Some(_) => Err(DropReason::TooBig),
+        None => Err(DropReason::Unsupported),
+    }
+}
+
 /// Decides for `frame`, which arrived in VXLAN with `vni` from the node at `node`; the verdict
-/// and the frame's length now. A reply goes back to `node` with the same VNI.
+/// and the frame's length now. A reply goes back to `node` with the same VNI. `mss` is
+/// non-zero for a large TCP frame that arrived whole (tunnel offload), as in [`from_local`].
 pub fn from_overlay(
     t: &Tables,
     ct: &mut Conntrack,
     node: Ipv4Addr,
     vni: u32,
     frame: &mut [u8],
+    mss: u16,
 ) -> (Verdict, usize) {
     let Some(vpc) = t.vpcs.get(&vni).copied() else {
         return drop(DropReason::UnknownVni);
@@ -341,7 +350,11 @@ pub fn from_overlay(
     if !sender_is(ip.src, &frame[6..12]) {
         return drop(DropReason::Spoofed);
     }
-    if ip.total_len > t.mtu {
+    if mss > 0 {
+        if let Err(reason) = segments_fit(t, frame, mss) {
+            return drop(reason);
+        }
+    } else if ip.total_len > t.mtu {
         return drop(DropReason::TooBig);
     }
     let len = wire::ETH_LEN + ip.total_len;
@@ -498,6 +511,9 @@ pub struct Counters {
     /// joined into one frame for a TAP (see [`crate::gso`]).
     pub cut: AtomicU64,
     pub joined: AtomicU64,
+    /// VXLAN packets sent and received whole through the tunnel device ([`crate::tunnel`]).
+    pub tunnel_out: AtomicU64,
+    pub tunnel_in: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
 }
 
@@ -525,6 +541,8 @@ impl Counters {
             send_errors: get(&self.send_errors),
             cut: get(&self.cut),
             joined: get(&self.joined),
+            tunnel_out: get(&self.tunnel_out),
+            tunnel_in: get(&self.tunnel_in),
             dropped: DropReason::ALL
                 .iter()
                 .map(|r| (r.name(), get(&self.drops[*r as usize])))
@@ -544,6 +562,8 @@ pub struct CountersSnapshot {
     pub send_errors: u64,
     pub cut: u64,
     pub joined: u64,
+    pub tunnel_out: u64,
+    pub tunnel_in: u64,
     pub dropped: std::collections::BTreeMap<&'static str, u64>,
 }
 
@@ -701,12 +721,12 @@ mod tests {
         // From the overlay: red's .3 on NODE reaches red's local .2, never blue's.
         let mut f = ipv4_frame(red_mac(3), [10, 0, 0, 3], [10, 0, 0, 2], &[0u8; 8], false);
         assert_eq!(
-            from_overlay(&t, &mut Conntrack::default(), NODE, 1, &mut f.clone()).0,
+            from_overlay(&t, &mut Conntrack::default(), NODE, 1, &mut f.clone(), 0).0,
             Verdict::Deliver(1)
         );
         let other = Ipv4Addr::new(192, 168, 77, 3);
         assert_eq!(
-            from_overlay(&t, &mut Conntrack::default(), other, 1, &mut f).0,
+            from_overlay(&t, &mut Conntrack::default(), other, 1, &mut f, 0).0,
             Verdict::Drop(DropReason::Spoofed)
         );
     }
@@ -754,7 +774,7 @@ mod tests {
             let (v, len) = from_local(&t, &mut Conntrack::default(), 1, &mut frame.clone(), 0);
             prop_assert!(len <= frame.len());
             prop_assert!(!matches!(v, Verdict::Deliver(2) | Verdict::Encap { vni: 2, .. }), "{v:?}");
-            let (v, len) = from_overlay(&t, &mut Conntrack::default(), NODE, 1, &mut frame.clone());
+            let (v, len) = from_overlay(&t, &mut Conntrack::default(), NODE, 1, &mut frame.clone(), 0);
             prop_assert!(len <= frame.len());
             prop_assert!(!matches!(v, Verdict::Deliver(2) | Verdict::Encap { .. }), "{v:?}");
         }

@@ -19,4 +19,5 @@ pub mod gso;
 pub mod model;
 pub mod output;
 pub mod store;
+pub mod tunnel;
 pub mod wire;

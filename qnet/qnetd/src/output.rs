@@ -8,8 +8,10 @@ use std::net::Ipv4Addr;
 use std::os::fd::RawFd;
 
 use qnet::phy::tap::VNET_HDR_LEN;
+use qnet::phy::vnet::VnetHdr;
 
 use crate::gso::{self, TcpFrame};
+use crate::tunnel::{self, Encap};
 
 const SOL_UDP: libc::c_int = 17;
 const UDP_SEGMENT: libc::c_int = 103;
@@ -41,6 +43,17 @@ fn iov(b: &[u8]) -> libc::iovec {
     }
 }
 
+/// Writes the buffers `iovs` points at to `fd` in one call.
+fn writev(fd: RawFd, iovs: &[libc::iovec]) -> io::Result<()> {
+    // SAFETY: every caller builds `iovs` over buffers that live for the call; writev only
+    // reads them.
+    let n = unsafe { libc::writev(fd, iovs.as_ptr(), iovs.len() as libc::c_int) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A frame handed to a local endpoint from the overlay, for joining.
 pub struct Delivery {
     pub endpoint: crate::forward::EndpointId,
@@ -65,12 +78,40 @@ impl Output {
     pub fn to_tap(&mut self, fd: RawFd, parts: &[&[u8]]) -> io::Result<()> {
         self.iovs.clear();
         self.iovs.extend(parts.iter().map(|p| iov(p)));
-        // SAFETY: the iovecs point into `parts`, live for the call; writev only reads them.
-        let n = unsafe { libc::writev(fd, self.iovs.as_ptr(), self.iovs.len() as libc::c_int) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
+        writev(fd, &self.iovs)
+    }
+
+    /// Cuts `frame` as [`Output::segments_to_node`] does and writes each segment to the tunnel
+    /// device `fd` as one VXLAN packet to `node`; the number of segments. For the rare frame
+    /// that cannot go whole: segments of one flow must not take another way than the flow's
+    /// other packets, or they would arrive out of order.
+    #[allow(clippy::too_many_arguments)]
+    pub fn segments_to_tunnel(
+        &mut self,
+        fd: RawFd,
+        encap: &mut Encap,
+        node: Ipv4Addr,
+        sport: u16,
+        frame: &[u8],
+        mss: u16,
+        vni: u32,
+    ) -> Result<usize, SendError> {
+        self.headers.clear();
+        let segs = gso::segment(frame, mss, vni, &mut self.headers).ok_or(SendError::Uncuttable)?;
+        let mut front = [0u8; tunnel::FRONT];
+        for s in &segs {
+            let len = s.header.len() + s.payload.len();
+            if !encap.put_front(&mut front, node, sport, len, &VnetHdr::default()) {
+                return Err(SendError::Uncuttable);
+            }
+            let parts = [
+                iov(&front),
+                iov(&self.headers[s.header.clone()]),
+                iov(&frame[s.payload.clone()]),
+            ];
+            writev(fd, &parts)?;
         }
-        Ok(())
+        Ok(segs.len())
     }
 
     /// Sends the iovecs in `self.iovs` to `node:port` on `udp`, as `gso`-byte datagrams if set.
@@ -205,11 +246,7 @@ impl Output {
                         let f = &buf[x.frame.clone()];
                         self.iovs.push(iov(&f[first.header_len..]));
                     }
-                    // SAFETY: iovecs over `self.joined` and `buf`, live for the call.
-                    let n = unsafe {
-                        libc::writev(d.fd, self.iovs.as_ptr(), self.iovs.len() as libc::c_int)
-                    };
-                    n >= 0
+                    writev(d.fd, &self.iovs).is_ok()
                 }
                 _ => self.to_tap(d.fd, &[&PLAIN, frame]).is_ok(),
             };

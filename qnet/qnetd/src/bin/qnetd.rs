@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use hyper::Method;
 use qnetd::api;
 use qnetd::daemon::{Config, Daemon, EtcdConfig, VXLAN_PORT};
+use qnetd::tunnel::Mode;
 use serde_json::{json, Value};
 
 const DEFAULT_API: &str = "/run/qnetd/api.sock";
@@ -69,6 +70,10 @@ struct RunArgs {
     /// The key prefix in etcd.
     #[arg(long, default_value = "/qnetd")]
     etcd_prefix: String,
+    /// VXLAN through a tunnel device that carries 64 KiB packets whole (Linux 6.17+, the node
+    /// forwarding IPv4): off, auto (when possible, else UDP sockets), on (or fail).
+    #[arg(long, default_value = "auto")]
+    tunnel_offload: Mode,
 }
 
 #[derive(Subcommand)]
@@ -177,6 +182,7 @@ fn run(args: RunArgs, api_socket: PathBuf) -> anyhow::Result<()> {
         underlay: args.underlay,
         port: args.port,
         underlay_mtu: args.mtu,
+        tunnel: args.tunnel_offload,
         etcd: (!args.etcd.is_empty()).then_some(EtcdConfig {
             endpoints: args.etcd,
             prefix: args.etcd_prefix,
