@@ -423,7 +423,8 @@ pub fn start_qnetd_in(netns: &str, underlay: Ipv4Addr, dir: &Path) -> PathBuf {
             underlay,
             port: 4789,
             underlay_mtu: 1500,
-            // Nodes made by `Underlay::join` do not forward: VXLAN goes through sockets.
+            // The tunnel device when the namespace forwards IPv4 (a new namespace takes the
+            // host's setting), else sockets.
             tunnel: qnetd::tunnel::Mode::Auto,
             etcd: None,
         })
