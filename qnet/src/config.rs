@@ -183,7 +183,7 @@ impl StackConfig {
             tcp_tx_buf: 1 << 20,
             udp_buf: 256 << 10,
             ring_slots: 2048,
-            ring_tx_buf: 1 << 20,
+            ring_tx_buf: 2 << 20,
             ring_rx_buf: 4 << 20,
             ack_delay: Duration::from_millis(1),
             busy_poll: Duration::from_micros(50),

@@ -191,6 +191,15 @@ impl<'a> Conn<'a> {
         }
     }
 
+    /// Bytes given to send and not acknowledged yet (a pipe: not read yet).
+    pub fn send_queue(&self) -> usize {
+        match self {
+            Conn::Tcp(s) => s.send_queue(),
+            Conn::Pipe(e) => e.pipe.bufs[e.side].len(),
+            Conn::Gone => 0,
+        }
+    }
+
     /// Offers `f` free send space (one contiguous piece); `f` returns what it filled.
     pub fn send_with(&mut self, f: impl FnOnce(&mut [u8]) -> usize) -> usize {
         match self {

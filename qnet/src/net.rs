@@ -147,6 +147,8 @@ pub struct NetStats {
     pub sockets: u64,
     /// TCP connections that received straight into their client's socket ring.
     pub tcp_rx_direct: u64,
+    /// Connections that went over to sending straight from their transmit ring.
+    pub tcp_tx_direct: u64,
 }
 
 pub struct Net {

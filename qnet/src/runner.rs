@@ -141,6 +141,12 @@ fn http_samples(s: &crate::StackStats) -> Vec<qhttp::StackSample> {
             s.net.tcp_rx_direct,
         ),
         sample(
+            "tcp_tx_direct",
+            "TCP connections that sent straight from their client's ring",
+            true,
+            s.net.tcp_tx_direct,
+        ),
+        sample(
             "listen_overflows",
             "SYNs refused because a listen queue was full",
             true,

@@ -118,6 +118,15 @@ struct SlotState {
     rx_touched: bool,
     /// How much of its receive ring the slot may fill.
     rx_share: RxShare,
+    /// smoltcp sends straight from this slot's transmit ring (see [`Session::enter_direct_tx`]).
+    tx_direct: bool,
+    /// With `tx_direct`: the ring position up to which bytes were handed to smoltcp; smoltcp's
+    /// queue (sent and unacknowledged, then unsent) ends here and starts at `tx_head`, so the
+    /// client gets ring space back as the peer acknowledges.
+    tx_given: u32,
+    /// With `tx_direct`: the buffer smoltcp had before, given back when the slot stops being
+    /// direct.
+    tx_own: Option<tcp::SocketBuffer<'static>>,
 }
 
 /// How much of its receive ring a slot may fill (docs/ring.md), decided when it has data to
@@ -731,7 +740,7 @@ impl Session {
     /// Releases a slot the client closed. A connected stream first sends what is already in
     /// its transmit ring (then FIN); unread received data makes it a reset, as on Linux.
     fn close_slot(&mut self, idx: u32, net: &mut Net, now: Instant) {
-        self.leave_direct_rx_of(idx, net);
+        self.leave_direct_of(idx, net);
         let s = &mut self.slots[idx as usize];
         match std::mem::take(&mut s.kind) {
             Kind::Stream(st) => match st.handle {
@@ -990,15 +999,22 @@ impl Session {
             .view
             .slot_client(idx)
             .map_or(s.tx_head, |c| c.tx_tail.load(Acquire));
-        let pending = tail.wrapping_sub(s.tx_head);
-        if pending > self.view.geometry().tx_buf_size {
+        if tail.wrapping_sub(s.tx_head) > self.view.geometry().tx_buf_size {
             return Err(Violation(format!(
                 "slot {idx}: tx_tail {tail} is more than the ring ahead of tx_head {}",
                 s.tx_head
             )));
         }
+        // Bytes not handed to smoltcp yet.
+        let given = if s.tx_direct { s.tx_given } else { s.tx_head };
+        let pending = tail.wrapping_sub(given);
+        if pending > self.view.geometry().tx_buf_size {
+            return Err(Violation(format!(
+                "slot {idx}: tx_tail {tail} went back behind what the stack took, {given}"
+            )));
+        }
         Ok(match s.close_at {
-            Some(end) => end.wrapping_sub(s.tx_head).min(pending),
+            Some(end) => end.wrapping_sub(given).min(pending),
             None => pending,
         })
     }
@@ -1267,7 +1283,139 @@ impl Session {
         }
         // Published bytes are the client's already, in the ring.
         Conn::Tcp(sock).discard(s.rx_tail.wrapping_sub(s.rx_taken) as usize);
-        regions.remove(&h);
+        if !s.tx_direct {
+            regions.remove(&h);
+        }
+    }
+
+    /// Lets smoltcp send straight from the slot's transmit ring instead of from a buffer of its
+    /// own that the stack copies into: one copy less for every byte sent. The ring is then
+    /// smoltcp's send buffer: what the client publishes is handed over in place, and ring space
+    /// comes back to the client as the peer acknowledges it. Done only while smoltcp holds
+    /// nothing to send, so that its queue starts where the client's unsent bytes do.
+    fn enter_direct_tx(
+        &mut self,
+        idx: u32,
+        h: SocketHandle,
+        sock: &mut tcp::Socket<'static>,
+        regions: &mut HashMap<SocketHandle, Arc<Mapping>>,
+    ) -> bool {
+        let size = self.view.geometry().tx_buf_size;
+        if sock.send_queue() > 0 {
+            return false;
+        }
+        let Some(ring) = self.view.tx_ring(idx) else {
+            return false;
+        };
+        // SAFETY: the ring's `size` bytes lie inside the session's mapping (validated geometry),
+        // and `regions` holds that mapping for as long as the socket holds the slice (the entry
+        // goes when neither ring is smoltcp's, or with the socket in `Net::remove`). smoltcp
+        // only reads these bytes, to send and resend them; the client writes only past what it
+        // published, and whatever it changes in place changes only its own stream, as if it
+        // had written other bytes.
+        let storage: &'static mut [u8] =
+            unsafe { std::slice::from_raw_parts_mut(ring.as_mut_ptr(), size as usize) };
+        let mut buf = tcp::SocketBuffer::new(storage);
+        let s = &mut self.slots[idx as usize];
+        // smoltcp's first byte is the client's first unsent one.
+        let start = (s.tx_head % size) as usize;
+        buf.enqueue_unallocated(start);
+        buf.dequeue_allocated(start);
+        let Ok(own) = sock.replace_tx_buffer(buf) else {
+            return false;
+        };
+        s.tx_own = Some(own);
+        s.tx_direct = true;
+        s.tx_given = s.tx_head;
+        regions.insert(h, self.mapping.clone());
+        true
+    }
+
+    /// Puts the socket back on a buffer of its own, with what it still holds (unacknowledged
+    /// or unsent) copied there: the slot is closing and its ring may be handed out again.
+    fn leave_direct_tx(
+        &mut self,
+        idx: u32,
+        h: SocketHandle,
+        sock: &mut tcp::Socket<'static>,
+        regions: &mut HashMap<SocketHandle, Arc<Mapping>>,
+    ) {
+        let s = &mut self.slots[idx as usize];
+        if !s.tx_direct {
+            return;
+        }
+        s.tx_direct = false;
+        let queued = sock.send_queue();
+        let own = match s.tx_own.take() {
+            Some(mut own) if own.capacity() >= queued => {
+                own.clear();
+                own
+            }
+            own => {
+                let capacity = own.map_or(0, |o| o.capacity()).max(queued);
+                tcp::SocketBuffer::new(vec![0; capacity])
+            }
+        };
+        if sock.replace_tx_buffer(own).is_err() {
+            // Cannot happen (empty, large enough). The connection cannot go on without the
+            // ring; `regions` keeps the region mapped until the socket is dropped.
+            tracing::error!(slot = idx, "could not move a socket off its transmit ring");
+            sock.abort();
+            return;
+        }
+        // What smoltcp holds is in its own buffer now: the ring is the client's up to there.
+        s.tx_head = s.tx_given;
+        if let Some(w) = self.view.slot_stack(idx) {
+            w.tx_head.store(s.tx_head, Release);
+        }
+        if !s.rx_direct {
+            regions.remove(&h);
+        }
+    }
+
+    /// The transmit path of a direct slot: hands smoltcp what the client published since, and
+    /// gives the client back the ring space of what the peer acknowledged. Returns the space
+    /// given back when the client should hear of it: when a third of the ring came free (as
+    /// Linux wakes a writer) or all of it; an event per acknowledgement would wake a waiting
+    /// writer for every few segments.
+    fn pump_tx_direct(
+        &mut self,
+        idx: u32,
+        sock: &mut tcp::Socket<'static>,
+    ) -> Result<u32, Violation> {
+        let pending = self.tx_pending(idx)?;
+        let size = self.view.geometry().tx_buf_size;
+        let s = &mut self.slots[idx as usize];
+        if pending > 0 && sock.may_send() {
+            // Always fits: smoltcp's buffer is the ring, and the client never has more in it.
+            let n = sock.send_enqueued(pending as usize).unwrap_or(0) as u32;
+            s.tx_given = s.tx_given.wrapping_add(n);
+        }
+        let head = s.tx_given.wrapping_sub(sock.send_queue() as u32);
+        if head == s.tx_head {
+            return Ok(0);
+        }
+        // The client's use of the ring before and after (pending bytes are still its own).
+        let tail = s.tx_given.wrapping_add(pending);
+        let free_before = size - tail.wrapping_sub(s.tx_head);
+        let free_after = size - tail.wrapping_sub(head);
+        let released = head.wrapping_sub(s.tx_head);
+        s.tx_head = head;
+        if let Some(w) = self.view.slot_stack(idx) {
+            w.tx_head.store(head, Release);
+        }
+        let third = size / 3;
+        let tell = (free_before < third && free_after >= third) || free_after == size;
+        Ok(if tell { released } else { 0 })
+    }
+
+    /// Both rings back to smoltcp's own buffers, before the slot is closed or reset.
+    fn leave_direct_of(&mut self, idx: u32, net: &mut Net) {
+        if let Some(h) = self.tcp_handle(idx) {
+            let sock = net.sockets.get_mut::<tcp::Socket>(h);
+            self.leave_direct_tx(idx, h, sock, &mut net.rx_regions);
+        }
+        self.leave_direct_rx_of(idx, net);
     }
 
     fn leave_direct_rx_of(&mut self, idx: u32, net: &mut Net) {
@@ -1415,9 +1563,22 @@ impl Session {
             {
                 stats.tcp_rx_direct += 1;
             }
+            let shut_wr = matches!(&self.slots[idx as usize].kind, Kind::Stream(st) if st.shut_wr);
+            if !self.slots[idx as usize].tx_direct
+                && connected
+                && !shut_wr
+                && self.enter_direct_tx(idx, h, tcp, regions)
+            {
+                stats.tcp_tx_direct += 1;
+            }
         }
         if connected {
-            moved |= self.pump_tx(idx, sock)? > 0;
+            moved |= match &mut *sock {
+                Conn::Tcp(tcp) if self.slots[idx as usize].tx_direct => {
+                    self.pump_tx_direct(idx, tcp)? > 0
+                }
+                _ => self.pump_tx(idx, sock)? > 0,
+            };
             if shut_rd {
                 // Linux discards data that arrives after SHUT_RD.
                 sock.discard(usize::MAX);
@@ -1443,7 +1604,13 @@ impl Session {
         }
         // Bytes a reset or closed connection can no longer send are dropped.
         if pending > 0 && !sock.may_send() && st.phase != Phase::Connecting {
-            s.tx_head = s.tx_head.wrapping_add(pending);
+            if s.tx_direct {
+                // smoltcp may still hold sent bytes for the peer to acknowledge (after FIN).
+                s.tx_given = s.tx_given.wrapping_add(pending);
+                s.tx_head = s.tx_given.wrapping_sub(sock.send_queue() as u32);
+            } else {
+                s.tx_head = s.tx_head.wrapping_add(pending);
+            }
             if let Some(w) = self.view.slot_stack(idx) {
                 w.tx_head.store(s.tx_head, Release);
             }
@@ -1710,7 +1877,7 @@ impl Session {
             if keep_closing && matches!(self.slots[idx as usize].kind, Kind::Closing(_)) {
                 continue;
             }
-            self.leave_direct_rx_of(idx, net);
+            self.leave_direct_of(idx, net);
             if let Kind::Stream(st) = &self.slots[idx as usize].kind {
                 if let Some(h) = st.handle {
                     let port = self.slots[idx as usize].port.take();

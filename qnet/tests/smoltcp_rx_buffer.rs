@@ -1,7 +1,7 @@
-//! The smoltcp patch qnet's direct receive rests on (`tcp::Socket::replace_rx_buffer`,
-//! third_party/README.md): two smoltcp interfaces joined by in-memory links, a segment held
-//! back so the receiver holds data out of order, the buffer replaced in the middle, and every
-//! byte still arriving once and in order.
+//! The smoltcp patches qnet's direct receive and transmit rest on
+//! (`tcp::Socket::replace_rx_buffer`, `replace_tx_buffer`, `send_enqueued`;
+//! third_party/README.md): two smoltcp interfaces joined by in-memory links, buffers replaced in
+//! the middle of a stream, and every byte still arriving once and in order.
 
 use std::collections::VecDeque;
 
@@ -271,4 +271,87 @@ fn the_window_scale_fits_the_buffer_the_socket_may_grow_to() {
             assert!(offered <= 2 << 20, "offered {offered}");
         }
     }
+}
+
+#[test]
+fn a_socket_sends_from_storage_it_is_given_and_moves_unacknowledged_bytes_out() {
+    let now = Instant::ZERO;
+    let mut sender = Host::new(1, 8192);
+    let mut receiver = Host::new(2, 65536);
+    receiver.tcp().listen(80).expect("listen");
+    sender.connect_to_port_80();
+    settle(&mut sender, &mut receiver, now);
+
+    // The sender's send buffer becomes storage the test fills itself ("the ring"), its read
+    // position at 15,000 of 16,384 so the data wraps.
+    let mut ring = tcp::SocketBuffer::new(vec![0u8; 16384]);
+    ring.enqueue_unallocated(15000);
+    ring.dequeue_allocated(15000);
+    let data: Vec<u8> = (0..6000u32).map(|i| (i * 13 % 251) as u8).collect();
+    assert_eq!(ring.write_unallocated(0, &data), data.len());
+    let busy = {
+        let mut b = tcp::SocketBuffer::new(vec![0u8; 16384]);
+        b.enqueue_unallocated(1);
+        b
+    };
+    assert!(sender.tcp().replace_tx_buffer(busy).is_err(), "holds data");
+    let own = sender
+        .tcp()
+        .replace_tx_buffer(ring)
+        .expect("an empty buffer");
+    assert_eq!(own.capacity(), 64 << 10);
+    // Written but not handed over: nothing goes out. Then handed over in two steps.
+    sender.poll(now);
+    assert!(sender.link.sent.is_empty());
+    assert_eq!(sender.tcp().send_enqueued(2000), Ok(2000));
+    assert_eq!(sender.tcp().send_enqueued(4000), Ok(4000));
+    assert_eq!(
+        sender.tcp().send_enqueued(1 << 20),
+        Ok(16384 - 6000),
+        "at most what fits"
+    );
+    assert_eq!(sender.tcp().send_queue(), 16384);
+    sender.tcp().abort();
+
+    // A new connection given storage holding just the data.
+    let mut exact = tcp::SocketBuffer::new(vec![0u8; 16384]);
+    exact.enqueue_unallocated(15000);
+    exact.dequeue_allocated(15000);
+    assert_eq!(exact.write_unallocated(0, &data), data.len());
+    let mut sender = Host::new(1, 8192);
+    let mut receiver = Host::new(2, 65536);
+    receiver.tcp().listen(80).expect("listen");
+    sender.connect_to_port_80();
+    settle(&mut sender, &mut receiver, now);
+    sender
+        .tcp()
+        .replace_tx_buffer(exact)
+        .expect("an empty buffer");
+    assert_eq!(sender.tcp().send_enqueued(data.len()), Ok(data.len()));
+    // The first segments leave, unacknowledged; the bytes still held move to a buffer of the
+    // socket's own (as when a slot closes), and the rest of the stream goes on from there.
+    sender.poll(now);
+    let first: Vec<Vec<u8>> = sender.link.sent.drain(..).collect();
+    assert!(!first.is_empty());
+    let held = sender.tcp().send_queue();
+    assert_eq!(held, data.len(), "nothing acknowledged yet");
+    let ring = sender
+        .tcp()
+        .replace_tx_buffer(tcp::SocketBuffer::new(vec![0u8; 8192]))
+        .expect("room for what is held");
+    assert_eq!(ring.capacity(), 16384);
+    assert_eq!(sender.tcp().send_queue(), held);
+    receiver.link.inbox.extend(first);
+    settle(&mut sender, &mut receiver, now);
+    let mut got = Vec::new();
+    while receiver.tcp().can_recv() {
+        receiver
+            .tcp()
+            .recv(|b| {
+                got.extend_from_slice(b);
+                (b.len(), ())
+            })
+            .expect("recv");
+    }
+    assert!(got == data, "the bytes came out changed or out of order");
 }

@@ -209,6 +209,9 @@ print(h.hexdigest())
     // nothing, never took a ring's worth of the receive budget.
     let stats = st.fresh_stats();
     assert_eq!(stats.net.tcp_rx_direct, 1, "{stats:?}");
+    // Both connections sent straight from their transmit rings: a connection does from the
+    // start, while smoltcp holds nothing of its own to send.
+    assert_eq!(stats.net.tcp_tx_direct, 2, "{stats:?}");
 }
 
 #[test]

@@ -934,6 +934,41 @@ impl<'a> Socket<'a> {
         Ok(mem::replace(&mut self.rx_buffer, new))
     }
 
+    /// QUARK PATCH: replaces the transmit buffer with `new` and returns the old one. The bytes
+    /// queued in the old buffer (sent but not acknowledged, and not sent yet) move to `new`
+    /// from its read position on. Refused (`Err(new)`) when `new` holds data or has no room for
+    /// them. With `send_enqueued`, a caller can let the socket send straight from storage it
+    /// fills itself.
+    pub fn replace_tx_buffer(
+        &mut self,
+        mut new: SocketBuffer<'a>,
+    ) -> Result<SocketBuffer<'a>, SocketBuffer<'a>> {
+        let queued = self.tx_buffer.len();
+        if !new.is_empty() || new.capacity() < queued {
+            return Err(new);
+        }
+        let mut moved = 0;
+        while moved < queued {
+            let piece = self.tx_buffer.get_allocated(moved, queued - moved);
+            let n = new.write_unallocated(moved, piece);
+            debug_assert!(n == piece.len());
+            moved += piece.len();
+        }
+        new.enqueue_unallocated(queued);
+        Ok(mem::replace(&mut self.tx_buffer, new))
+    }
+
+    /// QUARK PATCH: enqueues for sending the next `size` octets already in the transmit
+    /// buffer's storage (written there by the caller, past the queued ones), at most as many as
+    /// fit; returns how many. See `replace_tx_buffer`.
+    pub fn send_enqueued(&mut self, size: usize) -> Result<usize, SendError> {
+        self.send_impl(|tx_buffer| {
+            let size = size.min(tx_buffer.window());
+            tx_buffer.enqueue_unallocated(size);
+            (size, size)
+        })
+    }
+
     /// QUARK PATCH: the largest receive buffer this socket may be given later (with
     /// `replace_rx_buffer`). The window scale is fixed by the SYN, so it is chosen for this size,
     /// as Linux chooses it for `tcp_rmem`'s maximum: without it a socket that starts on a 1 MiB
