@@ -1386,6 +1386,8 @@ impl Session {
         let pending = self.tx_pending(idx)?;
         let size = self.view.geometry().tx_buf_size;
         let s = &mut self.slots[idx as usize];
+        // The end of the client's bytes in the ring (validated: at most `size` past tx_head).
+        let tail = s.tx_given.wrapping_add(pending);
         if pending > 0 && sock.may_send() {
             // Always fits: smoltcp's buffer is the ring, and the client never has more in it.
             let n = sock.send_enqueued(pending as usize).unwrap_or(0) as u32;
@@ -1395,10 +1397,9 @@ impl Session {
         if head == s.tx_head {
             return Ok(0);
         }
-        // The client's use of the ring before and after (pending bytes are still its own).
-        let tail = s.tx_given.wrapping_add(pending);
-        let free_before = size - tail.wrapping_sub(s.tx_head);
-        let free_after = size - tail.wrapping_sub(head);
+        // The ring's free space before and after.
+        let free_before = size.saturating_sub(tail.wrapping_sub(s.tx_head));
+        let free_after = size.saturating_sub(tail.wrapping_sub(head));
         let released = head.wrapping_sub(s.tx_head);
         s.tx_head = head;
         if let Some(w) = self.view.slot_stack(idx) {
