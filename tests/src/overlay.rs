@@ -168,6 +168,16 @@ impl Node {
         }
     }
 
+    /// Stops qnetd with SIGTERM and waits for it; whether it exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut c) = self.daemon.take() else {
+            return false;
+        };
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+        c.wait().is_ok_and(|s| s.success())
+    }
+
     /// Whether qnetd is still running.
     pub fn alive(&mut self) -> bool {
         self.daemon

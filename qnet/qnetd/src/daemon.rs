@@ -99,9 +99,24 @@ pub struct Daemon {
     plane: DataplaneHandle,
     counters: Arc<Counters>,
     cluster: std::sync::OnceLock<Cluster>,
+    /// The tunnel device's redirect on the underlay link, removed by [`Daemon::stop`].
+    redirect: Mutex<Option<qnet_netns::UdpRedirect>>,
 }
 
 impl Daemon {
+    /// Undoes what the daemon changed outside its own devices before the process ends (on
+    /// SIGTERM or SIGINT): the underlay link's redirect to the tunnel device. Endpoints and
+    /// their persistent TAPs stay, for the next start.
+    pub fn stop(&self) {
+        let redirect = self
+            .redirect
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        drop(redirect);
+        tracing::info!("stopped");
+    }
+
     /// Binds the underlay socket, starts the data plane and re-attaches the stored endpoints.
     pub fn start(cfg: Config) -> anyhow::Result<Arc<Daemon>> {
         let overlay_mtu = cfg
@@ -125,13 +140,14 @@ impl Daemon {
                 anyhow::Ok(s)
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let tunnel = Tunnel::open(
+        let mut tunnel = Tunnel::open(
             cfg.tunnel,
             TUNNEL_DEVICE,
             cfg.underlay,
             cfg.port,
             cfg.underlay_mtu,
         )?;
+        let redirect = tunnel.as_mut().and_then(Tunnel::take_redirect);
         let counters = Arc::new(Counters::default());
         let plane = dataplane::spawn(udp, tunnel, senders, cfg.port, counters.clone())
             .context("starting the data plane")?;
@@ -147,6 +163,7 @@ impl Daemon {
             plane,
             counters,
             cluster: std::sync::OnceLock::new(),
+            redirect: Mutex::new(redirect),
         });
         {
             let mut inner = daemon.lock();

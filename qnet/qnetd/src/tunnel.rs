@@ -71,8 +71,8 @@ impl std::str::FromStr for Mode {
 pub struct Tunnel {
     pub tap: Tap,
     pub encap: Encap,
-    /// Held for its drop, which removes the filter.
-    _redirect: UdpRedirect,
+    /// Dropping it removes the filter; the daemon takes it to remove it when it stops.
+    redirect: Option<UdpRedirect>,
 }
 
 /// Builds and parses the outer headers of tunnel TAP frames.
@@ -163,8 +163,14 @@ impl Tunnel {
         Ok(Tunnel {
             tap,
             encap: Encap::new(mac, local, port),
-            _redirect: redirect,
+            redirect: Some(redirect),
         })
+    }
+
+    /// The redirect, for whoever removes it when the daemon stops: left in place, it would
+    /// send the node's VXLAN to a device that no longer exists.
+    pub fn take_redirect(&mut self) -> Option<UdpRedirect> {
+        self.redirect.take()
     }
 }
 

@@ -314,6 +314,31 @@ fn tunnel_offload_on_refuses_a_node_that_does_not_forward() {
 }
 
 #[test]
+fn a_stopped_daemon_removes_its_redirect_and_a_killed_ones_is_replaced() {
+    let ul = Underlay::new();
+    let mut a = ul.node_with(QNETD, 1, &["--tunnel-offload", "on"]);
+    let filters = |n: &quark_tests::overlay::Node| {
+        let out = n.ns.sh("tc filter show dev u0 ingress");
+        String::from_utf8_lossy(&out.stdout)
+            .matches("mirred")
+            .count()
+    };
+    assert_eq!(filters(&a), 1, "the VXLAN port is redirected to qnetd0");
+    // Killed, nothing of its own runs: the filter stays (pointing at a device gone with the
+    // process) and the next start replaces it rather than adding a second.
+    a.kill();
+    a.start();
+    assert_eq!(filters(&a), 1, "replaced, not added");
+    // Stopped: the filter goes, so the node's VXLAN port is the kernel's again.
+    assert!(
+        a.terminate(),
+        "qnetd exits cleanly on SIGTERM: {}",
+        a.log_text()
+    );
+    assert_eq!(filters(&a), 0, "{}", a.log_text());
+}
+
+#[test]
 fn a_restarted_daemon_keeps_its_endpoints_and_their_connections() {
     let mut t = two_nodes();
     let listener = listen(&t.pb, addr("10.42.0.3:5004"));

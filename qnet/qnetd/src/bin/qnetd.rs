@@ -177,6 +177,17 @@ fn run(args: RunArgs, api_socket: PathBuf) -> anyhow::Result<()> {
     if let Some(dir) = api_socket.parent() {
         std::fs::create_dir_all(dir)?;
     }
+    // SIGTERM and SIGINT are taken by one thread (blocked here, before any other thread is
+    // born, so all inherit the mask), which undoes the daemon's changes and exits.
+    // SAFETY: sigset_t is plain data; the calls only fill and apply it.
+    let stop_signals = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
     let daemon = Daemon::start(Config {
         state: args.state,
         underlay: args.underlay,
@@ -188,6 +199,17 @@ fn run(args: RunArgs, api_socket: PathBuf) -> anyhow::Result<()> {
             prefix: args.etcd_prefix,
         }),
     })?;
+    let stopping = daemon.clone();
+    std::thread::Builder::new()
+        .name("qnetd-signals".into())
+        .spawn(move || {
+            let mut signal: libc::c_int = 0;
+            // SAFETY: waits for one of the blocked signals in the set built above.
+            unsafe { libc::sigwait(&stop_signals, &mut signal) };
+            tracing::info!(signal, "stopping");
+            stopping.stop();
+            std::process::exit(0);
+        })?;
     api::serve(daemon, &api_socket)
 }
 
