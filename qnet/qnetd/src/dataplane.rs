@@ -451,7 +451,7 @@ impl Plane {
     }
 
     /// Forwards the frame endpoint `id` sent, `n` bytes with its virtio-net header at
-    /// `VXLAN_LEN` in `slot`.
+    /// `TAP_AT` in `slot`.
     fn forward_from_endpoint(&mut self, id: EndpointId, slot: usize, n: usize) {
         let buf = &mut self.slots[slot].buf;
         let Some(hdr) = VnetHdr::parse(&buf[TAP_AT..HEAD]).filter(|_| n >= VNET_HDR_LEN) else {
