@@ -151,6 +151,24 @@ impl RxShare {
     }
 }
 
+/// A socket's buffer for when it leaves a ring: `kept` (the one it had before) emptied, if it
+/// holds `at_least` bytes; else a new one of that size, or of `kept`'s if larger.
+fn own_buffer(
+    kept: Option<tcp::SocketBuffer<'static>>,
+    at_least: usize,
+) -> tcp::SocketBuffer<'static> {
+    match kept {
+        Some(mut own) if own.capacity() >= at_least => {
+            own.clear();
+            own
+        }
+        kept => {
+            let capacity = kept.map_or(0, |o| o.capacity()).max(at_least);
+            tcp::SocketBuffer::new(vec![0; capacity])
+        }
+    }
+}
+
 pub struct Session {
     pub id: u64,
     // Declared before `mapping`: dropped first, so the view never outlives the memory.
@@ -1267,13 +1285,7 @@ impl Session {
         }
         s.rx_direct = false;
         // The buffer it had, if it is as large as the ring (the window it advertised must fit).
-        let own = match s.rx_own.take() {
-            Some(mut own) if own.capacity() >= sock.recv_capacity() => {
-                own.clear();
-                own
-            }
-            _ => tcp::SocketBuffer::new(vec![0u8; sock.recv_capacity()]),
-        };
+        let own = own_buffer(s.rx_own.take(), sock.recv_capacity());
         if sock.replace_rx_buffer(own).is_err() {
             // Cannot happen (empty, same size). The connection cannot go on without the ring;
             // `regions` keeps the region mapped until the socket is dropped.
@@ -1345,17 +1357,7 @@ impl Session {
             return;
         }
         s.tx_direct = false;
-        let queued = sock.send_queue();
-        let own = match s.tx_own.take() {
-            Some(mut own) if own.capacity() >= queued => {
-                own.clear();
-                own
-            }
-            own => {
-                let capacity = own.map_or(0, |o| o.capacity()).max(queued);
-                tcp::SocketBuffer::new(vec![0; capacity])
-            }
-        };
+        let own = own_buffer(s.tx_own.take(), sock.send_queue());
         if sock.replace_tx_buffer(own).is_err() {
             // Cannot happen (empty, large enough). The connection cannot go on without the
             // ring; `regions` keeps the region mapped until the socket is dropped.

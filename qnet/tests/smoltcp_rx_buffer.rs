@@ -109,6 +109,20 @@ impl Host {
     fn tcp(&mut self) -> &mut tcp::Socket<'static> {
         self.sockets.get_mut::<tcp::Socket>(self.socket)
     }
+
+    /// Everything the socket has received, taken.
+    fn received(&mut self) -> Vec<u8> {
+        let mut got = Vec::new();
+        while self.tcp().can_recv() {
+            self.tcp()
+                .recv(|b| {
+                    got.extend_from_slice(b);
+                    (b.len(), ())
+                })
+                .expect("recv");
+        }
+        got
+    }
 }
 
 /// Polls both hosts, delivering everything sent, until neither sends anything more.
@@ -176,16 +190,7 @@ fn replacing_the_receive_buffer_keeps_queued_and_out_of_order_bytes() {
     settle(&mut receiver, &mut sender, now);
     assert_eq!(receiver.tcp().recv_queue(), data.len());
     assert!(!receiver.tcp().holds_out_of_order());
-    let mut got = Vec::new();
-    while receiver.tcp().can_recv() {
-        receiver
-            .tcp()
-            .recv(|b| {
-                got.extend_from_slice(b);
-                (b.len(), ())
-            })
-            .expect("recv");
-    }
+    let got = receiver.received();
     assert_eq!(got.len(), data.len());
     assert!(got == data, "the bytes came out changed or out of order");
 }
@@ -343,15 +348,6 @@ fn a_socket_sends_from_storage_it_is_given_and_moves_unacknowledged_bytes_out() 
     assert_eq!(sender.tcp().send_queue(), held);
     receiver.link.inbox.extend(first);
     settle(&mut sender, &mut receiver, now);
-    let mut got = Vec::new();
-    while receiver.tcp().can_recv() {
-        receiver
-            .tcp()
-            .recv(|b| {
-                got.extend_from_slice(b);
-                (b.len(), ())
-            })
-            .expect("recv");
-    }
+    let got = receiver.received();
     assert!(got == data, "the bytes came out changed or out of order");
 }

@@ -96,8 +96,7 @@ impl Output {
         mss: u16,
         vni: u32,
     ) -> Result<usize, SendError> {
-        self.headers.clear();
-        let segs = gso::segment(frame, mss, vni, &mut self.headers).ok_or(SendError::Uncuttable)?;
+        let segs = self.cut(frame, mss, vni)?;
         let mut front = [0u8; tunnel::FRONT];
         for s in &segs {
             let len = s.header.len() + s.payload.len();
@@ -169,6 +168,13 @@ impl Output {
         self.send_iovs(udp, node, port, None)
     }
 
+    /// Cuts `frame`, a TCP frame with `mss`-byte segments, into complete segments headed for
+    /// VXLAN `vni`; their headers are in `self.headers`, their payloads in `frame`.
+    fn cut(&mut self, frame: &[u8], mss: u16, vni: u32) -> Result<Vec<gso::Segment>, SendError> {
+        self.headers.clear();
+        gso::segment(frame, mss, vni, &mut self.headers).ok_or(SendError::Uncuttable)
+    }
+
     /// Cuts `frame`, a TCP frame with `mss`-byte segments, and sends the segments in VXLAN
     /// `vni` to `node`, as few UDP GSO sends as the limits allow; the number of segments.
     pub fn segments_to_node(
@@ -180,8 +186,7 @@ impl Output {
         mss: u16,
         vni: u32,
     ) -> Result<usize, SendError> {
-        self.headers.clear();
-        let segs = gso::segment(frame, mss, vni, &mut self.headers).ok_or(SendError::Uncuttable)?;
+        let segs = self.cut(frame, mss, vni)?;
         let Some(first) = segs.first() else {
             return Ok(0);
         };
