@@ -151,6 +151,25 @@ impl RxShare {
     }
 }
 
+/// A smoltcp buffer over a slot's byte ring, its first byte where ring position `at` falls,
+/// for a socket to receive into or send from in place.
+///
+/// # Safety
+/// The ring's memory must stay mapped while the buffer lives (the caller keeps the session's
+/// mapping in `Net::rx_regions`), and nothing else in this process may refer to those bytes
+/// meanwhile; the client may still change them (see the callers for why that is harmless).
+unsafe fn ring_socket_buffer(ring: &ByteRing<'_>, at: u32) -> tcp::SocketBuffer<'static> {
+    // SAFETY: the ring's bytes lie inside the session's mapping (validated geometry), which
+    // outlives the buffer by this function's contract.
+    let storage: &'static mut [u8] =
+        unsafe { std::slice::from_raw_parts_mut(ring.as_mut_ptr(), ring.size() as usize) };
+    let mut buf = tcp::SocketBuffer::new(storage);
+    let start = (at % ring.size()) as usize;
+    buf.enqueue_unallocated(start);
+    buf.dequeue_allocated(start);
+    buf
+}
+
 /// A socket's buffer for when it leaves a ring: `kept` (the one it had before) emptied, if it
 /// holds `at_least` bytes; else a new one of that size, or of `kept`'s if larger.
 fn own_buffer(
@@ -1245,21 +1264,16 @@ impl Session {
         let Some(ring) = self.view.rx_ring(idx) else {
             return Ok(false);
         };
-        // SAFETY: the ring's `size` bytes lie inside the session's mapping (validated geometry),
-        // and `regions` holds that mapping for as long as the socket holds the slice: the entry
-        // goes only when the socket is back on a buffer of its own or dropped (`Net::remove`).
-        // Nothing else in this process refers to these bytes while the slot is direct. The
-        // client may change them at any time; smoltcp only writes received payload into them
-        // and never reads it back (the stack releases bytes without looking at them), so what
-        // the client does there changes only its own data, as with any copy into the ring.
-        let storage: &'static mut [u8] =
-            unsafe { std::slice::from_raw_parts_mut(ring.as_mut_ptr(), size as usize) };
-        let mut buf = tcp::SocketBuffer::new(storage);
-        // smoltcp's first byte goes where the client reads next.
         let s = &mut self.slots[idx as usize];
-        let start = (s.rx_tail % size) as usize;
-        buf.enqueue_unallocated(start);
-        buf.dequeue_allocated(start);
+        // smoltcp's first byte goes where the client reads next.
+        // SAFETY: `regions` holds the session's mapping for as long as the socket holds the
+        // buffer: the entry goes only when the socket is back on buffers of its own or dropped
+        // (`Net::remove`). Nothing else in this process refers to these bytes while the slot is
+        // direct. The client may change them at any time; smoltcp only writes received payload
+        // into them and never reads it back (the stack releases bytes without looking at
+        // them), so what the client does there changes only its own data, as with any copy
+        // into the ring.
+        let buf = unsafe { ring_socket_buffer(&ring, s.rx_tail) };
         let Ok(own) = sock.replace_rx_buffer(buf) else {
             return Ok(false);
         };
@@ -1312,27 +1326,20 @@ impl Session {
         sock: &mut tcp::Socket<'static>,
         regions: &mut HashMap<SocketHandle, Arc<Mapping>>,
     ) -> bool {
-        let size = self.view.geometry().tx_buf_size;
         if sock.send_queue() > 0 {
             return false;
         }
         let Some(ring) = self.view.tx_ring(idx) else {
             return false;
         };
-        // SAFETY: the ring's `size` bytes lie inside the session's mapping (validated geometry),
-        // and `regions` holds that mapping for as long as the socket holds the slice (the entry
-        // goes when neither ring is smoltcp's, or with the socket in `Net::remove`). smoltcp
-        // only reads these bytes, to send and resend them; the client writes only past what it
-        // published, and whatever it changes in place changes only its own stream, as if it
-        // had written other bytes.
-        let storage: &'static mut [u8] =
-            unsafe { std::slice::from_raw_parts_mut(ring.as_mut_ptr(), size as usize) };
-        let mut buf = tcp::SocketBuffer::new(storage);
         let s = &mut self.slots[idx as usize];
         // smoltcp's first byte is the client's first unsent one.
-        let start = (s.tx_head % size) as usize;
-        buf.enqueue_unallocated(start);
-        buf.dequeue_allocated(start);
+        // SAFETY: `regions` holds the session's mapping for as long as the socket holds the
+        // buffer (the entry goes when neither ring is smoltcp's, or with the socket in
+        // `Net::remove`). smoltcp only reads these bytes, to send and resend them; the client
+        // writes only past what it published, and whatever it changes in place changes only
+        // its own stream, as if it had written other bytes.
+        let buf = unsafe { ring_socket_buffer(&ring, s.tx_head) };
         let Ok(own) = sock.replace_tx_buffer(buf) else {
             return false;
         };
