@@ -9,7 +9,7 @@ mod pod;
 mod redirect;
 
 pub use pod::{BridgeLink, EndSetup, Macs, PtpLink};
-pub use redirect::UdpRedirect;
+pub use redirect::{LinkJoin, UdpRedirect};
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
@@ -55,6 +55,11 @@ pub enum NetnsError {
     NoInterface { path: String },
     #[error("network namespace {path} has no interface {name}")]
     NoSuchInterface { path: String, name: String },
+    #[error("writing {what}")]
+    Sysctl {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("the namespace helper thread panicked")]
     Panicked,
     #[error("a malformed takeover record for network namespace {path}")]
@@ -183,6 +188,17 @@ impl Netns {
         &self.path
     }
 
+    /// Another handle on the same namespace.
+    pub fn try_clone(&self) -> Result<Netns> {
+        Ok(Netns {
+            file: self.file.try_clone().map_err(|source| NetnsError::Open {
+                path: self.path.display().to_string(),
+                source,
+            })?,
+            path: self.path.clone(),
+        })
+    }
+
     pub(crate) fn err(
         &self,
         what: impl Into<String>,
@@ -269,38 +285,13 @@ impl Netns {
         let addrs = saved.addrs.clone();
         // From here on, a failure drops the takeover, which undoes what was done.
         let takeover = Takeover {
-            netns: Netns {
-                file: self.file.try_clone().map_err(|source| NetnsError::Open {
-                    path: self.path.display().to_string(),
-                    source,
-                })?,
-                path: self.path.clone(),
-            },
+            netns: self.try_clone()?,
             saved: Some(saved),
         };
         self.netlink(|h| async move {
-            // Ingress qdiscs, then a match-everything u32 filter each way whose action is
-            // "mirred egress redirect": the pod link's frames leave through the TAP (to qnet)
-            // and qnet's frames leave through the pod link.
-            for (from, to) in [(index, tap_index), (tap_index, index)] {
-                match h.qdisc().add(from as i32).ingress().execute().await {
-                    Err(e) if !is_exists(&e) => {
-                        return Err(self.err(format!("adding an ingress qdisc to link {from}"))(
-                            e,
-                        ))
-                    }
-                    _ => {}
-                }
-                h.traffic_filter(from as i32)
-                    .add()
-                    .ingress()
-                    .protocol((libc::ETH_P_ALL as u16).to_be())
-                    .redirect(to)
-                    .map_err(self.err("building the redirect filter"))?
-                    .execute()
-                    .await
-                    .map_err(self.err(format!("redirecting link {from} to link {to}")))?;
-            }
+            // The pod link's frames leave through the TAP (to qnet) and qnet's frames leave
+            // through the pod link.
+            redirect::redirect_each_other(self, &h, index, tap_index, None).await?;
             // Without addresses the kernel neither answers ARP for the pod's address nor
             // sends from it; everything on the link is qnet's.
             for a in addrs {

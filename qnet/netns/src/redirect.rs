@@ -1,7 +1,10 @@
-//! Steering one UDP port's traffic to a TAP: a tc u32 filter on the ingress of the link that
-//! holds an address, whose action is "mirred egress redirect" to the TAP. qnetd receives VXLAN
-//! this way as whole 64 KiB packets instead of through a UDP socket (docs/qnetd.md, "Tunnel
-//! offload").
+//! Steering traffic to a TAP with tc filters whose action is "mirred egress redirect":
+//!
+//! - one UDP port's datagrams, from the ingress of the link that holds an address: qnetd
+//!   receives VXLAN this way as whole 64 KiB packets instead of through a UDP socket
+//!   (docs/qnetd.md, "Tunnel offload");
+//! - everything, both ways between an existing link and a TAP: qnetd attaches an endpoint it
+//!   did not make (a veth end, a VM's TAP) this way, and a qnet stack of its own.
 
 use std::net::Ipv4Addr;
 
@@ -14,11 +17,16 @@ use rtnetlink::packet_route::tc::{
 };
 use rtnetlink::packet_route::RouteNetlinkMessage;
 
+use rtnetlink::LinkUnspec;
+
 use crate::{ipv4_of, is_exists, read_raw, Netns, NetnsError, Result};
 
-/// The filter's priority on the ingress: one known value, so a daemon that died without
+/// The UDP filter's priority on the ingress: one known value, so a daemon that died without
 /// removing its filter has it replaced, and nobody else's filter is touched.
 const PRIORITY: u16 = 0x4789;
+
+/// The priority of the filters joining a link and a TAP, for the same reason.
+const JOIN_PRIORITY: u16 = 0x5150;
 
 /// A redirect in place; dropping it removes the filter.
 #[derive(Debug)]
@@ -50,7 +58,7 @@ impl Netns {
                 }
                 _ => {}
             }
-            delete_filter(&h, index).await;
+            delete_filter(&h, index, PRIORITY, libc::ETH_P_IP).await;
             h.traffic_filter(index as i32)
                 .add()
                 .ingress()
@@ -66,22 +74,114 @@ impl Netns {
                 .map_err(self.err(format!("redirecting UDP port {port} on link {index}")))?;
             Ok(index)
         })?;
-        let netns = Netns {
-            file: self.file.try_clone().map_err(|source| NetnsError::Open {
-                path: self.path.display().to_string(),
-                source,
-            })?,
-            path: self.path.clone(),
-        };
-        Ok(UdpRedirect { netns, index })
+        Ok(UdpRedirect {
+            netns: self.try_clone()?,
+            index,
+        })
     }
+
+    /// Joins link `link` and the TAP `tap` of this namespace: whatever arrives on either
+    /// leaves through the other, so the TAP's reader has the link's traffic to itself (the
+    /// kernel's stack never sees it). The link is brought up. A join a previous run left is
+    /// replaced, not doubled.
+    pub fn join_links(&self, link: &str, tap: &str) -> Result<LinkJoin> {
+        let indexes = self.netlink(|h| async move {
+            let raw = read_raw(self, &h).await?;
+            let index = raw.link_named(self, link)?.header.index;
+            let tap_index = raw.link_named(self, tap)?.header.index;
+            h.link()
+                .set(LinkUnspec::new_with_index(index).up().build())
+                .execute()
+                .await
+                .map_err(self.err(format!("bringing {link} up")))?;
+            for from in [index, tap_index] {
+                delete_filter(&h, from, JOIN_PRIORITY, libc::ETH_P_ALL).await;
+            }
+            redirect_each_other(self, &h, index, tap_index, Some(JOIN_PRIORITY)).await?;
+            Ok([index, tap_index])
+        })?;
+        Ok(LinkJoin {
+            netns: self.try_clone()?,
+            indexes,
+        })
+    }
+}
+
+impl Netns {
+    /// Turns IPv6 off on `link` (if the kernel has IPv6), so the kernel sends nothing of its
+    /// own (router solicitations, MLD reports) through a device only its reader should send on.
+    pub fn disable_ipv6(&self, link: &str) -> Result<()> {
+        let path = format!("/proc/sys/net/ipv6/conf/{link}/disable_ipv6");
+        self.netlink(|_| async move {
+            // /proc/sys/net is the namespace of the thread that opens it: this helper's.
+            match std::fs::write(&path, "1") {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(NetnsError::Sysctl {
+                    what: path,
+                    source: e,
+                }),
+                _ => Ok(()),
+            }
+        })
+    }
+}
+
+/// Adds an ingress qdisc to links `a` and `b` (if they have none) and a match-everything
+/// filter on each whose action redirects to the other's egress.
+pub(crate) async fn redirect_each_other(
+    ns: &Netns,
+    h: &rtnetlink::Handle,
+    a: u32,
+    b: u32,
+    priority: Option<u16>,
+) -> Result<()> {
+    for (from, to) in [(a, b), (b, a)] {
+        match h.qdisc().add(from as i32).ingress().execute().await {
+            Err(e) if !is_exists(&e) => {
+                return Err(ns.err(format!("adding an ingress qdisc to link {from}"))(e))
+            }
+            _ => {}
+        }
+        let mut add = h.traffic_filter(from as i32).add().ingress();
+        // The priority first: rtnetlink's `priority` rewrites the protocol's half of the
+        // message too.
+        if let Some(p) = priority {
+            add = add.priority(p);
+        }
+        add.protocol((libc::ETH_P_ALL as u16).to_be())
+            .redirect(to)
+            .map_err(ns.err("building the redirect filter"))?
+            .execute()
+            .await
+            .map_err(ns.err(format!("redirecting link {from} to link {to}")))?;
+    }
+    Ok(())
 }
 
 impl Drop for UdpRedirect {
     fn drop(&mut self) {
         let index = self.index;
         let _ = self.netns.netlink(|h| async move {
-            delete_filter(&h, index).await;
+            delete_filter(&h, index, PRIORITY, libc::ETH_P_IP).await;
+            Ok(())
+        });
+    }
+}
+
+/// A link joined to a TAP ([`Netns::join_links`]); dropping it removes both filters (the
+/// TAP's is gone already if the TAP is).
+#[derive(Debug)]
+pub struct LinkJoin {
+    netns: Netns,
+    indexes: [u32; 2],
+}
+
+impl Drop for LinkJoin {
+    fn drop(&mut self) {
+        let indexes = self.indexes;
+        let _ = self.netns.netlink(|h| async move {
+            for index in indexes {
+                delete_filter(&h, index, JOIN_PRIORITY, libc::ETH_P_ALL).await;
+            }
             Ok(())
         });
     }
@@ -131,16 +231,16 @@ fn mirred_to(index: u32) -> TcAction {
     action
 }
 
-/// Deletes our filter from link `index`'s ingress, if there is one. rtnetlink's delete request
-/// cannot name a priority (without one the kernel deletes every filter), so the message is
-/// built here.
-async fn delete_filter(h: &rtnetlink::Handle, index: u32) {
+/// Deletes our filter (`priority`, `protocol`) from link `index`'s ingress, if there is one.
+/// rtnetlink's delete request cannot name a priority (without one the kernel deletes every
+/// filter), so the message is built here.
+async fn delete_filter(h: &rtnetlink::Handle, index: u32, priority: u16, protocol: i32) {
     let mut msg = TcMessage::with_index(index as i32);
     msg.header.parent = TcHandle {
         major: 0xffff,
         minor: TcHandle::MIN_INGRESS,
     };
-    msg.header.info = u32::from(PRIORITY) << 16 | u32::from((libc::ETH_P_IP as u16).to_be());
+    msg.header.info = u32::from(priority) << 16 | u32::from((protocol as u16).to_be());
     let mut req = NetlinkMessage::from(RouteNetlinkMessage::DelTrafficFilter(msg));
     req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
     let mut h = h.clone();
