@@ -19,7 +19,7 @@ use qnet_ring::errno::*;
 use qnet_ring::*;
 
 use crate::attach::{Hello, Welcome};
-use crate::sys::{eventfd_signal, futex_wait, recv_with_fds, Mapping};
+use crate::sys::{eventfd_signal, futex_wait, peer_closed, recv_with_fds, Mapping};
 
 /// How many times a waiting thread checks before it sleeps (about 20 µs here): long enough to
 /// catch a reply from a busy-polling stack, short against the wake-up cost.
@@ -61,7 +61,11 @@ pub(crate) struct Inner {
     doorbell: OwnedFd,
     /// The stack writes it when `client_wake_armed` is set: an event loop's wake-up.
     wake_fd: Arc<OwnedFd>,
-    _stream: UnixStream,
+    /// The attach socket: the stack holds its end for as long as it serves this client.
+    stream: UnixStream,
+    /// Set when the stack's end of `stream` closed without the stack saying so (its process
+    /// died): every wait then fails as if the stack had closed this client.
+    stack_gone: AtomicBool,
     sq: Mutex<SqState>,
     cq: Mutex<CqState>,
     ev_head: Mutex<u32>,
@@ -152,7 +156,8 @@ impl Client {
                 _mapping: mapping,
                 doorbell,
                 wake_fd: Arc::new(wake_fd),
-                _stream: stream,
+                stream,
+                stack_gone: AtomicBool::new(false),
                 sq: Mutex::new(SqState {
                     tail: 0,
                     next_user_data: 1,
@@ -190,6 +195,7 @@ impl Client {
 
     fn closed(&self) -> bool {
         self.view().stack_flags().load(Acquire) & STACK_CLOSED != 0
+            || self.inner.stack_gone.load(Relaxed)
     }
 
     fn ring_doorbell_if_asleep(&self) {
@@ -439,7 +445,14 @@ impl Client {
                 if let Some(d) = deadline {
                     sleep = sleep.min(d.saturating_duration_since(Instant::now()));
                 }
-                futex_wait(view.client_wake_seq(), seq, Some(sleep));
+                // A whole sleep with no word from the stack: see whether it is still there (a
+                // stack in another process, such as qnetd's, may die and leave the ring as it was).
+                if futex_wait(view.client_wake_seq(), seq, Some(sleep))
+                    && peer_closed(self.inner.stream.as_raw_fd())
+                {
+                    tracing::warn!("qnet-client: the stack is gone");
+                    self.inner.stack_gone.store(true, Relaxed);
+                }
             }
             view.client_waiters().fetch_sub(1, SeqCst);
             if ok {

@@ -98,9 +98,9 @@ impl Drop for Mapping {
     }
 }
 
-/// Sleeps while `word` still holds `expected`, at most `timeout`. Works across processes on a
-/// shared mapping (no FUTEX_PRIVATE_FLAG).
-pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+/// Sleeps while `word` still holds `expected`, at most `timeout`; true when the timeout ended
+/// it. Works across processes on a shared mapping (no FUTEX_PRIVATE_FLAG).
+pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> bool {
     let ts = timeout.map(|t| libc::timespec {
         tv_sec: t.as_secs() as libc::time_t,
         tv_nsec: t.subsec_nanos() as libc::c_long,
@@ -109,7 +109,7 @@ pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
         .as_ref()
         .map_or(std::ptr::null(), |t| t as *const libc::timespec);
     // SAFETY: word is a live, aligned u32; the kernel only reads it and the timespec.
-    unsafe {
+    let rc = unsafe {
         libc::syscall(
             libc::SYS_futex,
             word.as_ptr(),
@@ -118,6 +118,20 @@ pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
             ts_ptr,
         )
     };
+    rc < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ETIMEDOUT)
+}
+
+/// Whether the other end of the stream socket `fd` has closed (or anything is readable, which
+/// on a socket whose peer never writes means the same).
+pub fn peer_closed(fd: RawFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN | libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one live pollfd, a zero timeout.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents != 0
 }
 
 /// Wakes every thread (in any process) sleeping on `word`.
