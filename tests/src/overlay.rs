@@ -421,6 +421,7 @@ pub fn start_qnetd_in(netns: &str, underlay: Ipv4Addr, dir: &Path) -> PathBuf {
     let file = std::fs::File::open(netns).unwrap_or_else(|e| panic!("opening {netns}: {e}"));
     let socket = dir.join("api.sock");
     let (path, state) = (socket.clone(), dir.join("state.json"));
+    let dir = dir.to_path_buf();
     std::thread::spawn(move || {
         // SAFETY: setns on this thread only, which then serves qnetd's API for good; the
         // daemon's own threads are born here and inherit the namespace.
@@ -437,6 +438,7 @@ pub fn start_qnetd_in(netns: &str, underlay: Ipv4Addr, dir: &Path) -> PathBuf {
             // host's setting), else sockets.
             tunnel: qnetd::tunnel::Mode::Auto,
             etcd: None,
+            rings: dir.join("rings"),
         })
         .expect("starting qnetd");
         qnetd::api::serve(daemon, &path).expect("serving qnetd's API");

@@ -409,7 +409,7 @@ async fn serve(client: &mut Client, keys: &Keys, lease: i64, req: Request) -> Re
 /// `ep` as other nodes see it: at `node`, in no security group (those are the node's own).
 pub fn published(ep: &Endpoint, node: Ipv4Addr) -> Endpoint {
     let mut e = ep.clone();
-    if matches!(e.place, Place::Local { .. }) {
+    if e.place.is_local() {
         e.place = Place::Remote { node };
     }
     e.security_group = None;

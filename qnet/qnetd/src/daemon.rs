@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use qnet::phy::{Tap, TapOptions};
-use qnet_netns::{EndSetup, Ipv4Net, Netns};
+use qnet::runner::RunningStack;
+use qnet_netns::{EndSetup, Ipv4Net, LinkJoin, Netns};
 use thiserror::Error;
 
 use crate::cluster::{self, Cluster, Event};
@@ -27,6 +28,14 @@ pub const VXLAN_PORT: u16 = 4789;
 const SENDERS: usize = 8;
 /// The tunnel device's name, in the node's namespace.
 pub const TUNNEL_DEVICE: &str = "qnetd0";
+/// Socket buffers one ring endpoint's stack may hold, and its sockets (a qvisor container's
+/// own stack has the same slots; its budget is the container's memory).
+const RING_BUFFER_BUDGET: usize = 512 << 20;
+const RING_SLOTS: u32 = 1024;
+/// The largest frame an endpoint is let send: with the 50 bytes VXLAN puts in front of it, it
+/// stays below the underlay's 64 KiB GSO limit, so it crosses the tunnel device whole
+/// ([`crate::tunnel`]).
+const FRAME_GSO_MAX: u32 = tunnel::MAX_FRAME as u32 - OVERLAY_OVERHEAD;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -42,6 +51,8 @@ pub struct Config {
     /// The cluster's etcd, when nodes share their VPCs and endpoints (else each node is told
     /// about the others' endpoints through its own API).
     pub etcd: Option<EtcdConfig>,
+    /// Where ring endpoints' sockets are made.
+    pub rings: PathBuf,
 }
 
 #[derive(Clone, Debug)]
@@ -65,7 +76,21 @@ struct Inner {
     state: State,
     /// The data plane's id of each attached local endpoint, by name.
     ids: HashMap<String, EndpointId>,
+    /// What an attached endpoint holds besides its TAP (which the data plane has), by name.
+    holds: HashMap<String, Hold>,
     next_id: EndpointId,
+}
+
+/// What keeps an endpoint on an existing link or a socket ring attached; dropped on detach.
+enum Hold {
+    /// The link joined to the daemon's TAP.
+    Link { _join: LinkJoin },
+    /// The endpoint's stack, its TAP joined to the daemon's. Fields drop in order: the join
+    /// goes before the stack (and its TAP).
+    Ring {
+        _join: LinkJoin,
+        _stack: RunningStack,
+    },
 }
 
 /// How long a starting daemon waits for the VXLAN port to come free.
@@ -158,6 +183,7 @@ impl Daemon {
             inner: Mutex::new(Inner {
                 state,
                 ids: HashMap::new(),
+                holds: HashMap::new(),
                 next_id: 1,
             }),
             plane,
@@ -171,7 +197,7 @@ impl Daemon {
                 .state
                 .endpoints
                 .values()
-                .filter(|e| matches!(e.place, Place::Local { .. }))
+                .filter(|e| e.place.is_local())
                 .cloned()
                 .collect();
             let mut attached = Vec::new();
@@ -296,32 +322,37 @@ impl Daemon {
 
     pub fn add_endpoint(&self, spec: &EndpointSpec) -> Result<Endpoint, ApiError> {
         let mut inner = self.lock();
-        let ep = inner.state.check_endpoint(spec, self.cfg.underlay)?;
+        let ep = inner
+            .state
+            .check_endpoint(spec, self.cfg.underlay, &self.cfg.rings)?;
         let vpc = inner.state.vpcs[&ep.vpc].clone();
-        let attached = match ep.place {
-            Place::Local { .. } => Some(
+        let attached = if ep.place.is_local() {
+            Some(
                 self.attach(&mut inner, &ep, &vpc)
                     .map_err(|e| ModelError::Invalid(format!("{e:#}")))?,
-            ),
-            Place::Remote { .. } => None,
+            )
+        } else {
+            None
+        };
+        // Undoes the attachment when a later step fails.
+        let unattach = |inner: &mut Inner, attached: Option<(EndpointId, Tap)>| {
+            inner.ids.remove(&ep.name);
+            inner.holds.remove(&ep.name);
+            if let Some((_, tap)) = attached {
+                let _ = tap.set_persist(false);
+            }
         };
         if let Some(c) = self.cluster.get() {
             let local = attached.is_some();
             if let Err(e) = c.publish(&cluster::published(&ep, self.cfg.underlay), local) {
-                inner.ids.remove(&ep.name);
-                if let Some((_, tap)) = attached {
-                    let _ = tap.set_persist(false);
-                }
+                unattach(&mut inner, attached);
                 return Err(e.into());
             }
         }
         let mut next = inner.state.clone();
         next.endpoints.insert(ep.name.clone(), ep.clone());
         if let Err(e) = self.save(&next) {
-            inner.ids.remove(&ep.name);
-            if let Some((_, tap)) = attached {
-                let _ = tap.set_persist(false);
-            }
+            unattach(&mut inner, attached);
             return Err(e);
         }
         inner.state = next;
@@ -352,19 +383,60 @@ impl Daemon {
         Ok(())
     }
 
-    /// Makes local endpoint `ep`'s interface in its namespace (or takes up the one a previous
-    /// run left) and gives it an id; the caller hands it to the data plane.
+    /// Attaches local endpoint `ep` (or takes up what a previous run left) and gives it an
+    /// id; the caller hands its TAP to the data plane.
     fn attach(
         &self,
         inner: &mut Inner,
         ep: &Endpoint,
         vpc: &Vpc,
     ) -> anyhow::Result<(EndpointId, Tap)> {
-        let Place::Local { netns, ifname } = &ep.place else {
-            anyhow::bail!("endpoint {} is not local", ep.name);
+        let id = inner.next_id;
+        let (tap, hold) = match &ep.place {
+            Place::Local {
+                netns,
+                ifname,
+                existing: false,
+            } => (self.make_tap(ep, vpc, netns, ifname)?, None),
+            Place::Local {
+                netns,
+                ifname,
+                existing: true,
+            } => {
+                let (tap, join) = self.join_link(netns, ifname)?;
+                (tap, Some(Hold::Link { _join: join }))
+            }
+            Place::Ring { socket } => {
+                let (tap, join, stack) = self.start_ring(ep, vpc, id, socket)?;
+                (
+                    tap,
+                    Some(Hold::Ring {
+                        _join: join,
+                        _stack: stack,
+                    }),
+                )
+            }
+            Place::Remote { .. } => anyhow::bail!("endpoint {} is not local", ep.name),
         };
+        inner.next_id += 1;
+        inner.ids.insert(ep.name.clone(), id);
+        if let Some(hold) = hold {
+            inner.holds.insert(ep.name.clone(), hold);
+        }
+        Ok((id, tap))
+    }
+
+    /// A TAP endpoint: the TAP `ifname` in `netns`, with the endpoint's MAC, address, route,
+    /// overlay MTU and GSO size.
+    fn make_tap(
+        &self,
+        ep: &Endpoint,
+        vpc: &Vpc,
+        netns: &std::path::Path,
+        ifname: &str,
+    ) -> anyhow::Result<Tap> {
         let tap = Tap::create(&TapOptions {
-            name: ifname.clone(),
+            name: ifname.to_string(),
             netns: Some(netns.display().to_string()),
             mtu: self.overlay_mtu,
             peer_addr: None,
@@ -375,7 +447,7 @@ impl Daemon {
         .with_context(|| format!("making {ifname} in {}", netns.display()))?;
         let set_up = Netns::open(netns).and_then(|ns| {
             ns.set_up_end(&EndSetup {
-                ifname: ifname.clone(),
+                ifname: ifname.to_string(),
                 mac: ep.mac.0,
                 mtu: self.overlay_mtu,
                 addr: Ipv4Net {
@@ -383,19 +455,87 @@ impl Daemon {
                     prefix: vpc.cidr.prefix,
                 },
                 gateway: Some(vpc.gateway),
-                // A frame and the 50 bytes VXLAN puts in front of it stay below the underlay's
-                // 64 KiB GSO limit, so it crosses the tunnel device whole (crate::tunnel).
-                gso_max_size: Some(tunnel::MAX_FRAME as u32 - OVERLAY_OVERHEAD),
+                gso_max_size: Some(FRAME_GSO_MAX),
             })
         });
         if let Err(e) = set_up {
             let _ = tap.set_persist(false);
             return Err(e).with_context(|| format!("setting up {ifname} in {}", netns.display()));
         }
-        let id = inner.next_id;
-        inner.next_id += 1;
-        inner.ids.insert(ep.name.clone(), id);
-        Ok((id, tap))
+        Ok(tap)
+    }
+
+    /// An endpoint on an existing link: a persistent TAP of the daemon's beside `ifname` in
+    /// `netns`, named after the link's index (so a restart finds it again), joined to it. The
+    /// far end's address, MTU and routes are its owner's.
+    fn join_link(&self, netns: &std::path::Path, ifname: &str) -> anyhow::Result<(Tap, LinkJoin)> {
+        let ns = Netns::open(netns)?;
+        let index = ns
+            .inspect()?
+            .links
+            .iter()
+            .find(|l| l.name == ifname)
+            .map(|l| l.index)
+            .with_context(|| format!("{} has no link {ifname}", netns.display()))?;
+        let name = format!("qe{index}");
+        let tap = Tap::create(&TapOptions {
+            name: name.clone(),
+            netns: Some(netns.display().to_string()),
+            mtu: self.overlay_mtu,
+            peer_addr: None,
+            offloads: true,
+            persist: true,
+        })
+        .with_context(|| format!("making {name} in {}", netns.display()))?;
+        quiet(&ns, &name);
+        match ns.join_links(ifname, &name) {
+            Ok(join) => Ok((tap, join)),
+            Err(e) => {
+                let _ = tap.set_persist(false);
+                Err(e).with_context(|| format!("joining {ifname} to {name} in {}", netns.display()))
+            }
+        }
+    }
+
+    /// A ring endpoint: its own qnet stack, serving ring clients at `socket`, on a TAP `qrID`
+    /// joined to the daemon's TAP `qsID`, both in the daemon's namespace and gone with it.
+    fn start_ring(
+        &self,
+        ep: &Endpoint,
+        vpc: &Vpc,
+        id: EndpointId,
+        socket: &std::path::Path,
+    ) -> anyhow::Result<(Tap, LinkJoin, RunningStack)> {
+        let mut cfg = qnet::StackConfig::new(qnet::Ipv4Cidr {
+            addr: ep.ip,
+            prefix: vpc.cidr.prefix,
+        });
+        cfg.gateway = Some(vpc.gateway);
+        cfg.mac = qnet::Mac(ep.mac.0);
+        cfg.mtu = self.overlay_mtu;
+        cfg.gso_max = FRAME_GSO_MAX - 1;
+        cfg.ring_slots = RING_SLOTS;
+        cfg.buffer_budget = RING_BUFFER_BUDGET;
+        let tap_options = |name: String| TapOptions {
+            name,
+            netns: None,
+            mtu: self.overlay_mtu,
+            peer_addr: None,
+            offloads: true,
+            persist: false,
+        };
+        let (stack_tap, our_tap) = (format!("qr{id}"), format!("qs{id}"));
+        let stack = RunningStack::start(cfg, Some(&tap_options(stack_tap.clone())), socket)
+            .with_context(|| format!("starting the stack of ring endpoint {}", ep.name))?;
+        let tap = Tap::create(&tap_options(our_tap.clone()))
+            .with_context(|| format!("making {our_tap}"))?;
+        let here = Netns::current()?;
+        quiet(&here, &stack_tap);
+        quiet(&here, &our_tap);
+        let join = here
+            .join_links(&stack_tap, &our_tap)
+            .with_context(|| format!("joining {stack_tap} to {our_tap}"))?;
+        Ok((tap, join, stack))
     }
 
     /// Applies what the cluster's watch saw: VPCs, and the endpoints of other nodes (as
@@ -436,8 +576,8 @@ impl Daemon {
             Event::EndpointPut(e) if theirs(&e) => self.admit(&mut next, e),
             Event::EndpointPut(_) => {}
             Event::EndpointGone(name) => match next.endpoints.get(&name).map(|e| &e.place) {
-                Some(Place::Local { .. }) => republish = true,
-                Some(Place::Remote { .. }) => {
+                Some(p) if p.is_local() => republish = true,
+                Some(_) => {
                     next.endpoints.remove(&name);
                 }
                 None => {}
@@ -459,7 +599,7 @@ impl Daemon {
         }
         if republish {
             for ep in inner.state.endpoints.values() {
-                let local = matches!(ep.place, Place::Local { .. });
+                let local = ep.place.is_local();
                 if local {
                     if let Err(e) = c.publish(&cluster::published(ep, me), local) {
                         tracing::warn!(endpoint = %ep.name, error = %e, "publishing to the cluster");
@@ -471,8 +611,7 @@ impl Daemon {
 
     /// Takes remote endpoint `e` into `next` if it fits (a local one of the same name stays).
     fn admit(&self, next: &mut State, e: Endpoint) {
-        if matches!(next.endpoints.get(&e.name), Some(o) if matches!(o.place, Place::Local { .. }))
-        {
+        if matches!(next.endpoints.get(&e.name), Some(o) if o.place.is_local()) {
             tracing::warn!(endpoint = %e.name, "another node publishes an endpoint named as one here");
             return;
         }
@@ -488,6 +627,15 @@ impl Daemon {
         if let Some(id) = inner.ids.remove(name) {
             self.plane.send(Update::Detach(id));
         }
+        inner.holds.remove(name);
+    }
+}
+
+/// Keeps the kernel from sending its own IPv6 frames on device `name`, which only qnetd or a
+/// stack of its should send on (they would be counted as spoofed); a failure costs only that.
+fn quiet(ns: &Netns, name: &str) {
+    if let Err(e) = ns.disable_ipv6(name) {
+        tracing::warn!(device = name, error = %e, "turning IPv6 off");
     }
 }
 

@@ -83,7 +83,7 @@ impl Tables {
                 continue;
             };
             let dest = match &e.place {
-                Place::Local { .. } => match ids.get(&e.name) {
+                Place::Local { .. } | Place::Ring { .. } => match ids.get(&e.name) {
                     Some(id) => {
                         t.locals.insert(
                             *id,
@@ -596,6 +596,7 @@ mod tests {
                     Place::Local {
                         netns: "/x".into(),
                         ifname: format!("{name}0"),
+                        existing: false,
                     },
                 ),
                 (3, Place::Remote { node: NODE }),

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -271,11 +271,40 @@ pub struct SecurityGroup {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Place {
-    /// Attached here: an interface the daemon makes in the network namespace `netns` (a path,
-    /// such as /run/netns/NAME or /proc/PID/ns/net).
-    Local { netns: PathBuf, ifname: String },
+    /// Attached here through interface `ifname` of the network namespace `netns` (a path,
+    /// such as /run/netns/NAME or /proc/PID/ns/net): one the daemon makes (a TAP), or with
+    /// `existing` a link someone else made, which the daemon joins to a TAP of its own.
+    Local {
+        netns: PathBuf,
+        ifname: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        existing: bool,
+    },
+    /// Attached here as a socket ring: the daemon runs the endpoint's TCP/IP stack (qnet) and
+    /// serves its sockets to ring clients (a qvisor container) at `socket`.
+    Ring { socket: PathBuf },
     /// On another node, reached by VXLAN at that node's underlay address.
     Remote { node: Ipv4Addr },
+}
+
+impl Place {
+    /// Whether the endpoint is attached on this node.
+    pub fn is_local(&self) -> bool {
+        !matches!(self, Place::Remote { .. })
+    }
+}
+
+/// How a local endpoint is attached (the API's `attach`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Attach {
+    /// A TAP the daemon makes and addresses in `netns`.
+    #[default]
+    Tap,
+    /// An existing link `ifname` in `netns` (the host end of a veth pair, a VM's TAP).
+    Link,
+    /// A socket ring (no namespace: the stack runs in the daemon).
+    Ring,
 }
 
 /// A member of a VPC: an address and a MAC, here or on another node.
@@ -292,8 +321,9 @@ pub struct Endpoint {
     pub security_group: Option<String>,
 }
 
-/// What the API takes to make an endpoint: `netns` (and optionally `ifname`) for a local one,
-/// `node` for a remote one.
+/// What the API takes to make an endpoint: `netns` (and optionally `ifname`) for a local one
+/// on a TAP, `attach: "link"` with `netns`, `ifname` and `mac` for one on an existing link,
+/// `attach: "ring"` alone for one on a socket ring, `node` for a remote one.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointSpec {
@@ -305,6 +335,8 @@ pub struct EndpointSpec {
     pub ifname: Option<String>,
     pub node: Option<Ipv4Addr>,
     pub security_group: Option<String>,
+    #[serde(default)]
+    pub attach: Attach,
 }
 
 /// Every VPC and endpoint of this node, keyed by name.
@@ -375,11 +407,13 @@ impl State {
     }
 
     /// Checks `spec` against this state; the endpoint it describes. `underlay` is this node's
-    /// own underlay address (a remote endpoint cannot be on it).
+    /// own underlay address (a remote endpoint cannot be on it); a ring endpoint's socket is
+    /// made in `rings`.
     pub fn check_endpoint(
         &self,
         spec: &EndpointSpec,
         underlay: Ipv4Addr,
+        rings: &Path,
     ) -> Result<Endpoint, ModelError> {
         check_name("endpoint", &spec.name)?;
         if self.endpoints.contains_key(&spec.name) {
@@ -416,12 +450,22 @@ impl State {
                 )));
             }
         }
-        let place = match (&spec.netns, spec.node) {
-            (Some(netns), None) => {
-                let ifname = spec.ifname.clone().unwrap_or_else(|| "eth0".into());
+        let place = match (spec.attach, &spec.netns, spec.node) {
+            (Attach::Tap | Attach::Link, Some(netns), None) => {
+                let existing = spec.attach == Attach::Link;
+                let ifname = match (&spec.ifname, existing) {
+                    (Some(i), _) => i.clone(),
+                    (None, false) => "eth0".into(),
+                    (None, true) => return Err(invalid("attach link needs ifname, the existing link")),
+                };
+                if existing && spec.mac.is_none() {
+                    return Err(invalid(
+                        "attach link needs mac, the address of the interface at the link's far end",
+                    ));
+                }
                 qnet::phy::tap::check_ifname(&ifname).map_err(|e| invalid(e.to_string()))?;
                 if let Some(other) = self.endpoints.values().find(|e| {
-                    matches!(&e.place, Place::Local { netns: n, ifname: i } if n == netns && *i == ifname)
+                    matches!(&e.place, Place::Local { netns: n, ifname: i, .. } if n == netns && *i == ifname)
                 }) {
                     return Err(ModelError::Conflict(format!(
                         "{} in {} is endpoint {:?}'s",
@@ -433,9 +477,13 @@ impl State {
                 Place::Local {
                     netns: netns.clone(),
                     ifname,
+                    existing,
                 }
             }
-            (None, Some(node)) if spec.ifname.is_none() => {
+            (Attach::Ring, None, None) if spec.ifname.is_none() => Place::Ring {
+                socket: rings.join(format!("{}.sock", spec.name)),
+            },
+            (Attach::Tap, None, Some(node)) if spec.ifname.is_none() => {
                 if node == underlay {
                     return Err(invalid(format!(
                         "node {node} is this node: give netns for a local endpoint"
@@ -445,7 +493,7 @@ impl State {
             }
             _ => {
                 return Err(invalid(
-                    "give either netns (and optionally ifname) for a local endpoint, or node for a remote one",
+                    "give netns (and optionally ifname) for a local endpoint, attach link with netns and ifname for one on an existing link, attach ring alone for one on a socket ring, or node for a remote one",
                 ))
             }
         };
@@ -579,7 +627,94 @@ mod tests {
             ifname: None,
             node: Some("192.168.0.2".parse().unwrap()),
             security_group: None,
+            attach: Attach::Tap,
         }
+    }
+
+    #[test]
+    fn attachments_take_what_they_need() {
+        let underlay = "192.168.0.1".parse().unwrap();
+        let rings = Path::new("/run/qnetd/rings");
+        let mut s = State::default();
+        s.vpcs.insert(
+            "red".into(),
+            s.check_vpc(&vpc("red", 7, "10.0.0.0/24")).unwrap(),
+        );
+        let local = |name: &str, ip: &str, attach| EndpointSpec {
+            netns: Some("/run/netns/p".into()),
+            node: None,
+            attach,
+            ..ep(name, ip)
+        };
+
+        // A link needs its name and the far end's MAC; a TAP defaults to eth0.
+        let mut link = local("l", "10.0.0.2", Attach::Link);
+        assert!(s.check_endpoint(&link, underlay, rings).is_err());
+        link.ifname = Some("veth-l".into());
+        assert!(s.check_endpoint(&link, underlay, rings).is_err());
+        link.mac = Some("02:00:00:00:00:02".parse().unwrap());
+        let l = s.check_endpoint(&link, underlay, rings).unwrap();
+        assert_eq!(
+            l.place,
+            Place::Local {
+                netns: "/run/netns/p".into(),
+                ifname: "veth-l".into(),
+                existing: true
+            }
+        );
+        s.endpoints.insert("l".into(), l);
+        // The same link cannot carry two endpoints.
+        let mut again = link.clone();
+        again.name = "l2".into();
+        again.ip = "10.0.0.5".parse().unwrap();
+        again.mac = Some("02:00:00:00:00:05".parse().unwrap());
+        assert!(matches!(
+            s.check_endpoint(&again, underlay, rings),
+            Err(ModelError::Conflict(_))
+        ));
+        let t = s
+            .check_endpoint(&local("t", "10.0.0.3", Attach::Tap), underlay, rings)
+            .unwrap();
+        assert!(
+            matches!(&t.place, Place::Local { ifname, existing: false, .. } if ifname == "eth0")
+        );
+
+        // A ring takes neither a namespace nor a node; its socket is named after it.
+        let ring = EndpointSpec {
+            node: None,
+            attach: Attach::Ring,
+            ..ep("r", "10.0.0.4")
+        };
+        let r = s.check_endpoint(&ring, underlay, rings).unwrap();
+        assert_eq!(
+            r.place,
+            Place::Ring {
+                socket: rings.join("r.sock")
+            }
+        );
+        assert!(r.place.is_local());
+        for bad in [
+            EndpointSpec {
+                netns: Some("/run/netns/p".into()),
+                ..ring.clone()
+            },
+            EndpointSpec {
+                node: Some("192.168.0.2".parse().unwrap()),
+                ..ring.clone()
+            },
+            EndpointSpec {
+                attach: Attach::Link,
+                ..ep("x", "10.0.0.6")
+            },
+        ] {
+            assert!(s.check_endpoint(&bad, underlay, rings).is_err(), "{bad:?}");
+        }
+
+        // The stored form of a plain TAP endpoint is what it was before attachments had kinds.
+        let json = serde_json::to_value(&t).unwrap();
+        assert!(json["local"].get("existing").is_none(), "{json}");
+        let back: Endpoint = serde_json::from_value(json).unwrap();
+        assert_eq!(back, t);
     }
 
     #[test]
@@ -618,17 +753,23 @@ mod tests {
         assert!(s.check_vpc(&vpc("x", 1 << 24, "10.0.0.0/24")).is_err());
         assert!(s.check_vpc(&vpc("bad name", 9, "10.0.0.0/24")).is_err());
 
-        let a = s.check_endpoint(&ep("a", "10.0.0.2"), underlay).unwrap();
+        let rings = Path::new("/run/qnetd/rings");
+        let a = s
+            .check_endpoint(&ep("a", "10.0.0.2"), underlay, rings)
+            .unwrap();
         s.endpoints.insert("a".into(), a);
         for bad in ["10.0.0.2", "10.0.0.1", "10.0.0.0", "10.0.0.255", "10.0.1.2"] {
-            assert!(s.check_endpoint(&ep("b", bad), underlay).is_err(), "{bad}");
+            assert!(
+                s.check_endpoint(&ep("b", bad), underlay, rings).is_err(),
+                "{bad}"
+            );
         }
         let mut here = ep("b", "10.0.0.3");
         here.node = Some(underlay);
-        assert!(s.check_endpoint(&here, underlay).is_err());
+        assert!(s.check_endpoint(&here, underlay, rings).is_err());
         let mut both = ep("b", "10.0.0.3");
         both.netns = Some("/run/netns/x".into());
-        assert!(s.check_endpoint(&both, underlay).is_err());
+        assert!(s.check_endpoint(&both, underlay, rings).is_err());
         assert_eq!(s.check_vpc_removal("red").map_err(|_| ()), Err(()));
         assert!(matches!(
             s.check_vpc_removal("nope"),

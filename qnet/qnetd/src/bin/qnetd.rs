@@ -74,6 +74,9 @@ struct RunArgs {
     /// forwarding IPv4): off, auto (when possible, else UDP sockets), on (or fail).
     #[arg(long, default_value = "auto")]
     tunnel_offload: Mode,
+    /// Where ring endpoints' sockets are made (default: `rings` beside the API socket).
+    #[arg(long)]
+    rings: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -157,14 +160,20 @@ enum EndpointCmd {
         /// The network namespace of a local endpoint (a path).
         #[arg(long, conflicts_with = "node")]
         netns: Option<PathBuf>,
-        /// The interface name in that namespace (default eth0).
+        /// The interface name in that namespace (default eth0; with --attach link, the
+        /// existing link).
         #[arg(long, requires = "netns")]
         ifname: Option<String>,
+        /// How a local endpoint is attached: tap (a TAP qnetd makes in --netns), link (the
+        /// existing link --ifname in --netns; give --mac, the far end's), ring (a socket ring
+        /// served by a stack in qnetd, for a qvisor container; no --netns).
+        #[arg(long, value_parser = ["tap", "link", "ring"], conflicts_with = "node")]
+        attach: Option<String>,
         /// The underlay address of the node hosting a remote endpoint.
-        #[arg(long, required_unless_present = "netns")]
+        #[arg(long, required_unless_present_any = ["netns", "attach"])]
         node: Option<Ipv4Addr>,
         /// The security group guarding a local endpoint's ingress.
-        #[arg(long, requires = "netns")]
+        #[arg(long, conflicts_with = "node")]
         security_group: Option<String>,
     },
     Del {
@@ -188,7 +197,14 @@ fn run(args: RunArgs, api_socket: PathBuf) -> anyhow::Result<()> {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     };
+    let rings = args.rings.unwrap_or_else(|| {
+        api_socket
+            .parent()
+            .unwrap_or(std::path::Path::new("/run/qnetd"))
+            .join("rings")
+    });
     let daemon = Daemon::start(Config {
+        rings,
         state: args.state,
         underlay: args.underlay,
         port: args.port,
@@ -238,11 +254,13 @@ fn client(api_socket: &std::path::Path, cmd: Cmd) -> anyhow::Result<ExitCode> {
                 mac,
                 netns,
                 ifname,
+                attach,
                 node,
                 security_group,
             } => {
                 let mut body = json!({ "name": name, "vpc": vpc, "ip": ip });
                 let fields = [
+                    ("attach", attach.map(Value::from)),
                     ("mac", mac.map(Value::from)),
                     ("netns", netns.map(|p| Value::from(p.display().to_string()))),
                     ("ifname", ifname.map(Value::from)),
