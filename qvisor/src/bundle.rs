@@ -1,6 +1,6 @@
 //! OCI bundles: `config.json` (through the oci-spec crate) turned into a [`Launch`].
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
@@ -24,6 +24,10 @@ pub const VDSO_ANNOTATION: &str = "dev.quark.vdso";
 /// The annotation containerd's CRI plugin sets on every container of a pod: `sandbox` for the
 /// pod's pause container, `container` for the app's.
 pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+/// The container's sockets are served by the stack at this socket ring (a qnetd ring
+/// endpoint's socket) instead of a stack of its own; its network namespace, if any, is
+/// then not used.
+pub const NET_RING_ANNOTATION: &str = "dev.quark.net.ring";
 
 /// The network a bundle asks for: a network namespace with a path (made by a CNI plugin)
 /// is taken over; a new namespace (no path) is the VMM's own, whose interface (if someone
@@ -68,6 +72,17 @@ fn net_setup(spec: &Spec) -> anyhow::Result<NetSetup> {
         .is_some_and(|t| t == "sandbox");
     if sandbox {
         return Ok(NetSetup::Loopback);
+    }
+    if let Some(ring) = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(NET_RING_ANNOTATION))
+    {
+        let socket = PathBuf::from(ring);
+        if !socket.is_absolute() {
+            bail!("annotation {NET_RING_ANNOTATION}={ring:?}: give an absolute socket path");
+        }
+        return Ok(NetSetup::Ring { socket });
     }
     let entry = spec
         .linux()
@@ -197,6 +212,14 @@ mod tests {
             net_setup(&spec(pod, sandbox)).unwrap(),
             NetSetup::Loopback
         ));
+        // A ring endpoint's socket wins over the namespace; it must be absolute.
+        let ring = r#""dev.quark.net.ring": "/run/qnetd/rings/q.sock""#;
+        assert!(matches!(
+            net_setup(&spec(pod, ring)).unwrap(),
+            NetSetup::Ring { socket } if socket == Path::new("/run/qnetd/rings/q.sock")
+        ));
+        let relative = r#""dev.quark.net.ring": "q.sock""#;
+        assert!(net_setup(&spec(pod, relative)).is_err());
     }
 
     #[test]

@@ -473,6 +473,15 @@ pub fn confine_process(mode: Mode) -> anyhow::Result<()> {
         return Ok(());
     }
     install_sigsys_handler()?;
+    // glibc installs its SIGSETXID handler (rt_sigaction, which the filter forbids) when the
+    // process creates its first thread; a VMM whose network runs elsewhere (a ring endpoint)
+    // has made none yet, and the vCPU thread comes after the filter.
+    std::thread::Builder::new()
+        .name("qvisor-prime".into())
+        .spawn(|| {})
+        .context("starting a thread before confinement")?
+        .join()
+        .map_err(|_| anyhow::anyhow!("the priming thread panicked"))?;
     let program = filter(ThreadKind::Process, mode)?;
     seccompiler::apply_filter_all_threads(&program).context("installing the process filter")?;
     tracing::debug!(?mode, "VMM confined");

@@ -220,6 +220,10 @@ enum Cmd {
         /// Address with prefix for the kernel side of the TAP.
         #[arg(long, requires = "netns")]
         net_peer: Option<String>,
+        /// Serve the container's sockets by the stack at this socket ring (a qnetd ring
+        /// endpoint's socket) instead of a stack of its own.
+        #[arg(long, conflicts_with = "netns")]
+        net_ring: Option<PathBuf>,
         /// Run qhttp in front of the guest with the JSON config in FILE (docs/qhttp.md).
         #[arg(long, value_name = "FILE")]
         http_proxy: Option<PathBuf>,
@@ -294,13 +298,19 @@ fn launch(cmd: Cmd) -> anyhow::Result<i32> {
         netns,
         net_addr,
         net_peer,
+        net_ring,
         http_proxy,
         argv,
     } = cmd
     else {
         unreachable!("called for launch only")
     };
-    let net = net_setup(netns, net_addr, net_peer)?;
+    let net = match net_ring {
+        Some(socket) => qvisor::net::NetSetup::Ring {
+            socket: absolute(&socket),
+        },
+        None => net_setup(netns, net_addr, net_peer)?,
+    };
     let http_proxy = http_proxy
         .map(|path| -> anyhow::Result<qhttp::Config> {
             let text = std::fs::read_to_string(&path)

@@ -42,6 +42,9 @@ pub enum NetSetup {
     Pod { netns: PathBuf },
     /// A new TAP in a namespace, addressed by hand (`qvisor launch --netns`, for development).
     Tap(TapNet),
+    /// No stack of the container's own: its sockets are served over the socket ring at
+    /// `socket` by a stack outside (a qnetd ring endpoint, docs/qnetd.md).
+    Ring { socket: PathBuf },
 }
 
 /// A hand-made TAP network.
@@ -110,7 +113,8 @@ struct Live {
     // Dropped after the client: the proxy and the stack outlive the guest's client, and the
     // pod interface is given back only after the stack (and its TAP) are gone.
     _proxy: Option<qhttp::ProxyHandle>,
-    stack: RunningStack,
+    /// The container's own stack (none when another process serves its ring).
+    stack: Option<RunningStack>,
     takeover: Option<Takeover>,
 }
 
@@ -121,6 +125,9 @@ impl Live {
         budget: usize,
         http_proxy: Option<&qhttp::Config>,
     ) -> anyhow::Result<Live> {
+        if let NetSetup::Ring { socket } = setup {
+            return Live::attach_ring(socket, cancel, http_proxy);
+        }
         let socket: PathBuf =
             std::env::temp_dir().join(format!("qvisor-net-{}.sock", std::process::id()));
         // What the stack serves, on which TAP, and (for a pod) the interface to take over.
@@ -142,6 +149,7 @@ impl Live {
                 };
                 (cfg, Some(tap), None)
             }
+            NetSetup::Ring { .. } => unreachable!("attached above"),
             NetSetup::Pod { netns } => {
                 let ns = Netns::open(netns)?;
                 let snapshot = ns.inspect()?;
@@ -192,8 +200,32 @@ impl Live {
         Ok(Live {
             client,
             _proxy: proxy,
-            stack,
+            stack: Some(stack),
             takeover,
+        })
+    }
+
+    /// Attaches the guest (and qhttp, if asked) to a stack another process serves at `socket`.
+    /// The socket stays: it is that process's, and the container may be started again.
+    fn attach_ring(
+        socket: &std::path::Path,
+        cancel: &Arc<AtomicBool>,
+        http_proxy: Option<&qhttp::Config>,
+    ) -> anyhow::Result<Live> {
+        let client = Client::connect_cancellable(socket, cancel.clone())
+            .with_context(|| format!("attaching to the socket ring at {}", socket.display()))?;
+        let proxy = http_proxy
+            .map(|cfg| {
+                let ring = Client::connect(socket).context("attaching qhttp to the ring")?;
+                qhttp::start(cfg.clone(), ring, None)
+            })
+            .transpose()?;
+        tracing::info!(socket = %socket.display(), "attached to an outside stack");
+        Ok(Live {
+            client,
+            _proxy: proxy,
+            stack: None,
+            takeover: None,
         })
     }
 }
@@ -334,10 +366,10 @@ impl GuestNet {
 
     /// Stacks the network thread's seccomp filter on qnet's stack thread.
     pub fn confine_stack(&self, mode: crate::jail::Mode) -> anyhow::Result<()> {
-        let Some(live) = &self.live else {
+        let Some(stack) = self.live.as_ref().and_then(|l| l.stack.as_ref()) else {
             return Ok(());
         };
-        live.stack
+        stack
             .on_stack_thread(move || {
                 crate::jail::confine_thread(crate::jail::ThreadKind::Network, mode)
                     .map_err(|e| format!("{e:#}"))

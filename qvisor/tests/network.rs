@@ -1023,10 +1023,21 @@ fn a_socket_hog_hits_emfile_and_another_container_keeps_working() {
 /// client on another node and fetches from a kernel server there.
 #[test]
 fn a_quark_container_in_a_qnetd_vpc_talks_to_a_pod_on_another_node() {
+    quark_container_in_a_vpc(false);
+}
+
+/// The same with the container on a ring endpoint: no interface, no namespace, no stack in
+/// qvisor; its sockets are served over the socket ring by a stack qnetd runs for it.
+#[test]
+fn a_quark_container_on_a_qnetd_ring_endpoint_talks_to_a_pod_on_another_node() {
+    quark_container_in_a_vpc(true);
+}
+
+fn quark_container_in_a_vpc(ring: bool) {
     use quark_tests::overlay::{qnetd_call, start_qnetd_in, underlay_ip, Underlay};
     let ul = Underlay::new();
     let (na, nb) = (ul.join("vna", 1), ul.join("vnb", 2));
-    let dir = std::env::temp_dir().join(format!("qvisor-vpc-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("qvisor-vpc-{}-{ring}", std::process::id()));
     let sa = start_qnetd_in(
         &format!("/run/netns/{}", na.name),
         underlay_ip(1),
@@ -1054,17 +1065,29 @@ fn a_quark_container_in_a_qnetd_vpc_talks_to_a_pod_on_another_node() {
     for s in [&sa, &sb] {
         qnetd_call(s, "POST", "/v1/vpcs", vpc);
     }
-    qnetd_call(&sa, "POST", "/v1/endpoints", &ep("q", "10.42.0.2", &quark));
+    let q = if ring {
+        r#"{"name": "q", "vpc": "red", "ip": "10.42.0.2", "attach": "ring"}"#.to_string()
+    } else {
+        ep("q", "10.42.0.2", &quark)
+    };
+    let made = qnetd_call(&sa, "POST", "/v1/endpoints", &q);
     qnetd_call(&sb, "POST", "/v1/endpoints", &ep("k", "10.42.0.3", &kernel));
     qnetd_call(&sa, "POST", "/v1/endpoints", &remote("k", "10.42.0.3", 2));
     qnetd_call(&sb, "POST", "/v1/endpoints", &remote("q", "10.42.0.2", 1));
 
-    let netns = format!("/run/netns/{}", quark.name);
-    let mut child = spawn_guest(
-        &["--netns".to_string(), netns.clone()],
-        &["/bin/tcp", "server", "8081"],
-    );
-    assert_eq!(first_line(&mut child), "listening\n");
+    let net: Vec<String> = if ring {
+        let made: serde_json::Value = serde_json::from_str(&made).unwrap();
+        let socket = made["ring"]["socket"].as_str().expect("the ring's socket");
+        vec!["--net-ring".into(), socket.into()]
+    } else {
+        vec!["--netns".into(), format!("/run/netns/{}", quark.name)]
+    };
+    let mut child = spawn_guest(&net, &["/bin/tcp", "server", "8081"]);
+    if first_line(&mut child) != "listening\n" {
+        let _ = child.kill();
+        let o = child.wait_with_output().unwrap();
+        panic!("the guest server did not start: {}", stderr(&o));
+    }
     // -N: nc half-closes after its input and waits (up to -w5 idle) for the guest's reply and
     // close. With -q1 it quit a second after its input whatever came: too short for the
     // reply's way back through two qnetds while the rest of the suite loaded both cores (one
@@ -1096,8 +1119,9 @@ fn a_quark_container_in_a_qnetd_vpc_talks_to_a_pod_on_another_node() {
         "{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
+    let net: Vec<&str> = net.iter().map(String::as_str).collect();
     let o = qvisor_with(
-        &["--netns", &netns],
+        &net,
         &["wget", "-O", "-", "http://10.42.0.3:8000/index.html"],
     );
     let _ = server.kill();
