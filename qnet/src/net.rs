@@ -170,28 +170,30 @@ pub struct Net {
     /// held here so a region stays mapped for as long as a socket may write into it.
     pub rx_regions: HashMap<SocketHandle, Arc<Mapping>>,
     /// Whole receive rings the stack may fill, against half the buffer budget.
-    pub rx_grants: RxGrants,
+    pub rx_grants: RingGrants,
+    /// Whole transmit rings clients may fill, against a quarter of it.
+    pub tx_grants: RingGrants,
 }
 
-/// Receive rings that may be resident whole. A ring's pages are all written once a stream has
-/// gone round it, so each socket that receives in full holds its whole receive ring (4 MiB by
-/// default) until it goes quiet; past this limit a socket receives lean instead
-/// (`Session::rx_room`: at most [`LEAN_FILL`] bytes in its ring, pages given back behind the
-/// reader), as Linux shrinks socket buffers under `tcp_mem` pressure. qvisor's budget is the
-/// container's memory, so its guest's rings stay within it.
+/// Byte rings that may be resident whole. A ring's pages are all written once a stream has
+/// gone round it, so each socket that receives (or sends) in full holds its whole ring (4 MiB
+/// receiving, 2 MiB sending by default); past this limit a socket's ring stays lean instead
+/// (at most [`LEAN_FILL`] bytes in it, pages given back behind the reader: `Session::rx_room`,
+/// `Session::decide_tx`), as Linux shrinks socket buffers under `tcp_mem` pressure. qvisor's
+/// budget is the container's memory, so its guest's rings stay within it.
 #[derive(Debug)]
-pub struct RxGrants {
+pub struct RingGrants {
     held: u64,
     limit: u64,
 }
 
-/// What a lean receive ring holds at most, and the chunks it gives its pages back in.
+/// What a lean ring holds at most, and the chunks it gives its pages back in.
 pub const LEAN_FILL: u32 = 128 << 10;
 pub const LEAN_CHUNK: u32 = 64 << 10;
 
-impl RxGrants {
+impl RingGrants {
     pub fn new(limit: u64) -> Self {
-        RxGrants { held: 0, limit }
+        RingGrants { held: 0, limit }
     }
 
     /// Takes a grant of `bytes`, if the limit allows.
@@ -249,7 +251,8 @@ impl Net {
             lingering: Vec::new(),
             socket_count: 0,
             buffer_bytes: 0,
-            rx_grants: RxGrants::new(cfg.buffer_budget as u64 / 2),
+            rx_grants: RingGrants::new(cfg.buffer_budget as u64 / 2),
+            tx_grants: RingGrants::new(cfg.buffer_budget as u64 / 4),
             stats: NetStats::default(),
             rx_regions: HashMap::new(),
             cfg,

@@ -24,8 +24,8 @@ use qnet_ring::*;
 
 use crate::conn::{Conn, ConnId};
 use crate::net::{
-    apply_tcp_opts, endpoint, ListenerId, Net, NetStats, RxGrants, TcpOpts, LEAN_CHUNK, LEAN_FILL,
-    MAX_BACKLOG,
+    apply_tcp_opts, endpoint, ListenerId, Net, NetStats, RingGrants, TcpOpts, LEAN_CHUNK,
+    LEAN_FILL, MAX_BACKLOG,
 };
 
 /// SYN retransmissions give up after this long (Linux: about two minutes).
@@ -127,6 +127,24 @@ struct SlotState {
     /// With `tx_direct`: the buffer smoltcp had before, given back when the slot stops being
     /// direct.
     tx_own: Option<tcp::SocketBuffer<'static>>,
+    /// How much of its transmit ring the client may fill (`tx_limit`).
+    tx_share: TxShare,
+}
+
+/// How much of its transmit ring a slot's client may fill (docs/ring.md, `tx_limit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TxShare {
+    /// At most [`LEAN_FILL`] bytes; the pages of what the stack consumed are given back up to
+    /// `freed_to`. A stream whose client filled that share asks for a grant.
+    Lean { freed_to: u32 },
+    /// The whole ring, under a grant from [`RingGrants`].
+    Whole,
+}
+
+impl Default for TxShare {
+    fn default() -> Self {
+        TxShare::Lean { freed_to: 0 }
+    }
 }
 
 /// How much of its receive ring a slot may fill (docs/ring.md), decided when it has data to
@@ -138,7 +156,7 @@ enum RxShare {
     /// At most [`LEAN_FILL`] bytes in the ring, its pages given back behind the reader up to
     /// `freed_to`; `outgrown` once data waited while that share was full (it asks for a grant).
     Lean { freed_to: u32, outgrown: bool },
-    /// The whole ring, under a grant from [`RxGrants`].
+    /// The whole ring, under a grant from [`RingGrants`].
     Whole,
 }
 
@@ -414,14 +432,29 @@ impl Session {
             s.event_queued.store(0, Release);
             s.rx_wanted.store(0, Release);
             s.error.store(0, Release);
+            s.tx_limit
+                .store(LEAN_FILL.min(self.view.geometry().tx_buf_size), Release);
             s.generation.fetch_add(1, Release);
         }
         Ok(idx)
     }
 
-    fn free_slot(&mut self, idx: u32, grants: &mut RxGrants) {
-        if self.slots[idx as usize].rx_share == RxShare::Whole {
-            grants.give(u64::from(self.view.geometry().rx_buf_size));
+    /// What the client of slot `idx` may have in its transmit ring.
+    fn tx_limit(&self, idx: u32) -> u32 {
+        let size = self.view.geometry().tx_buf_size;
+        match self.slots[idx as usize].tx_share {
+            TxShare::Lean { .. } => LEAN_FILL.min(size),
+            TxShare::Whole => size,
+        }
+    }
+
+    fn free_slot(&mut self, idx: u32, rx_grants: &mut RingGrants, tx_grants: &mut RingGrants) {
+        let s = &self.slots[idx as usize];
+        if s.rx_share == RxShare::Whole {
+            rx_grants.give(u64::from(self.view.geometry().rx_buf_size));
+        }
+        if s.tx_share == TxShare::Whole {
+            tx_grants.give(u64::from(self.view.geometry().tx_buf_size));
         }
         self.release_buffers(idx);
         self.slots[idx as usize] = SlotState::default();
@@ -795,11 +828,9 @@ impl Session {
                             .slot_client(idx)
                             .map_or(s.tx_head, |c| c.tx_tail.load(Acquire));
                         let pending = tail.wrapping_sub(s.tx_head);
-                        s.close_at = Some(if pending <= self.view.geometry().tx_buf_size {
-                            tail
-                        } else {
-                            s.tx_head
-                        });
+                        let limit = self.tx_limit(idx);
+                        let s = &mut self.slots[idx as usize];
+                        s.close_at = Some(if pending <= limit { tail } else { s.tx_head });
                         s.kind = Kind::Closing(h);
                         return;
                     }
@@ -833,7 +864,7 @@ impl Session {
             }
             Kind::Free => return,
         }
-        self.free_slot(idx, &mut net.rx_grants);
+        self.free_slot(idx, &mut net.rx_grants, &mut net.tx_grants);
     }
 
     fn op_setsockopt(&mut self, sqe: &Sqe, net: &mut Net) -> Result<Cqe, i32> {
@@ -1036,9 +1067,10 @@ impl Session {
             .view
             .slot_client(idx)
             .map_or(s.tx_head, |c| c.tx_tail.load(Acquire));
-        if tail.wrapping_sub(s.tx_head) > self.view.geometry().tx_buf_size {
+        let limit = self.tx_limit(idx);
+        if tail.wrapping_sub(s.tx_head) > limit {
             return Err(Violation(format!(
-                "slot {idx}: tx_tail {tail} is more than the ring ahead of tx_head {}",
+                "slot {idx}: tx_tail {tail} is more than its tx_limit {limit} ahead of tx_head {}",
                 s.tx_head
             )));
         }
@@ -1109,7 +1141,7 @@ impl Session {
     /// only ever receives requests and small answers never holds a whole ring; one that
     /// outgrows it (data waiting while its lean share is full: a stream) takes a grant for
     /// its whole receive ring if the stack-wide limit allows, and stays lean otherwise.
-    fn decide_rx(&mut self, idx: u32, grants: &mut RxGrants) {
+    fn decide_rx(&mut self, idx: u32, grants: &mut RingGrants) {
         let size = self.view.geometry().rx_buf_size;
         let s = &mut self.slots[idx as usize];
         match s.rx_share {
@@ -1152,6 +1184,60 @@ impl Session {
             freed_to = freed_to.wrapping_add(chunk);
         }
         self.slots[idx as usize].rx_share = RxShare::Lean { freed_to, outgrown };
+    }
+
+    /// A stream whose client filled its lean share of the transmit ring (a writer waiting for
+    /// room: a bulk sender) takes a grant for the whole ring if the stack-wide limit allows,
+    /// and stays lean otherwise, as [`Session::decide_rx`] does for receive. Says whether the
+    /// share grew (the client should hear of the room).
+    fn decide_tx(&mut self, idx: u32, grants: &mut RingGrants) -> bool {
+        let size = self.view.geometry().tx_buf_size;
+        let limit = self.tx_limit(idx);
+        let s = &self.slots[idx as usize];
+        if s.tx_share == TxShare::Whole || limit >= size {
+            return false;
+        }
+        let tail = self
+            .view
+            .slot_client(idx)
+            .map_or(s.tx_head, |c| c.tx_tail.load(Acquire));
+        // More than the share is the client's violation, reported by tx_pending.
+        if tail.wrapping_sub(s.tx_head) != limit || !grants.take(u64::from(size)) {
+            return false;
+        }
+        self.slots[idx as usize].tx_share = TxShare::Whole;
+        if let Some(w) = self.view.slot_stack(idx) {
+            w.tx_limit.store(size, Release);
+        }
+        true
+    }
+
+    /// A lean slot gives back the pages of every whole chunk of its transmit ring the stack
+    /// has consumed (sent, or with direct transmit acknowledged), so it holds about
+    /// [`LEAN_FILL`] bytes of memory however much goes through. The client writes only in
+    /// `[tx_head, tx_head + limit)`, so a consumed position `p` is written again (as
+    /// `p + size`) only once `tx_head` passes `p + size - limit`: only this thread moves
+    /// `tx_head`, and it frees nothing closer than that.
+    fn recycle_lean_tx_pages(&mut self, idx: u32) {
+        let g = self.view.geometry();
+        let (size, limit) = (g.tx_buf_size, self.tx_limit(idx));
+        let chunk = LEAN_CHUNK.min(size);
+        let s = &self.slots[idx as usize];
+        let TxShare::Lean { mut freed_to } = s.tx_share else {
+            return;
+        };
+        let head = s.tx_head;
+        // Never free what the client may write next: start no further back than that.
+        let reach = size - limit;
+        if head.wrapping_sub(freed_to) > reach {
+            freed_to = head.wrapping_sub(reach).wrapping_add(chunk - 1) & !(chunk - 1);
+        }
+        while head.wrapping_sub(freed_to) >= chunk && head.wrapping_sub(freed_to) <= reach {
+            let off = g.tx_buf_off(idx) + u64::from(freed_to % size);
+            self.give_back_pages(off, u64::from(chunk));
+            freed_to = freed_to.wrapping_add(chunk);
+        }
+        self.slots[idx as usize].tx_share = TxShare::Lean { freed_to };
     }
 
     /// Copies the transmit ring into smoltcp's send buffer; returns bytes moved.
@@ -1393,7 +1479,8 @@ impl Session {
         sock: &mut tcp::Socket<'static>,
     ) -> Result<u32, Violation> {
         let pending = self.tx_pending(idx)?;
-        let size = self.view.geometry().tx_buf_size;
+        // What the client may fill: its "free space" is measured against this.
+        let size = self.tx_limit(idx);
         let s = &mut self.slots[idx as usize];
         // The end of the client's bytes in the ring (validated: at most `size` past tx_head).
         let tail = s.tx_given.wrapping_add(pending);
@@ -1494,7 +1581,7 @@ impl Session {
             &mut sock,
             &mut net.stats,
             &mut net.rx_regions,
-            &mut net.rx_grants,
+            (&mut net.rx_grants, &mut net.tx_grants),
             now,
         )
     }
@@ -1505,7 +1592,7 @@ impl Session {
         sock: &mut Conn<'_>,
         stats: &mut NetStats,
         regions: &mut HashMap<SocketHandle, Arc<Mapping>>,
-        grants: &mut RxGrants,
+        (rx_grants, tx_grants): (&mut RingGrants, &mut RingGrants),
         now: Instant,
     ) -> Result<bool, Violation> {
         let state = sock.state();
@@ -1559,7 +1646,7 @@ impl Session {
         );
         let shut_rd = matches!(&self.slots[idx as usize].kind, Kind::Stream(st) if st.shut_rd);
         if connected && !shut_rd && sock.recv_queue() > 0 {
-            self.decide_rx(idx, grants);
+            self.decide_rx(idx, rx_grants);
         }
         if let (Conn::Tcp(tcp), Some(h)) = (&mut *sock, self.tcp_handle(idx)) {
             let direct = self.slots[idx as usize].rx_direct;
@@ -1583,12 +1670,15 @@ impl Session {
             }
         }
         if connected {
+            // A grant is news for a writer waiting for room.
+            moved |= self.decide_tx(idx, tx_grants);
             moved |= match &mut *sock {
                 Conn::Tcp(tcp) if self.slots[idx as usize].tx_direct => {
                     self.pump_tx_direct(idx, tcp)? > 0
                 }
                 _ => self.pump_tx(idx, sock)? > 0,
             };
+            self.recycle_lean_tx_pages(idx);
             if shut_rd {
                 // Linux discards data that arrives after SHUT_RD.
                 sock.discard(usize::MAX);
@@ -1683,7 +1773,7 @@ impl Session {
         if pending == 0 || !may_send {
             let port = self.slots[idx as usize].port.take();
             net.linger_conn(h, port, now);
-            self.free_slot(idx, &mut net.rx_grants);
+            self.free_slot(idx, &mut net.rx_grants, &mut net.tx_grants);
         }
         Ok(())
     }
@@ -1802,6 +1892,7 @@ impl Session {
             if let Some(w) = self.view.slot_stack(idx) {
                 w.tx_head.store(head, Release);
             }
+            self.recycle_lean_tx_pages(idx);
         }
         Ok(moved)
     }

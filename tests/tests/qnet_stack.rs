@@ -1036,6 +1036,86 @@ for t in threads: t.join()
     assert_eq!(want, got);
 }
 
+#[test]
+fn transmit_rings_past_the_budget_are_lean_and_lose_nothing() {
+    require_env(&["python3"]);
+    // A quarter of an 8 MiB budget is one whole 2 MiB transmit ring: of four writers whose
+    // peer does not read, one fills its whole ring, the others a lean share each.
+    let st = TestStack::start_with("txlean", |c| c.buffer_budget = 8 << 20);
+    let client = st.client();
+    let go = std::env::temp_dir().join(format!("qnet-txlean-{}", std::process::id()));
+    let _ = std::fs::remove_file(&go);
+    let py = r#"
+import socket, sys, hashlib, os, time, threading
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((sys.argv[1], 9004))
+srv.listen(8)
+print("ready", flush=True)
+conns = [srv.accept()[0] for _ in range(4)]
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.05)
+def drain(c):
+    who = c.recv(1).decode()
+    h = hashlib.sha256()
+    while True:
+        b = c.recv(1 << 20)
+        if not b:
+            break
+        h.update(b)
+    print(who, h.hexdigest(), flush=True)
+threads = [threading.Thread(target=drain, args=(c,)) for c in conns]
+for t in threads: t.start()
+for t in threads: t.join()
+"#;
+    let mut server = st
+        .ns
+        .python(py, &[&PEER_IP.to_string(), &go.display().to_string()]);
+    let mut out = server.stdout.take().unwrap();
+    let mut ready = [0u8; 6];
+    out.read_exact(&mut ready).unwrap();
+    let writers: Vec<_> = ["a", "b", "c", "d"]
+        .iter()
+        .enumerate()
+        .map(|(i, who)| {
+            let mut s = TcpStream::connect(&client, st.peer(9004)).unwrap();
+            let who = who.to_string();
+            thread::spawn(move || {
+                s.write_all(who.as_bytes()).unwrap();
+                let mut pattern = Pattern::new(i as u64);
+                let mut h = Sha256::new();
+                let mut buf = vec![0u8; 64 << 10];
+                for _ in 0..64 {
+                    pattern.fill(&mut buf);
+                    h.update(&buf);
+                    s.write_all(&buf).unwrap();
+                }
+                s.shutdown(Shutdown::Write).unwrap();
+                format!("{who} {:x}", h.finalize())
+            })
+        })
+        .collect();
+    // Every writer blocks once the peer's window and its share of the ring are full.
+    thread::sleep(Duration::from_secs(1));
+    let ring = client.send_buffer_size() as u64;
+    let held = st.fresh_stats().ring_resident_bytes;
+    eprintln!("ring regions resident with one whole and three lean transmit rings: {held} bytes");
+    assert!(
+        held >= ring && held <= ring + (1 << 20),
+        "{held} bytes resident, ring {ring}"
+    );
+    std::fs::write(&go, b"").unwrap();
+    let mut sent: Vec<String> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    sent.sort();
+    let mut printed = String::new();
+    out.read_to_string(&mut printed).unwrap();
+    let _ = server.wait();
+    let _ = std::fs::remove_file(&go);
+    let mut got: Vec<&str> = printed.lines().collect();
+    got.sort();
+    assert_eq!(got, sent, "what the peer received");
+}
+
 /// Reads exactly `len` bytes of `conn` into the hash `h`.
 fn read_hashed(conn: &mut TcpStream, h: &mut Sha256, len: usize) {
     let mut buf = vec![0u8; 256 << 10];

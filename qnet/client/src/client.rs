@@ -520,7 +520,7 @@ impl Client {
         else {
             return r;
         };
-        let size = self.view().geometry().tx_buf_size;
+        let size = self.tx_limit(slot);
         if u64::from(self.tx_free(slot, tail)) * 3 >= u64::from(size) {
             r
         } else {
@@ -531,11 +531,21 @@ impl Client {
     /// Free bytes in `slot`'s transmit ring with the client's tail at `tail`, as far as the
     /// stack has consumed it.
     pub(crate) fn tx_free(&self, slot: u32, tail: u32) -> u32 {
+        let head = self
+            .view()
+            .slot_stack(slot)
+            .map_or(0, |w| w.tx_head.load(Acquire));
+        self.tx_limit(slot).saturating_sub(tail.wrapping_sub(head))
+    }
+
+    /// How much of `slot`'s transmit ring this client may fill (the stack's `tx_limit`, never
+    /// more than the ring).
+    pub(crate) fn tx_limit(&self, slot: u32) -> u32 {
         let view = self.view();
-        let head = view.slot_stack(slot).map_or(0, |w| w.tx_head.load(Acquire));
-        view.geometry()
-            .tx_buf_size
-            .saturating_sub(tail.wrapping_sub(head))
+        let limit = view
+            .slot_stack(slot)
+            .map_or(0, |w| w.tx_limit.load(Acquire));
+        limit.min(view.geometry().tx_buf_size)
     }
 
     /// The pending error of a slot, if any.

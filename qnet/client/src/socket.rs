@@ -640,7 +640,8 @@ impl UdpSocket {
             return Err(errno(EMSGSIZE));
         }
         let record = datagram_record_size(buf.len() as u32);
-        if record > self.slot.view().geometry().tx_buf_size {
+        // More than the slot's share of its ring would never fit.
+        if record > self.slot.client.tx_limit(self.slot.idx) {
             return Err(errno(EMSGSIZE));
         }
         loop {

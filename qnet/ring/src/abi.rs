@@ -8,7 +8,7 @@ use core::sync::atomic::AtomicU32;
 /// "QNRG" in little-endian: the first word of every region.
 pub const MAGIC: u32 = 0x4752_4e51;
 /// Bumped on any incompatible change to this file.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 
 /// Size of the header page at offset 0 of the region.
 pub const HEADER_SIZE: usize = 4096;
@@ -169,6 +169,10 @@ pub struct StackSlotWords {
     pub error: AtomicU32,
     /// Bumped each time the slot is handed out, so stale handles can be told apart.
     pub generation: AtomicU32,
+    /// The most bytes the client may have in the transmit ring (published, not consumed):
+    /// `tx_tail - tx_head <= tx_limit`. Set when the slot is handed out; it only grows while
+    /// the client owns the slot (version 4).
+    pub tx_limit: AtomicU32,
 }
 
 /// Readable: data in the receive ring, a connection to accept, or end of stream.
@@ -312,6 +316,7 @@ const _: () = {
     assert!(offset_of!(Header, client_wake_armed) == 640);
     assert!(offset_of!(Slot, stack) == 64);
     assert!(offset_of!(StackSlotWords, generation) == 24);
+    assert!(offset_of!(StackSlotWords, tx_limit) == 28);
     assert!(offset_of!(Sqe, arg0) == 36 && offset_of!(Sqe, arg1) == 40);
     assert!(offset_of!(Cqe, addr) == 24 && offset_of!(Cqe, value) == 40);
     assert!(offset_of!(Geometry, buf_off) == 48 && offset_of!(Geometry, tx_buf_size) == 56);
