@@ -56,24 +56,33 @@ impl Link {
     }
 }
 
-/// How the client program runs.
+/// How and where the client program runs.
 enum Runner<'a> {
-    Native(&'a Root),
-    Quark(&'a Root),
+    /// In namespace `1`, as runc would run it.
+    Native(&'a Root, &'a Netns),
+    /// In a Quark container with these network options of `qvisor launch`.
+    Quark(&'a Root, Vec<String>),
 }
 
 impl Runner<'_> {
-    fn run(&self, link: &Link, args: &[&str]) -> anyhow::Result<String> {
+    /// A Quark container that takes over the pod interface of `ns`.
+    fn quark_in<'a>(root: &'a Root, ns: &Netns) -> Runner<'a> {
+        Runner::Quark(
+            root,
+            vec!["--netns".into(), format!("/run/netns/{}", ns.name)],
+        )
+    }
+
+    fn run(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = match self {
-            Runner::Native(root) => link
-                .client
+            Runner::Native(root, ns) => ns
                 .cmd(root.0.join("bin/tcpbench").to_str().context("path")?)
                 .args(args)
                 .output()?,
-            Runner::Quark(root) => Command::new(crate::runtime::qvisor())
+            Runner::Quark(root, net) => Command::new(crate::runtime::qvisor())
                 .args(["launch", "--rootfs"])
                 .arg(&root.0)
-                .args(["--netns", &format!("/run/netns/{}", link.client.name)])
+                .args(net)
                 .arg("/bin/tcpbench")
                 .args(args)
                 .output()?,
@@ -88,6 +97,12 @@ impl Runner<'_> {
     }
 }
 
+/// The kernel peer a round talks to: a namespace and its address.
+struct Peer<'a> {
+    ns: &'a Netns,
+    ip: &'a str,
+}
+
 fn value(out: &str, key: &str) -> anyhow::Result<f64> {
     out.lines()
         .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
@@ -95,11 +110,12 @@ fn value(out: &str, key: &str) -> anyhow::Result<f64> {
 }
 
 /// A kernel listener in the peer namespace serving one connection with `serve`.
-fn peer<T: Send + 'static>(
-    link: &Link,
+fn listen<T: Send + 'static>(
+    peer: &Peer,
     serve: impl FnOnce(TcpStream) -> T + Send + 'static,
 ) -> anyhow::Result<(u16, thread::JoinHandle<Option<T>>)> {
-    let l = link.peer.enter(|| TcpListener::bind((PEER_IP, 0)))?;
+    let ip = peer.ip;
+    let l = peer.ns.enter(|| TcpListener::bind((ip, 0)))?;
     let port = l.local_addr()?.port();
     let h = thread::spawn(move || {
         let (s, _) = l.accept().ok()?;
@@ -110,11 +126,11 @@ fn peer<T: Send + 'static>(
 }
 
 /// One round on one path: [client -> peer Gbit/s, peer -> client Gbit/s, p50 µs, p99 µs].
-fn round(runner: &Runner, link: &Link, d: Duration) -> anyhow::Result<[f64; 4]> {
+fn round(runner: &Runner, peer: &Peer, d: Duration) -> anyhow::Result<[f64; 4]> {
     let secs = format!("{}", d.as_secs_f64());
     // Client sends; the receiving peer measures.
-    let (port, sink) = peer(link, |s| bulk_recv(s).ok())?;
-    runner.run(link, &["send", PEER_IP, &port.to_string(), &secs])?;
+    let (port, sink) = listen(peer, |s| bulk_recv(s).ok())?;
+    runner.run(&["send", peer.ip, &port.to_string(), &secs])?;
     let (bytes, took) = sink
         .join()
         .ok()
@@ -123,15 +139,12 @@ fn round(runner: &Runner, link: &Link, d: Duration) -> anyhow::Result<[f64; 4]> 
         .context("the sink peer failed")?;
     let up = bytes as f64 * 8.0 / took.as_secs_f64().max(1e-9) / 1e9;
     // Peer sends; the client measures.
-    let (port, source) = peer(link, move |s| bulk_send(s, d).ok())?;
-    let down = value(
-        &runner.run(link, &["recv", PEER_IP, &port.to_string()])?,
-        "gbps",
-    )?;
+    let (port, source) = listen(peer, move |s| bulk_send(s, d).ok())?;
+    let down = value(&runner.run(&["recv", peer.ip, &port.to_string()])?, "gbps")?;
     let _ = source.join();
     // 1-byte request/response against a kernel echo.
-    let (port, echoer) = peer(link, |s| echo(s).ok())?;
-    let rr = runner.run(link, &["rr", PEER_IP, &port.to_string(), &secs])?;
+    let (port, echoer) = listen(peer, |s| echo(s).ok())?;
+    let rr = runner.run(&["rr", peer.ip, &port.to_string(), &secs])?;
     let _ = echoer.join();
     Ok([up, down, value(&rr, "p50_us")?, value(&rr, "p99_us")?])
 }
@@ -152,11 +165,22 @@ pub fn suite(duration: f64, rounds: usize) -> anyhow::Result<Vec<Figure>> {
     let root = Root::build()?;
     let native_link = Link::new("ng-n");
     let quark_link = Link::new("ng-q");
-    let (native, quark) = (Runner::Native(&root), Runner::Quark(&root));
+    let native = Runner::Native(&root, &native_link.client);
+    let quark = Runner::quark_in(&root, &quark_link.client);
+    let (quark_peer, native_peer) = (
+        Peer {
+            ns: &quark_link.peer,
+            ip: PEER_IP,
+        },
+        Peer {
+            ns: &native_link.peer,
+            ip: PEER_IP,
+        },
+    );
     let (q, n) = alternate(
         rounds,
-        || round(&quark, &quark_link, d),
-        || round(&native, &native_link, d),
+        || round(&quark, &quark_peer, d),
+        || round(&native, &native_peer, d),
     )?;
     let floor_us = 2.0 * trapped_syscall_ns(&root)? / 1000.0;
     let names: [Column; 4] = [
@@ -184,4 +208,100 @@ pub fn suite(duration: f64, rounds: usize) -> anyhow::Result<Vec<Figure>> {
         figures[2].value,
     ));
     Ok(figures)
+}
+
+/// The VPC suite: the same client in a pod of a qnetd VPC on node A against a kernel pod on
+/// node B (`quark_tests::overlay::two_nodes`), three ways in each round: natively in a pod on
+/// a TAP endpoint (what a runc pod in the VPC gets, the baseline), as a Quark container that
+/// takes that pod's interface over (app -> qkernel -> qnet in qvisor -> TAP -> qnetd), and as
+/// a Quark container on a ring endpoint (app -> qkernel -> ring -> qnet in qnetd -> qnetd: no
+/// stack, TAP or interface of its own). Each goes first equally often.
+pub fn vpc_suite(duration: f64, rounds: usize) -> anyhow::Result<Vec<Figure>> {
+    quark_tests::require_env(&["bridge"]);
+    let d = Duration::from_secs_f64(duration);
+    let root = Root::build()?;
+    let qnetd = crate::runtime::sibling("qnetd");
+    let nodes = quark_tests::overlay::two_nodes(qnetd.to_str().context("qnetd's path")?, "bench");
+    let made = nodes.a.ok(&[
+        "endpoint",
+        "add",
+        "pr",
+        "--vpc",
+        "bench",
+        "--ip",
+        "10.42.0.5",
+        "--attach",
+        "ring",
+    ]);
+    let made: serde_json::Value = serde_json::from_str(&made).context("qnetd's answer")?;
+    let socket = made["ring"]["socket"]
+        .as_str()
+        .with_context(|| format!("no ring socket in {made}"))?
+        .to_string();
+    nodes.b.remote("pr", "bench", "10.42.0.5", nodes.a.ip, None);
+    let peer = Peer {
+        ns: &nodes.pb,
+        ip: "10.42.0.3",
+    };
+    let runners = [
+        Runner::Native(&root, &nodes.pa),
+        Runner::quark_in(&root, &nodes.pa),
+        Runner::Quark(&root, vec!["--net-ring".into(), socket]),
+    ];
+    let mut rows: [Vec<[f64; 4]>; 3] = Default::default();
+    for r in 0..rounds {
+        eprint!("\rnetbench: round {}/{rounds}", r + 1);
+        for i in 0..3 {
+            let which = (i + r) % 3;
+            rows[which].push(round(&runners[which], &peer, d)?);
+        }
+    }
+    eprintln!();
+    let tap: [Column; 4] = [
+        (
+            "TAP endpoint: guest -> pod on node B, bulk",
+            "throughput",
+            "Gbit/s",
+        ),
+        (
+            "TAP endpoint: pod on node B -> guest, bulk",
+            "throughput",
+            "Gbit/s",
+        ),
+        (
+            "TAP endpoint: tcp request/response 1 byte",
+            "p50 latency",
+            "us",
+        ),
+        (
+            "TAP endpoint: tcp request/response 1 byte",
+            "p99 latency",
+            "us",
+        ),
+    ];
+    let ring: [Column; 4] = [
+        (
+            "ring endpoint: guest -> pod on node B, bulk",
+            "throughput",
+            "Gbit/s",
+        ),
+        (
+            "ring endpoint: pod on node B -> guest, bulk",
+            "throughput",
+            "Gbit/s",
+        ),
+        (
+            "ring endpoint: tcp request/response 1 byte",
+            "p50 latency",
+            "us",
+        ),
+        (
+            "ring endpoint: tcp request/response 1 byte",
+            "p99 latency",
+            "us",
+        ),
+    ];
+    let mut out = figures(&tap, &rows[1], &rows[0]);
+    out.extend(figures(&ring, &rows[2], &rows[0]));
+    Ok(out)
 }

@@ -52,6 +52,9 @@ enum Suite {
     Guest(Rounds),
     /// Pod to pod across two nodes: qnetd's VXLAN overlay vs the kernel's VXLAN + bridge.
     Overlay(Rounds),
+    /// A program in a qnetd VPC pod talking to a pod on another node: in a Quark container on
+    /// a TAP endpoint and on a ring endpoint, vs natively in a pod on a TAP endpoint.
+    Vpc(Rounds),
     /// A container's throughput and latency while a kernel peer floods its neighbour
     /// container with SYNs and UDP, against rounds without the flood.
     Flood {
@@ -524,6 +527,13 @@ fn main() -> std::process::ExitCode {
             r.report(
                 &f,
                 "guest (qvisor, pod interface taken over by qnet) vs native (veth between namespaces)",
+                ("quark", "native"),
+            )
+        }),
+        Suite::Vpc(r) => guest::vpc_suite(r.duration, r.rounds).and_then(|f| {
+            r.report(
+                &f,
+                "a program in a qnetd VPC pod -> a kernel pod on another node: quark (TAP or ring endpoint) vs native (TAP endpoint)",
                 ("quark", "native"),
             )
         }),
