@@ -36,6 +36,12 @@ fn the_guest_suite_reports_every_figure() {
 }
 
 #[test]
+fn the_vpc_suite_reports_every_figure() {
+    let figures = figures_of(&["vpc", "--duration", "0.3", "--rounds", "1"]);
+    assert_eq!(figures.len(), 8, "{figures:?}");
+}
+
+#[test]
 fn the_cni_suite_reports_its_figure() {
     assert_eq!(figures_of(&["cni", "--cycles", "2"]).len(), 1);
 }
