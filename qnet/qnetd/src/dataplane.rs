@@ -26,7 +26,7 @@ use qnet::phy::Tap;
 
 use crate::forward::{self, Conntrack, Counters, DropReason, EndpointId, Tables, Verdict};
 use crate::gso;
-use crate::output::{Delivery, Output, SendError};
+use crate::output::{Delivery, Output, SendError, TunnelWay};
 use crate::tunnel::{self, Tunnel};
 use crate::wire::{self, VXLAN_LEN};
 
@@ -557,15 +557,16 @@ impl Plane {
             return self.sent(sent, verdict);
         }
         let frame = &buf[HEAD..HEAD + len];
-        match self.output.segments_to_tunnel(
+        let way = TunnelWay {
             fd,
-            &mut t.encap,
+            encap: &mut t.encap,
             node,
             sport,
-            frame,
-            inner.gso_size,
-            vni,
-        ) {
+        };
+        match self
+            .output
+            .segments_to_tunnel(way, frame, inner.gso_size, vni)
+        {
             Ok(n) => {
                 self.count(&self.counters.cut, 1);
                 self.count(&self.counters.tunnel_out, n as u64);

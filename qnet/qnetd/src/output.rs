@@ -61,6 +61,15 @@ pub struct Delivery {
     pub frame: std::ops::Range<usize>,
 }
 
+/// Where a packet through the tunnel device goes: the device, its outer headers, the remote
+/// node and the flow's VXLAN source port.
+pub struct TunnelWay<'a> {
+    pub fd: RawFd,
+    pub encap: &'a mut Encap,
+    pub node: Ipv4Addr,
+    pub sport: u16,
+}
+
 /// The sending side's scratch space (kept between frames, so sending allocates nothing).
 #[derive(Default)]
 pub struct Output {
@@ -85,17 +94,19 @@ impl Output {
     /// device `fd` as one VXLAN packet to `node`; the number of segments. For the rare frame
     /// that cannot go whole: segments of one flow must not take another way than the flow's
     /// other packets, or they would arrive out of order.
-    #[allow(clippy::too_many_arguments)]
     pub fn segments_to_tunnel(
         &mut self,
-        fd: RawFd,
-        encap: &mut Encap,
-        node: Ipv4Addr,
-        sport: u16,
+        to: TunnelWay<'_>,
         frame: &[u8],
         mss: u16,
         vni: u32,
     ) -> Result<usize, SendError> {
+        let TunnelWay {
+            fd,
+            encap,
+            node,
+            sport,
+        } = to;
         let segs = self.cut(frame, mss, vni)?;
         let mut front = [0u8; tunnel::FRONT];
         for s in &segs {
