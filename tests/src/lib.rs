@@ -268,6 +268,40 @@ impl Pattern {
     }
 }
 
+/// Writes `bytes` of the pattern seeded with `bytes` to `w` (the caller closes it); their
+/// SHA-256.
+pub fn send_pattern(w: &mut impl std::io::Write, bytes: usize) -> Vec<u8> {
+    use sha2::Digest;
+    let mut pattern = Pattern::new(bytes as u64);
+    let mut hash = sha2::Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(buf.len());
+        pattern.fill(&mut buf[..n]);
+        hash.update(&buf[..n]);
+        w.write_all(&buf[..n]).expect("sending");
+        left -= n;
+    }
+    hash.finalize().to_vec()
+}
+
+/// Everything `r` gives until its end: how many bytes, and their SHA-256.
+pub fn receive_all(r: &mut impl std::io::Read) -> (usize, Vec<u8>) {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0;
+    loop {
+        let n = r.read(&mut buf).expect("receiving");
+        if n == 0 {
+            return (total, hash.finalize().to_vec());
+        }
+        hash.update(&buf[..n]);
+        total += n;
+    }
+}
+
 /// Waits until a TCP port is listening in the namespace (for kernel servers started by a test).
 pub fn wait_listening(ns: &Netns, port: u16) {
     wait_bound(ns, "-Hltn", port)

@@ -1076,22 +1076,15 @@ for t in threads: t.join()
     out.read_exact(&mut ready).unwrap();
     let writers: Vec<_> = ["a", "b", "c", "d"]
         .iter()
-        .enumerate()
-        .map(|(i, who)| {
+        .map(|who| {
             let mut s = TcpStream::connect(&client, st.peer(9004)).unwrap();
             let who = who.to_string();
             thread::spawn(move || {
                 s.write_all(who.as_bytes()).unwrap();
-                let mut pattern = Pattern::new(i as u64);
-                let mut h = Sha256::new();
-                let mut buf = vec![0u8; 64 << 10];
-                for _ in 0..64 {
-                    pattern.fill(&mut buf);
-                    h.update(&buf);
-                    s.write_all(&buf).unwrap();
-                }
+                let sent = send_pattern(&mut s, 4 << 20);
                 s.shutdown(Shutdown::Write).unwrap();
-                format!("{who} {:x}", h.finalize())
+                let hex: String = sent.iter().map(|b| format!("{b:02x}")).collect();
+                format!("{who} {hex}")
             })
         })
         .collect();

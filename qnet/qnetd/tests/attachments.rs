@@ -2,50 +2,18 @@
 //! pair), joined to a TAP of the daemon's with tc mirred, and a socket ring, served by a qnet
 //! stack inside the daemon to ring clients (here the test itself, through qnet-client).
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use quark_tests::overlay::{pings, two_nodes, TwoNodes};
-use quark_tests::{require_env, Netns, Pattern};
-use sha2::{Digest, Sha256};
+use quark_tests::{receive_all, require_env, send_pattern, Netns};
 
 const QNETD: &str = env!("CARGO_BIN_EXE_qnetd");
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().expect("a socket address")
-}
-
-/// `bytes` of a pattern written to `w` (then closed for writing by the caller); their SHA-256.
-fn send_pattern(w: &mut impl Write, bytes: usize) -> Vec<u8> {
-    let mut pattern = Pattern::new(bytes as u64);
-    let mut hash = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(buf.len());
-        pattern.fill(&mut buf[..n]);
-        hash.update(&buf[..n]);
-        w.write_all(&buf[..n]).expect("sending");
-        left -= n;
-    }
-    hash.finalize().to_vec()
-}
-
-/// Everything `r` gives until its end: how much, and its SHA-256.
-fn receive_all(r: &mut impl Read) -> (usize, Vec<u8>) {
-    let mut hash = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut total = 0;
-    loop {
-        let n = r.read(&mut buf).expect("receiving");
-        if n == 0 {
-            return (total, hash.finalize().to_vec());
-        }
-        hash.update(&buf[..n]);
-        total += n;
-    }
 }
 
 /// A kernel listener in `ns` at `at` that hashes what one connection sends.
@@ -72,6 +40,24 @@ fn ingress_filters(ns: &Netns, link: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `qnetd endpoint add` of `pc` (10.42.0.4 in VPC red) on an existing link in `netns`; the
+/// link's name and MAC follow.
+fn link_endpoint(netns: &str) -> [&str; 11] {
+    [
+        "endpoint",
+        "add",
+        "pc",
+        "--vpc",
+        "red",
+        "--ip",
+        "10.42.0.4",
+        "--attach",
+        "link",
+        "--netns",
+        netns,
+    ]
+}
+
 /// Pod `pc` (10.42.0.4, MAC 02:00:00:00:00:04) behind a veth pair whose host end `vc` is in
 /// node A's namespace, set up as a CNI plugin would, and attached to A's qnetd as an existing
 /// link; B is told where it is.
@@ -95,23 +81,8 @@ fn veth_pod(t: &TwoNodes) -> Netns {
         String::from_utf8_lossy(&out.stderr)
     );
     let netns = format!("/run/netns/{node}");
-    t.a.ok(&[
-        "endpoint",
-        "add",
-        "pc",
-        "--vpc",
-        "red",
-        "--ip",
-        "10.42.0.4",
-        "--attach",
-        "link",
-        "--netns",
-        &netns,
-        "--ifname",
-        "vc",
-        "--mac",
-        "02:00:00:00:00:04",
-    ]);
+    let more = ["--ifname", "vc", "--mac", "02:00:00:00:00:04"];
+    t.a.ok(&[&link_endpoint(&netns)[..], &more[..]].concat());
     t.b.remote("pc", "red", "10.42.0.4", t.a.ip, Some("02:00:00:00:00:04"));
     pc
 }
@@ -178,19 +149,7 @@ fn an_existing_link_endpoint_needs_a_link_that_exists_and_its_mac() {
     require_env(&["ping", "python3"]);
     let t = two_nodes(QNETD, "red");
     let netns = format!("/run/netns/{}", t.a.ns.name);
-    let base = [
-        "endpoint",
-        "add",
-        "pc",
-        "--vpc",
-        "red",
-        "--ip",
-        "10.42.0.4",
-        "--attach",
-        "link",
-        "--netns",
-        &netns,
-    ];
+    let base = link_endpoint(&netns);
     let refused = |extra: &[&str], says: &str| {
         let out = t.a.ctl(&[&base[..], extra].concat());
         let err = String::from_utf8_lossy(&out.stderr);

@@ -7,8 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use quark_tests::overlay::{pings, two_nodes_with, underlay_ip, TwoNodes, Underlay};
-use quark_tests::{require_env, run, Netns, Pattern};
-use sha2::{Digest, Sha256};
+use quark_tests::{receive_all, require_env, run, send_pattern, Netns, Pattern};
 
 const QNETD: &str = env!("CARGO_BIN_EXE_qnetd");
 
@@ -33,37 +32,16 @@ fn transfer(client: &Netns, server: &Netns, addr: SocketAddr, bytes: usize) -> D
     let listener = listen(server, addr);
     let receiver = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().expect("accepting");
-        let mut hash = Sha256::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut total = 0usize;
-        loop {
-            let n = s.read(&mut buf).expect("receiving");
-            if n == 0 {
-                break;
-            }
-            hash.update(&buf[..n]);
-            total += n;
-        }
-        (total, hash.finalize())
+        receive_all(&mut s)
     });
     let started = Instant::now();
     let mut s = connect(client, addr).expect("connecting through the overlay");
-    let mut pattern = Pattern::new(bytes as u64);
-    let mut hash = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(buf.len());
-        pattern.fill(&mut buf[..n]);
-        hash.update(&buf[..n]);
-        s.write_all(&buf[..n]).expect("sending");
-        left -= n;
-    }
+    let sent = send_pattern(&mut s, bytes);
     s.shutdown(std::net::Shutdown::Write)
         .expect("shutting down");
     let (total, got) = receiver.join().expect("receiver");
     assert_eq!(total, bytes);
-    assert_eq!(got, hash.finalize(), "the data changed on the way");
+    assert_eq!(got, sent, "the data changed on the way");
     started.elapsed()
 }
 
