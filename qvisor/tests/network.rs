@@ -1124,11 +1124,36 @@ fn quark_container_in_a_vpc(ring: bool) {
         &net,
         &["wget", "-O", "-", "http://10.42.0.3:8000/index.html"],
     );
+    // The OCI path: a bundle whose annotation names the ring endpoint's socket.
+    let oci = ring.then(|| {
+        let b = bundle(
+            "vpc-ring",
+            &["busybox", "wget", "-O", "-", "http://10.42.0.3:8000/index.html"],
+            true,
+        );
+        let config = b.join("config.json");
+        let text = std::fs::read_to_string(&config).unwrap().replacen(
+            "\"ociVersion\": \"1.0.2-dev\",",
+            &format!(
+                "\"ociVersion\": \"1.0.2-dev\",\n  \"annotations\": {{\"dev.quark.net.ring\": \"{}\"}},",
+                net[1]
+            ),
+            1,
+        );
+        std::fs::write(&config, text).unwrap();
+        let o = run_bundle(&b);
+        let _ = std::fs::remove_dir_all(&b);
+        o
+    });
     let _ = server.kill();
     let _ = server.wait();
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(stdout(&o), "served on node b\n", "{}", stderr(&o));
+    if let Some(o) = oci {
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert_eq!(stdout(&o), "served on node b\n", "{}", stderr(&o));
+    }
 }
 
 /// qhttp in front of a guest server: `launch --http-proxy` starts it on the container's stack,
