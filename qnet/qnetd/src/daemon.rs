@@ -28,9 +28,7 @@ pub const VXLAN_PORT: u16 = 4789;
 const SENDERS: usize = 8;
 /// The tunnel device's name, in the node's namespace.
 pub const TUNNEL_DEVICE: &str = "qnetd0";
-/// Socket buffers one ring endpoint's stack may hold, and its sockets (a qvisor container's
-/// own stack has the same slots; its budget is the container's memory).
-const RING_BUFFER_BUDGET: usize = 512 << 20;
+/// Sockets one ring endpoint's stack may hold (a qvisor container's own stack has as many).
 const RING_SLOTS: u32 = 1024;
 /// The largest frame an endpoint is let send: with the 50 bytes VXLAN puts in front of it, it
 /// stays below the underlay's 64 KiB GSO limit, so it crosses the tunnel device whole
@@ -406,8 +404,12 @@ impl Daemon {
                 let (tap, join) = self.join_link(netns, ifname)?;
                 (tap, Some(Hold::Link { _join: join }))
             }
-            Place::Ring { socket } => {
-                let (tap, join, stack) = self.start_ring(ep, vpc, id, socket)?;
+            Place::Ring {
+                socket,
+                buffers_mib,
+            } => {
+                let budget = (*buffers_mib as usize) << 20;
+                let (tap, join, stack) = self.start_ring(ep, vpc, id, socket, budget)?;
                 (
                     tap,
                     Some(Hold::Ring {
@@ -497,14 +499,16 @@ impl Daemon {
         }
     }
 
-    /// A ring endpoint: its own qnet stack, serving ring clients at `socket`, on a TAP `qrID`
-    /// joined to the daemon's TAP `qsID`, both in the daemon's namespace and gone with it.
+    /// A ring endpoint: its own qnet stack (socket buffers within `budget` bytes), serving ring
+    /// clients at `socket`, on a TAP `qrID` joined to the daemon's TAP `qsID`, both in the
+    /// daemon's namespace and gone with it.
     fn start_ring(
         &self,
         ep: &Endpoint,
         vpc: &Vpc,
         id: EndpointId,
         socket: &std::path::Path,
+        budget: usize,
     ) -> anyhow::Result<(Tap, LinkJoin, RunningStack)> {
         let mut cfg = qnet::StackConfig::new(qnet::Ipv4Cidr {
             addr: ep.ip,
@@ -515,7 +519,7 @@ impl Daemon {
         cfg.mtu = self.overlay_mtu;
         cfg.gso_max = FRAME_GSO_MAX - 1;
         cfg.ring_slots = RING_SLOTS;
-        cfg.buffer_budget = RING_BUFFER_BUDGET;
+        cfg.buffer_budget = budget;
         let tap_options = |name: String| TapOptions {
             name,
             netns: None,

@@ -281,8 +281,13 @@ pub enum Place {
         existing: bool,
     },
     /// Attached here as a socket ring: the daemon runs the endpoint's TCP/IP stack (qnet) and
-    /// serves its sockets to ring clients (a qvisor container) at `socket`.
-    Ring { socket: PathBuf },
+    /// serves its sockets to ring clients (a qvisor container) at `socket`; its socket
+    /// buffers may hold at most `buffers_mib` MiB (the container's memory, say).
+    Ring {
+        socket: PathBuf,
+        #[serde(default = "ring_buffers_mib")]
+        buffers_mib: u32,
+    },
     /// On another node, reached by VXLAN at that node's underlay address.
     Remote { node: Ipv4Addr },
 }
@@ -337,7 +342,17 @@ pub struct EndpointSpec {
     pub security_group: Option<String>,
     #[serde(default)]
     pub attach: Attach,
+    /// A ring endpoint's socket buffers, MiB (default [`RING_BUFFERS_MIB`]).
+    pub buffers_mib: Option<u32>,
 }
+
+/// What a ring endpoint's stack may hold in socket buffers unless told otherwise, and the
+/// most it may be told.
+pub const RING_BUFFERS_MIB: u32 = 512;
+fn ring_buffers_mib() -> u32 {
+    RING_BUFFERS_MIB
+}
+pub const MAX_RING_BUFFERS_MIB: u32 = 64 << 10;
 
 /// Every VPC and endpoint of this node, keyed by name.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -480,9 +495,18 @@ impl State {
                     existing,
                 }
             }
-            (Attach::Ring, None, None) if spec.ifname.is_none() => Place::Ring {
-                socket: rings.join(format!("{}.sock", spec.name)),
-            },
+            (Attach::Ring, None, None) if spec.ifname.is_none() => {
+                let buffers_mib = spec.buffers_mib.unwrap_or(RING_BUFFERS_MIB);
+                if !(1..=MAX_RING_BUFFERS_MIB).contains(&buffers_mib) {
+                    return Err(invalid(format!(
+                        "buffers_mib {buffers_mib}: give 1 to {MAX_RING_BUFFERS_MIB}"
+                    )));
+                }
+                Place::Ring {
+                    socket: rings.join(format!("{}.sock", spec.name)),
+                    buffers_mib,
+                }
+            }
             (Attach::Tap, None, Some(node)) if spec.ifname.is_none() => {
                 if node == underlay {
                     return Err(invalid(format!(
@@ -497,6 +521,9 @@ impl State {
                 ))
             }
         };
+        if spec.buffers_mib.is_some() && spec.attach != Attach::Ring {
+            return Err(invalid("buffers_mib is for a ring endpoint (attach ring)"));
+        }
         if let Some(group) = &spec.security_group {
             if !self.security_groups.contains_key(group) {
                 return Err(ModelError::NotFound(format!("no security group {group:?}")));
@@ -628,6 +655,7 @@ mod tests {
             node: Some("192.168.0.2".parse().unwrap()),
             security_group: None,
             attach: Attach::Tap,
+            buffers_mib: None,
         }
     }
 
@@ -689,9 +717,21 @@ mod tests {
         assert_eq!(
             r.place,
             Place::Ring {
-                socket: rings.join("r.sock")
+                socket: rings.join("r.sock"),
+                buffers_mib: RING_BUFFERS_MIB,
             }
         );
+        let small = EndpointSpec {
+            buffers_mib: Some(64),
+            ..ring.clone()
+        };
+        assert!(matches!(
+            s.check_endpoint(&small, underlay, rings).unwrap().place,
+            Place::Ring {
+                buffers_mib: 64,
+                ..
+            }
+        ));
         assert!(r.place.is_local());
         for bad in [
             EndpointSpec {
@@ -705,6 +745,18 @@ mod tests {
             EndpointSpec {
                 attach: Attach::Link,
                 ..ep("x", "10.0.0.6")
+            },
+            EndpointSpec {
+                buffers_mib: Some(0),
+                ..ring.clone()
+            },
+            EndpointSpec {
+                buffers_mib: Some(MAX_RING_BUFFERS_MIB + 1),
+                ..ring.clone()
+            },
+            EndpointSpec {
+                buffers_mib: Some(64),
+                ..local("t2", "10.0.0.7", Attach::Tap)
             },
         ] {
             assert!(s.check_endpoint(&bad, underlay, rings).is_err(), "{bad:?}");

@@ -193,7 +193,10 @@ fn a_ring_endpoint_serves_sockets_from_a_stack_in_the_daemon_and_after_a_restart
         "10.42.0.5",
         "--attach",
         "ring",
+        "--buffers-mib",
+        "64",
     ]);
+    assert!(made.contains("\"buffers_mib\":64"), "{made}");
     let socket = ring_socket(&made);
     t.b.remote("pr", "red", "10.42.0.5", t.a.ip, None);
     assert!(

@@ -169,6 +169,10 @@ enum EndpointCmd {
         /// served by a stack in qnetd, for a qvisor container; no --netns).
         #[arg(long, value_parser = ["tap", "link", "ring"], conflicts_with = "node")]
         attach: Option<String>,
+        /// A ring endpoint's socket buffers in MiB (default 512): the memory its stack may
+        /// hold for the container's sockets.
+        #[arg(long, requires = "attach")]
+        buffers_mib: Option<u32>,
         /// The underlay address of the node hosting a remote endpoint.
         #[arg(long, required_unless_present_any = ["netns", "attach"])]
         node: Option<Ipv4Addr>,
@@ -255,12 +259,14 @@ fn client(api_socket: &std::path::Path, cmd: Cmd) -> anyhow::Result<ExitCode> {
                 netns,
                 ifname,
                 attach,
+                buffers_mib,
                 node,
                 security_group,
             } => {
                 let mut body = json!({ "name": name, "vpc": vpc, "ip": ip });
                 let fields = [
                     ("attach", attach.map(Value::from)),
+                    ("buffers_mib", buffers_mib.map(Value::from)),
                     ("mac", mac.map(Value::from)),
                     ("netns", netns.map(|p| Value::from(p.display().to_string()))),
                     ("ifname", ifname.map(Value::from)),
