@@ -428,6 +428,24 @@ impl Daemon {
         Ok((id, tap))
     }
 
+    /// An endpoint's TAP `name` in `netns` (None: the daemon's own): the overlay MTU, and
+    /// checksum and TSO offloads (a pod's kernel hands over 64 KiB TCP frames).
+    fn tap_options(
+        &self,
+        name: &str,
+        netns: Option<&std::path::Path>,
+        persist: bool,
+    ) -> TapOptions {
+        TapOptions {
+            name: name.to_string(),
+            netns: netns.map(|p| p.display().to_string()),
+            mtu: self.overlay_mtu,
+            peer_addr: None,
+            offloads: true,
+            persist,
+        }
+    }
+
     /// A TAP endpoint: the TAP `ifname` in `netns`, with the endpoint's MAC, address, route,
     /// overlay MTU and GSO size.
     fn make_tap(
@@ -437,16 +455,8 @@ impl Daemon {
         netns: &std::path::Path,
         ifname: &str,
     ) -> anyhow::Result<Tap> {
-        let tap = Tap::create(&TapOptions {
-            name: ifname.to_string(),
-            netns: Some(netns.display().to_string()),
-            mtu: self.overlay_mtu,
-            peer_addr: None,
-            // Checksum and TSO offloads: the pod's kernel hands over 64 KiB TCP frames.
-            offloads: true,
-            persist: true,
-        })
-        .with_context(|| format!("making {ifname} in {}", netns.display()))?;
+        let tap = Tap::create(&self.tap_options(ifname, Some(netns), true))
+            .with_context(|| format!("making {ifname} in {}", netns.display()))?;
         let set_up = Netns::open(netns).and_then(|ns| {
             ns.set_up_end(&EndSetup {
                 ifname: ifname.to_string(),
@@ -480,15 +490,8 @@ impl Daemon {
             .map(|l| l.index)
             .with_context(|| format!("{} has no link {ifname}", netns.display()))?;
         let name = format!("qe{index}");
-        let tap = Tap::create(&TapOptions {
-            name: name.clone(),
-            netns: Some(netns.display().to_string()),
-            mtu: self.overlay_mtu,
-            peer_addr: None,
-            offloads: true,
-            persist: true,
-        })
-        .with_context(|| format!("making {name} in {}", netns.display()))?;
+        let tap = Tap::create(&self.tap_options(&name, Some(netns), true))
+            .with_context(|| format!("making {name} in {}", netns.display()))?;
         quiet(&ns, &name);
         match ns.join_links(ifname, &name) {
             Ok(join) => Ok((tap, join)),
@@ -520,18 +523,14 @@ impl Daemon {
         cfg.gso_max = FRAME_GSO_MAX - 1;
         cfg.ring_slots = RING_SLOTS;
         cfg.buffer_budget = budget;
-        let tap_options = |name: String| TapOptions {
-            name,
-            netns: None,
-            mtu: self.overlay_mtu,
-            peer_addr: None,
-            offloads: true,
-            persist: false,
-        };
         let (stack_tap, our_tap) = (format!("qr{id}"), format!("qs{id}"));
-        let stack = RunningStack::start(cfg, Some(&tap_options(stack_tap.clone())), socket)
-            .with_context(|| format!("starting the stack of ring endpoint {}", ep.name))?;
-        let tap = Tap::create(&tap_options(our_tap.clone()))
+        let stack = RunningStack::start(
+            cfg,
+            Some(&self.tap_options(&stack_tap, None, false)),
+            socket,
+        )
+        .with_context(|| format!("starting the stack of ring endpoint {}", ep.name))?;
+        let tap = Tap::create(&self.tap_options(&our_tap, None, false))
             .with_context(|| format!("making {our_tap}"))?;
         let here = Netns::current()?;
         quiet(&here, &stack_tap);

@@ -148,17 +148,15 @@ impl Tunnel {
         let conf = format!("/proc/sys/net/ipv4/conf/{name}");
         set_sysctl(&format!("{conf}/accept_local"), "1")?;
         set_sysctl(&format!("{conf}/rp_filter"), "0")?;
+        let here = Netns::current()?;
         // Nothing of the kernel's own should leave through it (IPv6 autoconfiguration would).
-        let v6 = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
-        if std::path::Path::new(&v6).exists() {
-            set_sysctl(&v6, "1")?;
-        }
+        here.disable_ipv6(name)?;
         if sysctl(&format!("{conf}/forwarding"))? != "1" {
             bail!("{name} does not forward IPv4");
         }
         let mac = tap.mac()?;
-        let redirect = Netns::current()
-            .and_then(|ns| ns.redirect_udp(local, port, name))
+        let redirect = here
+            .redirect_udp(local, port, name)
             .with_context(|| format!("redirecting VXLAN to {local}:{port} to {name}"))?;
         Ok(Tunnel {
             tap,

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use quark_tests::overlay::{pings, two_nodes, TwoNodes};
-use quark_tests::{receive_all, require_env, send_pattern, Netns};
+use quark_tests::{receive_all, require_env, run, send_pattern, Netns};
 
 const QNETD: &str = env!("CARGO_BIN_EXE_qnetd");
 
@@ -71,15 +71,7 @@ fn veth_pod(t: &TwoNodes) -> Netns {
          ip -n {pc} route add default via 10.42.0.1",
         pc = pc.name
     );
-    let out = std::process::Command::new("sh")
-        .args(["-c", &script])
-        .output()
-        .expect("running ip");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run("sh", &["-c", &script]);
     let netns = format!("/run/netns/{node}");
     let more = ["--ifname", "vc", "--mac", "02:00:00:00:00:04"];
     t.a.ok(&[&link_endpoint(&netns)[..], &more[..]].concat());
