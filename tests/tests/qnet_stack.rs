@@ -979,6 +979,7 @@ fn receive_rings_past_the_budget_are_lean_and_lose_nothing() {
     let client = st.client();
     let py = r#"
 import socket, sys, hashlib, os, threading
+out = threading.Lock()  # one thread's line at a time
 srv = socket.socket()
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 srv.bind((sys.argv[1], 9003))
@@ -988,7 +989,8 @@ def send(c):
     who = c.recv(1).decode()
     data = os.urandom(16 << 20)
     c.sendall(data)
-    print(who, hashlib.sha256(data).hexdigest(), flush=True)
+    with out:
+        print(who, hashlib.sha256(data).hexdigest(), flush=True)
     c.close()
 threads = [threading.Thread(target=send, args=(srv.accept()[0],)) for _ in range(2)]
 for t in threads: t.start()
@@ -1047,6 +1049,7 @@ fn transmit_rings_past_the_budget_are_lean_and_lose_nothing() {
     let _ = std::fs::remove_file(&go);
     let py = r#"
 import socket, sys, hashlib, os, time, threading
+out = threading.Lock()  # one thread's line at a time
 srv = socket.socket()
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 srv.bind((sys.argv[1], 9004))
@@ -1063,7 +1066,8 @@ def drain(c):
         if not b:
             break
         h.update(b)
-    print(who, h.hexdigest(), flush=True)
+    with out:
+        print(who, h.hexdigest(), flush=True)
 threads = [threading.Thread(target=drain, args=(c,)) for c in conns]
 for t in threads: t.start()
 for t in threads: t.join()
