@@ -58,6 +58,8 @@ pub(crate) struct Inner {
     // Declared before `_mapping`: dropped first.
     view: RegionView,
     _mapping: Mapping,
+    /// The region's memfd, for a VMM that maps a ring into its guest on its own.
+    memfd: OwnedFd,
     doorbell: OwnedFd,
     /// The stack writes it when `client_wake_armed` is set: an event loop's wake-up.
     wake_fd: Arc<OwnedFd>,
@@ -154,6 +156,7 @@ impl Client {
             inner: Arc::new(Inner {
                 view,
                 _mapping: mapping,
+                memfd,
                 doorbell,
                 wake_fd: Arc::new(wake_fd),
                 stream,
@@ -187,6 +190,20 @@ impl Client {
     /// The bytes of each socket's receive ring (`SO_RCVBUF`).
     pub fn recv_buffer_size(&self) -> u32 {
         self.view().geometry().rx_buf_size
+    }
+
+    /// The shared region as this process maps it (start, bytes) and its geometry: for a
+    /// VMM that maps parts of it into its guest (qvisor's stub reads). Valid while any clone
+    /// of this client lives.
+    pub fn region(&self) -> (*mut u8, usize, Geometry) {
+        let v = self.view();
+        (v.base(), v.len(), *v.geometry())
+    }
+
+    /// The region's memfd (see [`Client::region`]): to map one slot's ring elsewhere.
+    pub fn region_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.inner.memfd.as_fd()
     }
 
     pub(crate) fn view(&self) -> &RegionView {

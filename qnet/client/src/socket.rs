@@ -20,7 +20,9 @@ struct Slot {
     client: Client,
     idx: u32,
     nonblocking: AtomicBool,
-    /// Private copies of the positions this side owns.
+    /// Private copies of the positions this side owns. The receive position is adopted from
+    /// the ring when another reader in this process's care moved it there (a guest's reads
+    /// served in its syscall stub, qvisor): see [`Slot::rx_head`].
     rx_head: AtomicU32,
     tx_tail: AtomicU32,
     read_timeout: Option<Duration>,
@@ -155,20 +157,48 @@ impl Slot {
 
     /// Bytes waiting in the receive ring.
     fn rx_available(&self) -> u32 {
-        let tail = self
-            .view()
+        self.rx_tail().wrapping_sub(self.rx_head())
+    }
+
+    fn rx_tail(&self) -> u32 {
+        self.view()
             .slot_stack(self.idx)
-            .map_or(0, |w| w.rx_tail.load(Acquire));
-        tail.wrapping_sub(self.rx_head.load(Acquire))
+            .map_or(0, |w| w.rx_tail.load(Acquire))
+    }
+
+    /// Where this side has read to. Normally only this process writes the ring's `rx_head`,
+    /// so it equals the private copy; a second reader sharing the slot (qvisor's guest,
+    /// reading in its syscall stub while this side is not reading) may have moved it on. Its
+    /// word is untrusted: adopted only if it lies between the private copy and `rx_tail`
+    /// (what the stack also checks), ignored otherwise.
+    fn rx_head(&self) -> u32 {
+        let private = self.rx_head.load(Acquire);
+        let Some(c) = self.view().slot_client(self.idx) else {
+            return private;
+        };
+        let shared = c.rx_head.load(Acquire);
+        if shared == private || shared.wrapping_sub(private) > self.rx_tail().wrapping_sub(private)
+        {
+            return private;
+        }
+        self.rx_head.store(shared, Release);
+        shared
     }
 
     /// Marks `n` received bytes consumed and kicks the stack if it is waiting for room.
     fn consume_rx(&self, n: u32) {
-        let head = self.rx_head.load(Acquire).wrapping_add(n);
+        let head = self.rx_head().wrapping_add(n);
         self.rx_head.store(head, Release);
-        let view = self.view();
-        if let (Some(c), Some(s)) = (view.slot_client(self.idx), view.slot_stack(self.idx)) {
+        if let Some(c) = self.view().slot_client(self.idx) {
             c.rx_head.store(head, SeqCst);
+        }
+        self.kick_rx_if_wanted();
+    }
+
+    /// Tells the stack of room freed in the receive ring if it asked (`rx_wanted`); the
+    /// caller stored `rx_head` (`SeqCst`) first (ring.md, memory ordering).
+    fn kick_rx_if_wanted(&self) {
+        if let Some(s) = self.view().slot_stack(self.idx) {
             if s.rx_wanted.load(SeqCst) != 0 && s.rx_wanted.swap(0, SeqCst) != 0 {
                 self.client.notify(OP_RX_KICK, self.idx);
             }
@@ -199,7 +229,7 @@ impl Slot {
         let avail = self.wait_rx()?;
         let n = (avail as usize).min(buf.len());
         if let Some(ring) = self.view().rx_ring(self.idx) {
-            ring.read(self.rx_head.load(Acquire), &mut buf[..n]);
+            ring.read(self.rx_head(), &mut buf[..n]);
         }
         self.consume_rx(n as u32);
         Ok(n)
@@ -222,7 +252,7 @@ impl Slot {
             return Ok(0);
         };
         let mut took = 0;
-        for (ptr, len) in ring.raw_pieces(self.rx_head.load(Acquire), n) {
+        for (ptr, len) in ring.raw_pieces(self.rx_head(), n) {
             if len == 0 {
                 break;
             }
@@ -467,6 +497,14 @@ impl TcpStream {
             Shutdown::Both => SHUT_RDWR,
         };
         self.slot.call(sqe).map(|_| ())
+    }
+
+    /// After a reader outside this process's calls (qvisor's guest, reading the ring in its
+    /// syscall stub) moved `rx_head`: adopts the new position and kicks the stack if it
+    /// waits for room (`rx_wanted`).
+    pub fn rx_consumed_elsewhere(&self) {
+        self.slot.rx_head();
+        self.slot.kick_rx_if_wanted();
     }
 
     /// Bytes ready to read without blocking (`FIONREAD`).

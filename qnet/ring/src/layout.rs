@@ -8,6 +8,8 @@ pub use crate::abi::Geometry;
 use crate::abi::{Cqe, Slot, Sqe, HEADER_SIZE, MAGIC, VERSION};
 
 const PAGE: u64 = 4096;
+/// A 2 MiB page: where the data buffers start.
+pub const HUGE_PAGE: u64 = 2 << 20;
 
 /// Largest number of entries in any queue, and of slots: keeps every offset well inside `u32`.
 pub const MAX_ENTRIES: u32 = 1 << 16;
@@ -82,10 +84,12 @@ impl Geometry {
         let sq_off = HEADER_SIZE as u64;
         let cq_off = round_up(sq_off + sq_entries as u64 * size_of::<Sqe>() as u64, 64);
         let ev_off = round_up(cq_off + cq_entries as u64 * size_of::<Cqe>() as u64, 64);
-        let slot_off = round_up(ev_off + ev_entries as u64 * 4, 64);
+        // The slot table starts a page and the buffers a 2 MiB page, so a VMM can map the
+        // table and each receive ring into its guest on their own (qvisor's stub reads).
+        let slot_off = round_up(ev_off + ev_entries as u64 * 4, PAGE);
         let buf_off = round_up(
             slot_off + slot_count as u64 * size_of::<Slot>() as u64,
-            PAGE,
+            HUGE_PAGE,
         );
         let region_size = buf_off + slot_count as u64 * (tx_buf_size as u64 + rx_buf_size as u64);
         let geometry = Geometry {
