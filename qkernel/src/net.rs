@@ -414,7 +414,13 @@ impl Kernel {
         let (s, nonblocking) = self.socket_for(fd, !write, write)?;
         let nonblocking = nonblocking || flags & MSG_DONTWAIT != 0;
         if !write {
-            return m.net_recv_user(s, iov, nonblocking).map(|(n, _)| n as i64);
+            let n = m
+                .net_recv_user(s, iov, nonblocking)
+                .map(|(n, _)| n as i64)?;
+            if n >= crate::fastread::FAST_READ_MIN && flags == 0 {
+                self.offer_fast_read(m, fd, s);
+            }
+            return Ok(n);
         }
         match m.net_send_user(s, iov, nonblocking) {
             Err(EPIPE) if flags & MSG_NOSIGNAL == 0 => Err(self.broken_pipe()),

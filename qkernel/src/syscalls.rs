@@ -511,6 +511,10 @@ pub struct Kernel {
     /// The earliest expiry of any process's timers (monotonic ns; `u64::MAX`: none), so a
     /// call, a preemption tick or an idle wait knows at a glance whether one is due.
     pub(crate) next_timer: u64,
+    /// Descriptors of the running process the platform's stub reads itself, with their
+    /// sockets (`fastread.rs`).
+    /// (descriptor, socket, blocking).
+    pub(crate) fast_reads: Vec<(u64, crate::machine::SocketId, bool)>,
 }
 
 impl Kernel {
@@ -553,6 +557,7 @@ impl Kernel {
             inet6: Default::default(),
             sock_timeouts: Default::default(),
             next_timer: u64::MAX,
+            fast_reads: Vec::new(),
         }
     }
 
@@ -1133,6 +1138,7 @@ impl Kernel {
             324 => self.membarrier(a0, a1),
             332 => self.statx(m, a0, a1, a2, a4),
             334 => Err(ENOSYS), // rseq: glibc falls back
+            crate::fastread::QUARK_READ_DONE => self.fast_read_done(m, a0, a1),
             34 => return self.suspend(m, None),
             130 => return self.suspend(m, Some(a0)), // rt_sigsuspend
             15 => return self.sigreturn(m),

@@ -6,6 +6,7 @@
 
 pub mod bundle;
 pub mod exec;
+pub mod fastread;
 pub mod jail;
 pub mod keeper;
 pub mod memory;
@@ -149,6 +150,7 @@ pub fn boot(launch: &Launch) -> anyhow::Result<Booted> {
             polled: launch.polled_syscalls,
             patching,
             vdso: vclock::vdso_wanted(launch.vdso),
+            fast_reads: fastread::wanted(),
         },
         cancel,
     )?;
@@ -232,12 +234,16 @@ impl Booted {
 /// What only an unconfined VMM can do: start the network (threads, sockets, the TAP) and hand
 /// a taken-over pod interface to the keeper, which gives it back when the VMM is gone.
 fn prepare_confinement(vm: &mut Vm) -> anyhow::Result<Option<keeper::Keeper>> {
-    vm.with_net(|net| {
-        net.start()?;
-        net.takeover_mut().map(keeper::Keeper::start).transpose()
-    })
-    .transpose()
-    .map(Option::flatten)
+    let keeper = vm
+        .with_net(|net| {
+            net.start()?;
+            net.takeover_mut().map(keeper::Keeper::start).transpose()
+        })
+        .transpose()
+        .map(Option::flatten)?;
+    vm.enable_fast_reads()
+        .context("letting the syscall stub read sockets")?;
+    Ok(keeper)
 }
 
 /// Boots a VM for `launch` and runs its program to the end.

@@ -36,6 +36,9 @@ const SHARED: u64 = 1 << 9;
 /// mapping and its forks), counted in [`GuestMemory::sharers`].
 const COUNTED: u64 = 1 << 10;
 const ADDR: u64 = 0x000f_ffff_ffff_f000;
+/// A page-directory entry that maps a 2 MiB page rather than a table.
+const PS: u64 = 1 << 7;
+pub const HUGE_PAGE: u64 = 2 << 20;
 
 pub struct GuestMemory {
     ptr: NonNull<u8>,
@@ -455,18 +458,86 @@ impl GuestMemory {
             .is_some_and(|e| e & SHARED != 0 && e & ADDR == gpa)
     }
 
-    /// The present leaf entry of `va` in the current space.
+    /// The present leaf entry of `va` in the current space (none for the 2 MiB pages of a
+    /// window: those are not guest memory, see [`Self::map_window`]).
     fn leaf_entry(&self, va: u64) -> Option<u64> {
         let mut table = self.pml4;
         for level in (1..4).rev() {
             let e = self.entry(table + ((va >> (12 + 9 * level)) & 511) * 8);
-            if e & P == 0 {
+            if e & P == 0 || e & PS != 0 {
                 return None;
             }
             table = e & ADDR;
         }
         let e = self.entry(table + ((va >> 12) & 511) * 8);
         (e & P != 0).then_some(e)
+    }
+
+    /// Makes the kernel-half table that maps `va` now, in the first root, so every space
+    /// made from here on shares what is later mapped under it ([`Self::map_window`]); roots
+    /// copy the kernel half's top entries when they are made.
+    pub fn share_kernel_table(&mut self, va: u64) -> Result<(), Fault> {
+        if va < 1 << 63 {
+            return Err(Fault { addr: va });
+        }
+        self.walk(self.kernel_root, va, 1).map(|_| ())
+    }
+
+    /// Maps `[va, va + len)` of the kernel half, user-visible, to guest-physical
+    /// `[gpa, gpa + len)` outside guest memory (another KVM slot: the socket rings qvisor's
+    /// stub reads), in 2 MiB pages when `huge`. qkernel never reaches these through
+    /// [`Self::translate`]: their frames are not guest memory. The table under `va`'s top
+    /// entry must have been shared first ([`Self::share_kernel_table`]).
+    pub fn map_window(
+        &mut self,
+        va: u64,
+        gpa: u64,
+        len: u64,
+        write: bool,
+        huge: bool,
+    ) -> Result<(), Fault> {
+        let page = if huge { HUGE_PAGE } else { PAGE };
+        let fault = Fault { addr: va };
+        if va < 1 << 63 || va % page != 0 || gpa % page != 0 || len % page != 0 {
+            return Err(fault);
+        }
+        if gpa.checked_add(len).is_none() || gpa < self.size {
+            return Err(fault);
+        }
+        if self.entry(self.kernel_root + ((va >> 39) & 511) * 8) & P == 0 {
+            return Err(fault);
+        }
+        let bits = P | U | NX | if write { W } else { 0 } | if huge { PS } else { 0 };
+        let mut off = 0;
+        while off < len {
+            let at = self.walk(self.kernel_root, va + off, if huge { 2 } else { 3 })?;
+            if self.entry(at) & P != 0 {
+                return Err(Fault { addr: va + off });
+            }
+            self.set_entry(at, (gpa + off) | bits);
+            off += page;
+        }
+        Ok(())
+    }
+
+    /// The address of `va`'s entry `depth` levels below `root` (1: in the PDPT, 2: the page
+    /// directory, 3: the page table), making missing tables on the way.
+    fn walk(&mut self, root: u64, va: u64, depth: u32) -> Result<u64, Fault> {
+        let mut table = root;
+        for level in ((4 - depth)..4).rev() {
+            let at = table + ((va >> (12 + 9 * level)) & 511) * 8;
+            let e = self.entry(at);
+            table = if e & P != 0 && e & PS == 0 {
+                e & ADDR
+            } else if e & P != 0 {
+                return Err(Fault { addr: va });
+            } else {
+                let t = self.alloc_page()?;
+                self.set_entry(at, t | P | W | U);
+                t
+            };
+        }
+        Ok(table + ((va >> (12 + 9 * (3 - depth))) & 511) * 8)
     }
 
     /// Guest-physical address and user-visibility of a mapped `va`.

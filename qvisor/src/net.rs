@@ -17,6 +17,8 @@ use qnet_ring::{READY_ERR, READY_HUP, READY_IN, READY_OUT, READY_RDHUP};
 
 use qkernel::{SocketId, SocketReady};
 
+use crate::fastread::FastReads;
+
 const EAGAIN: i64 = 11;
 const EBADF: i64 = 9;
 const EINVAL: i64 = 22;
@@ -272,6 +274,9 @@ pub struct GuestNet {
     http_proxy: Option<qhttp::Config>,
     socks: Vec<Option<Sock>>,
     live: Option<Live>,
+    /// The syscall stub's socket reads (`fastread`), when on. Dropped after `live`: it keeps
+    /// the rings mapped, and KVM maps them into the guest until the VM is gone.
+    fast: Option<FastReads>,
 }
 
 fn errno(e: io::Error) -> i64 {
@@ -339,6 +344,7 @@ impl GuestNet {
             http_proxy,
             socks: Vec::new(),
             live,
+            fast: None,
         })
     }
 
@@ -788,8 +794,55 @@ impl GuestNet {
     }
 
     pub fn close(&mut self, s: SocketId) {
+        if let (Some(fast), Some(Some(Sock::Stream(t)))) =
+            (self.fast.as_mut(), self.socks.get(s as usize))
+        {
+            fast.clear_slot(t.slot());
+        }
         if let Some(slot) = self.socks.get_mut(s as usize) {
             *slot = None;
+        }
+    }
+
+    /// The ring client, if the network is up (for mapping its rings into the guest).
+    pub fn live_client(&self) -> Option<Client> {
+        self.live.as_ref().map(|l| l.client.clone())
+    }
+
+    /// How many receive rings the stub may read at once: half the socket-buffer budget, as
+    /// the stack grants whole rings against (at least one).
+    pub fn fast_ring_limit(&self, ring: u32) -> usize {
+        (self.budget / 2 / ring.max(1) as usize).max(1)
+    }
+
+    /// The stub's socket reads, set up on this network's rings.
+    pub fn set_fast_reads(&mut self, fast: FastReads) {
+        self.fast = Some(fast);
+    }
+
+    /// Lets the stub read `fd` if `s` is a connected stream and the stub reads sockets
+    /// (`blocking`: an empty ring traps at once, the read will wait).
+    pub fn fast_read(&mut self, fd: u64, s: SocketId, blocking: bool) -> bool {
+        let Some(fast) = self.fast.as_mut() else {
+            return false;
+        };
+        match self.socks.get(s as usize) {
+            Some(Some(Sock::Stream(t))) => fast.set(fd, t.slot(), blocking),
+            _ => false,
+        }
+    }
+
+    /// `fd` no longer reads through the stub.
+    pub fn fast_forget(&mut self, fd: u64) {
+        if let Some(fast) = self.fast.as_mut() {
+            fast.clear(fd);
+        }
+    }
+
+    /// The stub read from `s`'s ring (see `TcpStream::rx_consumed_elsewhere`).
+    pub fn read_done(&mut self, s: SocketId) {
+        if let Some(Some(Sock::Stream(t))) = self.socks.get(s as usize) {
+            t.rx_consumed_elsewhere();
         }
     }
 }

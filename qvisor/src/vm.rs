@@ -23,6 +23,7 @@ use qkernel::{
     UserRegs,
 };
 
+use crate::fastread::{self, FastReads};
 use crate::jail::{self, Mode, ThreadKind};
 use crate::memory::{GuestMemory, PAGE};
 use crate::net::GuestNet;
@@ -252,6 +253,8 @@ pub struct SyscallPath {
     pub patching: bool,
     /// Time calls are answered in guest user mode by a vDSO (`vclock`).
     pub vdso: bool,
+    /// Socket reads with data waiting are served by the stub itself (`fastread`; polled only).
+    pub fast_reads: bool,
 }
 
 /// What both the vCPU thread and the syscall thread work on.
@@ -398,7 +401,10 @@ fn with_kernel<R>(
         vcpu_clock: *vcpu_clock,
         clock: clock.as_deref(),
     };
-    let r = f(kernel, &mut machine)?;
+    let r = f(kernel, &mut machine);
+    // Before the app runs again: the stub's reads must match the running process's table.
+    kernel.sync_fast_reads(&mut machine);
+    let r = r?;
     let out = GuestOutput {
         fs_base: machine.fs_base,
         resume: machine.resume,
@@ -622,6 +628,8 @@ pub struct Vm {
     core: Arc<Mutex<Core>>,
     /// The polled syscall path is set up (stub and mailbox mapped, LSTAR at the stub).
     polled: bool,
+    /// The stub may serve socket reads (`fastread`), once the network is up.
+    fast_reads: bool,
     pub exits: u64,
     /// Calls the stub took back from a host thread that did not pick them up in time.
     pub taken_back: u64,
@@ -1253,6 +1261,19 @@ impl Machine for GuestMachine<'_> {
             n.close(s)
         }
     }
+    fn net_fast_read(&mut self, fd: u64, s: qkernel::SocketId, blocking: bool) -> bool {
+        self.net().is_ok_and(|n| n.fast_read(fd, s, blocking))
+    }
+    fn net_fast_forget(&mut self, fd: u64) {
+        if let Ok(n) = self.net() {
+            n.fast_forget(fd)
+        }
+    }
+    fn net_read_done(&mut self, s: qkernel::SocketId) {
+        if let Ok(n) = self.net() {
+            n.read_done(s)
+        }
+    }
 }
 
 /// A lock that a thread panicking while it held it does not poison for the others.
@@ -1333,6 +1354,9 @@ impl Vm {
         let mut sites = None;
         if polled {
             Self::syscall_stub(&mut mem)?;
+            // Before any address space copies the kernel half: the socket rings' window.
+            mem.share_kernel_table(fastread::SLOTS_VA)
+                .map_err(|f| anyhow::anyhow!("making the socket rings' table: {f}"))?;
             if path.patching {
                 sites = Some(
                     SiteTable::new(&mut mem)
@@ -1426,6 +1450,7 @@ impl Vm {
                 clock,
             })),
             polled,
+            fast_reads: path.fast_reads,
             exits: 0,
             taken_back: 0,
             cancel,
@@ -1499,7 +1524,41 @@ impl Vm {
         mem.map_user(STUB_VA, PAGE, rx)
             .and_then(|()| mem.write_user(STUB_VA, &poll::STUB))
             .and_then(|()| mem.map_user(MAILBOX_VA, PAGE, rw))
+            .and_then(|()| {
+                let ro = PageFlags {
+                    write: false,
+                    exec: false,
+                };
+                mem.map_user(poll::FAST_TABLE_VA, PAGE, ro)
+            })
             .map_err(|f| anyhow::anyhow!("mapping the syscall stub: {f}"))
+    }
+
+    /// Lets the stub serve socket reads from the network's rings (`fastread`), if this VM
+    /// polls and asked for it. Once the network is up and before the app runs.
+    pub fn enable_fast_reads(&mut self) -> anyhow::Result<()> {
+        if !(self.polled && self.fast_reads) {
+            return Ok(());
+        }
+        let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+        let Core { mem, net, .. } = &mut *core;
+        let Some(net) = net.as_mut() else {
+            return Ok(());
+        };
+        let Some(client) = net.live_client() else {
+            return Ok(());
+        };
+        let page = mem
+            .host_page(MAILBOX_VA)
+            .context("the mailbox page is not mapped")?;
+        // SAFETY: the mailbox page lives in guest memory, which the Core owns.
+        let mailbox = unsafe { Mailbox::new(page) };
+        let limit = net.fast_ring_limit(client.recv_buffer_size());
+        if let Some(fast) = FastReads::enable(&self._kvm, &self._vm, mem, mailbox, &client, limit)?
+        {
+            net.set_fast_reads(fast);
+        }
+        Ok(())
     }
 
     /// How many syscall sites were patched (0 with patching off).
@@ -1728,6 +1787,16 @@ impl Vm {
                     self.vcpu.set_sync_dirty_reg(SyncReg::SystemRegister);
                     continue;
                 }
+                _ if poll::FAST_BODY.contains(&regs.rip) => {
+                    // A fast read that cannot go on (a bad buffer, a forged table): the stub
+                    // makes the ordinary call instead, which reports what Linux would.
+                    let s = self.vcpu.sync_regs_mut();
+                    s.regs.rip = poll::FAST_RETREAT;
+                    s.sregs.cr2 = CR2_NONE;
+                    self.vcpu.set_sync_dirty_reg(SyncReg::Register);
+                    self.vcpu.set_sync_dirty_reg(SyncReg::SystemRegister);
+                    continue;
+                }
                 _ => {
                     if let Some(stop) = self.deliver_fault(regs.rip, sregs.cr2)? {
                         return Ok(stop);
@@ -1756,11 +1825,14 @@ impl Vm {
                 rflags,
                 fs_base: sregs.fs.base,
             };
+            // A fast read's trap while the host thread sleeps (a wait, or the note after a
+            // read) does not wake it: a bulk reader's calls are all such traps.
+            let quiet = regs.rip == SLOW_RIP && poller.is_some_and(|(_, mb)| mb.quiet_trap());
             let served = serve(&self.core, call, app, &self.vcpu, site);
             if let Some(stop) = Stop::of(served.outcome) {
                 return Ok(stop);
             }
-            if let Some((p, _)) = poller {
+            if let Some((p, _)) = poller.filter(|_| !quiet) {
                 p.resume();
             }
             match (served.outcome, served.resume) {

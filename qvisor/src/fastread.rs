@@ -1,0 +1,317 @@
+//! Socket reads served in the guest's syscall stub: a `read(2)` of a connected TCP socket
+//! whose receive ring holds data is copied from the ring into the app's buffer by the stub
+//! itself, in guest user mode, without posting the call to a host thread or exiting. On this
+//! host a polled call keeps two threads busy (the vCPU spinning in the stub while the syscall
+//! thread copies); a bulk reader's calls were half of both cores (docs/benchmarks.md).
+//!
+//! What the guest sees (all in the kernel half every address space shares, user-visible):
+//! - the ring region's slot table at [`SLOTS_VA`], read-write (the stub moves `rx_head`), a
+//!   KVM memory slot over the client's mapping of those pages;
+//! - slot i's receive ring at [`RINGS_VA`] + i x ring size, read-only, in 2 MiB pages of a
+//!   second KVM memory slot over a host window of the same shape. A ring is mapped into the
+//!   window (the region's memfd, `MAP_FIXED`) only while a descriptor reads it fast, at most
+//!   [`FastReads::limit`] of them; the rest of the window is anonymous memory never written,
+//!   so a read there gives zeros and costs no memory. A guest that reads every ring so commits
+//!   no more than that many rings of host memory, which the stack's grants bound anyway.
+//! - the descriptor table at [`poll::FAST_TABLE_VA`] (read-only): slot + 1 for each
+//!   descriptor of the running process that qkernel offered (`qkernel/src/fastread.rs`).
+//!
+//! The guest could always write anything into its own ring through qkernel's calls; what
+//! it gains here is reading its rings directly, and writing the client words of its slots.
+//! Both are the container's own sockets: the stack already treats every word a client
+//! writes as untrusted (docs/ring.md), and qnet-client adopts a moved `rx_head` only within
+//! what the stack published. One process of the container can read the exposed rings of
+//! another's sockets this way (docs/security.md).
+
+use std::os::fd::AsRawFd;
+use std::ptr::NonNull;
+
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use qnet_client::Client;
+
+use crate::memory::{GuestMemory, HUGE_PAGE, PAGE};
+use crate::poll::{self, Mailbox};
+
+/// Where the slot table appears in the guest.
+pub const SLOTS_VA: u64 = 0xffff_c000_0000_0000;
+/// Where slot 0's receive ring appears; slot i's follows at i x the ring size.
+pub const RINGS_VA: u64 = SLOTS_VA + (1 << 30);
+/// The bit of a table entry that marks a blocking descriptor.
+const BLOCKING: u32 = 1 << 31;
+/// The KVM memory slots of the slot table and of the rings' window (0 is guest memory).
+const SLOTS_MEMSLOT: u32 = 1;
+const RINGS_MEMSLOT: u32 = 2;
+
+/// Environment variable with which the host turns the stub's socket reads off (`off`) for
+/// every container it starts: the operator's kill switch.
+pub const FAST_READS_ENV: &str = "QUARK_FAST_READS";
+
+/// Whether the stub may serve socket reads.
+pub fn wanted() -> bool {
+    std::env::var(FAST_READS_ENV).as_deref() != Ok("off")
+}
+
+/// The host window the rings appear through: one ring's worth of address space per slot.
+struct Window {
+    base: NonNull<u8>,
+    len: usize,
+    ring: usize,
+}
+
+// SAFETY: the mapping is owned by this struct and only changed under the Core's lock.
+unsafe impl Send for Window {}
+
+impl Window {
+    fn new(slots: usize, ring: usize) -> anyhow::Result<Window> {
+        let len = slots * ring;
+        // SAFETY: a fresh private anonymous mapping that nothing else aliases.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            anyhow::bail!(
+                "reserving the rings' window: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let base = NonNull::new(p as *mut u8).ok_or_else(|| anyhow::anyhow!("mmap gave null"))?;
+        Ok(Window {
+            base,
+            len,
+            ring,
+        })
+    }
+
+    /// Maps `slot`'s place in the window to `fd` at `offset` (the slot's ring), or back to
+    /// never-written anonymous memory (zeros) with None. KVM follows the host mapping.
+    fn place(&mut self, slot: u32, ring: Option<(&dyn AsRawFd, u64)>) -> std::io::Result<()> {
+        let at = slot as usize * self.ring;
+        if at + self.ring > self.len {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let (flags, fd, off) = match ring {
+            Some((fd, off)) => (libc::MAP_SHARED, fd.as_raw_fd(), off as libc::off_t),
+            None => (
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            ),
+        };
+        // SAFETY: replaces one ring's worth of our own window (bounds checked above) and
+        // nothing else; nothing in this process holds references into the window.
+        let p = unsafe {
+            libc::mmap(
+                self.base.as_ptr().add(at) as *mut libc::c_void,
+                self.ring,
+                libc::PROT_READ,
+                flags | libc::MAP_FIXED,
+                fd,
+                off,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Window {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping; the VM that mapped it is gone (see FastReads).
+        unsafe { libc::munmap(self.base.as_ptr() as *mut libc::c_void, self.len) };
+    }
+}
+
+/// The stub's descriptor table and what it lists.
+pub struct FastReads {
+    table: *mut u32,
+    /// (descriptor, slot) of every entry set.
+    entries: Vec<(u32, u32)>,
+    /// Slots whose ring is mapped into the window.
+    exposed: Vec<u32>,
+    limit: usize,
+    window: Window,
+    /// Keeps the region mapped and its memfd open while the VM may use them.
+    client: Client,
+}
+
+// SAFETY: the table page lives in guest memory owned by the Vm's Core, which owns this too and
+// is only used under its lock.
+unsafe impl Send for FastReads {}
+
+impl FastReads {
+    /// Maps `client`'s slot table and a window for its rings into the guest and turns the
+    /// stub's fast reads on, with at most `limit` rings exposed at once. Before the guest
+    /// runs. None (with the reason logged) when the region's shape does not allow it: the stub
+    /// then makes every read an ordinary call.
+    ///
+    /// The FastReads must be dropped after `vm` is closed (it lives in the Core, which the Vm
+    /// drops after its VM fd): KVM maps its memory into the guest until then.
+    pub fn enable(
+        kvm: &Kvm,
+        vm: &VmFd,
+        mem: &mut GuestMemory,
+        mailbox: Mailbox,
+        client: &Client,
+        limit: usize,
+    ) -> anyhow::Result<Option<FastReads>> {
+        let (base, len, g) = client.region();
+        let rx = u64::from(g.rx_buf_size);
+        let slots = u64::from(g.slot_count);
+        let table_off = u64::from(g.slot_off);
+        let table_len =
+            (slots * std::mem::size_of::<qnet_ring::Slot>() as u64).next_multiple_of(PAGE);
+        if table_off % PAGE != 0 || table_off + table_len > len as u64 || rx % HUGE_PAGE != 0 {
+            tracing::debug!(?g, "ring region not in whole pages: no fast reads");
+            return Ok(None);
+        }
+        if (RINGS_VA - SLOTS_VA) + slots * rx > 1 << 39 {
+            tracing::debug!(
+                slots,
+                rx,
+                "ring region too large for the window: no fast reads"
+            );
+            return Ok(None);
+        }
+        let window = Window::new(slots as usize, rx as usize)?;
+        let slots_gpa = mem.size().next_multiple_of(1 << 30);
+        let rings_gpa = slots_gpa + (1 << 30);
+        let readonly = if kvm.check_extension(Cap::ReadonlyMem) {
+            kvm_bindings::KVM_MEM_READONLY
+        } else {
+            0
+        };
+        let regions = [
+            kvm_bindings::kvm_userspace_memory_region {
+                slot: SLOTS_MEMSLOT,
+                flags: 0,
+                guest_phys_addr: slots_gpa,
+                memory_size: table_len,
+                // SAFETY (of the add): inside the client's mapping, checked above.
+                userspace_addr: base as u64 + table_off,
+            },
+            kvm_bindings::kvm_userspace_memory_region {
+                slot: RINGS_MEMSLOT,
+                flags: readonly,
+                guest_phys_addr: rings_gpa,
+                memory_size: window.len as u64,
+                userspace_addr: window.base.as_ptr() as u64,
+            },
+        ];
+        for region in regions {
+            // SAFETY: each region is a mapping this FastReads keeps (the client's, through
+            // its clone, and the window) for longer than the VM fd lives (see above).
+            unsafe { vm.set_user_memory_region(region) }
+                .map_err(|e| anyhow::anyhow!("registering the socket rings with KVM: {e}"))?;
+        }
+        let fault = |f: qkernel::Fault| anyhow::anyhow!("mapping the socket rings: {f}");
+        mem.map_window(SLOTS_VA, slots_gpa, table_len, true, false)
+            .map_err(fault)?;
+        mem.map_window(RINGS_VA, rings_gpa, window.len as u64, false, true)
+            .map_err(fault)?;
+        let table = mem
+            .host_page(poll::FAST_TABLE_VA)
+            .ok_or_else(|| anyhow::anyhow!("the fast read table is not mapped"))?;
+        mailbox.write(poll::FAST_RINGS, RINGS_VA);
+        mailbox.write(poll::FAST_STRIDE, rx);
+        mailbox.write(poll::FAST_RXSIZE, rx);
+        mailbox.write(poll::FAST_SLOTS, SLOTS_VA);
+        tracing::debug!(slots, rx, limit, "fast socket reads on");
+        Ok(Some(FastReads {
+            table: table as *mut u32,
+            entries: Vec::new(),
+            exposed: Vec::new(),
+            limit,
+            window,
+            client: client.clone(),
+        }))
+    }
+
+    /// Most rings exposed at once.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Lets the stub read `fd` from `slot`'s ring; `blocking`: when it is empty the read
+    /// waits. False if `fd` is beyond the table or no more rings may be exposed.
+    pub fn set(&mut self, fd: u64, slot: u32, blocking: bool) -> bool {
+        let Ok(i) = u32::try_from(fd) else {
+            return false;
+        };
+        if u64::from(i) >= poll::FAST_FDS || slot >= BLOCKING - 1 || !self.expose(slot) {
+            return false;
+        }
+        self.clear(fd);
+        self.put(i, (slot + 1) | if blocking { BLOCKING } else { 0 });
+        self.entries.push((i, slot));
+        true
+    }
+
+    /// `fd` reads through qkernel again.
+    pub fn clear(&mut self, fd: u64) {
+        let before = self.entries.len();
+        self.entries.retain(|&(f, _)| u64::from(f) != fd);
+        if self.entries.len() != before {
+            self.put(fd as u32, 0);
+        }
+    }
+
+    /// `slot`'s socket closed (the slot may be reused): no descriptor reads it, and its ring
+    /// leaves the window.
+    pub fn clear_slot(&mut self, slot: u32) {
+        let gone: Vec<u32> = self
+            .entries
+            .iter()
+            .filter(|&&(_, s)| s == slot)
+            .map(|&(f, _)| f)
+            .collect();
+        for fd in gone {
+            self.clear(u64::from(fd));
+        }
+        if let Some(at) = self.exposed.iter().position(|&s| s == slot) {
+            self.exposed.swap_remove(at);
+            if let Err(e) = self.window.place(slot, None) {
+                // The ring stays visible to the guest until the slot is exposed again.
+                tracing::warn!(slot, "taking a ring out of the guest's window: {e}");
+            }
+        }
+    }
+
+    /// Maps `slot`'s ring into the window if it is not there yet and the limit allows.
+    fn expose(&mut self, slot: u32) -> bool {
+        if self.exposed.contains(&slot) {
+            return true;
+        }
+        if self.exposed.len() >= self.limit {
+            return false;
+        }
+        let (_, _, g) = self.client.region();
+        let fd = self.client.region_fd();
+        match self.window.place(slot, Some((&fd, g.rx_buf_off(slot)))) {
+            Ok(()) => {
+                self.exposed.push(slot);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(slot, "mapping a ring into the guest's window: {e}");
+                false
+            }
+        }
+    }
+
+    fn put(&mut self, fd: u32, value: u32) {
+        debug_assert!(u64::from(fd) < poll::FAST_FDS);
+        // SAFETY: the table is one page of FAST_FDS u32s in guest memory that lives as long as
+        // the Core owning this; fd < FAST_FDS (checked by every caller). The stub reads it
+        // with plain loads on the same vCPU only while no call is being served.
+        unsafe { self.table.add(fd as usize).write_volatile(value) }
+    }
+}
