@@ -82,11 +82,7 @@ impl Window {
             );
         }
         let base = NonNull::new(p as *mut u8).ok_or_else(|| anyhow::anyhow!("mmap gave null"))?;
-        Ok(Window {
-            base,
-            len,
-            ring,
-        })
+        Ok(Window { base, len, ring })
     }
 
     /// Maps `slot`'s place in the window to `fd` at `offset` (the slot's ring), or back to

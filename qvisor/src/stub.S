@@ -12,7 +12,9 @@
  * the socket's receive ring holds straight into the app's buffer and returns, without the
  * mailbox; an empty ring, a forged table or geometry, or a fault in the copy (the host moves
  * rip to `fast_retreat`) fall back to the ordinary call, which nothing here has changed. The
- * ring's rx_head moves only after the copy, with one locked store. A blocking descriptor
+ * ring's rx_head moves only after the copy, with one locked store, and FAST_COUNT counts it
+ * (a statistic: app-writable). A buffer that does not lie in the user half is the ordinary
+ * call's to refuse. A blocking descriptor
  * (bit 31 of its entry) whose ring is empty makes the ordinary call marked VIA 2: it will
  * most likely wait, and such a call does not renew the host thread's polling budget. VIA 3:
  * the call after a fast read that tells qkernel of it (does not renew it either). */
@@ -36,10 +38,12 @@
 #define FAST_RINGS (MB+0x80)
 #define FAST_STRIDE (MB+0x88)
 #define FAST_RXSIZE (MB+0x90)
+#define FAST_COUNT (MB+0x98)
 #define STACK (MB+0x1000)
 #define FASTTAB (MB+0x1000)
 #define FAST_FDS 1024
 #define READ_DONE 0x5100
+#define USER_END 0x800000000000
 #define SPINS 2048
 	.text
 	.code64
@@ -70,6 +74,12 @@ try_fast:
 	push %r10
 	.globl fast_body
 fast_body:
+	mov %rsi, %rcx
+	add %rdx, %rcx
+	jc fast_retreat
+	movabs $USER_END, %r11
+	cmp %r11, %rcx
+	ja fast_retreat
 	mov %eax, %r10d
 	mov %eax, %r8d
 	and $0x7fffffff, %r8d
@@ -110,6 +120,7 @@ fast_body:
 	.globl fast_commit
 fast_commit:
 	xchg %ecx, 4(%r9)
+	incq FAST_COUNT
 	cmpl $0, 80(%r9)
 	pop %r10
 	pop %r9

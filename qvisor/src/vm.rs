@@ -1561,6 +1561,17 @@ impl Vm {
         Ok(())
     }
 
+    /// How many socket reads the stub served itself (its own count, which the app could
+    /// change: a statistic).
+    pub fn fast_reads_served(&self) -> u64 {
+        let core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+        match core.mem.host_page(MAILBOX_VA) {
+            // SAFETY: the mailbox page lives in guest memory, which the Core owns.
+            Some(page) if self.polled => unsafe { Mailbox::new(page) }.read(poll::FAST_COUNT),
+            _ => 0,
+        }
+    }
+
     /// How many syscall sites were patched (0 with patching off).
     pub fn patched_sites(&self) -> usize {
         let core = self.core.lock().unwrap_or_else(|p| p.into_inner());

@@ -85,6 +85,40 @@ fn socket_io_with_bad_buffers_is_efault_and_loses_nothing() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
 
+/// The stub's count of the socket reads it served, from the end-of-container debug line.
+fn fast_reads_served(o: &std::process::Output) -> u64 {
+    let err = stderr(o);
+    err.lines()
+        .find_map(|l| l.split("fast_reads=").nth(1))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no fast_reads count in the debug log: {err}"))
+}
+
+#[test]
+fn socket_reads_served_in_the_stub_keep_linux_semantics() {
+    // qvisor/src/fastread.rs: reads of a stream with data waiting are copied from the ring by
+    // the syscall stub. The guest checks every byte of a 24 MiB stream read in pieces of 1
+    // byte to 200 KiB, bad buffers (EFAULT, nothing lost), a forked child reading a stretch,
+    // dup2 of another connection over the descriptor and back, a reused descriptor number,
+    // O_NONBLOCK and EAGAIN, and the end of the stream (see the program). Statically linked
+    // (`syscall` instructions) and dynamically (libc's patched sites jump into the stub); and
+    // with the kill switch, which leaves every read to qkernel.
+    let expected = format!("fast reads: {} bytes intact\n", 24 << 20);
+    for program in ["/bin/fastread", "/bin/fastread-dyn"] {
+        let o = common::qvisor_env(&[("QVISOR_LOG", "qvisor=debug")], &[program]);
+        assert_eq!(stdout(&o), expected, "{program}: {}", stderr(&o));
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let served = fast_reads_served(&o);
+        assert!(served > 100, "{program}: the stub served {served} reads");
+    }
+    let o = common::qvisor_env(
+        &[("QVISOR_LOG", "qvisor=debug"), ("QUARK_FAST_READS", "off")],
+        &["/bin/fastread"],
+    );
+    assert_eq!(stdout(&o), expected, "{}", stderr(&o));
+    assert_eq!(fast_reads_served(&o), 0, "the kill switch");
+}
+
 #[test]
 fn a_writer_nobody_reads_gets_sigpipe_as_on_linux() {
     // On a shut TCP connection and on a pipe without a reader: the default action kills the

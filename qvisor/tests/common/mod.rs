@@ -117,9 +117,11 @@ pub fn root() -> &'static Path {
             ("pipehog", "pipehog", "-static"),
             ("ipv6", "ipv6", "-static"),
             ("vdso", "vdso", "-static"),
+            ("fastread", "fastread", "-static"),
             // Dynamically linked: the shared libc's syscall sites are the patchable ones.
             ("patching", "patching", "-pie"),
             ("vdso-dyn", "vdso", "-pie"),
+            ("fastread-dyn", "fastread", "-pie"),
         ] {
             build("gcc", &[flag, "-O1", "-pthread"], name, src_name);
         }
@@ -160,6 +162,18 @@ pub fn root() -> &'static Path {
 
 pub fn qvisor(args: &[&str]) -> Output {
     qvisor_with(&[], args)
+}
+
+/// [`qvisor`] with these environment variables set for the VMM.
+pub fn qvisor_env(env: &[(&str, &str)], args: &[&str]) -> Output {
+    require_kvm();
+    Command::new(env!("CARGO_BIN_EXE_qvisor"))
+        .args(["launch", "--rootfs"])
+        .arg(root())
+        .envs(env.iter().copied())
+        .args(args)
+        .output()
+        .expect("running qvisor")
 }
 
 pub fn qvisor_with(options: &[&str], args: &[&str]) -> Output {

@@ -1,0 +1,258 @@
+/* Socket reads that Quark's syscall stub serves from the ring (qvisor/src/fastread.rs) keep
+ * Linux's semantics. Over 127.0.0.1, a forked writer sends a 24 MiB pattern; the reader
+ * reads it with lengths from 1 byte to 200 KiB (pieces that wrap the ring), and between
+ * them: reads into bad buffers (NULL, the kernel half, the stub's mailbox page, a PROT_NONE
+ * page, one running out of the user half) fail with EFAULT and take nothing; a forked child reads a stretch of the stream in the
+ * middle (its descriptor table is another's); the descriptor goes non-blocking and a drained
+ * socket says EAGAIN; dup2 puts another connection on the descriptor, whose reads then
+ * come from it, and back; a closed descriptor number reused for a new connection reads the
+ * new one; the end of the stream reads 0. Passes natively too. Prints one line; exits 1 at
+ * the first failure. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define TOTAL (24L << 20)
+#define CHILD_PART (1L << 20)
+
+static void fail(const char *what, long r) {
+  printf("FAIL %s (returned %ld, errno %d)\n", what, r, errno);
+  exit(1);
+}
+
+static unsigned char pattern(long i) { return (unsigned char)(i * 7 + (i >> 13)); }
+
+static long received;
+static unsigned char buf[200 << 10];
+
+/* Reads up to `len` bytes and checks them against the pattern at the stream's position. */
+static long take(int s, long len) {
+  long n = read(s, buf, len);
+  if (n < 0) {
+    fail("a read", n);
+  }
+  for (long i = 0; i < n; i++) {
+    if (buf[i] != pattern(received + i)) {
+      fail("a byte out of place", received + i);
+    }
+  }
+  received += n;
+  return n;
+}
+
+static void refused(int s, void *bad, const char *what) {
+  long r = read(s, bad, 4096);
+  if (r != -1 || errno != EFAULT) {
+    fail(what, r);
+  }
+}
+
+static int listener(struct sockaddr_in *at) {
+  int l = socket(AF_INET, SOCK_STREAM, 0);
+  at->sin_family = AF_INET;
+  at->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  at->sin_port = 0;
+  socklen_t len = sizeof *at;
+  if (l < 0 || bind(l, (struct sockaddr *)at, sizeof *at) || listen(l, 8) ||
+      getsockname(l, (struct sockaddr *)at, &len)) {
+    fail("a listener", -1);
+  }
+  return l;
+}
+
+/* A connection whose far end (a child) writes `text` and closes; returns the near end. */
+static int sender_of(int l, struct sockaddr_in *at, const char *text) {
+  int c = socket(AF_INET, SOCK_STREAM, 0);
+  if (c < 0 || connect(c, (struct sockaddr *)at, sizeof *at)) {
+    fail("a connect", -1);
+  }
+  int a = accept(l, NULL, NULL);
+  if (a < 0) {
+    fail("an accept", a);
+  }
+  pid_t p = fork();
+  if (p == 0) {
+    close(c);
+    if (write(a, text, strlen(text)) != (long)strlen(text)) {
+      _exit(1);
+    }
+    _exit(0);
+  }
+  close(a);
+  return c;
+}
+
+static void expect_text(int s, const char *text) {
+  char got[64] = {0};
+  long want = strlen(text), n = 0;
+  while (n < want) {
+    long r = read(s, got + n, sizeof got - 1 - n);
+    if (r <= 0) {
+      fail(text, r);
+    }
+    n += r;
+  }
+  if (strcmp(got, text) != 0) {
+    fail(text, n);
+  }
+}
+
+int main(void) {
+  struct sockaddr_in at;
+  int l = listener(&at);
+  int s = socket(AF_INET, SOCK_STREAM, 0);
+  if (s < 0 || connect(s, (struct sockaddr *)&at, sizeof at)) {
+    fail("connect", -1);
+  }
+  int a = accept(l, NULL, NULL);
+  pid_t writer = fork();
+  if (writer == 0) {
+    close(s);
+    static unsigned char out[1 << 16];
+    for (long sent = 0; sent < TOTAL;) {
+      long n = TOTAL - sent < (long)sizeof out ? TOTAL - sent : (long)sizeof out;
+      for (long i = 0; i < n; i++) {
+        out[i] = pattern(sent + i);
+      }
+      long w = write(a, out, n);
+      if (w <= 0) {
+        _exit(1);
+      }
+      sent += w;
+    }
+    close(a);
+    _exit(0);
+  }
+  close(a);
+
+  static const long lengths[] = {65536, 1, 100, 4096, 200 << 10, 7, 65536, 12345, 131072, 3};
+  long step = 0;
+  void *reserved = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  while (received < (2L << 20)) {
+    take(s, lengths[step++ % 10]);
+  }
+  refused(s, NULL, "a read into NULL");
+  refused(s, (void *)0xffff800000000000UL, "a read into the kernel half");
+  refused(s, (void *)0xffffffff80001800UL, "a read into the stub's mailbox");
+  refused(s, reserved, "a read into a PROT_NONE page");
+  refused(s, (void *)0x7fffffffff00UL, "a read running out of the user half");
+
+  /* A child reads the next CHILD_PART bytes with a table of its own. */
+  pid_t p = fork();
+  if (p == 0) {
+    long end = received + CHILD_PART;
+    while (received < end) {
+      take(s, end - received < 65536 ? end - received : 65536);
+    }
+    _exit(0);
+  }
+  int status;
+  if (waitpid(p, &status, 0) != p || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    fail("the child's reads", status);
+  }
+  received += CHILD_PART;
+  while (received < (8L << 20)) {
+    take(s, lengths[step++ % 10]);
+  }
+
+  /* Another connection on the descriptor, then the stream again. */
+  int saved = dup(s);
+  int other = sender_of(l, &at, "second");
+  if (dup2(other, s) != s) {
+    fail("dup2", -1);
+  }
+  expect_text(s, "second");
+  if (read(s, buf, 10) != 0) {
+    fail("the end of the other connection", -1);
+  }
+  close(other);
+  if (dup2(saved, s) != s) {
+    fail("dup2 back", -1);
+  }
+  close(saved);
+  while (received < (12L << 20)) {
+    take(s, lengths[step++ % 10]);
+  }
+
+  /* Non-blocking: a drained socket says EAGAIN, then reads what comes. */
+  int quiet = socket(AF_INET, SOCK_STREAM, 0);
+  if (quiet < 0 || connect(quiet, (struct sockaddr *)&at, sizeof at)) {
+    fail("connect quiet", -1);
+  }
+  int far = accept(l, NULL, NULL);
+  static unsigned char chunk[32 << 10];
+  memset(chunk, 'q', sizeof chunk);
+  for (int round = 0; round < 3; round++) {
+    if (write(far, chunk, sizeof chunk) != (long)sizeof chunk) {
+      fail("a write to the quiet socket", -1);
+    }
+    long got = 0;
+    while (got < (long)sizeof chunk) {
+      struct pollfd in = {quiet, POLLIN, 0};
+      if (round > 0 && poll(&in, 1, 5000) != 1) {
+        fail("a poll of the quiet socket", -1);
+      }
+      long n = read(quiet, buf, sizeof buf);
+      if (n <= 0) {
+        fail("a read of the quiet socket", n);
+      }
+      for (long i = 0; i < n; i++) {
+        if (buf[i] != 'q') {
+          fail("a byte of the quiet socket", got + i);
+        }
+      }
+      got += n;
+    }
+    if (round == 0) {
+      fcntl(quiet, F_SETFL, fcntl(quiet, F_GETFL) | O_NONBLOCK);
+    }
+    if (round > 0) {
+      long n = read(quiet, buf, sizeof buf);
+      if (n != -1 || errno != EAGAIN) {
+        fail("a read of a drained non-blocking socket", n);
+      }
+    }
+  }
+  close(far);
+  close(quiet);
+
+  /* A closed descriptor's number, reused by a new connection, reads that one. */
+  while (received < (16L << 20)) {
+    take(s, lengths[step++ % 10]);
+  }
+  int keep = dup(s);
+  close(s);
+  int fourth = sender_of(l, &at, "fourth");
+  if (fourth != s) {
+    fail("the number reused", fourth);
+  }
+  expect_text(fourth, "fourth");
+  if (dup2(keep, s) != s) {
+    fail("dup2 of the stream", -1);
+  }
+  close(keep);
+
+  while (received < TOTAL) {
+    take(s, lengths[step++ % 10]);
+  }
+  long end = read(s, buf, sizeof buf);
+  if (end != 0) {
+    fail("the end of the stream", end);
+  }
+  if (waitpid(writer, &status, 0) != writer || !WIFEXITED(status) || WEXITSTATUS(status)) {
+    fail("the writer", status);
+  }
+  printf("fast reads: %ld bytes intact\n", received);
+  return 0;
+}
