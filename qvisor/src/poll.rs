@@ -2,7 +2,7 @@
 //! syscall costs the `syscall` instruction's own trap (~19 µs on this host) instead of a full
 //! exit to the VMM and back (~59 µs).
 //!
-//! `LSTAR` points at a 300-byte stub (`stub.S`, assembled bytes below) on a user-visible,
+//! `LSTAR` points at a 720-byte stub (`stub.S`, assembled bytes below) on a user-visible,
 //! read-only page (this host runs the LSTAR target at CPL 3 and needs the U bit on its pages).
 //! The stub saves the syscall registers in the mailbox page and claims it with
 //! `lock cmpxchg` 0 -> 1; the host thread serves the call, writes the result and sets 2; the
