@@ -7,14 +7,17 @@
 //! What the guest sees (all in the kernel half every address space shares, user-visible):
 //! - the ring region's slot table at [`SLOTS_VA`], read-write (the stub moves `rx_head`), a
 //!   KVM memory slot over the client's mapping of those pages;
-//! - slot i's receive ring at [`RINGS_VA`] + i x ring size, read-only, in 2 MiB pages of a
-//!   second KVM memory slot over a host window of the same shape. A ring is mapped into the
-//!   window (the region's memfd, `MAP_FIXED`) only while a descriptor reads it fast, at most
-//!   [`FastReads::limit`] of them; the rest of the window is anonymous memory never written,
-//!   so a read there gives zeros and costs no memory. A guest that reads every ring so commits
-//!   no more than that many rings of host memory, which the stack's grants bound anyway.
-//! - the descriptor table at [`poll::FAST_TABLE_VA`] (read-only): slot + 1 for each
-//!   descriptor of the running process that qkernel offered (`qkernel/src/fastread.rs`).
+//! - a window of [`MAX_EXPOSED`] receive rings at [`RINGS_VA`], read-only, in 2 MiB pages
+//!   of a second KVM memory slot over a host window of the same size. A socket's ring is
+//!   mapped into a place of the window (the region's memfd, `MAP_FIXED`) only while a
+//!   descriptor reads it fast, at most [`FastReads::limit`] at once; the rest of the window is
+//!   anonymous memory never written, so a read there gives zeros and costs no memory. A guest
+//!   that reads the whole window so commits no more than that many rings of host memory,
+//!   which the stack's grants bound anyway. (A window of every slot's ring, 4 GiB, made KVM
+//!   spend 2.3 ms on the memory slot's metadata at every container's start.)
+//! - the descriptor table at [`poll::FAST_TABLE_VA`] (read-only): for each descriptor of the
+//!   running process that qkernel offered (`qkernel/src/fastread.rs`), its slot + 1 (bits
+//!   0-15), its ring's place in the window (16-30) and whether it blocks (31).
 //!
 //! The guest could always write anything into its own ring through qkernel's calls; what
 //! it gains here is reading its rings directly, and writing the client words of its slots.
@@ -38,6 +41,8 @@ pub const SLOTS_VA: u64 = 0xffff_c000_0000_0000;
 pub const RINGS_VA: u64 = SLOTS_VA + (1 << 30);
 /// The bit of a table entry that marks a blocking descriptor.
 const BLOCKING: u32 = 1 << 31;
+/// Most receive rings the window holds (the limit is also half the buffer budget's worth).
+pub const MAX_EXPOSED: usize = 64;
 /// The KVM memory slots of the slot table and of the rings' window (0 is guest memory).
 const SLOTS_MEMSLOT: u32 = 1;
 const RINGS_MEMSLOT: u32 = 2;
@@ -62,8 +67,8 @@ struct Window {
 unsafe impl Send for Window {}
 
 impl Window {
-    fn new(slots: usize, ring: usize) -> anyhow::Result<Window> {
-        let len = slots * ring;
+    fn new(places: usize, ring: usize) -> anyhow::Result<Window> {
+        let len = places * ring;
         // SAFETY: a fresh private anonymous mapping that nothing else aliases.
         let p = unsafe {
             libc::mmap(
@@ -85,10 +90,10 @@ impl Window {
         Ok(Window { base, len, ring })
     }
 
-    /// Maps `slot`'s place in the window to `fd` at `offset` (the slot's ring), or back to
+    /// Maps `place` of the window to `fd` at `offset` (a slot's ring), or back to
     /// never-written anonymous memory (zeros) with None. KVM follows the host mapping.
-    fn place(&mut self, slot: u32, ring: Option<(&dyn AsRawFd, u64)>) -> std::io::Result<()> {
-        let at = slot as usize * self.ring;
+    fn place(&mut self, place: usize, ring: Option<(&dyn AsRawFd, u64)>) -> std::io::Result<()> {
+        let at = place * self.ring;
         if at + self.ring > self.len {
             return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
         }
@@ -131,9 +136,8 @@ pub struct FastReads {
     table: *mut u32,
     /// (descriptor, slot) of every entry set.
     entries: Vec<(u32, u32)>,
-    /// Slots whose ring is mapped into the window.
-    exposed: Vec<u32>,
-    limit: usize,
+    /// The slot whose ring is mapped at each place of the window.
+    exposed: Vec<Option<u32>>,
     window: Window,
     /// Keeps the region mapped and its memfd open while the VM may use them.
     client: Client,
@@ -145,7 +149,8 @@ unsafe impl Send for FastReads {}
 
 impl FastReads {
     /// Maps `client`'s slot table and a window for its rings into the guest and turns the
-    /// stub's fast reads on, with at most `limit` rings exposed at once. Before the guest
+    /// stub's fast reads on, with at most `limit` rings exposed at once (and at most
+    /// [`MAX_EXPOSED`]). Before the guest
     /// runs. None (with the reason logged) when the region's shape does not allow it: the stub
     /// then makes every read an ordinary call.
     ///
@@ -169,15 +174,12 @@ impl FastReads {
             tracing::debug!(?g, "ring region not in whole pages: no fast reads");
             return Ok(None);
         }
-        if (RINGS_VA - SLOTS_VA) + slots * rx > 1 << 39 {
-            tracing::debug!(
-                slots,
-                rx,
-                "ring region too large for the window: no fast reads"
-            );
+        if slots >= u64::from(u16::MAX) || table_len > RINGS_VA - SLOTS_VA {
+            tracing::debug!(slots, "too many slots for the stub's table: no fast reads");
             return Ok(None);
         }
-        let window = Window::new(slots as usize, rx as usize)?;
+        let limit = limit.clamp(1, MAX_EXPOSED);
+        let window = Window::new(limit, rx as usize)?;
         let slots_gpa = mem.size().next_multiple_of(1 << 30);
         let rings_gpa = slots_gpa + (1 << 30);
         let readonly = if kvm.check_extension(Cap::ReadonlyMem) {
@@ -224,8 +226,7 @@ impl FastReads {
         Ok(Some(FastReads {
             table: table as *mut u32,
             entries: Vec::new(),
-            exposed: Vec::new(),
-            limit,
+            exposed: vec![None; limit],
             window,
             client: client.clone(),
         }))
@@ -233,7 +234,7 @@ impl FastReads {
 
     /// Most rings exposed at once.
     pub fn limit(&self) -> usize {
-        self.limit
+        self.exposed.len()
     }
 
     /// Lets the stub read `fd` from `slot`'s ring; `blocking`: when it is empty the read
@@ -242,11 +243,15 @@ impl FastReads {
         let Ok(i) = u32::try_from(fd) else {
             return false;
         };
-        if u64::from(i) >= poll::FAST_FDS || slot >= BLOCKING - 1 || !self.expose(slot) {
+        if u64::from(i) >= poll::FAST_FDS || slot >= u32::from(u16::MAX) {
             return false;
         }
+        let Some(place) = self.expose(slot) else {
+            return false;
+        };
         self.clear(fd);
-        self.put(i, (slot + 1) | if blocking { BLOCKING } else { 0 });
+        let entry = (slot + 1) | (place as u32) << 16 | if blocking { BLOCKING } else { 0 };
+        self.put(i, entry);
         self.entries.push((i, slot));
         true
     }
@@ -272,33 +277,33 @@ impl FastReads {
         for fd in gone {
             self.clear(u64::from(fd));
         }
-        if let Some(at) = self.exposed.iter().position(|&s| s == slot) {
-            self.exposed.swap_remove(at);
-            if let Err(e) = self.window.place(slot, None) {
-                // The ring stays visible to the guest until the slot is exposed again.
+        if let Some(place) = self.exposed.iter().position(|&s| s == Some(slot)) {
+            if let Err(e) = self.window.place(place, None) {
+                // The ring stays visible to the guest, and its place taken, for good.
                 tracing::warn!(slot, "taking a ring out of the guest's window: {e}");
+                return;
             }
+            self.exposed[place] = None;
         }
     }
 
-    /// Maps `slot`'s ring into the window if it is not there yet and the limit allows.
-    fn expose(&mut self, slot: u32) -> bool {
-        if self.exposed.contains(&slot) {
-            return true;
+    /// The place of `slot`'s ring in the window, mapping it into a free one if it is not
+    /// there yet. None: no place is free.
+    fn expose(&mut self, slot: u32) -> Option<usize> {
+        if let Some(place) = self.exposed.iter().position(|&s| s == Some(slot)) {
+            return Some(place);
         }
-        if self.exposed.len() >= self.limit {
-            return false;
-        }
+        let place = self.exposed.iter().position(Option::is_none)?;
         let (_, _, g) = self.client.region();
         let fd = self.client.region_fd();
-        match self.window.place(slot, Some((&fd, g.rx_buf_off(slot)))) {
+        match self.window.place(place, Some((&fd, g.rx_buf_off(slot)))) {
             Ok(()) => {
-                self.exposed.push(slot);
-                true
+                self.exposed[place] = Some(slot);
+                Some(place)
             }
             Err(e) => {
                 tracing::warn!(slot, "mapping a ring into the guest's window: {e}");
-                false
+                None
             }
         }
     }

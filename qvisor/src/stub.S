@@ -8,14 +8,14 @@
  * Two ways in: `entry` (LSTAR, the `syscall` instruction: rcx and r11 hold the return address
  * and flags) and `jump_entry` (a jump from a patched syscall site's trampoline, which sets rax
  * and rcx as `syscall` would; the flags are still the app's). VIA tells the host which.
- * Fast reads (fastread.rs): a read(2) of a descriptor FASTTAB names (slot + 1) copies what
+ * Fast reads (fastread.rs): a read(2) of a descriptor FASTTAB names (bits 0-15: slot + 1;
+ * 16-30: where its receive ring is in the window at FAST_RINGS; 31: blocking) copies what
  * the socket's receive ring holds straight into the app's buffer and returns, without the
  * mailbox; an empty ring, a forged table or geometry, or a fault in the copy (the host moves
  * rip to `fast_retreat`) fall back to the ordinary call, which nothing here has changed. The
  * ring's rx_head moves only after the copy, with one locked store, and FAST_COUNT counts it
  * (a statistic: app-writable). A buffer that does not lie in the user half is the ordinary
- * call's to refuse. A blocking descriptor
- * (bit 31 of its entry) whose ring is empty makes the ordinary call marked VIA 2: it will
+ * call's to refuse. A blocking descriptor whose ring is empty makes the ordinary call marked VIA 2: it will
  * most likely wait, and such a call does not renew the host thread's polling budget. VIA 3:
  * the call after a fast read that tells qkernel of it (does not renew it either). */
 #define MB 0xffffffff80001000
@@ -81,8 +81,7 @@ fast_body:
 	cmp %r11, %rcx
 	ja fast_retreat
 	mov %eax, %r10d
-	mov %eax, %r8d
-	and $0x7fffffff, %r8d
+	movzwl %ax, %r8d
 	dec %r8d
 	mov %r8, %r9
 	shl $7, %r9
@@ -95,7 +94,10 @@ fast_body:
 	cmp %rdx, %rax
 	jbe 1f
 	mov %rdx, %rax
-1:	imul FAST_STRIDE, %r8
+1:	mov %r10d, %r8d
+	shr $16, %r8d
+	and $0x7fff, %r8d
+	imul FAST_STRIDE, %r8
 	add FAST_RINGS, %r8
 	mov 4(%r9), %edx
 	mov FAST_RXSIZE, %ecx

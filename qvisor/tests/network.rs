@@ -117,6 +117,52 @@ fn socket_reads_served_in_the_stub_keep_linux_semantics() {
     );
     assert_eq!(stdout(&o), expected, "{}", stderr(&o));
     assert_eq!(fast_reads_served(&o), 0, "the kill switch");
+    // Six streams at once in a 24 MiB container, which may read 3 rings in the stub (half
+    // its buffer budget): the others are read through qkernel, every byte intact.
+    let o = common::qvisor_env(
+        &[("QVISOR_LOG", "qvisor=debug")],
+        &["--memory-mib", "24", "/bin/fastread", "many"],
+    );
+    assert_eq!(
+        stdout(&o),
+        "many: 6 streams of 2097152 bytes intact\n",
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("limit=3"), "{}", stderr(&o));
+    assert!(fast_reads_served(&o) > 0);
+}
+
+#[test]
+fn a_guest_reading_the_whole_ring_window_commits_no_host_memory() {
+    // The window through which the stub reads rings is mapped in every guest (64 rings of
+    // 4 MiB here); where no socket's ring is, it is anonymous memory never written. A guest
+    // that reads all 256 MiB of it reads zeros, and its VMM stays small.
+    require_kvm();
+    let mut peek = Command::new(env!("CARGO_BIN_EXE_qvisor"))
+        .args(["launch", "--rootfs"])
+        .arg(root())
+        .arg("/bin/ringpeek")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = first_line(&mut peek);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", peek.id())).unwrap();
+    let _ = peek.kill();
+    let out = peek.wait_with_output().unwrap();
+    assert_eq!(
+        line,
+        "read 65536 pages, 0 not zero\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    assert!(rss_kib < 64 << 10, "the VMM holds {rss_kib} KiB");
 }
 
 #[test]

@@ -118,6 +118,7 @@ pub fn root() -> &'static Path {
             ("ipv6", "ipv6", "-static"),
             ("vdso", "vdso", "-static"),
             ("fastread", "fastread", "-static"),
+            ("ringpeek", "ringpeek", "-static"),
             // Dynamically linked: the shared libc's syscall sites are the patchable ones.
             ("patching", "patching", "-pie"),
             ("vdso-dyn", "vdso", "-pie"),
