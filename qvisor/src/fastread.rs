@@ -149,10 +149,9 @@ unsafe impl Send for FastReads {}
 
 impl FastReads {
     /// Maps `client`'s slot table and a window for its rings into the guest and turns the
-    /// stub's fast reads on, with at most `limit` rings exposed at once (and at most
-    /// [`MAX_EXPOSED`]). Before the guest
-    /// runs. None (with the reason logged) when the region's shape does not allow it: the stub
-    /// then makes every read an ordinary call.
+    /// stub's fast reads on, with at most `limit` rings (and [`MAX_EXPOSED`]) exposed at
+    /// once. Before the guest runs. None (with the reason logged) when the region's shape
+    /// does not allow it: the stub then makes every read an ordinary call.
     ///
     /// The FastReads must be dropped after `vm` is closed (it lives in the Core, which the Vm
     /// drops after its VM fd): KVM maps its memory into the guest until then.

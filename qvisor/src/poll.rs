@@ -54,8 +54,8 @@ pub const BUDGET: Duration = Duration::from_micros(500);
 /// How often a host thread confined to one CPU looks whether it may use more.
 pub const LONE_CPU_RECHECK: Duration = Duration::from_millis(100);
 
-/// `stub.S` assembled (`gcc -c stub.S && objcopy -O binary -j .text`); the test
-/// `stub_bytes_match_the_source` checks they match.
+/// `stub.S` assembled (`scripts/stub.sh` writes these bytes and the offsets above after an
+/// edit of the source); the test `stub_bytes_match_the_source` checks they match.
 pub const STUB: [u8; 728] = [
     0x48, 0x89, 0x24, 0x25, 0x40, 0x10, 0x00, 0x80, 0x48, 0xc7, 0xc4, 0x00, 0x20, 0x00, 0x80, 0xc6,
     0x04, 0x25, 0x70, 0x10, 0x00, 0x80, 0x00, 0x48, 0x85, 0xc0, 0x0f, 0x85, 0xa3, 0x01, 0x00, 0x00,
