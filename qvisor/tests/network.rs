@@ -157,11 +157,7 @@ fn a_guest_reading_the_whole_ring_window_commits_no_host_memory() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let rss_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS in /proc/PID/status");
+    let rss_kib = status_kib(&status, "VmRSS");
     assert!(rss_kib < 64 << 10, "the VMM holds {rss_kib} KiB");
 }
 
@@ -1057,11 +1053,7 @@ fn a_socket_hog_hits_emfile_and_another_container_keeps_working() {
     );
     // The hog holds its sockets until killed: its qvisor's memory stays small.
     let status = std::fs::read_to_string(format!("/proc/{}/status", hog.id())).unwrap();
-    let peak_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmHWM in /proc/PID/status");
+    let peak_kib = status_kib(&status, "VmHWM");
     assert!(
         peak_kib < 512 << 10,
         "the hog's qvisor peaked at {peak_kib} KiB"
@@ -1353,6 +1345,16 @@ fn status_field(status: &str, key: &str) -> String {
         .unwrap_or_else(|| panic!("no {key} in {status}"))
         .trim()
         .to_string()
+}
+
+/// A size field of /proc/PID/status ("VmRSS:   8484 kB"), in KiB.
+fn status_kib(status: &str, key: &str) -> u64 {
+    let field = status_field(status, key);
+    field
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{key} is not a size: {field}"))
 }
 
 #[test]
