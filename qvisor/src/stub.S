@@ -130,14 +130,8 @@ fast_commit:
 	pop %rdx
 	pop %rdi
 	pop %rsi
-	jne 3f
-	pushq $0x2b
-	pushq URSP
-	pushq UFLAGS
-	pushq $0x33
-	pushq URIP
-	iretq
-3:	mov %rdi, A0
+	je to_app
+	mov %rdi, A0
 	mov %rax, A1
 	movq $READ_DONE, NR
 	movb $3, VIA
@@ -145,16 +139,7 @@ fast_commit:
 fast_empty:
 	test %r10d, %r10d
 	jns fast_retreat
-	pop %r10
-	pop %r9
-	pop %r8
-	pop %rdx
-	pop %rdi
-	pop %rsi
-	mov URIP, %rcx
-	mov UFLAGS, %r11
 	movb $2, VIA
-	jmp 9f
 	.globl fast_retreat
 fast_retreat:
 	pop %r10
@@ -203,12 +188,13 @@ claim:
 	mov FSVAL, %rax
 	wrfsbase %rax
 2:	mov RET, %rax
+	movl $0, FLAG
+to_app:
 	pushq $0x2b
 	pushq URSP
 	pushq UFLAGS
 	pushq $0x33
 	pushq URIP
-	movl $0, FLAG
 	iretq
 	.globl jump_entry
 jump_entry:
