@@ -457,6 +457,9 @@ impl Kernel {
         let (s, nonblocking) = self.socket_for(fd, true, false)?;
         let nonblocking = nonblocking || flags & MSG_DONTWAIT != 0;
         let (n, from) = m.net_recv_user(s, &[(buf, len)], nonblocking)?;
+        if n as i64 >= crate::fastread::FAST_READ_MIN && flags == 0 && src == 0 {
+            self.offer_fast_read(m, fd, s);
+        }
         match from {
             Some((ip, port)) => {
                 write_sockaddr(m, src, srclen, &sockaddr_bytes(self.is_inet6(s), ip, port))?

@@ -8,7 +8,8 @@
  * Two ways in: `entry` (LSTAR, the `syscall` instruction: rcx and r11 hold the return address
  * and flags) and `jump_entry` (a jump from a patched syscall site's trampoline, which sets rax
  * and rcx as `syscall` would; the flags are still the app's). VIA tells the host which.
- * Fast reads (fastread.rs): a read(2) of a descriptor FASTTAB names (bits 0-15: slot + 1;
+ * Fast reads (fastread.rs): a read(2), or a recvfrom(2) without flags or address (what
+ * recv(fd, buf, len, 0) makes), of a descriptor FASTTAB names (bits 0-15: slot + 1;
  * 16-30: where its receive ring is in the window at FAST_RINGS; 31: blocking) copies what
  * the socket's receive ring holds straight into the app's buffer and returns, without the
  * mailbox; an empty ring, a forged table or geometry, or a fault in the copy (the host moves
@@ -43,6 +44,7 @@
 #define FASTTAB (MB+0x1000)
 #define FAST_FDS 1024
 #define READ_DONE 0x5100
+#define RECVFROM 45
 #define USER_END 0x800000000000
 #define SPINS 2048
 	.text
@@ -53,9 +55,16 @@ entry:
 	mov $STACK, %rsp
 	movb $0, VIA
 try_fast:
+	mov %rax, NR
 	test %rax, %rax
+	jz 1f
+	cmp $RECVFROM, %rax
+	jne post
+	test %r10, %r10
 	jnz post
-	cmp $FAST_FDS, %rdi
+	test %r8, %r8
+	jnz post
+1:	cmp $FAST_FDS, %rdi
 	jae post
 	mov FASTTAB(,%rdi,4), %eax
 	test %eax, %eax
@@ -150,7 +159,7 @@ fast_retreat:
 	pop %rsi
 	mov URIP, %rcx
 	mov UFLAGS, %r11
-9:	xor %eax, %eax
+9:	mov NR, %rax
 post:
 	mov %rax, NR
 	mov %rdi, A0

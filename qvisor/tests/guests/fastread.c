@@ -1,6 +1,7 @@
 /* Socket reads that Quark's syscall stub serves from the ring (qvisor/src/fastread.rs) keep
  * Linux's semantics. Over 127.0.0.1, a forked writer sends a 24 MiB pattern; the reader
- * reads it with lengths from 1 byte to 200 KiB (pieces that wrap the ring), and between
+ * reads it (read and recv) with lengths from 1 byte to 200 KiB (pieces that wrap the
+ * ring), and between
  * them: reads into bad buffers (NULL, the kernel half, the stub's mailbox page, a PROT_NONE
  * page, one running out of the user half) fail with EFAULT and take nothing; a forked child reads a stretch of the stream in the
  * middle (its descriptor table is another's); the descriptor goes non-blocking and a drained
@@ -37,9 +38,11 @@ static unsigned char pattern(long i) { return (unsigned char)(i * 7 + (i >> 13))
 static long received;
 static unsigned char buf[200 << 10];
 
-/* Reads up to `len` bytes and checks them against the pattern at the stream's position. */
+/* Reads up to `len` bytes and checks them against the pattern at the stream's position;
+ * every third read is a recv (recvfrom without flags or address), which the stub serves too. */
 static long take(int s, long len) {
-  long n = read(s, buf, len);
+  static unsigned long calls;
+  long n = calls++ % 3 == 2 ? recv(s, buf, len, 0) : read(s, buf, len);
   if (n < 0) {
     fail("a read", n);
   }
