@@ -1,4 +1,4 @@
-"""Python in the guest: threads, sockets, a child process, a thread pool, SQLite.
+"""Python in the guest: threads, sockets, a stream, a child process, a thread pool, SQLite.
 
 Prints the same lines on Linux and in Quark; the test compares them.
 """
@@ -52,6 +52,31 @@ for t in clients:
 for t in clients:
     t.join()
 print("echo:", sorted(replies))
+
+# A 32 MiB stream between two threads, received with recv (Quark's syscall stub serves such
+# reads from the socket's ring once the stream is going).
+stream_srv = socket.socket()
+stream_srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+stream_srv.bind(("127.0.0.1", 8098))
+stream_srv.listen(1)
+
+
+def stream_out():
+    conn, _ = stream_srv.accept()
+    with conn:
+        block = bytes(range(256)) * 4096
+        for i in range(32):
+            conn.sendall(bytes([i]) + block[1:])
+
+
+threading.Thread(target=stream_out).start()
+digest = hashlib.sha256()
+total = 0
+with socket.create_connection(("127.0.0.1", 8098)) as s:
+    while data := s.recv(65536):
+        digest.update(data)
+        total += len(data)
+print("stream:", total, digest.hexdigest()[:16])
 
 out = subprocess.run(["/bin/echo", "from a child"], capture_output=True, text=True)
 print("subprocess:", out.returncode, out.stdout.strip())
