@@ -10,8 +10,9 @@
 //! - a window of [`MAX_EXPOSED`] receive rings at [`RINGS_VA`], read-only, in 2 MiB pages
 //!   of a second KVM memory slot over a host window of the same size. A socket's ring is
 //!   mapped into a place of the window (the region's memfd, `MAP_FIXED`) only while a
-//!   descriptor reads it fast, at most [`FastReads::limit`] at once; the rest of the window is
-//!   anonymous memory never written, so a read there gives zeros and costs no memory. A guest
+//!   descriptor reads it fast, at most half the buffer budget's worth at once; the rest of
+//!   the window is anonymous memory never written, so a read there gives zeros and costs no
+//!   memory. A guest
 //!   that reads the whole window so commits no more than that many rings of host memory,
 //!   which the stack's grants bound anyway. (A window of every slot's ring, 4 GiB, made KVM
 //!   spend 2.3 ms on the memory slot's metadata at every container's start.)
@@ -229,11 +230,6 @@ impl FastReads {
             window,
             client: client.clone(),
         }))
-    }
-
-    /// Most rings exposed at once.
-    pub fn limit(&self) -> usize {
-        self.exposed.len()
     }
 
     /// Lets the stub read `fd` from `slot`'s ring; `blocking`: when it is empty the read

@@ -9,7 +9,7 @@ use crate::abi::{Cqe, Slot, Sqe, HEADER_SIZE, MAGIC, VERSION};
 
 const PAGE: u64 = 4096;
 /// A 2 MiB page: where the data buffers start.
-pub const HUGE_PAGE: u64 = 2 << 20;
+const HUGE_PAGE: u64 = 2 << 20;
 
 /// Largest number of entries in any queue, and of slots: keeps every offset well inside `u32`.
 pub const MAX_ENTRIES: u32 = 1 << 16;

@@ -19,5 +19,5 @@ mod layout;
 mod view;
 
 pub use abi::*;
-pub use layout::{Geometry, LayoutError, HUGE_PAGE};
+pub use layout::{Geometry, LayoutError};
 pub use view::{ByteRing, RegionView};
