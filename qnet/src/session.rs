@@ -342,6 +342,22 @@ impl Session {
         self.view.sq_tail().load(Acquire) != self.sq_head
     }
 
+    /// Before the stack sleeps: clears every open slot's `tx_kick`, so the next write kicks
+    /// the stack awake. Returns whether any was set: bytes published before the clear (whose
+    /// writer saw the flag and did not kick) are then looked for by one more pass; any
+    /// published after it come with a kick.
+    pub fn rearm_tx_kicks(&self) -> bool {
+        let mut any = false;
+        for &idx in &self.open {
+            if let Some(c) = self.view.slot_client(idx) {
+                if c.tx_kick.load(Acquire) != 0 {
+                    any |= c.tx_kick.swap(0, SeqCst) != 0;
+                }
+            }
+        }
+        any
+    }
+
     pub fn set_stack_flag(&self, flag: u32, on: bool) {
         if on {
             self.view.stack_flags().fetch_or(flag, SeqCst);
@@ -565,13 +581,10 @@ impl Session {
             OP_GETSOCKOPT => self.op_getsockopt(sqe),
             OP_GETSOCKNAME => self.op_getsockname(sqe, net),
             OP_GETPEERNAME => self.op_getpeername(sqe, net),
-            OP_TX_KICK => {
-                // The kick only wakes the loop, which services every slot; re-arm it.
-                if let Some(c) = self.view.slot_client(sqe.slot) {
-                    c.tx_kick.store(0, SeqCst);
-                }
-                Ok(cqe(0, 0))
-            }
+            // The kick only wakes the loop, which services every slot on every pass. Its flag
+            // stays set while the stack is awake, so writers do not kick a busy stack; the
+            // stack clears it before it sleeps (`Session::rearm_tx_kicks`).
+            OP_TX_KICK => Ok(cqe(0, 0)),
             OP_RX_KICK => Ok(cqe(0, 0)),
             _ => Err(EINVAL),
         };

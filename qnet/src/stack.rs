@@ -354,7 +354,13 @@ impl Stack {
             for s in self.sessions.values() {
                 s.set_stack_flag(STACK_NEED_WAKEUP, true);
             }
-            let pending = self.sessions.values().any(Session::has_submissions);
+            // Writers that saw a slot's kick flag still set since the stack woke published
+            // without kicking: one more pass finds their bytes (ring.md, "Wake-ups").
+            let mut pending = false;
+            for s in self.sessions.values() {
+                pending |= s.rearm_tx_kicks();
+            }
+            pending |= self.sessions.values().any(Session::has_submissions);
             if !pending && !self.dev.queues.has_rx() {
                 let now = self.now();
                 let mut timeout = self

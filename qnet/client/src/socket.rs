@@ -207,12 +207,37 @@ impl Slot {
 
     /// Free bytes in the transmit ring.
     fn tx_space(&self) -> u32 {
-        self.client.tx_free(self.idx, self.tx_tail.load(Acquire))
+        self.client.tx_free(self.idx, self.tx_tail())
+    }
+
+    /// Where this side has written to. As with [`Slot::rx_head`], a second writer sharing the
+    /// slot (qvisor's guest, writing in its syscall stub) may have moved the ring's `tx_tail`
+    /// on; its word is adopted only if it lies ahead of the private copy and within `tx_limit`
+    /// of `tx_head` (what the stack also checks), ignored otherwise. (The stack may already
+    /// have consumed past the private copy: the other writer's bytes.)
+    fn tx_tail(&self) -> u32 {
+        let private = self.tx_tail.load(Acquire);
+        let (Some(c), Some(w)) = (
+            self.view().slot_client(self.idx),
+            self.view().slot_stack(self.idx),
+        ) else {
+            return private;
+        };
+        let shared = c.tx_tail.load(Acquire);
+        let head = w.tx_head.load(Acquire);
+        if shared == private
+            || shared.wrapping_sub(private) > i32::MAX as u32
+            || shared.wrapping_sub(head) > self.client.tx_limit(self.idx)
+        {
+            return private;
+        }
+        self.tx_tail.store(shared, Release);
+        shared
     }
 
     /// Publishes `n` more transmit bytes and kicks the stack once per batch.
     fn publish_tx(&self, n: u32) {
-        let tail = self.tx_tail.load(Acquire).wrapping_add(n);
+        let tail = self.tx_tail().wrapping_add(n);
         self.tx_tail.store(tail, Release);
         if let Some(c) = self.view().slot_client(self.idx) {
             c.tx_tail.store(tail, SeqCst);
@@ -316,7 +341,7 @@ impl Slot {
         let space = self.wait_tx()?;
         let n = (space as usize).min(buf.len());
         if let Some(ring) = self.view().tx_ring(self.idx) {
-            ring.write(self.tx_tail.load(Acquire), &buf[..n]);
+            ring.write(self.tx_tail(), &buf[..n]);
         }
         self.publish_tx(n as u32);
         Ok(n)
@@ -339,7 +364,7 @@ impl Slot {
             return Ok(0);
         };
         let mut wrote = 0;
-        for (ptr, len) in ring.raw_pieces(self.tx_tail.load(Acquire), n) {
+        for (ptr, len) in ring.raw_pieces(self.tx_tail(), n) {
             if len == 0 {
                 break;
             }
@@ -505,6 +530,14 @@ impl TcpStream {
     pub fn rx_consumed_elsewhere(&self) {
         self.slot.rx_head();
         self.slot.kick_rx_if_wanted();
+    }
+
+    /// After a writer outside this process's calls (qvisor's guest, writing the ring in its
+    /// syscall stub) moved `tx_tail` and found no kick outstanding: adopts the new position
+    /// and kicks the stack (the writer already set `tx_kick`).
+    pub fn tx_published_elsewhere(&self) {
+        self.slot.tx_tail();
+        self.slot.client.notify(OP_TX_KICK, self.slot.idx);
     }
 
     /// Bytes ready to read without blocking (`FIONREAD`).
@@ -701,7 +734,7 @@ impl UdpSocket {
             hdr[8..12].copy_from_slice(&to.ip().octets());
         }
         if let Some(ring) = self.slot.view().tx_ring(self.slot.idx) {
-            let at = self.slot.tx_tail.load(Acquire);
+            let at = self.slot.tx_tail();
             ring.write(at, &hdr);
             ring.write(at.wrapping_add(DGRAM_HDR), buf);
         }
