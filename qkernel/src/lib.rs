@@ -40,7 +40,7 @@ mod hostile_tests;
 mod test_machine;
 
 pub use elf::{interpreter, load, load_static, ElfError, Loaded};
-pub use fastread::QUARK_READ_DONE;
+pub use fastread::{QUARK_READ_DONE, QUARK_WRITE_DONE};
 pub use host::{HostEvent, HostRequest, SpawnRequest};
 pub use machine::{
     iov_len, net_recv_through_buffer, net_send_through_buffer, Fault, FileAttr, HostFile, Machine,

@@ -318,8 +318,8 @@ pub trait Machine {
         Err(9)
     }
     fn net_close(&mut self, _s: SocketId) {}
-    /// The platform's syscall stub may serve reads of `fd` (socket `s`, in the running
-    /// process's table; `blocking`: not O_NONBLOCK) from the socket's ring itself
+    /// The platform's syscall stub may serve reads and writes of `fd` (socket `s`, in the
+    /// running process's table; `blocking`: not O_NONBLOCK) from the socket's rings itself
     /// (`fastread.rs`); false: it cannot (no such path, not a connected stream, no room).
     fn net_fast_read(&mut self, _fd: u64, _s: SocketId, _blocking: bool) -> bool {
         false
@@ -328,6 +328,8 @@ pub trait Machine {
     fn net_fast_forget(&mut self, _fd: u64) {}
     /// The stub read from `s`'s ring: take its position and tell the stack of the room.
     fn net_read_done(&mut self, _s: SocketId) {}
+    /// The stub wrote into `s`'s transmit ring: take its position and kick the stack.
+    fn net_write_done(&mut self, _s: SocketId) {}
 
     /// unlink(2) of a file, or rmdir(2) of a directory with `dir`, in the root.
     fn fs_unlink(&mut self, _path: &[u8], _dir: bool) -> Result<(), i64> {

@@ -64,6 +64,20 @@ pub(crate) fn read_msghdr(m: &dyn Machine, at: u64) -> Result<MsgHdr, i64> {
 }
 
 /// `count` iovecs at `at`, as (base, length).
+/// `iov` without its first `skip` bytes.
+fn iov_after(iov: &[(u64, u64)], mut skip: u64) -> Vec<(u64, u64)> {
+    let mut rest = Vec::with_capacity(iov.len());
+    for &(at, len) in iov {
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        rest.push((at.wrapping_add(skip), len - skip));
+        skip = 0;
+    }
+    rest
+}
+
 pub(crate) fn read_iovecs(m: &dyn Machine, at: u64, count: u64) -> Result<Vec<(u64, u64)>, i64> {
     (0..count)
         .map(|i| {
@@ -422,10 +436,28 @@ impl Kernel {
             }
             return Ok(n);
         }
-        match m.net_send_user(s, iov, nonblocking) {
-            Err(EPIPE) if flags & MSG_NOSIGNAL == 0 => Err(self.broken_pipe()),
-            r => r.map(|n| n as i64),
+        // A blocking write goes on until all of it is in (Linux: a short count only after a
+        // signal or a timeout); what went in before an error is the call's result.
+        let len = crate::machine::iov_len(iov);
+        let mut sent = 0u64;
+        let result = loop {
+            let rest = iov_after(iov, sent);
+            match m.net_send_user(s, &rest, nonblocking) {
+                Ok(n) => {
+                    sent += n as u64;
+                    if nonblocking || n == 0 || sent >= len {
+                        break Ok(sent as i64);
+                    }
+                }
+                Err(_) if sent > 0 => break Ok(sent as i64),
+                Err(EPIPE) if flags & MSG_NOSIGNAL == 0 => break Err(self.broken_pipe()),
+                Err(e) => break Err(e),
+            }
+        };
+        if result.is_ok_and(|n| n >= crate::fastread::FAST_READ_MIN) && flags == 0 {
+            self.offer_fast_read(m, fd, s);
         }
+        result
     }
 
     /// recvfrom: the source is the datagram's sender (a stream's peer).

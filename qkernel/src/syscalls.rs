@@ -480,6 +480,9 @@ pub struct Kernel {
     forced_nonblocking: bool,
     /// In `nowait`, the call would have had to wait; its result is discarded.
     would_block: bool,
+    /// In `nowait`, the call finished but raised a signal only the vCPU thread can deliver
+    /// (`would_block` is set too, so a poller hands it over): its result stands.
+    finished_with_signal: bool,
     /// The futex wait the running thread is about to park in.
     pub(crate) futex_wait: Option<crate::futex::FutexWait>,
     /// In `nowait`, the sockets the call would have waited on, and its timeout if it is a
@@ -540,6 +543,7 @@ impl Kernel {
             timerfd_wake: 0,
             images: Default::default(),
             nowait: false,
+            finished_with_signal: false,
             forced_nonblocking: false,
             would_block: false,
             futex_wait: None,
@@ -781,14 +785,18 @@ impl Kernel {
         self.nowait = true;
         self.forced_nonblocking = false;
         self.would_block = false;
+        self.finished_with_signal = false;
         let out = self.syscall(m, call);
         self.nowait = false;
         let socks = std::mem::take(&mut self.io_wants);
         if self.t.deliverable().is_some() {
-            // The call raised a signal: its handler runs now, the call done or interrupted.
+            // The call raised a signal: its handler runs now, the call done (a write to a
+            // shut connection: EPIPE, then SIGPIPE's handler) or interrupted.
             self.t.io_until = None;
             let value = match out {
-                SyscallOutcome::Return(_) if self.would_block => -EINTR,
+                SyscallOutcome::Return(_) if self.would_block && !self.finished_with_signal => {
+                    -EINTR
+                }
                 SyscallOutcome::Return(v) => v,
                 other => return Ok(Some(other)),
             };
@@ -888,6 +896,7 @@ impl Kernel {
             SyscallOutcome::Return(value) if self.t.deliverable().is_some() => {
                 if self.nowait {
                     // Only the vCPU thread can run a handler: it serves the call again.
+                    self.finished_with_signal = !self.would_block;
                     self.would_block = true;
                     outcome
                 } else {
@@ -1139,6 +1148,7 @@ impl Kernel {
             332 => self.statx(m, a0, a1, a2, a4),
             334 => Err(ENOSYS), // rseq: glibc falls back
             crate::fastread::QUARK_READ_DONE => self.fast_read_done(m, a0, a1),
+            crate::fastread::QUARK_WRITE_DONE => self.fast_write_done(m, a0, a1),
             34 => return self.suspend(m, None),
             130 => return self.suspend(m, Some(a0)), // rt_sigsuspend
             15 => return self.sigreturn(m),
