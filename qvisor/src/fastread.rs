@@ -1,8 +1,9 @@
-//! Socket reads served in the guest's syscall stub: a `read(2)` of a connected TCP socket
-//! whose receive ring holds data is copied from the ring into the app's buffer by the stub
-//! itself, in guest user mode, without posting the call to a host thread or exiting. On this
-//! host a polled call keeps two threads busy (the vCPU spinning in the stub while the syscall
-//! thread copies); a bulk reader's calls were half of both cores (docs/benchmarks.md).
+//! Socket reads and writes served in the guest's syscall stub: a `read(2)` of a connected TCP
+//! socket whose receive ring holds data is copied from the ring into the app's buffer by the
+//! stub itself, in guest user mode, without posting the call to a host thread or exiting; a
+//! `write(2)` that fits its transmit ring is copied into the ring the same way. On this host a
+//! polled call keeps two threads busy (the vCPU spinning in the stub while the syscall thread
+//! copies); a bulk reader's calls were half of both cores (docs/benchmarks.md).
 //!
 //! What the guest sees (all in the kernel half every address space shares, user-visible):
 //! - the ring region's slot table at [`SLOTS_VA`], read-write (the stub moves `rx_head`), a
@@ -16,12 +17,17 @@
 //!   that reads the whole window so commits no more than that many rings of host memory,
 //!   which the stack's grants bound anyway. (A window of every slot's ring, 4 GiB, made KVM
 //!   spend 2.3 ms on the memory slot's metadata at every container's start.)
+//! - beside it, a window of the same places' transmit rings at [`tx_rings_va`], read-write,
+//!   through a third memory slot. A place not in use is anonymous memory the guest may
+//!   write: at most the window's size (places x ring, a quarter of the buffer budget, as the
+//!   stack's transmit grants) of host memory, given back when the place is next used.
 //! - the descriptor table at [`poll::FAST_TABLE_VA`] (read-only): for each descriptor of the
 //!   running process that qkernel offered (`qkernel/src/fastread.rs`), its slot + 1 (bits
 //!   0-15), its ring's place in the window (16-30) and whether it blocks (31).
 //!
-//! The guest could always write anything into its own ring through qkernel's calls; what
-//! it gains here is reading its rings directly, and writing the client words of its slots.
+//! The guest could always write anything into its own rings through qkernel's calls; what
+//! it gains here is reading and writing its rings directly, and writing the words of its
+//! slots.
 //! Both are the container's own sockets: the stack already treats every word a client
 //! writes as untrusted (docs/ring.md), and qnet-client adopts a moved `rx_head` only within
 //! what the stack published. One process of the container can read the exposed rings of
@@ -44,38 +50,54 @@ pub const RINGS_VA: u64 = SLOTS_VA + (1 << 30);
 const BLOCKING: u32 = 1 << 31;
 /// Most receive rings the window holds (the limit is also half the buffer budget's worth).
 pub const MAX_EXPOSED: usize = 64;
-/// The KVM memory slots of the slot table and of the rings' window (0 is guest memory).
+/// The KVM memory slots of the slot table and of the rings' windows (0 is guest memory).
 const SLOTS_MEMSLOT: u32 = 1;
 const RINGS_MEMSLOT: u32 = 2;
+const TX_RINGS_MEMSLOT: u32 = 3;
 
-/// Environment variable with which the host turns the stub's socket reads off (`off`) for
-/// every container it starts: the operator's kill switch.
+/// Environment variable with which the host turns the stub's socket reads and writes off
+/// (`off`) for every container it starts: the operator's kill switch.
 pub const FAST_READS_ENV: &str = "QUARK_FAST_READS";
+/// Likewise for the stub's socket writes alone (`off`).
+pub const FAST_WRITES_ENV: &str = "QUARK_FAST_WRITES";
 
-/// Whether the stub may serve socket reads.
+/// Whether the stub may serve socket reads (and writes, unless [`FAST_WRITES_ENV`] says no).
 pub fn wanted() -> bool {
     std::env::var(FAST_READS_ENV).as_deref() != Ok("off")
 }
 
-/// The host window the rings appear through: one ring's worth of address space per slot.
+fn writes_wanted() -> bool {
+    std::env::var(FAST_WRITES_ENV).as_deref() != Ok("off")
+}
+
+/// Where the transmit rings' window starts in the guest, after a receive window of
+/// `rx_window` bytes (both in the shared kernel half, 1 GiB apart at least).
+pub fn tx_rings_va(rx_window: u64) -> u64 {
+    RINGS_VA + rx_window.next_multiple_of(1 << 30)
+}
+
+/// The host window the rings appear through: one ring's worth of address space per place.
 struct Window {
     base: NonNull<u8>,
     len: usize,
     ring: usize,
+    prot: libc::c_int,
 }
 
 // SAFETY: the mapping is owned by this struct and only changed under the Core's lock.
 unsafe impl Send for Window {}
 
 impl Window {
-    fn new(places: usize, ring: usize) -> anyhow::Result<Window> {
+    /// A window of `places` rings of `ring` bytes, which the guest may write if `writable`.
+    fn new(places: usize, ring: usize, writable: bool) -> anyhow::Result<Window> {
         let len = places * ring;
+        let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
         // SAFETY: a fresh private anonymous mapping that nothing else aliases.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
-                libc::PROT_READ,
+                prot,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
                 0,
@@ -88,11 +110,16 @@ impl Window {
             );
         }
         let base = NonNull::new(p as *mut u8).ok_or_else(|| anyhow::anyhow!("mmap gave null"))?;
-        Ok(Window { base, len, ring })
+        Ok(Window {
+            base,
+            len,
+            ring,
+            prot,
+        })
     }
 
-    /// Maps `place` of the window to `fd` at `offset` (a slot's ring), or back to
-    /// never-written anonymous memory (zeros) with None. KVM follows the host mapping.
+    /// Maps `place` of the window to `fd` at `offset` (a slot's ring), or back to fresh
+    /// anonymous memory (zeros) with None. KVM follows the host mapping.
     fn place(&mut self, place: usize, ring: Option<(&dyn AsRawFd, u64)>) -> std::io::Result<()> {
         let at = place * self.ring;
         if at + self.ring > self.len {
@@ -112,7 +139,7 @@ impl Window {
             libc::mmap(
                 self.base.as_ptr().add(at) as *mut libc::c_void,
                 self.ring,
-                libc::PROT_READ,
+                self.prot,
                 flags | libc::MAP_FIXED,
                 fd,
                 off,
@@ -140,6 +167,8 @@ pub struct FastReads {
     /// The slot whose ring is mapped at each place of the window.
     exposed: Vec<Option<u32>>,
     window: Window,
+    /// The same places' transmit rings (None: no fast writes).
+    tx_window: Option<Window>,
     /// Keeps the region mapped and its memfd open while the VM may use them.
     client: Client,
 }
@@ -179,15 +208,23 @@ impl FastReads {
             return Ok(None);
         }
         let limit = limit.clamp(1, MAX_EXPOSED);
-        let window = Window::new(limit, rx as usize)?;
+        let window = Window::new(limit, rx as usize, false)?;
+        let tx = u64::from(g.tx_buf_size);
+        let tx_window = if writes_wanted() && tx % HUGE_PAGE == 0 {
+            Some(Window::new(limit, tx as usize, true)?)
+        } else {
+            None
+        };
         let slots_gpa = mem.size().next_multiple_of(1 << 30);
         let rings_gpa = slots_gpa + (1 << 30);
+        let tx_rings_va = tx_rings_va(window.len as u64);
+        let tx_rings_gpa = rings_gpa + (tx_rings_va - RINGS_VA);
         let readonly = if kvm.check_extension(Cap::ReadonlyMem) {
             kvm_bindings::KVM_MEM_READONLY
         } else {
             0
         };
-        let regions = [
+        let mut regions = vec![
             kvm_bindings::kvm_userspace_memory_region {
                 slot: SLOTS_MEMSLOT,
                 flags: 0,
@@ -204,6 +241,15 @@ impl FastReads {
                 userspace_addr: window.base.as_ptr() as u64,
             },
         ];
+        if let Some(w) = &tx_window {
+            regions.push(kvm_bindings::kvm_userspace_memory_region {
+                slot: TX_RINGS_MEMSLOT,
+                flags: 0,
+                guest_phys_addr: tx_rings_gpa,
+                memory_size: w.len as u64,
+                userspace_addr: w.base.as_ptr() as u64,
+            });
+        }
         for region in regions {
             // SAFETY: each region is a mapping this FastReads keeps (the client's, through
             // its clone, and the window) for longer than the VM fd lives (see above).
@@ -215,6 +261,12 @@ impl FastReads {
             .map_err(fault)?;
         mem.map_window(RINGS_VA, rings_gpa, window.len as u64, false, true)
             .map_err(fault)?;
+        if let Some(w) = &tx_window {
+            mem.map_window(tx_rings_va, tx_rings_gpa, w.len as u64, true, true)
+                .map_err(fault)?;
+            mailbox.write(poll::FAST_TXRINGS, tx_rings_va);
+            mailbox.write(poll::FAST_TXSIZE, tx);
+        }
         let table = mem
             .host_page(poll::FAST_TABLE_VA)
             .ok_or_else(|| anyhow::anyhow!("the fast read table is not mapped"))?;
@@ -222,12 +274,14 @@ impl FastReads {
         mailbox.write(poll::FAST_STRIDE, rx);
         mailbox.write(poll::FAST_RXSIZE, rx);
         mailbox.write(poll::FAST_SLOTS, SLOTS_VA);
-        tracing::debug!(slots, rx, limit, "fast socket reads on");
+        let writes = tx_window.is_some();
+        tracing::debug!(slots, rx, tx, limit, writes, "fast socket reads on");
         Ok(Some(FastReads {
             table: table as *mut u32,
             entries: Vec::new(),
             exposed: vec![None; limit],
             window,
+            tx_window,
             client: client.clone(),
         }))
     }
@@ -273,8 +327,9 @@ impl FastReads {
             self.clear(u64::from(fd));
         }
         if let Some(place) = self.exposed.iter().position(|&s| s == Some(slot)) {
-            if let Err(e) = self.window.place(place, None) {
-                // The ring stays visible to the guest, and its place taken, for good.
+            let tx = self.tx_window.as_mut().map(|w| w.place(place, None));
+            if let Err(e) = self.window.place(place, None).and(tx.unwrap_or(Ok(()))) {
+                // The rings stay visible to the guest, and their place taken, for good.
                 tracing::warn!(slot, "taking a ring out of the guest's window: {e}");
                 return;
             }
@@ -291,7 +346,14 @@ impl FastReads {
         let place = self.exposed.iter().position(Option::is_none)?;
         let (_, _, g) = self.client.region();
         let fd = self.client.region_fd();
-        match self.window.place(place, Some((&fd, g.rx_buf_off(slot)))) {
+        let tx = self
+            .tx_window
+            .as_mut()
+            .map(|w| w.place(place, Some((&fd, g.tx_buf_off(slot)))));
+        match tx
+            .unwrap_or(Ok(()))
+            .and_then(|()| self.window.place(place, Some((&fd, g.rx_buf_off(slot)))))
+        {
             Ok(()) => {
                 self.exposed[place] = Some(slot);
                 Some(place)

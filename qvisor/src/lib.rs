@@ -218,7 +218,7 @@ impl Booted {
             vcpu_exits = vm.exits,
             taken_back = vm.taken_back,
             patched_sites = vm.patched_sites(),
-            fast_reads = vm.fast_reads_served(),
+            stub_socket_io = vm.stub_socket_io(),
             polled,
             "container ended"
         );

@@ -845,6 +845,13 @@ impl GuestNet {
             t.rx_consumed_elsewhere();
         }
     }
+
+    /// The stub wrote into `s`'s transmit ring (see `TcpStream::tx_published_elsewhere`).
+    pub fn write_done(&mut self, s: SocketId) {
+        if let Some(Some(Sock::Stream(t))) = self.socks.get(s as usize) {
+            t.tx_published_elsewhere();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,15 @@
  * (a statistic: app-writable). A buffer that does not lie in the user half is the ordinary
  * call's to refuse. A blocking descriptor whose ring is empty makes the ordinary call marked VIA 2: it will
  * most likely wait, and such a call does not renew the host thread's polling budget. VIA 3:
- * the call after a fast read that tells qkernel of it (does not renew it either). */
+ * the call after a fast read that tells qkernel of it (does not renew it either).
+ * Fast writes: a write(2), or a sendto(2) without flags or address (send(fd, buf, len, 0)), of
+ * a listed descriptor whose slot the stack last saw connected and open for writing (readiness
+ * OUT and CONNECTED, not ERR or HUP) and whose transmit ring has room for the whole buffer
+ * (tx_limit - (tx_tail - tx_head)) copies it into the ring at FAST_TXRINGS (same place as the
+ * receive ring's) and publishes it with one locked store of tx_tail; then sets tx_kick, and if
+ * no kick was outstanding (the stack sleeps) makes the private call WRITE_DONE (VIA 3) so
+ * qkernel kicks the stack. A ring without room for it all (a blocking write would wait, a
+ * non-blocking one write part) is the ordinary call's, marked VIA 2 when blocking. */
 #define MB 0xffffffff80001000
 #define FLAG (MB+0x00)
 #define NR (MB+0x08)
@@ -40,11 +48,18 @@
 #define FAST_STRIDE (MB+0x88)
 #define FAST_RXSIZE (MB+0x90)
 #define FAST_COUNT (MB+0x98)
+#define FAST_TXRINGS (MB+0xa0)
+#define FAST_TXSIZE (MB+0xa8)
 #define STACK (MB+0x1000)
 #define FASTTAB (MB+0x1000)
 #define FAST_FDS 1024
 #define READ_DONE 0x5100
+#define WRITE_DONE 0x5101
+#define SENDTO 44
 #define RECVFROM 45
+/* readiness: OUT 2, HUP 8, ERR 16, CONNECTED 32 */
+#define WRITE_MASK 58
+#define WRITE_OK 34
 #define USER_END 0x800000000000
 #define SPINS 2048
 	.text
@@ -56,11 +71,13 @@ entry:
 	movb $0, VIA
 try_fast:
 	mov %rax, NR
-	test %rax, %rax
-	jz 1f
+	cmp $1, %rax
+	jbe 1f
 	cmp $RECVFROM, %rax
+	je 0f
+	cmp $SENDTO, %rax
 	jne post
-	test %r10, %r10
+0:	test %r10, %r10
 	jnz post
 	test %r8, %r8
 	jnz post
@@ -95,9 +112,13 @@ fast_body:
 	mov %r8, %r9
 	shl $7, %r9
 	add FAST_SLOTS, %r9
+	cmpq $1, NR
+	je fast_write
+	cmpq $SENDTO, NR
+	je fast_write
 	mov 68(%r9), %eax
 	sub 4(%r9), %eax
-	jz fast_empty
+	jz fast_wait
 	cmp FAST_RXSIZE, %eax
 	ja fast_retreat
 	cmp %rdx, %rax
@@ -128,12 +149,62 @@ fast_body:
 	rep movsb
 	mov 4(%r9), %ecx
 	add %eax, %ecx
+	jmp read_commit
+fast_write:
+	cmpq $0, FAST_TXRINGS
+	je fast_retreat
+	mov 72(%r9), %eax
+	and $WRITE_MASK, %eax
+	cmp $WRITE_OK, %eax
+	jne fast_retreat
+	mov (%r9), %r11d
+	mov %r11d, %ecx
+	sub 64(%r9), %ecx
+	mov 92(%r9), %eax
+	cmp FAST_TXSIZE, %eax
+	ja fast_retreat
+	sub %ecx, %eax
+	jb fast_retreat
+	cmp %rdx, %rax
+	jb fast_wait
+	mov %r10d, %r8d
+	shr $16, %r8d
+	and $0x7fff, %r8d
+	imul FAST_TXSIZE, %r8
+	add FAST_TXRINGS, %r8
+	mov FAST_TXSIZE, %ecx
+	dec %ecx
+	mov %r11d, %eax
+	and %ecx, %eax
+	inc %ecx
+	sub %eax, %ecx
+	cmp %rdx, %rcx
+	jbe 2f
+	mov %rdx, %rcx
+2:	cld
+	lea (%r8,%rax), %rdi
+	mov %rdx, %rax
+	sub %rcx, %rdx
+	rep movsb
+	mov %rdx, %rcx
+	mov %r8, %rdi
+	rep movsb
 	.globl fast_commit
 fast_commit:
+	add %eax, %r11d
+	xchg %r11d, (%r9)
+	mov $1, %ecx
+	xchg %ecx, 8(%r9)
+	incq FAST_COUNT
+	dec %ecx
+	mov $WRITE_DONE, %ecx
+	jmp 3f
+read_commit:
 	xchg %ecx, 4(%r9)
 	incq FAST_COUNT
 	cmpl $0, 80(%r9)
-	pop %r10
+	mov $READ_DONE, %ecx
+3:	pop %r10
 	pop %r9
 	pop %r8
 	pop %rdx
@@ -142,10 +213,10 @@ fast_commit:
 	je to_app
 	mov %rdi, A0
 	mov %rax, A1
-	movq $READ_DONE, NR
+	mov %rcx, NR
 	movb $3, VIA
 	jmp claim
-fast_empty:
+fast_wait:
 	test %r10d, %r10d
 	jns fast_retreat
 	movb $2, VIA

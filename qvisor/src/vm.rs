@@ -1274,6 +1274,11 @@ impl Machine for GuestMachine<'_> {
             n.read_done(s)
         }
     }
+    fn net_write_done(&mut self, s: qkernel::SocketId) {
+        if let Ok(n) = self.net() {
+            n.write_done(s)
+        }
+    }
 }
 
 /// A lock that a thread panicking while it held it does not poison for the others.
@@ -1561,9 +1566,9 @@ impl Vm {
         Ok(())
     }
 
-    /// How many socket reads the stub served itself (its own count, which the app could
-    /// change: a statistic).
-    pub fn fast_reads_served(&self) -> u64 {
+    /// How many socket reads and writes the stub served itself (its own count, which the app
+    /// could change: a statistic).
+    pub fn stub_socket_io(&self) -> u64 {
         let core = self.core.lock().unwrap_or_else(|p| p.into_inner());
         match core.mem.host_page(MAILBOX_VA) {
             // SAFETY: the mailbox page lives in guest memory, which the Core owns.

@@ -86,12 +86,13 @@ fn socket_io_with_bad_buffers_is_efault_and_loses_nothing() {
 }
 
 /// The stub's count of the socket reads it served, from the end-of-container debug line.
-fn fast_reads_served(o: &std::process::Output) -> u64 {
+/// The socket reads and writes the stub served, from qvisor's debug log.
+fn stub_socket_io(o: &std::process::Output) -> u64 {
     let err = stderr(o);
     err.lines()
-        .find_map(|l| l.split("fast_reads=").nth(1))
+        .find_map(|l| l.split("stub_socket_io=").nth(1))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no fast_reads count in the debug log: {err}"))
+        .unwrap_or_else(|| panic!("no stub_socket_io count in the debug log: {err}"))
 }
 
 #[test]
@@ -108,7 +109,7 @@ fn socket_reads_served_in_the_stub_keep_linux_semantics() {
         let o = common::qvisor_env(&[("QVISOR_LOG", "qvisor=debug")], &[program]);
         assert_eq!(stdout(&o), expected, "{program}: {}", stderr(&o));
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-        let served = fast_reads_served(&o);
+        let served = stub_socket_io(&o);
         assert!(served > 100, "{program}: the stub served {served} reads");
     }
     let o = common::qvisor_env(
@@ -116,7 +117,7 @@ fn socket_reads_served_in_the_stub_keep_linux_semantics() {
         &["/bin/fastread"],
     );
     assert_eq!(stdout(&o), expected, "{}", stderr(&o));
-    assert_eq!(fast_reads_served(&o), 0, "the kill switch");
+    assert_eq!(stub_socket_io(&o), 0, "the kill switch");
     // Six streams at once in a 24 MiB container, which may read 3 rings in the stub (half
     // its buffer budget): the others are read through qkernel, every byte intact.
     let o = common::qvisor_env(
@@ -130,7 +131,35 @@ fn socket_reads_served_in_the_stub_keep_linux_semantics() {
         stderr(&o)
     );
     assert!(stderr(&o).contains("limit=3"), "{}", stderr(&o));
-    assert!(fast_reads_served(&o) > 0);
+    assert!(stub_socket_io(&o) > 0);
+}
+
+#[test]
+fn socket_writes_served_in_the_stub_keep_linux_semantics() {
+    // Writes that fit a stream's transmit ring are copied into it by the syscall stub. A
+    // forked reader checks every byte of a 24 MiB stream written in pieces of 1 byte to
+    // 200 KiB; between them, bad buffers (EFAULT, nothing added), a forked child writing a
+    // stretch, dup2 of another connection over the descriptor and back, a reused descriptor
+    // number, a non-blocking socket nobody reads filled to EAGAIN and read back exactly,
+    // EPIPE and SIGPIPE after SHUT_WR (see the program). The reader reads 8 KiB at a time,
+    // which the stub leaves to qkernel, so the stub's count is of writes alone. Static and
+    // patched-dynamic; then with each kill switch.
+    let expected = format!("fast writes: {} bytes intact\n", 24 << 20);
+    for program in ["/bin/fastread", "/bin/fastread-dyn"] {
+        let o = common::qvisor_env(&[("QVISOR_LOG", "qvisor=debug")], &[program, "writes"]);
+        assert_eq!(stdout(&o), expected, "{program}: {}", stderr(&o));
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let served = stub_socket_io(&o);
+        assert!(served > 100, "{program}: the stub served {served} writes");
+    }
+    for switch in ["QUARK_FAST_WRITES", "QUARK_FAST_READS"] {
+        let o = common::qvisor_env(
+            &[("QVISOR_LOG", "qvisor=debug"), (switch, "off")],
+            &["/bin/fastread", "writes"],
+        );
+        assert_eq!(stdout(&o), expected, "{switch}: {}", stderr(&o));
+        assert_eq!(stub_socket_io(&o), 0, "{switch}=off");
+    }
 }
 
 #[test]
@@ -159,6 +188,41 @@ fn a_guest_reading_the_whole_ring_window_commits_no_host_memory() {
     );
     let rss_kib = status_kib(&status, "VmRSS");
     assert!(rss_kib < 64 << 10, "the VMM holds {rss_kib} KiB");
+}
+
+#[test]
+fn a_guest_writing_its_transmit_window_holds_no_more_than_the_window() {
+    // The window of transmit rings the stub writes is guest-writable everywhere; where no
+    // socket's ring is, it is anonymous memory. A 64 MiB container may expose 8 rings (half
+    // its buffer budget over 4 MiB receive rings), so its transmit window is 8 x 2 MiB: a
+    // guest writing all of it holds that and no more, and one page beyond is a fault.
+    require_kvm();
+    let mut writer = Command::new(env!("CARGO_BIN_EXE_qvisor"))
+        .args(["launch", "--memory-mib", "64", "--rootfs"])
+        .arg(root())
+        .args(["/bin/ringpeek", "write", "8"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = first_line(&mut writer);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", writer.id())).unwrap();
+    let _ = writer.kill();
+    let out = writer.wait_with_output().unwrap();
+    assert_eq!(
+        line,
+        "wrote 4096 pages, 0 wrong\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rss_kib = status_kib(&status, "VmRSS");
+    assert!(rss_kib < 48 << 10, "the VMM holds {rss_kib} KiB");
+    let o = common::qvisor_env(&[], &["--memory-mib", "64", "/bin/ringpeek", "write", "9"]);
+    assert!(
+        stderr(&o).contains("page fault at 0xffffc00081000000"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

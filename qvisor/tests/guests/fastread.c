@@ -9,13 +9,16 @@
  * come from it, and back; a closed descriptor number reused for a new connection reads the
  * new one; the end of the stream reads 0. With the argument "many": six streams of 2 MiB
  * read in turn, more than a small container may read in the stub at once (the rest are read
- * through qkernel). Passes natively too. Prints one line; exits 1 at the first failure. */
+ * through qkernel). With "writes": the same for writes the stub copies into the transmit
+ * ring (see writes() below). Passes natively too. Prints one line; exits 1 at the first
+ * failure. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -164,9 +167,233 @@ static int many(void) {
   return 0;
 }
 
+static long sent;
+
+/* Writes `len` bytes of the pattern at the stream's position; every third write is a send
+ * (sendto without flags or address), which the stub serves too. A short count goes on with
+ * the rest (Quark returns one from a blocking socket while other processes run: the ring
+ * had room for part, and the rest would wait). */
+static void give(int s, long len) {
+  static unsigned long calls;
+  for (long i = 0; i < len; i++) {
+    buf[i] = pattern(sent + i);
+  }
+  for (long done = 0; done < len;) {
+    long n = calls++ % 3 == 2 ? send(s, buf + done, len - done, 0)
+                              : write(s, buf + done, len - done);
+    if (n <= 0) {
+      fail("a write", n);
+    }
+    done += n;
+  }
+  sent += len;
+}
+
+static void refused_write(int s, const void *bad, const char *what) {
+  long r = write(s, bad, 4096);
+  if (r != -1 || errno != EFAULT) {
+    fail(what, r);
+  }
+}
+
+/* Reads `want` bytes of `c` from `s` in 8 KiB reads (too short to be read in the stub, so
+ * only writes are) and checks them; returns how many came. */
+static long drain_bytes(int s, long want, unsigned char c) {
+  static unsigned char in[8192];
+  long got = 0;
+  while (got < want) {
+    long n = read(s, in, sizeof in < (unsigned long)(want - got) ? sizeof in : want - got);
+    if (n <= 0) {
+      break;
+    }
+    for (long i = 0; i < n; i++) {
+      if (in[i] != c) {
+        fail("a byte written to the quiet socket", got + i);
+      }
+    }
+    got += n;
+  }
+  return got;
+}
+
+static volatile int sigpipes;
+static void on_sigpipe(int sig) {
+  (void)sig;
+  sigpipes++;
+}
+
+/* Writes: a forked reader checks a 24 MiB pattern the parent writes (write and send) in
+ * pieces of 1 byte to 200 KiB (pieces that wrap the ring); between them: writes from bad
+ * buffers fail with EFAULT and add nothing to the stream; a forked child writes a stretch;
+ * dup2 puts another connection on the descriptor, whose peer gets the next write, and back;
+ * a closed descriptor number reused by a new connection writes to it; a non-blocking socket
+ * nobody reads takes writes until EAGAIN (a last one in part) and then its peer reads
+ * exactly what they reported; after shutdown(SHUT_WR) a write fails with EPIPE and raises
+ * SIGPIPE, and the peer sees the end of the stream. */
+static int writes(void) {
+  struct sockaddr_in at;
+  int l = listener(&at);
+  int s = socket(AF_INET, SOCK_STREAM, 0);
+  if (s < 0 || connect(s, (struct sockaddr *)&at, sizeof at)) {
+    fail("connect", -1);
+  }
+  int a = accept(l, NULL, NULL);
+  pid_t reader = fork();
+  if (reader == 0) {
+    close(s);
+    static unsigned char in[8192];
+    long got = 0, n;
+    while ((n = read(a, in, sizeof in)) > 0) {
+      for (long i = 0; i < n; i++) {
+        if (in[i] != pattern(got + i)) {
+          printf("FAIL the reader: byte %ld out of place\n", got + i);
+          _exit(2);
+        }
+      }
+      got += n;
+    }
+    _exit(got == TOTAL ? 0 : 3);
+  }
+  close(a);
+  signal(SIGPIPE, on_sigpipe);
+
+  static const long lengths[] = {65536, 1, 100, 4096, 200 << 10, 7, 65536, 12345, 131072, 3};
+  long step = 0;
+  void *reserved = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  while (sent < (2L << 20)) {
+    give(s, lengths[step++ % 10]);
+  }
+  refused_write(s, NULL, "a write from NULL");
+  refused_write(s, (void *)0xffff800000000000UL, "a write from the kernel half");
+  refused_write(s, (void *)0xffffffff80001800UL, "a write from the stub's mailbox");
+  refused_write(s, reserved, "a write from a PROT_NONE page");
+  refused_write(s, (void *)0x7fffffffff00UL, "a write running out of the user half");
+
+  pid_t p = fork();
+  if (p == 0) {
+    long end = sent + CHILD_PART;
+    while (sent < end) {
+      give(s, end - sent < 65536 ? end - sent : 65536);
+    }
+    _exit(0);
+  }
+  int status;
+  if (waitpid(p, &status, 0) != p || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    fail("the child's writes", status);
+  }
+  sent += CHILD_PART;
+  while (sent < (8L << 20)) {
+    give(s, lengths[step++ % 10]);
+  }
+
+  /* Another connection on the descriptor, then the stream again. */
+  int saved = dup(s);
+  int other = socket(AF_INET, SOCK_STREAM, 0);
+  if (other < 0 || connect(other, (struct sockaddr *)&at, sizeof at)) {
+    fail("connect other", -1);
+  }
+  int other_far = accept(l, NULL, NULL);
+  if (dup2(other, s) != s || write(s, "second", 6) != 6) {
+    fail("a write to the other connection", -1);
+  }
+  expect_text(other_far, "second");
+  close(other);
+  close(other_far);
+  if (dup2(saved, s) != s) {
+    fail("dup2 back", -1);
+  }
+  close(saved);
+  while (sent < (12L << 20)) {
+    give(s, lengths[step++ % 10]);
+  }
+
+  /* Non-blocking and nobody reading: writes until EAGAIN, then the peer reads them all. */
+  int quiet = socket(AF_INET, SOCK_STREAM, 0);
+  if (quiet < 0 || connect(quiet, (struct sockaddr *)&at, sizeof at)) {
+    fail("connect quiet", -1);
+  }
+  int far = accept(l, NULL, NULL);
+  fcntl(quiet, F_SETFL, fcntl(quiet, F_GETFL) | O_NONBLOCK);
+  static unsigned char chunk[40000];
+  memset(chunk, 'q', sizeof chunk);
+  long wrote = 0;
+  for (int tries = 0;; tries++) {
+    long n = write(quiet, chunk, sizeof chunk);
+    if (n < 0) {
+      if (errno != EAGAIN || wrote == 0) {
+        fail("a write to a full non-blocking socket", n);
+      }
+      break;
+    }
+    if (tries > 100000) {
+      fail("a non-blocking socket that never fills", wrote);
+    }
+    wrote += n;
+  }
+  if (drain_bytes(far, wrote, 'q') != wrote) {
+    fail("what the non-blocking writes reported", wrote);
+  }
+  /* Room again: the next write goes whole, then the write side shuts. */
+  fcntl(quiet, F_SETFL, fcntl(quiet, F_GETFL) & ~O_NONBLOCK);
+  if (write(quiet, chunk, sizeof chunk) != (long)sizeof chunk ||
+      drain_bytes(far, sizeof chunk, 'q') != (long)sizeof chunk) {
+    fail("a write after the socket drained", -1);
+  }
+  if (shutdown(quiet, SHUT_WR)) {
+    fail("shutdown", -1);
+  }
+  /* A pause first, so that Quark's host thread sleeps and the write traps (the reader is
+   * alive: a socket call is tried without waiting there, then its handler runs). */
+  usleep(5000);
+  long r = write(quiet, chunk, sizeof chunk);
+  if (r != -1 || errno != EPIPE || sigpipes != 1) {
+    fail("a write after SHUT_WR", r);
+  }
+  if (read(far, chunk, sizeof chunk) != 0) {
+    fail("the end after SHUT_WR", -1);
+  }
+  close(far);
+  close(quiet);
+
+  /* A closed descriptor's number, reused by a new connection, writes to that one. */
+  while (sent < (16L << 20)) {
+    give(s, lengths[step++ % 10]);
+  }
+  int keep = dup(s);
+  close(s);
+  int fourth = socket(AF_INET, SOCK_STREAM, 0);
+  if (fourth != s || connect(fourth, (struct sockaddr *)&at, sizeof at)) {
+    fail("the number reused", fourth);
+  }
+  int fourth_far = accept(l, NULL, NULL);
+  if (write(fourth, "fourth", 6) != 6) {
+    fail("a write to the reused number", -1);
+  }
+  expect_text(fourth_far, "fourth");
+  close(fourth_far);
+  if (dup2(keep, s) != s) {
+    fail("dup2 of the stream", -1);
+  }
+  close(keep);
+
+  while (sent < TOTAL) {
+    give(s, TOTAL - sent < lengths[step % 10] ? TOTAL - sent : lengths[step % 10]);
+    step++;
+  }
+  close(s);
+  if (waitpid(reader, &status, 0) != reader || !WIFEXITED(status) || WEXITSTATUS(status)) {
+    fail("the reader", status);
+  }
+  printf("fast writes: %ld bytes intact\n", sent);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (argc > 1 && strcmp(argv[1], "many") == 0) {
     return many();
+  }
+  if (argc > 1 && strcmp(argv[1], "writes") == 0) {
+    return writes();
   }
   struct sockaddr_in at;
   int l = listener(&at);
