@@ -63,7 +63,6 @@ pub(crate) fn read_msghdr(m: &dyn Machine, at: u64) -> Result<MsgHdr, i64> {
     Ok(MsgHdr { name, namelen, iov })
 }
 
-/// `count` iovecs at `at`, as (base, length).
 /// `iov` without its first `skip` bytes.
 fn iov_after(iov: &[(u64, u64)], mut skip: u64) -> Vec<(u64, u64)> {
     let mut rest = Vec::with_capacity(iov.len());
@@ -78,6 +77,7 @@ fn iov_after(iov: &[(u64, u64)], mut skip: u64) -> Vec<(u64, u64)> {
     rest
 }
 
+/// `count` iovecs at `at`, as (base, length).
 pub(crate) fn read_iovecs(m: &dyn Machine, at: u64, count: u64) -> Result<Vec<(u64, u64)>, i64> {
     (0..count)
         .map(|i| {
@@ -879,4 +879,20 @@ fn stack_option(level: u64, name: u64) -> bool {
         // SO_ACCEPTCONN, SO_PROTOCOL
         (SOL_SOCKET, 2 | 3 | 7 | 8 | 9 | 15 | 30 | 38) | (IPPROTO_TCP, 1) // TCP_NODELAY
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::iov_after;
+
+    #[test]
+    fn the_rest_of_an_iovec_list_starts_where_a_short_write_stopped() {
+        let iov = [(0x1000, 10), (0x2000, 0), (0x3000, 5)];
+        assert_eq!(iov_after(&iov, 0), vec![(0x1000, 10), (0x3000, 5)]);
+        assert_eq!(iov_after(&iov, 4), vec![(0x1004, 6), (0x3000, 5)]);
+        assert_eq!(iov_after(&iov, 10), vec![(0x3000, 5)]);
+        assert_eq!(iov_after(&iov, 12), vec![(0x3002, 3)]);
+        assert!(iov_after(&iov, 15).is_empty());
+        assert!(iov_after(&iov, 99).is_empty());
+    }
 }
