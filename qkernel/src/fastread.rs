@@ -53,9 +53,10 @@ impl Kernel {
     pub fn sync_fast_reads(&mut self, m: &mut dyn Machine) {
         let fds = &self.p.fds;
         // A thread about to run a call again that it parked with a deadline (SO_RCVTIMEO,
-        // SO_SNDTIMEO: `io_until`) must bring it here: served by the stub, the call would
-        // leave the deadline behind, and the thread's next wait would end at once.
-        let restarting = self.t.io_until.is_some();
+        // SO_SNDTIMEO: `io_until`) or with part of a write sent must bring it here: served by
+        // the stub, the call would leave the deadline behind (the thread's next wait would
+        // end at once), or send the part again.
+        let restarting = self.t.io_until.is_some() || self.t.write_progress.is_some();
         self.fast_reads.retain(|&(fd, s, blocking)| {
             let same = !restarting
                 && matches!(fds.kind(fd), Ok(FileKind::Socket(x)) if *x == s)

@@ -63,6 +63,17 @@ pub(crate) fn read_msghdr(m: &dyn Machine, at: u64) -> Result<MsgHdr, i64> {
     Ok(MsgHdr { name, namelen, iov })
 }
 
+/// A blocking stream write that sent part of its buffer and waits for room for the rest
+/// (see [`Kernel::socket_io`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct WriteProgress {
+    fd: u64,
+    /// The call's first buffer and whole length: the same call when it runs again.
+    base: u64,
+    len: u64,
+    pub(crate) sent: u64,
+}
+
 /// `iov` without its first `skip` bytes.
 fn iov_after(iov: &[(u64, u64)], mut skip: u64) -> Vec<(u64, u64)> {
     let mut rest = Vec::with_capacity(iov.len());
@@ -426,6 +437,9 @@ impl Kernel {
         write: bool,
     ) -> Result<i64, i64> {
         let (s, nonblocking) = self.socket_for(fd, !write, write)?;
+        // A blocking call tried without waiting (by the host thread, or beside other
+        // processes): if it would wait, it runs again where it may.
+        let tried = nonblocking && !self.p.fds.nonblocking(fd) && flags & MSG_DONTWAIT == 0;
         let nonblocking = nonblocking || flags & MSG_DONTWAIT != 0;
         if !write {
             let n = m
@@ -437,17 +451,32 @@ impl Kernel {
             return Ok(n);
         }
         // A blocking write goes on until all of it is in (Linux: a short count only after a
-        // signal or a timeout); what went in before an error is the call's result.
+        // signal or a timeout); what went in before an error is the call's result. Tried
+        // without waiting, a write that sent part keeps what it sent in its thread and waits
+        // for room like any other; run again, it goes on from there.
         let len = crate::machine::iov_len(iov);
-        let mut sent = 0u64;
+        let base = iov.first().map_or(0, |&(at, _)| at);
+        let mut sent = match self.t.write_progress.take() {
+            Some(w) if (w.fd, w.base, w.len) == (fd, base, len) => w.sent,
+            _ => 0,
+        };
         let result = loop {
             let rest = iov_after(iov, sent);
             match m.net_send_user(s, &rest, nonblocking) {
                 Ok(n) => {
                     sent += n as u64;
-                    if nonblocking || n == 0 || sent >= len {
+                    if (nonblocking && !tried) || n == 0 || sent >= len {
                         break Ok(sent as i64);
                     }
+                }
+                Err(EAGAIN) if tried && sent > 0 => {
+                    self.t.write_progress = Some(WriteProgress {
+                        fd,
+                        base,
+                        len,
+                        sent,
+                    });
+                    break Err(EAGAIN);
                 }
                 Err(_) if sent > 0 => break Ok(sent as i64),
                 Err(EPIPE) if flags & MSG_NOSIGNAL == 0 => break Err(self.broken_pipe()),

@@ -60,6 +60,10 @@ pub(crate) struct Thread {
     pub(crate) clear_child_tid: u64,
     /// When the socket call it is parked in (and runs again) times out (monotonic ns).
     pub(crate) io_until: Option<u64>,
+    /// What the blocking socket write it is parked in has sent so far: the write goes on
+    /// from there when it runs again (Linux returns from a blocking write only when all of
+    /// it is in, after a signal or a timeout with what is).
+    pub(crate) write_progress: Option<crate::net::WriteProgress>,
     /// The head of its robust futex list (set_robust_list), walked when it dies.
     pub(crate) robust_list: u64,
     /// CPU time it has used (ns), up to when it was last charged ([`Kernel::charge_cpu`]).
@@ -89,6 +93,7 @@ impl Thread {
             sleep_until: 0,
             clear_child_tid: 0,
             io_until: None,
+            write_progress: None,
             robust_list: 0,
             cpu_ns: 0,
             sigwait: 0,

@@ -240,7 +240,13 @@ impl Kernel {
             return false;
         }
         let mut interrupted = *regs;
-        if restart && flags & SA_RESTART == 0 {
+        let progress = self.t.write_progress.take();
+        if let (true, Some(w)) = (restart, progress) {
+            // A blocking write that sent part ends with what it sent (as Linux), restarted
+            // or not.
+            interrupted.rip = interrupted.rip.wrapping_add(2);
+            interrupted.rax = w.sent;
+        } else if restart && flags & SA_RESTART == 0 {
             // The waiting call ends with EINTR instead of running again.
             interrupted.rip = interrupted.rip.wrapping_add(2);
             interrupted.rax = (-EINTR) as u64;

@@ -816,7 +816,13 @@ impl Kernel {
             // SO_RCVTIMEO / SO_SNDTIMEO: the wait ends there with EAGAIN, as on Linux.
             if timed_out {
                 self.t.io_until = None;
-                return Ok(Some(SyscallOutcome::Return(-EAGAIN)));
+                // A write that sent part returns what it sent.
+                let value = self
+                    .t
+                    .write_progress
+                    .take()
+                    .map_or(-EAGAIN, |w| w.sent as i64);
+                return Ok(Some(SyscallOutcome::Return(value)));
             }
             let until = *self
                 .t

@@ -25,6 +25,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -169,22 +170,17 @@ static int many(void) {
 
 static long sent;
 
-/* Writes `len` bytes of the pattern at the stream's position; every third write is a send
- * (sendto without flags or address), which the stub serves too. A short count goes on with
- * the rest (Quark returns one from a blocking socket while other processes run: the ring
- * had room for part, and the rest would wait). */
+/* Writes `len` bytes of the pattern at the stream's position, all of them (a blocking
+ * socket, while another process reads); every third write is a send (sendto without flags
+ * or address), which the stub serves too. */
 static void give(int s, long len) {
   static unsigned long calls;
   for (long i = 0; i < len; i++) {
     buf[i] = pattern(sent + i);
   }
-  for (long done = 0; done < len;) {
-    long n = calls++ % 3 == 2 ? send(s, buf + done, len - done, 0)
-                              : write(s, buf + done, len - done);
-    if (n <= 0) {
-      fail("a write", n);
-    }
-    done += n;
+  long n = calls++ % 3 == 2 ? send(s, buf, len, 0) : write(s, buf, len);
+  if (n != len) {
+    fail("a blocking write", n);
   }
   sent += len;
 }
@@ -216,6 +212,12 @@ static long drain_bytes(int s, long want, unsigned char c) {
   return got;
 }
 
+static volatile int alarms;
+static void on_alarm(int sig) {
+  (void)sig;
+  alarms++;
+}
+
 static volatile int sigpipes;
 static void on_sigpipe(int sig) {
   (void)sig;
@@ -229,7 +231,8 @@ static void on_sigpipe(int sig) {
  * a closed descriptor number reused by a new connection writes to it; a non-blocking socket
  * nobody reads takes writes until EAGAIN (a last one in part) and then its peer reads
  * exactly what they reported; after shutdown(SHUT_WR) a write fails with EPIPE and raises
- * SIGPIPE, and the peer sees the end of the stream. */
+ * SIGPIPE, and the peer sees the end of the stream; a blocking write nobody reads, cut
+ * short by a signal, returns the part that went in. Every blocking write is whole. */
 static int writes(void) {
   struct sockaddr_in at;
   int l = listener(&at);
@@ -354,6 +357,34 @@ static int writes(void) {
   }
   close(far);
   close(quiet);
+
+  /* A blocking write into a connection nobody reads, cut short by a signal whose handler
+   * does not restart calls: it returns what went in, not EINTR. */
+  int stuck = socket(AF_INET, SOCK_STREAM, 0);
+  if (stuck < 0 || connect(stuck, (struct sockaddr *)&at, sizeof at)) {
+    fail("connect stuck", -1);
+  }
+  int stuck_far = accept(l, NULL, NULL);
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_alarm;
+  sigaction(SIGALRM, &sa, NULL);
+  struct itimerval soon = {{0, 0}, {0, 200000}};
+  setitimer(ITIMER_REAL, &soon, NULL);
+  /* Mapped here, not static: a 16 MiB bss would count in "many"'s small container's forks. */
+  const long big_len = 16L << 20;
+  unsigned char *big =
+      mmap(NULL, big_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (big == MAP_FAILED) {
+    fail("mmap", -1);
+  }
+  long part = write(stuck, big, big_len);
+  if (part <= 0 || part >= big_len || alarms != 1) {
+    fail("a blocking write cut short by a signal", part);
+  }
+  munmap(big, big_len);
+  close(stuck_far);
+  close(stuck);
 
   /* A closed descriptor's number, reused by a new connection, writes to that one. */
   while (sent < (16L << 20)) {
