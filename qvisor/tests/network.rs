@@ -143,9 +143,9 @@ fn socket_writes_served_in_the_stub_keep_linux_semantics() {
     // number, a non-blocking socket nobody reads filled to EAGAIN and read back exactly,
     // EPIPE and SIGPIPE after SHUT_WR, a blocking write cut short by a signal returning the
     // part that went in, and every other blocking write whole while another process runs
-    // (see the program). The reader reads 8 KiB at a time,
-    // which the stub leaves to qkernel, so the stub's count is of writes alone. Static and
-    // patched-dynamic; then with each kill switch.
+    // (see the program). The reader reads 8 KiB at a time, which the stub leaves to qkernel,
+    // so the stub's count is of writes alone. Static and patched-dynamic; then with each
+    // kill switch.
     let expected = format!("fast writes: {} bytes intact\n", 24 << 20);
     for program in ["/bin/fastread", "/bin/fastread-dyn"] {
         let o = common::qvisor_env(&[("QVISOR_LOG", "qvisor=debug")], &[program, "writes"]);
