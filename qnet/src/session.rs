@@ -331,6 +331,11 @@ impl Session {
     }
 
     /// Whether a stream the client closed still has bytes in its ring for its socket.
+    /// The client's ring region (the device sends payloads from its transmit rings).
+    pub fn mapping(&self) -> &Arc<Mapping> {
+        &self.mapping
+    }
+
     pub fn has_closing_streams(&self) -> bool {
         self.slots
             .iter()

@@ -169,6 +169,7 @@ impl Stack {
 
     fn end_session(&mut self, id: u64, why: &str) {
         if let Some(mut s) = self.sessions.remove(&id) {
+            self.dev.queues.remove_payload_region(s.mapping());
             let now = self.now();
             s.teardown(&mut self.net, now);
             tracing::info!(session = id, "client detached: {why}");
@@ -258,6 +259,7 @@ impl Stack {
             self.dev
                 .watch_hangup(s.stream.as_raw_fd(), s.id)
                 .context("watching a client")?;
+            self.dev.queues.add_payload_region(s.mapping().clone());
             self.sessions.insert(s.id, s);
         }
         let now = self.now();
@@ -313,6 +315,11 @@ impl Stack {
 
     /// Runs until [`StackHandle::stop`] is called.
     pub fn run(&mut self) -> anyhow::Result<()> {
+        // Large TCP payloads in a client's ring go to the TAP from there (phy/uring.rs);
+        // `QNET_TX_GATHER=off` copies every payload into its frame instead.
+        if std::env::var("QNET_TX_GATHER").as_deref() != Ok("off") {
+            smoltcp::phy::set_detach_min(crate::phy::uring::DETACH_MIN);
+        }
         let mut last_work = std::time::Instant::now();
         let mut last_report = last_work;
         while !self.stop.load(Ordering::Relaxed) {

@@ -10,13 +10,20 @@
 //! reordering for loss); writes are queued by smoltcp's transmit tokens and submitted in one
 //! batch per service pass, so a burst of frames costs one `io_uring_enter`. The same ring waits on the stack's doorbell eventfd, on client
 //! hang-ups and on the stack's timer, so the service loop sleeps in exactly one place.
+//!
+//! A TCP payload that lies in a client's ring region (a stream sending straight from its
+//! transmit ring) is not copied into the frame: smoltcp leaves it out (its `detach` patch) and
+//! the write gathers header and payload (`writev`), holding the region until it completes. A
+//! payload anywhere else is copied in as before.
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 use std::time::Duration;
 
 use io_uring::{opcode, types, IoUring};
+use qnet_client::sys::Mapping;
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
@@ -58,6 +65,8 @@ pub struct DeviceStats {
     pub tx_bytes: u64,
     pub tx_errors: u64,
     pub tx_gso_frames: u64,
+    /// Frames whose payload was written from a client's transmit ring, not copied into them.
+    pub tx_gathered_frames: u64,
     /// Frames the stack sent to itself.
     pub looped_frames: u64,
     /// Frames dropped on transmit: loopback-sourced frames bound for the link, or any frame
@@ -136,10 +145,39 @@ fn is_martian(frame: &[u8]) -> bool {
         .any(|at| ipv4_at(frame, *at).is_some_and(is_loopback))
 }
 
+/// Payloads at least this long are sent from where they lie when they are in a client's
+/// region (smaller ones cost less to copy than a second piece of the write).
+pub const DETACH_MIN: usize = 8 << 10;
+
+/// A frame's payload sent from a client's ring region: the region is held until the write
+/// that reads it completes.
+#[derive(Debug)]
+struct Payload {
+    ptr: *const u8,
+    len: usize,
+    _region: Arc<Mapping>,
+}
+
+// SAFETY: the pointer is into `_region`'s mapping, which the Arc keeps alive; only the
+// kernel reads it (the write), and the frame queues are used by one thread at a time.
+unsafe impl Send for Payload {}
+
+/// A frame ready for the link: its first `len` bytes of `buf` (virtio-net header first) and,
+/// if detached, its payload. (`buf` keeps its length for reuse: shortening it would make the
+/// next frame zero it again.)
+#[derive(Debug)]
+struct TxFrame {
+    buf: Vec<u8>,
+    len: usize,
+    payload: Option<Payload>,
+}
+
 /// Transmit side of the frame queues.
 #[derive(Debug)]
 struct TxQueue {
-    ready: Vec<Vec<u8>>,
+    ready: Vec<TxFrame>,
+    /// Client regions a detached payload may be sent from.
+    regions: Vec<Arc<Mapping>>,
     free: Vec<Vec<u8>>,
     /// Frames in `ready` plus frames submitted and not yet completed.
     outstanding: usize,
@@ -290,6 +328,7 @@ impl FrameQueues {
             rx_spent: Vec::new(),
             tx: TxQueue {
                 ready: Vec::new(),
+                regions: Vec::new(),
                 free: Vec::new(),
                 outstanding: 0,
                 looped: VecDeque::new(),
@@ -301,6 +340,16 @@ impl FrameQueues {
             mtu,
             gso_max: GSO_MAX,
         })
+    }
+
+    /// Lets payloads that lie in `region` (a client's ring region) be sent from there.
+    pub fn add_payload_region(&mut self, region: Arc<Mapping>) {
+        self.tx.regions.push(region);
+    }
+
+    /// Stops sending payloads from `region` (writes in flight keep it until they complete).
+    pub fn remove_payload_region(&mut self, region: &Arc<Mapping>) {
+        self.tx.regions.retain(|r| !Arc::ptr_eq(r, region));
     }
 
     /// Limits segmentation-offload frames to `frame` bytes (Ethernet header included; at
@@ -389,26 +438,61 @@ impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let mut buf = self.q.free.pop().unwrap_or_default();
         // smoltcp writes every byte of the frame: a reused buffer needs no zeroing (a 64 KiB
-        // memset per segment-offload frame), only its length set.
+        // memset per segment-offload frame), and keeps its length (an ACK's buffer, cut to
+        // 64 bytes, was zeroed again for the next 64 KiB frame); the frame is its first
+        // `need` bytes.
         let need = VNET_HDR_LEN + len;
         if buf.len() < need {
             buf.resize(need, 0);
         }
-        buf.truncate(need);
-        let r = f(&mut buf[VNET_HDR_LEN..]);
+        let _ = phy::take_detached_payload(); // none left from an earlier frame
+        let r = f(&mut buf[VNET_HDR_LEN..need]);
         let q = &mut *self.q;
-        match q.local.classify(&buf[VNET_HDR_LEN..]) {
+        // A payload smoltcp left out lies in the socket's buffer, unchanged until the socket
+        // set is next touched: either the write sends it from a client region, or it is
+        // copied into the frame's last bytes now.
+        let detached = phy::take_detached_payload().filter(|&(_, n)| n <= len);
+        let keep = detached.and_then(|(ptr, n)| {
+            let at = ptr as usize;
+            q.regions
+                .iter()
+                .find(|r| {
+                    let start = r.as_ptr() as usize;
+                    at >= start && at + n <= start + r.len()
+                })
+                .map(|r| Payload {
+                    ptr,
+                    len: n,
+                    _region: r.clone(),
+                })
+        });
+        let dest = q.local.classify(&buf[VNET_HDR_LEN..need]);
+        let keep = keep.filter(|_| matches!(dest, Dest::Link) && q.has_link);
+        if let (Some((ptr, n)), None) = (detached, &keep) {
+            // SAFETY: smoltcp recorded this slice of the socket's buffer while building the
+            // frame just now (phy/detach.rs); nothing has touched the socket since.
+            let payload = unsafe { std::slice::from_raw_parts(ptr, n) };
+            buf[need - n..need].copy_from_slice(payload);
+        }
+        match dest {
             Dest::Local => {
                 // Addressed to our own MAC, as a loopback device delivers it; smoltcp does not
                 // verify TCP/UDP checksums, and a segmentation-offload frame arrives whole.
                 buf[VNET_HDR_LEN..VNET_HDR_LEN + 6].copy_from_slice(&q.local.mac);
+                buf.truncate(need); // the receive side takes the buffer's length
                 q.looped.push_back(buf);
                 q.looped_frames += 1;
             }
             Dest::Link if q.has_link => {
-                let hdr = prepare_tx(&mut buf[VNET_HDR_LEN..], self.gso_size);
+                // The headers say the whole length; only they are read here.
+                let hdr = prepare_tx(&mut buf[VNET_HDR_LEN..need], self.gso_size);
                 hdr.write(&mut buf[..VNET_HDR_LEN]);
-                q.ready.push(buf);
+                let len = need - keep.as_ref().map_or(0, |p| p.len);
+                q.ready.push(TxFrame {
+                    buf,
+                    len,
+                    payload: keep,
+                });
                 q.outstanding += 1;
             }
             Dest::Link | Dest::Drop => {
@@ -495,6 +579,17 @@ pub struct Reaped {
     pub hangups: Vec<u64>,
 }
 
+/// A write the kernel may still be reading: the frame, and for a detached payload the
+/// two-piece vector the write names (boxed: its address must not move).
+struct InFlight {
+    frame: TxFrame,
+    _iov: Option<Box<[libc::iovec; 2]>>,
+}
+
+// SAFETY: the vector points into the frame's own buffer and its payload's region (held by
+// the frame); only the kernel reads through it, and the tap is used by one thread at a time.
+unsafe impl Send for InFlight {}
+
 /// The TAP, its io_uring, and the frame queues.
 pub struct UringTap {
     // Declared first: dropped (and the provided buffers unregistered) before the queues.
@@ -503,7 +598,7 @@ pub struct UringTap {
     tap: Option<OwnedFd>,
     /// Whether the multishot read is armed.
     rx_armed: bool,
-    tx_inflight: Vec<Option<Vec<u8>>>,
+    tx_inflight: Vec<Option<InFlight>>,
     tx_free_ids: Vec<usize>,
     doorbell: OwnedFd,
     doorbell_buf: Box<u64>,
@@ -601,7 +696,7 @@ impl UringTap {
             self.rx_armed = true;
         }
         let ready = std::mem::take(&mut self.queues.tx.ready);
-        for buf in ready {
+        for frame in ready {
             let id = match self.tx_free_ids.pop() {
                 Some(id) => id,
                 None => {
@@ -609,11 +704,29 @@ impl UringTap {
                     self.tx_inflight.len() - 1
                 }
             };
-            let entry = opcode::Write::new(fd, buf.as_ptr(), buf.len() as u32)
-                .build()
-                .user_data(tag(TAG_TX, id as u64));
-            self.tx_inflight[id] = Some(buf);
-            self.push(&entry)?;
+            let (entry, iov) = match &frame.payload {
+                None => (
+                    opcode::Write::new(fd, frame.buf.as_ptr(), frame.len as u32).build(),
+                    None,
+                ),
+                Some(p) => {
+                    let iov = Box::new([
+                        libc::iovec {
+                            iov_base: frame.buf.as_ptr() as *mut libc::c_void,
+                            iov_len: frame.len,
+                        },
+                        libc::iovec {
+                            iov_base: p.ptr as *mut libc::c_void,
+                            iov_len: p.len,
+                        },
+                    ]);
+                    (opcode::Writev::new(fd, iov.as_ptr(), 2).build(), Some(iov))
+                }
+            };
+            // The frame, its payload's region and the vector stay in tx_inflight until the
+            // write's completion is reaped.
+            self.tx_inflight[id] = Some(InFlight { frame, _iov: iov });
+            self.push(&entry.user_data(tag(TAG_TX, id as u64)))?;
         }
         Ok(())
     }
@@ -713,16 +826,21 @@ impl UringTap {
                     out.rx_frames += 1;
                 }
                 TAG_TX => {
-                    let Some(buf) = self.tx_inflight.get_mut(id).and_then(Option::take) else {
+                    let Some(done) = self.tx_inflight.get_mut(id).and_then(Option::take) else {
                         continue;
                     };
                     self.tx_free_ids.push(id);
+                    let buf = done.frame.buf;
+                    let payload = done.frame.payload.map_or(0, |p| p.len);
                     if res < 0 {
                         self.stats.tx_errors += 1;
                         tracing::debug!("tap write failed: {}", io::Error::from_raw_os_error(-res));
                     } else {
                         self.stats.tx_frames += 1;
-                        self.stats.tx_bytes += (buf.len() - VNET_HDR_LEN) as u64;
+                        self.stats.tx_bytes += (done.frame.len + payload - VNET_HDR_LEN) as u64;
+                        if payload > 0 {
+                            self.stats.tx_gathered_frames += 1;
+                        }
                         if buf.get(1).is_some_and(|g| *g != 0) {
                             self.stats.tx_gso_frames += 1;
                         }

@@ -98,6 +98,9 @@ use core::num::{NonZeroU16, NonZeroUsize};
 ))]
 mod sys;
 
+// QUARK PATCH: detached TCP payloads (detach.rs).
+#[cfg(feature = "std")]
+mod detach;
 mod fault_injector;
 #[cfg(feature = "alloc")]
 mod fuzz_injector;
@@ -119,6 +122,10 @@ mod tuntap_interface;
 ))]
 pub use self::sys::wait;
 
+#[cfg(feature = "std")]
+pub use self::detach::{set_detach_min, take_detached_payload};
+#[cfg(feature = "std")]
+pub(crate) use self::detach::detach_payload;
 pub use self::fault_injector::FaultInjector;
 #[cfg(feature = "alloc")]
 pub use self::fuzz_injector::{FuzzInjector, Fuzzer};

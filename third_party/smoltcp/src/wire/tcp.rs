@@ -1084,7 +1084,15 @@ impl<'a> Repr<'a> {
             }
         }
         packet.set_urgent_at(0);
-        packet.payload_mut()[..self.payload.len()].copy_from_slice(self.payload);
+        // QUARK PATCH: a device that sends the payload from where it lies takes it detached
+        // (phy/detach.rs); only with checksums offloaded.
+        #[cfg(feature = "std")]
+        let detached = !checksum_caps.tcp.tx() && crate::phy::detach_payload(self.payload);
+        #[cfg(not(feature = "std"))]
+        let detached = false;
+        if !detached {
+            packet.payload_mut()[..self.payload.len()].copy_from_slice(self.payload);
+        }
 
         if checksum_caps.tcp.tx() {
             packet.fill_checksum(src_addr, dst_addr)
