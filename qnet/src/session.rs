@@ -210,8 +210,12 @@ pub struct Session {
     pub id: u64,
     // Declared before `mapping`: dropped first, so the view never outlives the memory.
     view: RegionView,
-    /// Shared with [`Net::rx_regions`] while sockets receive into it.
+    /// Shared with [`Net::rx_regions`] while sockets receive into it, and with TAP writes
+    /// that send from its transmit rings.
     mapping: Arc<Mapping>,
+    /// Freed slots' rings (offset, length) whose pages go back once no TAP write may still
+    /// read them ([`Session::give_back_released`]).
+    released: Vec<(u64, u64)>,
     /// The memfd behind `mapping`, kept to count the pages it holds ([`Session::resident_bytes`]).
     memory: Option<OwnedFd>,
     /// The attach connection; its hang-up ends the session.
@@ -282,6 +286,7 @@ impl Session {
             id,
             view,
             mapping: Arc::new(mapping),
+            released: Vec::new(),
             memory: None,
             stream,
             client_wake,
@@ -492,11 +497,21 @@ impl Session {
     /// Gives back the memory of a freed slot's two byte rings: a connection that moved data
     /// leaves up to 5 MiB of them resident (the default geometry), which Linux would have
     /// freed with its socket buffers; the next socket in the slot faults in what it uses.
-    fn release_buffers(&self, idx: u32) {
+    fn release_buffers(&mut self, idx: u32) {
         let g = self.view.geometry();
         // The slot is free: nothing of the stack reads its rings until it is handed out again
-        // (a client that still does reads zeros).
-        self.give_back_pages(g.tx_buf_off(idx), g.slot_buf_stride());
+        // (a client that still does reads zeros). A TAP write of an earlier pass may still be
+        // sending from its transmit ring (an io_uring write the kernel did not run at once):
+        // the stack gives the pages back once none is in flight.
+        self.released.push((g.tx_buf_off(idx), g.slot_buf_stride()));
+    }
+
+    /// Gives back the pages of the rings freed since the last call; the stack calls it when
+    /// no TAP write that may read a ring is in flight.
+    pub fn give_back_released(&mut self) {
+        for (off, len) in std::mem::take(&mut self.released) {
+            self.give_back_pages(off, len);
+        }
     }
 
     /// Gives back the pages of every receive ring that stayed empty since the last call and

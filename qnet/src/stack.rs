@@ -247,6 +247,11 @@ impl Stack {
     /// One pass over everything; returns whether any work was done.
     fn pass(&mut self) -> anyhow::Result<bool> {
         let reaped = self.dev.reap();
+        if !self.dev.gathering() {
+            for s in self.sessions.values_mut() {
+                s.give_back_released();
+            }
+        }
         // A client that hung up is served once more below: a close it posted just before it
         // went (a container that writes its answer, closes and exits) is carried out, not
         // turned into a reset of the stream.

@@ -583,7 +583,7 @@ pub struct Reaped {
 /// two-piece vector the write names (boxed: its address must not move).
 struct InFlight {
     frame: TxFrame,
-    _iov: Option<Box<[libc::iovec; 2]>>,
+    iov: Option<Box<[libc::iovec; 2]>>,
 }
 
 // SAFETY: the vector points into the frame's own buffer and its payload's region (held by
@@ -600,6 +600,8 @@ pub struct UringTap {
     rx_armed: bool,
     tx_inflight: Vec<Option<InFlight>>,
     tx_free_ids: Vec<usize>,
+    /// Writes in flight that send a payload from a client's ring.
+    gathering: usize,
     doorbell: OwnedFd,
     doorbell_buf: Box<u64>,
     doorbell_armed: bool,
@@ -636,6 +638,7 @@ impl UringTap {
             rx_armed: false,
             tx_inflight: Vec::new(),
             tx_free_ids: Vec::new(),
+            gathering: 0,
             doorbell,
             doorbell_buf: Box::new(0),
             doorbell_armed: false,
@@ -647,6 +650,12 @@ impl UringTap {
     /// Completions the kernel dropped for a full completion queue (for diagnostics).
     pub fn cq_dropped(&mut self) -> u32 {
         self.ring.completion().overflow()
+    }
+
+    /// Whether a write that sends a payload from a client's ring is in flight (the kernel
+    /// may still read the ring).
+    pub fn gathering(&self) -> bool {
+        self.gathering > 0
     }
 
     /// Whether the TAP read is armed (for diagnostics).
@@ -720,12 +729,13 @@ impl UringTap {
                             iov_len: p.len,
                         },
                     ]);
+                    self.gathering += 1;
                     (opcode::Writev::new(fd, iov.as_ptr(), 2).build(), Some(iov))
                 }
             };
             // The frame, its payload's region and the vector stay in tx_inflight until the
             // write's completion is reaped.
-            self.tx_inflight[id] = Some(InFlight { frame, _iov: iov });
+            self.tx_inflight[id] = Some(InFlight { frame, iov });
             self.push(&entry.user_data(tag(TAG_TX, id as u64)))?;
         }
         Ok(())
@@ -832,6 +842,9 @@ impl UringTap {
                     self.tx_free_ids.push(id);
                     let buf = done.frame.buf;
                     let payload = done.frame.payload.map_or(0, |p| p.len);
+                    if done.iov.is_some() {
+                        self.gathering -= 1;
+                    }
                     if res < 0 {
                         self.stats.tx_errors += 1;
                         tracing::debug!("tap write failed: {}", io::Error::from_raw_os_error(-res));
