@@ -230,6 +230,8 @@ impl Harness {
             .poll(now, &mut self.dev, &mut self.net.sockets);
         self.net.reap_lingering(now);
         self.session.wake_client();
+        // As the stack after a pass: no TAP write is in flight here.
+        self.session.give_back_released();
         ok
     }
 
