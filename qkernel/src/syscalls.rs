@@ -725,7 +725,14 @@ impl Kernel {
         call: SyscallArgs,
     ) -> Option<SyscallOutcome> {
         let timeout = self.socket_call_timeout(&call);
-        if self.procs_alone() && !self.host_requests && timeout.is_none() {
+        // Alone with nothing that could interrupt the wait (no host requests, no timeout, no
+        // timer armed: an alarm's SIGALRM must end it with EINTR, as on Linux), it waits on
+        // the host in one piece.
+        if self.procs_alone()
+            && !self.host_requests
+            && timeout.is_none()
+            && self.next_timer == u64::MAX
+        {
             self.t.io_until = None;
             return None;
         }

@@ -193,6 +193,18 @@ fn a_guest_reading_the_whole_ring_window_commits_no_host_memory() {
 }
 
 #[test]
+fn alarm_interrupts_a_lone_process_blocked_on_a_socket() {
+    // A process alone in its container, blocked reading a socket with nothing to read and
+    // then writing into a connection nobody reads, each time until alarm(2)'s handler (no
+    // SA_RESTART): the read fails with EINTR, the write returns what went in. (Alone, the
+    // wait used to be one host wait that the alarm never ended.) Passes natively too.
+    prints_and_succeeds_with(
+        &["/bin/fastread", "alone"],
+        "alone: interrupted as on Linux\n",
+    );
+}
+
+#[test]
 fn a_guest_writing_its_transmit_window_holds_no_more_than_the_window() {
     // The window of transmit rings the stub writes is guest-writable everywhere; where no
     // socket's ring is, it is anonymous memory. A 64 MiB container may expose 8 rings (half

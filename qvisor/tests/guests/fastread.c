@@ -10,7 +10,8 @@
  * new one; the end of the stream reads 0. With the argument "many": six streams of 2 MiB
  * read in turn, more than a small container may read in the stub at once (the rest are read
  * through qkernel). With "writes": the same for writes the stub copies into the transmit
- * ring (see writes() below). Passes natively too. Prints one line; exits 1 at the first
+ * ring (see writes() below); with "alone": alarm(2) interrupting a lone process's socket
+ * calls. Passes natively too. Prints one line; exits 1 at the first
  * failure. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -419,9 +420,45 @@ static int writes(void) {
   return 0;
 }
 
+/* One process alone: a blocking read of a socket with nothing to read, and a blocking write
+ * into a connection nobody reads, each cut short by alarm(2) with a handler that does not
+ * restart calls: the read fails with EINTR, the write returns the part that went in. */
+static int alone(void) {
+  struct sockaddr_in at;
+  int l = listener(&at);
+  int c = socket(AF_INET, SOCK_STREAM, 0);
+  if (c < 0 || connect(c, (struct sockaddr *)&at, sizeof at)) {
+    fail("connect", -1);
+  }
+  int far = accept(l, NULL, NULL);
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_alarm;
+  sigaction(SIGALRM, &sa, NULL);
+  alarm(1);
+  long r = read(c, buf, sizeof buf);
+  if (r != -1 || errno != EINTR || alarms != 1) {
+    fail("a read cut short by alarm", r);
+  }
+  const long big_len = 16L << 20;
+  unsigned char *big =
+      mmap(NULL, big_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  alarm(1);
+  r = write(c, big, big_len);
+  if (r <= 0 || r >= big_len || alarms != 2) {
+    fail("a write cut short by alarm", r);
+  }
+  close(far);
+  printf("alone: interrupted as on Linux\n");
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (argc > 1 && strcmp(argv[1], "many") == 0) {
     return many();
+  }
+  if (argc > 1 && strcmp(argv[1], "alone") == 0) {
+    return alone();
   }
   if (argc > 1 && strcmp(argv[1], "writes") == 0) {
     return writes();
