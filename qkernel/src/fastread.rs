@@ -68,30 +68,23 @@ impl Kernel {
         });
     }
 
-    /// [`QUARK_READ_DONE`]: the stub read `n` bytes of `fd`'s ring and the stack waits to hear
-    /// of the room. Returns `n`, the read's result (any value an app passes is only its own).
-    pub(crate) fn fast_read_done(
+    /// [`QUARK_READ_DONE`] (`write` false: the stub read `n` bytes of `fd`'s ring and the
+    /// stack waits to hear of the room) or [`QUARK_WRITE_DONE`] (the stub wrote `n` bytes into
+    /// it and no kick was outstanding). Returns `n`, the read's or write's result (any value
+    /// an app passes is only its own).
+    pub(crate) fn fast_io_done(
         &mut self,
         m: &mut dyn Machine,
         fd: u64,
         n: u64,
+        write: bool,
     ) -> Result<i64, i64> {
         if let Ok(FileKind::Socket(s)) = self.p.fds.kind(fd) {
-            m.net_read_done(*s);
-        }
-        Ok(n.min(i64::MAX as u64) as i64)
-    }
-
-    /// [`QUARK_WRITE_DONE`]: the stub wrote `n` bytes into `fd`'s ring and no kick was
-    /// outstanding. Returns `n`, the write's result.
-    pub(crate) fn fast_write_done(
-        &mut self,
-        m: &mut dyn Machine,
-        fd: u64,
-        n: u64,
-    ) -> Result<i64, i64> {
-        if let Ok(FileKind::Socket(s)) = self.p.fds.kind(fd) {
-            m.net_write_done(*s);
+            if write {
+                m.net_write_done(*s);
+            } else {
+                m.net_read_done(*s);
+            }
         }
         Ok(n.min(i64::MAX as u64) as i64)
     }

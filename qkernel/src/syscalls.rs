@@ -1160,8 +1160,8 @@ impl Kernel {
             324 => self.membarrier(a0, a1),
             332 => self.statx(m, a0, a1, a2, a4),
             334 => Err(ENOSYS), // rseq: glibc falls back
-            crate::fastread::QUARK_READ_DONE => self.fast_read_done(m, a0, a1),
-            crate::fastread::QUARK_WRITE_DONE => self.fast_write_done(m, a0, a1),
+            crate::fastread::QUARK_READ_DONE => self.fast_io_done(m, a0, a1, false),
+            crate::fastread::QUARK_WRITE_DONE => self.fast_io_done(m, a0, a1, true),
             34 => return self.suspend(m, None),
             130 => return self.suspend(m, Some(a0)), // rt_sigsuspend
             15 => return self.sigreturn(m),

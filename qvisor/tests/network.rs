@@ -169,27 +169,31 @@ fn a_guest_reading_the_whole_ring_window_commits_no_host_memory() {
     // The window through which the stub reads rings is mapped in every guest (64 rings of
     // 4 MiB here); where no socket's ring is, it is anonymous memory never written. A guest
     // that reads all 256 MiB of it reads zeros, and its VMM stays small.
+    let (line, rss_kib, err) = first_line_and_vmm_rss(&[], &["/bin/ringpeek"]);
+    assert_eq!(line, "read 65536 pages, 0 not zero\n", "{err}");
+    assert!(rss_kib < 64 << 10, "the VMM holds {rss_kib} KiB");
+}
+
+/// Launches `args` (with qvisor `options` first), waits for the guest's first line of
+/// output, and returns it with the VMM's resident memory (KiB) at that moment and qvisor's
+/// stderr; the guest is killed then (it waits to be looked at).
+fn first_line_and_vmm_rss(options: &[&str], args: &[&str]) -> (String, u64, String) {
     require_kvm();
-    let mut peek = Command::new(env!("CARGO_BIN_EXE_qvisor"))
+    let mut vmm = Command::new(env!("CARGO_BIN_EXE_qvisor"))
         .args(["launch", "--rootfs"])
         .arg(root())
-        .arg("/bin/ringpeek")
+        .args(options)
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let line = first_line(&mut peek);
-    let status = std::fs::read_to_string(format!("/proc/{}/status", peek.id())).unwrap();
-    let _ = peek.kill();
-    let out = peek.wait_with_output().unwrap();
-    assert_eq!(
-        line,
-        "read 65536 pages, 0 not zero\n",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rss_kib = status_kib(&status, "VmRSS");
-    assert!(rss_kib < 64 << 10, "the VMM holds {rss_kib} KiB");
+    let line = first_line(&mut vmm);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", vmm.id())).unwrap();
+    let _ = vmm.kill();
+    let out = vmm.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (line, status_kib(&status, "VmRSS"), err)
 }
 
 #[test]
@@ -210,26 +214,9 @@ fn a_guest_writing_its_transmit_window_holds_no_more_than_the_window() {
     // socket's ring is, it is anonymous memory. A 64 MiB container may expose 8 rings (half
     // its buffer budget over 4 MiB receive rings), so its transmit window is 8 x 2 MiB: a
     // guest writing all of it holds that and no more, and one page beyond is a fault.
-    require_kvm();
-    let mut writer = Command::new(env!("CARGO_BIN_EXE_qvisor"))
-        .args(["launch", "--memory-mib", "64", "--rootfs"])
-        .arg(root())
-        .args(["/bin/ringpeek", "write", "8"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let line = first_line(&mut writer);
-    let status = std::fs::read_to_string(format!("/proc/{}/status", writer.id())).unwrap();
-    let _ = writer.kill();
-    let out = writer.wait_with_output().unwrap();
-    assert_eq!(
-        line,
-        "wrote 4096 pages, 0 wrong\n",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rss_kib = status_kib(&status, "VmRSS");
+    let (line, rss_kib, err) =
+        first_line_and_vmm_rss(&["--memory-mib", "64"], &["/bin/ringpeek", "write", "8"]);
+    assert_eq!(line, "wrote 4096 pages, 0 wrong\n", "{err}");
     assert!(rss_kib < 48 << 10, "the VMM holds {rss_kib} KiB");
     let o = common::qvisor_env(&[], &["--memory-mib", "64", "/bin/ringpeek", "write", "9"]);
     assert!(

@@ -42,6 +42,8 @@ static unsigned char pattern(long i) { return (unsigned char)(i * 7 + (i >> 13))
 
 static long received;
 static unsigned char buf[200 << 10];
+/* The lengths reads and writes cycle through: 1 byte to 200 KiB, pieces that wrap a ring. */
+static const long lengths[] = {65536, 1, 100, 4096, 200 << 10, 7, 65536, 12345, 131072, 3};
 
 /* Reads up to `len` bytes and checks them against the pattern at the stream's position;
  * every third read is a recv (recvfrom without flags or address), which the stub serves too. */
@@ -60,12 +62,6 @@ static long take(int s, long len) {
   return n;
 }
 
-static void refused(int s, void *bad, const char *what) {
-  long r = read(s, bad, 4096);
-  if (r != -1 || errno != EFAULT) {
-    fail(what, r);
-  }
-}
 
 static int listener(struct sockaddr_in *at) {
   int l = socket(AF_INET, SOCK_STREAM, 0);
@@ -186,11 +182,44 @@ static void give(int s, long len) {
   sent += len;
 }
 
-static void refused_write(int s, const void *bad, const char *what) {
-  long r = write(s, bad, 4096);
-  if (r != -1 || errno != EFAULT) {
-    fail(what, r);
+/* Reads into (or writes from) buffers no call may use fail with EFAULT and move nothing
+ * (what moved would show in the stream): NULL, the kernel half, the stub's mailbox, a
+ * PROT_NONE page, a buffer running out of the user half. */
+static void bad_buffers(int s, int writing) {
+  void *none = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  void *bad[] = {NULL, (void *)0xffff800000000000UL, (void *)0xffffffff80001800UL, none,
+                 (void *)0x7fffffffff00UL};
+  for (unsigned i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    long r = writing ? write(s, bad[i], 4096) : read(s, bad[i], 4096);
+    if (r != -1 || errno != EFAULT) {
+      fail(writing ? "a write from a bad buffer" : "a read into a bad buffer", (long)i);
+    }
   }
+  munmap(none, 4096);
+}
+
+/* A forked child reads (or writes) the next CHILD_PART bytes of the stream, with a
+ * descriptor table of its own. */
+static void in_a_child(int s, int writing) {
+  long *at = writing ? &sent : &received;
+  pid_t p = fork();
+  if (p == 0) {
+    long end = *at + CHILD_PART;
+    while (*at < end) {
+      long n = end - *at < 65536 ? end - *at : 65536;
+      if (writing) {
+        give(s, n);
+      } else {
+        take(s, n);
+      }
+    }
+    _exit(0);
+  }
+  int status;
+  if (waitpid(p, &status, 0) != p || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    fail(writing ? "the child's writes" : "the child's reads", status);
+  }
+  *at += CHILD_PART;
 }
 
 /* Reads `want` bytes of `c` from `s` in 8 KiB reads (too short to be read in the stub, so
@@ -261,31 +290,12 @@ static int writes(void) {
   close(a);
   signal(SIGPIPE, on_sigpipe);
 
-  static const long lengths[] = {65536, 1, 100, 4096, 200 << 10, 7, 65536, 12345, 131072, 3};
   long step = 0;
-  void *reserved = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   while (sent < (2L << 20)) {
     give(s, lengths[step++ % 10]);
   }
-  refused_write(s, NULL, "a write from NULL");
-  refused_write(s, (void *)0xffff800000000000UL, "a write from the kernel half");
-  refused_write(s, (void *)0xffffffff80001800UL, "a write from the stub's mailbox");
-  refused_write(s, reserved, "a write from a PROT_NONE page");
-  refused_write(s, (void *)0x7fffffffff00UL, "a write running out of the user half");
-
-  pid_t p = fork();
-  if (p == 0) {
-    long end = sent + CHILD_PART;
-    while (sent < end) {
-      give(s, end - sent < 65536 ? end - sent : 65536);
-    }
-    _exit(0);
-  }
-  int status;
-  if (waitpid(p, &status, 0) != p || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    fail("the child's writes", status);
-  }
-  sent += CHILD_PART;
+  bad_buffers(s, 1);
+  in_a_child(s, 1);
   while (sent < (8L << 20)) {
     give(s, lengths[step++ % 10]);
   }
@@ -413,6 +423,7 @@ static int writes(void) {
     step++;
   }
   close(s);
+  int status;
   if (waitpid(reader, &status, 0) != reader || !WIFEXITED(status) || WEXITSTATUS(status)) {
     fail("the reader", status);
   }
@@ -490,32 +501,12 @@ int main(int argc, char **argv) {
   }
   close(a);
 
-  static const long lengths[] = {65536, 1, 100, 4096, 200 << 10, 7, 65536, 12345, 131072, 3};
   long step = 0;
-  void *reserved = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   while (received < (2L << 20)) {
     take(s, lengths[step++ % 10]);
   }
-  refused(s, NULL, "a read into NULL");
-  refused(s, (void *)0xffff800000000000UL, "a read into the kernel half");
-  refused(s, (void *)0xffffffff80001800UL, "a read into the stub's mailbox");
-  refused(s, reserved, "a read into a PROT_NONE page");
-  refused(s, (void *)0x7fffffffff00UL, "a read running out of the user half");
-
-  /* A child reads the next CHILD_PART bytes with a table of its own. */
-  pid_t p = fork();
-  if (p == 0) {
-    long end = received + CHILD_PART;
-    while (received < end) {
-      take(s, end - received < 65536 ? end - received : 65536);
-    }
-    _exit(0);
-  }
-  int status;
-  if (waitpid(p, &status, 0) != p || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    fail("the child's reads", status);
-  }
-  received += CHILD_PART;
+  bad_buffers(s, 0);
+  in_a_child(s, 0);
   while (received < (8L << 20)) {
     take(s, lengths[step++ % 10]);
   }
@@ -604,6 +595,7 @@ int main(int argc, char **argv) {
   if (end != 0) {
     fail("the end of the stream", end);
   }
+  int status;
   if (waitpid(writer, &status, 0) != writer || !WIFEXITED(status) || WEXITSTATUS(status)) {
     fail("the writer", status);
   }
