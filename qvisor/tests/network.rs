@@ -178,16 +178,8 @@ fn a_guest_reading_the_whole_ring_window_commits_no_host_memory() {
 /// output, and returns it with the VMM's resident memory (KiB) at that moment and qvisor's
 /// stderr; the guest is killed then (it waits to be looked at).
 fn first_line_and_vmm_rss(options: &[&str], args: &[&str]) -> (String, u64, String) {
-    require_kvm();
-    let mut vmm = Command::new(env!("CARGO_BIN_EXE_qvisor"))
-        .args(["launch", "--rootfs"])
-        .arg(root())
-        .args(options)
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let options: Vec<String> = options.iter().map(|o| o.to_string()).collect();
+    let mut vmm = spawn_guest(&options, args);
     let line = first_line(&mut vmm);
     let status = std::fs::read_to_string(format!("/proc/{}/status", vmm.id())).unwrap();
     let _ = vmm.kill();

@@ -76,16 +76,23 @@ static int listener(struct sockaddr_in *at) {
   return l;
 }
 
-/* A connection whose far end (a child) writes `text` and closes; returns the near end. */
-static int sender_of(int l, struct sockaddr_in *at, const char *text) {
+/* A new connection to the listener `l` at `at`: returns the near end, the far in `*far`. */
+static int connected(int l, struct sockaddr_in *at, int *far) {
   int c = socket(AF_INET, SOCK_STREAM, 0);
   if (c < 0 || connect(c, (struct sockaddr *)at, sizeof *at)) {
     fail("a connect", -1);
   }
-  int a = accept(l, NULL, NULL);
-  if (a < 0) {
-    fail("an accept", a);
+  *far = accept(l, NULL, NULL);
+  if (*far < 0) {
+    fail("an accept", *far);
   }
+  return c;
+}
+
+/* A connection whose far end (a child) writes `text` and closes; returns the near end. */
+static int sender_of(int l, struct sockaddr_in *at, const char *text) {
+  int a;
+  int c = connected(l, at, &a);
   pid_t p = fork();
   if (p == 0) {
     close(c);
@@ -121,11 +128,8 @@ static int many(void) {
   int s[STREAMS];
   long pos[STREAMS] = {0};
   for (int k = 0; k < STREAMS; k++) {
-    s[k] = socket(AF_INET, SOCK_STREAM, 0);
-    if (s[k] < 0 || connect(s[k], (struct sockaddr *)&at, sizeof at)) {
-      fail("connect", k);
-    }
-    int a = accept(l, NULL, NULL);
+    int a;
+    s[k] = connected(l, &at, &a);
     if (fork() == 0) {
       static unsigned char out[1 << 16];
       for (long sent = 0; sent < EACH;) {
@@ -266,11 +270,8 @@ static void on_sigpipe(int sig) {
 static int writes(void) {
   struct sockaddr_in at;
   int l = listener(&at);
-  int s = socket(AF_INET, SOCK_STREAM, 0);
-  if (s < 0 || connect(s, (struct sockaddr *)&at, sizeof at)) {
-    fail("connect", -1);
-  }
-  int a = accept(l, NULL, NULL);
+  int a;
+  int s = connected(l, &at, &a);
   pid_t reader = fork();
   if (reader == 0) {
     close(s);
@@ -302,11 +303,8 @@ static int writes(void) {
 
   /* Another connection on the descriptor, then the stream again. */
   int saved = dup(s);
-  int other = socket(AF_INET, SOCK_STREAM, 0);
-  if (other < 0 || connect(other, (struct sockaddr *)&at, sizeof at)) {
-    fail("connect other", -1);
-  }
-  int other_far = accept(l, NULL, NULL);
+  int other_far;
+  int other = connected(l, &at, &other_far);
   if (dup2(other, s) != s || write(s, "second", 6) != 6) {
     fail("a write to the other connection", -1);
   }
@@ -322,11 +320,8 @@ static int writes(void) {
   }
 
   /* Non-blocking and nobody reading: writes until EAGAIN, then the peer reads them all. */
-  int quiet = socket(AF_INET, SOCK_STREAM, 0);
-  if (quiet < 0 || connect(quiet, (struct sockaddr *)&at, sizeof at)) {
-    fail("connect quiet", -1);
-  }
-  int far = accept(l, NULL, NULL);
+  int far;
+  int quiet = connected(l, &at, &far);
   fcntl(quiet, F_SETFL, fcntl(quiet, F_GETFL) | O_NONBLOCK);
   static unsigned char chunk[40000];
   memset(chunk, 'q', sizeof chunk);
@@ -371,11 +366,8 @@ static int writes(void) {
 
   /* A blocking write into a connection nobody reads, cut short by a signal whose handler
    * does not restart calls: it returns what went in, not EINTR. */
-  int stuck = socket(AF_INET, SOCK_STREAM, 0);
-  if (stuck < 0 || connect(stuck, (struct sockaddr *)&at, sizeof at)) {
-    fail("connect stuck", -1);
-  }
-  int stuck_far = accept(l, NULL, NULL);
+  int stuck_far;
+  int stuck = connected(l, &at, &stuck_far);
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_alarm;
@@ -437,11 +429,8 @@ static int writes(void) {
 static int alone(void) {
   struct sockaddr_in at;
   int l = listener(&at);
-  int c = socket(AF_INET, SOCK_STREAM, 0);
-  if (c < 0 || connect(c, (struct sockaddr *)&at, sizeof at)) {
-    fail("connect", -1);
-  }
-  int far = accept(l, NULL, NULL);
+  int far;
+  int c = connected(l, &at, &far);
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_alarm;
@@ -476,11 +465,8 @@ int main(int argc, char **argv) {
   }
   struct sockaddr_in at;
   int l = listener(&at);
-  int s = socket(AF_INET, SOCK_STREAM, 0);
-  if (s < 0 || connect(s, (struct sockaddr *)&at, sizeof at)) {
-    fail("connect", -1);
-  }
-  int a = accept(l, NULL, NULL);
+  int a;
+  int s = connected(l, &at, &a);
   pid_t writer = fork();
   if (writer == 0) {
     close(s);
@@ -531,11 +517,8 @@ int main(int argc, char **argv) {
   }
 
   /* Non-blocking: a drained socket says EAGAIN, then reads what comes. */
-  int quiet = socket(AF_INET, SOCK_STREAM, 0);
-  if (quiet < 0 || connect(quiet, (struct sockaddr *)&at, sizeof at)) {
-    fail("connect quiet", -1);
-  }
-  int far = accept(l, NULL, NULL);
+  int far;
+  int quiet = connected(l, &at, &far);
   static unsigned char chunk[32 << 10];
   memset(chunk, 'q', sizeof chunk);
   for (int round = 0; round < 3; round++) {
