@@ -461,8 +461,15 @@ impl Kernel {
             _ => 0,
         };
         let result = loop {
-            let rest = iov_after(iov, sent);
-            match m.net_send_user(s, &rest, nonblocking) {
+            // The first try, nearly always the only one, takes the app's list as it is.
+            let rest;
+            let pieces = if sent == 0 {
+                iov
+            } else {
+                rest = iov_after(iov, sent);
+                &rest
+            };
+            match m.net_send_user(s, pieces, nonblocking) {
                 Ok(n) => {
                     sent += n as u64;
                     if (nonblocking && !tried) || n == 0 || sent >= len {
