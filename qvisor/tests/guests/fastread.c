@@ -252,6 +252,14 @@ static void on_alarm(int sig) {
   alarms++;
 }
 
+/* SIGALRM runs on_alarm, which does not restart interrupted calls (no SA_RESTART). */
+static void catch_alarms(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_alarm;
+  sigaction(SIGALRM, &sa, NULL);
+}
+
 static volatile int sigpipes;
 static void on_sigpipe(int sig) {
   (void)sig;
@@ -368,10 +376,7 @@ static int writes(void) {
    * does not restart calls: it returns what went in, not EINTR. */
   int stuck_far;
   int stuck = connected(l, &at, &stuck_far);
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_alarm;
-  sigaction(SIGALRM, &sa, NULL);
+  catch_alarms();
   struct itimerval soon = {{0, 0}, {0, 200000}};
   setitimer(ITIMER_REAL, &soon, NULL);
   /* Mapped here, not static: a 16 MiB bss would count in "many"'s small container's forks. */
@@ -431,10 +436,7 @@ static int alone(void) {
   int l = listener(&at);
   int far;
   int c = connected(l, &at, &far);
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_alarm;
-  sigaction(SIGALRM, &sa, NULL);
+  catch_alarms();
   alarm(1);
   long r = read(c, buf, sizeof buf);
   if (r != -1 || errno != EINTR || alarms != 1) {
