@@ -351,3 +351,43 @@ fn a_socket_sends_from_storage_it_is_given_and_moves_unacknowledged_bytes_out() 
     let got = receiver.received();
     assert!(got == data, "the bytes came out changed or out of order");
 }
+
+/// The scaled window field rounds the free space down, so an ACK can pull the window's right
+/// edge back by a few bytes; a sender that had already sent up to the earlier edge must have
+/// those bytes taken (patch 9), not cut off into a hole it must retransmit (and take as loss).
+#[test]
+fn bytes_up_to_an_edge_already_advertised_are_taken_when_rounding_pulls_it_back() {
+    let now = Instant::ZERO;
+    let mut sender = Host::new(1, 8192);
+    let mut receiver = Host::new(2, 8192);
+    receiver.tcp().set_rx_window_max(1 << 20); // scale 5: the window counts 32-byte units
+    receiver.tcp().set_ack_delay(None);
+    receiver.tcp().listen(80).expect("listen");
+    sender.connect_to_port_80();
+    sender.tcp().set_nagle_enabled(false);
+    settle(&mut sender, &mut receiver, now);
+    assert_eq!(receiver.tcp().state(), tcp::State::Established);
+
+    // 1,000 bytes in: the receiver's ACK offers 7,192 bytes rounded down to 7,168, so its edge
+    // moves 24 bytes back. The sender never sees that ACK and fills the edge it knows.
+    let data: Vec<u8> = (0..8192u32).map(|i| (i * 11 % 251) as u8).collect();
+    assert_eq!(sender.tcp().send_slice(&data[..1000]), Ok(1000));
+    sender.poll(now);
+    receiver.link.inbox.extend(sender.link.sent.drain(..));
+    receiver.poll(now);
+    assert_eq!(last_segment(&receiver), (7168 >> 5, None));
+    receiver.link.sent.clear();
+    assert_eq!(sender.tcp().send_slice(&data[1000..]), Ok(7192));
+    for _ in 0..8 {
+        sender.poll(now);
+    }
+    receiver.link.inbox.extend(sender.link.sent.drain(..));
+    receiver.poll(now);
+    assert_eq!(
+        receiver.tcp().recv_queue(),
+        data.len(),
+        "bytes were cut off"
+    );
+    assert!(!receiver.tcp().holds_out_of_order());
+    assert!(receiver.received() == data);
+}

@@ -501,6 +501,13 @@ pub struct Socket<'a> {
     remote_last_ack: Option<TcpSeqNumber>,
     /// The last window length sent.
     remote_last_win: u16,
+    /// QUARK PATCH: the furthest right edge of the receive window advertised so far. The
+    /// scaled window field rounds the free space down, so a later ACK can pull the edge back
+    /// by up to `2^shift - 1` bytes; a sender that already sent to the earlier edge must not
+    /// have those bytes cut off (a hole, a SACK, a needless fast retransmit and cwnd cut).
+    /// Every edge advertised lay within the buffer's end then, which never moves back, so the
+    /// bytes up to it always fit.
+    rx_edge_max: Option<TcpSeqNumber>,
     /// The sending window scaling factor advertised to remotes which support RFC 1323.
     /// It is zero if the window <= 64KiB and/or the remote does not support it.
     remote_win_shift: u8,
@@ -610,6 +617,7 @@ impl<'a> Socket<'a> {
             remote_last_seq: TcpSeqNumber::default(),
             remote_last_ack: None,
             remote_last_win: 0,
+            rx_edge_max: None,
             remote_win_len: 0,
             remote_win_shift: rx_cap_log2.saturating_sub(16) as u8,
             rx_window_max: 0,
@@ -773,6 +781,17 @@ impl<'a> Socket<'a> {
         u16::try_from(self.rx_buffer.window() >> self.remote_win_shift).unwrap_or(u16::MAX)
     }
 
+    /// QUARK PATCH: records the right edge of the window just advertised, its field scaled by
+    /// `shift` (see `rx_edge_max`).
+    fn note_rx_edge(&mut self, shift: u8) {
+        if let Some(ack) = self.remote_last_ack {
+            let edge = ack + ((self.remote_last_win as usize) << shift);
+            if self.rx_edge_max.is_none_or(|max| edge > max) {
+                self.rx_edge_max = Some(edge);
+            }
+        }
+    }
+
     /// Return the last window field value, including scaling according to RFC 1323.
     ///
     /// Used in internal calculations as well as packet generation.
@@ -787,7 +806,13 @@ impl<'a> Socket<'a> {
         let next_ack = self.remote_seq_no + self.rx_buffer.len();
 
         let last_win = (self.remote_last_win as usize) << self.remote_win_shift;
-        let last_win_adjusted = last_ack + last_win - next_ack;
+        // QUARK PATCH: bytes taken up to `rx_edge_max` may lie past the last edge.
+        let last_edge = last_ack + last_win;
+        let last_win_adjusted = if next_ack > last_edge {
+            0
+        } else {
+            last_edge - next_ack
+        };
 
         Some(u16::try_from(last_win_adjusted >> self.remote_win_shift).unwrap_or(u16::MAX))
     }
@@ -1009,6 +1034,7 @@ impl<'a> Socket<'a> {
         self.remote_last_seq = TcpSeqNumber::default();
         self.remote_last_ack = None;
         self.remote_last_win = 0;
+        self.rx_edge_max = None;
         self.remote_win_len = 0;
         self.remote_win_scale = None;
         self.remote_win_shift = rx_cap_log2.saturating_sub(16) as u8;
@@ -1581,6 +1607,7 @@ impl<'a> Socket<'a> {
         // segments, is right-shifted by [advertised scale value] bits[...]
         reply_repr.window_len = self.scaled_window();
         self.remote_last_win = reply_repr.window_len;
+        self.note_rx_edge(self.remote_win_shift);
 
         // If the remote supports selective acknowledgement, add the option to the outgoing
         // segment.
@@ -1798,7 +1825,12 @@ impl<'a> Socket<'a> {
         let mut ack_only_reply: Option<bool> = None;
         let window_start = self.remote_seq_no + self.rx_buffer.len();
         let window_end = if let Some(last_ack) = self.remote_last_ack {
-            last_ack + ((self.remote_last_win as usize) << self.remote_win_shift)
+            let last_edge = last_ack + ((self.remote_last_win as usize) << self.remote_win_shift);
+            // QUARK PATCH: accept up to the furthest edge ever advertised (`rx_edge_max`).
+            match self.rx_edge_max {
+                Some(edge) if edge > last_edge => edge,
+                _ => last_edge,
+            }
         } else {
             window_start
         };
@@ -2944,6 +2976,12 @@ impl<'a> Socket<'a> {
             .max(repr.seq_number + repr.segment_len());
         self.remote_last_ack = repr.ack_number;
         self.remote_last_win = repr.window_len;
+        // A SYN's window is not scaled.
+        let window_shift = if repr.control == TcpControl::Syn {
+            0
+        } else {
+            self.remote_win_shift
+        };
 
         if repr.segment_len() > 0 {
             self.rtte
@@ -2960,6 +2998,7 @@ impl<'a> Socket<'a> {
             let rto = self.rtte.retransmission_timeout();
             self.timer.set_for_retransmit(cx.now(), rto);
         }
+        self.note_rx_edge(window_shift);
 
         if self.state == State::Closed {
             // When aborting a connection, forget about it after sending a single RST packet.
