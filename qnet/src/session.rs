@@ -129,6 +129,11 @@ struct SlotState {
     tx_own: Option<tcp::SocketBuffer<'static>>,
     /// How much of its transmit ring the client may fill (`tx_limit`).
     tx_share: TxShare,
+    /// The client's `rx_head` when the stack last found that it wants to hear of the client's
+    /// next read (the ring full, or past half with direct receive: the window holds the
+    /// sender back). Published as `rx_wanted` only before the stack sleeps
+    /// ([`Session::rearm_rx_kicks`]); while awake it looks at every slot each pass anyway.
+    rx_kick_at: Option<u32>,
 }
 
 /// How much of its transmit ring a slot's client may fill (docs/ring.md, `tx_limit`).
@@ -1155,7 +1160,7 @@ impl Session {
     /// received lean) leaves new data in smoltcp until the client has drained the ring, then
     /// receives directly; true while it waits. The client's read kicks the stack (`rx_wanted`),
     /// and the ring is looked at once more after asking, as in [`Session::pump_rx`].
-    fn awaits_direct(&self, idx: u32, sock: &Conn<'_>) -> Result<bool, Violation> {
+    fn awaits_direct(&mut self, idx: u32, sock: &Conn<'_>) -> Result<bool, Violation> {
         let s = &self.slots[idx as usize];
         if s.rx_share != RxShare::Whole || s.rx_direct || !matches!(sock, Conn::Tcp(_)) {
             return Ok(false);
@@ -1164,10 +1169,33 @@ impl Session {
         if self.rx_space(idx)? == size {
             return Ok(false);
         }
-        if let Some(w) = self.view.slot_stack(idx) {
-            w.rx_wanted.store(1, SeqCst);
+        self.want_rx_kick(idx);
+        Ok(true)
+    }
+
+    /// The stack wants to hear of the client's next read of slot `idx`: noted here, published
+    /// before the stack sleeps.
+    fn want_rx_kick(&mut self, idx: u32) {
+        let head = self.view.slot_client(idx).map(|c| c.rx_head.load(SeqCst));
+        self.slots[idx as usize].rx_kick_at = head;
+    }
+
+    /// Before the stack sleeps: stores `rx_wanted` for every slot whose client's next read
+    /// the stack wants to hear of, then loads `rx_head` once more. Returns whether a client
+    /// read since the stack last looked: it may have missed the request, so the stack makes
+    /// one more pass (ring.md, "Wake-ups"). While the stack is awake nobody kicks for reads.
+    pub fn rearm_rx_kicks(&mut self) -> bool {
+        let mut read_since = false;
+        for &idx in &self.open {
+            let Some(at) = self.slots[idx as usize].rx_kick_at.take() else {
+                continue;
+            };
+            if let (Some(w), Some(c)) = (self.view.slot_stack(idx), self.view.slot_client(idx)) {
+                w.rx_wanted.store(1, SeqCst);
+                read_since |= c.rx_head.load(SeqCst) != at;
+            }
         }
-        Ok(self.rx_space(idx)? != size)
+        read_since
     }
 
     /// Called while a slot has data to deliver. Every slot starts lean, so a connection that
@@ -1314,41 +1342,31 @@ impl Session {
             return Ok(0);
         };
         let mut moved = 0;
-        loop {
-            let mut space = self.rx_room(idx)?;
-            let s = &mut self.slots[idx as usize];
-            while space > 0 && sock.can_recv() {
-                let tail = s.rx_tail;
-                let n = sock.recv_with(|buf| {
-                    let n = buf.len().min(space as usize);
-                    ring.write(tail, &buf[..n]);
-                    n
-                }) as u32;
-                if n == 0 {
-                    break;
-                }
-                s.rx_tail = s.rx_tail.wrapping_add(n);
-                space -= n;
-                moved += n;
-            }
-            let words = self.view.slot_stack(idx);
-            if let Some(w) = words {
-                if moved > 0 {
-                    w.rx_tail.store(s.rx_tail, Release);
-                }
-            }
-            if !sock.can_recv() {
+        let mut space = self.rx_room(idx)?;
+        let s = &mut self.slots[idx as usize];
+        while space > 0 && sock.can_recv() {
+            let tail = s.rx_tail;
+            let n = sock.recv_with(|buf| {
+                let n = buf.len().min(space as usize);
+                ring.write(tail, &buf[..n]);
+                n
+            }) as u32;
+            if n == 0 {
                 break;
             }
-            self.slots[idx as usize].rx_share.mark_outgrown();
-            // The ring is full: ask the client for a kick when it reads, then look once more
-            // in case it read just before seeing the request (its store, our load; see ring.md).
-            if let Some(w) = words {
-                w.rx_wanted.store(1, SeqCst);
+            s.rx_tail = s.rx_tail.wrapping_add(n);
+            space -= n;
+            moved += n;
+        }
+        if moved > 0 {
+            if let Some(w) = self.view.slot_stack(idx) {
+                w.rx_tail.store(s.rx_tail, Release);
             }
-            if self.rx_room(idx)? == 0 {
-                break;
-            }
+        }
+        if sock.can_recv() {
+            // The ring is full: the client's next read should reopen the window at once.
+            s.rx_share.mark_outgrown();
+            self.want_rx_kick(idx);
         }
         Ok(moved)
     }
@@ -1563,40 +1581,34 @@ impl Session {
     fn pump_rx_direct(&mut self, idx: u32, sock: &mut Conn<'_>) -> Result<u32, Violation> {
         let size = self.view.geometry().rx_buf_size;
         let mut published = 0;
-        for _ in 0..2 {
-            let s = &mut self.slots[idx as usize];
-            let head = self
-                .view
-                .slot_client(idx)
-                .map_or(s.rx_tail, |c| c.rx_head.load(SeqCst));
-            let read = head.wrapping_sub(s.rx_taken);
-            if read > s.rx_tail.wrapping_sub(s.rx_taken) {
-                return Err(Violation(format!(
-                    "slot {idx}: rx_head {head} is outside the published {}..{}",
-                    s.rx_taken, s.rx_tail
-                )));
-            }
-            // Fewer only when a reset emptied smoltcp's queue.
-            sock.discard(read as usize);
-            s.rx_taken = head;
-            let queued = sock.recv_queue().min(size as usize) as u32;
-            let unread = s.rx_tail.wrapping_sub(head);
-            if queued > unread {
-                published += queued - unread;
-                s.rx_tail = head.wrapping_add(queued);
-                if let Some(w) = self.view.slot_stack(idx) {
-                    w.rx_tail.store(s.rx_tail, Release);
-                }
-            }
-            // Past half full, the window is what holds the sender back: the client's next read
-            // kicks the stack, so it is reopened at once, not on the next frame. Then look once
-            // more in case the client read just before seeing the request (ring.md).
-            if s.rx_tail.wrapping_sub(head) < size / 2 {
-                break;
-            }
+        let s = &mut self.slots[idx as usize];
+        let head = self
+            .view
+            .slot_client(idx)
+            .map_or(s.rx_tail, |c| c.rx_head.load(SeqCst));
+        let read = head.wrapping_sub(s.rx_taken);
+        if read > s.rx_tail.wrapping_sub(s.rx_taken) {
+            return Err(Violation(format!(
+                "slot {idx}: rx_head {head} is outside the published {}..{}",
+                s.rx_taken, s.rx_tail
+            )));
+        }
+        // Fewer only when a reset emptied smoltcp's queue.
+        sock.discard(read as usize);
+        s.rx_taken = head;
+        let queued = sock.recv_queue().min(size as usize) as u32;
+        let unread = s.rx_tail.wrapping_sub(head);
+        if queued > unread {
+            published += queued - unread;
+            s.rx_tail = head.wrapping_add(queued);
             if let Some(w) = self.view.slot_stack(idx) {
-                w.rx_wanted.store(1, SeqCst);
+                w.rx_tail.store(s.rx_tail, Release);
             }
+        }
+        // Past half full, the window is what holds the sender back: the client's next read
+        // should reopen it at once, not on the next frame.
+        if s.rx_tail.wrapping_sub(head) >= size / 2 {
+            self.want_rx_kick(idx);
         }
         Ok(published)
     }

@@ -368,9 +368,13 @@ impl Stack {
             }
             // Writers that saw a slot's kick flag still set since the stack woke published
             // without kicking: one more pass finds their bytes (ring.md, "Wake-ups").
+            // Likewise readers the stack wants to hear of learn so only now (rx_wanted): while
+            // it is awake it sees every rx_head on its passes, and a kick per read cost the
+            // guest a VM exit each.
             let mut pending = false;
-            for s in self.sessions.values() {
+            for s in self.sessions.values_mut() {
                 pending |= s.rearm_tx_kicks();
+                pending |= s.rearm_rx_kicks();
             }
             pending |= self.sessions.values().any(Session::has_submissions);
             if !pending && !self.dev.queues.has_rx() {
