@@ -117,6 +117,13 @@ impl<'a> SocketSet<'a> {
         }
     }
 
+    /// QUARK PATCH: like [`SocketSet::get_mut`], but `None` for a handle that no longer
+    /// refers to a socket of that type (a handle kept across removals).
+    pub fn try_get_mut<T: AnySocket<'a>>(&mut self, handle: SocketHandle) -> Option<&mut T> {
+        let item = self.sockets.get_mut(handle.0)?.inner.as_mut()?;
+        T::downcast_mut(&mut item.socket)
+    }
+
     /// Remove a socket from the set, without changing its state.
     ///
     /// # Panics

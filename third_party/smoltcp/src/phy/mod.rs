@@ -123,9 +123,11 @@ mod tuntap_interface;
 pub use self::sys::wait;
 
 #[cfg(feature = "std")]
-pub use self::detach::{set_detach_min, take_detached_payload};
+pub use self::detach::{
+    clear_attached_payload, set_attached_payload, set_detach_min, take_detached_payload,
+};
 #[cfg(feature = "std")]
-pub(crate) use self::detach::detach_payload;
+pub(crate) use self::detach::{attached_payload, detach_payload};
 pub use self::fault_injector::FaultInjector;
 #[cfg(feature = "alloc")]
 pub use self::fuzz_injector::{FuzzInjector, Fuzzer};

@@ -781,6 +781,43 @@ impl<'a> Socket<'a> {
         u16::try_from(self.rx_buffer.window() >> self.remote_win_shift).unwrap_or(u16::MAX)
     }
 
+    /// The right edge of the receive window segments are accepted up to, once an ACK was sent.
+    fn rx_window_end(&self) -> Option<TcpSeqNumber> {
+        let last_ack = self.remote_last_ack?;
+        let last_edge = last_ack + ((self.remote_last_win as usize) << self.remote_win_shift);
+        // QUARK PATCH: accept up to the furthest edge ever advertised (`rx_edge_max`).
+        Some(match self.rx_edge_max {
+            Some(edge) if edge > last_edge => edge,
+            _ => last_edge,
+        })
+    }
+
+    /// QUARK PATCH: where the next in-order byte received would be stored, for a device that
+    /// reads a frame's payload straight there (phy/detach.rs): that byte's sequence number,
+    /// the free storage from there that is contiguous and within the receive window, and
+    /// whether that storage ends at the window's edge (bytes past it would be cut off anyway)
+    /// rather than at the storage's end (they would wrap to its start). `None` unless the
+    /// socket is synchronized, may still receive, and holds nothing out of order.
+    pub fn rx_landing(&mut self) -> Option<(TcpSeqNumber, &mut [u8], bool)> {
+        if !matches!(
+            self.state,
+            State::Established | State::FinWait1 | State::FinWait2
+        ) || self.rx_fin_received
+            || !self.assembler.is_empty()
+        {
+            return None;
+        }
+        let start = self.remote_seq_no + self.rx_buffer.len();
+        let end = self.rx_window_end()?;
+        if end <= start {
+            return None;
+        }
+        let room = end - start;
+        let storage = self.rx_buffer.get_unallocated(0, room);
+        let at_edge = storage.len() == room;
+        Some((start, storage, at_edge))
+    }
+
     /// QUARK PATCH: records the right edge of the window just advertised, its field scaled by
     /// `shift` (see `rx_edge_max`).
     fn note_rx_edge(&mut self, shift: u8) {
@@ -1824,16 +1861,7 @@ impl<'a> Socket<'a> {
         // ACK only.
         let mut ack_only_reply: Option<bool> = None;
         let window_start = self.remote_seq_no + self.rx_buffer.len();
-        let window_end = if let Some(last_ack) = self.remote_last_ack {
-            let last_edge = last_ack + ((self.remote_last_win as usize) << self.remote_win_shift);
-            // QUARK PATCH: accept up to the furthest edge ever advertised (`rx_edge_max`).
-            match self.rx_edge_max {
-                Some(edge) if edge > last_edge => edge,
-                _ => last_edge,
-            }
-        } else {
-            window_start
-        };
+        let window_end = self.rx_window_end().unwrap_or(window_start);
         let segment_start = repr.seq_number;
         let segment_end = repr.seq_number + repr.payload.len();
 

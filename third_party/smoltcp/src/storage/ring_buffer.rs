@@ -30,6 +30,14 @@ pub struct RingBuffer<'a, T: 'a> {
     length: usize,
 }
 
+/// QUARK PATCH: copies `src` into `dst` (equal lengths), unless it is there already: a
+/// received TCP payload the device placed where the socket stores it (phy/detach.rs).
+fn put<T: Copy>(dst: &mut [T], src: &[T]) {
+    if dst.as_ptr() != src.as_ptr() {
+        dst.copy_from_slice(src);
+    }
+}
+
 impl<'a, T: 'a> RingBuffer<'a, T> {
     /// Create a ring buffer with the given storage.
     ///
@@ -325,13 +333,13 @@ impl<'a, T: 'a> RingBuffer<'a, T> {
         let (size_1, offset, data) = {
             let slice = self.get_unallocated(offset, data.len());
             let slice_len = slice.len();
-            slice.copy_from_slice(&data[..slice_len]);
+            put(slice, &data[..slice_len]);
             (slice_len, offset + slice_len, &data[slice_len..])
         };
         let size_2 = {
             let slice = self.get_unallocated(offset, data.len());
             let slice_len = slice.len();
-            slice.copy_from_slice(&data[..slice_len]);
+            put(slice, &data[..slice_len]);
             slice_len
         };
         size_1 + size_2

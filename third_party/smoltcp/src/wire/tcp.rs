@@ -893,6 +893,20 @@ impl TcpTimestampRepr {
     }
 }
 
+/// QUARK PATCH: a segment without payload of its own whose payload the device placed
+/// elsewhere (phy/detach.rs) takes that payload; only when smoltcp verifies no TCP checksums.
+fn attached_or<'a>(payload: &'a [u8], checksum_caps: &ChecksumCapabilities) -> &'a [u8] {
+    #[cfg(feature = "std")]
+    if payload.is_empty() && !checksum_caps.tcp.rx() {
+        if let Some(attached) = crate::phy::attached_payload() {
+            return attached;
+        }
+    }
+    #[cfg(not(feature = "std"))]
+    let _ = checksum_caps;
+    payload
+}
+
 impl<'a> Repr<'a> {
     /// Parse a Transmission Control Protocol packet and return a high-level representation.
     pub fn parse<T>(
@@ -987,7 +1001,7 @@ impl<'a> Repr<'a> {
             sack_permitted: sack_permitted,
             sack_ranges: sack_ranges,
             timestamp: timestamp,
-            payload: packet.payload(),
+            payload: attached_or(packet.payload(), checksum_caps),
         })
     }
 
