@@ -17,6 +17,7 @@ use qnet_ring::errno::*;
 
 use crate::config::{StackConfig, MIN_TCP_BUF};
 use crate::conn::{ConnId, PipeId, Pipes};
+use crate::phy::rx::{Landing, LANDING_MIN};
 
 /// The loopback network every Linux namespace has.
 pub const LOOPBACK: crate::Ipv4Cidr = crate::Ipv4Cidr {
@@ -451,6 +452,26 @@ impl Net {
             port,
             since: now,
         });
+    }
+
+    /// Where TCP socket `h`'s next in-order byte goes, for the TAP to read the next frame's
+    /// payload straight there (phy/rx.rs); `None` if `h` is no such socket now or has too
+    /// little room.
+    pub fn rx_landing(&mut self, h: SocketHandle) -> Option<Landing> {
+        let sock = self.sockets.try_get_mut::<tcp::Socket>(h)?;
+        let (local, remote) = (sock.local_endpoint()?, sock.remote_endpoint()?);
+        let (IpAddress::Ipv4(l), IpAddress::Ipv4(r)) = (local.addr, remote.addr) else {
+            return None;
+        };
+        let (seq, room, at_edge) = sock.rx_landing()?;
+        (room.len() >= LANDING_MIN).then(|| Landing {
+            remote: (r.octets(), remote.port),
+            local: (l.octets(), local.port),
+            seq: seq.0 as u32,
+            ptr: room.as_mut_ptr(),
+            len: room.len(),
+            at_edge,
+        })
     }
 
     /// Removes lingering sockets that finished (or took too long), releasing their ports.

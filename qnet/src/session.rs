@@ -30,6 +30,9 @@ use crate::net::{
 
 /// SYN retransmissions give up after this long (Linux: about two minutes).
 const CONNECT_TIMEOUT: SDuration = SDuration::from_secs(75);
+/// Bytes a socket must receive in one service to count as a bulk stream, whose next frames'
+/// payload the stack reads straight into its storage (about a 16 KiB offloaded frame).
+const RX_HOT_MIN: u32 = 16 << 10;
 
 /// The client broke the ring protocol.
 #[derive(Debug, Error)]
@@ -237,6 +240,9 @@ pub struct Session {
     visit: Vec<u32>,
     /// Slots the client's operations named since the last [`Session::service_touched`].
     touched: Vec<u32>,
+    /// The TCP socket that last received a stream's worth in one service (the stack reads
+    /// the next frames' payload straight into it: phy/rx.rs).
+    rx_hot: Option<SocketHandle>,
     sq_head: u32,
     cq_tail: u32,
     ev_tail: u32,
@@ -301,6 +307,7 @@ impl Session {
             open_at: vec![0; count as usize],
             visit: Vec::new(),
             touched: Vec::new(),
+            rx_hot: None,
             sq_head: 0,
             cq_tail: 0,
             ev_tail: 0,
@@ -1180,6 +1187,20 @@ impl Session {
         self.slots[idx as usize].rx_kick_at = head;
     }
 
+    /// The TCP socket that received the most recent bulk of stream data, once.
+    pub fn take_rx_hot(&mut self) -> Option<SocketHandle> {
+        self.rx_hot.take()
+    }
+
+    /// Notes that slot `idx` just received `bytes`: a stream's worth makes it the hot one.
+    fn note_received(&mut self, idx: u32, bytes: u32) {
+        if bytes >= RX_HOT_MIN {
+            if let Some(h) = self.tcp_handle(idx) {
+                self.rx_hot = Some(h);
+            }
+        }
+    }
+
     /// Before the stack sleeps: stores `rx_wanted` for every slot whose client's next read
     /// the stack wants to hear of, then loads `rx_head` once more. Returns whether a client
     /// read since the stack last looked: it may have missed the request, so the stack makes
@@ -1368,6 +1389,7 @@ impl Session {
             s.rx_share.mark_outgrown();
             self.want_rx_kick(idx);
         }
+        self.note_received(idx, moved);
         Ok(moved)
     }
 
@@ -1610,6 +1632,7 @@ impl Session {
         if s.rx_tail.wrapping_sub(head) >= size / 2 {
             self.want_rx_kick(idx);
         }
+        self.note_received(idx, published);
         Ok(published)
     }
 

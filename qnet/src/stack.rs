@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use crossbeam_channel::{Receiver, Sender};
-use smoltcp::iface::{PollIngressSingleResult, PollResult};
+use smoltcp::iface::{PollIngressSingleResult, PollResult, SocketHandle};
 use smoltcp::time::Instant;
 
 use qnet_client::sys::{eventfd, eventfd_signal};
@@ -104,6 +104,10 @@ pub struct Stack {
     epoch: std::time::Instant,
     busy_poll: Duration,
     published_stats: Arc<Mutex<StackStats>>,
+    /// The TCP socket whose next frames' payload is read straight into its storage (the
+    /// last that received in bulk), unless `QNET_RX_LAND=off`.
+    rx_hot: Option<SocketHandle>,
+    land: bool,
 }
 
 impl Stack {
@@ -150,6 +154,8 @@ impl Stack {
             epoch,
             busy_poll,
             published_stats: stats,
+            rx_hot: None,
+            land: std::env::var("QNET_RX_LAND").as_deref() != Ok("off"),
         };
         Ok((stack, attacher, handle))
     }
@@ -269,7 +275,7 @@ impl Stack {
         }
         let now = self.now();
         self.net.iface.poll_maintenance(now);
-        let mut work = reaped.rx_frames > 0 || self.dev.queues.has_rx();
+        let mut work = reaped.rx_ready || self.dev.queues.has_rx();
         let mut violations = Vec::new();
         for s in self.sessions.values_mut() {
             match s.process_submissions(&mut self.net, now) {
@@ -282,11 +288,14 @@ impl Stack {
         work |= self.service_sessions(now, &mut violations, false);
         // One frame at a time, so listen queues are refilled between SYNs. Stops early when the
         // transmit queue is full (smoltcp needs a transmit token for every received frame);
-        // the frames wait for the next pass, after completions are reaped.
+        // the frames wait in the TAP for the next pass, after completions are reaped. Before
+        // each, the hot stream's next in-order byte is looked up: a frame that continues it
+        // is read straight there.
         for _ in 0..INGRESS_PER_PASS {
-            if !self.dev.queues.has_rx() {
-                break;
-            }
+            self.dev.queues.landing = match self.rx_hot {
+                Some(h) if self.land => self.net.rx_landing(h),
+                _ => None,
+            };
             let r = self.net.iface.poll_ingress_single(
                 now,
                 &mut self.dev.queues,
@@ -295,14 +304,21 @@ impl Stack {
             if r == PollIngressSingleResult::None {
                 break;
             }
+            work = true;
             if !self.net.listeners.is_empty() {
                 self.net.refill_listeners();
             }
         }
         // ACKs first, before the (slower) copies into the rings: the sender's round-trip time is
         // what window-based congestion control (BBR) sizes its window by.
+        self.dev.queues.landing = None;
         work |= self.egress(now);
         work |= self.service_sessions(now, &mut violations, true);
+        for s in self.sessions.values_mut() {
+            if let Some(h) = s.take_rx_hot() {
+                self.rx_hot = Some(h);
+            }
+        }
         work |= self.egress(now);
         self.net.reap_lingering(now);
         for (id, v) in violations {

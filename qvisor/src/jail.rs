@@ -824,6 +824,9 @@ fn network_rules() -> Vec<Allow> {
         any(SYS_poll),
         // The ring memfds' resident size, for the stack's report (qnet's Session::resident_bytes).
         any(SYS_fstat),
+        // The TAP's frames, read by the stack thread, a stream's payload straight to its
+        // socket's storage (qnet's phy/rx.rs).
+        any(SYS_readv),
     ]);
     rules
 }

@@ -1,5 +1,6 @@
 //! The link layer under smoltcp: a TAP device with virtio-net offloads, driven by io_uring.
 
+pub mod rx;
 pub mod tap;
 pub mod uring;
 pub mod vnet;

@@ -177,8 +177,8 @@ impl Tap {
             let name = name.clone();
             move |source| TapError::Ioctl { what, name, source }
         };
-        // Blocking on purpose: io_uring then arms a poll and completes the read when a frame
-        // arrives; with O_NONBLOCK it would complete reads with EAGAIN instead.
+        // Opened blocking; the stack's device (uring.rs) makes it non-blocking: its thread
+        // reads frames itself and must find the queue empty, not wait.
         let tun = OpenOptions::new()
             .read(true)
             .write(true)
