@@ -290,10 +290,13 @@ impl Stack {
         // transmit queue is full (smoltcp needs a transmit token for every received frame);
         // the frames wait in the TAP for the next pass, after completions are reaped. Before
         // each, the hot stream's next in-order byte is looked up: a frame that continues it
-        // is read straight there.
+        // is read straight there. Only while the stack serves one client: a frame that turns
+        // out to be another flow's passes through that storage on its way, and must not pass
+        // through another client's memory.
+        let land = self.land && self.sessions.len() == 1;
         for _ in 0..INGRESS_PER_PASS {
             self.dev.queues.landing = match self.rx_hot {
-                Some(h) if self.land => self.net.rx_landing(h),
+                Some(h) if land => self.net.rx_landing(h),
                 _ => None,
             };
             let r = self.net.iface.poll_ingress_single(

@@ -8,6 +8,9 @@
 //! byte. A frame that turns out to be anything else (another flow, out of order, headers of
 //! another length, a checksum still to verify) is put back together in the frame buffer,
 //! which costs the copy it always cost; the landing's bytes it overwrote were free storage.
+//! A client may see its ring's free storage, so the stack lands only while it serves a single
+//! client (a container's stack does): another flow's bytes never pass through another
+//! client's memory.
 //!
 //! Reading only when the stack can take a frame also leaves frames in the TAP's queue rather
 //! than in buffers of ours while smoltcp is held off.
@@ -333,7 +336,7 @@ mod tests {
         f.extend_from_slice(&dst.1.to_be_bytes());
         f.extend_from_slice(&seq.to_be_bytes());
         f.extend_from_slice(&[0, 0, 0, 1]); // ack
-        f.push(((20 + options) / 4 << 4) as u8);
+        f.push((((20 + options) / 4) << 4) as u8);
         f.extend_from_slice(&[0x18, 0xff, 0xff, 0, 0, 0, 0]); // PSH|ACK, window, csum, urgent
         f.extend(std::iter::repeat_n(1u8, options)); // NOPs
         f.extend_from_slice(payload);
