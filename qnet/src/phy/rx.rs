@@ -488,6 +488,60 @@ mod tests {
         assert!(storage[..] == data[..4096]);
     }
 
+    proptest::proptest! {
+        /// What the TAP delivers is hostile: any bytes read with a landing come out either
+        /// whole and unchanged, or landed only if they are the stream's next segment, the
+        /// payload at the landing and the headers as sent but for the IP length and checksum.
+        #[test]
+        fn any_frame_read_with_a_landing_comes_out_whole_or_truly_landed(
+            data_len in 0usize..9000,
+            options in proptest::sample::select(vec![0usize, 12]),
+            flags in 0u8..4,
+            seq_off in proptest::sample::select(vec![0u32, 1, 5000]),
+            flip in proptest::option::of((0usize..120, proptest::prelude::any::<u8>())),
+            noise in proptest::option::of(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)),
+            room in LANDING_MIN..9000,
+            at_edge in proptest::prelude::any::<bool>(),
+        ) {
+            let (tap, peer) = link();
+            let mut r = TapReader::new(tap.as_raw_fd());
+            let mut f = match noise {
+                Some(bytes) => bytes,
+                None => frame(PEER, US, 1000 + seq_off, flags, options, &payload(data_len)),
+            };
+            if let Some((at, byte)) = flip {
+                if let Some(b) = f.get_mut(at) {
+                    *b = byte;
+                }
+            }
+            if f.is_empty() {
+                return Ok(()); // a zero-length message reads as nothing
+            }
+            send(&peer, &f);
+            let mut storage = vec![0u8; room];
+            let l = landing(&mut storage, 1000, at_edge);
+            match r.read(Some(&l)).unwrap() {
+                Some(Frame::Whole(n)) => {
+                    proptest::prop_assert_eq!(n, f.len());
+                    proptest::prop_assert!(r.frame()[..n] == f[..]);
+                }
+                Some(Frame::Landed { hdr_len, payload }) => {
+                    let t = tcp_headers(&f).expect("only TCP/IPv4 lands");
+                    proptest::prop_assert_eq!((t.src, t.dst, t.seq, t.len), (PEER, US, 1000, hdr_len));
+                    proptest::prop_assert!(payload <= room && hdr_len + payload <= f.len());
+                    proptest::prop_assert!(storage[..payload] == f[hdr_len..hdr_len + payload]);
+                    let (mut sent, mut got) = (f[..hdr_len].to_vec(), r.headers()[..hdr_len].to_vec());
+                    for b in [&mut sent, &mut got] {
+                        b[IP + 2..IP + 4].fill(0);
+                        b[IP + 10..IP + 12].fill(0);
+                    }
+                    proptest::prop_assert_eq!(sent, got);
+                }
+                None => proptest::prop_assert!(false, "a frame was sent"),
+            }
+        }
+    }
+
     #[test]
     fn without_a_landing_frames_are_read_whole() {
         let (tap, peer) = link();
