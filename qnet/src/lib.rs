@@ -14,6 +14,7 @@ pub mod conn;
 pub mod demo;
 #[cfg(any(test, fuzzing))]
 pub mod fuzz;
+pub mod hot;
 pub mod net;
 pub mod phy;
 pub mod runner;

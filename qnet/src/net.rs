@@ -17,7 +17,7 @@ use qnet_ring::errno::*;
 
 use crate::config::{StackConfig, MIN_TCP_BUF};
 use crate::conn::{ConnId, PipeId, Pipes};
-use crate::phy::rx::{Landing, LANDING_MIN};
+use crate::phy::rx::{Endpoint, Landing, LANDING_MIN};
 
 /// The loopback network every Linux namespace has.
 pub const LOOPBACK: crate::Ipv4Cidr = crate::Ipv4Cidr {
@@ -454,19 +454,27 @@ impl Net {
         });
     }
 
-    /// Where TCP socket `h`'s next in-order byte goes, for the TAP to read the next frame's
-    /// payload straight there (phy/rx.rs); `None` if `h` is no such socket now or has too
-    /// little room.
-    pub fn rx_landing(&mut self, h: SocketHandle) -> Option<Landing> {
+    /// TCP socket `h`'s stream as its received frames carry it: (source, destination), the
+    /// peer's address and port and ours; `None` if `h` is no connected IPv4 TCP socket now.
+    pub fn tcp_flow(&mut self, h: SocketHandle) -> Option<(Endpoint, Endpoint)> {
         let sock = self.sockets.try_get_mut::<tcp::Socket>(h)?;
         let (local, remote) = (sock.local_endpoint()?, sock.remote_endpoint()?);
         let (IpAddress::Ipv4(l), IpAddress::Ipv4(r)) = (local.addr, remote.addr) else {
             return None;
         };
+        Some(((r.octets(), remote.port), (l.octets(), local.port)))
+    }
+
+    /// Where TCP socket `h`'s next in-order byte goes, for the TAP to read the next frame's
+    /// payload straight there (phy/rx.rs); `None` if `h` is no such socket now or has too
+    /// little room.
+    pub fn rx_landing(&mut self, h: SocketHandle) -> Option<Landing> {
+        let (remote, local) = self.tcp_flow(h)?;
+        let sock = self.sockets.try_get_mut::<tcp::Socket>(h)?;
         let (seq, room, at_edge) = sock.rx_landing()?;
-        (room.len() >= LANDING_MIN).then(|| Landing {
-            remote: (r.octets(), remote.port),
-            local: (l.octets(), local.port),
+        (room.len() >= LANDING_MIN).then_some(Landing {
+            remote,
+            local,
             seq: seq.0 as u32,
             ptr: room.as_mut_ptr(),
             len: room.len(),

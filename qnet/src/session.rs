@@ -240,9 +240,9 @@ pub struct Session {
     visit: Vec<u32>,
     /// Slots the client's operations named since the last [`Session::service_touched`].
     touched: Vec<u32>,
-    /// The TCP socket that last received a stream's worth in one service (the stack reads
-    /// the next frames' payload straight into it: phy/rx.rs).
-    rx_hot: Option<SocketHandle>,
+    /// TCP sockets that received a stream's worth in one service since the stack last asked
+    /// (it reads their next frames' payload straight into them: phy/rx.rs).
+    rx_hot: Vec<SocketHandle>,
     sq_head: u32,
     cq_tail: u32,
     ev_tail: u32,
@@ -307,7 +307,7 @@ impl Session {
             open_at: vec![0; count as usize],
             visit: Vec::new(),
             touched: Vec::new(),
-            rx_hot: None,
+            rx_hot: Vec::new(),
             sq_head: 0,
             cq_tail: 0,
             ev_tail: 0,
@@ -1187,16 +1187,16 @@ impl Session {
         self.slots[idx as usize].rx_kick_at = head;
     }
 
-    /// The TCP socket that received the most recent bulk of stream data, once.
-    pub fn take_rx_hot(&mut self) -> Option<SocketHandle> {
-        self.rx_hot.take()
+    /// The TCP sockets that received in bulk since the last call, the latest last.
+    pub fn take_rx_hot(&mut self) -> std::vec::Drain<'_, SocketHandle> {
+        self.rx_hot.drain(..)
     }
 
     /// Notes that slot `idx` just received `bytes`: a stream's worth makes it the hot one.
     fn note_received(&mut self, idx: u32, bytes: u32) {
         if bytes >= RX_HOT_MIN {
             if let Some(h) = self.tcp_handle(idx) {
-                self.rx_hot = Some(h);
+                self.rx_hot.push(h);
             }
         }
     }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use crossbeam_channel::{Receiver, Sender};
-use smoltcp::iface::{PollIngressSingleResult, PollResult, SocketHandle};
+use smoltcp::iface::{PollIngressSingleResult, PollResult};
 use smoltcp::time::Instant;
 
 use qnet_client::sys::{eventfd, eventfd_signal};
@@ -23,6 +23,7 @@ use qnet_ring::{Geometry, STACK_NEED_WAKEUP};
 
 use crate::attach::Attacher;
 use crate::config::StackConfig;
+use crate::hot::HotStreams;
 use crate::net::{to_std, Net, NetStats};
 use crate::phy::{DeviceStats, LocalAddrs, Tap, UringTap};
 use crate::session::{Session, Violation};
@@ -104,9 +105,9 @@ pub struct Stack {
     epoch: std::time::Instant,
     busy_poll: Duration,
     published_stats: Arc<Mutex<StackStats>>,
-    /// The TCP socket whose next frames' payload is read straight into its storage (the
-    /// last that received in bulk), unless `QNET_RX_LAND=off`.
-    rx_hot: Option<SocketHandle>,
+    /// The TCP sockets that received in bulk lately: the next frame's payload is read straight
+    /// into the storage of the one it likely belongs to (hot.rs), unless `QNET_RX_LAND=off`.
+    rx_hot: HotStreams,
     land: bool,
 }
 
@@ -154,7 +155,7 @@ impl Stack {
             epoch,
             busy_poll,
             published_stats: stats,
-            rx_hot: None,
+            rx_hot: HotStreams::default(),
             land: std::env::var("QNET_RX_LAND").as_deref() != Ok("off"),
         };
         Ok((stack, attacher, handle))
@@ -295,15 +296,24 @@ impl Stack {
         // through another client's memory.
         let land = self.land && self.sessions.len() == 1;
         for _ in 0..INGRESS_PER_PASS {
-            self.dev.queues.landing = match self.rx_hot {
-                Some(h) if land => self.net.rx_landing(h),
-                _ => None,
+            let last = self.dev.queues.last_rx_flow();
+            self.dev.queues.landing = match land {
+                true => self.rx_hot.guess(last).and_then(|h| self.net.rx_landing(h)),
+                false => None,
             };
+            let guessed = self.dev.queues.landing.is_some();
+            let (frames, landed) = self.dev.queues.rx_counts();
             let r = self.net.iface.poll_ingress_single(
                 now,
                 &mut self.dev.queues,
                 &mut self.net.sockets,
             );
+            let (frames_now, landed_now) = self.dev.queues.rx_counts();
+            if frames_now > frames {
+                let now_flow = self.dev.queues.last_rx_flow();
+                self.rx_hot
+                    .outcome(last, now_flow, guessed, landed_now > landed);
+            }
             if r == PollIngressSingleResult::None {
                 break;
             }
@@ -318,8 +328,10 @@ impl Stack {
         work |= self.egress(now);
         work |= self.service_sessions(now, &mut violations, true);
         for s in self.sessions.values_mut() {
-            if let Some(h) = s.take_rx_hot() {
-                self.rx_hot = Some(h);
+            for handle in s.take_rx_hot() {
+                if let Some(flow) = self.net.tcp_flow(handle) {
+                    self.rx_hot.note_bulk(flow, handle);
+                }
             }
         }
         work |= self.egress(now);

@@ -2,7 +2,7 @@
 //!
 //! A TCP stream receiving in bulk has its frames' payload read straight to where its socket
 //! stores its next in-order byte (its client's ring, with direct receive): before each read
-//! the stack names that place (a [`Landing`]), the read puts the frame's headers in a small
+//! the stack guesses the stream (crate::hot) and names that place (a [`Landing`]), the read puts the frame's headers in a small
 //! buffer and what follows at the landing, and smoltcp finds the payload already in place
 //! (smoltcp patch 10, `phy/detach.rs`). That saves the copy smoltcp made of every received
 //! byte. A frame that turns out to be anything else (another flow, out of order, headers of
@@ -121,10 +121,12 @@ pub struct TapReader {
     fd: RawFd,
     headers: Box<[u8; HDR_MAX]>,
     frame: Vec<u8>,
-    /// Header length of the last frame of the flow last landed for: where the next one's
-    /// payload should start.
+    /// Header length of the last TCP segment with data: where the next one's payload should
+    /// start (a peer's streams carry the same options).
     expect_hdr: usize,
-    expect_flow: Option<(Endpoint, Endpoint)>,
+    /// The (source, destination) of the last TCP frame read: its stream's next frame likely
+    /// follows (a sender's segmentation offload sends a stream's frames in bursts).
+    last_flow: Option<(Endpoint, Endpoint)>,
 }
 
 impl TapReader {
@@ -135,7 +137,23 @@ impl TapReader {
             headers: Box::new([0; HDR_MAX]),
             frame: vec![0; FRAME_BUF],
             expect_hdr: HDR_PLAIN,
-            expect_flow: None,
+            last_flow: None,
+        }
+    }
+
+    /// The (source, destination) of the last TCP frame read.
+    pub fn last_flow(&self) -> Option<(Endpoint, Endpoint)> {
+        self.last_flow
+    }
+
+    /// Notes the stream of a frame read whole (its first `n` bytes in the frame buffer).
+    fn note_whole(&mut self, n: usize) {
+        self.last_flow = None;
+        if let Some(t) = tcp_headers(&self.frame[..n]) {
+            self.last_flow = Some((t.src, t.dst));
+            if n > t.len && t.len <= HDR_MAX {
+                self.expect_hdr = t.len;
+            }
         }
     }
 
@@ -152,16 +170,19 @@ impl TapReader {
     /// Reads the next frame, its TCP payload to `landing` if it is the next of that stream.
     /// `None` when the TAP has nothing queued.
     pub fn read(&mut self, landing: Option<&Landing>) -> io::Result<Option<Frame>> {
-        let Some(l) = landing.filter(|l| l.len >= LANDING_MIN) else {
+        // A landing shorter than a frame's payload may take one only where the window ends
+        // (smoltcp cuts the rest off anyway); at the storage's end the payload would run on,
+        // and the frame would be put back together: a copy more than a plain read.
+        let fits = |l: &&Landing| l.len >= LANDING_MIN && (l.at_edge || l.len >= PAYLOAD_MAX);
+        let Some(l) = landing.filter(fits) else {
             // SAFETY: the frame buffer is FRAME_BUF bytes, ours for the call.
             let n = unsafe { libc::read(self.fd, self.frame.as_mut_ptr().cast(), FRAME_BUF) };
-            return Self::done(n).map(|n| n.map(Frame::Whole));
+            let n = Self::done(n)?;
+            if let Some(n) = n {
+                self.note_whole(n);
+            }
+            return Ok(n.map(Frame::Whole));
         };
-        let flow = (l.remote, l.local);
-        if self.expect_flow != Some(flow) {
-            self.expect_flow = Some(flow);
-            self.expect_hdr = HDR_PLAIN;
-        }
         let h = self.expect_hdr;
         let land = l.len.min(PAYLOAD_MAX);
         let iov = [
@@ -192,6 +213,7 @@ impl TapReader {
             return Ok(Some(Frame::Whole(0))); // no TAP frame is this long: dropped
         }
         if let Some(payload) = self.check_landed(l, n, landed, spilled) {
+            self.last_flow = Some((l.remote, l.local));
             return Ok(Some(Frame::Landed {
                 hdr_len: h,
                 payload,
@@ -205,11 +227,7 @@ impl TapReader {
         self.frame[h..h + landed].copy_from_slice(landed_bytes);
         let head = n.min(h);
         self.frame[..head].copy_from_slice(&self.headers[..head]);
-        if let Some(t) = tcp_headers(&self.frame[..n]) {
-            if (t.src, t.dst) == flow && t.len <= HDR_MAX {
-                self.expect_hdr = t.len;
-            }
-        }
+        self.note_whole(n);
         Ok(Some(Frame::Whole(n)))
     }
 

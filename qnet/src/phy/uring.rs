@@ -30,7 +30,7 @@ use qnet_client::sys::Mapping;
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
-use super::rx::{Frame, Landing, TapReader};
+use super::rx::{Endpoint, Frame, Landing, TapReader};
 use super::tap::VNET_HDR_LEN;
 use super::vnet::{prepare_tx, rx_checksum_ok, VnetHdr};
 
@@ -304,6 +304,16 @@ impl FrameQueues {
 
     pub fn has_rx(&self) -> bool {
         !self.tx.looped.is_empty()
+    }
+
+    /// Frames taken from the link so far, and how many of them landed in place.
+    pub fn rx_counts(&self) -> (u64, u64) {
+        (self.rx_stats.rx_frames, self.rx_stats.rx_landed_frames)
+    }
+
+    /// The (source, destination) of the last TCP frame read from the link.
+    pub fn last_rx_flow(&self) -> Option<(Endpoint, Endpoint)> {
+        self.reader.as_ref()?.last_flow()
     }
 
     /// Reads the link from `fd`, a non-blocking TAP that outlives the queues.
