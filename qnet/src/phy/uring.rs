@@ -49,6 +49,7 @@ const TAG_RX: u64 = 1;
 const TAG_TX: u64 = 2;
 const TAG_DOORBELL: u64 = 3;
 const TAG_HANGUP: u64 = 4;
+const TAG_CANCEL: u64 = 5;
 
 fn tag(kind: u64, id: u64) -> u64 {
     kind << TAG_SHIFT | id
@@ -611,6 +612,34 @@ pub struct UringTap {
     doorbell_armed: bool,
     pub queues: FrameQueues,
     pub stats: DeviceStats,
+}
+
+impl Drop for UringTap {
+    /// A TAP goes away with the last reference to its file, and a poll still pending on it
+    /// holds one until io_uring's teardown, which runs later in a kernel worker, cancels it:
+    /// a stopped stack's TAP could outlive it (a deleted endpoint's device still listed).
+    /// The poll is cancelled and its completion awaited here (briefly), so the device goes
+    /// when the stack does.
+    fn drop(&mut self) {
+        if self.tap.is_none() || !self.rx_armed {
+            return;
+        }
+        let cancel = opcode::AsyncCancel::new(tag(TAG_RX, 0))
+            .build()
+            .user_data(tag(TAG_CANCEL, 0));
+        if self.push(&cancel).is_err() {
+            return;
+        }
+        let ts = types::Timespec::from(Duration::from_millis(10));
+        for _ in 0..100 {
+            let args = types::SubmitArgs::new().timespec(&ts);
+            let _ = self.ring.submitter().submit_with_args(1, &args);
+            self.reap();
+            if !self.rx_armed {
+                break;
+            }
+        }
+    }
 }
 
 impl UringTap {
