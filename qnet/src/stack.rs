@@ -297,9 +297,10 @@ impl Stack {
         let land = self.land && self.sessions.len() == 1;
         for _ in 0..INGRESS_PER_PASS {
             let last = self.dev.queues.last_rx_flow();
-            self.dev.queues.landing = match land {
-                true => self.rx_hot.guess(last).and_then(|h| self.net.rx_landing(h)),
-                false => None,
+            self.dev.queues.landing = if land {
+                self.rx_hot.guess(last).and_then(|h| self.net.rx_landing(h))
+            } else {
+                None
             };
             let guessed = self.dev.queues.landing.is_some();
             let (frames, landed) = self.dev.queues.rx_counts();

@@ -508,14 +508,10 @@ impl phy::Device for FrameQueues {
                         break;
                     }
                 };
-                match read {
-                    Frame::Landed { hdr_len, payload } => {
-                        stats.rx_frames += 1;
-                        stats.rx_landed_frames += 1;
-                        stats.rx_bytes += (hdr_len - VNET_HDR_LEN + payload) as u64;
-                        frame = Some(read);
-                        break;
-                    }
+                // The headers (a landed frame's checksum the reader found vouched for), and
+                // the payload's length beyond them.
+                let (headers, beyond) = match read {
+                    Frame::Landed { hdr_len, payload } => (&reader.headers()[..hdr_len], payload),
                     Frame::Whole(len) => {
                         let buf = &reader.frame()[..len];
                         let hdr = VnetHdr::parse(buf).unwrap_or_default();
@@ -523,16 +519,18 @@ impl phy::Device for FrameQueues {
                             stats.rx_bad_checksum += u64::from(len > VNET_HDR_LEN);
                             continue;
                         }
-                        if is_martian(&buf[VNET_HDR_LEN..]) {
-                            stats.rx_martians += 1;
-                            continue;
-                        }
-                        stats.rx_frames += 1;
-                        stats.rx_bytes += (len - VNET_HDR_LEN) as u64;
-                        frame = Some(read);
-                        break;
+                        (buf, 0)
                     }
+                };
+                if is_martian(&headers[VNET_HDR_LEN..]) {
+                    stats.rx_martians += 1;
+                    continue;
                 }
+                stats.rx_frames += 1;
+                stats.rx_landed_frames += u64::from(matches!(read, Frame::Landed { .. }));
+                stats.rx_bytes += (headers.len() - VNET_HDR_LEN + beyond) as u64;
+                frame = Some(read);
+                break;
             }
             match frame? {
                 Frame::Whole(len) => RxFrame::Link(&reader.frame()[..len]),
